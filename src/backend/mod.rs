@@ -1,0 +1,3 @@
+//! Backends that execute a planned graph.
+
+pub mod cpu;

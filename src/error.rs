@@ -1,0 +1,371 @@
+//! Typed errors, one enum per layer, joined into [`Error`] with `#[from]`.
+//!
+//! The split matters to callers: a planner matches on [`Error::Unsupported`] to
+//! fall back to another backend, while everything else means the input (a model
+//! file, a tensor, a graph) is broken and the message says what to fix.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::tensor::DType;
+
+/// Errors about host tensors: shapes, dtypes, bytes.
+#[derive(Debug, Error)]
+pub enum TensorError {
+    /// The data does not hold one element per position of the shape.
+    #[error("shape {shape:?} needs {expected} elements but the data has {got}")]
+    ShapeDataMismatch {
+        /// The shape asked for.
+        shape: Vec<usize>,
+        /// Elements the shape needs.
+        expected: usize,
+        /// Elements the data has.
+        got: usize,
+    },
+    /// A tensor of another dtype was expected.
+    #[error("expected a {expected} tensor, got {got}")]
+    DTypeMismatch {
+        /// The dtype needed.
+        expected: DType,
+        /// The dtype found.
+        got: DType,
+    },
+    /// A reshape that changes the number of elements.
+    #[error("cannot reshape {from:?} to {to:?}: the element counts differ")]
+    ReshapeMismatch {
+        /// Original shape.
+        from: Vec<usize>,
+        /// Requested shape.
+        to: Vec<usize>,
+    },
+    /// Raw bytes of the wrong length for a dtype and shape.
+    #[error("a {dtype} tensor of shape {shape:?} needs {expected} bytes, got {got} bytes")]
+    ByteLengthMismatch {
+        /// The dtype.
+        dtype: DType,
+        /// The shape.
+        shape: Vec<usize>,
+        /// Bytes needed.
+        expected: usize,
+        /// Bytes given.
+        got: usize,
+    },
+    /// A boolean byte that is neither 0 nor 1.
+    #[error("bool element {index} is stored as byte {byte}; bools must be 0 or 1")]
+    InvalidBool {
+        /// Element index.
+        index: usize,
+        /// The offending byte.
+        byte: u8,
+    },
+    /// A row range outside the tensor.
+    #[error("rows {start}..{end} are out of range for shape {shape:?}")]
+    RowRange {
+        /// The tensor's shape.
+        shape: Vec<usize>,
+        /// First row.
+        start: usize,
+        /// One past the last row.
+        end: usize,
+    },
+    /// A malformed `.npy` file.
+    #[error("invalid .npy file: {0}")]
+    Npy(String),
+}
+
+/// An op's complaint about its inputs or attributes. The graph and the
+/// executors add the node's name (see [`GraphError::Node`], [`RunError::Node`]).
+#[derive(Debug, Error)]
+pub enum OpError {
+    /// Wrong number of inputs.
+    #[error("takes {expected} inputs, got {got}")]
+    Arity {
+        /// What the op takes, e.g. "2 or 3".
+        expected: &'static str,
+        /// How many it got.
+        got: usize,
+    },
+    /// An input of a dtype the op does not take.
+    #[error("input {index} has dtype {got}; this op takes {expected}")]
+    DType {
+        /// Input position.
+        index: usize,
+        /// Dtypes the op takes.
+        expected: &'static str,
+        /// The dtype given.
+        got: DType,
+    },
+    /// Input shapes that do not fit the op.
+    #[error("{0}")]
+    Shape(String),
+    /// A missing or malformed attribute.
+    #[error("attribute `{name}`: {message}")]
+    Attribute {
+        /// Attribute name.
+        name: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A tensor-level error.
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+}
+
+/// Errors in a graph: undefined values, cycles, unknown ops, shape errors.
+#[derive(Debug, Error)]
+pub enum GraphError {
+    /// A node names an op that is not registered.
+    #[error("node `{node}` uses unknown op `{op}`; known ops: {known}")]
+    UnknownOp {
+        /// Node name.
+        node: String,
+        /// The op type given.
+        op: String,
+        /// The registered op types.
+        known: String,
+    },
+    /// A node reads a value nothing defines.
+    #[error("node `{node}` reads value `{value}`, which no graph input, parameter or node output defines")]
+    UndefinedValue {
+        /// Node name.
+        node: String,
+        /// The undefined value.
+        value: String,
+    },
+    /// A graph output that nothing defines.
+    #[error("graph output `{value}` is not defined by any graph input, parameter or node output")]
+    UndefinedOutput {
+        /// The output name.
+        value: String,
+    },
+    /// Two definitions of one value name.
+    #[error("value `{value}` is defined more than once (each input, parameter and node output needs its own name)")]
+    DuplicateValue {
+        /// The value name.
+        value: String,
+    },
+    /// Two nodes with one name.
+    #[error("two nodes are named `{node}`; node names must be unique")]
+    DuplicateNode {
+        /// The node name.
+        node: String,
+    },
+    /// The nodes cannot be ordered.
+    #[error("the graph has a cycle through nodes {nodes:?}; a model graph must be acyclic")]
+    Cycle {
+        /// Nodes on or behind the cycle.
+        nodes: Vec<String>,
+    },
+    /// An op rejected its inputs or attributes.
+    #[error("node `{node}` ({op}): {source}")]
+    Node {
+        /// Node name.
+        node: String,
+        /// Op type.
+        op: String,
+        /// The op's complaint.
+        #[source]
+        source: OpError,
+    },
+    /// A declared graph output disagrees with what the nodes produce.
+    #[error("graph output `{name}` is declared as {declared} but the graph computes {inferred}")]
+    OutputType {
+        /// Output name.
+        name: String,
+        /// Declared type.
+        declared: String,
+        /// Inferred type.
+        inferred: String,
+    },
+}
+
+/// Errors reading or writing a model (or data) file.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// The file could not be read or written.
+    #[error("{action} `{path}`: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file ends before its header says it should.
+    #[error("the safetensors file is truncated ({detail}); the file was cut short while copying or writing: copy or export it again")]
+    Truncated {
+        /// What was found.
+        detail: String,
+    },
+    /// The safetensors header is unreadable.
+    #[error("the safetensors header is corrupt ({detail}); this is not a valid .safetensors file")]
+    BadHeader {
+        /// What was found.
+        detail: String,
+    },
+    /// A safetensors file without wginfer's graph.
+    #[error("the file has no `wginfer.graph` entry in its metadata: it holds tensors but no graph, so it is not a wginfer model (import ONNX with `wginfer convert`, or save with Model::save)")]
+    NotAModel,
+    /// A graph from a newer (or unknown) format version.
+    #[error("model format version {found} is not supported; this wginfer reads version {supported}: upgrade wginfer or re-export the model")]
+    UnsupportedVersion {
+        /// Version in the file.
+        found: String,
+        /// Version(s) this build reads.
+        supported: String,
+    },
+    /// The graph JSON does not parse.
+    #[error("the graph metadata is malformed: {detail}")]
+    BadGraph {
+        /// What is wrong.
+        detail: String,
+    },
+    /// A declared parameter without a tensor.
+    #[error("parameter `{name}` is declared by the graph but the file has no tensor of that name")]
+    MissingTensor {
+        /// Parameter name.
+        name: String,
+    },
+    /// A parameter tensor of the wrong shape.
+    #[error("tensor `{name}` has shape {found:?} in the file, but the graph declares {expected:?}")]
+    TensorShape {
+        /// Parameter name.
+        name: String,
+        /// Declared shape.
+        expected: Vec<usize>,
+        /// Shape in the file.
+        found: Vec<usize>,
+    },
+    /// A parameter tensor of the wrong dtype.
+    #[error("tensor `{name}` has dtype {found} in the file, but the graph declares {expected}")]
+    TensorDType {
+        /// Parameter name.
+        name: String,
+        /// Declared dtype.
+        expected: DType,
+        /// Dtype in the file.
+        found: String,
+    },
+    /// A tensor of a dtype wginfer cannot hold.
+    #[error("tensor `{name}` has dtype {found}, which wginfer does not support (f32 f16 bf16 i8 u8 i32 i64 bool)")]
+    UnsupportedDType {
+        /// Tensor name.
+        name: String,
+        /// Its dtype.
+        found: String,
+    },
+    /// A file whose format is not recognised.
+    #[error("`{path}` is not a format wginfer reads (expected a .safetensors model)")]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The graph is invalid.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// A tensor is invalid.
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+}
+
+/// Errors running a session.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// A graph input was not given.
+    #[error("missing input `{name}`; the model's inputs are: {expected}")]
+    MissingInput {
+        /// The input.
+        name: String,
+        /// All input names.
+        expected: String,
+    },
+    /// An input the graph does not have.
+    #[error("unknown input `{name}`; the model's inputs are: {expected}")]
+    UnknownInput {
+        /// The name given.
+        name: String,
+        /// All input names.
+        expected: String,
+    },
+    /// An input of the wrong dtype.
+    #[error("input `{name}` has dtype {got}, but the model takes {expected}")]
+    InputDType {
+        /// The input.
+        name: String,
+        /// Dtype the model takes.
+        expected: DType,
+        /// Dtype given.
+        got: DType,
+    },
+    /// An input of the wrong shape.
+    #[error("input `{name}` has shape {got:?}, but the model takes {expected}")]
+    InputShape {
+        /// The input.
+        name: String,
+        /// Shape the model takes (symbolic dims by name).
+        expected: String,
+        /// Shape given.
+        got: Vec<usize>,
+    },
+    /// An output that is not a value of the graph.
+    #[error("unknown output `{name}`; the model's outputs are: {expected}")]
+    UnknownOutput {
+        /// The name asked for.
+        name: String,
+        /// The graph outputs.
+        expected: String,
+    },
+    /// An op failed at run time.
+    #[error("node `{node}` ({op}): {source}")]
+    Node {
+        /// Node name.
+        node: String,
+        /// Op type.
+        op: String,
+        /// The op's error.
+        #[source]
+        source: OpError,
+    },
+}
+
+/// Any wginfer error.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A tensor error.
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+    /// A graph error.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// A model file error, with the file it came from.
+    #[error("{path}: {source}")]
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: ModelError,
+    },
+    /// A model error.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A run error.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// This backend cannot run this op (or format); another backend can.
+    #[error("{op} (format {format}) is not supported on {backend}")]
+    Unsupported {
+        /// Op type.
+        op: String,
+        /// Weight or value format.
+        format: String,
+        /// Backend name.
+        backend: String,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

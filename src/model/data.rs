@@ -1,0 +1,102 @@
+//! Data files: named tensors in a safetensors file, or one array in `.npy`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::{map_st_error, parse_safetensors};
+use crate::error::{Error, ModelError};
+use crate::tensor::{read_npy, DType, Tensor};
+
+/// Reads the tensors of a data file, in name order. A `.npy` file gives one
+/// tensor named after the file's stem. `f64` data is converted to `f32`.
+pub fn load_tensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, Error> {
+    let path = path.as_ref();
+    let with_path = |source: ModelError| Error::Load {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(|source| {
+        with_path(ModelError::Io {
+            action: "cannot read",
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
+        let t = read_npy(&bytes).map_err(|e| with_path(e.into()))?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Ok(vec![(name, t)]);
+    }
+    tensors_from_bytes(&bytes).map_err(with_path)
+}
+
+fn tensors_from_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, ModelError> {
+    let st = parse_safetensors(bytes)?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let t = match DType::from_safetensors(view.dtype()) {
+            Some(dt) => Tensor::from_le_bytes(dt, view.shape().to_vec(), view.data())?,
+            None if view.dtype() == safetensors::Dtype::F64 => {
+                let v: Vec<f32> = view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|c| {
+                        let mut a = [0u8; 8];
+                        a.copy_from_slice(c);
+                        f64::from_le_bytes(a) as f32
+                    })
+                    .collect();
+                Tensor::from_vec(view.shape().to_vec(), v)?
+            }
+            None => {
+                return Err(ModelError::UnsupportedDType {
+                    name,
+                    found: view.dtype().to_string(),
+                })
+            }
+        };
+        out.push((name, t));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Writes named tensors as a safetensors file (atomically, via a rename).
+pub fn save_tensors(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result<(), Error> {
+    let bytes = serialize(tensors, HashMap::new())?;
+    write_atomic(path.as_ref(), &bytes).map_err(Error::from)
+}
+
+pub(super) fn serialize(tensors: &[(String, Tensor)], meta: HashMap<String, String>) -> Result<Vec<u8>, ModelError> {
+    let bytes: Vec<(String, DType, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.dtype(), t.shape().to_vec(), t.to_le_bytes()))
+        .collect();
+    let mut views = Vec::with_capacity(bytes.len());
+    for (name, dtype, shape, data) in &bytes {
+        let view = safetensors::tensor::TensorView::new(dtype.to_safetensors(), shape.clone(), data)
+            .map_err(|e| map_st_error(e, &[]))?;
+        views.push((name.clone(), view));
+    }
+    let meta = if meta.is_empty() { None } else { Some(meta) };
+    safetensors::serialize(views, meta).map_err(|e| ModelError::BadHeader { detail: e.to_string() })
+}
+
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let io = |action, source| ModelError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(|e| io("cannot write", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io("cannot replace", e)
+    })
+}

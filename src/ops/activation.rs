@@ -1,0 +1,238 @@
+//! Elementwise activations: Relu, Sigmoid, Tanh, Gelu (erf and tanh forms), SiLU.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use super::{attr_str, check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
+use crate::error::OpError;
+use crate::linalg;
+use crate::tensor::{Tensor, ValueType};
+
+/// Which activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `max(x, 0)`
+    Relu,
+    /// `1 / (1 + e^-x)`
+    Sigmoid,
+    /// `tanh(x)`
+    Tanh,
+    /// `x/2 · (1 + erf(x/√2))`, the exact GELU.
+    Gelu,
+    /// `x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`, GELU's tanh approximation.
+    GeluTanh,
+    /// `x · sigmoid(x)` (also called swish).
+    Silu,
+}
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
+impl Activation {
+    /// The reference value, computed in f64.
+    pub fn reference(self, x: f32) -> f32 {
+        let x = x as f64;
+        let y = match self {
+            Activation::Relu => x.max(0.0),
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Activation::Tanh => x.tanh(),
+            Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+            Activation::GeluTanh => 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()),
+            Activation::Silu => x / (1.0 + (-x).exp()),
+        };
+        y as f32
+    }
+
+    /// The fast value, computed in f32 (what the CPU backend runs).
+    #[inline]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Relu => x.max(0.0),
+            Activation::Sigmoid => sigmoid(x),
+            Activation::Tanh => x.tanh(),
+            Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Activation::GeluTanh => {
+                let c = SQRT_2_OVER_PI as f32;
+                0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+            }
+            Activation::Silu => x * sigmoid(x),
+        }
+    }
+
+    /// The op type in model files.
+    pub fn op_type(self) -> &'static str {
+        match self {
+            Activation::Relu => "Relu",
+            Activation::Sigmoid => "Sigmoid",
+            Activation::Tanh => "Tanh",
+            Activation::Gelu | Activation::GeluTanh => "Gelu",
+            Activation::Silu => "Silu",
+        }
+    }
+}
+
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// An elementwise activation op on one f32 tensor.
+#[derive(Clone, Debug)]
+pub struct Unary {
+    /// The activation.
+    pub kind: Activation,
+}
+
+impl Op for Unary {
+    fn op_type(&self) -> &'static str {
+        self.kind.op_type()
+    }
+
+    fn attrs(&self) -> Attrs {
+        let mut a = Attrs::new();
+        if self.kind == Activation::GeluTanh {
+            a.insert("approximate".into(), "tanh".into());
+        }
+        a
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        check_f32(inputs)?;
+        Ok(vec![inputs[0].clone()])
+    }
+
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let x = f32_input(inputs, 0)?;
+        let y = x.iter().map(|&v| self.kind.reference(v)).collect();
+        Ok(vec![Tensor::from_vec(inputs[0].shape().to_vec(), y)?])
+    }
+
+    fn cpu(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let x = f32_input(inputs, 0)?;
+        let kind = self.kind;
+        Ok(vec![Tensor::from_vec(
+            inputs[0].shape().to_vec(),
+            linalg::map(x, move |v| kind.apply(v)),
+        )?])
+    }
+
+    fn validation(&self) -> Validation {
+        match self.kind {
+            Activation::Relu => Validation::Exact,
+            _ => Validation::Approximate,
+        }
+    }
+
+    fn flops(&self, inputs: &[&[usize]]) -> u64 {
+        inputs.first().map(|s| s.iter().product::<usize>() as u64).unwrap_or(0)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn cases(kind: Activation) -> Vec<OpCase> {
+    let mut rng = CaseRng::new(3);
+    let op: Arc<dyn Op> = Arc::new(Unary { kind });
+    let mut out: Vec<OpCase> = [&[1usize][..], &[3, 17], &[1000], &[17, 1000]]
+        .iter()
+        .map(|s| OpCase::new(format!("{kind:?} {s:?}"), op.clone(), vec![rng.tensor(s, -6.0, 6.0)]))
+        .collect();
+    // Extremes: large magnitudes must not overflow to NaN.
+    let edge = vec![-100.0f32, -20.0, -1e-3, 0.0, 1e-3, 20.0, 100.0];
+    if let Ok(t) = Tensor::from_vec(vec![edge.len()], edge) {
+        out.push(OpCase::new(format!("{kind:?} extremes"), op, vec![t]));
+    }
+    out
+}
+
+fn sample(kind: Activation, rng: &mut CaseRng) -> OpCase {
+    let shape: Vec<usize> = (0..rng.range(1, 3)).map(|_| rng.dim(64)).collect();
+    let x = rng.tensor(&shape, -8.0, 8.0);
+    OpCase::new(format!("{kind:?} {shape:?}"), Arc::new(Unary { kind }), vec![x])
+}
+
+macro_rules! activation_def {
+    ($(#[$doc:meta])* $name:ident, $op:literal, $kind:expr) => {
+        $(#[$doc])*
+        pub const $name: OpDef = OpDef {
+            op_type: $op,
+            build: |_: &Attrs| Ok(Arc::new(Unary { kind: $kind })),
+            cases: || cases($kind),
+            sample: |r| sample($kind, r),
+        };
+    };
+}
+
+activation_def!(
+    /// `Relu`: `max(x, 0)`.
+    RELU, "Relu", Activation::Relu
+);
+activation_def!(
+    /// `Sigmoid`: `1 / (1 + e^-x)`.
+    SIGMOID, "Sigmoid", Activation::Sigmoid
+);
+activation_def!(
+    /// `Tanh`.
+    TANH, "Tanh", Activation::Tanh
+);
+activation_def!(
+    /// `Silu`: `x · sigmoid(x)`.
+    SILU, "Silu", Activation::Silu
+);
+
+/// `Gelu`: attribute `approximate` = `"none"` (erf, default) or `"tanh"`.
+pub const GELU: OpDef = OpDef {
+    op_type: "Gelu",
+    build: |attrs: &Attrs| {
+        let kind = match attr_str(attrs, "approximate", "none")? {
+            "none" => Activation::Gelu,
+            "tanh" => Activation::GeluTanh,
+            other => {
+                return Err(OpError::Attribute {
+                    name: "approximate".into(),
+                    message: format!("must be \"none\" or \"tanh\", got \"{other}\""),
+                })
+            }
+        };
+        Ok(Arc::new(Unary { kind }))
+    },
+    cases: || {
+        let mut c = cases(Activation::Gelu);
+        c.extend(cases(Activation::GeluTanh));
+        c
+    },
+    sample: |r| {
+        let kind = if r.next_u64() % 2 == 0 {
+            Activation::Gelu
+        } else {
+            Activation::GeluTanh
+        };
+        sample(kind, r)
+    },
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values() {
+        // Values from PyTorch's documentation tables / closed forms.
+        assert_eq!(Activation::Relu.apply(-1.0), 0.0);
+        assert!((Activation::Sigmoid.apply(0.0) - 0.5).abs() < 1e-7);
+        assert!((Activation::Gelu.apply(1.0) - 0.841_344_75).abs() < 1e-6);
+        assert!((Activation::GeluTanh.apply(1.0) - 0.841_191_97).abs() < 1e-6);
+        assert!((Activation::Silu.apply(1.0) - 0.731_058_6).abs() < 1e-6);
+        assert!(Activation::Sigmoid.apply(-100.0).is_finite());
+        assert!(Activation::Silu.apply(-100.0).abs() < 1e-30);
+    }
+}

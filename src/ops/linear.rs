@@ -1,0 +1,219 @@
+//! `Linear`: `y = x · Wᵀ + b`, with `W` stored `[out, in]` (PyTorch's layout).
+
+use std::any::Any;
+use std::sync::Arc;
+
+use super::{check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
+use crate::error::OpError;
+use crate::linalg::{self, MatRef};
+use crate::tensor::{Dim, Tensor, ValueType};
+
+/// A fully connected layer. Inputs: `x [..., in]`, `weight [out, in]`,
+/// optional `bias [out]`; output `[..., out]`.
+#[derive(Clone, Debug, Default)]
+pub struct Linear;
+
+/// Rows, inner and output sizes of a concrete Linear call.
+fn dims(inputs: &[&Tensor]) -> Result<(usize, usize, usize), OpError> {
+    check_arity(inputs.len(), 2, 3, "2 or 3 (x, weight, optional bias)")?;
+    let (x, w) = (inputs[0].shape(), inputs[1].shape());
+    if x.is_empty() || w.len() != 2 {
+        return Err(OpError::Shape(format!(
+            "needs x of rank >= 1 and weight [out, in]; got x {x:?}, weight {w:?}"
+        )));
+    }
+    let k = x[x.len() - 1];
+    if w[1] != k {
+        return Err(OpError::Shape(format!(
+            "x has {k} features (shape {x:?}) but weight {w:?} takes {}",
+            w[1]
+        )));
+    }
+    if let Some(b) = inputs.get(2) {
+        if b.shape() != [w[0]] {
+            return Err(OpError::Shape(format!(
+                "bias has shape {:?}; it must be [{}]",
+                b.shape(),
+                w[0]
+            )));
+        }
+    }
+    let rows = if k == 0 { 0 } else { inputs[0].numel() / k };
+    Ok((rows, k, w[0]))
+}
+
+fn out_shape(x: &[usize], n: usize) -> Vec<usize> {
+    let mut s = x.to_vec();
+    if let Some(last) = s.last_mut() {
+        *last = n;
+    }
+    s
+}
+
+impl Op for Linear {
+    fn op_type(&self) -> &'static str {
+        "Linear"
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        check_arity(inputs.len(), 2, 3, "2 or 3 (x, weight, optional bias)")?;
+        check_f32(inputs)?;
+        let (x, w) = (&inputs[0], &inputs[1]);
+        if x.rank() == 0 || w.rank() != 2 {
+            return Err(OpError::Shape(format!(
+                "needs x of rank >= 1 and weight [out, in]; got x {}, weight {}",
+                x.shape_string(),
+                w.shape_string()
+            )));
+        }
+        let k = &x.shape[x.rank() - 1];
+        if let (Some(k), Some(wk)) = (k.known(), w.shape[1].known()) {
+            if k != wk {
+                return Err(OpError::Shape(format!(
+                    "x has {k} features ({}) but weight {} takes {wk}",
+                    x.shape_string(),
+                    w.shape_string()
+                )));
+            }
+        }
+        if let Some(b) = inputs.get(2) {
+            if b.rank() != 1
+                || (b.shape[0].known().is_some() && w.shape[0].known().is_some() && b.shape[0] != w.shape[0])
+            {
+                return Err(OpError::Shape(format!(
+                    "bias is {}; it must be [{}]",
+                    b.shape_string(),
+                    w.shape[0]
+                )));
+            }
+        }
+        let mut shape: Vec<Dim> = x.shape.clone();
+        let last = shape.len() - 1;
+        shape[last] = w.shape[0].clone();
+        Ok(vec![ValueType { dtype: x.dtype, shape }])
+    }
+
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        let (m, k, n) = dims(inputs)?;
+        let (x, w) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?);
+        let b = if inputs.len() == 3 {
+            Some(f32_input(inputs, 2)?)
+        } else {
+            None
+        };
+        let mut y = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f64;
+                for p in 0..k {
+                    acc += x[i * k + p] as f64 * w[j * k + p] as f64;
+                }
+                if let Some(b) = b {
+                    acc += b[j] as f64;
+                }
+                y[i * n + j] = acc as f32;
+            }
+        }
+        Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?])
+    }
+
+    fn cpu(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        let (m, k, n) = dims(inputs)?;
+        let (x, w) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?);
+        let mut y = vec![0.0f32; m * n];
+        let accumulate = if inputs.len() == 3 {
+            let b = f32_input(inputs, 2)?;
+            for row in y.chunks_mut(n.max(1)) {
+                row.copy_from_slice(b);
+            }
+            true
+        } else {
+            false
+        };
+        linalg::sgemm(
+            MatRef::row_major(x, m, k),
+            MatRef::transposed(w, k, n),
+            &mut y,
+            accumulate,
+        )?;
+        Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Approximate
+    }
+
+    fn flops(&self, inputs: &[&[usize]]) -> u64 {
+        match inputs {
+            [x, w, ..] if !x.is_empty() && w.len() == 2 => {
+                let rows: usize = x[..x.len() - 1].iter().product();
+                2 * (rows * w[0] * w[1]) as u64
+            }
+            _ => 0,
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn case(rng: &mut CaseRng, lead: &[usize], k: usize, n: usize, bias: bool) -> OpCase {
+    let mut xs = lead.to_vec();
+    xs.push(k);
+    let mut inputs = vec![rng.tensor(&xs, -1.0, 1.0), rng.tensor(&[n, k], -1.0, 1.0)];
+    if bias {
+        inputs.push(rng.tensor(&[n], -1.0, 1.0));
+    }
+    let name = format!("linear {xs:?} -> {n}{}", if bias { " +bias" } else { "" });
+    OpCase::new(name, Arc::new(Linear), inputs)
+}
+
+/// `Linear`: fully connected layer, weight `[out, in]`, optional bias.
+pub const LINEAR: OpDef = OpDef {
+    op_type: "Linear",
+    build: |_: &Attrs| Ok(Arc::new(Linear)),
+    cases: || {
+        let mut rng = CaseRng::new(1);
+        vec![
+            case(&mut rng, &[1], 1, 1, true),
+            case(&mut rng, &[3], 17, 5, true),
+            case(&mut rng, &[1], 1000, 17, true),
+            case(&mut rng, &[17], 1000, 3, false),
+            case(&mut rng, &[2, 3], 64, 33, true),
+            case(&mut rng, &[1000], 3, 17, true),
+        ]
+    },
+    sample: |rng| {
+        let lead: Vec<usize> = (0..rng.range(1, 2)).map(|_| rng.dim(24)).collect();
+        let (k, n, bias) = (rng.dim(300), rng.dim(80), rng.next_u64() % 4 != 0);
+        case(rng, &lead, k, n, bias)
+    },
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values() {
+        let x = Tensor::from_vec(vec![1, 2], vec![1.0f32, 2.0]).unwrap();
+        let w = Tensor::from_vec(vec![3, 2], vec![1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]).unwrap();
+        let b = Tensor::from_vec(vec![3], vec![0.5f32, 0.0, -3.0]).unwrap();
+        for y in [
+            Linear.reference(&[&x, &w, &b]).unwrap(),
+            Linear.cpu(&[&x, &w, &b]).unwrap(),
+        ] {
+            assert_eq!(y[0].shape(), &[1, 3]);
+            assert_eq!(y[0].as_f32().unwrap(), &[1.5, 2.0, 0.0]);
+        }
+    }
+
+    #[test]
+    fn wrong_feature_count_is_an_error() {
+        let x = Tensor::from_vec(vec![1, 3], vec![1.0f32; 3]).unwrap();
+        let w = Tensor::from_vec(vec![2, 2], vec![1.0f32; 4]).unwrap();
+        let e = Linear.cpu(&[&x, &w]).unwrap_err();
+        assert!(e.to_string().contains("3 features"), "{e}");
+    }
+}

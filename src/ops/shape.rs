@@ -1,0 +1,318 @@
+//! Shape ops that move no data: `Reshape` and `Flatten`. They take any dtype.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use super::{attr_i64, attr_ints, check_arity, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
+use crate::error::OpError;
+use crate::tensor::{Dim, Tensor, ValueType};
+
+/// `Reshape` to a fixed target: `0` copies the input's dimension at that
+/// position, `-1` (at most one) takes whatever size remains (ONNX semantics).
+#[derive(Clone, Debug)]
+pub struct Reshape {
+    /// The target shape.
+    pub shape: Vec<i64>,
+}
+
+impl Reshape {
+    fn validate(&self) -> Result<(), OpError> {
+        let bad = |m: String| OpError::Attribute {
+            name: "shape".into(),
+            message: m,
+        };
+        if self.shape.iter().filter(|&&d| d == -1).count() > 1 {
+            return Err(bad(format!("{:?} has more than one -1", self.shape)));
+        }
+        if let Some(d) = self.shape.iter().find(|&&d| d < -1) {
+            return Err(bad(format!("{:?} has the invalid size {d}", self.shape)));
+        }
+        Ok(())
+    }
+
+    /// The output shape for a concrete input shape.
+    pub fn concrete(&self, input: &[usize]) -> Result<Vec<usize>, OpError> {
+        self.validate()?;
+        let total: usize = input.iter().product();
+        let mut out = Vec::with_capacity(self.shape.len());
+        let mut hole = None;
+        for (i, &d) in self.shape.iter().enumerate() {
+            out.push(match d {
+                0 => *input.get(i).ok_or_else(|| {
+                    OpError::Shape(format!(
+                        "target {:?} copies dimension {i}, but the input {input:?} has none",
+                        self.shape
+                    ))
+                })?,
+                -1 => {
+                    hole = Some(i);
+                    1
+                }
+                d => d as usize,
+            });
+        }
+        let known: usize = out.iter().product();
+        if let Some(h) = hole {
+            if known == 0 || total % known != 0 {
+                return Err(OpError::Shape(format!(
+                    "cannot reshape {input:?} ({total} elements) to {:?}",
+                    self.shape
+                )));
+            }
+            out[h] = total / known;
+        } else if known != total {
+            return Err(OpError::Shape(format!(
+                "cannot reshape {input:?} ({total} elements) to {:?}",
+                self.shape
+            )));
+        }
+        Ok(out)
+    }
+}
+
+impl Op for Reshape {
+    fn op_type(&self) -> &'static str {
+        "Reshape"
+    }
+
+    fn attrs(&self) -> Attrs {
+        let mut a = Attrs::new();
+        a.insert("shape".into(), self.shape.clone().into());
+        a
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        self.validate()?;
+        let x = &inputs[0];
+        if let Some(s) = x.concrete_shape() {
+            return Ok(vec![ValueType::known(x.dtype, &self.concrete(&s)?)]);
+        }
+        // Symbolic input: the symbols must be copied through by `0`.
+        let mut out = Vec::with_capacity(self.shape.len());
+        let mut copied = vec![false; x.rank()];
+        for (i, &d) in self.shape.iter().enumerate() {
+            out.push(match d {
+                0 => {
+                    let dim = x.shape.get(i).ok_or_else(|| {
+                        OpError::Shape(format!(
+                            "target {:?} copies dimension {i}, but the input {} has none",
+                            self.shape,
+                            x.shape_string()
+                        ))
+                    })?;
+                    copied[i] = true;
+                    dim.clone()
+                }
+                -1 => Dim::Sym(String::new()),
+                d => Dim::Known(d as usize),
+            });
+        }
+        let uncopied_sym = x.shape.iter().zip(&copied).any(|(d, &c)| !c && d.known().is_none());
+        let rest_in: usize = x
+            .shape
+            .iter()
+            .zip(&copied)
+            .filter(|(_, &c)| !c)
+            .filter_map(|(d, _)| d.known())
+            .product();
+        let rest_out: usize = self.shape.iter().filter(|&&d| d > 0).map(|&d| d as usize).product();
+        for d in out.iter_mut() {
+            if *d == Dim::Sym(String::new()) {
+                *d = if uncopied_sym || rest_out == 0 || rest_in % rest_out != 0 {
+                    Dim::Sym(format!("reshape({})", x.shape_string()))
+                } else {
+                    Dim::Known(rest_in / rest_out)
+                };
+            }
+        }
+        Ok(vec![ValueType {
+            dtype: x.dtype,
+            shape: out,
+        }])
+    }
+
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let shape = self.concrete(inputs[0].shape())?;
+        Ok(vec![inputs[0].clone().reshape(shape)?])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Exact
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// `Flatten`: `[d0..d(axis-1)] × [d(axis)..]` into a 2-D tensor.
+#[derive(Clone, Debug)]
+pub struct Flatten {
+    /// Where to split; negative counts from the end.
+    pub axis: i64,
+}
+
+impl Flatten {
+    fn split(&self, rank: usize) -> Result<usize, OpError> {
+        let r = rank as i64;
+        let a = if self.axis < 0 { self.axis + r } else { self.axis };
+        if a < 0 || a > r {
+            return Err(OpError::Attribute {
+                name: "axis".into(),
+                message: format!("{} is out of range for a rank-{rank} input", self.axis),
+            });
+        }
+        Ok(a as usize)
+    }
+}
+
+fn group(dims: &[Dim]) -> Dim {
+    match dims {
+        [single] => single.clone(),
+        _ if dims.iter().all(|d| d.known().is_some()) => Dim::Known(dims.iter().filter_map(Dim::known).product()),
+        _ => Dim::Sym(dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("*")),
+    }
+}
+
+impl Op for Flatten {
+    fn op_type(&self) -> &'static str {
+        "Flatten"
+    }
+
+    fn attrs(&self) -> Attrs {
+        let mut a = Attrs::new();
+        a.insert("axis".into(), self.axis.into());
+        a
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let x = &inputs[0];
+        let a = self.split(x.rank())?;
+        Ok(vec![ValueType {
+            dtype: x.dtype,
+            shape: vec![group(&x.shape[..a]), group(&x.shape[a..])],
+        }])
+    }
+
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let s = inputs[0].shape();
+        let a = self.split(s.len())?;
+        let shape = vec![s[..a].iter().product(), s[a..].iter().product()];
+        Ok(vec![inputs[0].clone().reshape(shape)?])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Exact
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// `Reshape`: attribute `shape` (list; `0` copies, `-1` infers).
+pub const RESHAPE: OpDef = OpDef {
+    op_type: "Reshape",
+    build: |attrs: &Attrs| {
+        let op = Reshape {
+            shape: attr_ints(attrs, "shape")?,
+        };
+        op.validate()?;
+        Ok(Arc::new(op))
+    },
+    cases: || {
+        let mut rng = CaseRng::new(5);
+        let mk = |rng: &mut CaseRng, s: &[usize], t: Vec<i64>| {
+            OpCase::new(
+                format!("reshape {s:?} -> {t:?}"),
+                Arc::new(Reshape { shape: t }),
+                vec![rng.tensor(s, -1.0, 1.0)],
+            )
+        };
+        vec![
+            mk(&mut rng, &[1], vec![1, 1]),
+            mk(&mut rng, &[3, 17], vec![17, 3]),
+            mk(&mut rng, &[17, 1000], vec![0, -1, 8]),
+            mk(&mut rng, &[2, 3, 4], vec![-1]),
+        ]
+    },
+    sample: |rng| {
+        let s: Vec<usize> = (0..rng.range(1, 4)).map(|_| rng.dim(9)).collect();
+        let total: usize = s.iter().product();
+        let target = if rng.next_u64() % 2 == 0 {
+            vec![-1]
+        } else {
+            vec![s[0] as i64, -1]
+        };
+        let x = rng.tensor(&s, -1.0, 1.0);
+        OpCase::new(
+            format!("reshape {s:?} ({total}) -> {target:?}"),
+            Arc::new(Reshape { shape: target }),
+            vec![x],
+        )
+    },
+};
+
+/// `Flatten`: attribute `axis` (default 1).
+pub const FLATTEN: OpDef = OpDef {
+    op_type: "Flatten",
+    build: |attrs: &Attrs| {
+        Ok(Arc::new(Flatten {
+            axis: attr_i64(attrs, "axis", Some(1))?,
+        }))
+    },
+    cases: || {
+        let mut rng = CaseRng::new(6);
+        vec![
+            OpCase::new(
+                "flatten [3,17,5] axis 1",
+                Arc::new(Flatten { axis: 1 }),
+                vec![rng.tensor(&[3, 17, 5], -1.0, 1.0)],
+            ),
+            OpCase::new(
+                "flatten [1,8,8] axis 0",
+                Arc::new(Flatten { axis: 0 }),
+                vec![rng.tensor(&[1, 8, 8], -1.0, 1.0)],
+            ),
+        ]
+    },
+    sample: |rng| {
+        let s: Vec<usize> = (0..rng.range(1, 4)).map(|_| rng.dim(9)).collect();
+        let axis = rng.range(0, s.len()) as i64;
+        let x = rng.tensor(&s, -1.0, 1.0);
+        OpCase::new(
+            format!("flatten {s:?} axis {axis}"),
+            Arc::new(Flatten { axis }),
+            vec![x],
+        )
+    },
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::DType;
+
+    #[test]
+    fn reshape_symbolic_batch() {
+        let x = ValueType {
+            dtype: DType::F32,
+            shape: vec![Dim::Sym("batch".into()), Dim::Known(8), Dim::Known(8)],
+        };
+        let y = Reshape { shape: vec![0, -1] }.infer(&[x.clone()]).unwrap();
+        assert_eq!(y[0].shape, vec![Dim::Sym("batch".into()), Dim::Known(64)]);
+        let y = Flatten { axis: 1 }.infer(&[x]).unwrap();
+        assert_eq!(y[0].shape, vec![Dim::Sym("batch".into()), Dim::Known(64)]);
+    }
+
+    #[test]
+    fn reshape_errors() {
+        assert!(Reshape { shape: vec![-1, -1] }.concrete(&[4]).is_err());
+        assert!(Reshape { shape: vec![3] }.concrete(&[4]).is_err());
+        assert_eq!(Reshape { shape: vec![2, -1] }.concrete(&[4, 3]).unwrap(), vec![2, 6]);
+    }
+}

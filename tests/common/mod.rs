@@ -1,0 +1,70 @@
+//! Shared test helpers: the one tolerance table, `assert_close`, paths.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use wginfer::ops::Validation;
+use wginfer::{DType, Tensor};
+
+/// Absolute and relative tolerance: `|got - want| <= atol + rtol * |want|`.
+#[derive(Clone, Copy, Debug)]
+pub struct Tolerance {
+    /// Absolute part.
+    pub atol: f32,
+    /// Relative part.
+    pub rtol: f32,
+}
+
+/// The tolerance table: validation class × dtype of the compared values.
+///
+/// - `Exact`: data movement and single IEEE operations: bit-equal.
+/// - `Rounding`: a few f32 operations per element.
+/// - `Approximate`: long f32 accumulations (matmul with K up to 1000, against an
+///   f64-accumulating reference) and transcendental functions in f32.
+pub fn tolerance(v: Validation, dtype: DType) -> Tolerance {
+    let half = matches!(dtype, DType::F16 | DType::BF16);
+    match (v, half) {
+        (Validation::Exact, _) => Tolerance { atol: 0.0, rtol: 0.0 },
+        (Validation::Rounding, false) => Tolerance { atol: 1e-6, rtol: 1e-6 },
+        (Validation::Approximate, false) => Tolerance { atol: 1e-4, rtol: 1e-4 },
+        (_, true) => Tolerance { atol: 1e-2, rtol: 1e-2 },
+    }
+}
+
+/// Asserts two tensors have the same shape and dtype and values within `tol`
+/// (NaN equals NaN; infinities must match exactly). Reports the worst element.
+pub fn assert_close(got: &Tensor, want: &Tensor, tol: Tolerance, what: &str) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shapes differ");
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtypes differ");
+    let (g, w) = (got.to_f32_vec(), want.to_f32_vec());
+    let mut worst: Option<(usize, f32)> = None;
+    for (i, (&a, &b)) in g.iter().zip(&w).enumerate() {
+        if a.is_nan() && b.is_nan() {
+            continue;
+        }
+        if a.is_infinite() || b.is_infinite() {
+            assert_eq!(a, b, "{what}: element {i}: got {a}, want {b}");
+            continue;
+        }
+        let err = (a - b).abs();
+        let excess = err - (tol.atol + tol.rtol * b.abs());
+        if excess > 0.0 && worst.is_none_or(|(_, e)| excess > e) {
+            worst = Some((i, excess));
+        }
+    }
+    if let Some((i, _)) = worst {
+        panic!(
+            "{what}: element {i}: got {}, want {} (|diff| {:.3e} > atol {:.1e} + rtol {:.1e}·|want|)",
+            g[i],
+            w[i],
+            (g[i] - w[i]).abs(),
+            tol.atol,
+            tol.rtol
+        );
+    }
+}
+
+/// A path under the crate root.
+pub fn root(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
