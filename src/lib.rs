@@ -27,6 +27,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod eval;
 pub mod graph;
 pub mod linalg;
 pub mod model;

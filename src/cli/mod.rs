@@ -1,0 +1,94 @@
+//! Command-line front end (clap). `anyhow` lives here and nowhere in the library.
+
+mod eval;
+mod inspect;
+mod run;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand};
+use wginfer::{Device, Model, Tensor};
+
+/// Run, inspect and evaluate neural-network models on the CPU or any GPU.
+#[derive(Parser, Debug)]
+#[command(name = "wginfer", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Where to run: `cpu`, or `cpu-reference` (every op's naive reference).
+    #[arg(long, global = true, env = "WGINFER_DEVICE", default_value = "cpu")]
+    device: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show a model's graph, parameter count and bytes per dtype/format.
+    Inspect(inspect::Args),
+    /// Run a model on inputs from a file and print or save the outputs.
+    Run(run::Args),
+    /// Measure top-1 accuracy and latency on a labelled data set.
+    Eval(eval::Args),
+}
+
+/// Parses arguments, runs the command, prints errors with their causes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = (|| -> Result<()> {
+        let device: Device = cli.device.parse().map_err(|e: String| anyhow!(e))?;
+        match &cli.command {
+            Command::Inspect(a) => inspect::run(a),
+            Command::Run(a) => run::run(a, device),
+            Command::Eval(a) => eval::run(a, device),
+        }
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads a model, with the path in the error.
+fn load_model(path: &Path) -> Result<Model> {
+    Model::load(path).with_context(|| format!("loading model {}", path.display()))
+}
+
+/// Loads a data file (safetensors or .npy).
+fn load_data(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    wginfer::model::load_tensors(path).with_context(|| format!("loading data {}", path.display()))
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Human-readable bytes.
+fn bytes(n: usize) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.2} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+/// The file argument as a path.
+fn path(p: &str) -> PathBuf {
+    PathBuf::from(p)
+}
