@@ -1,1 +1,104 @@
-fn main() {}
+//! One criterion binary, a group per op family and one for the shipped
+//! models end to end. CPU fast path beside the naive reference (where the
+//! reference finishes in reasonable time); the GPU joins each group when the
+//! GPU backend lands. Throughput is reported in FLOP (ops) or samples (models).
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use wginfer::ops::{activation, linear::Linear, matmul::MatMul, softmax::Softmax, CaseRng, Op};
+use wginfer::{Device, Model, Session, Tensor};
+
+fn bench_op(c: &mut Criterion, group: &str, op: Arc<dyn Op>, inputs: Vec<Tensor>, label: &str, with_reference: bool) {
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+    let flops = op.flops(&shapes);
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(flops.max(1)));
+    g.bench_function(BenchmarkId::new("cpu", label), |b| {
+        b.iter(|| black_box(op.cpu(black_box(&refs))))
+    });
+    if with_reference {
+        g.bench_function(BenchmarkId::new("cpu-reference", label), |b| {
+            b.iter(|| black_box(op.reference(black_box(&refs))))
+        });
+    }
+    g.finish();
+}
+
+fn matmul(c: &mut Criterion) {
+    let mut rng = CaseRng::new(7);
+    for n in [64usize, 256, 1024] {
+        let inputs = vec![rng.tensor(&[n, n], -1.0, 1.0), rng.tensor(&[n, n], -1.0, 1.0)];
+        bench_op(c, "matmul", Arc::new(MatMul), inputs, &format!("{n}x{n}x{n}"), n <= 256);
+    }
+}
+
+fn linear(c: &mut Criterion) {
+    let mut rng = CaseRng::new(8);
+    for (m, k, n) in [(1usize, 1024usize, 1024usize), (64, 1024, 1024)] {
+        let inputs = vec![
+            rng.tensor(&[m, k], -1.0, 1.0),
+            rng.tensor(&[n, k], -1.0, 1.0),
+            rng.tensor(&[n], -1.0, 1.0),
+        ];
+        bench_op(c, "linear", Arc::new(Linear), inputs, &format!("{m}x{k}->{n}"), m == 1);
+    }
+}
+
+fn elementwise(c: &mut Criterion) {
+    let mut rng = CaseRng::new(9);
+    let x = rng.tensor(&[1 << 20], -4.0, 4.0);
+    for kind in [
+        activation::Activation::Relu,
+        activation::Activation::Gelu,
+        activation::Activation::Sigmoid,
+    ] {
+        bench_op(
+            c,
+            "activation",
+            Arc::new(activation::Unary { kind }),
+            vec![x.clone()],
+            &format!("{kind:?} 1M"),
+            false,
+        );
+    }
+    let x = rng.tensor(&[256, 4096], -8.0, 8.0);
+    bench_op(c, "softmax", Arc::new(Softmax { axis: -1 }), vec![x], "256x4096", true);
+}
+
+fn digits_mlp(c: &mut Criterion) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let model = match Model::load(format!("{root}/models/digits-mlp/model.safetensors")) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("SKIPPED digits-mlp bench: {e}");
+            return;
+        }
+    };
+    let session = match Session::new(&model, Device::Cpu) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("SKIPPED digits-mlp bench: {e}");
+            return;
+        }
+    };
+    let mut rng = CaseRng::new(10);
+    let mut g = c.benchmark_group("digits-mlp");
+    for batch in [1usize, 64, 450] {
+        let x = rng.tensor(&[batch, 64], 0.0, 1.0);
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(BenchmarkId::new("cpu", format!("batch {batch}")), |b| {
+            b.iter(|| black_box(session.run([("input", x.clone())])))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
+    targets = matmul, linear, elementwise, digits_mlp
+}
+criterion_main!(benches);

@@ -347,7 +347,7 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong with it.
         #[source]
-        source: ModelError,
+        source: Box<ModelError>,
     },
     /// A model error.
     #[error(transparent)]
@@ -355,6 +355,9 @@ pub enum Error {
     /// A run error.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// A GPU backend error.
+    #[error(transparent)]
+    Gpu(#[from] crate::backend::gpu::GpuError),
     /// This backend cannot run this op (or format); another backend can.
     #[error("{op} (format {format}) is not supported on {backend}")]
     Unsupported {

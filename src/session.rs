@@ -153,11 +153,7 @@ impl Session {
             for (d, &got) in info.ty.shape.iter().zip(t.shape()) {
                 match d {
                     Dim::Known(n) if *n != got => return Err(bad_shape()),
-                    Dim::Sym(s) => {
-                        if *symbols.entry(s.clone()).or_insert(got) != got {
-                            return Err(bad_shape());
-                        }
-                    }
+                    Dim::Sym(s) if *symbols.entry(s.clone()).or_insert(got) != got => return Err(bad_shape()),
                     _ => {}
                 }
             }

@@ -13,7 +13,7 @@ pub fn load_tensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, Err
     let path = path.as_ref();
     let with_path = |source: ModelError| Error::Load {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     };
     let bytes = std::fs::read(path).map_err(|source| {
         with_path(ModelError::Io {

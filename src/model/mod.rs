@@ -57,9 +57,9 @@ impl Model {
     /// Loads a model file. Errors name the file and say what is wrong with it.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let with_path = |source| Error::Load {
+        let with_path = |source: ModelError| Error::Load {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         };
         let bytes = std::fs::read(path).map_err(|source| {
             with_path(ModelError::Io {

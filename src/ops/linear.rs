@@ -38,7 +38,7 @@ fn dims(inputs: &[&Tensor]) -> Result<(usize, usize, usize), OpError> {
             )));
         }
     }
-    let rows = if k == 0 { 0 } else { inputs[0].numel() / k };
+    let rows = inputs[0].numel().checked_div(k).unwrap_or(0);
     Ok((rows, k, w[0]))
 }
 

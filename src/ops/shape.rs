@@ -303,7 +303,7 @@ mod tests {
             dtype: DType::F32,
             shape: vec![Dim::Sym("batch".into()), Dim::Known(8), Dim::Known(8)],
         };
-        let y = Reshape { shape: vec![0, -1] }.infer(&[x.clone()]).unwrap();
+        let y = Reshape { shape: vec![0, -1] }.infer(std::slice::from_ref(&x)).unwrap();
         assert_eq!(y[0].shape, vec![Dim::Sym("batch".into()), Dim::Known(64)]);
         let y = Flatten { axis: 1 }.infer(&[x]).unwrap();
         assert_eq!(y[0].shape, vec![Dim::Sym("batch".into()), Dim::Known(64)]);

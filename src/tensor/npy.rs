@@ -27,7 +27,7 @@ pub fn read_npy(bytes: &[u8]) -> Result<Tensor, TensorError> {
         }
         v => return Err(TensorError::Npy(format!("unsupported .npy format version {v}"))),
     };
-    let end = (start as usize)
+    let end = start
         .checked_add(header_len)
         .filter(|&e| e <= bytes.len())
         .ok_or_else(|| bad("truncated header"))?;

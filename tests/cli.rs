@@ -1,0 +1,129 @@
+//! The `wginfer` command, run as a user would.
+
+mod common;
+
+use std::process::Command;
+
+use common::root;
+
+fn wginfer(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wginfer"))
+        .args(args)
+        .current_dir(root(""))
+        .env_remove("WGINFER_DEVICE")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const MODEL: &str = "models/digits-mlp/model.safetensors";
+const DATA: &str = "models/digits-mlp/digits_test.safetensors";
+
+#[test]
+fn inspect_shows_graph_and_parameters() {
+    let (ok, out, err) = wginfer(&["inspect", MODEL]);
+    assert!(ok, "{err}");
+    // 64*128+128 + 128*64+64 + 64*10+10 = 17,226 parameters, all f32.
+    assert!(out.contains("17,226"), "{out}");
+    assert!(out.contains("input                f32[batch, 64]"), "{out}");
+    assert!(out.contains("Softmax"), "{out}");
+    assert!(out.contains("67.3 KiB"), "{out}");
+}
+
+#[test]
+fn eval_reports_accuracy_and_latency() {
+    let (ok, out, err) = wginfer(&["eval", MODEL, "--data", DATA, "--batch-size", "64"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("accuracy  0.9756  (439/450)"), "{out}");
+    assert!(out.contains("per class"), "{out}");
+    assert!(out.contains("latency per batch of 64"), "{out}");
+}
+
+#[test]
+fn run_prints_and_writes_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = dir.path().join("x.npy");
+    // A one-row .npy file: the first test sample, written by hand (header + f32 data).
+    let data = wginfer::model::load_tensors(root(DATA)).unwrap();
+    let first = data
+        .iter()
+        .find(|(n, _)| n == "input")
+        .unwrap()
+        .1
+        .slice_rows(0, 1)
+        .unwrap();
+    let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 64), }".to_string();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&first.to_le_bytes());
+    std::fs::write(&x, bytes).unwrap();
+
+    let (ok, out, err) = wginfer(&["run", MODEL, "--input", x.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("probabilities: f32[1, 10]"), "{out}");
+
+    let y = dir.path().join("y.safetensors");
+    let (ok, _, err) = wginfer(&[
+        "run",
+        MODEL,
+        "--input",
+        &format!("input={}", x.display()),
+        "-o",
+        y.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let outs = wginfer::model::load_tensors(&y).unwrap();
+    let probs = outs
+        .iter()
+        .find(|(n, _)| n == "probabilities")
+        .unwrap()
+        .1
+        .as_f32()
+        .unwrap()
+        .to_vec();
+    let reference = wginfer::model::load_tensors(root("models/digits-mlp/reference.safetensors")).unwrap();
+    let want = &reference[0].1.as_f32().unwrap()[..10];
+    for (a, b) in probs.iter().zip(want) {
+        assert!((a - b).abs() <= 1e-5, "{probs:?} vs {want:?}");
+    }
+}
+
+#[test]
+fn errors_are_clear_and_exit_nonzero() {
+    let (ok, _, err) = wginfer(&["inspect", "no/such/model.safetensors"]);
+    assert!(!ok);
+    assert!(err.contains("no/such/model.safetensors"), "{err}");
+
+    let (ok, _, err) = wginfer(&["eval", MODEL, "--data", DATA, "--label-name", "nope"]);
+    assert!(!ok);
+    assert!(
+        err.contains("no label tensor `nope`") && err.contains("label i64[450]"),
+        "{err}"
+    );
+
+    let (ok, _, err) = wginfer(&["eval", MODEL, "--data", MODEL]);
+    assert!(!ok);
+    assert!(err.contains("no input tensor"), "{err}");
+
+    let (ok, _, err) = wginfer(&["--device", "tpu", "inspect", MODEL]);
+    assert!(!ok);
+    assert!(err.contains("unknown device `tpu`"), "{err}");
+
+    let (ok, _, err) = wginfer(&["run", MODEL, "--input", MODEL]);
+    assert!(!ok);
+    assert!(err.contains("has no tensor named like a model input (input)"), "{err}");
+
+    // A data file with extra tensors: the ones named like inputs are used.
+    let (ok, out, err) = wginfer(&["run", MODEL, "--input", DATA]);
+    assert!(ok, "{err}");
+    assert!(out.contains("probabilities: f32[450, 10]"), "{out}");
+}
