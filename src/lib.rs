@@ -38,5 +38,6 @@ pub mod tensor;
 
 pub use error::{Error, Result};
 pub use model::Model;
+pub use backend::gpu::AdapterChoice;
 pub use session::{Device, Session};
 pub use tensor::{DType, Tensor};

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::backend::cpu::{CpuExecutor, CpuKernels};
+use crate::backend::gpu::{AdapterChoice, GpuContext, GpuError, GpuExecutor, GpuOptions, PlanReport};
 use crate::error::{Error, RunError};
 use crate::graph::Graph;
 use crate::model::Model;
@@ -20,22 +21,28 @@ pub enum Device {
     Cpu,
     /// The CPU backend running every op's naive reference (slow; for checking).
     CpuReference,
+    /// The GPU backend on the adapter this choice picks. With
+    /// [`AdapterChoice::Auto`] and no hardware adapter (only lavapipe,
+    /// llvmpipe or WARP, or none at all), the session runs on the CPU
+    /// backend instead and logs that; [`Session::backend`] says which.
+    Gpu(AdapterChoice),
 }
 
 impl FromStr for Device {
     type Err = String;
 
-    /// Parses `cpu` or `cpu-reference`. GPU choices (`gpu`, `vulkan`, `metal`,
-    /// `dx12`, `gl`, `software`) are recognised and refused with a message
-    /// until the GPU backend lands.
+    /// Parses `cpu`, `cpu-reference`, or a GPU choice: `gpu` (or `auto`),
+    /// `vulkan`, `metal`, `dx12`, `gl`, `software`, `name:<substring>`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "cpu" => Ok(Device::Cpu),
             "cpu-reference" | "cpu-ref" | "reference" => Ok(Device::CpuReference),
-            g @ ("gpu" | "auto" | "vulkan" | "metal" | "dx12" | "gl" | "software") => Err(format!(
-                "device `{g}`: the GPU backend is not part of this build yet; use `cpu`"
-            )),
-            other => Err(format!("unknown device `{other}`; choose cpu or cpu-reference")),
+            _ => s.parse::<AdapterChoice>().map(Device::Gpu).map_err(|_| {
+                format!(
+                    "unknown device `{}`; choose cpu, cpu-reference, gpu, vulkan, metal, dx12, gl, software or name:<adapter substring>",
+                    s.trim()
+                )
+            }),
         }
     }
 }
@@ -45,6 +52,7 @@ impl fmt::Display for Device {
         match self {
             Device::Cpu => f.write_str("cpu"),
             Device::CpuReference => f.write_str("cpu-reference"),
+            Device::Gpu(choice) => write!(f, "{choice}"),
         }
     }
 }
@@ -52,10 +60,16 @@ impl fmt::Display for Device {
 #[derive(Debug)]
 enum Executor {
     Cpu(CpuExecutor),
+    Gpu(Box<GpuExecutor>),
 }
 
-/// A model compiled for one device. `Session` is `Send + Sync`: one session
-/// can serve runs from many threads at once (each run has its own buffers).
+/// A model compiled for one device.
+///
+/// `Session` is `Send + Sync`: one session can serve runs from many threads
+/// at once. Each CPU run has its own buffers; each GPU run takes its own set
+/// of device buffers from a pool (the weights are shared), so concurrent GPU
+/// runs only queue behind each other on the device. The future of
+/// [`Session::run_async`] is `Send`.
 #[derive(Debug)]
 pub struct Session {
     graph: Arc<Graph>,
@@ -68,9 +82,24 @@ impl Session {
     /// Compiles `model` for `device`.
     pub fn new(model: &Model, device: Device) -> Result<Self, Error> {
         let graph = model.graph_arc();
-        let executor = match device {
+        let executor = match &device {
             Device::Cpu => Executor::Cpu(CpuExecutor::new(&graph, CpuKernels::Fast)),
             Device::CpuReference => Executor::Cpu(CpuExecutor::new(&graph, CpuKernels::Reference)),
+            Device::Gpu(choice) => match GpuContext::shared(choice) {
+                Ok(ctx) => Executor::Gpu(Box::new(GpuExecutor::new(
+                    graph.clone(),
+                    model.params_arc(),
+                    ctx,
+                    GpuOptions::default(),
+                )?)),
+                Err(GpuError::NoAdapter { available, .. }) if *choice == AdapterChoice::Auto => {
+                    log::warn!(
+                        "no hardware GPU adapter (found: {available}); running on the CPU backend, which is faster than a software adapter (ask for `software` to use one)"
+                    );
+                    Executor::Cpu(CpuExecutor::new(&graph, CpuKernels::Fast))
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         Ok(Self {
             graph,
@@ -85,9 +114,47 @@ impl Session {
         &self.graph
     }
 
-    /// The device.
+    /// The device asked for.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The backend the session actually runs on: `cpu`, `cpu-reference`, or
+    /// `gpu: <adapter> (<api>)` (a `gpu` request falls back to `cpu`
+    /// where there is no hardware adapter).
+    pub fn backend(&self) -> String {
+        match &self.executor {
+            Executor::Cpu(_) if self.device == Device::CpuReference => "cpu-reference".into(),
+            Executor::Cpu(_) => "cpu".into(),
+            Executor::Gpu(g) => {
+                let a = g.context().adapter();
+                format!("gpu: {} ({})", a.name, a.backend)
+            }
+        }
+    }
+
+    /// The GPU plan for these input shapes (graph-input order; `None` takes
+    /// symbolic dimensions as 1): placements, buffers, dispatches and
+    /// submits per run. `None` when the session runs on the CPU.
+    pub fn gpu_plan(&self, shapes: Option<&[Vec<usize>]>) -> Option<Result<PlanReport, Error>> {
+        match &self.executor {
+            Executor::Gpu(g) => Some(g.plan_report(shapes)),
+            Executor::Cpu(_) => None,
+        }
+    }
+
+    /// [`Session::run`] as a future, for async applications: on the GPU it
+    /// does not block the thread while the device works (the future polls
+    /// the device each time it is polled). On the CPU it computes in place.
+    pub async fn run_async<S: Into<String>>(
+        &self,
+        inputs: impl IntoIterator<Item = (S, Tensor)>,
+    ) -> Result<BTreeMap<String, Tensor>, Error> {
+        let ordered = self.check_inputs(inputs)?;
+        match &self.executor {
+            Executor::Cpu(cpu) => Ok(cpu.run(&self.graph, &self.params, ordered)?),
+            Executor::Gpu(gpu) => gpu.run_async(ordered).await,
+        }
     }
 
     /// Runs the model on named inputs and returns every graph output by name.
@@ -102,6 +169,7 @@ impl Session {
         let ordered = self.check_inputs(inputs)?;
         match &self.executor {
             Executor::Cpu(cpu) => Ok(cpu.run(&self.graph, &self.params, ordered)?),
+            Executor::Gpu(gpu) => gpu.run(ordered),
         }
     }
 
@@ -162,3 +230,9 @@ impl Session {
         Ok(ordered)
     }
 }
+
+// `Session` must stay shareable across threads (servers, desktop apps).
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Session>();
+};

@@ -1,3 +1,4 @@
 //! Backends that execute a planned graph.
 
 pub mod cpu;
+pub mod gpu;

@@ -1,0 +1,65 @@
+// Activation functions, shared by elementwise.wgsl and the fused epilogue of
+// matmul.wgsl (the engine prepends this file to both; it has no entry point).
+//
+// Codes (the `ACT` override constant):
+//   0 identity   1 relu   2 sigmoid   3 tanh   4 gelu (erf)   5 gelu (tanh)   6 silu
+//
+// Numerics: every exp() here takes a non-positive argument, so nothing
+// overflows to inf/NaN for any finite x (|x| = 100 and beyond are fine).
+
+// sigmoid(x) = 1 / (1 + e^-x), evaluated without overflow for either sign.
+fn wg_sigmoid(x: f32) -> f32 {
+    let e = exp(-abs(x));
+    let r = 1.0 / (1.0 + e);
+    return select(e * r, r, x >= 0.0);
+}
+
+// tanh(x) through e^(-2|x|); a short series near 0 avoids cancellation.
+fn wg_tanh(x: f32) -> f32 {
+    let a = abs(x);
+    if (a < 0.125) {
+        let x2 = x * x;
+        return x * (1.0 + x2 * (-0.33333333 + x2 * (0.13333333 - x2 * 0.053968254)));
+    }
+    let e = exp(-2.0 * a);
+    return sign(x) * (1.0 - e) / (1.0 + e);
+}
+
+// erfc(z) for z >= 0 (Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7 absolute).
+fn wg_erfc_pos(z: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.3275911 * z);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    return poly * exp(-z * z);
+}
+
+// erf(z) for any z, |error| <= 1.5e-7 (plus f32 rounding).
+fn wg_erf(z: f32) -> f32 {
+    let r = 1.0 - wg_erfc_pos(abs(z));
+    return select(-r, r, z >= 0.0);
+}
+
+// GELU, exact form: x/2 (1 + erf(x/sqrt 2)). For x < 0, 1 + erf(z) is computed
+// as erfc(|z|) directly, so it keeps its relative precision far into the tail.
+fn wg_gelu(x: f32) -> f32 {
+    let z = x * 0.70710678118654752;
+    let one_plus_erf = select(wg_erfc_pos(-z), 2.0 - wg_erfc_pos(z), z >= 0.0);
+    return 0.5 * x * one_plus_erf;
+}
+
+// GELU, tanh form: x/2 (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi)(x + 0.044715 x^3).
+fn wg_gelu_tanh(x: f32) -> f32 {
+    let u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+    return x * wg_sigmoid(2.0 * u);
+}
+
+fn wg_activate(x: f32, act: u32) -> f32 {
+    switch act {
+        case 1u: { return max(x, 0.0); }
+        case 2u: { return wg_sigmoid(x); }
+        case 3u: { return wg_tanh(x); }
+        case 4u: { return wg_gelu(x); }
+        case 5u: { return wg_gelu_tanh(x); }
+        case 6u: { return x * wg_sigmoid(x); }
+        default: { return x; }
+    }
+}

@@ -1,0 +1,80 @@
+// Elementwise kernels: unary activations and broadcasting binary ops.
+// Needs activation.wgsl prepended. Mirrors src/ops/activation.rs and src/ops/binary.rs.
+//
+// Bindings (shared by every wginfer kernel): 0 output, 1 parameters, 2.. inputs.
+// Workgroups are laid out 2-D when one dimension would exceed 65535:
+// the flat workgroup index is wg.y * num_workgroups.x + wg.x.
+
+struct Params {
+    // Number of output elements.
+    n: u32,
+    // Rank of the output (<= 8); the shapes and strides below use `rank` entries.
+    rank: u32,
+    pad0: u32,
+    pad1: u32,
+    // Output shape, then the element strides of a and b in output coordinates
+    // (0 along a broadcast axis). Entry d lives at [d / 4][d % 4].
+    shape: array<vec4<u32>, 2>,
+    a_strides: array<vec4<u32>, 2>,
+    b_strides: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(0) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<uniform> params: Params;
+@group(0) @binding(2) var<storage, read> a: array<f32>;
+@group(0) @binding(3) var<storage, read> b: array<f32>;
+
+// Which activation (see activation.wgsl).
+override ACT: u32 = 0u;
+// Which binary op: 0 add, 1 mul.
+override OP: u32 = 0u;
+// True when a, b and y have the same shape (no index arithmetic).
+override SAME_SHAPE: bool = false;
+
+const WG: u32 = 256u;
+
+fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 {
+    return (wg.y * nwg.x + wg.x) * WG + li;
+}
+
+@compute @workgroup_size(256)
+fn unary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) li: u32) {
+    let i = flat_index(wg, nwg, li);
+    if (i >= params.n) {
+        return;
+    }
+    y[i] = wg_activate(a[i], ACT);
+}
+
+fn apply_op(x: f32, z: f32) -> f32 {
+    if (OP == 1u) {
+        return x * z;
+    }
+    return x + z;
+}
+
+@compute @workgroup_size(256)
+fn binary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let i = flat_index(wg, nwg, li);
+    if (i >= params.n) {
+        return;
+    }
+    if (SAME_SHAPE) {
+        y[i] = apply_op(a[i], b[i]);
+        return;
+    }
+    var rem = i;
+    var ia = 0u;
+    var ib = 0u;
+    for (var d = i32(params.rank) - 1; d >= 0; d = d - 1) {
+        let du = u32(d);
+        let size = params.shape[du / 4u][du % 4u];
+        let c = rem % size;
+        rem = rem / size;
+        ia = ia + c * params.a_strides[du / 4u][du % 4u];
+        ib = ib + c * params.b_strides[du / 4u][du % 4u];
+    }
+    y[i] = apply_op(a[ia], b[ib]);
+}

@@ -1,0 +1,56 @@
+//! The WGSL kernels in `shaders/`, embedded at build time.
+//!
+//! A kernel family that uses the activation functions has
+//! `shaders/activation.wgsl` prepended to it; [`ALL`] lists every kernel
+//! source exactly as the device compiles it, which is what the naga test
+//! validates for every output language.
+
+/// One WGSL kernel family (a file in `shaders/`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShaderId {
+    /// `shaders/elementwise.wgsl`: unary activations, broadcasting Add/Mul.
+    Elementwise,
+    /// `shaders/softmax.wgsl`: softmax along any axis.
+    Softmax,
+    /// `shaders/matmul.wgsl`: MatMul and Linear (blocked, tiled, GEMV).
+    Matmul,
+}
+
+impl ShaderId {
+    /// The file name under `shaders/`.
+    pub fn file(self) -> &'static str {
+        match self {
+            ShaderId::Elementwise => "elementwise.wgsl",
+            ShaderId::Softmax => "softmax.wgsl",
+            ShaderId::Matmul => "matmul.wgsl",
+        }
+    }
+}
+
+const ELEMENTWISE: &str = concat!(
+    include_str!("../../../shaders/activation.wgsl"),
+    "\n",
+    include_str!("../../../shaders/elementwise.wgsl")
+);
+const SOFTMAX: &str = include_str!("../../../shaders/softmax.wgsl");
+const MATMUL: &str = concat!(
+    include_str!("../../../shaders/activation.wgsl"),
+    "\n",
+    include_str!("../../../shaders/matmul.wgsl")
+);
+
+/// The full WGSL of a kernel family, as compiled.
+pub fn source(id: ShaderId) -> &'static str {
+    match id {
+        ShaderId::Elementwise => ELEMENTWISE,
+        ShaderId::Softmax => SOFTMAX,
+        ShaderId::Matmul => MATMUL,
+    }
+}
+
+/// Every kernel family.
+pub const ALL: [ShaderId; 3] = [ShaderId::Elementwise, ShaderId::Softmax, ShaderId::Matmul];
+
+/// Files in `shaders/` that are not kernels themselves but are prepended to
+/// the kernels that use them.
+pub const PRELUDES: [&str; 1] = ["activation.wgsl"];

@@ -1,0 +1,433 @@
+//! GPU kernels against the CPU references: every registered op × its cases
+//! (and random samples), and the shipped digits MLP against the CPU session.
+//!
+//! The tests ask for an adapter explicitly (software ones included, so they
+//! run on lavapipe in CI); `WGINFER_TEST_ADAPTER` picks one by choice string
+//! (e.g. `gl`, `name:llvmpipe`). With no adapter they print
+//! `SKIPPED: no wgpu adapter` and pass, unless `WGINFER_REQUIRE_GPU=1`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, OnceLock};
+
+use wginfer::backend::gpu::{
+    has_kernel, list_adapters, AdapterChoice, GpuContext, GpuExecutor, GpuOptions, MatmulKernel, Placement,
+};
+use wginfer::graph::{Graph, Node, ValueInfo};
+use wginfer::ops::{CaseRng, OpCase, REGISTRY};
+use wginfer::tensor::ValueType;
+use wginfer::{DType, Device, Model, Session, Tensor};
+
+/// Says so on the real stderr (not the captured one), so a skip is visible
+/// in `cargo test` output.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The adapter these tests run on: `WGINFER_TEST_ADAPTER`, else the best
+/// adapter that exists, software included.
+fn adapter_choice() -> Option<AdapterChoice> {
+    static CHOICE: OnceLock<Option<AdapterChoice>> = OnceLock::new();
+    CHOICE
+        .get_or_init(|| {
+            if let Ok(s) = std::env::var("WGINFER_TEST_ADAPTER") {
+                return Some(s.parse().unwrap_or_else(|e| panic!("WGINFER_TEST_ADAPTER: {e}")));
+            }
+            list_adapters().first().map(|a| AdapterChoice::Name(a.name.clone()))
+        })
+        .clone()
+}
+
+fn gpu() -> Option<Arc<GpuContext>> {
+    static CTX: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
+    let ctx = CTX
+        .get_or_init(|| {
+            let choice = adapter_choice()?;
+            match GpuContext::new(&choice) {
+                Ok(c) => {
+                    say(&format!(
+                        "gpu tests on: {} ({}, {})",
+                        c.adapter().name,
+                        c.adapter().backend,
+                        c.adapter().device_type
+                    ));
+                    Some(c)
+                }
+                Err(e) => {
+                    say(&format!("cannot open adapter {choice}: {e}"));
+                    None
+                }
+            }
+        })
+        .clone();
+    if ctx.is_none() {
+        if std::env::var("WGINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+            panic!(
+                "WGINFER_REQUIRE_GPU=1 but no wgpu adapter could be opened (install mesa-vulkan-drivers for lavapipe)"
+            );
+        }
+        say("SKIPPED: no wgpu adapter");
+    }
+    ctx
+}
+
+/// A one-node graph running the case's op on graph inputs `x0, x1, ...`.
+fn single_op_graph(case: &OpCase) -> Graph {
+    let types: Vec<ValueType> = case
+        .inputs
+        .iter()
+        .map(|t| ValueType::known(t.dtype(), t.shape()))
+        .collect();
+    let out = case.op.infer(&types).expect("case infers");
+    let inputs: Vec<ValueInfo> = types
+        .into_iter()
+        .enumerate()
+        .map(|(i, ty)| ValueInfo {
+            name: format!("x{i}"),
+            ty,
+        })
+        .collect();
+    let node = Node {
+        name: "n".into(),
+        op: case.op.clone(),
+        inputs: inputs.iter().map(|i| i.name.clone()).collect(),
+        outputs: vec!["y".into()],
+    };
+    let outputs = vec![ValueInfo {
+        name: "y".into(),
+        ty: out[0].clone(),
+    }];
+    Graph::new("case", inputs, outputs, vec![], vec![node]).expect("case graph")
+}
+
+/// Runs one case; returns the CPU-fallback reason when the GPU backend has no
+/// kernel for it (an op or format without a shader). An op the backend does
+/// have a kernel for must run on the GPU.
+fn check_case(ctx: &Arc<GpuContext>, case: &OpCase, options: &GpuOptions) -> Option<String> {
+    let graph = Arc::new(single_op_graph(case));
+    let exec = GpuExecutor::new(graph, Arc::new(HashMap::new()), ctx.clone(), options.clone())
+        .unwrap_or_else(|e| panic!("{}: compile: {e}", case.name));
+    let report = exec.plan_report(Some(
+        &case.inputs.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>(),
+    ));
+    let report = report.unwrap_or_else(|e| panic!("{}: plan: {e}", case.name));
+    let all_f32 = case.inputs.iter().all(|t| t.dtype() == DType::F32);
+    let mut fallback = None;
+    for n in &report.nodes {
+        if let Placement::Cpu { reason } = &n.placement {
+            assert!(
+                !(has_kernel(&*case.op) && all_f32),
+                "{}: node ran on the CPU, not the GPU: {reason}",
+                case.name
+            );
+            fallback = Some(reason.clone());
+        }
+    }
+    let got = exec
+        .run(case.inputs.clone())
+        .unwrap_or_else(|e| panic!("{}: run: {e}", case.name));
+    let want = case.op.reference(&case.input_refs()).expect("reference");
+    let tol = common::tolerance(case.op.validation(), DType::F32);
+    common::assert_close(&got["y"], &want[0], tol, &case.name);
+    fallback
+}
+
+#[test]
+fn every_registered_op_matches_its_reference() {
+    let Some(ctx) = gpu() else { return };
+    let (mut on_gpu, mut fell_back) = (0, 0);
+    for def in REGISTRY {
+        let mut reasons = Vec::new();
+        for case in (def.cases)() {
+            match check_case(&ctx, &case, &GpuOptions::default()) {
+                None => on_gpu += 1,
+                Some(r) => {
+                    fell_back += 1;
+                    reasons.push(r);
+                }
+            }
+        }
+        if let Some(r) = reasons.first() {
+            say(&format!(
+                "NO GPU KERNEL: {} ({} cases checked through the CPU fallback): {r}",
+                def.op_type,
+                reasons.len()
+            ));
+        }
+    }
+    say(&format!(
+        "gpu parity on {}: {on_gpu} cases on the GPU, {fell_back} through the CPU fallback",
+        ctx.adapter().name
+    ));
+}
+
+#[test]
+fn random_samples_match_their_reference() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = CaseRng::new(0x5eed);
+    for def in REGISTRY {
+        for _ in 0..8 {
+            let case = (def.sample)(&mut rng);
+            check_case(&ctx, &case, &GpuOptions::default());
+        }
+    }
+}
+
+#[test]
+fn both_matmul_kernels_match_on_odd_sizes() {
+    let Some(ctx) = gpu() else { return };
+    for kernel in [MatmulKernel::Blocked, MatmulKernel::Tiled] {
+        let options = GpuOptions {
+            matmul: kernel,
+            ..GpuOptions::default()
+        };
+        for def in REGISTRY
+            .iter()
+            .filter(|d| d.op_type == "MatMul" || d.op_type == "Linear")
+        {
+            for case in (def.cases)() {
+                check_case(&ctx, &case, &options);
+            }
+        }
+        let mut rng = CaseRng::new(77);
+        for (m, k, n) in [(65, 129, 67), (130, 17, 3), (4, 1000, 70)] {
+            let a = rng.tensor(&[m, k], -1.0, 1.0);
+            let b = rng.tensor(&[k, n], -1.0, 1.0);
+            let case = OpCase::new(
+                format!("{kernel:?} matmul {m}x{k}x{n}"),
+                Arc::new(wginfer::ops::matmul::MatMul),
+                vec![a, b],
+            );
+            check_case(&ctx, &case, &options);
+        }
+    }
+}
+
+fn digits() -> (Model, Tensor, Vec<i64>) {
+    let model = Model::load(common::root("models/digits-mlp/model.safetensors")).expect("model");
+    let data = wginfer::model::load_tensors(common::root("models/digits-mlp/digits_test.safetensors")).expect("data");
+    let get = |n: &str| {
+        data.iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| panic!("no `{n}` in the test split"))
+    };
+    (model, get("input"), get("label").to_i64_vec())
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
+        )
+        .0
+}
+
+fn compare_probs(gpu: &Tensor, cpu: &Tensor, what: &str) {
+    assert_eq!(gpu.shape(), cpu.shape(), "{what}");
+    let (g, c) = (gpu.as_f32().unwrap(), cpu.as_f32().unwrap());
+    let mut worst = 0.0f32;
+    for (i, (gr, cr)) in g.chunks(10).zip(c.chunks(10)).enumerate() {
+        assert_eq!(argmax(gr), argmax(cr), "{what}: sample {i}: GPU {gr:?} vs CPU {cr:?}");
+        for (a, b) in gr.iter().zip(cr) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    assert!(worst <= 1e-5, "{what}: max |Δprob| {worst:e} > 1e-5");
+}
+
+#[test]
+fn digits_mlp_matches_the_cpu_session() {
+    let Some(ctx) = gpu() else { return };
+    let choice = adapter_choice().expect("an adapter");
+    let (model, input, labels) = digits();
+    let cpu = Session::new(&model, Device::Cpu).expect("cpu session");
+    let gpu = Session::new(&model, Device::Gpu(choice)).expect("gpu session");
+    assert!(gpu.backend().starts_with("gpu"), "{}", gpu.backend());
+
+    let want = cpu.run([("input", input.clone())]).expect("cpu run");
+    let got = gpu.run([("input", input.clone())]).expect("gpu run");
+    compare_probs(&got["probabilities"], &want["probabilities"], "digits batch 450");
+    let p = got["probabilities"].as_f32().unwrap();
+    let correct = p
+        .chunks(10)
+        .zip(&labels)
+        .filter(|(r, &l)| argmax(r) as i64 == l)
+        .count();
+    say(&format!(
+        "digits MLP on {}: accuracy {:.4} ({correct}/{})",
+        ctx.adapter().name,
+        correct as f64 / labels.len() as f64,
+        labels.len()
+    ));
+
+    // Batch 1 (the GEMV path, and a second cached plan), and batch 17.
+    for rows in [(0, 1), (5, 6), (100, 117)] {
+        let x = input.slice_rows(rows.0, rows.1).unwrap();
+        let want = cpu.run([("input", x.clone())]).unwrap();
+        let got = gpu.run([("input", x)]).unwrap();
+        compare_probs(&got["probabilities"], &want["probabilities"], &format!("rows {rows:?}"));
+        common::assert_close(
+            &got["logits"],
+            &want["logits"],
+            common::tolerance(wginfer::ops::Validation::Approximate, DType::F32),
+            "logits",
+        );
+    }
+
+    // The whole model is one submit; the activations fold into the Linears.
+    let plan = gpu.gpu_plan(Some(&[vec![1, 64]])).expect("a gpu plan").expect("plan");
+    say(&format!("{plan}"));
+    assert_eq!(plan.submits, 1, "{plan}");
+    assert_eq!(plan.dispatches, 4, "{plan}");
+    assert_eq!(plan.readbacks, 2, "{plan}");
+}
+
+#[test]
+fn reshape_of_a_device_value_is_an_alias() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = CaseRng::new(9);
+    let x = rng.tensor(&[3, 17, 5], -3.0, 3.0);
+    let f32_3 = |shape: &[usize]| ValueType::known(DType::F32, shape);
+    let node = |name: &str, op: Arc<dyn wginfer::ops::Op>, i: &str, o: &str| Node {
+        name: name.into(),
+        op,
+        inputs: vec![i.into()],
+        outputs: vec![o.into()],
+    };
+    let graph = Graph::new(
+        "alias",
+        vec![ValueInfo {
+            name: "x".into(),
+            ty: f32_3(&[3, 17, 5]),
+        }],
+        vec![ValueInfo {
+            name: "z".into(),
+            ty: f32_3(&[51, 5]),
+        }],
+        vec![],
+        vec![
+            node(
+                "act",
+                Arc::new(wginfer::ops::activation::Unary {
+                    kind: wginfer::ops::activation::Activation::Tanh,
+                }),
+                "x",
+                "y",
+            ),
+            node("flat", Arc::new(wginfer::ops::shape::Flatten { axis: 2 }), "y", "z"),
+        ],
+    )
+    .unwrap();
+    let exec = GpuExecutor::new(Arc::new(graph), Arc::new(HashMap::new()), ctx, GpuOptions::default()).unwrap();
+    let plan = exec.plan_report(Some(&[vec![3, 17, 5]])).unwrap();
+    assert_eq!(plan.nodes[1].placement, Placement::Alias { device: true }, "{plan}");
+    assert_eq!(plan.buffers.len(), 2, "input and one intermediate buffer:\n{plan}");
+    let got = exec.run(vec![x.clone()]).unwrap();
+    let y = wginfer::ops::activation::Unary {
+        kind: wginfer::ops::activation::Activation::Tanh,
+    };
+    let want = wginfer::ops::Op::reference(&y, &[&x]).unwrap()[0]
+        .clone()
+        .reshape(vec![51, 5])
+        .unwrap();
+    common::assert_close(
+        &got["z"],
+        &want,
+        common::tolerance(wginfer::ops::Validation::Approximate, DType::F32),
+        "tanh+flatten",
+    );
+}
+
+#[test]
+fn cpu_fallback_nodes_transfer_explicitly() {
+    let Some(ctx) = gpu() else { return };
+    let (model, input, _) = digits();
+    let x = input.slice_rows(0, 33).unwrap();
+    let cpu = Session::new(&model, Device::Cpu).unwrap();
+    let want = cpu.run([("input", x.clone())]).unwrap();
+    for (ops, submits) in [(vec!["Softmax"], 1), (vec!["Relu"], 3), (vec!["Linear"], 3)] {
+        let options = GpuOptions {
+            cpu_ops: ops.iter().map(|s| s.to_string()).collect(),
+            ..GpuOptions::default()
+        };
+        let exec = GpuExecutor::new(model.graph_arc(), model.params_arc(), ctx.clone(), options).unwrap();
+        let plan = exec.plan_report(Some(&[vec![33, 64]])).unwrap();
+        for n in &plan.nodes {
+            if ops.contains(&n.op.as_str()) {
+                assert!(matches!(n.placement, Placement::Cpu { .. }), "{plan}");
+            }
+        }
+        assert_eq!(plan.submits, submits, "{ops:?}\n{plan}");
+        let got = exec.run(vec![x.clone()]).unwrap();
+        compare_probs(
+            &got["probabilities"],
+            &want["probabilities"],
+            &format!("{ops:?} on CPU"),
+        );
+    }
+}
+
+#[test]
+fn async_runs_and_concurrent_runs_agree() {
+    let Some(_ctx) = gpu() else { return };
+    let choice = adapter_choice().expect("an adapter");
+    let (model, input, _) = digits();
+    let gpu = Arc::new(Session::new(&model, Device::Gpu(choice)).unwrap());
+    let cpu = Session::new(&model, Device::Cpu).unwrap();
+    let x = input.slice_rows(0, 50).unwrap();
+    let want = cpu.run([("input", x.clone())]).unwrap();
+
+    fn is_send<T: Send>(t: T) -> T {
+        t
+    }
+    let fut = is_send(gpu.run_async([("input", x.clone())]));
+    let got = pollster::block_on(fut).unwrap();
+    compare_probs(&got["probabilities"], &want["probabilities"], "async");
+
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let gpu = gpu.clone();
+            let x = x.clone();
+            std::thread::spawn(move || gpu.run([("input", x)]).unwrap())
+        })
+        .collect();
+    for t in threads {
+        let got = t.join().unwrap();
+        compare_probs(&got["probabilities"], &want["probabilities"], "threaded");
+    }
+}
+
+#[test]
+fn auto_never_picks_a_software_adapter() {
+    let adapters = list_adapters();
+    for a in &adapters {
+        say(&format!("adapter: {a}"));
+    }
+    let (model, _, _) = digits();
+    let s = Session::new(&model, Device::Gpu(AdapterChoice::Auto)).expect("auto session");
+    if adapters.iter().all(|a| a.software) {
+        assert_eq!(
+            s.backend(),
+            "cpu",
+            "auto must fall back to the CPU backend with only software adapters"
+        );
+    } else {
+        assert!(s.backend().starts_with("gpu"), "{}", s.backend());
+    }
+}
+
+#[test]
+fn a_missing_adapter_is_a_clear_error() {
+    let (model, _, _) = digits();
+    let e = Session::new(&model, Device::Gpu(AdapterChoice::Name("no-such-adapter-xyz".into()))).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("no-such-adapter-xyz") && msg.contains("adapters found"),
+        "{msg}"
+    );
+}
