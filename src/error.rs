@@ -355,6 +355,9 @@ pub enum Error {
     /// A run error.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// An op rejected its inputs or attributes (outside a graph run).
+    #[error(transparent)]
+    Op(#[from] OpError),
     /// A GPU backend error.
     #[error(transparent)]
     Gpu(#[from] crate::backend::gpu::GpuError),

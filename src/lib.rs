@@ -32,7 +32,9 @@ pub mod graph;
 pub mod linalg;
 pub mod model;
 pub mod ops;
+pub mod optimize;
 pub mod plan;
+pub mod quant;
 mod session;
 pub mod tensor;
 

@@ -2,6 +2,7 @@
 
 mod eval;
 mod inspect;
+mod quantize;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ enum Command {
     Run(run::Args),
     /// Measure top-1 accuracy and latency on a labelled data set.
     Eval(eval::Args),
+    /// Quantize a model's weights (f16, int8, pow2, int4, binary, w8a8) and report the cost.
+    Quantize(quantize::Args),
 }
 
 /// Parses arguments, runs the command, prints errors with their causes.
@@ -41,6 +44,7 @@ pub fn main() -> ExitCode {
             Command::Inspect(a) => inspect::run(a),
             Command::Run(a) => run::run(a, device),
             Command::Eval(a) => eval::run(a, device),
+            Command::Quantize(a) => quantize::run(a, device),
         }
     })();
     match result {

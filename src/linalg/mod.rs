@@ -55,7 +55,7 @@ impl<'a> MatRef<'a> {
 }
 
 /// Below this many multiply-adds a product runs on one thread.
-const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+const PARALLEL_MIN_FLOPS: usize = 1 << 22;
 
 /// `c = a · b` (or `c += a · b` when `accumulate`), `c` row-major `m × n`.
 pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], accumulate: bool) -> Result<(), OpError> {

@@ -9,6 +9,7 @@ pub mod binary;
 mod cases;
 pub mod linear;
 pub mod matmul;
+pub mod qlinear;
 pub mod shape;
 pub mod softmax;
 
@@ -94,6 +95,7 @@ impl fmt::Debug for OpDef {
 pub static REGISTRY: &[OpDef] = &[
     linear::LINEAR,
     matmul::MATMUL,
+    qlinear::QLINEAR,
     binary::ADD,
     binary::MUL,
     activation::RELU,

@@ -1,0 +1,6 @@
+//! Model-to-model transforms that make a model smaller: quantization (and,
+//! next, pruning). Each returns a new model and a report of what it did.
+
+pub mod quantize;
+
+pub use quantize::{quantize, LayerReport, QuantizeOptions, QuantizeReport};

@@ -1,0 +1,203 @@
+//! Quantize a model's linear layers into packed weight formats.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::error::{Error, OpError};
+use crate::graph::{Graph, Node, ParamInfo};
+use crate::model::Model;
+use crate::ops::linear::Linear;
+use crate::ops::qlinear::QLinear;
+use crate::quant::{self, WeightFormat};
+use crate::tensor::{DType, Tensor};
+
+/// What to quantize and how.
+#[derive(Clone, Debug)]
+pub struct QuantizeOptions {
+    /// The format for every linear layer not otherwise named.
+    pub format: WeightFormat,
+    /// Node names to keep in f32.
+    pub keep: Vec<String>,
+    /// Per-node formats that override `format`.
+    pub layers: HashMap<String, WeightFormat>,
+}
+
+impl QuantizeOptions {
+    /// Every linear layer in `format`.
+    pub fn new(format: WeightFormat) -> Self {
+        Self {
+            format,
+            keep: Vec::new(),
+            layers: HashMap::new(),
+        }
+    }
+}
+
+/// What happened to one layer.
+#[derive(Clone, Debug)]
+pub struct LayerReport {
+    /// Node name.
+    pub node: String,
+    /// The format it now has (`None`: kept in f32).
+    pub format: Option<WeightFormat>,
+    /// Weight parameters.
+    pub params: usize,
+    /// Weight bytes before.
+    pub bytes_before: usize,
+    /// Weight bytes after (packed tensors, scales included).
+    pub bytes_after: usize,
+    /// Largest |w - dequant(quant(w))|.
+    pub max_abs_err: f32,
+    /// Mean |w - dequant(quant(w))|.
+    pub mean_abs_err: f32,
+}
+
+/// The whole transform's report.
+#[derive(Clone, Debug, Default)]
+pub struct QuantizeReport {
+    /// One entry per linear layer, in graph order.
+    pub layers: Vec<LayerReport>,
+    /// All parameter bytes before.
+    pub bytes_before: usize,
+    /// All parameter bytes after.
+    pub bytes_after: usize,
+}
+
+/// Replaces every `Linear` whose weight is a 2-D f32 parameter by a
+/// `QLinear` over the packed weight (unless kept). Biases stay f32.
+/// `progress(done, total)` is called after each layer.
+pub fn quantize(
+    model: &Model,
+    opts: &QuantizeOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(Model, QuantizeReport), Error> {
+    let g = model.graph();
+    for name in opts.keep.iter().chain(opts.layers.keys()) {
+        if !g.nodes().iter().any(|n| &n.name == name) {
+            return Err(OpError::Attribute {
+                name: "layer".into(),
+                message: format!(
+                    "no node named `{name}`; linear layers are: {}",
+                    linear_nodes(g)
+                        .iter()
+                        .map(|n| n.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+            .into());
+        }
+    }
+    let total = linear_nodes(g).len();
+    let mut params: HashMap<String, Tensor> = g
+        .params()
+        .iter()
+        .filter_map(|p| model.param(&p.name).map(|t| (p.name.clone(), t.clone())))
+        .collect();
+    let mut infos: Vec<ParamInfo> = g.params().to_vec();
+    let mut nodes: Vec<Node> = Vec::with_capacity(g.nodes().len());
+    let mut report = QuantizeReport {
+        bytes_before: model.param_bytes(),
+        ..Default::default()
+    };
+    let mut done = 0;
+    let mut replaced_weights = HashSet::new();
+    for node in g.nodes() {
+        let Some(weight_name) = quantizable_weight(g, node) else {
+            nodes.push(node.clone());
+            continue;
+        };
+        let w = params
+            .get(weight_name)
+            .cloned()
+            .ok_or_else(|| OpError::Shape(format!("missing weight `{weight_name}`")))?;
+        let (n, k) = (w.shape()[0], w.shape()[1]);
+        let format = if opts.keep.contains(&node.name) {
+            None
+        } else {
+            Some(*opts.layers.get(&node.name).unwrap_or(&opts.format))
+        };
+        let Some(format) = format else {
+            report.layers.push(LayerReport {
+                node: node.name.clone(),
+                format: None,
+                params: n * k,
+                bytes_before: w.size_in_bytes(),
+                bytes_after: w.size_in_bytes(),
+                max_abs_err: 0.0,
+                mean_abs_err: 0.0,
+            });
+            nodes.push(node.clone());
+            done += 1;
+            progress(done, total);
+            continue;
+        };
+        let wf = w.as_f32()?;
+        let packed = quant::quantize_weight(&format, wf, n, k)?;
+        let refs: Vec<&Tensor> = packed.iter().collect();
+        let back = quant::dequantize(&format, &refs, n, k)?;
+        let errs: Vec<f32> = wf.iter().zip(&back).map(|(a, b)| (a - b).abs()).collect();
+        let max_abs_err = errs.iter().fold(0.0f32, |m, &e| m.max(e));
+        let mean_abs_err = errs.iter().sum::<f32>() / errs.len().max(1) as f32;
+        let mut inputs = vec![node.inputs[0].clone()];
+        let mut bytes_after = 0;
+        for (suffix, t) in format.tensor_names().iter().zip(packed) {
+            let name = format!("{weight_name}.{suffix}");
+            bytes_after += t.size_in_bytes();
+            infos.push(ParamInfo {
+                name: name.clone(),
+                dtype: t.dtype(),
+                shape: t.shape().to_vec(),
+                format: format.name(),
+            });
+            params.insert(name.clone(), t);
+            inputs.push(name);
+        }
+        inputs.extend(node.inputs.iter().skip(2).cloned());
+        report.layers.push(LayerReport {
+            node: node.name.clone(),
+            format: Some(format),
+            params: n * k,
+            bytes_before: w.size_in_bytes(),
+            bytes_after,
+            max_abs_err,
+            mean_abs_err,
+        });
+        replaced_weights.insert(weight_name.to_string());
+        nodes.push(Node {
+            name: node.name.clone(),
+            op: Arc::new(QLinear {
+                format,
+                in_features: k,
+                out_features: n,
+            }),
+            inputs,
+            outputs: node.outputs.clone(),
+        });
+        done += 1;
+        progress(done, total);
+    }
+    // Drop f32 weights that no node reads any more.
+    let still_read: HashSet<&str> = nodes.iter().flat_map(|n| n.inputs.iter().map(String::as_str)).collect();
+    infos.retain(|p| !replaced_weights.contains(&p.name) || still_read.contains(p.name.as_str()));
+    params.retain(|name, _| infos.iter().any(|p| &p.name == name));
+    let graph = Graph::new(g.name(), g.inputs().to_vec(), g.outputs().to_vec(), infos, nodes)?;
+    let out = Model::new(graph, params)?;
+    report.bytes_after = out.param_bytes();
+    Ok((out, report))
+}
+
+fn linear_nodes(g: &Graph) -> Vec<&Node> {
+    g.nodes()
+        .iter()
+        .filter(|n| quantizable_weight(g, n).is_some())
+        .collect()
+}
+
+/// The weight parameter of a `Linear` node whose weight is a 2-D f32 parameter.
+fn quantizable_weight<'a>(g: &Graph, node: &'a Node) -> Option<&'a str> {
+    node.op.as_any().downcast_ref::<Linear>()?;
+    let w = node.inputs.get(1)?;
+    let p = g.params().iter().find(|p| &p.name == w)?;
+    (p.dtype == DType::F32 && p.shape.len() == 2).then_some(w.as_str())
+}

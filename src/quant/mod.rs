@@ -1,0 +1,613 @@
+//! Weight formats as data: what a quantized weight is (value type,
+//! granularity, packing), how to pack an f32 `[out, in]` weight into it, and
+//! the reference dequantization every kernel is checked against.
+//!
+//! Packed bits live in `u8` tensors whose bytes are little-endian `u32`
+//! words (WGSL has no 8-bit storage type), so a GPU kernel binds the same
+//! bytes the model file stores. Rows are padded to a whole number of words
+//! (int4: of blocks; binary: of 32 bits); padding is zero.
+
+mod int8dot;
+mod pack;
+
+use std::fmt;
+use std::str::FromStr;
+
+use half::f16;
+use serde::{Deserialize, Serialize};
+
+pub use int8dot::{dot_i8, gemm_i8, quantize_rows_i8};
+pub use pack::{pack_bits, pack_nibbles, unpack_bits, unpack_nibbles};
+
+use crate::error::OpError;
+use crate::tensor::{DType, Tensor};
+
+/// A weight format. Every format quantizes a 2-D `[out, in]` weight along
+/// its input axis; scales are per output channel unless the format says
+/// otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum WeightFormat {
+    /// IEEE half floats. Tensors: `weight f16 [out, in]`.
+    F16,
+    /// int8 per output channel. Symmetric: `w = q·s`, q in [-127, 127];
+    /// tensors `q i8 [out, in]`, `scale f32 [out]`. Affine: `w = (q - z)·s`,
+    /// q and z in [0, 255]; tensors `q u8 [out, in]`, `scale f32 [out]`, `zero u8 [out]`.
+    Int8 {
+        /// Affine (with a zero point) rather than symmetric.
+        affine: bool,
+    },
+    /// Power-of-two fixed point: `x_int = round(x·2^p)` in int8, so
+    /// `w = q·2^-p` (dequantization is an exponent shift). `p` per channel or
+    /// per tensor, chosen as the largest that uses the int8 range without
+    /// clipping unless fixed. Tensors: `q i8 [out, in]`, `shift i8 [out]` (or `[1]`).
+    Pow2 {
+        /// One `p` per output channel (else one for the tensor).
+        per_channel: bool,
+        /// A user-fixed `p` (values beyond int8 are clipped).
+        fixed_shift: Option<i8>,
+    },
+    /// int4 in blocks of `block` inputs with an f16 scale per block.
+    /// Symmetric: `w = q·s`, q in [-8, 7] stored as `q + 8`. With a per-block
+    /// minimum: `w = q·s + min`, q in [0, 15]. Tensors: `q u8 [out, padded_in/2]`,
+    /// `scale f16 [out, blocks]` (and `min f16 [out, blocks]`).
+    Int4 {
+        /// Inputs per block: 32, 64 or 128.
+        block: u32,
+        /// Blocks carry a minimum (asymmetric) rather than being symmetric.
+        with_min: bool,
+    },
+    /// One sign bit per weight, `w ≈ α·sign(w)` with `α = mean|w|` per
+    /// channel. With `xnor`, activations are binarized at run time too
+    /// (`x ≈ β·sign(x)`, `β = mean|x|` per row) and the dot product is
+    /// XNOR + popcount. Tensors: `bits u8 [out, words·4]`, `alpha f32 [out]`.
+    Binary {
+        /// Binarize activations too.
+        xnor: bool,
+    },
+    /// int8 weights (symmetric, per channel) and int8 activations quantized
+    /// per row at run time; int32 accumulation. Tensors as symmetric `Int8`.
+    W8A8,
+}
+
+impl WeightFormat {
+    /// The name used on the command line (`int8`, `int4`, `w8a8`, ...).
+    pub fn name(&self) -> String {
+        match self {
+            WeightFormat::F16 => "f16".into(),
+            WeightFormat::Int8 { affine: false } => "int8".into(),
+            WeightFormat::Int8 { affine: true } => "int8-affine".into(),
+            WeightFormat::Pow2 {
+                per_channel,
+                fixed_shift,
+            } => {
+                let mut s = if *per_channel {
+                    "pow2".to_string()
+                } else {
+                    "pow2-tensor".to_string()
+                };
+                if let Some(p) = fixed_shift {
+                    s.push_str(&format!("(p={p})"));
+                }
+                s
+            }
+            WeightFormat::Int4 { block, with_min } => {
+                format!(
+                    "int4{}{}",
+                    if *with_min { "-min" } else { "" },
+                    if *block == 32 {
+                        String::new()
+                    } else {
+                        format!("/{block}")
+                    }
+                )
+            }
+            WeightFormat::Binary { xnor: false } => "binary".into(),
+            WeightFormat::Binary { xnor: true } => "binary-xnor".into(),
+            WeightFormat::W8A8 => "w8a8".into(),
+        }
+    }
+
+    /// Names of the packed tensors, in the order the `QLinear` op takes them.
+    pub fn tensor_names(&self) -> &'static [&'static str] {
+        match self {
+            WeightFormat::F16 => &["weight"],
+            WeightFormat::Int8 { affine: false } | WeightFormat::W8A8 => &["q", "scale"],
+            WeightFormat::Int8 { affine: true } => &["q", "scale", "zero"],
+            WeightFormat::Pow2 { .. } => &["q", "shift"],
+            WeightFormat::Int4 { with_min: false, .. } => &["q", "scale"],
+            WeightFormat::Int4 { with_min: true, .. } => &["q", "scale", "min"],
+            WeightFormat::Binary { .. } => &["bits", "alpha"],
+        }
+    }
+
+    /// Checks parameters (block sizes).
+    pub fn validate(&self) -> Result<(), OpError> {
+        if let WeightFormat::Int4 { block, .. } = self {
+            if ![32, 64, 128].contains(block) {
+                return Err(OpError::Attribute {
+                    name: "format.block".into(),
+                    message: format!("int4 block must be 32, 64 or 128, got {block}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The expected dtype and shape of each packed tensor for `[out, in]`.
+    pub fn tensor_specs(&self, out: usize, inp: usize) -> Vec<(DType, Vec<usize>)> {
+        match *self {
+            WeightFormat::F16 => vec![(DType::F16, vec![out, inp])],
+            WeightFormat::Int8 { affine: false } | WeightFormat::W8A8 => {
+                vec![(DType::I8, vec![out, inp]), (DType::F32, vec![out])]
+            }
+            WeightFormat::Int8 { affine: true } => {
+                vec![
+                    (DType::U8, vec![out, inp]),
+                    (DType::F32, vec![out]),
+                    (DType::U8, vec![out]),
+                ]
+            }
+            WeightFormat::Pow2 { per_channel, .. } => {
+                vec![
+                    (DType::I8, vec![out, inp]),
+                    (DType::I8, vec![if per_channel { out } else { 1 }]),
+                ]
+            }
+            WeightFormat::Int4 { block, with_min } => {
+                let blocks = inp.div_ceil(block as usize);
+                let mut v = vec![
+                    (DType::U8, vec![out, blocks * block as usize / 2]),
+                    (DType::F16, vec![out, blocks]),
+                ];
+                if with_min {
+                    v.push((DType::F16, vec![out, blocks]));
+                }
+                v
+            }
+            WeightFormat::Binary { .. } => vec![(DType::U8, vec![out, inp.div_ceil(32) * 4]), (DType::F32, vec![out])],
+        }
+    }
+
+    /// Bytes of packed storage for an `[out, in]` weight.
+    pub fn packed_bytes(&self, out: usize, inp: usize) -> usize {
+        self.tensor_specs(out, inp)
+            .iter()
+            .map(|(d, s)| d.size_in_bytes() * s.iter().product::<usize>())
+            .sum()
+    }
+
+    /// The half-width of one quantization step for each weight, as a bound on
+    /// the rounding error of in-range values (`None`: no such bound, binary).
+    pub fn step_bound(&self, packed: &[Tensor], out: usize, inp: usize) -> Option<Vec<f32>> {
+        let scales = |t: &Tensor| t.to_f32_vec();
+        Some(match *self {
+            WeightFormat::F16 => return None,
+            WeightFormat::Int8 { .. } | WeightFormat::W8A8 => {
+                let s = scales(&packed[1]);
+                (0..out * inp).map(|i| s[i / inp] / 2.0).collect()
+            }
+            WeightFormat::Pow2 { per_channel, .. } => {
+                let p = packed[1].to_i64_vec();
+                (0..out * inp)
+                    .map(|i| 0.5 * (2.0f32).powi(-(p[if per_channel { i / inp } else { 0 }] as i32)))
+                    .collect()
+            }
+            WeightFormat::Int4 { block, .. } => {
+                let s = scales(&packed[1]);
+                let blocks = inp.div_ceil(block as usize);
+                (0..out * inp)
+                    .map(|i| s[(i / inp) * blocks + (i % inp) / block as usize] / 2.0)
+                    .collect()
+            }
+            WeightFormat::Binary { .. } => return None,
+        })
+    }
+}
+
+impl fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl FromStr for WeightFormat {
+    type Err = String;
+
+    /// `f16`, `int8`, `int8-affine`, `pow2`, `pow2-tensor`, `int4`, `int4-min`
+    /// (block 32; `int4/64`, `int4-min/128` choose the block), `binary`,
+    /// `binary-xnor`, `w8a8`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim().to_ascii_lowercase();
+        let (base, block) = match s.split_once('/') {
+            Some((b, n)) => (
+                b.to_string(),
+                Some(n.parse::<u32>().map_err(|_| format!("bad block size in `{s}`"))?),
+            ),
+            None => (s.clone(), None),
+        };
+        let f = match base.as_str() {
+            "f16" | "fp16" => WeightFormat::F16,
+            "int8" | "i8" => WeightFormat::Int8 { affine: false },
+            "int8-affine" | "uint8" => WeightFormat::Int8 { affine: true },
+            "pow2" => WeightFormat::Pow2 { per_channel: true, fixed_shift: None },
+            "pow2-tensor" => WeightFormat::Pow2 { per_channel: false, fixed_shift: None },
+            "int4" => WeightFormat::Int4 { block: block.unwrap_or(32), with_min: false },
+            "int4-min" => WeightFormat::Int4 { block: block.unwrap_or(32), with_min: true },
+            "binary" => WeightFormat::Binary { xnor: false },
+            "binary-xnor" | "xnor" => WeightFormat::Binary { xnor: true },
+            "w8a8" => WeightFormat::W8A8,
+            _ => {
+                return Err(format!(
+                    "unknown weight format `{s}`; choose f16, int8, int8-affine, pow2, pow2-tensor, int4, int4-min, binary, binary-xnor or w8a8"
+                ))
+            }
+        };
+        if block.is_some() && !matches!(f, WeightFormat::Int4 { .. }) {
+            return Err(format!("`{s}`: only int4 formats take a block size"));
+        }
+        f.validate().map_err(|e| e.to_string())?;
+        Ok(f)
+    }
+}
+
+/// Rounds half away from zero (what `f32::round` does), the rule every
+/// implementation of every format uses.
+#[inline]
+pub fn round(x: f32) -> f32 {
+    x.round()
+}
+
+/// Packs an f32 `[out, in]` weight (row-major) into `format`'s tensors.
+pub fn quantize_weight(format: &WeightFormat, w: &[f32], out: usize, inp: usize) -> Result<Vec<Tensor>, OpError> {
+    format.validate()?;
+    if w.len() != out * inp {
+        return Err(OpError::Shape(format!(
+            "weight has {} elements, not {out}x{inp}",
+            w.len()
+        )));
+    }
+    let rows = || w.chunks(inp.max(1));
+    let t = |shape: Vec<usize>, v: crate::tensor::Storage| Tensor::new(shape, v).map_err(OpError::from);
+    use crate::tensor::Storage as S;
+    Ok(match *format {
+        WeightFormat::F16 => vec![t(
+            vec![out, inp],
+            S::F16(w.iter().map(|&x| f16::from_f32(x)).collect()),
+        )?],
+        WeightFormat::Int8 { affine: false } | WeightFormat::W8A8 => {
+            let mut q = Vec::with_capacity(w.len());
+            let mut scales = Vec::with_capacity(out);
+            for row in rows() {
+                let max = row.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+                let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+                scales.push(s);
+                q.extend(row.iter().map(|&x| round(x / s).clamp(-127.0, 127.0) as i8));
+            }
+            vec![t(vec![out, inp], S::I8(q))?, t(vec![out], S::F32(scales))?]
+        }
+        WeightFormat::Int8 { affine: true } => {
+            let (mut q, mut scales, mut zeros) = (Vec::with_capacity(w.len()), Vec::new(), Vec::new());
+            for row in rows() {
+                // The range includes 0 so that 0 is exactly representable.
+                let lo = row.iter().fold(0.0f32, |m, &x| m.min(x));
+                let hi = row.iter().fold(0.0f32, |m, &x| m.max(x));
+                let s = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+                let z = round(-lo / s).clamp(0.0, 255.0);
+                scales.push(s);
+                zeros.push(z as u8);
+                q.extend(row.iter().map(|&x| (round(x / s) + z).clamp(0.0, 255.0) as u8));
+            }
+            vec![
+                t(vec![out, inp], S::U8(q))?,
+                t(vec![out], S::F32(scales))?,
+                t(vec![out], S::U8(zeros))?,
+            ]
+        }
+        WeightFormat::Pow2 {
+            per_channel,
+            fixed_shift,
+        } => {
+            let choose = |max: f32| -> i8 {
+                if let Some(p) = fixed_shift {
+                    return p;
+                }
+                if max <= 0.0 {
+                    return 0;
+                }
+                // Largest p with max·2^p <= 127 (so round() stays in range).
+                let p = (127.0 / max).log2().floor();
+                p.clamp(-128.0, 127.0) as i8
+            };
+            let shifts: Vec<i8> = if per_channel {
+                rows()
+                    .map(|r| choose(r.iter().fold(0.0f32, |m, &x| m.max(x.abs()))))
+                    .collect()
+            } else {
+                vec![choose(w.iter().fold(0.0f32, |m, &x| m.max(x.abs())))]
+            };
+            let mut q = Vec::with_capacity(w.len());
+            for (i, row) in rows().enumerate() {
+                let p = shifts[if per_channel { i } else { 0 }] as i32;
+                q.extend(
+                    row.iter()
+                        .map(|&x| round(libm::ldexpf(x, p)).clamp(-128.0, 127.0) as i8),
+                );
+            }
+            let n = shifts.len();
+            vec![t(vec![out, inp], S::I8(q))?, t(vec![n], S::I8(shifts))?]
+        }
+        WeightFormat::Int4 { block, with_min } => {
+            let block = block as usize;
+            let blocks = inp.div_ceil(block);
+            let padded = blocks * block;
+            let mut nibbles = Vec::with_capacity(out * padded);
+            let (mut scales, mut mins) = (Vec::with_capacity(out * blocks), Vec::new());
+            for row in rows() {
+                for b in 0..blocks {
+                    let vals = &row[b * block..((b + 1) * block).min(inp)];
+                    if with_min {
+                        let lo = vals.iter().fold(f32::INFINITY, |m, &x| m.min(x));
+                        let hi = vals.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                        let min = f16::from_f32(lo);
+                        let s = f16::from_f32(if hi > lo { (hi - min.to_f32()) / 15.0 } else { 1.0 });
+                        let (sf, mf) = (s.to_f32(), min.to_f32());
+                        nibbles.extend(vals.iter().map(|&x| round((x - mf) / sf).clamp(0.0, 15.0) as u8));
+                        scales.push(s);
+                        mins.push(min);
+                    } else {
+                        let max = vals.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+                        let s = f16::from_f32(if max > 0.0 { max / 7.0 } else { 1.0 });
+                        let sf = s.to_f32();
+                        nibbles.extend(vals.iter().map(|&x| (round(x / sf).clamp(-8.0, 7.0) + 8.0) as u8));
+                        scales.push(s);
+                    }
+                    // Padding of the last block: the stored value of zero.
+                    let pad = block - vals.len();
+                    nibbles.extend(std::iter::repeat_n(if with_min { 0 } else { 8 }, pad));
+                }
+            }
+            let mut v = vec![
+                t(vec![out, padded / 2], S::U8(pack_nibbles(&nibbles)))?,
+                t(vec![out, blocks], S::F16(scales))?,
+            ];
+            if with_min {
+                v.push(t(vec![out, blocks], S::F16(mins))?);
+            }
+            v
+        }
+        WeightFormat::Binary { .. } => {
+            let words = inp.div_ceil(32);
+            let mut bytes = Vec::with_capacity(out * words * 4);
+            let mut alpha = Vec::with_capacity(out);
+            for row in rows() {
+                alpha.push(if inp == 0 {
+                    0.0
+                } else {
+                    row.iter().map(|x| x.abs()).sum::<f32>() / inp as f32
+                });
+                let signs: Vec<bool> = row.iter().map(|&x| x >= 0.0).collect();
+                bytes.extend(pack_bits(&signs, words));
+            }
+            vec![t(vec![out, words * 4], S::U8(bytes))?, t(vec![out], S::F32(alpha))?]
+        }
+    })
+}
+
+/// Checks packed tensors against the format's specs for `[out, in]`.
+pub fn check_packed(format: &WeightFormat, packed: &[&Tensor], out: usize, inp: usize) -> Result<(), OpError> {
+    let specs = format.tensor_specs(out, inp);
+    if packed.len() != specs.len() {
+        return Err(OpError::Shape(format!(
+            "format {format} takes {} tensors ({}), got {}",
+            specs.len(),
+            format.tensor_names().join(", "),
+            packed.len()
+        )));
+    }
+    for ((t, (dt, shape)), name) in packed.iter().zip(&specs).zip(format.tensor_names()) {
+        if t.dtype() != *dt || t.shape() != shape.as_slice() {
+            return Err(OpError::Shape(format!(
+                "format {format}: tensor `{name}` must be {dt}{shape:?}, got {}{:?}",
+                t.dtype(),
+                t.shape()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The reference dequantization: packed tensors back to an f32 `[out, in]`
+/// weight, one plain loop per format.
+pub fn dequantize(format: &WeightFormat, packed: &[&Tensor], out: usize, inp: usize) -> Result<Vec<f32>, OpError> {
+    check_packed(format, packed, out, inp)?;
+    let mut w = vec![0.0f32; out * inp];
+    match *format {
+        WeightFormat::F16 => w = packed[0].to_f32_vec(),
+        WeightFormat::Int8 { affine: false } | WeightFormat::W8A8 => {
+            let (q, s) = (packed[0].as_slice::<i8>()?, packed[1].as_f32()?);
+            for i in 0..out * inp {
+                w[i] = q[i] as f32 * s[i / inp];
+            }
+        }
+        WeightFormat::Int8 { affine: true } => {
+            let (q, s, z) = (
+                packed[0].as_slice::<u8>()?,
+                packed[1].as_f32()?,
+                packed[2].as_slice::<u8>()?,
+            );
+            for i in 0..out * inp {
+                let r = i / inp;
+                w[i] = (q[i] as f32 - z[r] as f32) * s[r];
+            }
+        }
+        WeightFormat::Pow2 { per_channel, .. } => {
+            let (q, p) = (packed[0].as_slice::<i8>()?, packed[1].as_slice::<i8>()?);
+            for i in 0..out * inp {
+                let shift = p[if per_channel { i / inp } else { 0 }] as i32;
+                w[i] = libm::ldexpf(q[i] as f32, -shift);
+            }
+        }
+        WeightFormat::Int4 { block, with_min } => {
+            let block = block as usize;
+            let blocks = inp.div_ceil(block);
+            let nib = unpack_nibbles(packed[0].as_slice::<u8>()?);
+            let s = packed[1].to_f32_vec();
+            let m = if with_min { packed[2].to_f32_vec() } else { Vec::new() };
+            for r in 0..out {
+                for c in 0..inp {
+                    let b = r * blocks + c / block;
+                    let q = nib[r * blocks * block + c] as f32;
+                    w[r * inp + c] = if with_min { q * s[b] + m[b] } else { (q - 8.0) * s[b] };
+                }
+            }
+        }
+        WeightFormat::Binary { .. } => {
+            let words = inp.div_ceil(32);
+            let (bytes, alpha) = (packed[0].as_slice::<u8>()?, packed[1].as_f32()?);
+            for r in 0..out {
+                let bits = unpack_bits(&bytes[r * words * 4..(r + 1) * words * 4], inp);
+                for c in 0..inp {
+                    w[r * inp + c] = if bits[c] { alpha[r] } else { -alpha[r] };
+                }
+            }
+        }
+    }
+    Ok(w)
+}
+
+/// The formats a user can pick, in the order tables list them.
+pub fn all_formats() -> Vec<WeightFormat> {
+    vec![
+        WeightFormat::F16,
+        WeightFormat::Int8 { affine: false },
+        WeightFormat::Int8 { affine: true },
+        WeightFormat::Pow2 {
+            per_channel: true,
+            fixed_shift: None,
+        },
+        WeightFormat::Pow2 {
+            per_channel: false,
+            fixed_shift: None,
+        },
+        WeightFormat::Int4 {
+            block: 32,
+            with_min: false,
+        },
+        WeightFormat::Int4 {
+            block: 32,
+            with_min: true,
+        },
+        WeightFormat::Int4 {
+            block: 128,
+            with_min: false,
+        },
+        WeightFormat::Binary { xnor: false },
+        WeightFormat::Binary { xnor: true },
+        WeightFormat::W8A8,
+    ]
+}
+
+/// Decodes rows of a packed weight to f32, for the fast CPU paths (the
+/// reference is [`dequantize`]). Borrows the packed data once.
+#[derive(Debug)]
+pub struct RowDecoder<'a> {
+    format: WeightFormat,
+    inp: usize,
+    data: RowData<'a>,
+}
+
+#[derive(Debug)]
+enum RowData<'a> {
+    F16(&'a [f16]),
+    Int8(&'a [i8], &'a [f32]),
+    Affine(&'a [u8], &'a [f32], &'a [u8]),
+    Pow2(&'a [i8], &'a [i8]),
+    Int4(&'a [u8], Vec<f32>, Option<Vec<f32>>),
+    Binary(&'a [u8], &'a [f32]),
+}
+
+impl<'a> RowDecoder<'a> {
+    /// Checks the packed tensors and borrows them.
+    pub fn new(format: &WeightFormat, packed: &[&'a Tensor], out: usize, inp: usize) -> Result<Self, OpError> {
+        check_packed(format, packed, out, inp)?;
+        let data = match *format {
+            WeightFormat::F16 => RowData::F16(packed[0].as_slice()?),
+            WeightFormat::Int8 { affine: false } | WeightFormat::W8A8 => {
+                RowData::Int8(packed[0].as_slice()?, packed[1].as_f32()?)
+            }
+            WeightFormat::Int8 { affine: true } => {
+                RowData::Affine(packed[0].as_slice()?, packed[1].as_f32()?, packed[2].as_slice()?)
+            }
+            WeightFormat::Pow2 { .. } => RowData::Pow2(packed[0].as_slice()?, packed[1].as_slice()?),
+            WeightFormat::Int4 { with_min, .. } => RowData::Int4(
+                packed[0].as_slice()?,
+                packed[1].to_f32_vec(),
+                with_min.then(|| packed[2].to_f32_vec()),
+            ),
+            WeightFormat::Binary { .. } => RowData::Binary(packed[0].as_slice()?, packed[1].as_f32()?),
+        };
+        Ok(Self {
+            format: *format,
+            inp,
+            data,
+        })
+    }
+
+    /// Writes row `r` (one output channel, `in` values) to `dst`.
+    pub fn row(&self, r: usize, dst: &mut [f32]) {
+        let k = self.inp;
+        let dst = &mut dst[..k];
+        match &self.data {
+            RowData::F16(w) => {
+                for (d, &v) in dst.iter_mut().zip(&w[r * k..]) {
+                    *d = v.to_f32();
+                }
+            }
+            RowData::Int8(q, s) => {
+                let s = s[r];
+                for (d, &v) in dst.iter_mut().zip(&q[r * k..]) {
+                    *d = v as f32 * s;
+                }
+            }
+            RowData::Affine(q, s, z) => {
+                let (s, z) = (s[r], z[r] as f32);
+                for (d, &v) in dst.iter_mut().zip(&q[r * k..]) {
+                    *d = (v as f32 - z) * s;
+                }
+            }
+            RowData::Pow2(q, p) => {
+                let shift = p[if p.len() == 1 { 0 } else { r }] as i32;
+                let f = libm::ldexpf(1.0, -shift);
+                for (d, &v) in dst.iter_mut().zip(&q[r * k..]) {
+                    *d = v as f32 * f;
+                }
+            }
+            RowData::Int4(q, s, m) => {
+                let WeightFormat::Int4 { block, .. } = self.format else {
+                    return;
+                };
+                let block = block as usize;
+                let blocks = k.div_ceil(block);
+                let row = &q[r * blocks * block / 2..(r + 1) * blocks * block / 2];
+                for (c, d) in dst.iter_mut().enumerate() {
+                    let byte = row[c / 2];
+                    let nib = if c % 2 == 0 { byte & 0xf } else { byte >> 4 } as f32;
+                    let b = r * blocks + c / block;
+                    *d = match m {
+                        Some(m) => nib * s[b] + m[b],
+                        None => (nib - 8.0) * s[b],
+                    };
+                }
+            }
+            RowData::Binary(bits, alpha) => {
+                let words = k.div_ceil(32);
+                let row = &bits[r * words * 4..(r + 1) * words * 4];
+                let a = alpha[r];
+                for (c, d) in dst.iter_mut().enumerate() {
+                    *d = if row[c / 8] >> (c % 8) & 1 == 1 { a } else { -a };
+                }
+            }
+        }
+    }
+}
