@@ -7,7 +7,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wginfer::ops::{activation, linear::Linear, matmul::MatMul, softmax::Softmax, CaseRng, Op};
+use wginfer::ops::{activation, linear::Linear, matmul::MatMul, qlinear::QLinear, softmax::Softmax, CaseRng, Op};
+use wginfer::quant::{self, WeightFormat};
 use wginfer::{Device, Model, Session, Tensor};
 
 fn bench_op(c: &mut Criterion, group: &str, op: Arc<dyn Op>, inputs: Vec<Tensor>, label: &str, with_reference: bool) {
@@ -44,6 +45,55 @@ fn linear(c: &mut Criterion) {
             rng.tensor(&[n], -1.0, 1.0),
         ];
         bench_op(c, "linear", Arc::new(Linear), inputs, &format!("{m}x{k}->{n}"), m == 1);
+    }
+}
+
+/// Linear layers per weight format at 1024x1024x1024 (and batch 1), beside f32.
+fn qlinear(c: &mut Criterion) {
+    let mut rng = CaseRng::new(11);
+    for m in [1usize, 1024] {
+        let (k, n) = (1024, 1024);
+        let x = rng.tensor(&[m, k], -1.0, 1.0);
+        let w = rng.tensor(&[n, k], -1.0, 1.0);
+        let b = rng.tensor(&[n], -1.0, 1.0);
+        bench_op(
+            c,
+            "qlinear",
+            Arc::new(Linear),
+            vec![x.clone(), w.clone(), b.clone()],
+            &format!("f32 {m}x{k}->{n}"),
+            false,
+        );
+        for format in [
+            WeightFormat::Int8 { affine: false },
+            WeightFormat::W8A8,
+            WeightFormat::Int4 {
+                block: 32,
+                with_min: false,
+            },
+            WeightFormat::Binary { xnor: true },
+        ] {
+            let Ok(wf) = w.as_f32() else { return };
+            let Ok(packed) = quant::quantize_weight(&format, wf, n, k) else {
+                return;
+            };
+            let mut inputs = vec![x.clone()];
+            inputs.extend(packed);
+            inputs.push(b.clone());
+            let op = QLinear {
+                format,
+                in_features: k,
+                out_features: n,
+            };
+            bench_op(
+                c,
+                "qlinear",
+                Arc::new(op),
+                inputs,
+                &format!("{format} {m}x{k}->{n}"),
+                false,
+            );
+        }
     }
 }
 
@@ -99,6 +149,6 @@ fn digits_mlp(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = matmul, linear, elementwise, digits_mlp
+    targets = matmul, linear, qlinear, elementwise, digits_mlp
 }
 criterion_main!(benches);

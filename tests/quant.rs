@@ -1,0 +1,225 @@
+//! Weight formats: packing round trips, rounding bounds, and what each format
+//! costs in accuracy on the real digits split.
+
+mod common;
+
+use common::root;
+use proptest::prelude::*;
+use wginfer::eval::{evaluate, EvalOptions};
+use wginfer::model::load_tensors;
+use wginfer::optimize::{quantize, QuantizeOptions};
+use wginfer::quant::{self, WeightFormat};
+use wginfer::{Device, Model, Session, Tensor};
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nibbles_round_trip_exactly(v in prop::collection::vec(0u8..16, 0..200)) {
+        let packed = quant::pack_nibbles(&v);
+        prop_assert_eq!(packed.len(), v.len().div_ceil(2));
+        prop_assert_eq!(&quant::unpack_nibbles(&packed)[..v.len()], &v[..]);
+    }
+
+    #[test]
+    fn bits_round_trip_exactly(v in prop::collection::vec(any::<bool>(), 0..300)) {
+        let words = v.len().div_ceil(32);
+        let packed = quant::pack_bits(&v, words);
+        prop_assert_eq!(packed.len(), words * 4);
+        prop_assert_eq!(quant::unpack_bits(&packed, v.len()), v);
+    }
+
+    #[test]
+    fn dequantized_weights_are_within_half_a_step(
+        fmt in 0usize..11,
+        out in 1usize..9,
+        inp in 1usize..300,
+        scale in 0.001f32..10.0,
+        seed in any::<u64>(),
+    ) {
+        let format = quant::all_formats()[fmt];
+        let mut rng = wginfer::ops::CaseRng::new(seed);
+        let w: Vec<f32> = (0..out * inp).map(|_| rng.uniform(-scale, scale)).collect();
+        let packed = quant::quantize_weight(&format, &w, out, inp).unwrap();
+        let refs: Vec<&Tensor> = packed.iter().collect();
+        let back = quant::dequantize(&format, &refs, out, inp).unwrap();
+        prop_assert_eq!(packed.iter().map(Tensor::size_in_bytes).sum::<usize>(), format.packed_bytes(out, inp));
+        match format.step_bound(&packed, out, inp) {
+            Some(bound) => {
+                // int4 blocks carry f16 scales/minimums: allow their rounding too.
+                let slack = if matches!(format, WeightFormat::Int4 { .. }) { scale * 2e-3 } else { scale * 1e-6 };
+                for i in 0..w.len() {
+                    prop_assert!((w[i] - back[i]).abs() <= bound[i] + slack,
+                        "{format}: w {} -> {} (half step {})", w[i], back[i], bound[i]);
+                }
+            }
+            None if format == WeightFormat::F16 => {
+                for i in 0..w.len() {
+                    prop_assert!((w[i] - back[i]).abs() <= w[i].abs() * 4.9e-4 + 6e-8, "{} -> {}", w[i], back[i]);
+                }
+            }
+            None => {
+                // Binary: sign kept, magnitude = the row's mean |w|.
+                for r in 0..out {
+                    let row = &w[r * inp..(r + 1) * inp];
+                    let alpha = row.iter().map(|x| x.abs()).sum::<f32>() / inp as f32;
+                    for c in 0..inp {
+                        let want = if row[c] >= 0.0 { alpha } else { -alpha };
+                        prop_assert!((back[r * inp + c] - want).abs() <= alpha * 1e-6);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn pow2_uses_the_int8_range_without_clipping() {
+    let w = [0.3f32, -0.9, 0.05, 0.0, 3.0, -1.5];
+    let f = WeightFormat::Pow2 {
+        per_channel: true,
+        fixed_shift: None,
+    };
+    let packed = quant::quantize_weight(&f, &w, 2, 3).unwrap();
+    let p = packed[1].as_slice::<i8>().unwrap();
+    // Row 0: max 0.9 -> largest p with 0.9·2^p <= 127 is 7 (115.2); row 1: max 3.0 -> 5 (96).
+    assert_eq!(p, &[7, 5]);
+    let q = packed[0].as_slice::<i8>().unwrap();
+    assert_eq!(q, &[38, -115, 6, 0, 96, -48]);
+    // Dequantization is an exact power-of-two scaling of q.
+    let back = quant::dequantize(&f, &packed.iter().collect::<Vec<_>>(), 2, 3).unwrap();
+    assert_eq!(back[1], -115.0 / 128.0);
+    // A fixed p clips what does not fit.
+    let fixed = WeightFormat::Pow2 {
+        per_channel: false,
+        fixed_shift: Some(7),
+    };
+    let packed = quant::quantize_weight(&fixed, &w, 2, 3).unwrap();
+    assert_eq!(packed[0].as_slice::<i8>().unwrap()[4], 127);
+}
+
+#[test]
+fn int8_symmetric_and_affine_known_values() {
+    let w = [1.0f32, -0.5, 0.25, 0.0];
+    let packed = quant::quantize_weight(&WeightFormat::Int8 { affine: false }, &w, 1, 4).unwrap();
+    assert_eq!(packed[0].as_slice::<i8>().unwrap(), &[127, -64, 32, 0]);
+    assert_eq!(packed[1].as_f32().unwrap(), &[1.0 / 127.0]);
+    let packed = quant::quantize_weight(&WeightFormat::Int8 { affine: true }, &w, 1, 4).unwrap();
+    // Range [-0.5, 1.0]: s = 1.5/255, zero point round(0.5/s) = 85.
+    assert_eq!(packed[2].as_slice::<u8>().unwrap(), &[85]);
+    assert_eq!(packed[0].as_slice::<u8>().unwrap(), &[255, 0, 128, 85]);
+}
+
+fn digits() -> (Model, Tensor, Tensor) {
+    let model = Model::load(root("models/digits-mlp/model.safetensors")).unwrap();
+    let data = load_tensors(root("models/digits-mlp/digits_test.safetensors")).unwrap();
+    let get = |n: &str| data.iter().find(|(k, _)| k == n).unwrap().1.clone();
+    (model, get("input"), get("label"))
+}
+
+fn accuracy(model: &Model, device: Device, x: &Tensor, y: &Tensor) -> (f64, Vec<usize>) {
+    let s = Session::new(model, device).unwrap();
+    let opts = EvalOptions {
+        input: "input".into(),
+        output: "probabilities".into(),
+        batch_size: 0,
+    };
+    let r = evaluate(&s, x, y, &opts, |_, _| {}).unwrap();
+    (r.accuracy(), r.predictions)
+}
+
+#[test]
+fn digits_accuracy_cost_per_format() {
+    let (model, x, y) = digits();
+    let (base, _) = accuracy(&model, Device::Cpu, &x, &y);
+    println!("f32: accuracy {base:.4}, {} param bytes", model.param_bytes());
+    for format in quant::all_formats() {
+        let (q, report) = quantize(&model, &QuantizeOptions::new(format), |_, _| {}).unwrap();
+        let (acc, fast) = accuracy(&q, Device::Cpu, &x, &y);
+        // The fast CPU kernels and the naive references predict the same classes.
+        let (acc_ref, reference) = accuracy(&q, Device::CpuReference, &x, &y);
+        let agree = fast.iter().zip(&reference).filter(|(a, b)| a == b).count();
+        println!(
+            "{format:<12} accuracy {acc:.4} ({:+.2} points), reference {acc_ref:.4}, fast/reference agree {agree}/450, bytes {} -> {}",
+            (acc - base) * 100.0,
+            report.bytes_before,
+            report.bytes_after
+        );
+        assert!(
+            agree >= 449,
+            "{format}: fast and reference kernels disagree on {} samples",
+            450 - agree
+        );
+        let loss = (base - acc) * 100.0;
+        match format {
+            WeightFormat::Int8 { .. } | WeightFormat::Pow2 { .. } | WeightFormat::W8A8 | WeightFormat::F16 => {
+                assert!(loss <= 0.3, "{format} loses {loss:.2} points (aim <= 0.3)")
+            }
+            WeightFormat::Int4 { .. } => assert!(loss <= 1.5, "{format} loses {loss:.2} points (aim <= 1.5)"),
+            WeightFormat::Binary { .. } => {}
+        }
+        assert!(
+            report.bytes_after < report.bytes_before,
+            "{format} did not shrink the model"
+        );
+    }
+}
+
+#[test]
+fn keeping_first_and_last_layers_helps_binary() {
+    let (model, x, y) = digits();
+    let all = quantize(
+        &model,
+        &QuantizeOptions::new(WeightFormat::Binary { xnor: false }),
+        |_, _| {},
+    )
+    .unwrap()
+    .0;
+    let mut opts = QuantizeOptions::new(WeightFormat::Binary { xnor: false });
+    opts.layers.insert("fc1".into(), WeightFormat::F16);
+    opts.layers.insert("fc3".into(), WeightFormat::F16);
+    let mixed = quantize(&model, &opts, |_, _| {}).unwrap().0;
+    let (a, _) = accuracy(&all, Device::Cpu, &x, &y);
+    let (b, _) = accuracy(&mixed, Device::Cpu, &x, &y);
+    println!("binary everywhere {a:.4}; fc1/fc3 in f16 {b:.4}");
+    assert!(
+        b > a,
+        "keeping the first and last layers in f16 should recover accuracy ({a} vs {b})"
+    );
+    assert!(b >= 0.9, "binary middle layer with f16 ends: {b}");
+}
+
+#[test]
+fn quantized_model_saves_and_loads_with_identical_outputs() {
+    let (model, x, _) = digits();
+    let mut opts = QuantizeOptions::new(WeightFormat::Int4 {
+        block: 32,
+        with_min: false,
+    });
+    opts.keep.push("fc3".into());
+    let (q, report) = quantize(&model, &opts, |_, _| {}).unwrap();
+    assert!(report.layers.iter().any(|l| l.node == "fc3" && l.format.is_none()));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.safetensors");
+    q.save(&path).unwrap();
+    let loaded = Model::load(&path).unwrap();
+    // The file holds packed tensors, not f32 weights.
+    assert!(loaded.param("fc1.weight").is_none());
+    assert_eq!(loaded.param("fc1.weight.q").unwrap().dtype(), wginfer::DType::U8);
+    assert_eq!(loaded.param_bytes(), q.param_bytes());
+    let a = Session::new(&q, Device::Cpu)
+        .unwrap()
+        .run([("input", x.clone())])
+        .unwrap();
+    let b = Session::new(&loaded, Device::Cpu).unwrap().run([("input", x)]).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn unknown_layer_names_are_refused() {
+    let (model, _, _) = digits();
+    let mut opts = QuantizeOptions::new(WeightFormat::F16);
+    opts.keep.push("fc9".into());
+    let e = quantize(&model, &opts, |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("fc9") && e.contains("fc1, fc2, fc3"), "{e}");
+}
