@@ -107,6 +107,9 @@ pub enum OpError {
         /// What is wrong with it.
         message: String,
     },
+    /// The op has no gradient (for this configuration).
+    #[error("{0} has no backward pass")]
+    NoGradient(String),
     /// A tensor-level error.
     #[error(transparent)]
     Tensor(#[from] TensorError),

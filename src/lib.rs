@@ -37,6 +37,7 @@ pub mod plan;
 pub mod quant;
 mod session;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use model::Model;

@@ -58,6 +58,35 @@ impl Activation {
         }
     }
 
+    /// The derivative `f'(x)`, computed in f64.
+    pub fn derivative(self, x: f32) -> f32 {
+        let x = x as f64;
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let d = match self {
+            Activation::Relu => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Activation::Sigmoid => sig(x) * (1.0 - sig(x)),
+            Activation::Tanh => 1.0 - x.tanh() * x.tanh(),
+            Activation::Gelu => {
+                let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+                let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                cdf + x * pdf
+            }
+            Activation::GeluTanh => {
+                let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+                let t = u.tanh();
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
+            }
+            Activation::Silu => sig(x) * (1.0 + x * (1.0 - sig(x))),
+        };
+        d as f32
+    }
+
     /// The op type in model files.
     pub fn op_type(self) -> &'static str {
         match self {
@@ -121,6 +150,18 @@ impl Op for Unary {
             inputs[0].shape().to_vec(),
             linalg::map(x, move |v| kind.apply(v)),
         )?])
+    }
+
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        _outputs: &[&Tensor],
+        grads: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let (x, dy) = (f32_input(inputs, 0)?, f32_input(grads, 0)?);
+        let dx = x.iter().zip(dy).map(|(&v, &g)| g * self.kind.derivative(v)).collect();
+        Ok(vec![Some(Tensor::from_vec(inputs[0].shape().to_vec(), dx)?)])
     }
 
     fn validation(&self) -> Validation {

@@ -94,6 +94,41 @@ impl Op for Binary {
         self.reference(inputs)
     }
 
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        outputs: &[&Tensor],
+        grads: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>, OpError> {
+        check_arity(inputs.len(), 2, 2, "2")?;
+        let (a, b) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?);
+        let (sa, sb) = (inputs[0].shape(), inputs[1].shape());
+        let dy = f32_input(grads, 0)?;
+        let out = outputs
+            .first()
+            .map(|t| t.shape().to_vec())
+            .unwrap_or(broadcast_shapes(sa, sb)?);
+        let mut da = vec![0.0f32; a.len()];
+        let mut db = vec![0.0f32; b.len()];
+        for (i, &g) in dy.iter().enumerate() {
+            let (ia, ib) = (broadcast_offset(i, &out, sa), broadcast_offset(i, &out, sb));
+            match self.kind {
+                BinaryKind::Add => {
+                    da[ia] += g;
+                    db[ib] += g;
+                }
+                BinaryKind::Mul => {
+                    da[ia] += g * b[ib];
+                    db[ib] += g * a[ia];
+                }
+            }
+        }
+        Ok(vec![
+            Some(Tensor::from_vec(sa.to_vec(), da)?),
+            Some(Tensor::from_vec(sb.to_vec(), db)?),
+        ])
+    }
+
     fn validation(&self) -> Validation {
         Validation::Exact
     }

@@ -139,6 +139,35 @@ impl Op for Linear {
         Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?])
     }
 
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        _outputs: &[&Tensor],
+        grads: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>, OpError> {
+        let (m, k, n) = dims(inputs)?;
+        let (x, w) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?);
+        let dy = f32_input(grads, 0)?;
+        let mut dx = vec![0.0f32; m * k];
+        linalg::sgemm(MatRef::row_major(dy, m, n), MatRef::row_major(w, n, k), &mut dx, false)?;
+        let mut dw = vec![0.0f32; n * k];
+        linalg::sgemm(MatRef::transposed(dy, n, m), MatRef::row_major(x, m, k), &mut dw, false)?;
+        let mut out = vec![
+            Some(Tensor::from_vec(inputs[0].shape().to_vec(), dx)?),
+            Some(Tensor::from_vec(vec![n, k], dw)?),
+        ];
+        if inputs.len() == 3 {
+            let mut db = vec![0.0f32; n];
+            for row in dy.chunks(n.max(1)) {
+                for (d, &g) in db.iter_mut().zip(row) {
+                    *d += g;
+                }
+            }
+            out.push(Some(Tensor::from_vec(vec![n], db)?));
+        }
+        Ok(out)
+    }
+
     fn validation(&self) -> Validation {
         Validation::Approximate
     }

@@ -161,6 +161,51 @@ impl Op for MatMul {
         Ok(vec![Tensor::from_vec(p.out, out)?])
     }
 
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        _outputs: &[&Tensor],
+        grads: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>, OpError> {
+        check_arity(inputs.len(), 2, 2, "2")?;
+        let p = plan(inputs[0].shape(), inputs[1].shape())?;
+        let (a, b) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?);
+        let dc = f32_input(grads, 0)?;
+        let (m, k, n) = (p.m, p.k, p.n);
+        let mut da = vec![0.0f32; a.len()];
+        let mut db = vec![0.0f32; b.len()];
+        let mut tmp_a = vec![0.0f32; m * k];
+        let mut tmp_b = vec![0.0f32; k * n];
+        for bi in 0..numel(&p.batch) {
+            let ao = broadcast_offset(bi, &p.batch, &p.a_batch) * m * k;
+            let bo = broadcast_offset(bi, &p.batch, &p.b_batch) * k * n;
+            let g = &dc[bi * m * n..(bi + 1) * m * n];
+            // dA = dC · Bᵀ, dB = Aᵀ · dC; summed where the batch broadcasts.
+            linalg::sgemm(
+                MatRef::row_major(g, m, n),
+                MatRef::transposed(&b[bo..bo + k * n], n, k),
+                &mut tmp_a,
+                false,
+            )?;
+            linalg::sgemm(
+                MatRef::transposed(&a[ao..ao + m * k], k, m),
+                MatRef::row_major(g, m, n),
+                &mut tmp_b,
+                false,
+            )?;
+            for (d, t) in da[ao..ao + m * k].iter_mut().zip(&tmp_a) {
+                *d += t;
+            }
+            for (d, t) in db[bo..bo + k * n].iter_mut().zip(&tmp_b) {
+                *d += t;
+            }
+        }
+        Ok(vec![
+            Some(Tensor::from_vec(inputs[0].shape().to_vec(), da)?),
+            Some(Tensor::from_vec(inputs[1].shape().to_vec(), db)?),
+        ])
+    }
+
     fn validation(&self) -> Validation {
         Validation::Approximate
     }

@@ -59,6 +59,20 @@ pub trait Op: fmt::Debug + Send + Sync + Any {
         self.reference(inputs)
     }
 
+    /// Reverse-mode gradients: given the forward inputs and outputs and the
+    /// gradient of a scalar loss with respect to each output, the gradient
+    /// with respect to each input (`None` where the input is not
+    /// differentiable, e.g. packed weights). Checked against finite
+    /// differences in `tests/gradients.rs`.
+    fn backward(
+        &self,
+        _inputs: &[&Tensor],
+        _outputs: &[&Tensor],
+        _grads: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>, OpError> {
+        Err(OpError::NoGradient(self.op_type().to_string()))
+    }
+
     /// How strictly other implementations must match the reference.
     fn validation(&self) -> Validation {
         Validation::Rounding

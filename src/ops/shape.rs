@@ -138,6 +138,20 @@ impl Op for Reshape {
         Ok(vec![inputs[0].clone().reshape(shape)?])
     }
 
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        _outputs: &[&Tensor],
+        grads: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let g = grads.first().ok_or(OpError::Arity {
+            expected: "1 gradient",
+            got: 0,
+        })?;
+        Ok(vec![Some((*g).clone().reshape(inputs[0].shape().to_vec())?)])
+    }
+
     fn validation(&self) -> Validation {
         Validation::Exact
     }
@@ -203,6 +217,20 @@ impl Op for Flatten {
         let a = self.split(s.len())?;
         let shape = vec![s[..a].iter().product(), s[a..].iter().product()];
         Ok(vec![inputs[0].clone().reshape(shape)?])
+    }
+
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        _outputs: &[&Tensor],
+        grads: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let g = grads.first().ok_or(OpError::Arity {
+            expected: "1 gradient",
+            got: 0,
+        })?;
+        Ok(vec![Some((*g).clone().reshape(inputs[0].shape().to_vec())?)])
     }
 
     fn validation(&self) -> Validation {

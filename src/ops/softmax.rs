@@ -89,6 +89,29 @@ impl Op for Softmax {
         Ok(vec![Tensor::from_vec(inputs[0].shape().to_vec(), y)?])
     }
 
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        outputs: &[&Tensor],
+        grads: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let y = f32_input(outputs, 0)?;
+        let dy = f32_input(grads, 0)?;
+        let (outer, len, inner) = split(inputs[0].shape(), self.axis)?;
+        let mut dx = vec![0.0f32; y.len()];
+        for o in 0..outer {
+            for i in 0..inner {
+                let at = |j: usize| o * len * inner + j * inner + i;
+                let dot: f64 = (0..len).map(|j| dy[at(j)] as f64 * y[at(j)] as f64).sum();
+                for j in 0..len {
+                    dx[at(j)] = (y[at(j)] as f64 * (dy[at(j)] as f64 - dot)) as f32;
+                }
+            }
+        }
+        Ok(vec![Some(Tensor::from_vec(inputs[0].shape().to_vec(), dx)?)])
+    }
+
     fn validation(&self) -> Validation {
         Validation::Approximate
     }

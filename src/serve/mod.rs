@@ -1,0 +1,246 @@
+//! The model server: the KServe v2 / Open Inference Protocol over HTTP
+//! (axum on tokio), as Triton's clients and KServe's expect it.
+//!
+//! ```no_run
+//! use wginfer::serve::{Server, ServerOptions};
+//!
+//! # async fn demo() -> std::io::Result<()> {
+//! let server = Server::new(ServerOptions {
+//!     model_repository: "models".into(),
+//!     ..ServerOptions::default()
+//! });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! server.serve(listener, wginfer::serve::shutdown_signal()).await
+//! # }
+//! ```
+//!
+//! Routes (every one but `/v2/health/*` needs the API key when one is set):
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `GET /v2/health/live`, `GET /v2/health/ready` | `{"live":true}` / `{"ready":true}`; 503 while not ready or shutting down |
+//! | `GET /v2` | server name, version, extensions |
+//! | `GET /v2/models/{m}[/versions/{v}]` | model metadata: inputs and outputs (-1: any size) |
+//! | `GET .../ready`, `GET .../config` | model readiness (200 or 503); Triton-style model config |
+//! | `POST .../infer` | inference: JSON or binary tensor bodies |
+//! | `POST /v2/repository/index` | every model and its state |
+//! | `POST /v2/repository/models/{m}/load`, `.../unload` | load (or reload) and unload |
+//! | `GET /metrics` | Prometheus text (see [`metrics`]) |
+//!
+//! Errors are `{"error": "..."}`: 400 bad input, 401 wrong API key, 404
+//! unknown model/version/route, 413 body too large, 503 not ready, queue
+//! full or timed out, 500 for internal failures (details in the log).
+
+mod batcher;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod protocol;
+pub mod repository;
+mod routes;
+
+use std::future::{Future, IntoFuture};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+
+pub use config::ModelConfig;
+pub use error::ServeError;
+pub use metrics::Metrics;
+pub use repository::Repository;
+
+use crate::session::Device;
+
+/// The default request body limit: 64 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+
+/// How a server is set up.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// The model repository directory.
+    pub model_repository: PathBuf,
+    /// Where models run unless their config says otherwise.
+    pub device: Device,
+    /// When set, every route but health needs `Authorization: Bearer <key>`
+    /// or `X-API-Key: <key>`.
+    pub api_key: Option<String>,
+    /// Bodies larger than this get 413.
+    pub max_body_bytes: usize,
+    /// How often to look for new, changed or removed models (`None`: never;
+    /// load and unload explicitly).
+    pub poll_interval: Option<Duration>,
+    /// How long a request may wait for its result unless the model config
+    /// or the request says otherwise (`None`: no limit).
+    pub request_timeout: Option<Duration>,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            model_repository: PathBuf::from("models"),
+            device: Device::Cpu,
+            api_key: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            poll_interval: None,
+            request_timeout: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+pub(crate) struct State {
+    repo: Repository,
+    metrics: Arc<Metrics>,
+    options: ServerOptions,
+    started: AtomicBool,
+    stopping: AtomicBool,
+    next_id: AtomicU64,
+}
+
+/// A model server: a repository, its metrics, and the HTTP routes.
+#[derive(Clone)]
+pub struct Server {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("options", &self.state.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server over a repository; no model is loaded yet (see
+    /// [`Server::load_models`], or [`Server::serve`] which loads them).
+    pub fn new(options: ServerOptions) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let repo = Repository::new(
+            options.model_repository.clone(),
+            options.device.clone(),
+            options.request_timeout,
+            metrics.clone(),
+        );
+        Self {
+            state: Arc::new(State {
+                repo,
+                metrics,
+                options,
+                started: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Loads every model in the repository and warms it up; the server is
+    /// ready after this. Returns the models that failed to load (each is
+    /// logged, and readiness stays false until it is fixed and reloaded).
+    pub async fn load_models(&self) -> Vec<String> {
+        let failed = self.state.repo.load_all().await;
+        self.state.started.store(true, Ordering::SeqCst);
+        failed
+    }
+
+    /// The repository.
+    pub fn repository(&self) -> &Repository {
+        &self.state.repo
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
+    /// True when started and every model that should serve does.
+    pub fn is_ready(&self) -> bool {
+        self.state.started.load(Ordering::SeqCst)
+            && !self.state.stopping.load(Ordering::SeqCst)
+            && self.state.repo.all_ready().is_none()
+    }
+
+    /// The HTTP routes (an axum router, for in-process use or tests).
+    pub fn router(&self) -> Router {
+        routes::router(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes: loads the models
+    /// (liveness answers meanwhile; readiness once they are warm), polls the
+    /// repository if asked, and on shutdown stops taking connections, turns
+    /// readiness off and waits up to the grace period for in-flight requests.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let loader = self.clone();
+        tokio::spawn(async move {
+            let failed = loader.load_models().await;
+            if failed.is_empty() {
+                log::info!("all models loaded; the server is ready");
+            } else {
+                log::error!(
+                    "model(s) failed to load: {}; the server is not ready",
+                    failed.join(", ")
+                );
+            }
+            if let Some(every) = loader.state.options.poll_interval {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                while !loader.state.stopping.load(Ordering::SeqCst) {
+                    tick.tick().await;
+                    loader.state.repo.poll().await;
+                }
+            }
+        });
+        let state = self.state.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let graceful = async move {
+            shutdown.await;
+            log::info!("shutting down: finishing in-flight requests");
+            state.stopping.store(true, Ordering::SeqCst);
+            let _ = stop_tx.send(());
+        };
+        let server = axum::serve(listener, self.router()).with_graceful_shutdown(graceful);
+        let grace = self.state.options.shutdown_grace;
+        let mut server = std::pin::pin!(server.into_future());
+        tokio::select! {
+            r = &mut server => r?,
+            _ = async { let _ = stop_rx.await; tokio::time::sleep(grace).await } => {
+                log::warn!("in-flight requests did not finish within {} s; stopping anyway", grace.as_secs());
+            }
+        }
+        self.state.repo.clear();
+        Ok(())
+    }
+}
+
+/// Completes on ctrl-c or (on Unix) SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
