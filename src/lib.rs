@@ -35,6 +35,7 @@ pub mod ops;
 pub mod optimize;
 pub mod plan;
 pub mod quant;
+pub mod serve;
 mod session;
 pub mod tensor;
 pub mod train;

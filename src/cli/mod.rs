@@ -4,6 +4,7 @@ mod eval;
 mod inspect;
 mod quantize;
 mod run;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ enum Command {
     Run(run::Args),
     /// Measure top-1 accuracy and latency on a labelled data set.
     Eval(eval::Args),
+    /// Serve a model repository over HTTP (KServe v2 / Open Inference Protocol).
+    Serve(serve::Args),
     /// Quantize a model's weights (f16, int8, pow2, int4, binary, w8a8) and report the cost.
     Quantize(quantize::Args),
 }
@@ -44,6 +47,7 @@ pub fn main() -> ExitCode {
             Command::Inspect(a) => inspect::run(a),
             Command::Run(a) => run::run(a, device),
             Command::Eval(a) => eval::run(a, device),
+            Command::Serve(a) => serve::run(a, device),
             Command::Quantize(a) => quantize::run(a, device),
         }
     })();
