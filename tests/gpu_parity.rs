@@ -192,7 +192,8 @@ fn both_matmul_kernels_match_on_odd_sizes() {
             }
         }
         let mut rng = CaseRng::new(77);
-        for (m, k, n) in [(65, 129, 67), (130, 17, 3), (4, 1000, 70)] {
+        // Unaligned (the general kernels) and aligned (vec4 kernels) sizes, none a tile multiple.
+        for (m, k, n) in [(65, 129, 67), (130, 17, 3), (4, 1000, 70), (68, 132, 260), (5, 8, 4)] {
             let a = rng.tensor(&[m, k], -1.0, 1.0);
             let b = rng.tensor(&[k, n], -1.0, 1.0);
             let case = OpCase::new(
@@ -202,6 +203,18 @@ fn both_matmul_kernels_match_on_odd_sizes() {
             );
             check_case(&ctx, &case, &options);
         }
+        // Batched with a batch per side (no folding), aligned.
+        let (a, b) = (rng.tensor(&[3, 20, 16], -1.0, 1.0), rng.tensor(&[3, 16, 8], -1.0, 1.0));
+        let case = OpCase::new("batched aligned", Arc::new(wginfer::ops::matmul::MatMul), vec![a, b]);
+        check_case(&ctx, &case, &options);
+        // Linear, aligned, wider than one 16-column tile per invocation, with bias.
+        let inputs = vec![
+            rng.tensor(&[70, 128], -1.0, 1.0),
+            rng.tensor(&[200, 128], -1.0, 1.0),
+            rng.tensor(&[200], -1.0, 1.0),
+        ];
+        let case = OpCase::new("linear 70x128->200", Arc::new(wginfer::ops::linear::Linear), inputs);
+        check_case(&ctx, &case, &options);
     }
 }
 

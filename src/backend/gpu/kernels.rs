@@ -22,7 +22,8 @@ pub enum MatmulKernel {
     /// Register-blocked on software adapters, shared-memory tiles on hardware.
     #[default]
     Auto,
-    /// Always the register-blocked kernel (`matmul.wgsl::blocked`).
+    /// Always a register-blocked kernel: `matmul_vec4.wgsl` (8x16 tiles,
+    /// vec4 loads) where the shapes are aligned, else `matmul.wgsl::blocked`.
     Blocked,
     /// Always the shared-memory tiled kernel (`matmul.wgsl::tiled`).
     Tiled,
@@ -326,8 +327,9 @@ fn gemm(op: &dyn Op, g: &Gemm, caps: &Caps) -> Result<NodeKernel, Error> {
     quad(&g.batch.iter().map(|&d| d as u32).collect::<Vec<_>>());
     quad(&g.a_strides);
     quad(&g.b_strides);
-    let (entry, groups) = if g.m < 4 {
-        ("gemv", [g.n.div_ceil(64), g.m, batches])
+    let aligned = g.k % 4 == 0 && (g.trans_b || g.n % 4 == 0);
+    let (shader, entry, groups) = if g.m < 4 {
+        (ShaderId::Matmul, "gemv", [g.n.div_ceil(64), g.m, batches])
     } else {
         let tiled = match caps.matmul {
             MatmulKernel::Auto => !caps.software && g.m >= 64 && g.n >= 64,
@@ -335,9 +337,20 @@ fn gemm(op: &dyn Op, g: &Gemm, caps: &Caps) -> Result<NodeKernel, Error> {
             MatmulKernel::Tiled => true,
         };
         if tiled {
-            ("tiled", [g.n.div_ceil(64), g.m.div_ceil(64), batches])
+            (ShaderId::Matmul, "tiled", [g.n.div_ceil(64), g.m.div_ceil(64), batches])
+        } else if aligned {
+            let entry = if g.trans_b { "nt" } else { "nn" };
+            (
+                ShaderId::MatmulVec4,
+                entry,
+                [g.n.div_ceil(128), g.m.div_ceil(64), batches],
+            )
         } else {
-            ("blocked", [g.n.div_ceil(32), g.m.div_ceil(32), batches])
+            (
+                ShaderId::Matmul,
+                "blocked",
+                [g.n.div_ceil(32), g.m.div_ceil(32), batches],
+            )
         }
     };
     if groups.iter().any(|&d| d > caps.max_workgroups as usize) {
@@ -350,16 +363,22 @@ fn gemm(op: &dyn Op, g: &Gemm, caps: &Caps) -> Result<NodeKernel, Error> {
             caps,
         ));
     }
-    let act = g.act.map(act_code).unwrap_or(0);
+    let act = g.act.map(act_code).unwrap_or(0) as f64;
+    let has_bias = if g.bias { 1.0 } else { 0.0 };
+    let constants = if shader == ShaderId::MatmulVec4 {
+        constants(&[("HAS_BIAS", has_bias), ("ACT", act)])
+    } else {
+        constants(&[
+            ("TRANS_B", if g.trans_b { 1.0 } else { 0.0 }),
+            ("HAS_BIAS", has_bias),
+            ("ACT", act),
+        ])
+    };
     Ok(NodeKernel::Dispatch(DispatchSpec {
         key: PipelineKey {
-            shader: ShaderId::Matmul,
+            shader,
             entry,
-            constants: constants(&[
-                ("TRANS_B", if g.trans_b { 1.0 } else { 0.0 }),
-                ("HAS_BIAS", if g.bias { 1.0 } else { 0.0 }),
-                ("ACT", act as f64),
-            ]),
+            constants,
             inputs: 3,
         },
         params,

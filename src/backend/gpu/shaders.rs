@@ -14,6 +14,9 @@ pub enum ShaderId {
     Softmax,
     /// `shaders/matmul.wgsl`: MatMul and Linear (blocked, tiled, GEMV).
     Matmul,
+    /// `shaders/matmul_vec4.wgsl`: MatMul and Linear on aligned shapes,
+    /// 8x16 register tiles with vec4 loads.
+    MatmulVec4,
 }
 
 impl ShaderId {
@@ -23,6 +26,7 @@ impl ShaderId {
             ShaderId::Elementwise => "elementwise.wgsl",
             ShaderId::Softmax => "softmax.wgsl",
             ShaderId::Matmul => "matmul.wgsl",
+            ShaderId::MatmulVec4 => "matmul_vec4.wgsl",
         }
     }
 }
@@ -31,6 +35,11 @@ const ELEMENTWISE: &str = concat!(
     include_str!("../../../shaders/activation.wgsl"),
     "\n",
     include_str!("../../../shaders/elementwise.wgsl")
+);
+const MATMUL_VEC4: &str = concat!(
+    include_str!("../../../shaders/activation.wgsl"),
+    "\n",
+    include_str!("../../../shaders/matmul_vec4.wgsl")
 );
 const SOFTMAX: &str = include_str!("../../../shaders/softmax.wgsl");
 const MATMUL: &str = concat!(
@@ -45,11 +54,17 @@ pub fn source(id: ShaderId) -> &'static str {
         ShaderId::Elementwise => ELEMENTWISE,
         ShaderId::Softmax => SOFTMAX,
         ShaderId::Matmul => MATMUL,
+        ShaderId::MatmulVec4 => MATMUL_VEC4,
     }
 }
 
 /// Every kernel family.
-pub const ALL: [ShaderId; 3] = [ShaderId::Elementwise, ShaderId::Softmax, ShaderId::Matmul];
+pub const ALL: [ShaderId; 4] = [
+    ShaderId::Elementwise,
+    ShaderId::Softmax,
+    ShaderId::Matmul,
+    ShaderId::MatmulVec4,
+];
 
 /// Files in `shaders/` that are not kernels themselves but are prepended to
 /// the kernels that use them.
