@@ -97,6 +97,21 @@ fn qlinear(c: &mut Criterion) {
     }
 }
 
+/// The int8 kernel under W8A8 alone: int8 x int8 -> int32 at 1024³ (2 ops per MAC).
+fn int8_gemm(c: &mut Criterion) {
+    let mut rng = CaseRng::new(12);
+    let n = 1024usize;
+    let a: Vec<i8> = (0..n * n).map(|_| (rng.next_u64() % 255) as u8 as i8).collect();
+    let b: Vec<i8> = (0..n * n).map(|_| (rng.next_u64() % 255) as u8 as i8).collect();
+    let mut out = vec![0i32; n * n];
+    let mut g = c.benchmark_group("int8-gemm");
+    g.throughput(Throughput::Elements(2 * (n * n * n) as u64));
+    g.bench_function(BenchmarkId::new("cpu", "1024x1024x1024"), |bch| {
+        bch.iter(|| quant::gemm_i8(black_box(&a), n, black_box(&b), n, n, &mut out))
+    });
+    g.finish();
+}
+
 fn elementwise(c: &mut Criterion) {
     let mut rng = CaseRng::new(9);
     let x = rng.tensor(&[1 << 20], -4.0, 4.0);
@@ -149,6 +164,6 @@ fn digits_mlp(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = matmul, linear, qlinear, elementwise, digits_mlp
+    targets = matmul, linear, qlinear, int8_gemm, elementwise, digits_mlp
 }
 criterion_main!(benches);

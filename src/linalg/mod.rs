@@ -113,6 +113,26 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], accumulate: bool) -> R
     Ok(())
 }
 
+/// Dot product of two equal-length slices with 16 independent partial sums
+/// (so the compiler can vectorize it; the order differs from a plain loop).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in ar.iter().zip(br) {
+        tail += x * y;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Below this many elements an elementwise loop runs on one thread.
 const PARALLEL_MIN_ELEMS: usize = 1 << 15;
 

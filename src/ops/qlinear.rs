@@ -248,29 +248,21 @@ impl Op for QLinear {
             _ => {
                 let dec = RowDecoder::new(&self.format, &packed, n, k)?;
                 if m <= 4 {
-                    // Few rows: decode each weight row once, dot it with every x row.
-                    let cols: Vec<Vec<f32>> = (0..n)
-                        .into_par_iter()
-                        .with_min_len(16)
-                        .map_init(
-                            || vec![0.0f32; k],
-                            |buf, j| {
-                                dec.row(j, buf);
-                                (0..m)
-                                    .map(|i| {
-                                        x[i * k..(i + 1) * k]
-                                            .iter()
-                                            .zip(buf.iter())
-                                            .map(|(a, b)| a * b)
-                                            .sum::<f32>()
-                                    })
-                                    .collect()
-                            },
-                        )
-                        .collect();
-                    for (j, col) in cols.iter().enumerate() {
+                    // Few rows: decode each weight row once and dot it with every x
+                    // row; outputs are gathered transposed, [n, m].
+                    let mut yt = vec![0.0f32; n * m];
+                    yt.par_chunks_mut(m.max(1)).enumerate().with_min_len(32).for_each_init(
+                        || vec![0.0f32; k],
+                        |buf, (j, out)| {
+                            dec.row(j, buf);
+                            for (i, o) in out.iter_mut().enumerate() {
+                                *o = linalg::dot(&x[i * k..(i + 1) * k], buf);
+                            }
+                        },
+                    );
+                    for j in 0..n {
                         for i in 0..m {
-                            y[i * n + j] = col[i] + bias.map_or(0.0, |b| b[j]);
+                            y[i * n + j] = yt[j * m + i] + bias.map_or(0.0, |b| b[j]);
                         }
                     }
                 } else {

@@ -65,7 +65,7 @@ mod vnni {
     use rayon::prelude::*;
 
     /// Output columns (weight rows) per parallel task.
-    const COLS_PER_TASK: usize = 64;
+    const COLS_PER_TASK: usize = 32;
 
     pub fn gemm(x: &[i8], m: usize, w: &[i8], n: usize, k: usize, out: &mut [i32]) {
         // vpdpbusd multiplies unsigned by signed bytes: feed x + 128 (x ^ 0x80)
@@ -74,83 +74,124 @@ mod vnni {
         let wsum: Vec<i32> = (0..n)
             .map(|j| w[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum())
             .collect();
-        let tasks: Vec<(usize, usize)> = (0..n)
-            .step_by(COLS_PER_TASK)
-            .map(|j| (j, (j + COLS_PER_TASK).min(n)))
-            .collect();
-        let run = |&(j0, j1): &(usize, usize)| -> Vec<(usize, usize, i32)> {
-            let mut res = Vec::with_capacity(m * (j1 - j0));
+        let tasks: Vec<usize> = (0..n).step_by(COLS_PER_TASK).collect();
+        // Each task fills a column block [m, cols] of its own.
+        let run = |&j0: &usize| -> Vec<i32> {
+            let j1 = (j0 + COLS_PER_TASK).min(n);
+            let cols = j1 - j0;
+            let mut block = vec![0i32; m * cols];
             let mut j = j0;
             while j < j1 {
-                let nj = (j1 - j).min(4);
                 let mut i = 0;
-                while i < m {
-                    let mi = (m - i).min(4);
-                    let mut tile = [[0i32; 4]; 4];
-                    // SAFETY: the caller checked the CPU features; every row
-                    // read is in bounds (i+mi <= m, j+nj <= n, length k).
-                    unsafe { tile4x4(&xu, i, mi, w, j, nj, k, &mut tile) };
-                    for (a, trow) in tile.iter().enumerate().take(mi) {
-                        for (b, &v) in trow.iter().enumerate().take(nj) {
-                            res.push((i + a, j + b, v - 128 * wsum[j + b]));
+                if j + 4 <= j1 {
+                    while i + 4 <= m {
+                        // SAFETY: CPU features checked by the caller; rows i..i+4 of
+                        // xu and j..j+4 of w, each k long, are in bounds.
+                        let t = unsafe { tile4x4(xu.as_ptr().add(i * k), w.as_ptr().add(j * k), k) };
+                        for a in 0..4 {
+                            for b in 0..4 {
+                                block[(i + a) * cols + (j - j0 + b)] = t[a][b];
+                            }
                         }
+                        i += 4;
                     }
-                    i += mi;
                 }
-                j += nj;
+                // Edges: one output at a time.
+                for ii in i..m {
+                    for jj in j..(j + 4).min(j1) {
+                        // SAFETY: as above, one row each.
+                        block[ii * cols + (jj - j0)] =
+                            unsafe { dot1(xu.as_ptr().add(ii * k), w.as_ptr().add(jj * k), k) };
+                    }
+                }
+                j += 4;
             }
-            res
+            for (idx, v) in block.iter_mut().enumerate() {
+                *v -= 128 * wsum[j0 + idx % cols];
+            }
+            block
         };
-        let parts: Vec<Vec<(usize, usize, i32)>> = if m * n * k >= 1 << 20 {
+        let blocks: Vec<Vec<i32>> = if m * n * k >= 1 << 20 {
             tasks.par_iter().map(run).collect()
         } else {
             tasks.iter().map(run).collect()
         };
-        for part in parts {
-            for (i, j, v) in part {
-                out[i * n + j] = v;
+        for (t, block) in tasks.iter().zip(blocks) {
+            let cols = (n - t).min(COLS_PER_TASK);
+            for i in 0..m {
+                out[i * n + t..i * n + t + cols].copy_from_slice(&block[i * cols..(i + 1) * cols]);
             }
         }
     }
 
-    /// Up to 4 rows of `xu` against up to 4 rows of `w`, 64 bytes a step.
+    #[inline(always)]
+    unsafe fn mask(len: usize) -> __mmask64 {
+        if len >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << len) - 1
+        }
+    }
+
+    /// A 4×4 tile: rows `x..x+4k` (unsigned) against rows `w..w+4k` (signed).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile4x4(
-        xu: &[u8],
-        i: usize,
-        mi: usize,
-        w: &[i8],
-        j: usize,
-        nj: usize,
-        k: usize,
-        tile: &mut [[i32; 4]; 4],
-    ) {
-        let mut acc = [[_mm512_setzero_si512(); 4]; 4];
+    unsafe fn tile4x4(x: *const u8, w: *const i8, k: usize) -> [[i32; 4]; 4] {
+        let z = _mm512_setzero_si512();
+        let (mut c00, mut c01, mut c02, mut c03) = (z, z, z, z);
+        let (mut c10, mut c11, mut c12, mut c13) = (z, z, z, z);
+        let (mut c20, mut c21, mut c22, mut c23) = (z, z, z, z);
+        let (mut c30, mut c31, mut c32, mut c33) = (z, z, z, z);
         let mut p = 0;
         while p < k {
-            let len = (k - p).min(64);
-            let mask: __mmask64 = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
-            let mut xv = [_mm512_setzero_si512(); 4];
-            let mut wv = [_mm512_setzero_si512(); 4];
-            for a in 0..mi {
-                xv[a] = _mm512_maskz_loadu_epi8(mask, xu.as_ptr().add((i + a) * k + p) as *const i8);
-            }
-            for b in 0..nj {
-                wv[b] = _mm512_maskz_loadu_epi8(mask, w.as_ptr().add((j + b) * k + p));
-            }
-            for a in 0..4 {
-                for b in 0..4 {
-                    acc[a][b] = _mm512_dpbusd_epi32(acc[a][b], xv[a], wv[b]);
-                }
-            }
+            let mk = mask(k - p);
+            let x0 = _mm512_maskz_loadu_epi8(mk, x.add(p) as *const i8);
+            let x1 = _mm512_maskz_loadu_epi8(mk, x.add(k + p) as *const i8);
+            let x2 = _mm512_maskz_loadu_epi8(mk, x.add(2 * k + p) as *const i8);
+            let x3 = _mm512_maskz_loadu_epi8(mk, x.add(3 * k + p) as *const i8);
+            let w0 = _mm512_maskz_loadu_epi8(mk, w.add(p));
+            let w1 = _mm512_maskz_loadu_epi8(mk, w.add(k + p));
+            let w2 = _mm512_maskz_loadu_epi8(mk, w.add(2 * k + p));
+            let w3 = _mm512_maskz_loadu_epi8(mk, w.add(3 * k + p));
+            c00 = _mm512_dpbusd_epi32(c00, x0, w0);
+            c01 = _mm512_dpbusd_epi32(c01, x0, w1);
+            c02 = _mm512_dpbusd_epi32(c02, x0, w2);
+            c03 = _mm512_dpbusd_epi32(c03, x0, w3);
+            c10 = _mm512_dpbusd_epi32(c10, x1, w0);
+            c11 = _mm512_dpbusd_epi32(c11, x1, w1);
+            c12 = _mm512_dpbusd_epi32(c12, x1, w2);
+            c13 = _mm512_dpbusd_epi32(c13, x1, w3);
+            c20 = _mm512_dpbusd_epi32(c20, x2, w0);
+            c21 = _mm512_dpbusd_epi32(c21, x2, w1);
+            c22 = _mm512_dpbusd_epi32(c22, x2, w2);
+            c23 = _mm512_dpbusd_epi32(c23, x2, w3);
+            c30 = _mm512_dpbusd_epi32(c30, x3, w0);
+            c31 = _mm512_dpbusd_epi32(c31, x3, w1);
+            c32 = _mm512_dpbusd_epi32(c32, x3, w2);
+            c33 = _mm512_dpbusd_epi32(c33, x3, w3);
             p += 64;
         }
-        for a in 0..mi {
-            for b in 0..nj {
-                tile[a][b] = _mm512_reduce_add_epi32(acc[a][b]);
-            }
+        let r = |v| _mm512_reduce_add_epi32(v);
+        [
+            [r(c00), r(c01), r(c02), r(c03)],
+            [r(c10), r(c11), r(c12), r(c13)],
+            [r(c20), r(c21), r(c22), r(c23)],
+            [r(c30), r(c31), r(c32), r(c33)],
+        ]
+    }
+
+    /// One row of `x` (unsigned) against one row of `w` (signed).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn dot1(x: *const u8, w: *const i8, k: usize) -> i32 {
+        let mut c = _mm512_setzero_si512();
+        let mut p = 0;
+        while p < k {
+            let mk = mask(k - p);
+            let xv = _mm512_maskz_loadu_epi8(mk, x.add(p) as *const i8);
+            let wv = _mm512_maskz_loadu_epi8(mk, w.add(p));
+            c = _mm512_dpbusd_epi32(c, xv, wv);
+            p += 64;
         }
+        _mm512_reduce_add_epi32(c)
     }
 }
 

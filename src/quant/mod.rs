@@ -590,14 +590,20 @@ impl<'a> RowDecoder<'a> {
                 let block = block as usize;
                 let blocks = k.div_ceil(block);
                 let row = &q[r * blocks * block / 2..(r + 1) * blocks * block / 2];
-                for (c, d) in dst.iter_mut().enumerate() {
-                    let byte = row[c / 2];
-                    let nib = if c % 2 == 0 { byte & 0xf } else { byte >> 4 } as f32;
-                    let b = r * blocks + c / block;
-                    *d = match m {
-                        Some(m) => nib * s[b] + m[b],
-                        None => (nib - 8.0) * s[b],
+                for b in 0..blocks {
+                    let (scale, offset) = match m {
+                        Some(m) => (s[r * blocks + b], m[r * blocks + b]),
+                        None => (s[r * blocks + b], -8.0 * s[r * blocks + b]),
                     };
+                    let lo = b * block;
+                    let hi = (lo + block).min(k);
+                    let bytes = &row[lo / 2..hi.div_ceil(2)];
+                    for (pair, &byte) in dst[lo..hi].chunks_mut(2).zip(bytes) {
+                        pair[0] = (byte & 0xf) as f32 * scale + offset;
+                        if let Some(second) = pair.get_mut(1) {
+                            *second = (byte >> 4) as f32 * scale + offset;
+                        }
+                    }
                 }
             }
             RowData::Binary(bits, alpha) => {
