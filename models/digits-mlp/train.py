@@ -8,6 +8,7 @@ Model: MLPClassifier 64 -> 128 -> 64 -> 10, ReLU, softmax output.
 Writes, next to this script:
   model.safetensors           the model (weights + graph JSON in __metadata__)
   digits_test.safetensors     the held-out split: `input` f32 [N,64], `label` i64 [N]
+  digits_train.safetensors    the training split, same layout (calibration and fine-tuning data)
   reference.safetensors       the trainer's own predict_proba on that split, `probabilities` f32 [N,10]
 
 The trained weights are rounded to f32 (what the model file stores) and put back
@@ -96,6 +97,11 @@ def main():
         {"input": x_test32, "label": y_test.astype(np.int64)},
         os.path.join(HERE, "digits_test.safetensors"),
         metadata={"source": "sklearn.datasets.load_digits, 25% stratified split, random_state=0, scaled /16"},
+    )
+    save_file(
+        {"input": x_train.astype(np.float32), "label": y_train.astype(np.int64)},
+        os.path.join(HERE, "digits_train.safetensors"),
+        metadata={"source": "sklearn.datasets.load_digits, 75% stratified split, random_state=0, scaled /16"},
     )
     save_file(
         {"probabilities": probs.astype(np.float32)},
