@@ -477,6 +477,11 @@ async fn bad_requests_are_400_with_a_message() {
             "twice",
         ),
         (
+            "output twice",
+            json!({"inputs": [ok_input.clone()], "outputs": [{"name": "logits"}, {"name": "logits"}]}),
+            "twice",
+        ),
+        (
             "unknown output",
             json!({"inputs": [ok_input.clone()], "outputs": [{"name": "scores"}]}),
             "scores",

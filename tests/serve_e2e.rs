@@ -140,3 +140,41 @@ fn python_clients_against_the_server() {
     let status = wait_with_deadline(&mut server.0, Duration::from_secs(30)).expect("the server stops within 30 s");
     assert!(status.success(), "the server exited with {status}");
 }
+
+/// The KServe runtime in deploy/ probes the routes the server has, mounts
+/// the repository where KServe puts it, and passes flags the CLI accepts.
+#[test]
+fn deploy_files_match_the_server() {
+    let runtime = std::fs::read_to_string(common::root("deploy/servingruntime.yaml")).unwrap();
+    for needle in [
+        "kind: ServingRuntime",
+        "path: /v2/health/ready",
+        "path: /v2/health/live",
+        "- v2",
+        "--model-repository=/mnt/models",
+    ] {
+        assert!(runtime.contains(needle), "servingruntime.yaml lacks `{needle}`");
+    }
+    let isvc = std::fs::read_to_string(common::root("deploy/inferenceservice.yaml")).unwrap();
+    assert!(isvc.contains("kind: InferenceService") && isvc.contains("runtime: wginfer"));
+    // The container's flags parse: with a missing repository the command
+    // gets as far as complaining about it.
+    let args: Vec<String> = runtime
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("- "))
+        .filter(|a| *a == "serve" || a.starts_with("--"))
+        .map(|a| a.replace("/mnt/models", "/nonexistent/wginfer-models"))
+        .collect();
+    assert!(args.len() >= 4, "{args:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_wginfer"))
+        .args(&args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("/nonexistent/wginfer-models") && err.contains("not a directory"),
+        "{err}"
+    );
+}

@@ -235,6 +235,9 @@ pub fn parse_infer(body: &[u8], json_len: Option<usize>) -> Result<ParsedRequest
         Some(list) => {
             let mut out = Vec::with_capacity(list.len());
             for o in list {
+                if out.iter().any(|(n, _): &(String, bool)| *n == o.name) {
+                    return Err(ServeError::bad(format!("output `{}` is asked for twice", o.name)));
+                }
                 let bin = param_bool(&o.parameters, "binary_data")
                     .map_err(|e| ServeError::bad(format!("output `{}`: {e}", o.name)))?
                     .unwrap_or(binary_output);
