@@ -157,13 +157,20 @@ pub fn parse_infer(body: &[u8], json_len: Option<usize>) -> Result<ParsedRequest
         Some(n) => body.split_at(n),
         None => (body, &[][..]),
     };
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ServeError::bad(
+            "the request body must be a JSON object like {\"inputs\": [{\"name\", \"shape\", \"datatype\", \"data\"}]}",
+        ));
+    }
     let req: InferRequest = serde_json::from_slice(json).map_err(|e| {
-        let hint = if json_len.is_none() {
-            " (a body with binary tensor data also needs the Inference-Header-Content-Length header)"
-        } else {
-            ""
-        };
-        ServeError::bad(format!("the request JSON is invalid: {e}{hint}"))
+        let msg = e.to_string();
+        let hint =
+            if json_len.is_none() && (msg.starts_with("trailing characters") || std::str::from_utf8(json).is_err()) {
+                " (a body with binary tensor data also needs the Inference-Header-Content-Length header)"
+            } else {
+                ""
+            };
+        ServeError::bad(format!("the request JSON is invalid: {msg}{hint}"))
     })?;
     if req.inputs.is_empty() {
         return Err(ServeError::bad(
