@@ -34,14 +34,15 @@ pub mod model;
 pub mod ops;
 pub mod optimize;
 pub mod plan;
+pub mod prune;
 pub mod quant;
 pub mod serve;
 mod session;
 pub mod tensor;
 pub mod train;
 
+pub use backend::gpu::AdapterChoice;
 pub use error::{Error, Result};
 pub use model::Model;
-pub use backend::gpu::AdapterChoice;
 pub use session::{Device, Session};
 pub use tensor::{DType, Tensor};

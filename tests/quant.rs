@@ -156,7 +156,7 @@ fn digits_accuracy_cost_per_format() {
                 assert!(loss <= 0.3, "{format} loses {loss:.2} points (aim <= 0.3)")
             }
             WeightFormat::Int4 { .. } => assert!(loss <= 1.5, "{format} loses {loss:.2} points (aim <= 1.5)"),
-            WeightFormat::Binary { .. } => {}
+            WeightFormat::Binary { .. } | WeightFormat::NM { .. } => {}
         }
         assert!(
             report.bytes_after < report.bytes_before,

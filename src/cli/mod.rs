@@ -2,6 +2,7 @@
 
 mod eval;
 mod inspect;
+mod prune;
 mod quantize;
 mod run;
 mod serve;
@@ -34,6 +35,8 @@ enum Command {
     Eval(eval::Args),
     /// Serve a model repository over HTTP (KServe v2 / Open Inference Protocol).
     Serve(serve::Args),
+    /// Prune a model (magnitude, Taylor, N:M, channels, layers) and report the cost.
+    Prune(prune::Args),
     /// Quantize a model's weights (f16, int8, pow2, int4, binary, w8a8) and report the cost.
     Quantize(quantize::Args),
 }
@@ -48,6 +51,7 @@ pub fn main() -> ExitCode {
             Command::Run(a) => run::run(a, device),
             Command::Eval(a) => eval::run(a, device),
             Command::Serve(a) => serve::run(a, device),
+            Command::Prune(a) => prune::run(a, device),
             Command::Quantize(a) => quantize::run(a, device),
         }
     })();

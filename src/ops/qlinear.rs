@@ -251,15 +251,24 @@ impl Op for QLinear {
                     // Few rows: decode each weight row once and dot it with every x
                     // row; outputs are gathered transposed, [n, m].
                     let mut yt = vec![0.0f32; n * m];
-                    yt.par_chunks_mut(m.max(1)).enumerate().with_min_len(32).for_each_init(
-                        || vec![0.0f32; k],
-                        |buf, (j, out)| {
-                            dec.row(j, buf);
-                            for (i, o) in out.iter_mut().enumerate() {
-                                *o = linalg::dot(&x[i * k..(i + 1) * k], buf);
-                            }
-                        },
-                    );
+                    let work = |buf: &mut Vec<f32>, (j, out): (usize, &mut [f32])| {
+                        dec.row(j, buf);
+                        for (i, o) in out.iter_mut().enumerate() {
+                            *o = linalg::dot(&x[i * k..(i + 1) * k], buf);
+                        }
+                    };
+                    if n * k >= 1 << 18 {
+                        yt.par_chunks_mut(m.max(1))
+                            .enumerate()
+                            .with_min_len(32)
+                            .for_each_init(|| vec![0.0f32; k], work);
+                    } else {
+                        // Small layers stay on this thread: waking workers costs more.
+                        let mut buf = vec![0.0f32; k];
+                        yt.chunks_mut(m.max(1))
+                            .enumerate()
+                            .for_each(|item| work(&mut buf, item));
+                    }
                     for j in 0..n {
                         for i in 0..m {
                             y[i * n + j] = yt[j * m + i] + bias.map_or(0.0, |b| b[j]);
@@ -267,9 +276,13 @@ impl Op for QLinear {
                     }
                 } else {
                     let mut w = vec![0.0f32; n * k];
-                    w.par_chunks_mut(k.max(1))
-                        .enumerate()
-                        .for_each(|(j, row)| dec.row(j, row));
+                    if n * k >= 1 << 18 {
+                        w.par_chunks_mut(k.max(1))
+                            .enumerate()
+                            .for_each(|(j, row)| dec.row(j, row));
+                    } else {
+                        w.chunks_mut(k.max(1)).enumerate().for_each(|(j, row)| dec.row(j, row));
+                    }
                     let accumulate = if let Some(b) = bias {
                         for row in y.chunks_mut(n.max(1)) {
                             row.copy_from_slice(b);
@@ -372,7 +385,9 @@ pub const QLINEAR: OpDef = OpDef {
     cases: || {
         let mut rng = CaseRng::new(12);
         let mut v = Vec::new();
-        for f in quant::all_formats() {
+        let mut formats = quant::all_formats();
+        formats.extend([WeightFormat::NM { n: 2, m: 4 }, WeightFormat::NM { n: 4, m: 8 }]);
+        for f in formats {
             v.push(case(&mut rng, f, 1, 17, 5, true));
             v.push(case(&mut rng, f, 3, 64, 33, true));
             v.push(case(&mut rng, f, 17, 1000, 3, false));
@@ -381,7 +396,8 @@ pub const QLINEAR: OpDef = OpDef {
         v
     },
     sample: |rng| {
-        let formats = quant::all_formats();
+        let mut formats = quant::all_formats();
+        formats.push(WeightFormat::NM { n: 2, m: 4 });
         let f = formats[rng.range(0, formats.len() - 1)];
         let (m, k, n) = (rng.dim(20), rng.dim(300), rng.dim(40));
         let bias = rng.next_u64() % 2 == 0;

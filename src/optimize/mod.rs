@@ -4,3 +4,6 @@
 pub mod quantize;
 
 pub use quantize::{quantize, LayerReport, QuantizeOptions, QuantizeReport};
+pub mod prune;
+
+pub use prune::{prune, Finetune, Labelled, PruneMethod, PruneOptions, PruneReport, Scope};

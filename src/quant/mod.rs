@@ -68,6 +68,17 @@ pub enum WeightFormat {
     /// int8 weights (symmetric, per channel) and int8 activations quantized
     /// per row at run time; int32 accumulation. Tensors as symmetric `Int8`.
     W8A8,
+    /// N:M structured sparsity: in every group of `m` consecutive inputs at
+    /// most `n` weights are non-zero; only those are stored, as f32 values
+    /// with their positions in the group (4-bit indices, two per byte).
+    /// Tensors: `values f32 [out, groups·n]`, `index u8 [out, ⌈groups·n/2⌉]`.
+    /// Packing keeps the `n` largest |w| of each group (a pruning step).
+    NM {
+        /// Kept weights per group.
+        n: u8,
+        /// Group size (at most 16).
+        m: u8,
+    },
 }
 
 impl WeightFormat {
@@ -105,6 +116,7 @@ impl WeightFormat {
             WeightFormat::Binary { xnor: false } => "binary".into(),
             WeightFormat::Binary { xnor: true } => "binary-xnor".into(),
             WeightFormat::W8A8 => "w8a8".into(),
+            WeightFormat::NM { n, m } => format!("{n}:{m}"),
         }
     }
 
@@ -118,11 +130,20 @@ impl WeightFormat {
             WeightFormat::Int4 { with_min: false, .. } => &["q", "scale"],
             WeightFormat::Int4 { with_min: true, .. } => &["q", "scale", "min"],
             WeightFormat::Binary { .. } => &["bits", "alpha"],
+            WeightFormat::NM { .. } => &["values", "index"],
         }
     }
 
     /// Checks parameters (block sizes).
     pub fn validate(&self) -> Result<(), OpError> {
+        if let WeightFormat::NM { n, m } = self {
+            if *n == 0 || n > m || *m > 16 {
+                return Err(OpError::Attribute {
+                    name: "format".into(),
+                    message: format!("N:M sparsity needs 0 < N <= M <= 16, got {n}:{m}"),
+                });
+            }
+        }
         if let WeightFormat::Int4 { block, .. } = self {
             if ![32, 64, 128].contains(block) {
                 return Err(OpError::Attribute {
@@ -166,6 +187,10 @@ impl WeightFormat {
                 v
             }
             WeightFormat::Binary { .. } => vec![(DType::U8, vec![out, inp.div_ceil(32) * 4]), (DType::F32, vec![out])],
+            WeightFormat::NM { n, m } => {
+                let kept = inp.div_ceil(m as usize) * n as usize;
+                vec![(DType::F32, vec![out, kept]), (DType::U8, vec![out, kept.div_ceil(2)])]
+            }
         }
     }
 
@@ -200,7 +225,7 @@ impl WeightFormat {
                     .map(|i| s[(i / inp) * blocks + (i % inp) / block as usize] / 2.0)
                     .collect()
             }
-            WeightFormat::Binary { .. } => return None,
+            WeightFormat::Binary { .. } | WeightFormat::NM { .. } => return None,
         })
     }
 }
@@ -237,6 +262,11 @@ impl FromStr for WeightFormat {
             "binary" => WeightFormat::Binary { xnor: false },
             "binary-xnor" | "xnor" => WeightFormat::Binary { xnor: true },
             "w8a8" => WeightFormat::W8A8,
+            nm if nm.contains(':') => {
+                let (n, m) = nm.split_once(':').unwrap_or_default();
+                let parse = |v: &str| v.parse::<u8>().map_err(|_| format!("bad N:M pattern `{nm}`"));
+                WeightFormat::NM { n: parse(n)?, m: parse(m)? }
+            }
             _ => {
                 return Err(format!(
                     "unknown weight format `{s}`; choose f16, int8, int8-affine, pow2, pow2-tensor, int4, int4-min, binary, binary-xnor or w8a8"
@@ -376,6 +406,43 @@ pub fn quantize_weight(format: &WeightFormat, w: &[f32], out: usize, inp: usize)
             }
             v
         }
+        WeightFormat::NM { n, m } => {
+            let (n, m) = (n as usize, m as usize);
+            let groups = inp.div_ceil(m);
+            let (mut values, mut index) = (
+                Vec::with_capacity(out * groups * n),
+                Vec::with_capacity(out * groups * n),
+            );
+            for row in rows() {
+                let mut idx_row = Vec::with_capacity(groups * n);
+                for g in 0..groups {
+                    let group = &row[g * m..((g + 1) * m).min(inp)];
+                    let mut order: Vec<usize> = (0..group.len()).collect();
+                    // Largest |w| first; ties keep the earlier position.
+                    order.sort_by(|&a, &b| group[b].abs().total_cmp(&group[a].abs()).then(a.cmp(&b)));
+                    let mut kept: Vec<usize> = order.into_iter().take(n).collect();
+                    kept.sort_unstable();
+                    for t in 0..n {
+                        match kept.get(t) {
+                            Some(&c) => {
+                                values.push(group[c]);
+                                idx_row.push(c as u8);
+                            }
+                            None => {
+                                values.push(0.0);
+                                idx_row.push(0);
+                            }
+                        }
+                    }
+                }
+                index.extend(pack_nibbles(&idx_row));
+            }
+            let kept = groups * n;
+            vec![
+                t(vec![out, kept], S::F32(values))?,
+                t(vec![out, kept.div_ceil(2)], S::U8(index))?,
+            ]
+        }
         WeightFormat::Binary { .. } => {
             let words = inp.div_ceil(32);
             let mut bytes = Vec::with_capacity(out * words * 4);
@@ -462,6 +529,20 @@ pub fn dequantize(format: &WeightFormat, packed: &[&Tensor], out: usize, inp: us
                 }
             }
         }
+        WeightFormat::NM { n, m } => {
+            let (n, m) = (n as usize, m as usize);
+            let kept = inp.div_ceil(m) * n;
+            let (values, index) = (packed[0].as_f32()?, packed[1].as_slice::<u8>()?);
+            for r in 0..out {
+                let idx = unpack_nibbles(&index[r * kept.div_ceil(2)..(r + 1) * kept.div_ceil(2)]);
+                for t in 0..kept {
+                    let c = (t / n) * m + idx[t] as usize;
+                    if c < inp {
+                        w[r * inp + c] += values[r * kept + t];
+                    }
+                }
+            }
+        }
         WeightFormat::Binary { .. } => {
             let words = inp.div_ceil(32);
             let (bytes, alpha) = (packed[0].as_slice::<u8>()?, packed[1].as_f32()?);
@@ -525,6 +606,7 @@ enum RowData<'a> {
     Pow2(&'a [i8], &'a [i8]),
     Int4(&'a [u8], Vec<f32>, Option<Vec<f32>>),
     Binary(&'a [u8], &'a [f32]),
+    NM(&'a [f32], &'a [u8], usize, usize),
 }
 
 impl<'a> RowDecoder<'a> {
@@ -546,6 +628,9 @@ impl<'a> RowDecoder<'a> {
                 with_min.then(|| packed[2].to_f32_vec()),
             ),
             WeightFormat::Binary { .. } => RowData::Binary(packed[0].as_slice()?, packed[1].as_f32()?),
+            WeightFormat::NM { n, m } => {
+                RowData::NM(packed[0].as_f32()?, packed[1].as_slice()?, n as usize, m as usize)
+            }
         };
         Ok(Self {
             format: *format,
@@ -603,6 +688,20 @@ impl<'a> RowDecoder<'a> {
                         if let Some(second) = pair.get_mut(1) {
                             *second = (byte >> 4) as f32 * scale + offset;
                         }
+                    }
+                }
+            }
+            RowData::NM(values, index, n, m) => {
+                let (n, m) = (*n, *m);
+                let kept = k.div_ceil(m) * n;
+                let stride = kept.div_ceil(2);
+                dst.fill(0.0);
+                let idx = &index[r * stride..(r + 1) * stride];
+                for t in 0..kept {
+                    let byte = idx[t / 2];
+                    let c = (t / n) * m + if t % 2 == 0 { byte & 0xf } else { byte >> 4 } as usize;
+                    if c < k {
+                        dst[c] += values[r * kept + t];
                     }
                 }
             }
