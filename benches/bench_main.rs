@@ -161,9 +161,54 @@ fn digits_mlp(c: &mut Criterion) {
     g.finish();
 }
 
+/// Structured pruning: a hidden layer pair at full width and with 50% of its
+/// channels removed, and the digits MLP before and after `--method channels`.
+fn pruned(c: &mut Criterion) {
+    let mut rng = CaseRng::new(13);
+    for (label, hidden) in [("dense", 1024usize), ("50% channels", 512)] {
+        let x = rng.tensor(&[64, 1024], -1.0, 1.0);
+        let w1 = rng.tensor(&[hidden, 1024], -1.0, 1.0);
+        let b1 = rng.tensor(&[hidden], -1.0, 1.0);
+        let w2 = rng.tensor(&[1024, hidden], -1.0, 1.0);
+        let mut g = c.benchmark_group("pruned-layers");
+        g.throughput(Throughput::Elements(64));
+        g.bench_function(
+            BenchmarkId::new("cpu", format!("{label} 1024->{hidden}->1024 batch 64")),
+            |b| {
+                b.iter(|| {
+                    let h = Linear.cpu(&[&x, &w1, &b1]);
+                    h.map(|h| Linear.cpu(&[&h[0], &w2]))
+                })
+            },
+        );
+        g.finish();
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let Ok(model) = Model::load(format!("{root}/models/digits-mlp/model.safetensors")) else {
+        return;
+    };
+    let opts = wginfer::optimize::PruneOptions::new(
+        wginfer::optimize::PruneMethod::Channels(wginfer::prune::Importance::Magnitude),
+        0.5,
+    );
+    let Ok((small, _)) = wginfer::optimize::prune(&model, &opts, |_| {}) else {
+        return;
+    };
+    let mut g = c.benchmark_group("digits-mlp-pruned");
+    for (label, m) in [("dense", &model), ("50% channels", &small)] {
+        let Ok(s) = Session::new(m, Device::Cpu) else { return };
+        let x = rng.tensor(&[450, 64], 0.0, 1.0);
+        g.throughput(Throughput::Elements(450));
+        g.bench_function(BenchmarkId::new("cpu", format!("{label} batch 450")), |b| {
+            b.iter(|| black_box(s.run([("input", x.clone())])))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = matmul, linear, qlinear, int8_gemm, elementwise, digits_mlp
+    targets = matmul, linear, qlinear, int8_gemm, pruned, elementwise, digits_mlp
 }
 criterion_main!(benches);
