@@ -69,3 +69,31 @@ fn softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
         y[at] = exp(x[at] - m) * inv;
     }
 }
+
+// Short rows (the planner uses this when `len` is small): one invocation per
+// row, three passes over it, no shared memory and no barriers — on CPU
+// adapters a barrier costs far more than a 10-element row.
+@compute @workgroup_size(64)
+fn softmax_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) li: u32) {
+    let row = (wg.y * nwg.x + wg.x) * WG + li;
+    if (row >= params.rows) {
+        return;
+    }
+    let len = params.len;
+    let inner = params.inner;
+    let base = (row / inner) * len * inner + row % inner;
+    var m = NEG_MAX;
+    for (var j = 0u; j < len; j = j + 1u) {
+        m = max(m, x[base + j * inner]);
+    }
+    var sum = 0.0;
+    for (var j = 0u; j < len; j = j + 1u) {
+        sum = sum + exp(x[base + j * inner] - m);
+    }
+    let inv = 1.0 / sum;
+    for (var j = 0u; j < len; j = j + 1u) {
+        let at = base + j * inner;
+        y[at] = exp(x[at] - m) * inv;
+    }
+}

@@ -141,3 +141,61 @@ fn digits_mlp_latency() {
         ));
     }
 }
+
+/// Where the time of one matmul goes: the same output size with growing K.
+#[test]
+#[ignore]
+fn matmul_scaling() {
+    let Some(choice) = choice() else { return };
+    let ctx = GpuContext::new(&choice).expect("adapter");
+    let mut rng = CaseRng::new(3);
+    for (m, k, n) in [
+        (1024, 4, 1024),
+        (1024, 256, 1024),
+        (64, 1024, 1024),
+        (256, 1024, 1024),
+        (512, 1024, 1024),
+        (1024, 1024, 1024),
+        (1024, 512, 1024),
+    ] {
+        let x = rng.tensor(&[m, k], -1.0, 1.0);
+        let w = rng.tensor(&[k, n], -1.0, 1.0);
+        let g = Graph::new(
+            "mm",
+            vec![ValueInfo {
+                name: "x".into(),
+                ty: ValueType::known(DType::F32, &[m, k]),
+            }],
+            vec![ValueInfo {
+                name: "y".into(),
+                ty: ValueType::known(DType::F32, &[m, n]),
+            }],
+            vec![ParamInfo::plain("w", DType::F32, vec![k, n])],
+            vec![Node {
+                name: "mm".into(),
+                op: Arc::new(wginfer::ops::matmul::MatMul),
+                inputs: vec!["x".into(), "w".into()],
+                outputs: vec!["y".into()],
+            }],
+        )
+        .unwrap();
+        let exec = GpuExecutor::new(
+            Arc::new(g),
+            Arc::new(HashMap::from([("w".to_string(), w)])),
+            ctx.clone(),
+            GpuOptions::default(),
+        )
+        .unwrap();
+        let plan = exec.plan_report(Some(&[vec![m, k]])).unwrap();
+        exec.run(vec![x.clone()]).unwrap();
+        let t = Instant::now();
+        exec.run(vec![x.clone()]).unwrap();
+        let s = t.elapsed().as_secs_f64();
+        say(&format!(
+            "{m}x{k}x{n}: {:.1} ms, {:.2} GFLOP/s, {:?}",
+            s * 1e3,
+            2.0 * (m * k * n) as f64 / s / 1e9,
+            plan.nodes[0].placement
+        ));
+    }
+}

@@ -214,11 +214,19 @@ pub(crate) fn select(
             )
         };
         let rows = outer * inner;
-        let groups = grid(rows, max).ok_or_else(|| unsupported(op, "f32 (too many rows)", caps))?;
+        // Short rows: one invocation per row, no barriers; long rows: one
+        // workgroup per row with a shared-memory reduction.
+        let short = len <= SOFTMAX_SHORT_ROW;
+        let (entry, workgroups) = if short {
+            ("softmax_rows", rows.div_ceil(64))
+        } else {
+            ("softmax", rows)
+        };
+        let groups = grid(workgroups, max).ok_or_else(|| unsupported(op, "f32 (too many rows)", caps))?;
         return Ok(NodeKernel::Dispatch(DispatchSpec {
             key: PipelineKey {
                 shader: ShaderId::Softmax,
-                entry: "softmax",
+                entry,
                 constants: vec![],
                 inputs: 1,
             },
@@ -297,6 +305,14 @@ pub(crate) fn select(
     Err(unsupported(op, "f32 (no GPU kernel for this op)", caps))
 }
 
+/// Rows at most this long take `softmax.wgsl::softmax_rows`.
+const SOFTMAX_SHORT_ROW: usize = 32;
+
+/// Columns per workgroup of `matmul_vec4.wgsl` (8 invocations × 16).
+const VEC4_TN: usize = 128;
+/// Rows per workgroup of `matmul_vec4.wgsl` (8 invocations × 8).
+const VEC4_ROWS: usize = 64;
+
 struct Gemm {
     m: usize,
     n: usize,
@@ -343,7 +359,7 @@ fn gemm(op: &dyn Op, g: &Gemm, caps: &Caps) -> Result<NodeKernel, Error> {
             (
                 ShaderId::MatmulVec4,
                 entry,
-                [g.n.div_ceil(128), g.m.div_ceil(64), batches],
+                [g.n.div_ceil(VEC4_TN), g.m.div_ceil(VEC4_ROWS), batches],
             )
         } else {
             (
