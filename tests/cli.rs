@@ -127,3 +127,46 @@ fn errors_are_clear_and_exit_nonzero() {
     assert!(ok, "{err}");
     assert!(out.contains("probabilities: f32[450, 10]"), "{out}");
 }
+
+#[test]
+fn bench_writes_table_json_and_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, svg) = (dir.path().join("b.json"), dir.path().join("b.svg"));
+    let (ok, out, err) = wginfer(&[
+        "bench",
+        MODEL,
+        "--devices",
+        "cpu",
+        "--batch",
+        "1,8",
+        "--format",
+        "f32,int8",
+        "--time",
+        "0.05",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("p99 ms") && out.contains("int8"), "{out}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4, "2 formats x 2 batches");
+    for r in results {
+        assert!(r["p50_ms"].as_f64().unwrap() > 0.0 && r["runs"].as_u64().unwrap() >= 1);
+        assert!(r["p50_ms"].as_f64() <= r["p99_ms"].as_f64());
+    }
+    assert!(doc["machine"]["cores"].as_u64().unwrap() >= 1);
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg") && chart.contains("median latency (ms") && chart.contains("cpu (cpu)"));
+
+    let (ok, out, err) = wginfer(&[
+        "bench", "--op", "matmul", "--sizes", "64", "--format", "f32,w8a8", "--time", "0.05",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("matmul 64³") && out.contains("w8a8"), "{out}");
+
+    let (ok, _, err) = wginfer(&["bench", "--op", "conv"]);
+    assert!(!ok && err.contains("--op supports `matmul`"), "{err}");
+}

@@ -1,11 +1,13 @@
 //! Command-line front end (clap). `anyhow` lives here and nowhere in the library.
 
+mod bench;
 mod eval;
 mod inspect;
 mod prune;
 mod quantize;
 mod run;
 mod serve;
+mod svg;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +33,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Run a model on inputs from a file and print or save the outputs.
     Run(run::Args),
+    /// Benchmark a model (or one op) per device, batch size and weight format.
+    Bench(bench::Args),
     /// Measure top-1 accuracy and latency on a labelled data set.
     Eval(eval::Args),
     /// Serve a model repository over HTTP (KServe v2 / Open Inference Protocol).
@@ -49,6 +53,7 @@ pub fn main() -> ExitCode {
         match &cli.command {
             Command::Inspect(a) => inspect::run(a),
             Command::Run(a) => run::run(a, device),
+            Command::Bench(a) => bench::run(a),
             Command::Eval(a) => eval::run(a, device),
             Command::Serve(a) => serve::run(a, device),
             Command::Prune(a) => prune::run(a, device),

@@ -1,0 +1,403 @@
+//! `wginfer bench`: latency and throughput of a model (or one op) per device,
+//! batch size and weight format, with a table, JSON and an SVG chart.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use wginfer::graph::{Graph, Node, ParamInfo, ValueInfo};
+use wginfer::ops::linear::Linear;
+use wginfer::ops::qlinear::QLinear;
+use wginfer::ops::CaseRng;
+use wginfer::optimize::{quantize, QuantizeOptions};
+use wginfer::quant::{self, WeightFormat};
+use wginfer::tensor::{Dim, ValueType};
+use wginfer::{DType, Device, Model, Session, Tensor};
+
+use super::{load_model, svg};
+
+/// Arguments of `bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The model file (omit with --op).
+    model: Option<PathBuf>,
+    /// Benchmark one op instead of a model: `matmul` (a square linear layer).
+    #[arg(long)]
+    op: Option<String>,
+    /// Square sizes for --op.
+    #[arg(long, value_delimiter = ',', default_value = "256,1024")]
+    sizes: Vec<usize>,
+    /// Devices, comma separated (cpu, gpu, vulkan, gl, software, name:...).
+    #[arg(
+        long = "devices",
+        alias = "device-list",
+        value_delimiter = ',',
+        default_value = "cpu"
+    )]
+    devices: Vec<String>,
+    /// Batch sizes (models).
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    batch: Vec<usize>,
+    /// Weight formats: f32 and any `quantize` format (int8, int4, w8a8, ...).
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    format: Vec<String>,
+    /// Seconds of measurement per configuration (after warm-up).
+    #[arg(long, default_value_t = 1.0)]
+    time: f64,
+    /// At most this many measured runs per configuration.
+    #[arg(long, default_value_t = 10_000)]
+    count: usize,
+    /// Warm-up runs per configuration.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Write every result (and the machine) as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write an SVG chart of latency and throughput.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+/// One measured configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    /// Model name or op label.
+    pub subject: String,
+    /// Device as asked.
+    pub device: String,
+    /// Backend it ran on (adapter name for GPUs).
+    pub backend: String,
+    /// Weight format.
+    pub format: String,
+    /// Samples per run (models) or the square size (ops).
+    pub batch: usize,
+    /// Measured runs.
+    pub runs: usize,
+    /// Latency quantiles in milliseconds.
+    pub min_ms: f64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Mean.
+    pub mean_ms: f64,
+    /// Samples per second at the mean latency.
+    pub items_per_s: f64,
+    /// GFLOP/s (GOP/s for integer formats) for op benchmarks.
+    pub gflops: Option<f64>,
+    /// Mean latency on the CPU backend divided by this one's.
+    pub speedup_vs_cpu: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Machine {
+    wginfer: String,
+    os: String,
+    arch: String,
+    cpu: String,
+    cores: usize,
+    adapters: Vec<HashMap<String, String>>,
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let adapters = wginfer::backend::gpu::list_adapters()
+        .into_iter()
+        .map(|a| {
+            HashMap::from([
+                ("name".to_string(), a.name),
+                ("backend".to_string(), a.backend),
+                ("device_type".to_string(), a.device_type),
+                ("driver".to_string(), a.driver),
+                ("driver_info".to_string(), a.driver_info),
+            ])
+        })
+        .collect();
+    Machine {
+        wginfer: env!("CARGO_PKG_VERSION").to_string(),
+        os: std::env::consts::OS.to_string(),
+        arch: std::env::consts::ARCH.to_string(),
+        cpu,
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        adapters,
+    }
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3
+}
+
+/// A one-node model: `y = x · Wᵀ` with `W [n, n]` in `format`.
+fn op_model(n: usize, format: Option<WeightFormat>, rng: &mut CaseRng) -> Result<Model> {
+    let w = rng.tensor(&[n, n], -1.0, 1.0);
+    let x_info = ValueInfo {
+        name: "x".into(),
+        ty: ValueType {
+            dtype: DType::F32,
+            shape: vec![Dim::Sym("batch".into()), Dim::Known(n)],
+        },
+    };
+    let y_info = ValueInfo {
+        name: "y".into(),
+        ty: x_info.ty.clone(),
+    };
+    let mut params = HashMap::new();
+    let mut infos = Vec::new();
+    let mut inputs = vec!["x".to_string()];
+    let op: Arc<dyn wginfer::ops::Op> = match format {
+        None => {
+            infos.push(ParamInfo::plain("w", DType::F32, vec![n, n]));
+            params.insert("w".to_string(), w);
+            inputs.push("w".into());
+            Arc::new(Linear)
+        }
+        Some(f) => {
+            let packed = quant::quantize_weight(&f, w.as_f32()?, n, n)?;
+            for (suffix, t) in f.tensor_names().iter().zip(packed) {
+                let name = format!("w.{suffix}");
+                infos.push(ParamInfo {
+                    name: name.clone(),
+                    dtype: t.dtype(),
+                    shape: t.shape().to_vec(),
+                    format: f.name(),
+                });
+                params.insert(name.clone(), t);
+                inputs.push(name);
+            }
+            Arc::new(QLinear {
+                format: f,
+                in_features: n,
+                out_features: n,
+            })
+        }
+    };
+    let node = Node {
+        name: "matmul".into(),
+        op,
+        inputs,
+        outputs: vec!["y".into()],
+    };
+    let graph = Graph::new(format!("matmul {n}"), vec![x_info], vec![y_info], infos, vec![node])?;
+    Ok(Model::new(graph, params)?)
+}
+
+/// A random input batch for every graph input (symbolic dims take `batch`).
+fn inputs_for(model: &Model, batch: usize, rng: &mut CaseRng) -> Result<Vec<(String, Tensor)>> {
+    model
+        .graph()
+        .inputs()
+        .iter()
+        .map(|i| {
+            let shape: Vec<usize> = i.ty.shape.iter().map(|d| d.known().unwrap_or(batch)).collect();
+            let t = rng.tensor(&shape, 0.0, 1.0);
+            let t = if i.ty.dtype == DType::F32 {
+                t
+            } else {
+                t.cast(i.ty.dtype)
+            };
+            Ok((i.name.clone(), t))
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    subject: &str,
+    model: &Model,
+    device_name: &str,
+    format: &str,
+    batch: usize,
+    inputs: &[(String, Tensor)],
+    flops: Option<f64>,
+    args: &Args,
+    bar: &ProgressBar,
+) -> Result<Record> {
+    let device: Device = device_name.parse().map_err(|e: String| anyhow!(e))?;
+    let session = Session::new(model, device).with_context(|| format!("compiling for {device_name}"))?;
+    for _ in 0..args.warmup {
+        session.run(inputs.iter().cloned())?;
+    }
+    let budget = Duration::from_secs_f64(args.time.max(0.0));
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < args.count.max(1) && (times.is_empty() || start.elapsed() < budget) {
+        let run_inputs = inputs.to_vec();
+        let t0 = Instant::now();
+        session.run(run_inputs)?;
+        times.push(t0.elapsed());
+        bar.tick();
+    }
+    times.sort();
+    let mean = times.iter().sum::<Duration>().as_secs_f64() / times.len() as f64;
+    Ok(Record {
+        subject: subject.to_string(),
+        device: device_name.to_string(),
+        backend: session.backend(),
+        format: format.to_string(),
+        batch,
+        runs: times.len(),
+        min_ms: quantile(&times, 0.0),
+        p50_ms: quantile(&times, 0.5),
+        p90_ms: quantile(&times, 0.9),
+        p99_ms: quantile(&times, 0.99),
+        mean_ms: mean * 1e3,
+        items_per_s: batch as f64 / mean,
+        gflops: flops.map(|f| f / mean / 1e9),
+        speedup_vs_cpu: None,
+    })
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let mut rng = CaseRng::new(2026);
+    let formats: Vec<(String, Option<WeightFormat>)> = args
+        .format
+        .iter()
+        .map(|f| {
+            if f == "f32" {
+                Ok((f.clone(), None))
+            } else {
+                f.parse::<WeightFormat>()
+                    .map(|w| (f.clone(), Some(w)))
+                    .map_err(|e| anyhow!(e))
+            }
+        })
+        .collect::<Result<_>>()?;
+    // (subject, format label, model, batch, inputs, flops)
+    type Job = (String, String, Arc<Model>, usize, Vec<(String, Tensor)>, Option<f64>);
+    let mut jobs: Vec<Job> = Vec::new();
+    match (&args.op, &args.model) {
+        (Some(op), None) => {
+            if op != "matmul" {
+                bail!("--op supports `matmul` (a square linear layer, any --format)");
+            }
+            for &n in &args.sizes {
+                for (label, f) in &formats {
+                    let model = Arc::new(op_model(n, *f, &mut rng)?);
+                    let inputs = inputs_for(&model, n, &mut rng)?;
+                    jobs.push((
+                        format!("matmul {n}³"),
+                        label.clone(),
+                        model,
+                        n,
+                        inputs,
+                        Some(2.0 * (n * n * n) as f64),
+                    ));
+                }
+            }
+        }
+        (None, Some(path)) => {
+            let base = load_model(path)?;
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let subject = if base.graph().name().is_empty() {
+                name
+            } else {
+                base.graph().name().to_string()
+            };
+            for (label, f) in &formats {
+                let model = match f {
+                    None => Arc::new(base.clone()),
+                    Some(f) => Arc::new(quantize(&base, &QuantizeOptions::new(*f), |_, _| {})?.0),
+                };
+                for &b in &args.batch {
+                    let inputs = inputs_for(&model, b, &mut rng)?;
+                    jobs.push((subject.clone(), label.clone(), model.clone(), b, inputs, None));
+                }
+            }
+        }
+        _ => bail!("give a MODEL or --op matmul (not both)"),
+    }
+    let total = jobs.len() * args.devices.len();
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bar:30} {pos}/{len} configurations {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut records = Vec::new();
+    for device in &args.devices {
+        for (subject, format, model, batch, inputs, flops) in &jobs {
+            bar.set_message(format!("{device} {format} {batch}"));
+            let r = measure(subject, model, device, format, *batch, inputs, *flops, args, &bar)?;
+            records.push(r);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    // Speed-up against the CPU backend for the same subject, format and batch.
+    let cpu: HashMap<(String, String, usize), f64> = records
+        .iter()
+        .filter(|r| r.backend == "cpu")
+        .map(|r| ((r.subject.clone(), r.format.clone(), r.batch), r.mean_ms))
+        .collect();
+    for r in &mut records {
+        r.speedup_vs_cpu = cpu
+            .get(&(r.subject.clone(), r.format.clone(), r.batch))
+            .map(|c| c / r.mean_ms);
+    }
+    print_table(&records, args.op.is_some());
+    if let Some(p) = &args.json {
+        let doc = serde_json::json!({ "machine": machine(), "results": records });
+        std::fs::write(p, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", p.display()))?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &args.plot {
+        let title = records.first().map(|r| r.subject.clone()).unwrap_or_default();
+        std::fs::write(p, svg::chart(&title, &records, args.op.is_some()))
+            .with_context(|| format!("writing {}", p.display()))?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn print_table(records: &[Record], op: bool) {
+    let mut devices: Vec<(&str, &str)> = Vec::new();
+    for r in records {
+        if !devices.contains(&(r.device.as_str(), r.backend.as_str())) {
+            devices.push((&r.device, &r.backend));
+        }
+    }
+    for (device, backend) in devices {
+        println!("\n{device} ({backend})");
+        let size = if op { "size" } else { "batch" };
+        println!(
+            "  {:<16} {:<12} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10} {:>12} {:>9} {:>8}",
+            "subject", "format", size, "runs", "min ms", "p50 ms", "p90 ms", "p99 ms", "items/s", "GFLOP/s", "vs cpu"
+        );
+        for r in records.iter().filter(|r| r.device == device && r.backend == backend) {
+            println!(
+                "  {:<16} {:<12} {:>6} {:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>12.0} {:>9} {:>8}",
+                r.subject,
+                r.format,
+                r.batch,
+                r.runs,
+                r.min_ms,
+                r.p50_ms,
+                r.p90_ms,
+                r.p99_ms,
+                r.items_per_s,
+                r.gflops.map(|g| format!("{g:.2}")).unwrap_or_else(|| "-".into()),
+                r.speedup_vs_cpu
+                    .map(|s| format!("{s:.2}x"))
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+    }
+}
