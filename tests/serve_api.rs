@@ -897,9 +897,9 @@ async fn queue_full_and_timeouts_are_503() {
     // most, so this ends within a few requests while the first still runs).
     let mut tasks = Vec::new();
     let mut rejected = None;
-    for _ in 0..40 {
+    for _ in 0..100 {
         tasks.push(send(router.clone()));
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
         if let Some(i) = tasks.iter().position(|t| t.is_finished()) {
             let r = tasks.remove(i).await.unwrap();
             if r.status == StatusCode::SERVICE_UNAVAILABLE {

@@ -410,3 +410,84 @@ async fn reload_during_load_fails_no_request() {
     let _ = stop.send(());
     handle.await.unwrap().unwrap();
 }
+
+/// SIGTERM's path: readiness goes off at once, a request still in the queue
+/// finishes with 200, then the server stops and refuses connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("digits-mlp");
+    std::fs::create_dir_all(m.join("1")).unwrap();
+    std::fs::copy(
+        common::root("models/digits-mlp/model.safetensors"),
+        m.join("1/model.safetensors"),
+    )
+    .unwrap();
+    // A lone request waits 400 ms in the batcher: it is in flight when the
+    // shutdown starts.
+    std::fs::write(
+        m.join("config.json"),
+        r#"{"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 400000}}"#,
+    )
+    .unwrap();
+    let server = Server::new(ServerOptions {
+        model_repository: dir.path().to_path_buf(),
+        ..ServerOptions::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(server.clone().serve(listener, async move {
+        let _ = rx.await;
+    }));
+    let t = Instant::now();
+    while !server.is_ready() {
+        assert!(t.elapsed() < Duration::from_secs(60), "not ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rows = rows(1);
+    let request = {
+        let addr = addr.clone();
+        let input = rows.inputs[0].clone();
+        tokio::spawn(async move {
+            let header = json!({"id": "late", "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                "parameters": {"binary_data_size": 256}}], "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}]})
+            .to_string();
+            let mut body = header.clone().into_bytes();
+            body.extend_from_slice(&input);
+            let mut c = Conn::connect(&addr).await.unwrap();
+            let r = c
+                .request(
+                    "POST",
+                    "/v2/models/digits-mlp/infer",
+                    &[("Inference-Header-Content-Length", header.len().to_string())],
+                    &body,
+                )
+                .await;
+            (r, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped_at = Instant::now();
+    let _ = tx.send(());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!server.is_ready(), "readiness goes off as soon as the shutdown starts");
+    let (resp, answered_at) = request.await.unwrap();
+    let resp = resp.expect("the in-flight request is answered");
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    assert!(
+        answered_at > stopped_at,
+        "the request was answered after the shutdown began"
+    );
+    // ... and it is right.
+    check(&resp, &rows.want[0], "late").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("the server stops once drained")
+        .unwrap()
+        .unwrap();
+    assert!(
+        TcpStream::connect(&addr).await.is_err(),
+        "no connections after the shutdown"
+    );
+}
