@@ -3,6 +3,7 @@
 //
 // Codes (the `ACT` override constant):
 //   0 identity   1 relu   2 sigmoid   3 tanh   4 gelu (erf)   5 gelu (tanh)   6 silu
+//   7 leaky relu (slope ALPHA)   8 erf
 //
 // Numerics: every exp() here takes a non-positive argument, so nothing
 // overflows to inf/NaN for any finite x (|x| = 100 and beyond are fine).
@@ -52,6 +53,9 @@ fn wg_gelu_tanh(x: f32) -> f32 {
     return x * wg_sigmoid(2.0 * u);
 }
 
+// The negative slope of leaky relu (code 7).
+override ALPHA: f32 = 0.01;
+
 fn wg_activate(x: f32, act: u32) -> f32 {
     switch act {
         case 1u: { return max(x, 0.0); }
@@ -60,6 +64,8 @@ fn wg_activate(x: f32, act: u32) -> f32 {
         case 4u: { return wg_gelu(x); }
         case 5u: { return wg_gelu_tanh(x); }
         case 6u: { return x * wg_sigmoid(x); }
+        case 7u: { return select(ALPHA * x, x, x >= 0.0); }
+        case 8u: { return wg_erf(x); }
         default: { return x; }
     }
 }

@@ -26,7 +26,7 @@ struct Params {
 
 // Which activation (see activation.wgsl).
 override ACT: u32 = 0u;
-// Which binary op: 0 add, 1 mul.
+// Which binary op: 0 add, 1 mul, 2 sub.
 override OP: u32 = 0u;
 // True when a, b and y have the same shape (no index arithmetic).
 override SAME_SHAPE: bool = false;
@@ -48,10 +48,11 @@ fn unary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 fn apply_op(x: f32, z: f32) -> f32 {
-    if (OP == 1u) {
-        return x * z;
+    switch OP {
+        case 1u: { return x * z; }
+        case 2u: { return x - z; }
+        default: { return x + z; }
     }
-    return x + z;
 }
 
 @compute @workgroup_size(256)

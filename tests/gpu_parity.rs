@@ -73,7 +73,8 @@ fn gpu() -> Option<Arc<GpuContext>> {
     ctx
 }
 
-/// A one-node graph running the case's op on graph inputs `x0, x1, ...`.
+/// A one-node graph running the case's op on graph inputs `x0, x1, ...`,
+/// with every output of the op a graph output `y0, y1, ...`.
 fn single_op_graph(case: &OpCase) -> Graph {
     let types: Vec<ValueType> = case
         .inputs
@@ -93,12 +94,16 @@ fn single_op_graph(case: &OpCase) -> Graph {
         name: "n".into(),
         op: case.op.clone(),
         inputs: inputs.iter().map(|i| i.name.clone()).collect(),
-        outputs: vec!["y".into()],
+        outputs: (0..out.len()).map(|i| format!("y{i}")).collect(),
     };
-    let outputs = vec![ValueInfo {
-        name: "y".into(),
-        ty: out[0].clone(),
-    }];
+    let outputs = out
+        .into_iter()
+        .enumerate()
+        .map(|(i, ty)| ValueInfo {
+            name: format!("y{i}"),
+            ty,
+        })
+        .collect();
     Graph::new("case", inputs, outputs, vec![], vec![node]).expect("case graph")
 }
 
@@ -130,7 +135,10 @@ fn check_case(ctx: &Arc<GpuContext>, case: &OpCase, options: &GpuOptions) -> Opt
         .unwrap_or_else(|e| panic!("{}: run: {e}", case.name));
     let want = case.op.reference(&case.input_refs()).expect("reference");
     let tol = common::tolerance(case.op.validation(), DType::F32);
-    common::assert_close(&got["y"], &want[0], tol, &case.name);
+    assert_eq!(got.len(), want.len(), "{}: output count", case.name);
+    for (i, w) in want.iter().enumerate() {
+        common::assert_close(&got[&format!("y{i}")], w, tol, &format!("{} (output {i})", case.name));
+    }
     fallback
 }
 

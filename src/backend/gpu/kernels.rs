@@ -6,6 +6,8 @@
 use crate::error::Error;
 use crate::ops::activation::{Activation, Unary};
 use crate::ops::binary::{broadcast_shapes, Binary, BinaryKind};
+use crate::ops::elementwise::{Arith, ArithKind, PointKind, Pointwise};
+use crate::ops::layout::Axes;
 use crate::ops::linear::Linear;
 use crate::ops::matmul::MatMul;
 use crate::ops::shape::{Flatten, Reshape};
@@ -100,13 +102,19 @@ fn grid(groups: usize, max: u32) -> Option<[u32; 3]> {
 }
 
 /// True when the GPU backend has a kernel for this op (for f32 values; other
-/// dtypes and formats fall back to the CPU). Reshape and Flatten count: they
-/// need no kernel.
+/// dtypes and formats fall back to the CPU). Reshape, Flatten, Squeeze and
+/// Unsqueeze count: they need no kernel.
+///
+/// `Div` has none on purpose: it is validated bit-exact against the CPU, and
+/// WGSL only promises division to 2.5 ULP.
 pub fn has_kernel(op: &dyn Op) -> bool {
     let any = op.as_any();
     any.is::<Reshape>()
         || any.is::<Flatten>()
+        || any.is::<Axes>()
         || any.is::<Unary>()
+        || any.is::<Pointwise>()
+        || any.downcast_ref::<Arith>().is_some_and(|a| a.kind == ArithKind::Sub)
         || any.is::<Binary>()
         || any.is::<Softmax>()
         || any.is::<Linear>()
@@ -122,7 +130,7 @@ pub(crate) fn select(
     caps: &Caps,
 ) -> Result<NodeKernel, Error> {
     let any = op.as_any();
-    if any.is::<Reshape>() || any.is::<Flatten>() {
+    if any.is::<Reshape>() || any.is::<Flatten>() || any.is::<Axes>() {
         return Ok(NodeKernel::Alias);
     }
     if let Some((i, (dt, _))) = inputs.iter().enumerate().find(|(_, (dt, _))| *dt != DType::F32) {
@@ -132,7 +140,12 @@ pub(crate) fn select(
         return Err(unsupported(op, "f32 with a fused activation", caps));
     }
     let max = caps.max_workgroups;
-    if let Some(u) = any.downcast_ref::<Unary>() {
+    let pointwise = any.downcast_ref::<Pointwise>().map(|p| match p.kind {
+        PointKind::LeakyRelu(alpha) => (7.0, alpha as f64),
+        PointKind::Erf => (8.0, 0.01),
+    });
+    let unary = any.downcast_ref::<Unary>().map(|u| (act_code(u.kind) as f64, 0.01));
+    if let Some((act, alpha)) = unary.or(pointwise) {
         let n = numel(inputs[0].1);
         let groups = grid(n.div_ceil(256), max).ok_or_else(|| unsupported(op, "f32 (too many elements)", caps))?;
         let mut params = vec![0u32; 28];
@@ -141,7 +154,7 @@ pub(crate) fn select(
             key: PipelineKey {
                 shader: ShaderId::Elementwise,
                 entry: "unary",
-                constants: constants(&[("ACT", act_code(u.kind) as f64)]),
+                constants: constants(&[("ACT", act), ("ALPHA", alpha)]),
                 inputs: 1,
             },
             params,
@@ -149,7 +162,15 @@ pub(crate) fn select(
             binds: vec![Bind::Input(0)],
         }));
     }
-    if let Some(b) = any.downcast_ref::<Binary>() {
+    let binary_op = match (any.downcast_ref::<Binary>(), any.downcast_ref::<Arith>()) {
+        (Some(b), _) => Some(match b.kind {
+            BinaryKind::Add => 0.0,
+            BinaryKind::Mul => 1.0,
+        }),
+        (_, Some(a)) if a.kind == ArithKind::Sub => Some(2.0),
+        _ => None,
+    };
+    if let Some(op_code) = binary_op {
         let (sa, sb) = (inputs[0].1, inputs[1].1);
         let out = broadcast_shapes(sa, sb).map_err(|e| unsupported(op, format!("f32 ({e})"), caps))?;
         let rank = out.len();
@@ -185,10 +206,6 @@ pub(crate) fn select(
             params[20 + d] = bst[d];
         }
         let same = sa == sb;
-        let op_code = match b.kind {
-            BinaryKind::Add => 0.0,
-            BinaryKind::Mul => 1.0,
-        };
         return Ok(NodeKernel::Dispatch(DispatchSpec {
             key: PipelineKey {
                 shader: ShaderId::Elementwise,
