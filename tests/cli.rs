@@ -170,3 +170,13 @@ fn bench_writes_table_json_and_chart() {
     let (ok, _, err) = wginfer(&["bench", "--op", "conv"]);
     assert!(!ok && err.contains("--op supports `matmul`"), "{err}");
 }
+
+#[test]
+fn adapters_and_plans() {
+    let (ok, out, err) = wginfer(&["adapters"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("MAX STORAGE") || out.contains("no wgpu adapter found"), "{out}");
+    let (ok, out, err) = wginfer(&["inspect", MODEL, "--plan"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("plan on cpu: 6 nodes"), "{out}");
+}

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use wginfer::{Device, Session};
 
 use super::{bytes, load_model, thousands};
 
@@ -12,9 +13,16 @@ use super::{bytes, load_model, thousands};
 pub struct Args {
     /// The model file (.safetensors).
     model: PathBuf,
+    /// Also print the execution plan for `--device` (GPU: placements, buffers,
+    /// peak intermediate bytes, dispatches and submits per run).
+    #[arg(long)]
+    plan: bool,
+    /// Batch size for the plan's symbolic dimensions.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
 }
 
-pub fn run(args: &Args) -> Result<()> {
+pub fn run(args: &Args, device: Device) -> Result<()> {
     let model = load_model(&args.model)?;
     let g = model.graph();
     let file_size = std::fs::metadata(&args.model).map(|m| m.len() as usize).unwrap_or(0);
@@ -81,6 +89,23 @@ pub fn run(args: &Args) -> Result<()> {
             thousands(count),
             bytes(b)
         );
+    }
+    if args.plan {
+        let session = Session::new(&model, device)?;
+        let shapes: Vec<Vec<usize>> = g
+            .inputs()
+            .iter()
+            .map(|i| i.ty.shape.iter().map(|d| d.known().unwrap_or(args.batch)).collect())
+            .collect();
+        println!();
+        match session.gpu_plan(Some(&shapes)) {
+            Some(plan) => print!("{}", plan?),
+            None => println!(
+                "plan on {}: {} nodes run in order on the CPU, each intermediate freed after its last reader",
+                session.backend(),
+                g.nodes().len()
+            ),
+        }
     }
     Ok(())
 }

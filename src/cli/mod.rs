@@ -1,5 +1,6 @@
 //! Command-line front end (clap). `anyhow` lives here and nowhere in the library.
 
+mod adapters;
 mod bench;
 mod eval;
 mod inspect;
@@ -20,7 +21,9 @@ use wginfer::{Device, Model, Tensor};
 #[derive(Parser, Debug)]
 #[command(name = "wginfer", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Where to run: `cpu`, or `cpu-reference` (every op's naive reference).
+    /// Where to run: `cpu`, `cpu-reference` (every op's naive reference), `gpu`
+    /// (auto: a hardware adapter, else the CPU), `vulkan`, `metal`, `dx12`, `gl`,
+    /// `software` (lavapipe/llvmpipe/WARP) or `name:<adapter substring>`.
     #[arg(long, global = true, env = "WGINFER_DEVICE", default_value = "cpu")]
     device: String,
     #[command(subcommand)]
@@ -29,6 +32,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// List the GPU adapters wgpu finds, with the features and limits wginfer uses.
+    Adapters(adapters::Args),
     /// Show a model's graph, parameter count and bytes per dtype/format.
     Inspect(inspect::Args),
     /// Run a model on inputs from a file and print or save the outputs.
@@ -51,7 +56,8 @@ pub fn main() -> ExitCode {
     let result = (|| -> Result<()> {
         let device: Device = cli.device.parse().map_err(|e: String| anyhow!(e))?;
         match &cli.command {
-            Command::Inspect(a) => inspect::run(a),
+            Command::Adapters(a) => adapters::run(a),
+            Command::Inspect(a) => inspect::run(a, device),
             Command::Run(a) => run::run(a, device),
             Command::Bench(a) => bench::run(a),
             Command::Eval(a) => eval::run(a, device),
