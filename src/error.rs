@@ -272,6 +272,9 @@ pub enum ModelError {
     /// A tensor is invalid.
     #[error(transparent)]
     Tensor(#[from] TensorError),
+    /// An ONNX file that cannot be imported (see [`crate::model::onnx`]).
+    #[error("ONNX import: {0}")]
+    Onnx(#[from] crate::model::onnx::OnnxError),
 }
 
 /// Errors running a session.

@@ -4,6 +4,7 @@
 //! (named tensors in safetensors, or `.npy`).
 
 mod data;
+pub mod onnx;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -61,6 +62,9 @@ impl Model {
             path: path.to_path_buf(),
             source: Box::new(source),
         };
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+            return onnx::import_file(path).map_err(with_path);
+        }
         let bytes = std::fs::read(path).map_err(|source| {
             with_path(ModelError::Io {
                 action: "cannot read",

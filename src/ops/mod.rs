@@ -7,8 +7,14 @@
 pub mod activation;
 pub mod binary;
 mod cases;
+pub mod conv;
+pub mod elementwise;
+pub mod gemm;
+pub mod layout;
 pub mod linear;
 pub mod matmul;
+pub mod norm;
+pub mod pool;
 pub mod qlinear;
 pub mod shape;
 pub mod softmax;
@@ -120,6 +126,24 @@ pub static REGISTRY: &[OpDef] = &[
     softmax::SOFTMAX,
     shape::RESHAPE,
     shape::FLATTEN,
+    // ONNX import (src/model/onnx): ops ONNX models use that had no op yet.
+    elementwise::SUB,
+    elementwise::DIV,
+    elementwise::LEAKY_RELU,
+    elementwise::ERF,
+    elementwise::LOG_SOFTMAX,
+    gemm::GEMM,
+    conv::CONV,
+    pool::MAX_POOL,
+    pool::AVERAGE_POOL,
+    pool::GLOBAL_AVERAGE_POOL,
+    norm::BATCH_NORM,
+    norm::LAYER_NORM,
+    layout::TRANSPOSE,
+    layout::SQUEEZE,
+    layout::UNSQUEEZE,
+    layout::CONCAT,
+    layout::CAST,
 ];
 
 /// The registered op type of this name.

@@ -1,0 +1,753 @@
+//! ONNX graph → wginfer graph: constant folding, op mapping, BatchNorm folding.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::proto::{attr_type, AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoProto};
+use super::{dtype_from_onnx, onnx_type_name, tensor_from_proto, OnnxError};
+use crate::graph::{Graph, Node, ParamInfo, ValueInfo};
+use crate::model::Model;
+use crate::ops::activation::{Activation, Unary};
+use crate::ops::binary::{broadcast_offset, broadcast_shapes, Binary, BinaryKind};
+use crate::ops::elementwise::{Arith, ArithKind, LogSoftmax, PointKind, Pointwise};
+use crate::ops::layout::{gather_flat, Axes, Cast, Concat, Transpose};
+use crate::ops::linear::Linear;
+use crate::ops::matmul::MatMul;
+use crate::ops::norm::{BatchNorm, LayerNorm};
+use crate::ops::shape::{Flatten, Reshape};
+use crate::ops::softmax::Softmax;
+use crate::ops::{self, Attrs, Op};
+use crate::tensor::{numel, DType, Dim, Tensor, ValueType};
+
+/// Options for [`super::import_bytes`].
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// Graph inputs to bind to constant values (folded into the model), e.g.
+    /// a `shape` input that must be static for `Reshape`.
+    pub constants: HashMap<String, Tensor>,
+}
+
+#[derive(Clone, Debug)]
+enum Val {
+    Const(Tensor),
+    Dyn(ValueType),
+}
+
+/// Why a node could not be imported (collected, reported together).
+struct Skip(String);
+
+impl From<crate::error::OpError> for Skip {
+    fn from(e: crate::error::OpError) -> Self {
+        Skip(e.to_string())
+    }
+}
+
+impl From<crate::error::TensorError> for Skip {
+    fn from(e: crate::error::TensorError) -> Self {
+        Skip(e.to_string())
+    }
+}
+
+struct Ctx<'a> {
+    dir: &'a Path,
+    opset: i64,
+    vals: HashMap<String, Val>,
+    /// IR value name of an ONNX value (Identity/Dropout outputs alias their input).
+    alias: HashMap<String, String>,
+    nodes: Vec<Node>,
+    node_names: HashSet<String>,
+    producer: HashMap<String, usize>,
+    consumers: HashMap<String, usize>,
+    graph_outputs: HashSet<String>,
+    fresh: usize,
+}
+
+fn type_of(v: &Val) -> ValueType {
+    match v {
+        Val::Const(t) => ValueType::known(t.dtype(), t.shape()),
+        Val::Dyn(t) => t.clone(),
+    }
+}
+
+/// Attribute access for one node.
+struct A<'a>(&'a NodeProto);
+
+impl A<'_> {
+    fn get(&self, name: &str) -> Option<&AttributeProto> {
+        self.0.attribute.iter().find(|a| a.name == name)
+    }
+    fn i(&self, name: &str, default: i64) -> i64 {
+        self.get(name).map_or(default, |a| a.i)
+    }
+    fn f(&self, name: &str, default: f32) -> f32 {
+        self.get(name).map_or(default, |a| a.f)
+    }
+    fn ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.get(name).map(|a| a.ints.clone())
+    }
+    fn s(&self, name: &str) -> Option<String> {
+        self.get(name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
+    }
+    /// Every int, ints, float and string attribute as JSON (for registry builders).
+    fn json(&self) -> Attrs {
+        let mut out = Attrs::new();
+        for a in &self.0.attribute {
+            let v: serde_json::Value = match a.r#type {
+                attr_type::INT => a.i.into(),
+                attr_type::INTS => a.ints.clone().into(),
+                attr_type::FLOAT => (a.f as f64).into(),
+                attr_type::FLOATS => a.floats.iter().map(|&x| x as f64).collect::<Vec<_>>().into(),
+                attr_type::STRING => String::from_utf8_lossy(&a.s).into_owned().into(),
+                _ => continue,
+            };
+            out.insert(a.name.clone(), v);
+        }
+        out
+    }
+}
+
+pub(super) fn import(model: &ModelProto, dir: &Path, options: &ImportOptions) -> Result<Model, OnnxError> {
+    let graph = model.graph.as_ref().ok_or(OnnxError::NoGraph)?;
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(21, |o| o.version);
+    let mut cx = Ctx {
+        dir,
+        opset,
+        vals: HashMap::new(),
+        alias: HashMap::new(),
+        nodes: Vec::new(),
+        node_names: HashSet::new(),
+        producer: HashMap::new(),
+        consumers: HashMap::new(),
+        graph_outputs: graph.output.iter().map(|o| o.name.clone()).collect(),
+        fresh: 0,
+    };
+    for t in &graph.initializer {
+        cx.vals.insert(t.name.clone(), Val::Const(tensor_from_proto(t, dir)?));
+    }
+    for (name, t) in &options.constants {
+        cx.vals.insert(name.clone(), Val::Const(t.clone()));
+    }
+    let mut inputs = Vec::new();
+    for i in &graph.input {
+        if cx.vals.contains_key(&i.name) {
+            continue;
+        }
+        let ty = value_type(i)?;
+        cx.vals.insert(i.name.clone(), Val::Dyn(ty.clone()));
+        inputs.push(ValueInfo {
+            name: i.name.clone(),
+            ty,
+        });
+    }
+    for n in &graph.node {
+        for i in &n.input {
+            *cx.consumers.entry(i.clone()).or_default() += 1;
+        }
+    }
+    let mut unsupported: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut poisoned: HashSet<String> = HashSet::new();
+    for (index, n) in graph.node.iter().enumerate() {
+        let name = if n.name.is_empty() {
+            format!("{}_{index}", n.op_type)
+        } else {
+            n.name.clone()
+        };
+        if n.input.iter().any(|i| poisoned.contains(i)) {
+            poisoned.extend(n.output.iter().cloned());
+            continue;
+        }
+        let result = if !n.domain.is_empty() && n.domain != "ai.onnx" {
+            Err(Skip(format!("domain `{}` is not supported", n.domain)))
+        } else {
+            cx.lower(n, &name)
+        };
+        if let Err(Skip(reason)) = result {
+            let label = if reason.is_empty() {
+                name
+            } else {
+                format!("{name}: {reason}")
+            };
+            unsupported.entry(n.op_type.clone()).or_default().push(label);
+            poisoned.extend(n.output.iter().cloned());
+        }
+    }
+    if !unsupported.is_empty() {
+        return Err(OnnxError::Unsupported(unsupported.into_iter().collect()));
+    }
+    cx.finish(graph, inputs)
+}
+
+fn value_type(v: &ValueInfoProto) -> Result<ValueType, OnnxError> {
+    let bad = |m: String| OnnxError::Tensor {
+        name: v.name.clone(),
+        message: m,
+    };
+    let tt = v
+        .r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .ok_or_else(|| bad("graph input is not a tensor (sequences and maps are not supported)".into()))?;
+    let dtype = dtype_from_onnx(tt.elem_type).ok_or_else(|| {
+        bad(format!(
+            "graph input has element type {}, which wginfer does not support",
+            onnx_type_name(tt.elem_type)
+        ))
+    })?;
+    let shape = tt
+        .shape
+        .as_ref()
+        .ok_or_else(|| bad("graph input has no shape; wginfer needs at least its rank".into()))?;
+    let dims = shape
+        .dim
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match (d.dim_value, &d.dim_param) {
+            (Some(n), _) if n >= 0 => Dim::Known(n as usize),
+            (_, Some(p)) if !p.is_empty() => Dim::Sym(p.clone()),
+            _ => Dim::Sym(format!("{}_dim{i}", v.name)),
+        })
+        .collect();
+    Ok(ValueType { dtype, shape: dims })
+}
+
+fn skip(m: impl Into<String>) -> Skip {
+    Skip(m.into())
+}
+
+impl Ctx<'_> {
+    fn resolve(&self, name: &str) -> String {
+        self.alias.get(name).cloned().unwrap_or_else(|| name.to_string())
+    }
+
+    fn val(&self, name: &str) -> Result<&Val, Skip> {
+        self.vals
+            .get(&self.resolve(name))
+            .ok_or_else(|| skip(format!("input `{name}` is not defined before this node")))
+    }
+
+    fn constant(&self, name: &str) -> Result<&Tensor, Skip> {
+        match self.val(name)? {
+            Val::Const(t) => Ok(t),
+            Val::Dyn(_) => Err(skip(format!(
+                "input `{name}` must be a constant (an initializer or computable at import), but it is computed at run time"
+            ))),
+        }
+    }
+
+    fn unique_name(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        while !self.node_names.insert(name.clone()) {
+            self.fresh += 1;
+            name = format!("{base}_{}", self.fresh);
+        }
+        name
+    }
+
+    /// Adds `op` over `inputs`, or folds it when every input is constant.
+    fn emit(&mut self, name: &str, op: Arc<dyn Op>, inputs: &[String], outputs: &[String]) -> Result<(), Skip> {
+        let resolved: Vec<String> = inputs.iter().map(|i| self.resolve(i)).collect();
+        let mut vals = Vec::with_capacity(resolved.len());
+        for i in &resolved {
+            vals.push(self.val(i)?.clone());
+        }
+        if vals.iter().all(|v| matches!(v, Val::Const(_))) {
+            let ts: Vec<&Tensor> = vals
+                .iter()
+                .filter_map(|v| match v {
+                    Val::Const(t) => Some(t),
+                    Val::Dyn(_) => None,
+                })
+                .collect();
+            let outs = op.reference(&ts)?;
+            for (o, t) in outputs.iter().zip(outs) {
+                self.vals.insert(o.clone(), Val::Const(t));
+            }
+            return Ok(());
+        }
+        let types: Vec<ValueType> = vals.iter().map(type_of).collect();
+        let out_types = op.infer(&types)?;
+        for (o, t) in outputs.iter().zip(out_types) {
+            self.vals.insert(o.clone(), Val::Dyn(t));
+        }
+        let node_name = self.unique_name(name);
+        for o in outputs {
+            self.producer.insert(o.clone(), self.nodes.len());
+        }
+        self.nodes.push(Node {
+            name: node_name,
+            op,
+            inputs: resolved,
+            outputs: outputs.to_vec(),
+        });
+        Ok(())
+    }
+
+    fn lower(&mut self, n: &NodeProto, name: &str) -> Result<(), Skip> {
+        let a = A(n);
+        // Trailing optional inputs given as "" are absent.
+        let mut ins: Vec<String> = n.input.clone();
+        while ins.last().is_some_and(|s| s.is_empty()) {
+            ins.pop();
+        }
+        let outs = n.output.clone();
+        let one = |op: Arc<dyn Op>| (op, ins.clone());
+        let arity = |lo: usize, hi: usize| -> Result<(), Skip> {
+            if ins.len() < lo || ins.len() > hi {
+                return Err(skip(format!("has {} inputs; expected {lo}..={hi}", ins.len())));
+            }
+            Ok(())
+        };
+        let (op, inputs): (Arc<dyn Op>, Vec<String>) = match n.op_type.as_str() {
+            "Constant" => {
+                let t = constant_value(&a, self.dir)?;
+                let o = outs.first().ok_or_else(|| skip("has no output"))?;
+                self.vals.insert(o.clone(), Val::Const(t));
+                return Ok(());
+            }
+            "Identity" | "Dropout" => {
+                arity(1, 3)?;
+                if n.op_type == "Dropout" {
+                    if outs.get(1).is_some_and(|m| !m.is_empty()) {
+                        return Err(skip("the mask output is not supported (inference only)"));
+                    }
+                    if let Some(tm) = ins.get(2) {
+                        if self.constant(tm)?.to_i64_vec().first().copied().unwrap_or(0) != 0 {
+                            return Err(skip("training_mode = true is not supported (inference only)"));
+                        }
+                    }
+                }
+                let o = outs.first().ok_or_else(|| skip("has no output"))?;
+                let src = self.resolve(&ins[0]);
+                match self.val(&src)?.clone() {
+                    Val::Const(t) => {
+                        self.vals.insert(o.clone(), Val::Const(t));
+                    }
+                    Val::Dyn(_) => {
+                        self.alias.insert(o.clone(), src);
+                    }
+                }
+                return Ok(());
+            }
+            "Shape" => {
+                arity(1, 1)?;
+                let ty = type_of(self.val(&ins[0])?);
+                let r = ty.rank() as i64;
+                let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+                let (s, e) = (clamp(a.i("start", 0)), clamp(a.i("end", r)));
+                let dims = ty.shape.get(s..e.max(s)).unwrap_or(&[]);
+                let known: Option<Vec<i64>> = dims.iter().map(|d| d.known().map(|v| v as i64)).collect();
+                let known = known.ok_or_else(|| {
+                    skip(format!(
+                        "Shape of {} has symbolic dimensions: it cannot be folded",
+                        ty.shape_string()
+                    ))
+                })?;
+                let o = outs.first().ok_or_else(|| skip("has no output"))?;
+                let len = known.len();
+                self.vals
+                    .insert(o.clone(), Val::Const(Tensor::from_vec(vec![len], known)?));
+                return Ok(());
+            }
+            "Gather" => {
+                arity(2, 2)?;
+                let data = self.constant(&ins[0])?.clone();
+                let idx = self.constant(&ins[1])?.clone();
+                let t = gather(&data, &idx, a.i("axis", 0))?;
+                let o = outs.first().ok_or_else(|| skip("has no output"))?;
+                self.vals.insert(o.clone(), Val::Const(t));
+                return Ok(());
+            }
+            "Add" | "Sub" | "Mul" | "Div" => {
+                arity(2, 2)?;
+                if let (Ok(x), Ok(y)) = (self.constant(&ins[0]), self.constant(&ins[1])) {
+                    if x.dtype() == DType::I64 && y.dtype() == DType::I64 {
+                        let t = int_arith(&n.op_type, x, y)?;
+                        if let Some(o) = outs.first() {
+                            self.vals.insert(o.clone(), Val::Const(t));
+                        }
+                        return Ok(());
+                    }
+                }
+                let op: Arc<dyn Op> = match n.op_type.as_str() {
+                    "Add" => Arc::new(Binary { kind: BinaryKind::Add }),
+                    "Mul" => Arc::new(Binary { kind: BinaryKind::Mul }),
+                    "Sub" => Arc::new(Arith { kind: ArithKind::Sub }),
+                    _ => Arc::new(Arith { kind: ArithKind::Div }),
+                };
+                one(op)
+            }
+            "Relu" => one(Arc::new(Unary { kind: Activation::Relu })),
+            "Sigmoid" => one(Arc::new(Unary {
+                kind: Activation::Sigmoid,
+            })),
+            "Tanh" => one(Arc::new(Unary { kind: Activation::Tanh })),
+            "Gelu" => {
+                let kind = match a.s("approximate").as_deref() {
+                    None | Some("none") => Activation::Gelu,
+                    Some("tanh") => Activation::GeluTanh,
+                    Some(o) => return Err(skip(format!("approximate = `{o}` is not none or tanh"))),
+                };
+                one(Arc::new(Unary { kind }))
+            }
+            "Erf" => one(Arc::new(Pointwise { kind: PointKind::Erf })),
+            "LeakyRelu" => one(Arc::new(Pointwise {
+                kind: PointKind::LeakyRelu(a.f("alpha", 0.01)),
+            })),
+            "Softmax" | "LogSoftmax" => {
+                arity(1, 1)?;
+                let rank = type_of(self.val(&ins[0])?).rank() as i64;
+                let axis = a.i("axis", if self.opset >= 13 { -1 } else { 1 });
+                let last = axis == -1 || axis == rank - 1;
+                if self.opset < 13 && !last {
+                    return Err(skip(format!(
+                        "opset {} {} over the flattened axes {axis}.. is not supported (only the last axis)",
+                        self.opset, n.op_type
+                    )));
+                }
+                if n.op_type == "Softmax" {
+                    one(Arc::new(Softmax { axis }))
+                } else {
+                    one(Arc::new(LogSoftmax { axis }))
+                }
+            }
+            "MatMul" => {
+                arity(2, 2)?;
+                one(Arc::new(MatMul))
+            }
+            "Gemm" => {
+                arity(2, 3)?;
+                let (alpha, beta) = (a.f("alpha", 1.0), a.f("beta", 1.0));
+                let (ta, tb) = (a.i("transA", 0) != 0, a.i("transB", 0) != 0);
+                let w = self.constant(&ins[1]).ok().cloned();
+                let bias = match ins.get(2) {
+                    Some(c) => self.constant(c).ok().cloned().map(Some),
+                    None => Some(None),
+                };
+                match (w, bias) {
+                    (Some(w), Some(bias)) if alpha == 1.0 && beta == 1.0 && !ta && tb && w.rank() == 2 => {
+                        let n_out = w.shape()[0];
+                        let mut inputs = vec![ins[0].clone(), ins[1].clone()];
+                        if let Some(b) = bias {
+                            if b.numel() == n_out && b.dtype() == DType::F32 && b.rank() <= 2 {
+                                let bname = if b.shape() == [n_out] {
+                                    ins[2].clone()
+                                } else {
+                                    let nm = format!("{}.bias", ins[2]);
+                                    self.vals.insert(nm.clone(), Val::Const(b.reshape(vec![n_out])?));
+                                    nm
+                                };
+                                inputs.push(bname);
+                            } else {
+                                let op = ops::gemm::GEMM.build;
+                                return self.emit(name, op(&a.json())?, &ins, &outs);
+                            }
+                        }
+                        (Arc::new(Linear) as Arc<dyn Op>, inputs)
+                    }
+                    _ => one((ops::gemm::GEMM.build)(&a.json())?),
+                }
+            }
+            "Flatten" => one(Arc::new(Flatten { axis: a.i("axis", 1) })),
+            "Reshape" => {
+                arity(2, 2)?;
+                let shape = self.constant(&ins[1])?.to_i64_vec();
+                if a.i("allowzero", 0) != 0 && shape.contains(&0) {
+                    return Err(skip("allowzero = 1 with a 0 in the target shape is not supported"));
+                }
+                (Arc::new(Reshape { shape }), vec![ins[0].clone()])
+            }
+            "Transpose" => one(Arc::new(Transpose {
+                perm: a.ints("perm").unwrap_or_default(),
+            })),
+            "Squeeze" | "Unsqueeze" => {
+                arity(1, 2)?;
+                let axes = match (ins.get(1), a.ints("axes")) {
+                    (Some(x), _) => self.constant(x)?.to_i64_vec(),
+                    (None, Some(v)) => v,
+                    (None, None) => Vec::new(),
+                };
+                let unsqueeze = n.op_type == "Unsqueeze";
+                if !unsqueeze && axes.is_empty() {
+                    // Resolve "every size-1 axis" now, from the static shape.
+                    let ty = type_of(self.val(&ins[0])?);
+                    let mut list = Vec::new();
+                    for (i, d) in ty.shape.iter().enumerate() {
+                        match d {
+                            Dim::Known(1) => list.push(i as i64),
+                            Dim::Known(_) => {}
+                            Dim::Sym(s) => {
+                                return Err(skip(format!("Squeeze without axes over the symbolic dimension `{s}`")))
+                            }
+                        }
+                    }
+                    (Arc::new(Axes { unsqueeze, axes: list }), vec![ins[0].clone()])
+                } else {
+                    (Arc::new(Axes { unsqueeze, axes }), vec![ins[0].clone()])
+                }
+            }
+            "Concat" => one(Arc::new(Concat { axis: a.i("axis", 0) })),
+            "Cast" => {
+                let code = a.i("to", 0) as i32;
+                let to = dtype_from_onnx(code)
+                    .ok_or_else(|| skip(format!("cast to {} is not supported", onnx_type_name(code))))?;
+                one(Arc::new(Cast { to }))
+            }
+            "Conv" => {
+                arity(2, 3)?;
+                one((ops::conv::CONV.build)(&a.json())?)
+            }
+            "MaxPool" | "AveragePool" => {
+                if outs.get(1).is_some_and(|m| !m.is_empty()) {
+                    return Err(skip("the Indices output is not supported"));
+                }
+                let def = if n.op_type == "MaxPool" {
+                    &ops::pool::MAX_POOL
+                } else {
+                    &ops::pool::AVERAGE_POOL
+                };
+                let outs1 = vec![outs.first().cloned().unwrap_or_default()];
+                return self.emit(name, (def.build)(&a.json())?, &ins, &outs1);
+            }
+            "GlobalAveragePool" => one(Arc::new(ops::pool::GlobalAveragePool)),
+            "BatchNormalization" => {
+                arity(5, 5)?;
+                if a.i("training_mode", 0) != 0 || outs.iter().skip(1).any(|o| !o.is_empty()) {
+                    return Err(skip("training mode (running statistics outputs) is not supported"));
+                }
+                let bn = BatchNorm {
+                    epsilon: a.f("epsilon", 1e-5),
+                };
+                if self.fold_batchnorm(&bn, &ins, &outs[0])? {
+                    return Ok(());
+                }
+                one(Arc::new(bn))
+            }
+            "LayerNormalization" => {
+                arity(2, 3)?;
+                let mut outs3 = outs.clone();
+                let outputs = if outs.iter().skip(1).any(|o| !o.is_empty()) {
+                    3
+                } else {
+                    1
+                };
+                outs3.truncate(outputs);
+                while outs3.len() < outputs {
+                    outs3.push(String::new());
+                }
+                for (i, o) in outs3.iter_mut().enumerate() {
+                    if o.is_empty() {
+                        *o = format!("{name}.unused{i}");
+                    }
+                }
+                let op = Arc::new(LayerNorm {
+                    axis: a.i("axis", -1),
+                    epsilon: a.f("epsilon", 1e-5),
+                    outputs,
+                });
+                return self.emit(name, op, &ins, &outs3);
+            }
+            _ => return Err(Skip(String::new())),
+        };
+        self.emit(name, op, &inputs, &outs)
+    }
+
+    /// Folds `BatchNormalization(Conv(x, w, b))` into the Conv when the Conv's
+    /// weights and the statistics are constants and nothing else reads the
+    /// Conv's output. Returns whether it folded.
+    fn fold_batchnorm(&mut self, bn: &BatchNorm, ins: &[String], out: &str) -> Result<bool, Skip> {
+        let x = self.resolve(&ins[0]);
+        let Some(&pi) = self.producer.get(&x) else {
+            return Ok(false);
+        };
+        if self.consumers.get(&ins[0]).copied().unwrap_or(0) != 1 || self.graph_outputs.contains(&ins[0]) {
+            return Ok(false);
+        }
+        let node = &self.nodes[pi];
+        if node.op.op_type() != "Conv" || node.outputs.len() != 1 {
+            return Ok(false);
+        }
+        let stats: Result<Vec<Tensor>, Skip> = ins[1..].iter().map(|s| self.constant(s).cloned()).collect();
+        let Ok(stats) = stats else { return Ok(false) };
+        let Some(Val::Const(w)) = self.vals.get(&node.inputs[1]).cloned() else {
+            return Ok(false);
+        };
+        let bias = match node.inputs.get(2) {
+            Some(b) => match self.vals.get(b) {
+                Some(Val::Const(t)) => Some(t.clone()),
+                _ => return Ok(false),
+            },
+            None => None,
+        };
+        let refs: Vec<&Tensor> = std::iter::once(&w).chain(stats.iter()).collect();
+        let (scale, shift) = bn.affine(&refs)?;
+        let m = w.shape()[0];
+        if scale.len() != m {
+            return Ok(false);
+        }
+        let per = w.numel() / m.max(1);
+        let wv: Vec<f32> = w
+            .as_f32()?
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v * scale[i / per.max(1)])
+            .collect();
+        let b0 = bias.map(|b| b.to_f32_vec()).unwrap_or_else(|| vec![0.0; m]);
+        let bv: Vec<f32> = (0..m).map(|i| b0[i] * scale[i] + shift[i]).collect();
+        let (wn, bnm) = (format!("{}.bn_weight", node.name), format!("{}.bn_bias", node.name));
+        self.vals
+            .insert(wn.clone(), Val::Const(Tensor::from_vec(w.shape().to_vec(), wv)?));
+        self.vals
+            .insert(bnm.clone(), Val::Const(Tensor::from_vec(vec![m], bv)?));
+        let ty = self.vals.get(&x).cloned();
+        let node = &mut self.nodes[pi];
+        node.inputs = vec![node.inputs[0].clone(), wn, bnm];
+        node.outputs = vec![out.to_string()];
+        self.producer.insert(out.to_string(), pi);
+        if let Some(ty) = ty {
+            self.vals.insert(out.to_string(), ty);
+        }
+        Ok(true)
+    }
+
+    fn finish(mut self, graph: &GraphProto, inputs: Vec<ValueInfo>) -> Result<Model, OnnxError> {
+        let mut outputs = Vec::new();
+        for o in &graph.output {
+            let ir = self.resolve(&o.name);
+            let is_input = inputs.iter().any(|i| i.name == ir);
+            if ir != o.name || is_input {
+                // An output that is another value (Identity) gets a copy node.
+                let rank = self.vals.get(&ir).map(|v| type_of(v).rank()).unwrap_or(0);
+                let name = format!("{}.identity", o.name);
+                self.emit(
+                    &name,
+                    Arc::new(Reshape { shape: vec![0; rank] }),
+                    &[ir],
+                    std::slice::from_ref(&o.name),
+                )
+                .map_err(|Skip(m)| OnnxError::Node {
+                    node: name.clone(),
+                    op: "Identity".into(),
+                    message: m,
+                })?;
+            }
+            let ty = self.vals.get(&o.name).map(type_of).ok_or_else(|| OnnxError::Node {
+                node: o.name.clone(),
+                op: "output".into(),
+                message: "graph output is never computed".into(),
+            })?;
+            outputs.push(ValueInfo {
+                name: o.name.clone(),
+                ty,
+            });
+        }
+        let mut wanted: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
+        for n in &self.nodes {
+            for i in &n.inputs {
+                if matches!(self.vals.get(i), Some(Val::Const(_))) && seen.insert(i.clone()) {
+                    wanted.push(i.clone());
+                }
+            }
+        }
+        for o in &outputs {
+            if matches!(self.vals.get(&o.name), Some(Val::Const(_))) && seen.insert(o.name.clone()) {
+                wanted.push(o.name.clone());
+            }
+        }
+        let mut params = Vec::new();
+        let mut tensors = HashMap::new();
+        for name in wanted {
+            if let Some(Val::Const(t)) = self.vals.remove(&name) {
+                params.push(ParamInfo::plain(name.clone(), t.dtype(), t.shape().to_vec()));
+                tensors.insert(name, t);
+            }
+        }
+        let g = Graph::new(graph.name.clone(), inputs, outputs, params, self.nodes)?;
+        Model::new(g, tensors).map_err(|e| OnnxError::Model(e.to_string()))
+    }
+}
+
+fn constant_value(a: &A<'_>, dir: &Path) -> Result<Tensor, Skip> {
+    if let Some(t) = a.get("value").and_then(|x| x.t.as_ref()) {
+        return tensor_from_proto(t, dir).map_err(|e| skip(e.to_string()));
+    }
+    if let Some(x) = a.get("value_float") {
+        return Ok(Tensor::from_vec(vec![], vec![x.f])?);
+    }
+    if let Some(x) = a.get("value_floats") {
+        return Ok(Tensor::from_vec(vec![x.floats.len()], x.floats.clone())?);
+    }
+    if let Some(x) = a.get("value_int") {
+        return Ok(Tensor::from_vec(vec![], vec![x.i])?);
+    }
+    if let Some(x) = a.get("value_ints") {
+        return Ok(Tensor::from_vec(vec![x.ints.len()], x.ints.clone())?);
+    }
+    Err(skip(
+        "only value, value_float(s) and value_int(s) constants are supported",
+    ))
+}
+
+/// `Gather` on constants (shape arithmetic).
+fn gather(data: &Tensor, idx: &Tensor, axis: i64) -> Result<Tensor, Skip> {
+    let s = data.shape();
+    let r = s.len() as i64;
+    let ax = if axis < 0 { axis + r } else { axis };
+    if ax < 0 || ax >= r {
+        return Err(skip(format!("axis {axis} is out of range for rank {r}")));
+    }
+    let ax = ax as usize;
+    let (outer, len, inner) = (
+        s[..ax].iter().product::<usize>(),
+        s[ax],
+        s[ax + 1..].iter().product::<usize>(),
+    );
+    let mut ids = Vec::with_capacity(idx.numel());
+    for i in idx.to_i64_vec() {
+        let j = if i < 0 { i + len as i64 } else { i };
+        if j < 0 || j >= len as i64 {
+            return Err(skip(format!("index {i} is out of range for a dimension of {len}")));
+        }
+        ids.push(j as usize);
+    }
+    let mut flat = Vec::with_capacity(outer * ids.len() * inner);
+    for o in 0..outer {
+        for &j in &ids {
+            flat.extend((0..inner).map(|k| (o * len + j) * inner + k));
+        }
+    }
+    let mut shape = s[..ax].to_vec();
+    shape.extend_from_slice(idx.shape());
+    shape.extend_from_slice(&s[ax + 1..]);
+    Ok(gather_flat(data, &flat, shape)?)
+}
+
+/// Integer arithmetic on constant shapes.
+fn int_arith(op: &str, x: &Tensor, y: &Tensor) -> Result<Tensor, Skip> {
+    let out = broadcast_shapes(x.shape(), y.shape())?;
+    let (a, b) = (x.to_i64_vec(), y.to_i64_vec());
+    let mut v = Vec::with_capacity(numel(&out));
+    for i in 0..numel(&out) {
+        let (p, q) = (
+            a[broadcast_offset(i, &out, x.shape())],
+            b[broadcast_offset(i, &out, y.shape())],
+        );
+        v.push(match op {
+            "Add" => p.wrapping_add(q),
+            "Sub" => p.wrapping_sub(q),
+            "Mul" => p.wrapping_mul(q),
+            _ => {
+                if q == 0 {
+                    return Err(skip("integer division by zero while folding constants"));
+                }
+                p.div_euclid(q)
+            }
+        });
+    }
+    Ok(Tensor::from_vec(out, v)?)
+}

@@ -1,0 +1,249 @@
+//! ONNX import: parses an `.onnx` file (protobuf, with `prost` and the
+//! hand-declared subset of `onnx.proto` in [`proto`]) and builds a [`Model`]
+//! in wginfer's own IR.
+//!
+//! - Initializers become parameters; external-data tensors are read from
+//!   side files relative to the model's directory.
+//! - `Constant` nodes and shape arithmetic on constants (`Shape` of a
+//!   statically shaped value, `Gather`, `Concat`, `Unsqueeze`, `Squeeze`,
+//!   `Cast`, arithmetic) are folded at import, so `Reshape` gets a static
+//!   target. A `dim_param` input dimension becomes a symbolic [`Dim`].
+//! - `Gemm` with `alpha = beta = 1`, `transA = 0`, `transB = 1` and constant
+//!   weights becomes [`Linear`](crate::ops::linear::Linear); a
+//!   `BatchNormalization` right after a `Conv` with constant weights is folded
+//!   into it; `Identity` and inference `Dropout` disappear.
+//! - An import that meets unsupported ops fails once, listing every
+//!   unsupported op type with the names of its nodes.
+
+mod import;
+pub mod proto;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use thiserror::Error;
+
+pub use import::ImportOptions;
+
+use crate::error::{GraphError, ModelError, OpError, TensorError};
+use crate::model::Model;
+use crate::tensor::{DType, Tensor};
+
+/// What can go wrong importing an ONNX file.
+#[derive(Debug, Error)]
+pub enum OnnxError {
+    /// The bytes are not a valid protobuf of the expected message.
+    #[error("not a valid ONNX {what} protobuf ({source}); the file is corrupt or not ONNX: re-export it")]
+    Decode {
+        /// The message type that failed to parse.
+        what: &'static str,
+        /// The protobuf decoder's error.
+        #[source]
+        source: prost::DecodeError,
+    },
+    /// The model has no graph.
+    #[error("the ONNX model has no graph")]
+    NoGraph,
+    /// Ops the importer does not support, grouped by op type.
+    #[error("the model uses ops wginfer cannot import: {}", list_unsupported(.0))]
+    Unsupported(Vec<(String, Vec<String>)>),
+    /// A tensor (initializer, constant, test data) is malformed or of an unsupported type.
+    #[error("tensor `{name}`: {message}")]
+    Tensor {
+        /// The tensor's name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An external-data side file is missing or unreadable.
+    #[error("tensor `{name}` keeps its data in `{}`, which cannot be read ({source}): put the side file next to the model", .path.display())]
+    ExternalData {
+        /// The tensor's name.
+        name: String,
+        /// The side file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A node's attributes or inputs cannot be imported as given.
+    #[error("node `{node}` ({op}): {message}")]
+    Node {
+        /// The node's name.
+        node: String,
+        /// Its op type.
+        op: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Building the imported graph failed.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// Building the imported model failed.
+    #[error("{0}")]
+    Model(String),
+    /// An op failed while folding constants.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// Tensor data is inconsistent.
+    #[error(transparent)]
+    TensorData(#[from] TensorError),
+}
+
+fn list_unsupported(v: &[(String, Vec<String>)]) -> String {
+    v.iter()
+        .map(|(op, nodes)| format!("{op} (nodes: {})", nodes.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Imports an `.onnx` file. External data is read relative to its directory.
+pub fn import_file(path: &Path) -> Result<Model, ModelError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        action: "cannot read",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    Ok(import_bytes(&bytes, dir, &ImportOptions::default())?)
+}
+
+/// Imports ONNX bytes; `dir` is where external-data files are looked up.
+pub fn import_bytes(bytes: &[u8], dir: &Path, options: &ImportOptions) -> Result<Model, OnnxError> {
+    let model = proto::ModelProto::decode(bytes).map_err(|source| OnnxError::Decode {
+        what: "ModelProto",
+        source,
+    })?;
+    import::import(&model, dir, options)
+}
+
+/// Reads one serialized `TensorProto` (as in ONNX test data `input_0.pb`):
+/// its name and value. External data is read relative to `dir`.
+pub fn read_tensor_proto(bytes: &[u8], dir: &Path) -> Result<(String, Tensor), OnnxError> {
+    let t = proto::TensorProto::decode(bytes).map_err(|source| OnnxError::Decode {
+        what: "TensorProto",
+        source,
+    })?;
+    Ok((t.name.clone(), tensor_from_proto(&t, dir)?))
+}
+
+/// The wginfer dtype of an ONNX `TensorProto.DataType`.
+pub fn dtype_from_onnx(code: i32) -> Option<DType> {
+    use proto::data_type as d;
+    Some(match code {
+        d::FLOAT => DType::F32,
+        d::UINT8 => DType::U8,
+        d::INT8 => DType::I8,
+        d::INT32 => DType::I32,
+        d::INT64 => DType::I64,
+        d::BOOL => DType::Bool,
+        d::FLOAT16 => DType::F16,
+        d::BFLOAT16 => DType::BF16,
+        _ => return None,
+    })
+}
+
+/// The ONNX name of a `TensorProto.DataType` (for messages).
+pub fn onnx_type_name(code: i32) -> &'static str {
+    use proto::data_type as d;
+    match code {
+        d::FLOAT => "float",
+        d::UINT8 => "uint8",
+        d::INT8 => "int8",
+        d::UINT16 => "uint16",
+        d::INT16 => "int16",
+        d::INT32 => "int32",
+        d::INT64 => "int64",
+        d::STRING => "string",
+        d::BOOL => "bool",
+        d::FLOAT16 => "float16",
+        d::DOUBLE => "double",
+        d::UINT32 => "uint32",
+        d::UINT64 => "uint64",
+        d::BFLOAT16 => "bfloat16",
+        _ => "an unknown type",
+    }
+}
+
+/// Converts a `TensorProto` to a tensor (raw data, typed fields, or external data).
+pub fn tensor_from_proto(t: &proto::TensorProto, dir: &Path) -> Result<Tensor, OnnxError> {
+    let bad = |message: String| OnnxError::Tensor {
+        name: t.name.clone(),
+        message,
+    };
+    let dtype = dtype_from_onnx(t.data_type).ok_or_else(|| {
+        bad(format!(
+            "element type {} (code {}) is not supported; wginfer reads float, float16, bfloat16, int8, uint8, int32, int64 and bool",
+            onnx_type_name(t.data_type),
+            t.data_type
+        ))
+    })?;
+    let mut shape = Vec::with_capacity(t.dims.len());
+    for &d in &t.dims {
+        shape.push(usize::try_from(d).map_err(|_| bad(format!("has the negative dimension {d}")))?);
+    }
+    let n: usize = shape.iter().product();
+    if t.data_location == proto::DATA_LOCATION_EXTERNAL {
+        let entries: HashMap<&str, &str> = t
+            .external_data
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()))
+            .collect();
+        let location = entries
+            .get("location")
+            .ok_or_else(|| bad("is stored externally but names no `location`".into()))?;
+        let num = |key: &str| -> Result<Option<usize>, OnnxError> {
+            entries
+                .get(key)
+                .map(|v| {
+                    v.parse::<usize>()
+                        .map_err(|_| bad(format!("external `{key}` is `{v}`, not a number")))
+                })
+                .transpose()
+        };
+        let path = dir.join(location);
+        let data = std::fs::read(&path).map_err(|source| OnnxError::ExternalData {
+            name: t.name.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        let offset = num("offset")?.unwrap_or(0);
+        let want = n * dtype.size_in_bytes();
+        let length = num("length")?.unwrap_or(want);
+        let end = offset.checked_add(length).filter(|&e| e <= data.len()).ok_or_else(|| {
+            bad(format!(
+                "external data `{}` has {} bytes, but the tensor reads {length} bytes at offset {offset}",
+                path.display(),
+                data.len()
+            ))
+        })?;
+        return Ok(Tensor::from_le_bytes(dtype, shape, &data[offset..end])?);
+    }
+    if !t.raw_data.is_empty() {
+        return Ok(Tensor::from_le_bytes(dtype, shape, &t.raw_data)?);
+    }
+    let tensor = match dtype {
+        DType::F32 => Tensor::from_vec(shape, t.float_data.clone()),
+        DType::I64 => Tensor::from_vec(shape, t.int64_data.clone()),
+        DType::I32 => Tensor::from_vec(shape, t.int32_data.clone()),
+        DType::I8 => Tensor::from_vec(shape, t.int32_data.iter().map(|&v| v as i8).collect::<Vec<_>>()),
+        DType::U8 => Tensor::from_vec(shape, t.int32_data.iter().map(|&v| v as u8).collect::<Vec<_>>()),
+        DType::Bool => Tensor::from_vec(shape, t.int32_data.iter().map(|&v| v != 0).collect::<Vec<_>>()),
+        DType::F16 => Tensor::from_vec(
+            shape,
+            t.int32_data
+                .iter()
+                .map(|&v| half::f16::from_bits(v as u16))
+                .collect::<Vec<_>>(),
+        ),
+        DType::BF16 => Tensor::from_vec(
+            shape,
+            t.int32_data
+                .iter()
+                .map(|&v| half::bf16::from_bits(v as u16))
+                .collect::<Vec<_>>(),
+        ),
+    };
+    tensor.map_err(|e| bad(e.to_string()))
+}

@@ -1,0 +1,505 @@
+//! 2-D convolution (`Conv`, NCHW) with pads, strides, dilations, groups and
+//! `auto_pad`; also the window geometry shared with the pooling ops.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use super::Validation;
+use super::{attr_i64, attr_ints, attr_str, check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef};
+use crate::error::OpError;
+use crate::linalg::{self, MatRef};
+use crate::tensor::{Dim, Tensor, ValueType};
+
+/// How padding is chosen (ONNX `auto_pad`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoPad {
+    /// Explicit `pads`.
+    NotSet,
+    /// Output size `ceil(in / stride)`; an odd extra pad goes at the end.
+    SameUpper,
+    /// Output size `ceil(in / stride)`; an odd extra pad goes at the start.
+    SameLower,
+    /// No padding.
+    Valid,
+}
+
+impl AutoPad {
+    /// Parses the ONNX spelling.
+    pub fn parse(s: &str) -> Result<Self, OpError> {
+        match s {
+            "NOTSET" | "" => Ok(AutoPad::NotSet),
+            "SAME_UPPER" => Ok(AutoPad::SameUpper),
+            "SAME_LOWER" => Ok(AutoPad::SameLower),
+            "VALID" => Ok(AutoPad::Valid),
+            other => Err(OpError::Attribute {
+                name: "auto_pad".into(),
+                message: format!("`{other}` is not NOTSET, SAME_UPPER, SAME_LOWER or VALID"),
+            }),
+        }
+    }
+
+    /// The ONNX spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            AutoPad::NotSet => "NOTSET",
+            AutoPad::SameUpper => "SAME_UPPER",
+            AutoPad::SameLower => "SAME_LOWER",
+            AutoPad::Valid => "VALID",
+        }
+    }
+}
+
+/// The geometry of a 2-D sliding window: kernel, strides, dilations, pads
+/// (`[top, left, bottom, right]`, ONNX order) and `auto_pad`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Window {
+    /// Kernel height and width (empty for Conv: taken from the weight).
+    pub kernel: Vec<usize>,
+    /// Strides (default 1).
+    pub strides: [usize; 2],
+    /// Dilations (default 1).
+    pub dilations: [usize; 2],
+    /// Explicit pads `[top, left, bottom, right]`.
+    pub pads: [usize; 4],
+    /// Automatic padding.
+    pub auto_pad: AutoPad,
+    /// Round the output size up (pooling).
+    pub ceil_mode: bool,
+}
+
+/// Resolved padding and output size along one axis.
+#[derive(Clone, Copy, Debug)]
+pub struct Axis {
+    /// Pad before.
+    pub begin: usize,
+    /// Pad after.
+    pub end: usize,
+    /// Output length.
+    pub out: usize,
+}
+
+fn pair(attrs: &Attrs, name: &str) -> Result<[usize; 2], OpError> {
+    if !attrs.contains_key(name) {
+        return Ok([1, 1]);
+    }
+    let v = attr_ints(attrs, name)?;
+    match v.as_slice() {
+        [a, b] if *a >= 1 && *b >= 1 => Ok([*a as usize, *b as usize]),
+        _ => Err(OpError::Attribute {
+            name: name.into(),
+            message: format!("{v:?} must be two positive integers (2-D only)"),
+        }),
+    }
+}
+
+impl Window {
+    /// Reads the ONNX attributes (`kernel_shape`, `strides`, `dilations`,
+    /// `pads`, `auto_pad`, `ceil_mode`).
+    pub fn from_attrs(attrs: &Attrs, kernel_required: bool) -> Result<Self, OpError> {
+        let kernel = if attrs.contains_key("kernel_shape") || kernel_required {
+            let k = attr_ints(attrs, "kernel_shape")?;
+            if k.len() != 2 || k.iter().any(|&d| d < 1) {
+                return Err(OpError::Attribute {
+                    name: "kernel_shape".into(),
+                    message: format!("{k:?}: only 2-D windows with positive sizes are supported"),
+                });
+            }
+            k.iter().map(|&d| d as usize).collect()
+        } else {
+            Vec::new()
+        };
+        let pads = if attrs.contains_key("pads") {
+            let p = attr_ints(attrs, "pads")?;
+            match p.as_slice() {
+                [a, b, c, d] if p.iter().all(|&x| x >= 0) => [*a as usize, *b as usize, *c as usize, *d as usize],
+                _ => {
+                    return Err(OpError::Attribute {
+                        name: "pads".into(),
+                        message: format!("{p:?} must be four non-negative integers (2-D only)"),
+                    })
+                }
+            }
+        } else {
+            [0; 4]
+        };
+        Ok(Self {
+            kernel,
+            strides: pair(attrs, "strides")?,
+            dilations: pair(attrs, "dilations")?,
+            pads,
+            auto_pad: AutoPad::parse(attr_str(attrs, "auto_pad", "NOTSET")?)?,
+            ceil_mode: attr_i64(attrs, "ceil_mode", Some(0))? != 0,
+        })
+    }
+
+    /// Writes the attributes back (round-trips through [`Window::from_attrs`]).
+    pub fn write(&self, a: &mut Attrs) {
+        if !self.kernel.is_empty() {
+            a.insert("kernel_shape".into(), self.kernel.clone().into());
+        }
+        a.insert("strides".into(), self.strides.to_vec().into());
+        a.insert("dilations".into(), self.dilations.to_vec().into());
+        a.insert("pads".into(), self.pads.to_vec().into());
+        a.insert("auto_pad".into(), self.auto_pad.name().into());
+        if self.ceil_mode {
+            a.insert("ceil_mode".into(), 1.into());
+        }
+    }
+
+    /// Padding and output length along spatial axis `i` (0 = height) for an
+    /// input of length `len` and a kernel of `k`.
+    pub fn axis(&self, i: usize, len: usize, k: usize) -> Result<Axis, OpError> {
+        let (s, d) = (self.strides[i], self.dilations[i]);
+        let span = (k - 1) * d + 1;
+        let (begin, end) = match self.auto_pad {
+            AutoPad::NotSet => (self.pads[i], self.pads[i + 2]),
+            AutoPad::Valid => (0, 0),
+            AutoPad::SameUpper | AutoPad::SameLower => {
+                let out = len.div_ceil(s);
+                let total = ((out.saturating_sub(1)) * s + span).saturating_sub(len);
+                if self.auto_pad == AutoPad::SameUpper {
+                    (total / 2, total - total / 2)
+                } else {
+                    (total - total / 2, total / 2)
+                }
+            }
+        };
+        let padded = len + begin + end;
+        if padded < span {
+            return Err(OpError::Shape(format!(
+                "the window spans {span} but the padded input is only {padded} long"
+            )));
+        }
+        let mut out = if self.ceil_mode {
+            (padded - span).div_ceil(s) + 1
+        } else {
+            (padded - span) / s + 1
+        };
+        // A last window that starts in the end padding is dropped.
+        if self.ceil_mode && (out - 1) * s >= len + begin {
+            out -= 1;
+        }
+        Ok(Axis { begin, end, out })
+    }
+}
+
+/// `Conv` (2-D, NCHW): inputs `x [N, C, H, W]`, `w [M, C/group, kH, kW]`,
+/// optional `b [M]`; output `[N, M, oH, oW]`.
+#[derive(Clone, Debug)]
+pub struct Conv {
+    /// Window geometry (`kernel` may be empty: the weight gives it).
+    pub window: Window,
+    /// Number of groups.
+    pub group: usize,
+}
+
+struct ConvPlan {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    m: usize,
+    cg: usize,
+    kh: usize,
+    kw: usize,
+    y: Axis,
+    x: Axis,
+}
+
+impl Conv {
+    fn plan(&self, x: &[usize], w: &[usize], b: Option<&[usize]>) -> Result<ConvPlan, OpError> {
+        if x.len() != 4 || w.len() != 4 {
+            return Err(OpError::Shape(format!(
+                "needs x [N, C, H, W] and w [M, C/group, kH, kW] (2-D only); got x {x:?}, w {w:?}"
+            )));
+        }
+        let g = self.group;
+        let (m, cg, kh, kw) = (w[0], w[1], w[2], w[3]);
+        if g == 0 || x[1] != cg * g || m % g != 0 {
+            return Err(OpError::Shape(format!(
+                "x has {} channels and w is {w:?} with group {g}: need C = {cg}·group and M divisible by group",
+                x[1]
+            )));
+        }
+        if !self.window.kernel.is_empty() && self.window.kernel != [kh, kw] {
+            return Err(OpError::Shape(format!(
+                "kernel_shape {:?} does not match the weight {w:?}",
+                self.window.kernel
+            )));
+        }
+        if let Some(b) = b {
+            if b != [m] {
+                return Err(OpError::Shape(format!("bias is {b:?}; it must be [{m}]")));
+            }
+        }
+        Ok(ConvPlan {
+            n: x[0],
+            c: x[1],
+            h: x[2],
+            w: x[3],
+            m,
+            cg,
+            kh,
+            kw,
+            y: self.window.axis(0, x[2], kh)?,
+            x: self.window.axis(1, x[3], kw)?,
+        })
+    }
+
+    fn bias<'a>(&self, inputs: &[&'a Tensor]) -> Result<Option<&'a [f32]>, OpError> {
+        if inputs.len() == 3 {
+            Ok(Some(f32_input(inputs, 2)?))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+impl Op for Conv {
+    fn op_type(&self) -> &'static str {
+        "Conv"
+    }
+
+    fn attrs(&self) -> Attrs {
+        let mut a = Attrs::new();
+        self.window.write(&mut a);
+        a.insert("group".into(), self.group.into());
+        a
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        check_arity(inputs.len(), 2, 3, "2 or 3 (x, w, optional b)")?;
+        check_f32(inputs)?;
+        let (x, w) = (&inputs[0], &inputs[1]);
+        let ws = w
+            .concrete_shape()
+            .ok_or_else(|| OpError::Shape(format!("the weight's shape must be known, got {}", w.shape_string())))?;
+        if x.rank() != 4 || ws.len() != 4 {
+            return Err(OpError::Shape(format!(
+                "needs x [N, C, H, W] and w [M, C/group, kH, kW] (2-D only); got x {}, w {ws:?}",
+                x.shape_string()
+            )));
+        }
+        let known = |d: &Dim, what: &str| {
+            d.known()
+                .ok_or_else(|| OpError::Shape(format!("the input's {what} must be known, got {}", x.shape_string())))
+        };
+        let xs = [
+            1,
+            known(&x.shape[1], "channels")?,
+            known(&x.shape[2], "height")?,
+            known(&x.shape[3], "width")?,
+        ];
+        let b = inputs.get(2).and_then(|b| b.concrete_shape());
+        let p = self.plan(&xs, &ws, b.as_deref())?;
+        Ok(vec![ValueType {
+            dtype: x.dtype,
+            shape: vec![
+                x.shape[0].clone(),
+                Dim::Known(p.m),
+                Dim::Known(p.y.out),
+                Dim::Known(p.x.out),
+            ],
+        }])
+    }
+
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 2, 3, "2 or 3 (x, w, optional b)")?;
+        let p = self.plan(inputs[0].shape(), inputs[1].shape(), inputs.get(2).map(|b| b.shape()))?;
+        let (x, w, b) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?, self.bias(inputs)?);
+        let (s, d) = (self.window.strides, self.window.dilations);
+        let mg = p.m / self.group;
+        let (oh, ow) = (p.y.out, p.x.out);
+        let mut y = vec![0.0f32; p.n * p.m * oh * ow];
+        for n in 0..p.n {
+            for m in 0..p.m {
+                let g = m / mg;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = b.map_or(0.0, |b| b[m] as f64);
+                        for ci in 0..p.cg {
+                            let c = g * p.cg + ci;
+                            for ky in 0..p.kh {
+                                let iy = (oy * s[0] + ky * d[0]) as isize - p.y.begin as isize;
+                                if iy < 0 || iy >= p.h as isize {
+                                    continue;
+                                }
+                                for kx in 0..p.kw {
+                                    let ix = (ox * s[1] + kx * d[1]) as isize - p.x.begin as isize;
+                                    if ix < 0 || ix >= p.w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((n * p.c + c) * p.h + iy as usize) * p.w + ix as usize];
+                                    let wv = w[((m * p.cg + ci) * p.kh + ky) * p.kw + kx];
+                                    acc += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        y[((n * p.m + m) * oh + oy) * ow + ox] = acc as f32;
+                    }
+                }
+            }
+        }
+        Ok(vec![Tensor::from_vec(vec![p.n, p.m, oh, ow], y)?])
+    }
+
+    /// im2col per image and group, then one `sgemm` per group.
+    fn cpu(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 2, 3, "2 or 3 (x, w, optional b)")?;
+        let p = self.plan(inputs[0].shape(), inputs[1].shape(), inputs.get(2).map(|b| b.shape()))?;
+        let (x, w, b) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?, self.bias(inputs)?);
+        let (s, d) = (self.window.strides, self.window.dilations);
+        let mg = p.m / self.group;
+        let (oh, ow) = (p.y.out, p.x.out);
+        let (kk, pix) = (p.cg * p.kh * p.kw, oh * ow);
+        let mut y = vec![0.0f32; p.n * p.m * pix];
+        let mut col = vec![0.0f32; kk * pix];
+        for n in 0..p.n {
+            for g in 0..self.group {
+                for ci in 0..p.cg {
+                    let c = g * p.cg + ci;
+                    let plane = &x[(n * p.c + c) * p.h * p.w..][..p.h * p.w];
+                    for ky in 0..p.kh {
+                        for kx in 0..p.kw {
+                            let row = &mut col[((ci * p.kh + ky) * p.kw + kx) * pix..][..pix];
+                            for oy in 0..oh {
+                                let iy = (oy * s[0] + ky * d[0]) as isize - p.y.begin as isize;
+                                let dst = &mut row[oy * ow..(oy + 1) * ow];
+                                if iy < 0 || iy >= p.h as isize {
+                                    dst.fill(0.0);
+                                    continue;
+                                }
+                                let src = &plane[iy as usize * p.w..][..p.w];
+                                for (ox, v) in dst.iter_mut().enumerate() {
+                                    let ix = (ox * s[1] + kx * d[1]) as isize - p.x.begin as isize;
+                                    *v = if ix < 0 || ix >= p.w as isize {
+                                        0.0
+                                    } else {
+                                        src[ix as usize]
+                                    };
+                                }
+                            }
+                        }
+                    }
+                }
+                let out = &mut y[(n * p.m + g * mg) * pix..][..mg * pix];
+                if let Some(b) = b {
+                    for (mi, r) in out.chunks_mut(pix.max(1)).enumerate() {
+                        r.fill(b[g * mg + mi]);
+                    }
+                }
+                linalg::sgemm(
+                    MatRef::row_major(&w[g * mg * kk..][..mg * kk], mg, kk),
+                    MatRef::row_major(&col, kk, pix),
+                    out,
+                    b.is_some(),
+                )?;
+            }
+        }
+        Ok(vec![Tensor::from_vec(vec![p.n, p.m, oh, ow], y)?])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Approximate
+    }
+
+    fn flops(&self, inputs: &[&[usize]]) -> u64 {
+        match inputs {
+            [x, w, ..] if x.len() == 4 && w.len() == 4 => match self.plan(x, w, None) {
+                Ok(p) => 2 * (p.n * p.m * p.y.out * p.x.out * p.cg * p.kh * p.kw) as u64,
+                Err(_) => 0,
+            },
+            _ => 0,
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn conv_case(rng: &mut CaseRng, x: [usize; 4], m: usize, k: [usize; 2], group: usize, attrs: Attrs) -> OpCase {
+    let mut a = attrs;
+    a.insert("group".into(), group.into());
+    let conv = build_conv(&a).unwrap_or_else(|e| unreachable!("case attributes are valid: {e}"));
+    let inputs = vec![
+        rng.tensor(&x, -1.0, 1.0),
+        rng.tensor(&[m, x[1] / group, k[0], k[1]], -1.0, 1.0),
+        rng.tensor(&[m], -1.0, 1.0),
+    ];
+    OpCase::new(format!("conv x{x:?} m{m} k{k:?} g{group} {a:?}"), conv, inputs)
+}
+
+fn build_conv(attrs: &Attrs) -> Result<Arc<dyn Op>, OpError> {
+    let group = attr_i64(attrs, "group", Some(1))?;
+    if group < 1 {
+        return Err(OpError::Attribute {
+            name: "group".into(),
+            message: format!("{group} must be at least 1"),
+        });
+    }
+    Ok(Arc::new(Conv {
+        window: Window::from_attrs(attrs, false)?,
+        group: group as usize,
+    }))
+}
+
+fn attrs(pairs: &[(&str, serde_json::Value)]) -> Attrs {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+/// `Conv`: attributes `kernel_shape`, `pads`, `strides`, `dilations`, `group`, `auto_pad`.
+pub const CONV: OpDef = OpDef {
+    op_type: "Conv",
+    build: build_conv,
+    cases: || {
+        let mut rng = CaseRng::new(41);
+        vec![
+            conv_case(&mut rng, [1, 1, 5, 5], 1, [3, 3], 1, Attrs::new()),
+            conv_case(
+                &mut rng,
+                [2, 3, 17, 13],
+                5,
+                [3, 3],
+                1,
+                attrs(&[("pads", vec![1, 1, 1, 1].into())]),
+            ),
+            conv_case(
+                &mut rng,
+                [1, 4, 9, 7],
+                6,
+                [3, 2],
+                2,
+                attrs(&[("strides", vec![2, 1].into()), ("dilations", vec![1, 2].into())]),
+            ),
+            conv_case(
+                &mut rng,
+                [1, 3, 8, 8],
+                3,
+                [3, 3],
+                3,
+                attrs(&[("auto_pad", "SAME_UPPER".into())]),
+            ),
+            conv_case(
+                &mut rng,
+                [3, 2, 7, 5],
+                4,
+                [2, 2],
+                1,
+                attrs(&[("pads", vec![1, 0, 0, 2].into()), ("strides", vec![2, 2].into())]),
+            ),
+        ]
+    },
+    sample: |rng| {
+        let group = rng.range(1, 2);
+        let c = group * rng.range(1, 3);
+        let m = group * rng.range(1, 3);
+        let (h, w) = (rng.range(3, 12), rng.range(3, 12));
+        let k = [rng.range(1, 3), rng.range(1, 3)];
+        let s = rng.range(1, 2);
+        let p = rng.range(0, 1);
+        let a = attrs(&[("strides", vec![s, s].into()), ("pads", vec![p, 0, 0, p].into())]);
+        let n = rng.range(1, 2);
+        conv_case(rng, [n, c, h, w], m, k, group, a)
+    },
+};

@@ -1,0 +1,459 @@
+//! Elementwise ops added for ONNX import: `Sub` and `Div` (NumPy
+//! broadcasting), `LeakyRelu`, `Erf`, and `LogSoftmax` along one axis.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use super::binary::{broadcast_dims, broadcast_offset, broadcast_shapes};
+use super::{
+    attr_i64, check_arity, check_f32, f32_input, normalize_axis, Attrs, CaseRng, Op, OpCase, OpDef, Validation,
+};
+use crate::error::OpError;
+use crate::linalg;
+use crate::tensor::{numel, Tensor, ValueType};
+
+/// Which broadcasting arithmetic op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArithKind {
+    /// `a - b`
+    Sub,
+    /// `a / b` (IEEE division: `x / 0` is ±inf or NaN)
+    Div,
+}
+
+impl ArithKind {
+    #[inline]
+    fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            ArithKind::Sub => a - b,
+            ArithKind::Div => a / b,
+        }
+    }
+}
+
+/// `Sub` or `Div` on two f32 tensors, broadcasting as NumPy does.
+#[derive(Clone, Debug)]
+pub struct Arith {
+    /// The operation.
+    pub kind: ArithKind,
+}
+
+impl Op for Arith {
+    fn op_type(&self) -> &'static str {
+        match self.kind {
+            ArithKind::Sub => "Sub",
+            ArithKind::Div => "Div",
+        }
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        check_arity(inputs.len(), 2, 2, "2")?;
+        check_f32(inputs)?;
+        let shape = broadcast_dims(&inputs[0].shape, &inputs[1].shape)?;
+        Ok(vec![ValueType {
+            dtype: inputs[0].dtype,
+            shape,
+        }])
+    }
+
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 2, 2, "2")?;
+        let (a, b) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?);
+        let (sa, sb) = (inputs[0].shape(), inputs[1].shape());
+        let out_shape = broadcast_shapes(sa, sb)?;
+        let out = (0..numel(&out_shape))
+            .map(|i| {
+                self.kind.apply(
+                    a[broadcast_offset(i, &out_shape, sa)],
+                    b[broadcast_offset(i, &out_shape, sb)],
+                )
+            })
+            .collect();
+        Ok(vec![Tensor::from_vec(out_shape, out)?])
+    }
+
+    fn cpu(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 2, 2, "2")?;
+        let (a, b) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?);
+        let kind = self.kind;
+        if inputs[0].shape() == inputs[1].shape() {
+            return Ok(vec![Tensor::from_vec(
+                inputs[0].shape().to_vec(),
+                linalg::zip(a, b, move |x, y| kind.apply(x, y)),
+            )?]);
+        }
+        if b.len() == 1 && broadcast_shapes(inputs[0].shape(), inputs[1].shape())? == inputs[0].shape() {
+            let y = b[0];
+            return Ok(vec![Tensor::from_vec(
+                inputs[0].shape().to_vec(),
+                linalg::map(a, move |x| kind.apply(x, y)),
+            )?]);
+        }
+        self.reference(inputs)
+    }
+
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        outputs: &[&Tensor],
+        grads: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>, OpError> {
+        check_arity(inputs.len(), 2, 2, "2")?;
+        let (a, b) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?);
+        let (sa, sb) = (inputs[0].shape(), inputs[1].shape());
+        let dy = f32_input(grads, 0)?;
+        let out = match outputs.first() {
+            Some(t) => t.shape().to_vec(),
+            None => broadcast_shapes(sa, sb)?,
+        };
+        let mut da = vec![0.0f32; a.len()];
+        let mut db = vec![0.0f32; b.len()];
+        for (i, &g) in dy.iter().enumerate() {
+            let (ia, ib) = (broadcast_offset(i, &out, sa), broadcast_offset(i, &out, sb));
+            match self.kind {
+                ArithKind::Sub => {
+                    da[ia] += g;
+                    db[ib] -= g;
+                }
+                ArithKind::Div => {
+                    da[ia] += g / b[ib];
+                    db[ib] -= g * a[ia] / (b[ib] * b[ib]);
+                }
+            }
+        }
+        Ok(vec![
+            Some(Tensor::from_vec(sa.to_vec(), da)?),
+            Some(Tensor::from_vec(sb.to_vec(), db)?),
+        ])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Exact
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn arith_cases(kind: ArithKind) -> Vec<OpCase> {
+    let mut rng = CaseRng::new(21);
+    let shapes: [(&[usize], &[usize]); 6] = [
+        (&[1], &[1]),
+        (&[3, 17], &[3, 17]),
+        (&[17, 1000], &[1000]),
+        (&[5, 3, 7], &[3, 1]),
+        (&[1, 33], &[17, 1]),
+        (&[1000], &[]),
+    ];
+    shapes
+        .iter()
+        .map(|(a, b)| {
+            // Divisors stay away from zero.
+            let inputs = vec![rng.tensor(a, -2.0, 2.0), rng.tensor(b, 0.5, 2.0)];
+            OpCase::new(format!("{kind:?} {a:?} {b:?}"), Arc::new(Arith { kind }), inputs)
+        })
+        .collect()
+}
+
+fn arith_sample(kind: ArithKind, rng: &mut CaseRng) -> OpCase {
+    let rank = rng.range(1, 4);
+    let a: Vec<usize> = (0..rank).map(|_| rng.dim(12)).collect();
+    let keep = rng.range(0, rank);
+    let b: Vec<usize> = a[rank - keep..]
+        .iter()
+        .map(|&d| if rng.next_u64() % 3 == 0 { 1 } else { d })
+        .collect();
+    let (a, b) = if rng.next_u64() % 2 == 0 { (a, b) } else { (b, a) };
+    let inputs = vec![rng.tensor(&a, -2.0, 2.0), rng.tensor(&b, 0.5, 2.0)];
+    OpCase::new(format!("{kind:?} {a:?} {b:?}"), Arc::new(Arith { kind }), inputs)
+}
+
+/// `Sub`: elementwise difference with broadcasting.
+pub const SUB: OpDef = OpDef {
+    op_type: "Sub",
+    build: |_: &Attrs| Ok(Arc::new(Arith { kind: ArithKind::Sub })),
+    cases: || arith_cases(ArithKind::Sub),
+    sample: |r| arith_sample(ArithKind::Sub, r),
+};
+
+/// `Div`: elementwise quotient with broadcasting.
+pub const DIV: OpDef = OpDef {
+    op_type: "Div",
+    build: |_: &Attrs| Ok(Arc::new(Arith { kind: ArithKind::Div })),
+    cases: || arith_cases(ArithKind::Div),
+    sample: |r| arith_sample(ArithKind::Div, r),
+};
+
+/// An elementwise op with an f64 reference and an f32 fast form.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PointKind {
+    /// `x` if `x >= 0`, else `alpha · x`.
+    LeakyRelu(f32),
+    /// The error function.
+    Erf,
+}
+
+/// `LeakyRelu` or `Erf` on one f32 tensor.
+#[derive(Clone, Debug)]
+pub struct Pointwise {
+    /// The function.
+    pub kind: PointKind,
+}
+
+impl Op for Pointwise {
+    fn op_type(&self) -> &'static str {
+        match self.kind {
+            PointKind::LeakyRelu(_) => "LeakyRelu",
+            PointKind::Erf => "Erf",
+        }
+    }
+
+    fn attrs(&self) -> Attrs {
+        let mut a = Attrs::new();
+        if let PointKind::LeakyRelu(alpha) = self.kind {
+            a.insert("alpha".into(), (alpha as f64).into());
+        }
+        a
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        check_f32(inputs)?;
+        Ok(vec![inputs[0].clone()])
+    }
+
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let x = f32_input(inputs, 0)?;
+        let y = x
+            .iter()
+            .map(|&v| match self.kind {
+                PointKind::LeakyRelu(alpha) => {
+                    if v >= 0.0 {
+                        v
+                    } else {
+                        alpha * v
+                    }
+                }
+                PointKind::Erf => libm::erf(v as f64) as f32,
+            })
+            .collect();
+        Ok(vec![Tensor::from_vec(inputs[0].shape().to_vec(), y)?])
+    }
+
+    fn cpu(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let x = f32_input(inputs, 0)?;
+        let y = match self.kind {
+            PointKind::LeakyRelu(alpha) => linalg::map(x, move |v| if v >= 0.0 { v } else { alpha * v }),
+            PointKind::Erf => linalg::map(x, libm::erff),
+        };
+        Ok(vec![Tensor::from_vec(inputs[0].shape().to_vec(), y)?])
+    }
+
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        _outputs: &[&Tensor],
+        grads: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>, OpError> {
+        let x = f32_input(inputs, 0)?;
+        let dy = f32_input(grads, 0)?;
+        let dx = x
+            .iter()
+            .zip(dy)
+            .map(|(&v, &g)| match self.kind {
+                PointKind::LeakyRelu(alpha) => {
+                    if v >= 0.0 {
+                        g
+                    } else {
+                        alpha * g
+                    }
+                }
+                PointKind::Erf => g * (2.0 / std::f32::consts::PI.sqrt()) * (-v * v).exp(),
+            })
+            .collect();
+        Ok(vec![Some(Tensor::from_vec(inputs[0].shape().to_vec(), dx)?)])
+    }
+
+    fn validation(&self) -> Validation {
+        match self.kind {
+            PointKind::LeakyRelu(_) => Validation::Exact,
+            PointKind::Erf => Validation::Rounding,
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn point_cases(kind: PointKind) -> Vec<OpCase> {
+    let mut rng = CaseRng::new(22);
+    [&[1usize][..], &[3, 17], &[17, 1000], &[2, 3, 5, 7]]
+        .iter()
+        .map(|s| {
+            OpCase::new(
+                format!("{kind:?} {s:?}"),
+                Arc::new(Pointwise { kind }),
+                vec![rng.tensor(s, -4.0, 4.0)],
+            )
+        })
+        .collect()
+}
+
+fn point_sample(kind: PointKind, rng: &mut CaseRng) -> OpCase {
+    let s: Vec<usize> = (0..rng.range(1, 4)).map(|_| rng.dim(20)).collect();
+    let x = rng.tensor(&s, -4.0, 4.0);
+    OpCase::new(format!("{kind:?} {s:?}"), Arc::new(Pointwise { kind }), vec![x])
+}
+
+fn attr_f32(attrs: &Attrs, name: &str, default: f32) -> Result<f32, OpError> {
+    match attrs.get(name) {
+        None => Ok(default),
+        Some(v) => v.as_f64().map(|x| x as f32).ok_or_else(|| OpError::Attribute {
+            name: name.to_string(),
+            message: format!("must be a number, got {v}"),
+        }),
+    }
+}
+
+/// `LeakyRelu`: attribute `alpha` (default 0.01).
+pub const LEAKY_RELU: OpDef = OpDef {
+    op_type: "LeakyRelu",
+    build: |attrs: &Attrs| {
+        Ok(Arc::new(Pointwise {
+            kind: PointKind::LeakyRelu(attr_f32(attrs, "alpha", 0.01)?),
+        }))
+    },
+    cases: || point_cases(PointKind::LeakyRelu(0.1)),
+    sample: |r| point_sample(PointKind::LeakyRelu(0.2), r),
+};
+
+/// `Erf`: the error function.
+pub const ERF: OpDef = OpDef {
+    op_type: "Erf",
+    build: |_: &Attrs| Ok(Arc::new(Pointwise { kind: PointKind::Erf })),
+    cases: || point_cases(PointKind::Erf),
+    sample: |r| point_sample(PointKind::Erf, r),
+};
+
+/// `x - max - log Σ exp(x - max)` along `axis` (negative counts from the end).
+#[derive(Clone, Debug)]
+pub struct LogSoftmax {
+    /// The axis to normalise over.
+    pub axis: i64,
+}
+
+fn split(shape: &[usize], axis: i64) -> Result<(usize, usize, usize), OpError> {
+    if shape.is_empty() {
+        return Ok((1, 1, 1));
+    }
+    let a = normalize_axis(axis, shape.len())?;
+    Ok((shape[..a].iter().product(), shape[a], shape[a + 1..].iter().product()))
+}
+
+impl LogSoftmax {
+    fn run(&self, t: &Tensor, wide: bool) -> Result<Tensor, OpError> {
+        let x = t.as_f32()?;
+        let (outer, len, inner) = split(t.shape(), self.axis)?;
+        let mut y = vec![0.0f32; x.len()];
+        for o in 0..outer {
+            for i in 0..inner {
+                let at = |j: usize| o * len * inner + j * inner + i;
+                let max = (0..len).map(|j| x[at(j)]).fold(f32::NEG_INFINITY, f32::max);
+                if wide {
+                    let sum: f64 = (0..len).map(|j| ((x[at(j)] - max) as f64).exp()).sum();
+                    let lse = sum.ln();
+                    for j in 0..len {
+                        y[at(j)] = ((x[at(j)] - max) as f64 - lse) as f32;
+                    }
+                } else {
+                    let sum: f32 = (0..len).map(|j| (x[at(j)] - max).exp()).sum();
+                    let lse = sum.ln();
+                    for j in 0..len {
+                        y[at(j)] = x[at(j)] - max - lse;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(t.shape().to_vec(), y)?)
+    }
+}
+
+impl Op for LogSoftmax {
+    fn op_type(&self) -> &'static str {
+        "LogSoftmax"
+    }
+
+    fn attrs(&self) -> Attrs {
+        let mut a = Attrs::new();
+        a.insert("axis".into(), self.axis.into());
+        a
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        check_f32(inputs)?;
+        normalize_axis(self.axis, inputs[0].rank())?;
+        Ok(vec![inputs[0].clone()])
+    }
+
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        Ok(vec![self.run(inputs[0], true)?])
+    }
+
+    fn cpu(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        Ok(vec![self.run(inputs[0], false)?])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Approximate
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// `LogSoftmax`: attribute `axis` (default -1).
+pub const LOG_SOFTMAX: OpDef = OpDef {
+    op_type: "LogSoftmax",
+    build: |attrs: &Attrs| {
+        Ok(Arc::new(LogSoftmax {
+            axis: attr_i64(attrs, "axis", Some(-1))?,
+        }))
+    },
+    cases: || {
+        let mut rng = CaseRng::new(23);
+        [
+            (&[1usize][..], -1i64),
+            (&[3, 17], 1),
+            (&[17, 1000], -1),
+            (&[5, 3, 7], 1),
+            (&[4, 3], 0),
+        ]
+        .iter()
+        .map(|(s, axis)| {
+            OpCase::new(
+                format!("logsoftmax {s:?} axis {axis}"),
+                Arc::new(LogSoftmax { axis: *axis }),
+                vec![rng.tensor(s, -5.0, 5.0)],
+            )
+        })
+        .collect()
+    },
+    sample: |rng| {
+        let s: Vec<usize> = (0..rng.range(1, 3)).map(|_| rng.dim(40)).collect();
+        let axis = rng.range(0, s.len() - 1) as i64;
+        let x = rng.tensor(&s, -5.0, 5.0);
+        OpCase::new(
+            format!("logsoftmax {s:?} axis {axis}"),
+            Arc::new(LogSoftmax { axis }),
+            vec![x],
+        )
+    },
+};

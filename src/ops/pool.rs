@@ -1,0 +1,292 @@
+//! Pooling over the two spatial axes of NCHW tensors: `MaxPool`,
+//! `AveragePool` and `GlobalAveragePool`.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use super::conv::{Axis, Window};
+use super::{attr_i64, check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
+use crate::error::OpError;
+use crate::tensor::{Dim, Tensor, ValueType};
+
+/// `MaxPool` or `AveragePool` (2-D).
+#[derive(Clone, Debug)]
+pub struct Pool {
+    /// True for `MaxPool`.
+    pub max: bool,
+    /// Window geometry (`kernel` is required).
+    pub window: Window,
+    /// `AveragePool`: count padding positions in the divisor.
+    pub count_include_pad: bool,
+}
+
+impl Pool {
+    fn axes(&self, h: usize, w: usize) -> Result<(Axis, Axis), OpError> {
+        let k = &self.window.kernel;
+        if k.len() != 2 {
+            return Err(OpError::Attribute {
+                name: "kernel_shape".into(),
+                message: "is required (2-D)".into(),
+            });
+        }
+        Ok((self.window.axis(0, h, k[0])?, self.window.axis(1, w, k[1])?))
+    }
+}
+
+impl Op for Pool {
+    fn op_type(&self) -> &'static str {
+        if self.max {
+            "MaxPool"
+        } else {
+            "AveragePool"
+        }
+    }
+
+    fn attrs(&self) -> Attrs {
+        let mut a = Attrs::new();
+        self.window.write(&mut a);
+        if self.count_include_pad {
+            a.insert("count_include_pad".into(), 1.into());
+        }
+        a
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        check_f32(inputs)?;
+        let x = &inputs[0];
+        if x.rank() != 4 {
+            return Err(OpError::Shape(format!(
+                "needs x [N, C, H, W] (2-D pooling only); got {}",
+                x.shape_string()
+            )));
+        }
+        let (h, w) = match (x.shape[2].known(), x.shape[3].known()) {
+            (Some(h), Some(w)) => (h, w),
+            _ => {
+                return Err(OpError::Shape(format!(
+                    "spatial sizes must be known, got {}",
+                    x.shape_string()
+                )))
+            }
+        };
+        let (ay, ax) = self.axes(h, w)?;
+        Ok(vec![ValueType {
+            dtype: x.dtype,
+            shape: vec![
+                x.shape[0].clone(),
+                x.shape[1].clone(),
+                Dim::Known(ay.out),
+                Dim::Known(ax.out),
+            ],
+        }])
+    }
+
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let s = inputs[0].shape();
+        if s.len() != 4 {
+            return Err(OpError::Shape(format!("needs x [N, C, H, W]; got {s:?}")));
+        }
+        let x = f32_input(inputs, 0)?;
+        let (nc, h, w) = (s[0] * s[1], s[2], s[3]);
+        let (ay, ax) = self.axes(h, w)?;
+        let (k, st, d) = (&self.window.kernel, self.window.strides, self.window.dilations);
+        // The padded extent, for count_include_pad.
+        let (ph_end, pw_end) = (h + ay.end, w + ax.end);
+        let mut y = Vec::with_capacity(nc * ay.out * ax.out);
+        for plane in 0..nc {
+            let xp = &x[plane * h * w..][..h * w];
+            for oy in 0..ay.out {
+                for ox in 0..ax.out {
+                    let mut best = f32::NEG_INFINITY;
+                    let mut sum = 0.0f64;
+                    let (mut count, mut padded) = (0usize, 0usize);
+                    for ky in 0..k[0] {
+                        let iy = (oy * st[0] + ky * d[0]) as isize - ay.begin as isize;
+                        for kx in 0..k[1] {
+                            let ix = (ox * st[1] + kx * d[1]) as isize - ax.begin as isize;
+                            if iy < ph_end as isize && ix < pw_end as isize {
+                                padded += 1;
+                            }
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            let v = xp[iy as usize * w + ix as usize];
+                            best = best.max(v);
+                            sum += v as f64;
+                            count += 1;
+                        }
+                    }
+                    y.push(if self.max {
+                        best
+                    } else {
+                        let div = if self.count_include_pad { padded } else { count };
+                        (sum / div.max(1) as f64) as f32
+                    });
+                }
+            }
+        }
+        Ok(vec![Tensor::from_vec(vec![s[0], s[1], ay.out, ax.out], y)?])
+    }
+
+    fn validation(&self) -> Validation {
+        if self.max {
+            Validation::Exact
+        } else {
+            Validation::Rounding
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn build_pool(max: bool, attrs: &Attrs) -> Result<Arc<dyn Op>, OpError> {
+    if attr_i64(attrs, "storage_order", Some(0))? != 0 {
+        return Err(OpError::Attribute {
+            name: "storage_order".into(),
+            message: "only row-major (0) is supported".into(),
+        });
+    }
+    Ok(Arc::new(Pool {
+        max,
+        window: Window::from_attrs(attrs, true)?,
+        count_include_pad: attr_i64(attrs, "count_include_pad", Some(0))? != 0,
+    }))
+}
+
+fn pool_cases(max: bool) -> Vec<OpCase> {
+    let mut rng = CaseRng::new(if max { 51 } else { 52 });
+    let geoms: [(&[usize], serde_json::Value); 4] = [
+        (
+            &[1, 1, 4, 4],
+            serde_json::json!({"kernel_shape": [2, 2], "strides": [2, 2]}),
+        ),
+        (
+            &[2, 3, 17, 13],
+            serde_json::json!({"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+        ),
+        (
+            &[1, 2, 9, 7],
+            serde_json::json!({"kernel_shape": [3, 2], "strides": [2, 2], "ceil_mode": 1}),
+        ),
+        (
+            &[1, 2, 8, 5],
+            serde_json::json!({"kernel_shape": [3, 3], "auto_pad": "SAME_UPPER", "strides": [2, 1], "count_include_pad": 1}),
+        ),
+    ];
+    geoms
+        .iter()
+        .map(|(s, a)| {
+            let attrs: Attrs = a.as_object().cloned().unwrap_or_default();
+            let op = build_pool(max, &attrs).unwrap_or_else(|e| unreachable!("case attributes are valid: {e}"));
+            OpCase::new(format!("pool {s:?} {a}"), op, vec![rng.tensor(s, -1.0, 1.0)])
+        })
+        .collect()
+}
+
+fn pool_sample(max: bool, rng: &mut CaseRng) -> OpCase {
+    let s = [rng.range(1, 2), rng.range(1, 3), rng.range(3, 12), rng.range(3, 12)];
+    let k = rng.range(1, 3);
+    let st = rng.range(1, 2);
+    let p = rng.range(0, k - 1);
+    let a = serde_json::json!({"kernel_shape": [k, k], "strides": [st, st], "pads": [p, p, p, p]});
+    let attrs: Attrs = a.as_object().cloned().unwrap_or_default();
+    let op = build_pool(max, &attrs).unwrap_or_else(|e| unreachable!("sample attributes are valid: {e}"));
+    let x = rng.tensor(&s, -1.0, 1.0);
+    OpCase::new(format!("pool {s:?} {a}"), op, vec![x])
+}
+
+/// `MaxPool`: `kernel_shape`, `pads`, `strides`, `dilations`, `auto_pad`, `ceil_mode`.
+pub const MAX_POOL: OpDef = OpDef {
+    op_type: "MaxPool",
+    build: |a| build_pool(true, a),
+    cases: || pool_cases(true),
+    sample: |r| pool_sample(true, r),
+};
+
+/// `AveragePool`: as MaxPool, plus `count_include_pad`.
+pub const AVERAGE_POOL: OpDef = OpDef {
+    op_type: "AveragePool",
+    build: |a| build_pool(false, a),
+    cases: || pool_cases(false),
+    sample: |r| pool_sample(false, r),
+};
+
+/// `GlobalAveragePool`: the mean over every axis after the first two.
+#[derive(Clone, Debug, Default)]
+pub struct GlobalAveragePool;
+
+impl Op for GlobalAveragePool {
+    fn op_type(&self) -> &'static str {
+        "GlobalAveragePool"
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        check_f32(inputs)?;
+        let x = &inputs[0];
+        if x.rank() < 2 {
+            return Err(OpError::Shape(format!("needs x [N, C, ...]; got {}", x.shape_string())));
+        }
+        let mut shape = x.shape.clone();
+        for d in shape.iter_mut().skip(2) {
+            *d = Dim::Known(1);
+        }
+        Ok(vec![ValueType { dtype: x.dtype, shape }])
+    }
+
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let s = inputs[0].shape();
+        if s.len() < 2 {
+            return Err(OpError::Shape(format!("needs x [N, C, ...]; got {s:?}")));
+        }
+        let x = f32_input(inputs, 0)?;
+        let inner: usize = s[2..].iter().product();
+        let y = x
+            .chunks(inner.max(1))
+            .take(s[0] * s[1])
+            .map(|c| (c.iter().map(|&v| v as f64).sum::<f64>() / inner.max(1) as f64) as f32)
+            .collect();
+        let mut shape = s.to_vec();
+        for d in shape.iter_mut().skip(2) {
+            *d = 1;
+        }
+        Ok(vec![Tensor::from_vec(shape, y)?])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// `GlobalAveragePool`.
+pub const GLOBAL_AVERAGE_POOL: OpDef = OpDef {
+    op_type: "GlobalAveragePool",
+    build: |_| Ok(Arc::new(GlobalAveragePool)),
+    cases: || {
+        let mut rng = CaseRng::new(53);
+        [&[1usize, 1, 1, 1][..], &[2, 3, 17, 13], &[1, 5, 7]]
+            .iter()
+            .map(|s| {
+                OpCase::new(
+                    format!("gap {s:?}"),
+                    Arc::new(GlobalAveragePool),
+                    vec![rng.tensor(s, -1.0, 1.0)],
+                )
+            })
+            .collect()
+    },
+    sample: |rng| {
+        let s = [rng.range(1, 2), rng.range(1, 4), rng.dim(12), rng.dim(12)];
+        let x = rng.tensor(&s, -1.0, 1.0);
+        OpCase::new(format!("gap {s:?}"), Arc::new(GlobalAveragePool), vec![x])
+    },
+};
