@@ -1,4 +1,5 @@
-// Softmax along any axis, numerically stable: y = exp(x - max) / sum(exp(x - max)).
+// Softmax along any axis, numerically stable: y = exp(x - max) / sum(exp(x - max)),
+// or with LOG its logarithm: y = x - max - log(sum(exp(x - max))).
 // Mirrors src/ops/softmax.rs. The tensor is viewed as [outer, len, inner] with the
 // axis in the middle; one workgroup normalises one (outer, inner) row of `len`
 // elements with a shared-memory tree reduction for the max and the sum.
@@ -17,7 +18,17 @@ struct Params {
 @group(0) @binding(1) var<uniform> params: Params;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 
+// LogSoftmax instead of Softmax.
+override LOG: bool = false;
+
 const WG: u32 = 64u;
+
+fn finish(v: f32, m: f32, sum: f32) -> f32 {
+    if (LOG) {
+        return v - m - log(sum);
+    }
+    return exp(v - m) / sum;
+}
 const NEG_MAX: f32 = -3.402823e+38;
 
 var<workgroup> scratch: array<f32, 64>;
@@ -62,11 +73,11 @@ fn softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
         }
         workgroupBarrier();
     }
-    let inv = 1.0 / scratch[0];
+    let total = scratch[0];
 
     for (var j = li; j < len; j = j + WG) {
         let at = base + j * inner;
-        y[at] = exp(x[at] - m) * inv;
+        y[at] = finish(x[at], m, total);
     }
 }
 
@@ -91,9 +102,8 @@ fn softmax_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     for (var j = 0u; j < len; j = j + 1u) {
         sum = sum + exp(x[base + j * inner] - m);
     }
-    let inv = 1.0 / sum;
     for (var j = 0u; j < len; j = j + 1u) {
         let at = base + j * inner;
-        y[at] = exp(x[at] - m) * inv;
+        y[at] = finish(x[at], m, sum);
     }
 }

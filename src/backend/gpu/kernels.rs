@@ -6,7 +6,7 @@
 use crate::error::Error;
 use crate::ops::activation::{Activation, Unary};
 use crate::ops::binary::{broadcast_shapes, Binary, BinaryKind};
-use crate::ops::elementwise::{Arith, ArithKind, PointKind, Pointwise};
+use crate::ops::elementwise::{Arith, ArithKind, LogSoftmax, PointKind, Pointwise};
 use crate::ops::layout::Axes;
 use crate::ops::linear::Linear;
 use crate::ops::matmul::MatMul;
@@ -117,6 +117,7 @@ pub fn has_kernel(op: &dyn Op) -> bool {
         || any.downcast_ref::<Arith>().is_some_and(|a| a.kind == ArithKind::Sub)
         || any.is::<Binary>()
         || any.is::<Softmax>()
+        || any.is::<LogSoftmax>()
         || any.is::<Linear>()
         || any.is::<MatMul>()
 }
@@ -218,12 +219,16 @@ pub(crate) fn select(
             binds: vec![Bind::Input(0), Bind::Input(1)],
         }));
     }
-    if let Some(s) = any.downcast_ref::<Softmax>() {
+    let softmax = any
+        .downcast_ref::<Softmax>()
+        .map(|s| (s.axis, false))
+        .or_else(|| any.downcast_ref::<LogSoftmax>().map(|s| (s.axis, true)));
+    if let Some((axis, log)) = softmax {
         let shape = inputs[0].1;
         let (outer, len, inner) = if shape.is_empty() {
             (1, 1, 1)
         } else {
-            let a = normalize_axis(s.axis, shape.len()).map_err(|e| unsupported(op, format!("f32 ({e})"), caps))?;
+            let a = normalize_axis(axis, shape.len()).map_err(|e| unsupported(op, format!("f32 ({e})"), caps))?;
             (
                 shape[..a].iter().product::<usize>(),
                 shape[a],
@@ -244,7 +249,7 @@ pub(crate) fn select(
             key: PipelineKey {
                 shader: ShaderId::Softmax,
                 entry,
-                constants: vec![],
+                constants: constants(&[("LOG", if log { 1.0 } else { 0.0 })]),
                 inputs: 1,
             },
             params: vec![outer as u32, len as u32, inner as u32, rows as u32],
