@@ -175,7 +175,10 @@ fn bench_writes_table_json_and_chart() {
 fn adapters_and_plans() {
     let (ok, out, err) = wginfer(&["adapters"]);
     assert!(ok, "{err}");
-    assert!(out.contains("MAX STORAGE") || out.contains("no wgpu adapter found"), "{out}");
+    assert!(
+        out.contains("MAX STORAGE") || out.contains("no wgpu adapter found"),
+        "{out}"
+    );
     let (ok, out, err) = wginfer(&["inspect", MODEL, "--plan"]);
     assert!(ok, "{err}");
     assert!(out.contains("plan on cpu: 6 nodes"), "{out}");
