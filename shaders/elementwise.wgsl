@@ -1,4 +1,5 @@
-// Elementwise kernels: unary activations and broadcasting binary ops.
+// Elementwise kernels: unary activations, broadcasting binary ops, and strided
+// copies (Transpose).
 // Needs activation.wgsl prepended. Mirrors src/ops/activation.rs and src/ops/binary.rs.
 //
 // Bindings (shared by every wginfer kernel): 0 output, 1 parameters, 2.. inputs.
@@ -53,6 +54,30 @@ fn apply_op(x: f32, z: f32) -> f32 {
         case 2u: { return x - z; }
         default: { return x + z; }
     }
+}
+
+// Element i of `a` viewed through `params.a_strides` (e.g. permuted strides).
+fn strided_offset(i: u32) -> u32 {
+    var rem = i;
+    var ia = 0u;
+    for (var d = i32(params.rank) - 1; d >= 0; d = d - 1) {
+        let du = u32(d);
+        let size = params.shape[du / 4u][du % 4u];
+        ia = ia + (rem % size) * params.a_strides[du / 4u][du % 4u];
+        rem = rem / size;
+    }
+    return ia;
+}
+
+// y[i] = a[strided offset of i]: Transpose with the input strides permuted.
+@compute @workgroup_size(256)
+fn gather(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let i = flat_index(wg, nwg, li);
+    if (i >= params.n) {
+        return;
+    }
+    y[i] = a[strided_offset(i)];
 }
 
 @compute @workgroup_size(256)

@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::ops::activation::{Activation, Unary};
 use crate::ops::binary::{broadcast_shapes, Binary, BinaryKind};
 use crate::ops::elementwise::{Arith, ArithKind, LogSoftmax, PointKind, Pointwise};
-use crate::ops::layout::Axes;
+use crate::ops::layout::{Axes, Transpose};
 use crate::ops::linear::Linear;
 use crate::ops::matmul::MatMul;
 use crate::ops::shape::{Flatten, Reshape};
@@ -118,6 +118,7 @@ pub fn has_kernel(op: &dyn Op) -> bool {
         || any.is::<Binary>()
         || any.is::<Softmax>()
         || any.is::<LogSoftmax>()
+        || any.is::<Transpose>()
         || any.is::<Linear>()
         || any.is::<MatMul>()
 }
@@ -156,6 +157,52 @@ pub(crate) fn select(
                 shader: ShaderId::Elementwise,
                 entry: "unary",
                 constants: constants(&[("ACT", act), ("ALPHA", alpha)]),
+                inputs: 1,
+            },
+            params,
+            groups,
+            binds: vec![Bind::Input(0)],
+        }));
+    }
+    if let Some(t) = any.downcast_ref::<Transpose>() {
+        let shape = inputs[0].1;
+        let rank = shape.len();
+        let perm: Vec<usize> = if t.perm.is_empty() {
+            (0..rank).rev().collect()
+        } else {
+            t.perm.iter().map(|&p| usize::try_from(p).unwrap_or(rank)).collect()
+        };
+        let mut sorted = perm.clone();
+        sorted.sort_unstable();
+        if sorted != (0..rank).collect::<Vec<_>>() {
+            return Err(unsupported(
+                op,
+                format!("f32 (perm {:?} for rank {rank})", t.perm),
+                caps,
+            ));
+        }
+        if rank > 8 {
+            return Err(unsupported(
+                op,
+                format!("f32 of rank {rank} (the kernel takes rank <= 8)"),
+                caps,
+            ));
+        }
+        let n = numel(shape);
+        let groups = grid(n.div_ceil(256), max).ok_or_else(|| unsupported(op, "f32 (too many elements)", caps))?;
+        let st = strides(shape);
+        let mut params = vec![0u32; 28];
+        params[0] = n as u32;
+        params[1] = rank as u32;
+        for (d, &p) in perm.iter().enumerate() {
+            params[4 + d] = shape[p] as u32;
+            params[12 + d] = st[p] as u32;
+        }
+        return Ok(NodeKernel::Dispatch(DispatchSpec {
+            key: PipelineKey {
+                shader: ShaderId::Elementwise,
+                entry: "gather",
+                constants: vec![],
                 inputs: 1,
             },
             params,
