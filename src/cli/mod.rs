@@ -2,6 +2,7 @@
 
 mod adapters;
 mod bench;
+mod convert;
 mod eval;
 mod inspect;
 mod prune;
@@ -48,6 +49,8 @@ enum Command {
     Prune(prune::Args),
     /// Quantize a model's weights (f16, int8, pow2, int4, binary, w8a8) and report the cost.
     Quantize(quantize::Args),
+    /// Convert an ONNX model to a wginfer model file (.safetensors).
+    Convert(convert::Args),
 }
 
 /// Parses arguments, runs the command, prints errors with their causes.
@@ -64,6 +67,7 @@ pub fn main() -> ExitCode {
             Command::Serve(a) => serve::run(a, device),
             Command::Prune(a) => prune::run(a, device),
             Command::Quantize(a) => quantize::run(a, device),
+            Command::Convert(a) => convert::run(a),
         }
     })();
     match result {

@@ -20,6 +20,43 @@ use crate::ops::softmax::Softmax;
 use crate::ops::{self, Attrs, Op};
 use crate::tensor::{numel, DType, Dim, Tensor, ValueType};
 
+/// The ONNX op types the importer maps (some only for constant inputs or
+/// some attribute values; the error says which when it cannot).
+pub const SUPPORTED: &[&str] = &[
+    "Constant",
+    "Identity",
+    "Dropout",
+    "Shape",
+    "Gather",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Gelu",
+    "Erf",
+    "LeakyRelu",
+    "Softmax",
+    "LogSoftmax",
+    "MatMul",
+    "Gemm",
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Concat",
+    "Cast",
+    "Conv",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "BatchNormalization",
+    "LayerNormalization",
+];
+
 /// Options for [`super::import_bytes`].
 #[derive(Clone, Debug, Default)]
 pub struct ImportOptions {
@@ -158,6 +195,10 @@ pub(super) fn import(model: &ModelProto, dir: &Path, options: &ImportOptions) ->
             n.name.clone()
         };
         if n.input.iter().any(|i| poisoned.contains(i)) {
+            // Downstream of a node that failed: still list an unknown op type.
+            if !SUPPORTED.contains(&n.op_type.as_str()) {
+                unsupported.entry(n.op_type.clone()).or_default().push(name);
+            }
             poisoned.extend(n.output.iter().cloned());
             continue;
         }
@@ -742,10 +783,9 @@ fn int_arith(op: &str, x: &Tensor, y: &Tensor) -> Result<Tensor, Skip> {
             "Sub" => p.wrapping_sub(q),
             "Mul" => p.wrapping_mul(q),
             _ => {
-                if q == 0 {
-                    return Err(skip("integer division by zero while folding constants"));
-                }
-                p.div_euclid(q)
+                // Truncating, as C and onnxruntime do.
+                p.checked_div(q)
+                    .ok_or_else(|| skip("integer division by zero while folding constants"))?
             }
         });
     }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use thiserror::Error;
 
-pub use import::ImportOptions;
+pub use import::{ImportOptions, SUPPORTED};
 
 use crate::error::{GraphError, ModelError, OpError, TensorError};
 use crate::model::Model;

@@ -1,0 +1,198 @@
+//! ONNX import end to end: the digits CNN and MLP exported to ONNX by
+//! `models/digits-cnn/train.py` match onnxruntime's committed outputs within
+//! 1e-4 on every test sample; `convert` writes a model that loads and runs the
+//! same; corrupt files, missing external data and unsupported ops give clear
+//! errors.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use prost::Message;
+use wginfer::model::load_tensors;
+use wginfer::model::onnx::{import_bytes, proto, ImportOptions};
+use wginfer::{Device, Model, Session, Tensor};
+
+fn tensors(path: &Path) -> HashMap<String, Tensor> {
+    load_tensors(path).unwrap().into_iter().collect()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.to_f32_vec()
+        .iter()
+        .zip(b.to_f32_vec())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn check_against_onnxruntime(model: &str, reference: &str, image: bool) -> (f32, f64) {
+    let m = Model::load(common::root(model)).unwrap();
+    let test = tensors(&common::root("models/digits-mlp/digits_test.safetensors"));
+    let mut x = test["input"].clone();
+    if image {
+        let n = x.shape()[0];
+        x = x.reshape(vec![n, 1, 8, 8]).unwrap();
+    }
+    let labels = test["label"].to_i64_vec();
+    let want = tensors(&common::root(reference))["probabilities"].clone();
+    let mut worst = 0.0f32;
+    let mut acc = 0.0;
+    for device in [Device::Cpu, Device::CpuReference] {
+        let s = Session::new(&m, device.clone()).unwrap();
+        let got = s.run([("input", x.clone())]).unwrap()["probabilities"].clone();
+        let d = max_diff(&got, &want);
+        println!(
+            "{model} on {device}: max |wginfer - onnxruntime| = {d:.3e} over {} samples",
+            labels.len()
+        );
+        assert!(d <= 1e-4, "{model} on {device}: max difference {d} > 1e-4");
+        worst = worst.max(d);
+        let p = got.to_f32_vec();
+        let correct = p
+            .chunks(10)
+            .zip(&labels)
+            .filter(|(row, &l)| {
+                let arg = row
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                    .0;
+                arg as i64 == l
+            })
+            .count();
+        acc = correct as f64 / labels.len() as f64;
+    }
+    (worst, acc)
+}
+
+#[test]
+fn digits_cnn_matches_onnxruntime() {
+    let (d, acc) = check_against_onnxruntime(
+        "models/digits-cnn/model.onnx",
+        "models/digits-cnn/reference.safetensors",
+        true,
+    );
+    println!("digits CNN: max difference {d:.3e}, test accuracy {:.2}%", acc * 100.0);
+    assert!(acc > 0.95, "accuracy {acc}");
+    // The BatchNormalization was folded into conv1; the Gemm became Linear.
+    let m = Model::load(common::root("models/digits-cnn/model.onnx")).unwrap();
+    let ops: Vec<&str> = m.graph().nodes().iter().map(|n| n.op.op_type()).collect();
+    assert_eq!(
+        ops,
+        ["Conv", "Relu", "MaxPool", "Conv", "Relu", "Flatten", "Linear", "Softmax"]
+    );
+    assert_eq!(m.graph().inputs()[0].ty.to_string(), "f32[batch, 1, 8, 8]");
+}
+
+#[test]
+fn digits_mlp_matches_onnxruntime() {
+    let (d, acc) = check_against_onnxruntime(
+        "models/digits-cnn/digits_mlp.onnx",
+        "models/digits-cnn/digits_mlp_reference.safetensors",
+        false,
+    );
+    println!(
+        "digits MLP from ONNX: max difference {d:.3e}, test accuracy {:.2}%",
+        acc * 100.0
+    );
+    let m = Model::load(common::root("models/digits-cnn/digits_mlp.onnx")).unwrap();
+    assert!(m.graph().nodes().iter().filter(|n| n.op.op_type() == "Linear").count() == 3);
+}
+
+#[test]
+fn converted_model_round_trips() {
+    let m = Model::load(common::root("models/digits-cnn/model.onnx")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cnn.safetensors");
+    m.save(&out).unwrap();
+    let back = Model::load(&out).unwrap();
+    let x = tensors(&common::root("models/digits-mlp/digits_test.safetensors"))["input"]
+        .slice_rows(0, 7)
+        .unwrap()
+        .reshape(vec![7, 1, 8, 8])
+        .unwrap();
+    let a = Session::new(&m, Device::Cpu)
+        .unwrap()
+        .run([("input", x.clone())])
+        .unwrap();
+    let b = Session::new(&back, Device::Cpu).unwrap().run([("input", x)]).unwrap();
+    assert_eq!(a["probabilities"], b["probabilities"]);
+}
+
+#[test]
+fn corrupt_protobuf_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.onnx");
+    std::fs::write(&p, b"\x0a\xff\xff\xff\xff\x0fgarbage").unwrap();
+    let e = Model::load(&p).unwrap_err().to_string();
+    assert!(e.contains("not a valid ONNX ModelProto protobuf"), "{e}");
+    assert!(e.contains("bad.onnx"), "{e}");
+}
+
+fn mlp_proto() -> proto::ModelProto {
+    let bytes = std::fs::read(common::root("models/digits-cnn/digits_mlp.onnx")).unwrap();
+    proto::ModelProto::decode(bytes.as_slice()).unwrap()
+}
+
+#[test]
+fn external_data_is_read_beside_the_model_and_a_missing_file_is_named() {
+    let mut m = mlp_proto();
+    let g = m.graph.as_mut().unwrap();
+    // Move every initializer's data into one side file.
+    let mut side = Vec::new();
+    for t in &mut g.initializer {
+        let raw = if t.raw_data.is_empty() {
+            t.float_data.iter().flat_map(|f| f.to_le_bytes()).collect()
+        } else {
+            std::mem::take(&mut t.raw_data)
+        };
+        t.float_data.clear();
+        let entry = |k: &str, v: String| proto::StringStringEntryProto {
+            key: k.into(),
+            value: v,
+        };
+        t.external_data = vec![
+            entry("location", "weights.bin".into()),
+            entry("offset", side.len().to_string()),
+            entry("length", raw.len().to_string()),
+        ];
+        t.data_location = proto::DATA_LOCATION_EXTERNAL;
+        side.extend_from_slice(&raw);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mlp_external.onnx");
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    let e = Model::load(&path).unwrap_err().to_string();
+    assert!(e.contains("weights.bin") && e.contains("side file"), "{e}");
+    std::fs::write(dir.path().join("weights.bin"), &side).unwrap();
+    let ext = Model::load(&path).unwrap();
+    let plain = Model::load(common::root("models/digits-cnn/digits_mlp.onnx")).unwrap();
+    for p in plain.graph().params() {
+        assert_eq!(ext.param(&p.name), plain.param(&p.name), "{}", p.name);
+    }
+}
+
+#[test]
+fn unsupported_ops_are_listed_once_with_their_nodes() {
+    let mut m = mlp_proto();
+    let g = m.graph.as_mut().unwrap();
+    for (i, n) in g.node.iter_mut().enumerate() {
+        if n.op_type == "Relu" {
+            n.op_type = if i < 2 { "Frobnicate".into() } else { "Mish".into() };
+        }
+    }
+    g.node.push(proto::NodeProto {
+        input: vec!["input".into()],
+        output: vec!["extra".into()],
+        name: "late".into(),
+        op_type: "Frobnicate".into(),
+        ..Default::default()
+    });
+    let e = import_bytes(&m.encode_to_vec(), Path::new("."), &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Frobnicate (nodes: relu1, late)"), "{e}");
+    assert!(e.contains("Mish (nodes: relu2)"), "{e}");
+}
