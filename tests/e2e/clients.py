@@ -11,6 +11,7 @@ predict_proba) within 1e-5. Exits non-zero on the first failure.
 
 import asyncio
 import json
+import os
 import struct
 import sys
 
@@ -131,6 +132,28 @@ def triton_checks(url, x, want):
     c.close()
 
 
+def onnx_checks(url, repo, x):
+    """The repository's ONNX model (models/digits-cnn/model.onnx), when it is
+    there: served like any other, checked against onnxruntime's outputs."""
+    c = triton.InferenceServerClient(url=url)
+    index = {m["name"]: m for m in c.get_model_repository_index()}
+    if "digits-cnn" not in index:
+        print("onnx: no digits-cnn in the repository; nothing to check")
+        return
+    print("tritonclient.http, ONNX model digits-cnn")
+    check(index["digits-cnn"].get("state") == "READY", f"digits-cnn ready: {index['digits-cnn']}")
+    want = read_safetensors(f"{repo}/digits-cnn/reference.safetensors")["probabilities"]
+    images = np.ascontiguousarray(x[:32].reshape(32, 1, 8, 8))
+    inp = triton.InferInput("input", list(images.shape), "FP32")
+    inp.set_data_from_numpy(images)
+    r = c.infer("digits-cnn", [inp], outputs=[triton.InferRequestedOutput("probabilities")])
+    got = r.as_numpy("probabilities")
+    err = float(np.max(np.abs(got - want[:32])))
+    check(err <= 1e-4, f"digits-cnn: max |diff| {err:.3e} > 1e-4 against onnxruntime")
+    print(f"  digits-cnn vs onnxruntime, batch 32: max |diff| {err:.1e}")
+    c.close()
+
+
 async def kserve_checks(url, x, want):
     print("kserve InferenceRESTClient (protocol v2)")
     base = f"http://{url}"
@@ -180,6 +203,7 @@ def main():
     x = np.ascontiguousarray(test["input"], dtype=np.float32)
     want = ref["probabilities"]
     triton_checks(url, x, want)
+    onnx_checks(url, os.path.dirname(os.path.abspath(model_dir)), x)
     asyncio.run(kserve_checks(url, x, want))
     print(f"E2E OK: {checks} checks passed")
 
