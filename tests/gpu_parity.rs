@@ -68,7 +68,7 @@ fn gpu() -> Option<Arc<GpuContext>> {
                 "WGINFER_REQUIRE_GPU=1 but no wgpu adapter could be opened (install mesa-vulkan-drivers for lavapipe)"
             );
         }
-        say("SKIPPED: no wgpu adapter");
+        say("\nSKIPPED: no wgpu adapter");
     }
     ctx
 }

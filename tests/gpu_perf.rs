@@ -29,7 +29,7 @@ fn choice() -> Option<AdapterChoice> {
         if std::env::var("WGINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
             panic!("WGINFER_REQUIRE_GPU=1 but no wgpu adapter");
         }
-        say("SKIPPED: no wgpu adapter");
+        say("\nSKIPPED: no wgpu adapter");
     }
     a.map(|a| AdapterChoice::Name(a.name))
 }

@@ -412,7 +412,7 @@ fn gemm(op: &dyn Op, g: &Gemm, caps: &Caps) -> Result<NodeKernel, Error> {
     quad(&g.batch.iter().map(|&d| d as u32).collect::<Vec<_>>());
     quad(&g.a_strides);
     quad(&g.b_strides);
-    let aligned = g.k % 4 == 0 && (g.trans_b || g.n % 4 == 0);
+    let aligned = g.k.is_multiple_of(4) && (g.trans_b || g.n.is_multiple_of(4));
     let (shader, entry, groups) = if g.m < 4 {
         (ShaderId::Matmul, "gemv", [g.n.div_ceil(64), g.m, batches])
     } else {
