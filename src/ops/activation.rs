@@ -252,7 +252,7 @@ pub const GELU: OpDef = OpDef {
         c
     },
     sample: |r| {
-        let kind = if r.next_u64() % 2 == 0 {
+        let kind = if r.next_u64().is_multiple_of(2) {
             Activation::Gelu
         } else {
             Activation::GeluTanh

@@ -70,7 +70,7 @@ impl CaseRng {
     /// A dimension size in `[1, max]`, often an awkward one (1, 3, 17, a prime).
     pub fn dim(&mut self, max: usize) -> usize {
         const AWKWARD: [usize; 6] = [1, 3, 5, 7, 17, 33];
-        if self.next_u64() % 3 == 0 {
+        if self.next_u64().is_multiple_of(3) {
             let d = AWKWARD[(self.next_u64() % AWKWARD.len() as u64) as usize];
             d.min(max)
         } else {

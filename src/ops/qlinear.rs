@@ -26,16 +26,16 @@ pub struct QLinear {
     pub out_features: usize,
 }
 
+/// `x`, its rows, the packed weight tensors, and the optional bias.
+type Split<'a> = (&'a [f32], usize, Vec<&'a Tensor>, Option<&'a [f32]>);
+
 impl QLinear {
     fn n_packed(&self) -> usize {
         self.format.tensor_names().len()
     }
 
     /// Splits inputs into x, packed tensors and bias, checking them.
-    fn split<'a>(
-        &self,
-        inputs: &[&'a Tensor],
-    ) -> Result<(&'a [f32], usize, Vec<&'a Tensor>, Option<&'a [f32]>), OpError> {
+    fn split<'a>(&self, inputs: &[&'a Tensor]) -> Result<Split<'a>, OpError> {
         let np = self.n_packed();
         check_arity(
             inputs.len(),
@@ -400,7 +400,7 @@ pub const QLINEAR: OpDef = OpDef {
         formats.push(WeightFormat::NM { n: 2, m: 4 });
         let f = formats[rng.range(0, formats.len() - 1)];
         let (m, k, n) = (rng.dim(20), rng.dim(300), rng.dim(40));
-        let bias = rng.next_u64() % 2 == 0;
+        let bias = rng.next_u64().is_multiple_of(2);
         case(rng, f, m, k, n, bias)
     },
 };

@@ -53,7 +53,7 @@ impl Reshape {
         }
         let known: usize = out.iter().product();
         if let Some(h) = hole {
-            if known == 0 || total % known != 0 {
+            if known == 0 || !total.is_multiple_of(known) {
                 return Err(OpError::Shape(format!(
                     "cannot reshape {input:?} ({total} elements) to {:?}",
                     self.shape
@@ -119,7 +119,7 @@ impl Op for Reshape {
         let rest_out: usize = self.shape.iter().filter(|&&d| d > 0).map(|&d| d as usize).product();
         for d in out.iter_mut() {
             if *d == Dim::Sym(String::new()) {
-                *d = if uncopied_sym || rest_out == 0 || rest_in % rest_out != 0 {
+                *d = if uncopied_sym || rest_out == 0 || !rest_in.is_multiple_of(rest_out) {
                     Dim::Sym(format!("reshape({})", x.shape_string()))
                 } else {
                     Dim::Known(rest_in / rest_out)
@@ -271,7 +271,7 @@ pub const RESHAPE: OpDef = OpDef {
     sample: |rng| {
         let s: Vec<usize> = (0..rng.range(1, 4)).map(|_| rng.dim(9)).collect();
         let total: usize = s.iter().product();
-        let target = if rng.next_u64() % 2 == 0 {
+        let target = if rng.next_u64().is_multiple_of(2) {
             vec![-1]
         } else {
             vec![s[0] as i64, -1]

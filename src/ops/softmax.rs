@@ -159,7 +159,12 @@ pub const SOFTMAX: OpDef = OpDef {
     sample: |rng| {
         let rank = rng.range(1, 3);
         let shape: Vec<usize> = (0..rank).map(|_| rng.dim(40)).collect();
-        let axis = rng.range(0, rank - 1) as i64 - if rng.next_u64() % 2 == 0 { rank as i64 } else { 0 };
+        let axis = rng.range(0, rank - 1) as i64
+            - if rng.next_u64().is_multiple_of(2) {
+                rank as i64
+            } else {
+                0
+            };
         case(rng, &shape, axis, 20.0)
     },
 };
