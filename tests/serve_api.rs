@@ -971,3 +971,43 @@ async fn metrics_count_requests_inferences_and_executions() {
     assert!(text.contains("# TYPE wginfer_inference_pending_request_count gauge"));
     assert!(text.contains("# TYPE wginfer_inference_request_failure counter"));
 }
+
+#[test]
+fn config_errors_name_the_file_and_the_fix() {
+    use wginfer::serve::config::VersionPolicy;
+    use wginfer::serve::ModelConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let load = |text: &str| {
+        std::fs::write(dir.path().join("config.json"), text).unwrap();
+        ModelConfig::load(dir.path(), "m", &Device::Cpu, None)
+    };
+    let c = load(
+        r#"{"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 7,
+            "default_queue_policy": {"max_queue_size": 3, "default_timeout_microseconds": 9}},
+            "version_policy": {"specific": {"versions": [2]}}, "instance_group": [{"count": 3}],
+            "parameters": {"device": {"string_value": "cpu-reference"}}}"#,
+    )
+    .unwrap();
+    assert_eq!(c.max_batch_size, 4);
+    assert_eq!(c.batching.unwrap().max_queue_delay, Duration::from_micros(7));
+    assert_eq!(
+        (c.max_queue_size, c.timeout, c.instances),
+        (3, Some(Duration::from_micros(9)), 3)
+    );
+    assert_eq!(c.version_policy, VersionPolicy::Specific { versions: vec![2] });
+    assert_eq!(c.version_policy.select(&[1, 2, 3]), vec![2]);
+    assert_eq!(c.device, Device::CpuReference);
+    assert_eq!(VersionPolicy::Latest { num_versions: 2 }.select(&[1, 2, 3]), vec![2, 3]);
+    for (text, needle) in [
+        ("{", "invalid model config"),
+        (r#"{"name": "other"}"#, "directory"),
+        (r#"{"dynamic_batching": {}}"#, "max_batch_size"),
+        (r#"{"version_policy": {"latest": {"num_versions": 0}}}"#, "at least 1"),
+        (r#"{"instance_group": [{"kind": "KIND_TPU"}]}"#, "KIND_TPU"),
+        (r#"{"parameters": {"device": "abacus"}}"#, "abacus"),
+        (r#"{"max_batch_size": -1}"#, "-1"),
+    ] {
+        let e = load(text).unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains(needle), "{text}: {e}");
+    }
+}
