@@ -7,6 +7,7 @@ use crate::error::Error;
 use crate::ops::activation::{Activation, Unary};
 use crate::ops::binary::{broadcast_shapes, Binary, BinaryKind};
 use crate::ops::elementwise::{Arith, ArithKind, LogSoftmax, PointKind, Pointwise};
+use crate::ops::gemm::Gemm as GemmOp;
 use crate::ops::layout::{Axes, Transpose};
 use crate::ops::linear::Linear;
 use crate::ops::matmul::MatMul;
@@ -105,6 +106,9 @@ fn grid(groups: usize, max: u32) -> Option<[u32; 3]> {
 /// dtypes and formats fall back to the CPU). Reshape, Flatten, Squeeze and
 /// Unsqueeze count: they need no kernel.
 ///
+/// `Gemm` has one for `alpha = beta = 1`, `transA = 0` (a bias row `C` of N
+/// values, or none); a `C` of another shape falls back.
+///
 /// `Div` has none on purpose: it is validated bit-exact against the CPU, and
 /// WGSL only promises division to 2.5 ULP.
 pub fn has_kernel(op: &dyn Op) -> bool {
@@ -119,6 +123,9 @@ pub fn has_kernel(op: &dyn Op) -> bool {
         || any.is::<Softmax>()
         || any.is::<LogSoftmax>()
         || any.is::<Transpose>()
+        || any
+            .downcast_ref::<GemmOp>()
+            .is_some_and(|g| g.alpha == 1.0 && g.beta == 1.0 && !g.trans_a)
         || any.is::<Linear>()
         || any.is::<MatMul>()
 }
@@ -317,6 +324,38 @@ pub(crate) fn select(
             n,
             k,
             trans_b: true,
+            bias: inputs.len() == 3,
+            act: fused,
+            batch: vec![],
+            a_strides: vec![],
+            b_strides: vec![],
+        };
+        return gemm(op, &g, caps);
+    }
+    if let Some(op_g) = any.downcast_ref::<GemmOp>() {
+        // The forms a fused bias covers: alpha = 1, A not transposed, and C
+        // absent or a row of N added with beta = 1. Others fall back.
+        let (a, b) = (inputs[0].1, inputs[1].1);
+        if a.len() != 2 || b.len() != 2 {
+            return Err(unsupported(op, "f32 with these shapes", caps));
+        }
+        let (m, k) = (a[0], a[1]);
+        let n = if op_g.trans_b { b[0] } else { b[1] };
+        let c_is_row = inputs
+            .get(2)
+            .is_none_or(|(_, c)| numel(c) == n && c.last().copied().unwrap_or(1) == n);
+        if op_g.alpha != 1.0 || op_g.trans_a || !c_is_row || (inputs.len() == 3 && op_g.beta != 1.0) {
+            return Err(unsupported(
+                op,
+                "f32 (only alpha = 1, transA = 0 and C a row of N with beta = 1 run on the GPU)",
+                caps,
+            ));
+        }
+        let g = Gemm {
+            m,
+            n,
+            k,
+            trans_b: op_g.trans_b,
             bias: inputs.len() == 3,
             act: fused,
             batch: vec![],
