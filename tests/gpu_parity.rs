@@ -452,3 +452,47 @@ fn a_missing_adapter_is_a_clear_error() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_value_over_the_binding_limit_falls_back_with_the_reason() {
+    let Some(ctx) = gpu() else { return };
+    let limit = ctx.limits().max_storage_buffer_binding_size;
+    let graph = Graph::new(
+        "big",
+        vec![ValueInfo {
+            name: "x".into(),
+            ty: ValueType {
+                dtype: DType::F32,
+                shape: vec![wginfer::tensor::Dim::Sym("n".into())],
+            },
+        }],
+        vec![ValueInfo {
+            name: "y".into(),
+            ty: ValueType {
+                dtype: DType::F32,
+                shape: vec![wginfer::tensor::Dim::Sym("n".into())],
+            },
+        }],
+        vec![],
+        vec![Node {
+            name: "act".into(),
+            op: Arc::new(wginfer::ops::activation::Unary {
+                kind: wginfer::ops::activation::Activation::Relu,
+            }),
+            inputs: vec!["x".into()],
+            outputs: vec!["y".into()],
+        }],
+    )
+    .unwrap();
+    let exec = GpuExecutor::new(Arc::new(graph), Arc::new(HashMap::new()), ctx, GpuOptions::default()).unwrap();
+    // Planning only: nothing of this size is allocated.
+    let n = (limit / 4 + 1) as usize;
+    let plan = exec.plan_report(Some(&[vec![n]])).unwrap();
+    match &plan.nodes[0].placement {
+        Placement::Cpu { reason } => assert!(reason.contains("max_storage_buffer_binding_size"), "{reason}"),
+        other => panic!("expected a CPU fallback, got {other:?}"),
+    }
+    assert_eq!(plan.submits, 0, "{plan}");
+    let small = exec.plan_report(Some(&[vec![1000]])).unwrap();
+    assert!(matches!(small.nodes[0].placement, Placement::Gpu { .. }), "{small}");
+}
