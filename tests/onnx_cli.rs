@@ -43,3 +43,33 @@ fn convert_rejects_an_onnx_output_and_a_corrupt_input() {
     let (ok, text) = wginfer(&["convert", bad.to_str().unwrap(), "-o", "y.safetensors"]);
     assert!(!ok && text.contains("not a valid ONNX"), "{text}");
 }
+
+#[test]
+fn an_imported_model_evaluates_and_quantizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = common::root("models/digits-cnn/digits_mlp.onnx");
+    let data = common::root("models/digits-mlp/digits_test.safetensors");
+    let (ok, text) = wginfer(&[
+        "eval",
+        onnx.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "-b",
+        "0",
+    ]);
+    assert!(ok, "{text}");
+    let out = dir.path().join("mlp_int8.safetensors");
+    let (ok, text) = wginfer(&[
+        "quantize",
+        onnx.to_str().unwrap(),
+        "-f",
+        "int8",
+        "--eval",
+        data.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(out.exists(), "{text}");
+    println!("{text}");
+}

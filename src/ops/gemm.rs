@@ -234,7 +234,7 @@ pub const GEMM: OpDef = OpDef {
     },
     sample: |rng| {
         let (m, k, n) = (rng.dim(40), rng.dim(200), rng.dim(40));
-        let (ta, tb) = (rng.next_u64() % 2 == 0, rng.next_u64() % 2 == 0);
+        let (ta, tb) = (rng.range(0, 1) == 0, rng.range(0, 1) == 0);
         case(rng, m, k, n, ta, tb, Some(&[n]), 1.5)
     },
 };

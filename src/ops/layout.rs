@@ -315,7 +315,7 @@ pub const SQUEEZE: OpDef = OpDef {
     },
     sample: |rng| {
         let s: Vec<usize> = (0..rng.range(1, 4))
-            .map(|_| if rng.next_u64() % 2 == 0 { 1 } else { rng.dim(9) })
+            .map(|_| if rng.range(0, 1) == 0 { 1 } else { rng.dim(9) })
             .collect();
         let axes: Vec<i64> = s
             .iter()
