@@ -1,6 +1,7 @@
 //! ONNX import end to end: the digits CNN and MLP exported to ONNX by
 //! `models/digits-cnn/train.py` match onnxruntime's committed outputs within
-//! 1e-4 on every test sample; `convert` writes a model that loads and runs the
+//! 1e-4 on every test sample (CPU, CPU reference, and a software GPU adapter
+//! when one exists); `convert` writes a model that loads and runs the
 //! same; corrupt files, missing external data and unsupported ops give clear
 //! errors.
 
@@ -10,9 +11,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use prost::Message;
+use wginfer::backend::gpu::GpuContext;
 use wginfer::model::load_tensors;
 use wginfer::model::onnx::{import_bytes, proto, ImportOptions};
-use wginfer::{Device, Model, Session, Tensor};
+use wginfer::{AdapterChoice, Device, Model, Session, Tensor};
 
 fn tensors(path: &Path) -> HashMap<String, Tensor> {
     load_tensors(path).unwrap().into_iter().collect()
@@ -39,7 +41,14 @@ fn check_against_onnxruntime(model: &str, reference: &str, image: bool) -> (f32,
     let want = tensors(&common::root(reference))["probabilities"].clone();
     let mut worst = 0.0f32;
     let mut acc = 0.0;
-    for device in [Device::Cpu, Device::CpuReference] {
+    let mut devices = vec![Device::Cpu, Device::CpuReference];
+    // The GPU backend too, on a software adapter (lavapipe) when there is one.
+    let gpu = GpuContext::shared(&AdapterChoice::Software);
+    match &gpu {
+        Ok(_) => devices.push(Device::Gpu(AdapterChoice::Software)),
+        Err(e) => println!("SKIPPED (GPU part): no software wgpu adapter ({e})"),
+    }
+    for device in devices {
         let s = Session::new(&m, device.clone()).unwrap();
         let got = s.run([("input", x.clone())]).unwrap()["probabilities"].clone();
         let d = max_diff(&got, &want);
