@@ -205,3 +205,74 @@ fn unsupported_ops_are_listed_once_with_their_nodes() {
     assert!(e.contains("Frobnicate (nodes: relu1, late)"), "{e}");
     assert!(e.contains("Mish (nodes: relu2)"), "{e}");
 }
+
+fn tensor_proto(name: &str, dims: &[i64], data: Vec<f32>) -> proto::TensorProto {
+    proto::TensorProto {
+        dims: dims.to_vec(),
+        data_type: proto::data_type::FLOAT,
+        float_data: data,
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, dims: &[i64]) -> proto::ValueInfoProto {
+    proto::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(proto::TypeProto {
+            tensor_type: Some(proto::TypeProtoTensor {
+                elem_type: proto::data_type::FLOAT,
+                shape: Some(proto::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| proto::Dimension {
+                            dim_value: Some(d),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_1d_conv_runs_as_a_2d_conv_over_a_height_of_one() {
+    let ints = |name: &str, v: Vec<i64>| proto::AttributeProto {
+        name: name.into(),
+        r#type: proto::attr_type::INTS,
+        ints: v,
+        ..Default::default()
+    };
+    let model = proto::ModelProto {
+        ir_version: 8,
+        opset_import: vec![proto::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(proto::GraphProto {
+            node: vec![proto::NodeProto {
+                input: vec!["x".into(), "w".into()],
+                output: vec!["y".into()],
+                name: "conv1d".into(),
+                op_type: "Conv".into(),
+                attribute: vec![ints("pads", vec![1, 0]), ints("kernel_shape", vec![2])],
+                ..Default::default()
+            }],
+            initializer: vec![tensor_proto("w", &[1, 1, 2], vec![1.0, 1.0])],
+            input: vec![value_info("x", &[1, 1, 5])],
+            output: vec![value_info("y", &[1, 1, 5])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let m = import_bytes(&model.encode_to_vec(), Path::new("."), &ImportOptions::default()).unwrap();
+    let x = Tensor::from_vec(vec![1, 1, 5], vec![1.0f32, 2.0, 3.0, 4.0, 5.0]).unwrap();
+    for device in [Device::Cpu, Device::CpuReference] {
+        let y = Session::new(&m, device).unwrap().run([("x", x.clone())]).unwrap();
+        assert_eq!(y["y"].shape(), &[1, 1, 5]);
+        assert_eq!(y["y"].as_f32().unwrap(), &[1.0, 3.0, 5.0, 7.0, 9.0]);
+    }
+}

@@ -540,6 +540,9 @@ impl Ctx<'_> {
             }
             "Conv" => {
                 arity(2, 3)?;
+                if type_of(self.val(&ins[0])?).rank() == 3 {
+                    return self.window_1d(name, &ops::conv::CONV, &a, &ins, &outs[..1], true);
+                }
                 one((ops::conv::CONV.build)(&a.json())?)
             }
             "MaxPool" | "AveragePool" => {
@@ -552,6 +555,10 @@ impl Ctx<'_> {
                     &ops::pool::AVERAGE_POOL
                 };
                 let outs1 = vec![outs.first().cloned().unwrap_or_default()];
+                arity(1, 1)?;
+                if type_of(self.val(&ins[0])?).rank() == 3 {
+                    return self.window_1d(name, def, &a, &ins, &outs1, false);
+                }
                 return self.emit(name, (def.build)(&a.json())?, &ins, &outs1);
             }
             "GlobalAveragePool" => one(Arc::new(ops::pool::GlobalAveragePool)),
@@ -595,6 +602,66 @@ impl Ctx<'_> {
             _ => return Err(Skip(String::new())),
         };
         self.emit(name, op, &inputs, &outs)
+    }
+
+    /// A 1-D Conv or pool as the 2-D op over a height of 1: `x` (and a
+    /// Conv's weight, folded when constant) gain an axis 2, the window
+    /// attributes a leading 1 (pads `[b, e]` become `[0, b, 0, e]`), and the
+    /// result loses axis 2 again.
+    fn window_1d(
+        &mut self,
+        name: &str,
+        def: &ops::OpDef,
+        a: &A<'_>,
+        ins: &[String],
+        outs: &[String],
+        conv: bool,
+    ) -> Result<(), Skip> {
+        let mut attrs = a.json();
+        for key in ["kernel_shape", "strides", "dilations"] {
+            if let Some(v) = a.ints(key) {
+                if v.len() != 1 {
+                    return Err(skip(format!("{key} {v:?} does not match a 1-D input")));
+                }
+                attrs.insert(key.into(), vec![1, v[0]].into());
+            }
+        }
+        if let Some(p) = a.ints("pads") {
+            if p.len() != 2 {
+                return Err(skip(format!("pads {p:?} does not match a 1-D input")));
+            }
+            attrs.insert("pads".into(), vec![0, p[0], 0, p[1]].into());
+        }
+        let op = (def.build)(&attrs)?;
+        let unsq = || -> Arc<dyn Op> {
+            Arc::new(Axes {
+                unsqueeze: true,
+                axes: vec![2],
+            })
+        };
+        let mut ins2 = Vec::with_capacity(ins.len());
+        for (i, v) in ins.iter().enumerate() {
+            if i == 0 || (conv && i == 1) {
+                let v2 = format!("{name}.{i}.as2d");
+                self.emit(
+                    &format!("{name}.unsqueeze{i}"),
+                    unsq(),
+                    std::slice::from_ref(v),
+                    std::slice::from_ref(&v2),
+                )?;
+                ins2.push(v2);
+            } else {
+                ins2.push(v.clone());
+            }
+        }
+        let y = outs.first().ok_or_else(|| skip("has no output"))?;
+        let y2 = format!("{name}.as2d");
+        self.emit(name, op, &ins2, std::slice::from_ref(&y2))?;
+        let sq: Arc<dyn Op> = Arc::new(Axes {
+            unsqueeze: false,
+            axes: vec![2],
+        });
+        self.emit(&format!("{name}.squeeze"), sq, &[y2], std::slice::from_ref(y))
     }
 
     /// Folds `BatchNormalization(Conv(x, w, b))` into the Conv when the Conv's
