@@ -57,7 +57,7 @@ fn run_prints_and_writes_outputs() {
         .slice_rows(0, 1)
         .unwrap();
     let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 64), }".to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');

@@ -182,17 +182,12 @@ pub fn chart(title: &str, records: &[Record], op: bool) -> String {
         &series,
         &|c, s| find(c, s).map(|r| r.p50_ms),
     );
-    let (label, pick): (&str, Box<dyn Fn(&Record) -> f64>) = if op {
-        (
-            "throughput (GFLOP/s, higher is better)",
-            Box::new(|r: &Record| r.gflops.unwrap_or(0.0)),
-        )
+    let label = if op {
+        "throughput (GFLOP/s, higher is better)"
     } else {
-        (
-            "throughput (samples/s, higher is better)",
-            Box::new(|r: &Record| r.items_per_s),
-        )
+        "throughput (samples/s, higher is better)"
     };
+    let pick = |r: &Record| if op { r.gflops.unwrap_or(0.0) } else { r.items_per_s };
     panel(
         &mut inner,
         w / 2.0,
@@ -202,7 +197,7 @@ pub fn chart(title: &str, records: &[Record], op: bool) -> String {
         label,
         &cats,
         &series,
-        &|c, s| find(c, s).map(&pick),
+        &|c, s| find(c, s).map(pick),
     );
     out.push_str(&inner);
     // Legend.
