@@ -104,6 +104,14 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
         ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} samples ({per_sec}, eta {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // One untimed run first: the first run on a GPU compiles pipelines and
+    // allocates buffers for the shape; latency is reported for the runs after.
+    let first = if args.batch_size == 0 {
+        n
+    } else {
+        args.batch_size.min(n)
+    };
+    session.run([(graph_input.name.clone(), inputs.slice_rows(0, first)?)])?;
     let report = evaluate(&session, inputs, labels, &opts, |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
 
@@ -155,7 +163,7 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
         );
     }
     let total: Duration = report.batch_latencies.iter().sum();
-    println!("\nlatency per batch of {}", report.batch_size);
+    println!("\nlatency per batch of {} (after one warm-up run)", report.batch_size);
     println!(
         "  mean {}  p50 {}  p90 {}  p99 {}  min {}  max {}",
         ms(report.latency_mean()),
