@@ -32,8 +32,62 @@ fn matmul(c: &mut Criterion) {
     let mut rng = CaseRng::new(7);
     for n in [64usize, 256, 1024] {
         let inputs = vec![rng.tensor(&[n, n], -1.0, 1.0), rng.tensor(&[n, n], -1.0, 1.0)];
-        bench_op(c, "matmul", Arc::new(MatMul), inputs, &format!("{n}x{n}x{n}"), n <= 256);
+        bench_op(
+            c,
+            "matmul",
+            Arc::new(MatMul),
+            inputs.clone(),
+            &format!("{n}x{n}x{n}"),
+            n <= 256,
+        );
+        bench_gpu_matmul(c, &inputs, n);
     }
+}
+
+/// The same product as a one-node model in a GPU session on the software
+/// adapter (lavapipe/llvmpipe here), synchronised: `run` returns read-back data.
+/// Upload of A and read-back of C are inside the timed loop; B is a weight.
+fn bench_gpu_matmul(c: &mut Criterion, inputs: &[Tensor], n: usize) {
+    use wginfer::graph::{Graph, Node, ParamInfo, ValueInfo};
+    use wginfer::tensor::ValueType;
+    let x = ValueInfo {
+        name: "a".into(),
+        ty: ValueType::known(wginfer::DType::F32, &[n, n]),
+    };
+    let y = ValueInfo {
+        name: "c".into(),
+        ty: ValueType::known(wginfer::DType::F32, &[n, n]),
+    };
+    let node = Node {
+        name: "matmul".into(),
+        op: Arc::new(MatMul),
+        inputs: vec!["a".into(), "b".into()],
+        outputs: vec!["c".into()],
+    };
+    let params = std::collections::HashMap::from([("b".to_string(), inputs[1].clone())]);
+    let model = Graph::new(
+        "matmul",
+        vec![x],
+        vec![y],
+        vec![ParamInfo::plain("b", wginfer::DType::F32, vec![n, n])],
+        vec![node],
+    )
+    .map_err(wginfer::Error::from)
+    .and_then(|g| Model::new(g, params).map_err(wginfer::Error::from));
+    let session = model.and_then(|m| Session::new(&m, Device::Gpu(wginfer::AdapterChoice::Software)));
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("SKIPPED: matmul/gpu-software: {e}");
+            return;
+        }
+    };
+    let mut g = c.benchmark_group("matmul");
+    g.throughput(Throughput::Elements(2 * (n * n * n) as u64));
+    g.bench_function(BenchmarkId::new("gpu-software", format!("{n}x{n}x{n}")), |b| {
+        b.iter(|| black_box(session.run([("a", inputs[0].clone())])))
+    });
+    g.finish();
 }
 
 fn linear(c: &mut Criterion) {
