@@ -1,4 +1,4 @@
-//! Elementwise binary ops with NumPy broadcasting: Add, Mul.
+//! Elementwise binary ops with NumPy broadcasting: Add, Mul, Sub, Div.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -15,15 +15,30 @@ pub enum BinaryKind {
     Add,
     /// `a * b`
     Mul,
+    /// `a - b`
+    Sub,
+    /// `a / b` (IEEE division: `x / 0` is ±inf or NaN)
+    Div,
 }
 
 impl BinaryKind {
+    /// The low end of test values for the right operand (divisors stay away from zero).
+    fn rhs_low(self) -> f32 {
+        if self == BinaryKind::Div {
+            0.5
+        } else {
+            -2.0
+        }
+    }
+
     /// Applies the operation to one pair.
     #[inline]
     pub fn apply(self, a: f32, b: f32) -> f32 {
         match self {
             BinaryKind::Add => a + b,
             BinaryKind::Mul => a * b,
+            BinaryKind::Sub => a - b,
+            BinaryKind::Div => a / b,
         }
     }
 }
@@ -40,6 +55,8 @@ impl Op for Binary {
         match self.kind {
             BinaryKind::Add => "Add",
             BinaryKind::Mul => "Mul",
+            BinaryKind::Sub => "Sub",
+            BinaryKind::Div => "Div",
         }
     }
 
@@ -120,6 +137,14 @@ impl Op for Binary {
                 BinaryKind::Mul => {
                     da[ia] += g * b[ib];
                     db[ib] += g * a[ia];
+                }
+                BinaryKind::Sub => {
+                    da[ia] += g;
+                    db[ib] -= g;
+                }
+                BinaryKind::Div => {
+                    da[ia] += g / b[ib];
+                    db[ib] -= g * a[ia] / (b[ib] * b[ib]);
                 }
             }
         }
@@ -236,7 +261,7 @@ fn cases(kind: BinaryKind) -> Vec<OpCase> {
     shapes
         .iter()
         .map(|(a, b)| {
-            let inputs = vec![rng.tensor(a, -2.0, 2.0), rng.tensor(b, -2.0, 2.0)];
+            let inputs = vec![rng.tensor(a, -2.0, 2.0), rng.tensor(b, kind.rhs_low(), 2.0)];
             OpCase::new(format!("{kind:?} {a:?} {b:?}"), build(kind), inputs)
         })
         .collect()
@@ -256,7 +281,7 @@ fn sample(kind: BinaryKind, rng: &mut CaseRng) -> OpCase {
     } else {
         (b, a)
     };
-    let inputs = vec![rng.tensor(&a, -2.0, 2.0), rng.tensor(&b, -2.0, 2.0)];
+    let inputs = vec![rng.tensor(&a, -2.0, 2.0), rng.tensor(&b, kind.rhs_low(), 2.0)];
     OpCase::new(format!("{kind:?} {a:?} {b:?}"), build(kind), inputs)
 }
 
@@ -274,6 +299,22 @@ pub const MUL: OpDef = OpDef {
     build: |_: &Attrs| Ok(build(BinaryKind::Mul)),
     cases: || cases(BinaryKind::Mul),
     sample: |r| sample(BinaryKind::Mul, r),
+};
+
+/// `Sub`: elementwise difference with broadcasting.
+pub const SUB: OpDef = OpDef {
+    op_type: "Sub",
+    build: |_: &Attrs| Ok(build(BinaryKind::Sub)),
+    cases: || cases(BinaryKind::Sub),
+    sample: |r| sample(BinaryKind::Sub, r),
+};
+
+/// `Div`: elementwise quotient with broadcasting.
+pub const DIV: OpDef = OpDef {
+    op_type: "Div",
+    build: |_: &Attrs| Ok(build(BinaryKind::Div)),
+    cases: || cases(BinaryKind::Div),
+    sample: |r| sample(BinaryKind::Div, r),
 };
 
 #[cfg(test)]

@@ -127,8 +127,8 @@ pub static REGISTRY: &[OpDef] = &[
     shape::RESHAPE,
     shape::FLATTEN,
     // ONNX import (src/model/onnx): ops ONNX models use that had no op yet.
-    elementwise::SUB,
-    elementwise::DIV,
+    binary::SUB,
+    binary::DIV,
     elementwise::LEAKY_RELU,
     elementwise::ERF,
     elementwise::LOG_SOFTMAX,

@@ -6,7 +6,7 @@
 use crate::error::Error;
 use crate::ops::activation::{Activation, Unary};
 use crate::ops::binary::{broadcast_shapes, Binary, BinaryKind};
-use crate::ops::elementwise::{Arith, ArithKind, LogSoftmax, PointKind, Pointwise};
+use crate::ops::elementwise::{LogSoftmax, PointKind, Pointwise};
 use crate::ops::gemm::Gemm as GemmOp;
 use crate::ops::layout::{Axes, Transpose};
 use crate::ops::linear::Linear;
@@ -118,8 +118,7 @@ pub fn has_kernel(op: &dyn Op) -> bool {
         || any.is::<Axes>()
         || any.is::<Unary>()
         || any.is::<Pointwise>()
-        || any.downcast_ref::<Arith>().is_some_and(|a| a.kind == ArithKind::Sub)
-        || any.is::<Binary>()
+        || any.downcast_ref::<Binary>().is_some_and(|b| b.kind != BinaryKind::Div)
         || any.is::<Softmax>()
         || any.is::<LogSoftmax>()
         || any.is::<Transpose>()
@@ -217,14 +216,12 @@ pub(crate) fn select(
             binds: vec![Bind::Input(0)],
         }));
     }
-    let binary_op = match (any.downcast_ref::<Binary>(), any.downcast_ref::<Arith>()) {
-        (Some(b), _) => Some(match b.kind {
-            BinaryKind::Add => 0.0,
-            BinaryKind::Mul => 1.0,
-        }),
-        (_, Some(a)) if a.kind == ArithKind::Sub => Some(2.0),
-        _ => None,
-    };
+    let binary_op = any.downcast_ref::<Binary>().and_then(|b| match b.kind {
+        BinaryKind::Add => Some(0.0),
+        BinaryKind::Mul => Some(1.0),
+        BinaryKind::Sub => Some(2.0),
+        BinaryKind::Div => None,
+    });
     if let Some(op_code) = binary_op {
         let (sa, sb) = (inputs[0].1, inputs[1].1);
         let out = broadcast_shapes(sa, sb).map_err(|e| unsupported(op, format!("f32 ({e})"), caps))?;

@@ -10,7 +10,7 @@ use crate::graph::{Graph, Node, ParamInfo, ValueInfo};
 use crate::model::Model;
 use crate::ops::activation::{Activation, Unary};
 use crate::ops::binary::{broadcast_offset, broadcast_shapes, Binary, BinaryKind};
-use crate::ops::elementwise::{Arith, ArithKind, LogSoftmax, PointKind, Pointwise};
+use crate::ops::elementwise::{LogSoftmax, PointKind, Pointwise};
 use crate::ops::layout::{gather_flat, Axes, Cast, Concat, Transpose};
 use crate::ops::linear::Linear;
 use crate::ops::matmul::MatMul;
@@ -417,8 +417,8 @@ impl Ctx<'_> {
                 let op: Arc<dyn Op> = match n.op_type.as_str() {
                     "Add" => Arc::new(Binary { kind: BinaryKind::Add }),
                     "Mul" => Arc::new(Binary { kind: BinaryKind::Mul }),
-                    "Sub" => Arc::new(Arith { kind: ArithKind::Sub }),
-                    _ => Arc::new(Arith { kind: ArithKind::Div }),
+                    "Sub" => Arc::new(Binary { kind: BinaryKind::Sub }),
+                    _ => Arc::new(Binary { kind: BinaryKind::Div }),
                 };
                 one(op)
             }
