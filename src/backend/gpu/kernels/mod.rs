@@ -141,6 +141,10 @@ pub(crate) fn select(
     if any.is::<Reshape>() || any.is::<Flatten>() || any.is::<Axes>() {
         return Ok(NodeKernel::Alias);
     }
+    // Kernel families in their own files (`kernels/<family>.rs`) hook in
+    // here, one line each, before the f32-only check below: they may take
+    // packed weights (u8/i8/f16) or integer indices. Each returns
+    // `Ok(None)` for ops that are not theirs.
     if let Some((i, (dt, _))) = inputs.iter().enumerate().find(|(_, (dt, _))| *dt != DType::F32) {
         return Err(unsupported(op, format!("{dt} (input {i}); GPU kernels take f32"), caps));
     }
