@@ -17,6 +17,8 @@ pub enum ShaderId {
     /// `shaders/matmul_vec4.wgsl`: MatMul and Linear on aligned shapes,
     /// 8x16 register tiles with vec4 loads.
     MatmulVec4,
+    /// `shaders/norm.wgsl`: LayerNormalization and BatchNormalization.
+    Norm,
 }
 
 impl ShaderId {
@@ -27,6 +29,7 @@ impl ShaderId {
             ShaderId::Softmax => "softmax.wgsl",
             ShaderId::Matmul => "matmul.wgsl",
             ShaderId::MatmulVec4 => "matmul_vec4.wgsl",
+            ShaderId::Norm => "norm.wgsl",
         }
     }
 }
@@ -42,6 +45,7 @@ const MATMUL_VEC4: &str = concat!(
     include_str!("../../../shaders/matmul_vec4.wgsl")
 );
 const SOFTMAX: &str = include_str!("../../../shaders/softmax.wgsl");
+const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 const MATMUL: &str = concat!(
     include_str!("../../../shaders/activation.wgsl"),
     "\n",
@@ -55,15 +59,17 @@ pub fn source(id: ShaderId) -> &'static str {
         ShaderId::Softmax => SOFTMAX,
         ShaderId::Matmul => MATMUL,
         ShaderId::MatmulVec4 => MATMUL_VEC4,
+        ShaderId::Norm => NORM,
     }
 }
 
 /// Every kernel family.
-pub const ALL: [ShaderId; 4] = [
+pub const ALL: [ShaderId; 5] = [
     ShaderId::Elementwise,
     ShaderId::Softmax,
     ShaderId::Matmul,
     ShaderId::MatmulVec4,
+    ShaderId::Norm,
 ];
 
 /// Files in `shaders/` that are not kernels themselves but are prepended to

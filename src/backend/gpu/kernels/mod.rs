@@ -19,6 +19,8 @@ use crate::tensor::{numel, strides, DType};
 use super::context::PipelineKey;
 use super::shaders::ShaderId;
 
+mod cnn;
+
 /// Which matmul kernel to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MatmulKernel {
@@ -127,6 +129,7 @@ pub fn has_kernel(op: &dyn Op) -> bool {
             .is_some_and(|g| g.alpha == 1.0 && g.beta == 1.0 && !g.trans_a)
         || any.is::<Linear>()
         || any.is::<MatMul>()
+        || cnn::has_kernel(op)
 }
 
 /// Picks the kernel for `op` on inputs of these dtypes and shapes. `fused`
@@ -145,6 +148,9 @@ pub(crate) fn select(
     // here, one line each, before the f32-only check below: they may take
     // packed weights (u8/i8/f16) or integer indices. Each returns
     // `Ok(None)` for ops that are not theirs.
+    if let Some(k) = cnn::select(op, inputs, caps)? {
+        return Ok(k);
+    }
     if let Some((i, (dt, _))) = inputs.iter().enumerate().find(|(_, (dt, _))| *dt != DType::F32) {
         return Err(unsupported(op, format!("{dt} (input {i}); GPU kernels take f32"), caps));
     }

@@ -1,0 +1,127 @@
+// Normalisation: LayerNormalization (over the trailing axes) and
+// BatchNormalization (inference, per channel on axis 1).
+// Mirrors src/ops/norm.rs.
+//
+// Bindings: 0 output, 1 parameters, 2.. inputs.
+//   layernorm:  2 x, 3 scale, 4 bias (a zero buffer when absent)
+//   batchnorm:  2 x, 3 scale, 4 bias, 5 mean, 6 var
+// Workgroups are laid out 2-D when one dimension would exceed the limit:
+// the flat workgroup index is wg.y * num_workgroups.x + wg.x.
+
+struct Params {
+    // layernorm: number of rows; batchnorm: number of elements.
+    n: u32,
+    // layernorm: row length (the normalised elements); batchnorm: channels.
+    len: u32,
+    // layernorm: 1 when scale has one value per row element, 0 for one value
+    // in all; batchnorm: elements per channel plane (product of axes 2..).
+    a: u32,
+    // layernorm: the same for bias (0 also when bias is absent).
+    b: u32,
+    // epsilon, as f32 bits.
+    eps_bits: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<uniform> params: Params;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> scale: array<f32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read> mean: array<f32>;
+@group(0) @binding(6) var<storage, read> variance: array<f32>;
+
+const WG: u32 = 64u;
+
+var<workgroup> scratch: array<f32, 64>;
+
+fn reduce_sum(li: u32, v: f32) -> f32 {
+    scratch[li] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (li < s) {
+            scratch[li] = scratch[li] + scratch[li + s];
+        }
+        workgroupBarrier();
+    }
+    let total = scratch[0];
+    workgroupBarrier();
+    return total;
+}
+
+// One workgroup per row: the mean, then the variance around it (two passes,
+// each a shared-memory tree reduction), then y = (x - mean) * inv * scale + bias.
+@compute @workgroup_size(64)
+fn layernorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) li: u32) {
+    // Uniform across the workgroup, so the barriers stay in uniform control flow.
+    let row = wg.y * nwg.x + wg.x;
+    if (row >= params.n) {
+        return;
+    }
+    let len = params.len;
+    let base = row * len;
+    let inv_len = 1.0 / f32(len);
+
+    var s = 0.0;
+    for (var j = li; j < len; j = j + WG) {
+        s = s + x[base + j];
+    }
+    let m = reduce_sum(li, s) * inv_len;
+
+    var q = 0.0;
+    for (var j = li; j < len; j = j + WG) {
+        let d = x[base + j] - m;
+        q = q + d * d;
+    }
+    let variance_ = reduce_sum(li, q) * inv_len;
+    let inv = 1.0 / sqrt(variance_ + bitcast<f32>(params.eps_bits));
+
+    for (var j = li; j < len; j = j + WG) {
+        let at = base + j;
+        y[at] = (x[at] - m) * inv * scale[j * params.a] + bias[j * params.b];
+    }
+}
+
+// Short rows: one invocation per row, no shared memory and no barriers.
+@compute @workgroup_size(64)
+fn layernorm_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) li: u32) {
+    let row = (wg.y * nwg.x + wg.x) * WG + li;
+    if (row >= params.n) {
+        return;
+    }
+    let len = params.len;
+    let base = row * len;
+    let inv_len = 1.0 / f32(len);
+    var s = 0.0;
+    for (var j = 0u; j < len; j = j + 1u) {
+        s = s + x[base + j];
+    }
+    let m = s * inv_len;
+    var q = 0.0;
+    for (var j = 0u; j < len; j = j + 1u) {
+        let d = x[base + j] - m;
+        q = q + d * d;
+    }
+    let inv = 1.0 / sqrt(q * inv_len + bitcast<f32>(params.eps_bits));
+    for (var j = 0u; j < len; j = j + 1u) {
+        let at = base + j;
+        y[at] = (x[at] - m) * inv * scale[j * params.a] + bias[j * params.b];
+    }
+}
+
+// One invocation per element: y = (x - mean[c]) / sqrt(var[c] + eps) * scale[c] + bias[c].
+@compute @workgroup_size(256)
+fn batchnorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) li: u32) {
+    let i = (wg.y * nwg.x + wg.x) * 256u + li;
+    if (i >= params.n) {
+        return;
+    }
+    let c = (i / params.a) % params.len;
+    let inv = 1.0 / sqrt(variance[c] + bitcast<f32>(params.eps_bits));
+    y[i] = (x[i] - mean[c]) * inv * scale[c] + bias[c];
+}
