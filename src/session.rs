@@ -173,6 +173,23 @@ impl Session {
         }
     }
 
+    /// [`Session::run`] that also reports the GPU's kernel time: the time
+    /// the device spent in the run's compute passes, from timestamp queries,
+    /// without uploads, read-backs, CPU-placed nodes and submission overhead.
+    /// The time is `None` on the CPU and on adapters without timestamp
+    /// queries. Profiling adds a little work per run; time end to end with
+    /// [`Session::run`].
+    pub fn run_profiled<S: Into<String>>(
+        &self,
+        inputs: impl IntoIterator<Item = (S, Tensor)>,
+    ) -> Result<(BTreeMap<String, Tensor>, Option<std::time::Duration>), Error> {
+        let ordered = self.check_inputs(inputs)?;
+        match &self.executor {
+            Executor::Cpu(cpu) => Ok((cpu.run(&self.graph, &self.params, ordered)?, None)),
+            Executor::Gpu(gpu) => gpu.run_profiled(ordered),
+        }
+    }
+
     fn check_inputs<S: Into<String>>(
         &self,
         inputs: impl IntoIterator<Item = (S, Tensor)>,

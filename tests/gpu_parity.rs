@@ -496,3 +496,34 @@ fn a_value_over_the_binding_limit_falls_back_with_the_reason() {
     let small = exec.plan_report(Some(&[vec![1000]])).unwrap();
     assert!(matches!(small.nodes[0].placement, Placement::Gpu { .. }), "{small}");
 }
+
+#[test]
+fn profiled_runs_report_kernel_time_within_the_wall_time() {
+    let Some(ctx) = gpu() else { return };
+    let choice = adapter_choice().expect("an adapter");
+    let (model, input, _) = digits();
+    let gpu = Session::new(&model, Device::Gpu(choice)).expect("gpu session");
+    let plain = gpu.run([("input", input.clone())]).expect("run");
+    let t0 = std::time::Instant::now();
+    let (out, kernel) = gpu.run_profiled([("input", input.clone())]).expect("profiled run");
+    let wall = t0.elapsed();
+    // Profiling changes nothing in the results.
+    assert_eq!(out["probabilities"].as_f32().unwrap(), plain["probabilities"].as_f32().unwrap());
+    let has = ctx.adapter().timestamp_query;
+    match kernel {
+        Some(k) => {
+            assert!(has, "a kernel time from an adapter without timestamp queries");
+            // 4 dispatches over 450 rows take real time, and fit in the run.
+            assert!(k > std::time::Duration::ZERO, "kernel time {k:?}");
+            assert!(k <= wall, "kernel time {k:?} > wall time {wall:?}");
+            say(&format!("digits MLP batch 450: kernel {k:?} of {wall:?} end to end"));
+        }
+        None => {
+            assert!(!has, "the adapter has timestamp queries but no kernel time came back");
+            say("no timestamp queries on this adapter: kernel time not measured");
+        }
+    }
+    // The CPU reports none.
+    let cpu = Session::new(&model, Device::Cpu).expect("cpu session");
+    assert!(cpu.run_profiled([("input", input)]).expect("cpu run").1.is_none());
+}

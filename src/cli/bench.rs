@@ -93,6 +93,12 @@ pub struct Record {
     pub gflops: Option<f64>,
     /// Mean latency on the CPU backend divided by this one's.
     pub speedup_vs_cpu: Option<f64>,
+    /// GPU only: median time the device spent in the run's compute passes
+    /// (timestamp queries), over separate profiled runs. The rest of the
+    /// end-to-end p50 is upload, read-back, CPU-placed nodes and submission.
+    pub kernel_p50_ms: Option<f64>,
+    /// GPU only: `kernel_p50_ms / p50_ms`.
+    pub kernel_share: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -244,6 +250,21 @@ fn measure(
         bar.tick();
     }
     times.sort();
+    // Kernel time from timestamp queries, in separate runs so that the
+    // profiling's extra copy and map stay out of the end-to-end figures.
+    let mut kernel = Vec::new();
+    if session.gpu_plan(None).is_some() {
+        for _ in 0..times.len().clamp(3, 30) {
+            match session.run_profiled(inputs.to_vec())? {
+                (_, Some(d)) => kernel.push(d),
+                (_, None) => break,
+            }
+            bar.tick();
+        }
+    }
+    kernel.sort();
+    let kernel_p50_ms = (!kernel.is_empty()).then(|| quantile(&kernel, 0.5));
+    let p50_ms = quantile(&times, 0.5);
     let mean = times.iter().sum::<Duration>().as_secs_f64() / times.len() as f64;
     Ok(Record {
         subject: subject.to_string(),
@@ -253,13 +274,15 @@ fn measure(
         batch,
         runs: times.len(),
         min_ms: quantile(&times, 0.0),
-        p50_ms: quantile(&times, 0.5),
+        p50_ms,
         p90_ms: quantile(&times, 0.9),
         p99_ms: quantile(&times, 0.99),
         mean_ms: mean * 1e3,
         items_per_s: batch as f64 / mean,
         gflops: flops.map(|f| f / mean / 1e9),
         speedup_vs_cpu: None,
+        kernel_p50_ms,
+        kernel_share: kernel_p50_ms.map(|k| k / p50_ms),
     })
 }
 
@@ -377,12 +400,19 @@ fn print_table(records: &[Record], op: bool) {
     for (device, backend) in devices {
         println!("\n{device} ({backend})");
         let size = if op { "size" } else { "batch" };
-        println!(
+        let gpu = records
+            .iter()
+            .any(|r| r.device == device && r.backend == backend && r.kernel_p50_ms.is_some());
+        print!(
             "  {:<16} {:<12} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10} {:>12} {:>9} {:>8}",
             "subject", "format", size, "runs", "min ms", "p50 ms", "p90 ms", "p99 ms", "items/s", "GFLOP/s", "vs cpu"
         );
+        if gpu {
+            print!(" {:>10} {:>7}", "kernel ms", "kernel%");
+        }
+        println!();
         for r in records.iter().filter(|r| r.device == device && r.backend == backend) {
-            println!(
+            print!(
                 "  {:<16} {:<12} {:>6} {:>6} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {:>12.0} {:>9} {:>8}",
                 r.subject,
                 r.format,
@@ -398,6 +428,18 @@ fn print_table(records: &[Record], op: bool) {
                     .map(|s| format!("{s:.2}x"))
                     .unwrap_or_else(|| "-".into()),
             );
+            if gpu {
+                print!(
+                    " {:>10} {:>7}",
+                    r.kernel_p50_ms
+                        .map(|k| format!("{k:.4}"))
+                        .unwrap_or_else(|| "-".into()),
+                    r.kernel_share
+                        .map(|k| format!("{:.0}%", 100.0 * k))
+                        .unwrap_or_else(|| "-".into()),
+                );
+            }
+            println!();
         }
     }
 }

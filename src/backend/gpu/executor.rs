@@ -25,6 +25,7 @@ use crate::graph::Graph;
 use crate::ops::activation::{Activation, Unary};
 use crate::ops::linear::Linear;
 use crate::ops::matmul::MatMul;
+use crate::ops::qlinear::QLinear;
 use crate::plan::{ExecPlan, Source};
 use crate::tensor::{DType, Tensor, ValueType};
 
@@ -251,7 +252,21 @@ struct Runtime {
     /// Per segment, one staging buffer per read-back.
     staging: Vec<Vec<wgpu::Buffer>>,
     _uniforms: Vec<wgpu::Buffer>,
+    /// GPU timers, where the device has timestamp queries.
+    timer: Option<Timer>,
 }
+
+/// Timestamp queries around each segment's compute pass: slot `2·si` at the
+/// pass's beginning, `2·si + 1` at its end. Each segment resolves into its own
+/// 256-byte-aligned window of `resolve` (wgpu's resolve-offset alignment).
+struct Timer {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    staging: wgpu::Buffer,
+}
+
+/// wgpu's alignment of a query-set resolve offset.
+const RESOLVE_ALIGN: u64 = wgpu::QUERY_RESOLVE_BUFFER_ALIGNMENT;
 
 struct ShapeEntry {
     plan: ShapePlan,
@@ -310,18 +325,33 @@ impl GpuExecutor {
             software: ctx.adapter().software,
             matmul: options.matmul,
             backend: format!("gpu ({})", ctx.adapter().name),
+            f16: ctx.device.features().contains(wgpu::Features::SHADER_F16),
+            packed_dot: kernels::packed_dot_available(),
         };
         let limit = ctx.limits.max_storage_buffer_binding_size;
         let mut param_buffers = HashMap::new();
         let mut weight_bytes = 0;
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        // Only parameters some node reads: a pruning mask kept beside its
+        // (already zeroed) weight, for example, stays on the host.
+        let read: std::collections::HashSet<&str> = plan
+            .steps
+            .iter()
+            .flat_map(|st| st.inputs.iter())
+            .filter_map(|s| match s {
+                Source::Param(p) => Some(p.as_str()),
+                Source::Slot(_) => None,
+            })
+            .collect();
         for p in graph.params() {
             let Some(t) = params.get(&p.name) else { continue };
             let bytes = t.size_in_bytes() as u64;
-            if t.dtype() != DType::F32 || bytes > limit {
-                // Not bindable here; nodes reading it fall back to the CPU.
+            if bytes > limit || !read.contains(p.name.as_str()) {
+                // Not bindable here (nodes reading it fall back to the CPU), or unread.
                 continue;
             }
+            // Every dtype as its raw little-endian bytes, padded to whole u32
+            // words: packed weights (u8/i8/f16) stay packed on the device.
             let mut data = t.to_le_bytes();
             data.resize(padded(bytes) as usize, 0);
             let buf = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -353,7 +383,7 @@ impl GpuExecutor {
             let is_output = |s: usize| plan.output_sources.contains(&Source::Slot(s));
             for (si, st) in plan.steps.iter().enumerate() {
                 let op = graph.nodes()[st.node].op.as_any();
-                if !(op.is::<Linear>() || op.is::<MatMul>()) || st.outputs.len() != 1 {
+                if !(op.is::<Linear>() || op.is::<MatMul>() || op.is::<QLinear>()) || st.outputs.len() != 1 {
                     continue;
                 }
                 let out = st.outputs[0];
@@ -379,6 +409,13 @@ impl GpuExecutor {
             fuse_next,
             shapes: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Bytes of the weights held on the device: every parameter a node
+    /// reads, as its raw (packed) bytes padded to 4 bytes per tensor. A
+    /// quantized weight costs its packed size, never an f32 copy.
+    pub fn param_bytes(&self) -> u64 {
+        self.weight_bytes
     }
 
     /// The device context.
@@ -609,7 +646,7 @@ impl GpuExecutor {
                     None => kernels::select(&*node.op, &ins, None, &self.caps).map_err(|e| e.to_string()),
                 }
                 .and_then(|k| {
-                    // A parameter the device does not hold (too large, or not f32) sends the node to the CPU.
+                    // A parameter the device does not hold (too large) sends the node to the CPU.
                     if let NodeKernel::Dispatch(_) = k {
                         if let Some(Source::Param(p)) = step
                             .inputs
@@ -918,29 +955,74 @@ impl GpuExecutor {
             }
             .into());
         }
+        let timer = device.features().contains(wgpu::Features::TIMESTAMP_QUERY).then(|| {
+            let segments = plan.segments.len().max(1) as u64;
+            Timer {
+                queries: device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("segment timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: (2 * segments) as u32,
+                }),
+                resolve: device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("segment timestamps (resolve)"),
+                    size: segments * RESOLVE_ALIGN,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }),
+                staging: device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("segment timestamps (read-back)"),
+                    size: segments * RESOLVE_ALIGN,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+            }
+        });
         Ok(Runtime {
             buffers,
             bind_groups,
             pipelines,
             staging,
             _uniforms: uniforms,
+            timer,
         })
     }
 
     /// Runs the graph, blocking until the outputs are back. `inputs` are in
     /// graph-input order, already checked against the graph's input types.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<BTreeMap<String, Tensor>, Error> {
-        pollster::block_on(self.run_inner(inputs, true))
+        pollster::block_on(self.run_inner(inputs, true, false)).map(|(out, _)| out)
+    }
+
+    /// True when the device has timestamp queries, so
+    /// [`GpuExecutor::run_profiled`] can report kernel time.
+    pub fn has_timestamps(&self) -> bool {
+        self.ctx.device.features().contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// [`GpuExecutor::run`] that also measures the time the device spent in
+    /// the run's compute passes (timestamp queries at the beginning and end of
+    /// each pass, summed over the run's segments): the kernel time, without
+    /// uploads, read-backs, CPU-placed nodes and submission overhead. `None`
+    /// when the device has no timestamp queries. Profiling adds one small
+    /// resolve, copy and map per run, so time end to end with
+    /// [`GpuExecutor::run`].
+    pub fn run_profiled(&self, inputs: Vec<Tensor>) -> Result<(BTreeMap<String, Tensor>, Option<Duration>), Error> {
+        pollster::block_on(self.run_inner(inputs, true, true))
     }
 
     /// Runs the graph; the future resolves when the outputs are back. It
     /// polls the device without blocking the thread (each poll of the future
     /// checks the device once), so any executor can drive it.
     pub async fn run_async(&self, inputs: Vec<Tensor>) -> Result<BTreeMap<String, Tensor>, Error> {
-        self.run_inner(inputs, false).await
+        self.run_inner(inputs, false, false).await.map(|(out, _)| out)
     }
 
-    async fn run_inner(&self, inputs: Vec<Tensor>, blocking: bool) -> Result<BTreeMap<String, Tensor>, Error> {
+    async fn run_inner(
+        &self,
+        inputs: Vec<Tensor>,
+        blocking: bool,
+        profile: bool,
+    ) -> Result<(BTreeMap<String, Tensor>, Option<Duration>), Error> {
         self.ctx.check_lost()?;
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
         let entry = self.entry(&shapes)?;
@@ -950,7 +1032,14 @@ impl GpuExecutor {
             Some(rt) => rt,
             None => self.runtime(plan)?,
         };
-        let result = self.execute(plan, &rt, inputs, blocking).await;
+        let timer = if profile { rt.timer.as_ref() } else { None };
+        let result = match self.execute(plan, &rt, inputs, blocking, timer).await {
+            Ok(out) => match timer {
+                Some(t) => self.read_timer(plan, t).map(|d| (out, Some(d))),
+                None => Ok((out, None)),
+            },
+            Err(e) => Err(e),
+        };
         // A runtime whose run failed may hold half-written state; drop it.
         if result.is_ok() {
             entry.pool.lock().unwrap_or_else(|e| e.into_inner()).push(rt);
@@ -964,6 +1053,7 @@ impl GpuExecutor {
         rt: &Runtime,
         inputs: Vec<Tensor>,
         blocking: bool,
+        timer: Option<&Timer>,
     ) -> Result<BTreeMap<String, Tensor>, Error> {
         let ctx = &self.ctx;
         let mut host: Vec<Option<Tensor>> = vec![None; self.plan.slot_count];
@@ -988,15 +1078,25 @@ impl GpuExecutor {
                     .device
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&label) });
                 if !seg.dispatches.is_empty() {
+                    let timestamp_writes = timer.map(|t| wgpu::ComputePassTimestampWrites {
+                        query_set: &t.queries,
+                        beginning_of_pass_write_index: Some(2 * si as u32),
+                        end_of_pass_write_index: Some(2 * si as u32 + 1),
+                    });
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some(&label),
-                        timestamp_writes: None,
+                        timestamp_writes,
                     });
                     for di in seg.dispatches.clone() {
                         let d = &plan.dispatches[di];
                         pass.set_pipeline(&rt.pipelines[di]);
                         pass.set_bind_group(0, &rt.bind_groups[di], &[]);
                         pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                    }
+                    drop(pass);
+                    if let Some(t) = timer {
+                        let q = 2 * si as u32;
+                        encoder.resolve_query_set(&t.queries, q..q + 2, &t.resolve, si as u64 * RESOLVE_ALIGN);
                     }
                 }
                 for (r, staging) in seg.readbacks.iter().zip(&rt.staging[si]) {
@@ -1066,6 +1166,74 @@ impl GpuExecutor {
             out.insert(info.name.clone(), t);
         }
         Ok(out)
+    }
+
+    /// Copies the resolved timestamps to the host and sums the passes' spans.
+    /// Runs after [`GpuExecutor::execute`], whose submissions it follows.
+    fn read_timer(&self, plan: &ShapePlan, t: &Timer) -> Result<Duration, Error> {
+        let ctx = &self.ctx;
+        let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("segment timestamps"),
+        });
+        encoder.copy_buffer_to_buffer(&t.resolve, 0, &t.staging, 0, t.staging.size());
+        let index = ctx.queue.submit([encoder.finish()]);
+        let state: Arc<Mutex<Option<Result<(), String>>>> = Arc::new(Mutex::new(None));
+        let cb_state = state.clone();
+        t.staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            if let Ok(mut s) = cb_state.lock() {
+                *s = Some(r.map_err(|e| e.to_string()));
+            }
+        });
+        let wait = ctx.device.poll(wgpu::PollType::Wait {
+            submission_index: Some(index),
+            timeout: Some(self.options.timeout),
+        });
+        if let Err(e) = wait {
+            ctx.check_lost()?;
+            return Err(GpuError::Readback {
+                message: format!("timestamps: {e}"),
+            }
+            .into());
+        }
+        let start = std::time::Instant::now();
+        let mapped = || state.lock().map(|s| s.clone()).unwrap_or(None);
+        while mapped().is_none() && start.elapsed() < self.options.timeout {
+            let _ = ctx.device.poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(Duration::from_millis(100)),
+            });
+        }
+        match mapped() {
+            Some(Ok(())) => {}
+            Some(Err(message)) => return Err(GpuError::Readback { message }.into()),
+            None => {
+                return Err(GpuError::Readback {
+                    message: "the timestamp buffer was not mapped".into(),
+                }
+                .into())
+            }
+        }
+        let period = f64::from(ctx.queue.get_timestamp_period());
+        let mut ns = 0.0;
+        {
+            let view = t
+                .staging
+                .get_mapped_range(..)
+                .map_err(|e| GpuError::Readback { message: e.to_string() })?;
+            for (si, seg) in plan.segments.iter().enumerate() {
+                if seg.dispatches.is_empty() {
+                    continue;
+                }
+                let at = si * RESOLVE_ALIGN as usize;
+                let tick = |i: usize| {
+                    let b = &view[at + 8 * i..at + 8 * i + 8];
+                    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+                };
+                ns += tick(1).saturating_sub(tick(0)) as f64 * period;
+            }
+        }
+        t.staging.unmap();
+        Ok(Duration::from_secs_f64(ns * 1e-9))
     }
 
     /// Maps the staging buffers of segment `si` and converts them to tensors.
