@@ -61,6 +61,7 @@ const CLAIMED: &[&str] = &[
     "LayerNormalization",
     "Constant",
     "Shape",
+    "Gather",
 ];
 
 const RTOL: f32 = 1e-3;

@@ -5,16 +5,20 @@
 //! its own file, its shader and one line there.
 
 pub mod activation;
+pub mod attention;
 pub mod binary;
 mod cases;
 pub mod conv;
 pub mod elementwise;
+pub mod gather;
 pub mod gemm;
+pub mod l2norm;
 pub mod layout;
 pub mod linear;
 pub mod matmul;
 pub mod norm;
 pub mod pool;
+pub mod pooling;
 pub mod qlinear;
 pub mod shape;
 pub mod softmax;
@@ -144,6 +148,11 @@ pub static REGISTRY: &[OpDef] = &[
     layout::UNSQUEEZE,
     layout::CONCAT,
     layout::CAST,
+    // Sentence embedders (BERT): issue #9.
+    gather::GATHER,
+    attention::ATTENTION,
+    pooling::MASKED_MEAN_POOL,
+    l2norm::L2_NORMALIZE,
 ];
 
 /// The registered op type of this name.

@@ -11,6 +11,7 @@ use crate::model::Model;
 use crate::ops::activation::{Activation, Unary};
 use crate::ops::binary::{broadcast_offset, broadcast_shapes, Binary, BinaryKind};
 use crate::ops::elementwise::{LogSoftmax, PointKind, Pointwise};
+use crate::ops::gather::Gather;
 use crate::ops::layout::{gather_flat, Axes, Cast, Concat, Transpose};
 use crate::ops::linear::Linear;
 use crate::ops::matmul::MatMul;
@@ -396,12 +397,15 @@ impl Ctx<'_> {
             }
             "Gather" => {
                 arity(2, 2)?;
-                let data = self.constant(&ins[0])?.clone();
-                let idx = self.constant(&ins[1])?.clone();
-                let t = gather(&data, &idx, a.i("axis", 0))?;
-                let o = outs.first().ok_or_else(|| skip("has no output"))?;
-                self.vals.insert(o.clone(), Val::Const(t));
-                return Ok(());
+                let axis = a.i("axis", 0);
+                if let (Ok(data), Ok(idx)) = (self.constant(&ins[0]), self.constant(&ins[1])) {
+                    let t = gather(data, idx, axis)?;
+                    let o = outs.first().ok_or_else(|| skip("has no output"))?;
+                    self.vals.insert(o.clone(), Val::Const(t));
+                    return Ok(());
+                }
+                // Computed at run time (an embedding lookup of input ids): the op.
+                one(Arc::new(Gather { axis }))
             }
             "Add" | "Sub" | "Mul" | "Div" => {
                 arity(2, 2)?;
