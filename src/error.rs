@@ -272,6 +272,20 @@ pub enum ModelError {
     /// A tensor is invalid.
     #[error(transparent)]
     Tensor(#[from] TensorError),
+    /// A model-directory config (`config.json` of a Hugging Face BERT) that
+    /// is missing a field or holds a value wginfer cannot build (see [`crate::model::bert`]).
+    #[error("{file}: field `{field}`: {message}")]
+    Config {
+        /// The config file.
+        file: String,
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A tokenizer (`tokenizer.json`) that cannot be loaded or used.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
     /// An ONNX file that cannot be imported (see [`crate::model::onnx`]).
     #[error("ONNX import: {0}")]
     Onnx(#[from] crate::model::onnx::OnnxError),

@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod graph;
@@ -42,6 +43,7 @@ pub mod tensor;
 pub mod train;
 
 pub use backend::gpu::AdapterChoice;
+pub use embed::{Embedder, Embeddings};
 pub use error::{Error, Result};
 pub use model::Model;
 pub use session::{Device, Session};

@@ -3,6 +3,7 @@
 //! [`crate::graph::GraphDoc`]). Also the reader/writer for data files
 //! (named tensors in safetensors, or `.npy`).
 
+pub mod bert;
 mod data;
 pub mod onnx;
 
@@ -62,6 +63,10 @@ impl Model {
             path: path.to_path_buf(),
             source: Box::new(source),
         };
+        if path.is_dir() {
+            // A Hugging Face BERT directory (config.json + model.safetensors).
+            return bert::load_dir(path);
+        }
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
             return onnx::import_file(path).map_err(with_path);
         }

@@ -1,6 +1,8 @@
 //! Shared test helpers: the one tolerance table, `assert_close`, paths.
 #![allow(dead_code)]
 
+pub mod minilm;
+
 use std::path::PathBuf;
 
 use wginfer::ops::Validation;

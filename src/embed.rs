@@ -1,0 +1,288 @@
+//! Sentence embeddings: a tokenizer (`tokenizer.json`, Hugging Face
+//! `tokenizers`) in front of a BERT model (see [`crate::model::bert`]) on a
+//! [`Session`].
+//!
+//! ```no_run
+//! use wginfer::{Device, Embedder};
+//! # fn main() -> Result<(), wginfer::Error> {
+//! let e = Embedder::load("all-MiniLM-L6-v2/", Device::Cpu)?;
+//! let out = e.embed(&["A man is playing a guitar.", "Someone plays an instrument."])?;
+//! println!("cosine {}", wginfer::embed::cosine(&out.vectors[0], &out.vectors[1]));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The model is a model directory (`config.json`, `model.safetensors`,
+//! `tokenizer.json`), a wginfer model file (e.g. a quantized one from
+//! `wginfer quantize`) or an ONNX export with the same inputs; for a file the
+//! tokenizer is `tokenizer.json` beside it unless one is given. Texts are
+//! truncated to the directory's `sentence_bert_config.json` `max_seq_length`
+//! (what sentence-transformers does: 256 for all-MiniLM-L6-v2), else the
+//! tokenizer's own truncation, else 512, and never beyond the model's position
+//! table; a batch is padded to its longest text.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+
+use crate::error::{Error, ModelError, RunError};
+use crate::model::bert::{ATTENTION_MASK, INPUT_IDS, OUTPUT, POSITION_IDS, TOKEN_TYPE_IDS};
+use crate::model::Model;
+use crate::session::{Device, Session};
+use crate::tensor::Tensor;
+
+/// The embeddings of a list of texts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embeddings {
+    /// One vector per text, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens per text after truncation, `[CLS]` and `[SEP]` included.
+    pub token_counts: Vec<usize>,
+}
+
+impl Embeddings {
+    /// The pairwise cosine similarity matrix.
+    pub fn similarity(&self) -> Vec<Vec<f32>> {
+        self.vectors
+            .iter()
+            .map(|a| self.vectors.iter().map(|b| cosine(a, b)).collect())
+            .collect()
+    }
+}
+
+/// Token ids of a batch, right-padded with 0 to the longest text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenBatch {
+    /// `[batch, seq]` i64.
+    pub input_ids: Tensor,
+    /// `[batch, seq]` i64, 1 for tokens and 0 for padding.
+    pub attention_mask: Tensor,
+    /// Tokens per text.
+    pub token_counts: Vec<usize>,
+}
+
+/// Cosine similarity of two vectors (0 when either is zero).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        ab += x as f64 * y as f64;
+        aa += x as f64 * x as f64;
+        bb += y as f64 * y as f64;
+    }
+    if aa == 0.0 || bb == 0.0 {
+        0.0
+    } else {
+        (ab / (aa.sqrt() * bb.sqrt())) as f32
+    }
+}
+
+/// A tokenizer and a sentence-embedding model on one device.
+#[derive(Debug)]
+pub struct Embedder {
+    session: Session,
+    tokenizer: Tokenizer,
+    max_tokens: usize,
+    batch_size: usize,
+    output: String,
+}
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Model(ModelError::Tokenizer(e.to_string()))
+}
+
+impl Embedder {
+    /// Loads a model directory (with `tokenizer.json`) or a model file (with
+    /// `tokenizer.json` beside it) for `device`.
+    pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Self, Error> {
+        Self::load_with_tokenizer(path, None, device)
+    }
+
+    /// [`Embedder::load`] with the tokenizer from `tokenizer`: a
+    /// `tokenizer.json` file or a directory holding one (and, optionally,
+    /// `sentence_bert_config.json`).
+    pub fn load_with_tokenizer(
+        path: impl AsRef<Path>,
+        tokenizer: Option<&Path>,
+        device: Device,
+    ) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let model = Model::load(path)?;
+        let tok_path = match tokenizer {
+            Some(t) if t.is_dir() => t.join("tokenizer.json"),
+            Some(t) => t.to_path_buf(),
+            None if path.is_dir() => path.join("tokenizer.json"),
+            None => path.parent().unwrap_or(Path::new(".")).join("tokenizer.json"),
+        };
+        Self::new(&model, &tok_path, device)
+    }
+
+    /// An embedder over a loaded model and the tokenizer file `tokenizer_json`.
+    pub fn new(model: &Model, tokenizer_json: &Path, device: Device) -> Result<Self, Error> {
+        if !tokenizer_json.is_file() {
+            return Err(Error::Model(ModelError::Tokenizer(format!(
+                "`{}` does not exist: a model file needs the model directory's tokenizer.json beside it, or --tokenizer MODEL_DIR",
+                tokenizer_json.display()
+            ))));
+        }
+        let tokenizer = Tokenizer::from_file(tokenizer_json)
+            .map_err(|e| tok_err(format!("cannot load `{}`: {e}", tokenizer_json.display())))?;
+        let dir = tokenizer_json
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let max_tokens = max_tokens(&dir, &tokenizer, model);
+        Self::from_parts(model, tokenizer, max_tokens, device)
+    }
+
+    /// An embedder from parts: the tokenizer is set to truncate at
+    /// `max_tokens` and not to pad (batches pad to their longest text).
+    pub fn from_parts(
+        model: &Model,
+        mut tokenizer: Tokenizer,
+        max_tokens: usize,
+        device: Device,
+    ) -> Result<Self, Error> {
+        let g = model.graph();
+        for needed in [INPUT_IDS, ATTENTION_MASK] {
+            if !g.inputs().iter().any(|i| i.name == needed) {
+                return Err(Error::Run(RunError::MissingInput {
+                    name: needed.to_string(),
+                    expected: g
+                        .inputs()
+                        .iter()
+                        .map(|i| i.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }));
+            }
+        }
+        let output = g
+            .outputs()
+            .iter()
+            .find(|o| o.name == OUTPUT)
+            .or_else(|| g.outputs().first())
+            .map(|o| o.name.clone())
+            .ok_or_else(|| {
+                Error::Model(ModelError::BadGraph {
+                    detail: "the model has no outputs".into(),
+                })
+            })?;
+        tokenizer.with_padding(None::<PaddingParams>);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
+            .map_err(tok_err)?;
+        Ok(Self {
+            session: Session::new(model, device)?,
+            tokenizer,
+            max_tokens,
+            batch_size: 32,
+            output,
+        })
+    }
+
+    /// Texts per model run (default 32); longer lists run in chunks.
+    pub fn with_batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// The session (its backend, graph).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The truncation length in tokens.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Tokenizes texts into one padded batch.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<TokenBatch, Error> {
+        let encs = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(tok_err)?;
+        let counts: Vec<usize> = encs.iter().map(|e| e.get_ids().len()).collect();
+        let seq = counts.iter().copied().max().unwrap_or(0);
+        let mut ids = vec![0i64; texts.len() * seq];
+        let mut mask = vec![0i64; texts.len() * seq];
+        for (row, e) in encs.iter().enumerate() {
+            for (j, &id) in e.get_ids().iter().enumerate() {
+                ids[row * seq + j] = id as i64;
+                mask[row * seq + j] = 1;
+            }
+        }
+        Ok(TokenBatch {
+            input_ids: Tensor::from_vec(vec![texts.len(), seq], ids)?,
+            attention_mask: Tensor::from_vec(vec![texts.len(), seq], mask)?,
+            token_counts: counts,
+        })
+    }
+
+    /// Runs the model on a tokenized batch: `[batch, dim]` vectors.
+    pub fn embed_tokens(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, Error> {
+        let shape = batch.input_ids.shape().to_vec();
+        let (rows, seq) = (shape.first().copied().unwrap_or(0), shape.get(1).copied().unwrap_or(0));
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let mut inputs = vec![
+            (INPUT_IDS.to_string(), batch.input_ids.clone()),
+            (ATTENTION_MASK.to_string(), batch.attention_mask.clone()),
+        ];
+        for i in self.session.graph().inputs() {
+            if i.name == POSITION_IDS {
+                let shape = if i.ty.rank() == 2 { vec![1, seq] } else { vec![seq] };
+                inputs.push((i.name.clone(), Tensor::from_vec(shape, (0..seq as i64).collect())?));
+            } else if i.name == TOKEN_TYPE_IDS {
+                inputs.push((
+                    i.name.clone(),
+                    Tensor::from_vec(vec![rows, seq], vec![0i64; rows * seq])?,
+                ));
+            }
+        }
+        let mut out = self.session.run(inputs)?;
+        let t = out.remove(&self.output).ok_or_else(|| {
+            Error::Run(RunError::UnknownOutput {
+                name: self.output.clone(),
+                expected: String::new(),
+            })
+        })?;
+        let dim = t.numel() / rows;
+        let v = t.to_f32_vec();
+        Ok(v.chunks(dim.max(1)).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Embeds texts (in chunks of the batch size).
+    pub fn embed(&self, texts: &[&str]) -> Result<Embeddings, Error> {
+        let mut vectors = Vec::with_capacity(texts.len());
+        let mut token_counts = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(self.batch_size) {
+            let batch = self.tokenize(chunk)?;
+            vectors.extend(self.embed_tokens(&batch)?);
+            token_counts.extend(batch.token_counts);
+        }
+        Ok(Embeddings { vectors, token_counts })
+    }
+}
+
+/// The truncation length: `sentence_bert_config.json`'s `max_seq_length`,
+/// else the tokenizer's truncation, else 512; at most the position table.
+fn max_tokens(dir: &Path, tokenizer: &Tokenizer, model: &Model) -> usize {
+    let from_st = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("max_seq_length")?.as_u64())
+        .map(|n| n as usize);
+    let wanted = from_st
+        .or_else(|| tokenizer.get_truncation().map(|t| t.max_length))
+        .unwrap_or(512);
+    let g = model.graph();
+    let table = g
+        .nodes()
+        .iter()
+        .find(|n| n.op.op_type() == "Gather" && n.inputs.get(1).is_some_and(|i| i == POSITION_IDS))
+        .and_then(|n| model.param(n.inputs.first()?))
+        .and_then(|t| t.shape().first().copied());
+    table.map_or(wanted, |rows| wanted.min(rows)).max(2)
+}
