@@ -19,6 +19,14 @@ pub enum ShaderId {
     MatmulVec4,
     /// `shaders/norm.wgsl`: LayerNormalization and BatchNormalization.
     Norm,
+    /// `shaders/conv.wgsl`: 2-D convolution (implicit GEMM, register-blocked).
+    Conv,
+    /// `shaders/pool.wgsl`: MaxPool, AveragePool, GlobalAveragePool.
+    Pool,
+    /// `shaders/concat.wgsl`: Concat of up to 6 inputs.
+    Concat,
+    /// `shaders/gemm.wgsl`: Gemm with alpha, beta, transA/transB and a broadcast C.
+    Gemm,
 }
 
 impl ShaderId {
@@ -30,6 +38,10 @@ impl ShaderId {
             ShaderId::Matmul => "matmul.wgsl",
             ShaderId::MatmulVec4 => "matmul_vec4.wgsl",
             ShaderId::Norm => "norm.wgsl",
+            ShaderId::Conv => "conv.wgsl",
+            ShaderId::Pool => "pool.wgsl",
+            ShaderId::Concat => "concat.wgsl",
+            ShaderId::Gemm => "gemm.wgsl",
         }
     }
 }
@@ -46,6 +58,10 @@ const MATMUL_VEC4: &str = concat!(
 );
 const SOFTMAX: &str = include_str!("../../../shaders/softmax.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
+const CONV: &str = include_str!("../../../shaders/conv.wgsl");
+const POOL: &str = include_str!("../../../shaders/pool.wgsl");
+const CONCAT: &str = include_str!("../../../shaders/concat.wgsl");
+const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
 const MATMUL: &str = concat!(
     include_str!("../../../shaders/activation.wgsl"),
     "\n",
@@ -60,16 +76,24 @@ pub fn source(id: ShaderId) -> &'static str {
         ShaderId::Matmul => MATMUL,
         ShaderId::MatmulVec4 => MATMUL_VEC4,
         ShaderId::Norm => NORM,
+        ShaderId::Conv => CONV,
+        ShaderId::Pool => POOL,
+        ShaderId::Concat => CONCAT,
+        ShaderId::Gemm => GEMM,
     }
 }
 
 /// Every kernel family.
-pub const ALL: [ShaderId; 5] = [
+pub const ALL: [ShaderId; 9] = [
     ShaderId::Elementwise,
     ShaderId::Softmax,
     ShaderId::Matmul,
     ShaderId::MatmulVec4,
     ShaderId::Norm,
+    ShaderId::Conv,
+    ShaderId::Pool,
+    ShaderId::Concat,
+    ShaderId::Gemm,
 ];
 
 /// Files in `shaders/` that are not kernels themselves but are prepended to

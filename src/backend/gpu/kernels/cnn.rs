@@ -1,9 +1,15 @@
 //! Kernels for the ops ONNX CNNs (and transformers' LayerNorm) use:
-//! normalisation (`shaders/norm.wgsl`). Mirrors `src/ops/norm.rs`.
+//! convolution (`shaders/conv.wgsl`), pooling (`pool.wgsl`), normalisation
+//! (`norm.wgsl`), Concat (`concat.wgsl`) and the general Gemm (`gemm.wgsl`).
+//! Mirrors `src/ops/{conv,pool,norm,layout,gemm}.rs`.
 
 use crate::error::Error;
+use crate::ops::conv::{Conv, Window};
+use crate::ops::gemm::Gemm;
+use crate::ops::layout::Concat;
 use crate::ops::norm::{BatchNorm, LayerNorm};
-use crate::ops::Op;
+use crate::ops::pool::{GlobalAveragePool, Pool};
+use crate::ops::{normalize_axis, Op};
 use crate::tensor::{numel, DType};
 
 use super::super::context::PipelineKey;
@@ -17,13 +23,28 @@ const LAYERNORM_SHORT_ROW: usize = 32;
 /// True when this family has a kernel for `op` (f32 values).
 pub(crate) fn has_kernel(op: &dyn Op) -> bool {
     let any = op.as_any();
-    any.downcast_ref::<LayerNorm>().is_some_and(|l| l.outputs == 1) || any.is::<BatchNorm>()
+    any.downcast_ref::<LayerNorm>().is_some_and(|l| l.outputs == 1)
+        || any.is::<BatchNorm>()
+        || any.is::<Conv>()
+        || any.is::<Pool>()
+        || any.is::<GlobalAveragePool>()
+        || any.is::<Concat>()
+        || any.is::<Gemm>()
 }
+
+/// Inputs Concat's kernel takes (bindings 2..7; 8 storage buffers with the output).
+const CONCAT_MAX_INPUTS: usize = 6;
 
 /// The kernel for `op`, `Ok(None)` when the op is not this family's.
 pub(crate) fn select(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<Option<NodeKernel>, Error> {
     let any = op.as_any();
-    let ours = any.is::<LayerNorm>() || any.is::<BatchNorm>();
+    let ours = any.is::<LayerNorm>()
+        || any.is::<BatchNorm>()
+        || any.is::<Conv>()
+        || any.is::<Pool>()
+        || any.is::<GlobalAveragePool>()
+        || any.is::<Concat>()
+        || any.is::<Gemm>();
     if !ours {
         return Ok(None);
     }
@@ -35,6 +56,21 @@ pub(crate) fn select(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> 
     }
     if let Some(bn) = any.downcast_ref::<BatchNorm>() {
         return batch_norm(op, bn, inputs, caps).map(Some);
+    }
+    if let Some(c) = any.downcast_ref::<Conv>() {
+        return conv(op, c, inputs, caps).map(Some);
+    }
+    if let Some(p) = any.downcast_ref::<Pool>() {
+        return pool(op, p, inputs, caps).map(Some);
+    }
+    if any.is::<GlobalAveragePool>() {
+        return global_average(op, inputs, caps).map(Some);
+    }
+    if let Some(c) = any.downcast_ref::<Concat>() {
+        return concat(op, c, inputs, caps).map(Some);
+    }
+    if let Some(g) = any.downcast_ref::<Gemm>() {
+        return gemm(op, g, inputs, caps);
     }
     Ok(None)
 }
@@ -121,4 +157,215 @@ fn batch_norm(op: &dyn Op, bn: &BatchNorm, inputs: &[(DType, &[usize])], caps: &
         groups,
         (0..5).map(Bind::Input).collect(),
     ))
+}
+
+/// Padding before and output length along both spatial axes.
+fn spatial(
+    op: &dyn Op,
+    window: &Window,
+    h: usize,
+    w: usize,
+    k: [usize; 2],
+    caps: &Caps,
+) -> Result<[crate::ops::conv::Axis; 2], Error> {
+    let ay = window
+        .axis(0, h, k[0])
+        .map_err(|e| unsupported(op, format!("f32 ({e})"), caps))?;
+    let ax = window
+        .axis(1, w, k[1])
+        .map_err(|e| unsupported(op, format!("f32 ({e})"), caps))?;
+    Ok([ay, ax])
+}
+
+fn conv(op: &dyn Op, c: &Conv, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<NodeKernel, Error> {
+    let (x, w) = (inputs[0].1, inputs[1].1);
+    let g = c.group;
+    if x.len() != 4 || w.len() != 4 || g == 0 || x[1] != w[1] * g || w[0] % g != 0 {
+        return Err(unsupported(op, "f32 with these shapes", caps));
+    }
+    let (m, cg, kh, kw) = (w[0], w[1], w[2], w[3]);
+    let [ay, ax] = spatial(op, &c.window, x[2], x[3], [kh, kw], caps)?;
+    let (mg, npix) = (m / g, ay.out * ax.out);
+    let (mblocks, pblocks) = (mg.div_ceil(4), npix.div_ceil(4));
+    let groups = [(mblocks * pblocks).div_ceil(64), x[0] * g, 1];
+    if groups.iter().any(|&d| d > caps.max_workgroups as usize) {
+        return Err(unsupported(
+            op,
+            format!(
+                "f32 (needs a {groups:?} grid; the adapter allows {} per dimension)",
+                caps.max_workgroups
+            ),
+            caps,
+        ));
+    }
+    let (s, d) = (c.window.strides, c.window.dilations);
+    let params = [
+        x[1], x[2], x[3], m, cg, mg, kh, kw, ay.out, ax.out, s[0], s[1], d[0], d[1], ay.begin, ax.begin, g, pblocks,
+        mblocks,
+    ]
+    .iter()
+    .map(|&v| v as u32)
+    .chain([u32::from(inputs.len() == 3), 0, 0, 0])
+    .collect();
+    let bias = if inputs.len() == 3 { Bind::Input(2) } else { Bind::Zeros };
+    Ok(dispatch(
+        ShaderId::Conv,
+        "conv",
+        params,
+        [groups[0] as u32, groups[1] as u32, 1],
+        vec![Bind::Input(0), Bind::Input(1), bias],
+    ))
+}
+
+fn pool(op: &dyn Op, p: &Pool, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<NodeKernel, Error> {
+    let x = inputs[0].1;
+    let k = &p.window.kernel;
+    if x.len() != 4 || k.len() != 2 {
+        return Err(unsupported(op, "f32 with these shapes", caps));
+    }
+    let [ay, ax] = spatial(op, &p.window, x[2], x[3], [k[0], k[1]], caps)?;
+    let n = x[0] * x[1] * ay.out * ax.out;
+    let groups =
+        grid(n.div_ceil(256), caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many elements)", caps))?;
+    let (s, d) = (p.window.strides, p.window.dilations);
+    let params = [
+        n,
+        x[2],
+        x[3],
+        ay.out,
+        ax.out,
+        k[0],
+        k[1],
+        s[0],
+        s[1],
+        d[0],
+        d[1],
+        ay.begin,
+        ax.begin,
+        x[2] + ay.end,
+        x[3] + ax.end,
+        usize::from(p.count_include_pad),
+    ]
+    .iter()
+    .map(|&v| v as u32)
+    .chain([f32::NEG_INFINITY.to_bits(), 0, 0, 0])
+    .collect();
+    Ok(NodeKernel::Dispatch(DispatchSpec {
+        key: PipelineKey {
+            shader: ShaderId::Pool,
+            entry: "pool",
+            constants: vec![("MAX", if p.max { 1.0f64 } else { 0.0 }.to_bits())],
+            inputs: 1,
+        },
+        params,
+        groups,
+        binds: vec![Bind::Input(0)],
+    }))
+}
+
+fn global_average(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<NodeKernel, Error> {
+    let x = inputs[0].1;
+    if x.len() < 2 {
+        return Err(unsupported(op, "f32 with these shapes", caps));
+    }
+    let planes = x[0] * x[1];
+    let len: usize = x[2..].iter().product();
+    let groups = grid(planes, caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many planes)", caps))?;
+    let mut params = vec![0u32; 20];
+    params[0] = planes as u32;
+    params[1] = len as u32;
+    Ok(dispatch(
+        ShaderId::Pool,
+        "global_average",
+        params,
+        groups,
+        vec![Bind::Input(0)],
+    ))
+}
+
+fn concat(op: &dyn Op, c: &Concat, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<NodeKernel, Error> {
+    if inputs.is_empty() || inputs.len() > CONCAT_MAX_INPUTS {
+        return Err(unsupported(
+            op,
+            format!(
+                "f32 with {} inputs (the kernel takes 1 to {CONCAT_MAX_INPUTS})",
+                inputs.len()
+            ),
+            caps,
+        ));
+    }
+    let first = inputs[0].1;
+    let a = normalize_axis(c.axis, first.len()).map_err(|e| unsupported(op, format!("f32 ({e})"), caps))?;
+    let inner: usize = first[a + 1..].iter().product();
+    let ok = inputs
+        .iter()
+        .all(|(_, s)| s.len() == first.len() && s.iter().zip(first).enumerate().all(|(d, (p, q))| d == a || p == q));
+    if !ok || inputs.iter().any(|(_, s)| numel(s) == 0) {
+        return Err(unsupported(op, "f32 with these shapes", caps));
+    }
+    let total: usize = inputs.iter().map(|(_, s)| s[a]).sum();
+    let n = numel(first) / first[a] * total;
+    let groups =
+        grid(n.div_ceil(256), caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many elements)", caps))?;
+    let mut params = vec![0u32; 12];
+    params[..4].copy_from_slice(&[n as u32, inner as u32, total as u32, inputs.len() as u32]);
+    for (t, (_, s)) in inputs.iter().enumerate() {
+        params[4 + t] = s[a] as u32;
+    }
+    let binds = (0..CONCAT_MAX_INPUTS)
+        .map(|t| if t < inputs.len() { Bind::Input(t) } else { Bind::Zeros })
+        .collect();
+    Ok(dispatch(ShaderId::Concat, "concat", params, groups, binds))
+}
+
+/// The forms the matmul kernels cover (alpha = beta = 1, transA = 0, C a row
+/// of N or absent) return `Ok(None)` and take them; every other Gemm runs here.
+fn gemm(op: &dyn Op, g: &Gemm, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<Option<NodeKernel>, Error> {
+    let (a, b) = (inputs[0].1, inputs[1].1);
+    if a.len() != 2 || b.len() != 2 {
+        return Err(unsupported(op, "f32 with these shapes", caps));
+    }
+    let (m, k) = if g.trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
+    let n = if g.trans_b { b[0] } else { b[1] };
+    let c = inputs.get(2).map(|(_, c)| *c);
+    let c_is_row = c.is_none_or(|c| numel(c) == n && c.last().copied().unwrap_or(1) == n);
+    if g.alpha == 1.0 && !g.trans_a && c_is_row && (c.is_none() || g.beta == 1.0) {
+        return Ok(None);
+    }
+    // C's strides along (i, j): 0 along a broadcast axis.
+    let (c_i, c_j) = match c {
+        None => (0, 0),
+        Some(c) => {
+            let padded: Vec<usize> = std::iter::repeat_n(1, 2usize.saturating_sub(c.len()))
+                .chain(c.iter().copied())
+                .collect();
+            if padded.len() != 2 || (padded[0] != 1 && padded[0] != m) || (padded[1] != 1 && padded[1] != n) {
+                return Err(unsupported(
+                    op,
+                    format!("f32 (C {c:?} does not broadcast to [{m}, {n}])"),
+                    caps,
+                ));
+            }
+            (if padded[0] == 1 { 0 } else { padded[1] }, usize::from(padded[1] != 1))
+        }
+    };
+    let (a_i, a_k) = if g.trans_a { (1, m) } else { (k, 1) };
+    let (b_k, b_j) = if g.trans_b { (1, k) } else { (n, 1) };
+    let groups = [n.div_ceil(32), m.div_ceil(32)];
+    if groups.iter().any(|&d| d > caps.max_workgroups as usize) {
+        return Err(unsupported(op, format!("f32 [{m}x{k}x{n}] (grid too large)"), caps));
+    }
+    let params = [m, n, k, usize::from(c.is_some()), a_i, a_k, b_k, b_j, c_i, c_j]
+        .iter()
+        .map(|&v| v as u32)
+        .chain([g.alpha.to_bits(), g.beta.to_bits()])
+        .collect();
+    let c_bind = if c.is_some() { Bind::Input(2) } else { Bind::Zeros };
+    Ok(Some(dispatch(
+        ShaderId::Gemm,
+        "gemm",
+        params,
+        [groups[0] as u32, groups[1] as u32, 1],
+        vec![Bind::Input(0), Bind::Input(1), c_bind],
+    )))
 }

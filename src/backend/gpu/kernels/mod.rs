@@ -108,8 +108,9 @@ fn grid(groups: usize, max: u32) -> Option<[u32; 3]> {
 /// dtypes and formats fall back to the CPU). Reshape, Flatten, Squeeze and
 /// Unsqueeze count: they need no kernel.
 ///
-/// `Gemm` has one for `alpha = beta = 1`, `transA = 0` (a bias row `C` of N
-/// values, or none); a `C` of another shape falls back.
+/// `Gemm` takes the matmul kernels for `alpha = beta = 1`, `transA = 0` (a
+/// bias row `C` of N values, or none) and `gemm.wgsl` otherwise (see
+/// `kernels/cnn.rs`, with Conv, pooling, normalisation and Concat).
 ///
 /// `Div` has none on purpose: it is validated bit-exact against the CPU, and
 /// WGSL only promises division to 2.5 ULP.
