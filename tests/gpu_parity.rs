@@ -527,3 +527,22 @@ fn profiled_runs_report_kernel_time_within_the_wall_time() {
     let cpu = Session::new(&model, Device::Cpu).expect("cpu session");
     assert!(cpu.run_profiled([("input", input)]).expect("cpu run").1.is_none());
 }
+
+#[test]
+fn sentence_embedding_ops_run_on_the_gpu() {
+    // Gather's indices are i64/i32, so the generic test above allows a CPU
+    // fallback for it; these ops must not fall back, on any of their cases.
+    let Some(ctx) = gpu() else { return };
+    let mut rng = CaseRng::new(0xbe27);
+    for name in ["Gather", "Attention", "MaskedMeanPool", "L2Normalize"] {
+        let def = REGISTRY.iter().find(|d| d.op_type == name).expect("registered");
+        let mut cases = (def.cases)();
+        cases.extend((0..8).map(|_| (def.sample)(&mut rng)));
+        for case in &cases {
+            if let Some(reason) = check_case(&ctx, case, &GpuOptions::default()) {
+                panic!("{}: fell back to the CPU: {reason}", case.name);
+            }
+        }
+        say(&format!("{name}: {} cases on the GPU match the reference", cases.len()));
+    }
+}

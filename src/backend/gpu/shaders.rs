@@ -19,6 +19,10 @@ pub enum ShaderId {
     MatmulVec4,
     /// `shaders/norm.wgsl`: LayerNormalization and BatchNormalization.
     Norm,
+    /// `shaders/attention.wgsl`: fused multi-head attention.
+    Attention,
+    /// `shaders/embedding.wgsl`: Gather, MaskedMeanPool, L2Normalize.
+    Embedding,
     /// `shaders/conv.wgsl`: 2-D convolution (implicit GEMM, register-blocked).
     Conv,
     /// `shaders/pool.wgsl`: MaxPool, AveragePool, GlobalAveragePool.
@@ -38,6 +42,8 @@ impl ShaderId {
             ShaderId::Matmul => "matmul.wgsl",
             ShaderId::MatmulVec4 => "matmul_vec4.wgsl",
             ShaderId::Norm => "norm.wgsl",
+            ShaderId::Attention => "attention.wgsl",
+            ShaderId::Embedding => "embedding.wgsl",
             ShaderId::Conv => "conv.wgsl",
             ShaderId::Pool => "pool.wgsl",
             ShaderId::Concat => "concat.wgsl",
@@ -58,6 +64,8 @@ const MATMUL_VEC4: &str = concat!(
 );
 const SOFTMAX: &str = include_str!("../../../shaders/softmax.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
+const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
+const EMBEDDING: &str = include_str!("../../../shaders/embedding.wgsl");
 const CONV: &str = include_str!("../../../shaders/conv.wgsl");
 const POOL: &str = include_str!("../../../shaders/pool.wgsl");
 const CONCAT: &str = include_str!("../../../shaders/concat.wgsl");
@@ -76,6 +84,8 @@ pub fn source(id: ShaderId) -> &'static str {
         ShaderId::Matmul => MATMUL,
         ShaderId::MatmulVec4 => MATMUL_VEC4,
         ShaderId::Norm => NORM,
+        ShaderId::Attention => ATTENTION,
+        ShaderId::Embedding => EMBEDDING,
         ShaderId::Conv => CONV,
         ShaderId::Pool => POOL,
         ShaderId::Concat => CONCAT,
@@ -84,12 +94,14 @@ pub fn source(id: ShaderId) -> &'static str {
 }
 
 /// Every kernel family.
-pub const ALL: [ShaderId; 9] = [
+pub const ALL: [ShaderId; 11] = [
     ShaderId::Elementwise,
     ShaderId::Softmax,
     ShaderId::Matmul,
     ShaderId::MatmulVec4,
     ShaderId::Norm,
+    ShaderId::Attention,
+    ShaderId::Embedding,
     ShaderId::Conv,
     ShaderId::Pool,
     ShaderId::Concat,

@@ -20,6 +20,7 @@ use super::context::PipelineKey;
 use super::shaders::ShaderId;
 
 mod cnn;
+mod transformer;
 
 /// Which matmul kernel to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -131,6 +132,7 @@ pub fn has_kernel(op: &dyn Op) -> bool {
         || any.is::<Linear>()
         || any.is::<MatMul>()
         || cnn::has_kernel(op)
+        || transformer::has_kernel(op)
 }
 
 /// Picks the kernel for `op` on inputs of these dtypes and shapes. `fused`
@@ -150,6 +152,9 @@ pub(crate) fn select(
     // packed weights (u8/i8/f16) or integer indices. Each returns
     // `Ok(None)` for ops that are not theirs.
     if let Some(k) = cnn::select(op, inputs, caps)? {
+        return Ok(k);
+    }
+    if let Some(k) = transformer::select(op, inputs, caps)? {
         return Ok(k);
     }
     if let Some((i, (dt, _))) = inputs.iter().enumerate().find(|(_, (dt, _))| *dt != DType::F32) {
