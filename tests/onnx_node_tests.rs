@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::Message;
-use wginfer::backend::gpu::{AdapterChoice, GpuContext};
+use wginfer::backend::gpu::{AdapterChoice, GpuContext, Placement};
 use wginfer::model::onnx::{import_bytes, proto, read_tensor_proto, ImportOptions};
 use wginfer::{DType, Device, Session, Tensor};
 
@@ -89,9 +89,21 @@ fn data_dir() -> Result<PathBuf, String> {
 }
 
 enum Outcome {
-    Pass,
-    Fail(String),
+    /// The importer rejected the model (counts for every device).
     Unsupported(String),
+    /// It imported; one result per device, in the order of the devices.
+    Ran(Vec<DeviceResult>),
+}
+
+/// One device's result on one test.
+#[derive(Default)]
+struct DeviceResult {
+    /// The first mismatch or error, if any.
+    fail: Option<String>,
+    /// On a GPU session: nodes the plan placed on the CPU (a fallback), with the reason.
+    fallback: Option<String>,
+    /// Time in session creation and runs.
+    time: std::time::Duration,
 }
 
 fn close(got: &Tensor, want: &Tensor) -> Result<(), String> {
@@ -134,6 +146,7 @@ fn run_test(dir: &Path, model: &proto::ModelProto, bytes: &[u8], devices: &[Devi
     if sets.is_empty() {
         return Outcome::Unsupported("no test_data_set".into());
     }
+    let mut results: Vec<DeviceResult> = devices.iter().map(|_| DeviceResult::default()).collect();
     for set in sets {
         let read = |kind: &str, i: usize| -> Result<Tensor, String> {
             let p = set.join(format!("{kind}_{i}.pb"));
@@ -167,33 +180,65 @@ fn run_test(dir: &Path, model: &proto::ModelProto, bytes: &[u8], devices: &[Devi
             Ok(m) => m,
             Err(e) => return Outcome::Unsupported(e.to_string()),
         };
-        for device in devices {
-            let session = match Session::new(&m, device.clone()) {
-                Ok(s) => s,
-                Err(e) => return Outcome::Fail(format!("{device}: session: {e}")),
-            };
-            let got = match session.run(feeds.clone()) {
-                Ok(g) => g,
-                Err(e) => return Outcome::Fail(format!("{device}: run: {e}")),
-            };
-            for (name, want) in output_names.iter().zip(&wants) {
-                let Some(g) = got.get(*name) else {
-                    return Outcome::Fail(format!("{device}: no output `{name}`"));
-                };
-                if let Err(e) = close(g, want) {
-                    return Outcome::Fail(format!("{device}: output `{name}`: {e}"));
-                }
+        for (device, result) in devices.iter().zip(&mut results) {
+            if result.fail.is_some() {
+                continue;
+            }
+            let t0 = std::time::Instant::now();
+            result.fail = run_on(&m, device, &feeds, &output_names, &wants, &mut result.fallback).err();
+            result.time += t0.elapsed();
+        }
+    }
+    Outcome::Ran(results)
+}
+
+/// One data set on one device: `Err` on a mismatch or error. Records in
+/// `fallback` whether a GPU plan put any node on the CPU.
+fn run_on(
+    m: &wginfer::Model,
+    device: &Device,
+    feeds: &[(String, Tensor)],
+    output_names: &[&str],
+    wants: &[Tensor],
+    fallback: &mut Option<String>,
+) -> Result<(), String> {
+    let session = Session::new(m, device.clone()).map_err(|e| format!("session: {e}"))?;
+    let shapes: Vec<Vec<usize>> = session
+        .graph()
+        .inputs()
+        .iter()
+        .map(|i| {
+            feeds
+                .iter()
+                .find(|(n, _)| *n == i.name)
+                .map(|(_, t)| t.shape().to_vec())
+                .unwrap_or_default()
+        })
+        .collect();
+    if let Some(plan) = session.gpu_plan(Some(&shapes)) {
+        let plan = plan.map_err(|e| format!("plan: {e}"))?;
+        for n in &plan.nodes {
+            if let Placement::Cpu { reason } = &n.placement {
+                fallback.get_or_insert_with(|| format!("{} ({}): {reason}", n.node, n.op));
             }
         }
     }
-    Outcome::Pass
+    let got = session.run(feeds.to_vec()).map_err(|e| format!("run: {e}"))?;
+    for (name, want) in output_names.iter().zip(wants) {
+        let g = got.get(*name).ok_or_else(|| format!("no output `{name}`"))?;
+        close(g, want).map_err(|e| format!("output `{name}`: {e}"))?;
+    }
+    Ok(())
 }
 
+/// Counts for one op (or the multi-node tests) on one device.
 #[derive(Default)]
 struct Count {
     pass: usize,
     fail: Vec<String>,
     unsupported: Vec<String>,
+    /// GPU: passing tests with a node on the CPU (first reason each).
+    fallback: Vec<String>,
 }
 
 #[test]
@@ -224,14 +269,21 @@ fn onnx_backend_node_tests() {
         }
     }
     if gpu_ctx.is_none() {
+        if std::env::var("WGINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+            panic!(
+                "WGINFER_REQUIRE_GPU=1 but no wgpu adapter could be opened (install mesa-vulkan-drivers for lavapipe)"
+            );
+        }
         println!("SKIPPED (GPU part): no wgpu adapter (software or hardware)");
     }
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
         .unwrap_or_default();
     dirs.sort();
-    let mut per_op: BTreeMap<String, Count> = BTreeMap::new();
-    let mut multi = Count::default();
+    // Counts per device, per op.
+    let mut per_op: Vec<BTreeMap<String, Count>> = devices.iter().map(|_| BTreeMap::new()).collect();
+    let mut multi: Vec<Count> = devices.iter().map(|_| Count::default()).collect();
+    let mut times = vec![std::time::Duration::ZERO; devices.len()];
     for dir in &dirs {
         let name = dir
             .file_name()
@@ -252,52 +304,96 @@ fn onnx_backend_node_tests() {
         if !single && (ops.is_empty() || !ops.iter().all(|o| CLAIMED.contains(o))) {
             continue;
         }
-        let count = if single {
-            per_op.entry(ops[0].to_string()).or_default()
-        } else {
-            &mut multi
-        };
-        match run_test(dir, &model, &bytes, &devices) {
-            Outcome::Pass => count.pass += 1,
-            Outcome::Fail(why) => count.fail.push(format!("{name}: {why}")),
-            Outcome::Unsupported(why) => count.unsupported.push(format!("{name}: {why}")),
+        let outcome = run_test(dir, &model, &bytes, &devices);
+        for d in 0..devices.len() {
+            let count = if single {
+                per_op[d].entry(ops[0].to_string()).or_default()
+            } else {
+                &mut multi[d]
+            };
+            match &outcome {
+                Outcome::Unsupported(why) => count.unsupported.push(format!("{name}: {why}")),
+                Outcome::Ran(results) => {
+                    let r = &results[d];
+                    times[d] += r.time;
+                    match &r.fail {
+                        Some(why) => count.fail.push(format!("{name}: {}: {why}", devices[d])),
+                        None => {
+                            count.pass += 1;
+                            if let Some(f) = &r.fallback {
+                                count.fallback.push(format!("{name}: {f}"));
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
     println!("\nONNX node tests from {}", root.display());
-    println!(
-        "devices: {}",
-        devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-    );
-    println!("{:<22} {:>5} {:>5} {:>12}", "op", "pass", "fail", "unsupported");
-    let (mut p, mut f, mut u) = (0, 0, 0);
-    for (op, c) in &per_op {
-        println!("{op:<22} {:>5} {:>5} {:>12}", c.pass, c.fail.len(), c.unsupported.len());
-        p += c.pass;
-        f += c.fail.len();
-        u += c.unsupported.len();
+    let ops: Vec<&String> = per_op[0].keys().collect();
+    // One column group per device: pass / fail, and on a GPU how many of the
+    // passes had a node placed on the CPU.
+    let mut header = format!("{:<22}", "op");
+    for d in &devices {
+        let label = d.to_string();
+        if matches!(d, Device::Gpu(_)) {
+            header += &format!(" | {label:>13} pass fail (cpu fallback)");
+        } else {
+            header += &format!(" | {label:>13} pass fail");
+        }
     }
-    println!("{:<22} {p:>5} {f:>5} {u:>12}", "total (single-node)");
-    println!(
-        "{:<22} {:>5} {:>5} {:>12}   (expanded function bodies; informational)",
-        "multi-node",
-        multi.pass,
-        multi.fail.len(),
-        multi.unsupported.len()
-    );
+    header += " | unsupported";
+    println!("{header}");
+    let row = |label: &str, counts: &[&Count]| {
+        let mut line = format!("{label:<22}");
+        for (d, c) in devices.iter().zip(counts) {
+            line += &format!(" | {:>18} {:>4}", c.pass, c.fail.len());
+            if matches!(d, Device::Gpu(_)) {
+                line += &format!(" {:>14}", format!("({})", c.fallback.len()));
+            }
+        }
+        line += &format!(" | {:>11}", counts[0].unsupported.len());
+        println!("{line}");
+    };
+    let mut totals: Vec<Count> = devices.iter().map(|_| Count::default()).collect();
+    for op in &ops {
+        let counts: Vec<&Count> = per_op.iter().map(|m| &m[*op]).collect();
+        row(op, &counts);
+        for (t, c) in totals.iter_mut().zip(&counts) {
+            t.pass += c.pass;
+            t.fail.extend(c.fail.iter().cloned());
+            t.unsupported.extend(c.unsupported.iter().cloned());
+            t.fallback.extend(c.fallback.iter().cloned());
+        }
+    }
+    row("total (single-node)", &totals.iter().collect::<Vec<_>>());
+    row("multi-node (info)", &multi.iter().collect::<Vec<_>>());
+    for (d, t) in devices.iter().zip(&times) {
+        println!("time on {d}: {:.2} s (session creation and runs)", t.as_secs_f64());
+    }
     for op in CLAIMED {
-        if !per_op.contains_key(*op) {
+        if !per_op[0].contains_key(*op) {
             println!("note: no single-node test found for {op}");
         }
     }
-    for (op, c) in &per_op {
+    for (op, c) in &per_op[0] {
         for why in &c.unsupported {
             println!("unsupported [{op}] {why}");
         }
     }
-    for why in &multi.fail {
-        println!("multi-node FAIL {why}");
+    for (d, m) in devices.iter().zip(&per_op) {
+        for (op, c) in m {
+            for why in &c.fallback {
+                println!("cpu fallback on {d} [{op}] {why}");
+            }
+        }
     }
-    let failures: Vec<&String> = per_op.values().flat_map(|c| &c.fail).collect();
+    for m in &multi {
+        for why in &m.fail {
+            println!("multi-node FAIL {why}");
+        }
+    }
+    let failures: Vec<&String> = per_op.iter().flat_map(|m| m.values()).flat_map(|c| &c.fail).collect();
     for why in &failures {
         println!("FAIL {why}");
     }
