@@ -1,7 +1,7 @@
 //! ONNX import end to end: the digits CNN and MLP exported to ONNX by
 //! `models/digits-cnn/train.py` match onnxruntime's committed outputs within
 //! 1e-4 on every test sample (CPU, CPU reference, and a software GPU adapter
-//! when one exists); `convert` writes a model that loads and runs the
+//! when one exists, with every node on the GPU); `convert` writes a model that loads and runs the
 //! same; corrupt files, missing external data and unsupported ops give clear
 //! errors.
 
@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use prost::Message;
-use wginfer::backend::gpu::GpuContext;
+use wginfer::backend::gpu::{GpuContext, Placement};
 use wginfer::model::load_tensors;
 use wginfer::model::onnx::{import_bytes, proto, ImportOptions};
 use wginfer::{AdapterChoice, Device, Model, Session, Tensor};
@@ -50,6 +50,18 @@ fn check_against_onnxruntime(model: &str, reference: &str, image: bool) -> (f32,
     }
     for device in devices {
         let s = Session::new(&m, device.clone()).unwrap();
+        if let Some(plan) = s.gpu_plan(Some(&[x.shape().to_vec()])) {
+            // Every node on the GPU: no CPU fallback hides in the numbers.
+            for n in &plan.unwrap().nodes {
+                assert!(
+                    !matches!(n.placement, Placement::Cpu { .. }),
+                    "{model}: node {} ({}) ran on the CPU: {:?}",
+                    n.node,
+                    n.op,
+                    n.placement
+                );
+            }
+        }
         let got = s.run([("input", x.clone())]).unwrap()["probabilities"].clone();
         let d = max_diff(&got, &want);
         println!(
@@ -270,7 +282,11 @@ fn a_1d_conv_runs_as_a_2d_conv_over_a_height_of_one() {
     };
     let m = import_bytes(&model.encode_to_vec(), Path::new("."), &ImportOptions::default()).unwrap();
     let x = Tensor::from_vec(vec![1, 1, 5], vec![1.0f32, 2.0, 3.0, 4.0, 5.0]).unwrap();
-    for device in [Device::Cpu, Device::CpuReference] {
+    let mut devices = vec![Device::Cpu, Device::CpuReference];
+    if GpuContext::shared(&AdapterChoice::Software).is_ok() {
+        devices.push(Device::Gpu(AdapterChoice::Software));
+    }
+    for device in devices {
         let y = Session::new(&m, device).unwrap().run([("x", x.clone())]).unwrap();
         assert_eq!(y["y"].shape(), &[1, 1, 5]);
         assert_eq!(y["y"].as_f32().unwrap(), &[1.0, 3.0, 5.0, 7.0, 9.0]);
