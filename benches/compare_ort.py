@@ -115,6 +115,7 @@ def main():
         sys.exit(f"no wginfer binary at {args.wginfer}: run `cargo build --release` first (or pass --wginfer)")
     batches = [int(b) for b in args.batch.split(",")]
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    env.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())  # wgpu lists adapters for the JSON
 
     tmp = tempfile.mkdtemp()
     big = os.path.join(tmp, "mlp_784_512_512_10.onnx")

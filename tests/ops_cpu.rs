@@ -23,6 +23,25 @@ fn check(case: &OpCase) {
     for (g, w) in got.iter().zip(&want) {
         assert_close(g, w, tolerance(case.op.validation(), w.dtype()), &case.name);
     }
+    // The fast path on data prepared from constant inputs (as a session
+    // prepares it from the model's parameters): every input after the first
+    // taken as a constant.
+    let consts: Vec<Option<&wginfer::Tensor>> = inputs.iter().enumerate().map(|(i, t)| (i > 0).then_some(*t)).collect();
+    if let Some(prepared) = case.op.prepare_cpu(&consts) {
+        let got = case
+            .op
+            .cpu_prepared(&inputs, &prepared)
+            .unwrap_or_else(|e| panic!("{}: prepared fast path failed: {e}", case.name));
+        assert_eq!(got.len(), want.len(), "{}", case.name);
+        for (g, w) in got.iter().zip(&want) {
+            assert_close(
+                g,
+                w,
+                tolerance(case.op.validation(), w.dtype()),
+                &format!("{} (prepared)", case.name),
+            );
+        }
+    }
     // Shape inference predicts the reference's outputs.
     let types: Vec<ValueType> = case
         .inputs

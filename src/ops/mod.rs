@@ -95,6 +95,32 @@ pub trait Op: fmt::Debug + Send + Sync + Any {
 
     /// The op as `Any`, so a backend can read a concrete op's attributes.
     fn as_any(&self) -> &dyn Any;
+
+    /// Data the fast CPU path derives once per session from the node's
+    /// constant inputs (`consts[i]` is `Some` where input `i` is a model
+    /// parameter), e.g. a weight in the layout its matmul reads fastest.
+    /// `None` (the default): nothing to prepare.
+    fn prepare_cpu(&self, _consts: &[Option<&Tensor>]) -> Option<Prepared> {
+        None
+    }
+
+    /// The fast CPU path given what [`Op::prepare_cpu`] returned for these
+    /// constants; the inputs are the same as for [`Op::cpu`]. Must compute
+    /// what [`Op::cpu`] computes.
+    fn cpu_prepared(&self, inputs: &[&Tensor], _prepared: &Prepared) -> Result<Vec<Tensor>, OpError> {
+        self.cpu(inputs)
+    }
+}
+
+/// What [`Op::prepare_cpu`] derived for one node, shared by every run of a
+/// session.
+#[derive(Clone)]
+pub struct Prepared(pub Arc<dyn Any + Send + Sync>);
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Prepared")
+    }
 }
 
 /// A registered op type: how to build it from attributes, and its test cases.

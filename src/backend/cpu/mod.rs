@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::error::RunError;
 use crate::graph::Graph;
+use crate::ops::Prepared;
 use crate::plan::{ExecPlan, Source};
 use crate::tensor::Tensor;
 
@@ -23,14 +24,42 @@ pub enum CpuKernels {
 pub struct CpuExecutor {
     plan: ExecPlan,
     kernels: CpuKernels,
+    /// Per plan step, what the op prepared from its constant inputs.
+    prepared: Vec<Option<Prepared>>,
 }
 
 impl CpuExecutor {
     /// Plans the graph.
     pub fn new(graph: &Graph, kernels: CpuKernels) -> Self {
+        let plan = ExecPlan::new(graph);
+        let prepared = vec![None; plan.steps.len()];
         Self {
-            plan: ExecPlan::new(graph),
+            plan,
             kernels,
+            prepared,
+        }
+    }
+
+    /// Lets each op of the fast path derive what it needs from the model's
+    /// parameters once (see [`crate::ops::Op::prepare_cpu`]), instead of on
+    /// every run. Runs must then be given the same `params`. A no-op for the
+    /// reference kernels, which stay the plain code the tests trust.
+    pub fn prepare(&mut self, graph: &Graph, params: &HashMap<String, Tensor>) {
+        if self.kernels == CpuKernels::Reference {
+            return;
+        }
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            let consts: Vec<Option<&Tensor>> = step
+                .inputs
+                .iter()
+                .map(|src| match src {
+                    Source::Param(p) => params.get(p),
+                    Source::Slot(_) => None,
+                })
+                .collect();
+            if consts.iter().any(Option::is_some) {
+                self.prepared[i] = graph.nodes()[step.node].op.prepare_cpu(&consts);
+            }
         }
     }
 
@@ -51,7 +80,7 @@ impl CpuExecutor {
         for (&s, t) in self.plan.input_slots.iter().zip(inputs) {
             slots[s] = Some(t);
         }
-        for step in &self.plan.steps {
+        for (i, step) in self.plan.steps.iter().enumerate() {
             let node = &graph.nodes()[step.node];
             let node_err = |source| RunError::Node {
                 node: node.name.clone(),
@@ -63,9 +92,10 @@ impl CpuExecutor {
                 for src in &step.inputs {
                     ins.push(fetch(src, &slots, params, &self.plan.slot_names).map_err(node_err)?);
                 }
-                match self.kernels {
-                    CpuKernels::Fast => node.op.cpu(&ins),
-                    CpuKernels::Reference => node.op.reference(&ins),
+                match (self.kernels, &self.prepared[i]) {
+                    (CpuKernels::Fast, Some(p)) => node.op.cpu_prepared(&ins, p),
+                    (CpuKernels::Fast, None) => node.op.cpu(&ins),
+                    (CpuKernels::Reference, _) => node.op.reference(&ins),
                 }
                 .map_err(node_err)?
             };
