@@ -90,6 +90,78 @@ fn bench_gpu_matmul(c: &mut Criterion, inputs: &[Tensor], n: usize) {
     g.finish();
 }
 
+/// A session on the GPU software adapter for a chain of single-input layers
+/// `x -> op_0 -> op_1 -> ... -> y` whose other inputs are weights (named in
+/// `weights`, one list per layer, in the op's input order after x).
+fn gpu_chain(
+    name: &str,
+    x_shape: &[usize],
+    layers: Vec<(Arc<dyn Op>, Vec<Tensor>)>,
+) -> Result<Session, wginfer::Error> {
+    use wginfer::graph::{Graph, Node, ParamInfo, ValueInfo};
+    use wginfer::tensor::ValueType;
+    let mut params = std::collections::HashMap::new();
+    let mut infos = Vec::new();
+    let mut nodes = Vec::new();
+    let mut types = vec![ValueType::known(wginfer::DType::F32, x_shape)];
+    let mut prev = "x".to_string();
+    for (li, (op, weights)) in layers.into_iter().enumerate() {
+        let mut inputs = vec![prev.clone()];
+        for (wi, w) in weights.into_iter().enumerate() {
+            let pname = format!("l{li}.w{wi}");
+            infos.push(ParamInfo::plain(&pname, w.dtype(), w.shape().to_vec()));
+            types.push(ValueType::known(w.dtype(), w.shape()));
+            params.insert(pname.clone(), w);
+            inputs.push(pname);
+        }
+        let out = op.infer(&types)?.remove(0);
+        types = vec![out];
+        let oname = format!("h{li}");
+        nodes.push(Node {
+            name: format!("layer{li}"),
+            op,
+            inputs,
+            outputs: vec![oname.clone()],
+        });
+        prev = oname;
+    }
+    let x = ValueInfo {
+        name: "x".into(),
+        ty: ValueType::known(wginfer::DType::F32, x_shape),
+    };
+    let y = ValueInfo {
+        name: prev,
+        ty: types.remove(0),
+    };
+    let g = Graph::new(name, vec![x], vec![y], infos, nodes)?;
+    let model = Model::new(g, params)?;
+    Session::new(&model, Device::Gpu(wginfer::AdapterChoice::Software))
+}
+
+/// Times a [`gpu_chain`] session: upload of x, every dispatch, read-back of y.
+fn bench_gpu(
+    c: &mut Criterion,
+    group: &str,
+    label: &str,
+    throughput: u64,
+    session: Result<Session, wginfer::Error>,
+    x: &Tensor,
+) {
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("SKIPPED: {group}/gpu-software {label}: {e}");
+            return;
+        }
+    };
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(throughput));
+    g.bench_function(BenchmarkId::new("gpu-software", label), |b| {
+        b.iter(|| black_box(session.run([("x", x.clone())])))
+    });
+    g.finish();
+}
+
 fn linear(c: &mut Criterion) {
     let mut rng = CaseRng::new(8);
     for (m, k, n) in [(1usize, 1024usize, 1024usize), (64, 1024, 1024)] {
@@ -118,7 +190,11 @@ fn qlinear(c: &mut Criterion) {
             &format!("f32 {m}x{k}->{n}"),
             false,
         );
+        let flops = 2 * (m * k * n) as u64;
+        let s = gpu_chain("linear", &[m, k], vec![(Arc::new(Linear), vec![w.clone(), b.clone()])]);
+        bench_gpu(c, "qlinear", &format!("f32 {m}x{k}->{n}"), flops, s, &x);
         for format in [
+            WeightFormat::F16,
             WeightFormat::Int8 { affine: false },
             WeightFormat::W8A8,
             WeightFormat::Int4 {
@@ -131,6 +207,8 @@ fn qlinear(c: &mut Criterion) {
             let Ok(packed) = quant::quantize_weight(&format, wf, n, k) else {
                 return;
             };
+            let mut weights = packed.clone();
+            weights.push(b.clone());
             let mut inputs = vec![x.clone()];
             inputs.extend(packed);
             inputs.push(b.clone());
@@ -139,6 +217,8 @@ fn qlinear(c: &mut Criterion) {
                 in_features: k,
                 out_features: n,
             };
+            let s = gpu_chain("qlinear", &[m, k], vec![(Arc::new(op.clone()), weights)]);
+            bench_gpu(c, "qlinear", &format!("{format} {m}x{k}->{n}"), flops, s, &x);
             bench_op(
                 c,
                 "qlinear",
@@ -236,6 +316,22 @@ fn pruned(c: &mut Criterion) {
             },
         );
         g.finish();
+        let s = gpu_chain(
+            "pruned",
+            &[64, 1024],
+            vec![
+                (Arc::new(Linear), vec![w1.clone(), b1.clone()]),
+                (Arc::new(Linear), vec![w2.clone()]),
+            ],
+        );
+        bench_gpu(
+            c,
+            "pruned-layers",
+            &format!("{label} 1024->{hidden}->1024 batch 64"),
+            64,
+            s,
+            &x,
+        );
     }
     let root = env!("CARGO_MANIFEST_DIR");
     let Ok(model) = Model::load(format!("{root}/models/digits-mlp/model.safetensors")) else {

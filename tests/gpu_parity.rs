@@ -16,6 +16,7 @@ use wginfer::backend::gpu::{
     has_kernel, list_adapters, AdapterChoice, GpuContext, GpuExecutor, GpuOptions, MatmulKernel, Placement,
 };
 use wginfer::graph::{Graph, Node, ValueInfo};
+use wginfer::ops::qlinear::QLinear;
 use wginfer::ops::{CaseRng, OpCase, REGISTRY};
 use wginfer::tensor::ValueType;
 use wginfer::{DType, Device, Model, Session, Tensor};
@@ -119,11 +120,13 @@ fn check_case(ctx: &Arc<GpuContext>, case: &OpCase, options: &GpuOptions) -> Opt
     ));
     let report = report.unwrap_or_else(|e| panic!("{}: plan: {e}", case.name));
     let all_f32 = case.inputs.iter().all(|t| t.dtype() == DType::F32);
+    // QLinear kernels read the packed (u8/i8/f16) tensors themselves.
+    let qlinear = case.op.as_any().downcast_ref::<QLinear>();
     let mut fallback = None;
     for n in &report.nodes {
         if let Placement::Cpu { reason } = &n.placement {
             assert!(
-                !(has_kernel(&*case.op) && all_f32),
+                !(has_kernel(&*case.op) && (all_f32 || qlinear.is_some())),
                 "{}: node ran on the CPU, not the GPU: {reason}",
                 case.name
             );
@@ -134,7 +137,10 @@ fn check_case(ctx: &Arc<GpuContext>, case: &OpCase, options: &GpuOptions) -> Opt
         .run(case.inputs.clone())
         .unwrap_or_else(|e| panic!("{}: run: {e}", case.name));
     let want = case.op.reference(&case.input_refs()).expect("reference");
-    let tol = common::tolerance(case.op.validation(), DType::F32);
+    let tol = match qlinear {
+        Some(q) => common::qlinear_tolerance(&q.format, &case.inputs),
+        None => common::tolerance(case.op.validation(), DType::F32),
+    };
     assert_eq!(got.len(), want.len(), "{}: output count", case.name);
     for (i, w) in want.iter().enumerate() {
         common::assert_close(&got[&format!("y{i}")], w, tol, &format!("{} (output {i})", case.name));
@@ -508,7 +514,10 @@ fn profiled_runs_report_kernel_time_within_the_wall_time() {
     let (out, kernel) = gpu.run_profiled([("input", input.clone())]).expect("profiled run");
     let wall = t0.elapsed();
     // Profiling changes nothing in the results.
-    assert_eq!(out["probabilities"].as_f32().unwrap(), plain["probabilities"].as_f32().unwrap());
+    assert_eq!(
+        out["probabilities"].as_f32().unwrap(),
+        plain["probabilities"].as_f32().unwrap()
+    );
     let has = ctx.adapter().timestamp_query;
     match kernel {
         Some(k) => {
@@ -529,6 +538,43 @@ fn profiled_runs_report_kernel_time_within_the_wall_time() {
 }
 
 #[test]
+fn qlinear_portable_kernels_match_too() {
+    // The registry cases ran with the adapter's features (native f16 and
+    // dot4I8Packed where available); the fallbacks must agree as well.
+    let Some(ctx) = gpu() else { return };
+    let options = GpuOptions {
+        portable_kernels: true,
+        ..GpuOptions::default()
+    };
+    let def = REGISTRY
+        .iter()
+        .find(|d| d.op_type == "QLinear")
+        .expect("QLinear is registered");
+    let mut n = 0;
+    for case in (def.cases)() {
+        assert!(check_case(&ctx, &case, &options).is_none(), "{}", case.name);
+        n += 1;
+    }
+    // Larger batched shapes: several 64-row tiles, aligned and not.
+    let mut rng = CaseRng::new(31);
+    let mut formats = wginfer::quant::all_formats();
+    formats.push(wginfer::quant::WeightFormat::NM { n: 2, m: 4 });
+    for f in formats {
+        for (m, k, n_out) in [(70, 256, 40), (9, 130, 67)] {
+            let case = wginfer::ops::qlinear::case(&mut rng, f, m, k, n_out, true);
+            assert!(
+                check_case(&ctx, &case, &GpuOptions::default()).is_none(),
+                "{}",
+                case.name
+            );
+            assert!(check_case(&ctx, &case, &options).is_none(), "{}", case.name);
+            n += 1;
+        }
+    }
+    say(&format!("qlinear: {n} cases on the GPU with portable kernels too"));
+}
+
+#[test]
 fn sentence_embedding_ops_run_on_the_gpu() {
     // Gather's indices are i64/i32, so the generic test above allows a CPU
     // fallback for it; these ops must not fall back, on any of their cases.
@@ -545,4 +591,102 @@ fn sentence_embedding_ops_run_on_the_gpu() {
         }
         say(&format!("{name}: {} cases on the GPU match the reference", cases.len()));
     }
+}
+
+/// `(bytes of the parameters some node reads, how many)` of a model.
+fn read_param_bytes(model: &Model) -> (u64, u64) {
+    let read: std::collections::HashSet<&str> = model
+        .graph()
+        .nodes()
+        .iter()
+        .flat_map(|n| n.inputs.iter().map(|s| s.as_str()))
+        .collect();
+    let mut bytes = 0;
+    let mut count = 0;
+    for p in model.graph().params() {
+        if read.contains(p.name.as_str()) {
+            bytes += model.param(&p.name).expect("param").size_in_bytes() as u64;
+            count += 1;
+        }
+    }
+    (bytes, count)
+}
+
+#[test]
+fn quantized_digits_mlp_holds_only_packed_weights_on_the_gpu() {
+    let Some(ctx) = gpu() else { return };
+    let (model, input, _) = digits();
+    let x = input.slice_rows(0, 65).unwrap();
+    let (f32_bytes, _) = read_param_bytes(&model);
+    let mut formats = wginfer::quant::all_formats();
+    formats.push(wginfer::quant::WeightFormat::NM { n: 2, m: 4 });
+    for format in formats {
+        let opts = wginfer::optimize::QuantizeOptions::new(format);
+        let (q, _) = wginfer::optimize::quantize(&model, &opts, |_, _| {}).expect("quantize");
+        let exec = GpuExecutor::new(q.graph_arc(), q.params_arc(), ctx.clone(), GpuOptions::default()).unwrap();
+        let (packed, tensors) = read_param_bytes(&q);
+        let held = exec.param_bytes();
+        assert!(
+            held >= packed && held <= packed + 3 * tensors,
+            "{format}: {held} bytes on the device, packed size {packed} (+ up to 3 padding bytes x {tensors} tensors)"
+        );
+        assert!(held < f32_bytes, "{format}: {held} bytes held, f32 model {f32_bytes}");
+        let plan = exec.plan_report(Some(&[vec![65, 64]])).unwrap();
+        assert_eq!(plan.weight_bytes, held);
+        for n in &plan.nodes {
+            assert!(
+                !matches!(n.placement, Placement::Cpu { .. }),
+                "{format}: {} on the CPU\n{plan}",
+                n.node
+            );
+        }
+        // Same answers as the quantized model on the CPU.
+        let cpu = Session::new(&q, Device::Cpu).unwrap();
+        let want = cpu.run([("input", x.clone())]).unwrap();
+        let got = exec.run(vec![x.clone()]).unwrap();
+        let (g, c) = (got["probabilities"].to_f32_vec(), want["probabilities"].to_f32_vec());
+        let worst = g.iter().zip(&c).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        let tol = if format == wginfer::quant::WeightFormat::W8A8 {
+            1e-3
+        } else {
+            1e-5
+        };
+        assert!(worst <= tol, "{format}: max |Δprob| {worst:e}");
+        say(&format!(
+            "{format}: {held} weight bytes on the GPU (f32: {f32_bytes}), max |Δprob| vs CPU {worst:.1e}"
+        ));
+    }
+}
+
+#[test]
+fn pruned_masks_stay_on_the_host_and_results_match() {
+    // Unstructured pruning zeroes the weights and stores a bit mask beside
+    // each; no op reads the mask at run time (the zeroed dense weight is the
+    // layer), so it is not uploaded and the plain Linear kernel runs.
+    let Some(ctx) = gpu() else { return };
+    let (model, input, _) = digits();
+    let x = input.slice_rows(0, 40).unwrap();
+    let opts = wginfer::optimize::PruneOptions::new(
+        wginfer::optimize::PruneMethod::Unstructured(wginfer::prune::Importance::Magnitude),
+        0.7,
+    );
+    let (pruned, _) = wginfer::optimize::prune(&model, &opts, |_| {}).expect("prune");
+    assert!(
+        pruned.graph().params().iter().any(|p| p.name.ends_with(".mask")),
+        "unstructured pruning stores masks"
+    );
+    let exec = GpuExecutor::new(pruned.graph_arc(), pruned.params_arc(), ctx, GpuOptions::default()).unwrap();
+    let (read, tensors) = read_param_bytes(&pruned);
+    assert!(exec.param_bytes() >= read && exec.param_bytes() <= read + 3 * tensors);
+    let plan = exec.plan_report(Some(&[vec![40, 64]])).unwrap();
+    assert!(
+        plan.nodes.iter().all(|n| !matches!(n.placement, Placement::Cpu { .. })),
+        "{plan}"
+    );
+    let want = Session::new(&pruned, Device::Cpu)
+        .unwrap()
+        .run([("input", x.clone())])
+        .unwrap();
+    let got = exec.run(vec![x]).unwrap();
+    compare_probs(&got["probabilities"], &want["probabilities"], "pruned 70%");
 }

@@ -12,13 +12,26 @@ use wginfer::backend::gpu::shaders::{self, ShaderId};
 
 fn parse(name: &str, src: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
-    let info = Validator::new(ValidationFlags::all(), Capabilities::default())
+    // Kernels that `enable f16` are only used where the device has SHADER_F16.
+    let caps = if src.contains("enable f16;") {
+        Capabilities::default() | Capabilities::SHADER_FLOAT16
+    } else {
+        Capabilities::default()
+    };
+    let info = Validator::new(ValidationFlags::all(), caps)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
     (module, info)
 }
 
-fn write_all(name: &str, module: &naga::Module, info: &naga::valid::ModuleInfo, stage: naga::ShaderStage, entry: &str) {
+fn write_all(
+    name: &str,
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    stage: naga::ShaderStage,
+    entry: &str,
+    f16: bool,
+) {
     let spv = naga::back::spv::write_vec(module, info, &naga::back::spv::Options::default(), None)
         .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e}"));
     assert!(!spv.is_empty());
@@ -33,12 +46,25 @@ fn write_all(name: &str, module: &naga::Module, info: &naga::valid::ModuleInfo, 
     assert!(msl.contains("kernel"), "{name}: MSL has no kernel");
 
     let mut hlsl = String::new();
-    let hlsl_opts = naga::back::hlsl::Options::default();
+    // f16 needs shader model 6.2 on DX12.
+    let hlsl_opts = naga::back::hlsl::Options {
+        shader_model: if f16 {
+            naga::back::hlsl::ShaderModel::V6_2
+        } else {
+            naga::back::hlsl::Options::default().shader_model
+        },
+        ..Default::default()
+    };
     let hlsl_pipe = naga::back::hlsl::PipelineOptions::default();
     naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_opts, &hlsl_pipe)
         .write(module, info, None)
         .unwrap_or_else(|e| panic!("{name}: HLSL: {e}"));
     assert!(hlsl.contains("numthreads"), "{name}: HLSL has no compute entry");
+
+    if f16 {
+        // wgpu's GL backend never offers SHADER_F16, so an f16 kernel is never compiled to GLSL.
+        return;
+    }
 
     let mut glsl = String::new();
     let glsl_opts = naga::back::glsl::Options {
@@ -92,7 +118,7 @@ fn every_kernel_validates_and_translates_to_every_backend() {
                     &constants,
                 )
                 .unwrap_or_else(|e| panic!("{name}: overrides: {e}"));
-                write_all(&name, &m, &i, ep.stage, &ep.name);
+                write_all(&name, &m, &i, ep.stage, &ep.name, id.needs_f16());
                 checked += 1;
             }
         }

@@ -33,6 +33,27 @@ pub fn tolerance(v: Validation, dtype: DType) -> Tolerance {
     }
 }
 
+/// The tolerance of a `QLinear` output computed on another backend than the
+/// reference. Weight-only formats dequantize to the very same f32 weights
+/// everywhere, so only accumulation differs: `Approximate`. W8A8 also
+/// quantizes activations at run time, and a backend whose division is not
+/// exactly rounded (WGSL promises 2.5 ULP) may round an activation that sits
+/// on a .5 boundary the other way: allow two activation steps
+/// (`s_x = max|x_row|/127`) times the largest weight (`127·s_w`) per output.
+pub fn qlinear_tolerance(format: &wginfer::quant::WeightFormat, inputs: &[Tensor]) -> Tolerance {
+    let base = tolerance(Validation::Approximate, DType::F32);
+    if *format != wginfer::quant::WeightFormat::W8A8 {
+        return base;
+    }
+    let max_abs = |t: &Tensor| t.to_f32_vec().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let step_x = max_abs(&inputs[0]) / 127.0;
+    let max_w = 127.0 * max_abs(&inputs[2]);
+    Tolerance {
+        atol: base.atol + 2.0 * step_x * max_w,
+        rtol: base.rtol,
+    }
+}
+
 /// Asserts two tensors have the same shape and dtype and values within `tol`
 /// (NaN equals NaN; infinities must match exactly). Reports the worst element.
 pub fn assert_close(got: &Tensor, want: &Tensor, tol: Tolerance, what: &str) {

@@ -44,6 +44,9 @@ pub struct GpuOptions {
     pub fuse_activations: bool,
     /// How long a run may wait for the GPU before it fails.
     pub timeout: Duration,
+    /// Only portable WGSL: no `enable f16` and no `dot4I8Packed`, even where
+    /// the adapter has them (the fallbacks every adapter runs; for tests).
+    pub portable_kernels: bool,
 }
 
 impl Default for GpuOptions {
@@ -53,6 +56,7 @@ impl Default for GpuOptions {
             matmul: MatmulKernel::Auto,
             fuse_activations: true,
             timeout: Duration::from_secs(120),
+            portable_kernels: false,
         }
     }
 }
@@ -325,8 +329,8 @@ impl GpuExecutor {
             software: ctx.adapter().software,
             matmul: options.matmul,
             backend: format!("gpu ({})", ctx.adapter().name),
-            f16: ctx.device.features().contains(wgpu::Features::SHADER_F16),
-            packed_dot: kernels::packed_dot_available(),
+            f16: !options.portable_kernels && ctx.device.features().contains(wgpu::Features::SHADER_F16),
+            packed_dot: !options.portable_kernels && kernels::packed_dot_available(),
         };
         let limit = ctx.limits.max_storage_buffer_binding_size;
         let mut param_buffers = HashMap::new();

@@ -31,6 +31,15 @@ pub enum ShaderId {
     Concat,
     /// `shaders/gemm.wgsl`: Gemm with alpha, beta, transA/transB and a broadcast C.
     Gemm,
+    /// `shaders/qlinear.wgsl`: QLinear over packed weights (every format),
+    /// with the shift-based int8 dot product of `qlinear_idot.wgsl`.
+    QLinear,
+    /// `qlinear.wgsl` with `qlinear_dp4a.wgsl`'s `dot4I8Packed` (the WGSL
+    /// language extension `packed_4x8_integer_dot_product`).
+    QLinearDp4a,
+    /// `shaders/qlinear_f16.wgsl`: QLinear over f16 weights with `enable f16`
+    /// (adapters with `SHADER_F16`).
+    QLinearF16,
 }
 
 impl ShaderId {
@@ -48,7 +57,15 @@ impl ShaderId {
             ShaderId::Pool => "pool.wgsl",
             ShaderId::Concat => "concat.wgsl",
             ShaderId::Gemm => "gemm.wgsl",
+            ShaderId::QLinear => "qlinear.wgsl",
+            ShaderId::QLinearDp4a => "qlinear_dp4a.wgsl",
+            ShaderId::QLinearF16 => "qlinear_f16.wgsl",
         }
+    }
+
+    /// True for kernels that `enable f16` (they need `SHADER_F16`).
+    pub fn needs_f16(self) -> bool {
+        self == ShaderId::QLinearF16
     }
 }
 
@@ -76,6 +93,27 @@ const MATMUL: &str = concat!(
     include_str!("../../../shaders/matmul.wgsl")
 );
 
+const QLINEAR: &str = concat!(
+    include_str!("../../../shaders/activation.wgsl"),
+    "\n",
+    include_str!("../../../shaders/qlinear_idot.wgsl"),
+    "\n",
+    include_str!("../../../shaders/qlinear.wgsl")
+);
+const QLINEAR_DP4A: &str = concat!(
+    include_str!("../../../shaders/activation.wgsl"),
+    "\n",
+    include_str!("../../../shaders/qlinear_dp4a.wgsl"),
+    "\n",
+    include_str!("../../../shaders/qlinear.wgsl")
+);
+// `enable f16;` must come first: the activation prelude is appended.
+const QLINEAR_F16: &str = concat!(
+    include_str!("../../../shaders/qlinear_f16.wgsl"),
+    "\n",
+    include_str!("../../../shaders/activation.wgsl")
+);
+
 /// The full WGSL of a kernel family, as compiled.
 pub fn source(id: ShaderId) -> &'static str {
     match id {
@@ -83,6 +121,9 @@ pub fn source(id: ShaderId) -> &'static str {
         ShaderId::Softmax => SOFTMAX,
         ShaderId::Matmul => MATMUL,
         ShaderId::MatmulVec4 => MATMUL_VEC4,
+        ShaderId::QLinear => QLINEAR,
+        ShaderId::QLinearDp4a => QLINEAR_DP4A,
+        ShaderId::QLinearF16 => QLINEAR_F16,
         ShaderId::Norm => NORM,
         ShaderId::Attention => ATTENTION,
         ShaderId::Embedding => EMBEDDING,
@@ -94,11 +135,14 @@ pub fn source(id: ShaderId) -> &'static str {
 }
 
 /// Every kernel family.
-pub const ALL: [ShaderId; 11] = [
+pub const ALL: [ShaderId; 14] = [
     ShaderId::Elementwise,
     ShaderId::Softmax,
     ShaderId::Matmul,
     ShaderId::MatmulVec4,
+    ShaderId::QLinear,
+    ShaderId::QLinearDp4a,
+    ShaderId::QLinearF16,
     ShaderId::Norm,
     ShaderId::Attention,
     ShaderId::Embedding,
@@ -110,4 +154,4 @@ pub const ALL: [ShaderId; 11] = [
 
 /// Files in `shaders/` that are not kernels themselves but are prepended to
 /// the kernels that use them.
-pub const PRELUDES: [&str; 1] = ["activation.wgsl"];
+pub const PRELUDES: [&str; 2] = ["activation.wgsl", "qlinear_idot.wgsl"];

@@ -20,7 +20,10 @@ use super::context::PipelineKey;
 use super::shaders::ShaderId;
 
 mod cnn;
+mod quant;
 mod transformer;
+
+pub(crate) use quant::packed_dot_available;
 
 /// Which matmul kernel to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,6 +45,10 @@ pub(crate) struct Caps {
     pub software: bool,
     pub matmul: MatmulKernel,
     pub backend: String,
+    /// `SHADER_F16` is enabled on the device.
+    pub f16: bool,
+    /// `dot4I8Packed` exists (WGSL `packed_4x8_integer_dot_product`).
+    pub packed_dot: bool,
 }
 
 /// A buffer bound at binding `2 + i`.
@@ -133,6 +140,7 @@ pub fn has_kernel(op: &dyn Op) -> bool {
         || any.is::<MatMul>()
         || cnn::has_kernel(op)
         || transformer::has_kernel(op)
+        || quant::has_kernel(op)
 }
 
 /// Picks the kernel for `op` on inputs of these dtypes and shapes. `fused`
@@ -155,6 +163,9 @@ pub(crate) fn select(
         return Ok(k);
     }
     if let Some(k) = transformer::select(op, inputs, caps)? {
+        return Ok(k);
+    }
+    if let Some(k) = quant::select(op, inputs, fused, caps)? {
         return Ok(k);
     }
     if let Some((i, (dt, _))) = inputs.iter().enumerate().find(|(_, (dt, _))| *dt != DType::F32) {

@@ -1,0 +1,168 @@
+//! Kernel selection for `QLinear`: one dispatch of `shaders/qlinear*.wgsl`
+//! that reads the packed weight tensors as they are stored (u32 words), for
+//! every [`WeightFormat`].
+//!
+//! Variants by adapter: f16 weights use `qlinear_f16.wgsl` (`enable f16`)
+//! where the device has `SHADER_F16`, else `qlinear.wgsl`, which widens the
+//! halves of u32 words by bit manipulation (`unpack2x16float` would need the
+//! downlevel `SHADER_F16_IN_F32`, which not every GL adapter has); W8A8 uses `dot4I8Packed` (`qlinear_dp4a.wgsl`)
+//! where the WGSL language extension `packed_4x8_integer_dot_product` is
+//! implemented, else a shift-based dot product (`qlinear_idot.wgsl`; the
+//! extension's `unpack4xI8` is not available without it either).
+
+use crate::error::Error;
+use crate::ops::activation::Activation;
+use crate::ops::qlinear::QLinear;
+use crate::ops::Op;
+use crate::quant::WeightFormat;
+use crate::tensor::{numel, DType};
+
+use super::super::context::PipelineKey;
+use super::super::shaders::ShaderId;
+use super::{act_code, constants, unsupported, Bind, Caps, DispatchSpec, NodeKernel};
+
+/// True for the ops this family has kernels for: `QLinear` in every format.
+pub(super) fn has_kernel(op: &dyn Op) -> bool {
+    op.as_any().is::<QLinear>()
+}
+
+/// True when the WGSL front end implements the language extension
+/// `packed_4x8_integer_dot_product` (`dot4I8Packed`, `unpack4xI8`). On native
+/// backends wgpu reports exactly naga's implemented extensions
+/// (`Instance::wgsl_language_features`); naga lowers the builtin to SPIR-V
+/// `OpSDot` where the device has `VK_KHR_shader_integer_dot_product`, and to
+/// a polyfill elsewhere.
+pub(crate) fn packed_dot_available() -> bool {
+    use naga::front::wgsl::ImplementedLanguageExtension as Ext;
+    Ext::all().contains(&Ext::Packed4x8IntegerDotProduct)
+}
+
+/// The `FORMAT` code of `shaders/qlinear.wgsl`, the entry point, and the
+/// per-row auxiliary count (`Params.aux`).
+fn format_code(f: &WeightFormat, k: usize) -> (u32, &'static str, usize) {
+    match *f {
+        WeightFormat::F16 => (1, "main", 0),
+        WeightFormat::Int8 { affine: false } => (2, "main", 0),
+        WeightFormat::Int8 { affine: true } => (3, "main", 0),
+        WeightFormat::Pow2 { .. } => (4, "main", 0),
+        WeightFormat::Int4 { block, .. } => (5, "main", k.div_ceil(block as usize) * block as usize / 8),
+        WeightFormat::Binary { xnor: false } => (6, "main", k.div_ceil(32)),
+        WeightFormat::W8A8 => (7, "w8a8", 0),
+        WeightFormat::Binary { xnor: true } => (8, "xnor", k.div_ceil(32)),
+        WeightFormat::NM { n, m } => (9, "nm", k.div_ceil(m as usize) * n as usize),
+    }
+}
+
+/// The kernel for a `QLinear` node, `Ok(None)` for other ops.
+pub(super) fn select(
+    op: &dyn Op,
+    inputs: &[(DType, &[usize])],
+    fused: Option<Activation>,
+    caps: &Caps,
+) -> Result<Option<NodeKernel>, Error> {
+    let Some(q) = op.as_any().downcast_ref::<QLinear>() else {
+        return Ok(None);
+    };
+    let format = q.format;
+    let (k, n) = (q.in_features, q.out_features);
+    let specs = format.tensor_specs(n, k);
+    let np = specs.len();
+    let fmt = |what: &str| format!("{format} ({what})");
+    let Some(&(xdt, xs)) = inputs.first() else {
+        return Err(unsupported(op, fmt("no input"), caps));
+    };
+    if xdt != DType::F32 || xs.last() != Some(&k) {
+        return Err(unsupported(op, fmt(&format!("x is {xdt}{xs:?}")), caps));
+    }
+    if inputs.len() != 1 + np && inputs.len() != 2 + np {
+        return Err(unsupported(op, fmt("wrong input count"), caps));
+    }
+    for (i, (dt, shape)) in specs.iter().enumerate() {
+        let (gdt, gs) = inputs[1 + i];
+        if gdt != *dt || gs != shape.as_slice() {
+            return Err(unsupported(
+                op,
+                fmt(&format!("packed tensor {i} is {gdt}{gs:?}, not {dt}{shape:?}")),
+                caps,
+            ));
+        }
+    }
+    let has_bias = inputs.len() == 2 + np;
+    if has_bias && (inputs[1 + np].0 != DType::F32 || inputs[1 + np].1 != [n]) {
+        return Err(unsupported(op, fmt("bias is not f32[out]"), caps));
+    }
+    let m = numel(&xs[..xs.len() - 1]);
+    let (code, entry, aux) = format_code(&format, k);
+    let rows = if m < 4 { 1 } else { 8 };
+    let groups = if rows == 1 {
+        [n.div_ceil(256), m, 1]
+    } else {
+        [n.div_ceil(32), m.div_ceil(64), 1]
+    };
+    if groups.iter().any(|&g| g > caps.max_workgroups as usize) || [m, n, k, aux].iter().any(|&v| v > u32::MAX as usize)
+    {
+        return Err(unsupported(
+            op,
+            fmt(&format!(
+                "[{m}x{k}->{n}] needs a {groups:?} grid; the adapter allows {} per dimension",
+                caps.max_workgroups
+            )),
+            caps,
+        ));
+    }
+    let b = |v: bool| if v { 1.0 } else { 0.0 };
+    let act = fused.map(act_code).unwrap_or(0) as f64;
+    let aligned = k.is_multiple_of(4);
+    let (shader, entry, consts) = if format == WeightFormat::F16 && caps.f16 {
+        (
+            ShaderId::QLinearF16,
+            "main",
+            constants(&[
+                ("ALIGNED", b(aligned)),
+                ("ROWS", rows as f64),
+                ("HAS_BIAS", b(has_bias)),
+                ("ACT", act),
+            ]),
+        )
+    } else {
+        let shader = if format == WeightFormat::W8A8 && caps.packed_dot {
+            ShaderId::QLinearDp4a
+        } else {
+            ShaderId::QLinear
+        };
+        let mut list = vec![
+            ("FORMAT", code as f64),
+            ("ALIGNED", b(aligned)),
+            ("ROWS", rows as f64),
+            ("HAS_BIAS", b(has_bias)),
+            ("ACT", act),
+        ];
+        match format {
+            WeightFormat::Pow2 { per_channel, .. } => list.push(("PER_CHANNEL", b(per_channel))),
+            WeightFormat::Int4 { block, with_min } => {
+                list.push(("BLOCK", block as f64));
+                list.push(("WITH_MIN", b(with_min)));
+            }
+            WeightFormat::NM { n, m } => {
+                list.push(("NM_N", n as f64));
+                list.push(("NM_M", m as f64));
+            }
+            _ => {}
+        }
+        (shader, entry, constants(&list))
+    };
+    let mut binds: Vec<Bind> = (0..1 + np).map(Bind::Input).collect();
+    binds.resize(4, Bind::Zeros);
+    binds.push(if has_bias { Bind::Input(1 + np) } else { Bind::Zeros });
+    Ok(Some(NodeKernel::Dispatch(DispatchSpec {
+        key: PipelineKey {
+            shader,
+            entry,
+            constants: consts,
+            inputs: 5,
+        },
+        params: vec![m as u32, n as u32, k as u32, aux as u32],
+        groups: [groups[0] as u32, groups[1] as u32, groups[2] as u32],
+        binds,
+    })))
+}
