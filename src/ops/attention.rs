@@ -88,7 +88,7 @@ impl Attention {
         })
     }
 
-    fn inputs<'a>(&self, inputs: &[&'a Tensor]) -> Result<(AttnDims, [&'a [f32]; 3], Option<&'a [f32]>), OpError> {
+    fn inputs<'a>(&self, inputs: &[&'a Tensor]) -> Result<AttnInputs<'a>, OpError> {
         let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
         let d = self.dims(&shapes)?;
         let qkv = [f32_input(inputs, 0)?, f32_input(inputs, 1)?, f32_input(inputs, 2)?];
@@ -100,6 +100,9 @@ impl Attention {
         Ok((d, qkv, mask))
     }
 }
+
+/// Sizes, `[q, k, v]` data and the optional mask of one call.
+type AttnInputs<'a> = (AttnDims, [&'a [f32]; 3], Option<&'a [f32]>);
 
 /// Softmax of one score row in place over the kept keys; masked keys and a
 /// fully masked row become 0.

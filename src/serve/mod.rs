@@ -26,6 +26,7 @@
 //! | `POST /v2/repository/index` | every model and its state |
 //! | `POST /v2/repository/models/{m}/load`, `.../unload` | load (or reload) and unload |
 //! | `GET /metrics` | Prometheus text (see [`metrics`]) |
+//! | `POST /v1/embeddings` | OpenAI-compatible embeddings of a text embedding model (see [`embeddings`]) |
 //!
 //! Errors are `{"error": "..."}`: 400 bad input, 401 wrong API key, 404
 //! unknown model/version/route, 413 body too large, 503 not ready, queue
@@ -33,6 +34,7 @@
 
 mod batcher;
 pub mod config;
+pub mod embeddings;
 pub mod error;
 pub mod metrics;
 pub mod protocol;

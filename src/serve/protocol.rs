@@ -115,6 +115,9 @@ pub struct ParsedRequest {
     pub id: Option<String>,
     /// Inputs by name, in request order.
     pub inputs: Vec<(String, Tensor)>,
+    /// `BYTES` inputs (texts, for embedding models) by name, in request
+    /// order, each element decoded as UTF-8.
+    pub texts: Vec<(String, Vec<String>)>,
     /// Outputs asked for: name and whether to send it as binary. `None`: all.
     pub outputs: Option<Vec<(String, bool)>>,
     /// The request-level `binary_data_output` flag.
@@ -178,11 +181,18 @@ pub fn parse_infer(body: &[u8], json_len: Option<usize>) -> Result<ParsedRequest
         ));
     }
     let mut inputs = Vec::with_capacity(req.inputs.len());
+    let mut texts: Vec<(String, Vec<String>)> = Vec::new();
     for input in &req.inputs {
-        if inputs.iter().any(|(n, _): &(String, Tensor)| *n == input.name) {
+        if inputs.iter().any(|(n, _): &(String, Tensor)| *n == input.name)
+            || texts.iter().any(|(n, _)| *n == input.name)
+        {
             return Err(ServeError::bad(format!("input `{}` is given twice", input.name)));
         }
         let what = format!("input `{}`", input.name);
+        if input.datatype == "BYTES" {
+            texts.push((input.name.clone(), bytes_input(&what, input, &mut binary)?));
+            continue;
+        }
         let dtype = parse_datatype(&input.datatype).map_err(|e| ServeError::bad(format!("{what}: {e}")))?;
         let mut shape = Vec::with_capacity(input.shape.len());
         for &d in &input.shape {
@@ -261,10 +271,87 @@ pub fn parse_infer(body: &[u8], json_len: Option<usize>) -> Result<ParsedRequest
     Ok(ParsedRequest {
         id,
         inputs,
+        texts,
         outputs,
         binary_output,
         timeout_us,
     })
+}
+
+/// A `BYTES` input's elements as strings: JSON `data` holds strings (flat or
+/// nested); binary data is each element as a 4-byte little-endian length and
+/// that many bytes. Every element must be UTF-8.
+fn bytes_input(what: &str, input: &RequestInput, binary: &mut &[u8]) -> Result<Vec<String>, ServeError> {
+    let mut count = 1usize;
+    for &d in &input.shape {
+        let d = usize::try_from(d)
+            .map_err(|_| ServeError::bad(format!("{what}: shape {:?} has a negative dimension", input.shape)))?;
+        count = count
+            .checked_mul(d)
+            .ok_or_else(|| ServeError::bad(format!("{what}: shape {:?} is too large", input.shape)))?;
+    }
+    let not_utf8 = |i: usize| ServeError::bad(format!("{what}: element {i} is not valid UTF-8 text"));
+    let out: Vec<String> = match param_u64(&input.parameters, "binary_data_size", what)? {
+        Some(size) => {
+            if input.data.is_some() {
+                return Err(ServeError::bad(format!(
+                    "{what} has both `data` and `parameters.binary_data_size`; send one"
+                )));
+            }
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            if size > binary.len() {
+                return Err(ServeError::bad(format!(
+                    "{what}: binary_data_size is {size} but only {} bytes of binary data are left in the body",
+                    binary.len()
+                )));
+            }
+            let (mut bytes, rest) = binary.split_at(size);
+            *binary = rest;
+            let mut out = Vec::with_capacity(count.min(1 << 16));
+            while !bytes.is_empty() {
+                let i = out.len();
+                let truncated = || {
+                    ServeError::bad(format!(
+                        "{what}: element {i} is cut short; each BYTES element is a 4-byte little-endian length and that many bytes"
+                    ))
+                };
+                let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(truncated)?;
+                let len = u32::from_le_bytes(*len) as usize;
+                if len > rest.len() {
+                    return Err(truncated());
+                }
+                let (text, rest) = rest.split_at(len);
+                out.push(String::from_utf8(text.to_vec()).map_err(|_| not_utf8(i))?);
+                bytes = rest;
+            }
+            out
+        }
+        None => {
+            let data = input.data.as_ref().ok_or_else(|| {
+                ServeError::bad(format!(
+                    "{what} has no `data` and no `parameters.binary_data_size`; send its elements in one of them"
+                ))
+            })?;
+            let mut flat = Vec::new();
+            flatten(data, &mut flat);
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_str().map(str::to_string).ok_or_else(|| {
+                        ServeError::bad(format!("{what}: element {i} is {v}; a BYTES element must be a string"))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        }
+    };
+    if out.len() != count {
+        return Err(ServeError::bad(format!(
+            "{what}: shape {:?} needs {count} elements but the data has {}",
+            input.shape,
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 /// Flattens nested arrays, row-major.

@@ -7,6 +7,14 @@
 //! <repo>/<model>/model.safetensors           no numbered versions: version 1
 //! ```
 //!
+//! A version directory that also holds a `tokenizer.json` is a text
+//! embedding model (a Hugging Face sentence-transformers directory:
+//! `config.json`, `model.safetensors`, `tokenizer.json`; see
+//! [`crate::embed`]). It serves texts: a KServe `BYTES` input, and
+//! `POST /v1/embeddings` (see [`super::embeddings`]). Keep such a model in a
+//! numbered version directory (`<repo>/<model>/1/`), so its Hugging Face
+//! `config.json` is not read as the model's serving config.
+//!
 //! A version is ready only after its warm-up run. Loading a model again
 //! (explicitly or by a repository poll) loads new and changed versions
 //! beside the ones serving; traffic moves to them in one swap once they are
@@ -24,6 +32,7 @@ use super::batcher::Scheduler;
 use super::config::{ModelConfig, CONFIG_FILE};
 use super::error::ServeError;
 use super::metrics::{Metrics, ModelMetrics};
+use crate::embed::Embedder;
 use crate::model::Model;
 use crate::session::{Device, Session};
 use crate::tensor::{Dim, Tensor};
@@ -70,6 +79,9 @@ pub struct Instance {
     pub path: PathBuf,
     /// Its metrics.
     pub metrics: Arc<ModelMetrics>,
+    /// For a text embedding model: its tokenizer (the model itself runs on
+    /// `session` through the scheduler, like any other request).
+    pub embedder: Option<Arc<Embedder>>,
     stamp: Stamp,
     scheduler: Scheduler,
 }
@@ -447,16 +459,20 @@ impl Repository {
         );
         let p = path.clone();
         let cfg = config.clone();
-        let session = tokio::task::spawn_blocking(move || -> Result<Session, String> {
-            let model = Model::load(&p).map_err(|e| e.to_string())?;
+        let loaded = tokio::task::spawn_blocking(move || -> Result<(Session, Option<Arc<Embedder>>), String> {
+            let (model, embedder) = match embedding_dir(&p) {
+                Some(dir) => load_embedding_model(&p, &dir)?,
+                None => (Model::load(&p).map_err(|e| e.to_string())?, None),
+            };
             check_batchable(&model, &cfg)?;
             let session = Session::new(&model, cfg.device.clone()).map_err(|e| format!("{}: {e}", p.display()))?;
             warm_up(&session).map_err(|e| format!("{}: the warm-up run failed: {e}", p.display()))?;
-            Ok(session)
+            Ok((session, embedder))
         })
         .await
         .map_err(|e| ServeError::Internal(format!("loading {}: {e}", path.display())))?
         .map_err(|e| ServeError::bad(format!("cannot load model `{name}` version {version}: {e}")))?;
+        let (session, embedder) = loaded;
         let session = Arc::new(session);
         let metrics = self.metrics.model(name, &version.to_string());
         let scheduler = Scheduler::new(
@@ -472,6 +488,7 @@ impl Repository {
             session,
             path,
             metrics,
+            embedder,
             stamp,
             scheduler,
         })
@@ -678,6 +695,32 @@ fn check_batchable(model: &Model, config: &ModelConfig) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The directory of a text embedding model: the model file's directory when
+/// it holds a `tokenizer.json`.
+fn embedding_dir(model_file: &Path) -> Option<PathBuf> {
+    let dir = model_file.parent()?;
+    dir.join("tokenizer.json").is_file().then(|| dir.to_path_buf())
+}
+
+/// Loads an embedding model: a wginfer model file (e.g. a quantized one)
+/// when the file holds a graph, else the Hugging Face directory. The
+/// embedder only tokenizes (its own session is a CPU one that shares the
+/// model's weights and never runs); the instance's session runs the model.
+fn load_embedding_model(file: &Path, dir: &Path) -> Result<(Model, Option<Arc<Embedder>>), String> {
+    let model = match Model::load(file) {
+        Ok(m) => m,
+        Err(file_err) => Model::load(dir).map_err(|e| {
+            format!(
+                "{} is neither a wginfer model ({file_err}) nor a Hugging Face model directory ({e})",
+                dir.display()
+            )
+        })?,
+    };
+    let embedder = Embedder::new(&model, &dir.join("tokenizer.json"), Device::CpuReference)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok((model, Some(Arc::new(embedder))))
 }
 
 /// Runs the model once on zeros (symbolic dimensions as 1).

@@ -14,6 +14,7 @@ use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{json, Value};
 
+use super::embeddings::{self, OpenAiError, TEXT_INPUT};
 use super::error::ServeError;
 use super::metrics::FailureReason;
 use super::protocol::{self, config_type_name, datatype_name, HEADER_LENGTH};
@@ -40,6 +41,7 @@ pub(super) fn router(state: S) -> Router {
         .route("/v2/repository/models/{m}/load", post(load))
         .route("/v2/repository/models/{m}/unload", post(unload))
         .route("/metrics", get(metrics))
+        .route("/v1/embeddings", post(v1_embeddings))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     health
         .merge(api)
@@ -61,18 +63,20 @@ fn ok(v: Value) -> Response {
 
 async fn not_found(method: Method, uri: Uri) -> Response {
     ServeError::NotFound(format!(
-        "no route for {method} {}; the API is under /v2 (KServe v2 protocol) and /metrics",
+        "no route for {method} {}; the API is under /v2 (KServe v2 protocol), /v1/embeddings (OpenAI) and /metrics",
         uri.path()
     ))
     .into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    let hint = if uri.path().ends_with("/infer") || uri.path().starts_with("/v2/repository") {
-        "POST"
-    } else {
-        "GET"
-    };
+    let hint =
+        if uri.path().ends_with("/infer") || uri.path().starts_with("/v2/repository") || uri.path() == "/v1/embeddings"
+        {
+            "POST"
+        } else {
+            "GET"
+        };
     ServeError::MethodNotAllowed(format!("{method} is not allowed on {}; use {hint}", uri.path())).into_response()
 }
 
@@ -140,11 +144,16 @@ fn metadata(state: &State, inst: &Instance) -> Value {
         })
     };
     let versions: Vec<String> = state.repo.versions(&inst.name).iter().map(u64::to_string).collect();
+    let inputs: Vec<Value> = if inst.embedder.is_some() {
+        vec![json!({"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]})]
+    } else {
+        g.inputs().iter().map(io).collect()
+    };
     json!({
         "name": inst.name,
         "versions": versions,
         "platform": "wginfer",
-        "inputs": g.inputs().iter().map(io).collect::<Vec<_>>(),
+        "inputs": inputs,
         "outputs": g.outputs().iter().map(io).collect::<Vec<_>>(),
     })
 }
@@ -199,7 +208,11 @@ fn config_json(inst: &Instance) -> Value {
         "platform": "wginfer",
         "backend": "wginfer",
         "max_batch_size": cfg.max_batch_size,
-        "input": g.inputs().iter().map(io).collect::<Vec<_>>(),
+        "input": if inst.embedder.is_some() {
+            vec![json!({"name": TEXT_INPUT, "data_type": "TYPE_STRING", "dims": [-1]})]
+        } else {
+            g.inputs().iter().map(io).collect::<Vec<_>>()
+        },
         "output": g.outputs().iter().map(io).collect::<Vec<_>>(),
         "version_policy": cfg.version_policy,
         "instance_group": [{
@@ -318,7 +331,7 @@ async fn infer_with(
     let req = protocol::parse_infer(&body, json_len)?;
     drop(body);
     let graph = inst.session.graph();
-    let wanted: Vec<(String, bool)> = match &req.outputs {
+    let mut wanted: Vec<(String, bool)> = match &req.outputs {
         Some(list) => {
             for (name, _) in list {
                 if !graph.outputs().iter().any(|o| o.name == *name) {
@@ -338,13 +351,56 @@ async fn infer_with(
             .map(|o| (o.name.clone(), req.binary_output))
             .collect(),
     };
-    let (inputs, rows) = inst.prepare(req.inputs)?;
     let timeout = req
         .timeout_us
         .filter(|&us| us > 0)
         .map(Duration::from_micros)
         .or(inst.config.timeout);
-    let mut outputs = inst.infer(inputs, rows, timeout).await?;
+    let (mut outputs, rows) = if req.texts.is_empty() {
+        let (inputs, rows) = inst.prepare(req.inputs)?;
+        (inst.infer(inputs, rows, timeout).await?, rows)
+    } else {
+        let (name, _) = &req.texts[0];
+        if inst.embedder.is_none() {
+            return Err(ServeError::bad(format!(
+                "input `{name}` is BYTES, but model `{}` takes tensors only; its metadata at /v2/models/{} lists them",
+                inst.name, inst.name
+            )));
+        }
+        if req.texts.len() != 1 || !req.inputs.is_empty() {
+            return Err(ServeError::bad(format!(
+                "model `{}` takes one BYTES input of texts (e.g. `{TEXT_INPUT}`) and nothing beside it",
+                inst.name
+            )));
+        }
+        let out_index = embeddings::output_index(graph);
+        let emb_name = graph
+            .outputs()
+            .get(out_index)
+            .map(|o| o.name.clone())
+            .unwrap_or_default();
+        if let Some((other, _)) = wanted
+            .iter()
+            .find(|(n, _)| *n != emb_name)
+            .filter(|_| req.outputs.is_some())
+        {
+            return Err(ServeError::bad(format!(
+                "output `{other}` is not computed from texts; ask for `{emb_name}` only"
+            )));
+        }
+        wanted.retain(|(n, _)| *n == emb_name);
+        let texts = &req.texts[0].1;
+        let (t, _) = embeddings::embed_texts(inst, texts, timeout).await?;
+        let mut outs: Vec<crate::tensor::Tensor> = graph
+            .outputs()
+            .iter()
+            .map(|_| crate::tensor::Tensor::zeros(crate::DType::U8, vec![0]))
+            .collect();
+        if let Some(slot) = outs.get_mut(out_index) {
+            *slot = t;
+        }
+        (outs, texts.len())
+    };
     let mut selected = Vec::with_capacity(wanted.len());
     for (name, binary) in wanted {
         let Some(i) = graph.outputs().iter().position(|o| o.name == name) else {
@@ -423,6 +479,17 @@ async fn unload(
     check_json_body(&s, &headers, body).await?;
     s.repo.unload(&m).await?;
     Ok(ok(json!({"name": m, "state": "UNAVAILABLE"})))
+}
+
+async fn v1_embeddings(AxState(s): AxState<S>, headers: HeaderMap, body: Body) -> Response {
+    let body = match read_body(body, &headers, s.options.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return OpenAiError::from(e).into_response(),
+    };
+    match embeddings::openai_embeddings(&s, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn metrics(AxState(s): AxState<S>) -> Response {
