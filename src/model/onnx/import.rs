@@ -16,10 +16,12 @@ use crate::ops::layout::{gather_flat, Axes, Cast, Concat, Transpose};
 use crate::ops::linear::Linear;
 use crate::ops::matmul::MatMul;
 use crate::ops::norm::{BatchNorm, LayerNorm};
+use crate::ops::qlinear::QLinear;
 use crate::ops::shape::{Flatten, Reshape};
 use crate::ops::softmax::Softmax;
 use crate::ops::{self, Attrs, Op};
-use crate::tensor::{numel, DType, Dim, Tensor, ValueType};
+use crate::quant::WeightFormat;
+use crate::tensor::{numel, DType, Dim, Storage, Tensor, ValueType};
 
 /// The ONNX op types the importer maps (some only for constant inputs or
 /// some attribute values; the error says which when it cannot).
@@ -56,6 +58,7 @@ pub const SUPPORTED: &[&str] = &[
     "GlobalAveragePool",
     "BatchNormalization",
     "LayerNormalization",
+    "DequantizeLinear",
 ];
 
 /// Options for [`super::import_bytes`].
@@ -99,6 +102,91 @@ struct Ctx<'a> {
     consumers: HashMap<String, usize>,
     graph_outputs: HashSet<String>,
     fresh: usize,
+    /// Constant outputs of `DequantizeLinear` (also folded to f32 in `vals`),
+    /// so a MatMul or Gemm over one keeps the int8 weight as a QLinear.
+    dequantized: HashMap<String, Dequantized>,
+    /// Weight format of packed parameters (others are plain).
+    formats: HashMap<String, String>,
+}
+
+/// A constant int8/uint8 tensor and its dequantization parameters.
+#[derive(Clone, Debug)]
+struct Dequantized {
+    q: Tensor,
+    /// One scale, or one per index of `axis`.
+    scale: Vec<f32>,
+    /// Zero points as integers (one, or one per index of `axis`).
+    zero: Vec<i32>,
+    axis: usize,
+}
+
+impl Dequantized {
+    /// `(q - zero) · scale` as an f32 tensor of q's shape.
+    fn to_f32(&self) -> Result<Tensor, Skip> {
+        let s = self.q.shape();
+        let inner: usize = s[self.axis + 1..].iter().product();
+        let q = int_values(&self.q)?;
+        let at = |v: usize, i: usize| if v == 1 { 0 } else { (i / inner.max(1)) % s[self.axis] };
+        let y = q
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v - self.zero[at(self.zero.len(), i)]) as f32 * self.scale[at(self.scale.len(), i)])
+            .collect();
+        Ok(Tensor::from_vec(s.to_vec(), y)?)
+    }
+
+    /// As [`QLinear`] packed tensors for a weight stored `[in, out]` (with
+    /// `out_axis = 1`) or `[out, in]` (with `out_axis = 0`); `None` when the
+    /// scales run along the input axis (no per-output-channel format holds that).
+    fn pack(&self, out_axis: usize) -> Result<Option<(WeightFormat, Vec<Tensor>)>, Skip> {
+        let s = self.q.shape();
+        if s.len() != 2
+            || (self.scale.len() > 1 && self.axis != out_axis)
+            || (self.zero.len() > 1 && self.axis != out_axis)
+        {
+            return Ok(None);
+        }
+        let (n, k) = (s[out_axis], s[1 - out_axis]);
+        let q = int_values(&self.q)?;
+        // Row-major [out, in].
+        let rows: Vec<i32> = if out_axis == 0 {
+            q
+        } else {
+            (0..n * k).map(|i| q[(i % k) * n + i / k]).collect()
+        };
+        let per = |v: &[i32]| -> Vec<i32> { (0..n).map(|c| v[if v.len() == 1 { 0 } else { c }]).collect() };
+        let scale: Vec<f32> = (0..n)
+            .map(|c| self.scale[if self.scale.len() == 1 { 0 } else { c }])
+            .collect();
+        let zero = per(&self.zero);
+        let scale_t = Tensor::from_vec(vec![n], scale)?;
+        if self.q.dtype() == DType::I8 && zero.iter().all(|&z| z == 0) {
+            let q8 = rows.iter().map(|&v| v as i8).collect();
+            let q = Tensor::new(vec![n, k], Storage::I8(q8))?;
+            return Ok(Some((WeightFormat::Int8 { affine: false }, vec![q, scale_t])));
+        }
+        // Affine: u8 values and zero points (int8 shifted by 128: q - z is unchanged).
+        let shift = if self.q.dtype() == DType::I8 { 128 } else { 0 };
+        let q8 = rows.iter().map(|&v| (v + shift) as u8).collect();
+        let z8 = zero.iter().map(|&v| (v + shift) as u8).collect();
+        Ok(Some((
+            WeightFormat::Int8 { affine: true },
+            vec![
+                Tensor::new(vec![n, k], Storage::U8(q8))?,
+                scale_t,
+                Tensor::new(vec![n], Storage::U8(z8))?,
+            ],
+        )))
+    }
+}
+
+/// The values of an int8 or uint8 tensor.
+fn int_values(t: &Tensor) -> Result<Vec<i32>, Skip> {
+    match t.dtype() {
+        DType::I8 => Ok(t.as_slice::<i8>()?.iter().map(|&v| v as i32).collect()),
+        DType::U8 => Ok(t.as_slice::<u8>()?.iter().map(|&v| v as i32).collect()),
+        other => Err(skip(format!("quantized values of dtype {other}: only int8 and uint8"))),
+    }
 }
 
 fn type_of(v: &Val) -> ValueType {
@@ -163,6 +251,8 @@ pub(super) fn import(model: &ModelProto, dir: &Path, options: &ImportOptions) ->
         consumers: HashMap::new(),
         graph_outputs: graph.output.iter().map(|o| o.name.clone()).collect(),
         fresh: 0,
+        dequantized: HashMap::new(),
+        formats: HashMap::new(),
     };
     for t in &graph.initializer {
         cx.vals.insert(t.name.clone(), Val::Const(tensor_from_proto(t, dir)?));
@@ -462,7 +552,62 @@ impl Ctx<'_> {
             }
             "MatMul" => {
                 arity(2, 2)?;
+                if let Some(q) = self.quantized_linear(name, &ins[0], &ins[1], 1, None, &outs)? {
+                    return Ok(q);
+                }
                 one(Arc::new(MatMul))
+            }
+            "DequantizeLinear" => {
+                arity(2, 3)?;
+                if a.i("block_size", 0) != 0 {
+                    return Err(skip("blocked quantization (block_size) is not supported"));
+                }
+                let x = self.constant(&ins[0]).map_err(|_| {
+                    skip("only constant (weight) inputs are supported: the input is computed at run time")
+                })?;
+                let scale = self.constant(&ins[1])?;
+                if scale.dtype() != DType::F32 || scale.rank() > 1 {
+                    return Err(skip(format!(
+                        "the scale must be an f32 scalar or 1-D; got {}{:?}",
+                        scale.dtype(),
+                        scale.shape()
+                    )));
+                }
+                let zero = match ins.get(2) {
+                    Some(z) => {
+                        let z = self.constant(z)?;
+                        if z.dtype() != x.dtype() || z.numel() != scale.numel() {
+                            return Err(skip("the zero point must match the input's dtype and the scale's size"));
+                        }
+                        int_values(z)?
+                    }
+                    None => vec![0],
+                };
+                let rank = x.rank();
+                let axis = if scale.numel() > 1 || zero.len() > 1 {
+                    let ax = ops::normalize_axis(a.i("axis", 1), rank)?;
+                    if x.shape()[ax] != scale.numel() {
+                        return Err(skip(format!(
+                            "{} scales for axis {ax} of {:?}",
+                            scale.numel(),
+                            x.shape()
+                        )));
+                    }
+                    ax
+                } else {
+                    0
+                };
+                let d = Dequantized {
+                    q: x.clone(),
+                    scale: scale.to_f32_vec(),
+                    zero,
+                    axis,
+                };
+                let f = d.to_f32()?;
+                let o = outs.first().ok_or_else(|| skip("has no output"))?;
+                self.vals.insert(o.clone(), Val::Const(f));
+                self.dequantized.insert(o.clone(), d);
+                return Ok(());
             }
             "Gemm" => {
                 arity(2, 3)?;
@@ -473,6 +618,15 @@ impl Ctx<'_> {
                     Some(c) => self.constant(c).ok().cloned().map(Some),
                     None => Some(None),
                 };
+                if let (Some(_), Some(bias)) = (&w, &bias) {
+                    if alpha == 1.0 && beta == 1.0 && !ta {
+                        let b = bias.as_ref().map(|_| ins[2].clone());
+                        let out_axis = if tb { 0 } else { 1 };
+                        if let Some(q) = self.quantized_linear(name, &ins[0], &ins[1], out_axis, b, &outs)? {
+                            return Ok(q);
+                        }
+                    }
+                }
                 match (w, bias) {
                     (Some(w), Some(bias)) if alpha == 1.0 && beta == 1.0 && !ta && tb && w.rank() == 2 => {
                         let n_out = w.shape()[0];
@@ -671,6 +825,55 @@ impl Ctx<'_> {
     /// Folds `BatchNormalization(Conv(x, w, b))` into the Conv when the Conv's
     /// weights and the statistics are constants and nothing else reads the
     /// Conv's output. Returns whether it folded.
+    /// `x · W (+ bias)` with `W` the output of a constant `DequantizeLinear`
+    /// (`out_axis`: W's axis of output features) as a [`QLinear`] over the
+    /// int8 weight; `Ok(None)` when W is not one, or its scales do not run
+    /// along the output axis, or the bias is not a row of N (the caller then
+    /// uses the dequantized f32 weight).
+    fn quantized_linear(
+        &mut self,
+        name: &str,
+        x: &str,
+        w: &str,
+        out_axis: usize,
+        bias: Option<String>,
+        outs: &[String],
+    ) -> Result<Option<()>, Skip> {
+        let Some(d) = self.dequantized.get(&self.resolve(w)).cloned() else {
+            return Ok(None);
+        };
+        if !matches!(self.val(x)?, Val::Dyn(_)) {
+            return Ok(None);
+        }
+        let Some((format, packed)) = d.pack(out_axis)? else {
+            return Ok(None);
+        };
+        let (n, k) = (packed[0].shape()[0], packed[0].shape()[1]);
+        let mut inputs = vec![x.to_string()];
+        for (suffix, t) in format.tensor_names().iter().zip(packed) {
+            let pname = format!("{}.{suffix}", self.resolve(w));
+            self.formats.insert(pname.clone(), format.name());
+            self.vals.insert(pname.clone(), Val::Const(t));
+            inputs.push(pname);
+        }
+        if let Some(b) = bias {
+            let bt = self.constant(&b)?.clone();
+            if bt.dtype() != DType::F32 || bt.numel() != n {
+                return Ok(None);
+            }
+            let bname = format!("{}.bias", self.resolve(&b));
+            self.vals.insert(bname.clone(), Val::Const(bt.reshape(vec![n])?));
+            inputs.push(bname);
+        }
+        let op = Arc::new(QLinear {
+            format,
+            in_features: k,
+            out_features: n,
+        });
+        self.emit(name, op, &inputs, &outs[..1])?;
+        Ok(Some(()))
+    }
+
     fn fold_batchnorm(&mut self, bn: &BatchNorm, ins: &[String], out: &str) -> Result<bool, Skip> {
         let x = self.resolve(&ins[0]);
         let Some(&pi) = self.producer.get(&x) else {
@@ -775,7 +978,11 @@ impl Ctx<'_> {
         let mut tensors = HashMap::new();
         for name in wanted {
             if let Some(Val::Const(t)) = self.vals.remove(&name) {
-                params.push(ParamInfo::plain(name.clone(), t.dtype(), t.shape().to_vec()));
+                let mut info = ParamInfo::plain(name.clone(), t.dtype(), t.shape().to_vec());
+                if let Some(f) = self.formats.get(&name) {
+                    info.format = f.clone();
+                }
+                params.push(info);
                 tensors.insert(name, t);
             }
         }
