@@ -3,6 +3,7 @@
 mod adapters;
 mod bench;
 mod convert;
+mod embed;
 mod eval;
 mod inspect;
 mod prune;
@@ -51,6 +52,8 @@ enum Command {
     Quantize(quantize::Args),
     /// Convert an ONNX model to a wginfer model file (.safetensors).
     Convert(convert::Args),
+    /// Sentence embeddings (BERT / all-MiniLM-L6-v2 directories, or model files made from them).
+    Embed(embed::Args),
 }
 
 /// Parses arguments, runs the command, prints errors with their causes.
@@ -68,6 +71,7 @@ pub fn main() -> ExitCode {
             Command::Prune(a) => prune::run(a, device),
             Command::Quantize(a) => quantize::run(a, device),
             Command::Convert(a) => convert::run(a),
+            Command::Embed(a) => embed::run(a, device),
         }
     })();
     match result {

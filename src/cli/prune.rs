@@ -22,7 +22,8 @@ enum Method {
     Nm,
     /// Remove output channels of hidden layers (a smaller dense model).
     Channels,
-    /// Replace the least important shape-preserving layers by identity (needs --calibration).
+    /// Replace the least important shape-preserving layers by identity (needs --calibration);
+    /// in a transformer, whole residual blocks by block influence (unlabelled --calibration inputs).
     Layers,
 }
 
@@ -61,7 +62,8 @@ pub struct Args {
     /// Layers to drop for `--method layers`.
     #[arg(long, default_value_t = 1)]
     layers: usize,
-    /// Labelled calibration data (Taylor and layer importance).
+    /// Labelled calibration data (Taylor and layer importance); for layer
+    /// dropping in a transformer, inputs named after the model's inputs.
     #[arg(long)]
     calibration: Option<PathBuf>,
     /// Labelled training data for recovery fine-tuning (masks held fixed).
@@ -113,6 +115,41 @@ fn labelled(model: &Model, path: &Path) -> Result<Labelled> {
     })
 }
 
+/// Calibration inputs: the data file's tensors named after the model's
+/// inputs. A missing rank-1 `position_ids` (BERT) is `0..seq`.
+fn unlabelled(model: &Model, path: &Path) -> Result<Vec<(String, wginfer::Tensor)>> {
+    let data = load_data(path)?;
+    let mut out = Vec::new();
+    let mut seq = None;
+    for i in model.graph().inputs() {
+        if let Some((_, t)) = data.iter().find(|(k, _)| k == &i.name) {
+            if t.rank() == 2 {
+                seq = Some(t.shape()[1]);
+            }
+            out.push((i.name.clone(), t.clone()));
+        }
+    }
+    for i in model.graph().inputs() {
+        if out.iter().any(|(k, _)| k == &i.name) {
+            continue;
+        }
+        match (i.name.as_str(), seq) {
+            ("position_ids", Some(s)) if i.ty.rank() == 1 => {
+                out.push((
+                    i.name.clone(),
+                    wginfer::Tensor::from_vec(vec![s], (0..s as i64).collect())?,
+                ));
+            }
+            _ => bail!(
+                "{}: no `{}` tensor (the model's inputs need one each)",
+                path.display(),
+                i.name
+            ),
+        }
+    }
+    Ok(out)
+}
+
 fn measure(model: &Model, data: &Labelled, device: &Device) -> Result<(f64, Duration, Duration)> {
     let session = Session::new(model, device.clone())?;
     let output = model
@@ -162,6 +199,10 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
     if !(0.0..=1.0).contains(&args.sparsity) {
         bail!("--sparsity must be in [0, 1], got {}", args.sparsity);
     }
+    // A model of residual blocks (a transformer) drops whole blocks, ranked on
+    // unlabelled calibration inputs.
+    let by_blocks =
+        matches!(args.method, Method::Layers) && wginfer::optimize::blocks::residual_blocks(model.graph()).len() >= 2;
     let opts = PruneOptions {
         method,
         sparsity: args.sparsity,
@@ -170,7 +211,14 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
             ScopeArg::Layer => Scope::PerLayer,
         },
         keep: args.keep.clone(),
-        calibration: args.calibration.as_deref().map(|p| labelled(&model, p)).transpose()?,
+        calibration: match by_blocks {
+            true => None,
+            false => args.calibration.as_deref().map(|p| labelled(&model, p)).transpose()?,
+        },
+        inputs: match by_blocks {
+            true => args.calibration.as_deref().map(|p| unlabelled(&model, p)).transpose()?,
+            false => None,
+        },
         finetune: args
             .finetune
             .as_deref()
@@ -213,7 +261,12 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
             .iter()
             .map(|(n, v)| format!("{n} {v:.3e}"))
             .collect();
-        println!("layer importance |Σ ∂L/∂out·out|: {}", imp.join(", "));
+        let what = if by_blocks {
+            "block influence 1 − cos(in, out)"
+        } else {
+            "layer importance |Σ ∂L/∂out·out|"
+        };
+        println!("{what}: {}", imp.join(", "));
     }
     if !report.dropped.is_empty() {
         println!("dropped (now identity): {}", report.dropped.join(", "));

@@ -147,7 +147,15 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
             l.mean_abs_err
         );
     }
-    let file = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len() as usize).unwrap_or(0);
+    // A model directory (BERT): its weights file.
+    let file = |p: &PathBuf| {
+        let p = if p.is_dir() {
+            p.join("model.safetensors")
+        } else {
+            p.clone()
+        };
+        std::fs::metadata(p).map(|m| m.len() as usize).unwrap_or(0)
+    };
     println!(
         "\nparameters {} -> {} ({:.2}x smaller); file {} -> {}",
         bytes(report.bytes_before),

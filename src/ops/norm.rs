@@ -233,6 +233,13 @@ impl LayerNorm {
             )));
         }
         let at = |t: &Tensor, v: &[f32], j: usize| v[super::binary::broadcast_offset(j, inner_shape, t.shape())];
+        // Scale and bias broadcast to the row once, not per element (the
+        // offset computation allocates; it was a quarter of a BERT run).
+        let scale_row: Vec<f32> = (0..inner).map(|j| at(inputs[1], scale, j)).collect();
+        let bias_row: Option<Vec<f32>> = match (bias, inputs.get(2)) {
+            (Some(b), Some(t)) => Some((0..inner).map(|j| at(t, b, j)).collect()),
+            _ => None,
+        };
         let rows = x.len() / inner.max(1);
         let mut y = vec![0.0f32; x.len()];
         let (mut means, mut invs) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
@@ -249,9 +256,9 @@ impl LayerNorm {
             };
             for (j, &v) in row.iter().enumerate() {
                 let n = (v as f64 - mean) * inv;
-                let mut o = n * at(inputs[1], scale, j) as f64;
-                if let (Some(b), Some(t)) = (bias, inputs.get(2)) {
-                    o += at(t, b, j) as f64;
+                let mut o = n * scale_row[j] as f64;
+                if let Some(b) = &bias_row {
+                    o += b[j] as f64;
                 }
                 y[r * inner + j] = o as f32;
             }

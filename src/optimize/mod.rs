@@ -1,6 +1,7 @@
 //! Model-to-model transforms that make a model smaller: quantization (and,
 //! next, pruning). Each returns a new model and a report of what it did.
 
+pub mod blocks;
 pub mod quantize;
 
 pub use quantize::{quantize, LayerReport, QuantizeOptions, QuantizeReport};

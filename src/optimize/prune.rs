@@ -89,6 +89,9 @@ pub struct PruneOptions {
     pub keep: Vec<String>,
     /// Calibration data for Taylor and layer importance.
     pub calibration: Option<Labelled>,
+    /// Unlabelled calibration inputs by graph-input name: layer dropping of
+    /// residual blocks ranks them by block influence on these (see [`super::blocks`]).
+    pub inputs: Option<Vec<(String, Tensor)>>,
     /// Optional recovery fine-tuning.
     pub finetune: Option<Finetune>,
     /// Channels: remove the pruned rows and columns (a smaller dense model).
@@ -105,6 +108,7 @@ impl PruneOptions {
             scope: Scope::Global,
             keep: Vec::new(),
             calibration: None,
+            inputs: None,
             finetune: None,
             shrink: true,
         }
@@ -306,6 +310,12 @@ pub fn prune(
         bytes_before: model.param_bytes(),
         ..Default::default()
     };
+    if let PruneMethod::Layers { count } = opts.method {
+        let blocks = super::blocks::residual_blocks(g);
+        if blocks.len() >= 2 {
+            return drop_residual_blocks(model, blocks, opts, count, report);
+        }
+    }
     let needs_calibration = matches!(
         opts.method,
         PruneMethod::Unstructured(Importance::Taylor)
@@ -680,6 +690,46 @@ fn materialize_channels(
         });
     }
     Ok((graph, params))
+}
+
+/// Layer dropping in a model of residual blocks (a transformer's layers):
+/// the `count` blocks of least block influence on the calibration inputs go.
+fn drop_residual_blocks(
+    model: &Model,
+    blocks: Vec<super::blocks::Block>,
+    opts: &PruneOptions,
+    count: usize,
+    mut report: PruneReport,
+) -> Result<(Model, PruneReport), Error> {
+    let names = || blocks.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", ");
+    if count >= blocks.len() {
+        return Err(bad(format!(
+            "asked to drop {count} layers but the model has {} residual blocks: {}",
+            blocks.len(),
+            names()
+        )));
+    }
+    let inputs = opts.inputs.as_ref().ok_or_else(|| {
+        bad(format!(
+            "dropping residual blocks ({}) needs calibration inputs (--calibration DATA with tensors named after the model's inputs)",
+            names()
+        ))
+    })?;
+    let influence = super::blocks::block_influence(model, &blocks, inputs)?;
+    report.layer_importance = blocks
+        .iter()
+        .map(|b| b.name.clone())
+        .zip(influence.iter().copied())
+        .collect();
+    let mut order: Vec<usize> = (0..blocks.len()).collect();
+    order.sort_by(|&a, &b| influence[a].total_cmp(&influence[b]));
+    let mut drop: Vec<usize> = order.into_iter().take(count).collect();
+    drop.sort_unstable();
+    let chosen: Vec<super::blocks::Block> = drop.iter().map(|&i| blocks[i].clone()).collect();
+    let out = super::blocks::drop_blocks(model, &chosen)?;
+    report.dropped = chosen.into_iter().map(|b| b.name).collect();
+    report.bytes_after = out.param_bytes();
+    Ok((out, report))
 }
 
 /// Layer dropping: the `count` least important nodes whose (single data)

@@ -106,3 +106,49 @@ pub fn gpu_choice() -> Option<AdapterChoice> {
     }
     a.map(|a| AdapterChoice::Name(a.name))
 }
+
+/// How far two embeddings of the same texts agree on similarity ranking:
+/// Spearman's rank correlation of all pairwise cosines, and the fraction of
+/// texts whose nearest other text is the same.
+pub fn ranking_agreement(a: &[Vec<f32>], b: &[Vec<f32>]) -> (f64, f64) {
+    use wginfer::embed::cosine;
+    let n = a.len();
+    let (mut pa, mut pb) = (Vec::new(), Vec::new());
+    let mut top1 = 0usize;
+    for i in 0..n {
+        let mut best = (usize::MAX, f32::MIN, usize::MAX, f32::MIN);
+        for j in 0..n {
+            if i == j {
+                continue;
+            }
+            let (ca, cb) = (cosine(&a[i], &a[j]), cosine(&b[i], &b[j]));
+            if j > i {
+                pa.push(ca as f64);
+                pb.push(cb as f64);
+            }
+            if ca > best.1 {
+                best.0 = j;
+                best.1 = ca;
+            }
+            if cb > best.3 {
+                best.2 = j;
+                best.3 = cb;
+            }
+        }
+        top1 += usize::from(best.0 == best.2);
+    }
+    let ranks = |v: &[f64]| {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&x, &y| v[x].total_cmp(&v[y]));
+        let mut r = vec![0.0; v.len()];
+        for (rank, &i) in idx.iter().enumerate() {
+            r[i] = rank as f64;
+        }
+        r
+    };
+    let (ra, rb) = (ranks(&pa), ranks(&pb));
+    let m = pa.len() as f64;
+    let d2: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - y) * (x - y)).sum();
+    let rho = 1.0 - 6.0 * d2 / (m * (m * m - 1.0)).max(1.0);
+    (rho, top1 as f64 / n.max(1) as f64)
+}

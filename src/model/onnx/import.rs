@@ -59,6 +59,7 @@ pub const SUPPORTED: &[&str] = &[
     "BatchNormalization",
     "LayerNormalization",
     "DequantizeLinear",
+    "LpNormalization",
 ];
 
 /// Options for [`super::import_bytes`].
@@ -530,6 +531,16 @@ impl Ctx<'_> {
                 one(Arc::new(Unary { kind }))
             }
             "Erf" => one(Arc::new(Pointwise { kind: PointKind::Erf })),
+            "LpNormalization" => {
+                if a.i("p", 2) != 2 {
+                    return Err(skip("only p = 2 (L2) is supported"));
+                }
+                // ONNX divides by the plain norm; the epsilon only keeps a zero vector zero.
+                one(Arc::new(ops::l2norm::L2Normalize {
+                    axis: a.i("axis", -1),
+                    epsilon: 1e-12,
+                }))
+            }
             "LeakyRelu" => one(Arc::new(Pointwise {
                 kind: PointKind::LeakyRelu(a.f("alpha", 0.01)),
             })),
