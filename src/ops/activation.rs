@@ -27,6 +27,29 @@ pub enum Activation {
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 
+/// `erf` in f32 as a branch-free rational function of `x²` on `[-4, 4]`
+/// (Eigen's `generic_fast_erf_float` coefficients): within 4.2e-7 of the
+/// exact value, and it vectorizes, unlike `libm::erff` (which was 15% of a
+/// BERT run on the CPU in the exact GELU).
+#[inline]
+pub fn erf_fast(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 - 2.101_024e-6;
+    p = p * x2 - 5.692_506_4e-5;
+    p = p * x2 - 7.349_906_3e-4;
+    p = p * x2 - 2.954_600_2e-3;
+    p = p * x2 - 1.609_603_3e-2;
+    let mut q = -1.456_607_2e-5f32;
+    q = q * x2 - 2.133_740_6e-4;
+    q = q * x2 - 1.682_827e-3;
+    q = q * x2 - 7.373_329e-3;
+    q = q * x2 - 1.426_474e-2;
+    x * p / q
+}
+
 impl Activation {
     /// The reference value, computed in f64.
     pub fn reference(self, x: f32) -> f32 {
@@ -49,7 +72,7 @@ impl Activation {
             Activation::Relu => x.max(0.0),
             Activation::Sigmoid => sigmoid(x),
             Activation::Tanh => x.tanh(),
-            Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Activation::Gelu => 0.5 * x * (1.0 + erf_fast(x * std::f32::consts::FRAC_1_SQRT_2)),
             Activation::GeluTanh => {
                 let c = SQRT_2_OVER_PI as f32;
                 0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
