@@ -66,6 +66,12 @@ fn wg_activate(x: f32, act: u32) -> f32 {
         case 6u: { return x * wg_sigmoid(x); }
         case 7u: { return select(ALPHA * x, x, x >= 0.0); }
         case 8u: { return wg_erf(x); }
+        case 9u: { return -x; }
+        case 10u: { return abs(x); }
+        case 11u: { return exp(x); }
+        case 12u: { return log(x); }
+        case 13u: { return sqrt(x); }
+        case 14u: { return 1.0 / x; }
         default: { return x; }
     }
 }

@@ -1,5 +1,5 @@
-//! Elementwise ops added for ONNX import: `LeakyRelu`, `Erf`, and
-//! `LogSoftmax` along one axis. (`Sub` and `Div` are [`super::binary`] kinds.)
+//! Elementwise ops added for ONNX import: `LeakyRelu`, `Erf`, `Neg`, `Abs`,
+//! `Exp`, `Log`, `Sqrt`, `Reciprocal`, and `LogSoftmax` along one axis. (`Sub` and `Div` are [`super::binary`] kinds.)
 
 use std::any::Any;
 use std::sync::Arc;
@@ -18,9 +18,52 @@ pub enum PointKind {
     LeakyRelu(f32),
     /// The error function.
     Erf,
+    /// `-x`.
+    Neg,
+    /// `|x|`.
+    Abs,
+    /// `e^x`.
+    Exp,
+    /// The natural logarithm.
+    Log,
+    /// The square root.
+    Sqrt,
+    /// `1 / x`.
+    Reciprocal,
 }
 
-/// `LeakyRelu` or `Erf` on one f32 tensor.
+impl PointKind {
+    /// The function in f64 (the reference; LeakyRelu in f32 as ONNX defines it).
+    fn eval(self, v: f32) -> f32 {
+        let d = v as f64;
+        match self {
+            PointKind::LeakyRelu(alpha) => {
+                if v >= 0.0 {
+                    v
+                } else {
+                    alpha * v
+                }
+            }
+            PointKind::Erf => libm::erf(d) as f32,
+            PointKind::Neg => -v,
+            PointKind::Abs => v.abs(),
+            PointKind::Exp => d.exp() as f32,
+            PointKind::Log => d.ln() as f32,
+            PointKind::Sqrt => d.sqrt() as f32,
+            PointKind::Reciprocal => (1.0 / d) as f32,
+        }
+    }
+
+    /// Where its test inputs are drawn from (inside the domain, away from poles).
+    fn domain(self) -> (f32, f32) {
+        match self {
+            PointKind::Log | PointKind::Sqrt | PointKind::Reciprocal => (0.25, 4.0),
+            _ => (-4.0, 4.0),
+        }
+    }
+}
+
+/// One of the [`PointKind`] functions on one f32 tensor.
 #[derive(Clone, Debug)]
 pub struct Pointwise {
     /// The function.
@@ -32,6 +75,12 @@ impl Op for Pointwise {
         match self.kind {
             PointKind::LeakyRelu(_) => "LeakyRelu",
             PointKind::Erf => "Erf",
+            PointKind::Neg => "Neg",
+            PointKind::Abs => "Abs",
+            PointKind::Exp => "Exp",
+            PointKind::Log => "Log",
+            PointKind::Sqrt => "Sqrt",
+            PointKind::Reciprocal => "Reciprocal",
         }
     }
 
@@ -52,19 +101,7 @@ impl Op for Pointwise {
     fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
         check_arity(inputs.len(), 1, 1, "1")?;
         let x = f32_input(inputs, 0)?;
-        let y = x
-            .iter()
-            .map(|&v| match self.kind {
-                PointKind::LeakyRelu(alpha) => {
-                    if v >= 0.0 {
-                        v
-                    } else {
-                        alpha * v
-                    }
-                }
-                PointKind::Erf => libm::erf(v as f64) as f32,
-            })
-            .collect();
+        let y = x.iter().map(|&v| self.kind.eval(v)).collect();
         Ok(vec![Tensor::from_vec(inputs[0].shape().to_vec(), y)?])
     }
 
@@ -74,6 +111,12 @@ impl Op for Pointwise {
         let y = match self.kind {
             PointKind::LeakyRelu(alpha) => linalg::map(x, move |v| if v >= 0.0 { v } else { alpha * v }),
             PointKind::Erf => linalg::map(x, libm::erff),
+            PointKind::Neg => linalg::map(x, |v| -v),
+            PointKind::Abs => linalg::map(x, f32::abs),
+            PointKind::Exp => linalg::map(x, f32::exp),
+            PointKind::Log => linalg::map(x, f32::ln),
+            PointKind::Sqrt => linalg::map(x, f32::sqrt),
+            PointKind::Reciprocal => linalg::map(x, |v| 1.0 / v),
         };
         Ok(vec![Tensor::from_vec(inputs[0].shape().to_vec(), y)?])
     }
@@ -98,6 +141,12 @@ impl Op for Pointwise {
                     }
                 }
                 PointKind::Erf => g * (2.0 / std::f32::consts::PI.sqrt()) * (-v * v).exp(),
+                PointKind::Neg => -g,
+                PointKind::Abs => g * v.signum(),
+                PointKind::Exp => g * v.exp(),
+                PointKind::Log => g / v,
+                PointKind::Sqrt => g / (2.0 * v.sqrt()),
+                PointKind::Reciprocal => -g / (v * v),
             })
             .collect();
         Ok(vec![Some(Tensor::from_vec(inputs[0].shape().to_vec(), dx)?)])
@@ -105,8 +154,10 @@ impl Op for Pointwise {
 
     fn validation(&self) -> Validation {
         match self.kind {
-            PointKind::LeakyRelu(_) => Validation::Exact,
-            PointKind::Erf => Validation::Rounding,
+            PointKind::LeakyRelu(_) | PointKind::Neg | PointKind::Abs => Validation::Exact,
+            PointKind::Erf | PointKind::Sqrt | PointKind::Reciprocal => Validation::Rounding,
+            // WGSL promises exp and log to a few ULP plus a term growing with |x|.
+            PointKind::Exp | PointKind::Log => Validation::Approximate,
         }
     }
 
@@ -123,7 +174,7 @@ fn point_cases(kind: PointKind) -> Vec<OpCase> {
             OpCase::new(
                 format!("{kind:?} {s:?}"),
                 Arc::new(Pointwise { kind }),
-                vec![rng.tensor(s, -4.0, 4.0)],
+                vec![rng.tensor(s, kind.domain().0, kind.domain().1)],
             )
         })
         .collect()
@@ -131,7 +182,7 @@ fn point_cases(kind: PointKind) -> Vec<OpCase> {
 
 fn point_sample(kind: PointKind, rng: &mut CaseRng) -> OpCase {
     let s: Vec<usize> = (0..rng.range(1, 4)).map(|_| rng.dim(20)).collect();
-    let x = rng.tensor(&s, -4.0, 4.0);
+    let x = rng.tensor(&s, kind.domain().0, kind.domain().1);
     OpCase::new(format!("{kind:?} {s:?}"), Arc::new(Pointwise { kind }), vec![x])
 }
 
@@ -164,6 +215,30 @@ pub const ERF: OpDef = OpDef {
     cases: || point_cases(PointKind::Erf),
     sample: |r| point_sample(PointKind::Erf, r),
 };
+
+macro_rules! point_def {
+    ($name:ident, $kind:expr, $op:literal, $doc:literal) => {
+        #[doc = $doc]
+        pub const $name: OpDef = OpDef {
+            op_type: $op,
+            build: |_: &Attrs| Ok(Arc::new(Pointwise { kind: $kind })),
+            cases: || point_cases($kind),
+            sample: |r| point_sample($kind, r),
+        };
+    };
+}
+
+point_def!(NEG, PointKind::Neg, "Neg", "`Neg`: `-x`.");
+point_def!(ABS, PointKind::Abs, "Abs", "`Abs`: `|x|`.");
+point_def!(EXP, PointKind::Exp, "Exp", "`Exp`: `e^x`.");
+point_def!(LOG, PointKind::Log, "Log", "`Log`: the natural logarithm.");
+point_def!(SQRT, PointKind::Sqrt, "Sqrt", "`Sqrt`: the square root.");
+point_def!(
+    RECIPROCAL,
+    PointKind::Reciprocal,
+    "Reciprocal",
+    "`Reciprocal`: `1 / x`."
+);
 
 /// `x - max - log Σ exp(x - max)` along `axis` (negative counts from the end).
 #[derive(Clone, Debug)]

@@ -59,6 +59,12 @@ pub const SUPPORTED: &[&str] = &[
     "BatchNormalization",
     "LayerNormalization",
     "DequantizeLinear",
+    "Neg",
+    "Abs",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
     "LpNormalization",
 ];
 
@@ -531,6 +537,18 @@ impl Ctx<'_> {
                 one(Arc::new(Unary { kind }))
             }
             "Erf" => one(Arc::new(Pointwise { kind: PointKind::Erf })),
+            "Neg" | "Abs" | "Exp" | "Log" | "Sqrt" | "Reciprocal" => {
+                arity(1, 1)?;
+                let kind = match n.op_type.as_str() {
+                    "Neg" => PointKind::Neg,
+                    "Abs" => PointKind::Abs,
+                    "Exp" => PointKind::Exp,
+                    "Log" => PointKind::Log,
+                    "Sqrt" => PointKind::Sqrt,
+                    _ => PointKind::Reciprocal,
+                };
+                one(Arc::new(Pointwise { kind }))
+            }
             "LpNormalization" => {
                 if a.i("p", 2) != 2 {
                     return Err(skip("only p = 2 (L2) is supported"));

@@ -178,6 +178,12 @@ pub(crate) fn select(
     let pointwise = any.downcast_ref::<Pointwise>().map(|p| match p.kind {
         PointKind::LeakyRelu(alpha) => (7.0, alpha as f64),
         PointKind::Erf => (8.0, 0.01),
+        PointKind::Neg => (9.0, 0.01),
+        PointKind::Abs => (10.0, 0.01),
+        PointKind::Exp => (11.0, 0.01),
+        PointKind::Log => (12.0, 0.01),
+        PointKind::Sqrt => (13.0, 0.01),
+        PointKind::Reciprocal => (14.0, 0.01),
     });
     let unary = any.downcast_ref::<Unary>().map(|u| (act_code(u.kind) as f64, 0.01));
     if let Some((act, alpha)) = unary.or(pointwise) {
