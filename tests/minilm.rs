@@ -394,3 +394,106 @@ fn onnx_export_imports_and_matches() {
         0.99999,
     );
 }
+
+/// A tiny random BERT (no download needed): config and checkpoint errors are
+/// typed and name the field or tensor; the graph builds and runs.
+#[test]
+fn bad_configs_and_checkpoints_are_typed_errors() {
+    use std::collections::HashMap;
+    use wginfer::error::ModelError;
+    use wginfer::model::bert::{build, BertConfig, Pooling};
+    use wginfer::ops::CaseRng;
+    let cfg = r#"{"model_type": "bert", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 6,
+        "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}"#;
+    let c = BertConfig::from_json(cfg).expect("config");
+    for (edit, field) in [
+        (cfg.replace(r#""vocab_size": 10,"#, ""), "vocab_size"),
+        (
+            cfg.replace(r#""hidden_size": 8"#, r#""hidden_size": "8""#),
+            "hidden_size",
+        ),
+        (
+            cfg.replace(r#""num_attention_heads": 2"#, r#""num_attention_heads": 3"#),
+            "num_attention_heads",
+        ),
+        (
+            cfg.replace(r#""hidden_act": "gelu""#, r#""hidden_act": "relu""#),
+            "hidden_act",
+        ),
+    ] {
+        match BertConfig::from_json(&edit) {
+            Err(ModelError::Config { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: expected a Config error, got {other:?}"),
+        }
+    }
+    let mut rng = CaseRng::new(9);
+    let mut t: HashMap<String, wginfer::Tensor> = HashMap::new();
+    let mut put = |name: &str, shape: &[usize]| {
+        t.insert(name.to_string(), rng.tensor(shape, -0.5, 0.5));
+    };
+    put("embeddings.word_embeddings.weight", &[10, 8]);
+    put("embeddings.position_embeddings.weight", &[6, 8]);
+    put("embeddings.token_type_embeddings.weight", &[2, 8]);
+    put("embeddings.LayerNorm.weight", &[8]);
+    put("embeddings.LayerNorm.bias", &[8]);
+    for i in 0..2 {
+        for (n, o, k) in [
+            ("attention.self.query", 8, 8),
+            ("attention.self.key", 8, 8),
+            ("attention.self.value", 8, 8),
+            ("attention.output.dense", 8, 8),
+            ("intermediate.dense", 16, 8),
+            ("output.dense", 8, 16),
+        ] {
+            put(&format!("encoder.layer.{i}.{n}.weight"), &[o, k]);
+            put(&format!("encoder.layer.{i}.{n}.bias"), &[o]);
+        }
+        for n in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            put(&format!("encoder.layer.{i}.{n}.weight"), &[8]);
+            put(&format!("encoder.layer.{i}.{n}.bias"), &[8]);
+        }
+    }
+    let m = build("tiny", &c, Pooling::default(), &t).expect("tiny bert");
+    let out = wginfer::Session::new(&m, Device::Cpu)
+        .expect("session")
+        .run([
+            (
+                "input_ids",
+                wginfer::Tensor::from_vec(vec![2, 3], vec![1i64, 5, 2, 1, 9, 0]).expect("ids"),
+            ),
+            (
+                "attention_mask",
+                wginfer::Tensor::from_vec(vec![2, 3], vec![1i64, 1, 1, 1, 1, 0]).expect("mask"),
+            ),
+            (
+                "position_ids",
+                wginfer::Tensor::from_vec(vec![3], vec![0i64, 1, 2]).expect("pos"),
+            ),
+        ])
+        .expect("run");
+    let v = out["sentence_embedding"].to_f32_vec();
+    assert_eq!(v.len(), 16);
+    for row in v.chunks(8) {
+        let n: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((n - 1.0).abs() < 1e-5, "norm {n}");
+    }
+    let mut missing = t.clone();
+    missing.remove("encoder.layer.1.output.dense.bias");
+    match build("tiny", &c, Pooling::default(), &missing) {
+        Err(ModelError::MissingTensor { name }) => assert_eq!(name, "encoder.layer.1.output.dense.bias"),
+        other => panic!("expected MissingTensor, got {other:?}"),
+    }
+    let mut wrong = t.clone();
+    wrong.insert(
+        "encoder.layer.0.intermediate.dense.weight".into(),
+        wginfer::Tensor::zeros(wginfer::DType::F32, vec![8, 16]),
+    );
+    match build("tiny", &c, Pooling::default(), &wrong) {
+        Err(ModelError::TensorShape { name, expected, found }) => {
+            assert_eq!(name, "encoder.layer.0.intermediate.dense.weight");
+            assert_eq!((expected, found), (vec![16, 8], vec![8, 16]));
+        }
+        other => panic!("expected TensorShape, got {other:?}"),
+    }
+}
