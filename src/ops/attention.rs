@@ -292,6 +292,83 @@ impl Op for Attention {
         Ok(vec![Tensor::from_vec(inputs[0].shape().to_vec(), y)?])
     }
 
+    /// Gradients of `q`, `k` and `v` (the mask has none). Per batch, head
+    /// and query, with `p` the attention weights and `dO` the output's
+    /// gradient: `dv_j += p_j·dO`, `ds_j = p_j·(dO·v_j − Σ_l p_l·dO·v_l)`,
+    /// `dq = scale·Σ_j ds_j·k_j`, `dk_j += scale·ds_j·q`. Masked keys have
+    /// `p_j = 0` and so no gradient; a fully masked query has none at all.
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        _outputs: &[&Tensor],
+        grads: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>, OpError> {
+        let (d, [q, k, v], mask) = self.inputs(inputs)?;
+        let dy = f32_input(grads, 0)?;
+        let (w, hd) = (d.heads * d.head_dim, d.head_dim);
+        if dy.len() != d.batch * d.sq * w {
+            return Err(OpError::Shape(format!(
+                "the output gradient has {} elements; the output has {}",
+                dy.len(),
+                d.batch * d.sq * w
+            )));
+        }
+        let scale = self.scale_for(hd) as f64;
+        let mut dq = vec![0.0f64; q.len()];
+        let mut dk = vec![0.0f64; k.len()];
+        let mut dv = vec![0.0f64; v.len()];
+        for b in 0..d.batch {
+            let keep = |j: usize| mask.is_none_or(|m| m[b * d.sk + j] != 0.0);
+            for h in 0..d.heads {
+                let kv = |j: usize| (b * d.sk + j) * w + h * hd;
+                for i in 0..d.sq {
+                    let qi = (b * d.sq + i) * w + h * hd;
+                    let scores: Vec<f64> = (0..d.sk)
+                        .map(|j| (0..hd).map(|c| q[qi + c] as f64 * k[kv(j) + c] as f64).sum::<f64>() * scale)
+                        .collect();
+                    let max = (0..d.sk)
+                        .filter(|&j| keep(j))
+                        .map(|j| scores[j])
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    if max == f64::NEG_INFINITY {
+                        continue;
+                    }
+                    let e: Vec<f64> = (0..d.sk)
+                        .map(|j| if keep(j) { (scores[j] - max).exp() } else { 0.0 })
+                        .collect();
+                    let sum: f64 = e.iter().sum();
+                    let p: Vec<f64> = e.iter().map(|x| x / sum).collect();
+                    let dp: Vec<f64> = (0..d.sk)
+                        .map(|j| (0..hd).map(|c| dy[qi + c] as f64 * v[kv(j) + c] as f64).sum())
+                        .collect();
+                    let dot: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                    for j in 0..d.sk {
+                        if p[j] == 0.0 {
+                            continue;
+                        }
+                        let ds = p[j] * (dp[j] - dot) * scale;
+                        for c in 0..hd {
+                            dv[kv(j) + c] += p[j] * dy[qi + c] as f64;
+                            dq[qi + c] += ds * k[kv(j) + c] as f64;
+                            dk[kv(j) + c] += ds * q[qi + c] as f64;
+                        }
+                    }
+                }
+            }
+        }
+        let out = |g: Vec<f64>, t: &Tensor| -> Result<Option<Tensor>, OpError> {
+            Ok(Some(Tensor::from_vec(
+                t.shape().to_vec(),
+                g.into_iter().map(|x| x as f32).collect::<Vec<f32>>(),
+            )?))
+        };
+        let mut grads = vec![out(dq, inputs[0])?, out(dk, inputs[1])?, out(dv, inputs[2])?];
+        if inputs.len() == 4 {
+            grads.push(None);
+        }
+        Ok(grads)
+    }
+
     fn validation(&self) -> Validation {
         Validation::Approximate
     }
