@@ -350,3 +350,92 @@ fn a_1d_conv_runs_as_a_2d_conv_over_a_height_of_one() {
         assert_eq!(y["y"].as_f32().unwrap(), &[1.0, 3.0, 5.0, 7.0, 9.0]);
     }
 }
+
+/// A BatchNormalization after a Gemm over `[batch, features]` folds into the
+/// Linear's weight and bias; the result matches Gemm then BatchNormalization
+/// computed here in f64.
+#[test]
+fn batchnorm_after_gemm_folds_into_the_linear() {
+    let (n, k, b) = (5usize, 7usize, 3usize);
+    let val = |i: usize, s: f32| (i as f32 * 0.37 + s).sin() * 0.8;
+    let w: Vec<f32> = (0..n * k).map(|i| val(i, 0.1)).collect();
+    let bias: Vec<f32> = (0..n).map(|i| val(i, 1.0)).collect();
+    let scale: Vec<f32> = (0..n).map(|i| 1.0 + val(i, 2.0) * 0.5).collect();
+    let shift: Vec<f32> = (0..n).map(|i| val(i, 3.0)).collect();
+    let mean: Vec<f32> = (0..n).map(|i| val(i, 4.0)).collect();
+    let var: Vec<f32> = (0..n).map(|i| 0.5 + val(i, 5.0).abs()).collect();
+    let eps = 1e-3f32;
+    let node = |op: &str, ins: &[&str], out: &str| proto::NodeProto {
+        input: ins.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.into()],
+        name: out.into(),
+        op_type: op.into(),
+        ..Default::default()
+    };
+    let mut gemm = node("Gemm", &["x", "w", "b"], "h");
+    gemm.attribute.push(proto::AttributeProto {
+        name: "transB".into(),
+        r#type: proto::attr_type::INT,
+        i: 1,
+        ..Default::default()
+    });
+    let mut bn = node("BatchNormalization", &["h", "scale", "shift", "mean", "var"], "y");
+    bn.attribute.push(proto::AttributeProto {
+        name: "epsilon".into(),
+        r#type: proto::attr_type::FLOAT,
+        f: eps,
+        ..Default::default()
+    });
+    let model = proto::ModelProto {
+        ir_version: 8,
+        opset_import: vec![proto::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(proto::GraphProto {
+            node: vec![gemm, bn],
+            initializer: vec![
+                tensor_proto("w", &[n as i64, k as i64], w.clone()),
+                tensor_proto("b", &[n as i64], bias.clone()),
+                tensor_proto("scale", &[n as i64], scale.clone()),
+                tensor_proto("shift", &[n as i64], shift.clone()),
+                tensor_proto("mean", &[n as i64], mean.clone()),
+                tensor_proto("var", &[n as i64], var.clone()),
+            ],
+            input: vec![value_info("x", &[b as i64, k as i64])],
+            output: vec![value_info("y", &[b as i64, n as i64])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let m = import_bytes(&model.encode_to_vec(), Path::new("."), &ImportOptions::default()).unwrap();
+    let ops: Vec<&str> = m.graph().nodes().iter().map(|n| n.op.op_type()).collect();
+    assert_eq!(ops, ["Linear"]);
+    let xv: Vec<f32> = (0..b * k).map(|i| val(i, 6.0)).collect();
+    let mut want = vec![0.0f32; b * n];
+    for r in 0..b {
+        for c in 0..n {
+            let h: f64 = bias[c] as f64 + (0..k).map(|j| xv[r * k + j] as f64 * w[c * k + j] as f64).sum::<f64>();
+            let y = (h - mean[c] as f64) / (var[c] as f64 + eps as f64).sqrt() * scale[c] as f64 + shift[c] as f64;
+            want[r * n + c] = y as f32;
+        }
+    }
+    let x = Tensor::from_vec(vec![b, k], xv).unwrap();
+    let mut devices = vec![Device::Cpu, Device::CpuReference];
+    if GpuContext::shared(&AdapterChoice::Software).is_ok() {
+        devices.push(Device::Gpu(AdapterChoice::Software));
+    }
+    for device in devices {
+        let y = Session::new(&m, device.clone())
+            .unwrap()
+            .run([("x", x.clone())])
+            .unwrap();
+        let got = y["y"].to_f32_vec();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 + 1e-5 * w.abs(),
+                "{device}: element {i}: {g} vs {w}"
+            );
+        }
+    }
+}

@@ -903,6 +903,10 @@ impl Ctx<'_> {
         Ok(Some(()))
     }
 
+    /// Folds an inference BatchNormalization into the Conv that produces its
+    /// input, or the Linear (a `Gemm` with constant weights) when that input
+    /// is `[batch, features]`: the weight rows and bias absorb the per-channel
+    /// affine map. `false` when it cannot (the node then stays).
     fn fold_batchnorm(&mut self, bn: &BatchNorm, ins: &[String], out: &str) -> Result<bool, Skip> {
         let x = self.resolve(&ins[0]);
         let Some(&pi) = self.producer.get(&x) else {
@@ -911,8 +915,14 @@ impl Ctx<'_> {
         if self.consumers.get(&ins[0]).copied().unwrap_or(0) != 1 || self.graph_outputs.contains(&ins[0]) {
             return Ok(false);
         }
+        let rank = type_of(self.val(&x)?).rank();
         let node = &self.nodes[pi];
-        if node.op.op_type() != "Conv" || node.outputs.len() != 1 {
+        let foldable = match node.op.op_type() {
+            "Conv" => true,
+            "Linear" => rank == 2,
+            _ => false,
+        };
+        if !foldable || node.outputs.len() != 1 {
             return Ok(false);
         }
         let stats: Result<Vec<Tensor>, Skip> = ins[1..].iter().map(|s| self.constant(s).cloned()).collect();
