@@ -22,10 +22,11 @@
 //                                                      dot = K - 2·popcount(xbits ^ wbits)
 //  9 N:M      values f32 [N, kept], index nibbles      kept values at (t / N_)·M_ + idx
 //
-// Each invocation computes ROWS rows (1 or 8) × 4 columns of y in registers.
-// ROWS = 8: workgroup (8, 8) covers 64 rows × 32 columns, grid
-// [⌈N/32⌉, ⌈M/64⌉]. ROWS = 1 (M < 4, the GEMV case): a workgroup covers 256
-// columns of one row, grid [⌈N/256⌉, M].
+// Each invocation computes ROWS rows (1 or 8) × C columns of y in registers
+// (C = 8 for `main` and `w8a8`, 4 for `xnor` and `nm`). ROWS = 8: workgroup
+// (8, 8) covers 64 rows × 8·C columns, grid [⌈N/(8·C)⌉, ⌈M/64⌉]. ROWS = 1
+// (M < 4, the GEMV case): a workgroup covers 64·C columns of one row, grid
+// [⌈N/(64·C)⌉, M].
 //
 // ALIGNED: K % 4 == 0, so four weights of a row share one u32 word (byte
 // formats) and x needs no bounds checks; otherwise rows are read byte-wise
@@ -203,7 +204,15 @@ fn store4(row: u32, col: u32, v: vec4<f32>) {
     store(row, col + 3u, v.w);
 }
 
-// First row and first column of this invocation's tile.
+// First row and first column of a tile of ROWS x 8 (`main`, `w8a8`).
+fn tile8(wg: vec3<u32>, lid: vec3<u32>) -> vec2<u32> {
+    if (ROWS == 1u) {
+        return vec2<u32>(wg.y, (wg.x * 64u + lid.y * 8u + lid.x) * 8u);
+    }
+    return vec2<u32>((wg.y * 8u + lid.y) * ROWS, (wg.x * 8u + lid.x) * 8u);
+}
+
+// First row and first column of a tile of ROWS x 4 (`xnor`, `nm`).
 fn tile(wg: vec3<u32>, lid: vec3<u32>) -> vec2<u32> {
     if (ROWS == 1u) {
         return vec2<u32>(wg.y, (wg.x * 64u + lid.y * 8u + lid.x) * 4u);
@@ -211,14 +220,14 @@ fn tile(wg: vec3<u32>, lid: vec3<u32>) -> vec2<u32> {
     return vec2<u32>((wg.y * 8u + lid.y) * ROWS, (wg.x * 8u + lid.x) * 4u);
 }
 
-// Weight-only formats (1-6): decode four weights of four columns per step of
-// 4 along K and reuse them for every row of the tile.
+// Weight-only formats (1-6): decode four weights of eight columns per step
+// of 4 along K and reuse them for every row of the tile.
 @compute @workgroup_size(8, 8)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let m = params.m;
     let n = params.n;
     let k = params.k;
-    let t = tile(wg, lid);
+    let t = tile8(wg, lid);
     if (t.x >= m || t.y >= n) {
         return;
     }
@@ -231,22 +240,34 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let j1 = min(t.y + 1u, n - 1u);
     let j2 = min(t.y + 2u, n - 1u);
     let j3 = min(t.y + 3u, n - 1u);
+    let j4 = min(t.y + 4u, n - 1u);
+    let j5 = min(t.y + 5u, n - 1u);
+    let j6 = min(t.y + 6u, n - 1u);
+    let j7 = min(t.y + 7u, n - 1u);
     var acc: array<vec4<f32>, 8>;
+    var acc2: array<vec4<f32>, 8>;
     for (var r = 0u; r < ROWS; r = r + 1u) {
         acc[r] = vec4<f32>(0.0);
+        acc2[r] = vec4<f32>(0.0);
     }
     for (var c = 0u; c < k; c = c + 4u) {
         let w0 = wdec(j0, c);
         let w1 = wdec(j1, c);
         let w2 = wdec(j2, c);
         let w3 = wdec(j3, c);
+        let w4 = wdec(j4, c);
+        let w5 = wdec(j5, c);
+        let w6 = wdec(j6, c);
+        let w7 = wdec(j7, c);
         for (var r = 0u; r < ROWS; r = r + 1u) {
             let xr = xv(base[r], c);
             acc[r] = acc[r] + vec4<f32>(dot(xr, w0), dot(xr, w1), dot(xr, w2), dot(xr, w3));
+            acc2[r] = acc2[r] + vec4<f32>(dot(xr, w4), dot(xr, w5), dot(xr, w6), dot(xr, w7));
         }
     }
     for (var r = 0u; r < ROWS; r = r + 1u) {
         store4(t.x + r, t.y, acc[r]);
+        store4(t.x + r, t.y + 4u, acc2[r]);
     }
 }
 
@@ -264,12 +285,14 @@ fn quant4(v: vec4<f32>, inv: f32) -> u32 {
 
 // W8A8: each row of the tile is quantized on the fly (its scale from a first
 // pass over the row), then int8 · int8 → int32 dot products of packed words.
+// Every invocation quantizes its rows again, so it takes eight columns to
+// spread that cost.
 @compute @workgroup_size(8, 8)
 fn w8a8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let m = params.m;
     let n = params.n;
     let k = params.k;
-    let t = tile(wg, lid);
+    let t = tile8(wg, lid);
     if (t.x >= m || t.y >= n) {
         return;
     }
@@ -278,14 +301,14 @@ fn w8a8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     var inv: array<f32, 8>;
     for (var r = 0u; r < ROWS; r = r + 1u) {
         base[r] = min(t.x + r, m - 1u) * k;
-        var mx = 0.0;
+        var mx = vec4<f32>(0.0);
         for (var c = 0u; c < k; c = c + 4u) {
-            let a = abs(xv(base[r], c));
-            mx = max(mx, max(max(a.x, a.y), max(a.z, a.w)));
+            mx = max(mx, abs(xv(base[r], c)));
         }
+        let mr = max(max(mx.x, mx.y), max(mx.z, mx.w));
         var s = 1.0;
-        if (mx > 0.0) {
-            s = mx / 127.0;
+        if (mr > 0.0) {
+            s = mr / 127.0;
         }
         sx[r] = s;
         inv[r] = 1.0 / s;
@@ -294,23 +317,36 @@ fn w8a8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let j1 = min(t.y + 1u, n - 1u);
     let j2 = min(t.y + 2u, n - 1u);
     let j3 = min(t.y + 3u, n - 1u);
+    let j4 = min(t.y + 4u, n - 1u);
+    let j5 = min(t.y + 5u, n - 1u);
+    let j6 = min(t.y + 6u, n - 1u);
+    let j7 = min(t.y + 7u, n - 1u);
     var acc: array<vec4<i32>, 8>;
+    var acc2: array<vec4<i32>, 8>;
     for (var r = 0u; r < ROWS; r = r + 1u) {
         acc[r] = vec4<i32>(0);
+        acc2[r] = vec4<i32>(0);
     }
     for (var c = 0u; c < k; c = c + 4u) {
         let w0 = bytes4(j0 * k + c);
         let w1 = bytes4(j1 * k + c);
         let w2 = bytes4(j2 * k + c);
         let w3 = bytes4(j3 * k + c);
+        let w4 = bytes4(j4 * k + c);
+        let w5 = bytes4(j5 * k + c);
+        let w6 = bytes4(j6 * k + c);
+        let w7 = bytes4(j7 * k + c);
         for (var r = 0u; r < ROWS; r = r + 1u) {
             let q = quant4(xv(base[r], c), inv[r]);
             acc[r] = acc[r] + vec4<i32>(idot4(q, w0), idot4(q, w1), idot4(q, w2), idot4(q, w3));
+            acc2[r] = acc2[r] + vec4<i32>(idot4(q, w4), idot4(q, w5), idot4(q, w6), idot4(q, w7));
         }
     }
     let sw = vec4<f32>(bitcast<f32>(t1[j0]), bitcast<f32>(t1[j1]), bitcast<f32>(t1[j2]), bitcast<f32>(t1[j3]));
+    let sw2 = vec4<f32>(bitcast<f32>(t1[j4]), bitcast<f32>(t1[j5]), bitcast<f32>(t1[j6]), bitcast<f32>(t1[j7]));
     for (var r = 0u; r < ROWS; r = r + 1u) {
         store4(t.x + r, t.y, vec4<f32>(acc[r]) * sx[r] * sw);
+        store4(t.x + r, t.y + 4u, vec4<f32>(acc2[r]) * sx[r] * sw2);
     }
 }
 

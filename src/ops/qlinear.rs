@@ -221,10 +221,19 @@ impl Op for QLinear {
                 let (xq, xs) = quant::quantize_rows_i8(x, k);
                 let mut acc = vec![0i32; m * n];
                 quant::gemm_i8(&xq, m, wq, n, k, &mut acc);
-                for i in 0..m {
-                    for j in 0..n {
-                        y[i * n + j] = acc[i * n + j] as f32 * xs[i] * ws[j] + bias.map_or(0.0, |b| b[j]);
+                let scale = |(i, (yr, ar)): (usize, (&mut [f32], &[i32]))| {
+                    for (j, (d, &a)) in yr.iter_mut().zip(ar).enumerate() {
+                        *d = a as f32 * xs[i] * ws[j] + bias.map_or(0.0, |b| b[j]);
                     }
+                };
+                if m * n >= 1 << 18 {
+                    y.par_chunks_mut(n.max(1))
+                        .zip(acc.par_chunks(n.max(1)))
+                        .enumerate()
+                        .with_min_len(16)
+                        .for_each(scale);
+                } else {
+                    y.chunks_mut(n.max(1)).zip(acc.chunks(n.max(1))).enumerate().for_each(scale);
                 }
             }
             WeightFormat::Binary { xnor: true } => {

@@ -10,14 +10,26 @@ use super::round;
 /// Quantizes each row of `k` values symmetrically to int8: `s = max|x|/127`,
 /// `q = round(x/s)`. Returns the values and one scale per row (1 for a zero row).
 pub fn quantize_rows_i8(x: &[f32], k: usize) -> (Vec<i8>, Vec<f32>) {
-    let mut q = Vec::with_capacity(x.len());
-    let mut scales = Vec::with_capacity(x.len() / k.max(1));
-    for row in x.chunks(k.max(1)) {
-        let max = row.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
-        let s = if max > 0.0 { max / 127.0 } else { 1.0 };
-        let inv = 1.0 / s;
-        q.extend(row.iter().map(|&v| round(v * inv).clamp(-127.0, 127.0) as i8));
-        scales.push(s);
+    let k = k.max(1);
+    let mut q = vec![0i8; x.len()];
+    let mut scales = vec![0.0f32; x.len().div_ceil(k)];
+    let row = |((qr, xr), s): ((&mut [i8], &[f32]), &mut f32)| {
+        let max = xr.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+        *s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        let inv = 1.0 / *s;
+        for (d, &v) in qr.iter_mut().zip(xr) {
+            *d = round(v * inv).clamp(-127.0, 127.0) as i8;
+        }
+    };
+    if x.len() >= 1 << 18 {
+        // Rows in parallel, a few per task (tasks of one short row cost more than they save).
+        q.par_chunks_mut(k)
+            .zip(x.par_chunks(k))
+            .zip(scales.par_iter_mut())
+            .with_min_len((1 << 14) / k + 1)
+            .for_each(row);
+    } else {
+        q.chunks_mut(k).zip(x.chunks(k)).zip(scales.iter_mut()).for_each(row);
     }
     (q, scales)
 }
@@ -70,15 +82,27 @@ mod vnni {
     pub fn gemm(x: &[i8], m: usize, w: &[i8], n: usize, k: usize, out: &mut [i32]) {
         // vpdpbusd multiplies unsigned by signed bytes: feed x + 128 (x ^ 0x80)
         // and subtract 128·Σw afterwards.
-        let xu: Vec<u8> = x[..m * k].iter().map(|&v| (v as u8) ^ 0x80).collect();
-        let wsum: Vec<i32> = (0..n)
-            .map(|j| w[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum())
-            .collect();
+        let big = m * n * k >= 1 << 20;
+        let mut xu = vec![0u8; m * k];
+        let flip = |(d, s): (&mut [u8], &[i8])| {
+            for (d, &v) in d.iter_mut().zip(s) {
+                *d = (v as u8) ^ 0x80;
+            }
+        };
+        if big && m * k >= 1 << 18 {
+            xu.par_chunks_mut(1 << 14).zip(x[..m * k].par_chunks(1 << 14)).for_each(flip);
+        } else {
+            flip((&mut xu, &x[..m * k]));
+        }
         let tasks: Vec<usize> = (0..n).step_by(COLS_PER_TASK).collect();
         // Each task fills a column block [m, cols] of its own.
         let run = |&j0: &usize| -> Vec<i32> {
             let j1 = (j0 + COLS_PER_TASK).min(n);
             let cols = j1 - j0;
+            // Σw of this task's columns (for the +128 offset of x).
+            let wsum: Vec<i32> = (j0..j1)
+                .map(|j| w[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum())
+                .collect();
             let mut block = vec![0i32; m * cols];
             let mut j = j0;
             while j < j1 {
@@ -107,11 +131,11 @@ mod vnni {
                 j += 4;
             }
             for (idx, v) in block.iter_mut().enumerate() {
-                *v -= 128 * wsum[j0 + idx % cols];
+                *v -= 128 * wsum[idx % cols];
             }
             block
         };
-        let blocks: Vec<Vec<i32>> = if m * n * k >= 1 << 20 {
+        let blocks: Vec<Vec<i32>> = if big {
             tasks.par_iter().map(run).collect()
         } else {
             tasks.iter().map(run).collect()
@@ -198,6 +222,20 @@ mod vnni {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_row_quantization_matches_row_by_row() {
+        let mut rng = crate::ops::CaseRng::new(5);
+        let (m, k) = (600, 513);
+        let x = rng.tensor(&[m, k], -3.0, 3.0).to_f32_vec();
+        let (q, s) = quantize_rows_i8(&x, k);
+        assert_eq!((q.len(), s.len()), (m * k, m));
+        for i in [0, 1, 299, 599] {
+            let (qr, sr) = quantize_rows_i8(&x[i * k..(i + 1) * k], k);
+            assert_eq!(&q[i * k..(i + 1) * k], &qr[..], "row {i}");
+            assert_eq!(s[i], sr[0], "row {i}");
+        }
+    }
 
     #[test]
     fn fast_gemm_is_exact() {

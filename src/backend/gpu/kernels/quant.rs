@@ -94,10 +94,16 @@ pub(super) fn select(
     let m = numel(&xs[..xs.len() - 1]);
     let (code, entry, aux) = format_code(&format, k);
     let rows = if m < 4 { 1 } else { 8 };
-    let groups = if rows == 1 {
-        [n.div_ceil(256), m, 1]
+    // Columns per invocation: 8 in `qlinear.wgsl::main` and `w8a8`, 4 elsewhere.
+    let cols = if (entry == "main" && !(format == WeightFormat::F16 && caps.f16)) || entry == "w8a8" {
+        8
     } else {
-        [n.div_ceil(32), m.div_ceil(64), 1]
+        4
+    };
+    let groups = if rows == 1 {
+        [n.div_ceil(64 * cols), m, 1]
+    } else {
+        [n.div_ceil(8 * cols), m.div_ceil(64), 1]
     };
     if groups.iter().any(|&g| g > caps.max_workgroups as usize) || [m, n, k, aux].iter().any(|&v| v > u32::MAX as usize)
     {
