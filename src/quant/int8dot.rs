@@ -90,7 +90,9 @@ mod vnni {
             }
         };
         if big && m * k >= 1 << 18 {
-            xu.par_chunks_mut(1 << 14).zip(x[..m * k].par_chunks(1 << 14)).for_each(flip);
+            xu.par_chunks_mut(1 << 14)
+                .zip(x[..m * k].par_chunks(1 << 14))
+                .for_each(flip);
         } else {
             flip((&mut xu, &x[..m * k]));
         }
