@@ -497,3 +497,58 @@ fn bad_configs_and_checkpoints_are_typed_errors() {
         other => panic!("expected TensorShape, got {other:?}"),
     }
 }
+
+/// The command line: `wginfer quantize DIR --format int8 -o FILE`, then
+/// `wginfer embed FILE --tokenizer DIR --json` and `--similarity`.
+#[test]
+fn cli_quantize_then_embed() {
+    let Some(dir) = minilm::model_dir() else { return };
+    let r = minilm::reference();
+    let exe = env!("CARGO_BIN_EXE_wginfer");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let q = tmp.path().join("minilm-int8.safetensors");
+    let out = std::process::Command::new(exe)
+        .args(["quantize", dir.to_str().expect("utf-8 path"), "--format", "int8", "-o"])
+        .arg(&q)
+        .output()
+        .expect("run quantize");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(exe)
+        .arg("embed")
+        .arg(&q)
+        .args([
+            "--tokenizer",
+            dir.to_str().expect("utf-8 path"),
+            "--json",
+            "--similarity",
+        ])
+        .args(&r.texts[1..3])
+        .output()
+        .expect("run embed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(doc["dim"], 384);
+    for (i, d) in doc["data"].as_array().expect("data").iter().enumerate() {
+        let v: Vec<f32> = d["embedding"]
+            .as_array()
+            .expect("embedding")
+            .iter()
+            .map(|x| x.as_f64().expect("number") as f32)
+            .collect();
+        assert_eq!(d["tokens"], r.token_counts[i + 1]);
+        let c = cosine(&v, &r.embeddings[i + 1]);
+        assert!(c > 0.999, "int8 from the command line: cosine {c}");
+    }
+    let s = doc["similarity"][0][1].as_f64().expect("similarity");
+    let want = cosine(&r.embeddings[1], &r.embeddings[2]) as f64;
+    assert!((s - want).abs() < 0.01, "similarity {s} vs {want}");
+    // Without a tokenizer beside the file or --tokenizer: a clear error.
+    let out = std::process::Command::new(exe)
+        .arg("embed")
+        .arg(&q)
+        .arg("hello")
+        .output()
+        .expect("run embed");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tokenizer"));
+}
