@@ -690,3 +690,27 @@ fn pruned_masks_stay_on_the_host_and_results_match() {
     let got = exec.run(vec![x]).unwrap();
     compare_probs(&got["probabilities"], &want["probabilities"], "pruned 70%");
 }
+
+#[test]
+fn gather_out_of_range_index_is_nan_on_the_gpu() {
+    // The device has no error channel: a bad index poisons its row with NaN
+    // (the CPU path reports it as an error naming the index and the bound).
+    let Some(ctx) = gpu() else { return };
+    let data = Tensor::from_vec(vec![3, 2], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    let def = REGISTRY.iter().find(|d| d.op_type == "Gather").expect("registered");
+    let op = (def.build)(&serde_json::from_str(r#"{"axis": 0}"#).unwrap()).unwrap();
+    for idx in [
+        Tensor::from_vec(vec![4], vec![2i64, 3, -4, -1]).unwrap(),
+        Tensor::from_vec(vec![4], vec![2i32, 3, -4, -1]).unwrap(),
+        Tensor::from_vec(vec![4], vec![2i64, 1 << 32, -(1 << 32), -1]).unwrap(),
+    ] {
+        let case = OpCase::new("gather out of range", op.clone(), vec![data.clone(), idx.clone()]);
+        assert!(op.cpu(&case.input_refs()).is_err());
+        let graph = Arc::new(single_op_graph(&case));
+        let exec = GpuExecutor::new(graph, Arc::new(HashMap::new()), ctx.clone(), GpuOptions::default()).unwrap();
+        let y = exec.run(case.inputs.clone()).unwrap()["y0"].to_f32_vec();
+        assert_eq!(&y[..2], &[5.0, 6.0], "{idx:?}");
+        assert!(y[2..6].iter().all(|v| v.is_nan()), "{idx:?}: {y:?}");
+        assert_eq!(&y[6..], &[5.0, 6.0], "{idx:?}");
+    }
+}
