@@ -399,6 +399,73 @@ impl Op for Conv {
         Ok(vec![Tensor::from_vec(vec![p.n, p.m, oh, ow], y)?])
     }
 
+    /// Gradients for `x`, `w` and `b` (the transposed convolution of `dy`
+    /// with `w`, the correlation of `x` with `dy`, and the sum of `dy`), in
+    /// f64 loops mirroring the reference.
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        _outputs: &[&Tensor],
+        grads: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>, OpError> {
+        check_arity(inputs.len(), 2, 3, "2 or 3 (x, w, optional b)")?;
+        let p = self.plan(inputs[0].shape(), inputs[1].shape(), inputs.get(2).map(|b| b.shape()))?;
+        let (x, w) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?);
+        let dy = f32_input(grads, 0)?;
+        let (s, d) = (self.window.strides, self.window.dilations);
+        let mg = p.m / self.group;
+        let (oh, ow) = (p.y.out, p.x.out);
+        if dy.len() != p.n * p.m * oh * ow {
+            return Err(OpError::Shape(format!(
+                "the output gradient has {} values, not {}",
+                dy.len(),
+                p.n * p.m * oh * ow
+            )));
+        }
+        let mut dx = vec![0.0f64; x.len()];
+        let mut dw = vec![0.0f64; w.len()];
+        let mut db = vec![0.0f64; p.m];
+        for n in 0..p.n {
+            for m in 0..p.m {
+                let g = m / mg;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let gy = dy[((n * p.m + m) * oh + oy) * ow + ox] as f64;
+                        db[m] += gy;
+                        for ci in 0..p.cg {
+                            let c = g * p.cg + ci;
+                            for ky in 0..p.kh {
+                                let iy = (oy * s[0] + ky * d[0]) as isize - p.y.begin as isize;
+                                if iy < 0 || iy >= p.h as isize {
+                                    continue;
+                                }
+                                for kx in 0..p.kw {
+                                    let ix = (ox * s[1] + kx * d[1]) as isize - p.x.begin as isize;
+                                    if ix < 0 || ix >= p.w as isize {
+                                        continue;
+                                    }
+                                    let xi = ((n * p.c + c) * p.h + iy as usize) * p.w + ix as usize;
+                                    let wi = ((m * p.cg + ci) * p.kh + ky) * p.kw + kx;
+                                    dx[xi] += w[wi] as f64 * gy;
+                                    dw[wi] += x[xi] as f64 * gy;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let f = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect::<Vec<f32>>();
+        let mut out = vec![
+            Some(Tensor::from_vec(inputs[0].shape().to_vec(), f(dx))?),
+            Some(Tensor::from_vec(inputs[1].shape().to_vec(), f(dw))?),
+        ];
+        if inputs.len() == 3 {
+            out.push(Some(Tensor::from_vec(vec![p.m], f(db))?));
+        }
+        Ok(out)
+    }
+
     fn validation(&self) -> Validation {
         Validation::Approximate
     }

@@ -130,6 +130,76 @@ impl Op for Pool {
         Ok(vec![Tensor::from_vec(vec![s[0], s[1], ay.out, ax.out], y)?])
     }
 
+    /// MaxPool sends each window's gradient to its first largest element
+    /// (as the forward's `max` picks it); AveragePool spreads it evenly over
+    /// the window's divisor (padding positions, when counted, take their
+    /// share and drop it).
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        _outputs: &[&Tensor],
+        grads: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let s = inputs[0].shape();
+        if s.len() != 4 {
+            return Err(OpError::Shape(format!("needs x [N, C, H, W]; got {s:?}")));
+        }
+        let x = f32_input(inputs, 0)?;
+        let dy = f32_input(grads, 0)?;
+        let (nc, h, w) = (s[0] * s[1], s[2], s[3]);
+        let (ay, ax) = self.axes(h, w)?;
+        if dy.len() != nc * ay.out * ax.out {
+            return Err(OpError::Shape(format!(
+                "the output gradient has {} values, not {}",
+                dy.len(),
+                nc * ay.out * ax.out
+            )));
+        }
+        let (k, st, d) = (&self.window.kernel, self.window.strides, self.window.dilations);
+        let (ph_end, pw_end) = (h + ay.end, w + ax.end);
+        let mut dx = vec![0.0f32; x.len()];
+        for plane in 0..nc {
+            let base = plane * h * w;
+            for oy in 0..ay.out {
+                for ox in 0..ax.out {
+                    let g = dy[(plane * ay.out + oy) * ax.out + ox];
+                    let mut cells = Vec::new();
+                    let mut padded = 0usize;
+                    for ky in 0..k[0] {
+                        let iy = (oy * st[0] + ky * d[0]) as isize - ay.begin as isize;
+                        for kx in 0..k[1] {
+                            let ix = (ox * st[1] + kx * d[1]) as isize - ax.begin as isize;
+                            if iy < ph_end as isize && ix < pw_end as isize {
+                                padded += 1;
+                            }
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            cells.push(base + iy as usize * w + ix as usize);
+                        }
+                    }
+                    if self.max {
+                        let best = cells.iter().copied().fold(None, |b: Option<usize>, i| match b {
+                            Some(j) if x[j] >= x[i] => Some(j),
+                            _ => Some(i),
+                        });
+                        if let Some(i) = best {
+                            dx[i] += g;
+                        }
+                    } else {
+                        let div = if self.count_include_pad { padded } else { cells.len() };
+                        let share = g / div.max(1) as f32;
+                        for i in cells {
+                            dx[i] += share;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(vec![Some(Tensor::from_vec(s.to_vec(), dx)?)])
+    }
+
     fn validation(&self) -> Validation {
         if self.max {
             Validation::Exact
@@ -256,6 +326,31 @@ impl Op for GlobalAveragePool {
             *d = 1;
         }
         Ok(vec![Tensor::from_vec(shape, y)?])
+    }
+
+    /// Each element gets its plane's gradient divided by the plane's size.
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        _outputs: &[&Tensor],
+        grads: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let s = inputs[0].shape();
+        if s.len() < 2 {
+            return Err(OpError::Shape(format!("needs x [N, C, ...]; got {s:?}")));
+        }
+        let inner: usize = s[2..].iter().product::<usize>().max(1);
+        let dy = f32_input(grads, 0)?;
+        if dy.len() != s[0] * s[1] {
+            return Err(OpError::Shape(format!(
+                "the output gradient has {} values, not {}",
+                dy.len(),
+                s[0] * s[1]
+            )));
+        }
+        let dx = (0..inputs[0].numel()).map(|i| dy[i / inner] / inner as f32).collect();
+        Ok(vec![Some(Tensor::from_vec(s.to_vec(), dx)?)])
     }
 
     fn validation(&self) -> Validation {
