@@ -136,13 +136,24 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Below this many elements an elementwise loop runs on one thread.
 const PARALLEL_MIN_ELEMS: usize = 1 << 15;
 
-/// Applies `f` to every element, in parallel for large inputs.
+/// Applies `f` to every element, in parallel for large inputs. Each task
+/// runs a plain loop over a chunk, so `f` inlines and vectorizes (a rayon
+/// `map(..).collect()` called it per element: 13% of a MiniLM run in GELU).
 pub fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    let apply = |(o, i): (&mut [f32], &[f32])| {
+        for (o, &v) in o.iter_mut().zip(i) {
+            *o = f(v);
+        }
+    };
     if x.len() >= PARALLEL_MIN_ELEMS {
-        x.par_iter().map(|&v| f(v)).collect()
+        out.par_chunks_mut(PARALLEL_MIN_ELEMS / 4)
+            .zip(x.par_chunks(PARALLEL_MIN_ELEMS / 4))
+            .for_each(apply);
     } else {
-        x.iter().map(|&v| f(v)).collect()
+        apply((&mut out, x));
     }
+    out
 }
 
 /// Applies `f` to every row of `row` elements, in place, in parallel for large inputs.
