@@ -4,6 +4,8 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use super::Validation;
 use super::{attr_i64, attr_ints, attr_str, check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef};
 use crate::error::OpError;
@@ -353,47 +355,72 @@ impl Op for Conv {
         let (oh, ow) = (p.y.out, p.x.out);
         let (kk, pix) = (p.cg * p.kh * p.kw, oh * ow);
         let mut y = vec![0.0f32; p.n * p.m * pix];
-        let mut col = vec![0.0f32; kk * pix];
-        for n in 0..p.n {
+        // Images go through im2col together, `chunk` at a time, so one gemm
+        // of [mg, kk] x [kk, chunk·pix] per group does the work of `chunk`
+        // small ones (the digits CNN's 8x8 images make 64-column products
+        // otherwise). The column buffer stays under COL_MAX floats.
+        const COL_MAX: usize = 1 << 22;
+        let chunk = (COL_MAX / (kk * pix).max(1)).clamp(1, p.n.max(1));
+        let mut col = vec![0.0f32; kk * chunk * pix];
+        let mut out = vec![0.0f32; mg * chunk * pix];
+        for n0 in (0..p.n).step_by(chunk) {
+            let nb = chunk.min(p.n - n0);
+            let cols = nb * pix;
             for g in 0..self.group {
-                for ci in 0..p.cg {
+                // Row r = (ci, ky, kx) of the column matrix holds, for every
+                // image of the chunk, that tap of each output pixel.
+                let fill = |r: usize, row: &mut [f32]| {
+                    let (ci, ky, kx) = (r / (p.kh * p.kw), (r / p.kw) % p.kh, r % p.kw);
                     let c = g * p.cg + ci;
-                    let plane = &x[(n * p.c + c) * p.h * p.w..][..p.h * p.w];
-                    for ky in 0..p.kh {
-                        for kx in 0..p.kw {
-                            let row = &mut col[((ci * p.kh + ky) * p.kw + kx) * pix..][..pix];
-                            for oy in 0..oh {
-                                let iy = (oy * s[0] + ky * d[0]) as isize - p.y.begin as isize;
-                                let dst = &mut row[oy * ow..(oy + 1) * ow];
-                                if iy < 0 || iy >= p.h as isize {
-                                    dst.fill(0.0);
-                                    continue;
-                                }
-                                let src = &plane[iy as usize * p.w..][..p.w];
-                                for (ox, v) in dst.iter_mut().enumerate() {
-                                    let ix = (ox * s[1] + kx * d[1]) as isize - p.x.begin as isize;
-                                    *v = if ix < 0 || ix >= p.w as isize {
-                                        0.0
-                                    } else {
-                                        src[ix as usize]
-                                    };
-                                }
+                    for (i, img) in row.chunks_mut(pix.max(1)).enumerate() {
+                        let plane = &x[((n0 + i) * p.c + c) * p.h * p.w..][..p.h * p.w];
+                        for oy in 0..oh {
+                            let iy = (oy * s[0] + ky * d[0]) as isize - p.y.begin as isize;
+                            let dst = &mut img[oy * ow..(oy + 1) * ow];
+                            if iy < 0 || iy >= p.h as isize {
+                                dst.fill(0.0);
+                                continue;
+                            }
+                            let src = &plane[iy as usize * p.w..][..p.w];
+                            for (ox, v) in dst.iter_mut().enumerate() {
+                                let ix = (ox * s[1] + kx * d[1]) as isize - p.x.begin as isize;
+                                *v = if ix < 0 || ix >= p.w as isize {
+                                    0.0
+                                } else {
+                                    src[ix as usize]
+                                };
                             }
                         }
                     }
+                };
+                let col = &mut col[..kk * cols];
+                if kk * cols >= 1 << 15 {
+                    col.par_chunks_mut(cols.max(1))
+                        .enumerate()
+                        .for_each(|(r, row)| fill(r, row));
+                } else {
+                    col.chunks_mut(cols.max(1))
+                        .enumerate()
+                        .for_each(|(r, row)| fill(r, row));
                 }
-                let out = &mut y[(n * p.m + g * mg) * pix..][..mg * pix];
+                let out = &mut out[..mg * cols];
                 if let Some(b) = b {
-                    for (mi, r) in out.chunks_mut(pix.max(1)).enumerate() {
+                    for (mi, r) in out.chunks_mut(cols.max(1)).enumerate() {
                         r.fill(b[g * mg + mi]);
                     }
                 }
                 linalg::sgemm(
                     MatRef::row_major(&w[g * mg * kk..][..mg * kk], mg, kk),
-                    MatRef::row_major(&col, kk, pix),
+                    MatRef::row_major(col, kk, cols),
                     out,
                     b.is_some(),
                 )?;
+                // [mg, chunk, pix] -> y[n0 + i, g·mg + mi, pix].
+                for (mi, r) in out.chunks(cols.max(1)).enumerate() {
+                    for (i, img) in r.chunks(pix.max(1)).enumerate() {
+                        y[((n0 + i) * p.m + g * mg + mi) * pix..][..pix].copy_from_slice(img);
+                    }
+                }
             }
         }
         Ok(vec![Tensor::from_vec(vec![p.n, p.m, oh, ow], y)?])
