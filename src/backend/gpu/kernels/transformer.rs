@@ -54,6 +54,12 @@ pub(crate) fn select(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> 
         return Ok(None);
     }
     let any = op.as_any();
+    let arity = |n: usize| -> Result<(), Error> {
+        if inputs.len() < n {
+            return Err(unsupported(op, format!("{} inputs (needs {n})", inputs.len()), caps));
+        }
+        Ok(())
+    };
     let f32_only = |range: std::ops::Range<usize>| -> Result<(), Error> {
         match inputs
             .iter()
@@ -74,6 +80,7 @@ pub(crate) fn select(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> 
         grid(n.div_ceil(256), caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many elements)", caps))
     };
     if let Some(g) = any.downcast_ref::<Gather>() {
+        arity(2)?;
         f32_only(0..1)?;
         let (data, (idt, idx)) = (inputs[0].1, inputs[1]);
         let idx64 = match idt {
@@ -144,6 +151,7 @@ pub(crate) fn select(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> 
         )));
     }
     if any.is::<MaskedMeanPool>() {
+        arity(2)?;
         let (x, m) = (inputs[0].1, inputs[1].1);
         if x.len() != 3 || m != [x[0], x[1]] {
             return Err(unsupported(op, "f32 with these shapes", caps));
@@ -160,6 +168,7 @@ pub(crate) fn select(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> 
         )));
     }
     if let Some(l2) = any.downcast_ref::<L2Normalize>() {
+        arity(1)?;
         let s = inputs[0].1;
         let (len, inner) = if s.is_empty() {
             (1, 1)
