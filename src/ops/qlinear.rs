@@ -233,7 +233,10 @@ impl Op for QLinear {
                         .with_min_len(16)
                         .for_each(scale);
                 } else {
-                    y.chunks_mut(n.max(1)).zip(acc.chunks(n.max(1))).enumerate().for_each(scale);
+                    y.chunks_mut(n.max(1))
+                        .zip(acc.chunks(n.max(1)))
+                        .enumerate()
+                        .for_each(scale);
                 }
             }
             WeightFormat::Binary { xnor: true } => {
