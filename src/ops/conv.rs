@@ -382,13 +382,21 @@ impl Op for Conv {
                                 continue;
                             }
                             let src = &plane[iy as usize * p.w..][..p.w];
-                            for (ox, v) in dst.iter_mut().enumerate() {
-                                let ix = (ox * s[1] + kx * d[1]) as isize - p.x.begin as isize;
-                                *v = if ix < 0 || ix >= p.w as isize {
-                                    0.0
-                                } else {
-                                    src[ix as usize]
-                                };
+                            // ix = ox·s + off lies in [0, w) for ox in [lo, hi).
+                            let off = (kx * d[1]) as isize - p.x.begin as isize;
+                            let st = s[1] as isize;
+                            let lo = if off >= 0 { 0 } else { ((-off + st - 1) / st) as usize }.min(ow);
+                            let hi = (((p.w as isize - off).max(0) + st - 1) / st).clamp(lo as isize, ow as isize);
+                            let hi = hi as usize;
+                            dst[..lo].fill(0.0);
+                            dst[hi..].fill(0.0);
+                            if st == 1 {
+                                let a = (lo as isize + off) as usize;
+                                dst[lo..hi].copy_from_slice(&src[a..a + (hi - lo)]);
+                            } else {
+                                for (ox, v) in (lo..hi).zip(&mut dst[lo..hi]) {
+                                    *v = src[(ox as isize * st + off) as usize];
+                                }
                             }
                         }
                     }

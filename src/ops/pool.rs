@@ -4,6 +4,8 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use super::conv::{Axis, Window};
 use super::{attr_i64, check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
 use crate::error::OpError;
@@ -125,6 +127,80 @@ impl Op for Pool {
                         (sum / div.max(1) as f64) as f32
                     });
                 }
+            }
+        }
+        Ok(vec![Tensor::from_vec(vec![s[0], s[1], ay.out, ax.out], y)?])
+    }
+
+    /// The reference's arithmetic, with each axis's in-bounds taps listed
+    /// once (no per-element bounds tests) and planes in parallel.
+    fn cpu(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let s = inputs[0].shape();
+        if s.len() != 4 {
+            return Err(OpError::Shape(format!("needs x [N, C, H, W]; got {s:?}")));
+        }
+        let x = f32_input(inputs, 0)?;
+        let (nc, h, w) = (s[0] * s[1], s[2], s[3]);
+        let (ay, ax) = self.axes(h, w)?;
+        let (k, st, d) = (&self.window.kernel, self.window.strides, self.window.dilations);
+        // Per output position along one axis: the input indices its window
+        // reads, and how many taps fall inside the padded extent.
+        let taps = |out: usize, begin: usize, k: usize, st: usize, d: usize, n: usize, padded_end: usize| {
+            (0..out)
+                .map(|o| {
+                    let at = |t: usize| (o * st + t * d) as isize - begin as isize;
+                    let valid: Vec<usize> = (0..k)
+                        .map(at)
+                        .filter(|&i| i >= 0 && i < n as isize)
+                        .map(|i| i as usize)
+                        .collect();
+                    let padded = (0..k).map(at).filter(|&i| i < padded_end as isize).count();
+                    (valid, padded)
+                })
+                .collect::<Vec<_>>()
+        };
+        let ty = taps(ay.out, ay.begin, k[0], st[0], d[0], h, h + ay.end);
+        let tx = taps(ax.out, ax.begin, k[1], st[1], d[1], w, w + ax.end);
+        let out_plane = ay.out * ax.out;
+        let mut y = vec![0.0f32; nc * out_plane];
+        let plane_fn = |plane: usize, yp: &mut [f32]| {
+            let xp = &x[plane * h * w..][..h * w];
+            for (oy, (iys, py)) in ty.iter().enumerate() {
+                for (ox, (ixs, px)) in tx.iter().enumerate() {
+                    let v = if self.max {
+                        let mut best = f32::NEG_INFINITY;
+                        for &iy in iys {
+                            for &ix in ixs {
+                                best = best.max(xp[iy * w + ix]);
+                            }
+                        }
+                        best
+                    } else {
+                        let mut sum = 0.0f64;
+                        for &iy in iys {
+                            for &ix in ixs {
+                                sum += xp[iy * w + ix] as f64;
+                            }
+                        }
+                        let div = if self.count_include_pad {
+                            py * px
+                        } else {
+                            iys.len() * ixs.len()
+                        };
+                        (sum / div.max(1) as f64) as f32
+                    };
+                    yp[oy * ax.out + ox] = v;
+                }
+            }
+        };
+        if out_plane > 0 {
+            if nc * out_plane >= 1 << 14 {
+                y.par_chunks_mut(out_plane)
+                    .enumerate()
+                    .for_each(|(p, yp)| plane_fn(p, yp));
+            } else {
+                y.chunks_mut(out_plane).enumerate().for_each(|(p, yp)| plane_fn(p, yp));
             }
         }
         Ok(vec![Tensor::from_vec(vec![s[0], s[1], ay.out, ax.out], y)?])
