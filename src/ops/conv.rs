@@ -372,27 +372,33 @@ impl Op for Conv {
                 let fill = |r: usize, row: &mut [f32]| {
                     let (ci, ky, kx) = (r / (p.kh * p.kw), (r / p.kw) % p.kh, r % p.kw);
                     let c = g * p.cg + ci;
+                    // What depends only on the tap: ix = ox·s + off lies in
+                    // [0, w) for ox in [lo, hi); the input row of each oy.
+                    let off = (kx * d[1]) as isize - p.x.begin as isize;
+                    let st = s[1] as isize;
+                    let lo = if off >= 0 { 0 } else { ((-off + st - 1) / st) as usize }.min(ow);
+                    let hi = (((p.w as isize - off).max(0) + st - 1) / st).clamp(lo as isize, ow as isize) as usize;
+                    let rows: Vec<Option<usize>> = (0..oh)
+                        .map(|oy| {
+                            let iy = (oy * s[0] + ky * d[0]) as isize - p.y.begin as isize;
+                            (iy >= 0 && iy < p.h as isize).then_some(iy as usize)
+                        })
+                        .collect();
                     for (i, img) in row.chunks_mut(pix.max(1)).enumerate() {
                         let plane = &x[((n0 + i) * p.c + c) * p.h * p.w..][..p.h * p.w];
-                        for oy in 0..oh {
-                            let iy = (oy * s[0] + ky * d[0]) as isize - p.y.begin as isize;
-                            let dst = &mut img[oy * ow..(oy + 1) * ow];
-                            if iy < 0 || iy >= p.h as isize {
+                        for (dst, iy) in img.chunks_mut(ow.max(1)).zip(&rows) {
+                            let Some(iy) = *iy else {
                                 dst.fill(0.0);
                                 continue;
-                            }
-                            let src = &plane[iy as usize * p.w..][..p.w];
-                            // ix = ox·s + off lies in [0, w) for ox in [lo, hi).
-                            let off = (kx * d[1]) as isize - p.x.begin as isize;
-                            let st = s[1] as isize;
-                            let lo = if off >= 0 { 0 } else { ((-off + st - 1) / st) as usize }.min(ow);
-                            let hi = (((p.w as isize - off).max(0) + st - 1) / st).clamp(lo as isize, ow as isize);
-                            let hi = hi as usize;
+                            };
+                            let src = &plane[iy * p.w..][..p.w];
                             dst[..lo].fill(0.0);
                             dst[hi..].fill(0.0);
                             if st == 1 {
                                 let a = (lo as isize + off) as usize;
-                                dst[lo..hi].copy_from_slice(&src[a..a + (hi - lo)]);
+                                for (v, &x) in dst[lo..hi].iter_mut().zip(&src[a..]) {
+                                    *v = x;
+                                }
                             } else {
                                 for (ox, v) in (lo..hi).zip(&mut dst[lo..hi]) {
                                     *v = src[(ox as isize * st + off) as usize];
