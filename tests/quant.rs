@@ -49,8 +49,37 @@ proptest! {
                 // int4 blocks carry f16 scales/minimums: allow their rounding too.
                 let slack = if matches!(format, WeightFormat::Int4 { .. }) { scale * 2e-3 } else { scale * 1e-6 };
                 for i in 0..w.len() {
-                    prop_assert!((w[i] - back[i]).abs() <= bound[i] + slack,
-                        "{format}: w {} -> {} (half step {})", w[i], back[i], bound[i]);
+                    if let WeightFormat::Int4 { block, .. } = format {
+                        // int4 picks each block's scale for the least squared
+                        // error, so the largest values of a block may clip:
+                        // a weight is within half a step, or it was clipped
+                        // to the block's end code (nothing in its block
+                        // dequantizes further out in its direction).
+                        let (r, c, b) = (i / inp, i % inp, block as usize);
+                        let blk = &back[r * inp + c / b * b..r * inp + ((c / b + 1) * b).min(inp)];
+                        let (lo, hi) = blk.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+                        let clipped = (w[i] > back[i] && back[i] == hi) || (w[i] < back[i] && back[i] == lo);
+                        prop_assert!((w[i] - back[i]).abs() <= bound[i] + slack || clipped,
+                            "{format}: w {} -> {} (half step {}, block range {lo}..{hi})", w[i], back[i], bound[i]);
+                    } else {
+                        prop_assert!((w[i] - back[i]).abs() <= bound[i] + slack,
+                            "{format}: w {} -> {} (half step {})", w[i], back[i], bound[i]);
+                    }
+                }
+                if let WeightFormat::Int4 { block, with_min } = format {
+                    // ... and each block's squared error is at most that of
+                    // plain round-to-nearest over the block's range.
+                    let rtn = rtn_int4(&w, out, inp, block as usize, with_min);
+                    let b = block as usize;
+                    for r in 0..out {
+                        for k in 0..inp.div_ceil(b) {
+                            let idx = r * inp + k * b..r * inp + ((k + 1) * b).min(inp);
+                            let err = |v: &[f32]| idx.clone().map(|j| (w[j] - v[j]).powi(2)).sum::<f32>();
+                            let (got, plain) = (err(&back), err(&rtn));
+                            prop_assert!(got <= plain * (1.0 + 1e-5) + 1e-30,
+                                "{format} row {r} block {k}: squared error {got} > round-to-nearest {plain}");
+                        }
+                    }
                 }
             }
             None if format == WeightFormat::F16 => {
@@ -71,6 +100,35 @@ proptest! {
             }
         }
     }
+}
+
+/// Plain round-to-nearest int4, written out independently of the crate:
+/// scale max|w|/7 (or the block's [min, max] in 15 steps), f16 scale/min.
+fn rtn_int4(w: &[f32], out: usize, inp: usize, block: usize, with_min: bool) -> Vec<f32> {
+    let f16 = |x: f32| half::f16::from_f32(x).to_f32();
+    let mut back = vec![0.0; w.len()];
+    for r in 0..out {
+        for k in 0..inp.div_ceil(block) {
+            let idx = r * inp + k * block..r * inp + ((k + 1) * block).min(inp);
+            let vals = &w[idx.clone()];
+            if with_min {
+                let lo = vals.iter().fold(f32::INFINITY, |m, &x| m.min(x));
+                let hi = vals.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let m = f16(lo);
+                let s = if hi > lo { f16((hi - m) / 15.0) } else { 1.0 };
+                for j in idx {
+                    back[j] = ((w[j] - m) / s).round().clamp(0.0, 15.0) * s + m;
+                }
+            } else {
+                let max = vals.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+                let s = if max > 0.0 { f16(max / 7.0) } else { 1.0 };
+                for j in idx {
+                    back[j] = (w[j] / s).round().clamp(-8.0, 7.0) * s;
+                }
+            }
+        }
+    }
+    back
 }
 
 #[test]

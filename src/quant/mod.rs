@@ -288,6 +288,133 @@ pub fn round(x: f32) -> f32 {
     x.round()
 }
 
+/// The signed int4 code (-8..=7) of `x` under scale `s`.
+#[inline]
+fn int4_code(x: f32, s: f32) -> f32 {
+    round(x / s).clamp(-8.0, 7.0)
+}
+
+/// The unsigned int4 code (0..=15) of `x` under scale `s` and minimum `m`.
+#[inline]
+fn int4_min_code(x: f32, s: f32, m: f32) -> u8 {
+    round((x - m) / s).clamp(0.0, 15.0) as u8
+}
+
+/// A usable f16 scale near `s`: finite and non-zero (tiny blocks get the
+/// smallest f16 step, huge ones the largest).
+fn f16_scale(s: f32) -> f16 {
+    let h = f16::from_f32(s);
+    if !h.is_finite() {
+        f16::MAX
+    } else if h.to_f32() <= 0.0 {
+        f16::from_bits(1)
+    } else {
+        h
+    }
+}
+
+/// Squared reconstruction error of a block under signed int4 scale `s`.
+fn int4_sq_error(vals: &[f32], s: f32) -> f32 {
+    vals.iter().map(|&x| (x - int4_code(x, s) * s).powi(2)).sum()
+}
+
+/// Candidate divisors of max|w| for the symmetric int4 scale: 7 (no clipping,
+/// plain round-to-nearest) up to 10 (the largest values clip, the rest get a
+/// finer step), in steps of 0.1.
+const INT4_DIVISORS: std::ops::RangeInclusive<u32> = 70..=100;
+
+/// The f16 scale of a signed int4 block: the candidate with the least squared
+/// reconstruction error, computed with the f16-rounded scale. Candidates are
+/// max|w|/c for c in 7.0..=10.0 and, for each, the least-squares scale
+/// Σw·q/Σq² of its codes (as llama.cpp's `make_qx_quants` does). c = 7 is
+/// plain round-to-nearest, so the block's error is never above it.
+fn int4_block_scale(vals: &[f32]) -> f16 {
+    let max = vals.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+    if max <= 0.0 || !max.is_finite() {
+        return f16::ONE;
+    }
+    let mut best = f16_scale(max / 7.0);
+    let mut best_err = int4_sq_error(vals, best.to_f32());
+    let mut consider = |s: f16, best: &mut f16| {
+        let e = int4_sq_error(vals, s.to_f32());
+        if e < best_err {
+            best_err = e;
+            *best = s;
+        }
+    };
+    for c in INT4_DIVISORS {
+        let s = f16_scale(max * 10.0 / c as f32);
+        consider(s, &mut best);
+        // Refit the scale to these codes by least squares.
+        let sf = s.to_f32();
+        let (mut wq, mut qq) = (0.0f32, 0.0f32);
+        for &x in vals {
+            let q = int4_code(x, sf);
+            wq += x * q;
+            qq += q * q;
+        }
+        if qq > 0.0 && wq > 0.0 {
+            consider(f16_scale(wq / qq), &mut best);
+        }
+    }
+    best
+}
+
+/// Squared reconstruction error of a block under scale `s` and minimum `m`.
+fn int4_min_sq_error(vals: &[f32], s: f32, m: f32) -> f32 {
+    vals.iter()
+        .map(|&x| (x - (int4_min_code(x, s, m) as f32 * s + m)).powi(2))
+        .sum()
+}
+
+/// The f16 (scale, minimum) of an int4-min block: the candidate with the
+/// least squared reconstruction error, computed with f16-rounded values.
+/// Candidates: the block's [min, max] in 15 steps (plain round-to-nearest, so
+/// the block's error is never above it), and for 21 inverse scales
+/// (14 + 0.1·k)/(max - min) the codes they give with the scale and minimum
+/// refitted to them by least squares (llama.cpp's `make_qkx2_quants`).
+fn int4_min_block(vals: &[f32]) -> (f16, f16) {
+    let lo = vals.iter().fold(f32::INFINITY, |m, &x| m.min(x));
+    let hi = vals.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let min = f16::from_f32(lo);
+    if !(hi > lo) || !(hi - lo).is_finite() {
+        return (f16::ONE, min);
+    }
+    let mut best = (f16_scale((hi - min.to_f32()) / 15.0), min);
+    let mut best_err = int4_min_sq_error(vals, best.0.to_f32(), best.1.to_f32());
+    let n = vals.len() as f32;
+    let (sum_x, range) = (vals.iter().sum::<f32>(), hi - lo);
+    for k in 0..=20 {
+        let iscale = (14.0 + 0.1 * k as f32) / range;
+        let (mut sq, mut sqq, mut sxq) = (0.0f32, 0.0f32, 0.0f32);
+        for &x in vals {
+            let q = round(iscale * (x - lo)).clamp(0.0, 15.0);
+            sq += q;
+            sqq += q * q;
+            sxq += x * q;
+        }
+        let det = n * sqq - sq * sq;
+        if det <= 0.0 {
+            continue;
+        }
+        let s = (n * sxq - sq * sum_x) / det;
+        if !(s > 0.0) {
+            continue;
+        }
+        let m = (sum_x - s * sq) / n;
+        let (sh, mh) = (f16_scale(s), f16::from_f32(m));
+        if !mh.is_finite() {
+            continue;
+        }
+        let e = int4_min_sq_error(vals, sh.to_f32(), mh.to_f32());
+        if e < best_err {
+            best_err = e;
+            best = (sh, mh);
+        }
+    }
+    best
+}
+
 /// Packs an f32 `[out, in]` weight (row-major) into `format`'s tensors.
 pub fn quantize_weight(format: &WeightFormat, w: &[f32], out: usize, inp: usize) -> Result<Vec<Tensor>, OpError> {
     format.validate()?;
@@ -377,19 +504,15 @@ pub fn quantize_weight(format: &WeightFormat, w: &[f32], out: usize, inp: usize)
                 for b in 0..blocks {
                     let vals = &row[b * block..((b + 1) * block).min(inp)];
                     if with_min {
-                        let lo = vals.iter().fold(f32::INFINITY, |m, &x| m.min(x));
-                        let hi = vals.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                        let min = f16::from_f32(lo);
-                        let s = f16::from_f32(if hi > lo { (hi - min.to_f32()) / 15.0 } else { 1.0 });
+                        let (s, min) = int4_min_block(vals);
                         let (sf, mf) = (s.to_f32(), min.to_f32());
-                        nibbles.extend(vals.iter().map(|&x| round((x - mf) / sf).clamp(0.0, 15.0) as u8));
+                        nibbles.extend(vals.iter().map(|&x| int4_min_code(x, sf, mf)));
                         scales.push(s);
                         mins.push(min);
                     } else {
-                        let max = vals.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
-                        let s = f16::from_f32(if max > 0.0 { max / 7.0 } else { 1.0 });
+                        let s = int4_block_scale(vals);
                         let sf = s.to_f32();
-                        nibbles.extend(vals.iter().map(|&x| (round(x / sf).clamp(-8.0, 7.0) + 8.0) as u8));
+                        nibbles.extend(vals.iter().map(|&x| (int4_code(x, sf) + 8.0) as u8));
                         scales.push(s);
                     }
                     // Padding of the last block: the stored value of zero.
