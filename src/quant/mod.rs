@@ -377,7 +377,7 @@ fn int4_min_block(vals: &[f32]) -> (f16, f16) {
     let lo = vals.iter().fold(f32::INFINITY, |m, &x| m.min(x));
     let hi = vals.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let min = f16::from_f32(lo);
-    if !(hi > lo) || !(hi - lo).is_finite() {
+    if hi <= lo || !(hi - lo).is_finite() {
         return (f16::ONE, min);
     }
     let mut best = (f16_scale((hi - min.to_f32()) / 15.0), min);
@@ -398,7 +398,7 @@ fn int4_min_block(vals: &[f32]) -> (f16, f16) {
             continue;
         }
         let s = (n * sxq - sq * sum_x) / det;
-        if !(s > 0.0) {
+        if !s.is_finite() || s <= 0.0 {
             continue;
         }
         let m = (sum_x - s * sq) / n;
