@@ -324,10 +324,11 @@ fn int4_sq_error(vals: &[f32], s: f32) -> f32 {
 const INT4_DIVISORS: std::ops::RangeInclusive<u32> = 70..=100;
 
 /// The f16 scale of a signed int4 block: the candidate with the least squared
-/// reconstruction error, computed with the f16-rounded scale. Candidates are
-/// max|w|/c for c in 7.0..=10.0 and, for each, the least-squares scale
-/// Σw·q/Σq² of its codes (as llama.cpp's `make_qx_quants` does). c = 7 is
-/// plain round-to-nearest, so the block's error is never above it.
+/// reconstruction error, computed with the f16-rounded scale (as llama.cpp's
+/// `make_qx_quants` searches). Candidates are max|w|/c for c in 7.0..=10.0;
+/// c = 7 is plain round-to-nearest, so the block's error is never above it.
+/// (Refitting each candidate's scale by least squares, Σw·q/Σq², doubled the
+/// cost and did not move MiniLM's cosines.)
 fn int4_block_scale(vals: &[f32]) -> f16 {
     let max = vals.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
     if max <= 0.0 || !max.is_finite() {
@@ -335,26 +336,11 @@ fn int4_block_scale(vals: &[f32]) -> f16 {
     }
     let mut best = f16_scale(max / 7.0);
     let mut best_err = int4_sq_error(vals, best.to_f32());
-    let mut consider = |s: f16, best: &mut f16| {
-        let e = int4_sq_error(vals, s.to_f32());
-        if e < best_err {
-            best_err = e;
-            *best = s;
-        }
-    };
     for c in INT4_DIVISORS {
         let s = f16_scale(max * 10.0 / c as f32);
-        consider(s, &mut best);
-        // Refit the scale to these codes by least squares.
-        let sf = s.to_f32();
-        let (mut wq, mut qq) = (0.0f32, 0.0f32);
-        for &x in vals {
-            let q = int4_code(x, sf);
-            wq += x * q;
-            qq += q * q;
-        }
-        if qq > 0.0 && wq > 0.0 {
-            consider(f16_scale(wq / qq), &mut best);
+        let e = int4_sq_error(vals, s.to_f32());
+        if e < best_err {
+            (best, best_err) = (s, e);
         }
     }
     best
@@ -500,17 +486,34 @@ pub fn quantize_weight(format: &WeightFormat, w: &[f32], out: usize, inp: usize)
             let padded = blocks * block;
             let mut nibbles = Vec::with_capacity(out * padded);
             let (mut scales, mut mins) = (Vec::with_capacity(out * blocks), Vec::new());
-            for row in rows() {
+            // The per-block search is the costly part: blocks in parallel.
+            let block_vals = |i: usize| {
+                let (r, b) = (i / blocks, i % blocks);
+                &w[r * inp + b * block..r * inp + ((b + 1) * block).min(inp)]
+            };
+            let chosen: Vec<(f16, f16)> = {
+                use rayon::prelude::*;
+                (0..out * blocks)
+                    .into_par_iter()
+                    .map(|i| {
+                        if with_min {
+                            int4_min_block(block_vals(i))
+                        } else {
+                            (int4_block_scale(block_vals(i)), f16::ZERO)
+                        }
+                    })
+                    .collect()
+            };
+            for (r, row) in rows().enumerate() {
                 for b in 0..blocks {
                     let vals = &row[b * block..((b + 1) * block).min(inp)];
+                    let (s, min) = chosen[r * blocks + b];
                     if with_min {
-                        let (s, min) = int4_min_block(vals);
                         let (sf, mf) = (s.to_f32(), min.to_f32());
                         nibbles.extend(vals.iter().map(|&x| int4_min_code(x, sf, mf)));
                         scales.push(s);
                         mins.push(min);
                     } else {
-                        let s = int4_block_scale(vals);
                         let sf = s.to_f32();
                         nibbles.extend(vals.iter().map(|&x| (int4_code(x, sf) + 8.0) as u8));
                         scales.push(s);
