@@ -22,6 +22,24 @@ struct TransposedWeight {
     data: Vec<f32>,
 }
 
+/// `x · w + bias` through the `gemm` crate, `w` a `[k, n]` view of the
+/// weight (the stored `[n, k]` transposed, or a prepared copy).
+fn gemm_with_bias(inputs: &[&Tensor], m: usize, k: usize, n: usize, w: MatRef<'_>) -> Result<Vec<Tensor>, OpError> {
+    let x = f32_input(inputs, 0)?;
+    let mut y = vec![0.0f32; m * n];
+    let accumulate = if inputs.len() == 3 {
+        let b = f32_input(inputs, 2)?;
+        for row in y.chunks_mut(n.max(1)) {
+            row.copy_from_slice(b);
+        }
+        true
+    } else {
+        false
+    };
+    linalg::sgemm(MatRef::row_major(x, m, k), w, &mut y, accumulate)?;
+    Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?])
+}
+
 /// Rows, inner and output sizes of a concrete Linear call.
 fn dims(inputs: &[&Tensor]) -> Result<(usize, usize, usize), OpError> {
     check_arity(inputs.len(), 2, 3, "2 or 3 (x, weight, optional bias)")?;
@@ -128,24 +146,8 @@ impl Op for Linear {
 
     fn cpu(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
         let (m, k, n) = dims(inputs)?;
-        let (x, w) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?);
-        let mut y = vec![0.0f32; m * n];
-        let accumulate = if inputs.len() == 3 {
-            let b = f32_input(inputs, 2)?;
-            for row in y.chunks_mut(n.max(1)) {
-                row.copy_from_slice(b);
-            }
-            true
-        } else {
-            false
-        };
-        linalg::sgemm(
-            MatRef::row_major(x, m, k),
-            MatRef::transposed(w, k, n),
-            &mut y,
-            accumulate,
-        )?;
-        Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?])
+        let w = f32_input(inputs, 1)?;
+        gemm_with_bias(inputs, m, k, n, MatRef::transposed(w, k, n))
     }
 
     /// The weight transposed to `[in, out]` row-major: the layout the
@@ -200,23 +202,7 @@ impl Op for Linear {
             }
             return Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?]);
         }
-        let mut y = vec![0.0f32; m * n];
-        let accumulate = if inputs.len() == 3 {
-            let b = f32_input(inputs, 2)?;
-            for row in y.chunks_mut(n.max(1)) {
-                row.copy_from_slice(b);
-            }
-            true
-        } else {
-            false
-        };
-        linalg::sgemm(
-            MatRef::row_major(x, m, k),
-            MatRef::row_major(&wt.data, k, n),
-            &mut y,
-            accumulate,
-        )?;
-        Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?])
+        gemm_with_bias(inputs, m, k, n, MatRef::row_major(&wt.data, k, n))
     }
 
     fn backward(

@@ -22,7 +22,22 @@ pub struct Pool {
     pub count_include_pad: bool,
 }
 
+/// A pooling call's input data, its `[N, C, H, W]` shape and the two axes.
+type Frame<'a> = (&'a [f32], &'a [usize], Axis, Axis);
+
 impl Pool {
+    /// Checks the single 4-D f32 input and plans both axes.
+    fn frame<'a>(&self, inputs: &[&'a Tensor]) -> Result<Frame<'a>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let s = inputs[0].shape();
+        if s.len() != 4 {
+            return Err(OpError::Shape(format!("needs x [N, C, H, W]; got {s:?}")));
+        }
+        let x = f32_input(inputs, 0)?;
+        let (ay, ax) = self.axes(s[2], s[3])?;
+        Ok((x, s, ay, ax))
+    }
+
     fn axes(&self, h: usize, w: usize) -> Result<(Axis, Axis), OpError> {
         let k = &self.window.kernel;
         if k.len() != 2 {
@@ -85,14 +100,8 @@ impl Op for Pool {
     }
 
     fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
-        check_arity(inputs.len(), 1, 1, "1")?;
-        let s = inputs[0].shape();
-        if s.len() != 4 {
-            return Err(OpError::Shape(format!("needs x [N, C, H, W]; got {s:?}")));
-        }
-        let x = f32_input(inputs, 0)?;
+        let (x, s, ay, ax) = self.frame(inputs)?;
         let (nc, h, w) = (s[0] * s[1], s[2], s[3]);
-        let (ay, ax) = self.axes(h, w)?;
         let (k, st, d) = (&self.window.kernel, self.window.strides, self.window.dilations);
         // The padded extent, for count_include_pad.
         let (ph_end, pw_end) = (h + ay.end, w + ax.end);
@@ -135,14 +144,8 @@ impl Op for Pool {
     /// The reference's arithmetic, with each axis's in-bounds taps listed
     /// once (no per-element bounds tests) and planes in parallel.
     fn cpu(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
-        check_arity(inputs.len(), 1, 1, "1")?;
-        let s = inputs[0].shape();
-        if s.len() != 4 {
-            return Err(OpError::Shape(format!("needs x [N, C, H, W]; got {s:?}")));
-        }
-        let x = f32_input(inputs, 0)?;
+        let (x, s, ay, ax) = self.frame(inputs)?;
         let (nc, h, w) = (s[0] * s[1], s[2], s[3]);
-        let (ay, ax) = self.axes(h, w)?;
         let (k, st, d) = (&self.window.kernel, self.window.strides, self.window.dilations);
         // Per output position along one axis: the input indices its window
         // reads, and how many taps fall inside the padded extent.
