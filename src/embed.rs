@@ -202,21 +202,8 @@ impl Embedder {
     /// Tokenizes texts into one padded batch.
     pub fn tokenize(&self, texts: &[&str]) -> Result<TokenBatch, Error> {
         let encs = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(tok_err)?;
-        let counts: Vec<usize> = encs.iter().map(|e| e.get_ids().len()).collect();
-        let seq = counts.iter().copied().max().unwrap_or(0);
-        let mut ids = vec![0i64; texts.len() * seq];
-        let mut mask = vec![0i64; texts.len() * seq];
-        for (row, e) in encs.iter().enumerate() {
-            for (j, &id) in e.get_ids().iter().enumerate() {
-                ids[row * seq + j] = id as i64;
-                mask[row * seq + j] = 1;
-            }
-        }
-        Ok(TokenBatch {
-            input_ids: Tensor::from_vec(vec![texts.len(), seq], ids)?,
-            attention_mask: Tensor::from_vec(vec![texts.len(), seq], mask)?,
-            token_counts: counts,
-        })
+        let ids: Vec<&[u32]> = encs.iter().map(|e| e.get_ids()).collect();
+        pad_batch(&ids)
     }
 
     /// Runs the model on a tokenized batch: `[batch, dim]` vectors.
@@ -253,17 +240,43 @@ impl Embedder {
         Ok(v.chunks(dim.max(1)).map(<[f32]>::to_vec).collect())
     }
 
-    /// Embeds texts (in chunks of the batch size).
+    /// Embeds texts, in batches of the batch size. Texts are grouped by
+    /// token count (longest first) so that a batch pads little; the vectors
+    /// come back in the order of `texts`.
     pub fn embed(&self, texts: &[&str]) -> Result<Embeddings, Error> {
-        let mut vectors = Vec::with_capacity(texts.len());
-        let mut token_counts = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(self.batch_size) {
-            let batch = self.tokenize(chunk)?;
-            vectors.extend(self.embed_tokens(&batch)?);
-            token_counts.extend(batch.token_counts);
+        let encs = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(tok_err)?;
+        let token_counts: Vec<usize> = encs.iter().map(|e| e.get_ids().len()).collect();
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(token_counts[i]));
+        let mut vectors = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(self.batch_size) {
+            let ids: Vec<&[u32]> = chunk.iter().map(|&i| encs[i].get_ids()).collect();
+            let batch = pad_batch(&ids)?;
+            for (&i, v) in chunk.iter().zip(self.embed_tokens(&batch)?) {
+                vectors[i] = v;
+            }
         }
         Ok(Embeddings { vectors, token_counts })
     }
+}
+
+/// One batch of token ids, right-padded with 0 to the longest.
+fn pad_batch(rows: &[&[u32]]) -> Result<TokenBatch, Error> {
+    let counts: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+    let seq = counts.iter().copied().max().unwrap_or(0);
+    let mut ids = vec![0i64; rows.len() * seq];
+    let mut mask = vec![0i64; rows.len() * seq];
+    for (row, r) in rows.iter().enumerate() {
+        for (j, &id) in r.iter().enumerate() {
+            ids[row * seq + j] = i64::from(id);
+            mask[row * seq + j] = 1;
+        }
+    }
+    Ok(TokenBatch {
+        input_ids: Tensor::from_vec(vec![rows.len(), seq], ids)?,
+        attention_mask: Tensor::from_vec(vec![rows.len(), seq], mask)?,
+        token_counts: counts,
+    })
 }
 
 /// The truncation length: `sentence_bert_config.json`'s `max_seq_length`,

@@ -82,6 +82,15 @@ fn cpu_f32_matches_sentence_transformers() {
         let c = cosine(&one.vectors[0], &out.vectors[i]);
         assert!(c > 0.999_999, "text {i}: alone vs in a padded batch: cosine {c}");
     }
+    // Batches of 4: texts are grouped by length, yet each vector and token
+    // count comes back in the caller's order.
+    let small = Embedder::load(&dir, Device::Cpu).expect("load").with_batch_size(4);
+    let by4 = small.embed(&r.text_refs()).expect("embed in batches of 4");
+    assert_eq!(by4.token_counts, r.token_counts);
+    for (i, (a, b)) in by4.vectors.iter().zip(&out.vectors).enumerate() {
+        let c = cosine(a, b);
+        assert!(c > 0.999_999, "text {i}: batches of 4 vs one batch: cosine {c}");
+    }
 }
 
 #[test]
