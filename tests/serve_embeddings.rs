@@ -276,6 +276,69 @@ async fn minilm_served_on_the_gpu_matches_the_embedder() {
     check_minilm(&dir, Device::Gpu(choice), &texts, 1e-5, 0.9999).await;
 }
 
+/// With `dynamic_batching`, concurrent text requests of different lengths
+/// run together (their token ids padded to the longest) and each gets its
+/// own vector back: the same as embedding it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minilm_concurrent_text_requests_share_dynamic_batches() {
+    let Some(dir) = minilm::model_dir() else { return };
+    let repo = repo(Some(&dir));
+    let config = json!({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 300000}});
+    std::fs::write(repo.path().join("minilm/config.json"), config.to_string()).unwrap();
+    let router = started(repo.path(), Device::Cpu).await;
+    let r = minilm::reference();
+    let texts: Vec<String> = r.texts.iter().take(8).cloned().collect();
+    let lengths: std::collections::BTreeSet<usize> = r.token_counts.iter().take(8).copied().collect();
+    assert!(lengths.len() > 2, "the texts should differ in length: {lengths:?}");
+    let alone = Embedder::load(&dir, Device::Cpu).unwrap();
+    let handles: Vec<_> = texts
+        .iter()
+        .map(|t| {
+            let (router, t) = (router.clone(), t.clone());
+            tokio::spawn(
+                async move { post_json(&router, "/v1/embeddings", &json!({"input": t, "model": "minilm"})).await },
+            )
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let reply = h.await.unwrap();
+        let (got, tokens) = openai_vectors(&reply, "minilm", 1);
+        assert_eq!(tokens as usize, r.token_counts[i]);
+        let want = alone.embed(&[texts[i].as_str()]).unwrap();
+        let c = cosine(&got[0], &want.vectors[0]);
+        assert!(c > 0.999_999, "text {i}: batched with others vs alone: cosine {c}");
+    }
+    let metrics = router
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let m = String::from_utf8(
+        axum::body::to_bytes(metrics.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    let count = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("wginfer_{name}{{model=\"minilm\",version=\"1\"}} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} for minilm not in\n{m}"))
+    };
+    let (execs, inferences) = (count("inference_exec_count"), count("inference_count"));
+    say(&format!(
+        "{} concurrent text requests ran in {execs} executions (warm-up excluded)",
+        texts.len()
+    ));
+    assert_eq!(inferences, texts.len() as u64);
+    assert!(
+        execs < texts.len() as u64,
+        "{execs} executions for {} concurrent requests: nothing was batched",
+        texts.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minilm_metadata_and_errors() {
     let Some(dir) = minilm::model_dir() else { return };

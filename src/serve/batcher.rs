@@ -3,6 +3,12 @@
 //! concurrent requests along the first axis, runs them once and splits the
 //! outputs back. Both keep a bounded queue: a request beyond it gets 503
 //! instead of making the queue grow.
+//!
+//! Each input merges as its [`Merge`] says: tensors concatenate along the
+//! first axis; the token ids and masks of text requests of different
+//! lengths are right-padded with zeros to the longest first (ragged
+//! batching); an input shared by every row, such as `position_ids [1, seq]`,
+//! takes the longest request's value when the others are its prefixes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +24,21 @@ use crate::tensor::Tensor;
 
 /// Outputs in graph-output order, or the error to answer.
 type JobResult = Result<Vec<Tensor>, ServeError>;
+
+/// How one graph input of several requests merges into a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Merge {
+    /// Concatenated along the first axis; every other axis must agree.
+    Rows,
+    /// Concatenated along the first axis after right-padding the second
+    /// axis with zeros to the longest request (token ids, attention masks:
+    /// a zero mask makes the padding invisible to the model).
+    PaddedRows,
+    /// One value for every row whose last axis grows with the request (the
+    /// position ids `0..seq`): the longest request's value, used when every
+    /// other request's value is its prefix.
+    Shared,
+}
 
 struct Job {
     inputs: Vec<Tensor>,
@@ -49,8 +70,15 @@ pub(crate) struct Scheduler {
 
 impl Scheduler {
     /// A scheduler for `session` as `config` says. Must be called inside a
-    /// tokio runtime (a batcher is a task).
-    pub fn new(session: Arc<Session>, config: &ModelConfig, label: String, metrics: Arc<ModelMetrics>) -> Self {
+    /// tokio runtime (a batcher is a task). `merge` says how each graph
+    /// input merges in a batch (missing entries: [`Merge::Rows`]).
+    pub fn new(
+        session: Arc<Session>,
+        config: &ModelConfig,
+        label: String,
+        metrics: Arc<ModelMetrics>,
+        merge: Vec<Merge>,
+    ) -> Self {
         let instances = config.instances.max(1);
         let kind = match &config.batching {
             None => Kind::Direct {
@@ -66,6 +94,7 @@ impl Scheduler {
                     delay: b.max_queue_delay,
                     exec: Arc::new(Semaphore::new(instances)),
                     metrics: metrics.clone(),
+                    merge,
                 };
                 tokio::spawn(batcher.run());
                 Kind::Batched { tx }
@@ -186,6 +215,7 @@ struct Batcher {
     delay: Duration,
     exec: Arc<Semaphore>,
     metrics: Arc<ModelMetrics>,
+    merge: Vec<Merge>,
 }
 
 impl Batcher {
@@ -218,7 +248,7 @@ impl Batcher {
                         .unwrap_or_default(),
                 };
                 let Some(job) = next else { break };
-                if rows + job.rows > self.max_batch || !compatible(&batch[0], &job) {
+                if rows + job.rows > self.max_batch || !compatible(&batch[0], &job, &self.merge) {
                     carry = Some(job);
                     break;
                 }
@@ -242,26 +272,102 @@ impl Batcher {
             }
             let session = self.session.clone();
             let metrics = self.metrics.clone();
+            let merge = self.merge.clone();
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                execute(&session, batch, &metrics);
+                execute(&session, batch, &metrics, &merge);
             });
         }
     }
 }
 
-/// Requests can share a batch when every input has the same dtype and the
-/// same shape past the first axis.
-fn compatible(a: &Job, b: &Job) -> bool {
+/// Requests can share a batch when every input has the same dtype and a
+/// shape that its [`Merge`] can join: the same past the first axis
+/// (`Rows`), past the second (`PaddedRows`), or but for the last (`Shared`).
+fn compatible(a: &Job, b: &Job, merge: &[Merge]) -> bool {
     a.inputs.len() == b.inputs.len()
-        && a.inputs
-            .iter()
-            .zip(&b.inputs)
-            .all(|(x, y)| x.dtype() == y.dtype() && x.shape().get(1..) == y.shape().get(1..))
+        && a.inputs.iter().zip(&b.inputs).enumerate().all(|(i, (x, y))| {
+            let (sx, sy) = (x.shape(), y.shape());
+            x.dtype() == y.dtype()
+                && sx.len() == sy.len()
+                && match merge.get(i).copied().unwrap_or(Merge::Rows) {
+                    Merge::Rows => sx.get(1..) == sy.get(1..),
+                    Merge::PaddedRows => sx.len() >= 2 && sx.get(2..) == sy.get(2..),
+                    Merge::Shared => !sx.is_empty() && sx[..sx.len() - 1] == sy[..sy.len() - 1],
+                }
+        })
+}
+
+/// One input of every request in a batch, merged as `merge` says.
+fn merge_input(parts: &[&Tensor], merge: Merge, total: usize) -> Result<Tensor, String> {
+    let Some(first) = parts.first() else {
+        return Err("an empty batch".into());
+    };
+    let dtype = first.dtype();
+    let elem = dtype.size_in_bytes();
+    match merge {
+        Merge::Rows => {
+            let mut bytes = Vec::with_capacity(first.size_in_bytes() * parts.len());
+            for t in parts {
+                bytes.extend_from_slice(&t.to_le_bytes());
+            }
+            let mut shape = first.shape().to_vec();
+            if let Some(d) = shape.first_mut() {
+                *d = total;
+            }
+            Tensor::from_le_bytes(dtype, shape, &bytes).map_err(|e| e.to_string())
+        }
+        Merge::PaddedRows => {
+            let longest = parts
+                .iter()
+                .map(|t| t.shape().get(1).copied().unwrap_or(0))
+                .max()
+                .unwrap_or(0);
+            let inner: usize = first.shape().get(2..).unwrap_or(&[]).iter().product();
+            let row_bytes = longest * inner * elem;
+            let mut bytes = Vec::with_capacity(total * row_bytes);
+            for t in parts {
+                let raw = t.to_le_bytes();
+                let seq = t.shape().get(1).copied().unwrap_or(0);
+                let have = seq * inner * elem;
+                for r in 0..t.shape().first().copied().unwrap_or(0) {
+                    let row = raw
+                        .get(r * have..(r + 1) * have)
+                        .ok_or("a request's rows are shorter than its shape")?;
+                    bytes.extend_from_slice(row);
+                    bytes.resize(bytes.len() + row_bytes - have, 0);
+                }
+            }
+            let mut shape = first.shape().to_vec();
+            shape[0] = total;
+            shape[1] = longest;
+            Tensor::from_le_bytes(dtype, shape, &bytes).map_err(|e| e.to_string())
+        }
+        Merge::Shared => {
+            let long = parts
+                .iter()
+                .max_by_key(|t| t.numel())
+                .ok_or_else(|| "an empty batch".to_string())?;
+            let long_bytes = long.to_le_bytes();
+            let long_last = long.shape().last().copied().unwrap_or(0) * elem;
+            for t in parts {
+                let last = t.shape().last().copied().unwrap_or(0) * elem;
+                let b = t.to_le_bytes();
+                let prefix = b
+                    .chunks(last.max(1))
+                    .zip(long_bytes.chunks(long_last.max(1)))
+                    .all(|(s, l)| l.starts_with(s));
+                if !prefix {
+                    return Err("a shared input differs between requests".into());
+                }
+            }
+            Ok((*long).clone())
+        }
+    }
 }
 
 /// Runs one batch and answers every request in it.
-fn execute(session: &Session, batch: Vec<Job>, metrics: &ModelMetrics) {
+fn execute(session: &Session, batch: Vec<Job>, metrics: &ModelMetrics, merge: &[Merge]) {
     if batch.len() == 1 {
         let mut batch = batch;
         let Some(job) = batch.pop() else { return };
@@ -277,21 +383,18 @@ fn execute(session: &Session, batch: Vec<Job>, metrics: &ModelMetrics) {
     let n_inputs = batch[0].inputs.len();
     let mut merged = Vec::with_capacity(n_inputs);
     for i in 0..n_inputs {
-        let first = &batch[0].inputs[i];
-        let mut bytes = Vec::with_capacity(first.size_in_bytes() * batch.len());
-        for j in &batch {
-            bytes.extend_from_slice(&j.inputs[i].to_le_bytes());
-        }
-        let mut shape = first.shape().to_vec();
-        if let Some(d) = shape.first_mut() {
-            *d = total;
-        }
-        match Tensor::from_le_bytes(first.dtype(), shape, &bytes) {
+        let parts: Vec<&Tensor> = batch.iter().map(|j| &j.inputs[i]).collect();
+        match merge_input(&parts, merge.get(i).copied().unwrap_or(Merge::Rows), total) {
             Ok(t) => merged.push(t),
             Err(e) => {
-                let msg = format!("merging a batch: {e}");
+                // Requests that cannot share a run (a shared input that
+                // differs) run one by one.
+                log::debug!("cannot merge a batch ({e}); running its requests one by one");
                 for j in batch {
-                    let _ = j.reply.send(Err(ServeError::Internal(msg.clone())));
+                    let started = Instant::now();
+                    let out = run_session(session, j.inputs);
+                    metrics.execution(0, micros(started.elapsed()), 0);
+                    let _ = j.reply.send(out);
                 }
                 return;
             }

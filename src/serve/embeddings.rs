@@ -101,7 +101,11 @@ pub(crate) async fn embed_texts(
     let mut values: Vec<f32> = Vec::new();
     let mut counts = Vec::with_capacity(texts.len());
     let mut dim = 0;
-    for chunk in texts.chunks(CHUNK) {
+    let chunk_len = match inst.config.max_batch_size {
+        0 => CHUNK,
+        n => n.min(CHUNK),
+    };
+    for chunk in texts.chunks(chunk_len) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
         let (inputs, tokens) = chunk_inputs(embedder, graph, &refs)?;
         let (inputs, rows) = inst.prepare(inputs)?;

@@ -28,11 +28,13 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::batcher::Scheduler;
+use super::batcher::{Merge, Scheduler};
 use super::config::{ModelConfig, CONFIG_FILE};
 use super::error::ServeError;
 use super::metrics::{Metrics, ModelMetrics};
 use crate::embed::Embedder;
+use crate::graph::Graph;
+use crate::model::bert::POSITION_IDS;
 use crate::model::Model;
 use crate::session::{Device, Session};
 use crate::tensor::{Dim, Tensor};
@@ -464,7 +466,7 @@ impl Repository {
                 Some(dir) => load_embedding_model(&p, &dir)?,
                 None => (Model::load(&p).map_err(|e| e.to_string())?, None),
             };
-            check_batchable(&model, &cfg)?;
+            check_batchable(&model, &cfg, &merge_rules(model.graph(), embedder.is_some()))?;
             let session = Session::new(&model, cfg.device.clone()).map_err(|e| format!("{}: {e}", p.display()))?;
             warm_up(&session).map_err(|e| format!("{}: the warm-up run failed: {e}", p.display()))?;
             Ok((session, embedder))
@@ -475,11 +477,13 @@ impl Repository {
         let (session, embedder) = loaded;
         let session = Arc::new(session);
         let metrics = self.metrics.model(name, &version.to_string());
+        let merge = merge_rules(session.graph(), embedder.is_some());
         let scheduler = Scheduler::new(
             session.clone(),
             &config,
             format!("model `{name}` version {version}"),
             metrics.clone(),
+            merge,
         );
         Ok(Instance {
             name: name.to_string(),
@@ -672,9 +676,37 @@ impl Repository {
     }
 }
 
+/// How each input of a model merges in a dynamic batch: by rows, except
+/// for a text embedding model whose token inputs (`[batch, seq]`) are padded
+/// to the longest request and whose `position_ids` without a batch axis are
+/// shared.
+fn merge_rules(g: &Graph, embedding: bool) -> Vec<Merge> {
+    let batch = g.inputs().first().and_then(|i| i.ty.shape.first()).cloned();
+    g.inputs()
+        .iter()
+        .map(|i| {
+            if !embedding {
+                return Merge::Rows;
+            }
+            let batch_first = batch
+                .as_ref()
+                .is_some_and(|b| matches!(b, Dim::Sym(_)) && i.ty.shape.first() == Some(b));
+            if !batch_first && i.name == POSITION_IDS {
+                Merge::Shared
+            } else if batch_first && i.ty.rank() == 2 && matches!(i.ty.shape.get(1), Some(Dim::Sym(_))) {
+                Merge::PaddedRows
+            } else {
+                Merge::Rows
+            }
+        })
+        .collect()
+}
+
 /// With `max_batch_size > 0` every input and output must start with one
-/// shared symbolic dimension, or batching would mix up rows.
-fn check_batchable(model: &Model, config: &ModelConfig) -> Result<(), String> {
+/// shared symbolic dimension, or batching would mix up rows (inputs shared
+/// by every row excepted); outputs of a model whose inputs are padded must
+/// not have the padded axis, or splitting could not undo the padding.
+fn check_batchable(model: &Model, config: &ModelConfig, merge: &[Merge]) -> Result<(), String> {
     if config.max_batch_size == 0 {
         return Ok(());
     }
@@ -686,11 +718,32 @@ fn check_batchable(model: &Model, config: &ModelConfig) -> Result<(), String> {
                 .into(),
         );
     };
-    for v in g.inputs().iter().chain(g.outputs()) {
+    let batched = g
+        .inputs()
+        .iter()
+        .zip(merge.iter().chain(std::iter::repeat(&Merge::Rows)))
+        .filter(|(_, m)| **m != Merge::Shared)
+        .map(|(v, _)| v);
+    for v in batched.chain(g.outputs()) {
         if v.ty.shape.first() != Some(&Dim::Sym(sym.clone())) {
             return Err(format!(
                 "max_batch_size > 0, but `{}` does not start with the batch dimension `{sym}`; set max_batch_size to 0",
                 v.name
+            ));
+        }
+    }
+    let padded: Vec<&Dim> = g
+        .inputs()
+        .iter()
+        .zip(merge)
+        .filter(|(_, m)| **m == Merge::PaddedRows)
+        .filter_map(|(v, _)| v.ty.shape.get(1))
+        .collect();
+    for o in g.outputs() {
+        if o.ty.shape.iter().skip(1).any(|d| padded.contains(&d)) {
+            return Err(format!(
+                "max_batch_size > 0, but output `{}` has the padded sequence axis; set max_batch_size to 0",
+                o.name
             ));
         }
     }
