@@ -42,6 +42,10 @@ pub struct Args {
     /// Batch sizes (models).
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     batch: Vec<usize>,
+    /// The size of every other symbolic dimension (e.g. a text model's
+    /// `seq`); the batch dimension is the one the first input starts with.
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
     /// Weight formats: f32 and any `quantize` format (int8, int4, w8a8, ...).
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     format: Vec<String>,
@@ -203,19 +207,29 @@ fn op_model(n: usize, format: Option<WeightFormat>, rng: &mut CaseRng) -> Result
     Ok(Model::new(graph, params)?)
 }
 
-/// A random input batch for every graph input (symbolic dims take `batch`).
-fn inputs_for(model: &Model, batch: usize, rng: &mut CaseRng) -> Result<Vec<(String, Tensor)>> {
-    model
-        .graph()
-        .inputs()
+/// A random input batch for every graph input: the symbolic dimension the
+/// first input starts with takes `batch`, any other symbolic one `seq`.
+fn inputs_for(model: &Model, batch: usize, seq: usize, rng: &mut CaseRng) -> Result<Vec<(String, Tensor)>> {
+    let g = model.graph();
+    let batch_dim = g.inputs().first().and_then(|i| i.ty.shape.first()).cloned();
+    g.inputs()
         .iter()
         .map(|i| {
-            let shape: Vec<usize> = i.ty.shape.iter().map(|d| d.known().unwrap_or(batch)).collect();
-            let t = rng.tensor(&shape, 0.0, 1.0);
+            let shape: Vec<usize> =
+                i.ty.shape
+                    .iter()
+                    .map(|d| match d.known() {
+                        Some(n) => n,
+                        None if Some(d) == batch_dim.as_ref() => batch,
+                        None => seq,
+                    })
+                    .collect();
+            // Integer inputs (token ids, masks, positions) are ones: a valid
+            // index and a mask that keeps every token.
             let t = if i.ty.dtype == DType::F32 {
-                t
+                rng.tensor(&shape, 0.0, 1.0)
             } else {
-                t.cast(i.ty.dtype)
+                Tensor::from_vec(shape.clone(), vec![1f32; shape.iter().product()])?.cast(i.ty.dtype)
             };
             Ok((i.name.clone(), t))
         })
@@ -312,7 +326,7 @@ pub fn run(args: &Args) -> Result<()> {
             for &n in &args.sizes {
                 for (label, f) in &formats {
                     let model = Arc::new(op_model(n, *f, &mut rng)?);
-                    let inputs = inputs_for(&model, n, &mut rng)?;
+                    let inputs = inputs_for(&model, n, args.seq, &mut rng)?;
                     jobs.push((
                         format!("matmul {n}³"),
                         label.clone(),
@@ -330,18 +344,27 @@ pub fn run(args: &Args) -> Result<()> {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let subject = if base.graph().name().is_empty() {
+            let mut subject = if base.graph().name().is_empty() {
                 name
             } else {
                 base.graph().name().to_string()
             };
+            let g = base.graph();
+            let batch_dim = g.inputs().first().and_then(|i| i.ty.shape.first());
+            if g.inputs()
+                .iter()
+                .flat_map(|i| &i.ty.shape)
+                .any(|d| d.known().is_none() && Some(d) != batch_dim)
+            {
+                subject = format!("{subject} seq {}", args.seq);
+            }
             for (label, f) in &formats {
                 let model = match f {
                     None => Arc::new(base.clone()),
                     Some(f) => Arc::new(quantize(&base, &QuantizeOptions::new(*f), |_, _| {})?.0),
                 };
                 for &b in &args.batch {
-                    let inputs = inputs_for(&model, b, &mut rng)?;
+                    let inputs = inputs_for(&model, b, args.seq, &mut rng)?;
                     jobs.push((subject.clone(), label.clone(), model.clone(), b, inputs, None));
                 }
             }
