@@ -1,13 +1,13 @@
 //! `wginfer quantize MODEL --format F -o OUT`
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
 use serde::Deserialize;
 use wginfer::eval::{evaluate, EvalOptions};
-use wginfer::optimize::{quantize, QuantizeOptions};
+use wginfer::optimize::{quantize, Calibration, QuantizeOptions};
 use wginfer::quant::WeightFormat;
 use wginfer::{Device, Model, Session, Tensor};
 
@@ -37,6 +37,12 @@ pub struct Args {
     /// A JSON config: {"format": "int4", "keep": ["fc3"], "layers": {"fc1": "f16"}}.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Calibration inputs: a safetensors/.npy file of model inputs (as `eval
+    /// --data`; labels are ignored) or, for a text model, a .txt file (one
+    /// text per line) or a .json list of texts. int4, int8 and w8a8 weights
+    /// are then quantized by GPTQ on the layers' inputs.
+    #[arg(long)]
+    calibration: Option<PathBuf>,
     /// Labelled data to report accuracy before and after (as `eval --data`).
     #[arg(long)]
     eval: Option<PathBuf>,
@@ -96,6 +102,54 @@ fn accuracy(model: &Model, data: &[(String, Tensor)], device: &Device) -> Result
     Ok(evaluate(&session, x, y, &opts, |_, _| {})?.accuracy())
 }
 
+/// Calibration inputs from `path`: texts (.txt, one per line; .json, a list)
+/// tokenized with the model's `tokenizer.json`, else a tensor file.
+fn calibration(model: &Model, model_path: &Path, path: &Path) -> Result<Calibration> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let texts: Option<Vec<String>> = match ext.as_str() {
+        "txt" => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect(),
+        ),
+        "json" => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: calibration JSON must be a list of texts", path.display()))?,
+            )
+        }
+        _ => None,
+    };
+    let cal = match texts {
+        Some(texts) => {
+            if texts.is_empty() {
+                bail!("{}: no calibration texts", path.display());
+            }
+            let tok = if model_path.is_dir() {
+                model_path.join("tokenizer.json")
+            } else {
+                model_path.parent().unwrap_or(Path::new(".")).join("tokenizer.json")
+            };
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            Calibration::from_texts(model, &tok, &refs)?
+        }
+        None => Calibration::from_tensors(model, &load_data(path)?)?,
+    };
+    if cal.passes.is_empty() {
+        bail!("{}: no calibration samples", path.display());
+    }
+    Ok(cal)
+}
+
 pub fn run(args: &Args, device: Device) -> Result<()> {
     let config: Config = match &args.config {
         Some(p) => {
@@ -122,6 +176,9 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
     }
 
     let model = load_model(&args.model)?;
+    if let Some(path) = &args.calibration {
+        opts.calibration = Some(calibration(&model, &args.model, path)?);
+    }
     let bar = ProgressBar::new(model.graph().nodes().len() as u64);
     let (quantized, report) = quantize(&model, &opts, |done, total| {
         bar.set_length(total as u64);
@@ -138,7 +195,11 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
         println!(
             "{:<14} {:<12} {:>12} {:>12} {:>12} {:>6.2}x {:>11.3e} {:>11.3e}",
             l.node,
-            l.format.map(|f| f.name()).unwrap_or_else(|| "f32 (kept)".into()),
+            match l.format {
+                Some(f) if l.gptq => format!("{f} gptq"),
+                Some(f) => f.name(),
+                None => "f32 (kept)".into(),
+            },
             thousands(l.params),
             bytes(l.bytes_before),
             bytes(l.bytes_after),
@@ -164,6 +225,13 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
         bytes(file(&args.model)),
         bytes(file(&args.output))
     );
+    if report.calibration_rows > 0 {
+        println!(
+            "calibration: {} rows in {:.2} s",
+            thousands(report.calibration_rows),
+            report.calibration_time.as_secs_f64()
+        );
+    }
     if let Some(data) = &args.eval {
         let data = load_data(data)?;
         let before = accuracy(&model, &data, &device)?;

@@ -2,8 +2,10 @@
 //! next, pruning). Each returns a new model and a report of what it did.
 
 pub mod blocks;
+pub mod calibrate;
 pub mod quantize;
 
+pub use calibrate::Calibration;
 pub use quantize::{quantize, LayerReport, QuantizeOptions, QuantizeReport};
 pub mod prune;
 

@@ -8,7 +8,10 @@ use crate::graph::{Graph, Node, ParamInfo};
 use crate::model::Model;
 use crate::ops::linear::Linear;
 use crate::ops::qlinear::QLinear;
+use crate::quant::gptq::{self, GptqOptions};
 use crate::quant::{self, WeightFormat};
+
+use super::calibrate::{self, Calibration, InputStats};
 use crate::tensor::{DType, Tensor};
 
 /// What to quantize and how.
@@ -20,6 +23,12 @@ pub struct QuantizeOptions {
     pub keep: Vec<String>,
     /// Per-node formats that override `format`.
     pub layers: HashMap<String, WeightFormat>,
+    /// Calibration inputs. With them, int4, int8 and W8A8 weights are
+    /// quantized by GPTQ ([`quant::gptq`]) on the layers' input statistics
+    /// instead of round-to-nearest.
+    pub calibration: Option<Calibration>,
+    /// GPTQ settings (used with `calibration`).
+    pub gptq: GptqOptions,
 }
 
 impl QuantizeOptions {
@@ -29,6 +38,8 @@ impl QuantizeOptions {
             format,
             keep: Vec::new(),
             layers: HashMap::new(),
+            calibration: None,
+            gptq: GptqOptions::default(),
         }
     }
 }
@@ -50,6 +61,8 @@ pub struct LayerReport {
     pub max_abs_err: f32,
     /// Mean |w - dequant(quant(w))|.
     pub mean_abs_err: f32,
+    /// Quantized by GPTQ on calibration data (else round-to-nearest).
+    pub gptq: bool,
 }
 
 /// The whole transform's report.
@@ -61,6 +74,10 @@ pub struct QuantizeReport {
     pub bytes_before: usize,
     /// All parameter bytes after.
     pub bytes_after: usize,
+    /// Rows (samples or tokens) the calibration ran over (0 without calibration).
+    pub calibration_rows: usize,
+    /// Time spent on the calibration forward passes and input statistics.
+    pub calibration_time: std::time::Duration,
 }
 
 /// Replaces every `Linear` whose weight is a 2-D f32 parameter by a
@@ -100,6 +117,27 @@ pub fn quantize(
         bytes_before: model.param_bytes(),
         ..Default::default()
     };
+    let format_of = |node: &Node| -> Option<WeightFormat> {
+        (!opts.keep.contains(&node.name)).then(|| *opts.layers.get(&node.name).unwrap_or(&opts.format))
+    };
+    // Calibration: the input statistics of every layer GPTQ will quantize.
+    let mut stats: HashMap<String, InputStats> = HashMap::new();
+    if let Some(cal) = &opts.calibration {
+        let start = std::time::Instant::now();
+        let mut wanted: Vec<String> = Vec::new();
+        for node in linear_nodes(g) {
+            if format_of(node).is_some_and(|f| gptq::supports(&f)) && !wanted.contains(&node.inputs[0]) {
+                wanted.push(node.inputs[0].clone());
+            }
+        }
+        if !wanted.is_empty() {
+            stats = calibrate::input_stats(model, &wanted, cal)?;
+        }
+        report.calibration_rows = cal.rows();
+        report.calibration_time = start.elapsed();
+    }
+    // GPTQ's factor of H⁻¹, once per distinct layer input (Q, K and V share one).
+    let mut factors: HashMap<String, gptq::Factor> = HashMap::new();
     let mut done = 0;
     let mut replaced_weights = HashSet::new();
     for node in g.nodes() {
@@ -112,12 +150,7 @@ pub fn quantize(
             .cloned()
             .ok_or_else(|| OpError::Shape(format!("missing weight `{weight_name}`")))?;
         let (n, k) = (w.shape()[0], w.shape()[1]);
-        let format = if opts.keep.contains(&node.name) {
-            None
-        } else {
-            Some(*opts.layers.get(&node.name).unwrap_or(&opts.format))
-        };
-        let Some(format) = format else {
+        let Some(format) = format_of(node) else {
             report.layers.push(LayerReport {
                 node: node.name.clone(),
                 format: None,
@@ -126,6 +159,7 @@ pub fn quantize(
                 bytes_after: w.size_in_bytes(),
                 max_abs_err: 0.0,
                 mean_abs_err: 0.0,
+                gptq: false,
             });
             nodes.push(node.clone());
             done += 1;
@@ -133,7 +167,17 @@ pub fn quantize(
             continue;
         };
         let wf = w.as_f32()?;
-        let packed = quant::quantize_weight(&format, wf, n, k)?;
+        let input = &node.inputs[0];
+        let by_gptq = gptq::supports(&format) && stats.get(input).is_some_and(|s| s.features == k && s.rows > 0);
+        let packed = if by_gptq {
+            if !factors.contains_key(input) {
+                let h = &stats[input].h;
+                factors.insert(input.clone(), gptq::Factor::new(h, k, &opts.gptq)?);
+            }
+            gptq::quantize_weight_gptq(&format, wf, n, k, &factors[input], &opts.gptq)?
+        } else {
+            quant::quantize_weight(&format, wf, n, k)?
+        };
         let refs: Vec<&Tensor> = packed.iter().collect();
         let back = quant::dequantize(&format, &refs, n, k)?;
         let errs: Vec<f32> = wf.iter().zip(&back).map(|(a, b)| (a - b).abs()).collect();
@@ -162,6 +206,7 @@ pub fn quantize(
             bytes_after,
             max_abs_err,
             mean_abs_err,
+            gptq: by_gptq,
         });
         replaced_weights.insert(weight_name.to_string());
         nodes.push(Node {

@@ -7,6 +7,7 @@
 //! bytes the model file stores. Rows are padded to a whole number of words
 //! (int4: of blocks; binary: of 32 bits); padding is zero.
 
+pub mod gptq;
 mod int8dot;
 mod pack;
 

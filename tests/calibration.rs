@@ -1,0 +1,274 @@
+//! Calibration-based quantization (GPTQ weights, static W8A8 activation
+//! ranges) on real models: the digits MLP (calibrated on its training split,
+//! measured on the test split) and all-MiniLM-L6-v2 (calibrated on
+//! models/minilm/calibration.txt, measured on the 18 different texts of
+//! models/minilm/texts.json against the f32 model).
+
+mod common;
+
+use std::io::Write;
+
+use common::minilm;
+use common::root;
+use wginfer::embed::cosine;
+use wginfer::eval::{evaluate, EvalOptions};
+use wginfer::model::load_tensors;
+use wginfer::optimize::{quantize, Calibration, QuantizeOptions};
+use wginfer::quant::{self, WeightFormat};
+use wginfer::{Device, Embedder, Model, Session, Tensor};
+
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn digits_split(name: &str) -> Vec<(String, Tensor)> {
+    load_tensors(root(&format!("models/digits-mlp/digits_{name}.safetensors"))).expect("digits data")
+}
+
+fn get(data: &[(String, Tensor)], n: &str) -> Tensor {
+    data.iter().find(|(k, _)| k == n).expect("tensor").1.clone()
+}
+
+fn digits_accuracy(model: &Model, data: &[(String, Tensor)]) -> f64 {
+    let s = Session::new(model, Device::Cpu).expect("session");
+    let opts = EvalOptions {
+        input: "input".into(),
+        output: "probabilities".into(),
+        batch_size: 0,
+    };
+    evaluate(&s, &get(data, "input"), &get(data, "label"), &opts, |_, _| {})
+        .expect("eval")
+        .accuracy()
+}
+
+/// Σ over test samples and every linear layer of ‖x Wᵀ − x Ŵᵀ‖², each
+/// layer fed the f32 model's own input to it (the quantity GPTQ minimises).
+fn layer_output_error(f32_model: &Model, q: &Model, x: &Tensor) -> Vec<(String, f64)> {
+    let g = f32_model.graph();
+    let mut out = Vec::new();
+    let mut values = vec![("input".to_string(), x.clone())];
+    // The f32 model's values, node by node.
+    for node in g.nodes() {
+        let ins: Vec<&Tensor> = node
+            .inputs
+            .iter()
+            .map(|n| {
+                values
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, t)| t)
+                    .or_else(|| f32_model.param(n))
+                    .expect("value")
+            })
+            .collect();
+        let y = node.op.cpu(&ins).expect("cpu");
+        if node.op.op_type() == "Linear" {
+            let qn = q.graph().nodes().iter().find(|n| n.name == node.name).expect("node");
+            let mut qins: Vec<&Tensor> = vec![ins[0]];
+            qins.extend(qn.inputs[1..].iter().map(|n| q.param(n).expect("param")));
+            let yq = qn.op.cpu(&qins).expect("quantized cpu");
+            let e: f64 = y[0]
+                .to_f32_vec()
+                .iter()
+                .zip(yq[0].to_f32_vec())
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum();
+            out.push((node.name.clone(), e));
+        }
+        for (n, t) in node.outputs.iter().zip(y) {
+            values.push((n.clone(), t));
+        }
+    }
+    out
+}
+
+#[test]
+fn digits_gptq_int4_beats_round_to_nearest() {
+    let model = Model::load(root("models/digits-mlp/model.safetensors")).expect("model");
+    let (train, test) = (digits_split("train"), digits_split("test"));
+    let cal = Calibration::from_tensors(&model, &train).expect("calibration");
+    assert_eq!(cal.rows(), 1347);
+    let base = digits_accuracy(&model, &test);
+    for format in ["int4", "int4-min", "int4/64", "int8"] {
+        let f: WeightFormat = format.parse().expect("format");
+        let (rtn, _) = quantize(&model, &QuantizeOptions::new(f), |_, _| {}).expect("rtn");
+        let mut opts = QuantizeOptions::new(f);
+        opts.calibration = Some(cal.clone());
+        let (gq, report) = quantize(&model, &opts, |_, _| {}).expect("gptq");
+        assert!(report.layers.iter().all(|l| l.gptq), "every layer by GPTQ");
+        assert_eq!(report.calibration_rows, 1347);
+        let (ar, ag) = (digits_accuracy(&rtn, &test), digits_accuracy(&gq, &test));
+        let x = get(&test, "input");
+        let (er, eg) = (
+            layer_output_error(&model, &rtn, &x),
+            layer_output_error(&model, &gq, &x),
+        );
+        say(&format!(
+            "digits {format}: accuracy f32 {base:.4}, round-to-nearest {ar:.4}, GPTQ {ag:.4}; calibration {:.3} s",
+            report.calibration_time.as_secs_f64()
+        ));
+        for ((name, r), (_, g)) in er.iter().zip(&eg) {
+            say(&format!(
+                "  {name}: test-set layer output error ‖xWᵀ−xŴᵀ‖² RTN {r:.4e}, GPTQ {g:.4e} ({:.2}x)",
+                r / g
+            ));
+            // On held-out data, each layer's outputs are closer than round-to-nearest's.
+            assert!(g < r, "{format} {name}: GPTQ {g} not below round-to-nearest {r}");
+        }
+        // The packed tensors are the ordinary format: same specs, and the
+        // same file size as round-to-nearest.
+        assert_eq!(report.bytes_after, rtn.param_bytes());
+        assert!(ag >= base - 0.015, "{format}: GPTQ accuracy {ag} vs f32 {base}");
+    }
+}
+
+#[test]
+fn calibration_data_errors_are_typed() {
+    let model = Model::load(root("models/digits-mlp/model.safetensors")).expect("model");
+    let x = Tensor::from_vec(vec![4, 64], vec![0.5f32; 256]).expect("x");
+    let err = Calibration::from_tensors(&model, &[("nope".into(), x)]).expect_err("wrong name");
+    assert!(err.to_string().contains("input"), "{err}");
+    // A GPTQ-quantized layer still checks shapes like plain quantization.
+    assert!(quant::gptq::supports(&"int4".parse().expect("f")));
+    assert!(!quant::gptq::supports(&"binary".parse().expect("f")));
+}
+
+fn minilm_calibration_texts() -> Vec<String> {
+    std::fs::read_to_string(root("models/minilm/calibration.txt"))
+        .expect("calibration.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Min and mean cosine of `format` (with or without calibration) to f32 on the test texts.
+fn minilm_cosines(
+    m: &Model,
+    tok: &std::path::Path,
+    texts: &[&str],
+    base: &[Vec<f32>],
+    format: &str,
+    cal: Option<&Calibration>,
+) -> (f32, f32, f64, f64) {
+    let mut opts = QuantizeOptions::new(format.parse().expect("format"));
+    opts.calibration = cal.cloned();
+    let start = std::time::Instant::now();
+    let (q, report) = quantize(m, &opts, |_, _| {}).expect("quantize");
+    let total = start.elapsed().as_secs_f64();
+    let v = Embedder::new(&q, tok, Device::Cpu)
+        .expect("embedder")
+        .embed(texts)
+        .expect("embed")
+        .vectors;
+    let cos: Vec<f32> = v.iter().zip(base).map(|(a, b)| cosine(a, b)).collect();
+    (
+        cos.iter().copied().fold(1.0, f32::min),
+        cos.iter().sum::<f32>() / cos.len() as f32,
+        report.calibration_time.as_secs_f64(),
+        total,
+    )
+}
+
+#[test]
+fn minilm_calibration_texts_are_not_the_test_texts() {
+    let r = minilm::reference();
+    let cal = minilm_calibration_texts();
+    assert!(cal.len() >= 64, "{} calibration texts", cal.len());
+    for t in &r.texts {
+        assert!(!cal.contains(t), "test text {t:?} is in the calibration set");
+    }
+}
+
+#[test]
+fn minilm_gptq_int4_is_closer_to_f32() {
+    let Some(dir) = minilm::model_dir() else { return };
+    let r = minilm::reference();
+    let m = Model::load(&dir).expect("load");
+    let tok = dir.join("tokenizer.json");
+    let texts = r.text_refs();
+    let base = Embedder::new(&m, &tok, Device::Cpu)
+        .expect("embedder")
+        .embed(&texts)
+        .expect("embed")
+        .vectors;
+    let cal_texts = minilm_calibration_texts();
+    let refs: Vec<&str> = cal_texts.iter().map(String::as_str).collect();
+    let cal = Calibration::from_texts(&m, &tok, &refs).expect("calibration");
+    let (min, mean, secs, total) = minilm_cosines(&m, &tok, &texts, &base, "int4", Some(&cal));
+    say(&format!(
+        "MiniLM int4 GPTQ: cosine to f32 min {min:.5} mean {mean:.5} (forward passes {secs:.2} s, quantize {total:.2} s, {} tokens)",
+        cal.rows()
+    ));
+    assert!(min >= 0.95, "int4 GPTQ min cosine {min}");
+}
+
+/// The README table: `cargo test --release --test calibration minilm_table -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints the MiniLM calibration table"]
+fn minilm_table() {
+    let Some(dir) = minilm::model_dir() else { return };
+    let r = minilm::reference();
+    let m = Model::load(&dir).expect("load");
+    let tok = dir.join("tokenizer.json");
+    let texts = r.text_refs();
+    let base = Embedder::new(&m, &tok, Device::Cpu)
+        .expect("embedder")
+        .embed(&texts)
+        .expect("embed")
+        .vectors;
+    let cal_texts = minilm_calibration_texts();
+    let refs: Vec<&str> = cal_texts.iter().map(String::as_str).collect();
+    let cal = Calibration::from_texts(&m, &tok, &refs).expect("calibration");
+    println!("calibration: {} texts, {} tokens", cal_texts.len(), cal.rows());
+    println!("| format | cosine to f32, min / mean | calibrated: min / mean | quantize time, plain / calibrated (forward passes) |");
+    println!("|---|---|---|---|");
+    for f in ["int4", "int4-min", "int4/128", "int8", "w8a8"] {
+        let (a, b, _, t0) = minilm_cosines(&m, &tok, &texts, &base, f, None);
+        let (c, d, t, t1) = minilm_cosines(&m, &tok, &texts, &base, f, Some(&cal));
+        println!("| {f} | {a:.5} / {b:.5} | {c:.5} / {d:.5} | {t0:.1} s / {t1:.1} s ({t:.1} s) |");
+    }
+}
+
+#[test]
+#[ignore = "sweep"]
+fn minilm_sweep() {
+    let Some(dir) = minilm::model_dir() else { return };
+    let r = minilm::reference();
+    let m = Model::load(&dir).expect("load");
+    let tok = dir.join("tokenizer.json");
+    let texts = r.text_refs();
+    let base = Embedder::new(&m, &tok, Device::Cpu)
+        .expect("e")
+        .embed(&texts)
+        .expect("e")
+        .vectors;
+    let cal_texts = minilm_calibration_texts();
+    let refs: Vec<&str> = cal_texts.iter().map(String::as_str).collect();
+    let cal = Calibration::from_texts(&m, &tok, &refs).expect("calibration");
+    for f in ["int4", "int4/128"] {
+        for act_order in [false, true] {
+            for damp in [0.01, 0.1, 1.0] {
+                let mut opts = QuantizeOptions::new(f.parse().expect("format"));
+                opts.calibration = Some(cal.clone());
+                opts.gptq.act_order = act_order;
+                opts.gptq.damp = damp;
+                let (q, _) = quantize(&m, &opts, |_, _| {}).expect("quantize");
+                let v = Embedder::new(&q, &tok, Device::Cpu)
+                    .expect("e")
+                    .embed(&texts)
+                    .expect("e")
+                    .vectors;
+                let cos: Vec<f32> = v.iter().zip(&base).map(|(a, b)| cosine(a, b)).collect();
+                let cs: Vec<String> = cos.iter().map(|c| format!("{c:.3}")).collect();
+                println!(
+                    "{f} act_order {act_order} damp {damp}: min {:.5} mean {:.5} [{}]",
+                    cos.iter().copied().fold(1.0, f32::min),
+                    cos.iter().sum::<f32>() / cos.len() as f32,
+                    cs.join(" ")
+                );
+            }
+        }
+    }
+}
