@@ -27,7 +27,7 @@ struct Params {
 
 // Which activation (see activation.wgsl).
 override ACT: u32 = 0u;
-// Which binary op: 0 add, 1 mul, 2 sub.
+// Which binary op: 0 add, 1 mul, 2 sub, 3 div.
 override OP: u32 = 0u;
 // True when a, b and y have the same shape (no index arithmetic).
 override SAME_SHAPE: bool = false;
@@ -52,6 +52,7 @@ fn apply_op(x: f32, z: f32) -> f32 {
     switch OP {
         case 1u: { return x * z; }
         case 2u: { return x - z; }
+        case 3u: { return x / z; }
         default: { return x + z; }
     }
 }

@@ -4,6 +4,7 @@
 //
 // Bindings: 0 output, 1 parameters, 2.. inputs.
 //   layernorm:  2 x, 3 scale, 4 bias (a zero buffer when absent)
+//   layernorm_stats: the same (reads x only)
 //   batchnorm:  2 x, 3 scale, 4 bias, 5 mean, 6 var
 // Workgroups are laid out 2-D when one dimension would exceed the limit:
 // the flat workgroup index is wg.y * num_workgroups.x + wg.x.
@@ -111,6 +112,38 @@ fn layernorm_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         let at = base + j;
         y[at] = (x[at] - m) * inv * scale[j * params.a] + bias[j * params.b];
     }
+}
+
+// LayerNormalization's extra outputs, one invocation per row (the row's
+// loops as in layernorm_rows): STAT 0 writes the row's mean, STAT 1 its
+// 1 / sqrt(variance + epsilon). `y` here has one value per row.
+override STAT: u32 = 0u;
+
+@compute @workgroup_size(64)
+fn layernorm_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) li: u32) {
+    let row = (wg.y * nwg.x + wg.x) * WG + li;
+    if (row >= params.n) {
+        return;
+    }
+    let len = params.len;
+    let base = row * len;
+    let inv_len = 1.0 / f32(len);
+    var s = 0.0;
+    for (var j = 0u; j < len; j = j + 1u) {
+        s = s + x[base + j];
+    }
+    let m = s * inv_len;
+    if (STAT == 0u) {
+        y[row] = m;
+        return;
+    }
+    var q = 0.0;
+    for (var j = 0u; j < len; j = j + 1u) {
+        let d = x[base + j] - m;
+        q = q + d * d;
+    }
+    y[row] = 1.0 / sqrt(q * inv_len + bitcast<f32>(params.eps_bits));
 }
 
 // One invocation per element: y = (x - mean[c]) / sqrt(var[c] + eps) * scale[c] + bias[c].

@@ -1,5 +1,6 @@
-// Pooling over the two spatial axes of NCHW tensors: MaxPool, AveragePool
-// (count_include_pad, ceil_mode via the output size) and GlobalAveragePool.
+// Pooling over the spatial axes of NCHW / NCDHW tensors: MaxPool,
+// AveragePool (count_include_pad, ceil_mode via the output size) and
+// GlobalAveragePool. A 2-D pool runs as a 3-D one with a depth of 1.
 // Mirrors src/ops/pool.rs.
 //
 // Bindings: 0 output, 1 parameters, 2 x.
@@ -9,24 +10,24 @@
 struct Params {
     // Output elements (pool) or planes (global average).
     n: u32,
+    // Input height (global average: the plane's length), width and depth.
     h: u32,
     w: u32,
+    d: u32,
+    // Output height, width, depth.
     oh: u32,
     ow: u32,
-    kh: u32,
-    kw: u32,
-    stride_y: u32,
-    stride_x: u32,
-    dil_y: u32,
-    dil_x: u32,
-    pad_y: u32,
-    pad_x: u32,
-    // The padded extent (h + bottom pad, w + right pad), for count_include_pad.
-    pad_h_end: u32,
-    pad_w_end: u32,
-    count_include_pad: u32,
+    od: u32,
     // -inf as f32 bits: the max of a window that lies wholly in the padding.
     neg_inf_bits: u32,
+    // Kernel, stride, dilation and pad before, per axis (y, x, z).
+    k: vec4<u32>,
+    stride: vec4<u32>,
+    dil: vec4<u32>,
+    pad: vec4<u32>,
+    // The padded extent (size + end pad) per axis, for count_include_pad.
+    pad_end: vec4<u32>,
+    count_include_pad: u32,
     pad0: u32,
     pad1: u32,
     pad2: u32,
@@ -51,28 +52,33 @@ fn pool(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     let ox = i % params.ow;
     let oy = (i / params.ow) % params.oh;
-    let plane = i / (params.ow * params.oh);
-    let base = plane * params.h * params.w;
-    let iy0 = i32(oy * params.stride_y) - i32(params.pad_y);
-    let ix0 = i32(ox * params.stride_x) - i32(params.pad_x);
+    let oz = (i / (params.ow * params.oh)) % params.od;
+    let plane = i / (params.ow * params.oh * params.od);
+    let base = plane * params.h * params.w * params.d;
+    let iy0 = i32(oy * params.stride.x) - i32(params.pad.x);
+    let ix0 = i32(ox * params.stride.y) - i32(params.pad.y);
+    let iz0 = i32(oz * params.stride.z) - i32(params.pad.z);
     var best = bitcast<f32>(params.neg_inf_bits);
     var sum = 0.0;
     var count = 0u;
     var padded = 0u;
-    for (var ky = 0u; ky < params.kh; ky = ky + 1u) {
-        let iy = iy0 + i32(ky * params.dil_y);
-        for (var kx = 0u; kx < params.kw; kx = kx + 1u) {
-            let ix = ix0 + i32(kx * params.dil_x);
-            if (iy < i32(params.pad_h_end) && ix < i32(params.pad_w_end)) {
-                padded = padded + 1u;
+    for (var kz = 0u; kz < params.k.z; kz = kz + 1u) {
+        let iz = iz0 + i32(kz * params.dil.z);
+        for (var ky = 0u; ky < params.k.x; ky = ky + 1u) {
+            let iy = iy0 + i32(ky * params.dil.x);
+            for (var kx = 0u; kx < params.k.y; kx = kx + 1u) {
+                let ix = ix0 + i32(kx * params.dil.y);
+                if (iy < i32(params.pad_end.x) && ix < i32(params.pad_end.y) && iz < i32(params.pad_end.z)) {
+                    padded = padded + 1u;
+                }
+                if (iy < 0 || ix < 0 || iz < 0 || iy >= i32(params.h) || ix >= i32(params.w) || iz >= i32(params.d)) {
+                    continue;
+                }
+                let v = x[base + (u32(iz) * params.h + u32(iy)) * params.w + u32(ix)];
+                best = max(best, v);
+                sum = sum + v;
+                count = count + 1u;
             }
-            if (iy < 0 || ix < 0 || iy >= i32(params.h) || ix >= i32(params.w)) {
-                continue;
-            }
-            let v = x[base + u32(iy) * params.w + u32(ix)];
-            best = max(best, v);
-            sum = sum + v;
-            count = count + 1u;
         }
     }
     if (MAX) {

@@ -51,18 +51,20 @@ impl AutoPad {
     }
 }
 
-/// The geometry of a 2-D sliding window: kernel, strides, dilations, pads
-/// (`[top, left, bottom, right]`, ONNX order) and `auto_pad`.
+/// The geometry of a 2-D or 3-D sliding window: kernel, strides, dilations,
+/// pads (`[begin of each axis, end of each axis]`, ONNX order) and `auto_pad`.
+/// Every list has one entry per spatial axis (`pads` two).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Window {
-    /// Kernel height and width (empty for Conv: taken from the weight).
+    /// Kernel size per axis (empty for Conv: taken from the weight).
     pub kernel: Vec<usize>,
     /// Strides (default 1).
-    pub strides: [usize; 2],
+    pub strides: Vec<usize>,
     /// Dilations (default 1).
-    pub dilations: [usize; 2],
-    /// Explicit pads `[top, left, bottom, right]`.
-    pub pads: [usize; 4],
+    pub dilations: Vec<usize>,
+    /// Explicit pads: the begin of each axis, then the end of each
+    /// (`[top, left, bottom, right]` in 2-D).
+    pub pads: Vec<usize>,
     /// Automatic padding.
     pub auto_pad: AutoPad,
     /// Round the output size up (pooling).
@@ -80,58 +82,76 @@ pub struct Axis {
     pub out: usize,
 }
 
-fn pair(attrs: &Attrs, name: &str) -> Result<[usize; 2], OpError> {
+/// Spatial ranks a window may have.
+const RANKS: [usize; 2] = [2, 3];
+
+/// A list attribute of `len` values each at least `min` (`default` each when absent).
+fn list(attrs: &Attrs, name: &str, len: usize, min: i64, default: usize) -> Result<Vec<usize>, OpError> {
     if !attrs.contains_key(name) {
-        return Ok([1, 1]);
+        return Ok(vec![default; len]);
     }
     let v = attr_ints(attrs, name)?;
-    match v.as_slice() {
-        [a, b] if *a >= 1 && *b >= 1 => Ok([*a as usize, *b as usize]),
-        _ => Err(OpError::Attribute {
+    if v.len() != len || v.iter().any(|&x| x < min) {
+        return Err(OpError::Attribute {
             name: name.into(),
-            message: format!("{v:?} must be two positive integers (2-D only)"),
-        }),
+            message: format!("{v:?} must be {len} integers of at least {min}"),
+        });
     }
+    Ok(v.iter().map(|&x| x as usize).collect())
 }
 
 impl Window {
     /// Reads the ONNX attributes (`kernel_shape`, `strides`, `dilations`,
-    /// `pads`, `auto_pad`, `ceil_mode`).
+    /// `pads`, `auto_pad`, `ceil_mode`). The number of spatial axes (2 or 3)
+    /// comes from `kernel_shape`, else from the other lists, else 2.
     pub fn from_attrs(attrs: &Attrs, kernel_required: bool) -> Result<Self, OpError> {
-        let kernel = if attrs.contains_key("kernel_shape") || kernel_required {
-            let k = attr_ints(attrs, "kernel_shape")?;
-            if k.len() != 2 || k.iter().any(|&d| d < 1) {
-                return Err(OpError::Attribute {
-                    name: "kernel_shape".into(),
-                    message: format!("{k:?}: only 2-D windows with positive sizes are supported"),
-                });
+        let given = |name: &str, per_axis: usize| -> Result<Option<usize>, OpError> {
+            if attrs.contains_key(name) {
+                Ok(Some(attr_ints(attrs, name)?.len() / per_axis))
+            } else {
+                Ok(None)
             }
-            k.iter().map(|&d| d as usize).collect()
+        };
+        let rank = match given("kernel_shape", 1)? {
+            Some(r) => r,
+            None => given("strides", 1)?
+                .or(given("dilations", 1)?)
+                .or(given("pads", 2)?)
+                .unwrap_or(2),
+        };
+        if !RANKS.contains(&rank) {
+            return Err(OpError::Attribute {
+                name: "kernel_shape".into(),
+                message: format!("only 2-D and 3-D windows are supported; this one has {rank} axes"),
+            });
+        }
+        let kernel = if attrs.contains_key("kernel_shape") || kernel_required {
+            list(attrs, "kernel_shape", rank, 1, 0).and_then(|k| {
+                if k.is_empty() || k.contains(&0) {
+                    Err(OpError::Attribute {
+                        name: "kernel_shape".into(),
+                        message: "is required".into(),
+                    })
+                } else {
+                    Ok(k)
+                }
+            })?
         } else {
             Vec::new()
         };
-        let pads = if attrs.contains_key("pads") {
-            let p = attr_ints(attrs, "pads")?;
-            match p.as_slice() {
-                [a, b, c, d] if p.iter().all(|&x| x >= 0) => [*a as usize, *b as usize, *c as usize, *d as usize],
-                _ => {
-                    return Err(OpError::Attribute {
-                        name: "pads".into(),
-                        message: format!("{p:?} must be four non-negative integers (2-D only)"),
-                    })
-                }
-            }
-        } else {
-            [0; 4]
-        };
         Ok(Self {
             kernel,
-            strides: pair(attrs, "strides")?,
-            dilations: pair(attrs, "dilations")?,
-            pads,
+            strides: list(attrs, "strides", rank, 1, 1)?,
+            dilations: list(attrs, "dilations", rank, 1, 1)?,
+            pads: list(attrs, "pads", 2 * rank, 0, 0)?,
             auto_pad: AutoPad::parse(attr_str(attrs, "auto_pad", "NOTSET")?)?,
             ceil_mode: attr_i64(attrs, "ceil_mode", Some(0))? != 0,
         })
+    }
+
+    /// The number of spatial axes (2 or 3).
+    pub fn rank(&self) -> usize {
+        self.strides.len()
     }
 
     /// Writes the attributes back (round-trips through [`Window::from_attrs`]).
@@ -139,22 +159,26 @@ impl Window {
         if !self.kernel.is_empty() {
             a.insert("kernel_shape".into(), self.kernel.clone().into());
         }
-        a.insert("strides".into(), self.strides.to_vec().into());
-        a.insert("dilations".into(), self.dilations.to_vec().into());
-        a.insert("pads".into(), self.pads.to_vec().into());
+        a.insert("strides".into(), self.strides.clone().into());
+        a.insert("dilations".into(), self.dilations.clone().into());
+        a.insert("pads".into(), self.pads.clone().into());
         a.insert("auto_pad".into(), self.auto_pad.name().into());
         if self.ceil_mode {
             a.insert("ceil_mode".into(), 1.into());
         }
     }
 
-    /// Padding and output length along spatial axis `i` (0 = height) for an
-    /// input of length `len` and a kernel of `k`.
+    /// Padding and output length along spatial axis `i` (0 = the first
+    /// spatial axis) for an input of length `len` and a kernel of `k`.
     pub fn axis(&self, i: usize, len: usize, k: usize) -> Result<Axis, OpError> {
+        let rank = self.rank();
+        if i >= rank {
+            return Err(OpError::Shape(format!("spatial axis {i} of a {rank}-D window")));
+        }
         let (s, d) = (self.strides[i], self.dilations[i]);
-        let span = (k - 1) * d + 1;
+        let span = (k.max(1) - 1) * d + 1;
         let (begin, end) = match self.auto_pad {
-            AutoPad::NotSet => (self.pads[i], self.pads[i + 2]),
+            AutoPad::NotSet => (self.pads[i], self.pads[i + rank]),
             AutoPad::Valid => (0, 0),
             AutoPad::SameUpper | AutoPad::SameLower => {
                 let out = len.div_ceil(s);
@@ -309,7 +333,7 @@ impl Op for Conv {
         check_arity(inputs.len(), 2, 3, "2 or 3 (x, w, optional b)")?;
         let p = self.plan(inputs[0].shape(), inputs[1].shape(), inputs.get(2).map(|b| b.shape()))?;
         let (x, w, b) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?, self.bias(inputs)?);
-        let (s, d) = (self.window.strides, self.window.dilations);
+        let (s, d) = (&self.window.strides, &self.window.dilations);
         let mg = p.m / self.group;
         let (oh, ow) = (p.y.out, p.x.out);
         let mut y = vec![0.0f32; p.n * p.m * oh * ow];
@@ -350,7 +374,7 @@ impl Op for Conv {
         check_arity(inputs.len(), 2, 3, "2 or 3 (x, w, optional b)")?;
         let p = self.plan(inputs[0].shape(), inputs[1].shape(), inputs.get(2).map(|b| b.shape()))?;
         let (x, w, b) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?, self.bias(inputs)?);
-        let (s, d) = (self.window.strides, self.window.dilations);
+        let (s, d) = (&self.window.strides, &self.window.dilations);
         let mg = p.m / self.group;
         let (oh, ow) = (p.y.out, p.x.out);
         let (kk, pix) = (p.cg * p.kh * p.kw, oh * ow);
@@ -453,7 +477,7 @@ impl Op for Conv {
         let p = self.plan(inputs[0].shape(), inputs[1].shape(), inputs.get(2).map(|b| b.shape()))?;
         let (x, w) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?);
         let dy = f32_input(grads, 0)?;
-        let (s, d) = (self.window.strides, self.window.dilations);
+        let (s, d) = (&self.window.strides, &self.window.dilations);
         let mg = p.m / self.group;
         let (oh, ow) = (p.y.out, p.x.out);
         if dy.len() != p.n * p.m * oh * ow {
@@ -546,8 +570,15 @@ fn build_conv(attrs: &Attrs) -> Result<Arc<dyn Op>, OpError> {
             message: format!("{group} must be at least 1"),
         });
     }
+    let window = Window::from_attrs(attrs, false)?;
+    if window.rank() != 2 {
+        return Err(OpError::Attribute {
+            name: "kernel_shape".into(),
+            message: format!("Conv takes 2-D windows only; this one has {} axes", window.rank()),
+        });
+    }
     Ok(Arc::new(Conv {
-        window: Window::from_attrs(attrs, false)?,
+        window,
         group: group as usize,
     }))
 }

@@ -563,6 +563,38 @@ impl Op for Cast {
     }
 }
 
+/// Values that probe float conversions: NaN, infinities, signed zero, f16
+/// overflow and subnormals, exact ties (1 + 2^-11 rounds to even in f16,
+/// 1 + 2^-8 in bf16) and random values over a wide range; an odd count (two
+/// 16-bit values share a word on the GPU).
+fn cast_values(rng: &mut CaseRng) -> Tensor {
+    let mut v = vec![
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -0.0,
+        65504.0,
+        65520.0,
+        -1e6,
+        1e38,
+        1.0 + 2f32.powi(-11),
+        1.0 + 3.0 * 2f32.powi(-11),
+        1.0 + 2f32.powi(-8),
+        1.0 + 3.0 * 2f32.powi(-8),
+        6e-8,
+        2.9e-8,
+        1e-5,
+        -3.3e-6,
+        1e-40,
+    ];
+    for _ in 0..20 {
+        let e = rng.uniform(-30.0, 20.0);
+        v.push(rng.uniform(-1.0, 1.0) * 2f32.powf(e));
+    }
+    let n = v.len();
+    Tensor::from_vec(vec![n], v).unwrap_or_else(|e| unreachable!("a vector of n values: {e}"))
+}
+
 /// `Cast`: attribute `to` (a dtype name: f32, f16, i64, ...).
 pub const CAST: OpDef = OpDef {
     op_type: "Cast",
@@ -589,6 +621,31 @@ pub const CAST: OpDef = OpDef {
                 "cast [17] f32->f32",
                 Arc::new(Cast { to: DType::F32 }),
                 vec![rng.tensor(&[17], -9.0, 9.0)],
+            ),
+            OpCase::new(
+                "cast f32->f16 (specials, ties, subnormals)",
+                Arc::new(Cast { to: DType::F16 }),
+                vec![cast_values(&mut rng)],
+            ),
+            OpCase::new(
+                "cast f32->bf16 (specials, ties)",
+                Arc::new(Cast { to: DType::BF16 }),
+                vec![cast_values(&mut rng)],
+            ),
+            OpCase::new(
+                "cast f16->f32",
+                Arc::new(Cast { to: DType::F32 }),
+                vec![cast_values(&mut rng).cast(DType::F16)],
+            ),
+            OpCase::new(
+                "cast bf16->f32",
+                Arc::new(Cast { to: DType::F32 }),
+                vec![cast_values(&mut rng).cast(DType::BF16)],
+            ),
+            OpCase::new(
+                "cast f16->bf16",
+                Arc::new(Cast { to: DType::BF16 }),
+                vec![cast_values(&mut rng).cast(DType::F16)],
             ),
         ]
     },

@@ -371,6 +371,7 @@ pub const LAYER_NORM: OpDef = OpDef {
             ln_case(&mut rng, &[1, 3], -1, 1),
             ln_case(&mut rng, &[17, 1000], -1, 3),
             ln_case(&mut rng, &[2, 3, 5], 1, 1),
+            ln_case(&mut rng, &[4, 3, 7], 1, 3),
         ]
     },
     sample: |rng| {

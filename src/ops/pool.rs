@@ -1,5 +1,6 @@
-//! Pooling over the two spatial axes of NCHW tensors: `MaxPool`,
-//! `AveragePool` and `GlobalAveragePool`.
+//! Pooling over the spatial axes of NCHW (2-D) and NCDHW (3-D) tensors:
+//! `MaxPool` (with its optional argmax `Indices` output), `AveragePool` and
+//! `GlobalAveragePool`.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -9,44 +10,172 @@ use rayon::prelude::*;
 use super::conv::{Axis, Window};
 use super::{attr_i64, check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
 use crate::error::OpError;
-use crate::tensor::{Dim, Tensor, ValueType};
+use crate::tensor::{DType, Dim, Tensor, ValueType};
 
-/// `MaxPool` or `AveragePool` (2-D).
+/// `MaxPool` or `AveragePool` over 2 or 3 spatial axes.
 #[derive(Clone, Debug)]
 pub struct Pool {
     /// True for `MaxPool`.
     pub max: bool,
-    /// Window geometry (`kernel` is required).
+    /// Window geometry (`kernel` is required; its length is the spatial rank).
     pub window: Window,
     /// `AveragePool`: count padding positions in the divisor.
     pub count_include_pad: bool,
+    /// `MaxPool`: also output `Indices` (int64), each maximum's index into
+    /// the flattened input (the first maximum of a window on ties).
+    pub indices: bool,
+    /// `Indices` count the spatial axes column-major (ONNX `storage_order = 1`).
+    pub column_major: bool,
 }
 
-/// A pooling call's input data, its `[N, C, H, W]` shape and the two axes.
-type Frame<'a> = (&'a [f32], &'a [usize], Axis, Axis);
+/// A pooling window along three axes (depth, height, width); a 2-D pool has
+/// a depth of 1 with a kernel of 1.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geom {
+    /// Input sizes.
+    pub len: [usize; 3],
+    /// Kernel sizes.
+    pub k: [usize; 3],
+    /// Strides.
+    pub s: [usize; 3],
+    /// Dilations.
+    pub d: [usize; 3],
+    /// Padding and output size.
+    pub ax: [Axis; 3],
+}
+
+impl Geom {
+    /// Output sizes.
+    pub fn out(&self) -> [usize; 3] {
+        [self.ax[0].out, self.ax[1].out, self.ax[2].out]
+    }
+
+    /// The input position that tap `t` of output `o` reads along axis `a`
+    /// (negative or past the end in the padding).
+    fn pos(&self, a: usize, o: usize, t: usize) -> isize {
+        (o * self.s[a] + t * self.d[a]) as isize - self.ax[a].begin as isize
+    }
+
+    /// Calls `f(o, cells, padded)` for each output position `o` (flat within
+    /// a plane): the flat indices (within an input plane) of the in-bounds
+    /// cells its window reads, in row-major order of the taps, and how many
+    /// taps fall inside the padded extent (for `count_include_pad`).
+    fn each_window(&self, mut f: impl FnMut(usize, &[usize], usize)) {
+        let [_, l1, l2] = self.len;
+        let out = self.out();
+        let inside = |a: usize, i: isize| i >= 0 && i < self.len[a] as isize;
+        let in_pad = |a: usize, i: isize| i < (self.len[a] + self.ax[a].end) as isize;
+        let mut cells = Vec::new();
+        let mut o = 0;
+        for oz in 0..out[0] {
+            for oy in 0..out[1] {
+                for ox in 0..out[2] {
+                    cells.clear();
+                    let mut padded = 0;
+                    for tz in 0..self.k[0] {
+                        let iz = self.pos(0, oz, tz);
+                        for ty in 0..self.k[1] {
+                            let iy = self.pos(1, oy, ty);
+                            for tx in 0..self.k[2] {
+                                let ix = self.pos(2, ox, tx);
+                                if in_pad(0, iz) && in_pad(1, iy) && in_pad(2, ix) {
+                                    padded += 1;
+                                }
+                                if inside(0, iz) && inside(1, iy) && inside(2, ix) {
+                                    cells.push((iz as usize * l1 + iy as usize) * l2 + ix as usize);
+                                }
+                            }
+                        }
+                    }
+                    f(o, &cells, padded);
+                    o += 1;
+                }
+            }
+        }
+    }
+
+    /// A row-major flat index within a plane, counted column-major instead
+    /// (the first spatial axis fastest).
+    fn column_major(&self, flat: usize) -> usize {
+        let [l0, l1, l2] = self.len;
+        let (iz, iy, ix) = (flat / (l1 * l2), (flat / l2) % l1, flat % l2);
+        iz + iy * l0 + ix * l0 * l1
+    }
+}
+
+/// A pooling call's input data, its shape and the window geometry.
+type Frame<'a> = (&'a [f32], &'a [usize], Geom);
 
 impl Pool {
-    /// Checks the single 4-D f32 input and plans both axes.
+    /// The window along three axes for an input with these spatial sizes.
+    pub(crate) fn geom(&self, spatial: &[usize]) -> Result<Geom, OpError> {
+        let w = &self.window;
+        let r = w.rank();
+        if w.kernel.len() != r {
+            return Err(OpError::Attribute {
+                name: "kernel_shape".into(),
+                message: "is required".into(),
+            });
+        }
+        if spatial.len() != r {
+            return Err(OpError::Shape(format!(
+                "a {r}-D window needs x with {r} spatial axes; got {}",
+                spatial.len()
+            )));
+        }
+        let lead = 3 - r;
+        let none = Axis {
+            begin: 0,
+            end: 0,
+            out: 1,
+        };
+        let mut g = Geom {
+            len: [1; 3],
+            k: [1; 3],
+            s: [1; 3],
+            d: [1; 3],
+            ax: [none; 3],
+        };
+        for (i, &len) in spatial.iter().enumerate() {
+            g.len[lead + i] = len;
+            g.k[lead + i] = w.kernel[i];
+            g.s[lead + i] = w.strides[i];
+            g.d[lead + i] = w.dilations[i];
+            g.ax[lead + i] = w.axis(i, len, w.kernel[i])?;
+        }
+        Ok(g)
+    }
+
+    /// Checks the single f32 input `[N, C, spatial...]` and plans the window.
     fn frame<'a>(&self, inputs: &[&'a Tensor]) -> Result<Frame<'a>, OpError> {
         check_arity(inputs.len(), 1, 1, "1")?;
         let s = inputs[0].shape();
-        if s.len() != 4 {
-            return Err(OpError::Shape(format!("needs x [N, C, H, W]; got {s:?}")));
+        if s.len() != 2 + self.window.rank() {
+            return Err(OpError::Shape(format!(
+                "needs x [N, C, {} spatial axes]; got {s:?}",
+                self.window.rank()
+            )));
         }
         let x = f32_input(inputs, 0)?;
-        let (ay, ax) = self.axes(s[2], s[3])?;
-        Ok((x, s, ay, ax))
+        Ok((x, s, self.geom(&s[2..])?))
     }
 
-    fn axes(&self, h: usize, w: usize) -> Result<(Axis, Axis), OpError> {
-        let k = &self.window.kernel;
-        if k.len() != 2 {
-            return Err(OpError::Attribute {
-                name: "kernel_shape".into(),
-                message: "is required (2-D)".into(),
-            });
+    /// The output shape for input shape `s`.
+    fn out_shape(&self, s: &[usize], g: &Geom) -> Vec<usize> {
+        let out = g.out();
+        let mut shape = s[..2].to_vec();
+        shape.extend_from_slice(&out[3 - self.window.rank()..]);
+        shape
+    }
+
+    /// The output tensors: `y`, and `idx` when the op returns Indices.
+    fn outputs(&self, s: &[usize], g: &Geom, y: Vec<f32>, idx: Vec<i64>) -> Result<Vec<Tensor>, OpError> {
+        let shape = self.out_shape(s, g);
+        let mut out = vec![Tensor::from_vec(shape.clone(), y)?];
+        if self.indices {
+            out.push(Tensor::from_vec(shape, idx)?);
         }
-        Ok((self.window.axis(0, h, k[0])?, self.window.axis(1, w, k[1])?))
+        Ok(out)
     }
 }
 
@@ -65,6 +194,12 @@ impl Op for Pool {
         if self.count_include_pad {
             a.insert("count_include_pad".into(), 1.into());
         }
+        if self.indices {
+            a.insert("outputs".into(), 2.into());
+        }
+        if self.column_major {
+            a.insert("storage_order".into(), 1.into());
+        }
         a
     }
 
@@ -72,128 +207,140 @@ impl Op for Pool {
         check_arity(inputs.len(), 1, 1, "1")?;
         check_f32(inputs)?;
         let x = &inputs[0];
-        if x.rank() != 4 {
+        let r = self.window.rank();
+        if x.rank() != 2 + r {
             return Err(OpError::Shape(format!(
-                "needs x [N, C, H, W] (2-D pooling only); got {}",
+                "needs x [N, C, {r} spatial axes] for a {r}-D window; got {}",
                 x.shape_string()
             )));
         }
-        let (h, w) = match (x.shape[2].known(), x.shape[3].known()) {
-            (Some(h), Some(w)) => (h, w),
-            _ => {
-                return Err(OpError::Shape(format!(
-                    "spatial sizes must be known, got {}",
-                    x.shape_string()
-                )))
-            }
+        let spatial: Option<Vec<usize>> = x.shape[2..].iter().map(|d| d.known()).collect();
+        let Some(spatial) = spatial else {
+            return Err(OpError::Shape(format!(
+                "spatial sizes must be known, got {}",
+                x.shape_string()
+            )));
         };
-        let (ay, ax) = self.axes(h, w)?;
-        Ok(vec![ValueType {
+        let g = self.geom(&spatial)?;
+        let out = g.out();
+        let mut shape = x.shape[..2].to_vec();
+        shape.extend(out[3 - r..].iter().map(|&o| Dim::Known(o)));
+        let mut types = vec![ValueType {
             dtype: x.dtype,
-            shape: vec![
-                x.shape[0].clone(),
-                x.shape[1].clone(),
-                Dim::Known(ay.out),
-                Dim::Known(ax.out),
-            ],
-        }])
+            shape: shape.clone(),
+        }];
+        if self.indices {
+            types.push(ValueType {
+                dtype: DType::I64,
+                shape,
+            });
+        }
+        Ok(types)
     }
 
     fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
-        let (x, s, ay, ax) = self.frame(inputs)?;
-        let (nc, h, w) = (s[0] * s[1], s[2], s[3]);
-        let (k, st, d) = (&self.window.kernel, self.window.strides, self.window.dilations);
-        // The padded extent, for count_include_pad.
-        let (ph_end, pw_end) = (h + ay.end, w + ax.end);
-        let mut y = Vec::with_capacity(nc * ay.out * ax.out);
-        for plane in 0..nc {
-            let xp = &x[plane * h * w..][..h * w];
-            for oy in 0..ay.out {
-                for ox in 0..ax.out {
-                    let mut best = f32::NEG_INFINITY;
-                    let mut sum = 0.0f64;
-                    let (mut count, mut padded) = (0usize, 0usize);
-                    for ky in 0..k[0] {
-                        let iy = (oy * st[0] + ky * d[0]) as isize - ay.begin as isize;
-                        for kx in 0..k[1] {
-                            let ix = (ox * st[1] + kx * d[1]) as isize - ax.begin as isize;
-                            if iy < ph_end as isize && ix < pw_end as isize {
-                                padded += 1;
-                            }
-                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                continue;
-                            }
-                            let v = xp[iy as usize * w + ix as usize];
-                            best = best.max(v);
-                            sum += v as f64;
-                            count += 1;
-                        }
+        let (x, s, g) = self.frame(inputs)?;
+        let nc = s[0] * s[1];
+        let plane = g.len.iter().product::<usize>();
+        let out_plane = g.out().iter().product::<usize>();
+        let mut y = Vec::with_capacity(nc * out_plane);
+        let mut idx = Vec::new();
+        for p in 0..nc {
+            let xp = &x[p * plane..][..plane];
+            g.each_window(|_, cells, padded| {
+                let mut best = f32::NEG_INFINITY;
+                let mut first: Option<(usize, f32)> = None;
+                let mut sum = 0.0f64;
+                for &c in cells {
+                    let v = xp[c];
+                    best = best.max(v);
+                    if first.is_none_or(|(_, b)| v > b) {
+                        first = Some((c, v));
                     }
-                    y.push(if self.max {
-                        best
-                    } else {
-                        let div = if self.count_include_pad { padded } else { count };
-                        (sum / div.max(1) as f64) as f32
-                    });
+                    sum += v as f64;
                 }
-            }
+                y.push(if self.max {
+                    best
+                } else {
+                    let div = if self.count_include_pad { padded } else { cells.len() };
+                    (sum / div.max(1) as f64) as f32
+                });
+                if self.indices {
+                    // A window wholly in the padding has no maximum: -1.
+                    idx.push(first.map_or(-1, |(c, _)| {
+                        let c = if self.column_major { g.column_major(c) } else { c };
+                        (p * plane + c) as i64
+                    }));
+                }
+            });
         }
-        Ok(vec![Tensor::from_vec(vec![s[0], s[1], ay.out, ax.out], y)?])
+        self.outputs(s, &g, y, idx)
     }
 
     /// The reference's arithmetic, with each axis's in-bounds taps listed
-    /// once (no per-element bounds tests) and planes in parallel.
+    /// once (no per-element bounds tests) and planes in parallel. The
+    /// Indices output is the reference's.
     fn cpu(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
-        let (x, s, ay, ax) = self.frame(inputs)?;
-        let (nc, h, w) = (s[0] * s[1], s[2], s[3]);
-        let (k, st, d) = (&self.window.kernel, self.window.strides, self.window.dilations);
+        if self.indices {
+            return self.reference(inputs);
+        }
+        let (x, s, g) = self.frame(inputs)?;
+        let nc = s[0] * s[1];
+        let plane = g.len.iter().product::<usize>();
+        let out = g.out();
         // Per output position along one axis: the input indices its window
         // reads, and how many taps fall inside the padded extent.
-        let taps = |out: usize, begin: usize, k: usize, st: usize, d: usize, n: usize, padded_end: usize| {
-            (0..out)
+        let taps = |a: usize| {
+            (0..out[a])
                 .map(|o| {
-                    let at = |t: usize| (o * st + t * d) as isize - begin as isize;
-                    let valid: Vec<usize> = (0..k)
+                    let at = |t: usize| g.pos(a, o, t);
+                    let valid: Vec<usize> = (0..g.k[a])
                         .map(at)
-                        .filter(|&i| i >= 0 && i < n as isize)
+                        .filter(|&i| i >= 0 && i < g.len[a] as isize)
                         .map(|i| i as usize)
                         .collect();
-                    let padded = (0..k).map(at).filter(|&i| i < padded_end as isize).count();
+                    let end = (g.len[a] + g.ax[a].end) as isize;
+                    let padded = (0..g.k[a]).map(at).filter(|&i| i < end).count();
                     (valid, padded)
                 })
                 .collect::<Vec<_>>()
         };
-        let ty = taps(ay.out, ay.begin, k[0], st[0], d[0], h, h + ay.end);
-        let tx = taps(ax.out, ax.begin, k[1], st[1], d[1], w, w + ax.end);
-        let out_plane = ay.out * ax.out;
+        let (tz, ty, tx) = (taps(0), taps(1), taps(2));
+        let (l1, l2) = (g.len[1], g.len[2]);
+        let out_plane = out.iter().product::<usize>();
         let mut y = vec![0.0f32; nc * out_plane];
-        let plane_fn = |plane: usize, yp: &mut [f32]| {
-            let xp = &x[plane * h * w..][..h * w];
-            for (oy, (iys, py)) in ty.iter().enumerate() {
-                for (ox, (ixs, px)) in tx.iter().enumerate() {
-                    let v = if self.max {
+        let plane_fn = |p: usize, yp: &mut [f32]| {
+            let xp = &x[p * plane..][..plane];
+            let mut o = 0;
+            for (izs, pz) in &tz {
+                for (iys, py) in &ty {
+                    for (ixs, px) in &tx {
                         let mut best = f32::NEG_INFINITY;
-                        for &iy in iys {
-                            for &ix in ixs {
-                                best = best.max(xp[iy * w + ix]);
-                            }
-                        }
-                        best
-                    } else {
                         let mut sum = 0.0f64;
-                        for &iy in iys {
-                            for &ix in ixs {
-                                sum += xp[iy * w + ix] as f64;
+                        for &iz in izs {
+                            for &iy in iys {
+                                let row = &xp[(iz * l1 + iy) * l2..][..l2];
+                                for &ix in ixs {
+                                    if self.max {
+                                        best = best.max(row[ix]);
+                                    } else {
+                                        sum += row[ix] as f64;
+                                    }
+                                }
                             }
                         }
-                        let div = if self.count_include_pad {
-                            py * px
+                        yp[o] = if self.max {
+                            best
                         } else {
-                            iys.len() * ixs.len()
+                            let div = if self.count_include_pad {
+                                pz * py * px
+                            } else {
+                                izs.len() * iys.len() * ixs.len()
+                            };
+                            (sum / div.max(1) as f64) as f32
                         };
-                        (sum / div.max(1) as f64) as f32
-                    };
-                    yp[oy * ax.out + ox] = v;
+                        o += 1;
+                    }
                 }
             }
         };
@@ -206,7 +353,7 @@ impl Op for Pool {
                 y.chunks_mut(out_plane).enumerate().for_each(|(p, yp)| plane_fn(p, yp));
             }
         }
-        Ok(vec![Tensor::from_vec(vec![s[0], s[1], ay.out, ax.out], y)?])
+        self.outputs(s, &g, y, Vec::new())
     }
 
     /// MaxPool sends each window's gradient to its first largest element
@@ -219,62 +366,39 @@ impl Op for Pool {
         _outputs: &[&Tensor],
         grads: &[&Tensor],
     ) -> Result<Vec<Option<Tensor>>, OpError> {
-        check_arity(inputs.len(), 1, 1, "1")?;
-        let s = inputs[0].shape();
-        if s.len() != 4 {
-            return Err(OpError::Shape(format!("needs x [N, C, H, W]; got {s:?}")));
-        }
-        let x = f32_input(inputs, 0)?;
+        let (x, s, g) = self.frame(inputs)?;
         let dy = f32_input(grads, 0)?;
-        let (nc, h, w) = (s[0] * s[1], s[2], s[3]);
-        let (ay, ax) = self.axes(h, w)?;
-        if dy.len() != nc * ay.out * ax.out {
+        let nc = s[0] * s[1];
+        let plane = g.len.iter().product::<usize>();
+        let out_plane = g.out().iter().product::<usize>();
+        if dy.len() != nc * out_plane {
             return Err(OpError::Shape(format!(
                 "the output gradient has {} values, not {}",
                 dy.len(),
-                nc * ay.out * ax.out
+                nc * out_plane
             )));
         }
-        let (k, st, d) = (&self.window.kernel, self.window.strides, self.window.dilations);
-        let (ph_end, pw_end) = (h + ay.end, w + ax.end);
         let mut dx = vec![0.0f32; x.len()];
-        for plane in 0..nc {
-            let base = plane * h * w;
-            for oy in 0..ay.out {
-                for ox in 0..ax.out {
-                    let g = dy[(plane * ay.out + oy) * ax.out + ox];
-                    let mut cells = Vec::new();
-                    let mut padded = 0usize;
-                    for ky in 0..k[0] {
-                        let iy = (oy * st[0] + ky * d[0]) as isize - ay.begin as isize;
-                        for kx in 0..k[1] {
-                            let ix = (ox * st[1] + kx * d[1]) as isize - ax.begin as isize;
-                            if iy < ph_end as isize && ix < pw_end as isize {
-                                padded += 1;
-                            }
-                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                continue;
-                            }
-                            cells.push(base + iy as usize * w + ix as usize);
-                        }
+        for p in 0..nc {
+            let base = p * plane;
+            g.each_window(|o, cells, padded| {
+                let grad = dy[p * out_plane + o];
+                if self.max {
+                    let best = cells.iter().copied().fold(None, |b: Option<usize>, i| match b {
+                        Some(j) if x[base + j] >= x[base + i] => Some(j),
+                        _ => Some(i),
+                    });
+                    if let Some(i) = best {
+                        dx[base + i] += grad;
                     }
-                    if self.max {
-                        let best = cells.iter().copied().fold(None, |b: Option<usize>, i| match b {
-                            Some(j) if x[j] >= x[i] => Some(j),
-                            _ => Some(i),
-                        });
-                        if let Some(i) = best {
-                            dx[i] += g;
-                        }
-                    } else {
-                        let div = if self.count_include_pad { padded } else { cells.len() };
-                        let share = g / div.max(1) as f32;
-                        for i in cells {
-                            dx[i] += share;
-                        }
+                } else {
+                    let div = if self.count_include_pad { padded } else { cells.len() };
+                    let share = grad / div.max(1) as f32;
+                    for &i in cells {
+                        dx[base + i] += share;
                     }
                 }
-            }
+            });
         }
         Ok(vec![Some(Tensor::from_vec(s.to_vec(), dx)?)])
     }
@@ -293,22 +417,32 @@ impl Op for Pool {
 }
 
 fn build_pool(max: bool, attrs: &Attrs) -> Result<Arc<dyn Op>, OpError> {
-    if attr_i64(attrs, "storage_order", Some(0))? != 0 {
+    let storage_order = attr_i64(attrs, "storage_order", Some(0))?;
+    if storage_order != 0 && storage_order != 1 {
         return Err(OpError::Attribute {
             name: "storage_order".into(),
-            message: "only row-major (0) is supported".into(),
+            message: format!("{storage_order}: must be 0 (row-major) or 1 (column-major)"),
+        });
+    }
+    let outputs = attr_i64(attrs, "outputs", Some(1))?;
+    if outputs != 1 && !(max && outputs == 2) {
+        return Err(OpError::Attribute {
+            name: "outputs".into(),
+            message: format!("{outputs}: must be 1 (or 2 for MaxPool's Indices)"),
         });
     }
     Ok(Arc::new(Pool {
         max,
         window: Window::from_attrs(attrs, true)?,
         count_include_pad: attr_i64(attrs, "count_include_pad", Some(0))? != 0,
+        indices: outputs == 2,
+        column_major: storage_order == 1,
     }))
 }
 
 fn pool_cases(max: bool) -> Vec<OpCase> {
     let mut rng = CaseRng::new(if max { 51 } else { 52 });
-    let geoms: [(&[usize], serde_json::Value); 4] = [
+    let mut geoms: Vec<(&[usize], serde_json::Value)> = vec![
         (
             &[1, 1, 4, 4],
             serde_json::json!({"kernel_shape": [2, 2], "strides": [2, 2]}),
@@ -325,7 +459,31 @@ fn pool_cases(max: bool) -> Vec<OpCase> {
             &[1, 2, 8, 5],
             serde_json::json!({"kernel_shape": [3, 3], "auto_pad": "SAME_UPPER", "strides": [2, 1], "count_include_pad": 1}),
         ),
+        // 3-D windows.
+        (
+            &[1, 2, 5, 6, 7],
+            serde_json::json!({"kernel_shape": [2, 3, 2], "strides": [1, 2, 2], "pads": [1, 0, 1, 0, 1, 1]}),
+        ),
+        (
+            &[2, 1, 7, 5, 4],
+            serde_json::json!({"kernel_shape": [3, 2, 2], "dilations": [2, 1, 1], "strides": [2, 2, 1], "ceil_mode": 1, "count_include_pad": 1, "pads": [1, 1, 0, 1, 0, 1]}),
+        ),
     ];
+    if max {
+        // The Indices output: row-major (2-D, 3-D) and column-major.
+        geoms.push((
+            &[2, 3, 7, 6],
+            serde_json::json!({"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 0, 1, 1], "outputs": 2}),
+        ));
+        geoms.push((
+            &[1, 2, 5, 6],
+            serde_json::json!({"kernel_shape": [2, 3], "strides": [1, 2], "storage_order": 1, "outputs": 2}),
+        ));
+        geoms.push((
+            &[1, 2, 4, 5, 3],
+            serde_json::json!({"kernel_shape": [2, 2, 2], "pads": [0, 1, 0, 1, 0, 1], "outputs": 2}),
+        ));
+    }
     geoms
         .iter()
         .map(|(s, a)| {
@@ -348,7 +506,8 @@ fn pool_sample(max: bool, rng: &mut CaseRng) -> OpCase {
     OpCase::new(format!("pool {s:?} {a}"), op, vec![x])
 }
 
-/// `MaxPool`: `kernel_shape`, `pads`, `strides`, `dilations`, `auto_pad`, `ceil_mode`.
+/// `MaxPool`: `kernel_shape` (2 or 3 axes), `pads`, `strides`, `dilations`,
+/// `auto_pad`, `ceil_mode`, `storage_order`, and `outputs` (2: also Indices).
 pub const MAX_POOL: OpDef = OpDef {
     op_type: "MaxPool",
     build: |a| build_pool(true, a),

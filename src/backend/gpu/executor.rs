@@ -651,7 +651,18 @@ impl GpuExecutor {
                 }
                 .and_then(|k| {
                     // A parameter the device does not hold (too large) sends the node to the CPU.
-                    if let NodeKernel::Dispatch(_) = k {
+                    let written = match &k {
+                        NodeKernel::Alias => 0,
+                        NodeKernel::Dispatch(_) => 1,
+                        NodeKernel::Multi(v) => v.len(),
+                    };
+                    if !matches!(k, NodeKernel::Alias) && written != step.outputs.len() {
+                        return Err(format!(
+                            "the kernel writes {written} output(s); the node has {}",
+                            step.outputs.len()
+                        ));
+                    }
+                    if !matches!(k, NodeKernel::Alias) {
                         if let Some(Source::Param(p)) = step
                             .inputs
                             .iter()
@@ -688,7 +699,7 @@ impl GpuExecutor {
                         placement: Placement::Alias { device: true },
                     });
                 }
-                Ok(NodeKernel::Dispatch(spec)) => {
+                Ok(kernel @ (NodeKernel::Dispatch(_) | NodeKernel::Multi(_))) => {
                     if !segments.last().map(|s| s.cpu_steps.is_empty()).unwrap_or(true) {
                         let start = dispatches.len();
                         segments.push(Segment {
@@ -696,65 +707,79 @@ impl GpuExecutor {
                             ..Segment::default()
                         });
                     }
-                    // Inputs onto the device.
-                    let mut inputs = Vec::with_capacity(spec.binds.len());
-                    for b in &spec.binds {
-                        let res = match *b {
-                            Bind::Zeros => Res::Zeros,
-                            Bind::Input(i) => match &step.inputs[i] {
-                                Source::Param(p) => Res::Param(p.clone()),
-                                Source::Slot(s) => {
-                                    let s = *s;
-                                    if dev[s].is_none() {
-                                        let seg = segments.len() - 1;
-                                        let reuse = segments[seg].dispatches.is_empty();
-                                        let id =
-                                            alloc(s, reuse, &mut storages, &mut storage_values, &mut refs, &mut free);
-                                        dev[s] = Some(id);
-                                        segments[seg].uploads.push((s, id));
-                                        uploads += 1;
-                                    }
-                                    Res::Storage(dev[s].unwrap_or_default())
-                                }
-                            },
-                        };
-                        inputs.push(res);
-                    }
-                    let out = step.outputs[0];
-                    let id = alloc(out, true, &mut storages, &mut storage_values, &mut refs, &mut free);
-                    dev[out] = Some(id);
-                    let fused_name = if fused_used {
-                        fused_act.map(|(r, _)| {
-                            fused_into.insert(r, (si, id));
-                            graph.nodes()[plan.steps[r].node].name.clone()
-                        })
-                    } else {
-                        None
+                    let specs = match kernel {
+                        NodeKernel::Multi(v) => v,
+                        NodeKernel::Dispatch(spec) => vec![spec],
+                        NodeKernel::Alias => Vec::new(),
                     };
-                    if slot_types[out].1.iter().product::<usize>() > 0 {
-                        dispatches.push(DispatchPlan {
-                            label: node.name.clone(),
-                            key: spec.key.clone(),
-                            params: spec.params.clone(),
-                            groups: spec.groups,
-                            out: id,
-                            inputs,
-                        });
-                        if let Some(seg) = segments.last_mut() {
-                            seg.dispatches.end = dispatches.len();
+                    let mut fused_name = None;
+                    // Dispatch `o` writes output `o` (checked above: as many dispatches as outputs).
+                    for (spec, &out) in specs.iter().zip(&step.outputs) {
+                        // Inputs onto the device.
+                        let mut inputs = Vec::with_capacity(spec.binds.len());
+                        for b in &spec.binds {
+                            let res = match *b {
+                                Bind::Zeros => Res::Zeros,
+                                Bind::Input(i) => match &step.inputs[i] {
+                                    Source::Param(p) => Res::Param(p.clone()),
+                                    Source::Slot(s) => {
+                                        let s = *s;
+                                        if dev[s].is_none() {
+                                            let seg = segments.len() - 1;
+                                            let reuse = segments[seg].dispatches.is_empty();
+                                            let id = alloc(
+                                                s,
+                                                reuse,
+                                                &mut storages,
+                                                &mut storage_values,
+                                                &mut refs,
+                                                &mut free,
+                                            );
+                                            dev[s] = Some(id);
+                                            segments[seg].uploads.push((s, id));
+                                            uploads += 1;
+                                        }
+                                        Res::Storage(dev[s].unwrap_or_default())
+                                    }
+                                },
+                            };
+                            inputs.push(res);
+                        }
+                        let id = alloc(out, true, &mut storages, &mut storage_values, &mut refs, &mut free);
+                        dev[out] = Some(id);
+                        if fused_used {
+                            fused_name = fused_act.map(|(r, _)| {
+                                fused_into.insert(r, (si, id));
+                                graph.nodes()[plan.steps[r].node].name.clone()
+                            });
+                        }
+                        if slot_types[out].1.iter().product::<usize>() > 0 {
+                            dispatches.push(DispatchPlan {
+                                label: node.name.clone(),
+                                key: spec.key.clone(),
+                                params: spec.params.clone(),
+                                groups: spec.groups,
+                                out: id,
+                                inputs,
+                            });
+                            if let Some(seg) = segments.last_mut() {
+                                seg.dispatches.end = dispatches.len();
+                            }
                         }
                     }
-                    nodes.push(NodeReport {
-                        node: node.name.clone(),
-                        op: node.op.op_type().to_string(),
-                        outputs: out_shapes,
-                        placement: Placement::Gpu {
-                            shader: spec.key.shader.file(),
-                            entry: spec.key.entry,
-                            workgroups: spec.groups,
-                            fused: fused_name,
-                        },
-                    });
+                    if let Some(spec) = specs.first() {
+                        nodes.push(NodeReport {
+                            node: node.name.clone(),
+                            op: node.op.op_type().to_string(),
+                            outputs: out_shapes,
+                            placement: Placement::Gpu {
+                                shader: spec.key.shader.file(),
+                                entry: spec.key.entry,
+                                workgroups: spec.groups,
+                                fused: fused_name,
+                            },
+                        });
+                    }
                 }
                 other => {
                     // On the host: an alias of a host value, or a CPU fallback.

@@ -40,6 +40,8 @@ pub enum ShaderId {
     /// `shaders/qlinear_f16.wgsl`: QLinear over f16 weights with `enable f16`
     /// (adapters with `SHADER_F16`).
     QLinearF16,
+    /// `shaders/cast.wgsl`: Cast between f32, f16 and bf16 (on the bits).
+    Cast,
 }
 
 impl ShaderId {
@@ -60,6 +62,7 @@ impl ShaderId {
             ShaderId::QLinear => "qlinear.wgsl",
             ShaderId::QLinearDp4a => "qlinear_dp4a.wgsl",
             ShaderId::QLinearF16 => "qlinear_f16.wgsl",
+            ShaderId::Cast => "cast.wgsl",
         }
     }
 
@@ -87,6 +90,7 @@ const CONV: &str = include_str!("../../../shaders/conv.wgsl");
 const POOL: &str = include_str!("../../../shaders/pool.wgsl");
 const CONCAT: &str = include_str!("../../../shaders/concat.wgsl");
 const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
+const CAST: &str = include_str!("../../../shaders/cast.wgsl");
 const MATMUL: &str = concat!(
     include_str!("../../../shaders/activation.wgsl"),
     "\n",
@@ -131,11 +135,12 @@ pub fn source(id: ShaderId) -> &'static str {
         ShaderId::Pool => POOL,
         ShaderId::Concat => CONCAT,
         ShaderId::Gemm => GEMM,
+        ShaderId::Cast => CAST,
     }
 }
 
 /// Every kernel family.
-pub const ALL: [ShaderId; 14] = [
+pub const ALL: [ShaderId; 15] = [
     ShaderId::Elementwise,
     ShaderId::Softmax,
     ShaderId::Matmul,
@@ -150,6 +155,7 @@ pub const ALL: [ShaderId; 14] = [
     ShaderId::Pool,
     ShaderId::Concat,
     ShaderId::Gemm,
+    ShaderId::Cast,
 ];
 
 /// Files in `shaders/` that are not kernels themselves but are prepended to

@@ -733,9 +733,6 @@ impl Ctx<'_> {
                 one((ops::conv::CONV.build)(&a.json())?)
             }
             "MaxPool" | "AveragePool" => {
-                if outs.get(1).is_some_and(|m| !m.is_empty()) {
-                    return Err(skip("the Indices output is not supported"));
-                }
                 let def = if n.op_type == "MaxPool" {
                     &ops::pool::MAX_POOL
                 } else {
@@ -743,8 +740,17 @@ impl Ctx<'_> {
                 };
                 let outs1 = vec![outs.first().cloned().unwrap_or_default()];
                 arity(1, 1)?;
+                let indices = outs.get(1).is_some_and(|m| !m.is_empty());
                 if type_of(self.val(&ins[0])?).rank() == 3 {
+                    if indices {
+                        return Err(skip("the Indices output of a 1-D MaxPool is not supported"));
+                    }
                     return self.window_1d(name, def, &a, &ins, &outs1, false);
+                }
+                if indices {
+                    let mut attrs = a.json();
+                    attrs.insert("outputs".into(), 2.into());
+                    return self.emit(name, (def.build)(&attrs)?, &ins, &outs[..2]);
                 }
                 return self.emit(name, (def.build)(&a.json())?, &ins, &outs1);
             }

@@ -23,10 +23,10 @@ const LAYERNORM_SHORT_ROW: usize = 32;
 /// True when this family has a kernel for `op` (f32 values).
 pub(crate) fn has_kernel(op: &dyn Op) -> bool {
     let any = op.as_any();
-    any.downcast_ref::<LayerNorm>().is_some_and(|l| l.outputs == 1)
+    any.is::<LayerNorm>()
         || any.is::<BatchNorm>()
         || any.is::<Conv>()
-        || any.is::<Pool>()
+        || any.downcast_ref::<Pool>().is_some_and(|p| !p.indices)
         || any.is::<GlobalAveragePool>()
         || any.is::<Concat>()
         || any.is::<Gemm>()
@@ -75,8 +75,8 @@ pub(crate) fn select(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> 
     Ok(None)
 }
 
-fn dispatch(shader: ShaderId, entry: &'static str, params: Vec<u32>, groups: [u32; 3], binds: Vec<Bind>) -> NodeKernel {
-    NodeKernel::Dispatch(DispatchSpec {
+fn spec(shader: ShaderId, entry: &'static str, params: Vec<u32>, groups: [u32; 3], binds: Vec<Bind>) -> DispatchSpec {
+    DispatchSpec {
         key: PipelineKey {
             shader,
             entry,
@@ -86,13 +86,14 @@ fn dispatch(shader: ShaderId, entry: &'static str, params: Vec<u32>, groups: [u3
         params,
         groups,
         binds,
-    })
+    }
+}
+
+fn dispatch(shader: ShaderId, entry: &'static str, params: Vec<u32>, groups: [u32; 3], binds: Vec<Bind>) -> NodeKernel {
+    NodeKernel::Dispatch(spec(shader, entry, params, groups, binds))
 }
 
 fn layer_norm(op: &dyn Op, ln: &LayerNorm, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<NodeKernel, Error> {
-    if ln.outputs != 1 {
-        return Err(unsupported(op, "f32 with 3 outputs (the kernel writes y only)", caps));
-    }
     if inputs.len() < 2 {
         return Err(unsupported(op, "f32 without a scale", caps));
     }
@@ -131,13 +132,26 @@ fn layer_norm(op: &dyn Op, ln: &LayerNorm, inputs: &[(DType, &[usize])], caps: &
     let groups = grid(workgroups, caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many rows)", caps))?;
     let params = vec![rows as u32, len as u32, sa, sb, ln.epsilon.to_bits(), 0, 0, 0];
     let bias = if inputs.len() == 3 { Bind::Input(2) } else { Bind::Zeros };
-    Ok(dispatch(
-        ShaderId::Norm,
-        entry,
-        params,
-        groups,
-        vec![Bind::Input(0), Bind::Input(1), bias],
-    ))
+    let binds = vec![Bind::Input(0), Bind::Input(1), bias];
+    let y = spec(ShaderId::Norm, entry, params.clone(), groups, binds.clone());
+    if ln.outputs == 1 {
+        return Ok(NodeKernel::Dispatch(y));
+    }
+    // The mean and 1 / sqrt(var + epsilon) outputs: one more dispatch each.
+    let stats_groups =
+        grid(rows.div_ceil(64), caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many rows)", caps))?;
+    let stat = |code: f64| {
+        let mut s = spec(
+            ShaderId::Norm,
+            "layernorm_stats",
+            params.clone(),
+            stats_groups,
+            binds.clone(),
+        );
+        s.key.constants = vec![("STAT", code.to_bits())];
+        s
+    };
+    Ok(NodeKernel::Multi(vec![y, stat(0.0), stat(1.0)]))
 }
 
 fn batch_norm(op: &dyn Op, bn: &BatchNorm, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<NodeKernel, Error> {
@@ -198,7 +212,7 @@ fn conv(op: &dyn Op, c: &Conv, inputs: &[(DType, &[usize])], caps: &Caps) -> Res
             caps,
         ));
     }
-    let (s, d) = (c.window.strides, c.window.dilations);
+    let (s, d) = (&c.window.strides, &c.window.dilations);
     let params = [
         x[1], x[2], x[3], m, cg, mg, kh, kw, ay.out, ax.out, s[0], s[1], d[0], d[1], ay.begin, ax.begin, g, pblocks,
         mblocks,
@@ -219,37 +233,32 @@ fn conv(op: &dyn Op, c: &Conv, inputs: &[(DType, &[usize])], caps: &Caps) -> Res
 
 fn pool(op: &dyn Op, p: &Pool, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<NodeKernel, Error> {
     let x = inputs[0].1;
-    let k = &p.window.kernel;
-    if x.len() != 4 || k.len() != 2 {
+    if p.indices {
+        return Err(unsupported(op, "f32 with the Indices output (int64)", caps));
+    }
+    if x.len() != 2 + p.window.rank() {
         return Err(unsupported(op, "f32 with these shapes", caps));
     }
-    let [ay, ax] = spatial(op, &p.window, x[2], x[3], [k[0], k[1]], caps)?;
-    let n = x[0] * x[1] * ay.out * ax.out;
+    let g = p
+        .geom(&x[2..])
+        .map_err(|e| unsupported(op, format!("f32 ({e})"), caps))?;
+    let out = g.out();
+    let n = x[0] * x[1] * numel(&out);
     let groups =
         grid(n.div_ceil(256), caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many elements)", caps))?;
-    let (s, d) = (p.window.strides, p.window.dilations);
-    let params = [
-        n,
-        x[2],
-        x[3],
-        ay.out,
-        ax.out,
-        k[0],
-        k[1],
-        s[0],
-        s[1],
-        d[0],
-        d[1],
-        ay.begin,
-        ax.begin,
-        x[2] + ay.end,
-        x[3] + ax.end,
-        usize::from(p.count_include_pad),
-    ]
-    .iter()
-    .map(|&v| v as u32)
-    .chain([f32::NEG_INFINITY.to_bits(), 0, 0, 0])
-    .collect();
+    // Axes in the shader's (y, x, z) order; Geom's are (z, y, x).
+    let per_axis = |v: [usize; 3]| [v[1], v[2], v[0], 0];
+    let mut params: Vec<u32> = [g.len[1], g.len[2], g.len[0], out[1], out[2], out[0]]
+        .iter()
+        .map(|&v| v as u32)
+        .collect();
+    params.insert(0, n as u32);
+    params.push(f32::NEG_INFINITY.to_bits());
+    let pad_end = [0, 1, 2].map(|a| g.len[a] + g.ax[a].end);
+    for v in [g.k, g.s, g.d, g.ax.map(|a| a.begin), pad_end] {
+        params.extend(per_axis(v).iter().map(|&v| v as u32));
+    }
+    params.extend([u32::from(p.count_include_pad), 0, 0, 0]);
     Ok(NodeKernel::Dispatch(DispatchSpec {
         key: PipelineKey {
             shader: ShaderId::Pool,
@@ -271,7 +280,7 @@ fn global_average(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> Res
     let planes = x[0] * x[1];
     let len: usize = x[2..].iter().product();
     let groups = grid(planes, caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many planes)", caps))?;
-    let mut params = vec![0u32; 20];
+    let mut params = vec![0u32; 32];
     params[0] = planes as u32;
     params[1] = len as u32;
     Ok(dispatch(

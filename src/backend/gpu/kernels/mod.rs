@@ -19,6 +19,7 @@ use crate::tensor::{numel, strides, DType};
 use super::context::PipelineKey;
 use super::shaders::ShaderId;
 
+mod cast;
 mod cnn;
 mod quant;
 mod transformer;
@@ -76,6 +77,10 @@ pub(crate) enum NodeKernel {
     Alias,
     /// One compute dispatch.
     Dispatch(DispatchSpec),
+    /// A node with several outputs: one dispatch per output, the `i`-th
+    /// writing output `i` (each binds the node's inputs as a single-output
+    /// dispatch does).
+    Multi(Vec<DispatchSpec>),
 }
 
 /// The `ACT` override code of an activation (see `shaders/activation.wgsl`).
@@ -120,8 +125,8 @@ fn grid(groups: usize, max: u32) -> Option<[u32; 3]> {
 /// bias row `C` of N values, or none) and `gemm.wgsl` otherwise (see
 /// `kernels/cnn.rs`, with Conv, pooling, normalisation and Concat).
 ///
-/// `Div` has none on purpose: it is validated bit-exact against the CPU, and
-/// WGSL only promises division to 2.5 ULP.
+/// `Div` runs in `elementwise.wgsl::binary` like Add; WGSL only promises
+/// division to 2.5 ULP, so Div is validated to rounding, not bit-exact.
 pub fn has_kernel(op: &dyn Op) -> bool {
     let any = op.as_any();
     any.is::<Reshape>()
@@ -129,7 +134,7 @@ pub fn has_kernel(op: &dyn Op) -> bool {
         || any.is::<Axes>()
         || any.is::<Unary>()
         || any.is::<Pointwise>()
-        || any.downcast_ref::<Binary>().is_some_and(|b| b.kind != BinaryKind::Div)
+        || any.is::<Binary>()
         || any.is::<Softmax>()
         || any.is::<LogSoftmax>()
         || any.is::<Transpose>()
@@ -139,6 +144,7 @@ pub fn has_kernel(op: &dyn Op) -> bool {
         || any.is::<Linear>()
         || any.is::<MatMul>()
         || cnn::has_kernel(op)
+        || cast::has_kernel(op)
         || transformer::has_kernel(op)
         || quant::has_kernel(op)
 }
@@ -160,6 +166,9 @@ pub(crate) fn select(
     // packed weights (u8/i8/f16) or integer indices. Each returns
     // `Ok(None)` for ops that are not theirs.
     if let Some(k) = cnn::select(op, inputs, caps)? {
+        return Ok(k);
+    }
+    if let Some(k) = cast::select(op, inputs, caps)? {
         return Ok(k);
     }
     if let Some(k) = transformer::select(op, inputs, caps)? {
@@ -249,11 +258,11 @@ pub(crate) fn select(
             binds: vec![Bind::Input(0)],
         }));
     }
-    let binary_op = any.downcast_ref::<Binary>().and_then(|b| match b.kind {
-        BinaryKind::Add => Some(0.0),
-        BinaryKind::Mul => Some(1.0),
-        BinaryKind::Sub => Some(2.0),
-        BinaryKind::Div => None,
+    let binary_op = any.downcast_ref::<Binary>().map(|b| match b.kind {
+        BinaryKind::Add => 0.0,
+        BinaryKind::Mul => 1.0,
+        BinaryKind::Sub => 2.0,
+        BinaryKind::Div => 3.0,
     });
     if let Some(op_code) = binary_op {
         let (sa, sb) = (inputs[0].1, inputs[1].1);

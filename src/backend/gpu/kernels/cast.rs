@@ -1,0 +1,58 @@
+//! Cast between f32, f16 and bf16 (`shaders/cast.wgsl`, on the raw bits).
+//! Mirrors `Cast` in `src/ops/layout.rs`; other dtypes fall back to the CPU.
+
+use crate::error::Error;
+use crate::ops::layout::Cast;
+use crate::ops::Op;
+use crate::tensor::{numel, DType};
+
+use super::super::context::PipelineKey;
+use super::super::shaders::ShaderId;
+use super::{grid, unsupported, Bind, Caps, DispatchSpec, NodeKernel};
+
+/// The shader's code for a float dtype it converts.
+fn code(dt: DType) -> Option<f64> {
+    match dt {
+        DType::F32 => Some(0.0),
+        DType::F16 => Some(1.0),
+        DType::BF16 => Some(2.0),
+        _ => None,
+    }
+}
+
+/// True when this family has a kernel for `op` with f32 input (a Cast to
+/// f32, f16 or bf16).
+pub(crate) fn has_kernel(op: &dyn Op) -> bool {
+    op.as_any().downcast_ref::<Cast>().is_some_and(|c| code(c.to).is_some())
+}
+
+/// The kernel for `op`, `Ok(None)` when the op is not a Cast.
+pub(crate) fn select(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<Option<NodeKernel>, Error> {
+    let Some(c) = op.as_any().downcast_ref::<Cast>() else {
+        return Ok(None);
+    };
+    let (from, shape) = inputs[0];
+    let (Some(f), Some(t)) = (code(from), code(c.to)) else {
+        return Err(unsupported(
+            op,
+            format!("{from} to {} (the kernel casts between f32, f16 and bf16)", c.to),
+            caps,
+        ));
+    };
+    let n = numel(shape);
+    // One invocation per output word: one f32 or two 16-bit values.
+    let words = if c.to == DType::F32 { n } else { n.div_ceil(2) };
+    let groups =
+        grid(words.div_ceil(256), caps.max_workgroups).ok_or_else(|| unsupported(op, "(too many elements)", caps))?;
+    Ok(Some(NodeKernel::Dispatch(DispatchSpec {
+        key: PipelineKey {
+            shader: ShaderId::Cast,
+            entry: "convert",
+            constants: vec![("FROM", f.to_bits()), ("TO", t.to_bits())],
+            inputs: 1,
+        },
+        params: vec![n as u32, 0, 0, 0],
+        groups,
+        binds: vec![Bind::Input(0)],
+    })))
+}
