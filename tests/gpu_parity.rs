@@ -555,12 +555,14 @@ fn qlinear_portable_kernels_match_too() {
         assert!(check_case(&ctx, &case, &options).is_none(), "{}", case.name);
         n += 1;
     }
-    // Larger batched shapes: several 64-row tiles, aligned and not.
+    // Larger batched shapes: several 64-row tiles, aligned and not; and the
+    // edges of qlinear_sg.wgsl's 16 x 512 tiles (K % 32 == 0, M >= 4), which
+    // lavapipe takes unless the kernels are portable.
     let mut rng = CaseRng::new(31);
     let mut formats = wginfer::quant::all_formats();
     formats.push(wginfer::quant::WeightFormat::NM { n: 2, m: 4 });
     for f in formats {
-        for (m, k, n_out) in [(70, 256, 40), (9, 130, 67)] {
+        for (m, k, n_out) in [(70, 256, 40), (9, 130, 67), (33, 96, 515), (4, 32, 9)] {
             let case = wginfer::ops::qlinear::case(&mut rng, f, m, k, n_out, true);
             assert!(
                 check_case(&ctx, &case, &GpuOptions::default()).is_none(),

@@ -13,11 +13,15 @@ use wginfer::backend::gpu::shaders::{self, ShaderId};
 fn parse(name: &str, src: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
     // Kernels that `enable f16` are only used where the device has SHADER_F16.
-    let caps = if src.contains("enable f16;") {
+    let mut caps = if src.contains("enable f16;") {
         Capabilities::default() | Capabilities::SHADER_FLOAT16
     } else {
         Capabilities::default()
     };
+    // Kernels with subgroup operations are only used where the device has SUBGROUP.
+    if src.contains("subgroupBroadcast") {
+        caps |= Capabilities::SUBGROUP;
+    }
     let info = Validator::new(ValidationFlags::all(), caps)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));

@@ -118,6 +118,8 @@ pub struct AdapterSummary {
     pub f16: bool,
     /// `SUBGROUP`: subgroup operations.
     pub subgroups: bool,
+    /// The smallest subgroup the adapter may run (wgpu's `subgroup_min_size`).
+    pub subgroup_min_size: u32,
     /// `TIMESTAMP_QUERY`: GPU timers.
     pub timestamp_query: bool,
     /// Largest storage-buffer binding, in bytes (the largest tensor a kernel can read).
@@ -147,6 +149,7 @@ impl AdapterSummary {
             driver_info: info.driver_info,
             f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: info.subgroup_min_size,
             timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,

@@ -331,6 +331,9 @@ impl GpuExecutor {
             backend: format!("gpu ({})", ctx.adapter().name),
             f16: !options.portable_kernels && ctx.device.features().contains(wgpu::Features::SHADER_F16),
             packed_dot: !options.portable_kernels && kernels::packed_dot_available(),
+            subgroups: !options.portable_kernels
+                && ctx.device.features().contains(wgpu::Features::SUBGROUP)
+                && ctx.adapter().subgroup_min_size >= 8,
         };
         let limit = ctx.limits.max_storage_buffer_binding_size;
         let mut param_buffers = HashMap::new();

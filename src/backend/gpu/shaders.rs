@@ -40,6 +40,10 @@ pub enum ShaderId {
     /// `shaders/qlinear_f16.wgsl`: QLinear over f16 weights with `enable f16`
     /// (adapters with `SHADER_F16`).
     QLinearF16,
+    /// `qlinear.wgsl` with `shaders/qlinear_sg.wgsl` appended: the
+    /// weight-only formats with activations shared through subgroup
+    /// broadcasts (adapters with `SUBGROUP`, subgroups of >= 8).
+    QLinearSg,
     /// `shaders/cast.wgsl`: Cast between f32, f16 and bf16 (on the bits).
     Cast,
 }
@@ -62,6 +66,7 @@ impl ShaderId {
             ShaderId::QLinear => "qlinear.wgsl",
             ShaderId::QLinearDp4a => "qlinear_dp4a.wgsl",
             ShaderId::QLinearF16 => "qlinear_f16.wgsl",
+            ShaderId::QLinearSg => "qlinear_sg.wgsl",
             ShaderId::Cast => "cast.wgsl",
         }
     }
@@ -111,6 +116,15 @@ const QLINEAR_DP4A: &str = concat!(
     "\n",
     include_str!("../../../shaders/qlinear.wgsl")
 );
+const QLINEAR_SG: &str = concat!(
+    include_str!("../../../shaders/activation.wgsl"),
+    "\n",
+    include_str!("../../../shaders/qlinear_idot.wgsl"),
+    "\n",
+    include_str!("../../../shaders/qlinear.wgsl"),
+    "\n",
+    include_str!("../../../shaders/qlinear_sg.wgsl")
+);
 // `enable f16;` must come first: the activation prelude is appended.
 const QLINEAR_F16: &str = concat!(
     include_str!("../../../shaders/qlinear_f16.wgsl"),
@@ -128,6 +142,7 @@ pub fn source(id: ShaderId) -> &'static str {
         ShaderId::QLinear => QLINEAR,
         ShaderId::QLinearDp4a => QLINEAR_DP4A,
         ShaderId::QLinearF16 => QLINEAR_F16,
+        ShaderId::QLinearSg => QLINEAR_SG,
         ShaderId::Norm => NORM,
         ShaderId::Attention => ATTENTION,
         ShaderId::Embedding => EMBEDDING,
@@ -140,7 +155,7 @@ pub fn source(id: ShaderId) -> &'static str {
 }
 
 /// Every kernel family.
-pub const ALL: [ShaderId; 15] = [
+pub const ALL: [ShaderId; 16] = [
     ShaderId::Elementwise,
     ShaderId::Softmax,
     ShaderId::Matmul,
@@ -148,6 +163,7 @@ pub const ALL: [ShaderId; 15] = [
     ShaderId::QLinear,
     ShaderId::QLinearDp4a,
     ShaderId::QLinearF16,
+    ShaderId::QLinearSg,
     ShaderId::Norm,
     ShaderId::Attention,
     ShaderId::Embedding,

@@ -50,6 +50,8 @@ pub(crate) struct Caps {
     pub f16: bool,
     /// `dot4I8Packed` exists (WGSL `packed_4x8_integer_dot_product`).
     pub packed_dot: bool,
+    /// `SUBGROUP` is enabled and every subgroup has at least 8 invocations.
+    pub subgroups: bool,
 }
 
 /// A buffer bound at binding `2 + i`.
