@@ -253,7 +253,7 @@ pub enum ModelError {
         found: String,
     },
     /// A tensor of a dtype wginfer cannot hold.
-    #[error("tensor `{name}` has dtype {found}, which wginfer does not support (f32 f16 bf16 i8 u8 i32 i64 bool)")]
+    #[error("tensor `{name}` has dtype {found}, which wginfer does not support in safetensors files (f32 f64 f16 bf16 float8, 8 to 64-bit integers, bool)")]
     UnsupportedDType {
         /// Tensor name.
         name: String,

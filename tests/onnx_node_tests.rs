@@ -53,6 +53,7 @@ const CLAIMED: &[&str] = &[
     "Identity",
     "Dropout",
     "Cast",
+    "CastLike",
     "Conv",
     "MaxPool",
     "AveragePool",

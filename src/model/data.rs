@@ -77,8 +77,11 @@ pub(super) fn serialize(tensors: &[(String, Tensor)], meta: HashMap<String, Stri
         .collect();
     let mut views = Vec::with_capacity(bytes.len());
     for (name, dtype, shape, data) in &bytes {
-        let view = safetensors::tensor::TensorView::new(dtype.to_safetensors(), shape.clone(), data)
-            .map_err(|e| map_st_error(e, &[]))?;
+        let st = dtype.to_safetensors().ok_or_else(|| ModelError::UnsupportedDType {
+            name: name.clone(),
+            found: format!("{dtype} (held one per byte; safetensors has no unpacked form)"),
+        })?;
+        let view = safetensors::tensor::TensorView::new(st, shape.clone(), data).map_err(|e| map_st_error(e, &[]))?;
         views.push((name.clone(), view));
     }
     let meta = if meta.is_empty() { None } else { Some(meta) };

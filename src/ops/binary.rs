@@ -1,12 +1,21 @@
 //! Elementwise binary ops with NumPy broadcasting: Add, Mul, Sub, Div.
+//!
+//! They take two inputs of one dtype: any float (`f16` and `bf16` computed in
+//! `f32` and rounded once, which gives the same result as native arithmetic)
+//! or integer type. Integer arithmetic wraps; integer division truncates
+//! toward zero and defines `x / 0 = 0` (what the ONNX reference
+//! implementation's NumPy `floor_divide`/`remainder` gives).
 
 use std::any::Any;
 use std::sync::Arc;
 
-use super::{check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::{check_arity, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
 use crate::error::OpError;
 use crate::linalg;
-use crate::tensor::{numel, strides, Dim, Tensor, ValueType};
+use crate::tensor::{numel, strides, DType, Dim, Element, Tensor, ValueType};
 
 /// Which elementwise binary operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +52,179 @@ impl BinaryKind {
     }
 }
 
-/// An elementwise binary op on two f32 tensors, broadcasting as NumPy does.
+/// An element type the binary ops compute on.
+pub trait Arith: Element {
+    /// `a (kind) b`: IEEE for floats; wrapping for integers, division
+    /// truncating toward zero with `x / 0 = 0`.
+    fn arith(kind: BinaryKind, a: Self, b: Self) -> Self;
+}
+
+impl Arith for f32 {
+    #[inline]
+    fn arith(kind: BinaryKind, a: f32, b: f32) -> f32 {
+        kind.apply(a, b)
+    }
+}
+
+impl Arith for f64 {
+    #[inline]
+    fn arith(kind: BinaryKind, a: f64, b: f64) -> f64 {
+        match kind {
+            BinaryKind::Add => a + b,
+            BinaryKind::Mul => a * b,
+            BinaryKind::Sub => a - b,
+            BinaryKind::Div => a / b,
+        }
+    }
+}
+
+macro_rules! half_arith {
+    ($($t:ty),*) => {$(
+        impl Arith for $t {
+            // f32 has more than twice the significand bits plus two: one
+            // f32 operation rounded to 16 bits is the correctly rounded result.
+            #[inline]
+            fn arith(kind: BinaryKind, a: $t, b: $t) -> $t {
+                <$t>::from_f32(kind.apply(a.to_f32(), b.to_f32()))
+            }
+        }
+    )*};
+}
+
+half_arith!(f16, bf16);
+
+macro_rules! int_arith {
+    ($($t:ty),*) => {$(
+        impl Arith for $t {
+            #[inline]
+            fn arith(kind: BinaryKind, a: $t, b: $t) -> $t {
+                match kind {
+                    BinaryKind::Add => a.wrapping_add(b),
+                    BinaryKind::Mul => a.wrapping_mul(b),
+                    BinaryKind::Sub => a.wrapping_sub(b),
+                    // `wrapping_div` truncates toward zero; MIN / -1 wraps to MIN.
+                    BinaryKind::Div if b == 0 => 0,
+                    BinaryKind::Div => a.wrapping_div(b),
+                }
+            }
+        }
+    )*};
+}
+
+int_arith!(i8, u8, i16, u16, i32, u32, i64, u64);
+
+/// Calls `$f::<T>($args)` with `T` the element type of dtype `$dt` (every
+/// dtype of 8 bits or more but bool).
+macro_rules! with_arith_type {
+    ($dt:expr, $f:ident($($args:expr),*)) => {
+        match $dt {
+            DType::F32 => $f::<f32>($($args),*),
+            DType::F64 => $f::<f64>($($args),*),
+            DType::F16 => $f::<f16>($($args),*),
+            DType::BF16 => $f::<bf16>($($args),*),
+            DType::I8 => $f::<i8>($($args),*),
+            DType::U8 => $f::<u8>($($args),*),
+            DType::I16 => $f::<i16>($($args),*),
+            DType::U16 => $f::<u16>($($args),*),
+            DType::I32 => $f::<i32>($($args),*),
+            DType::U32 => $f::<u32>($($args),*),
+            DType::I64 => $f::<i64>($($args),*),
+            DType::U64 => $f::<u64>($($args),*),
+            other => Err(OpError::DType {
+                index: 0,
+                expected: "a number type of 8 bits or more (not bool)",
+                got: other,
+            }),
+        }
+    };
+}
+
+/// The dtypes the binary ops compute on.
+pub const ARITH_DTYPES: [DType; 12] = [
+    DType::F32,
+    DType::F64,
+    DType::F16,
+    DType::BF16,
+    DType::I8,
+    DType::U8,
+    DType::I16,
+    DType::U16,
+    DType::I32,
+    DType::U32,
+    DType::I64,
+    DType::U64,
+];
+
+/// The inputs' common dtype: both the same, one of [`ARITH_DTYPES`].
+fn operand_dtype(a: DType, b: DType) -> Result<DType, OpError> {
+    if !ARITH_DTYPES.contains(&a) {
+        return Err(OpError::DType {
+            index: 0,
+            expected: "a number type of 8 bits or more (not bool)",
+            got: a,
+        });
+    }
+    if b != a {
+        return Err(OpError::DType {
+            index: 1,
+            expected: a.name(),
+            got: b,
+        });
+    }
+    Ok(a)
+}
+
+/// The reference loop for one element type.
+fn reference_typed<T: Arith>(kind: BinaryKind, a: &Tensor, b: &Tensor) -> Result<Tensor, OpError> {
+    let (x, y) = (a.as_slice::<T>()?, b.as_slice::<T>()?);
+    let (sa, sb) = (a.shape(), b.shape());
+    let out_shape = broadcast_shapes(sa, sb)?;
+    let n = numel(&out_shape);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = x[broadcast_offset(i, &out_shape, sa)];
+        let q = y[broadcast_offset(i, &out_shape, sb)];
+        out.push(T::arith(kind, p, q));
+    }
+    Ok(Tensor::from_vec(out_shape, out)?)
+}
+
+/// Elements from which the typed fast path splits work across threads.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// The fast path for one (non-f32) element type: equal shapes and a `b`
+/// repeated along the leading axes of `a` in parallel, else the reference.
+fn cpu_typed<T: Arith>(kind: BinaryKind, a: &Tensor, b: &Tensor) -> Result<Tensor, OpError> {
+    let (x, y) = (a.as_slice::<T>()?, b.as_slice::<T>()?);
+    let (sa, sb) = (a.shape(), b.shape());
+    let f = move |p: T, q: T| T::arith(kind, p, q);
+    if sa == sb {
+        let out: Vec<T> = if x.len() >= PARALLEL_MIN {
+            x.par_iter().zip(y.par_iter()).map(|(&p, &q)| f(p, q)).collect()
+        } else {
+            x.iter().zip(y).map(|(&p, &q)| f(p, q)).collect()
+        };
+        return Ok(Tensor::from_vec(sa.to_vec(), out)?);
+    }
+    if broadcast_shapes(sa, sb)? == sa && is_suffix_broadcast(sb, sa) && !y.is_empty() {
+        let mut out = x.to_vec();
+        let row = |r: &mut [T]| {
+            for (p, &q) in r.iter_mut().zip(y.iter().cycle()) {
+                *p = f(*p, q);
+            }
+        };
+        if out.len() >= PARALLEL_MIN {
+            let chunk = y.len() * PARALLEL_MIN.div_ceil(4 * y.len()).max(1);
+            out.par_chunks_mut(chunk).for_each(row);
+        } else {
+            row(&mut out);
+        }
+        return Ok(Tensor::from_vec(sa.to_vec(), out)?);
+    }
+    reference_typed::<T>(kind, a, b)
+}
+
+/// An elementwise binary op on two tensors of one dtype, broadcasting as NumPy does.
 #[derive(Clone, Debug)]
 pub struct Binary {
     /// The operation.
@@ -62,7 +243,7 @@ impl Op for Binary {
 
     fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
         check_arity(inputs.len(), 2, 2, "2")?;
-        check_f32(inputs)?;
+        operand_dtype(inputs[0].dtype, inputs[1].dtype)?;
         let shape = broadcast_dims(&inputs[0].shape, &inputs[1].shape)?;
         Ok(vec![ValueType {
             dtype: inputs[0].dtype,
@@ -72,6 +253,13 @@ impl Op for Binary {
 
     fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
         check_arity(inputs.len(), 2, 2, "2")?;
+        let dt = operand_dtype(inputs[0].dtype(), inputs[1].dtype())?;
+        if dt != DType::F32 {
+            return Ok(vec![with_arith_type!(
+                dt,
+                reference_typed(self.kind, inputs[0], inputs[1])
+            )?]);
+        }
         let (a, b) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?);
         let (sa, sb) = (inputs[0].shape(), inputs[1].shape());
         let out_shape = broadcast_shapes(sa, sb)?;
@@ -87,6 +275,10 @@ impl Op for Binary {
 
     fn cpu(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
         check_arity(inputs.len(), 2, 2, "2")?;
+        let dt = operand_dtype(inputs[0].dtype(), inputs[1].dtype())?;
+        if dt != DType::F32 {
+            return Ok(vec![with_arith_type!(dt, cpu_typed(self.kind, inputs[0], inputs[1]))?]);
+        }
         let (a, b) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?);
         let (sa, sb) = (inputs[0].shape(), inputs[1].shape());
         let kind = self.kind;
@@ -344,5 +536,76 @@ mod tests {
         let want = [11.0, 22.0, 33.0, 14.0, 25.0, 36.0];
         assert_eq!(op.reference(&[&a, &b]).unwrap()[0].as_f32().unwrap(), &want);
         assert_eq!(op.cpu(&[&a, &b]).unwrap()[0].as_f32().unwrap(), &want);
+    }
+
+    fn run(kind: BinaryKind, a: Tensor, b: Tensor) -> Tensor {
+        let op = Binary { kind };
+        let r = op.reference(&[&a, &b]).unwrap().remove(0);
+        assert_eq!(op.cpu(&[&a, &b]).unwrap()[0], r, "{kind:?} fast path");
+        r
+    }
+
+    #[test]
+    fn integer_arithmetic_wraps_and_division_truncates() {
+        let i8s = |v: Vec<i8>| Tensor::from_vec(vec![v.len()], v).unwrap();
+        let got = run(BinaryKind::Add, i8s(vec![100, -128, 5]), i8s(vec![100, -1, -7]));
+        assert_eq!(got.as_slice::<i8>().unwrap(), &[-56, 127, -2]);
+        let got = run(BinaryKind::Mul, i8s(vec![16, -128, 3]), i8s(vec![16, -1, -7]));
+        assert_eq!(got.as_slice::<i8>().unwrap(), &[0, -128, -21]);
+        let i32s = |v: Vec<i32>| Tensor::from_vec(vec![v.len()], v).unwrap();
+        let got = run(
+            BinaryKind::Div,
+            i32s(vec![-7, 7, 7, -7, 5, i32::MIN, 0]),
+            i32s(vec![2, -2, 2, -2, 0, -1, 3]),
+        );
+        assert_eq!(got.as_slice::<i32>().unwrap(), &[-3, -3, 3, 3, 0, i32::MIN, 0]);
+        let u8s = |v: Vec<u8>| Tensor::from_vec(vec![v.len()], v).unwrap();
+        let got = run(BinaryKind::Sub, u8s(vec![3, 250]), u8s(vec![5, 4]));
+        assert_eq!(got.as_slice::<u8>().unwrap(), &[254, 246]);
+        let u64s = |v: Vec<u64>| Tensor::from_vec(vec![v.len()], v).unwrap();
+        let got = run(
+            BinaryKind::Mul,
+            u64s(vec![u64::MAX, (1 << 40) + 1]),
+            u64s(vec![2, 1 << 30]),
+        );
+        assert_eq!(got.as_slice::<u64>().unwrap(), &[u64::MAX - 1, 1 << 30]);
+        let got = run(BinaryKind::Div, u64s(vec![u64::MAX, 9]), u64s(vec![u64::MAX / 2, 0]));
+        assert_eq!(got.as_slice::<u64>().unwrap(), &[2, 0]);
+    }
+
+    #[test]
+    fn typed_fast_path_matches_reference_when_broadcasting() {
+        let mut rng = CaseRng::new(5);
+        // [17, 2000] is past the parallel threshold; [3, 1] and [1, 33] x [17, 1]
+        // take the reference loop.
+        let shapes: [(&[usize], &[usize]); 5] = [
+            (&[17, 2000], &[17, 2000]),
+            (&[17, 2000], &[2000]),
+            (&[5, 3, 7], &[3, 1]),
+            (&[1, 33], &[17, 1]),
+            (&[4], &[]),
+        ];
+        for dt in ARITH_DTYPES {
+            for kind in [BinaryKind::Add, BinaryKind::Sub, BinaryKind::Mul, BinaryKind::Div] {
+                for (sa, sb) in shapes {
+                    let a = rng.tensor(sa, -300.0, 300.0).cast(dt);
+                    let b = rng.tensor(sb, -300.0, 300.0).cast(dt);
+                    let op = Binary { kind };
+                    let want = op.reference(&[&a, &b]).unwrap();
+                    assert_eq!(op.cpu(&[&a, &b]).unwrap(), want, "{dt} {kind:?} {sa:?} {sb:?}");
+                    assert_eq!(want[0].dtype(), dt);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mixed_or_bool_operands_are_typed_errors() {
+        let a = Tensor::from_vec(vec![2], vec![1i32, 2]).unwrap();
+        let b = Tensor::from_vec(vec![2], vec![1i64, 2]).unwrap();
+        let op = Binary { kind: BinaryKind::Add };
+        assert!(matches!(op.cpu(&[&a, &b]), Err(OpError::DType { index: 1, .. })));
+        let t = Tensor::from_vec(vec![1], vec![true]).unwrap();
+        assert!(matches!(op.reference(&[&t, &t]), Err(OpError::DType { index: 0, .. })));
     }
 }

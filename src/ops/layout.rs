@@ -6,23 +6,14 @@ use std::sync::Arc;
 
 use super::{attr_i64, attr_ints, check_arity, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
 use crate::error::OpError;
-use crate::tensor::{numel, strides, DType, Dim, Storage, Tensor, ValueType};
+use crate::tensor::{numel, strides, DType, Dim, Tensor, ValueType};
 
 /// The elements of `t` at flat positions `idx`, as a tensor of `shape`.
 pub(crate) fn gather_flat(t: &Tensor, idx: &[usize], shape: Vec<usize>) -> Result<Tensor, OpError> {
     fn pick<T: Copy>(v: &[T], idx: &[usize]) -> Vec<T> {
         idx.iter().map(|&i| v[i]).collect()
     }
-    let storage = match t.storage() {
-        Storage::F32(v) => Storage::F32(pick(v, idx)),
-        Storage::F16(v) => Storage::F16(pick(v, idx)),
-        Storage::BF16(v) => Storage::BF16(pick(v, idx)),
-        Storage::I8(v) => Storage::I8(pick(v, idx)),
-        Storage::U8(v) => Storage::U8(pick(v, idx)),
-        Storage::I32(v) => Storage::I32(pick(v, idx)),
-        Storage::I64(v) => Storage::I64(pick(v, idx)),
-        Storage::Bool(v) => Storage::Bool(pick(v, idx)),
-    };
+    let storage = crate::tensor::map_storage!(t.storage(), v => pick(v, idx));
     Ok(Tensor::new(shape, storage)?)
 }
 

@@ -20,6 +20,7 @@ pub mod norm;
 pub mod pool;
 pub mod pooling;
 pub mod qlinear;
+pub mod quantize;
 pub mod shape;
 pub mod softmax;
 
@@ -185,6 +186,9 @@ pub static REGISTRY: &[OpDef] = &[
     attention::ATTENTION,
     pooling::MASKED_MEAN_POOL,
     l2norm::L2_NORMALIZE,
+    // ONNX conformance: issue #6.
+    quantize::DEQUANTIZE_LINEAR,
+    quantize::CAST_UNSATURATED,
 ];
 
 /// The registered op type of this name.

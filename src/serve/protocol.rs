@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::ServeError;
-use crate::tensor::{numel, DType, Storage, Tensor};
+use crate::tensor::{numel, DType, Scalar, Storage, Tensor};
 
 /// The header that gives the length of the JSON part of a binary body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -29,6 +29,21 @@ pub fn datatype_name(dtype: DType) -> &'static str {
         DType::I32 => "INT32",
         DType::I64 => "INT64",
         DType::Bool => "BOOL",
+        DType::F64 => "FP64",
+        DType::I16 => "INT16",
+        DType::U16 => "UINT16",
+        DType::U32 => "UINT32",
+        DType::U64 => "UINT64",
+        // wginfer extensions (one byte per element in binary data).
+        DType::F8E4M3FN => "FP8_E4M3FN",
+        DType::F8E4M3FNUZ => "FP8_E4M3FNUZ",
+        DType::F8E5M2 => "FP8_E5M2",
+        DType::F8E5M2FNUZ => "FP8_E5M2FNUZ",
+        DType::F4E2M1 => "FP4_E2M1",
+        DType::I4 => "INT4",
+        DType::U4 => "UINT4",
+        DType::I2 => "INT2",
+        DType::U2 => "UINT2",
     }
 }
 
@@ -43,9 +58,23 @@ pub fn parse_datatype(name: &str) -> Result<DType, ServeError> {
         "INT32" => DType::I32,
         "INT64" => DType::I64,
         "BOOL" => DType::Bool,
+        "FP64" => DType::F64,
+        "INT16" => DType::I16,
+        "UINT16" => DType::U16,
+        "UINT32" => DType::U32,
+        "UINT64" => DType::U64,
+        "FP8_E4M3FN" => DType::F8E4M3FN,
+        "FP8_E4M3FNUZ" => DType::F8E4M3FNUZ,
+        "FP8_E5M2" => DType::F8E5M2,
+        "FP8_E5M2FNUZ" => DType::F8E5M2FNUZ,
+        "FP4_E2M1" => DType::F4E2M1,
+        "INT4" => DType::I4,
+        "UINT4" => DType::U4,
+        "INT2" => DType::I2,
+        "UINT2" => DType::U2,
         other => {
             return Err(ServeError::bad(format!(
-                "datatype `{other}` is not supported; use one of FP32, FP16, BF16, INT8, UINT8, INT32, INT64, BOOL"
+                "datatype `{other}` is not supported; use one of FP32, FP64, FP16, BF16, INT8, UINT8, INT16, UINT16, INT32, UINT32, INT64, UINT64, BOOL (or FP8_E4M3FN, FP8_E4M3FNUZ, FP8_E5M2, FP8_E5M2FNUZ, FP4_E2M1, INT4, UINT4, INT2, UINT2, one byte each)"
             )))
         }
     })
@@ -62,6 +91,20 @@ pub fn config_type_name(dtype: DType) -> &'static str {
         DType::I32 => "TYPE_INT32",
         DType::I64 => "TYPE_INT64",
         DType::Bool => "TYPE_BOOL",
+        DType::F64 => "TYPE_FP64",
+        DType::I16 => "TYPE_INT16",
+        DType::U16 => "TYPE_UINT16",
+        DType::U32 => "TYPE_UINT32",
+        DType::U64 => "TYPE_UINT64",
+        DType::F8E4M3FN => "TYPE_FP8_E4M3FN",
+        DType::F8E4M3FNUZ => "TYPE_FP8_E4M3FNUZ",
+        DType::F8E5M2 => "TYPE_FP8_E5M2",
+        DType::F8E5M2FNUZ => "TYPE_FP8_E5M2FNUZ",
+        DType::F4E2M1 => "TYPE_FP4_E2M1",
+        DType::I4 => "TYPE_INT4",
+        DType::U4 => "TYPE_UINT4",
+        DType::I2 => "TYPE_INT2",
+        DType::U2 => "TYPE_UINT2",
     }
 }
 
@@ -441,6 +484,64 @@ fn json_tensor(what: &str, dtype: DType, shape: Vec<usize>, count: usize, data: 
                 })
                 .collect::<Result<_, _>>()?,
         ),
+        DType::F64 => Storage::F64(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| float(i, v))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::I16 => Storage::I16(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| int(i, v, &bad))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::U16 => Storage::U16(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| int(i, v, &bad))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::U32 => Storage::U32(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| int(i, v, &bad))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::U64 => Storage::U64(
+            flat.iter()
+                .enumerate()
+                .map(|(i, v)| v.as_u64().ok_or_else(|| bad(i, v, "an integer in the range of u64")))
+                .collect::<Result<_, _>>()?,
+        ),
+        // float8, float4 and 4- and 2-bit integers: read wide, converted
+        // (floats round; integers must be in range).
+        small => {
+            let wide = if small.is_float() {
+                let v: Vec<f64> = flat
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| float(i, v))
+                    .collect::<Result<_, _>>()?;
+                Storage::F64(v)
+            } else {
+                let v: Vec<i64> = flat
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| int(i, v, &bad))
+                    .collect::<Result<_, _>>()?;
+                Storage::I64(v)
+            };
+            let wide = Tensor::new(shape.clone(), wide).map_err(|e| ServeError::bad(format!("{what}: {e}")))?;
+            let t = wide.cast(small);
+            if !small.is_float() {
+                let (got, want) = (t.to_i64_vec(), wide.to_i64_vec());
+                if let Some(i) = (0..count).find(|&i| got[i] != want[i]) {
+                    return Err(bad(i, flat[i], &format!("an integer in the range of {small}")));
+                }
+            }
+            t.into_storage()
+        }
     };
     debug_assert_eq!(numel(&shape), storage.len());
     Tensor::new(shape, storage).map_err(|e| ServeError::bad(format!("{what}: {e}")))
@@ -461,6 +562,20 @@ impl Serialize for JsonData<'_> {
             Storage::I32(v) => v.iter().try_for_each(|x| seq.serialize_element(x))?,
             Storage::I64(v) => v.iter().try_for_each(|x| seq.serialize_element(x))?,
             Storage::Bool(v) => v.iter().try_for_each(|x| seq.serialize_element(x))?,
+            Storage::F64(v) => v.iter().try_for_each(|x| seq.serialize_element(x))?,
+            Storage::I16(v) => v.iter().try_for_each(|x| seq.serialize_element(x))?,
+            Storage::U16(v) => v.iter().try_for_each(|x| seq.serialize_element(x))?,
+            Storage::U32(v) => v.iter().try_for_each(|x| seq.serialize_element(x))?,
+            Storage::U64(v) => v.iter().try_for_each(|x| seq.serialize_element(x))?,
+            Storage::F8E4M3FN(v) => v.iter().try_for_each(|x| seq.serialize_element(&x.to_f32()))?,
+            Storage::F8E4M3FNUZ(v) => v.iter().try_for_each(|x| seq.serialize_element(&x.to_f32()))?,
+            Storage::F8E5M2(v) => v.iter().try_for_each(|x| seq.serialize_element(&x.to_f32()))?,
+            Storage::F8E5M2FNUZ(v) => v.iter().try_for_each(|x| seq.serialize_element(&x.to_f32()))?,
+            Storage::F4E2M1(v) => v.iter().try_for_each(|x| seq.serialize_element(&x.to_f32()))?,
+            Storage::I4(v) => v.iter().try_for_each(|x| seq.serialize_element(&x.0))?,
+            Storage::U4(v) => v.iter().try_for_each(|x| seq.serialize_element(&x.0))?,
+            Storage::I2(v) => v.iter().try_for_each(|x| seq.serialize_element(&x.0))?,
+            Storage::U2(v) => v.iter().try_for_each(|x| seq.serialize_element(&x.0))?,
         }
         seq.end()
     }

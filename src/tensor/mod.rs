@@ -5,11 +5,14 @@
 //! exactly (conversions go through [`half`] for `f16`/`bf16`).
 
 mod dtype;
+pub mod lowp;
 mod npy;
+mod scalar;
 mod value_type;
 
 pub use dtype::{DType, Element};
 pub use npy::read_npy;
+pub use scalar::{Scalar, ScalarValue};
 pub use value_type::{Dim, ValueType};
 
 use half::{bf16, f16};
@@ -35,7 +38,96 @@ pub enum Storage {
     I64(Vec<i64>),
     /// Booleans.
     Bool(Vec<bool>),
+    /// 64-bit floats.
+    F64(Vec<f64>),
+    /// Signed 16-bit integers.
+    I16(Vec<i16>),
+    /// Unsigned 16-bit integers.
+    U16(Vec<u16>),
+    /// Unsigned 32-bit integers.
+    U32(Vec<u32>),
+    /// Unsigned 64-bit integers.
+    U64(Vec<u64>),
+    /// float8 E4M3FN bit patterns.
+    F8E4M3FN(Vec<lowp::F8E4M3FN>),
+    /// float8 E4M3FNUZ bit patterns.
+    F8E4M3FNUZ(Vec<lowp::F8E4M3FNUZ>),
+    /// float8 E5M2 bit patterns.
+    F8E5M2(Vec<lowp::F8E5M2>),
+    /// float8 E5M2FNUZ bit patterns.
+    F8E5M2FNUZ(Vec<lowp::F8E5M2FNUZ>),
+    /// float4 E2M1 bit patterns, one per byte.
+    F4E2M1(Vec<lowp::F4E2M1>),
+    /// Signed 4-bit integers, one per byte.
+    I4(Vec<lowp::I4>),
+    /// Unsigned 4-bit integers, one per byte.
+    U4(Vec<lowp::U4>),
+    /// Signed 2-bit integers, one per byte.
+    I2(Vec<lowp::I2>),
+    /// Unsigned 2-bit integers, one per byte.
+    U2(Vec<lowp::U2>),
 }
+
+/// Runs `$body` with `$v` bound to the vector inside any storage variant.
+macro_rules! with_storage {
+    ($s:expr, $v:ident => $body:expr) => {
+        match $s {
+            $crate::tensor::Storage::F32($v) => $body,
+            $crate::tensor::Storage::F16($v) => $body,
+            $crate::tensor::Storage::BF16($v) => $body,
+            $crate::tensor::Storage::I8($v) => $body,
+            $crate::tensor::Storage::U8($v) => $body,
+            $crate::tensor::Storage::I32($v) => $body,
+            $crate::tensor::Storage::I64($v) => $body,
+            $crate::tensor::Storage::Bool($v) => $body,
+            $crate::tensor::Storage::F64($v) => $body,
+            $crate::tensor::Storage::I16($v) => $body,
+            $crate::tensor::Storage::U16($v) => $body,
+            $crate::tensor::Storage::U32($v) => $body,
+            $crate::tensor::Storage::U64($v) => $body,
+            $crate::tensor::Storage::F8E4M3FN($v) => $body,
+            $crate::tensor::Storage::F8E4M3FNUZ($v) => $body,
+            $crate::tensor::Storage::F8E5M2($v) => $body,
+            $crate::tensor::Storage::F8E5M2FNUZ($v) => $body,
+            $crate::tensor::Storage::F4E2M1($v) => $body,
+            $crate::tensor::Storage::I4($v) => $body,
+            $crate::tensor::Storage::U4($v) => $body,
+            $crate::tensor::Storage::I2($v) => $body,
+            $crate::tensor::Storage::U2($v) => $body,
+        }
+    };
+}
+
+/// Like `with_storage!`, rebuilding the same variant from `$body`'s vector.
+macro_rules! map_storage {
+    ($s:expr, $v:ident => $body:expr) => {
+        match $s {
+            $crate::tensor::Storage::F32($v) => $crate::tensor::Storage::F32($body),
+            $crate::tensor::Storage::F16($v) => $crate::tensor::Storage::F16($body),
+            $crate::tensor::Storage::BF16($v) => $crate::tensor::Storage::BF16($body),
+            $crate::tensor::Storage::I8($v) => $crate::tensor::Storage::I8($body),
+            $crate::tensor::Storage::U8($v) => $crate::tensor::Storage::U8($body),
+            $crate::tensor::Storage::I32($v) => $crate::tensor::Storage::I32($body),
+            $crate::tensor::Storage::I64($v) => $crate::tensor::Storage::I64($body),
+            $crate::tensor::Storage::Bool($v) => $crate::tensor::Storage::Bool($body),
+            $crate::tensor::Storage::F64($v) => $crate::tensor::Storage::F64($body),
+            $crate::tensor::Storage::I16($v) => $crate::tensor::Storage::I16($body),
+            $crate::tensor::Storage::U16($v) => $crate::tensor::Storage::U16($body),
+            $crate::tensor::Storage::U32($v) => $crate::tensor::Storage::U32($body),
+            $crate::tensor::Storage::U64($v) => $crate::tensor::Storage::U64($body),
+            $crate::tensor::Storage::F8E4M3FN($v) => $crate::tensor::Storage::F8E4M3FN($body),
+            $crate::tensor::Storage::F8E4M3FNUZ($v) => $crate::tensor::Storage::F8E4M3FNUZ($body),
+            $crate::tensor::Storage::F8E5M2($v) => $crate::tensor::Storage::F8E5M2($body),
+            $crate::tensor::Storage::F8E5M2FNUZ($v) => $crate::tensor::Storage::F8E5M2FNUZ($body),
+            $crate::tensor::Storage::F4E2M1($v) => $crate::tensor::Storage::F4E2M1($body),
+            $crate::tensor::Storage::I4($v) => $crate::tensor::Storage::I4($body),
+            $crate::tensor::Storage::U4($v) => $crate::tensor::Storage::U4($body),
+            $crate::tensor::Storage::I2($v) => $crate::tensor::Storage::I2($body),
+            $crate::tensor::Storage::U2($v) => $crate::tensor::Storage::U2($body),
+        }
+    };
+}
+pub(crate) use map_storage;
 
 impl Storage {
     /// The dtype of this storage.
@@ -49,21 +141,26 @@ impl Storage {
             Storage::I32(_) => DType::I32,
             Storage::I64(_) => DType::I64,
             Storage::Bool(_) => DType::Bool,
+            Storage::F64(_) => DType::F64,
+            Storage::I16(_) => DType::I16,
+            Storage::U16(_) => DType::U16,
+            Storage::U32(_) => DType::U32,
+            Storage::U64(_) => DType::U64,
+            Storage::F8E4M3FN(_) => DType::F8E4M3FN,
+            Storage::F8E4M3FNUZ(_) => DType::F8E4M3FNUZ,
+            Storage::F8E5M2(_) => DType::F8E5M2,
+            Storage::F8E5M2FNUZ(_) => DType::F8E5M2FNUZ,
+            Storage::F4E2M1(_) => DType::F4E2M1,
+            Storage::I4(_) => DType::I4,
+            Storage::U4(_) => DType::U4,
+            Storage::I2(_) => DType::I2,
+            Storage::U2(_) => DType::U2,
         }
     }
 
     /// Number of elements.
     pub fn len(&self) -> usize {
-        match self {
-            Storage::F32(v) => v.len(),
-            Storage::F16(v) => v.len(),
-            Storage::BF16(v) => v.len(),
-            Storage::I8(v) => v.len(),
-            Storage::U8(v) => v.len(),
-            Storage::I32(v) => v.len(),
-            Storage::I64(v) => v.len(),
-            Storage::Bool(v) => v.len(),
-        }
+        with_storage!(self, v => v.len())
     }
 
     /// True when there are no elements.
@@ -113,6 +210,20 @@ impl Tensor {
             DType::I32 => Storage::I32(vec![0; n]),
             DType::I64 => Storage::I64(vec![0; n]),
             DType::Bool => Storage::Bool(vec![false; n]),
+            DType::F64 => Storage::F64(vec![0.0; n]),
+            DType::I16 => Storage::I16(vec![0; n]),
+            DType::U16 => Storage::U16(vec![0; n]),
+            DType::U32 => Storage::U32(vec![0; n]),
+            DType::U64 => Storage::U64(vec![0; n]),
+            DType::F8E4M3FN => Storage::F8E4M3FN(vec![Default::default(); n]),
+            DType::F8E4M3FNUZ => Storage::F8E4M3FNUZ(vec![Default::default(); n]),
+            DType::F8E5M2 => Storage::F8E5M2(vec![Default::default(); n]),
+            DType::F8E5M2FNUZ => Storage::F8E5M2FNUZ(vec![Default::default(); n]),
+            DType::F4E2M1 => Storage::F4E2M1(vec![Default::default(); n]),
+            DType::I4 => Storage::I4(vec![Default::default(); n]),
+            DType::U4 => Storage::U4(vec![Default::default(); n]),
+            DType::I2 => Storage::I2(vec![Default::default(); n]),
+            DType::U2 => Storage::U2(vec![Default::default(); n]),
         };
         Self { shape, storage }
     }
@@ -174,49 +285,46 @@ impl Tensor {
         })
     }
 
-    /// The elements converted to `f32` (integers and booleans by value).
+    /// The elements converted to `f32` (integers and booleans by value,
+    /// rounded to nearest).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match &self.storage {
             Storage::F32(v) => v.clone(),
-            Storage::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
-            Storage::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
-            Storage::I8(v) => v.iter().map(|&x| x as f32).collect(),
-            Storage::U8(v) => v.iter().map(|&x| x as f32).collect(),
-            Storage::I32(v) => v.iter().map(|&x| x as f32).collect(),
-            Storage::I64(v) => v.iter().map(|&x| x as f32).collect(),
-            Storage::Bool(v) => v.iter().map(|&x| if x { 1.0 } else { 0.0 }).collect(),
+            s => with_storage!(s, v => v.iter().map(|&x| Scalar::to_f32(x)).collect()),
         }
     }
 
-    /// The elements converted to `i64` (floats truncated toward zero).
+    /// The elements converted to `f64`.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        with_storage!(&self.storage, v => v.iter().map(|&x| Scalar::to_f64(x)).collect())
+    }
+
+    /// The elements converted to `i64` (floats truncated toward zero and
+    /// saturated, `u64` wrapped).
     pub fn to_i64_vec(&self) -> Vec<i64> {
         match &self.storage {
-            Storage::F32(v) => v.iter().map(|&x| x as i64).collect(),
-            Storage::F16(v) => v.iter().map(|x| x.to_f32() as i64).collect(),
-            Storage::BF16(v) => v.iter().map(|x| x.to_f32() as i64).collect(),
-            Storage::I8(v) => v.iter().map(|&x| x as i64).collect(),
-            Storage::U8(v) => v.iter().map(|&x| x as i64).collect(),
-            Storage::I32(v) => v.iter().map(|&x| x as i64).collect(),
             Storage::I64(v) => v.clone(),
-            Storage::Bool(v) => v.iter().map(|&x| x as i64).collect(),
+            s => with_storage!(s, v => v.iter().map(|&x| i64::from_scalar(x)).collect()),
         }
     }
 
-    /// Converts to another dtype. Float to integer truncates toward zero and
-    /// saturates; anything to bool is `x != 0`.
+    /// Converts to another dtype, as NumPy's `astype` and ONNX `Cast` do:
+    /// integer to integer wraps (keeps the low bits); float to integer
+    /// truncates toward zero and saturates (NaN becomes 0); to a float type
+    /// rounds to nearest even (once, from the exact value); anything to bool
+    /// is `x != 0` (NaN is true); bool is 0 or 1.
     pub fn cast(&self, dtype: DType) -> Tensor {
         if dtype == self.dtype() {
             return self.clone();
         }
-        let storage = match dtype {
-            DType::F32 => Storage::F32(self.to_f32_vec()),
-            DType::F16 => Storage::F16(self.to_f32_vec().into_iter().map(f16::from_f32).collect()),
-            DType::BF16 => Storage::BF16(self.to_f32_vec().into_iter().map(bf16::from_f32).collect()),
-            DType::I8 => Storage::I8(self.cast_ints(|x| x.clamp(i8::MIN as i64, i8::MAX as i64) as i8)),
-            DType::U8 => Storage::U8(self.cast_ints(|x| x.clamp(0, u8::MAX as i64) as u8)),
-            DType::I32 => Storage::I32(self.cast_ints(|x| x.clamp(i32::MIN as i64, i32::MAX as i64) as i32)),
-            DType::I64 => Storage::I64(self.to_i64_vec()),
-            DType::Bool => Storage::Bool(self.to_f32_vec().into_iter().map(|x| x != 0.0).collect()),
+        let s = &self.storage;
+        let storage = match (s, dtype) {
+            // Direct conversions (the same results, without the detour through f64).
+            (Storage::F32(v), DType::F16) => Storage::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
+            (Storage::F32(v), DType::BF16) => Storage::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+            (Storage::F16(v), DType::F32) => Storage::F32(v.iter().map(|x| x.to_f32()).collect()),
+            (Storage::BF16(v), DType::F32) => Storage::F32(v.iter().map(|x| x.to_f32()).collect()),
+            _ => self.cast_general(dtype),
         };
         Tensor {
             shape: self.shape.clone(),
@@ -224,10 +332,34 @@ impl Tensor {
         }
     }
 
-    fn cast_ints<T>(&self, f: impl Fn(i64) -> T) -> Vec<T> {
-        match &self.storage {
-            Storage::I64(v) => v.iter().map(|&x| f(x)).collect(),
-            _ => self.to_f32_vec().into_iter().map(|x| f(x as f64 as i64)).collect(),
+    fn cast_general(&self, dtype: DType) -> Storage {
+        fn conv<T: Scalar>(s: &Storage) -> Vec<T> {
+            with_storage!(s, v => v.iter().map(|&x| T::from_scalar(x)).collect())
+        }
+        let s = &self.storage;
+        match dtype {
+            DType::F32 => Storage::F32(conv(s)),
+            DType::F16 => Storage::F16(conv(s)),
+            DType::BF16 => Storage::BF16(conv(s)),
+            DType::I8 => Storage::I8(conv(s)),
+            DType::U8 => Storage::U8(conv(s)),
+            DType::I32 => Storage::I32(conv(s)),
+            DType::I64 => Storage::I64(conv(s)),
+            DType::Bool => Storage::Bool(conv(s)),
+            DType::F64 => Storage::F64(conv(s)),
+            DType::I16 => Storage::I16(conv(s)),
+            DType::U16 => Storage::U16(conv(s)),
+            DType::U32 => Storage::U32(conv(s)),
+            DType::U64 => Storage::U64(conv(s)),
+            DType::F8E4M3FN => Storage::F8E4M3FN(conv(s)),
+            DType::F8E4M3FNUZ => Storage::F8E4M3FNUZ(conv(s)),
+            DType::F8E5M2 => Storage::F8E5M2(conv(s)),
+            DType::F8E5M2FNUZ => Storage::F8E5M2FNUZ(conv(s)),
+            DType::F4E2M1 => Storage::F4E2M1(conv(s)),
+            DType::I4 => Storage::I4(conv(s)),
+            DType::U4 => Storage::U4(conv(s)),
+            DType::I2 => Storage::I2(conv(s)),
+            DType::U2 => Storage::U2(conv(s)),
         }
     }
 
@@ -274,6 +406,21 @@ impl Tensor {
             DType::U8 => Storage::U8(bytes.to_vec()),
             DType::I32 => Storage::I32(read(bytes, i32::from_le_bytes)),
             DType::I64 => Storage::I64(read(bytes, i64::from_le_bytes)),
+            DType::F64 => Storage::F64(read(bytes, f64::from_le_bytes)),
+            DType::I16 => Storage::I16(read(bytes, i16::from_le_bytes)),
+            DType::U16 => Storage::U16(read(bytes, u16::from_le_bytes)),
+            DType::U32 => Storage::U32(read(bytes, u32::from_le_bytes)),
+            DType::U64 => Storage::U64(read(bytes, u64::from_le_bytes)),
+            // One byte each: the bit pattern (sub-byte types: the low bits).
+            DType::F8E4M3FN => Storage::F8E4M3FN(bytes.iter().map(|&b| lowp::F8E4M3FN(b)).collect()),
+            DType::F8E4M3FNUZ => Storage::F8E4M3FNUZ(bytes.iter().map(|&b| lowp::F8E4M3FNUZ(b)).collect()),
+            DType::F8E5M2 => Storage::F8E5M2(bytes.iter().map(|&b| lowp::F8E5M2(b)).collect()),
+            DType::F8E5M2FNUZ => Storage::F8E5M2FNUZ(bytes.iter().map(|&b| lowp::F8E5M2FNUZ(b)).collect()),
+            DType::F4E2M1 => Storage::F4E2M1(bytes.iter().map(|&b| lowp::F4E2M1(b & 0xf)).collect()),
+            DType::I4 => Storage::I4(bytes.iter().map(|&b| lowp::I4::from_bits(b)).collect()),
+            DType::U4 => Storage::U4(bytes.iter().map(|&b| lowp::U4::from_bits(b)).collect()),
+            DType::I2 => Storage::I2(bytes.iter().map(|&b| lowp::I2::from_bits(b)).collect()),
+            DType::U2 => Storage::U2(bytes.iter().map(|&b| lowp::U2::from_bits(b)).collect()),
             DType::Bool => {
                 if let Some(pos) = bytes.iter().position(|&b| b > 1) {
                     return Err(TensorError::InvalidBool {
@@ -305,6 +452,20 @@ impl Tensor {
             Storage::I32(v) => write(v, i32::to_le_bytes),
             Storage::I64(v) => write(v, i64::to_le_bytes),
             Storage::Bool(v) => v.iter().map(|&x| x as u8).collect(),
+            Storage::F64(v) => write(v, f64::to_le_bytes),
+            Storage::I16(v) => write(v, i16::to_le_bytes),
+            Storage::U16(v) => write(v, u16::to_le_bytes),
+            Storage::U32(v) => write(v, u32::to_le_bytes),
+            Storage::U64(v) => write(v, u64::to_le_bytes),
+            Storage::F8E4M3FN(v) => v.iter().map(|x| x.0).collect(),
+            Storage::F8E4M3FNUZ(v) => v.iter().map(|x| x.0).collect(),
+            Storage::F8E5M2(v) => v.iter().map(|x| x.0).collect(),
+            Storage::F8E5M2FNUZ(v) => v.iter().map(|x| x.0).collect(),
+            Storage::F4E2M1(v) => v.iter().map(|x| x.0).collect(),
+            Storage::I4(v) => v.iter().map(|x| x.to_bits()).collect(),
+            Storage::U4(v) => v.iter().map(|x| x.to_bits()).collect(),
+            Storage::I2(v) => v.iter().map(|x| x.to_bits()).collect(),
+            Storage::U2(v) => v.iter().map(|x| x.to_bits()).collect(),
         }
     }
 
@@ -320,16 +481,7 @@ impl Tensor {
         }
         let row = numel(&self.shape[1..]);
         let (a, b) = (start * row, end * row);
-        let storage = match &self.storage {
-            Storage::F32(v) => Storage::F32(v[a..b].to_vec()),
-            Storage::F16(v) => Storage::F16(v[a..b].to_vec()),
-            Storage::BF16(v) => Storage::BF16(v[a..b].to_vec()),
-            Storage::I8(v) => Storage::I8(v[a..b].to_vec()),
-            Storage::U8(v) => Storage::U8(v[a..b].to_vec()),
-            Storage::I32(v) => Storage::I32(v[a..b].to_vec()),
-            Storage::I64(v) => Storage::I64(v[a..b].to_vec()),
-            Storage::Bool(v) => Storage::Bool(v[a..b].to_vec()),
-        };
+        let storage = map_storage!(&self.storage, v => v[a..b].to_vec());
         let mut shape = self.shape.clone();
         shape[0] = end - start;
         Ok(Tensor { shape, storage })

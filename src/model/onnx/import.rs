@@ -17,6 +17,7 @@ use crate::ops::linear::Linear;
 use crate::ops::matmul::MatMul;
 use crate::ops::norm::{BatchNorm, LayerNorm};
 use crate::ops::qlinear::QLinear;
+use crate::ops::quantize::{CastUnsaturated, DequantizeLinear};
 use crate::ops::shape::{Flatten, Reshape};
 use crate::ops::softmax::Softmax;
 use crate::ops::{self, Attrs, Op};
@@ -52,6 +53,7 @@ pub const SUPPORTED: &[&str] = &[
     "Unsqueeze",
     "Concat",
     "Cast",
+    "CastLike",
     "Conv",
     "MaxPool",
     "AveragePool",
@@ -588,12 +590,40 @@ impl Ctx<'_> {
             }
             "DequantizeLinear" => {
                 arity(2, 3)?;
-                if a.i("block_size", 0) != 0 {
-                    return Err(skip("blocked quantization (block_size) is not supported"));
+                // A constant int8/uint8 weight with f32 per-tensor or per-axis
+                // scales folds here (and may become a QLinear's packed weight);
+                // anything else is the run-time op.
+                let weight = a.i("block_size", 0) == 0
+                    && a.i("output_dtype", 0) == 0
+                    && self
+                        .constant(&ins[0])
+                        .is_ok_and(|x| matches!(x.dtype(), DType::I8 | DType::U8))
+                    && self
+                        .constant(&ins[1])
+                        .is_ok_and(|s| s.dtype() == DType::F32 && s.rank() <= 1)
+                    && ins[2..].iter().all(|z| self.constant(z).is_ok());
+                if !weight {
+                    let output = match a.i("output_dtype", 0) {
+                        0 => None,
+                        code => Some(dtype_from_onnx(code as i32).ok_or_else(|| {
+                            skip(format!("output_dtype {} is not supported", onnx_type_name(code as i32)))
+                        })?),
+                    };
+                    let block = a.i("block_size", 0);
+                    let block_size =
+                        usize::try_from(block).map_err(|_| skip(format!("block_size {block} is negative")))?;
+                    return self.emit(
+                        name,
+                        Arc::new(DequantizeLinear {
+                            axis: a.i("axis", 1),
+                            block_size,
+                            output,
+                        }),
+                        &ins,
+                        &outs,
+                    );
                 }
-                let x = self.constant(&ins[0]).map_err(|_| {
-                    skip("only constant (weight) inputs are supported: the input is computed at run time")
-                })?;
+                let x = self.constant(&ins[0])?;
                 let scale = self.constant(&ins[1])?;
                 if scale.dtype() != DType::F32 || scale.rank() > 1 {
                     return Err(skip(format!(
@@ -719,11 +749,23 @@ impl Ctx<'_> {
                 }
             }
             "Concat" => one(Arc::new(Concat { axis: a.i("axis", 0) })),
-            "Cast" => {
-                let code = a.i("to", 0) as i32;
-                let to = dtype_from_onnx(code)
-                    .ok_or_else(|| skip(format!("cast to {} is not supported", onnx_type_name(code))))?;
-                one(Arc::new(Cast { to }))
+            "Cast" | "CastLike" => {
+                let to = if n.op_type == "CastLike" {
+                    arity(2, 2)?;
+                    type_of(self.val(&ins[1])?).dtype
+                } else {
+                    let code = a.i("to", 0) as i32;
+                    dtype_from_onnx(code)
+                        .ok_or_else(|| skip(format!("cast to {} is not supported", onnx_type_name(code))))?
+                };
+                let float8 = matches!(
+                    to,
+                    DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ
+                );
+                if float8 && a.i("saturate", 1) == 0 {
+                    return self.emit(name, Arc::new(CastUnsaturated { to }), &ins[..1], &outs);
+                }
+                (Arc::new(Cast { to }), vec![ins[0].clone()])
             }
             "Conv" => {
                 arity(2, 3)?;

@@ -140,6 +140,20 @@ pub fn dtype_from_onnx(code: i32) -> Option<DType> {
         d::BOOL => DType::Bool,
         d::FLOAT16 => DType::F16,
         d::BFLOAT16 => DType::BF16,
+        d::DOUBLE => DType::F64,
+        d::INT16 => DType::I16,
+        d::UINT16 => DType::U16,
+        d::UINT32 => DType::U32,
+        d::UINT64 => DType::U64,
+        d::FLOAT8E4M3FN => DType::F8E4M3FN,
+        d::FLOAT8E4M3FNUZ => DType::F8E4M3FNUZ,
+        d::FLOAT8E5M2 => DType::F8E5M2,
+        d::FLOAT8E5M2FNUZ => DType::F8E5M2FNUZ,
+        d::FLOAT4E2M1 => DType::F4E2M1,
+        d::INT4 => DType::I4,
+        d::UINT4 => DType::U4,
+        d::INT2 => DType::I2,
+        d::UINT2 => DType::U2,
         _ => return None,
     })
 }
@@ -162,7 +176,52 @@ pub fn onnx_type_name(code: i32) -> &'static str {
         d::UINT32 => "uint32",
         d::UINT64 => "uint64",
         d::BFLOAT16 => "bfloat16",
+        d::FLOAT8E4M3FN => "float8e4m3fn",
+        d::FLOAT8E4M3FNUZ => "float8e4m3fnuz",
+        d::FLOAT8E5M2 => "float8e5m2",
+        d::FLOAT8E5M2FNUZ => "float8e5m2fnuz",
+        d::UINT4 => "uint4",
+        d::INT4 => "int4",
+        d::FLOAT4E2M1 => "float4e2m1",
+        d::FLOAT8E8M0 => "float8e8m0",
+        d::UINT2 => "uint2",
+        d::INT2 => "int2",
         _ => "an unknown type",
+    }
+}
+
+/// Bits per element of the types ONNX packs several to a byte.
+fn packed_bits(dtype: DType) -> Option<usize> {
+    match dtype {
+        DType::I4 | DType::U4 | DType::F4E2M1 => Some(4),
+        DType::I2 | DType::U2 => Some(2),
+        _ => None,
+    }
+}
+
+/// Unpacks `8 / bits` elements per byte, low bits first.
+fn unpack(dtype: DType, bits: usize, shape: Vec<usize>, bytes: &[u8]) -> Result<Tensor, OnnxError> {
+    let n: usize = shape.iter().product();
+    let per = 8 / bits;
+    if bytes.len() != n.div_ceil(per) {
+        return Err(OnnxError::TensorData(crate::error::TensorError::ByteLengthMismatch {
+            dtype,
+            shape,
+            expected: n.div_ceil(per),
+            got: bytes.len(),
+        }));
+    }
+    let mask = (1u8 << bits) - 1;
+    let one: Vec<u8> = (0..n).map(|i| (bytes[i / per] >> ((i % per) * bits)) & mask).collect();
+    Ok(Tensor::from_le_bytes(dtype, shape, &one)?)
+}
+
+/// Little-endian data in ONNX's layout: as wginfer's, except that the 4- and
+/// 2-bit types are packed.
+fn from_onnx_bytes(dtype: DType, shape: Vec<usize>, bytes: &[u8]) -> Result<Tensor, OnnxError> {
+    match packed_bits(dtype) {
+        Some(bits) => unpack(dtype, bits, shape, bytes),
+        None => Ok(Tensor::from_le_bytes(dtype, shape, bytes)?),
     }
 }
 
@@ -174,7 +233,7 @@ pub fn tensor_from_proto(t: &proto::TensorProto, dir: &Path) -> Result<Tensor, O
     };
     let dtype = dtype_from_onnx(t.data_type).ok_or_else(|| {
         bad(format!(
-            "element type {} (code {}) is not supported; wginfer reads float, float16, bfloat16, int8, uint8, int32, int64 and bool",
+            "element type {} (code {}) is not supported; wginfer reads float, double, float16, bfloat16, float8 (e4m3fn, e4m3fnuz, e5m2, e5m2fnuz), float4e2m1, 2- to 64-bit integers and bool",
             onnx_type_name(t.data_type),
             t.data_type
         ))
@@ -209,7 +268,10 @@ pub fn tensor_from_proto(t: &proto::TensorProto, dir: &Path) -> Result<Tensor, O
             source,
         })?;
         let offset = num("offset")?.unwrap_or(0);
-        let want = n * dtype.size_in_bytes();
+        let want = match packed_bits(dtype) {
+            Some(bits) => n.div_ceil(8 / bits),
+            None => n * dtype.size_in_bytes(),
+        };
         let length = num("length")?.unwrap_or(want);
         let end = offset.checked_add(length).filter(|&e| e <= data.len()).ok_or_else(|| {
             bad(format!(
@@ -218,10 +280,15 @@ pub fn tensor_from_proto(t: &proto::TensorProto, dir: &Path) -> Result<Tensor, O
                 data.len()
             ))
         })?;
-        return Ok(Tensor::from_le_bytes(dtype, shape, &data[offset..end])?);
+        return from_onnx_bytes(dtype, shape, &data[offset..end]);
     }
     if !t.raw_data.is_empty() {
-        return Ok(Tensor::from_le_bytes(dtype, shape, &t.raw_data)?);
+        return from_onnx_bytes(dtype, shape, &t.raw_data);
+    }
+    if let Some(bits) = packed_bits(dtype) {
+        // Typed field: one packed byte per int32.
+        let bytes: Vec<u8> = t.int32_data.iter().map(|&v| v as u8).collect();
+        return unpack(dtype, bits, shape, &bytes).map_err(|e| bad(e.to_string()));
     }
     let tensor = match dtype {
         DType::F32 => Tensor::from_vec(shape, t.float_data.clone()),
@@ -244,6 +311,13 @@ pub fn tensor_from_proto(t: &proto::TensorProto, dir: &Path) -> Result<Tensor, O
                 .map(|&v| half::bf16::from_bits(v as u16))
                 .collect::<Vec<_>>(),
         ),
+        DType::F64 => Tensor::from_vec(shape, t.double_data.clone()),
+        DType::I16 => Tensor::from_vec(shape, t.int32_data.iter().map(|&v| v as i16).collect::<Vec<_>>()),
+        DType::U16 => Tensor::from_vec(shape, t.int32_data.iter().map(|&v| v as u16).collect::<Vec<_>>()),
+        DType::U32 => Tensor::from_vec(shape, t.uint64_data.iter().map(|&v| v as u32).collect::<Vec<_>>()),
+        DType::U64 => Tensor::from_vec(shape, t.uint64_data.clone()),
+        // Typed field: one bit pattern per int32 (the packed types returned above).
+        _ => Tensor::from_le_bytes(dtype, shape, &t.int32_data.iter().map(|&v| v as u8).collect::<Vec<_>>()),
     };
     tensor.map_err(|e| bad(e.to_string()))
 }
