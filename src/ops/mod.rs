@@ -175,6 +175,7 @@ pub static REGISTRY: &[OpDef] = &[
     pool::AVERAGE_POOL,
     pool::GLOBAL_AVERAGE_POOL,
     norm::BATCH_NORM,
+    norm::BATCH_NORM_TRAINING,
     norm::LAYER_NORM,
     layout::TRANSPOSE,
     layout::SQUEEZE,

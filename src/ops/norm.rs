@@ -185,6 +185,140 @@ pub const BATCH_NORM: OpDef = OpDef {
     },
 };
 
+/// `BatchNormalization` in training mode: `x` is normalised with its own
+/// per-channel (axis 1) batch mean and (population) variance, and the
+/// running statistics are updated: `running = input · momentum + batch ·
+/// (1 - momentum)`. Inputs as [`BatchNorm`]; outputs `y`, the running mean
+/// and the running variance (each `[C]`).
+#[derive(Clone, Debug)]
+pub struct BatchNormTraining {
+    /// Added to the variance.
+    pub epsilon: f32,
+    /// Weight of the input running statistics.
+    pub momentum: f32,
+}
+
+impl Op for BatchNormTraining {
+    fn op_type(&self) -> &'static str {
+        "BatchNormTraining"
+    }
+
+    fn attrs(&self) -> Attrs {
+        let mut a = Attrs::new();
+        a.insert("epsilon".into(), (self.epsilon as f64).into());
+        a.insert("momentum".into(), (self.momentum as f64).into());
+        a
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        let y = BatchNorm { epsilon: self.epsilon }.infer(inputs)?;
+        let stat = inputs[3].clone();
+        Ok(vec![y[0].clone(), stat.clone(), stat])
+    }
+
+    /// Statistics in f64, two passes (mean, then squared deviations).
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 5, 5, "5 (x, scale, bias, mean, var)")?;
+        let s = inputs[0].shape();
+        let x = f32_input(inputs, 0)?;
+        let (scale, bias, mean, var) = (
+            f32_input(inputs, 1)?,
+            f32_input(inputs, 2)?,
+            f32_input(inputs, 3)?,
+            f32_input(inputs, 4)?,
+        );
+        if s.len() < 2
+            || [scale.len(), bias.len(), mean.len(), var.len()]
+                .iter()
+                .any(|&l| l != s[1])
+        {
+            return Err(OpError::Shape(format!(
+                "needs x [N, C, ...] and [C] statistics; got x {s:?}"
+            )));
+        }
+        let c = s[1];
+        let inner: usize = s[2..].iter().product();
+        let count = (s[0] * inner).max(1) as f64;
+        let channel = |i: usize| (i / inner.max(1)) % c;
+        let mut sum = vec![0.0f64; c];
+        for (i, &v) in x.iter().enumerate() {
+            sum[channel(i)] += v as f64;
+        }
+        let bmean: Vec<f64> = sum.iter().map(|&t| t / count).collect();
+        let mut sq = vec![0.0f64; c];
+        for (i, &v) in x.iter().enumerate() {
+            let ch = channel(i);
+            sq[ch] += (v as f64 - bmean[ch]).powi(2);
+        }
+        let bvar: Vec<f64> = sq.iter().map(|&t| t / count).collect();
+        let y = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let ch = channel(i);
+                let n = (v as f64 - bmean[ch]) / (bvar[ch] + self.epsilon as f64).sqrt();
+                (n * scale[ch] as f64 + bias[ch] as f64) as f32
+            })
+            .collect();
+        let m = self.momentum as f64;
+        let running = |old: &[f32], batch: &[f64]| -> Vec<f32> {
+            old.iter()
+                .zip(batch)
+                .map(|(&o, &b)| (o as f64 * m + b * (1.0 - m)) as f32)
+                .collect()
+        };
+        Ok(vec![
+            Tensor::from_vec(s.to_vec(), y)?,
+            Tensor::from_vec(vec![c], running(mean, &bmean))?,
+            Tensor::from_vec(vec![c], running(var, &bvar))?,
+        ])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Approximate
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// `BatchNormTraining` (ONNX BatchNormalization with `training_mode = 1`):
+/// attributes `epsilon` (1e-5) and `momentum` (0.9).
+pub const BATCH_NORM_TRAINING: OpDef = OpDef {
+    op_type: "BatchNormTraining",
+    build: |attrs| {
+        Ok(Arc::new(BatchNormTraining {
+            epsilon: attr_f32(attrs, "epsilon", 1e-5)?,
+            momentum: attr_f32(attrs, "momentum", 0.9)?,
+        }))
+    },
+    cases: || {
+        let mut rng = CaseRng::new(63);
+        [&[1usize, 1][..], &[2, 3, 17, 13], &[3, 5, 7]]
+            .iter()
+            .map(|s| {
+                let mut case = bn_case(&mut rng, s);
+                case.name = format!("batchnorm training {s:?}");
+                case.op = Arc::new(BatchNormTraining {
+                    epsilon: 1e-5,
+                    momentum: 0.9,
+                });
+                case
+            })
+            .collect()
+    },
+    sample: |rng| {
+        let s = [rng.range(1, 3), rng.range(1, 5), rng.dim(9), rng.dim(9)];
+        let mut case = bn_case(rng, &s);
+        case.op = Arc::new(BatchNormTraining {
+            epsilon: 1e-5,
+            momentum: 0.9,
+        });
+        case
+    },
+};
+
 /// `LayerNormalization`: normalises over axes `axis..`, then `· scale + bias`.
 /// Inputs `x`, `scale`, optional `bias` (broadcast to the normalised axes).
 /// With `outputs = 3` it also returns the mean and `1/sqrt(var + epsilon)`

@@ -13,6 +13,9 @@ use crate::tensor::{Dim, Tensor, ValueType};
 pub struct Reshape {
     /// The target shape.
     pub shape: Vec<i64>,
+    /// A `0` in `shape` is a size of zero, not a copy of the input's
+    /// dimension (ONNX `allowzero = 1`).
+    pub allowzero: bool,
 }
 
 impl Reshape {
@@ -27,6 +30,12 @@ impl Reshape {
         if let Some(d) = self.shape.iter().find(|&&d| d < -1) {
             return Err(bad(format!("{:?} has the invalid size {d}", self.shape)));
         }
+        if self.allowzero && self.shape.contains(&0) && self.shape.contains(&-1) {
+            return Err(bad(format!(
+                "{:?} has both 0 and -1 with allowzero = 1 (the -1 cannot be inferred)",
+                self.shape
+            )));
+        }
         Ok(())
     }
 
@@ -38,6 +47,7 @@ impl Reshape {
         let mut hole = None;
         for (i, &d) in self.shape.iter().enumerate() {
             out.push(match d {
+                0 if self.allowzero => 0,
                 0 => *input.get(i).ok_or_else(|| {
                     OpError::Shape(format!(
                         "target {:?} copies dimension {i}, but the input {input:?} has none",
@@ -78,6 +88,9 @@ impl Op for Reshape {
     fn attrs(&self) -> Attrs {
         let mut a = Attrs::new();
         a.insert("shape".into(), self.shape.clone().into());
+        if self.allowzero {
+            a.insert("allowzero".into(), 1.into());
+        }
         a
     }
 
@@ -93,6 +106,7 @@ impl Op for Reshape {
         let mut copied = vec![false; x.rank()];
         for (i, &d) in self.shape.iter().enumerate() {
             out.push(match d {
+                0 if self.allowzero => Dim::Known(0),
                 0 => {
                     let dim = x.shape.get(i).ok_or_else(|| {
                         OpError::Shape(format!(
@@ -242,12 +256,14 @@ impl Op for Flatten {
     }
 }
 
-/// `Reshape`: attribute `shape` (list; `0` copies, `-1` infers).
+/// `Reshape`: attributes `shape` (list; `0` copies, `-1` infers) and
+/// `allowzero` (1: a `0` is a size of zero).
 pub const RESHAPE: OpDef = OpDef {
     op_type: "Reshape",
     build: |attrs: &Attrs| {
         let op = Reshape {
             shape: attr_ints(attrs, "shape")?,
+            allowzero: super::attr_i64(attrs, "allowzero", Some(0))? != 0,
         };
         op.validate()?;
         Ok(Arc::new(op))
@@ -257,7 +273,10 @@ pub const RESHAPE: OpDef = OpDef {
         let mk = |rng: &mut CaseRng, s: &[usize], t: Vec<i64>| {
             OpCase::new(
                 format!("reshape {s:?} -> {t:?}"),
-                Arc::new(Reshape { shape: t }),
+                Arc::new(Reshape {
+                    shape: t,
+                    allowzero: false,
+                }),
                 vec![rng.tensor(s, -1.0, 1.0)],
             )
         };
@@ -266,6 +285,14 @@ pub const RESHAPE: OpDef = OpDef {
             mk(&mut rng, &[3, 17], vec![17, 3]),
             mk(&mut rng, &[17, 1000], vec![0, -1, 8]),
             mk(&mut rng, &[2, 3, 4], vec![-1]),
+            OpCase::new(
+                "reshape [0, 3, 4] -> [3, 4, 0] (allowzero)",
+                Arc::new(Reshape {
+                    shape: vec![3, 4, 0],
+                    allowzero: true,
+                }),
+                vec![rng.tensor(&[0, 3, 4], -1.0, 1.0)],
+            ),
         ]
     },
     sample: |rng| {
@@ -279,7 +306,10 @@ pub const RESHAPE: OpDef = OpDef {
         let x = rng.tensor(&s, -1.0, 1.0);
         OpCase::new(
             format!("reshape {s:?} ({total}) -> {target:?}"),
-            Arc::new(Reshape { shape: target }),
+            Arc::new(Reshape {
+                shape: target,
+                allowzero: false,
+            }),
             vec![x],
         )
     },
@@ -331,7 +361,12 @@ mod tests {
             dtype: DType::F32,
             shape: vec![Dim::Sym("batch".into()), Dim::Known(8), Dim::Known(8)],
         };
-        let y = Reshape { shape: vec![0, -1] }.infer(std::slice::from_ref(&x)).unwrap();
+        let y = Reshape {
+            shape: vec![0, -1],
+            allowzero: false,
+        }
+        .infer(std::slice::from_ref(&x))
+        .unwrap();
         assert_eq!(y[0].shape, vec![Dim::Sym("batch".into()), Dim::Known(64)]);
         let y = Flatten { axis: 1 }.infer(&[x]).unwrap();
         assert_eq!(y[0].shape, vec![Dim::Sym("batch".into()), Dim::Known(64)]);
@@ -339,8 +374,26 @@ mod tests {
 
     #[test]
     fn reshape_errors() {
-        assert!(Reshape { shape: vec![-1, -1] }.concrete(&[4]).is_err());
-        assert!(Reshape { shape: vec![3] }.concrete(&[4]).is_err());
-        assert_eq!(Reshape { shape: vec![2, -1] }.concrete(&[4, 3]).unwrap(), vec![2, 6]);
+        assert!(Reshape {
+            shape: vec![-1, -1],
+            allowzero: false
+        }
+        .concrete(&[4])
+        .is_err());
+        assert!(Reshape {
+            shape: vec![3],
+            allowzero: false
+        }
+        .concrete(&[4])
+        .is_err());
+        assert_eq!(
+            Reshape {
+                shape: vec![2, -1],
+                allowzero: false
+            }
+            .concrete(&[4, 3])
+            .unwrap(),
+            vec![2, 6]
+        );
     }
 }

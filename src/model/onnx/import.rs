@@ -453,13 +453,35 @@ impl Ctx<'_> {
             "Identity" | "Dropout" => {
                 arity(1, 3)?;
                 if n.op_type == "Dropout" {
-                    if outs.get(1).is_some_and(|m| !m.is_empty()) {
-                        return Err(skip("the mask output is not supported (inference only)"));
-                    }
-                    if let Some(tm) = ins.get(2) {
-                        if self.constant(tm)?.to_i64_vec().first().copied().unwrap_or(0) != 0 {
-                            return Err(skip("training_mode = true is not supported (inference only)"));
+                    let training = match ins.get(2).filter(|t| !t.is_empty()) {
+                        Some(tm) => self.constant(tm)?.to_i64_vec().first().copied().unwrap_or(0) != 0,
+                        None => false,
+                    };
+                    if training {
+                        // Identity (mask all true) only when nothing is dropped.
+                        let ratio = match ins.get(1).filter(|r| !r.is_empty()) {
+                            Some(r) => self.constant(r)?.to_f32_vec().first().copied(),
+                            None => Some(0.5),
+                        };
+                        if ratio != Some(0.0) {
+                            return Err(skip(
+                                "training_mode = true with a ratio other than 0 drops at random (not supported)",
+                            ));
                         }
+                    }
+                    // The mask keeps every element: a constant of trues.
+                    if let Some(m) = outs.get(1).filter(|m| !m.is_empty()) {
+                        let ty = type_of(self.val(&ins[0])?);
+                        let shape: Option<Vec<usize>> = ty.shape.iter().map(|d| d.known()).collect();
+                        let shape = shape.ok_or_else(|| {
+                            skip(format!(
+                                "the mask output of Dropout over {} (symbolic dimensions)",
+                                ty.shape_string()
+                            ))
+                        })?;
+                        let n = shape.iter().product();
+                        self.vals
+                            .insert(m.clone(), Val::Const(Tensor::from_vec(shape, vec![true; n])?));
                     }
                 }
                 let o = outs.first().ok_or_else(|| skip("has no output"))?;
@@ -714,10 +736,8 @@ impl Ctx<'_> {
             "Reshape" => {
                 arity(2, 2)?;
                 let shape = self.constant(&ins[1])?.to_i64_vec();
-                if a.i("allowzero", 0) != 0 && shape.contains(&0) {
-                    return Err(skip("allowzero = 1 with a 0 in the target shape is not supported"));
-                }
-                (Arc::new(Reshape { shape }), vec![ins[0].clone()])
+                let allowzero = a.i("allowzero", 0) != 0;
+                (Arc::new(Reshape { shape, allowzero }), vec![ins[0].clone()])
             }
             "Transpose" => one(Arc::new(Transpose {
                 perm: a.ints("perm").unwrap_or_default(),
@@ -799,8 +819,23 @@ impl Ctx<'_> {
             "GlobalAveragePool" => one(Arc::new(ops::pool::GlobalAveragePool)),
             "BatchNormalization" => {
                 arity(5, 5)?;
-                if a.i("training_mode", 0) != 0 || outs.iter().skip(1).any(|o| !o.is_empty()) {
-                    return Err(skip("training mode (running statistics outputs) is not supported"));
+                if a.i("training_mode", 0) != 0 {
+                    // y, running mean, running variance (unrequested ones named for the graph).
+                    let mut outs3 = outs.clone();
+                    outs3.resize(3, String::new());
+                    for (i, o) in outs3.iter_mut().enumerate() {
+                        if o.is_empty() {
+                            *o = format!("{name}.unused{i}");
+                        }
+                    }
+                    let op = Arc::new(ops::norm::BatchNormTraining {
+                        epsilon: a.f("epsilon", 1e-5),
+                        momentum: a.f("momentum", 0.9),
+                    });
+                    return self.emit(name, op, &ins, &outs3);
+                }
+                if outs.iter().skip(1).any(|o| !o.is_empty()) {
+                    return Err(skip("running statistics outputs outside training mode"));
                 }
                 let bn = BatchNorm {
                     epsilon: a.f("epsilon", 1e-5),
@@ -1027,7 +1062,10 @@ impl Ctx<'_> {
                 let name = format!("{}.identity", o.name);
                 self.emit(
                     &name,
-                    Arc::new(Reshape { shape: vec![0; rank] }),
+                    Arc::new(Reshape {
+                        shape: vec![0; rank],
+                        allowzero: false,
+                    }),
                     &[ir],
                     std::slice::from_ref(&o.name),
                 )
