@@ -11,7 +11,7 @@
 //! extension's `unpack4xI8` is not available without it either).
 //!
 //! On software adapters (llvmpipe) with subgroups of at least 8, the
-//! weight-only formats take `qlinear_sg.wgsl` when K % 32 == 0 and M >= 4:
+//! weight-only formats and W8A8 take `qlinear_sg.wgsl` when K % 32 == 0 and M >= 4:
 //! there every storage load is a loop over the SIMD lanes, and that kernel
 //! loads each activation vector once per subgroup and the weights as vec4
 //! words (about 3x the old tiles' speed on lavapipe at 1024³).
@@ -63,7 +63,7 @@ fn format_code(f: &WeightFormat, k: usize) -> (u32, &'static str, usize) {
 const SG_ROWS: usize = 16;
 const SG_COLS: usize = 512;
 
-/// `qlinear_sg.wgsl::sg` for the weight-only formats (codes 1-6), given
+/// `qlinear_sg.wgsl::sg` for the weight-only formats and W8A8 (codes 1-7), given
 /// `[m, n, k, aux]`; the caller checked K % 32 == 0.
 #[allow(clippy::too_many_arguments)]
 fn subgroup_kernel(
@@ -184,7 +184,9 @@ pub(super) fn select(
     let b = |v: bool| if v { 1.0 } else { 0.0 };
     let act = fused.map(act_code).unwrap_or(0) as f64;
     let aligned = k.is_multiple_of(4);
-    if caps.subgroups && caps.software && (1..=6).contains(&code) && k.is_multiple_of(32) && m >= 4 {
+    // W8A8 only with its two tensors (row scales computed here, at run time).
+    let sg_format = (1..=6).contains(&code) || (code == 7 && np == 2);
+    if caps.subgroups && caps.software && sg_format && k.is_multiple_of(32) && m >= 4 {
         return Ok(Some(subgroup_kernel(
             &format,
             code,
