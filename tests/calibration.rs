@@ -123,6 +123,37 @@ fn digits_gptq_int4_beats_round_to_nearest() {
 }
 
 #[test]
+fn cli_quantize_with_calibration() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("int4.safetensors");
+    let run = |cal: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wginfer"))
+            .args(["quantize", "--format", "int4", "--calibration"])
+            .arg(root(cal))
+            .arg(root("models/digits-mlp/model.safetensors"))
+            .arg("--eval")
+            .arg(root("models/digits-mlp/digits_test.safetensors"))
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .expect("run wginfer")
+    };
+    let o = run("models/digits-mlp/digits_train.safetensors");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(text.matches("int4 gptq").count(), 3, "{text}");
+    assert!(text.contains("calibration: 1,347 rows"), "{text}");
+    let q = Model::load(&out).expect("load the written model");
+    assert!(digits_accuracy(&q, &digits_split("test")) > 0.96);
+    // Texts for a model without a tokenizer: an error that names the file.
+    let bad = tmp.path().join("texts.txt");
+    std::fs::write(&bad, "one\ntwo\n").expect("write");
+    let o = run(bad.to_str().expect("path"));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tokenizer.json"));
+}
+
+#[test]
 fn calibration_data_errors_are_typed() {
     let model = Model::load(root("models/digits-mlp/model.safetensors")).expect("model");
     let x = Tensor::from_vec(vec![4, 64], vec![0.5f32; 256]).expect("x");
@@ -201,7 +232,8 @@ fn minilm_gptq_int4_is_closer_to_f32() {
         "MiniLM int4 GPTQ: cosine to f32 min {min:.5} mean {mean:.5} (forward passes {secs:.2} s, quantize {total:.2} s, {} tokens)",
         cal.rows()
     ));
-    assert!(min >= 0.95, "int4 GPTQ min cosine {min}");
+    // Measured 0.9797 (round-to-nearest with the per-block scale search: 0.9506).
+    assert!(min >= 0.975, "int4 GPTQ min cosine {min}");
 }
 
 /// The README table: `cargo test --release --test calibration minilm_table -- --ignored --nocapture`.
@@ -228,47 +260,5 @@ fn minilm_table() {
         let (a, b, _, t0) = minilm_cosines(&m, &tok, &texts, &base, f, None);
         let (c, d, t, t1) = minilm_cosines(&m, &tok, &texts, &base, f, Some(&cal));
         println!("| {f} | {a:.5} / {b:.5} | {c:.5} / {d:.5} | {t0:.1} s / {t1:.1} s ({t:.1} s) |");
-    }
-}
-
-#[test]
-#[ignore = "sweep"]
-fn minilm_sweep() {
-    let Some(dir) = minilm::model_dir() else { return };
-    let r = minilm::reference();
-    let m = Model::load(&dir).expect("load");
-    let tok = dir.join("tokenizer.json");
-    let texts = r.text_refs();
-    let base = Embedder::new(&m, &tok, Device::Cpu)
-        .expect("e")
-        .embed(&texts)
-        .expect("e")
-        .vectors;
-    let cal_texts = minilm_calibration_texts();
-    let refs: Vec<&str> = cal_texts.iter().map(String::as_str).collect();
-    let cal = Calibration::from_texts(&m, &tok, &refs).expect("calibration");
-    for f in ["int4", "int4/128"] {
-        for act_order in [false, true] {
-            for damp in [0.01, 0.1, 1.0] {
-                let mut opts = QuantizeOptions::new(f.parse().expect("format"));
-                opts.calibration = Some(cal.clone());
-                opts.gptq.act_order = act_order;
-                opts.gptq.damp = damp;
-                let (q, _) = quantize(&m, &opts, |_, _| {}).expect("quantize");
-                let v = Embedder::new(&q, &tok, Device::Cpu)
-                    .expect("e")
-                    .embed(&texts)
-                    .expect("e")
-                    .vectors;
-                let cos: Vec<f32> = v.iter().zip(&base).map(|(a, b)| cosine(a, b)).collect();
-                let cs: Vec<String> = cos.iter().map(|c| format!("{c:.3}")).collect();
-                println!(
-                    "{f} act_order {act_order} damp {damp}: min {:.5} mean {:.5} [{}]",
-                    cos.iter().copied().fold(1.0, f32::min),
-                    cos.iter().sum::<f32>() / cos.len() as f32,
-                    cs.join(" ")
-                );
-            }
-        }
     }
 }

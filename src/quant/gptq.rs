@@ -11,10 +11,12 @@
 //! close. Updates inside a block of 128 columns are applied at once; the rest
 //! of the row gets them lazily when the block ends (the paper's batching).
 //!
+//! By default columns go in order of decreasing `diag H` ([`GptqOptions::act_order`]).
 //! The result is packed in the format's ordinary tensors — group parameters
 //! are chosen with the same least-squares searches as plain quantization
-//! ([`super::quantize_weight`]), from the error-updated weights when the
-//! group's first column is reached — so every kernel runs it unchanged.
+//! ([`super::quantize_weight`]): from the original weights with `act_order`,
+//! else from the error-updated weights when the group's first column is
+//! reached — so every kernel runs it unchanged.
 //! Supported: int4 blocks (symmetric and with a minimum), int8 symmetric and
 //! W8A8 (per-channel scale).
 
