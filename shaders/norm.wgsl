@@ -5,7 +5,7 @@
 // Bindings: 0 output, 1 parameters, 2.. inputs.
 //   layernorm:  2 x, 3 scale, 4 bias (a zero buffer when absent)
 //   layernorm_stats: the same (reads x only)
-//   batchnorm:  2 x, 3 scale, 4 bias, 5 mean, 6 var
+//   batchnorm, batchnorm_train:  2 x, 3 scale, 4 bias, 5 mean, 6 var
 // Workgroups are laid out 2-D when one dimension would exceed the limit:
 // the flat workgroup index is wg.y * num_workgroups.x + wg.x.
 
@@ -157,4 +157,48 @@ fn batchnorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let c = (i / params.a) % params.len;
     let inv = 1.0 / sqrt(variance[c] + bitcast<f32>(params.eps_bits));
     y[i] = (x[i] - mean[c]) * inv * scale[c] + bias[c];
+}
+
+// BatchNormalization in training mode, one workgroup per channel: the
+// channel's batch mean and (population) variance by two tree reductions,
+// then STAT 0 writes y (normalised with them), STAT 1 the running mean and
+// STAT 2 the running variance (`input · momentum + batch · (1 - momentum)`,
+// one value per channel). Parameters: n elements, len channels, a elements
+// per channel plane, b the batch size, pad0 the momentum as f32 bits.
+@compute @workgroup_size(64)
+fn batchnorm_train(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) li: u32) {
+    // Uniform across the workgroup, so the barriers stay in uniform control flow.
+    let c = wg.y * nwg.x + wg.x;
+    if (c >= params.len) {
+        return;
+    }
+    let plane = params.a;
+    let count = params.b * plane;
+    let inv_count = 1.0 / f32(max(count, 1u));
+    var s = 0.0;
+    for (var k = li; k < count; k = k + WG) {
+        s = s + x[((k / plane) * params.len + c) * plane + k % plane];
+    }
+    let m = reduce_sum(li, s) * inv_count;
+    var q = 0.0;
+    for (var k = li; k < count; k = k + WG) {
+        let d = x[((k / plane) * params.len + c) * plane + k % plane] - m;
+        q = q + d * d;
+    }
+    let v = reduce_sum(li, q) * inv_count;
+    let momentum = bitcast<f32>(params.pad0);
+    if (STAT == 0u) {
+        let inv = 1.0 / sqrt(v + bitcast<f32>(params.eps_bits));
+        for (var k = li; k < count; k = k + WG) {
+            let at = ((k / plane) * params.len + c) * plane + k % plane;
+            y[at] = (x[at] - m) * inv * scale[c] + bias[c];
+        }
+    } else if (li == 0u) {
+        if (STAT == 1u) {
+            y[c] = mean[c] * momentum + m * (1.0 - momentum);
+        } else {
+            y[c] = variance[c] * momentum + v * (1.0 - momentum);
+        }
+    }
 }

@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::ops::conv::{Conv, Window};
 use crate::ops::gemm::Gemm;
 use crate::ops::layout::Concat;
-use crate::ops::norm::{BatchNorm, LayerNorm};
+use crate::ops::norm::{BatchNorm, BatchNormTraining, LayerNorm};
 use crate::ops::pool::{GlobalAveragePool, Pool};
 use crate::ops::{normalize_axis, Op};
 use crate::tensor::{numel, DType};
@@ -25,6 +25,7 @@ pub(crate) fn has_kernel(op: &dyn Op) -> bool {
     let any = op.as_any();
     any.is::<LayerNorm>()
         || any.is::<BatchNorm>()
+        || any.is::<BatchNormTraining>()
         || any.is::<Conv>()
         || any.downcast_ref::<Pool>().is_some_and(|p| !p.indices)
         || any.is::<GlobalAveragePool>()
@@ -40,6 +41,7 @@ pub(crate) fn select(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> 
     let any = op.as_any();
     let ours = any.is::<LayerNorm>()
         || any.is::<BatchNorm>()
+        || any.is::<BatchNormTraining>()
         || any.is::<Conv>()
         || any.is::<Pool>()
         || any.is::<GlobalAveragePool>()
@@ -56,6 +58,9 @@ pub(crate) fn select(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> 
     }
     if let Some(bn) = any.downcast_ref::<BatchNorm>() {
         return batch_norm(op, bn, inputs, caps).map(Some);
+    }
+    if let Some(bn) = any.downcast_ref::<BatchNormTraining>() {
+        return batch_norm_training(op, bn, inputs, caps).map(Some);
     }
     if let Some(c) = any.downcast_ref::<Conv>() {
         return conv(op, c, inputs, caps).map(Some);
@@ -171,6 +176,44 @@ fn batch_norm(op: &dyn Op, bn: &BatchNorm, inputs: &[(DType, &[usize])], caps: &
         groups,
         (0..5).map(Bind::Input).collect(),
     ))
+}
+
+/// Three dispatches of `norm.wgsl::batchnorm_train` (a workgroup per
+/// channel): y, the running mean, the running variance.
+fn batch_norm_training(
+    op: &dyn Op,
+    bn: &BatchNormTraining,
+    inputs: &[(DType, &[usize])],
+    caps: &Caps,
+) -> Result<NodeKernel, Error> {
+    let x = inputs[0].1;
+    if x.len() < 2 || inputs.len() != 5 || inputs[1..].iter().any(|(_, s)| numel(s) != x[1]) {
+        return Err(unsupported(op, "f32 with these shapes", caps));
+    }
+    let plane: usize = x[2..].iter().product();
+    let groups = grid(x[1], caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many channels)", caps))?;
+    let params = vec![
+        numel(x) as u32,
+        x[1] as u32,
+        plane as u32,
+        x[0] as u32,
+        bn.epsilon.to_bits(),
+        bn.momentum.to_bits(),
+        0,
+        0,
+    ];
+    let stat = |code: f64| {
+        let mut s = spec(
+            ShaderId::Norm,
+            "batchnorm_train",
+            params.clone(),
+            groups,
+            (0..5).map(Bind::Input).collect(),
+        );
+        s.key.constants = vec![("STAT", code.to_bits())];
+        s
+    };
+    Ok(NodeKernel::Multi(vec![stat(0.0), stat(1.0), stat(2.0)]))
 }
 
 /// Padding before and output length along both spatial axes.
