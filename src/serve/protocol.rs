@@ -44,6 +44,7 @@ pub fn datatype_name(dtype: DType) -> &'static str {
         DType::U4 => "UINT4",
         DType::I2 => "INT2",
         DType::U2 => "UINT2",
+        DType::F8E8M0 => "FP8_E8M0",
     }
 }
 
@@ -72,9 +73,10 @@ pub fn parse_datatype(name: &str) -> Result<DType, ServeError> {
         "UINT4" => DType::U4,
         "INT2" => DType::I2,
         "UINT2" => DType::U2,
+        "FP8_E8M0" => DType::F8E8M0,
         other => {
             return Err(ServeError::bad(format!(
-                "datatype `{other}` is not supported; use one of FP32, FP64, FP16, BF16, INT8, UINT8, INT16, UINT16, INT32, UINT32, INT64, UINT64, BOOL (or FP8_E4M3FN, FP8_E4M3FNUZ, FP8_E5M2, FP8_E5M2FNUZ, FP4_E2M1, INT4, UINT4, INT2, UINT2, one byte each)"
+                "datatype `{other}` is not supported; use one of FP32, FP64, FP16, BF16, INT8, UINT8, INT16, UINT16, INT32, UINT32, INT64, UINT64, BOOL (or FP8_E4M3FN, FP8_E4M3FNUZ, FP8_E5M2, FP8_E5M2FNUZ, FP8_E8M0, FP4_E2M1, INT4, UINT4, INT2, UINT2, one byte each)"
             )))
         }
     })
@@ -105,6 +107,7 @@ pub fn config_type_name(dtype: DType) -> &'static str {
         DType::U4 => "TYPE_UINT4",
         DType::I2 => "TYPE_INT2",
         DType::U2 => "TYPE_UINT2",
+        DType::F8E8M0 => "TYPE_FP8_E8M0",
     }
 }
 
@@ -576,6 +579,7 @@ impl Serialize for JsonData<'_> {
             Storage::U4(v) => v.iter().try_for_each(|x| seq.serialize_element(&x.0))?,
             Storage::I2(v) => v.iter().try_for_each(|x| seq.serialize_element(&x.0))?,
             Storage::U2(v) => v.iter().try_for_each(|x| seq.serialize_element(&x.0))?,
+            Storage::F8E8M0(v) => v.iter().try_for_each(|x| seq.serialize_element(&x.to_f32()))?,
         }
         seq.end()
     }

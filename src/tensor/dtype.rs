@@ -55,11 +55,13 @@ pub enum DType {
     I2,
     /// Unsigned 2-bit integer (held one per byte).
     U2,
+    /// float8 E8M0: a power of two (the MX scale format).
+    F8E8M0,
 }
 
 impl DType {
     /// Every dtype, in declaration order.
-    pub const ALL: [DType; 22] = [
+    pub const ALL: [DType; 23] = [
         DType::F32,
         DType::F16,
         DType::BF16,
@@ -82,6 +84,7 @@ impl DType {
         DType::U4,
         DType::I2,
         DType::U2,
+        DType::F8E8M0,
     ];
 
     /// Bytes per element in memory (the 4- and 2-bit types are held one per
@@ -91,7 +94,8 @@ impl DType {
             DType::F32 | DType::I32 | DType::U32 => 4,
             DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
             DType::I8 | DType::U8 | DType::Bool => 1,
-            DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ | DType::F4E2M1 => 1,
+            DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ | DType::F8E8M0 => 1,
+            DType::F4E2M1 => 1,
             DType::I4 | DType::U4 | DType::I2 | DType::U2 => 1,
             DType::I64 | DType::U64 | DType::F64 => 8,
         }
@@ -122,6 +126,7 @@ impl DType {
             DType::U4 => "u4",
             DType::I2 => "i2",
             DType::U2 => "u2",
+            DType::F8E8M0 => "f8e8m0",
         }
     }
 
@@ -138,6 +143,7 @@ impl DType {
                 | DType::F8E5M2
                 | DType::F8E5M2FNUZ
                 | DType::F4E2M1
+                | DType::F8E8M0
         )
     }
 
@@ -182,6 +188,7 @@ impl DType {
             DType::F8E4M3FNUZ => S::F8_E4M3FNUZ,
             DType::F8E5M2 => S::F8_E5M2,
             DType::F8E5M2FNUZ => S::F8_E5M2FNUZ,
+            DType::F8E8M0 => S::F8_E8M0,
             DType::F4E2M1 | DType::I4 | DType::U4 | DType::I2 | DType::U2 => return None,
         })
     }
@@ -207,6 +214,7 @@ impl DType {
             S::F8_E4M3FNUZ => DType::F8E4M3FNUZ,
             S::F8_E5M2 => DType::F8E5M2,
             S::F8_E5M2FNUZ => DType::F8E5M2FNUZ,
+            S::F8_E8M0 => DType::F8E8M0,
             _ => return None,
         })
     }
@@ -275,3 +283,4 @@ element!(lowp::I4, I4);
 element!(lowp::U4, U4);
 element!(lowp::I2, I2);
 element!(lowp::U2, U2);
+element!(lowp::F8E8M0, F8E8M0);

@@ -280,6 +280,56 @@ small_int! {
     U2(u8, 2, false);
 }
 
+/// float8 E8M0 (the OCP MX scale): the value `2^(bits - 127)`; `0xFF` is
+/// NaN. Conversion to it rounds up to a power of two and saturates (ONNX
+/// `Cast`'s defaults, `round_mode = "up"`, `saturate = 1`): zero and values
+/// below `2^-127` become `2^-127`, values above `2^127` and infinities
+/// `2^127`. The sign is ignored (ONNX leaves negative inputs unspecified).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct F8E8M0(pub u8);
+
+impl F8E8M0 {
+    /// The value of the pattern.
+    pub fn decode(self) -> f32 {
+        if self.0 == 0xFF {
+            f32::NAN
+        } else {
+            2f64.powi(self.0 as i32 - 127) as f32
+        }
+    }
+
+    /// `|x|` rounded up to a power of two, saturating.
+    pub fn encode(x: f64) -> Self {
+        if x.is_nan() {
+            return Self(0xFF);
+        }
+        let a = x.abs();
+        if a.is_infinite() {
+            return Self(254);
+        }
+        if a <= 2f64.powi(-127) {
+            return Self(0);
+        }
+        let e = floor_log2(a);
+        let up = if a == 2f64.powi(e) { e } else { e + 1 };
+        Self((up + 127).clamp(0, 254) as u8)
+    }
+}
+
+impl Scalar for F8E8M0 {
+    #[inline]
+    fn value(self) -> ScalarValue {
+        ScalarValue::Float(self.decode() as f64)
+    }
+    #[inline]
+    fn from_value(v: ScalarValue) -> Self {
+        match v {
+            ScalarValue::Int(i) => Self::encode(i as f64),
+            ScalarValue::Float(f) => Self::encode(f),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +375,13 @@ mod tests {
         assert_eq!(E2M1.decode(E2M1.encode(-3.5, true)), -4.0);
         assert_eq!(E2M1.decode(E2M1.encode(f64::INFINITY, false)), 6.0);
         assert_eq!(E2M1.encode(f64::NAN, true), 0x8);
+        // E8M0 rounds up to a power of two and saturates.
+        let e8: Vec<f32> = [0.0, 0.124, 0.25, 1.1, 8.0, 1e300, f64::NAN]
+            .iter()
+            .map(|&x| F8E8M0::encode(x).decode())
+            .collect();
+        assert_eq!(&e8[..6], &[2f32.powi(-127), 0.125, 0.25, 2.0, 8.0, 2f32.powi(127)]);
+        assert!(e8[6].is_nan());
         // Small integers wrap.
         assert_eq!(I4::from_scalar(-9.0f32), I4(7));
         assert_eq!(I4::from_scalar(8i32), I4(-8));

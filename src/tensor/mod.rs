@@ -66,6 +66,8 @@ pub enum Storage {
     I2(Vec<lowp::I2>),
     /// Unsigned 2-bit integers, one per byte.
     U2(Vec<lowp::U2>),
+    /// float8 E8M0 bit patterns.
+    F8E8M0(Vec<lowp::F8E8M0>),
 }
 
 /// Runs `$body` with `$v` bound to the vector inside any storage variant.
@@ -94,6 +96,7 @@ macro_rules! with_storage {
             $crate::tensor::Storage::U4($v) => $body,
             $crate::tensor::Storage::I2($v) => $body,
             $crate::tensor::Storage::U2($v) => $body,
+            $crate::tensor::Storage::F8E8M0($v) => $body,
         }
     };
 }
@@ -124,6 +127,7 @@ macro_rules! map_storage {
             $crate::tensor::Storage::U4($v) => $crate::tensor::Storage::U4($body),
             $crate::tensor::Storage::I2($v) => $crate::tensor::Storage::I2($body),
             $crate::tensor::Storage::U2($v) => $crate::tensor::Storage::U2($body),
+            $crate::tensor::Storage::F8E8M0($v) => $crate::tensor::Storage::F8E8M0($body),
         }
     };
 }
@@ -155,6 +159,7 @@ impl Storage {
             Storage::U4(_) => DType::U4,
             Storage::I2(_) => DType::I2,
             Storage::U2(_) => DType::U2,
+            Storage::F8E8M0(_) => DType::F8E8M0,
         }
     }
 
@@ -224,6 +229,7 @@ impl Tensor {
             DType::U4 => Storage::U4(vec![Default::default(); n]),
             DType::I2 => Storage::I2(vec![Default::default(); n]),
             DType::U2 => Storage::U2(vec![Default::default(); n]),
+            DType::F8E8M0 => Storage::F8E8M0(vec![Default::default(); n]),
         };
         Self { shape, storage }
     }
@@ -360,6 +366,7 @@ impl Tensor {
             DType::U4 => Storage::U4(conv(s)),
             DType::I2 => Storage::I2(conv(s)),
             DType::U2 => Storage::U2(conv(s)),
+            DType::F8E8M0 => Storage::F8E8M0(conv(s)),
         }
     }
 
@@ -421,6 +428,7 @@ impl Tensor {
             DType::U4 => Storage::U4(bytes.iter().map(|&b| lowp::U4::from_bits(b)).collect()),
             DType::I2 => Storage::I2(bytes.iter().map(|&b| lowp::I2::from_bits(b)).collect()),
             DType::U2 => Storage::U2(bytes.iter().map(|&b| lowp::U2::from_bits(b)).collect()),
+            DType::F8E8M0 => Storage::F8E8M0(bytes.iter().map(|&b| lowp::F8E8M0(b)).collect()),
             DType::Bool => {
                 if let Some(pos) = bytes.iter().position(|&b| b > 1) {
                     return Err(TensorError::InvalidBool {
@@ -466,6 +474,7 @@ impl Tensor {
             Storage::U4(v) => v.iter().map(|x| x.to_bits()).collect(),
             Storage::I2(v) => v.iter().map(|x| x.to_bits()).collect(),
             Storage::U2(v) => v.iter().map(|x| x.to_bits()).collect(),
+            Storage::F8E8M0(v) => v.iter().map(|x| x.0).collect(),
         }
     }
 

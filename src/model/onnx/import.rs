@@ -785,6 +785,15 @@ impl Ctx<'_> {
                 if float8 && a.i("saturate", 1) == 0 {
                     return self.emit(name, Arc::new(CastUnsaturated { to }), &ins[..1], &outs);
                 }
+                if to == DType::F8E8M0 {
+                    let mode = a.s("round_mode").unwrap_or_else(|| "up".into());
+                    if mode != "up" || a.i("saturate", 1) == 0 {
+                        return Err(skip(format!(
+                            "cast to float8e8m0 with round_mode `{mode}`, saturate {} (only up, saturating)",
+                            a.i("saturate", 1)
+                        )));
+                    }
+                }
                 (Arc::new(Cast { to }), vec![ins[0].clone()])
             }
             "Conv" => {

@@ -154,6 +154,7 @@ pub fn dtype_from_onnx(code: i32) -> Option<DType> {
         d::UINT4 => DType::U4,
         d::INT2 => DType::I2,
         d::UINT2 => DType::U2,
+        d::FLOAT8E8M0 => DType::F8E8M0,
         _ => return None,
     })
 }
@@ -233,7 +234,7 @@ pub fn tensor_from_proto(t: &proto::TensorProto, dir: &Path) -> Result<Tensor, O
     };
     let dtype = dtype_from_onnx(t.data_type).ok_or_else(|| {
         bad(format!(
-            "element type {} (code {}) is not supported; wginfer reads float, double, float16, bfloat16, float8 (e4m3fn, e4m3fnuz, e5m2, e5m2fnuz), float4e2m1, 2- to 64-bit integers and bool",
+            "element type {} (code {}) is not supported; wginfer reads float, double, float16, bfloat16, float8 (e4m3fn, e4m3fnuz, e5m2, e5m2fnuz, e8m0), float4e2m1, 2- to 64-bit integers and bool",
             onnx_type_name(t.data_type),
             t.data_type
         ))
