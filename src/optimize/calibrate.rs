@@ -88,12 +88,17 @@ impl Calibration {
 
     /// Texts for a text model (BERT: `input_ids`, `attention_mask`, ...),
     /// tokenized with `tokenizer_json` as [`Embedder`] does, in passes of
-    /// [`PASS_TEXTS`].
+    /// [`PASS_TEXTS`] texts of similar token counts.
     pub fn from_texts(model: &Model, tokenizer_json: &Path, texts: &[&str]) -> Result<Self, Error> {
         let embedder = Embedder::new(model, tokenizer_json, Device::Cpu)?;
         let g = model.graph();
+        // Texts of similar length share a pass (less padding to compute and mask).
+        let counts = embedder.tokenize(texts)?.token_counts;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| counts[i]);
+        let sorted: Vec<&str> = order.iter().map(|&i| texts[i]).collect();
         let mut passes = Vec::new();
-        for chunk in texts.chunks(PASS_TEXTS) {
+        for chunk in sorted.chunks(PASS_TEXTS) {
             let batch = embedder.tokenize(chunk)?;
             let shape = batch.input_ids.shape().to_vec();
             let (rows, seq) = (shape[0], shape.get(1).copied().unwrap_or(0));
