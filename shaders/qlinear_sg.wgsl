@@ -2,8 +2,8 @@
 // shaders/qlinear_sg.wgsl); edit that, not this file.
 //
 // QLinear for adapters whose subgroups have at least 8 invocations, with
-// K % 32 == 0 and M >= 4: the weight-only formats 1-6 and W8A8 (7) of
-// qlinear.wgsl, which this file is appended to (its Params, bindings and
+// K % 32 == 0 and M >= 4: the weight-only formats 1-6, W8A8 (7), XNOR (8,
+// entry `sg_xnor`) and N:M with N/M = 1/2 (9: 2:4, 4:8) of qlinear.wgsl, which this file is appended to (its Params, bindings and
 // decoders). The engine picks it on software adapters (llvmpipe) with
 // subgroups.
 //
@@ -20,7 +20,8 @@
 // workgroup covers 16 rows × 512 columns: grid [⌈N/512⌉, ⌈M/16⌉]. Per chunk of
 // 32 inputs an invocation loads its 8 columns' packed words (int8 and pow2:
 // two vec4 per column; int4: one vec4 and the block's f16 scale; binary: one
-// word; f16: four vec4), decodes them and does 16 × 8 × 32 multiply-adds.
+// word; f16: four vec4; N:M: four vec4 of kept values and two words of
+// positions, expanded to dense vectors), decodes them and does 16 × 8 × 32 multiply-adds.
 // Weights are decoded without their per-channel factor (int8, affine, pow2,
 // binary, W8A8), which is applied once to each sum; int4 applies its block
 // scale when decoding.
@@ -47,6 +48,9 @@ struct Chunk {
     d: vec4<u32>,
     s: f32,
     z: f32,
+    // N:M: the chunk's 16 position nibbles.
+    ia: u32,
+    ib: u32,
 }
 
 fn sg_chunk(j: u32, kc: u32) -> Chunk {
@@ -68,6 +72,17 @@ fn sg_chunk(j: u32, kc: u32) -> Chunk {
         }
     } else if (FORMAT == 6u) {
         ch.a = vec4<u32>(t0[j * params.aux + kc], 0u, 0u, 0u);
+    } else if (FORMAT == 9u) {
+        // 16 kept values (f32) and their nibbles per 32 inputs (N/M = 1/2).
+        let kept = params.aux;
+        let e = j * (kept / 4u) + kc * 4u;
+        ch.a = w4[e];
+        ch.b = w4[e + 1u];
+        ch.c = w4[e + 2u];
+        ch.d = w4[e + 3u];
+        let ie = j * (kept / 8u) + kc * 2u;
+        ch.ia = t1[ie];
+        ch.ib = t1[ie + 1u];
     } else {
         let e = j * (k / 16u) + kc * 2u;
         ch.a = w4[e];
@@ -105,6 +120,22 @@ fn sg_dec(ch: Chunk, i: u32) -> vec4<f32> {
             return q * ch.s + ch.z;
         }
         return (q - 8.0) * ch.s;
+    }
+    if (FORMAT == 9u) {
+        // Dense inputs 4i..4i+3 from the kept values of their group.
+        var w = vec4<f32>(0.0);
+        let g = (4u * i) / NM_M;
+        for (var q = 0u; q < NM_N; q = q + 1u) {
+            let t = g * NM_N + q;
+            var nib = ch.ia;
+            if (t >= 8u) {
+                nib = ch.ib;
+            }
+            let p = g * NM_M + ((nib >> (4u * (t & 7u))) & 0xfu);
+            let v = bitcast<f32>(sg_word(ch, t));
+            w = w + select(vec4<f32>(0.0), vec4<f32>(v), vec4<u32>(p) == vec4<u32>(4u * i) + vec4<u32>(0u, 1u, 2u, 3u));
+        }
+        return w;
     }
     if (FORMAT == 6u) {
         let on = ((vec4<u32>(ch.a.x >> (4u * i)) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u)) == vec4<u32>(1u);
@@ -907,4 +938,248 @@ fn sg(
     store4(row0 + 14u, col0 + 4u, a14_1 * f1 * s14);
     store4(row0 + 15u, col0 + 0u, a15_0 * f0 * s15);
     store4(row0 + 15u, col0 + 4u, a15_1 * f1 * s15);
+}
+
+// XNOR (FORMAT 8): β = mean |x| per row (subgroupAdd over the first 8 lanes'
+// partial sums); per chunk of 32 inputs each lane turns its 4 inputs into
+// sign bits (set where x >= 0) at bits 4·lane.., subgroupOr gathers the
+// row's word, and every column adds popcount(x ^ w). K % 32 == 0, so no bits
+// lie beyond K.
+@compute @workgroup_size(64)
+fn sg_xnor(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+    @builtin(subgroup_invocation_id) sid: u32,
+) {
+    let m = params.m;
+    let n = params.n;
+    let k = params.k;
+    let k4 = k / 4u;
+    let words = params.aux;
+    let row0 = wg.y * 16u;
+    let col0 = (wg.x * 64u + li) * 8u;
+    let lane = sid & 7u;
+    let first = sid < 8u;
+    let rx0 = min(row0 + 0u, m - 1u) * k4 + lane;
+    let rx1 = min(row0 + 1u, m - 1u) * k4 + lane;
+    let rx2 = min(row0 + 2u, m - 1u) * k4 + lane;
+    let rx3 = min(row0 + 3u, m - 1u) * k4 + lane;
+    let rx4 = min(row0 + 4u, m - 1u) * k4 + lane;
+    let rx5 = min(row0 + 5u, m - 1u) * k4 + lane;
+    let rx6 = min(row0 + 6u, m - 1u) * k4 + lane;
+    let rx7 = min(row0 + 7u, m - 1u) * k4 + lane;
+    let rx8 = min(row0 + 8u, m - 1u) * k4 + lane;
+    let rx9 = min(row0 + 9u, m - 1u) * k4 + lane;
+    let rx10 = min(row0 + 10u, m - 1u) * k4 + lane;
+    let rx11 = min(row0 + 11u, m - 1u) * k4 + lane;
+    let rx12 = min(row0 + 12u, m - 1u) * k4 + lane;
+    let rx13 = min(row0 + 13u, m - 1u) * k4 + lane;
+    let rx14 = min(row0 + 14u, m - 1u) * k4 + lane;
+    let rx15 = min(row0 + 15u, m - 1u) * k4 + lane;
+    let j0 = min(col0 + 0u, n - 1u);
+    let j1 = min(col0 + 1u, n - 1u);
+    let j2 = min(col0 + 2u, n - 1u);
+    let j3 = min(col0 + 3u, n - 1u);
+    let j4 = min(col0 + 4u, n - 1u);
+    let j5 = min(col0 + 5u, n - 1u);
+    let j6 = min(col0 + 6u, n - 1u);
+    let j7 = min(col0 + 7u, n - 1u);
+    var b0 = vec4<f32>(0.0);
+    var b1 = vec4<f32>(0.0);
+    var b2 = vec4<f32>(0.0);
+    var b3 = vec4<f32>(0.0);
+    var b4 = vec4<f32>(0.0);
+    var b5 = vec4<f32>(0.0);
+    var b6 = vec4<f32>(0.0);
+    var b7 = vec4<f32>(0.0);
+    var b8 = vec4<f32>(0.0);
+    var b9 = vec4<f32>(0.0);
+    var b10 = vec4<f32>(0.0);
+    var b11 = vec4<f32>(0.0);
+    var b12 = vec4<f32>(0.0);
+    var b13 = vec4<f32>(0.0);
+    var b14 = vec4<f32>(0.0);
+    var b15 = vec4<f32>(0.0);
+    var d0_0 = vec4<u32>(0u);
+    var d0_1 = vec4<u32>(0u);
+    var d1_0 = vec4<u32>(0u);
+    var d1_1 = vec4<u32>(0u);
+    var d2_0 = vec4<u32>(0u);
+    var d2_1 = vec4<u32>(0u);
+    var d3_0 = vec4<u32>(0u);
+    var d3_1 = vec4<u32>(0u);
+    var d4_0 = vec4<u32>(0u);
+    var d4_1 = vec4<u32>(0u);
+    var d5_0 = vec4<u32>(0u);
+    var d5_1 = vec4<u32>(0u);
+    var d6_0 = vec4<u32>(0u);
+    var d6_1 = vec4<u32>(0u);
+    var d7_0 = vec4<u32>(0u);
+    var d7_1 = vec4<u32>(0u);
+    var d8_0 = vec4<u32>(0u);
+    var d8_1 = vec4<u32>(0u);
+    var d9_0 = vec4<u32>(0u);
+    var d9_1 = vec4<u32>(0u);
+    var d10_0 = vec4<u32>(0u);
+    var d10_1 = vec4<u32>(0u);
+    var d11_0 = vec4<u32>(0u);
+    var d11_1 = vec4<u32>(0u);
+    var d12_0 = vec4<u32>(0u);
+    var d12_1 = vec4<u32>(0u);
+    var d13_0 = vec4<u32>(0u);
+    var d13_1 = vec4<u32>(0u);
+    var d14_0 = vec4<u32>(0u);
+    var d14_1 = vec4<u32>(0u);
+    var d15_0 = vec4<u32>(0u);
+    var d15_1 = vec4<u32>(0u);
+    for (var kc = 0u; kc < words; kc = kc + 1u) {
+        let w0 = vec4<u32>(t0[j0 * words + kc], t0[j1 * words + kc], t0[j2 * words + kc], t0[j3 * words + kc]);
+        let w1 = vec4<u32>(t0[j4 * words + kc], t0[j5 * words + kc], t0[j6 * words + kc], t0[j7 * words + kc]);
+        let v0 = x4[rx0 + kc * 8u];
+        b0 = b0 + abs(v0);
+        let on0 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v0 >= vec4<f32>(0.0));
+        let xb0 = vec4<u32>(subgroupOr((on0.x | on0.y | on0.z | on0.w) << (4u * lane)));
+        d0_0 = d0_0 + countOneBits(xb0 ^ w0);
+        d0_1 = d0_1 + countOneBits(xb0 ^ w1);
+        let v1 = x4[rx1 + kc * 8u];
+        b1 = b1 + abs(v1);
+        let on1 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v1 >= vec4<f32>(0.0));
+        let xb1 = vec4<u32>(subgroupOr((on1.x | on1.y | on1.z | on1.w) << (4u * lane)));
+        d1_0 = d1_0 + countOneBits(xb1 ^ w0);
+        d1_1 = d1_1 + countOneBits(xb1 ^ w1);
+        let v2 = x4[rx2 + kc * 8u];
+        b2 = b2 + abs(v2);
+        let on2 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v2 >= vec4<f32>(0.0));
+        let xb2 = vec4<u32>(subgroupOr((on2.x | on2.y | on2.z | on2.w) << (4u * lane)));
+        d2_0 = d2_0 + countOneBits(xb2 ^ w0);
+        d2_1 = d2_1 + countOneBits(xb2 ^ w1);
+        let v3 = x4[rx3 + kc * 8u];
+        b3 = b3 + abs(v3);
+        let on3 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v3 >= vec4<f32>(0.0));
+        let xb3 = vec4<u32>(subgroupOr((on3.x | on3.y | on3.z | on3.w) << (4u * lane)));
+        d3_0 = d3_0 + countOneBits(xb3 ^ w0);
+        d3_1 = d3_1 + countOneBits(xb3 ^ w1);
+        let v4 = x4[rx4 + kc * 8u];
+        b4 = b4 + abs(v4);
+        let on4 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v4 >= vec4<f32>(0.0));
+        let xb4 = vec4<u32>(subgroupOr((on4.x | on4.y | on4.z | on4.w) << (4u * lane)));
+        d4_0 = d4_0 + countOneBits(xb4 ^ w0);
+        d4_1 = d4_1 + countOneBits(xb4 ^ w1);
+        let v5 = x4[rx5 + kc * 8u];
+        b5 = b5 + abs(v5);
+        let on5 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v5 >= vec4<f32>(0.0));
+        let xb5 = vec4<u32>(subgroupOr((on5.x | on5.y | on5.z | on5.w) << (4u * lane)));
+        d5_0 = d5_0 + countOneBits(xb5 ^ w0);
+        d5_1 = d5_1 + countOneBits(xb5 ^ w1);
+        let v6 = x4[rx6 + kc * 8u];
+        b6 = b6 + abs(v6);
+        let on6 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v6 >= vec4<f32>(0.0));
+        let xb6 = vec4<u32>(subgroupOr((on6.x | on6.y | on6.z | on6.w) << (4u * lane)));
+        d6_0 = d6_0 + countOneBits(xb6 ^ w0);
+        d6_1 = d6_1 + countOneBits(xb6 ^ w1);
+        let v7 = x4[rx7 + kc * 8u];
+        b7 = b7 + abs(v7);
+        let on7 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v7 >= vec4<f32>(0.0));
+        let xb7 = vec4<u32>(subgroupOr((on7.x | on7.y | on7.z | on7.w) << (4u * lane)));
+        d7_0 = d7_0 + countOneBits(xb7 ^ w0);
+        d7_1 = d7_1 + countOneBits(xb7 ^ w1);
+        let v8 = x4[rx8 + kc * 8u];
+        b8 = b8 + abs(v8);
+        let on8 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v8 >= vec4<f32>(0.0));
+        let xb8 = vec4<u32>(subgroupOr((on8.x | on8.y | on8.z | on8.w) << (4u * lane)));
+        d8_0 = d8_0 + countOneBits(xb8 ^ w0);
+        d8_1 = d8_1 + countOneBits(xb8 ^ w1);
+        let v9 = x4[rx9 + kc * 8u];
+        b9 = b9 + abs(v9);
+        let on9 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v9 >= vec4<f32>(0.0));
+        let xb9 = vec4<u32>(subgroupOr((on9.x | on9.y | on9.z | on9.w) << (4u * lane)));
+        d9_0 = d9_0 + countOneBits(xb9 ^ w0);
+        d9_1 = d9_1 + countOneBits(xb9 ^ w1);
+        let v10 = x4[rx10 + kc * 8u];
+        b10 = b10 + abs(v10);
+        let on10 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v10 >= vec4<f32>(0.0));
+        let xb10 = vec4<u32>(subgroupOr((on10.x | on10.y | on10.z | on10.w) << (4u * lane)));
+        d10_0 = d10_0 + countOneBits(xb10 ^ w0);
+        d10_1 = d10_1 + countOneBits(xb10 ^ w1);
+        let v11 = x4[rx11 + kc * 8u];
+        b11 = b11 + abs(v11);
+        let on11 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v11 >= vec4<f32>(0.0));
+        let xb11 = vec4<u32>(subgroupOr((on11.x | on11.y | on11.z | on11.w) << (4u * lane)));
+        d11_0 = d11_0 + countOneBits(xb11 ^ w0);
+        d11_1 = d11_1 + countOneBits(xb11 ^ w1);
+        let v12 = x4[rx12 + kc * 8u];
+        b12 = b12 + abs(v12);
+        let on12 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v12 >= vec4<f32>(0.0));
+        let xb12 = vec4<u32>(subgroupOr((on12.x | on12.y | on12.z | on12.w) << (4u * lane)));
+        d12_0 = d12_0 + countOneBits(xb12 ^ w0);
+        d12_1 = d12_1 + countOneBits(xb12 ^ w1);
+        let v13 = x4[rx13 + kc * 8u];
+        b13 = b13 + abs(v13);
+        let on13 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v13 >= vec4<f32>(0.0));
+        let xb13 = vec4<u32>(subgroupOr((on13.x | on13.y | on13.z | on13.w) << (4u * lane)));
+        d13_0 = d13_0 + countOneBits(xb13 ^ w0);
+        d13_1 = d13_1 + countOneBits(xb13 ^ w1);
+        let v14 = x4[rx14 + kc * 8u];
+        b14 = b14 + abs(v14);
+        let on14 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v14 >= vec4<f32>(0.0));
+        let xb14 = vec4<u32>(subgroupOr((on14.x | on14.y | on14.z | on14.w) << (4u * lane)));
+        d14_0 = d14_0 + countOneBits(xb14 ^ w0);
+        d14_1 = d14_1 + countOneBits(xb14 ^ w1);
+        let v15 = x4[rx15 + kc * 8u];
+        b15 = b15 + abs(v15);
+        let on15 = select(vec4<u32>(0u), vec4<u32>(1u, 2u, 4u, 8u), v15 >= vec4<f32>(0.0));
+        let xb15 = vec4<u32>(subgroupOr((on15.x | on15.y | on15.z | on15.w) << (4u * lane)));
+        d15_0 = d15_0 + countOneBits(xb15 ^ w0);
+        d15_1 = d15_1 + countOneBits(xb15 ^ w1);
+    }
+    let al0 = vec4<f32>(bitcast<f32>(t1[j0]), bitcast<f32>(t1[j1]), bitcast<f32>(t1[j2]), bitcast<f32>(t1[j3]));
+    let al1 = vec4<f32>(bitcast<f32>(t1[j4]), bitcast<f32>(t1[j5]), bitcast<f32>(t1[j6]), bitcast<f32>(t1[j7]));
+    let beta0 = subgroupAdd(select(0.0, b0.x + b0.y + b0.z + b0.w, first)) / f32(max(k, 1u));
+    store4(row0 + 0u, col0 + 0u, al0 * beta0 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d0_0)));
+    store4(row0 + 0u, col0 + 4u, al1 * beta0 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d0_1)));
+    let beta1 = subgroupAdd(select(0.0, b1.x + b1.y + b1.z + b1.w, first)) / f32(max(k, 1u));
+    store4(row0 + 1u, col0 + 0u, al0 * beta1 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d1_0)));
+    store4(row0 + 1u, col0 + 4u, al1 * beta1 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d1_1)));
+    let beta2 = subgroupAdd(select(0.0, b2.x + b2.y + b2.z + b2.w, first)) / f32(max(k, 1u));
+    store4(row0 + 2u, col0 + 0u, al0 * beta2 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d2_0)));
+    store4(row0 + 2u, col0 + 4u, al1 * beta2 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d2_1)));
+    let beta3 = subgroupAdd(select(0.0, b3.x + b3.y + b3.z + b3.w, first)) / f32(max(k, 1u));
+    store4(row0 + 3u, col0 + 0u, al0 * beta3 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d3_0)));
+    store4(row0 + 3u, col0 + 4u, al1 * beta3 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d3_1)));
+    let beta4 = subgroupAdd(select(0.0, b4.x + b4.y + b4.z + b4.w, first)) / f32(max(k, 1u));
+    store4(row0 + 4u, col0 + 0u, al0 * beta4 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d4_0)));
+    store4(row0 + 4u, col0 + 4u, al1 * beta4 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d4_1)));
+    let beta5 = subgroupAdd(select(0.0, b5.x + b5.y + b5.z + b5.w, first)) / f32(max(k, 1u));
+    store4(row0 + 5u, col0 + 0u, al0 * beta5 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d5_0)));
+    store4(row0 + 5u, col0 + 4u, al1 * beta5 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d5_1)));
+    let beta6 = subgroupAdd(select(0.0, b6.x + b6.y + b6.z + b6.w, first)) / f32(max(k, 1u));
+    store4(row0 + 6u, col0 + 0u, al0 * beta6 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d6_0)));
+    store4(row0 + 6u, col0 + 4u, al1 * beta6 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d6_1)));
+    let beta7 = subgroupAdd(select(0.0, b7.x + b7.y + b7.z + b7.w, first)) / f32(max(k, 1u));
+    store4(row0 + 7u, col0 + 0u, al0 * beta7 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d7_0)));
+    store4(row0 + 7u, col0 + 4u, al1 * beta7 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d7_1)));
+    let beta8 = subgroupAdd(select(0.0, b8.x + b8.y + b8.z + b8.w, first)) / f32(max(k, 1u));
+    store4(row0 + 8u, col0 + 0u, al0 * beta8 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d8_0)));
+    store4(row0 + 8u, col0 + 4u, al1 * beta8 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d8_1)));
+    let beta9 = subgroupAdd(select(0.0, b9.x + b9.y + b9.z + b9.w, first)) / f32(max(k, 1u));
+    store4(row0 + 9u, col0 + 0u, al0 * beta9 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d9_0)));
+    store4(row0 + 9u, col0 + 4u, al1 * beta9 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d9_1)));
+    let beta10 = subgroupAdd(select(0.0, b10.x + b10.y + b10.z + b10.w, first)) / f32(max(k, 1u));
+    store4(row0 + 10u, col0 + 0u, al0 * beta10 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d10_0)));
+    store4(row0 + 10u, col0 + 4u, al1 * beta10 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d10_1)));
+    let beta11 = subgroupAdd(select(0.0, b11.x + b11.y + b11.z + b11.w, first)) / f32(max(k, 1u));
+    store4(row0 + 11u, col0 + 0u, al0 * beta11 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d11_0)));
+    store4(row0 + 11u, col0 + 4u, al1 * beta11 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d11_1)));
+    let beta12 = subgroupAdd(select(0.0, b12.x + b12.y + b12.z + b12.w, first)) / f32(max(k, 1u));
+    store4(row0 + 12u, col0 + 0u, al0 * beta12 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d12_0)));
+    store4(row0 + 12u, col0 + 4u, al1 * beta12 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d12_1)));
+    let beta13 = subgroupAdd(select(0.0, b13.x + b13.y + b13.z + b13.w, first)) / f32(max(k, 1u));
+    store4(row0 + 13u, col0 + 0u, al0 * beta13 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d13_0)));
+    store4(row0 + 13u, col0 + 4u, al1 * beta13 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d13_1)));
+    let beta14 = subgroupAdd(select(0.0, b14.x + b14.y + b14.z + b14.w, first)) / f32(max(k, 1u));
+    store4(row0 + 14u, col0 + 0u, al0 * beta14 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d14_0)));
+    store4(row0 + 14u, col0 + 4u, al1 * beta14 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d14_1)));
+    let beta15 = subgroupAdd(select(0.0, b15.x + b15.y + b15.z + b15.w, first)) / f32(max(k, 1u));
+    store4(row0 + 15u, col0 + 0u, al0 * beta15 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d15_0)));
+    store4(row0 + 15u, col0 + 4u, al1 * beta15 * vec4<f32>(vec4<i32>(i32(k)) - 2 * bitcast<vec4<i32>>(d15_1)));
 }

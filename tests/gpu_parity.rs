@@ -561,6 +561,7 @@ fn qlinear_portable_kernels_match_too() {
     let mut rng = CaseRng::new(31);
     let mut formats = wginfer::quant::all_formats();
     formats.push(wginfer::quant::WeightFormat::NM { n: 2, m: 4 });
+    formats.push(wginfer::quant::WeightFormat::NM { n: 4, m: 8 });
     for f in formats {
         for (m, k, n_out) in [(70, 256, 40), (9, 130, 67), (33, 96, 515), (4, 32, 9)] {
             let case = wginfer::ops::qlinear::case(&mut rng, f, m, k, n_out, true);

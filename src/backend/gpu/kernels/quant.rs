@@ -11,7 +11,7 @@
 //! extension's `unpack4xI8` is not available without it either).
 //!
 //! On software adapters (llvmpipe) with subgroups of at least 8, the
-//! weight-only formats and W8A8 take `qlinear_sg.wgsl` when K % 32 == 0 and M >= 4:
+//! weight-only formats, W8A8, XNOR and 2:4 / 4:8 take `qlinear_sg.wgsl` when K % 32 == 0 and M >= 4:
 //! there every storage load is a loop over the SIMD lanes, and that kernel
 //! loads each activation vector once per subgroup and the weights as vec4
 //! words (about 3x the old tiles' speed on lavapipe at 1024³).
@@ -63,7 +63,7 @@ fn format_code(f: &WeightFormat, k: usize) -> (u32, &'static str, usize) {
 const SG_ROWS: usize = 16;
 const SG_COLS: usize = 512;
 
-/// `qlinear_sg.wgsl::sg` for the weight-only formats and W8A8 (codes 1-7), given
+/// `qlinear_sg.wgsl` for the weight-only formats, W8A8, XNOR and N:M (codes 1-9), given
 /// `[m, n, k, aux]`; the caller checked K % 32 == 0.
 #[allow(clippy::too_many_arguments)]
 fn subgroup_kernel(
@@ -95,20 +95,28 @@ fn subgroup_kernel(
             list.push(("BLOCK", block as f64));
             list.push(("WITH_MIN", b(with_min)));
         }
+        WeightFormat::NM { n, m } => {
+            list.push(("NM_N", n as f64));
+            list.push(("NM_M", m as f64));
+        }
         _ => {}
     }
     // Bindings 2-6 as in qlinear.wgsl, then 7: x as vec4, 8: the packed
-    // words as vec4 (binary reads them as u32, and its rows may be shorter
-    // than 16 bytes: a dummy there).
+    // words as vec4 (binary and XNOR read them as u32, and their rows may be
+    // shorter than 16 bytes: a dummy there).
     let mut binds: Vec<Bind> = (0..1 + np).map(Bind::Input).collect();
     binds.resize(4, Bind::Zeros);
     binds.push(if has_bias { Bind::Input(1 + np) } else { Bind::Zeros });
     binds.push(Bind::Input(0));
-    binds.push(if code == 6 { Bind::Zeros } else { Bind::Input(1) });
+    binds.push(if code == 6 || code == 8 {
+        Bind::Zeros
+    } else {
+        Bind::Input(1)
+    });
     Ok(NodeKernel::Dispatch(DispatchSpec {
         key: PipelineKey {
             shader: ShaderId::QLinearSg,
-            entry: "sg",
+            entry: if code == 8 { "sg_xnor" } else { "sg" },
             constants: constants(&list),
             inputs: 7,
         },
@@ -184,8 +192,12 @@ pub(super) fn select(
     let b = |v: bool| if v { 1.0 } else { 0.0 };
     let act = fused.map(act_code).unwrap_or(0) as f64;
     let aligned = k.is_multiple_of(4);
-    // W8A8 only with its two tensors (row scales computed here, at run time).
-    let sg_format = (1..=6).contains(&code) || (code == 7 && np == 2);
+    // W8A8 only with its two tensors (row scales computed here, at run time);
+    // N:M where half the weights are kept (2:4, 4:8).
+    let sg_format = (1..=6).contains(&code)
+        || (code == 7 && np == 2)
+        || code == 8
+        || matches!(format, WeightFormat::NM { n, m } if 2 * n == m && (m == 4 || m == 8));
     if caps.subgroups && caps.software && sg_format && k.is_multiple_of(32) && m >= 4 {
         return Ok(Some(subgroup_kernel(
             &format,
