@@ -82,6 +82,8 @@ pub struct QuantizeReport {
 
 /// Replaces every `Linear` whose weight is a 2-D f32 parameter by a
 /// `QLinear` over the packed weight (unless kept). Biases stay f32.
+/// With `opts.calibration`, int4/int8/W8A8 weights are quantized by GPTQ on
+/// the f32 model's layer inputs over that data, others by round-to-nearest.
 /// `progress(done, total)` is called after each layer.
 pub fn quantize(
     model: &Model,
