@@ -554,13 +554,13 @@ impl Op for Cast {
     }
 }
 
-/// Values that probe float conversions: NaN, infinities, signed zero, f16
+/// Values that probe float conversions: infinities, signed zero, f16
 /// overflow and subnormals, exact ties (1 + 2^-11 rounds to even in f16,
 /// 1 + 2^-8 in bf16) and random values over a wide range; an odd count (two
-/// 16-bit values share a word on the GPU).
+/// 16-bit values share a word on the GPU). No NaN: cases are compared with
+/// `==` elsewhere (the ONNX node tests cover NaN).
 fn cast_values(rng: &mut CaseRng) -> Tensor {
     let mut v = vec![
-        f32::NAN,
         f32::INFINITY,
         f32::NEG_INFINITY,
         -0.0,
@@ -577,6 +577,7 @@ fn cast_values(rng: &mut CaseRng) -> Tensor {
         1e-5,
         -3.3e-6,
         1e-40,
+        -1e-30,
     ];
     for _ in 0..20 {
         let e = rng.uniform(-30.0, 20.0);

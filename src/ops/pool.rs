@@ -489,9 +489,26 @@ fn pool_cases(max: bool) -> Vec<OpCase> {
         .map(|(s, a)| {
             let attrs: Attrs = a.as_object().cloned().unwrap_or_default();
             let op = build_pool(max, &attrs).unwrap_or_else(|e| unreachable!("case attributes are valid: {e}"));
-            OpCase::new(format!("pool {s:?} {a}"), op, vec![rng.tensor(s, -1.0, 1.0)])
+            let x = if max {
+                distinct(&mut rng, s)
+            } else {
+                rng.tensor(s, -1.0, 1.0)
+            };
+            OpCase::new(format!("pool {s:?} {a}"), op, vec![x])
         })
         .collect()
+}
+
+/// Distinct values 0.05 apart in random order: every window has one clear
+/// maximum, so finite differences (steps of about 0.01) never cross a tie.
+fn distinct(rng: &mut CaseRng, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut v: Vec<f32> = (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 0.05).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    Tensor::from_vec(shape.to_vec(), v).unwrap_or_else(|e| unreachable!("n values for the shape: {e}"))
 }
 
 fn pool_sample(max: bool, rng: &mut CaseRng) -> OpCase {
