@@ -1,8 +1,8 @@
 """Seq-128, batch-1 latency of all-MiniLM-L6-v2: wginfer (CPU, release build)
 against onnxruntime on the ONNX export (export_onnx.py), f32 and int8, in one run.
 
-onnxruntime runs with 1 intra-op thread; wginfer runs with RAYON_NUM_THREADS=1
-(and again with all cores). int8 for onnxruntime is its dynamic quantization
+Both run at equal thread counts: onnxruntime with N intra-op threads,
+wginfer with RAYON_NUM_THREADS=N, for N = 1 and all cores. int8 for onnxruntime is its dynamic quantization
 (quantize_dynamic, per-channel int8 MatMul weights, u8 activations); for
 wginfer `wginfer quantize --format int8` (and w8a8). Latency is the median
 of --runs runs after a warm-up, tokenization included for wginfer (it is a
@@ -60,9 +60,9 @@ def text_of_tokens(tok, n):
     return t
 
 
-def time_ort(path, feeds, runs):
+def time_ort(path, feeds, runs, threads):
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     s.run(None, feeds)
@@ -110,26 +110,25 @@ def main():
         i8 = os.path.join(d, "minilm-int8.onnx")
         quantize_dynamic(f32, i8, weight_type=QuantType.QInt8, per_channel=True)
         rows = []
-        ort_f32 = time_ort(f32, feeds, a.runs)
-        ort_i8 = time_ort(i8, feeds, a.runs)
         wq = {}
         for fmt in ["int8", "w8a8"]:
             p = os.path.join(d, f"minilm-{fmt}.safetensors")
             subprocess.run([a.wginfer, "quantize", a.model_dir, "--format", fmt, "-o", p], check=True, capture_output=True)
             wq[fmt] = p
-        for threads in [1, 0]:
-            label = "1 thread" if threads == 1 else f"{os.cpu_count()} threads"
+        for threads in sorted({1, os.cpu_count() or 1}):
+            label = f"{threads} thread" + ("s" if threads > 1 else "")
+            ort_f32 = time_ort(f32, feeds, a.runs, threads)
+            ort_i8 = time_ort(i8, feeds, a.runs, threads)
             w32 = time_wginfer(a.wginfer, a.model_dir, a.model_dir, text, a.runs, threads)
-            rows.append((f"f32, wginfer {label}", w32, ort_f32))
+            rows.append((f"f32, {label}", w32, f"{ort_f32:.2f} (f32)", w32 / ort_f32))
             for fmt, p in wq.items():
                 w = time_wginfer(a.wginfer, p, a.model_dir, text, a.runs, threads)
-                rows.append((f"{fmt}, wginfer {label}", w, ort_i8))
-    print(f"seq {a.seq}, batch 1, median of {a.runs} runs; onnxruntime {ort.__version__} with 1 thread")
-    print("| model | wginfer ms | onnxruntime ms (1 thread) | ratio |")
+                rows.append((f"{fmt}, {label}", w, f"{ort_i8:.2f} (int8 dynamic)", w / ort_i8))
+    print(f"seq {a.seq}, batch 1, median of {a.runs} runs; onnxruntime {ort.__version__}, same thread count")
+    print("| model, threads | wginfer ms | onnxruntime ms | ratio |")
     print("|---|---:|---:|---:|")
-    for label, w, o in rows:
-        print(f"| {label} | {w:.2f} | {o:.2f} | {w / o:.2f}× |")
-
+    for label, w, o, r in rows:
+        print(f"| {label} | {w:.2f} | {o} | {r:.2f}× |")
 
 if __name__ == "__main__":
     main()

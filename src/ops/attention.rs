@@ -106,22 +106,36 @@ type AttnInputs<'a> = (AttnDims, [&'a [f32]; 3], Option<&'a [f32]>);
 
 /// Softmax of one score row in place over the kept keys; masked keys and a
 /// fully masked row become 0.
-fn masked_softmax(row: &mut [f32], keep: impl Fn(usize) -> bool) {
-    let max = row
-        .iter()
-        .enumerate()
-        .filter(|(j, _)| keep(*j))
-        .map(|(_, &s)| s)
-        .fold(f32::NEG_INFINITY, f32::max);
+#[inline(always)]
+fn masked_softmax(row: &mut [f32], scale: f32, keep: Option<&[f32]>) {
+    // Branch-free loops (they vectorize): `keep[j]` is 1 or 0.
+    for x in row.iter_mut() {
+        *x *= scale;
+    }
+    let max = match keep {
+        Some(keep) => row
+            .iter()
+            .zip(keep)
+            .fold(f32::NEG_INFINITY, |m, (&s, &k)| if k != 0.0 { m.max(s) } else { m }),
+        None => row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)),
+    };
     if max == f32::NEG_INFINITY {
         row.fill(0.0);
         return;
     }
-    let mut sum = 0.0f32;
-    for (j, s) in row.iter_mut().enumerate() {
-        *s = if keep(j) { (*s - max).exp() } else { 0.0 };
-        sum += *s;
+    match keep {
+        Some(keep) => {
+            for (s, &k) in row.iter_mut().zip(keep) {
+                *s = linalg::exp_fast(*s - max) * k;
+            }
+        }
+        None => {
+            for s in row.iter_mut() {
+                *s = linalg::exp_fast(*s - max);
+            }
+        }
     }
+    let sum: f32 = row.iter().sum();
     let inv = 1.0 / sum;
     for s in row.iter_mut() {
         *s *= inv;
@@ -243,6 +257,12 @@ impl Op for Attention {
             if d.sk == 0 {
                 return Ok(out);
             }
+            let keep: Option<Vec<f32>> = mask.map(|m| {
+                m[b * d.sk..(b + 1) * d.sk]
+                    .iter()
+                    .map(|&v| f32::from(v != 0.0))
+                    .collect()
+            });
             let qv = MatRef {
                 data: &q[b * d.sq * w + h * hd..],
                 rows: d.sq,
@@ -259,13 +279,11 @@ impl Op for Attention {
             };
             let mut s = vec![0.0f32; d.sq * d.sk];
             linalg::sgemm(qv, kt, &mut s, false)?;
-            let keep = |j: usize| mask.is_none_or(|m| m[b * d.sk + j] != 0.0);
-            for row in s.chunks_mut(d.sk) {
-                for x in row.iter_mut() {
-                    *x *= scale;
+            linalg::simd(|| {
+                for row in s.chunks_mut(d.sk) {
+                    masked_softmax(row, scale, keep.as_deref());
                 }
-                masked_softmax(row, keep);
-            }
+            });
             let vv = MatRef {
                 data: &v[b * d.sk * w + h * hd..],
                 rows: d.sk,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{check_arity, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
+use super::{check_arity, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Prepared, Validation};
 use crate::error::OpError;
 use crate::linalg::{self, MatRef};
 use crate::quant::{self, RowDecoder, WeightFormat};
@@ -91,6 +91,48 @@ fn binarize_rows(x: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
         }
     }
     (bits, beta)
+}
+
+/// `y[i, j] = acc[i, j]·s_x[i]·s_w[j] + b[j]`: W8A8's int32 sums to outputs.
+fn w8a8_scale(y: &mut [f32], acc: &[i32], xs: &[f32], ws: &[f32], bias: Option<&[f32]>, n: usize) {
+    let scale = |(i, (yr, ar)): (usize, (&mut [f32], &[i32]))| {
+        linalg::simd(|| match bias {
+            Some(b) => {
+                for (((d, &a), &w), &b) in yr.iter_mut().zip(ar).zip(ws).zip(b) {
+                    *d = a as f32 * xs[i] * w + b;
+                }
+            }
+            None => {
+                for ((d, &a), &w) in yr.iter_mut().zip(ar).zip(ws) {
+                    *d = a as f32 * xs[i] * w + 0.0;
+                }
+            }
+        })
+    };
+    if y.len() >= 1 << 18 {
+        y.par_chunks_mut(n.max(1))
+            .zip(acc.par_chunks(n.max(1)))
+            .enumerate()
+            .with_min_len(16)
+            .for_each(scale);
+    } else {
+        y.chunks_mut(n.max(1))
+            .zip(acc.chunks(n.max(1)))
+            .enumerate()
+            .for_each(scale);
+    }
+}
+
+/// What [`QLinear`]'s fast CPU path prepares from its constant weight.
+enum PreparedQ {
+    /// W8A8: the int8 rows repacked for the VNNI kernel.
+    W8A8(quant::PackedI8),
+    /// Weight-only formats: the weight decoded to f32 and transposed to
+    /// `[in, out]` (the layout the `gemm` crate reads fastest), on the first
+    /// run with more than 4 rows. Runs with fewer rows decode weight rows
+    /// on the fly and never make this copy, so a session that only sees
+    /// short inputs keeps just the packed weight in memory.
+    Decoded(std::sync::OnceLock<Vec<f32>>),
 }
 
 impl Op for QLinear {
@@ -221,23 +263,7 @@ impl Op for QLinear {
                 let (xq, xs) = quant::quantize_rows_i8(x, k);
                 let mut acc = vec![0i32; m * n];
                 quant::gemm_i8(&xq, m, wq, n, k, &mut acc);
-                let scale = |(i, (yr, ar)): (usize, (&mut [f32], &[i32]))| {
-                    for (j, (d, &a)) in yr.iter_mut().zip(ar).enumerate() {
-                        *d = a as f32 * xs[i] * ws[j] + bias.map_or(0.0, |b| b[j]);
-                    }
-                };
-                if m * n >= 1 << 18 {
-                    y.par_chunks_mut(n.max(1))
-                        .zip(acc.par_chunks(n.max(1)))
-                        .enumerate()
-                        .with_min_len(16)
-                        .for_each(scale);
-                } else {
-                    y.chunks_mut(n.max(1))
-                        .zip(acc.chunks(n.max(1)))
-                        .enumerate()
-                        .for_each(scale);
-                }
+                w8a8_scale(&mut y, &acc, &xs, ws, bias, n);
             }
             WeightFormat::Binary { xnor: true } => {
                 let words = k.div_ceil(32);
@@ -311,6 +337,78 @@ impl Op for QLinear {
                     )?;
                 }
             }
+        }
+        Ok(vec![Tensor::from_vec(self.out_shape(inputs[0]), y)?])
+    }
+
+    fn prepare_cpu(&self, consts: &[Option<&Tensor>]) -> Option<Prepared> {
+        let prepared = match self.format {
+            WeightFormat::W8A8 => {
+                let (n, k) = (self.out_features, self.in_features);
+                let wq = (*consts.get(1)?)?;
+                if wq.shape() != [n, k] {
+                    return None;
+                }
+                PreparedQ::W8A8(quant::PackedI8::new(wq.as_slice::<i8>().ok()?, n, k)?)
+            }
+            WeightFormat::Binary { xnor: true } => return None,
+            _ => PreparedQ::Decoded(std::sync::OnceLock::new()),
+        };
+        Some(Prepared(Arc::new(prepared)))
+    }
+
+    fn cpu_prepared(&self, inputs: &[&Tensor], prepared: &Prepared) -> Result<Vec<Tensor>, OpError> {
+        let Some(p) = prepared.0.downcast_ref::<PreparedQ>() else {
+            return self.cpu(inputs);
+        };
+        let (x, m, packed, bias) = self.split(inputs)?;
+        let (k, n) = (self.in_features, self.out_features);
+        let mut y = vec![0.0f32; m * n];
+        match p {
+            PreparedQ::W8A8(pw) if self.format == WeightFormat::W8A8 && (pw.n(), pw.k()) == (n, k) => {
+                let ws = packed[1].as_f32()?;
+                let (xq, xs) = quant::quantize_rows_i8(x, k);
+                quant::gemm_i8_packed_scaled(&xq, &xs, m, pw, ws, bias, &mut y);
+            }
+            PreparedQ::Decoded(cell)
+                if m > 4 && !matches!(self.format, WeightFormat::W8A8 | WeightFormat::Binary { xnor: true }) =>
+            {
+                let wt = match cell.get() {
+                    Some(wt) => wt,
+                    None => {
+                        let dec = RowDecoder::new(&self.format, &packed, n, k)?;
+                        let mut w = vec![0.0f32; n * k];
+                        w.par_chunks_mut(k.max(1))
+                            .enumerate()
+                            .for_each(|(j, row)| dec.row(j, row));
+                        let mut t = vec![0.0f32; n * k];
+                        for (j, row) in w.chunks_exact(k.max(1)).enumerate() {
+                            for (i, &v) in row.iter().enumerate() {
+                                t[i * n + j] = v;
+                            }
+                        }
+                        cell.get_or_init(|| t)
+                    }
+                };
+                if wt.len() != n * k {
+                    return self.cpu(inputs);
+                }
+                let accumulate = if let Some(b) = bias {
+                    for row in y.chunks_mut(n.max(1)) {
+                        row.copy_from_slice(b);
+                    }
+                    true
+                } else {
+                    false
+                };
+                linalg::sgemm(
+                    MatRef::row_major(x, m, k),
+                    MatRef::row_major(wt, k, n),
+                    &mut y,
+                    accumulate,
+                )?;
+            }
+            _ => return self.cpu(inputs),
         }
         Ok(vec![Tensor::from_vec(self.out_shape(inputs[0]), y)?])
     }

@@ -13,14 +13,8 @@ pub fn quantize_rows_i8(x: &[f32], k: usize) -> (Vec<i8>, Vec<f32>) {
     let k = k.max(1);
     let mut q = vec![0i8; x.len()];
     let mut scales = vec![0.0f32; x.len().div_ceil(k)];
-    let row = |((qr, xr), s): ((&mut [i8], &[f32]), &mut f32)| {
-        let max = xr.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
-        *s = if max > 0.0 { max / 127.0 } else { 1.0 };
-        let inv = 1.0 / *s;
-        for (d, &v) in qr.iter_mut().zip(xr) {
-            *d = round(v * inv).clamp(-127.0, 127.0) as i8;
-        }
-    };
+    // AVX2 where available: `round` then vectorizes instead of calling libm.
+    let row = |((qr, xr), s): ((&mut [i8], &[f32]), &mut f32)| crate::linalg::simd(|| quantize_row(qr, xr, s));
     if x.len() >= 1 << 18 {
         // Rows in parallel, a few per task (tasks of one short row cost more than they save).
         q.par_chunks_mut(k)
@@ -32,6 +26,16 @@ pub fn quantize_rows_i8(x: &[f32], k: usize) -> (Vec<i8>, Vec<f32>) {
         q.chunks_mut(k).zip(x.chunks(k)).zip(scales.iter_mut()).for_each(row);
     }
     (q, scales)
+}
+
+#[inline(always)]
+fn quantize_row(q: &mut [i8], x: &[f32], s: &mut f32) {
+    let max = x.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+    *s = if max > 0.0 { max / 127.0 } else { 1.0 };
+    let inv = 1.0 / *s;
+    for (d, &v) in q.iter_mut().zip(x) {
+        *d = round(v * inv).clamp(-127.0, 127.0) as i8;
+    }
 }
 
 /// The reference int8 dot product.
@@ -54,6 +58,108 @@ pub fn gemm_i8(x: &[i8], m: usize, w: &[i8], n: usize, k: usize, out: &mut [i32]
     portable(x, m, w, n, k, out);
 }
 
+/// int8 weight rows `w [n, k]` repacked once for [`gemm_i8_packed`]: blocks of
+/// 32 outputs, and within a block, for every 4 inputs, the 32×4 bytes that
+/// one `vpdpbusd` pair reads (so the kernel needs no horizontal sums), plus
+/// `128·Σ_k w[j, k]` per output for the `x + 128` shift.
+#[derive(Clone, Debug)]
+pub struct PackedI8 {
+    n: usize,
+    k: usize,
+    data: Vec<i8>,
+    wsum128: Vec<i32>,
+}
+
+/// Outputs per packed block.
+const NB: usize = 32;
+
+impl PackedI8 {
+    /// Packs `w` (`n` rows of `k`), or `None` where the CPU lacks AVX-512
+    /// VNNI (callers then use [`gemm_i8`] on the plain rows).
+    pub fn new(w: &[i8], n: usize, k: usize) -> Option<Self> {
+        if !vnni_available() || w.len() < n * k {
+            return None;
+        }
+        let (k4, n_pad) = (k.div_ceil(4) * 4, n.div_ceil(NB) * NB);
+        let mut data = vec![0i8; n_pad * k4];
+        let mut wsum128 = vec![0i32; n_pad];
+        for j in 0..n {
+            let (blk, c) = (j / NB, j % NB);
+            let row = &w[j * k..(j + 1) * k];
+            for (p, &v) in row.iter().enumerate() {
+                data[((blk * (k4 / 4) + p / 4) * NB + c) * 4 + p % 4] = v;
+            }
+            wsum128[j] = 128 * row.iter().map(|&v| v as i32).sum::<i32>();
+        }
+        Some(Self { n, k, data, wsum128 })
+    }
+
+    /// Outputs (weight rows).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Inputs (weight columns).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+}
+
+fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[i·n + j] = Σ_k x[i·k + k']·w[j·k + k']` over weights packed by
+/// [`PackedI8::new`]: the same sums as [`gemm_i8`], exactly. Register tiles
+/// of 8 rows × 32 outputs; tasks of up to 32 rows × 128 outputs run in
+/// parallel for large products.
+pub fn gemm_i8_packed(x: &[i8], m: usize, w: &PackedI8, out: &mut [i32]) {
+    assert!(x.len() >= m * w.k && out.len() >= m * w.n, "gemm_i8_packed sizes");
+    #[cfg(target_arch = "x86_64")]
+    packed::gemm(x, m, w, packed::Epilogue::Int(out.as_mut_ptr()));
+}
+
+/// W8A8 outputs from weights packed by [`PackedI8::new`]:
+/// `y[i·n + j] = acc·xs[i]·ws[j] + bias[j]` (f32 operations in that order,
+/// as a loop over [`gemm_i8`]'s sums computes them), with `acc` the int32
+/// sum, scaled in registers as each tile finishes.
+pub fn gemm_i8_packed_scaled(
+    x: &[i8],
+    xs: &[f32],
+    m: usize,
+    w: &PackedI8,
+    ws: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let n = w.n;
+    assert!(
+        x.len() >= m * w.k && xs.len() >= m && ws.len() >= n && bias.is_none_or(|b| b.len() >= n) && y.len() >= m * n,
+        "gemm_i8_packed_scaled sizes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    packed::gemm(
+        x,
+        m,
+        w,
+        packed::Epilogue::Scaled {
+            xs: xs.as_ptr(),
+            ws: ws.as_ptr(),
+            bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+            y: y.as_mut_ptr(),
+        },
+    );
+}
+
 fn portable(x: &[i8], m: usize, w: &[i8], n: usize, k: usize, out: &mut [i32]) {
     let cols = |j: usize| &w[j * k..(j + 1) * k];
     let work = m * n * k;
@@ -67,6 +173,182 @@ fn portable(x: &[i8], m: usize, w: &[i8], n: usize, k: usize, out: &mut [i32]) {
         out[..m * n].par_chunks_mut(n.max(1)).enumerate().for_each(row);
     } else {
         out[..m * n].chunks_mut(n.max(1)).enumerate().for_each(row);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod packed {
+    use std::arch::x86_64::*;
+
+    use rayon::prelude::*;
+
+    use super::{PackedI8, NB};
+
+    /// Rows per register tile.
+    const MR: usize = 8;
+    /// Rows and packed blocks per parallel task.
+    const TASK_ROWS: usize = 32;
+    const TASK_BLOCKS: usize = 4;
+
+    /// Where tiles go: int32 sums, or W8A8 outputs (row scales `xs [m]`,
+    /// weight scales `ws [n]`, optional `bias [n]` (null: none), `y [m, n]`).
+    /// Shared by tasks that write disjoint tiles.
+    #[derive(Clone, Copy)]
+    pub enum Epilogue {
+        Int(*mut i32),
+        Scaled {
+            xs: *const f32,
+            ws: *const f32,
+            bias: *const f32,
+            y: *mut f32,
+        },
+    }
+    // SAFETY: tasks write disjoint elements (see `gemm`) and only read the rest.
+    unsafe impl Send for Epilogue {}
+    unsafe impl Sync for Epilogue {}
+
+    /// The caller checked that `x` holds `m` rows of `w.k` and that the
+    /// epilogue's buffers hold `m × w.n` outputs, `m` row scales and `w.n`
+    /// weight scales and biases.
+    pub fn gemm(x: &[i8], m: usize, w: &PackedI8, epi: Epilogue) {
+        let (n, k) = (w.n, w.k);
+        let (k4, blocks) = (k.div_ceil(4) * 4, n.div_ceil(NB));
+        if m == 0 || n == 0 {
+            return;
+        }
+        // vpdpbusd multiplies unsigned by signed bytes: rows of x + 128
+        // (x ^ 0x80), padded to a multiple of 4 (the padded weights are 0).
+        let mut xu = vec![0u8; m * k4];
+        let big = m * n * k >= 1 << 20 && rayon::current_num_threads() > 1;
+        let flip = |(d, s): (&mut [u8], &[i8])| {
+            for (d, &v) in d.iter_mut().zip(s) {
+                *d = (v as u8) ^ 0x80;
+            }
+        };
+        if big {
+            xu.par_chunks_mut(k4)
+                .zip(x.par_chunks(k.max(1)))
+                .with_min_len(64)
+                .for_each(flip);
+        } else {
+            xu.chunks_mut(k4).zip(x.chunks(k.max(1))).take(m).for_each(flip);
+        }
+        let (row_tasks, blk_tasks) = (m.div_ceil(TASK_ROWS), blocks.div_ceil(TASK_BLOCKS));
+        let task = |t: usize| {
+            let (i0, b0) = ((t / blk_tasks) * TASK_ROWS, (t % blk_tasks) * TASK_BLOCKS);
+            let (i1, b1) = ((i0 + TASK_ROWS).min(m), (b0 + TASK_BLOCKS).min(blocks));
+            for b in b0..b1 {
+                let cols = (n - b * NB).min(NB);
+                let mut i = i0;
+                while i < i1 {
+                    let rows = (i1 - i).min(MR);
+                    // SAFETY: VNNI was detected when `w` was packed. Rows i..i+rows
+                    // of xu (k4 bytes each), block b of the packed weights
+                    // (k4·NB bytes) and its NB sums are in bounds; the tile
+                    // reads outputs' scales and writes rows i..i+rows, columns
+                    // b·NB..b·NB+cols of the m × n output, which no other task
+                    // writes (see `gemm`'s contract for the buffers' sizes).
+                    unsafe {
+                        let args = Tile {
+                            x: xu.as_ptr().add(i * k4),
+                            k4,
+                            w: w.data.as_ptr().add(b * k4 * NB),
+                            wsum128: w.wsum128.as_ptr().add(b * NB),
+                            row: i,
+                            col: b * NB,
+                            ld: n,
+                            cols,
+                            epi,
+                        };
+                        match rows {
+                            8 => tile::<8>(args),
+                            7 => tile::<7>(args),
+                            6 => tile::<6>(args),
+                            5 => tile::<5>(args),
+                            4 => tile::<4>(args),
+                            3 => tile::<3>(args),
+                            2 => tile::<2>(args),
+                            _ => tile::<1>(args),
+                        }
+                    }
+                    i += rows;
+                }
+            }
+        };
+        let tasks = row_tasks * blk_tasks;
+        if big {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+    }
+
+    /// One tile: `x` at its first row, `w` at its packed block, the output
+    /// position `(row, col)` in the `ld`-wide output, `cols` valid outputs.
+    struct Tile {
+        x: *const u8,
+        k4: usize,
+        w: *const i8,
+        wsum128: *const i32,
+        row: usize,
+        col: usize,
+        ld: usize,
+        cols: usize,
+        epi: Epilogue,
+    }
+
+    /// `R` rows × up to 32 outputs: for every 4 inputs, two 64-byte weight
+    /// loads and `2R` `vpdpbusd` against the rows' 4 bytes broadcast.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile<const R: usize>(t: Tile) {
+        let mut acc = [[_mm512_setzero_si512(); 2]; R];
+        for q in 0..t.k4 / 4 {
+            let wp = t.w.add(q * 4 * NB);
+            let w0 = _mm512_loadu_si512(wp.cast());
+            let w1 = _mm512_loadu_si512(wp.add(64).cast());
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_epi32(t.x.add(r * t.k4 + q * 4).cast::<i32>().read_unaligned());
+                a[0] = _mm512_dpbusd_epi32(a[0], xv, w0);
+                a[1] = _mm512_dpbusd_epi32(a[1], xv, w1);
+            }
+        }
+        let s0 = _mm512_loadu_si512(t.wsum128.cast());
+        let s1 = _mm512_loadu_si512(t.wsum128.add(16).cast());
+        let m0 = ((1u32 << t.cols.min(16)) - 1) as __mmask16;
+        let m1 = ((1u32 << t.cols.saturating_sub(16)) - 1) as __mmask16;
+        match t.epi {
+            Epilogue::Int(out) => {
+                for (r, a) in acc.iter().enumerate() {
+                    let o = out.add((t.row + r) * t.ld + t.col);
+                    _mm512_mask_storeu_epi32(o, m0, _mm512_sub_epi32(a[0], s0));
+                    _mm512_mask_storeu_epi32(o.add(16), m1, _mm512_sub_epi32(a[1], s1));
+                }
+            }
+            Epilogue::Scaled { xs, ws, bias, y } => {
+                let (ws0, ws1) = (
+                    _mm512_maskz_loadu_ps(m0, ws.add(t.col)),
+                    _mm512_maskz_loadu_ps(m1, ws.add(t.col + 16)),
+                );
+                let (b0, b1) = if bias.is_null() {
+                    (_mm512_setzero_ps(), _mm512_setzero_ps())
+                } else {
+                    (
+                        _mm512_maskz_loadu_ps(m0, bias.add(t.col)),
+                        _mm512_maskz_loadu_ps(m1, bias.add(t.col + 16)),
+                    )
+                };
+                for (r, a) in acc.iter().enumerate() {
+                    let sx = _mm512_set1_ps(*xs.add(t.row + r));
+                    let f = |v: __m512i, s: __m512i, wv: __m512, bv: __m512| {
+                        let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(v, s));
+                        _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(v, sx), wv), bv)
+                    };
+                    let o = y.add((t.row + r) * t.ld + t.col);
+                    _mm512_mask_storeu_ps(o, m0, f(a[0], s0, ws0, b0));
+                    _mm512_mask_storeu_ps(o.add(16), m1, f(a[1], s1, ws1, b1));
+                }
+            }
+        }
     }
 }
 
@@ -242,11 +524,39 @@ mod tests {
     #[test]
     fn fast_gemm_is_exact() {
         let mut rng = crate::ops::CaseRng::new(3);
-        for (m, n, k) in [(1, 1, 1), (3, 5, 17), (5, 9, 64), (7, 3, 130), (1, 70, 1000)] {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (3, 5, 17),
+            (5, 9, 64),
+            (7, 3, 130),
+            (1, 70, 1000),
+            (19, 33, 7),
+            (70, 300, 100),
+            (130, 70, 515),
+        ] {
             let x: Vec<i8> = (0..m * k).map(|_| (rng.next_u64() % 255) as i64 as i8).collect();
             let w: Vec<i8> = (0..n * k).map(|_| (rng.next_u64() % 255) as i64 as i8).collect();
             let mut got = vec![0; m * n];
             gemm_i8(&x, m, &w, n, k, &mut got);
+            if let Some(p) = PackedI8::new(&w, n, k) {
+                let mut packed = vec![0; m * n];
+                gemm_i8_packed(&x, m, &p, &mut packed);
+                assert_eq!(packed, got, "packed {m}x{n}x{k}");
+                // The scaled epilogue: the same f32 operations as a loop over the sums.
+                let xs: Vec<f32> = (0..m).map(|i| 0.01 + i as f32 * 1e-3).collect();
+                let ws: Vec<f32> = (0..n).map(|j| 0.02 - j as f32 * 1e-4).collect();
+                let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1 - 1.0).collect();
+                for b in [None, Some(&bias[..])] {
+                    let mut y = vec![0.0f32; m * n];
+                    gemm_i8_packed_scaled(&x, &xs, m, &p, &ws, b, &mut y);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want = got[i * n + j] as f32 * xs[i] * ws[j] + b.map_or(0.0, |b| b[j]);
+                            assert_eq!(y[i * n + j].to_bits(), want.to_bits(), "scaled {m}x{n}x{k} at {i},{j}");
+                        }
+                    }
+                }
+            }
             for i in 0..m {
                 for j in 0..n {
                     assert_eq!(

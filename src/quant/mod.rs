@@ -17,7 +17,7 @@ use std::str::FromStr;
 use half::f16;
 use serde::{Deserialize, Serialize};
 
-pub use int8dot::{dot_i8, gemm_i8, quantize_rows_i8};
+pub use int8dot::{dot_i8, gemm_i8, gemm_i8_packed, gemm_i8_packed_scaled, quantize_rows_i8, PackedI8};
 pub use pack::{pack_bits, pack_nibbles, unpack_bits, unpack_nibbles};
 
 use crate::error::OpError;
