@@ -46,6 +46,8 @@ pub enum ShaderId {
     QLinearSg,
     /// `shaders/cast.wgsl`: Cast between f32, f16 and bf16 (on the bits).
     Cast,
+    /// `shaders/pool_index.wgsl`: MaxPool's Indices output (int64).
+    PoolIndex,
 }
 
 impl ShaderId {
@@ -68,6 +70,7 @@ impl ShaderId {
             ShaderId::QLinearF16 => "qlinear_f16.wgsl",
             ShaderId::QLinearSg => "qlinear_sg.wgsl",
             ShaderId::Cast => "cast.wgsl",
+            ShaderId::PoolIndex => "pool_index.wgsl",
         }
     }
 
@@ -96,6 +99,7 @@ const POOL: &str = include_str!("../../../shaders/pool.wgsl");
 const CONCAT: &str = include_str!("../../../shaders/concat.wgsl");
 const GEMM: &str = include_str!("../../../shaders/gemm.wgsl");
 const CAST: &str = include_str!("../../../shaders/cast.wgsl");
+const POOL_INDEX: &str = include_str!("../../../shaders/pool_index.wgsl");
 const MATMUL: &str = concat!(
     include_str!("../../../shaders/activation.wgsl"),
     "\n",
@@ -151,11 +155,12 @@ pub fn source(id: ShaderId) -> &'static str {
         ShaderId::Concat => CONCAT,
         ShaderId::Gemm => GEMM,
         ShaderId::Cast => CAST,
+        ShaderId::PoolIndex => POOL_INDEX,
     }
 }
 
 /// Every kernel family.
-pub const ALL: [ShaderId; 16] = [
+pub const ALL: [ShaderId; 17] = [
     ShaderId::Elementwise,
     ShaderId::Softmax,
     ShaderId::Matmul,
@@ -172,6 +177,7 @@ pub const ALL: [ShaderId; 16] = [
     ShaderId::Concat,
     ShaderId::Gemm,
     ShaderId::Cast,
+    ShaderId::PoolIndex,
 ];
 
 /// Files in `shaders/` that are not kernels themselves but are prepended to

@@ -27,7 +27,7 @@ pub(crate) fn has_kernel(op: &dyn Op) -> bool {
         || any.is::<BatchNorm>()
         || any.is::<BatchNormTraining>()
         || any.is::<Conv>()
-        || any.downcast_ref::<Pool>().is_some_and(|p| !p.indices)
+        || any.is::<Pool>()
         || any.is::<GlobalAveragePool>()
         || any.is::<Concat>()
         || any.is::<Gemm>()
@@ -276,9 +276,6 @@ fn conv(op: &dyn Op, c: &Conv, inputs: &[(DType, &[usize])], caps: &Caps) -> Res
 
 fn pool(op: &dyn Op, p: &Pool, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<NodeKernel, Error> {
     let x = inputs[0].1;
-    if p.indices {
-        return Err(unsupported(op, "f32 with the Indices output (int64)", caps));
-    }
     if x.len() != 2 + p.window.rank() {
         return Err(unsupported(op, "f32 with these shapes", caps));
     }
@@ -302,17 +299,15 @@ fn pool(op: &dyn Op, p: &Pool, inputs: &[(DType, &[usize])], caps: &Caps) -> Res
         params.extend(per_axis(v).iter().map(|&v| v as u32));
     }
     params.extend([u32::from(p.count_include_pad), 0, 0, 0]);
-    Ok(NodeKernel::Dispatch(DispatchSpec {
-        key: PipelineKey {
-            shader: ShaderId::Pool,
-            entry: "pool",
-            constants: vec![("MAX", if p.max { 1.0f64 } else { 0.0 }.to_bits())],
-            inputs: 1,
-        },
-        params,
-        groups,
-        binds: vec![Bind::Input(0)],
-    }))
+    let mut y = spec(ShaderId::Pool, "pool", params.clone(), groups, vec![Bind::Input(0)]);
+    y.key.constants = vec![("MAX", if p.max { 1.0f64 } else { 0.0 }.to_bits())];
+    if !p.indices {
+        return Ok(NodeKernel::Dispatch(y));
+    }
+    // Indices (int64, as two u32 words each) from pool_index.wgsl.
+    let mut idx = spec(ShaderId::PoolIndex, "argmax", params, groups, vec![Bind::Input(0)]);
+    idx.key.constants = vec![("COLUMN_MAJOR", if p.column_major { 1.0f64 } else { 0.0 }.to_bits())];
+    Ok(NodeKernel::Multi(vec![y, idx]))
 }
 
 fn global_average(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<NodeKernel, Error> {
