@@ -26,6 +26,26 @@ pub struct BatchNorm {
     pub epsilon: f32,
 }
 
+/// BatchNormalization's inputs, checked: the shape of x [N, C, ...], x, and
+/// the four [C] statistics (scale, bias, mean, var).
+fn batchnorm_inputs<'a>(inputs: &[&'a Tensor]) -> Result<(&'a [usize], &'a [f32], [&'a [f32]; 4]), OpError> {
+    check_arity(inputs.len(), 5, 5, "5 (x, scale, bias, mean, var)")?;
+    let s = inputs[0].shape();
+    let x = f32_input(inputs, 0)?;
+    let stats = [
+        f32_input(inputs, 1)?,
+        f32_input(inputs, 2)?,
+        f32_input(inputs, 3)?,
+        f32_input(inputs, 4)?,
+    ];
+    if s.len() < 2 || stats.iter().any(|t| t.len() != s[1]) {
+        return Err(OpError::Shape(format!(
+            "needs x [N, C, ...] and [C] statistics; got x {s:?}"
+        )));
+    }
+    Ok((s, x, stats))
+}
+
 impl BatchNorm {
     /// Per-channel multiplier and offset: `y = x · a + b`.
     pub fn affine(&self, inputs: &[&Tensor]) -> Result<(Vec<f32>, Vec<f32>), OpError> {
@@ -85,24 +105,7 @@ impl Op for BatchNorm {
     }
 
     fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
-        check_arity(inputs.len(), 5, 5, "5 (x, scale, bias, mean, var)")?;
-        let s = inputs[0].shape();
-        let x = f32_input(inputs, 0)?;
-        let (scale, bias, mean, var) = (
-            f32_input(inputs, 1)?,
-            f32_input(inputs, 2)?,
-            f32_input(inputs, 3)?,
-            f32_input(inputs, 4)?,
-        );
-        if s.len() < 2
-            || [scale.len(), bias.len(), mean.len(), var.len()]
-                .iter()
-                .any(|&l| l != s[1])
-        {
-            return Err(OpError::Shape(format!(
-                "needs x [N, C, ...] and [C] statistics; got x {s:?}"
-            )));
-        }
+        let (s, x, [scale, bias, mean, var]) = batchnorm_inputs(inputs)?;
         let inner: usize = s[2..].iter().product();
         let y = x
             .iter()
@@ -218,24 +221,7 @@ impl Op for BatchNormTraining {
 
     /// Statistics in f64, two passes (mean, then squared deviations).
     fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
-        check_arity(inputs.len(), 5, 5, "5 (x, scale, bias, mean, var)")?;
-        let s = inputs[0].shape();
-        let x = f32_input(inputs, 0)?;
-        let (scale, bias, mean, var) = (
-            f32_input(inputs, 1)?,
-            f32_input(inputs, 2)?,
-            f32_input(inputs, 3)?,
-            f32_input(inputs, 4)?,
-        );
-        if s.len() < 2
-            || [scale.len(), bias.len(), mean.len(), var.len()]
-                .iter()
-                .any(|&l| l != s[1])
-        {
-            return Err(OpError::Shape(format!(
-                "needs x [N, C, ...] and [C] statistics; got x {s:?}"
-            )));
-        }
+        let (s, x, [scale, bias, mean, var]) = batchnorm_inputs(inputs)?;
         let c = s[1];
         let inner: usize = s[2..].iter().product();
         let count = (s[0] * inner).max(1) as f64;
