@@ -26,9 +26,12 @@ pub struct BatchNorm {
     pub epsilon: f32,
 }
 
-/// BatchNormalization's inputs, checked: the shape of x [N, C, ...], x, and
-/// the four [C] statistics (scale, bias, mean, var).
-fn batchnorm_inputs<'a>(inputs: &[&'a Tensor]) -> Result<(&'a [usize], &'a [f32], [&'a [f32]; 4]), OpError> {
+/// BatchNormalization's inputs: the shape of x [N, C, ...], x, and the four
+/// [C] statistics (scale, bias, mean, var).
+type BatchNormInputs<'a> = (&'a [usize], &'a [f32], [&'a [f32]; 4]);
+
+/// BatchNormalization's inputs, checked.
+fn batchnorm_inputs<'a>(inputs: &[&'a Tensor]) -> Result<BatchNormInputs<'a>, OpError> {
     check_arity(inputs.len(), 5, 5, "5 (x, scale, bias, mean, var)")?;
     let s = inputs[0].shape();
     let x = f32_input(inputs, 0)?;
