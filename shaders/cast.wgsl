@@ -1,5 +1,9 @@
 // Cast between f32, f16 and bf16, on the raw bits (no `enable f16` needed):
 // 16-bit values are packed two to a u32, element 2k in the low half.
+// Integers (i32; i64 as two little-endian words; u8, bool and i8 packed four
+// to a word) cast to f32 only: exactly for |v| <= 2^24, and otherwise to one
+// of the two nearest f32 values (WGSL leaves the rounding of int -> float
+// to the implementation; the CPU rounds to nearest even).
 // Rounding is to nearest, ties to even, and NaNs stay NaNs with the quiet
 // bit set, as the `half` crate's conversions (the CPU reference) do.
 // Mirrors Cast in src/ops/layout.rs.
@@ -20,7 +24,8 @@ struct Params {
 @group(0) @binding(1) var<uniform> params: Params;
 @group(0) @binding(2) var<storage, read> x: array<u32>;
 
-// The input and output types: 0 f32, 1 f16, 2 bf16.
+// The input and output types: 0 f32, 1 f16, 2 bf16; inputs also 3 i32,
+// 4 i64, 5 u8 or bool, 6 i8 (with TO = 0).
 override FROM: u32 = 0u;
 override TO: u32 = 0u;
 
@@ -101,6 +106,25 @@ fn f32_to_bf16(v: u32) -> u32 {
 fn load(j: u32) -> u32 {
     if (FROM == 0u) {
         return x[j];
+    }
+    if (FROM == 3u) {
+        return bitcast<u32>(f32(bitcast<i32>(x[j])));
+    }
+    if (FROM == 4u) {
+        let lo = x[2u * j];
+        let hi = x[2u * j + 1u];
+        // The high word is the low word's sign extension: an i32 value.
+        if (hi == select(0u, 0xffffffffu, (lo & 0x80000000u) != 0u)) {
+            return bitcast<u32>(f32(bitcast<i32>(lo)));
+        }
+        return bitcast<u32>(f32(bitcast<i32>(hi)) * 4294967296.0 + f32(lo));
+    }
+    if (FROM == 5u || FROM == 6u) {
+        let byte = (x[j / 4u] >> (8u * (j % 4u))) & 0xffu;
+        if (FROM == 6u) {
+            return bitcast<u32>(f32(bitcast<i32>(byte << 24u) >> 24u));
+        }
+        return bitcast<u32>(f32(byte));
     }
     let h = (x[j / 2u] >> (16u * (j % 2u))) & 0xffffu;
     if (FROM == 1u) {

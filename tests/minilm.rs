@@ -9,6 +9,7 @@ mod common;
 use std::io::Write;
 
 use common::minilm::{self, Reference};
+use wginfer::backend::gpu::Placement;
 use wginfer::embed::cosine;
 use wginfer::optimize::quantize::{quantize, QuantizeOptions};
 use wginfer::{Device, Embedder, Model};
@@ -157,6 +158,25 @@ fn gpu_f32_matches_sentence_transformers() {
     let r = minilm::reference();
     let e = Embedder::load(&dir, Device::Gpu(choice)).expect("load on the GPU");
     say(&format!("minilm gpu test on {}", e.session().backend()));
+    // Every node, the mask's Cast from i64 included, runs on the GPU.
+    let shapes: Vec<Vec<usize>> = e
+        .session()
+        .graph()
+        .inputs()
+        .iter()
+        .map(|i| i.ty.shape.iter().map(|d| d.known().unwrap_or(8)).collect())
+        .collect();
+    if let Some(plan) = e.session().gpu_plan(Some(&shapes)) {
+        for n in &plan.expect("the GPU plan").nodes {
+            assert!(
+                !matches!(n.placement, Placement::Cpu { .. }),
+                "node {} ({}) runs on the CPU: {:?}",
+                n.node,
+                n.op,
+                n.placement
+            );
+        }
+    }
     // A short batch (lavapipe does a few GFLOP/s): the first 14 texts (at most
     // 42 tokens, padded) and the 138-token text alone.
     let texts = r.text_refs();

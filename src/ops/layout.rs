@@ -559,6 +559,34 @@ impl Op for Cast {
 /// 1 + 2^-8 in bf16) and random values over a wide range; an odd count (two
 /// 16-bit values share a word on the GPU). No NaN: cases are compared with
 /// `==` elsewhere (the ONNX node tests cover NaN).
+/// i64 values whose f32 is exact (|v| <= 2^24, or a multiple of a power of
+/// two above it, beyond the i32 range when `wide`), so that every backend
+/// agrees bit for bit.
+fn int_values(rng: &mut CaseRng, wide: bool) -> Tensor {
+    let mut v: Vec<i64> = vec![
+        0,
+        1,
+        0,
+        1,
+        1,
+        -1,
+        16_777_216,
+        -16_777_216,
+        123_456,
+        -7,
+        1 << 30,
+        -(1 << 31),
+    ];
+    if wide {
+        v.extend([1i64 << 40, -(1i64 << 40), 3 << 33, -(5 << 45), (1 << 32) + (1 << 31)]);
+    }
+    for _ in 0..20 {
+        v.push(rng.uniform(-1e6, 1e6) as i64);
+    }
+    let n = v.len();
+    Tensor::from_vec(vec![n], v).unwrap_or_else(|e| unreachable!("a vector of n values: {e}"))
+}
+
 fn cast_values(rng: &mut CaseRng) -> Tensor {
     let mut v = vec![
         f32::INFINITY,
@@ -638,6 +666,31 @@ pub const CAST: OpDef = OpDef {
                 "cast f16->bf16",
                 Arc::new(Cast { to: DType::BF16 }),
                 vec![cast_values(&mut rng).cast(DType::F16)],
+            ),
+            OpCase::new(
+                "cast i64->f32 (a mask, i32-range and large values)",
+                Arc::new(Cast { to: DType::F32 }),
+                vec![int_values(&mut rng, true)],
+            ),
+            OpCase::new(
+                "cast i32->f32",
+                Arc::new(Cast { to: DType::F32 }),
+                vec![int_values(&mut rng, false).cast(DType::I32)],
+            ),
+            OpCase::new(
+                "cast i8->f32",
+                Arc::new(Cast { to: DType::F32 }),
+                vec![rng.tensor(&[5, 7], -128.0, 127.0).cast(DType::I8)],
+            ),
+            OpCase::new(
+                "cast u8->f32",
+                Arc::new(Cast { to: DType::F32 }),
+                vec![rng.tensor(&[3, 11], 0.0, 255.0).cast(DType::U8)],
+            ),
+            OpCase::new(
+                "cast bool->f32 (an attention mask)",
+                Arc::new(Cast { to: DType::F32 }),
+                vec![rng.tensor(&[2, 13], -1.0, 1.0).cast(DType::Bool)],
             ),
         ]
     },

@@ -1,5 +1,6 @@
-//! Cast between f32, f16 and bf16 (`shaders/cast.wgsl`, on the raw bits).
-//! Mirrors `Cast` in `src/ops/layout.rs`; other dtypes fall back to the CPU.
+//! Cast between f32, f16 and bf16, and from i32, i64, u8, i8 and bool to
+//! f32 (`shaders/cast.wgsl`, on the raw bits). Mirrors `Cast` in
+//! `src/ops/layout.rs`; other dtypes fall back to the CPU.
 
 use crate::error::Error;
 use crate::ops::layout::Cast;
@@ -20,6 +21,17 @@ fn code(dt: DType) -> Option<f64> {
     }
 }
 
+/// The shader's code for an integer (or bool) dtype it casts to f32.
+fn int_code(dt: DType) -> Option<f64> {
+    match dt {
+        DType::I32 => Some(3.0),
+        DType::I64 => Some(4.0),
+        DType::U8 | DType::Bool => Some(5.0),
+        DType::I8 => Some(6.0),
+        _ => None,
+    }
+}
+
 /// True when this family has a kernel for `op` with f32 input (a Cast to
 /// f32, f16 or bf16).
 pub(crate) fn has_kernel(op: &dyn Op) -> bool {
@@ -32,10 +44,14 @@ pub(crate) fn select(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> 
         return Ok(None);
     };
     let (from, shape) = inputs[0];
-    let (Some(f), Some(t)) = (code(from), code(c.to)) else {
+    let from_int = int_code(from).filter(|_| c.to == DType::F32);
+    let (Some(f), Some(t)) = (code(from).or(from_int), code(c.to)) else {
         return Err(unsupported(
             op,
-            format!("{from} to {} (the kernel casts between f32, f16 and bf16)", c.to),
+            format!(
+                "{from} to {} (the kernel casts between f32, f16 and bf16, and i32, i64, u8, i8 and bool to f32)",
+                c.to
+            ),
             caps,
         ));
     };
