@@ -690,8 +690,12 @@ mod tests {
         assert!(e.to_string().contains("needs 2 elements"), "{e}");
         let json = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"INT8","data":[1,300]}]}"#;
         assert!(parse_infer(json, None).is_err());
-        let json = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP64","data":[1,2]}]}"#;
-        assert!(parse_infer(json, None).unwrap_err().to_string().contains("FP64"));
+        let json = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP128","data":[1,2]}]}"#;
+        assert!(parse_infer(json, None).unwrap_err().to_string().contains("FP128"));
+        // FP64 is a datatype wginfer holds (f64).
+        let json = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP64","data":[1,2.5]}]}"#;
+        let p = parse_infer(json, None).unwrap();
+        assert_eq!(p.inputs[0].1, Tensor::from_vec(vec![2], vec![1.0f64, 2.5]).unwrap());
         assert!(parse_infer(b"{", Some(10)).is_err());
     }
 }
