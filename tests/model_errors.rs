@@ -136,7 +136,11 @@ fn wrong_tensor_dtype() {
         &[],
         &[("fc3.bias", safetensors::Dtype::F64, vec![10], data)],
     ));
-    assert!(matches!(&e, ModelError::UnsupportedDType { .. }), "{e:?}");
+    assert!(
+        matches!(&e, ModelError::TensorDType { name, .. } if name == "fc3.bias"),
+        "{e:?}"
+    );
+    assert_msg(&e, &["fc3.bias", "f64", "f32"]);
     let data = vec![0u8; 4 * 10];
     let e = err(&file_with(
         Some(&graph_json()),

@@ -38,19 +38,9 @@ fn tensors_from_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, ModelError>
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
         let t = match DType::from_safetensors(view.dtype()) {
+            // numpy's default float64 data loads as the f32 models take.
+            Some(DType::F64) => Tensor::from_le_bytes(DType::F64, view.shape().to_vec(), view.data())?.cast(DType::F32),
             Some(dt) => Tensor::from_le_bytes(dt, view.shape().to_vec(), view.data())?,
-            None if view.dtype() == safetensors::Dtype::F64 => {
-                let v: Vec<f32> = view
-                    .data()
-                    .chunks_exact(8)
-                    .map(|c| {
-                        let mut a = [0u8; 8];
-                        a.copy_from_slice(c);
-                        f64::from_le_bytes(a) as f32
-                    })
-                    .collect();
-                Tensor::from_vec(view.shape().to_vec(), v)?
-            }
             None => {
                 return Err(ModelError::UnsupportedDType {
                     name,
@@ -102,4 +92,19 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> 
         let _ = std::fs::remove_file(&tmp);
         io("cannot replace", e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f64_data_loads_as_f32() {
+        let bytes: Vec<u8> = [0.5f64, -1.25, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![3], &bytes).unwrap();
+        let file = safetensors::serialize([("input", view)], None).unwrap();
+        let got = tensors_from_bytes(&file).unwrap();
+        assert_eq!(got[0].0, "input");
+        assert_eq!(got[0].1, Tensor::from_vec(vec![3], vec![0.5f32, -1.25, 3.0]).unwrap());
+    }
 }
