@@ -86,6 +86,25 @@ fn layernorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     }
 }
 
+// The mean of the row of `len` values at `base`, by one invocation.
+fn row_mean(base: u32, len: u32) -> f32 {
+    var s = 0.0;
+    for (var j = 0u; j < len; j = j + 1u) {
+        s = s + x[base + j];
+    }
+    return s * (1.0 / f32(len));
+}
+
+// 1 / sqrt(variance + epsilon) of that row, given its mean (two-pass).
+fn row_inv_std(base: u32, len: u32, m: f32) -> f32 {
+    var q = 0.0;
+    for (var j = 0u; j < len; j = j + 1u) {
+        let d = x[base + j] - m;
+        q = q + d * d;
+    }
+    return 1.0 / sqrt(q * (1.0 / f32(len)) + bitcast<f32>(params.eps_bits));
+}
+
 // Short rows: one invocation per row, no shared memory and no barriers.
 @compute @workgroup_size(64)
 fn layernorm_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -96,26 +115,16 @@ fn layernorm_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     }
     let len = params.len;
     let base = row * len;
-    let inv_len = 1.0 / f32(len);
-    var s = 0.0;
-    for (var j = 0u; j < len; j = j + 1u) {
-        s = s + x[base + j];
-    }
-    let m = s * inv_len;
-    var q = 0.0;
-    for (var j = 0u; j < len; j = j + 1u) {
-        let d = x[base + j] - m;
-        q = q + d * d;
-    }
-    let inv = 1.0 / sqrt(q * inv_len + bitcast<f32>(params.eps_bits));
+    let m = row_mean(base, len);
+    let inv = row_inv_std(base, len, m);
     for (var j = 0u; j < len; j = j + 1u) {
         let at = base + j;
         y[at] = (x[at] - m) * inv * scale[j * params.a] + bias[j * params.b];
     }
 }
 
-// LayerNormalization's extra outputs, one invocation per row (the row's
-// loops as in layernorm_rows): STAT 0 writes the row's mean, STAT 1 its
+// LayerNormalization's extra outputs, one invocation per row (the same
+// row_mean and row_inv_std as layernorm_rows): STAT 0 writes the row's mean, STAT 1 its
 // 1 / sqrt(variance + epsilon). `y` here has one value per row.
 override STAT: u32 = 0u;
 
@@ -128,22 +137,12 @@ fn layernorm_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     }
     let len = params.len;
     let base = row * len;
-    let inv_len = 1.0 / f32(len);
-    var s = 0.0;
-    for (var j = 0u; j < len; j = j + 1u) {
-        s = s + x[base + j];
-    }
-    let m = s * inv_len;
+    let m = row_mean(base, len);
     if (STAT == 0u) {
         y[row] = m;
         return;
     }
-    var q = 0.0;
-    for (var j = 0u; j < len; j = j + 1u) {
-        let d = x[base + j] - m;
-        q = q + d * d;
-    }
-    y[row] = 1.0 / sqrt(q * inv_len + bitcast<f32>(params.eps_bits));
+    y[row] = row_inv_std(base, len, m);
 }
 
 // One invocation per element: y = (x - mean[c]) / sqrt(var[c] + eps) * scale[c] + bias[c].
