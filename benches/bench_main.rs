@@ -196,7 +196,7 @@ fn qlinear(c: &mut Criterion) {
         for format in [
             WeightFormat::F16,
             WeightFormat::Int8 { affine: false },
-            WeightFormat::W8A8,
+            WeightFormat::W8A8 { outliers: 0 },
             WeightFormat::Int4 {
                 block: 32,
                 with_min: false,

@@ -110,6 +110,15 @@ pub enum OpError {
     /// The op has no gradient (for this configuration).
     #[error("{0} has no backward pass")]
     NoGradient(String),
+    /// Packed weight data that contradicts itself (a checksum that does not
+    /// match, an index out of range).
+    #[error("packed tensor `{tensor}`: {message}")]
+    PackedData {
+        /// The packed tensor's name (`wsum`, `outlier_index`, ...).
+        tensor: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A tensor-level error.
     #[error(transparent)]
     Tensor(#[from] TensorError),

@@ -210,7 +210,7 @@ fn digits_accuracy_cost_per_format() {
         );
         let loss = (base - acc) * 100.0;
         match format {
-            WeightFormat::Int8 { .. } | WeightFormat::Pow2 { .. } | WeightFormat::W8A8 | WeightFormat::F16 => {
+            WeightFormat::Int8 { .. } | WeightFormat::Pow2 { .. } | WeightFormat::W8A8 { .. } | WeightFormat::F16 => {
                 assert!(loss <= 0.3, "{format} loses {loss:.2} points (aim <= 0.3)")
             }
             WeightFormat::Int4 { .. } => assert!(loss <= 1.5, "{format} loses {loss:.2} points (aim <= 1.5)"),

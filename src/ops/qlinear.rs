@@ -93,40 +93,69 @@ fn binarize_rows(x: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
     (bits, beta)
 }
 
-/// `y[i, j] = acc[i, j]·s_x[i]·s_w[j] + b[j]`: W8A8's int32 sums to outputs.
-fn w8a8_scale(y: &mut [f32], acc: &[i32], xs: &[f32], ws: &[f32], bias: Option<&[f32]>, n: usize) {
-    let scale = |(i, (yr, ar)): (usize, (&mut [f32], &[i32]))| {
-        linalg::simd(|| match bias {
-            Some(b) => {
-                for (((d, &a), &w), &b) in yr.iter_mut().zip(ar).zip(ws).zip(b) {
-                    *d = a as f32 * xs[i] * w + b;
-                }
-            }
-            None => {
-                for ((d, &a), &w) in yr.iter_mut().zip(ar).zip(ws) {
-                    *d = a as f32 * xs[i] * w + 0.0;
-                }
-            }
+/// W8A8's packed weight, borrowed: codes, scales, row sums, outlier columns
+/// and their f32 weights `[out, c]`.
+struct W8A8Parts<'a> {
+    q: &'a [i8],
+    scale: &'a [f32],
+    wsum: &'a [i32],
+    outliers: Vec<usize>,
+    outlier_weight: &'a [f32],
+}
+
+impl<'a> W8A8Parts<'a> {
+    fn new(packed: &[&'a Tensor]) -> Result<Self, OpError> {
+        let (outliers, outlier_weight) = match (packed.get(3), packed.get(4)) {
+            (Some(i), Some(w)) => (
+                i.as_slice::<i32>()?.iter().map(|&c| c.max(0) as usize).collect(),
+                w.as_f32()?,
+            ),
+            _ => (Vec::new(), &[][..]),
+        };
+        Ok(Self {
+            q: packed[0].as_slice()?,
+            scale: packed[1].as_f32()?,
+            wsum: packed[2].as_slice()?,
+            outliers,
+            outlier_weight,
         })
-    };
-    if y.len() >= 1 << 18 {
-        y.par_chunks_mut(n.max(1))
-            .zip(acc.par_chunks(n.max(1)))
-            .enumerate()
-            .with_min_len(16)
-            .for_each(scale);
-    } else {
-        y.chunks_mut(n.max(1))
-            .zip(acc.chunks(n.max(1)))
-            .enumerate()
-            .for_each(scale);
     }
+}
+
+/// W8A8's int32 sums to outputs: `y[i, j] = ((acc - z_i·wsum_j) as f32)·(s_i·scale_j)`
+/// plus `Σ_t x[i, idx_t]·ow[j, t]` plus `b[j]` (f32, in that order; the
+/// outlier sum left to right, multiply then add).
+#[allow(clippy::too_many_arguments)]
+fn w8a8_outputs(
+    y: &mut [f32],
+    acc: &[i32],
+    x: &[f32],
+    k: usize,
+    xs: &[f32],
+    xz: &[i32],
+    w: &W8A8Parts,
+    bias: Option<&[f32]>,
+    n: usize,
+) {
+    let c = w.outliers.len();
+    let row = |(i, (yr, ar)): (usize, (&mut [f32], &[i32]))| {
+        let xo: Vec<f32> = w.outliers.iter().map(|&o| x[i * k + o]).collect();
+        for (j, (d, &a)) in yr.iter_mut().zip(ar).enumerate() {
+            let mut o = 0.0f32;
+            for (t, &v) in xo.iter().enumerate() {
+                o += v * w.outlier_weight[j * c + t];
+            }
+            *d = (a - xz[i] * w.wsum[j]) as f32 * (xs[i] * w.scale[j]) + o + bias.map_or(0.0, |b| b[j]);
+        }
+    };
+    y.chunks_mut(n.max(1))
+        .zip(acc.chunks(n.max(1)))
+        .enumerate()
+        .for_each(row);
 }
 
 /// What [`QLinear`]'s fast CPU path prepares from its constant weight.
 enum PreparedQ {
-    /// W8A8: the int8 rows repacked for the VNNI kernel.
-    W8A8(quant::PackedI8),
     /// Weight-only formats: the weight decoded to f32 and transposed to
     /// `[in, out]` (the layout the `gemm` crate reads fastest), on the first
     /// run with more than 4 rows. Runs with fewer rows decode weight rows
@@ -210,13 +239,38 @@ impl Op for QLinear {
         let b = |j: usize| bias.map_or(0.0, |b| b[j] as f64);
         let mut y = vec![0.0f32; m * n];
         match self.format {
-            WeightFormat::W8A8 => {
-                let (wq, ws) = (packed[0].as_slice::<i8>()?, packed[1].as_f32()?);
-                let (xq, xs) = quant::quantize_rows_i8(x, k);
+            WeightFormat::W8A8 { .. } => {
+                // The spec, one plain loop: asymmetric u8 activations per row
+                // (outlier inputs count as 0), exact integer sums, outliers in f64.
+                let w = W8A8Parts::new(&packed)?;
+                let c = w.outliers.len();
                 for i in 0..m {
+                    let row = &x[i * k..(i + 1) * k];
+                    let mut xp = row.to_vec();
+                    for &o in &w.outliers {
+                        xp[o] = 0.0;
+                    }
+                    let lo = xp.iter().fold(0.0f32, |a, &v| a.min(v));
+                    let hi = xp.iter().fold(0.0f32, |a, &v| a.max(v));
+                    let (s, z, q): (f32, i64, Vec<i64>) = if hi == lo {
+                        (1.0, 0, vec![0; k])
+                    } else {
+                        let s = (hi - lo) / 255.0;
+                        let inv = 1.0 / s;
+                        let z = quant::round(-lo * inv).clamp(0.0, 255.0);
+                        let q = xp
+                            .iter()
+                            .map(|&v| (quant::round(v * inv) + z).clamp(0.0, 255.0) as i64)
+                            .collect();
+                        (s, z as i64, q)
+                    };
                     for j in 0..n {
-                        let acc: i64 = (0..k).map(|p| xq[i * k + p] as i64 * wq[j * k + p] as i64).sum();
-                        y[i * n + j] = (acc as f64 * xs[i] as f64 * ws[j] as f64 + b(j)) as f32;
+                        let dot: i64 = (0..k).map(|p| q[p] * w.q[j * k + p] as i64).sum();
+                        let acc = dot - z * w.wsum[j] as i64;
+                        let outl: f64 = (0..c)
+                            .map(|t| row[w.outliers[t]] as f64 * w.outlier_weight[j * c + t] as f64)
+                            .sum();
+                        y[i * n + j] = (acc as f64 * s as f64 * w.scale[j] as f64 + outl + b(j)) as f32;
                     }
                 }
             }
@@ -258,12 +312,12 @@ impl Op for QLinear {
         let (k, n) = (self.in_features, self.out_features);
         let mut y = vec![0.0f32; m * n];
         match self.format {
-            WeightFormat::W8A8 => {
-                let (wq, ws) = (packed[0].as_slice::<i8>()?, packed[1].as_f32()?);
-                let (xq, xs) = quant::quantize_rows_i8(x, k);
+            WeightFormat::W8A8 { .. } => {
+                let w = W8A8Parts::new(&packed)?;
+                let (xq, xs, xz) = quant::quantize_rows_u8(x, k, &w.outliers);
                 let mut acc = vec![0i32; m * n];
-                quant::gemm_i8(&xq, m, wq, n, k, &mut acc);
-                w8a8_scale(&mut y, &acc, &xs, ws, bias, n);
+                quant::gemm_u8i8(&xq, m, w.q, n, k, &mut acc);
+                w8a8_outputs(&mut y, &acc, x, k, &xs, &xz, &w, bias, n);
             }
             WeightFormat::Binary { xnor: true } => {
                 let words = k.div_ceil(32);
@@ -341,16 +395,10 @@ impl Op for QLinear {
         Ok(vec![Tensor::from_vec(self.out_shape(inputs[0]), y)?])
     }
 
-    fn prepare_cpu(&self, consts: &[Option<&Tensor>]) -> Option<Prepared> {
+    fn prepare_cpu(&self, _consts: &[Option<&Tensor>]) -> Option<Prepared> {
         let prepared = match self.format {
-            WeightFormat::W8A8 => {
-                let (n, k) = (self.out_features, self.in_features);
-                let wq = (*consts.get(1)?)?;
-                if wq.shape() != [n, k] {
-                    return None;
-                }
-                PreparedQ::W8A8(quant::PackedI8::new(wq.as_slice::<i8>().ok()?, n, k)?)
-            }
+            // The VNNI path for the v2 format (asymmetric activations) is not there yet.
+            WeightFormat::W8A8 { .. } => return None,
             WeightFormat::Binary { xnor: true } => return None,
             _ => PreparedQ::Decoded(std::sync::OnceLock::new()),
         };
@@ -365,13 +413,12 @@ impl Op for QLinear {
         let (k, n) = (self.in_features, self.out_features);
         let mut y = vec![0.0f32; m * n];
         match p {
-            PreparedQ::W8A8(pw) if self.format == WeightFormat::W8A8 && (pw.n(), pw.k()) == (n, k) => {
-                let ws = packed[1].as_f32()?;
-                let (xq, xs) = quant::quantize_rows_i8(x, k);
-                quant::gemm_i8_packed_scaled(&xq, &xs, m, pw, ws, bias, &mut y);
-            }
             PreparedQ::Decoded(cell)
-                if m > 4 && !matches!(self.format, WeightFormat::W8A8 | WeightFormat::Binary { xnor: true }) =>
+                if m > 4
+                    && !matches!(
+                        self.format,
+                        WeightFormat::W8A8 { .. } | WeightFormat::Binary { xnor: true }
+                    ) =>
             {
                 let wt = match cell.get() {
                     Some(wt) => wt,

@@ -89,7 +89,7 @@ impl Factor {
 pub fn supports(format: &WeightFormat) -> bool {
     matches!(
         format,
-        WeightFormat::Int4 { .. } | WeightFormat::Int8 { affine: false } | WeightFormat::W8A8
+        WeightFormat::Int4 { .. } | WeightFormat::Int8 { affine: false } | WeightFormat::W8A8 { outliers: 0 }
     )
 }
 
@@ -390,7 +390,7 @@ pub fn quantize_weight_gptq(
             }
             Ok(v)
         }
-        WeightFormat::Int8 { affine: false } | WeightFormat::W8A8 => {
+        WeightFormat::Int8 { affine: false } | WeightFormat::W8A8 { outliers: 0 } => {
             let res = run(w, out, inp, factor, &Int8Grid { inp }, opts);
             let scales: Vec<f32> = (0..out).map(|r| res.params.get(r).map_or(1.0, |p| p.0)).collect();
             let q: Vec<i8> = res
@@ -399,6 +399,9 @@ pub fn quantize_weight_gptq(
                 .enumerate()
                 .map(|(i, &x)| round(x / scales[i / inp.max(1)]).clamp(-127.0, 127.0) as i8)
                 .collect();
+            if matches!(format, WeightFormat::W8A8 { .. }) {
+                return super::w8a8_tensors(q, scales, w, out, inp, &[]);
+            }
             Ok(vec![
                 t(vec![out, inp], Storage::I8(q))?,
                 t(vec![out], Storage::F32(scales))?,
@@ -527,7 +530,7 @@ mod tests {
                 },
             ),
             (5, WeightFormat::Int8 { affine: false }),
-            (6, WeightFormat::W8A8),
+            (6, WeightFormat::W8A8 { outliers: 0 }),
         ] {
             let (x, w, h) = problem(seed, n, k, out);
             let rtn = quantize_weight(&format, &w, out, k).expect("rtn");

@@ -38,6 +38,109 @@ fn quantize_row(q: &mut [i8], x: &[f32], s: &mut f32) {
     }
 }
 
+/// W8A8's activation quantization of one row `x` (outlier positions, flagged
+/// in `skip`, count as 0): with `lo = min(0, min x)`, `hi = max(0, max x)`,
+/// `s = (hi - lo)/255`, `z = clamp(round(-lo/s), 0, 255)` (as `-lo·(1/s)`),
+/// `q = clamp(round(x·(1/s)) + z, 0, 255)`; a row with `hi == lo` gets
+/// `s = 1`, `z = 0` and all-zero codes. Writes `q` and returns `(s, z)`.
+#[inline(always)]
+pub fn quantize_row_u8(x: &[f32], skip: Option<&[bool]>, q: &mut [u8]) -> (f32, i32) {
+    let (mut lo, mut hi) = (0.0f32, 0.0f32);
+    match skip {
+        None => {
+            for &v in x {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+        Some(sk) => {
+            for (&v, &o) in x.iter().zip(sk) {
+                let v = if o { 0.0 } else { v };
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+    }
+    if hi <= lo {
+        q[..x.len()].fill(0);
+        return (1.0, 0);
+    }
+    let s = (hi - lo) / 255.0;
+    let inv = 1.0 / s;
+    let z = round(-lo * inv).clamp(0.0, 255.0);
+    match skip {
+        None => {
+            for (d, &v) in q.iter_mut().zip(x) {
+                *d = (round(v * inv) + z).clamp(0.0, 255.0) as u8;
+            }
+        }
+        Some(sk) => {
+            for ((d, &v), &o) in q.iter_mut().zip(x).zip(sk) {
+                *d = if o {
+                    z as u8
+                } else {
+                    (round(v * inv) + z).clamp(0.0, 255.0) as u8
+                };
+            }
+        }
+    }
+    (s, z as i32)
+}
+
+/// [`quantize_row_u8`] over the rows of `x` (`k` values each): the codes
+/// `[rows, k]`, the scales and the zero points. `outliers` are input
+/// positions that count as 0 (their code is the zero point).
+pub fn quantize_rows_u8(x: &[f32], k: usize, outliers: &[usize]) -> (Vec<u8>, Vec<f32>, Vec<i32>) {
+    let k = k.max(1);
+    let rows = x.len() / k;
+    let mut q = vec![0u8; rows * k];
+    let (mut s, mut z) = (vec![0.0f32; rows], vec![0i32; rows]);
+    let skip = (!outliers.is_empty()).then(|| {
+        let mut m = vec![false; k];
+        for &o in outliers {
+            if let Some(f) = m.get_mut(o) {
+                *f = true;
+            }
+        }
+        m
+    });
+    for (i, (qr, xr)) in q.chunks_mut(k).zip(x.chunks_exact(k)).enumerate() {
+        (s[i], z[i]) = crate::linalg::simd(|| quantize_row_u8(xr, skip.as_deref(), qr));
+    }
+    (q, s, z)
+}
+
+/// `out[i·n + j] = Σ_k x[i·k + k']·w[j·k + k']` for `m` unsigned rows of `x`
+/// and `n` signed rows of `w` (int32 sums, exact).
+pub fn gemm_u8i8(x: &[u8], m: usize, w: &[i8], n: usize, k: usize, out: &mut [i32]) {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k && out.len() >= m * n,
+        "gemm_u8i8 sizes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if vnni_available() {
+            return vnni::gemm(x, m, w, n, k, out);
+        }
+    }
+    let work = m * n * k;
+    let row = |(i, o): (usize, &mut [i32])| {
+        let xr = &x[i * k..(i + 1) * k];
+        for (j, v) in o.iter_mut().enumerate() {
+            *v = xr
+                .iter()
+                .zip(&w[j * k..(j + 1) * k])
+                .map(|(&a, &b)| a as i32 * b as i32)
+                .sum();
+        }
+    };
+    if work >= 1 << 20 {
+        out[..m * n].par_chunks_mut(n.max(1)).enumerate().for_each(row);
+    } else {
+        out[..m * n].chunks_mut(n.max(1)).enumerate().for_each(row);
+    }
+}
+
 /// The reference int8 dot product.
 pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
@@ -51,8 +154,20 @@ pub fn gemm_i8(x: &[i8], m: usize, w: &[i8], n: usize, k: usize, out: &mut [i32]
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512bw") {
-            return vnni::gemm(x, m, w, n, k, out);
+        if vnni_available() {
+            // vpdpbusd multiplies unsigned by signed bytes: feed x + 128
+            // (x ^ 0x80) and subtract 128·Σw afterwards.
+            let xu: Vec<u8> = x[..m * k].iter().map(|&v| (v as u8) ^ 0x80).collect();
+            vnni::gemm(&xu, m, w, n, k, out);
+            let wsum: Vec<i32> = (0..n)
+                .map(|j| w[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum())
+                .collect();
+            for row in out[..m * n].chunks_mut(n.max(1)) {
+                for (o, &s) in row.iter_mut().zip(&wsum) {
+                    *o -= 128 * s;
+                }
+            }
+            return;
         }
     }
     portable(x, m, w, n, k, out);
@@ -361,32 +476,14 @@ mod vnni {
     /// Output columns (weight rows) per parallel task.
     const COLS_PER_TASK: usize = 32;
 
-    pub fn gemm(x: &[i8], m: usize, w: &[i8], n: usize, k: usize, out: &mut [i32]) {
-        // vpdpbusd multiplies unsigned by signed bytes: feed x + 128 (x ^ 0x80)
-        // and subtract 128·Σw afterwards.
+    /// Unsigned rows `xu` against signed rows `w`; the caller checked sizes and CPU features.
+    pub fn gemm(xu: &[u8], m: usize, w: &[i8], n: usize, k: usize, out: &mut [i32]) {
         let big = m * n * k >= 1 << 20;
-        let mut xu = vec![0u8; m * k];
-        let flip = |(d, s): (&mut [u8], &[i8])| {
-            for (d, &v) in d.iter_mut().zip(s) {
-                *d = (v as u8) ^ 0x80;
-            }
-        };
-        if big && m * k >= 1 << 18 {
-            xu.par_chunks_mut(1 << 14)
-                .zip(x[..m * k].par_chunks(1 << 14))
-                .for_each(flip);
-        } else {
-            flip((&mut xu, &x[..m * k]));
-        }
         let tasks: Vec<usize> = (0..n).step_by(COLS_PER_TASK).collect();
         // Each task fills a column block [m, cols] of its own.
         let run = |&j0: &usize| -> Vec<i32> {
             let j1 = (j0 + COLS_PER_TASK).min(n);
             let cols = j1 - j0;
-            // Σw of this task's columns (for the +128 offset of x).
-            let wsum: Vec<i32> = (j0..j1)
-                .map(|j| w[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum())
-                .collect();
             let mut block = vec![0i32; m * cols];
             let mut j = j0;
             while j < j1 {
@@ -413,9 +510,6 @@ mod vnni {
                     }
                 }
                 j += 4;
-            }
-            for (idx, v) in block.iter_mut().enumerate() {
-                *v -= 128 * wsum[idx % cols];
             }
             block
         };

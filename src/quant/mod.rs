@@ -17,7 +17,10 @@ use std::str::FromStr;
 use half::f16;
 use serde::{Deserialize, Serialize};
 
-pub use int8dot::{dot_i8, gemm_i8, gemm_i8_packed, gemm_i8_packed_scaled, quantize_rows_i8, PackedI8};
+pub use int8dot::{
+    dot_i8, gemm_i8, gemm_i8_packed, gemm_i8_packed_scaled, gemm_u8i8, quantize_row_u8, quantize_rows_i8,
+    quantize_rows_u8, PackedI8,
+};
 pub use pack::{pack_bits, pack_nibbles, unpack_bits, unpack_nibbles};
 
 use crate::error::OpError;
@@ -66,9 +69,20 @@ pub enum WeightFormat {
         /// Binarize activations too.
         xnor: bool,
     },
-    /// int8 weights (symmetric, per channel) and int8 activations quantized
-    /// per row at run time; int32 accumulation. Tensors as symmetric `Int8`.
-    W8A8,
+    /// int8 weights (symmetric, per channel) and u8 activations quantized
+    /// per row at run time (asymmetric: a scale and a zero point per row);
+    /// int32 accumulation. `outliers` input channels (chosen at quantize
+    /// time) stay in f32 on both sides. Tensors: `q i8 [out, in]` (outlier
+    /// columns 0), `scale f32 [out]`, `wsum i32 [out]` (`Σ_k q[j, k]`), and
+    /// with outliers `outlier_index i32 [c]` (strictly ascending) and
+    /// `outlier_weight f32 [out, c]`. The arithmetic: [`quantize_rows_u8`]
+    /// and `QLinear`'s reference (`src/ops/qlinear.rs`).
+    #[serde(rename = "w8a8", alias = "w8-a8")]
+    W8A8 {
+        /// Input channels kept in f32 (0: none).
+        #[serde(default)]
+        outliers: u32,
+    },
     /// N:M structured sparsity: in every group of `m` consecutive inputs at
     /// most `n` weights are non-zero; only those are stored, as f32 values
     /// with their positions in the group (4-bit indices, two per byte).
@@ -116,7 +130,8 @@ impl WeightFormat {
             }
             WeightFormat::Binary { xnor: false } => "binary".into(),
             WeightFormat::Binary { xnor: true } => "binary-xnor".into(),
-            WeightFormat::W8A8 => "w8a8".into(),
+            WeightFormat::W8A8 { outliers: 0 } => "w8a8".into(),
+            WeightFormat::W8A8 { outliers } => format!("w8a8+o{outliers}"),
             WeightFormat::NM { n, m } => format!("{n}:{m}"),
         }
     }
@@ -125,7 +140,9 @@ impl WeightFormat {
     pub fn tensor_names(&self) -> &'static [&'static str] {
         match self {
             WeightFormat::F16 => &["weight"],
-            WeightFormat::Int8 { affine: false } | WeightFormat::W8A8 => &["q", "scale"],
+            WeightFormat::Int8 { affine: false } => &["q", "scale"],
+            WeightFormat::W8A8 { outliers: 0 } => &["q", "scale", "wsum"],
+            WeightFormat::W8A8 { .. } => &["q", "scale", "wsum", "outlier_index", "outlier_weight"],
             WeightFormat::Int8 { affine: true } => &["q", "scale", "zero"],
             WeightFormat::Pow2 { .. } => &["q", "shift"],
             WeightFormat::Int4 { with_min: false, .. } => &["q", "scale"],
@@ -160,8 +177,18 @@ impl WeightFormat {
     pub fn tensor_specs(&self, out: usize, inp: usize) -> Vec<(DType, Vec<usize>)> {
         match *self {
             WeightFormat::F16 => vec![(DType::F16, vec![out, inp])],
-            WeightFormat::Int8 { affine: false } | WeightFormat::W8A8 => {
-                vec![(DType::I8, vec![out, inp]), (DType::F32, vec![out])]
+            WeightFormat::Int8 { affine: false } => vec![(DType::I8, vec![out, inp]), (DType::F32, vec![out])],
+            WeightFormat::W8A8 { outliers } => {
+                let mut v = vec![
+                    (DType::I8, vec![out, inp]),
+                    (DType::F32, vec![out]),
+                    (DType::I32, vec![out]),
+                ];
+                if outliers > 0 {
+                    v.push((DType::I32, vec![outliers as usize]));
+                    v.push((DType::F32, vec![out, outliers as usize]));
+                }
+                v
             }
             WeightFormat::Int8 { affine: true } => {
                 vec![
@@ -209,9 +236,23 @@ impl WeightFormat {
         let scales = |t: &Tensor| t.to_f32_vec();
         Some(match *self {
             WeightFormat::F16 => return None,
-            WeightFormat::Int8 { .. } | WeightFormat::W8A8 => {
+            WeightFormat::Int8 { .. } => {
                 let s = scales(&packed[1]);
                 (0..out * inp).map(|i| s[i / inp] / 2.0).collect()
+            }
+            WeightFormat::W8A8 { outliers } => {
+                let s = scales(&packed[1]);
+                let mut b: Vec<f32> = (0..out * inp).map(|i| s[i / inp] / 2.0).collect();
+                // Outlier columns are stored exactly.
+                if outliers > 0 {
+                    for c in packed.get(3)?.to_i64_vec() {
+                        let c = usize::try_from(c).ok().filter(|&c| c < inp)?;
+                        for r in 0..out {
+                            b[r * inp + c] = 0.0;
+                        }
+                    }
+                }
+                b
             }
             WeightFormat::Pow2 { per_channel, .. } => {
                 let p = packed[1].to_i64_vec();
@@ -242,7 +283,7 @@ impl FromStr for WeightFormat {
 
     /// `f16`, `int8`, `int8-affine`, `pow2`, `pow2-tensor`, `int4`, `int4-min`
     /// (block 32; `int4/64`, `int4-min/128` choose the block), `binary`,
-    /// `binary-xnor`, `w8a8`.
+    /// `binary-xnor`, `w8a8` (`w8a8+o8`: 8 input channels kept in f32).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim().to_ascii_lowercase();
         let (base, block) = match s.split_once('/') {
@@ -262,7 +303,12 @@ impl FromStr for WeightFormat {
             "int4-min" => WeightFormat::Int4 { block: block.unwrap_or(32), with_min: true },
             "binary" => WeightFormat::Binary { xnor: false },
             "binary-xnor" | "xnor" => WeightFormat::Binary { xnor: true },
-            "w8a8" => WeightFormat::W8A8,
+            "w8a8" => WeightFormat::W8A8 { outliers: 0 },
+            w if w.starts_with("w8a8+o") => WeightFormat::W8A8 {
+                outliers: w["w8a8+o".len()..]
+                    .parse::<u32>()
+                    .map_err(|_| format!("bad outlier count in `{s}` (w8a8+o<count>)"))?,
+            },
             nm if nm.contains(':') => {
                 let (n, m) = nm.split_once(':').unwrap_or_default();
                 let parse = |v: &str| v.parse::<u8>().map_err(|_| format!("bad N:M pattern `{nm}`"));
@@ -270,7 +316,7 @@ impl FromStr for WeightFormat {
             }
             _ => {
                 return Err(format!(
-                    "unknown weight format `{s}`; choose f16, int8, int8-affine, pow2, pow2-tensor, int4, int4-min, binary, binary-xnor or w8a8"
+                    "unknown weight format `{s}`; choose f16, int8, int8-affine, pow2, pow2-tensor, int4, int4-min, binary, binary-xnor, w8a8 or w8a8+o<outliers>"
                 ))
             }
         };
@@ -419,7 +465,11 @@ pub fn quantize_weight(format: &WeightFormat, w: &[f32], out: usize, inp: usize)
             vec![out, inp],
             S::F16(w.iter().map(|&x| f16::from_f32(x)).collect()),
         )?],
-        WeightFormat::Int8 { affine: false } | WeightFormat::W8A8 => {
+        WeightFormat::W8A8 { outliers } => {
+            let cols = default_outlier_columns(w, out, inp, outliers as usize)?;
+            quantize_w8a8(w, out, inp, &cols)?
+        }
+        WeightFormat::Int8 { affine: false } => {
             let mut q = Vec::with_capacity(w.len());
             let mut scales = Vec::with_capacity(out);
             for row in rows() {
@@ -588,8 +638,64 @@ pub fn quantize_weight(format: &WeightFormat, w: &[f32], out: usize, inp: usize)
     })
 }
 
-/// Checks packed tensors against the format's specs for `[out, in]`.
+/// Checks packed tensors against the format's specs for `[out, in]`: their
+/// dtypes and shapes ([`check_packed_shapes`]) and, for W8A8, their contents
+/// (`wsum` is the row sums of `q`; the outlier index is strictly ascending
+/// and in range, and `q` is zero in those columns).
 pub fn check_packed(format: &WeightFormat, packed: &[&Tensor], out: usize, inp: usize) -> Result<(), OpError> {
+    check_packed_shapes(format, packed, out, inp)?;
+    if let WeightFormat::W8A8 { outliers } = *format {
+        check_w8a8(packed, out, inp, outliers as usize)?;
+    }
+    Ok(())
+}
+
+fn check_w8a8(packed: &[&Tensor], out: usize, inp: usize, c: usize) -> Result<(), OpError> {
+    let bad = |tensor: &str, message: String| OpError::PackedData {
+        tensor: tensor.into(),
+        message,
+    };
+    let (q, wsum) = (packed[0].as_slice::<i8>()?, packed[2].as_slice::<i32>()?);
+    if c > 0 {
+        let idx = packed[3].as_slice::<i32>()?;
+        for (t, &col) in idx.iter().enumerate() {
+            if col < 0 || col as usize >= inp {
+                return Err(bad("outlier_index", format!("entry {t} is {col}, outside 0..{inp}")));
+            }
+            if t > 0 && col <= idx[t - 1] {
+                return Err(bad(
+                    "outlier_index",
+                    format!("must be strictly ascending; entry {t} is {col} after {}", idx[t - 1]),
+                ));
+            }
+        }
+        for r in 0..out {
+            for &col in idx {
+                let v = q[r * inp + col as usize];
+                if v != 0 {
+                    return Err(bad(
+                        "q",
+                        format!("row {r} has {v} in outlier column {col}; outlier columns must be 0"),
+                    ));
+                }
+            }
+        }
+    }
+    for (r, row) in q.chunks_exact(inp.max(1)).take(out).enumerate() {
+        let sum: i64 = row.iter().map(|&v| v as i64).sum();
+        if sum != wsum[r] as i64 {
+            return Err(bad(
+                "wsum",
+                format!("row {r} is {}, but the row of q sums to {sum}", wsum[r]),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the packed tensors' count, dtypes and shapes against the format's
+/// specs for `[out, in]` (not their contents: see [`check_packed`]).
+pub fn check_packed_shapes(format: &WeightFormat, packed: &[&Tensor], out: usize, inp: usize) -> Result<(), OpError> {
     let specs = format.tensor_specs(out, inp);
     if packed.len() != specs.len() {
         return Err(OpError::Shape(format!(
@@ -618,10 +724,25 @@ pub fn dequantize(format: &WeightFormat, packed: &[&Tensor], out: usize, inp: us
     let mut w = vec![0.0f32; out * inp];
     match *format {
         WeightFormat::F16 => w = packed[0].to_f32_vec(),
-        WeightFormat::Int8 { affine: false } | WeightFormat::W8A8 => {
+        WeightFormat::Int8 { affine: false } => {
             let (q, s) = (packed[0].as_slice::<i8>()?, packed[1].as_f32()?);
             for i in 0..out * inp {
                 w[i] = q[i] as f32 * s[i / inp];
+            }
+        }
+        WeightFormat::W8A8 { outliers } => {
+            let (q, s) = (packed[0].as_slice::<i8>()?, packed[1].as_f32()?);
+            for i in 0..out * inp {
+                w[i] = q[i] as f32 * s[i / inp];
+            }
+            if outliers > 0 {
+                let (idx, ow) = (packed[3].as_slice::<i32>()?, packed[4].as_f32()?);
+                let c = idx.len();
+                for r in 0..out {
+                    for (t, &col) in idx.iter().enumerate() {
+                        w[r * inp + col as usize] = ow[r * c + t];
+                    }
+                }
             }
         }
         WeightFormat::Int8 { affine: true } => {
@@ -684,6 +805,127 @@ pub fn dequantize(format: &WeightFormat, packed: &[&Tensor], out: usize, inp: us
     Ok(w)
 }
 
+/// The input columns a W8A8 weight keeps in f32 when no calibration data
+/// chose them: the `count` columns of largest max|w| (ascending; ties to the
+/// lower column). Calibration picks them from the activations instead
+/// (`optimize::quantize`).
+pub fn default_outlier_columns(w: &[f32], out: usize, inp: usize, count: usize) -> Result<Vec<usize>, OpError> {
+    if count > inp {
+        return Err(OpError::Attribute {
+            name: "format.outliers".into(),
+            message: format!("{count} outlier channels but the layer has only {inp} inputs"),
+        });
+    }
+    if w.len() != out * inp {
+        return Err(OpError::Shape(format!(
+            "weight has {} elements, not {out}x{inp}",
+            w.len()
+        )));
+    }
+    let mut colmax = vec![0.0f32; inp];
+    for row in w.chunks_exact(inp.max(1)) {
+        for (m, &v) in colmax.iter_mut().zip(row) {
+            *m = m.max(v.abs());
+        }
+    }
+    Ok(top_columns(&colmax, count))
+}
+
+/// The positions of the `count` largest scores (NaN lowest; ties to the
+/// lower position), ascending.
+pub fn top_columns(score: &[f32], count: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..score.len()).collect();
+    let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
+    order.sort_by(|&a, &b| key(score[b]).total_cmp(&key(score[a])).then(a.cmp(&b)));
+    order.truncate(count);
+    order.sort_unstable();
+    order
+}
+
+/// Packs an f32 `[out, in]` weight as W8A8 with the given outlier input
+/// columns (strictly ascending, each < `in`): the other columns get
+/// symmetric per-row int8 (the scale from their max|w|), the outlier columns
+/// are stored in f32 and zeroed in `q`.
+pub fn quantize_w8a8(w: &[f32], out: usize, inp: usize, outliers: &[usize]) -> Result<Vec<Tensor>, OpError> {
+    if w.len() != out * inp {
+        return Err(OpError::Shape(format!(
+            "weight has {} elements, not {out}x{inp}",
+            w.len()
+        )));
+    }
+    let mut is_outlier = vec![false; inp];
+    for &c in outliers {
+        if c >= inp {
+            return Err(OpError::Attribute {
+                name: "format.outliers".into(),
+                message: format!("outlier column {c} is outside 0..{inp}"),
+            });
+        }
+        is_outlier[c] = true;
+    }
+    let mut q = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(out);
+    for row in w.chunks(inp.max(1)).take(out) {
+        let max = row
+            .iter()
+            .zip(&is_outlier)
+            .filter(|(_, &o)| !o)
+            .fold(0.0f32, |m, (&x, _)| m.max(x.abs()));
+        let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        scales.push(s);
+        q.extend(
+            row.iter()
+                .zip(&is_outlier)
+                .map(|(&x, &o)| if o { 0 } else { round(x / s).clamp(-127.0, 127.0) as i8 }),
+        );
+    }
+    w8a8_tensors(q, scales, w, out, inp, outliers)
+}
+
+/// W8A8's packed tensors from int8 codes `q [out, in]` (zero in the outlier
+/// columns) and per-row scales: adds `wsum` and, with outliers, their index
+/// and the original weights `w [out, in]` of those columns.
+pub fn w8a8_tensors(
+    q: Vec<i8>,
+    scales: Vec<f32>,
+    w: &[f32],
+    out: usize,
+    inp: usize,
+    outliers: &[usize],
+) -> Result<Vec<Tensor>, OpError> {
+    use crate::tensor::Storage as S;
+    let t = |shape: Vec<usize>, v: S| Tensor::new(shape, v).map_err(OpError::from);
+    if q.len() != out * inp || w.len() != out * inp || scales.len() != out {
+        return Err(OpError::Shape(format!(
+            "W8A8 packing: q has {}, w {} and scales {} elements for {out}x{inp}",
+            q.len(),
+            w.len(),
+            scales.len()
+        )));
+    }
+    let wsum: Vec<i32> = q
+        .chunks(inp.max(1))
+        .take(out)
+        .map(|r| r.iter().map(|&v| v as i32).sum())
+        .collect();
+    let c = outliers.len();
+    let mut v = vec![
+        t(vec![out, inp], S::I8(q))?,
+        t(vec![out], S::F32(scales))?,
+        t(vec![out], S::I32(wsum))?,
+    ];
+    if c > 0 {
+        let idx = outliers
+            .iter()
+            .map(|&o| i32::try_from(o).map_err(|_| OpError::Shape(format!("outlier column {o} too large"))))
+            .collect::<Result<Vec<i32>, _>>()?;
+        let ow: Vec<f32> = (0..out * c).map(|i| w[(i / c) * inp + outliers[i % c]]).collect();
+        v.push(t(vec![c], S::I32(idx))?);
+        v.push(t(vec![out, c], S::F32(ow))?);
+    }
+    Ok(v)
+}
+
 /// The formats a user can pick, in the order tables list them.
 pub fn all_formats() -> Vec<WeightFormat> {
     vec![
@@ -712,7 +954,8 @@ pub fn all_formats() -> Vec<WeightFormat> {
         },
         WeightFormat::Binary { xnor: false },
         WeightFormat::Binary { xnor: true },
-        WeightFormat::W8A8,
+        WeightFormat::W8A8 { outliers: 0 },
+        WeightFormat::W8A8 { outliers: 4 },
     ]
 }
 
@@ -729,6 +972,8 @@ pub struct RowDecoder<'a> {
 enum RowData<'a> {
     F16(&'a [f16]),
     Int8(&'a [i8], &'a [f32]),
+    /// W8A8: q, scales, outlier columns, their f32 weights `[out, c]`.
+    W8A8(&'a [i8], &'a [f32], &'a [i32], &'a [f32]),
     Affine(&'a [u8], &'a [f32], &'a [u8]),
     Pow2(&'a [i8], &'a [i8]),
     Int4(&'a [u8], Vec<f32>, Option<Vec<f32>>),
@@ -742,8 +987,14 @@ impl<'a> RowDecoder<'a> {
         check_packed(format, packed, out, inp)?;
         let data = match *format {
             WeightFormat::F16 => RowData::F16(packed[0].as_slice()?),
-            WeightFormat::Int8 { affine: false } | WeightFormat::W8A8 => {
-                RowData::Int8(packed[0].as_slice()?, packed[1].as_f32()?)
+            WeightFormat::Int8 { affine: false } => RowData::Int8(packed[0].as_slice()?, packed[1].as_f32()?),
+            WeightFormat::W8A8 { outliers } => {
+                let (idx, ow): (&[i32], &[f32]) = if outliers > 0 {
+                    (packed[3].as_slice()?, packed[4].as_f32()?)
+                } else {
+                    (&[], &[])
+                };
+                RowData::W8A8(packed[0].as_slice()?, packed[1].as_f32()?, idx, ow)
             }
             WeightFormat::Int8 { affine: true } => {
                 RowData::Affine(packed[0].as_slice()?, packed[1].as_f32()?, packed[2].as_slice()?)
@@ -780,6 +1031,16 @@ impl<'a> RowDecoder<'a> {
                 let s = s[r];
                 for (d, &v) in dst.iter_mut().zip(&q[r * k..]) {
                     *d = v as f32 * s;
+                }
+            }
+            RowData::W8A8(q, s, idx, ow) => {
+                let s = s[r];
+                for (d, &v) in dst.iter_mut().zip(&q[r * k..]) {
+                    *d = v as f32 * s;
+                }
+                let c = idx.len();
+                for (&col, &v) in idx.iter().zip(&ow[r * c..(r + 1) * c]) {
+                    dst[col as usize] = v;
                 }
             }
             RowData::Affine(q, s, z) => {
