@@ -16,8 +16,9 @@
 //  5 int4     nibbles [N, blocks·BLOCK/2], scale f16 [N, blocks] (, min f16)
 //                                                      (q - 8) · s  or  q · s + min
 //  6 binary   bits [N, words], alpha f32 [N]           ±alpha[j]
-//  7 w8a8     i8 [N, K], scale f32 [N]                 x quantized per row to int8 here,
-//                                                      int32 dot (idot4), then · sx · sw
+//  7 w8a8     i8 [N, K], scale f32 [N], wsum i32 [N]   x quantized per row to u8 here (scale
+//             (, outlier_index i32 [c] as t3,            and zero point), int32 dot (idot4),
+//             outlier_weight f32 [N, c] as t4)          · s · scale, + the f32 outlier channels
 //  8 xnor     bits [N, words], alpha f32 [N]           x binarized per row here (β = mean|x|),
 //                                                      dot = K - 2·popcount(xbits ^ wbits)
 //  9 N:M      values f32 [N, kept], index nibbles      kept values at (t / N_)·M_ + idx
@@ -33,7 +34,10 @@
 // and x beyond K reads as 0.
 //
 // Bindings: 0 y, 1 parameters, 2 x, 3 t0, 4 t1, 5 t2 (a dummy when absent),
-// 6 bias (a dummy when HAS_BIAS is false).
+// 6 bias (a dummy when HAS_BIAS is false); `w8a8` also 7 t3 and 8 t4 (its
+// outlier tensors; dummies when OUTLIERS is 0). qlinear_sg.wgsl, appended to
+// this file for the subgroup kernel, declares other variables at bindings 7
+// and 8 (x4, w4): no entry point uses both, which WGSL allows.
 
 struct Params {
     m: u32,
@@ -50,6 +54,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read> t1: array<u32>;
 @group(0) @binding(5) var<storage, read> t2: array<u32>;
 @group(0) @binding(6) var<storage, read> bias: array<f32>;
+@group(0) @binding(7) var<storage, read> t3: array<u32>;
+@group(0) @binding(8) var<storage, read> t4: array<f32>;
 
 override FORMAT: u32 = 2u;
 override ALIGNED: bool = true;
@@ -63,6 +69,8 @@ override WITH_MIN: bool = false;
 override NM_N: u32 = 2u;
 override NM_M: u32 = 4u;
 override HAS_BIAS: bool = false;
+// W8A8: input channels kept in f32 (outlier_index / outlier_weight), 0 = none.
+override OUTLIERS: u32 = 0u;
 // Fused activation (see activation.wgsl); 0 = none.
 override ACT: u32 = 0u;
 
@@ -271,22 +279,80 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     }
 }
 
-// x / s to int8 with the CPU's rounding (half away from zero), four packed
-// into a word, lowest first.
-fn quant4(v: vec4<f32>, inv: f32) -> u32 {
-    let t = v * inv;
+// Round half away from zero (the CPU's `quant::round`), exactly: no
+// `floor(t + 0.5)`, which rounds 0.49999997 up.
+fn rnd4(t: vec4<f32>) -> vec4<f32> {
     let a = abs(t);
     let f = trunc(a);
-    let r = f + select(vec4<f32>(0.0), vec4<f32>(1.0), a - f >= vec4<f32>(0.5));
-    let q = vec4<i32>(clamp(sign(t) * r, vec4<f32>(-127.0), vec4<f32>(127.0)));
-    let u = bitcast<vec4<u32>>(q) & vec4<u32>(0xffu);
-    return u.x | (u.y << 8u) | (u.z << 16u) | (u.w << 24u);
+    return sign(t) * (f + select(vec4<f32>(0.0), vec4<f32>(1.0), a - f >= vec4<f32>(0.5)));
 }
 
-// W8A8: each row of the tile is quantized on the fly (its scale from a first
-// pass over the row), then int8 · int8 → int32 dot products of packed words.
-// Every invocation quantizes its rows again, so it takes eight columns to
-// spread that cost.
+fn rnd(t: f32) -> f32 {
+    return rnd4(vec4<f32>(t)).x;
+}
+
+// W8A8's activation parameters (s, 1/s, z) of a row from lo = min(0, min x')
+// and hi = max(0, max x') (x' = x with the outlier positions set to 0):
+// s = (hi - lo) / 255, z = clamp(round(-lo / s), 0, 255); (1, 1, 0) when hi == lo.
+fn w8a8_params(lo: f32, hi: f32) -> vec3<f32> {
+    if (hi <= lo) {
+        return vec3<f32>(1.0, 1.0, 0.0);
+    }
+    let s = (hi - lo) / 255.0;
+    let inv = 1.0 / s;
+    return vec3<f32>(s, inv, clamp(rnd(-lo * inv), 0.0, 255.0));
+}
+
+// Outlier input channel i of a W8A8 weight (OUTLIERS > 0), or past the end
+// of the row (u32 max) when i >= OUTLIERS.
+fn outlier_at(i: u32) -> u32 {
+    if (i < OUTLIERS) {
+        return t3[i];
+    }
+    return 0xffffffffu;
+}
+
+// The (s, 1/s, z) of the row at element offset `base` (qlinear.wgsl::w8a8).
+fn w8a8_row(base: u32) -> vec3<f32> {
+    let k = params.k;
+    var lo = vec4<f32>(0.0);
+    var hi = vec4<f32>(0.0);
+    // Outliers are strictly ascending: walk them beside the row.
+    var p = 0u;
+    var next = outlier_at(0u);
+    for (var c = 0u; c < k; c = c + 4u) {
+        var v = xv(base, c);
+        if (OUTLIERS > 0u) {
+            loop {
+                if (next >= c + 4u) {
+                    break;
+                }
+                v = select(v, vec4<f32>(0.0), vec4<u32>(next) == vec4<u32>(c) + vec4<u32>(0u, 1u, 2u, 3u));
+                p = p + 1u;
+                next = outlier_at(p);
+            }
+        }
+        lo = min(lo, v);
+        hi = max(hi, v);
+    }
+    return w8a8_params(min(min(lo.x, lo.y), min(lo.z, lo.w)), max(max(hi.x, hi.y), max(hi.z, hi.w)));
+}
+
+// Four activations to u8 codes q = clamp(round(x / s) + z, 0, 255), stored
+// as the signed bytes q - 128 (so that idot4 can take them), lowest first.
+fn quant4(v: vec4<f32>, inv: f32, z: f32) -> u32 {
+    let q = vec4<u32>(clamp(rnd4(v * inv) + z, vec4<f32>(0.0), vec4<f32>(255.0))) ^ vec4<u32>(0x80u);
+    return q.x | (q.y << 8u) | (q.z << 16u) | (q.w << 24u);
+}
+
+// W8A8 (see src/ops/qlinear.rs): each row of the tile is quantized on the
+// fly to u8 with its own scale and zero point (from a first pass over the
+// row), then int32 dot products of packed words: with q' = q - 128 (a signed
+// byte), Σ q·w - z·wsum = Σ q'·w + (128 - z)·wsum, exact. Then
+// y = acc · (s · scale) + Σ_t x[idx_t] · outlier_weight[j, t] (+ bias).
+// Outlier columns of q are 0, so their codes add nothing to acc. Every
+// invocation quantizes its rows again, so it takes eight columns to spread
+// that cost.
 @compute @workgroup_size(8, 8)
 fn w8a8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let m = params.m;
@@ -299,19 +365,13 @@ fn w8a8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     var base: array<u32, 8>;
     var sx: array<f32, 8>;
     var inv: array<f32, 8>;
+    var zx: array<f32, 8>;
     for (var r = 0u; r < ROWS; r = r + 1u) {
         base[r] = min(t.x + r, m - 1u) * k;
-        var mx = vec4<f32>(0.0);
-        for (var c = 0u; c < k; c = c + 4u) {
-            mx = max(mx, abs(xv(base[r], c)));
-        }
-        let mr = max(max(mx.x, mx.y), max(mx.z, mx.w));
-        var s = 1.0;
-        if (mr > 0.0) {
-            s = mr / 127.0;
-        }
-        sx[r] = s;
-        inv[r] = 1.0 / s;
+        let p = w8a8_row(base[r]);
+        sx[r] = p.x;
+        inv[r] = p.y;
+        zx[r] = p.z;
     }
     let j0 = min(t.y, n - 1u);
     let j1 = min(t.y + 1u, n - 1u);
@@ -336,17 +396,34 @@ fn w8a8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         let w5 = bytes4(j5 * k + c);
         let w6 = bytes4(j6 * k + c);
         let w7 = bytes4(j7 * k + c);
+        // Past K (unaligned rows): the codes' bytes are 0, as the weight
+        // bytes there belong to the next row.
+        var valid = 0xffffffffu;
+        if (!ALIGNED && c + 4u > k) {
+            valid = valid >> (8u * (c + 4u - k));
+        }
         for (var r = 0u; r < ROWS; r = r + 1u) {
-            let q = quant4(xv(base[r], c), inv[r]);
+            let q = quant4(xv(base[r], c), inv[r], zx[r]) & valid;
             acc[r] = acc[r] + vec4<i32>(idot4(q, w0), idot4(q, w1), idot4(q, w2), idot4(q, w3));
             acc2[r] = acc2[r] + vec4<i32>(idot4(q, w4), idot4(q, w5), idot4(q, w6), idot4(q, w7));
         }
     }
     let sw = vec4<f32>(bitcast<f32>(t1[j0]), bitcast<f32>(t1[j1]), bitcast<f32>(t1[j2]), bitcast<f32>(t1[j3]));
     let sw2 = vec4<f32>(bitcast<f32>(t1[j4]), bitcast<f32>(t1[j5]), bitcast<f32>(t1[j6]), bitcast<f32>(t1[j7]));
+    let ws = bitcast<vec4<i32>>(vec4<u32>(t2[j0], t2[j1], t2[j2], t2[j3]));
+    let ws2 = bitcast<vec4<i32>>(vec4<u32>(t2[j4], t2[j5], t2[j6], t2[j7]));
     for (var r = 0u; r < ROWS; r = r + 1u) {
-        store4(t.x + r, t.y, vec4<f32>(acc[r]) * sx[r] * sw);
-        store4(t.x + r, t.y + 4u, vec4<f32>(acc2[r]) * sx[r] * sw2);
+        let zc = 128 - i32(zx[r]);
+        // The outlier channels' f32 products, in the CPU's order.
+        var e = vec4<f32>(0.0);
+        var e2 = vec4<f32>(0.0);
+        for (var i = 0u; i < OUTLIERS; i = i + 1u) {
+            let xo = x[base[r] + t3[i]];
+            e = e + xo * vec4<f32>(t4[j0 * OUTLIERS + i], t4[j1 * OUTLIERS + i], t4[j2 * OUTLIERS + i], t4[j3 * OUTLIERS + i]);
+            e2 = e2 + xo * vec4<f32>(t4[j4 * OUTLIERS + i], t4[j5 * OUTLIERS + i], t4[j6 * OUTLIERS + i], t4[j7 * OUTLIERS + i]);
+        }
+        store4(t.x + r, t.y, vec4<f32>(acc[r] + zc * ws) * (sx[r] * sw) + e);
+        store4(t.x + r, t.y + 4u, vec4<f32>(acc2[r] + zc * ws2) * (sx[r] * sw2) + e2);
     }
 }
 

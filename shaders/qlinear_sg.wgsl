@@ -26,13 +26,18 @@
 // binary, W8A8), which is applied once to each sum; int4 applies its block
 // scale when decoding.
 //
-// W8A8: a first pass takes each row's max |x| (subgroupMax over the lanes'
-// partial maxima; lanes past the 8th repeat them), so s = max / 127 as on the
-// CPU; each loading lane rounds its x / s to integers (half away from zero,
-// clamped to ±127) before the broadcast. The int8 × int8 products are summed
-// in f32, exact while |sum| < 2^24, then scaled by s · s_w.
+// W8A8: a first pass takes each row's min and max (subgroupMin / Max over
+// the lanes' partial ones; lanes past the 8th repeat them), the outlier
+// positions counted as 0, for the scale s and zero point z as on the CPU
+// (w8a8_params); each loading lane turns its x into the u8 code q (half away
+// from zero, clamped to 0..255) and broadcasts q - z. Those × the int8
+// weights are summed in f32 — integers, exact while |sum| < 2^24, equal to
+// the CPU's Σ q·w - z·wsum (so wsum is not read; outlier columns of q are 0)
+// — then scaled by s · scale, and the f32 outlier products are added. The
+// engine binds outlier_index at t0's binding and outlier_weight at t2's (W8A8
+// reads its codes through w4).
 //
-// Bindings beyond qlinear.wgsl's: 7 x again, read as vec4; 8 t0 again, read
+// Bindings beyond qlinear.wgsl's 2-6: 7 x again, read as vec4; 8 t0 again, read
 // as vec4 words (the engine binds a 16-byte dummy for binary weights).
 // Rows and columns past the edge are clamped, computed and never stored.
 
@@ -160,17 +165,21 @@ fn sg_scale(j: u32) -> f32 {
     return 1.0;
 }
 
-// W8A8: round(v · inv) with halves away from zero, clamped to ±127; other
+// W8A8: q - z with the u8 code q = clamp(round(v · inv) + z, 0, 255); other
 // formats: v.
-fn sg_x(v: vec4<f32>, inv: f32) -> vec4<f32> {
+fn sg_x(v: vec4<f32>, inv: f32, z: f32) -> vec4<f32> {
     if (FORMAT != 7u) {
         return v;
     }
-    let t = v * inv;
-    let a = abs(t);
-    let f = trunc(a);
-    let r = f + select(vec4<f32>(0.0), vec4<f32>(1.0), a - f >= vec4<f32>(0.5));
-    return clamp(sign(t) * r, vec4<f32>(-127.0), vec4<f32>(127.0));
+    return clamp(rnd4(v * inv) + z, vec4<f32>(0.0), vec4<f32>(255.0)) - z;
+}
+
+// W8A8: outlier channel i (t0 holds outlier_index), u32 max past the last.
+fn sg_outlier(i: u32) -> u32 {
+    if (i < OUTLIERS) {
+        return t0[i];
+    }
+    return 0xffffffffu;
 }
 
 // affine: the column's zero point.
@@ -260,169 +269,232 @@ fn sg(
     var a15_1 = vec4<f32>(0.0);
     var s0 = 1.0;
     var i0 = 1.0;
+    var zx0 = 0.0;
     var s1 = 1.0;
     var i1 = 1.0;
+    var zx1 = 0.0;
     var s2 = 1.0;
     var i2 = 1.0;
+    var zx2 = 0.0;
     var s3 = 1.0;
     var i3 = 1.0;
+    var zx3 = 0.0;
     var s4 = 1.0;
     var i4 = 1.0;
+    var zx4 = 0.0;
     var s5 = 1.0;
     var i5 = 1.0;
+    var zx5 = 0.0;
     var s6 = 1.0;
     var i6 = 1.0;
+    var zx6 = 0.0;
     var s7 = 1.0;
     var i7 = 1.0;
+    var zx7 = 0.0;
     var s8 = 1.0;
     var i8 = 1.0;
+    var zx8 = 0.0;
     var s9 = 1.0;
     var i9 = 1.0;
+    var zx9 = 0.0;
     var s10 = 1.0;
     var i10 = 1.0;
+    var zx10 = 0.0;
     var s11 = 1.0;
     var i11 = 1.0;
+    var zx11 = 0.0;
     var s12 = 1.0;
     var i12 = 1.0;
+    var zx12 = 0.0;
     var s13 = 1.0;
     var i13 = 1.0;
+    var zx13 = 0.0;
     var s14 = 1.0;
     var i14 = 1.0;
+    var zx14 = 0.0;
     var s15 = 1.0;
     var i15 = 1.0;
+    var zx15 = 0.0;
     if (FORMAT == 7u) {
-        var m0 = vec4<f32>(0.0);
-        var m1 = vec4<f32>(0.0);
-        var m2 = vec4<f32>(0.0);
-        var m3 = vec4<f32>(0.0);
-        var m4 = vec4<f32>(0.0);
-        var m5 = vec4<f32>(0.0);
-        var m6 = vec4<f32>(0.0);
-        var m7 = vec4<f32>(0.0);
-        var m8 = vec4<f32>(0.0);
-        var m9 = vec4<f32>(0.0);
-        var m10 = vec4<f32>(0.0);
-        var m11 = vec4<f32>(0.0);
-        var m12 = vec4<f32>(0.0);
-        var m13 = vec4<f32>(0.0);
-        var m14 = vec4<f32>(0.0);
-        var m15 = vec4<f32>(0.0);
+        var lo0 = vec4<f32>(0.0);
+        var hi0 = vec4<f32>(0.0);
+        var lo1 = vec4<f32>(0.0);
+        var hi1 = vec4<f32>(0.0);
+        var lo2 = vec4<f32>(0.0);
+        var hi2 = vec4<f32>(0.0);
+        var lo3 = vec4<f32>(0.0);
+        var hi3 = vec4<f32>(0.0);
+        var lo4 = vec4<f32>(0.0);
+        var hi4 = vec4<f32>(0.0);
+        var lo5 = vec4<f32>(0.0);
+        var hi5 = vec4<f32>(0.0);
+        var lo6 = vec4<f32>(0.0);
+        var hi6 = vec4<f32>(0.0);
+        var lo7 = vec4<f32>(0.0);
+        var hi7 = vec4<f32>(0.0);
+        var lo8 = vec4<f32>(0.0);
+        var hi8 = vec4<f32>(0.0);
+        var lo9 = vec4<f32>(0.0);
+        var hi9 = vec4<f32>(0.0);
+        var lo10 = vec4<f32>(0.0);
+        var hi10 = vec4<f32>(0.0);
+        var lo11 = vec4<f32>(0.0);
+        var hi11 = vec4<f32>(0.0);
+        var lo12 = vec4<f32>(0.0);
+        var hi12 = vec4<f32>(0.0);
+        var lo13 = vec4<f32>(0.0);
+        var hi13 = vec4<f32>(0.0);
+        var lo14 = vec4<f32>(0.0);
+        var hi14 = vec4<f32>(0.0);
+        var lo15 = vec4<f32>(0.0);
+        var hi15 = vec4<f32>(0.0);
+        // This lane's next outlier (they are strictly ascending).
+        var op = 0u;
+        var next = sg_outlier(0u);
         for (var kc = 0u; kc < k4 / 8u; kc = kc + 1u) {
-            m0 = max(m0, abs(x4[rx0 + kc * 8u]));
-            m1 = max(m1, abs(x4[rx1 + kc * 8u]));
-            m2 = max(m2, abs(x4[rx2 + kc * 8u]));
-            m3 = max(m3, abs(x4[rx3 + kc * 8u]));
-            m4 = max(m4, abs(x4[rx4 + kc * 8u]));
-            m5 = max(m5, abs(x4[rx5 + kc * 8u]));
-            m6 = max(m6, abs(x4[rx6 + kc * 8u]));
-            m7 = max(m7, abs(x4[rx7 + kc * 8u]));
-            m8 = max(m8, abs(x4[rx8 + kc * 8u]));
-            m9 = max(m9, abs(x4[rx9 + kc * 8u]));
-            m10 = max(m10, abs(x4[rx10 + kc * 8u]));
-            m11 = max(m11, abs(x4[rx11 + kc * 8u]));
-            m12 = max(m12, abs(x4[rx12 + kc * 8u]));
-            m13 = max(m13, abs(x4[rx13 + kc * 8u]));
-            m14 = max(m14, abs(x4[rx14 + kc * 8u]));
-            m15 = max(m15, abs(x4[rx15 + kc * 8u]));
+            var keep = vec4<bool>(true);
+            if (OUTLIERS > 0u) {
+                let p0 = kc * 32u + lane * 4u;
+                loop {
+                    if (next >= p0 + 4u) {
+                        break;
+                    }
+                    keep = keep & (vec4<u32>(next) != vec4<u32>(p0) + vec4<u32>(0u, 1u, 2u, 3u));
+                    op = op + 1u;
+                    next = sg_outlier(op);
+                }
+            }
+            let v0 = select(vec4<f32>(0.0), x4[rx0 + kc * 8u], keep);
+            lo0 = min(lo0, v0);
+            hi0 = max(hi0, v0);
+            let v1 = select(vec4<f32>(0.0), x4[rx1 + kc * 8u], keep);
+            lo1 = min(lo1, v1);
+            hi1 = max(hi1, v1);
+            let v2 = select(vec4<f32>(0.0), x4[rx2 + kc * 8u], keep);
+            lo2 = min(lo2, v2);
+            hi2 = max(hi2, v2);
+            let v3 = select(vec4<f32>(0.0), x4[rx3 + kc * 8u], keep);
+            lo3 = min(lo3, v3);
+            hi3 = max(hi3, v3);
+            let v4 = select(vec4<f32>(0.0), x4[rx4 + kc * 8u], keep);
+            lo4 = min(lo4, v4);
+            hi4 = max(hi4, v4);
+            let v5 = select(vec4<f32>(0.0), x4[rx5 + kc * 8u], keep);
+            lo5 = min(lo5, v5);
+            hi5 = max(hi5, v5);
+            let v6 = select(vec4<f32>(0.0), x4[rx6 + kc * 8u], keep);
+            lo6 = min(lo6, v6);
+            hi6 = max(hi6, v6);
+            let v7 = select(vec4<f32>(0.0), x4[rx7 + kc * 8u], keep);
+            lo7 = min(lo7, v7);
+            hi7 = max(hi7, v7);
+            let v8 = select(vec4<f32>(0.0), x4[rx8 + kc * 8u], keep);
+            lo8 = min(lo8, v8);
+            hi8 = max(hi8, v8);
+            let v9 = select(vec4<f32>(0.0), x4[rx9 + kc * 8u], keep);
+            lo9 = min(lo9, v9);
+            hi9 = max(hi9, v9);
+            let v10 = select(vec4<f32>(0.0), x4[rx10 + kc * 8u], keep);
+            lo10 = min(lo10, v10);
+            hi10 = max(hi10, v10);
+            let v11 = select(vec4<f32>(0.0), x4[rx11 + kc * 8u], keep);
+            lo11 = min(lo11, v11);
+            hi11 = max(hi11, v11);
+            let v12 = select(vec4<f32>(0.0), x4[rx12 + kc * 8u], keep);
+            lo12 = min(lo12, v12);
+            hi12 = max(hi12, v12);
+            let v13 = select(vec4<f32>(0.0), x4[rx13 + kc * 8u], keep);
+            lo13 = min(lo13, v13);
+            hi13 = max(hi13, v13);
+            let v14 = select(vec4<f32>(0.0), x4[rx14 + kc * 8u], keep);
+            lo14 = min(lo14, v14);
+            hi14 = max(hi14, v14);
+            let v15 = select(vec4<f32>(0.0), x4[rx15 + kc * 8u], keep);
+            lo15 = min(lo15, v15);
+            hi15 = max(hi15, v15);
         }
-        let t0 = subgroupMax(max(max(m0.x, m0.y), max(m0.z, m0.w)));
-        if (t0 > 0.0) {
-            s0 = t0 / 127.0;
-        }
-        i0 = 1.0 / s0;
-        let t1 = subgroupMax(max(max(m1.x, m1.y), max(m1.z, m1.w)));
-        if (t1 > 0.0) {
-            s1 = t1 / 127.0;
-        }
-        i1 = 1.0 / s1;
-        let t2 = subgroupMax(max(max(m2.x, m2.y), max(m2.z, m2.w)));
-        if (t2 > 0.0) {
-            s2 = t2 / 127.0;
-        }
-        i2 = 1.0 / s2;
-        let t3 = subgroupMax(max(max(m3.x, m3.y), max(m3.z, m3.w)));
-        if (t3 > 0.0) {
-            s3 = t3 / 127.0;
-        }
-        i3 = 1.0 / s3;
-        let t4 = subgroupMax(max(max(m4.x, m4.y), max(m4.z, m4.w)));
-        if (t4 > 0.0) {
-            s4 = t4 / 127.0;
-        }
-        i4 = 1.0 / s4;
-        let t5 = subgroupMax(max(max(m5.x, m5.y), max(m5.z, m5.w)));
-        if (t5 > 0.0) {
-            s5 = t5 / 127.0;
-        }
-        i5 = 1.0 / s5;
-        let t6 = subgroupMax(max(max(m6.x, m6.y), max(m6.z, m6.w)));
-        if (t6 > 0.0) {
-            s6 = t6 / 127.0;
-        }
-        i6 = 1.0 / s6;
-        let t7 = subgroupMax(max(max(m7.x, m7.y), max(m7.z, m7.w)));
-        if (t7 > 0.0) {
-            s7 = t7 / 127.0;
-        }
-        i7 = 1.0 / s7;
-        let t8 = subgroupMax(max(max(m8.x, m8.y), max(m8.z, m8.w)));
-        if (t8 > 0.0) {
-            s8 = t8 / 127.0;
-        }
-        i8 = 1.0 / s8;
-        let t9 = subgroupMax(max(max(m9.x, m9.y), max(m9.z, m9.w)));
-        if (t9 > 0.0) {
-            s9 = t9 / 127.0;
-        }
-        i9 = 1.0 / s9;
-        let t10 = subgroupMax(max(max(m10.x, m10.y), max(m10.z, m10.w)));
-        if (t10 > 0.0) {
-            s10 = t10 / 127.0;
-        }
-        i10 = 1.0 / s10;
-        let t11 = subgroupMax(max(max(m11.x, m11.y), max(m11.z, m11.w)));
-        if (t11 > 0.0) {
-            s11 = t11 / 127.0;
-        }
-        i11 = 1.0 / s11;
-        let t12 = subgroupMax(max(max(m12.x, m12.y), max(m12.z, m12.w)));
-        if (t12 > 0.0) {
-            s12 = t12 / 127.0;
-        }
-        i12 = 1.0 / s12;
-        let t13 = subgroupMax(max(max(m13.x, m13.y), max(m13.z, m13.w)));
-        if (t13 > 0.0) {
-            s13 = t13 / 127.0;
-        }
-        i13 = 1.0 / s13;
-        let t14 = subgroupMax(max(max(m14.x, m14.y), max(m14.z, m14.w)));
-        if (t14 > 0.0) {
-            s14 = t14 / 127.0;
-        }
-        i14 = 1.0 / s14;
-        let t15 = subgroupMax(max(max(m15.x, m15.y), max(m15.z, m15.w)));
-        if (t15 > 0.0) {
-            s15 = t15 / 127.0;
-        }
-        i15 = 1.0 / s15;
+        let p0 = w8a8_params(subgroupMin(min(min(lo0.x, lo0.y), min(lo0.z, lo0.w))), subgroupMax(max(max(hi0.x, hi0.y), max(hi0.z, hi0.w))));
+        s0 = p0.x;
+        i0 = p0.y;
+        zx0 = p0.z;
+        let p1 = w8a8_params(subgroupMin(min(min(lo1.x, lo1.y), min(lo1.z, lo1.w))), subgroupMax(max(max(hi1.x, hi1.y), max(hi1.z, hi1.w))));
+        s1 = p1.x;
+        i1 = p1.y;
+        zx1 = p1.z;
+        let p2 = w8a8_params(subgroupMin(min(min(lo2.x, lo2.y), min(lo2.z, lo2.w))), subgroupMax(max(max(hi2.x, hi2.y), max(hi2.z, hi2.w))));
+        s2 = p2.x;
+        i2 = p2.y;
+        zx2 = p2.z;
+        let p3 = w8a8_params(subgroupMin(min(min(lo3.x, lo3.y), min(lo3.z, lo3.w))), subgroupMax(max(max(hi3.x, hi3.y), max(hi3.z, hi3.w))));
+        s3 = p3.x;
+        i3 = p3.y;
+        zx3 = p3.z;
+        let p4 = w8a8_params(subgroupMin(min(min(lo4.x, lo4.y), min(lo4.z, lo4.w))), subgroupMax(max(max(hi4.x, hi4.y), max(hi4.z, hi4.w))));
+        s4 = p4.x;
+        i4 = p4.y;
+        zx4 = p4.z;
+        let p5 = w8a8_params(subgroupMin(min(min(lo5.x, lo5.y), min(lo5.z, lo5.w))), subgroupMax(max(max(hi5.x, hi5.y), max(hi5.z, hi5.w))));
+        s5 = p5.x;
+        i5 = p5.y;
+        zx5 = p5.z;
+        let p6 = w8a8_params(subgroupMin(min(min(lo6.x, lo6.y), min(lo6.z, lo6.w))), subgroupMax(max(max(hi6.x, hi6.y), max(hi6.z, hi6.w))));
+        s6 = p6.x;
+        i6 = p6.y;
+        zx6 = p6.z;
+        let p7 = w8a8_params(subgroupMin(min(min(lo7.x, lo7.y), min(lo7.z, lo7.w))), subgroupMax(max(max(hi7.x, hi7.y), max(hi7.z, hi7.w))));
+        s7 = p7.x;
+        i7 = p7.y;
+        zx7 = p7.z;
+        let p8 = w8a8_params(subgroupMin(min(min(lo8.x, lo8.y), min(lo8.z, lo8.w))), subgroupMax(max(max(hi8.x, hi8.y), max(hi8.z, hi8.w))));
+        s8 = p8.x;
+        i8 = p8.y;
+        zx8 = p8.z;
+        let p9 = w8a8_params(subgroupMin(min(min(lo9.x, lo9.y), min(lo9.z, lo9.w))), subgroupMax(max(max(hi9.x, hi9.y), max(hi9.z, hi9.w))));
+        s9 = p9.x;
+        i9 = p9.y;
+        zx9 = p9.z;
+        let p10 = w8a8_params(subgroupMin(min(min(lo10.x, lo10.y), min(lo10.z, lo10.w))), subgroupMax(max(max(hi10.x, hi10.y), max(hi10.z, hi10.w))));
+        s10 = p10.x;
+        i10 = p10.y;
+        zx10 = p10.z;
+        let p11 = w8a8_params(subgroupMin(min(min(lo11.x, lo11.y), min(lo11.z, lo11.w))), subgroupMax(max(max(hi11.x, hi11.y), max(hi11.z, hi11.w))));
+        s11 = p11.x;
+        i11 = p11.y;
+        zx11 = p11.z;
+        let p12 = w8a8_params(subgroupMin(min(min(lo12.x, lo12.y), min(lo12.z, lo12.w))), subgroupMax(max(max(hi12.x, hi12.y), max(hi12.z, hi12.w))));
+        s12 = p12.x;
+        i12 = p12.y;
+        zx12 = p12.z;
+        let p13 = w8a8_params(subgroupMin(min(min(lo13.x, lo13.y), min(lo13.z, lo13.w))), subgroupMax(max(max(hi13.x, hi13.y), max(hi13.z, hi13.w))));
+        s13 = p13.x;
+        i13 = p13.y;
+        zx13 = p13.z;
+        let p14 = w8a8_params(subgroupMin(min(min(lo14.x, lo14.y), min(lo14.z, lo14.w))), subgroupMax(max(max(hi14.x, hi14.y), max(hi14.z, hi14.w))));
+        s14 = p14.x;
+        i14 = p14.y;
+        zx14 = p14.z;
+        let p15 = w8a8_params(subgroupMin(min(min(lo15.x, lo15.y), min(lo15.z, lo15.w))), subgroupMax(max(max(hi15.x, hi15.y), max(hi15.z, hi15.w))));
+        s15 = p15.x;
+        i15 = p15.y;
+        zx15 = p15.z;
     }
     for (var kc = 0u; kc < k4 / 8u; kc = kc + 1u) {
-        let v0 = sg_x(x4[rx0 + kc * 8u], i0);
-        let v1 = sg_x(x4[rx1 + kc * 8u], i1);
-        let v2 = sg_x(x4[rx2 + kc * 8u], i2);
-        let v3 = sg_x(x4[rx3 + kc * 8u], i3);
-        let v4 = sg_x(x4[rx4 + kc * 8u], i4);
-        let v5 = sg_x(x4[rx5 + kc * 8u], i5);
-        let v6 = sg_x(x4[rx6 + kc * 8u], i6);
-        let v7 = sg_x(x4[rx7 + kc * 8u], i7);
-        let v8 = sg_x(x4[rx8 + kc * 8u], i8);
-        let v9 = sg_x(x4[rx9 + kc * 8u], i9);
-        let v10 = sg_x(x4[rx10 + kc * 8u], i10);
-        let v11 = sg_x(x4[rx11 + kc * 8u], i11);
-        let v12 = sg_x(x4[rx12 + kc * 8u], i12);
-        let v13 = sg_x(x4[rx13 + kc * 8u], i13);
-        let v14 = sg_x(x4[rx14 + kc * 8u], i14);
-        let v15 = sg_x(x4[rx15 + kc * 8u], i15);
+        let v0 = sg_x(x4[rx0 + kc * 8u], i0, zx0);
+        let v1 = sg_x(x4[rx1 + kc * 8u], i1, zx1);
+        let v2 = sg_x(x4[rx2 + kc * 8u], i2, zx2);
+        let v3 = sg_x(x4[rx3 + kc * 8u], i3, zx3);
+        let v4 = sg_x(x4[rx4 + kc * 8u], i4, zx4);
+        let v5 = sg_x(x4[rx5 + kc * 8u], i5, zx5);
+        let v6 = sg_x(x4[rx6 + kc * 8u], i6, zx6);
+        let v7 = sg_x(x4[rx7 + kc * 8u], i7, zx7);
+        let v8 = sg_x(x4[rx8 + kc * 8u], i8, zx8);
+        let v9 = sg_x(x4[rx9 + kc * 8u], i9, zx9);
+        let v10 = sg_x(x4[rx10 + kc * 8u], i10, zx10);
+        let v11 = sg_x(x4[rx11 + kc * 8u], i11, zx11);
+        let v12 = sg_x(x4[rx12 + kc * 8u], i12, zx12);
+        let v13 = sg_x(x4[rx13 + kc * 8u], i13, zx13);
+        let v14 = sg_x(x4[rx14 + kc * 8u], i14, zx14);
+        let v15 = sg_x(x4[rx15 + kc * 8u], i15, zx15);
         var c0 = sg_chunk(j0, kc);
         c0.z = c0.z + z0;
         var c1 = sg_chunk(j1, kc);
@@ -906,38 +978,125 @@ fn sg(
     }
     let f0 = vec4<f32>(sg_scale(j0), sg_scale(j1), sg_scale(j2), sg_scale(j3));
     let f1 = vec4<f32>(sg_scale(j4), sg_scale(j5), sg_scale(j6), sg_scale(j7));
-    store4(row0 + 0u, col0 + 0u, a0_0 * f0 * s0);
-    store4(row0 + 0u, col0 + 4u, a0_1 * f1 * s0);
-    store4(row0 + 1u, col0 + 0u, a1_0 * f0 * s1);
-    store4(row0 + 1u, col0 + 4u, a1_1 * f1 * s1);
-    store4(row0 + 2u, col0 + 0u, a2_0 * f0 * s2);
-    store4(row0 + 2u, col0 + 4u, a2_1 * f1 * s2);
-    store4(row0 + 3u, col0 + 0u, a3_0 * f0 * s3);
-    store4(row0 + 3u, col0 + 4u, a3_1 * f1 * s3);
-    store4(row0 + 4u, col0 + 0u, a4_0 * f0 * s4);
-    store4(row0 + 4u, col0 + 4u, a4_1 * f1 * s4);
-    store4(row0 + 5u, col0 + 0u, a5_0 * f0 * s5);
-    store4(row0 + 5u, col0 + 4u, a5_1 * f1 * s5);
-    store4(row0 + 6u, col0 + 0u, a6_0 * f0 * s6);
-    store4(row0 + 6u, col0 + 4u, a6_1 * f1 * s6);
-    store4(row0 + 7u, col0 + 0u, a7_0 * f0 * s7);
-    store4(row0 + 7u, col0 + 4u, a7_1 * f1 * s7);
-    store4(row0 + 8u, col0 + 0u, a8_0 * f0 * s8);
-    store4(row0 + 8u, col0 + 4u, a8_1 * f1 * s8);
-    store4(row0 + 9u, col0 + 0u, a9_0 * f0 * s9);
-    store4(row0 + 9u, col0 + 4u, a9_1 * f1 * s9);
-    store4(row0 + 10u, col0 + 0u, a10_0 * f0 * s10);
-    store4(row0 + 10u, col0 + 4u, a10_1 * f1 * s10);
-    store4(row0 + 11u, col0 + 0u, a11_0 * f0 * s11);
-    store4(row0 + 11u, col0 + 4u, a11_1 * f1 * s11);
-    store4(row0 + 12u, col0 + 0u, a12_0 * f0 * s12);
-    store4(row0 + 12u, col0 + 4u, a12_1 * f1 * s12);
-    store4(row0 + 13u, col0 + 0u, a13_0 * f0 * s13);
-    store4(row0 + 13u, col0 + 4u, a13_1 * f1 * s13);
-    store4(row0 + 14u, col0 + 0u, a14_0 * f0 * s14);
-    store4(row0 + 14u, col0 + 4u, a14_1 * f1 * s14);
-    store4(row0 + 15u, col0 + 0u, a15_0 * f0 * s15);
-    store4(row0 + 15u, col0 + 4u, a15_1 * f1 * s15);
+    a0_0 = a0_0 * (f0 * s0);
+    a0_1 = a0_1 * (f1 * s0);
+    a1_0 = a1_0 * (f0 * s1);
+    a1_1 = a1_1 * (f1 * s1);
+    a2_0 = a2_0 * (f0 * s2);
+    a2_1 = a2_1 * (f1 * s2);
+    a3_0 = a3_0 * (f0 * s3);
+    a3_1 = a3_1 * (f1 * s3);
+    a4_0 = a4_0 * (f0 * s4);
+    a4_1 = a4_1 * (f1 * s4);
+    a5_0 = a5_0 * (f0 * s5);
+    a5_1 = a5_1 * (f1 * s5);
+    a6_0 = a6_0 * (f0 * s6);
+    a6_1 = a6_1 * (f1 * s6);
+    a7_0 = a7_0 * (f0 * s7);
+    a7_1 = a7_1 * (f1 * s7);
+    a8_0 = a8_0 * (f0 * s8);
+    a8_1 = a8_1 * (f1 * s8);
+    a9_0 = a9_0 * (f0 * s9);
+    a9_1 = a9_1 * (f1 * s9);
+    a10_0 = a10_0 * (f0 * s10);
+    a10_1 = a10_1 * (f1 * s10);
+    a11_0 = a11_0 * (f0 * s11);
+    a11_1 = a11_1 * (f1 * s11);
+    a12_0 = a12_0 * (f0 * s12);
+    a12_1 = a12_1 * (f1 * s12);
+    a13_0 = a13_0 * (f0 * s13);
+    a13_1 = a13_1 * (f1 * s13);
+    a14_0 = a14_0 * (f0 * s14);
+    a14_1 = a14_1 * (f1 * s14);
+    a15_0 = a15_0 * (f0 * s15);
+    a15_1 = a15_1 * (f1 * s15);
+    if (FORMAT == 7u) {
+        for (var t = 0u; t < OUTLIERS; t = t + 1u) {
+            let p = t0[t];
+            let ow0 = vec4<f32>(bitcast<f32>(t2[j0 * OUTLIERS + t]), bitcast<f32>(t2[j1 * OUTLIERS + t]), bitcast<f32>(t2[j2 * OUTLIERS + t]), bitcast<f32>(t2[j3 * OUTLIERS + t]));
+            let ow1 = vec4<f32>(bitcast<f32>(t2[j4 * OUTLIERS + t]), bitcast<f32>(t2[j5 * OUTLIERS + t]), bitcast<f32>(t2[j6 * OUTLIERS + t]), bitcast<f32>(t2[j7 * OUTLIERS + t]));
+            let xo0 = x[(rx0 - lane) * 4u + p];
+            a0_0 = a0_0 + xo0 * ow0;
+            a0_1 = a0_1 + xo0 * ow1;
+            let xo1 = x[(rx1 - lane) * 4u + p];
+            a1_0 = a1_0 + xo1 * ow0;
+            a1_1 = a1_1 + xo1 * ow1;
+            let xo2 = x[(rx2 - lane) * 4u + p];
+            a2_0 = a2_0 + xo2 * ow0;
+            a2_1 = a2_1 + xo2 * ow1;
+            let xo3 = x[(rx3 - lane) * 4u + p];
+            a3_0 = a3_0 + xo3 * ow0;
+            a3_1 = a3_1 + xo3 * ow1;
+            let xo4 = x[(rx4 - lane) * 4u + p];
+            a4_0 = a4_0 + xo4 * ow0;
+            a4_1 = a4_1 + xo4 * ow1;
+            let xo5 = x[(rx5 - lane) * 4u + p];
+            a5_0 = a5_0 + xo5 * ow0;
+            a5_1 = a5_1 + xo5 * ow1;
+            let xo6 = x[(rx6 - lane) * 4u + p];
+            a6_0 = a6_0 + xo6 * ow0;
+            a6_1 = a6_1 + xo6 * ow1;
+            let xo7 = x[(rx7 - lane) * 4u + p];
+            a7_0 = a7_0 + xo7 * ow0;
+            a7_1 = a7_1 + xo7 * ow1;
+            let xo8 = x[(rx8 - lane) * 4u + p];
+            a8_0 = a8_0 + xo8 * ow0;
+            a8_1 = a8_1 + xo8 * ow1;
+            let xo9 = x[(rx9 - lane) * 4u + p];
+            a9_0 = a9_0 + xo9 * ow0;
+            a9_1 = a9_1 + xo9 * ow1;
+            let xo10 = x[(rx10 - lane) * 4u + p];
+            a10_0 = a10_0 + xo10 * ow0;
+            a10_1 = a10_1 + xo10 * ow1;
+            let xo11 = x[(rx11 - lane) * 4u + p];
+            a11_0 = a11_0 + xo11 * ow0;
+            a11_1 = a11_1 + xo11 * ow1;
+            let xo12 = x[(rx12 - lane) * 4u + p];
+            a12_0 = a12_0 + xo12 * ow0;
+            a12_1 = a12_1 + xo12 * ow1;
+            let xo13 = x[(rx13 - lane) * 4u + p];
+            a13_0 = a13_0 + xo13 * ow0;
+            a13_1 = a13_1 + xo13 * ow1;
+            let xo14 = x[(rx14 - lane) * 4u + p];
+            a14_0 = a14_0 + xo14 * ow0;
+            a14_1 = a14_1 + xo14 * ow1;
+            let xo15 = x[(rx15 - lane) * 4u + p];
+            a15_0 = a15_0 + xo15 * ow0;
+            a15_1 = a15_1 + xo15 * ow1;
+        }
+    }
+    store4(row0 + 0u, col0 + 0u, a0_0);
+    store4(row0 + 0u, col0 + 4u, a0_1);
+    store4(row0 + 1u, col0 + 0u, a1_0);
+    store4(row0 + 1u, col0 + 4u, a1_1);
+    store4(row0 + 2u, col0 + 0u, a2_0);
+    store4(row0 + 2u, col0 + 4u, a2_1);
+    store4(row0 + 3u, col0 + 0u, a3_0);
+    store4(row0 + 3u, col0 + 4u, a3_1);
+    store4(row0 + 4u, col0 + 0u, a4_0);
+    store4(row0 + 4u, col0 + 4u, a4_1);
+    store4(row0 + 5u, col0 + 0u, a5_0);
+    store4(row0 + 5u, col0 + 4u, a5_1);
+    store4(row0 + 6u, col0 + 0u, a6_0);
+    store4(row0 + 6u, col0 + 4u, a6_1);
+    store4(row0 + 7u, col0 + 0u, a7_0);
+    store4(row0 + 7u, col0 + 4u, a7_1);
+    store4(row0 + 8u, col0 + 0u, a8_0);
+    store4(row0 + 8u, col0 + 4u, a8_1);
+    store4(row0 + 9u, col0 + 0u, a9_0);
+    store4(row0 + 9u, col0 + 4u, a9_1);
+    store4(row0 + 10u, col0 + 0u, a10_0);
+    store4(row0 + 10u, col0 + 4u, a10_1);
+    store4(row0 + 11u, col0 + 0u, a11_0);
+    store4(row0 + 11u, col0 + 4u, a11_1);
+    store4(row0 + 12u, col0 + 0u, a12_0);
+    store4(row0 + 12u, col0 + 4u, a12_1);
+    store4(row0 + 13u, col0 + 0u, a13_0);
+    store4(row0 + 13u, col0 + 4u, a13_1);
+    store4(row0 + 14u, col0 + 0u, a14_0);
+    store4(row0 + 14u, col0 + 4u, a14_1);
+    store4(row0 + 15u, col0 + 0u, a15_0);
+    store4(row0 + 15u, col0 + 4u, a15_1);
 }
 
 // XNOR (FORMAT 8): β = mean |x| per row (subgroupAdd over the first 8 lanes'

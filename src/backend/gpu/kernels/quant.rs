@@ -99,13 +99,21 @@ fn subgroup_kernel(
             list.push(("NM_N", n as f64));
             list.push(("NM_M", m as f64));
         }
+        WeightFormat::W8A8 { outliers } => list.push(("OUTLIERS", outliers as f64)),
         _ => {}
     }
-    // Bindings 2-6 as in qlinear.wgsl, then 7: x as vec4, 8: the packed
-    // words as vec4 (binary and XNOR read them as u32, and their rows may be
-    // shorter than 16 bytes: a dummy there).
-    let mut binds: Vec<Bind> = (0..1 + np).map(Bind::Input).collect();
-    binds.resize(4, Bind::Zeros);
+    // Bindings 2-6 as in qlinear.wgsl (W8A8: x, outlier_index, scale,
+    // outlier_weight; its codes through 8, wsum unused), then 7: x as vec4,
+    // 8: the packed words as vec4 (binary and XNOR read them as u32, and their
+    // rows may be shorter than 16 bytes: a dummy there).
+    let mut binds: Vec<Bind> = if let WeightFormat::W8A8 { outliers } = *format {
+        let o = |i: usize| if outliers > 0 { Bind::Input(i) } else { Bind::Zeros };
+        vec![Bind::Input(0), o(4), Bind::Input(2), o(5)]
+    } else {
+        let mut b: Vec<Bind> = (0..1 + np).map(Bind::Input).collect();
+        b.resize(4, Bind::Zeros);
+        b
+    };
     binds.push(if has_bias { Bind::Input(1 + np) } else { Bind::Zeros });
     binds.push(Bind::Input(0));
     binds.push(if code == 6 || code == 8 {
@@ -160,11 +168,6 @@ pub(super) fn select(
             ));
         }
     }
-    if matches!(format, WeightFormat::W8A8 { .. }) {
-        // W8A8 v2 (asymmetric u8 activations, wsum, outlier channels): the
-        // shaders still implement v1; the CPU runs it until they catch up.
-        return Err(unsupported(op, fmt("W8A8 v2 not yet on the GPU"), caps));
-    }
     let has_bias = inputs.len() == 2 + np;
     if has_bias && (inputs[1 + np].0 != DType::F32 || inputs[1 + np].1 != [n]) {
         return Err(unsupported(op, fmt("bias is not f32[out]"), caps));
@@ -197,11 +200,8 @@ pub(super) fn select(
     let b = |v: bool| if v { 1.0 } else { 0.0 };
     let act = fused.map(act_code).unwrap_or(0) as f64;
     let aligned = k.is_multiple_of(4);
-    // W8A8 only with its two tensors (row scales computed here, at run time);
     // N:M where half the weights are kept (2:4, 4:8).
-    let sg_format = (1..=6).contains(&code)
-        || (code == 7 && np == 2)
-        || code == 8
+    let sg_format = (1..=8).contains(&code)
         || matches!(format, WeightFormat::NM { n, m } if 2 * n == m && (m == 4 || m == 8));
     if caps.subgroups && caps.software && sg_format && k.is_multiple_of(32) && m >= 4 {
         return Ok(Some(subgroup_kernel(
@@ -249,19 +249,27 @@ pub(super) fn select(
                 list.push(("NM_N", n as f64));
                 list.push(("NM_M", m as f64));
             }
+            WeightFormat::W8A8 { outliers } => list.push(("OUTLIERS", outliers as f64)),
             _ => {}
         }
         (shader, entry, constants(&list))
     };
-    let mut binds: Vec<Bind> = (0..1 + np).map(Bind::Input).collect();
+    // Bindings 2-6: x, t0-t2 (dummies past the format's tensors), bias; W8A8
+    // also 7-8: outlier_index and outlier_weight (dummies without outliers).
+    let mut binds: Vec<Bind> = (0..1 + np.min(3)).map(Bind::Input).collect();
     binds.resize(4, Bind::Zeros);
     binds.push(if has_bias { Bind::Input(1 + np) } else { Bind::Zeros });
+    if let WeightFormat::W8A8 { outliers } = format {
+        let o = |i: usize| if outliers > 0 { Bind::Input(i) } else { Bind::Zeros };
+        binds.extend([o(4), o(5)]);
+    }
+    let inputs = binds.len();
     Ok(Some(NodeKernel::Dispatch(DispatchSpec {
         key: PipelineKey {
             shader,
             entry,
             constants: consts,
-            inputs: 5,
+            inputs,
         },
         params: vec![m as u32, n as u32, k as u32, aux as u32],
         groups: [groups[0] as u32, groups[1] as u32, groups[2] as u32],
