@@ -201,8 +201,8 @@ pub(super) fn select(
     let act = fused.map(act_code).unwrap_or(0) as f64;
     let aligned = k.is_multiple_of(4);
     // N:M where half the weights are kept (2:4, 4:8).
-    let sg_format = (1..=8).contains(&code)
-        || matches!(format, WeightFormat::NM { n, m } if 2 * n == m && (m == 4 || m == 8));
+    let sg_format =
+        (1..=8).contains(&code) || matches!(format, WeightFormat::NM { n, m } if 2 * n == m && (m == 4 || m == 8));
     if caps.subgroups && caps.software && sg_format && k.is_multiple_of(32) && m >= 4 {
         return Ok(Some(subgroup_kernel(
             &format,
