@@ -578,6 +578,54 @@ fn qlinear_portable_kernels_match_too() {
 }
 
 #[test]
+fn w8a8_outlier_channels_match_on_every_kernel() {
+    // Outlier channels with activations far outside the other channels'
+    // range: the GPU must take each row's scale and zero point from the other
+    // channels only (the tolerance is that step's) and add the outliers' f32
+    // products. Rows all positive (z = 0), all negative (z = 255), zero but
+    // for the outliers (hi == lo) and mixed; the subgroup kernel's tiles and
+    // edges (K % 32 == 0, M >= 4), unaligned K and single rows; adapter and
+    // portable kernels.
+    let Some(ctx) = gpu() else { return };
+    let portable = GpuOptions {
+        portable_kernels: true,
+        ..GpuOptions::default()
+    };
+    let mut rng = CaseRng::new(0xa8);
+    let mut n = 0;
+    for outliers in [4u32, 8] {
+        let format = wginfer::quant::WeightFormat::W8A8 { outliers };
+        for (m, k, n_out) in [(33, 96, 515), (4, 32, 9), (9, 130, 67), (1, 64, 40), (2, 17, 5)] {
+            let mut case = wginfer::ops::qlinear::case(&mut rng, format, m, k, n_out, true);
+            let idx: Vec<usize> = case.inputs[4].to_f32_vec().iter().map(|&c| c as usize).collect();
+            assert_eq!(idx.len(), outliers as usize);
+            let mut x = case.inputs[0].to_f32_vec();
+            for (i, row) in x.chunks_mut(k).enumerate() {
+                for (c, v) in row.iter_mut().enumerate() {
+                    if idx.contains(&c) {
+                        *v = if (i + c) % 2 == 0 { 40.0 } else { -25.0 };
+                    } else {
+                        match i % 4 {
+                            0 => *v = v.abs(),
+                            1 => *v = -v.abs(),
+                            2 => *v = 0.0,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            case.inputs[0] = Tensor::from_vec(vec![m, k], x).expect("x");
+            case.name = format!("{} (outlier channels at 40 / -25)", case.name);
+            for options in [&GpuOptions::default(), &portable] {
+                assert!(check_case(&ctx, &case, options).is_none(), "{}", case.name);
+                n += 1;
+            }
+        }
+    }
+    say(&format!("w8a8 with outlier channels: {n} cases on the GPU"));
+}
+
+#[test]
 fn sentence_embedding_ops_run_on_the_gpu() {
     // Gather's indices are i64/i32, so the generic test above allows a CPU
     // fallback for it; these ops must not fall back, on any of their cases.

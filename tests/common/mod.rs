@@ -38,15 +38,35 @@ pub fn tolerance(v: Validation, dtype: DType) -> Tolerance {
 /// everywhere, so only accumulation differs: `Approximate`. W8A8 also
 /// quantizes activations at run time, and a backend whose division is not
 /// exactly rounded (WGSL promises 2.5 ULP) may round an activation that sits
-/// on a .5 boundary the other way: allow two activation steps
-/// (`s_x = max|x_row|/127`) times the largest weight (`127·s_w`) per output.
+/// on a .5 boundary the other way: allow two activation steps (the largest
+/// row's `s_x = (hi - lo)/255`, from the row without its outlier channels,
+/// which are not quantized) times the largest weight (`127·s_w`) per output.
 pub fn qlinear_tolerance(format: &wginfer::quant::WeightFormat, inputs: &[Tensor]) -> Tolerance {
     let base = tolerance(Validation::Approximate, DType::F32);
-    if !matches!(format, wginfer::quant::WeightFormat::W8A8 { .. }) {
+    let wginfer::quant::WeightFormat::W8A8 { outliers } = *format else {
         return base;
-    }
+    };
     let max_abs = |t: &Tensor| t.to_f32_vec().iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let step_x = max_abs(&inputs[0]) / 127.0;
+    let k = inputs[0].shape().last().copied().unwrap_or(1).max(1);
+    // inputs: x, q, scale, wsum, then outlier_index when there are outliers.
+    let skip: Vec<usize> = if outliers > 0 {
+        inputs[4].to_f32_vec().iter().map(|&c| c as usize).collect()
+    } else {
+        Vec::new()
+    };
+    let step_x = inputs[0]
+        .to_f32_vec()
+        .chunks(k)
+        .map(|row| {
+            let (mut lo, mut hi) = (0.0f32, 0.0f32);
+            for (c, &v) in row.iter().enumerate() {
+                let v = if skip.contains(&c) { 0.0 } else { v };
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+            (hi - lo) / 255.0
+        })
+        .fold(0.0f32, f32::max);
     let max_w = 127.0 * max_abs(&inputs[2]);
     Tolerance {
         atol: base.atol + 2.0 * step_x * max_w,
