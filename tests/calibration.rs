@@ -122,6 +122,63 @@ fn digits_gptq_int4_beats_round_to_nearest() {
     }
 }
 
+/// W8A8 with calibration: per layer the min(8, in/16) input channels with the
+/// largest Σx² over the calibration rows stay in f32 (checked against the
+/// training inputs directly for the first layer), GPTQ quantizes the rest,
+/// and every layer's outputs (activation quantization included) are closer
+/// to f32 on held-out data than plain W8A8's.
+#[test]
+fn digits_w8a8_calibration_keeps_outlier_channels() {
+    let model = Model::load(root("models/digits-mlp/model.safetensors")).expect("model");
+    let (train, test) = (digits_split("train"), digits_split("test"));
+    let cal = Calibration::from_tensors(&model, &train).expect("calibration");
+    let f: WeightFormat = "w8a8".parse().expect("format");
+    let (plain, _) = quantize(&model, &QuantizeOptions::new(f), |_, _| {}).expect("plain");
+    let mut opts = QuantizeOptions::new(f);
+    opts.calibration = Some(cal);
+    let (cq, report) = quantize(&model, &opts, |_, _| {}).expect("calibrated");
+    for l in &report.layers {
+        let node = model.graph().nodes().iter().find(|n| n.name == l.node).expect("node");
+        let k = model.param(&node.inputs[1]).expect("weight").shape()[1];
+        assert_eq!(
+            l.format,
+            Some(WeightFormat::W8A8 {
+                outliers: (k / 16).min(8) as u32
+            }),
+            "{}",
+            l.node
+        );
+        assert!(l.gptq, "{}", l.node);
+    }
+    // The first layer reads the model input: its outlier channels by hand.
+    let first = &cq.graph().nodes()[0];
+    let idx = cq.param(&first.inputs[4]).expect("outlier_index").to_i64_vec();
+    let x = get(&train, "input");
+    let k = x.shape()[1];
+    let xv = x.to_f32_vec();
+    let energy: Vec<f64> = (0..k)
+        .map(|c| xv.chunks(k).map(|r| (r[c] as f64).powi(2)).sum())
+        .collect();
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by(|&a, &b| energy[b].total_cmp(&energy[a]).then(a.cmp(&b)));
+    let mut want: Vec<i64> = order[..idx.len()].iter().map(|&c| c as i64).collect();
+    want.sort_unstable();
+    assert_eq!(idx, want, "outlier channels of the first layer");
+    let xt = get(&test, "input");
+    let (ep, ec) = (
+        layer_output_error(&model, &plain, &xt),
+        layer_output_error(&model, &cq, &xt),
+    );
+    for ((name, p), (_, c)) in ep.iter().zip(&ec) {
+        say(&format!(
+            "digits w8a8 {name}: layer output error plain {p:.4e}, calibrated {c:.4e}"
+        ));
+        assert!(c < p, "{name}: calibrated W8A8 error {c} not below plain {p}");
+    }
+    let (base, acc) = (digits_accuracy(&model, &test), digits_accuracy(&cq, &test));
+    assert!(acc >= base - 0.005, "calibrated W8A8 accuracy {acc} vs f32 {base}");
+}
+
 #[test]
 fn cli_quantize_with_calibration() {
     let tmp = tempfile::tempdir().expect("tmp");

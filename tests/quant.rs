@@ -31,13 +31,16 @@ proptest! {
 
     #[test]
     fn dequantized_weights_are_within_half_a_step(
-        fmt in 0usize..11,
+        fmt in 0usize..12,
         out in 1usize..9,
         inp in 1usize..300,
         scale in 0.001f32..10.0,
         seed in any::<u64>(),
     ) {
         let format = quant::all_formats()[fmt];
+        if let WeightFormat::W8A8 { outliers } = format {
+            prop_assume!(outliers as usize <= inp);
+        }
         let mut rng = wginfer::ops::CaseRng::new(seed);
         let w: Vec<f32> = (0..out * inp).map(|_| rng.uniform(-scale, scale)).collect();
         let packed = quant::quantize_weight(&format, &w, out, inp).unwrap();
@@ -280,4 +283,177 @@ fn unknown_layer_names_are_refused() {
     opts.keep.push("fc9".into());
     let e = quantize(&model, &opts, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("fc9") && e.contains("fc1, fc2, fc3"), "{e}");
+}
+
+/// W8A8 v2 packing: codes, scales without the outlier columns, exact row
+/// sums, outlier columns in f32; names and serde.
+#[test]
+fn w8a8_packing_keeps_outliers_and_row_sums() {
+    let (out, inp) = (3, 6);
+    // Column 4 holds the large weights: the data-free rule keeps it in f32.
+    let w: Vec<f32> = vec![
+        0.5, -0.25, 0.125, 1.0, 40.0, -1.0, //
+        0.0, 0.0, 0.0, 0.0, -30.0, 0.0, //
+        -0.127, 0.254, 0.0, 0.0, 5.0, 0.1,
+    ];
+    let format = WeightFormat::W8A8 { outliers: 1 };
+    let packed = quant::quantize_weight(&format, &w, out, inp).expect("pack");
+    assert_eq!(packed.len(), 5);
+    let q = packed[0].as_slice::<i8>().expect("q");
+    let scale = packed[1].as_f32().expect("scale");
+    let wsum = packed[2].as_slice::<i32>().expect("wsum");
+    assert_eq!(packed[3].as_slice::<i32>().expect("index"), &[4]);
+    assert_eq!(packed[4].as_f32().expect("outlier weights"), &[40.0, -30.0, 5.0]);
+    // Scales from the other columns: 1/127, an all-zero row gets 1, 0.254/127.
+    assert_eq!(scale, &[1.0 / 127.0, 1.0, 0.254 / 127.0]);
+    assert_eq!(&q[..6], &[64, -32, 16, 127, 0, -127]);
+    assert_eq!(&q[6..12], &[0; 6]);
+    assert_eq!(&q[12..], &[-64, 127, 0, 0, 0, 50]);
+    for r in 0..out {
+        assert_eq!(
+            wsum[r],
+            q[r * inp..(r + 1) * inp].iter().map(|&v| v as i32).sum::<i32>()
+        );
+    }
+    let refs: Vec<&Tensor> = packed.iter().collect();
+    let back = quant::dequantize(&format, &refs, out, inp).expect("dequantize");
+    for c in 0..out {
+        assert_eq!(back[c * inp + 4], w[c * inp + 4], "outlier weights are exact");
+    }
+    // Names, parsing and serde (an old file's `{"kind":"w8a8"}` has no outliers).
+    assert_eq!(format.name(), "w8a8+o1");
+    assert_eq!(
+        "w8a8+o8".parse::<WeightFormat>(),
+        Ok(WeightFormat::W8A8 { outliers: 8 })
+    );
+    assert_eq!("w8a8".parse::<WeightFormat>(), Ok(WeightFormat::W8A8 { outliers: 0 }));
+    assert!("w8a8+ox".parse::<WeightFormat>().is_err());
+    let json = serde_json::to_string(&WeightFormat::W8A8 { outliers: 8 }).expect("json");
+    assert_eq!(json, r#"{"kind":"w8a8","outliers":8}"#);
+    let old: WeightFormat = serde_json::from_str(r#"{"kind":"w8a8"}"#).expect("old json");
+    assert_eq!(old, WeightFormat::W8A8 { outliers: 0 });
+    assert_eq!(
+        format.tensor_names(),
+        ["q", "scale", "wsum", "outlier_index", "outlier_weight"]
+    );
+    assert_eq!(
+        WeightFormat::W8A8 { outliers: 0 }.tensor_names(),
+        ["q", "scale", "wsum"]
+    );
+    // More outliers than inputs: a typed error.
+    assert!(quant::quantize_weight(&WeightFormat::W8A8 { outliers: 7 }, &w, out, inp).is_err());
+}
+
+/// Corrupt W8A8 tensors (a wrong row sum, an index out of order or range, a
+/// code in an outlier column) are typed errors, from the checker and the op.
+#[test]
+fn corrupt_w8a8_tensors_are_typed_errors() {
+    use wginfer::error::OpError;
+    use wginfer::ops::{qlinear::QLinear, Op};
+    let (out, inp) = (4, 40);
+    let mut rng = wginfer::ops::CaseRng::new(3);
+    let w = rng.tensor(&[out, inp], -1.0, 1.0);
+    let format = WeightFormat::W8A8 { outliers: 2 };
+    let packed = quant::quantize_weight(&format, w.as_f32().expect("w"), out, inp).expect("pack");
+    let x = rng.tensor(&[2, inp], -1.0, 1.0);
+    let op = QLinear {
+        format,
+        in_features: inp,
+        out_features: out,
+    };
+    let check = |p: &[Tensor], tensor: &str| {
+        let refs: Vec<&Tensor> = p.iter().collect();
+        match quant::check_packed(&format, &refs, out, inp) {
+            Err(OpError::PackedData { tensor: t, .. }) => assert_eq!(t, tensor),
+            other => panic!("{tensor}: {other:?}"),
+        }
+        let mut inputs = vec![&x];
+        inputs.extend(refs.iter().copied());
+        assert!(op.cpu(&inputs).is_err(), "{tensor}: cpu");
+        assert!(op.reference(&inputs).is_err(), "{tensor}: reference");
+        // The prepared path refuses the weight and runs (and fails) as cpu().
+        let consts: Vec<Option<&Tensor>> = (0..inputs.len()).map(|i| (i > 0).then(|| inputs[i])).collect();
+        assert!(op.prepare_cpu(&consts).is_none(), "{tensor}: prepared");
+    };
+    let mut bad = packed.clone();
+    let mut wsum = bad[2].as_slice::<i32>().expect("wsum").to_vec();
+    wsum[1] += 1;
+    bad[2] = Tensor::new(vec![out], wginfer::tensor::Storage::I32(wsum)).expect("t");
+    check(&bad, "wsum");
+    let idx = packed[3].as_slice::<i32>().expect("index").to_vec();
+    for wrong in [
+        vec![idx[1], idx[0]],
+        vec![idx[0], inp as i32],
+        vec![-1, idx[1]],
+        vec![idx[0], idx[0]],
+    ] {
+        let mut bad = packed.clone();
+        bad[3] = Tensor::new(vec![2], wginfer::tensor::Storage::I32(wrong)).expect("t");
+        check(&bad, "outlier_index");
+    }
+    let mut q = packed[0].as_slice::<i8>().expect("q").to_vec();
+    q[idx[0] as usize] = 3;
+    let mut wsum = packed[2].as_slice::<i32>().expect("wsum").to_vec();
+    wsum[0] += 3; // the row sum still matches
+    let mut bad = packed.clone();
+    bad[0] = Tensor::new(vec![out, inp], wginfer::tensor::Storage::I8(q)).expect("t");
+    bad[2] = Tensor::new(vec![out], wginfer::tensor::Storage::I32(wsum)).expect("t");
+    check(&bad, "q");
+}
+
+/// W8A8 on hand-worked numbers: x = [-1, 2] gives lo = -1, hi = 2,
+/// s = 3/255, z = 85, codes [0, 255]; w = [1, 0.5] gives codes [127, 64]
+/// (scale 1/127), wsum 191: acc = 255·64 - 85·191 = 85, y = 85·s/127 = 1/127
+/// (the exact x·w is 0; 0.5 rounds to 64/127). The fast path agrees bit for bit.
+#[test]
+fn w8a8_known_values_and_prepared_path() {
+    use wginfer::ops::{qlinear::QLinear, Op};
+    let format = WeightFormat::W8A8 { outliers: 0 };
+    let packed = quant::quantize_weight(&format, &[1.0, 0.5], 1, 2).expect("pack");
+    assert_eq!(packed[2].as_slice::<i32>().expect("wsum"), &[191]);
+    let x = Tensor::from_vec(vec![1, 2], vec![-1.0f32, 2.0]).expect("x");
+    let op = QLinear {
+        format,
+        in_features: 2,
+        out_features: 1,
+    };
+    let inputs = [&x, &packed[0], &packed[1], &packed[2]];
+    let y = op.cpu(&inputs).expect("cpu")[0].to_f32_vec();
+    let want = 85.0f32 * ((3.0f32 / 255.0) * (1.0 / 127.0));
+    assert!(
+        (y[0] - want).abs() <= 1e-7 && (want - 1.0 / 127.0).abs() < 1e-7,
+        "{y:?} vs {want}"
+    );
+    let r = op.reference(&inputs).expect("reference")[0].to_f32_vec();
+    assert!((r[0] - y[0]).abs() <= 1e-7, "{r:?}");
+    // cpu_prepared computes what cpu computes, to the bit, with outliers,
+    // bias, rows of every kind, and sizes that run in parallel.
+    let mut rng = wginfer::ops::CaseRng::new(21);
+    for (m, k, n, c) in [(1, 17, 5, 1), (37, 384, 100, 8), (128, 384, 384, 8), (70, 1000, 40, 0)] {
+        let format = WeightFormat::W8A8 { outliers: c };
+        let w = rng.tensor(&[n, k], -1.0, 1.0);
+        let packed = quant::quantize_weight(&format, w.as_f32().expect("w"), n, k).expect("pack");
+        let mut xv = rng.tensor(&[m, k], -2.0, 1.0).to_f32_vec();
+        xv[..k].fill(0.0);
+        let x = Tensor::from_vec(vec![m, k], xv).expect("x");
+        let b = rng.tensor(&[n], -1.0, 1.0);
+        let mut inputs = vec![&x];
+        inputs.extend(packed.iter());
+        inputs.push(&b);
+        let op = QLinear {
+            format,
+            in_features: k,
+            out_features: n,
+        };
+        let consts: Vec<Option<&Tensor>> = (0..inputs.len()).map(|i| (i > 0).then(|| inputs[i])).collect();
+        let plain = op.cpu(&inputs).expect("cpu")[0].to_f32_vec();
+        let Some(p) = op.prepare_cpu(&consts) else {
+            println!("SKIPPED prepared W8A8 (no AVX-512 VNNI)");
+            return;
+        };
+        let fast = op.cpu_prepared(&inputs, &p).expect("prepared")[0].to_f32_vec();
+        for (i, (a, b)) in fast.iter().zip(&plain).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "{m}x{k}->{n} +o{c} at {i}: {a} vs {b}");
+        }
+    }
 }

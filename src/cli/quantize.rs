@@ -19,7 +19,7 @@ pub struct Args {
     /// The model file.
     model: PathBuf,
     /// Weight format: f16, int8, int8-affine, pow2, pow2-tensor, int4, int4-min,
-    /// binary, binary-xnor, w8a8.
+    /// binary, binary-xnor, w8a8 (w8a8+o8: 8 input channels kept in f32).
     #[arg(long, short)]
     format: Option<String>,
     /// int4 block size (32, 64 or 128).
@@ -43,6 +43,11 @@ pub struct Args {
     /// are then quantized by GPTQ on the layers' inputs.
     #[arg(long)]
     calibration: Option<PathBuf>,
+    /// W8A8: input channels per layer kept in f32. With --calibration they are
+    /// the channels with the largest inputs (default 8, at most in/16);
+    /// without it, the columns with the largest weights.
+    #[arg(long)]
+    outliers: Option<u32>,
     /// Labelled data to report accuracy before and after (as `eval --data`).
     #[arg(long)]
     eval: Option<PathBuf>,
@@ -176,6 +181,7 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
     }
 
     let model = load_model(&args.model)?;
+    opts.outliers = args.outliers;
     if let Some(path) = &args.calibration {
         opts.calibration = Some(calibration(&model, &args.model, path)?);
     }

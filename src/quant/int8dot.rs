@@ -141,6 +141,86 @@ pub fn gemm_u8i8(x: &[u8], m: usize, w: &[i8], n: usize, k: usize, out: &mut [i3
     }
 }
 
+/// A W8A8 weight's packed tensors, borrowed (see [`super::WeightFormat::W8A8`]).
+#[derive(Clone, Debug)]
+pub struct W8A8Weights<'a> {
+    /// Codes `[n, k]`, zero in the outlier columns.
+    pub q: &'a [i8],
+    /// Scales `[n]`.
+    pub scale: &'a [f32],
+    /// Row sums of `q`, `[n]`.
+    pub wsum: &'a [i32],
+    /// Outlier input columns, ascending.
+    pub outliers: Vec<usize>,
+    /// Their f32 weights, `[n, c]`.
+    pub outlier_weight: &'a [f32],
+    /// Outputs.
+    pub n: usize,
+    /// Inputs.
+    pub k: usize,
+}
+
+impl<'a> W8A8Weights<'a> {
+    /// Borrows the packed tensors (in `tensor_names` order) of an `[n, k]`
+    /// weight; [`super::check_packed`] checked them.
+    pub fn new(packed: &[&'a crate::tensor::Tensor], n: usize, k: usize) -> Result<Self, crate::error::OpError> {
+        let (outliers, outlier_weight) = match (packed.get(3), packed.get(4)) {
+            (Some(i), Some(w)) => (
+                i.as_slice::<i32>()?.iter().map(|&c| c.max(0) as usize).collect(),
+                w.as_f32()?,
+            ),
+            _ => (Vec::new(), &[][..]),
+        };
+        let w = Self {
+            q: packed[0].as_slice()?,
+            scale: packed[1].as_f32()?,
+            wsum: packed[2].as_slice()?,
+            outliers,
+            outlier_weight,
+            n,
+            k,
+        };
+        let c = w.outliers.len();
+        if w.q.len() != n * k
+            || w.scale.len() != n
+            || w.wsum.len() != n
+            || w.outlier_weight.len() != n * c
+            || w.outliers.iter().any(|&o| o >= k)
+        {
+            return Err(crate::error::OpError::Shape(format!(
+                "W8A8 tensors do not fit a {n}x{k} weight"
+            )));
+        }
+        Ok(w)
+    }
+}
+
+/// The portable W8A8 layer, `y [m, n]` for `x [m, k]`: [`quantize_rows_u8`],
+/// [`gemm_u8i8`], then `y = ((acc - z_i·wsum_j) as f32)·(s_i·scale_j)`, plus
+/// `Σ_t x[i, o_t]·ow[j, t]` (left to right, multiply then add), plus `b_j`,
+/// f32 operations in that order. [`PackedW8A8::run`] gives the same bits.
+pub fn w8a8_portable(x: &[f32], m: usize, w: &W8A8Weights, bias: Option<&[f32]>, y: &mut [f32]) {
+    let (n, k, c) = (w.n, w.k, w.outliers.len());
+    let (xq, xs, xz) = quantize_rows_u8(&x[..m * k], k, &w.outliers);
+    let mut acc = vec![0i32; m * n];
+    gemm_u8i8(&xq, m, w.q, n, k, &mut acc);
+    let row = |(i, (yr, ar)): (usize, (&mut [f32], &[i32]))| {
+        let xo: Vec<f32> = w.outliers.iter().map(|&o| x[i * k + o]).collect();
+        for (j, (d, &a)) in yr.iter_mut().zip(ar).enumerate() {
+            let mut o = 0.0f32;
+            for (t, &v) in xo.iter().enumerate() {
+                o += v * w.outlier_weight[j * c + t];
+            }
+            *d = (a - xz[i] * w.wsum[j]) as f32 * (xs[i] * w.scale[j]) + o + bias.map_or(0.0, |b| b[j]);
+        }
+    };
+    y[..m * n]
+        .chunks_mut(n.max(1))
+        .zip(acc.chunks(n.max(1)))
+        .enumerate()
+        .for_each(row);
+}
+
 /// The reference int8 dot product.
 pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
@@ -173,16 +253,16 @@ pub fn gemm_i8(x: &[i8], m: usize, w: &[i8], n: usize, k: usize, out: &mut [i32]
     portable(x, m, w, n, k, out);
 }
 
-/// int8 weight rows `w [n, k]` repacked once for [`gemm_i8_packed`]: blocks of
+/// int8 weight rows `w [n, k]` repacked once for the VNNI kernel: blocks of
 /// 32 outputs, and within a block, for every 4 inputs, the 32×4 bytes that
 /// one `vpdpbusd` pair reads (so the kernel needs no horizontal sums), plus
-/// `128·Σ_k w[j, k]` per output for the `x + 128` shift.
+/// `Σ_k w[j, k]` per output for the activations' zero points.
 #[derive(Clone, Debug)]
 pub struct PackedI8 {
     n: usize,
     k: usize,
     data: Vec<i8>,
-    wsum128: Vec<i32>,
+    wsum: Vec<i32>,
 }
 
 /// Outputs per packed block.
@@ -197,16 +277,16 @@ impl PackedI8 {
         }
         let (k4, n_pad) = (k.div_ceil(4) * 4, n.div_ceil(NB) * NB);
         let mut data = vec![0i8; n_pad * k4];
-        let mut wsum128 = vec![0i32; n_pad];
+        let mut wsum = vec![0i32; n_pad];
         for j in 0..n {
             let (blk, c) = (j / NB, j % NB);
             let row = &w[j * k..(j + 1) * k];
             for (p, &v) in row.iter().enumerate() {
                 data[((blk * (k4 / 4) + p / 4) * NB + c) * 4 + p % 4] = v;
             }
-            wsum128[j] = 128 * row.iter().map(|&v| v as i32).sum::<i32>();
+            wsum[j] = row.iter().map(|&v| v as i32).sum::<i32>();
         }
-        Some(Self { n, k, data, wsum128 })
+        Some(Self { n, k, data, wsum })
     }
 
     /// Outputs (weight rows).
@@ -225,6 +305,7 @@ fn vnni_available() -> bool {
     {
         std::is_x86_feature_detected!("avx512vnni")
             && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
             && std::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -239,40 +320,253 @@ fn vnni_available() -> bool {
 /// parallel for large products.
 pub fn gemm_i8_packed(x: &[i8], m: usize, w: &PackedI8, out: &mut [i32]) {
     assert!(x.len() >= m * w.k && out.len() >= m * w.n, "gemm_i8_packed sizes");
-    #[cfg(target_arch = "x86_64")]
-    packed::gemm(x, m, w, packed::Epilogue::Int(out.as_mut_ptr()));
-}
-
-/// W8A8 outputs from weights packed by [`PackedI8::new`]:
-/// `y[i·n + j] = acc·xs[i]·ws[j] + bias[j]` (f32 operations in that order,
-/// as a loop over [`gemm_i8`]'s sums computes them), with `acc` the int32
-/// sum, scaled in registers as each tile finishes.
-pub fn gemm_i8_packed_scaled(
-    x: &[i8],
-    xs: &[f32],
-    m: usize,
-    w: &PackedI8,
-    ws: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    let n = w.n;
-    assert!(
-        x.len() >= m * w.k && xs.len() >= m && ws.len() >= n && bias.is_none_or(|b| b.len() >= n) && y.len() >= m * n,
-        "gemm_i8_packed_scaled sizes"
-    );
+    let k4 = w.k.div_ceil(4) * 4;
+    // vpdpbusd multiplies unsigned by signed bytes: x + 128 (x ^ 0x80) with
+    // a zero point of 128, rows padded to k4 (the padded weights are 0).
+    let mut xu = vec![0u8; m * k4];
+    for (d, s) in xu.chunks_mut(k4.max(1)).zip(x.chunks(w.k.max(1))).take(m) {
+        for (d, &v) in d.iter_mut().zip(s) {
+            *d = (v as u8) ^ 0x80;
+        }
+    }
+    let z = vec![128i32; m];
     #[cfg(target_arch = "x86_64")]
     packed::gemm(
-        x,
+        &xu,
         m,
         w,
-        packed::Epilogue::Scaled {
-            xs: xs.as_ptr(),
-            ws: ws.as_ptr(),
-            bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
-            y: y.as_mut_ptr(),
+        packed::Epilogue::Int {
+            out: out.as_mut_ptr(),
+            z: z.as_ptr(),
         },
     );
+}
+
+/// A W8A8 weight prepared for the fast CPU path: the codes packed for the
+/// VNNI kernel ([`PackedI8`]), the scales, and the outlier columns with
+/// their f32 weights transposed to `[c, n]` (padded) for the epilogue.
+#[derive(Clone, Debug)]
+pub struct PackedW8A8 {
+    w: PackedI8,
+    scale: Vec<f32>,
+    outliers: Vec<usize>,
+    owt: Vec<f32>,
+}
+
+/// One row's activation quantization: its codes, its values, its scale and
+/// zero point, its outlier values.
+type RowJob<'a> = (((&'a mut [u8], &'a [f32]), (&'a mut f32, &'a mut i32)), &'a mut [f32]);
+
+/// Per-thread scratch of [`PackedW8A8::run`]: activation codes `[m, k4]`,
+/// row scales and zero points, outlier activations `[m, c]`.
+#[derive(Default)]
+struct Scratch {
+    xu: Vec<u8>,
+    xs: Vec<f32>,
+    xz: Vec<i32>,
+    xo: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+impl PackedW8A8 {
+    /// Prepares a W8A8 weight; `None` without AVX-512 VNNI.
+    pub fn new(weights: &W8A8Weights) -> Option<Self> {
+        let (n, k, c) = (weights.n, weights.k, weights.outliers.len());
+        let (scale, outliers, ow) = (weights.scale, &weights.outliers, weights.outlier_weight);
+        let w = PackedI8::new(weights.q, n, k)?;
+        let n_pad = n.div_ceil(NB) * NB;
+        let mut sp = vec![0.0f32; n_pad];
+        sp[..n].copy_from_slice(&scale[..n]);
+        let mut owt = vec![0.0f32; c * n_pad];
+        for j in 0..n {
+            for t in 0..c {
+                owt[t * n_pad + j] = ow[j * c + t];
+            }
+        }
+        Some(Self {
+            w,
+            scale: sp,
+            outliers: outliers.to_vec(),
+            owt,
+        })
+    }
+
+    /// Outputs.
+    pub fn n(&self) -> usize {
+        self.w.n
+    }
+
+    /// Inputs.
+    pub fn k(&self) -> usize {
+        self.w.k
+    }
+
+    /// `y [m, n]` for `x [m, k]`: the activations quantized per row as
+    /// [`quantize_row_u8`] does (straight into the kernel's padded rows), then
+    /// `y = ((acc - z_i·wsum_j) as f32)·(s_i·scale_j) + Σ_t x[i, o_t]·ow[j, t] + b_j`
+    /// in registers as each tile finishes (f32 operations in that order: the
+    /// same values as the portable path).
+    pub fn run(&self, x: &[f32], m: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+        let (n, k) = (self.w.n, self.w.k);
+        assert!(
+            x.len() >= m * k && bias.is_none_or(|b| b.len() >= n) && y.len() >= m * n,
+            "PackedW8A8::run sizes"
+        );
+        if m == 0 || n == 0 {
+            return;
+        }
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut s) => self.run_with(&mut s, x, m, bias, y),
+            // Re-entered on this thread (a rayon task of another run): fresh buffers.
+            Err(_) => self.run_with(&mut Scratch::default(), x, m, bias, y),
+        });
+    }
+
+    fn run_with(&self, s: &mut Scratch, x: &[f32], m: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+        let (n, k) = (self.w.n, self.w.k);
+        let k4 = k.div_ceil(4) * 4;
+        let c = self.outliers.len();
+        // Grow only: the buffers keep their capacity between runs.
+        s.xu.resize(m * k4, 0);
+        s.xs.resize(m, 0.0);
+        s.xz.resize(m, 0);
+        // One slot per row even without outliers (so rows zip with their chunk).
+        s.xo.resize(m * c.max(1), 0.0);
+        let big = m * n * k >= 1 << 20 && rayon::current_num_threads() > 1;
+        let outliers = &self.outliers;
+        let quant = |(((xu, xr), (sc, zp)), xo): RowJob| {
+            (*sc, *zp) = quantize_row_padded(xr, outliers, xu);
+            for (d, &o) in xo.iter_mut().zip(outliers) {
+                *d = xr[o];
+            }
+        };
+        if big && m >= 16 {
+            s.xu.par_chunks_mut(k4)
+                .zip(x.par_chunks(k.max(1)))
+                .zip(s.xs.par_iter_mut().zip(s.xz.par_iter_mut()))
+                .zip(s.xo.par_chunks_mut(c.max(1)))
+                .with_min_len(8)
+                .for_each(quant);
+        } else {
+            s.xu.chunks_mut(k4)
+                .zip(x.chunks(k.max(1)))
+                .zip(s.xs.iter_mut().zip(s.xz.iter_mut()))
+                .zip(s.xo.chunks_mut(c.max(1)))
+                .take(m)
+                .for_each(quant);
+        }
+        #[cfg(target_arch = "x86_64")]
+        packed::gemm(
+            &s.xu,
+            m,
+            &self.w,
+            packed::Epilogue::W8A8 {
+                xs: s.xs.as_ptr(),
+                z: s.xz.as_ptr(),
+                ws: self.scale.as_ptr(),
+                bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+                xo: s.xo.as_ptr(),
+                owt: self.owt.as_ptr(),
+                c,
+                n_pad: self.scale.len(),
+                y: y.as_mut_ptr(),
+            },
+        );
+    }
+}
+
+/// [`quantize_row_u8`] of one row into `q` (`k4 >= k` bytes: the padding
+/// gets code 0), outliers left out of the range. Returns `(s, z)`.
+fn quantize_row_padded(x: &[f32], outliers: &[usize], q: &mut [u8]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if vnni_available() {
+            // SAFETY: AVX-512 F/BW detected; `q` holds at least `x.len()` bytes.
+            return unsafe { avx512::quantize_row(x, outliers, q) };
+        }
+    }
+    let k = x.len();
+    q[k..].fill(0);
+    if outliers.is_empty() {
+        return quantize_row_u8(x, None, &mut q[..k]);
+    }
+    let mut skip = vec![false; k];
+    for &o in outliers {
+        skip[o] = true;
+    }
+    quantize_row_u8(x, Some(&skip), &mut q[..k])
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    fn tail(len: usize) -> __mmask16 {
+        if len >= 16 {
+            0xffff
+        } else {
+            ((1u32 << len) - 1) as __mmask16
+        }
+    }
+
+    /// min/max of `x[a..b]` folded into `(lo, hi)`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn range(x: &[f32], lo: &mut __m512, hi: &mut __m512) {
+        let mut p = 0;
+        while p < x.len() {
+            let mk = tail(x.len() - p);
+            let v = _mm512_maskz_loadu_ps(mk, x.as_ptr().add(p));
+            *lo = _mm512_min_ps(*lo, v);
+            *hi = _mm512_max_ps(*hi, v);
+            p += 16;
+        }
+    }
+
+    /// The codes of [`super::quantize_row_u8`] with the row's outliers (ascending)
+    /// left out of the range (their codes are don't-cares: their weights are 0);
+    /// `q[x.len()..]` is zeroed. Rounding half away from zero as
+    /// `trunc(t + copysign(0.49999997, t))`, exact for |t| < 2^22 (here |t| <= 256
+    /// except at outliers).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn quantize_row(x: &[f32], outliers: &[usize], q: &mut [u8]) -> (f32, i32) {
+        let k = x.len();
+        let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut start = 0;
+        for &o in outliers {
+            range(&x[start..o], &mut lo, &mut hi);
+            start = o + 1;
+        }
+        range(&x[start.min(k)..], &mut lo, &mut hi);
+        let (lo, hi) = (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
+        q[k..].fill(0);
+        if hi <= lo {
+            q[..k].fill(0);
+            return (1.0, 0);
+        }
+        let s = (hi - lo) / 255.0;
+        let inv = 1.0 / s;
+        let z = super::round(-lo * inv).clamp(0.0, 255.0) as i32;
+        let (vinv, vz, half) = (_mm512_set1_ps(inv), _mm512_set1_epi32(z), _mm512_set1_ps(0.499_999_97));
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let mut p = 0;
+        while p < k {
+            let mk = tail(k - p);
+            let t = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, x.as_ptr().add(p)), vinv);
+            let h = _mm512_castsi512_ps(_mm512_or_si512(
+                _mm512_and_si512(_mm512_castps_si512(t), sign),
+                _mm512_castps_si512(half),
+            ));
+            let r = _mm512_cvttps_epi32(_mm512_add_ps(t, h));
+            let v = _mm512_max_epi32(_mm512_add_epi32(r, vz), _mm512_setzero_si512());
+            _mm_mask_storeu_epi8(q.as_mut_ptr().add(p).cast(), mk, _mm512_cvtusepi32_epi8(v));
+            p += 16;
+        }
+        (s, z)
+    }
 }
 
 fn portable(x: &[i8], m: usize, w: &[i8], n: usize, k: usize, out: &mut [i32]) {
@@ -305,16 +599,26 @@ mod packed {
     const TASK_ROWS: usize = 32;
     const TASK_BLOCKS: usize = 4;
 
-    /// Where tiles go: int32 sums, or W8A8 outputs (row scales `xs [m]`,
-    /// weight scales `ws [n]`, optional `bias [n]` (null: none), `y [m, n]`).
+    /// Where tiles go: int32 sums `acc - z_i·wsum_j` into `out [m, n]`, or
+    /// W8A8 outputs (row scales `xs [m]` and zero points `z [m]`, weight
+    /// scales `ws [n_pad]`, optional `bias [n]` (null: none), outlier
+    /// activations `xo [m, c]` and weights `owt [c, n_pad]`, `y [m, n]`).
     /// Shared by tasks that write disjoint tiles.
     #[derive(Clone, Copy)]
     pub enum Epilogue {
-        Int(*mut i32),
-        Scaled {
+        Int {
+            out: *mut i32,
+            z: *const i32,
+        },
+        W8A8 {
             xs: *const f32,
+            z: *const i32,
             ws: *const f32,
             bias: *const f32,
+            xo: *const f32,
+            owt: *const f32,
+            c: usize,
+            n_pad: usize,
             y: *mut f32,
         },
     }
@@ -322,32 +626,16 @@ mod packed {
     unsafe impl Send for Epilogue {}
     unsafe impl Sync for Epilogue {}
 
-    /// The caller checked that `x` holds `m` rows of `w.k` and that the
-    /// epilogue's buffers hold `m × w.n` outputs, `m` row scales and `w.n`
-    /// weight scales and biases.
-    pub fn gemm(x: &[i8], m: usize, w: &PackedI8, epi: Epilogue) {
+    /// The caller checked that `xu` holds `m` rows of `k4` bytes (`w.k`
+    /// rounded up to 4) and that the epilogue's buffers hold what
+    /// [`Epilogue`] lists.
+    pub fn gemm(xu: &[u8], m: usize, w: &PackedI8, epi: Epilogue) {
         let (n, k) = (w.n, w.k);
         let (k4, blocks) = (k.div_ceil(4) * 4, n.div_ceil(NB));
-        if m == 0 || n == 0 {
+        if m == 0 || n == 0 || xu.len() < m * k4 {
             return;
         }
-        // vpdpbusd multiplies unsigned by signed bytes: rows of x + 128
-        // (x ^ 0x80), padded to a multiple of 4 (the padded weights are 0).
-        let mut xu = vec![0u8; m * k4];
         let big = m * n * k >= 1 << 20 && rayon::current_num_threads() > 1;
-        let flip = |(d, s): (&mut [u8], &[i8])| {
-            for (d, &v) in d.iter_mut().zip(s) {
-                *d = (v as u8) ^ 0x80;
-            }
-        };
-        if big {
-            xu.par_chunks_mut(k4)
-                .zip(x.par_chunks(k.max(1)))
-                .with_min_len(64)
-                .for_each(flip);
-        } else {
-            xu.chunks_mut(k4).zip(x.chunks(k.max(1))).take(m).for_each(flip);
-        }
         let (row_tasks, blk_tasks) = (m.div_ceil(TASK_ROWS), blocks.div_ceil(TASK_BLOCKS));
         let task = |t: usize| {
             let (i0, b0) = ((t / blk_tasks) * TASK_ROWS, (t % blk_tasks) * TASK_BLOCKS);
@@ -360,15 +648,15 @@ mod packed {
                     // SAFETY: VNNI was detected when `w` was packed. Rows i..i+rows
                     // of xu (k4 bytes each), block b of the packed weights
                     // (k4·NB bytes) and its NB sums are in bounds; the tile
-                    // reads outputs' scales and writes rows i..i+rows, columns
-                    // b·NB..b·NB+cols of the m × n output, which no other task
-                    // writes (see `gemm`'s contract for the buffers' sizes).
+                    // reads the epilogue's per-row and per-output values and
+                    // writes rows i..i+rows, columns b·NB..b·NB+cols of the
+                    // m × n output, which no other task writes.
                     unsafe {
                         let args = Tile {
                             x: xu.as_ptr().add(i * k4),
                             k4,
                             w: w.data.as_ptr().add(b * k4 * NB),
-                            wsum128: w.wsum128.as_ptr().add(b * NB),
+                            wsum: w.wsum.as_ptr().add(b * NB),
                             row: i,
                             col: b * NB,
                             ld: n,
@@ -404,7 +692,7 @@ mod packed {
         x: *const u8,
         k4: usize,
         w: *const i8,
-        wsum128: *const i32,
+        wsum: *const i32,
         row: usize,
         col: usize,
         ld: usize,
@@ -427,23 +715,35 @@ mod packed {
                 a[1] = _mm512_dpbusd_epi32(a[1], xv, w1);
             }
         }
-        let s0 = _mm512_loadu_si512(t.wsum128.cast());
-        let s1 = _mm512_loadu_si512(t.wsum128.add(16).cast());
+        let s0 = _mm512_loadu_si512(t.wsum.cast());
+        let s1 = _mm512_loadu_si512(t.wsum.add(16).cast());
         let m0 = ((1u32 << t.cols.min(16)) - 1) as __mmask16;
         let m1 = ((1u32 << t.cols.saturating_sub(16)) - 1) as __mmask16;
+        // acc - z·wsum, exact.
+        let centered =
+            |a: __m512i, s: __m512i, z: i32| _mm512_sub_epi32(a, _mm512_mullo_epi32(_mm512_set1_epi32(z), s));
         match t.epi {
-            Epilogue::Int(out) => {
+            Epilogue::Int { out, z } => {
                 for (r, a) in acc.iter().enumerate() {
+                    let zr = *z.add(t.row + r);
                     let o = out.add((t.row + r) * t.ld + t.col);
-                    _mm512_mask_storeu_epi32(o, m0, _mm512_sub_epi32(a[0], s0));
-                    _mm512_mask_storeu_epi32(o.add(16), m1, _mm512_sub_epi32(a[1], s1));
+                    _mm512_mask_storeu_epi32(o, m0, centered(a[0], s0, zr));
+                    _mm512_mask_storeu_epi32(o.add(16), m1, centered(a[1], s1, zr));
                 }
             }
-            Epilogue::Scaled { xs, ws, bias, y } => {
-                let (ws0, ws1) = (
-                    _mm512_maskz_loadu_ps(m0, ws.add(t.col)),
-                    _mm512_maskz_loadu_ps(m1, ws.add(t.col + 16)),
-                );
+            Epilogue::W8A8 {
+                xs,
+                z,
+                ws,
+                bias,
+                xo,
+                owt,
+                c,
+                n_pad,
+                y,
+            } => {
+                // Scales are padded to whole blocks: plain loads.
+                let (ws0, ws1) = (_mm512_loadu_ps(ws.add(t.col)), _mm512_loadu_ps(ws.add(t.col + 16)));
                 let (b0, b1) = if bias.is_null() {
                     (_mm512_setzero_ps(), _mm512_setzero_ps())
                 } else {
@@ -453,14 +753,23 @@ mod packed {
                     )
                 };
                 for (r, a) in acc.iter().enumerate() {
-                    let sx = _mm512_set1_ps(*xs.add(t.row + r));
-                    let f = |v: __m512i, s: __m512i, wv: __m512, bv: __m512| {
-                        let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(v, s));
-                        _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(v, sx), wv), bv)
+                    let (sx, zr) = (_mm512_set1_ps(*xs.add(t.row + r)), *z.add(t.row + r));
+                    // The outlier products, left to right over the outliers
+                    // (row by row: no registers held across rows).
+                    let (mut o0, mut o1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+                    for tt in 0..c {
+                        let ow = owt.add(tt * n_pad + t.col);
+                        let xv = _mm512_set1_ps(*xo.add((t.row + r) * c + tt));
+                        o0 = _mm512_add_ps(o0, _mm512_mul_ps(xv, _mm512_loadu_ps(ow)));
+                        o1 = _mm512_add_ps(o1, _mm512_mul_ps(xv, _mm512_loadu_ps(ow.add(16))));
+                    }
+                    let f = |v: __m512i, s: __m512i, wv: __m512, ov: __m512, bv: __m512| {
+                        let v = _mm512_cvtepi32_ps(centered(v, s, zr));
+                        _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(v, _mm512_mul_ps(sx, wv)), ov), bv)
                     };
-                    let o = y.add((t.row + r) * t.ld + t.col);
-                    _mm512_mask_storeu_ps(o, m0, f(a[0], s0, ws0, b0));
-                    _mm512_mask_storeu_ps(o.add(16), m1, f(a[1], s1, ws1, b1));
+                    let dst = y.add((t.row + r) * t.ld + t.col);
+                    _mm512_mask_storeu_ps(dst, m0, f(a[0], s0, ws0, o0, b0));
+                    _mm512_mask_storeu_ps(dst.add(16), m1, f(a[1], s1, ws1, o1, b1));
                 }
             }
         }
@@ -636,20 +945,6 @@ mod tests {
                 let mut packed = vec![0; m * n];
                 gemm_i8_packed(&x, m, &p, &mut packed);
                 assert_eq!(packed, got, "packed {m}x{n}x{k}");
-                // The scaled epilogue: the same f32 operations as a loop over the sums.
-                let xs: Vec<f32> = (0..m).map(|i| 0.01 + i as f32 * 1e-3).collect();
-                let ws: Vec<f32> = (0..n).map(|j| 0.02 - j as f32 * 1e-4).collect();
-                let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1 - 1.0).collect();
-                for b in [None, Some(&bias[..])] {
-                    let mut y = vec![0.0f32; m * n];
-                    gemm_i8_packed_scaled(&x, &xs, m, &p, &ws, b, &mut y);
-                    for i in 0..m {
-                        for j in 0..n {
-                            let want = got[i * n + j] as f32 * xs[i] * ws[j] + b.map_or(0.0, |b| b[j]);
-                            assert_eq!(y[i * n + j].to_bits(), want.to_bits(), "scaled {m}x{n}x{k} at {i},{j}");
-                        }
-                    }
-                }
             }
             for i in 0..m {
                 for j in 0..n {
@@ -658,6 +953,83 @@ mod tests {
                         dot_i8(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]),
                         "{m}x{n}x{k}"
                     );
+                }
+            }
+        }
+    }
+
+    /// Rows that exercise the activation quantizer: random, all zero, one
+    /// sign only, exact .5 ties (range 0..255 gives s = 1), huge outliers.
+    fn activation_rows(rng: &mut crate::ops::CaseRng, m: usize, k: usize) -> Vec<f32> {
+        let mut x = rng.tensor(&[m, k], -3.0, 2.0).to_f32_vec();
+        for (i, row) in x.chunks_mut(k).enumerate() {
+            match i % 5 {
+                1 => row.fill(0.0),
+                2 => row.iter_mut().for_each(|v| *v = v.abs() + 0.25),
+                3 => {
+                    for (p, v) in row.iter_mut().enumerate() {
+                        *v = (p % 255) as f32 + 0.5;
+                    }
+                    row[0] = 0.0;
+                    row[k - 1] = 255.0;
+                }
+                4 => row[k / 2] = 1e6,
+                _ => {}
+            }
+        }
+        x
+    }
+
+    #[test]
+    fn fast_activation_quantization_matches_portable() {
+        let mut rng = crate::ops::CaseRng::new(7);
+        for k in [1, 5, 16, 17, 300, 384] {
+            let x = activation_rows(&mut rng, 10, k.max(2));
+            let k = k.max(2);
+            for outliers in [vec![], vec![k / 2], vec![0, k - 1]] {
+                let (q, s, z) = quantize_rows_u8(&x, k, &outliers);
+                let k4 = k.div_ceil(4) * 4;
+                for i in 0..10 {
+                    let mut fast = vec![7u8; k4];
+                    let (fs, fz) = quantize_row_padded(&x[i * k..(i + 1) * k], &outliers, &mut fast);
+                    assert_eq!((fs.to_bits(), fz), (s[i].to_bits(), z[i]), "k {k} row {i} {outliers:?}");
+                    for p in 0..k4 {
+                        if p >= k {
+                            assert_eq!(fast[p], 0, "padding");
+                        } else if !outliers.contains(&p) {
+                            assert_eq!(fast[p], q[i * k + p], "k {k} row {i} col {p} {outliers:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prepared_w8a8_matches_portable_bit_for_bit() {
+        let mut rng = crate::ops::CaseRng::new(8);
+        for (m, n, k, c) in [
+            (1, 1, 2, 0),
+            (3, 5, 17, 1),
+            (9, 33, 64, 3),
+            (1, 70, 1000, 8),
+            (70, 300, 100, 0),
+            (130, 70, 515, 5),
+        ] {
+            let wf = rng.tensor(&[n, k], -1.0, 1.0).to_f32_vec();
+            let cols = super::super::default_outlier_columns(&wf, n, k, c).expect("columns");
+            let packed = super::super::quantize_w8a8(&wf, n, k, &cols).expect("pack");
+            let refs: Vec<&crate::tensor::Tensor> = packed.iter().collect();
+            let w = W8A8Weights::new(&refs, n, k).expect("weights");
+            let Some(p) = PackedW8A8::new(&w) else { return };
+            let x = activation_rows(&mut rng, m, k);
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1 - 1.0).collect();
+            for b in [None, Some(&bias[..])] {
+                let (mut want, mut got) = (vec![0.0f32; m * n], vec![1.0f32; m * n]);
+                w8a8_portable(&x, m, &w, b, &mut want);
+                p.run(&x, m, b, &mut got);
+                for (e, (g, v)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), v.to_bits(), "{m}x{k}->{n} c {c} at {e}: {g} vs {v}");
                 }
             }
         }

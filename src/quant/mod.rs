@@ -18,8 +18,8 @@ use half::f16;
 use serde::{Deserialize, Serialize};
 
 pub use int8dot::{
-    dot_i8, gemm_i8, gemm_i8_packed, gemm_i8_packed_scaled, gemm_u8i8, quantize_row_u8, quantize_rows_i8,
-    quantize_rows_u8, PackedI8,
+    dot_i8, gemm_i8, gemm_i8_packed, gemm_u8i8, quantize_row_u8, quantize_rows_i8, quantize_rows_u8, w8a8_portable,
+    PackedI8, PackedW8A8, W8A8Weights,
 };
 pub use pack::{pack_bits, pack_nibbles, unpack_bits, unpack_nibbles};
 
