@@ -46,5 +46,5 @@ pub use backend::gpu::AdapterChoice;
 pub use embed::{Embedder, Embeddings};
 pub use error::{Error, Result};
 pub use model::Model;
-pub use session::{Device, Session};
+pub use session::{Device, OpTime, Session};
 pub use tensor::{DType, Tensor};

@@ -12,6 +12,20 @@ use crate::graph::Graph;
 use crate::model::Model;
 use crate::tensor::{Dim, Tensor};
 
+/// A run's outputs by name.
+type Outputs = BTreeMap<String, Tensor>;
+
+/// The time one node took in a [`Session::run_op_times`] run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpTime {
+    /// The node's name.
+    pub node: String,
+    /// Its op type (`MatMul`, `Attention`, ...).
+    pub op: String,
+    /// Wall time of its kernel.
+    pub time: std::time::Duration,
+}
+
 /// Where a session runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -179,6 +193,34 @@ impl Session {
         match &self.executor {
             Executor::Cpu(cpu) => Ok(cpu.run(&self.graph, &self.params, ordered)?),
             Executor::Gpu(gpu) => gpu.run(ordered),
+        }
+    }
+
+    /// [`Session::run`] that also times every node on the CPU backend: one
+    /// [`OpTime`] per node in execution order (the wall time of its kernel,
+    /// without the executor's bookkeeping). `None` for the times on a GPU
+    /// session, whose nodes run inside one submission (see
+    /// [`Session::run_profiled`] for its kernel time).
+    pub fn run_op_times<S: Into<String>>(
+        &self,
+        inputs: impl IntoIterator<Item = (S, Tensor)>,
+    ) -> Result<(Outputs, Option<Vec<OpTime>>), Error> {
+        let ordered = self.check_inputs(inputs)?;
+        match &self.executor {
+            Executor::Cpu(cpu) => {
+                let (out, times) = cpu.run_timed(&self.graph, &self.params, ordered)?;
+                let nodes = self.graph.nodes();
+                let times = times
+                    .into_iter()
+                    .map(|(i, d)| OpTime {
+                        node: nodes[i].name.clone(),
+                        op: nodes[i].op.op_type().to_string(),
+                        time: d,
+                    })
+                    .collect();
+                Ok((out, Some(times)))
+            }
+            Executor::Gpu(gpu) => Ok((gpu.run(ordered)?, None)),
         }
     }
 

@@ -167,6 +167,36 @@ fn bench_writes_table_json_and_chart() {
     assert!(ok, "{err}");
     assert!(out.contains("matmul 64³") && out.contains("w8a8"), "{out}");
 
+    // --ops: where a CPU run's time goes, per op type, in the table and the JSON.
+    let (ok, out, err) = wginfer(&[
+        "bench",
+        MODEL,
+        "--batch",
+        "4",
+        "--time",
+        "0.05",
+        "--ops",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("time per op type") && out.contains("Linear"), "{out}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let ops = doc["results"][0]["ops"].as_array().unwrap();
+    let nodes: u64 = ops.iter().map(|o| o["nodes"].as_u64().unwrap()).sum();
+    let inspect = wginfer(&["inspect", MODEL]).1;
+    let graph_nodes: u64 = inspect
+        .lines()
+        .find_map(|l| l.strip_prefix("nodes (")?.strip_suffix(')')?.parse().ok())
+        .unwrap();
+    assert_eq!(nodes, graph_nodes, "every node counted once:\n{inspect}");
+    let mut prev = f64::INFINITY;
+    for o in ops {
+        let (ms, share) = (o["p50_ms"].as_f64().unwrap(), o["share"].as_f64().unwrap());
+        assert!(ms >= 0.0 && ms <= prev && (0.0..=1.5).contains(&share), "{o}");
+        prev = ms;
+    }
+
     let (ok, _, err) = wginfer(&["bench", "--op", "conv"]);
     assert!(!ok && err.contains("--op supports `matmul`"), "{err}");
 }

@@ -125,3 +125,26 @@ fn bad_inputs_are_typed_errors() {
         assert!(e.contains(want), "error `{e}` should mention `{want}`");
     }
 }
+
+#[test]
+fn op_times_cover_every_node_and_leave_outputs_unchanged() {
+    let model = Model::load(root("models/digits-mlp/model.safetensors")).unwrap();
+    let data = load_tensors(root("models/digits-mlp/digits_test.safetensors")).unwrap();
+    let x = tensor(&data, "input").clone();
+    let session = Session::new(&model, Device::Cpu).unwrap();
+    let plain = session.run([("input", x.clone())]).unwrap();
+    let (out, times) = session.run_op_times([("input", x)]).unwrap();
+    assert_eq!(out, plain, "timing must not change the outputs");
+    let times = times.expect("a CPU session times its nodes");
+    let nodes = model.graph().nodes();
+    assert_eq!(times.len(), nodes.len(), "one time per node");
+    let mut names: Vec<&str> = times.iter().map(|t| t.node.as_str()).collect();
+    names.sort();
+    let mut expected: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    for t in &times {
+        let node = nodes.iter().find(|n| n.name == t.node).unwrap();
+        assert_eq!(t.op, node.op.op_type());
+    }
+}

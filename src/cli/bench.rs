@@ -58,6 +58,10 @@ pub struct Args {
     /// Warm-up runs per configuration.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// CPU devices: also time every node (separate runs) and print, per op
+    /// type, its median time per run and share — where the time goes.
+    #[arg(long)]
+    ops: bool,
     /// Write every result (and the machine) as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -103,6 +107,59 @@ pub struct Record {
     pub kernel_p50_ms: Option<f64>,
     /// GPU only: `kernel_p50_ms / p50_ms`.
     pub kernel_share: Option<f64>,
+    /// CPU with `--ops`: time per op type, the largest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops: Option<Vec<OpShare>>,
+}
+
+/// Where a CPU run's time goes, per op type (`bench --ops`).
+#[derive(Clone, Debug, Serialize)]
+pub struct OpShare {
+    /// Op type.
+    pub op: String,
+    /// Nodes of this type in the graph.
+    pub nodes: usize,
+    /// Median over the profiled runs of the type's summed node time.
+    pub p50_ms: f64,
+    /// `p50_ms` over the median summed time of all nodes.
+    pub share: f64,
+}
+
+/// Per op type, the median over runs of its summed node time.
+fn op_shares(runs: &[Vec<wginfer::OpTime>]) -> Vec<OpShare> {
+    let mut per_type: HashMap<String, (usize, Vec<Duration>)> = HashMap::new();
+    let mut totals = Vec::with_capacity(runs.len());
+    for run in runs {
+        let mut sums: HashMap<&str, (usize, Duration)> = HashMap::new();
+        for t in run {
+            let e = sums.entry(t.op.as_str()).or_default();
+            e.0 += 1;
+            e.1 += t.time;
+        }
+        totals.push(run.iter().map(|t| t.time).sum::<Duration>());
+        for (op, (n, d)) in sums {
+            let e = per_type.entry(op.to_string()).or_default();
+            e.0 = n;
+            e.1.push(d);
+        }
+    }
+    totals.sort();
+    let total = quantile(&totals, 0.5).max(f64::MIN_POSITIVE);
+    let mut out: Vec<OpShare> = per_type
+        .into_iter()
+        .map(|(op, (nodes, mut d))| {
+            d.sort();
+            let p50_ms = quantile(&d, 0.5);
+            OpShare {
+                op,
+                nodes,
+                p50_ms,
+                share: p50_ms / total,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| b.p50_ms.total_cmp(&a.p50_ms).then_with(|| a.op.cmp(&b.op)));
+    out
 }
 
 #[derive(Serialize)]
@@ -277,6 +334,17 @@ fn measure(
         }
     }
     kernel.sort();
+    // Per-node times, in separate runs (the timing calls stay out of the
+    // end-to-end figures); CPU sessions only.
+    let mut op_runs = Vec::new();
+    if args.ops && session.gpu_plan(None).is_none() {
+        for _ in 0..times.len().clamp(3, 30) {
+            if let (_, Some(t)) = session.run_op_times(inputs.to_vec())? {
+                op_runs.push(t);
+            }
+            bar.tick();
+        }
+    }
     let kernel_p50_ms = (!kernel.is_empty()).then(|| quantile(&kernel, 0.5));
     let p50_ms = quantile(&times, 0.5);
     let mean = times.iter().sum::<Duration>().as_secs_f64() / times.len() as f64;
@@ -297,6 +365,7 @@ fn measure(
         speedup_vs_cpu: None,
         kernel_p50_ms,
         kernel_share: kernel_p50_ms.map(|k| k / p50_ms),
+        ops: (!op_runs.is_empty()).then(|| op_shares(&op_runs)),
     })
 }
 
@@ -461,6 +530,22 @@ fn print_table(records: &[Record], op: bool) {
                 );
             }
             println!();
+        }
+    }
+    for r in records.iter().filter(|r| r.ops.is_some()) {
+        println!(
+            "\n{} {} batch {} on {}: time per op type",
+            r.subject, r.format, r.batch, r.device
+        );
+        println!("  {:<24} {:>6} {:>10} {:>7}", "op", "nodes", "p50 ms", "share");
+        for o in r.ops.iter().flatten() {
+            println!(
+                "  {:<24} {:>6} {:>10.3} {:>6.1}%",
+                o.op,
+                o.nodes,
+                o.p50_ms,
+                100.0 * o.share
+            );
         }
     }
 }

@@ -108,17 +108,29 @@ type AttnInputs<'a> = (AttnDims, [&'a [f32]; 3], Option<&'a [f32]>);
 /// fully masked row become 0.
 #[inline(always)]
 fn masked_softmax(row: &mut [f32], scale: f32, keep: Option<&[f32]>) {
-    // Branch-free loops (they vectorize): `keep[j]` is 1 or 0.
+    // Branch-free loops over 8 independent lanes (they vectorize; a plain
+    // `fold` with `max` or `+` is sequential): `keep[j]` is 1 or 0.
     for x in row.iter_mut() {
         *x *= scale;
     }
-    let max = match keep {
-        Some(keep) => row
-            .iter()
-            .zip(keep)
-            .fold(f32::NEG_INFINITY, |m, (&s, &k)| if k != 0.0 { m.max(s) } else { m }),
-        None => row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)),
-    };
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    match keep {
+        Some(keep) => {
+            for (c, kc) in row.chunks(8).zip(keep.chunks(8)) {
+                for ((m, &s), &k) in lanes.iter_mut().zip(c).zip(kc) {
+                    *m = if k != 0.0 && s > *m { s } else { *m };
+                }
+            }
+        }
+        None => {
+            for c in row.chunks(8) {
+                for (m, &s) in lanes.iter_mut().zip(c) {
+                    *m = if s > *m { s } else { *m };
+                }
+            }
+        }
+    }
+    let max = lanes.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     if max == f32::NEG_INFINITY {
         row.fill(0.0);
         return;
@@ -135,11 +147,39 @@ fn masked_softmax(row: &mut [f32], scale: f32, keep: Option<&[f32]>) {
             }
         }
     }
-    let sum: f32 = row.iter().sum();
-    let inv = 1.0 / sum;
+    let mut sums = [0.0f32; 8];
+    for c in row.chunks(8) {
+        for (t, &s) in sums.iter_mut().zip(c) {
+            *t += s;
+        }
+    }
+    let inv = 1.0 / sums.iter().sum::<f32>();
     for s in row.iter_mut() {
         *s *= inv;
     }
+}
+
+/// [`masked_softmax`] on every row of `s` (rows of `n`), compiled for AVX2
+/// where the CPU has it.
+fn softmax_rows(s: &mut [f32], n: usize, scale: f32, keep: Option<&[f32]>) {
+    #[inline(always)]
+    fn rows(s: &mut [f32], n: usize, scale: f32, keep: Option<&[f32]>) {
+        for row in s.chunks_mut(n.max(1)) {
+            masked_softmax(row, scale, keep);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(s: &mut [f32], n: usize, scale: f32, keep: Option<&[f32]>) {
+            rows(s, n, scale, keep)
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features `avx2` was compiled for.
+            return unsafe { avx2(s, n, scale, keep) };
+        }
+    }
+    rows(s, n, scale, keep)
 }
 
 impl Op for Attention {
@@ -279,11 +319,7 @@ impl Op for Attention {
             };
             let mut s = vec![0.0f32; d.sq * d.sk];
             linalg::sgemm(qv, kt, &mut s, false)?;
-            linalg::simd(|| {
-                for row in s.chunks_mut(d.sk) {
-                    masked_softmax(row, scale, keep.as_deref());
-                }
-            });
+            softmax_rows(&mut s, d.sk, scale, keep.as_deref());
             let vv = MatRef {
                 data: &v[b * d.sk * w + h * hd..],
                 rows: d.sk,

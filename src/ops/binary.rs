@@ -224,6 +224,21 @@ fn cpu_typed<T: Arith>(kind: BinaryKind, a: &Tensor, b: &Tensor) -> Result<Tenso
     reference_typed::<T>(kind, a, b)
 }
 
+/// `f` over two equal-length slices (one loop per closure type, so it vectorizes).
+fn zip_f32(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+    linalg::zip(a, b, f)
+}
+
+/// `out[i] = f(out[i], b[i % b.len()])`: `b` repeated along the leading axes.
+fn repeat_rows_f32(out: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) {
+    // Rows are exactly `b.len()` long (the caller checked the broadcast).
+    linalg::for_each_row(out, b.len().max(1), |r| {
+        for (x, &y) in r.iter_mut().zip(b) {
+            *x = f(*x, y);
+        }
+    });
+}
+
 /// An elementwise binary op on two tensors of one dtype, broadcasting as NumPy does.
 #[derive(Clone, Debug)]
 pub struct Binary {
@@ -281,23 +296,26 @@ impl Op for Binary {
         }
         let (a, b) = (f32_input(inputs, 0)?, f32_input(inputs, 1)?);
         let (sa, sb) = (inputs[0].shape(), inputs[1].shape());
-        let kind = self.kind;
+        // One monomorphic loop per kind: a `match` per element keeps the loop
+        // scalar (a jump per element).
+        macro_rules! per_kind {
+            ($call:ident ( $($arg:expr),* )) => {
+                match self.kind {
+                    BinaryKind::Add => $call($($arg,)* |x: f32, y: f32| x + y),
+                    BinaryKind::Mul => $call($($arg,)* |x: f32, y: f32| x * y),
+                    BinaryKind::Sub => $call($($arg,)* |x: f32, y: f32| x - y),
+                    BinaryKind::Div => $call($($arg,)* |x: f32, y: f32| x / y),
+                }
+            };
+        }
         if sa == sb {
-            return Ok(vec![Tensor::from_vec(
-                sa.to_vec(),
-                linalg::zip(a, b, move |x, y| kind.apply(x, y)),
-            )?]);
+            return Ok(vec![Tensor::from_vec(sa.to_vec(), per_kind!(zip_f32(a, b)))?]);
         }
         let out_shape = broadcast_shapes(sa, sb)?;
         // `b` repeats along the leading axes of `a` (a bias row, a scalar).
         if out_shape == sa && is_suffix_broadcast(sb, sa) {
-            let row = b.len().max(1);
             let mut out = a.to_vec();
-            linalg::for_each_row(&mut out, row, |r| {
-                for (x, &y) in r.iter_mut().zip(b.iter().cycle()) {
-                    *x = kind.apply(*x, y);
-                }
-            });
+            per_kind!(repeat_rows_f32(&mut out, b));
             return Ok(vec![Tensor::from_vec(out_shape, out)?]);
         }
         self.reference(inputs)

@@ -2,12 +2,16 @@
 //! order, freeing every intermediate value after its last reader.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use crate::error::RunError;
 use crate::graph::Graph;
 use crate::ops::Prepared;
 use crate::plan::{ExecPlan, Source};
 use crate::tensor::Tensor;
+
+/// A run's outputs by name.
+type Outputs = BTreeMap<String, Tensor>;
 
 /// Which CPU implementation of each op to run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,6 +80,29 @@ impl CpuExecutor {
         params: &HashMap<String, Tensor>,
         inputs: Vec<Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, RunError> {
+        self.run_inner(graph, params, inputs, None)
+    }
+
+    /// [`CpuExecutor::run`] that also times each plan step: the wall time of
+    /// every node's kernel, as `(node index, time)` in plan order.
+    pub fn run_timed(
+        &self,
+        graph: &Graph,
+        params: &HashMap<String, Tensor>,
+        inputs: Vec<Tensor>,
+    ) -> Result<(Outputs, Vec<(usize, Duration)>), RunError> {
+        let mut times = Vec::with_capacity(self.plan.steps.len());
+        let out = self.run_inner(graph, params, inputs, Some(&mut times))?;
+        Ok((out, times))
+    }
+
+    fn run_inner(
+        &self,
+        graph: &Graph,
+        params: &HashMap<String, Tensor>,
+        inputs: Vec<Tensor>,
+        mut times: Option<&mut Vec<(usize, Duration)>>,
+    ) -> Result<BTreeMap<String, Tensor>, RunError> {
         let mut slots: Vec<Option<Tensor>> = vec![None; self.plan.slot_count];
         for (&s, t) in self.plan.input_slots.iter().zip(inputs) {
             slots[s] = Some(t);
@@ -92,12 +119,17 @@ impl CpuExecutor {
                 for src in &step.inputs {
                     ins.push(fetch(src, &slots, params, &self.plan.slot_names).map_err(node_err)?);
                 }
-                match (self.kernels, &self.prepared[i]) {
+                let t0 = times.is_some().then(Instant::now);
+                let outputs = match (self.kernels, &self.prepared[i]) {
                     (CpuKernels::Fast, Some(p)) => node.op.cpu_prepared(&ins, p),
                     (CpuKernels::Fast, None) => node.op.cpu(&ins),
                     (CpuKernels::Reference, _) => node.op.reference(&ins),
                 }
-                .map_err(node_err)?
+                .map_err(node_err)?;
+                if let (Some(times), Some(t0)) = (times.as_deref_mut(), t0) {
+                    times.push((step.node, t0.elapsed()));
+                }
+                outputs
             };
             for (&s, t) in step.outputs.iter().zip(outputs) {
                 slots[s] = Some(t);
