@@ -765,3 +765,54 @@ fn gather_out_of_range_index_is_nan_on_the_gpu() {
         assert_eq!(&y[6..], &[5.0, 6.0], "{idx:?}");
     }
 }
+
+#[test]
+fn w8a8_integer_part_is_exact() {
+    // The tolerance of check_case allows two activation codes of slack per
+    // output; the integer part is exact, so on MiniLM's shapes with
+    // MiniLM-like rows (a channel 20x the others; rows cut at GELU's minimum,
+    // so z is small) nearly every output must equal the reference to float
+    // rounding. A few may not where the adapter's division (2.5 ULP in WGSL)
+    // puts an activation on the other side of a .5 boundary.
+    let Some(ctx) = gpu() else { return };
+    let portable = GpuOptions {
+        portable_kernels: true,
+        ..GpuOptions::default()
+    };
+    let mut rng = CaseRng::new(77);
+    for outliers in [0u32, 8] {
+        let format = wginfer::quant::WeightFormat::W8A8 { outliers };
+        for (m, k, n_out) in [(64, 384, 384), (40, 1536, 384), (9, 130, 67)] {
+            let mut case = wginfer::ops::qlinear::case(&mut rng, format, m, k, n_out, true);
+            let mut x = case.inputs[0].to_f32_vec();
+            for (i, v) in x.iter_mut().enumerate() {
+                if i % k == 7 {
+                    *v *= 20.0;
+                }
+                if (i / k) % 3 == 0 {
+                    *v = v.max(-0.17);
+                }
+            }
+            case.inputs[0] = Tensor::from_vec(vec![m, k], x).expect("x");
+            let want = case.op.reference(&case.input_refs()).expect("reference")[0].to_f32_vec();
+            for options in [&GpuOptions::default(), &portable] {
+                let graph = Arc::new(single_op_graph(&case));
+                let exec = GpuExecutor::new(graph, Arc::new(HashMap::new()), ctx.clone(), options.clone())
+                    .unwrap_or_else(|e| panic!("{}: compile: {e}", case.name));
+                let got = exec.run(case.inputs.clone()).expect("run")["y0"].to_f32_vec();
+                let off = got
+                    .iter()
+                    .zip(&want)
+                    .filter(|(a, b)| (*a - *b).abs() > 1e-5 * (1.0 + b.abs()))
+                    .count();
+                assert!(
+                    off * 1000 <= got.len(),
+                    "{} (portable: {}): {off} of {} outputs differ from the reference by more than float rounding",
+                    case.name,
+                    options.portable_kernels,
+                    got.len()
+                );
+            }
+        }
+    }
+}
