@@ -111,9 +111,11 @@ def main():
         quantize_dynamic(f32, i8, weight_type=QuantType.QInt8, per_channel=True)
         rows = []
         wq = {}
-        for fmt in ["int8", "w8a8"]:
-            p = os.path.join(d, f"minilm-{fmt}.safetensors")
-            subprocess.run([a.wginfer, "quantize", a.model_dir, "--format", fmt, "-o", p], check=True, capture_output=True)
+        cal = os.path.join(HERE, "calibration.txt")
+        for fmt, extra in [("int8", []), ("w8a8", []), ("w8a8 calibrated", ["--calibration", cal])]:
+            p = os.path.join(d, f"minilm-{fmt.replace(' ', '-')}.safetensors")
+            cmd = [a.wginfer, "quantize", a.model_dir, "--format", fmt.split()[0], "-o", p] + extra
+            subprocess.run(cmd, check=True, capture_output=True)
             wq[fmt] = p
         for threads in sorted({1, os.cpu_count() or 1}):
             label = f"{threads} thread" + ("s" if threads > 1 else "")
