@@ -210,6 +210,36 @@ fn cli_quantize_with_calibration() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("tokenizer.json"));
 }
 
+/// `quantize --format w8a8 --calibration ... --outliers 2`: two f32 input
+/// channels per layer, GPTQ on the rest; without calibration `--outliers`
+/// still sets the count (columns chosen from the weights).
+#[test]
+fn cli_quantize_w8a8_outliers() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("w8a8.safetensors");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wginfer"))
+            .args(["quantize", "--format", "w8a8", "--outliers", "2"])
+            .args(extra)
+            .arg(root("models/digits-mlp/model.safetensors"))
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .expect("run wginfer")
+    };
+    let cal = root("models/digits-mlp/digits_train.safetensors");
+    let o = run(&["--calibration", cal.to_str().expect("path")]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(text.matches("w8a8+o2 gptq").count(), 3, "{text}");
+    let q = Model::load(&out).expect("load the written model");
+    assert!(digits_accuracy(&q, &digits_split("test")) > 0.96);
+    let o = run(&[]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(text.matches("w8a8+o2").count(), 3, "{text}");
+}
+
 #[test]
 fn calibration_data_errors_are_typed() {
     let model = Model::load(root("models/digits-mlp/model.safetensors")).expect("model");
