@@ -15,6 +15,15 @@
 //! there every storage load is a loop over the SIMD lanes, and that kernel
 //! loads each activation vector once per subgroup and the weights as vec4
 //! words (about 3x the old tiles' speed on lavapipe at 1024³).
+//!
+//! W8A8 (v2, as on the CPU: src/ops/qlinear.rs) quantizes each row of x at
+//! run time to u8 with a scale and zero point from its min and max (outlier
+//! channels counted as 0), corrects the int32 sums by the zero point (`wsum`;
+//! the subgroup kernel sums q - z instead) and adds the outlier channels' f32
+//! products. Its kernels bind seven inputs: `qlinear.wgsl::w8a8` x, q, scale,
+//! wsum, bias, outlier_index, outlier_weight (bindings 2-8); the subgroup
+//! kernel x, outlier_index, scale, outlier_weight, bias, x as vec4, q as vec4
+//! — eight storage buffers with y, the WebGPU default limit.
 
 use crate::error::Error;
 use crate::ops::activation::Activation;
