@@ -319,8 +319,11 @@ fn minilm_gptq_int4_is_closer_to_f32() {
         "MiniLM int4 GPTQ: cosine to f32 min {min:.5} mean {mean:.5} (forward passes {secs:.2} s, quantize {total:.2} s, {} tokens)",
         cal.rows()
     ));
-    // Measured 0.9797 (round-to-nearest with the per-block scale search: 0.9506).
-    assert!(min >= 0.975, "int4 GPTQ min cosine {min}");
+    // Measured 0.9856 / mean 0.9901 (round-to-nearest with the per-block
+    // scale search: 0.9506; with only the first 114 texts of the calibration
+    // set, no short texts, punctuation or non-Latin scripts: 0.9796).
+    assert!(min >= 0.98, "int4 GPTQ min cosine {min}");
+    assert!(mean >= 0.987, "int4 GPTQ mean cosine {mean}");
 }
 
 /// The README table: `cargo test --release --test calibration minilm_table -- --ignored --nocapture`.
