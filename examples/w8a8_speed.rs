@@ -74,6 +74,14 @@ fn main() {
             };
             let tq = run(&op, &inputs);
             line += &format!(", {format} {:.1} GOP/s ({:.3} ms, {:.2}x)", gop / tq, tq * 1e3, tf / tq);
+            if outliers == 0 {
+                // `Op::cpu` (what the criterion bench times): no prepared weight.
+                let refs: Vec<&Tensor> = inputs.iter().collect();
+                let tc = time(|| {
+                    std::hint::black_box(op.cpu(&refs).map(|v| v.len()).unwrap_or(0));
+                });
+                line += &format!(" [unprepared cpu(): {:.2}x]", tf / tc);
+            }
         }
         println!("{line}");
     }

@@ -266,7 +266,13 @@ impl Op for QLinear {
         match self.format {
             WeightFormat::W8A8 { .. } => {
                 let w = quant::W8A8Weights::new(&packed, n, k)?;
-                quant::w8a8_portable(x, m, &w, bias, &mut y);
+                // With VNNI and enough rows to repay it, the weight is packed
+                // here (the prepared path packs it once); both give the
+                // portable path's bits.
+                match (m >= 32).then(|| quant::PackedW8A8::new(&w)).flatten() {
+                    Some(p) => p.run(x, m, bias, &mut y),
+                    None => quant::w8a8_portable(x, m, &w, bias, &mut y),
+                }
             }
             WeightFormat::Binary { xnor: true } => {
                 let words = k.div_ceil(32);

@@ -277,14 +277,31 @@ impl PackedI8 {
         }
         let (k4, n_pad) = (k.div_ceil(4) * 4, n.div_ceil(NB) * NB);
         let mut data = vec![0i8; n_pad * k4];
-        let mut wsum = vec![0i32; n_pad];
-        for j in 0..n {
-            let (blk, c) = (j / NB, j % NB);
-            let row = &w[j * k..(j + 1) * k];
-            for (p, &v) in row.iter().enumerate() {
-                data[((blk * (k4 / 4) + p / 4) * NB + c) * 4 + p % 4] = v;
+        // One block (NB rows) at a time: each row's groups of 4 inputs go to
+        // stride NB·4 within the block.
+        let block = |(blk, d): (usize, &mut [i8])| {
+            for c in 0..NB.min(n.saturating_sub(blk * NB)) {
+                let j = blk * NB + c;
+                let row = w[j * k..(j + 1) * k].chunks_exact(4);
+                let (rem, full) = (row.remainder(), k / 4);
+                for (q, chunk) in row.enumerate() {
+                    let at = q * NB * 4 + c * 4;
+                    d[at..at + 4].copy_from_slice(chunk);
+                }
+                if !rem.is_empty() {
+                    let at = full * NB * 4 + c * 4;
+                    d[at..at + rem.len()].copy_from_slice(rem);
+                }
             }
-            wsum[j] = row.iter().map(|&v| v as i32).sum::<i32>();
+        };
+        if n * k >= 1 << 18 {
+            data.par_chunks_mut((k4 * NB).max(1)).enumerate().for_each(block);
+        } else {
+            data.chunks_mut((k4 * NB).max(1)).enumerate().for_each(block);
+        }
+        let mut wsum = vec![0i32; n_pad];
+        for (j, s) in wsum.iter_mut().enumerate().take(n) {
+            *s = w[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum::<i32>();
         }
         Some(Self { n, k, data, wsum })
     }
