@@ -88,6 +88,16 @@ impl QLinear {
     }
 }
 
+/// Fills every row of `y` (rows of `n`) with `bias` and says whether it did:
+/// the f32 GEMM then accumulates onto the bias.
+fn fill_bias_rows(y: &mut [f32], bias: Option<&[f32]>, n: usize) -> bool {
+    let Some(b) = bias else { return false };
+    for row in y.chunks_mut(n.max(1)) {
+        row.copy_from_slice(b);
+    }
+    true
+}
+
 /// Per-row `β = mean|x|` and sign bits packed like binary weights.
 fn binarize_rows(x: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
     let words = k.div_ceil(32);
@@ -330,14 +340,7 @@ impl Op for QLinear {
                     } else {
                         w.chunks_mut(k.max(1)).enumerate().for_each(|(j, row)| dec.row(j, row));
                     }
-                    let accumulate = if let Some(b) = bias {
-                        for row in y.chunks_mut(n.max(1)) {
-                            row.copy_from_slice(b);
-                        }
-                        true
-                    } else {
-                        false
-                    };
+                    let accumulate = fill_bias_rows(&mut y, bias, n);
                     linalg::sgemm(
                         MatRef::row_major(x, m, k),
                         MatRef::transposed(&w, k, n),
@@ -405,14 +408,7 @@ impl Op for QLinear {
                 if wt.len() != n * k {
                     return self.cpu(inputs);
                 }
-                let accumulate = if let Some(b) = bias {
-                    for row in y.chunks_mut(n.max(1)) {
-                        row.copy_from_slice(b);
-                    }
-                    true
-                } else {
-                    false
-                };
+                let accumulate = fill_bias_rows(&mut y, bias, n);
                 linalg::sgemm(
                     MatRef::row_major(x, m, k),
                     MatRef::row_major(wt, k, n),
