@@ -2,6 +2,8 @@
 //! (packed, SIMD, multithreaded with rayon) and parallel elementwise loops.
 //! The ops keep their naive references beside these (see `ops::Op::reference`).
 
+pub mod vecops;
+
 use rayon::prelude::*;
 
 use crate::error::OpError;

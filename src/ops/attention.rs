@@ -101,6 +101,22 @@ impl Attention {
     }
 }
 
+/// The output's base pointer, shared by the (batch, head) tasks, which write
+/// disjoint blocks of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tasks write disjoint elements (see `Attention::cpu`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as for Send.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Sizes, `[q, k, v]` data and the optional mask of one call.
 type AttnInputs<'a> = (AttnDims, [&'a [f32]; 3], Option<&'a [f32]>);
 
@@ -159,8 +175,98 @@ fn masked_softmax(row: &mut [f32], scale: f32, keep: Option<&[f32]>) {
     }
 }
 
-/// [`masked_softmax`] on every row of `s` (rows of `n`), compiled for AVX2
-/// where the CPU has it.
+/// The explicit AVX-512 softmax.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use crate::linalg::vecops::lanes16;
+
+    /// `e^x` on 16 lanes, as [`crate::linalg::exp_fast`] (Cephes: `x = n·ln2 +
+    /// r`, a degree-6 polynomial in `r`), `2^n` applied with `scalef`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn exp16(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        _mm512_scalef_ps(y, n)
+    }
+
+    /// [`super::masked_softmax`] on every row of `s` (rows of `n`): keys are
+    /// taken 16 at a time under a lane mask (the kept keys, and the row's
+    /// tail), the scale folded into the exponent.
+    ///
+    /// # Safety
+    /// AVX-512 F must be present.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn softmax_rows(s: &mut [f32], n: usize, scale: f32, keep: Option<&[f32]>) {
+        if n == 0 {
+            return;
+        }
+        let chunks = n.div_ceil(16);
+        // Per 16 keys: the lanes in the row, and those kept.
+        let (mut valid, mut kept) = (Vec::with_capacity(chunks), Vec::with_capacity(chunks));
+        for c in 0..chunks {
+            let v = lanes16(n - 16 * c);
+            valid.push(v);
+            kept.push(match keep {
+                // SAFETY: the masked lanes are within the row of `n` keys.
+                Some(k) if k.len() >= n => unsafe {
+                    let m = _mm512_maskz_loadu_ps(v, k.as_ptr().add(16 * c));
+                    _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(v, m, _mm512_setzero_ps())
+                },
+                _ => v,
+            });
+        }
+        let vscale = _mm512_set1_ps(scale);
+        for row in s.chunks_exact_mut(n) {
+            let p = row.as_mut_ptr();
+            let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+            for (c, &k) in kept.iter().enumerate() {
+                // SAFETY: the masked lanes are within the row.
+                let x = unsafe { _mm512_maskz_loadu_ps(k, p.add(16 * c)) };
+                mx = _mm512_mask_max_ps(mx, k, mx, _mm512_mul_ps(x, vscale));
+            }
+            let max = _mm512_reduce_max_ps(mx);
+            if max == f32::NEG_INFINITY {
+                row.fill(0.0);
+                continue;
+            }
+            let vmax = _mm512_set1_ps(max);
+            let mut sum = _mm512_setzero_ps();
+            for (c, (&v, &k)) in valid.iter().zip(&kept).enumerate() {
+                // SAFETY: the masked lanes are within the row.
+                unsafe {
+                    let x = _mm512_maskz_loadu_ps(k, p.add(16 * c));
+                    let e = _mm512_maskz_mov_ps(k, exp16(_mm512_fmsub_ps(x, vscale, vmax)));
+                    sum = _mm512_add_ps(sum, e);
+                    _mm512_mask_storeu_ps(p.add(16 * c), v, e);
+                }
+            }
+            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+            for (c, &v) in valid.iter().enumerate() {
+                // SAFETY: the masked lanes are within the row.
+                unsafe {
+                    let e = _mm512_maskz_loadu_ps(v, p.add(16 * c));
+                    _mm512_mask_storeu_ps(p.add(16 * c), v, _mm512_mul_ps(e, inv));
+                }
+            }
+        }
+    }
+}
+
+/// [`masked_softmax`] on every row of `s` (rows of `n`): the AVX-512 kernel
+/// where the CPU has it, else compiled for AVX2 where the CPU has that.
 fn softmax_rows(s: &mut [f32], n: usize, scale: f32, keep: Option<&[f32]>) {
     #[inline(always)]
     fn rows(s: &mut [f32], n: usize, scale: f32, keep: Option<&[f32]>) {
@@ -170,6 +276,10 @@ fn softmax_rows(s: &mut [f32], n: usize, scale: f32, keep: Option<&[f32]>) {
     }
     #[cfg(target_arch = "x86_64")]
     {
+        if linalg::vecops::has_avx512f() {
+            // SAFETY: AVX-512 F is present.
+            return unsafe { avx512::softmax_rows(s, n, scale, keep) };
+        }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2(s: &mut [f32], n: usize, scale: f32, keep: Option<&[f32]>) {
             rows(s, n, scale, keep)
@@ -280,29 +390,22 @@ impl Op for Attention {
         Ok(vec![Tensor::from_vec(inputs[0].shape().to_vec(), y)?])
     }
 
-    /// Per (batch, head), in parallel: scores `Q·Kᵀ` with one `sgemm` over
-    /// strided views of the heads (no copies), a masked softmax per row,
-    /// then `P·V` with another `sgemm`.
+    /// Per (batch, head), in parallel when rayon has threads: scores `Q·Kᵀ`
+    /// with one `sgemm` over strided views of the heads (no copies) into a
+    /// scratch matrix reused across heads, a masked softmax per row (AVX-512
+    /// where available), then `P·V` with a GEMM that writes the head's
+    /// columns of the output in place.
     fn cpu(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
         let (d, [q, k, v], mask) = self.inputs(inputs)?;
         let (w, hd) = (d.heads * d.head_dim, d.head_dim);
         let scale = self.scale_for(hd);
         let mut y = vec![0.0f32; d.batch * d.sq * w];
-        if y.is_empty() {
+        if y.is_empty() || d.sk == 0 {
             return Ok(vec![Tensor::from_vec(inputs[0].shape().to_vec(), y)?]);
         }
-        let head = |bh: usize| -> Result<Vec<f32>, OpError> {
+        let out = OutPtr(y.as_mut_ptr());
+        let head = |s: &mut Vec<f32>, bh: usize| -> Result<(), OpError> {
             let (b, h) = (bh / d.heads, bh % d.heads);
-            let mut out = vec![0.0f32; d.sq * hd];
-            if d.sk == 0 {
-                return Ok(out);
-            }
-            let keep: Option<Vec<f32>> = mask.map(|m| {
-                m[b * d.sk..(b + 1) * d.sk]
-                    .iter()
-                    .map(|&v| f32::from(v != 0.0))
-                    .collect()
-            });
             let qv = MatRef {
                 data: &q[b * d.sq * w + h * hd..],
                 rows: d.sq,
@@ -317,30 +420,51 @@ impl Op for Attention {
                 row_stride: 1,
                 col_stride: w,
             };
-            let mut s = vec![0.0f32; d.sq * d.sk];
-            linalg::sgemm(qv, kt, &mut s, false)?;
-            softmax_rows(&mut s, d.sk, scale, keep.as_deref());
-            let vv = MatRef {
-                data: &v[b * d.sk * w + h * hd..],
-                rows: d.sk,
-                cols: hd,
-                row_stride: w,
-                col_stride: 1,
-            };
-            linalg::sgemm(MatRef::row_major(&s, d.sq, d.sk), vv, &mut out, false)?;
-            Ok(out)
+            s.resize(d.sq * d.sk, 0.0);
+            linalg::sgemm(qv, kt, s, false)?;
+            softmax_rows(s, d.sk, scale, mask.map(|m| &m[b * d.sk..(b + 1) * d.sk]));
+            let vh = &v[b * d.sk * w + h * hd..];
+            // The last element read of v and written of y, through the strides.
+            let (v_last, y_last) = ((d.sk - 1) * w + hd - 1, (b * d.sq + d.sq - 1) * w + h * hd + hd - 1);
+            if v_last >= vh.len() || y_last >= d.batch * d.sq * w {
+                return Err(OpError::Shape("internal attention stride error".into()));
+            }
+            // SAFETY: `s` holds sq×sk scores; `vh` holds the sk×hd head
+            // (checked above through its row stride w); the destination is
+            // rows b·sq.. and columns h·hd.. of y (checked above), which no
+            // other (batch, head) touches; y outlives the loop.
+            unsafe {
+                gemm::gemm(
+                    d.sq,
+                    hd,
+                    d.sk,
+                    out.get().add((b * d.sq) * w + h * hd),
+                    1,
+                    w as isize,
+                    false,
+                    s.as_ptr(),
+                    1,
+                    d.sk as isize,
+                    vh.as_ptr(),
+                    1,
+                    w as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            Ok(())
         };
         let n = d.batch * d.heads;
-        let work = d.sq * d.sk * hd * n;
-        let heads: Vec<Vec<f32>> = if work >= 1 << 16 {
-            (0..n).into_par_iter().map(head).collect::<Result<_, _>>()?
+        if linalg::vecops::parallel(d.sq * d.sk * hd * n, 1 << 16) && n > 1 {
+            (0..n).into_par_iter().try_for_each_init(Vec::new, head)?;
         } else {
-            (0..n).map(head).collect::<Result<_, _>>()?
-        };
-        for (bh, o) in heads.iter().enumerate() {
-            let (b, h) = (bh / d.heads, bh % d.heads);
-            for (i, row) in o.chunks(hd).enumerate() {
-                y[(b * d.sq + i) * w + h * hd..][..hd].copy_from_slice(row);
+            let mut s = Vec::new();
+            for bh in 0..n {
+                head(&mut s, bh)?;
             }
         }
         Ok(vec![Tensor::from_vec(inputs[0].shape().to_vec(), y)?])
@@ -588,6 +712,46 @@ mod tests {
             .zip([4.0, 5.0, 6.0, 7.0, 4.0, 5.0, 6.0, 7.0])
         {
             assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn softmax_kernel_matches_the_portable_rows() {
+        // Row lengths around the 16-lane steps (tails), random and
+        // all-dropped masks, a negative scale, large scores.
+        let mut rng = CaseRng::new(7);
+        for n in [1usize, 2, 15, 16, 17, 31, 33, 128, 129] {
+            for (mi, scale) in [(0, 0.17f32), (1, 1.0), (2, -0.5), (3, 30.0)] {
+                let rows = 5;
+                let s0 = rng.tensor(&[rows, n], -8.0, 8.0).as_f32().unwrap().to_vec();
+                let keep: Option<Vec<f32>> = match mi {
+                    0 => None,
+                    1 => Some((0..n).map(|j| if (j * 7 + n) % 3 == 0 { 0.0 } else { 2.5 }).collect()),
+                    2 => Some(vec![0.0; n]),
+                    _ => Some((0..n).map(|j| f32::from(j + 1 == n)).collect()),
+                };
+                let mut got = s0.clone();
+                softmax_rows(&mut got, n, scale, keep.as_deref());
+                let mut want = s0.clone();
+                let keep01: Option<Vec<f32>> = keep.as_ref().map(|k| k.iter().map(|&v| f32::from(v != 0.0)).collect());
+                for row in want.chunks_mut(n) {
+                    masked_softmax(row, scale, keep01.as_deref());
+                }
+                for (j, (&g, &e)) in got.iter().zip(&want).enumerate() {
+                    let dropped = keep01.as_ref().is_some_and(|k| k[j % n] == 0.0);
+                    if dropped {
+                        assert_eq!(g, 0.0, "n {n} mask {mi}: dropped key {j} got {g}");
+                    } else {
+                        assert!(
+                            (g - e).abs() <= 1e-6 + 1e-5 * e,
+                            "n {n} mask {mi} scale {scale}: {g} vs {e}"
+                        );
+                    }
+                }
+                if mi == 2 {
+                    assert!(got.iter().all(|&g| g == 0.0));
+                }
+            }
         }
     }
 
