@@ -2,6 +2,7 @@
 //! (packed, SIMD, multithreaded with rayon) and parallel elementwise loops.
 //! The ops keep their naive references beside these (see `ops::Op::reference`).
 
+pub mod f32gemm;
 pub mod vecops;
 
 use rayon::prelude::*;

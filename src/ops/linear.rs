@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::{check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Prepared, Validation};
 use crate::error::OpError;
-use crate::linalg::{self, MatRef};
+use crate::linalg::{self, f32gemm::PackedF32, MatRef};
 use crate::tensor::{Dim, Tensor, ValueType};
 
 /// A fully connected layer. Inputs: `x [..., in]`, `weight [out, in]`,
@@ -150,14 +150,20 @@ impl Op for Linear {
         gemm_with_bias(inputs, m, k, n, MatRef::transposed(w, k, n))
     }
 
-    /// The weight transposed to `[in, out]` row-major: the layout the
-    /// `gemm` crate reads fastest as its right-hand side (1.1-1.4x on the
-    /// 784-512-512-10 MLP's layers at batch 1-64 here).
+    /// With AVX-512: the weight packed in column panels for
+    /// [`linalg::f32gemm`] (see `examples/f32_gemm_speed.rs` for its speed
+    /// against `gemm`). Elsewhere: the weight transposed to `[in, out]`
+    /// row-major, the layout the `gemm` crate reads fastest as its
+    /// right-hand side (1.1-1.4x on the 784-512-512-10 MLP's layers at
+    /// batch 1-64 here).
     fn prepare_cpu(&self, consts: &[Option<&Tensor>]) -> Option<Prepared> {
         let w = (*consts.get(1)?)?;
         let (&[n, k], Ok(data)) = (w.shape(), w.as_f32()) else {
             return None;
         };
+        if let Some(p) = PackedF32::new(data, n, k) {
+            return Some(Prepared(Arc::new(p)));
+        }
         let mut t = vec![0.0f32; n * k];
         for (o, row) in data.chunks_exact(k.max(1)).enumerate() {
             for (i, &v) in row.iter().enumerate() {
@@ -169,14 +175,18 @@ impl Op for Linear {
 
     fn cpu_prepared(&self, inputs: &[&Tensor], prepared: &Prepared) -> Result<Vec<Tensor>, OpError> {
         let (m, k, n) = dims(inputs)?;
-        let Some(wt) = prepared
+        let x = f32_input(inputs, 0)?;
+        let packed = prepared
+            .0
+            .downcast_ref::<PackedF32>()
+            .filter(|w| (w.n(), w.k()) == (n, k));
+        let wt = prepared
             .0
             .downcast_ref::<TransposedWeight>()
-            .filter(|w| (w.n, w.k) == (n, k))
-        else {
+            .filter(|w| (w.n, w.k) == (n, k));
+        if packed.is_none() && wt.is_none() {
             return self.cpu(inputs);
-        };
-        let x = f32_input(inputs, 0)?;
+        }
         if m == 1 {
             // One row: a dot product per output over the [out, in] weight's
             // contiguous rows, parallel over outputs for large layers (gemm
@@ -202,7 +212,20 @@ impl Op for Linear {
             }
             return Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?]);
         }
-        gemm_with_bias(inputs, m, k, n, MatRef::row_major(&wt.data, k, n))
+        if let Some(p) = packed {
+            let b = if inputs.len() == 3 {
+                Some(f32_input(inputs, 2)?)
+            } else {
+                None
+            };
+            let mut y = vec![0.0f32; m * n];
+            p.run(x, m, b, &mut y);
+            return Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?]);
+        }
+        match wt {
+            Some(wt) => gemm_with_bias(inputs, m, k, n, MatRef::row_major(&wt.data, k, n)),
+            None => self.cpu(inputs),
+        }
     }
 
     fn backward(
@@ -301,6 +324,42 @@ mod tests {
         ] {
             assert_eq!(y[0].shape(), &[1, 3]);
             assert_eq!(y[0].as_f32().unwrap(), &[1.5, 2.0, 0.0]);
+        }
+    }
+
+    /// The prepared path (the AVX-512 packed kernel where the CPU has it,
+    /// else `gemm` on the transposed weight) against the f64 reference on
+    /// shapes that are not multiples of the kernel's tiles.
+    #[test]
+    fn prepared_matches_reference_on_odd_shapes() {
+        let mut rng = CaseRng::new(3);
+        for &(lead, k, n) in &[
+            (&[1usize][..], 1usize, 1usize),
+            (&[2], 1, 5),
+            (&[9], 17, 47),
+            (&[3, 7], 129, 49),
+            (&[33], 300, 97),
+            (&[7], 257, 16),
+            (&[128], 384, 100),
+            (&[130], 5, 200),
+        ] {
+            for bias in [false, true] {
+                let c = case(&mut rng, lead, k, n, bias);
+                let refs: Vec<&Tensor> = c.inputs.iter().collect();
+                let consts: Vec<Option<&Tensor>> =
+                    refs.iter().enumerate().map(|(i, t)| (i > 0).then_some(*t)).collect();
+                let p = Linear.prepare_cpu(&consts).unwrap();
+                let got = Linear.cpu_prepared(&refs, &p).unwrap();
+                let want = Linear.reference(&refs).unwrap();
+                assert_eq!(got[0].shape(), want[0].shape());
+                for (g, w) in got[0].as_f32().unwrap().iter().zip(want[0].as_f32().unwrap()) {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + k as f32).sqrt() * (1.0 + w.abs()),
+                        "{}: {g} vs {w}",
+                        c.name
+                    );
+                }
+            }
         }
     }
 

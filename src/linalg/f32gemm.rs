@@ -1,0 +1,371 @@
+//! An AVX-512 f32 GEMM for prepared Linear weights: `y = x · Wᵀ + b` with
+//! `W [n, k]` packed once into column panels of [`NR`] outputs, each panel
+//! K-contiguous (`NR` floats per input, 64-byte aligned), so the
+//! microkernel reads one panel row with [`V`] aligned loads and broadcasts
+//! one `x` value per row against it: a register tile of up to [`MR`] rows ×
+//! `NR` outputs accumulates in zmm registers over a K block of [`KC`]
+//! inputs (the panel slice, `KC·NR·4` bytes, stays in L1 while the tile
+//! walks down the rows). The bias enters as the accumulators' initial
+//! value; the tile writes `y` directly (masked at the panel's end).
+//! Parallel over (row range, panel range) tasks with rayon.
+//!
+//! [`PackedF32::new`] returns `None` on CPUs without AVX-512F (callers keep
+//! the `gemm` crate there).
+
+use rayon::prelude::*;
+
+/// zmm vectors per panel row.
+pub const V: usize = 3;
+/// Outputs per packed panel.
+pub const NR: usize = V * 16;
+/// Rows per register tile (`MR·V` accumulators, `V` weight registers and a
+/// broadcast within the 32 zmm registers).
+pub const MR: usize = 8;
+/// Inputs per K block.
+pub const KC: usize = 128;
+/// Rows per parallel task (a multiple of [`MR`]).
+const TASK_ROWS: usize = 32;
+/// Panels per parallel task.
+const TASK_PANELS: usize = 4;
+/// Below this many multiply-adds a product runs on one thread.
+const PARALLEL_MIN: usize = 1 << 20;
+
+/// 16 floats on a 64-byte boundary: the panels' storage unit.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// A `[n, k]` weight packed for [`PackedF32::run`]: panel `b` holds outputs
+/// `b·NR..b·NR+NR` (zero-padded past `n`), `k` rows of `NR` floats.
+#[derive(Clone, Debug)]
+pub struct PackedF32 {
+    n: usize,
+    k: usize,
+    data: Vec<Line>,
+}
+
+/// Whether this CPU runs the AVX-512 kernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+impl PackedF32 {
+    /// Packs `w` (`n` rows of `k`, PyTorch's `[out, in]`), or `None` where the
+    /// CPU lacks AVX-512F or `w` is too short.
+    pub fn new(w: &[f32], n: usize, k: usize) -> Option<Self> {
+        // WGINFER_F32GEMM=off: not packed (Linear then uses `gemm`), for A/B timing.
+        if !available() || w.len() < n * k || std::env::var("WGINFER_F32GEMM").is_ok_and(|v| v == "off") {
+            return None;
+        }
+        let panels = n.div_ceil(NR);
+        let mut data = vec![Line::default(); panels * k * V];
+        let pack = |(b, d): (usize, &mut [Line])| {
+            for c in 0..NR.min(n - b * NR) {
+                let row = &w[(b * NR + c) * k..(b * NR + c + 1) * k];
+                for (p, &v) in row.iter().enumerate() {
+                    d[p * V + c / 16].0[c % 16] = v;
+                }
+            }
+        };
+        if k > 0 {
+            if n * k >= 1 << 18 {
+                data.par_chunks_mut(k * V).enumerate().for_each(pack);
+            } else {
+                data.chunks_mut(k * V).enumerate().for_each(pack);
+            }
+        }
+        Some(Self { n, k, data })
+    }
+
+    /// Outputs.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Inputs.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// `y [m, n] = x [m, k] · Wᵀ (+ bias [n])`, every element of `y` written.
+    ///
+    /// # Panics
+    /// If `x`, `bias` or `y` is shorter than the sizes say (callers check shapes).
+    pub fn run(&self, x: &[f32], m: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        assert!(
+            x.len() >= m * k && bias.is_none_or(|b| b.len() >= n) && y.len() >= m * n,
+            "PackedF32::run sizes"
+        );
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            for row in y[..m * n].chunks_mut(n) {
+                match bias {
+                    Some(b) => row.copy_from_slice(&b[..n]),
+                    None => row.fill(0.0),
+                }
+            }
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let out = Out {
+                y: y.as_mut_ptr(),
+                bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+            };
+            let panels = n.div_ceil(NR);
+            let (row_tasks, panel_tasks) = (m.div_ceil(TASK_ROWS), panels.div_ceil(TASK_PANELS));
+            // Panel ranges outermost: a task's weight slice stays in L2 while
+            // the row ranges go through it.
+            let task = |t: usize| {
+                let (i0, b0) = ((t % row_tasks) * TASK_ROWS, (t / row_tasks) * TASK_PANELS);
+                let (i1, b1) = ((i0 + TASK_ROWS).min(m), (b0 + TASK_PANELS).min(panels));
+                // SAFETY: AVX-512F was detected when the weight was packed;
+                // the task reads rows i0..i1 of x (checked above), panels
+                // b0..b1 of the packed weight, and writes rows i0..i1,
+                // columns b0·NR..min(b1·NR, n) of y, which no other task writes.
+                unsafe { self.block(x, out, (i0, i1), (b0, b1)) };
+            };
+            let tasks = row_tasks * panel_tasks;
+            if m * n * k >= PARALLEL_MIN && rayon::current_num_threads() > 1 && tasks > 1 {
+                (0..tasks).into_par_iter().for_each(task);
+            } else {
+                (0..tasks).for_each(task);
+            }
+        }
+    }
+
+    /// Rows `i0..i1` × panels `b0..b1`: K blocks outermost, then panels,
+    /// then register tiles down the rows (the panel's K slice stays in L1).
+    /// While the tiles of one panel slice run, they prefetch the next slice
+    /// into L2, a share each (the weight of a model's layer is usually
+    /// cold: it is read once per forward pass).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn block(&self, x: &[f32], out: Out, (i0, i1): (usize, usize), (b0, b1): (usize, usize)) {
+        let (n, k) = (self.n, self.k);
+        let w = self.data.as_ptr().cast::<f32>();
+        let tiles = (i1 - i0).div_ceil(MR);
+        let mut p0 = 0;
+        while p0 < k {
+            let kc = (k - p0).min(KC);
+            // The slice after panel b's: panel b+1's, or the first panel's in the next K block.
+            let next = |b: usize| -> Option<*const f32> {
+                if b + 1 < b1 {
+                    Some(w.add(((b + 1) * k + p0) * NR))
+                } else if p0 + kc < k {
+                    Some(w.add((b0 * k + p0 + kc) * NR))
+                } else {
+                    None
+                }
+            };
+            for b in b0..b1 {
+                let col = b * NR;
+                let (pf, next_kc) = match next(b) {
+                    Some(p) if b + 1 < b1 => (p, kc),
+                    Some(p) => (p, (k - p0 - kc).min(KC)),
+                    None => (std::ptr::null(), 0),
+                };
+                // Lines of the next slice each tile prefetches.
+                let share = (next_kc * V).div_ceil(tiles);
+                let mut i = i0;
+                while i < i1 {
+                    let rows = (i1 - i).min(MR);
+                    let tt = (i - i0) / MR;
+                    let first = (tt * share).min(next_kc * V);
+                    let t = Tile {
+                        a: x.as_ptr().add(i * k + p0),
+                        lda: k,
+                        w: w.add((b * k + p0) * NR),
+                        kc,
+                        c: out.y.add(i * n + col),
+                        ldc: n,
+                        cols: (n - col).min(NR),
+                        bias: if out.bias.is_null() {
+                            out.bias
+                        } else {
+                            out.bias.add(col)
+                        },
+                        accumulate: p0 > 0,
+                        pf: if pf.is_null() { pf } else { pf.add(first * 16) },
+                        pf_lines: if pf.is_null() {
+                            0
+                        } else {
+                            (first + share).min(next_kc * V) - first
+                        },
+                    };
+                    match rows {
+                        8 => kernel::tile::<8>(&t),
+                        7 => kernel::tile::<7>(&t),
+                        6 => kernel::tile::<6>(&t),
+                        5 => kernel::tile::<5>(&t),
+                        4 => kernel::tile::<4>(&t),
+                        3 => kernel::tile::<3>(&t),
+                        2 => kernel::tile::<2>(&t),
+                        _ => kernel::tile::<1>(&t),
+                    }
+                    i += rows;
+                }
+            }
+            p0 += kc;
+        }
+    }
+}
+
+/// The output and bias pointers, shared by tasks that write disjoint tiles.
+#[derive(Clone, Copy)]
+struct Out {
+    y: *mut f32,
+    bias: *const f32,
+}
+// SAFETY: tasks write disjoint elements of `y` (see `PackedF32::run`) and only read `bias`.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// One register tile: `x` at its first row and K block (`lda` apart), the
+/// panel at the K block, `c` at the tile's first output (`ldc` apart),
+/// `cols` valid outputs, the bias at the tile's first column (null: none).
+/// `accumulate` adds to `c` (a later K block) instead of starting from the bias.
+/// `pf_lines` 64-byte lines from `pf` on are prefetched into L2 along the way.
+struct Tile {
+    a: *const f32,
+    lda: usize,
+    w: *const f32,
+    kc: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    bias: *const f32,
+    accumulate: bool,
+    pf: *const f32,
+    pf_lines: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kernel {
+    use std::arch::x86_64::*;
+
+    use super::{Tile, NR, V};
+
+    /// `R` rows × [`NR`] outputs over `t.kc` inputs: per input, `V` aligned
+    /// panel loads and `R` broadcasts feeding `R·V` FMAs.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile<const R: usize>(t: &Tile) {
+        let mut masks = [0 as __mmask16; V];
+        for (v, mk) in masks.iter_mut().enumerate() {
+            let c = t.cols.saturating_sub(v * 16).min(16);
+            *mk = ((1u32 << c) - 1) as __mmask16;
+        }
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        if t.accumulate {
+            for (r, a) in acc.iter_mut().enumerate() {
+                for v in 0..V {
+                    a[v] = _mm512_maskz_loadu_ps(masks[v], t.c.add(r * t.ldc + v * 16));
+                }
+            }
+        } else if !t.bias.is_null() {
+            for v in 0..V {
+                let b = _mm512_maskz_loadu_ps(masks[v], t.bias.add(v * 16));
+                for a in acc.iter_mut() {
+                    a[v] = b;
+                }
+            }
+        }
+        let (mut a, mut w) = (t.a, t.w);
+        // Prefetches per input: enough to cover pf_lines over kc inputs.
+        let (per, mut pf, pf_end) = (t.pf_lines.div_ceil(t.kc), t.pf, t.pf.wrapping_add(t.pf_lines * 16));
+        for _ in 0..t.kc {
+            for _ in 0..per {
+                if pf < pf_end {
+                    _mm_prefetch::<_MM_HINT_T1>(pf.cast());
+                    pf = pf.add(16);
+                }
+            }
+            let mut wv = [_mm512_setzero_ps(); V];
+            for (v, wr) in wv.iter_mut().enumerate() {
+                *wr = _mm512_load_ps(w.add(v * 16));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*a.add(r * t.lda));
+                for v in 0..V {
+                    acc_r[v] = _mm512_fmadd_ps(xv, wv[v], acc_r[v]);
+                }
+            }
+            a = a.add(1);
+            w = w.add(NR);
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for v in 0..V {
+                _mm512_mask_storeu_ps(t.c.add(r * t.ldc + v * 16), masks[v], a[v]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut y = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = b.map_or(0.0f64, |b| b[j] as f64);
+                for p in 0..k {
+                    acc += x[i * k + p] as f64 * w[j * k + p] as f64;
+                }
+                y[i * n + j] = acc as f32;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn matches_the_reference_on_odd_shapes() {
+        if !available() {
+            eprintln!("SKIPPED: no AVX-512F");
+            return;
+        }
+        let mut seed = 7u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        };
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (3, 1, 5),
+            (9, 17, 47),
+            (8, 128, 48),
+            (17, 129, 49),
+            (33, 300, 97),
+            (7, 257, 16),
+            (40, 384, 100),
+            (130, 5, 200),
+        ] {
+            let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
+            let b: Vec<f32> = (0..n).map(|_| next()).collect();
+            let p = PackedF32::new(&w, n, k).unwrap();
+            for bias in [None, Some(&b[..])] {
+                let want = reference(&x, &w, bias, m, k, n);
+                let mut y = vec![f32::NAN; m * n];
+                p.run(&x, m, bias, &mut y);
+                for (i, (g, e)) in y.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - e).abs() <= 1e-5 * (k as f32).sqrt() * (1.0 + e.abs()),
+                        "{m}x{k}->{n} bias {}: y[{i}] = {g}, want {e}",
+                        bias.is_some()
+                    );
+                }
+            }
+        }
+    }
+}
