@@ -1,20 +1,31 @@
 //! The AVX-512 f32 GEMM (`linalg::f32gemm`, weight packed in panels) against
 //! the `gemm` crate (`linalg::sgemm` on the `[k, n]` transposed weight, bias
 //! filled first, as `Linear` ran it) on MiniLM's Linear shapes and a few
-//! more, 1 and 2 threads: `cargo run --release --example f32_gemm_speed`.
-//! Prints GFLOP/s (median of repeated calls, bias included).
+//! more, 1 and 2 threads: `cargo run --release --example f32_gemm_speed
+//! [MxKxN,...]`. Prints GFLOP/s, bias included: the fastest of alternating
+//! batches (1 thread: by the thread's CPU time, so that other processes on
+//! a shared machine disturb less). `COLD=1` cycles through 64 MiB of weight
+//! copies (each call's weight out of cache, as in a model's forward pass).
 
 use std::time::Instant;
 
 use wginfer::linalg::{self, f32gemm::PackedF32, MatRef};
 use wginfer::ops::CaseRng;
 
-/// This thread's CPU time in seconds.
+/// This thread's CPU time in seconds (`libc` is a dependency on glibc Linux only).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn thread_cpu() -> f64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid timespec to write.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Elsewhere: wall time.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn thread_cpu() -> f64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
 /// Seconds per call of `f` and `g`, timed alternately (so load from other
