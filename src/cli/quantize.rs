@@ -45,7 +45,9 @@ pub struct Args {
     calibration: Option<PathBuf>,
     /// W8A8: input channels per layer kept in f32. With --calibration they are
     /// the channels with the largest inputs (default 8, at most in/16);
-    /// without it, the columns with the largest weights.
+    /// without it, the columns with the largest weights. int4 with
+    /// --calibration: the same channels go to an f32 layer beside the packed
+    /// one (default 16, at most in/16; 0: none); without calibration, none.
     #[arg(long)]
     outliers: Option<u32>,
     /// Labelled data to report accuracy before and after (as `eval --data`).
@@ -194,14 +196,15 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
     quantized.save(&args.output)?;
 
     println!(
-        "{:<14} {:<12} {:>12} {:>12} {:>12} {:>7} {:>11} {:>11}",
+        "{:<14} {:<17} {:>12} {:>12} {:>12} {:>7} {:>11} {:>11}",
         "layer", "format", "parameters", "bytes before", "bytes after", "ratio", "max |err|", "mean |err|"
     );
     for l in &report.layers {
         println!(
-            "{:<14} {:<12} {:>12} {:>12} {:>12} {:>6.2}x {:>11.3e} {:>11.3e}",
+            "{:<14} {:<17} {:>12} {:>12} {:>12} {:>6.2}x {:>11.3e} {:>11.3e}",
             l.node,
             match l.format {
+                Some(f) if l.gptq && l.split_outliers > 0 => format!("{f}+o{} gptq", l.split_outliers),
                 Some(f) if l.gptq => format!("{f} gptq"),
                 Some(f) => f.name(),
                 None => "f32 (kept)".into(),

@@ -6,7 +6,7 @@ pub mod calibrate;
 pub mod quantize;
 
 pub use calibrate::Calibration;
-pub use quantize::{quantize, LayerReport, QuantizeOptions, QuantizeReport, DEFAULT_OUTLIERS};
+pub use quantize::{quantize, LayerReport, QuantizeOptions, QuantizeReport, DEFAULT_INT4_OUTLIERS, DEFAULT_OUTLIERS};
 pub mod prune;
 
 pub use prune::{prune, Finetune, Labelled, PruneMethod, PruneOptions, PruneReport, Scope};

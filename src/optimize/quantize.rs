@@ -6,6 +6,8 @@ use std::sync::Arc;
 use crate::error::{Error, OpError};
 use crate::graph::{Graph, Node, ParamInfo};
 use crate::model::Model;
+use crate::ops::binary::{Binary, BinaryKind};
+use crate::ops::gather::Gather;
 use crate::ops::linear::Linear;
 use crate::ops::qlinear::QLinear;
 use crate::quant::gptq::{self, GptqOptions};
@@ -34,8 +36,18 @@ pub struct QuantizeOptions {
     /// set, at most `in/16`. `None`: the format's count, or
     /// [`DEFAULT_OUTLIERS`] where that is 0. Without calibration the
     /// format's count is used (columns chosen from the weights).
+    ///
+    /// int4 layers quantized by GPTQ keep the same channels (at most
+    /// `in/16`; `None`: [`DEFAULT_INT4_OUTLIERS`]) in a separate f32
+    /// `Linear` on the gathered channels whose output is added to the
+    /// `QLinear`'s (the "outlier split"; the packed weight holds 0 there).
+    /// Without calibration int4 keeps none.
     pub outliers: Option<u32>,
 }
+
+/// f32 input channels per int4 layer quantized by GPTQ, unless told
+/// otherwise ([`QuantizeOptions::outliers`]).
+pub const DEFAULT_INT4_OUTLIERS: u32 = 16;
 
 /// W8A8 outlier channels per layer chosen from calibration data unless told
 /// otherwise. (MiniLM, RTN weights, 18 test texts: min cosine to f32 0.99742
@@ -86,6 +98,10 @@ pub struct LayerReport {
     pub mean_abs_err: f32,
     /// Quantized by GPTQ on calibration data (else round-to-nearest).
     pub gptq: bool,
+    /// Input channels split off into an f32 `Linear` beside the packed
+    /// weight (int4 with calibration; their weights and indices are in
+    /// `bytes_after`).
+    pub split_outliers: usize,
 }
 
 /// The whole transform's report.
@@ -186,6 +202,7 @@ pub fn quantize(
                 max_abs_err: 0.0,
                 mean_abs_err: 0.0,
                 gptq: false,
+                split_outliers: 0,
             });
             nodes.push(node.clone());
             done += 1;
@@ -217,6 +234,8 @@ pub fn quantize(
             _ => None,
         };
         let by_gptq = w8a8.is_some() || (gptq::supports(&format) && layer_stats.is_some());
+        // The int4 outlier split: (channels, f32 weights `[n, channels]`).
+        let mut split: Option<(Vec<usize>, Vec<f32>)> = None;
         let packed = if let Some((st, cols)) = &w8a8 {
             // GPTQ on the non-outlier columns (the sub-matrices of W and H),
             // then the outlier columns back in f32.
@@ -240,17 +259,35 @@ pub fn quantize(
                 }
             }
             quant::w8a8_tensors(q, scales, wf, n, k, cols)?
-        } else if by_gptq {
-            if !factors.contains_key(input) {
-                let h = &stats[input].h;
-                factors.insert(input.clone(), gptq::Factor::new(h, k, &opts.gptq)?);
+        } else if let (true, Some(st)) = (by_gptq, layer_stats) {
+            // int4: the outlier split (the chosen channels kept in f32, last
+            // in GPTQ's order so they absorb the others' error).
+            let cols = match format {
+                WeightFormat::Int4 { .. } => outlier_channels(st, opts.outliers.unwrap_or(DEFAULT_INT4_OUTLIERS)),
+                _ => Vec::new(),
+            };
+            let key = format!("{input}\u{0}exact{cols:?}");
+            if !factors.contains_key(&key) {
+                factors.insert(key.clone(), gptq::Factor::with_exact(&st.h, k, &opts.gptq, &cols)?);
             }
-            gptq::quantize_weight_gptq(&format, wf, n, k, &factors[input], &opts.gptq)?
+            let f = &factors[&key];
+            let (packed, kept) = gptq::quantize_weight_gptq_split(&format, wf, n, k, f, &opts.gptq)?;
+            if !kept.is_empty() {
+                split = Some((f.exact_columns().to_vec(), kept));
+            }
+            packed
         } else {
             quant::quantize_weight(&format, wf, n, k)?
         };
         let refs: Vec<&Tensor> = packed.iter().collect();
-        let back = quant::dequantize(&format, &refs, n, k)?;
+        let mut back = quant::dequantize(&format, &refs, n, k)?;
+        if let Some((cols, kept)) = &split {
+            for r in 0..n {
+                for (t, &c) in cols.iter().enumerate() {
+                    back[r * k + c] += kept[r * cols.len() + t];
+                }
+            }
+        }
         let errs: Vec<f32> = wf.iter().zip(&back).map(|(a, b)| (a - b).abs()).collect();
         let max_abs_err = errs.iter().fold(0.0f32, |m, &e| m.max(e));
         let mean_abs_err = errs.iter().sum::<f32>() / errs.len().max(1) as f32;
@@ -269,6 +306,49 @@ pub fn quantize(
             inputs.push(name);
         }
         inputs.extend(node.inputs.iter().skip(2).cloned());
+        let mut outputs = node.outputs.clone();
+        let mut extra: Vec<Node> = Vec::new();
+        let split_outliers = split.as_ref().map_or(0, |(cols, _)| cols.len());
+        if let Some((cols, kept)) = split {
+            // y = QLinear(x) + Linear(Gather(x, cols, axis -1), W[:, cols]).
+            let c = cols.len();
+            let y = node.outputs.first().cloned().unwrap_or_default();
+            let (idx_name, w_name) = (
+                format!("{weight_name}.outlier_index"),
+                format!("{weight_name}.outlier_weight"),
+            );
+            let (xo, yq, yo) = (
+                format!("{y}.outlier_x"),
+                format!("{y}.packed"),
+                format!("{y}.outlier_y"),
+            );
+            let idx = Tensor::from_vec(vec![c], cols.iter().map(|&v| v as i64).collect::<Vec<i64>>())?;
+            let wo = Tensor::from_vec(vec![n, c], kept)?;
+            for (name, t) in [(&idx_name, idx), (&w_name, wo)] {
+                bytes_after += t.size_in_bytes();
+                infos.push(ParamInfo::plain(name.clone(), t.dtype(), t.shape().to_vec()));
+                params.insert(name.clone(), t);
+            }
+            outputs[0] = yq.clone();
+            extra.push(Node {
+                name: format!("{}.outlier_gather", node.name),
+                op: Arc::new(Gather { axis: -1 }),
+                inputs: vec![input.clone(), idx_name],
+                outputs: vec![xo.clone()],
+            });
+            extra.push(Node {
+                name: format!("{}.outlier_linear", node.name),
+                op: Arc::new(Linear),
+                inputs: vec![xo, w_name],
+                outputs: vec![yo.clone()],
+            });
+            extra.push(Node {
+                name: format!("{}.outlier_add", node.name),
+                op: Arc::new(Binary { kind: BinaryKind::Add }),
+                inputs: vec![yq, yo],
+                outputs: vec![y],
+            });
+        }
         report.layers.push(LayerReport {
             node: node.name.clone(),
             format: Some(format),
@@ -278,6 +358,7 @@ pub fn quantize(
             max_abs_err,
             mean_abs_err,
             gptq: by_gptq,
+            split_outliers,
         });
         replaced_weights.insert(weight_name.to_string());
         nodes.push(Node {
@@ -288,8 +369,9 @@ pub fn quantize(
                 out_features: n,
             }),
             inputs,
-            outputs: node.outputs.clone(),
+            outputs,
         });
+        nodes.extend(extra);
         done += 1;
         progress(done, total);
     }

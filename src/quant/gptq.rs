@@ -54,30 +54,60 @@ impl Default for GptqOptions {
 }
 
 /// What GPTQ needs from a layer's calibration statistics: the column order
-/// and the factor of `H⁻¹` in that order. One per distinct layer input.
+/// and the factor of `H⁻¹` in that order. One per distinct layer input (and
+/// set of exact columns).
 #[derive(Clone, Debug)]
 pub struct Factor {
     /// `order[i]` is the original column quantized `i`-th.
     pub order: Vec<usize>,
     /// [`inverse_factor`] of `H` with rows and columns in `order`.
     pub u: Vec<f64>,
+    /// The last `exact` entries of `order` (in increasing column order) are
+    /// not quantized: they stay f32 outside the packed weight and absorb the
+    /// error updates of every quantized column ([`quantize_weight_gptq_split`]).
+    pub exact: usize,
 }
 
 impl Factor {
     /// The factor for `h` (`n × n`, row-major `Σ x xᵀ`) under `opts`.
     pub fn new(h: &[f64], n: usize, opts: &GptqOptions) -> Result<Self, OpError> {
+        Self::with_exact(h, n, opts, &[])
+    }
+
+    /// The factor for `h` with the columns `exact` kept in f32: they go
+    /// last, after the others (in `opts`' order), so the OBS updates of all
+    /// the quantized columns land on them and nothing rounds them.
+    pub fn with_exact(h: &[f64], n: usize, opts: &GptqOptions, exact: &[usize]) -> Result<Self, OpError> {
         if h.len() != n * n {
             return Err(OpError::Shape(format!("GPTQ: H has {} elements, not {n}x{n}", h.len())));
         }
-        let mut order: Vec<usize> = (0..n).collect();
+        let mut is_exact = vec![false; n];
+        for &c in exact {
+            match is_exact.get_mut(c) {
+                Some(e) if !*e => *e = true,
+                _ => {
+                    return Err(OpError::Shape(format!(
+                        "GPTQ: exact column {c} is repeated or not below {n}"
+                    )))
+                }
+            }
+        }
+        let mut order: Vec<usize> = (0..n).filter(|&c| !is_exact[c]).collect();
         if opts.act_order {
             order.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]).then(a.cmp(&b)));
         }
+        order.extend((0..n).filter(|&c| is_exact[c]));
         let hp: Vec<f64> = (0..n * n).map(|i| h[order[i / n] * n + order[i % n]]).collect();
         Ok(Self {
             u: inverse_factor(&hp, n, opts.damp)?,
             order,
+            exact: exact.len(),
         })
+    }
+
+    /// The columns kept in f32, in increasing order.
+    pub fn exact_columns(&self) -> &[usize] {
+        &self.order[self.order.len() - self.exact.min(self.order.len())..]
     }
 
     fn in_order(&self) -> bool {
@@ -208,6 +238,12 @@ trait Grid: Sync {
     fn fit(&self, vals: &[f32]) -> (f32, f32);
     /// The representable value nearest `x` under `p`.
     fn nearest(&self, x: f32, p: (f32, f32)) -> f32;
+    /// What an exact (f32-kept) column contributes to its group's parameter
+    /// fit, given the group's other values: a value that does not widen the
+    /// grid.
+    fn neutral(&self, _others: &[f32]) -> f32 {
+        0.0
+    }
 }
 
 struct Int4Grid {
@@ -234,6 +270,13 @@ impl Grid for Int4Grid {
             int4_code(x, s) * s
         }
     }
+    fn neutral(&self, others: &[f32]) -> f32 {
+        if self.with_min && !others.is_empty() {
+            others.iter().sum::<f32>() / others.len() as f32
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Symmetric int8 per output channel: one group per row, scale max|w|/127
@@ -255,11 +298,14 @@ impl Grid for Int8Grid {
     }
 }
 
-/// Quantized values (`[out, in]`, each exactly representable) and the
-/// parameters of every group (`[out, groups]`).
+/// Quantized values (`[out, in]`, each exactly representable), the
+/// parameters of every group (`[out, groups]`) and the f32 remainders of the
+/// exact columns (`[out, exact]`, columns as [`Factor::exact_columns`]): the
+/// weight is `q` plus `kept` in those columns.
 struct Quantized {
     q: Vec<f32>,
     params: Vec<(f32, f32)>,
+    kept: Vec<f32>,
 }
 
 /// Rows per parallel task: they share each read of `U`'s rows.
@@ -270,16 +316,26 @@ fn run(w: &[f32], out: usize, inp: usize, f: &Factor, grid: &dyn Grid, opts: &Gp
     let groups = inp.div_ceil(g);
     let bs = opts.block.max(1);
     let order = &f.order;
-    // Out of order: group parameters fixed up front from the original weights.
-    let fixed = !f.in_order();
+    // Out of order (or with exact columns): group parameters fixed up front
+    // from the original weights.
+    let fixed = !f.in_order() || f.exact > 0;
+    let ne = f.exact.min(inp);
+    let exact_from = inp - ne;
+    let mut is_exact = vec![false; inp];
+    for &c in f.exact_columns() {
+        is_exact[c] = true;
+    }
     // f32 copy of U for the update loops (they vectorize at twice the width).
     let uf: Vec<f32> = f.u.iter().map(|&v| v as f32).collect();
     let mut q = vec![0.0f32; out * inp];
     let mut params = vec![(0.0f32, 0.0f32); out * groups];
+    // (One column's room per row without exact columns, so the chunks pair up.)
+    let mut kept = vec![0.0f32; out * ne.max(1)];
     q.par_chunks_mut(ROWS_PER_TASK * inp.max(1))
         .zip(params.par_chunks_mut(ROWS_PER_TASK * groups.max(1)))
+        .zip(kept.par_chunks_mut(ROWS_PER_TASK * ne.max(1)))
         .enumerate()
-        .for_each(|(t, (qc, pc))| {
+        .for_each(|(t, ((qc, pc), kc))| {
             let r0 = t * ROWS_PER_TASK;
             let rows = qc.len() / inp.max(1);
             // The rows' weights, columns in processing order.
@@ -287,10 +343,22 @@ fn run(w: &[f32], out: usize, inp: usize, f: &Factor, grid: &dyn Grid, opts: &Gp
                 .map(|i| w[(r0 + i / inp) * inp + order[i % inp]])
                 .collect();
             if fixed {
+                let mut vals = Vec::with_capacity(g);
+                let mut others = Vec::with_capacity(g);
                 for r in 0..rows {
                     let row = &w[(r0 + r) * inp..(r0 + r + 1) * inp];
                     for b in 0..groups {
-                        pc[r * groups + b] = grid.fit(&row[b * g..((b + 1) * g).min(inp)]);
+                        let cols = b * g..((b + 1) * g).min(inp);
+                        if ne == 0 {
+                            pc[r * groups + b] = grid.fit(&row[cols]);
+                            continue;
+                        }
+                        others.clear();
+                        others.extend(cols.clone().filter(|&c| !is_exact[c]).map(|c| row[c]));
+                        let fill = grid.neutral(&others);
+                        vals.clear();
+                        vals.extend(cols.map(|c| if is_exact[c] { fill } else { row[c] }));
+                        pc[r * groups + b] = grid.fit(&vals);
                     }
                 }
             }
@@ -308,6 +376,15 @@ fn run(w: &[f32], out: usize, inp: usize, f: &Factor, grid: &dyn Grid, opts: &Gp
                         }
                         let p = pc[r * groups + c / g];
                         let x = row[i];
+                        if i >= exact_from {
+                            // Kept: a representable value in the packed
+                            // weight (0 where the grid has it), the rest in f32.
+                            let qv = grid.nearest(0.0, p);
+                            qc[r * inp + c] = qv;
+                            kc[r * ne + i - exact_from] = x - qv;
+                            err[r * bs + i - i1] = 0.0;
+                            continue;
+                        }
                         let qv = grid.nearest(x, p);
                         qc[r * inp + c] = qv;
                         let e = (x - qv) / d;
@@ -333,12 +410,14 @@ fn run(w: &[f32], out: usize, inp: usize, f: &Factor, grid: &dyn Grid, opts: &Gp
                 }
             }
         });
-    Quantized { q, params }
+    kept.truncate(out * ne);
+    Quantized { q, params, kept }
 }
 
 /// GPTQ-quantizes an f32 `[out, in]` weight given the [`Factor`] of its
 /// input statistics and packs it into `format`'s tensors (the same layout
-/// [`super::quantize_weight`] writes).
+/// [`super::quantize_weight`] writes). The factor must have no exact
+/// columns (see [`quantize_weight_gptq_split`]).
 pub fn quantize_weight_gptq(
     format: &WeightFormat,
     w: &[f32],
@@ -347,6 +426,31 @@ pub fn quantize_weight_gptq(
     factor: &Factor,
     opts: &GptqOptions,
 ) -> Result<Vec<Tensor>, OpError> {
+    if factor.exact > 0 {
+        return Err(OpError::Shape(format!(
+            "GPTQ: the factor keeps {} columns in f32; use quantize_weight_gptq_split",
+            factor.exact
+        )));
+    }
+    quantize_weight_gptq_split(format, w, out, inp, factor, opts).map(|(t, _)| t)
+}
+
+/// [`quantize_weight_gptq`] with the factor's exact columns
+/// ([`Factor::with_exact`]) split off: the packed tensors hold a
+/// representable value there (0 in the symmetric formats), and the second
+/// result, `[out, exact]` row-major with columns [`Factor::exact_columns`],
+/// the f32 rest — the layer's weight is the dequantized packed weight plus
+/// those columns. The exact columns absorb the error updates of all the
+/// others, so the split layer is at least as close on the calibration
+/// inputs as one with those columns left at their original values.
+pub fn quantize_weight_gptq_split(
+    format: &WeightFormat,
+    w: &[f32],
+    out: usize,
+    inp: usize,
+    factor: &Factor,
+    opts: &GptqOptions,
+) -> Result<(Vec<Tensor>, Vec<f32>), OpError> {
     format.validate()?;
     let u = &factor.u;
     if w.len() != out * inp || u.len() != inp * inp || factor.order.len() != inp {
@@ -388,7 +492,7 @@ pub fn quantize_weight_gptq(
             if with_min {
                 v.push(t(vec![out, blocks], Storage::F16(mins))?);
             }
-            Ok(v)
+            Ok((v, res.kept))
         }
         WeightFormat::Int8 { affine: false } | WeightFormat::W8A8 { outliers: 0 } => {
             let res = run(w, out, inp, factor, &Int8Grid { inp }, opts);
@@ -400,12 +504,12 @@ pub fn quantize_weight_gptq(
                 .map(|(i, &x)| round(x / scales[i / inp.max(1)]).clamp(-127.0, 127.0) as i8)
                 .collect();
             if matches!(format, WeightFormat::W8A8 { .. }) {
-                return super::w8a8_tensors(q, scales, w, out, inp, &[]);
+                return Ok((super::w8a8_tensors(q, scales, w, out, inp, &[])?, res.kept));
             }
-            Ok(vec![
-                t(vec![out, inp], Storage::I8(q))?,
-                t(vec![out], Storage::F32(scales))?,
-            ])
+            Ok((
+                vec![t(vec![out, inp], Storage::I8(q))?, t(vec![out], Storage::F32(scales))?],
+                res.kept,
+            ))
         }
         _ => Err(OpError::Attribute {
             name: "format".into(),
@@ -588,6 +692,167 @@ mod tests {
                 assert_eq!(a, b, "{format} act_order {act_order}");
             }
         }
+    }
+
+    /// The f32 weight a split result stands for: the dequantized packed
+    /// tensors plus the kept columns.
+    fn split_weight(
+        format: &WeightFormat,
+        packed: &[Tensor],
+        kept: &[f32],
+        cols: &[usize],
+        out: usize,
+        k: usize,
+    ) -> Vec<f32> {
+        let refs: Vec<&Tensor> = packed.iter().collect();
+        let mut wq = dequantize(format, &refs, out, k).expect("dequantize");
+        for r in 0..out {
+            for (t, &c) in cols.iter().enumerate() {
+                wq[r * k + c] += kept[r * cols.len() + t];
+            }
+        }
+        wq
+    }
+
+    #[test]
+    fn exact_columns_with_uncorrelated_inputs() {
+        // Diagonal H: no error feedback. The exact columns come back exactly
+        // (packed 0 in the symmetric format) and the others are what plain
+        // quantization packs for the weight with the exact columns replaced
+        // by a neutral value (0; int4-min: the mean of the block's others).
+        let (out, k) = (5, 64);
+        let w = Rng(11).vec(out * k, -1.0, 1.0);
+        let mut h = vec![0.0f64; k * k];
+        for i in 0..k {
+            h[i * k + i] = 1.0 + (i % 7) as f64;
+        }
+        let cols = [3usize, 17, 40, 41];
+        let opts = GptqOptions::default();
+        let f = Factor::with_exact(&h, k, &opts, &[41, 3, 40, 17]).expect("factor");
+        assert_eq!(f.exact_columns(), &cols);
+        assert_eq!(f.order.len(), k);
+        for with_min in [false, true] {
+            let format = WeightFormat::Int4 { block: 32, with_min };
+            let (packed, kept) = quantize_weight_gptq_split(&format, &w, out, k, &f, &opts).expect("gptq");
+            assert_eq!(kept.len(), out * cols.len());
+            let mut neutral = w.clone();
+            for r in 0..out {
+                for &c in &cols {
+                    let b = c / 32 * 32;
+                    let others: Vec<f32> = (b..b + 32)
+                        .filter(|j| !cols.contains(j))
+                        .map(|j| w[r * k + j])
+                        .collect();
+                    neutral[r * k + c] = if with_min {
+                        others.iter().sum::<f32>() / others.len() as f32
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            let rtn = quantize_weight(&format, &neutral, out, k).expect("rtn");
+            let rq = dequantize(&format, &rtn.iter().collect::<Vec<_>>(), out, k).expect("dequantize");
+            let refs: Vec<&Tensor> = packed.iter().collect();
+            let gq = dequantize(&format, &refs, out, k).expect("dequantize");
+            let whole = split_weight(&format, &packed, &kept, &cols, out, k);
+            for r in 0..out {
+                for c in 0..k {
+                    let i = r * k + c;
+                    if cols.contains(&c) {
+                        if !with_min {
+                            assert_eq!(gq[i], 0.0, "{format}: packed exact column {c}");
+                        }
+                        assert!(
+                            (whole[i] - w[i]).abs() <= 1e-6,
+                            "{format}: [{r},{c}] {} vs {}",
+                            whole[i],
+                            w[i]
+                        );
+                    } else {
+                        assert_eq!(gq[i], rq[i], "{format}: [{r},{c}]");
+                    }
+                }
+            }
+        }
+        assert!(quantize_weight_gptq(
+            &WeightFormat::Int4 {
+                block: 32,
+                with_min: false
+            },
+            &w,
+            out,
+            k,
+            &f,
+            &opts
+        )
+        .is_err());
+        assert!(Factor::with_exact(&h, k, &opts, &[3, 3]).is_err());
+        assert!(Factor::with_exact(&h, k, &opts, &[k]).is_err());
+    }
+
+    #[test]
+    fn exact_columns_absorb_the_error() {
+        // Correlated inputs: keeping the columns with the most energy in f32
+        // and letting them absorb the others' updates beats both plain GPTQ
+        // and keeping those columns at their original values.
+        let (n, k, out) = (512, 128, 16);
+        let (x, mut w, h) = problem(21, n, k, out);
+        let cols = [5usize, 50, 77, 100];
+        // Large inputs on the kept channels (as in a transformer's outlier
+        // features), so that the choice matters.
+        let mut x = x;
+        let mut h = h;
+        for row in x.chunks_mut(k) {
+            for &c in &cols {
+                row[c] *= 8.0;
+            }
+        }
+        for v in h.iter_mut() {
+            *v = 0.0;
+        }
+        for row in x.chunks(k) {
+            for p in 0..k {
+                for q in 0..k {
+                    h[p * k + q] += row[p] as f64 * row[q] as f64;
+                }
+            }
+        }
+        w.iter_mut().for_each(|v| *v *= 0.5);
+        let opts = GptqOptions::default();
+        let format = WeightFormat::Int4 {
+            block: 32,
+            with_min: false,
+        };
+        let plain =
+            quantize_weight_gptq(&format, &w, out, k, &Factor::new(&h, k, &opts).expect("f"), &opts).expect("gptq");
+        let pq = dequantize(&format, &plain.iter().collect::<Vec<_>>(), out, k).expect("dequantize");
+        let f = Factor::with_exact(&h, k, &opts, &cols).expect("factor");
+        let (packed, kept) = quantize_weight_gptq_split(&format, &w, out, k, &f, &opts).expect("split");
+        let whole = split_weight(&format, &packed, &kept, &cols, out, k);
+        // The other way (W8A8's): GPTQ on the other columns alone (the
+        // sub-matrices of W and H), the kept columns at their original values.
+        let keep: Vec<usize> = (0..k).filter(|c| !cols.contains(c)).collect();
+        let ks = keep.len();
+        let hs: Vec<f64> = (0..ks * ks).map(|i| h[keep[i / ks] * k + keep[i % ks]]).collect();
+        let ws: Vec<f32> = (0..out * ks).map(|i| w[(i / ks) * k + keep[i % ks]]).collect();
+        // (Blocks of the sub-matrix: 124 columns, so 4 blocks of 32, the last one short.)
+        let fs = Factor::new(&hs, ks, &opts).expect("factor");
+        let sub = quantize_weight_gptq(&format, &ws, out, ks, &fs, &opts).expect("sub");
+        let sq = dequantize(&format, &sub.iter().collect::<Vec<_>>(), out, ks).expect("dequantize");
+        let mut original = w.clone();
+        for r in 0..out {
+            for (t, &c) in keep.iter().enumerate() {
+                original[r * k + c] = sq[r * ks + t];
+            }
+        }
+        let (ep, es, eo) = (
+            output_error(&x, &w, &pq, k),
+            output_error(&x, &w, &whole, k),
+            output_error(&x, &w, &original, k),
+        );
+        eprintln!("output error: plain GPTQ {ep:.4e}, split {es:.4e}, GPTQ on the others with the original f32 columns {eo:.4e}");
+        assert!(es < 0.8 * ep, "split {es} vs plain {ep}");
+        assert!(es < eo, "absorbing {es} vs original columns {eo}");
     }
 
     #[test]
