@@ -99,27 +99,55 @@ impl PackedF32 {
     /// # Panics
     /// If `x`, `bias` or `y` is shorter than the sizes say (callers check shapes).
     pub fn run(&self, x: &[f32], m: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+        assert!(y.len() >= m * self.n, "PackedF32::run sizes");
+        // SAFETY: `y` holds `m·n` elements (checked).
+        unsafe { self.run_into(x, m, bias, y.as_mut_ptr()) }
+    }
+
+    /// [`Self::run`] into a new vector, not zeroed first (every element is
+    /// written by a K block's first tile before any is read).
+    ///
+    /// # Panics
+    /// If `x` or `bias` is shorter than the sizes say.
+    pub fn apply(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        let len = m * self.n;
+        let mut y = Vec::with_capacity(len);
+        // SAFETY: the capacity holds `m·n` elements, and `run_into` writes
+        // every one of them (the first K block stores every tile; k = 0
+        // fills) before reading any.
+        unsafe {
+            self.run_into(x, m, bias, y.as_mut_ptr());
+            y.set_len(len);
+        }
+        y
+    }
+
+    /// # Safety
+    /// `y` must be valid for writes of `m·n` elements (it may be uninitialised).
+    unsafe fn run_into(&self, x: &[f32], m: usize, bias: Option<&[f32]>, y: *mut f32) {
         let (n, k) = (self.n, self.k);
         assert!(
-            x.len() >= m * k && bias.is_none_or(|b| b.len() >= n) && y.len() >= m * n,
+            x.len() >= m * k && bias.is_none_or(|b| b.len() >= n),
             "PackedF32::run sizes"
         );
         if m == 0 || n == 0 {
             return;
         }
         if k == 0 {
-            for row in y[..m * n].chunks_mut(n) {
-                match bias {
-                    Some(b) => row.copy_from_slice(&b[..n]),
-                    None => row.fill(0.0),
+            for i in 0..m {
+                for j in 0..n {
+                    y.add(i * n + j).write(bias.map_or(0.0, |b| b[j]));
                 }
             }
             return;
         }
+        // `new` packs only where the AVX-512 kernel runs.
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("PackedF32 exists only on x86_64");
         #[cfg(target_arch = "x86_64")]
         {
             let out = Out {
-                y: y.as_mut_ptr(),
+                y,
                 bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
             };
             let panels = n.div_ceil(NR);
@@ -358,6 +386,7 @@ mod tests {
                 let want = reference(&x, &w, bias, m, k, n);
                 let mut y = vec![f32::NAN; m * n];
                 p.run(&x, m, bias, &mut y);
+                assert_eq!(p.apply(&x, m, bias), y, "apply and run agree");
                 for (i, (g, e)) in y.iter().zip(&want).enumerate() {
                     assert!(
                         (g - e).abs() <= 1e-5 * (k as f32).sqrt() * (1.0 + e.abs()),

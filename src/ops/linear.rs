@@ -218,8 +218,7 @@ impl Op for Linear {
             } else {
                 None
             };
-            let mut y = vec![0.0f32; m * n];
-            p.run(x, m, b, &mut y);
+            let y = p.apply(x, m, b);
             return Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?]);
         }
         match wt {
