@@ -395,6 +395,28 @@ fn cli_quantize_with_calibration() {
     assert!(text.contains("calibration: 1,347 rows"), "{text}");
     let q = Model::load(&out).expect("load the written model");
     assert!(digits_accuracy(&q, &digits_split("test")) > 0.96);
+    // --outliers 0: plain GPTQ.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_wginfer"))
+        .args(["quantize", "--format", "int4", "--outliers", "0", "--calibration"])
+        .arg(root("models/digits-mlp/digits_train.safetensors"))
+        .arg(root("models/digits-mlp/model.safetensors"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("run wginfer");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(text.matches("int4 gptq").count(), 3, "{text}");
+    // --outliers for int4 without calibration: an error, not a silent no-op.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_wginfer"))
+        .args(["quantize", "--format", "int4", "--outliers", "4"])
+        .arg(root("models/digits-mlp/model.safetensors"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("run wginfer");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--calibration"));
     // Texts for a model without a tokenizer: an error that names the file.
     let bad = tmp.path().join("texts.txt");
     std::fs::write(&bad, "one\ntwo\n").expect("write");

@@ -183,6 +183,11 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
     }
 
     let model = load_model(&args.model)?;
+    if args.outliers.is_some() && args.calibration.is_none() && matches!(opts.format, WeightFormat::Int4 { .. }) {
+        bail!(
+            "--outliers with an int4 format needs --calibration (the f32 channels are chosen from the layers' inputs)"
+        );
+    }
     opts.outliers = args.outliers;
     if let Some(path) = &args.calibration {
         opts.calibration = Some(calibration(&model, &args.model, path)?);

@@ -46,7 +46,10 @@ pub struct QuantizeOptions {
 }
 
 /// f32 input channels per int4 layer quantized by GPTQ, unless told
-/// otherwise ([`QuantizeOptions::outliers`]).
+/// otherwise ([`QuantizeOptions::outliers`]). (MiniLM, 347 calibration
+/// texts, 18 test texts: int4-min min cosine to f32 0.9875 with none,
+/// 0.9892 with 8, 0.9919 with 12, 0.9917 with 16, 0.9920 with 24; each
+/// channel adds `4·out` bytes per layer.)
 pub const DEFAULT_INT4_OUTLIERS: u32 = 16;
 
 /// W8A8 outlier channels per layer chosen from calibration data unless told
