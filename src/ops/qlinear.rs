@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::{check_arity, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Prepared, Validation};
 use crate::error::OpError;
-use crate::linalg::{self, MatRef};
+use crate::linalg::{self, f32gemm::PackedF32, MatRef};
 use crate::quant::{self, RowDecoder, WeightFormat};
 use crate::tensor::{DType, Dim, Tensor, ValueType};
 
@@ -118,12 +118,20 @@ fn binarize_rows(x: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
 enum PreparedQ {
     /// W8A8: the codes packed for the VNNI kernel (with scales and outliers).
     W8A8(quant::PackedW8A8),
-    /// Weight-only formats: the weight decoded to f32 and transposed to
-    /// `[in, out]` (the layout the `gemm` crate reads fastest), on the first
-    /// run with more than 4 rows. Runs with fewer rows decode weight rows
-    /// on the fly and never make this copy, so a session that only sees
-    /// short inputs keeps just the packed weight in memory.
-    Decoded(std::sync::OnceLock<Vec<f32>>),
+    /// Weight-only formats: the weight decoded to f32 on the first run with
+    /// more than 4 rows. Runs with fewer rows decode weight rows on the fly
+    /// and never make this copy, so a session that only sees short inputs
+    /// keeps just the packed weight in memory.
+    Decoded(std::sync::OnceLock<DecodedWeight>),
+}
+
+/// A weight-only QLinear's weight decoded to f32 for the fast path.
+enum DecodedWeight {
+    /// Packed for the AVX-512 kernel (as a prepared f32 `Linear`).
+    Packed(PackedF32),
+    /// Transposed to `[in, out]` (the layout the `gemm` crate reads
+    /// fastest), on CPUs without AVX-512.
+    Transposed(Vec<f32>),
 }
 
 impl Op for QLinear {
@@ -388,33 +396,44 @@ impl Op for QLinear {
                         WeightFormat::W8A8 { .. } | WeightFormat::Binary { xnor: true }
                     ) =>
             {
-                let wt = match cell.get() {
-                    Some(wt) => wt,
+                let decoded = match cell.get() {
+                    Some(d) => d,
                     None => {
                         let dec = RowDecoder::new(&self.format, &packed, n, k)?;
                         let mut w = vec![0.0f32; n * k];
                         w.par_chunks_mut(k.max(1))
                             .enumerate()
                             .for_each(|(j, row)| dec.row(j, row));
-                        let mut t = vec![0.0f32; n * k];
-                        for (j, row) in w.chunks_exact(k.max(1)).enumerate() {
-                            for (i, &v) in row.iter().enumerate() {
-                                t[i * n + j] = v;
+                        let d = match PackedF32::new(&w, n, k) {
+                            Some(p) => DecodedWeight::Packed(p),
+                            None => {
+                                let mut t = vec![0.0f32; n * k];
+                                for (j, row) in w.chunks_exact(k.max(1)).enumerate() {
+                                    for (i, &v) in row.iter().enumerate() {
+                                        t[i * n + j] = v;
+                                    }
+                                }
+                                DecodedWeight::Transposed(t)
                             }
-                        }
-                        cell.get_or_init(|| t)
+                        };
+                        cell.get_or_init(|| d)
                     }
                 };
-                if wt.len() != n * k {
-                    return self.cpu(inputs);
+                match decoded {
+                    DecodedWeight::Packed(p) if (p.n(), p.k()) == (n, k) && x.len() >= m * k => {
+                        p.run(x, m, bias, &mut y)
+                    }
+                    DecodedWeight::Transposed(wt) if wt.len() == n * k => {
+                        let accumulate = fill_bias_rows(&mut y, bias, n);
+                        linalg::sgemm(
+                            MatRef::row_major(x, m, k),
+                            MatRef::row_major(wt, k, n),
+                            &mut y,
+                            accumulate,
+                        )?;
+                    }
+                    _ => return self.cpu(inputs),
                 }
-                let accumulate = fill_bias_rows(&mut y, bias, n);
-                linalg::sgemm(
-                    MatRef::row_major(x, m, k),
-                    MatRef::row_major(wt, k, n),
-                    &mut y,
-                    accumulate,
-                )?;
             }
             _ => return self.cpu(inputs),
         }
