@@ -171,7 +171,7 @@ fn digits_int4_outlier_split() {
             assert_eq!(l.split_outliers, k / 16, "{format} {}", l.node);
             assert!(l.gptq);
         }
-        // Effective weights: dequantized packed tensors plus the f32 columns.
+        // Effective weights: dequantized packed tensors plus the f16 columns.
         let mut eff: Vec<Vec<f32>> = Vec::new();
         for (i, name) in ["fc1", "fc2", "fc3"].iter().enumerate() {
             let (n, k) = (ns[i], ks[i]);
@@ -190,8 +190,9 @@ fn digits_int4_outlier_split() {
                 .expect("split gather");
             assert_eq!(gather.inputs[0], qn.inputs[0], "the gather reads the layer input");
             let idx = sq.param(&gather.inputs[1]).expect("index").to_i64_vec();
-            let wo = sq.param(&lin.inputs[1]).expect("f32 columns");
+            let wo = sq.param(&lin.inputs[1]).expect("f16 columns");
             assert_eq!(wo.shape(), &[n, k / 16]);
+            assert_eq!(wo.dtype(), wginfer::DType::F16, "the split columns are stored as f16");
             extra_bytes += wo.size_in_bytes() + idx.len() * 8;
             let packed: Vec<&Tensor> = qn.inputs[1..1 + f.tensor_names().len()]
                 .iter()
@@ -271,7 +272,7 @@ fn digits_int4_outlier_split() {
         );
         for ((name, p), (_, s)) in ep.iter().zip(&es) {
             say(&format!(
-                "digits {format} {name}: layer output error GPTQ {p:.4e}, with the f32 split {s:.4e}"
+                "digits {format} {name}: layer output error GPTQ {p:.4e}, with the f16 split {s:.4e}"
             ));
             assert!(s < p, "{format} {name}: split {s} not below plain GPTQ {p}");
         }
@@ -389,7 +390,7 @@ fn cli_quantize_with_calibration() {
     let o = run("models/digits-mlp/digits_train.safetensors");
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
-    // Default with calibration: min(16, in/16) f32 channels per layer.
+    // Default with calibration: min(16, in/16) f16 channels per layer.
     assert_eq!(text.matches("int4+o4 gptq").count(), 2, "{text}");
     assert_eq!(text.matches("int4+o8 gptq").count(), 1, "{text}");
     assert!(text.contains("calibration: 1,347 rows"), "{text}");
@@ -508,7 +509,7 @@ fn minilm_min_mean(q: &Model, tok: &std::path::Path, texts: &[&str], base: &[Vec
 
 /// Min and mean cosine of `format` (with or without calibration) to f32 on
 /// the test texts, the calibration and quantize times, and the linear
-/// layers' bytes (the f32 split included).
+/// layers' bytes (the f16 split included).
 fn minilm_cosines(
     m: &Model,
     tok: &std::path::Path,
@@ -562,7 +563,7 @@ fn minilm_gptq_int4_is_closer_to_f32() {
 }
 
 /// Issue #9: int4-min (blocks of 32) by GPTQ with the default 16 input
-/// channels per layer split off into f32 keeps every test text at a cosine
+/// channels per layer split off into f16 keeps every test text at a cosine
 /// of at least 0.99 to f32, on the CPU and on the GPU; the quantized model
 /// saves and loads to the same embeddings.
 #[test]
@@ -582,10 +583,10 @@ fn minilm_int4_min_outlier_split_reaches_099() {
     let cal = Calibration::from_texts(&m, &tok, &refs).expect("calibration");
     let (q, report, total) = minilm_quantized(&m, "int4-min", Some(&cal), None);
     let split: Vec<usize> = report.layers.iter().map(|l| l.split_outliers).collect();
-    assert_eq!(split, vec![16; 36], "16 f32 channels in each of the 36 linear layers");
+    assert_eq!(split, vec![16; 36], "16 f16 channels in each of the 36 linear layers");
     let (min, mean) = minilm_min_mean(&q, &tok, &texts, &base, Device::Cpu);
     say(&format!(
-        "MiniLM int4-min GPTQ + 16 f32 channels: cosine to f32 min {min:.5} mean {mean:.5} (quantize {total:.2} s)"
+        "MiniLM int4-min GPTQ + 16 f16 channels: cosine to f32 min {min:.5} mean {mean:.5} (quantize {total:.2} s)"
     ));
     // Measured 0.99166 / mean 0.99431 (torch simulation: 0.99165; symmetric int4 + 16: 0.9875, int4-min without the split: 0.9877).
     assert!(min >= 0.99, "int4-min + split min cosine {min}");
@@ -677,7 +678,7 @@ fn minilm_table() {
             for o in [8, 12, 16, 24] {
                 let (c, d, t, t1, s1) = minilm_cosines(&m, &tok, &texts, &base, f, Some(&cal), Some(o));
                 println!(
-                    "| {f} GPTQ + {o} f32 channels | {c:.5} / {d:.5} | {:.2} MiB | {t1:.1} s ({t:.1} s) |",
+                    "| {f} GPTQ + {o} f16 channels | {c:.5} / {d:.5} | {:.2} MiB | {t1:.1} s ({t:.1} s) |",
                     mib(s1)
                 );
                 if f == "int4-min" && o == 16 {
@@ -689,6 +690,6 @@ fn minilm_table() {
     // Issue #9's bar, reached by the default split (measured 0.99166).
     assert!(
         int4_min_split >= 0.99,
-        "int4-min + 16 f32 channels: min cosine {int4_min_split}"
+        "int4-min + 16 f16 channels: min cosine {int4_min_split}"
     );
 }

@@ -46,7 +46,7 @@ pub struct Args {
     /// W8A8: input channels per layer kept in f32. With --calibration they are
     /// the channels with the largest inputs (default 8, at most in/16);
     /// without it, the columns with the largest weights. int4 with
-    /// --calibration: the same channels go to an f32 layer beside the packed
+    /// --calibration: the same channels go to an f16 layer beside the packed
     /// one (default 16, at most in/16; 0: none); without calibration, none.
     #[arg(long)]
     outliers: Option<u32>,
@@ -185,7 +185,7 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
     let model = load_model(&args.model)?;
     if args.outliers.is_some() && args.calibration.is_none() && matches!(opts.format, WeightFormat::Int4 { .. }) {
         bail!(
-            "--outliers with an int4 format needs --calibration (the f32 channels are chosen from the layers' inputs)"
+            "--outliers with an int4 format needs --calibration (the split-off channels are chosen from the layers' inputs)"
         );
     }
     opts.outliers = args.outliers;

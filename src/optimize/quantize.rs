@@ -15,6 +15,7 @@ use crate::quant::{self, WeightFormat};
 
 use super::calibrate::{self, Calibration, InputStats};
 use crate::tensor::{DType, Tensor};
+use half::f16;
 
 /// What to quantize and how.
 #[derive(Clone, Debug)]
@@ -38,9 +39,9 @@ pub struct QuantizeOptions {
     /// format's count is used (columns chosen from the weights).
     ///
     /// int4 layers quantized by GPTQ keep the same channels (at most
-    /// `in/16`; `None`: [`DEFAULT_INT4_OUTLIERS`]) in a separate f32
-    /// `Linear` on the gathered channels whose output is added to the
-    /// `QLinear`'s (the "outlier split"; the packed weight holds 0 there).
+    /// `in/16`; `None`: [`DEFAULT_INT4_OUTLIERS`]) in a separate f16
+    /// `QLinear` on the gathered channels whose output is added to the
+    /// int4 `QLinear`'s (the "outlier split"; the packed weight holds 0 there).
     /// Without calibration int4 keeps none.
     pub outliers: Option<u32>,
 }
@@ -101,7 +102,7 @@ pub struct LayerReport {
     pub mean_abs_err: f32,
     /// Quantized by GPTQ on calibration data (else round-to-nearest).
     pub gptq: bool,
-    /// Input channels split off into an f32 `Linear` beside the packed
+    /// Input channels split off into an f16 `QLinear` beside the packed
     /// weight (int4 with calibration; their weights and indices are in
     /// `bytes_after`).
     pub split_outliers: usize,
@@ -263,7 +264,7 @@ pub fn quantize(
             }
             quant::w8a8_tensors(q, scales, wf, n, k, cols)?
         } else if let (true, Some(st)) = (by_gptq, layer_stats) {
-            // int4: the outlier split (the chosen channels kept in f32, last
+            // int4: the outlier split (the chosen channels kept in f16, last
             // in GPTQ's order so they absorb the others' error).
             let cols = match format {
                 WeightFormat::Int4 { .. } => outlier_channels(st, opts.outliers.unwrap_or(DEFAULT_INT4_OUTLIERS)),
@@ -276,6 +277,9 @@ pub fn quantize(
             let f = &factors[&key];
             let (packed, kept) = gptq::quantize_weight_gptq_split(&format, wf, n, k, f, &opts.gptq)?;
             if !kept.is_empty() {
+                // Stored as f16: its rounding (relative 2⁻¹¹) is far below
+                // the int4 steps, and it halves the split's size.
+                let kept = kept.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
                 split = Some((f.exact_columns().to_vec(), kept));
             }
             packed
@@ -313,7 +317,7 @@ pub fn quantize(
         let mut extra: Vec<Node> = Vec::new();
         let split_outliers = split.as_ref().map_or(0, |(cols, _)| cols.len());
         if let Some((cols, kept)) = split {
-            // y = QLinear(x) + Linear(Gather(x, cols, axis -1), W[:, cols]).
+            // y = QLinear(x) + QLinear_f16(Gather(x, cols, axis -1), W[:, cols]).
             let c = cols.len();
             let y = node.outputs.first().cloned().unwrap_or_default();
             let (idx_name, w_name) = (
@@ -326,10 +330,15 @@ pub fn quantize(
                 format!("{y}.outlier_y"),
             );
             let idx = Tensor::from_vec(vec![c], cols.iter().map(|&v| v as i64).collect::<Vec<i64>>())?;
-            let wo = Tensor::from_vec(vec![n, c], kept)?;
+            let f16w = WeightFormat::F16;
+            let wo = quant::quantize_weight(&f16w, &kept, n, c)?.remove(0);
             for (name, t) in [(&idx_name, idx), (&w_name, wo)] {
                 bytes_after += t.size_in_bytes();
-                infos.push(ParamInfo::plain(name.clone(), t.dtype(), t.shape().to_vec()));
+                let mut info = ParamInfo::plain(name.clone(), t.dtype(), t.shape().to_vec());
+                if *name == w_name {
+                    info.format = f16w.name();
+                }
+                infos.push(info);
                 params.insert(name.clone(), t);
             }
             outputs[0] = yq.clone();
@@ -341,7 +350,11 @@ pub fn quantize(
             });
             extra.push(Node {
                 name: format!("{}.outlier_linear", node.name),
-                op: Arc::new(Linear),
+                op: Arc::new(QLinear {
+                    format: WeightFormat::F16,
+                    in_features: c,
+                    out_features: n,
+                }),
                 inputs: vec![xo, w_name],
                 outputs: vec![yo.clone()],
             });
