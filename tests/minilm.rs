@@ -473,6 +473,27 @@ fn quant_table() {
         let v = embed(&q);
         row(label, &q, &v);
     }
+    // GPTQ on models/minilm/calibration.txt (none of it a test text).
+    let cal_texts: Vec<String> = std::fs::read_to_string(common::root("models/minilm/calibration.txt"))
+        .expect("calibration.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    let refs: Vec<&str> = cal_texts.iter().map(String::as_str).collect();
+    let cal = wginfer::optimize::Calibration::from_texts(&m, &tok, &refs).expect("calibration");
+    for (label, f) in [
+        ("int8, GPTQ", "int8"),
+        ("int4-min, GPTQ + 16 f16 channels per layer", "int4-min"),
+        ("w8a8, GPTQ + 8 f32 outlier channels per layer", "w8a8"),
+    ] {
+        let mut o = QuantizeOptions::new(f.parse().expect("format"));
+        o.calibration = Some(cal.clone());
+        let (q, _) = quantize(&m, &o, |_, _| {}).expect("quantize");
+        let v = embed(&q);
+        row(label, &q, &v);
+    }
     let mut opts = PruneOptions::new(PruneMethod::Layers { count: 2 }, 0.0);
     opts.inputs = Some(reference_inputs(&r));
     assert_eq!(residual_blocks(m.graph()).len(), 6);
