@@ -468,13 +468,7 @@ fn calibration_data_errors_are_typed() {
 }
 
 fn minilm_calibration_texts() -> Vec<String> {
-    std::fs::read_to_string(root("models/minilm/calibration.txt"))
-        .expect("calibration.txt")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
+    minilm::calibration_texts()
 }
 
 /// MiniLM quantized to `format` (with or without calibration; `outliers`:

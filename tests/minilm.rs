@@ -170,13 +170,7 @@ fn quantized_w8a8_with_calibration_reaches_0999() {
     let got = e.embed(&r.text_refs()).expect("embed").vectors;
     let (min, mean) = check_cosines("cpu w8a8 vs f32", &got, &f32_vecs, &r.texts, 0.996);
     say(&format!("w8a8 without calibration: min {min:.5} mean {mean:.5}"));
-    let cal_texts: Vec<String> = std::fs::read_to_string(common::root("models/minilm/calibration.txt"))
-        .expect("calibration.txt")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
+    let cal_texts = minilm::calibration_texts();
     let refs: Vec<&str> = cal_texts.iter().map(String::as_str).collect();
     let mut opts = QuantizeOptions::new("w8a8".parse().expect("format"));
     opts.calibration = Some(wginfer::optimize::Calibration::from_texts(&m, &tok, &refs).expect("calibration"));
@@ -474,13 +468,7 @@ fn quant_table() {
         row(label, &q, &v);
     }
     // GPTQ on models/minilm/calibration.txt (none of it a test text).
-    let cal_texts: Vec<String> = std::fs::read_to_string(common::root("models/minilm/calibration.txt"))
-        .expect("calibration.txt")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
+    let cal_texts = minilm::calibration_texts();
     let refs: Vec<&str> = cal_texts.iter().map(String::as_str).collect();
     let cal = wginfer::optimize::Calibration::from_texts(&m, &tok, &refs).expect("calibration");
     for (label, f) in [

@@ -69,6 +69,18 @@ impl Reference {
     }
 }
 
+/// The calibration texts of `models/minilm/calibration.txt` (one per
+/// non-empty line; none of them a test text).
+pub fn calibration_texts() -> Vec<String> {
+    std::fs::read_to_string(super::root("models/minilm/calibration.txt"))
+        .expect("calibration.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// Loads the committed reference.
 pub fn reference() -> Reference {
     let dir = super::root("models/minilm");
