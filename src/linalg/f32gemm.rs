@@ -46,14 +46,7 @@ pub struct PackedF32 {
 
 /// Whether this CPU runs the AVX-512 kernel.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::vecops::has_avx512f()
 }
 
 impl PackedF32 {

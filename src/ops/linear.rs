@@ -15,11 +15,82 @@ use crate::tensor::{Dim, Tensor, ValueType};
 #[derive(Clone, Debug, Default)]
 pub struct Linear;
 
-/// A Linear weight `[n, k]` stored transposed, `[k, n]` row-major.
-struct TransposedWeight {
-    n: usize,
-    k: usize,
-    data: Vec<f32>,
+/// An f32 weight `[n, k]` prepared for the fast CPU product: packed for
+/// [`linalg::f32gemm`] with AVX-512 (see `examples/f32_gemm_speed.rs` for its
+/// speed against `gemm`), elsewhere transposed to `[k, n]` row-major, the
+/// layout the `gemm` crate reads fastest as its right-hand side (1.1-1.4x on
+/// the 784-512-512-10 MLP's layers at batch 1-64 here). Used by `Linear` and
+/// by the weight-only `QLinear` formats once decoded.
+pub(crate) enum PreparedF32 {
+    /// For the AVX-512 kernel.
+    Packed(PackedF32),
+    /// For `gemm`.
+    Transposed {
+        /// Outputs.
+        n: usize,
+        /// Inputs.
+        k: usize,
+        /// `[k, n]` row-major.
+        data: Vec<f32>,
+    },
+}
+
+impl PreparedF32 {
+    /// Prepares `w` (`n` rows of `k`, PyTorch's `[out, in]`).
+    pub(crate) fn new(w: &[f32], n: usize, k: usize) -> Self {
+        if let Some(p) = PackedF32::new(w, n, k) {
+            return Self::Packed(p);
+        }
+        let mut data = vec![0.0f32; n * k];
+        for (o, row) in w.chunks_exact(k.max(1)).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                data[i * n + o] = v;
+            }
+        }
+        Self::Transposed { n, k, data }
+    }
+
+    /// `(n, k)`.
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        match self {
+            Self::Packed(p) => (p.n(), p.k()),
+            Self::Transposed { n, k, .. } => (*n, *k),
+        }
+    }
+
+    /// `x [m, k] · Wᵀ (+ bias [n])`, `[m, n]`.
+    pub(crate) fn run(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Result<Vec<f32>, OpError> {
+        let (n, k) = self.dims();
+        if x.len() < m * k || bias.is_some_and(|b| b.len() < n) {
+            return Err(OpError::Shape(format!(
+                "{m} rows of {k} inputs and a bias of {n} needed; got {} values and a bias of {:?}",
+                x.len(),
+                bias.map(<[f32]>::len)
+            )));
+        }
+        match self {
+            Self::Packed(p) => Ok(p.apply(x, m, bias)),
+            Self::Transposed { data, .. } => {
+                let mut y = vec![0.0f32; m * n];
+                let accumulate = match bias {
+                    Some(b) => {
+                        for row in y.chunks_mut(n.max(1)) {
+                            row.copy_from_slice(&b[..n]);
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                linalg::sgemm(
+                    MatRef::row_major(x, m, k),
+                    MatRef::row_major(data, k, n),
+                    &mut y,
+                    accumulate,
+                )?;
+                Ok(y)
+            }
+        }
+    }
 }
 
 /// `x · w + bias` through the `gemm` crate, `w` a `[k, n]` view of the
@@ -150,43 +221,21 @@ impl Op for Linear {
         gemm_with_bias(inputs, m, k, n, MatRef::transposed(w, k, n))
     }
 
-    /// With AVX-512: the weight packed in column panels for
-    /// [`linalg::f32gemm`] (see `examples/f32_gemm_speed.rs` for its speed
-    /// against `gemm`). Elsewhere: the weight transposed to `[in, out]`
-    /// row-major, the layout the `gemm` crate reads fastest as its
-    /// right-hand side (1.1-1.4x on the 784-512-512-10 MLP's layers at
-    /// batch 1-64 here).
+    /// The weight as a [`PreparedF32`].
     fn prepare_cpu(&self, consts: &[Option<&Tensor>]) -> Option<Prepared> {
         let w = (*consts.get(1)?)?;
         let (&[n, k], Ok(data)) = (w.shape(), w.as_f32()) else {
             return None;
         };
-        if let Some(p) = PackedF32::new(data, n, k) {
-            return Some(Prepared(Arc::new(p)));
-        }
-        let mut t = vec![0.0f32; n * k];
-        for (o, row) in data.chunks_exact(k.max(1)).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                t[i * n + o] = v;
-            }
-        }
-        Some(Prepared(Arc::new(TransposedWeight { n, k, data: t })))
+        Some(Prepared(Arc::new(PreparedF32::new(data, n, k))))
     }
 
     fn cpu_prepared(&self, inputs: &[&Tensor], prepared: &Prepared) -> Result<Vec<Tensor>, OpError> {
         let (m, k, n) = dims(inputs)?;
         let x = f32_input(inputs, 0)?;
-        let packed = prepared
-            .0
-            .downcast_ref::<PackedF32>()
-            .filter(|w| (w.n(), w.k()) == (n, k));
-        let wt = prepared
-            .0
-            .downcast_ref::<TransposedWeight>()
-            .filter(|w| (w.n, w.k) == (n, k));
-        if packed.is_none() && wt.is_none() {
+        let Some(wp) = prepared.0.downcast_ref::<PreparedF32>().filter(|w| w.dims() == (n, k)) else {
             return self.cpu(inputs);
-        }
+        };
         if m == 1 {
             // One row: a dot product per output over the [out, in] weight's
             // contiguous rows, parallel over outputs for large layers (gemm
@@ -212,19 +261,13 @@ impl Op for Linear {
             }
             return Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?]);
         }
-        if let Some(p) = packed {
-            let b = if inputs.len() == 3 {
-                Some(f32_input(inputs, 2)?)
-            } else {
-                None
-            };
-            let y = p.apply(x, m, b);
-            return Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?]);
-        }
-        match wt {
-            Some(wt) => gemm_with_bias(inputs, m, k, n, MatRef::row_major(&wt.data, k, n)),
-            None => self.cpu(inputs),
-        }
+        let b = if inputs.len() == 3 {
+            Some(f32_input(inputs, 2)?)
+        } else {
+            None
+        };
+        let y = wp.run(x, m, b)?;
+        Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?])
     }
 
     fn backward(

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use super::linear::PreparedF32;
 use super::{check_arity, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Prepared, Validation};
 use crate::error::OpError;
-use crate::linalg::{self, f32gemm::PackedF32, MatRef};
+use crate::linalg::{self, MatRef};
 use crate::quant::{self, RowDecoder, WeightFormat};
 use crate::tensor::{DType, Dim, Tensor, ValueType};
 
@@ -122,16 +123,7 @@ enum PreparedQ {
     /// more than 4 rows. Runs with fewer rows decode weight rows on the fly
     /// and never make this copy, so a session that only sees short inputs
     /// keeps just the packed weight in memory.
-    Decoded(std::sync::OnceLock<DecodedWeight>),
-}
-
-/// A weight-only QLinear's weight decoded to f32 for the fast path.
-enum DecodedWeight {
-    /// Packed for the AVX-512 kernel (as a prepared f32 `Linear`).
-    Packed(PackedF32),
-    /// Transposed to `[in, out]` (the layout the `gemm` crate reads
-    /// fastest), on CPUs without AVX-512.
-    Transposed(Vec<f32>),
+    Decoded(std::sync::OnceLock<PreparedF32>),
 }
 
 impl Op for QLinear {
@@ -404,36 +396,13 @@ impl Op for QLinear {
                         w.par_chunks_mut(k.max(1))
                             .enumerate()
                             .for_each(|(j, row)| dec.row(j, row));
-                        let d = match PackedF32::new(&w, n, k) {
-                            Some(p) => DecodedWeight::Packed(p),
-                            None => {
-                                let mut t = vec![0.0f32; n * k];
-                                for (j, row) in w.chunks_exact(k.max(1)).enumerate() {
-                                    for (i, &v) in row.iter().enumerate() {
-                                        t[i * n + j] = v;
-                                    }
-                                }
-                                DecodedWeight::Transposed(t)
-                            }
-                        };
-                        cell.get_or_init(|| d)
+                        cell.get_or_init(|| PreparedF32::new(&w, n, k))
                     }
                 };
-                match decoded {
-                    DecodedWeight::Packed(p) if (p.n(), p.k()) == (n, k) && x.len() >= m * k => {
-                        p.run(x, m, bias, &mut y)
-                    }
-                    DecodedWeight::Transposed(wt) if wt.len() == n * k => {
-                        let accumulate = fill_bias_rows(&mut y, bias, n);
-                        linalg::sgemm(
-                            MatRef::row_major(x, m, k),
-                            MatRef::row_major(wt, k, n),
-                            &mut y,
-                            accumulate,
-                        )?;
-                    }
-                    _ => return self.cpu(inputs),
+                if decoded.dims() != (n, k) {
+                    return self.cpu(inputs);
                 }
+                y = decoded.run(x, m, bias)?;
             }
             _ => return self.cpu(inputs),
         }
