@@ -282,7 +282,7 @@ pub enum ModelError {
     #[error(transparent)]
     Tensor(#[from] TensorError),
     /// A model-directory config (`config.json` of a Hugging Face BERT) that
-    /// is missing a field or holds a value wginfer cannot build (see [`crate::model::bert`]).
+    /// is missing a field or holds a value wginfer cannot build (see `model::bert`).
     #[error("{file}: field `{field}`: {message}")]
     Config {
         /// The config file.
@@ -295,9 +295,148 @@ pub enum ModelError {
     /// A tokenizer (`tokenizer.json`) that cannot be loaded or used.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    /// An ONNX file that cannot be imported (see [`crate::model::onnx`]).
+    /// An ONNX file that cannot be imported (see `model::onnx`).
     #[error("ONNX import: {0}")]
-    Onnx(#[from] crate::model::onnx::OnnxError),
+    Onnx(#[from] OnnxError),
+}
+
+/// What can go wrong importing an ONNX file.
+#[derive(Debug, Error)]
+pub enum OnnxError {
+    /// The bytes are not a valid protobuf of the expected message.
+    #[error("not a valid ONNX {what} protobuf ({source}); the file is corrupt or not ONNX: re-export it")]
+    Decode {
+        /// The message type that failed to parse.
+        what: &'static str,
+        /// The protobuf decoder's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The model has no graph.
+    #[error("the ONNX model has no graph")]
+    NoGraph,
+    /// Ops the importer does not support, grouped by op type.
+    #[error("the model uses ops wginfer cannot import: {}", list_unsupported(.0))]
+    Unsupported(Vec<(String, Vec<String>)>),
+    /// A tensor (initializer, constant, test data) is malformed or of an unsupported type.
+    #[error("tensor `{name}`: {message}")]
+    Tensor {
+        /// The tensor's name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An external-data side file is missing or unreadable.
+    #[error("tensor `{name}` keeps its data in `{}`, which cannot be read ({source}): put the side file next to the model", .path.display())]
+    ExternalData {
+        /// The tensor's name.
+        name: String,
+        /// The side file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A node's attributes or inputs cannot be imported as given.
+    #[error("node `{node}` ({op}): {message}")]
+    Node {
+        /// The node's name.
+        node: String,
+        /// Its op type.
+        op: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Building the imported graph failed.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    /// Building the imported model failed.
+    #[error("{0}")]
+    Model(String),
+    /// An op failed while folding constants.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// Tensor data is inconsistent.
+    #[error(transparent)]
+    TensorData(#[from] TensorError),
+}
+
+fn list_unsupported(v: &[(String, Vec<String>)]) -> String {
+    v.iter()
+        .map(|(op, nodes)| format!("{op} (nodes: {})", nodes.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Errors from the GPU backend: adapter choice, shader and pipeline creation,
+/// device memory, device loss. None of them is "unsupported" (that is
+/// [`Error::Unsupported`], which a planner falls back on).
+#[derive(Debug, Error)]
+pub enum GpuError {
+    /// No adapter matches the choice.
+    #[error("no wgpu adapter matches `{choice}`; adapters found: {available} (run `wginfer adapters`)")]
+    NoAdapter {
+        /// The choice, as given.
+        choice: String,
+        /// The adapters that exist, or "none".
+        available: String,
+    },
+    /// The adapter refused to create a device.
+    #[error("adapter `{adapter}` could not create a device: {message}")]
+    RequestDevice {
+        /// Adapter name.
+        adapter: String,
+        /// wgpu's message.
+        message: String,
+    },
+    /// A shader module or compute pipeline failed validation.
+    #[error("shader `{shader}` (entry point `{entry}`) failed to compile: {message}")]
+    Shader {
+        /// Shader file.
+        shader: String,
+        /// Entry point.
+        entry: String,
+        /// The validation message.
+        message: String,
+    },
+    /// A tensor larger than one storage-buffer binding may be on this adapter.
+    #[error("value `{value}` needs {bytes} bytes, over adapter `{adapter}`'s max_storage_buffer_binding_size of {limit} bytes")]
+    TooLarge {
+        /// Value name.
+        value: String,
+        /// Its size.
+        bytes: u64,
+        /// The adapter's limit.
+        limit: u64,
+        /// Adapter name.
+        adapter: String,
+    },
+    /// The device ran out of memory.
+    #[error("the GPU ran out of memory while {action}")]
+    OutOfMemory {
+        /// What was being done.
+        action: String,
+    },
+    /// The device was lost (driver reset, GPU removed, timeout detection).
+    #[error("the GPU device was lost: {reason}; create a new session")]
+    DeviceLost {
+        /// The driver's reason.
+        reason: String,
+    },
+    /// wgpu rejected a command: a bug in wginfer, reported with the node.
+    #[error("the GPU rejected {action}: {message}")]
+    Validation {
+        /// What was being done (names the node where known).
+        action: String,
+        /// wgpu's message.
+        message: String,
+    },
+    /// Reading results back failed or took too long.
+    #[error("reading results back from the GPU failed: {message}")]
+    Readback {
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Errors running a session.
@@ -389,7 +528,18 @@ pub enum Error {
     Op(#[from] OpError),
     /// A GPU backend error.
     #[error(transparent)]
-    Gpu(#[from] crate::backend::gpu::GpuError),
+    Gpu(#[from] GpuError),
+    /// A part of wginfer that this build leaves out: the Cargo feature that
+    /// holds it is off.
+    #[error(
+        "{what} needs wginfer's `{feature}` feature, which this build leaves out: rebuild with `--features {feature}`"
+    )]
+    FeatureDisabled {
+        /// The Cargo feature (`gpu`, `onnx`, ...).
+        feature: &'static str,
+        /// What was asked for.
+        what: String,
+    },
     /// This backend cannot run this op (or format); another backend can.
     #[error("{op} (format {format}) is not supported on {backend}")]
     Unsupported {

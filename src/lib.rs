@@ -20,9 +20,34 @@
 //! # }
 //! ```
 //!
-//! Layers, bottom to top (nothing below imports anything above):
-//! [`tensor`] → [`linalg`] → [`ops`] → [`graph`] → [`plan`] / [`backend`] →
-//! [`model`] → [`Session`] → the `wginfer` command.
+//! # Layers
+//! Bottom to top; nothing imports from a layer above its own, errors
+//! included ([`error`] holds every layer's error enum), and `tests/layers.rs`
+//! checks it:
+//! [`error`] and [`tensor`] → [`linalg`] → [`quant`] → [`ops`] → [`graph`] →
+//! [`plan`] → [`backend`] → [`model`] → [`Session`] → [`embed`], [`eval`] →
+//! [`optimize`], [`prune`], [`train`] → `serve` → the `wginfer` command.
+//!
+//! # Features
+//! All on by default; each one only adds to the others.
+//!
+//! | feature | adds | needs |
+//! | --- | --- | --- |
+//! | `gpu` | the GPU backend on wgpu ([`backend::gpu`]'s executor, `wginfer adapters`) | wgpu, naga, pollster |
+//! | `onnx` | the ONNX importer (`model::onnx`; [`Model::load`] of `.onnx` files) | prost |
+//! | `text` | `Embedder` (tokenizer + encoder), text calibration | tokenizers |
+//! | `serve` | the HTTP server (`serve`); turns on `text` | axum, tokio |
+//! | `cli` | the `wginfer` binary; turns on all of the above | clap, anyhow, ... |
+//!
+//! `default-features = false` leaves the CPU library: tensors, ops, graphs,
+//! the CPU backend, model files, sessions, quantization and pruning.
+//! [`Device`], [`AdapterChoice`] and the error types are the same in every
+//! build, so code that names a GPU compiles without `gpu`: a session on
+//! `Device::Gpu(AdapterChoice::Auto)` runs on the CPU (as on a machine with
+//! no hardware GPU), and a named adapter fails with
+//! [`Error::FeatureDisabled`], as does loading an `.onnx` file without
+//! `onnx`. What needs a left-out dependency (the GPU context and executor,
+//! `Embedder`, the `serve` module) is absent.
 #![warn(missing_docs)]
 
 pub mod backend;
@@ -37,13 +62,16 @@ pub mod optimize;
 pub mod plan;
 pub mod prune;
 pub mod quant;
+#[cfg(feature = "serve")]
 pub mod serve;
 mod session;
 pub mod tensor;
 pub mod train;
 
 pub use backend::gpu::AdapterChoice;
-pub use embed::{Embedder, Embeddings};
+#[cfg(feature = "text")]
+pub use embed::Embedder;
+pub use embed::Embeddings;
 pub use error::{Error, Result};
 pub use model::Model;
 pub use session::{Device, OpTime, Session};

@@ -6,7 +6,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::backend::cpu::{CpuExecutor, CpuKernels};
-use crate::backend::gpu::{AdapterChoice, GpuContext, GpuError, GpuExecutor, GpuOptions, PlanReport};
+use crate::backend::gpu::AdapterChoice;
+#[cfg(feature = "gpu")]
+use crate::backend::gpu::{GpuContext, GpuError, GpuExecutor, GpuOptions, PlanReport};
 use crate::error::{Error, RunError};
 use crate::graph::Graph;
 use crate::model::Model;
@@ -39,6 +41,9 @@ pub enum Device {
     /// [`AdapterChoice::Auto`] and no hardware adapter (only lavapipe,
     /// llvmpipe or WARP, or none at all), the session runs on the CPU
     /// backend instead and logs that; [`Session::backend`] says which.
+    ///
+    /// In a build without the `gpu` feature every choice but `Auto` fails
+    /// with [`Error::FeatureDisabled`], and `Auto` runs on the CPU backend.
     Gpu(AdapterChoice),
 }
 
@@ -74,7 +79,43 @@ impl fmt::Display for Device {
 #[derive(Debug)]
 enum Executor {
     Cpu(CpuExecutor),
+    #[cfg(feature = "gpu")]
     Gpu(Box<GpuExecutor>),
+}
+
+/// The GPU executor for `choice`, or the CPU one where `Auto` finds no
+/// hardware adapter.
+#[cfg(feature = "gpu")]
+fn gpu_executor(model: &Model, graph: &Arc<Graph>, choice: &AdapterChoice) -> Result<Executor, Error> {
+    match GpuContext::shared(choice) {
+        Ok(ctx) => Ok(Executor::Gpu(Box::new(GpuExecutor::new(
+            graph.clone(),
+            model.params_arc(),
+            ctx,
+            GpuOptions::default(),
+        )?))),
+        Err(GpuError::NoAdapter { available, .. }) if *choice == AdapterChoice::Auto => {
+            log::warn!(
+                "no hardware GPU adapter (found: {available}); running on the CPU backend, which is faster than a software adapter (ask for `software` to use one)"
+            );
+            Ok(Executor::Cpu(CpuExecutor::new(graph, CpuKernels::Fast)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Without the GPU backend, `Auto` finds no adapter and runs on the CPU; any
+/// other choice is an error that names the missing feature.
+#[cfg(not(feature = "gpu"))]
+fn gpu_executor(_model: &Model, graph: &Arc<Graph>, choice: &AdapterChoice) -> Result<Executor, Error> {
+    if *choice == AdapterChoice::Auto {
+        log::warn!("this build of wginfer has no GPU backend (the `gpu` feature is off); running on the CPU backend");
+        return Ok(Executor::Cpu(CpuExecutor::new(graph, CpuKernels::Fast)));
+    }
+    Err(Error::FeatureDisabled {
+        feature: "gpu",
+        what: format!("device `{choice}`"),
+    })
 }
 
 /// A model compiled for one device.
@@ -99,21 +140,7 @@ impl Session {
         let executor = match &device {
             Device::Cpu => Executor::Cpu(CpuExecutor::new(&graph, CpuKernels::Fast)),
             Device::CpuReference => Executor::Cpu(CpuExecutor::new(&graph, CpuKernels::Reference)),
-            Device::Gpu(choice) => match GpuContext::shared(choice) {
-                Ok(ctx) => Executor::Gpu(Box::new(GpuExecutor::new(
-                    graph.clone(),
-                    model.params_arc(),
-                    ctx,
-                    GpuOptions::default(),
-                )?)),
-                Err(GpuError::NoAdapter { available, .. }) if *choice == AdapterChoice::Auto => {
-                    log::warn!(
-                        "no hardware GPU adapter (found: {available}); running on the CPU backend, which is faster than a software adapter (ask for `software` to use one)"
-                    );
-                    Executor::Cpu(CpuExecutor::new(&graph, CpuKernels::Fast))
-                }
-                Err(e) => return Err(e.into()),
-            },
+            Device::Gpu(choice) => gpu_executor(model, &graph, choice)?,
         };
         let mut executor = executor;
         let params = match &mut executor {
@@ -149,6 +176,7 @@ impl Session {
         match &self.executor {
             Executor::Cpu(_) if self.device == Device::CpuReference => "cpu-reference".into(),
             Executor::Cpu(_) => "cpu".into(),
+            #[cfg(feature = "gpu")]
             Executor::Gpu(g) => {
                 let a = g.context().adapter();
                 format!("gpu: {} ({})", a.name, a.backend)
@@ -159,6 +187,7 @@ impl Session {
     /// The GPU plan for these input shapes (graph-input order; `None` takes
     /// symbolic dimensions as 1): placements, buffers, dispatches and
     /// submits per run. `None` when the session runs on the CPU.
+    #[cfg(feature = "gpu")]
     pub fn gpu_plan(&self, shapes: Option<&[Vec<usize>]>) -> Option<Result<PlanReport, Error>> {
         match &self.executor {
             Executor::Gpu(g) => Some(g.plan_report(shapes)),
@@ -176,6 +205,7 @@ impl Session {
         let ordered = self.check_inputs(inputs)?;
         match &self.executor {
             Executor::Cpu(cpu) => Ok(cpu.run(&self.graph, &self.params, ordered)?),
+            #[cfg(feature = "gpu")]
             Executor::Gpu(gpu) => gpu.run_async(ordered).await,
         }
     }
@@ -192,6 +222,7 @@ impl Session {
         let ordered = self.check_inputs(inputs)?;
         match &self.executor {
             Executor::Cpu(cpu) => Ok(cpu.run(&self.graph, &self.params, ordered)?),
+            #[cfg(feature = "gpu")]
             Executor::Gpu(gpu) => gpu.run(ordered),
         }
     }
@@ -220,6 +251,7 @@ impl Session {
                     .collect();
                 Ok((out, Some(times)))
             }
+            #[cfg(feature = "gpu")]
             Executor::Gpu(gpu) => Ok((gpu.run(ordered)?, None)),
         }
     }
@@ -237,6 +269,7 @@ impl Session {
         let ordered = self.check_inputs(inputs)?;
         match &self.executor {
             Executor::Cpu(cpu) => Ok((cpu.run(&self.graph, &self.params, ordered)?, None)),
+            #[cfg(feature = "gpu")]
             Executor::Gpu(gpu) => gpu.run_profiled(ordered),
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod bert;
 mod data;
+#[cfg(feature = "onnx")]
 pub mod onnx;
 
 use std::collections::HashMap;
@@ -68,7 +69,7 @@ impl Model {
             return bert::load_dir(path);
         }
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
-            return onnx::import_file(path).map_err(with_path);
+            return load_onnx(path);
         }
         let bytes = std::fs::read(path).map_err(|source| {
             with_path(ModelError::Io {
@@ -174,6 +175,24 @@ impl Model {
     pub fn param_bytes(&self) -> usize {
         self.params.values().map(Tensor::size_in_bytes).sum()
     }
+}
+
+/// Imports an ONNX file; errors name the file.
+#[cfg(feature = "onnx")]
+fn load_onnx(path: &Path) -> Result<Model, Error> {
+    onnx::import_file(path).map_err(|source| Error::Load {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })
+}
+
+/// Without the ONNX importer an `.onnx` file is an error naming the feature.
+#[cfg(not(feature = "onnx"))]
+fn load_onnx(path: &Path) -> Result<Model, Error> {
+    Err(Error::FeatureDisabled {
+        feature: "onnx",
+        what: format!("loading the ONNX file `{}`", path.display()),
+    })
 }
 
 /// Parses the graph document, checking format and version before the schema

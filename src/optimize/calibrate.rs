@@ -10,13 +10,17 @@
 //! out.
 
 use std::collections::HashMap;
+#[cfg(feature = "text")]
 use std::path::Path;
 
+#[cfg(feature = "text")]
 use crate::embed::Embedder;
 use crate::error::{Error, OpError, RunError};
 use crate::graph::{Graph, ValueInfo};
 use crate::linalg::{self, MatRef};
-use crate::model::bert::{ATTENTION_MASK, POSITION_IDS, TOKEN_TYPE_IDS};
+#[cfg(feature = "text")]
+use crate::model::bert::TOKEN_TYPE_IDS;
+use crate::model::bert::{ATTENTION_MASK, POSITION_IDS};
 use crate::model::Model;
 use crate::session::{Device, Session};
 use crate::tensor::{Dim, Tensor};
@@ -89,6 +93,7 @@ impl Calibration {
     /// Texts for a text model (BERT: `input_ids`, `attention_mask`, ...),
     /// tokenized with `tokenizer_json` as [`Embedder`] does, in passes of
     /// [`PASS_TEXTS`] texts of similar token counts.
+    #[cfg(feature = "text")]
     pub fn from_texts(model: &Model, tokenizer_json: &Path, texts: &[&str]) -> Result<Self, Error> {
         let embedder = Embedder::new(model, tokenizer_json, Device::Cpu)?;
         let g = model.graph();

@@ -9,6 +9,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+#[cfg(feature = "gpu")]
 use wginfer::backend::gpu::{list_adapters, AdapterChoice};
 use wginfer::model::load_tensors;
 use wginfer::Tensor;
@@ -105,6 +106,7 @@ pub fn reference() -> Reference {
 /// A GPU adapter for the MiniLM tests (`WGINFER_TEST_ADAPTER`, else the first
 /// one wgpu lists, software included), or `None` after `SKIPPED: no wgpu
 /// adapter` (a panic under `WGINFER_REQUIRE_GPU=1`).
+#[cfg(feature = "gpu")]
 pub fn gpu_choice() -> Option<AdapterChoice> {
     if let Ok(s) = std::env::var("WGINFER_TEST_ADAPTER") {
         return Some(s.parse().unwrap_or_else(|e| panic!("WGINFER_TEST_ADAPTER: {e}")));

@@ -13,13 +13,22 @@
 //! overflow-free forms (`exp` of non-positive arguments only); GELU's `erf`
 //! is Abramowitz–Stegun 7.1.26 (|error| ≤ 1.5e-7).
 
+mod choice;
+#[cfg(feature = "gpu")]
 mod context;
 mod error;
+#[cfg(feature = "gpu")]
 mod executor;
+#[cfg(feature = "gpu")]
 mod kernels;
+#[cfg(feature = "gpu")]
 pub mod shaders;
 
-pub use context::{list_adapters, AdapterChoice, AdapterSummary, GpuApi, GpuContext};
+pub use choice::{AdapterChoice, GpuApi};
+#[cfg(feature = "gpu")]
+pub use context::{list_adapters, AdapterSummary, GpuContext};
 pub use error::GpuError;
+#[cfg(feature = "gpu")]
 pub use executor::{BufferReport, GpuExecutor, GpuOptions, NodeReport, Placement, PlanReport};
+#[cfg(feature = "gpu")]
 pub use kernels::{has_kernel, MatmulKernel};

@@ -19,84 +19,16 @@ mod import;
 pub mod proto;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use prost::Message;
-use thiserror::Error;
 
+pub use crate::error::OnnxError;
 pub use import::{ImportOptions, SUPPORTED};
 
-use crate::error::{GraphError, ModelError, OpError, TensorError};
+use crate::error::ModelError;
 use crate::model::Model;
 use crate::tensor::{DType, Tensor};
-
-/// What can go wrong importing an ONNX file.
-#[derive(Debug, Error)]
-pub enum OnnxError {
-    /// The bytes are not a valid protobuf of the expected message.
-    #[error("not a valid ONNX {what} protobuf ({source}); the file is corrupt or not ONNX: re-export it")]
-    Decode {
-        /// The message type that failed to parse.
-        what: &'static str,
-        /// The protobuf decoder's error.
-        #[source]
-        source: prost::DecodeError,
-    },
-    /// The model has no graph.
-    #[error("the ONNX model has no graph")]
-    NoGraph,
-    /// Ops the importer does not support, grouped by op type.
-    #[error("the model uses ops wginfer cannot import: {}", list_unsupported(.0))]
-    Unsupported(Vec<(String, Vec<String>)>),
-    /// A tensor (initializer, constant, test data) is malformed or of an unsupported type.
-    #[error("tensor `{name}`: {message}")]
-    Tensor {
-        /// The tensor's name.
-        name: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// An external-data side file is missing or unreadable.
-    #[error("tensor `{name}` keeps its data in `{}`, which cannot be read ({source}): put the side file next to the model", .path.display())]
-    ExternalData {
-        /// The tensor's name.
-        name: String,
-        /// The side file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A node's attributes or inputs cannot be imported as given.
-    #[error("node `{node}` ({op}): {message}")]
-    Node {
-        /// The node's name.
-        node: String,
-        /// Its op type.
-        op: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// Building the imported graph failed.
-    #[error(transparent)]
-    Graph(#[from] GraphError),
-    /// Building the imported model failed.
-    #[error("{0}")]
-    Model(String),
-    /// An op failed while folding constants.
-    #[error(transparent)]
-    Op(#[from] OpError),
-    /// Tensor data is inconsistent.
-    #[error(transparent)]
-    TensorData(#[from] TensorError),
-}
-
-fn list_unsupported(v: &[(String, Vec<String>)]) -> String {
-    v.iter()
-        .map(|(op, nodes)| format!("{op} (nodes: {})", nodes.join(", ")))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
 
 /// Imports an `.onnx` file. External data is read relative to its directory.
 pub fn import_file(path: &Path) -> Result<Model, ModelError> {
@@ -113,7 +45,7 @@ pub fn import_file(path: &Path) -> Result<Model, ModelError> {
 pub fn import_bytes(bytes: &[u8], dir: &Path, options: &ImportOptions) -> Result<Model, OnnxError> {
     let model = proto::ModelProto::decode(bytes).map_err(|source| OnnxError::Decode {
         what: "ModelProto",
-        source,
+        source: Box::new(source),
     })?;
     import::import(&model, dir, options)
 }
@@ -123,7 +55,7 @@ pub fn import_bytes(bytes: &[u8], dir: &Path, options: &ImportOptions) -> Result
 pub fn read_tensor_proto(bytes: &[u8], dir: &Path) -> Result<(String, Tensor), OnnxError> {
     let t = proto::TensorProto::decode(bytes).map_err(|source| OnnxError::Decode {
         what: "TensorProto",
-        source,
+        source: Box::new(source),
     })?;
     Ok((t.name.clone(), tensor_from_proto(&t, dir)?))
 }
