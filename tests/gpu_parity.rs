@@ -346,7 +346,7 @@ fn reshape_of_a_device_value_is_an_alias() {
                 "x",
                 "y",
             ),
-            node("flat", Arc::new(wginfer::ops::shape::Flatten { axis: 2 }), "y", "z"),
+            node("flat", Arc::new(wginfer::ops::view::Flatten { axis: 2 }), "y", "z"),
         ],
     )
     .unwrap();

@@ -3,7 +3,7 @@
 //! `src/ops/layout.rs`; other dtypes fall back to the CPU.
 
 use crate::error::Error;
-use crate::ops::layout::Cast;
+use crate::ops::cast::Cast;
 use crate::ops::Op;
 use crate::tensor::{numel, DType};
 
