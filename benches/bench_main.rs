@@ -338,7 +338,7 @@ fn pruned(c: &mut Criterion) {
         return;
     };
     let opts = wginfer::optimize::PruneOptions::new(
-        wginfer::optimize::PruneMethod::Channels(wginfer::prune::Importance::Magnitude),
+        wginfer::optimize::PruneMethod::Channels(wginfer::optimize::prune::Importance::Magnitude),
         0.5,
     );
     let Ok((small, _)) = wginfer::optimize::prune(&model, &opts, |_| {}) else {

@@ -35,7 +35,6 @@ pub mod model;
 pub mod ops;
 pub mod optimize;
 pub mod plan;
-pub mod prune;
 pub mod quant;
 pub mod serve;
 mod session;

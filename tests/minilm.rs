@@ -308,7 +308,7 @@ fn reference_inputs(r: &Reference) -> Vec<(String, wginfer::Tensor)> {
 
 #[test]
 fn layer_dropping_finds_six_encoder_blocks_and_drops_two() {
-    use wginfer::optimize::blocks::residual_blocks;
+    use wginfer::optimize::prune::blocks::residual_blocks;
     use wginfer::optimize::{prune, PruneMethod, PruneOptions};
     let Some(dir) = minilm::model_dir() else { return };
     let r = minilm::reference();
@@ -384,7 +384,7 @@ fn layer_dropping_finds_six_encoder_blocks_and_drops_two() {
 #[test]
 #[ignore = "makes the README table; run by models/minilm/quant_table.sh"]
 fn quant_table() {
-    use wginfer::optimize::blocks::residual_blocks;
+    use wginfer::optimize::prune::blocks::residual_blocks;
     use wginfer::optimize::{prune, PruneMethod, PruneOptions};
     let Some(dir) = minilm::model_dir() else { return };
     let r = minilm::reference();
