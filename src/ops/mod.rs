@@ -156,7 +156,6 @@ pub static REGISTRY: &[OpDef] = &[
     softmax::SOFTMAX,
     view::RESHAPE,
     view::FLATTEN,
-    // ONNX import (src/model/onnx): ops ONNX models use that had no op yet.
     binary::SUB,
     binary::DIV,
     elementwise::LEAKY_RELU,
@@ -181,12 +180,10 @@ pub static REGISTRY: &[OpDef] = &[
     view::UNSQUEEZE,
     movement::CONCAT,
     cast::CAST,
-    // Sentence embedders (BERT): issue #9.
     movement::GATHER,
     attention::ATTENTION,
     pool::MASKED_MEAN_POOL,
     l2norm::L2_NORMALIZE,
-    // ONNX conformance: issue #6.
     quantize::DEQUANTIZE_LINEAR,
     cast::CAST_UNSATURATED,
 ];
