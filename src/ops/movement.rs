@@ -298,7 +298,7 @@ pub const CONCAT: OpDef = OpDef {
     },
 };
 
-/// `out[a.., i.., b..] = data[a.., indices[i..], b..]` with `a..` the axes
+/// `Gather`: `out[a.., i.., b..] = data[a.., indices[i..], b..]` with `a..` the axes
 /// before `axis` and `b..` the axes after it.
 ///
 /// Inputs: `data` (any dtype) and `indices` (`i64` or `i32`, any shape).
