@@ -241,7 +241,7 @@ fn int8_gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("int8-gemm");
     g.throughput(Throughput::Elements(2 * (n * n * n) as u64));
     g.bench_function(BenchmarkId::new("cpu", "1024x1024x1024"), |bch| {
-        bch.iter(|| quant::gemm_i8(black_box(&a), n, black_box(&b), n, n, &mut out))
+        bch.iter(|| wginfer::linalg::int8::gemm_i8(black_box(&a), n, black_box(&b), n, n, &mut out))
     });
     g.finish();
 }
@@ -338,7 +338,7 @@ fn pruned(c: &mut Criterion) {
         return;
     };
     let opts = wginfer::optimize::PruneOptions::new(
-        wginfer::optimize::PruneMethod::Channels(wginfer::prune::Importance::Magnitude),
+        wginfer::optimize::PruneMethod::Channels(wginfer::optimize::prune::Importance::Magnitude),
         0.5,
     );
     let Ok((small, _)) = wginfer::optimize::prune(&model, &opts, |_| {}) else {

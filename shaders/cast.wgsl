@@ -6,7 +6,7 @@
 // to the implementation; the CPU rounds to nearest even).
 // Rounding is to nearest, ties to even, and NaNs stay NaNs with the quiet
 // bit set, as the `half` crate's conversions (the CPU reference) do.
-// Mirrors Cast in src/ops/layout.rs.
+// Mirrors Cast in src/ops/cast.rs.
 //
 // Bindings: 0 output, 1 parameters, 2 x.
 // Workgroups are laid out 2-D when one dimension would exceed the limit:

@@ -1,6 +1,6 @@
 // Concat of up to 6 inputs along one axis. The output is viewed as
 // [outer, total * inner] with each input [outer, len_t * inner]; one
-// invocation copies one element. Mirrors Concat in src/ops/layout.rs.
+// invocation copies one element. Mirrors Concat in src/ops/movement.rs.
 //
 // Bindings: 0 output, 1 parameters, 2..7 inputs (zero buffers past `count`).
 // Workgroups are laid out 2-D when one dimension would exceed the limit:

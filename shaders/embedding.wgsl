@@ -1,6 +1,6 @@
 // The ops around a sentence embedder's encoder: Gather (the embedding
-// lookup), MaskedMeanPool and L2Normalize. Mirrors src/ops/gather.rs,
-// src/ops/pooling.rs and src/ops/l2norm.rs.
+// lookup), MaskedMeanPool and L2Normalize. Mirrors src/ops/movement.rs,
+// src/ops/pool.rs and src/ops/l2norm.rs.
 //
 // Bindings: 0 output, 1 parameters, 2 x (f32), 3 aux (u32 words):
 //   gather:           x = data, aux = indices (i64 as two little-endian u32

@@ -60,7 +60,6 @@ pub mod model;
 pub mod ops;
 pub mod optimize;
 pub mod plan;
-pub mod prune;
 pub mod quant;
 #[cfg(feature = "serve")]
 pub mod serve;

@@ -556,7 +556,7 @@ fn minilm_gptq_int4_is_closer_to_f32() {
     assert!(mean >= 0.987, "int4 GPTQ mean cosine {mean}");
 }
 
-/// Issue #9: int4-min (blocks of 32) by GPTQ with the default 16 input
+/// int4-min (blocks of 32) by GPTQ with the default 16 input
 /// channels per layer split off into f16 keeps every test text at a cosine
 /// of at least 0.99 to f32, on the CPU and on the GPU; the quantized model
 /// saves and loads to the same embeddings.
@@ -681,7 +681,7 @@ fn minilm_table() {
             }
         }
     }
-    // Issue #9's bar, reached by the default split (measured 0.99166).
+    // The 0.99 bar, reached by the default split (measured 0.99166).
     assert!(
         int4_min_split >= 0.99,
         "int4-min + 16 f16 channels: min cosine {int4_min_split}"

@@ -346,7 +346,7 @@ fn reshape_of_a_device_value_is_an_alias() {
                 "x",
                 "y",
             ),
-            node("flat", Arc::new(wginfer::ops::shape::Flatten { axis: 2 }), "y", "z"),
+            node("flat", Arc::new(wginfer::ops::view::Flatten { axis: 2 }), "y", "z"),
         ],
     )
     .unwrap();
@@ -718,7 +718,7 @@ fn pruned_masks_stay_on_the_host_and_results_match() {
     let (model, input, _) = digits();
     let x = input.slice_rows(0, 40).unwrap();
     let opts = wginfer::optimize::PruneOptions::new(
-        wginfer::optimize::PruneMethod::Unstructured(wginfer::prune::Importance::Magnitude),
+        wginfer::optimize::PruneMethod::Unstructured(wginfer::optimize::prune::Importance::Magnitude),
         0.7,
     );
     let (pruned, _) = wginfer::optimize::prune(&model, &opts, |_| {}).expect("prune");

@@ -1,7 +1,8 @@
 //! Timing loops for the GPU backend (ignored by default; run with
 //! `cargo test --release --test gpu_perf -- --ignored --nocapture`).
-//! The criterion benches live in benches/; these print the numbers the GPU
-//! issue asks for on whatever adapter is present.
+//! The criterion benches live in benches/; these print GPU timings
+//! (matmul GFLOP/s and scaling, the digits MLP's latency) on whatever
+//! adapter is present.
 
 mod common;
 

@@ -143,7 +143,7 @@ fn quantized_int8_and_int4_stay_close_to_f32() {
         .vectors;
     // int4 (blocks of 32, f16 scales chosen per block for the least squared
     // error) measures 0.9506 at worst on these texts (plain round-to-nearest:
-    // 0.935): the 0.99 is not reached (README, MiniLM).
+    // 0.935): a 0.99 bar is not reached (README, MiniLM).
     for (format, min) in [("int8", 0.999f32), ("int4", 0.945)] {
         let e = quantized_embedder(&dir, format);
         let got = e.embed(&r.text_refs()).expect("embed").vectors;
@@ -153,7 +153,7 @@ fn quantized_int8_and_int4_stay_close_to_f32() {
 
 /// W8A8 (asymmetric u8 activations per row, int8 weights): without
 /// calibration, and with it (per layer the 8 input channels with the largest
-/// mean square kept in f32, GPTQ on the rest), which reaches the 0.999
+/// mean square kept in f32, GPTQ on the rest), which reaches 0.999
 /// on every text.
 #[test]
 fn quantized_w8a8_with_calibration_reaches_0999() {
@@ -308,7 +308,7 @@ fn reference_inputs(r: &Reference) -> Vec<(String, wginfer::Tensor)> {
 
 #[test]
 fn layer_dropping_finds_six_encoder_blocks_and_drops_two() {
-    use wginfer::optimize::blocks::residual_blocks;
+    use wginfer::optimize::prune::blocks::residual_blocks;
     use wginfer::optimize::{prune, PruneMethod, PruneOptions};
     let Some(dir) = minilm::model_dir() else { return };
     let r = minilm::reference();
@@ -384,7 +384,7 @@ fn layer_dropping_finds_six_encoder_blocks_and_drops_two() {
 #[test]
 #[ignore = "makes the README table; run by models/minilm/quant_table.sh"]
 fn quant_table() {
-    use wginfer::optimize::blocks::residual_blocks;
+    use wginfer::optimize::prune::blocks::residual_blocks;
     use wginfer::optimize::{prune, PruneMethod, PruneOptions};
     let Some(dir) = minilm::model_dir() else { return };
     let r = minilm::reference();

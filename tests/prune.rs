@@ -7,8 +7,8 @@ mod common;
 use common::root;
 use wginfer::eval::{evaluate, EvalOptions};
 use wginfer::model::load_tensors;
+use wginfer::optimize::prune::scores::{is_nm, Importance};
 use wginfer::optimize::{prune, Finetune, Labelled, PruneMethod, PruneOptions, Scope};
-use wginfer::prune::{is_nm, Importance};
 use wginfer::quant::{self, WeightFormat};
 use wginfer::{Device, Model, Session, Tensor};
 

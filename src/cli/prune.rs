@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use clap::ValueEnum;
 use wginfer::eval::{evaluate, EvalOptions};
+use wginfer::optimize::prune::Importance;
 use wginfer::optimize::{prune, Finetune, Labelled, PruneMethod, PruneOptions, Scope};
-use wginfer::prune::Importance;
 use wginfer::{Device, Model, Session};
 
 use super::{bytes, load_data, load_model, thousands};
@@ -201,8 +201,8 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
     }
     // A model of residual blocks (a transformer) drops whole blocks, ranked on
     // unlabelled calibration inputs.
-    let by_blocks =
-        matches!(args.method, Method::Layers) && wginfer::optimize::blocks::residual_blocks(model.graph()).len() >= 2;
+    let by_blocks = matches!(args.method, Method::Layers)
+        && wginfer::optimize::prune::blocks::residual_blocks(model.graph()).len() >= 2;
     let opts = PruneOptions {
         method,
         sparsity: args.sparsity,

@@ -1,8 +1,16 @@
-//! Fast CPU kernels below the ops: matrix products through the `gemm` crate
-//! (packed, SIMD, multithreaded with rayon) and parallel elementwise loops.
-//! The ops keep their naive references beside these (see `ops::Op::reference`).
+//! The CPU kernels below the ops, every SIMD one among them: f32 matrix
+//! products (the `gemm` crate: packed, SIMD, multithreaded with rayon; and
+//! [`f32gemm`], AVX-512, for prepared weights), int8 products for W8A8
+//! ([`int8`], AVX-512 VNNI), softmax rows ([`softmax`]), LayerNorm rows
+//! ([`norm`]), elementwise binary arithmetic ([`binary`]) and parallel
+//! elementwise loops. The ops keep their naive references beside these (see
+//! `ops::Op::reference`).
 
+pub mod binary;
 pub mod f32gemm;
+pub mod int8;
+pub mod norm;
+pub mod softmax;
 pub mod vecops;
 
 use rayon::prelude::*;
@@ -157,6 +165,14 @@ pub fn simd<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     f()
+}
+
+/// Rounds half away from zero (what `f32::round` does), the rule every
+/// quantized format and every implementation of it use (the
+/// weight formats of `quant`, the int8 kernels of [`int8`]).
+#[inline]
+pub fn round(x: f32) -> f32 {
+    x.round()
 }
 
 /// `e^x` in f32, branch-free so loops over it vectorize (Cephes `expf`:

@@ -239,81 +239,15 @@ fn repeat_rows_f32(out: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Syn
     });
 }
 
-/// Elements per parallel task of [`simd_f32`] (and a quarter of the least worth splitting).
-const SIMD_CHUNK: usize = 1 << 16;
-
-/// `a ∘ b` with the AVX-512 kernel, `b` as long as `a` or repeated along its
-/// leading axes (`a.len()` a multiple of `b.len()`); `None` without AVX-512
-/// F or for other lengths. Results are those of the scalar operators.
+/// `a ∘ b` with the AVX-512 kernel ([`linalg::binary::zip_avx512`]); `None`
+/// without AVX-512 F or where `a.len()` is not a multiple of `b.len()`.
 fn simd_f32(kind: BinaryKind, a: &[f32], b: &[f32]) -> Option<Vec<f32>> {
-    if !linalg::vecops::has_avx512f() || b.is_empty() || !a.len().is_multiple_of(b.len()) {
-        return None;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        let row = b.len();
-        // Chunks of whole rows of `b`.
-        let chunk = SIMD_CHUNK.div_ceil(row) * row;
-        let par = linalg::vecops::parallel(a.len(), 4 * SIMD_CHUNK);
-        let f = match kind {
-            BinaryKind::Add => avx512::binary::<0>,
-            BinaryKind::Mul => avx512::binary::<1>,
-            BinaryKind::Sub => avx512::binary::<2>,
-            BinaryKind::Div => avx512::binary::<3>,
-        };
-        // SAFETY: AVX-512 F is present; each call reads `out.len()` elements
-        // of `a` from `start` and its `b` rows (`start` and `out.len()` are
-        // multiples of `row`, or `out` ends a), and writes all of `out`.
-        Some(unsafe {
-            linalg::vecops::build(a.len(), chunk, par, |start, out| {
-                let o: *mut f32 = out.as_mut_ptr().cast();
-                for r in 0..out.len() / row {
-                    f(a.as_ptr().add(start + r * row), b.as_ptr(), o.add(r * row), row);
-                }
-            })
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = kind;
-        None
-    }
-}
-
-/// The explicit AVX-512 elementwise arithmetic.
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use crate::linalg::vecops::lanes16;
-
-    /// `y[i] = a[i] ∘ b[i]` for `i < n`, `∘` by `K`: 0 `+`, 1 `·`, 2 `-`, 3 `/`.
-    ///
-    /// # Safety
-    /// `a` and `b` must be readable and `y` writable for `n` floats; AVX-512 F present.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn binary<const K: u8>(a: *const f32, b: *const f32, y: *mut f32, n: usize) {
-        let op = |x: __m512, z: __m512| match K {
-            0 => _mm512_add_ps(x, z),
-            1 => _mm512_mul_ps(x, z),
-            2 => _mm512_sub_ps(x, z),
-            _ => _mm512_div_ps(x, z),
-        };
-        let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: i + 16 <= n.
-            unsafe { _mm512_storeu_ps(y.add(i), op(_mm512_loadu_ps(a.add(i)), _mm512_loadu_ps(b.add(i)))) };
-            i += 16;
-        }
-        if i < n {
-            let m = lanes16(n - i);
-            // SAFETY: the masked lanes are below n. The dropped lanes of `b`
-            // load as 0; 0/0 there is never stored.
-            unsafe {
-                let r = op(_mm512_maskz_loadu_ps(m, a.add(i)), _mm512_maskz_loadu_ps(m, b.add(i)));
-                _mm512_mask_storeu_ps(y.add(i), m, r);
-            }
-        }
+    use linalg::binary::{zip_avx512, ADD, DIV, MUL, SUB};
+    match kind {
+        BinaryKind::Add => zip_avx512::<ADD>(a, b),
+        BinaryKind::Mul => zip_avx512::<MUL>(a, b),
+        BinaryKind::Sub => zip_avx512::<SUB>(a, b),
+        BinaryKind::Div => zip_avx512::<DIV>(a, b),
     }
 }
 

@@ -8,21 +8,20 @@ pub mod activation;
 pub mod attention;
 pub mod binary;
 mod cases;
+pub mod cast;
 pub mod conv;
 pub mod elementwise;
-pub mod gather;
 pub mod gemm;
 pub mod l2norm;
-pub mod layout;
 pub mod linear;
 pub mod matmul;
+pub mod movement;
 pub mod norm;
 pub mod pool;
-pub mod pooling;
 pub mod qlinear;
 pub mod quantize;
-pub mod shape;
 pub mod softmax;
+pub mod view;
 
 use std::any::Any;
 use std::fmt;
@@ -155,9 +154,8 @@ pub static REGISTRY: &[OpDef] = &[
     activation::GELU,
     activation::SILU,
     softmax::SOFTMAX,
-    shape::RESHAPE,
-    shape::FLATTEN,
-    // ONNX import (src/model/onnx): ops ONNX models use that had no op yet.
+    view::RESHAPE,
+    view::FLATTEN,
     binary::SUB,
     binary::DIV,
     elementwise::LEAKY_RELU,
@@ -177,19 +175,17 @@ pub static REGISTRY: &[OpDef] = &[
     norm::BATCH_NORM,
     norm::BATCH_NORM_TRAINING,
     norm::LAYER_NORM,
-    layout::TRANSPOSE,
-    layout::SQUEEZE,
-    layout::UNSQUEEZE,
-    layout::CONCAT,
-    layout::CAST,
-    // Sentence embedders (BERT): issue #9.
-    gather::GATHER,
+    movement::TRANSPOSE,
+    view::SQUEEZE,
+    view::UNSQUEEZE,
+    movement::CONCAT,
+    cast::CAST,
+    movement::GATHER,
     attention::ATTENTION,
-    pooling::MASKED_MEAN_POOL,
+    pool::MASKED_MEAN_POOL,
     l2norm::L2_NORMALIZE,
-    // ONNX conformance: issue #6.
     quantize::DEQUANTIZE_LINEAR,
-    quantize::CAST_UNSATURATED,
+    cast::CAST_UNSATURATED,
 ];
 
 /// The registered op type of this name.
@@ -284,6 +280,20 @@ pub(crate) fn normalize_axis(axis: i64, rank: usize) -> Result<usize, OpError> {
         return Err(OpError::Attribute {
             name: "axis".into(),
             message: format!("{axis} is out of range for a rank-{rank} input"),
+        });
+    }
+    Ok(a as usize)
+}
+
+/// Resolves a possibly negative axis against a rank; `what` names the
+/// attribute in the error.
+pub(crate) fn axis_in(axis: i64, rank: usize, what: &str) -> Result<usize, OpError> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if a < 0 || a >= r {
+        return Err(OpError::Attribute {
+            name: what.into(),
+            message: format!("axis {axis} is out of range for rank {rank}"),
         });
     }
     Ok(a as usize)

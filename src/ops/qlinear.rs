@@ -118,7 +118,7 @@ fn binarize_rows(x: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
 /// What [`QLinear`]'s fast CPU path prepares from its constant weight.
 enum PreparedQ {
     /// W8A8: the codes packed for the VNNI kernel (with scales and outliers).
-    W8A8(quant::PackedW8A8),
+    W8A8(linalg::int8::PackedW8A8),
     /// Weight-only formats: the weight decoded to f32 on the first run with
     /// more than 4 rows. Runs with fewer rows decode weight rows on the fly
     /// and never make this copy, so a session that only sees short inputs
@@ -204,7 +204,7 @@ impl Op for QLinear {
             WeightFormat::W8A8 { .. } => {
                 // The spec, one plain loop: asymmetric u8 activations per row
                 // (outlier inputs count as 0), exact integer sums, outliers in f64.
-                let w = quant::W8A8Weights::new(&packed, n, k)?;
+                let w = linalg::int8::W8A8Weights::new(&packed, n, k)?;
                 let c = w.outliers.len();
                 for i in 0..m {
                     let row = &x[i * k..(i + 1) * k];
@@ -275,13 +275,13 @@ impl Op for QLinear {
         let mut y = vec![0.0f32; m * n];
         match self.format {
             WeightFormat::W8A8 { .. } => {
-                let w = quant::W8A8Weights::new(&packed, n, k)?;
+                let w = linalg::int8::W8A8Weights::new(&packed, n, k)?;
                 // With VNNI and enough rows to repay it, the weight is packed
                 // here (the prepared path packs it once); both give the
                 // portable path's bits.
-                match (m >= 32).then(|| quant::PackedW8A8::new(&w)).flatten() {
+                match (m >= 32).then(|| linalg::int8::PackedW8A8::new(&w)).flatten() {
                     Some(p) => p.run(x, m, bias, &mut y),
-                    None => quant::w8a8_portable(x, m, &w, bias, &mut y),
+                    None => linalg::int8::w8a8_portable(x, m, &w, bias, &mut y),
                 }
             }
             WeightFormat::Binary { xnor: true } => {
@@ -364,7 +364,9 @@ impl Op for QLinear {
                     .collect::<Option<Vec<_>>>()?;
                 // The full check (wsum, outlier index) once here; runs check shapes only.
                 quant::check_packed(&self.format, &packed, n, k).ok()?;
-                PreparedQ::W8A8(quant::PackedW8A8::new(&quant::W8A8Weights::new(&packed, n, k).ok()?)?)
+                PreparedQ::W8A8(linalg::int8::PackedW8A8::new(
+                    &linalg::int8::W8A8Weights::new(&packed, n, k).ok()?,
+                )?)
             }
             WeightFormat::Binary { xnor: true } => return None,
             _ => PreparedQ::Decoded(std::sync::OnceLock::new()),

@@ -8,18 +8,13 @@
 //! values computed or fed at run time. The arithmetic is that of the ONNX
 //! reference implementation: `x - zero_point` and the product in `f32`, then
 //! one rounding to the output dtype (the scale's, unless set).
-//!
-//! Also `CastUnsaturated`: ONNX `Cast` to a float8 type with `saturate = 0`
-//! (out-of-range values become NaN, or infinity for E5M2; see
-//! [`MiniFloat::encode`](crate::tensor::lowp::MiniFloat::encode)).
 
 use std::any::Any;
 use std::sync::Arc;
 
 use super::{attr_i64, attr_str, check_arity, normalize_axis, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
 use crate::error::OpError;
-use crate::tensor::lowp::{F8E4M3FN, F8E4M3FNUZ, F8E5M2, F8E5M2FNUZ};
-use crate::tensor::{DType, Dim, Storage, Tensor, ValueType};
+use crate::tensor::{DType, Dim, Tensor, ValueType};
 
 /// `DequantizeLinear`: inputs `x`, `scale` and an optional `zero_point`
 /// (the dtype of `x`, the shape of `scale`).
@@ -363,125 +358,6 @@ pub const DEQUANTIZE_LINEAR: OpDef = OpDef {
     },
 };
 
-/// ONNX `Cast` to a float8 type with `saturate = 0`: round to nearest even;
-/// values beyond the largest finite one become NaN (E5M2: ±infinity), and
-/// so do infinities.
-#[derive(Clone, Debug)]
-pub struct CastUnsaturated {
-    /// The target: one of the four float8 dtypes.
-    pub to: DType,
-}
-
-fn check_float8(to: DType) -> Result<(), OpError> {
-    match to {
-        DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ => Ok(()),
-        other => Err(OpError::Attribute {
-            name: "to".into(),
-            message: format!("{other} is not a float8 type (only float8 casts saturate)"),
-        }),
-    }
-}
-
-impl Op for CastUnsaturated {
-    fn op_type(&self) -> &'static str {
-        "CastUnsaturated"
-    }
-
-    fn attrs(&self) -> Attrs {
-        let mut a = Attrs::new();
-        a.insert("to".into(), self.to.name().into());
-        a
-    }
-
-    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
-        check_arity(inputs.len(), 1, 1, "1")?;
-        check_float8(self.to)?;
-        Ok(vec![ValueType {
-            dtype: self.to,
-            shape: inputs[0].shape.clone(),
-        }])
-    }
-
-    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
-        check_arity(inputs.len(), 1, 1, "1")?;
-        check_float8(self.to)?;
-        let x = inputs[0].to_f64_vec();
-        let storage = match self.to {
-            DType::F8E4M3FN => Storage::F8E4M3FN(x.iter().map(|&v| F8E4M3FN::from_f64(v, false)).collect()),
-            DType::F8E4M3FNUZ => Storage::F8E4M3FNUZ(x.iter().map(|&v| F8E4M3FNUZ::from_f64(v, false)).collect()),
-            DType::F8E5M2 => Storage::F8E5M2(x.iter().map(|&v| F8E5M2::from_f64(v, false)).collect()),
-            _ => Storage::F8E5M2FNUZ(x.iter().map(|&v| F8E5M2FNUZ::from_f64(v, false)).collect()),
-        };
-        Ok(vec![Tensor::new(inputs[0].shape().to_vec(), storage)?])
-    }
-
-    fn validation(&self) -> Validation {
-        Validation::Exact
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-fn cast_values(rng: &mut CaseRng, n: usize) -> Tensor {
-    let mut t = rng.tensor(&[n], -600.0, 600.0);
-    if let Ok(v) = t.as_slice::<f32>() {
-        let mut v = v.to_vec();
-        v.extend([
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            1e6,
-            -1e6,
-            0.0,
-            -0.0,
-            464.0,
-            465.0,
-        ]);
-        t = Tensor::from_vec(vec![v.len()], v).unwrap_or(t);
-    }
-    t
-}
-
-/// `CastUnsaturated`: attribute `to` (a float8 dtype name).
-pub const CAST_UNSATURATED: OpDef = OpDef {
-    op_type: "CastUnsaturated",
-    build: |attrs: &Attrs| {
-        let name = attr_str(attrs, "to", "")?;
-        let to = DType::ALL
-            .into_iter()
-            .find(|d| d.name() == name)
-            .ok_or_else(|| OpError::Attribute {
-                name: "to".into(),
-                message: format!("`{name}` is not a dtype wginfer knows"),
-            })?;
-        check_float8(to)?;
-        Ok(Arc::new(CastUnsaturated { to }))
-    },
-    cases: || {
-        let mut rng = CaseRng::new(78);
-        [DType::F8E4M3FN, DType::F8E4M3FNUZ, DType::F8E5M2, DType::F8E5M2FNUZ]
-            .into_iter()
-            .map(|to| {
-                OpCase::new(
-                    format!("cast f32 -> {to} unsaturated"),
-                    Arc::new(CastUnsaturated { to }),
-                    vec![cast_values(&mut rng, 40)],
-                )
-            })
-            .collect()
-    },
-    sample: |rng| {
-        let n = rng.dim(50);
-        OpCase::new(
-            "cast f32 -> f8e5m2 unsaturated",
-            Arc::new(CastUnsaturated { to: DType::F8E5M2 }),
-            vec![cast_values(rng, n)],
-        )
-    },
-};
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,20 +416,6 @@ mod tests {
         let s = Tensor::from_vec(vec![1], vec![2.0f32]).unwrap();
         let y = op.reference(&[&x, &s, &z]).unwrap();
         assert_eq!(y[0].as_f32().unwrap(), &[-18.0, 12.0]);
-    }
-
-    #[test]
-    fn unsaturated_float8_overflows_to_nan_or_infinity() {
-        let x = Tensor::from_vec(vec![5], vec![1e6f32, f32::NEG_INFINITY, 448.0, 464.0, -1e-9]).unwrap();
-        let y = |to| CastUnsaturated { to }.reference(&[&x]).unwrap().remove(0).to_f32_vec();
-        let e4 = y(DType::F8E4M3FN);
-        assert!(e4[0].is_nan() && e4[1].is_nan());
-        assert_eq!(&e4[2..], &[448.0, 448.0, -0.0]);
-        let e5 = y(DType::F8E5M2);
-        assert_eq!(&e5[..3], &[f32::INFINITY, f32::NEG_INFINITY, 448.0]);
-        let uz = y(DType::F8E5M2FNUZ);
-        assert!(uz[0].is_nan() && uz[1].is_nan());
-        assert!(CastUnsaturated { to: DType::F16 }.reference(&[&x]).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! the largest |x| (a static activation range for W8A8).
 //!
 //! The forward pass is an ordinary CPU [`Session`] on the graph with the
-//! wanted values added as outputs (as [`super::blocks::block_influence`]
+//! wanted values added as outputs (as [`super::prune::blocks::block_influence`]
 //! does). Rows that are padding — where a graph input named `attention_mask`
 //! `[batch, seq]` is 0, for values shaped `[batch, seq, features]` — are left
 //! out.

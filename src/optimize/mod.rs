@@ -1,7 +1,6 @@
-//! Model-to-model transforms that make a model smaller: quantization (and,
-//! next, pruning). Each returns a new model and a report of what it did.
+//! Model-to-model transforms that make a model smaller: quantization and
+//! pruning. Each returns a new model and a report of what it did.
 
-pub mod blocks;
 pub mod calibrate;
 pub mod quantize;
 

@@ -8,7 +8,6 @@
 //! (int4: of blocks; binary: of 32 bits); padding is zero.
 
 pub mod gptq;
-mod int8dot;
 mod pack;
 
 use std::fmt;
@@ -17,10 +16,7 @@ use std::str::FromStr;
 use half::f16;
 use serde::{Deserialize, Serialize};
 
-pub use int8dot::{
-    dot_i8, gemm_i8, gemm_i8_packed, gemm_u8i8, quantize_row_u8, quantize_rows_i8, quantize_rows_u8, w8a8_portable,
-    PackedI8, PackedW8A8, W8A8Weights,
-};
+pub use crate::linalg::round;
 pub use pack::{pack_bits, pack_nibbles, unpack_bits, unpack_nibbles};
 
 use crate::error::OpError;
@@ -75,7 +71,8 @@ pub enum WeightFormat {
     /// time) stay in f32 on both sides. Tensors: `q i8 [out, in]` (outlier
     /// columns 0), `scale f32 [out]`, `wsum i32 [out]` (`Σ_k q[j, k]`), and
     /// with outliers `outlier_index i32 [c]` (strictly ascending) and
-    /// `outlier_weight f32 [out, c]`. The arithmetic: [`quantize_rows_u8`]
+    /// `outlier_weight f32 [out, c]`. The arithmetic:
+    /// [`quantize_rows_u8`](crate::linalg::int8::quantize_rows_u8)
     /// and `QLinear`'s reference (`src/ops/qlinear.rs`).
     #[serde(rename = "w8a8", alias = "w8-a8")]
     W8A8 {
@@ -326,13 +323,6 @@ impl FromStr for WeightFormat {
         f.validate().map_err(|e| e.to_string())?;
         Ok(f)
     }
-}
-
-/// Rounds half away from zero (what `f32::round` does), the rule every
-/// implementation of every format uses.
-#[inline]
-pub fn round(x: f32) -> f32 {
-    x.round()
 }
 
 /// The signed int4 code (-8..=7) of `x` under scale `s`.

@@ -6,7 +6,7 @@
 use crate::error::Error;
 use crate::ops::conv::{Conv, Window};
 use crate::ops::gemm::Gemm;
-use crate::ops::layout::Concat;
+use crate::ops::movement::Concat;
 use crate::ops::norm::{BatchNorm, BatchNormTraining, LayerNorm};
 use crate::ops::pool::{GlobalAveragePool, Pool};
 use crate::ops::{normalize_axis, Op};

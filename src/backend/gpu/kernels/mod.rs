@@ -8,11 +8,11 @@ use crate::ops::activation::{Activation, Unary};
 use crate::ops::binary::{broadcast_shapes, Binary, BinaryKind};
 use crate::ops::elementwise::{LogSoftmax, PointKind, Pointwise};
 use crate::ops::gemm::Gemm as GemmOp;
-use crate::ops::layout::{Axes, Transpose};
 use crate::ops::linear::Linear;
 use crate::ops::matmul::MatMul;
-use crate::ops::shape::{Flatten, Reshape};
+use crate::ops::movement::Transpose;
 use crate::ops::softmax::Softmax;
+use crate::ops::view::{Axes, Flatten, Reshape};
 use crate::ops::{normalize_axis, Op};
 use crate::tensor::{numel, strides, DType};
 

@@ -5,9 +5,9 @@
 
 use crate::error::Error;
 use crate::ops::attention::Attention;
-use crate::ops::gather::Gather;
 use crate::ops::l2norm::L2Normalize;
-use crate::ops::pooling::MaskedMeanPool;
+use crate::ops::movement::Gather;
+use crate::ops::pool::MaskedMeanPool;
 use crate::ops::{normalize_axis, Op};
 use crate::tensor::{numel, DType};
 

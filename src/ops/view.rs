@@ -1,9 +1,10 @@
-//! Shape ops that move no data: `Reshape` and `Flatten`. They take any dtype.
+//! Views: ops that change a shape and move no data — `Reshape`, `Flatten`,
+//! `Squeeze` and `Unsqueeze`. They take any dtype.
 
 use std::any::Any;
 use std::sync::Arc;
 
-use super::{attr_i64, attr_ints, check_arity, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
+use super::{attr_i64, attr_ints, axis_in, check_arity, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
 use crate::error::OpError;
 use crate::tensor::{Dim, Tensor, ValueType};
 
@@ -345,6 +346,213 @@ pub const FLATTEN: OpDef = OpDef {
         OpCase::new(
             format!("flatten {s:?} axis {axis}"),
             Arc::new(Flatten { axis }),
+            vec![x],
+        )
+    },
+};
+
+/// `Squeeze` (remove size-1 axes) or `Unsqueeze` (insert them).
+#[derive(Clone, Debug)]
+pub struct Axes {
+    /// True for `Unsqueeze`.
+    pub unsqueeze: bool,
+    /// The axes; for `Squeeze`, empty removes every size-1 axis.
+    pub axes: Vec<i64>,
+}
+
+impl Axes {
+    fn out_shape(&self, shape: &[Dim]) -> Result<Vec<Dim>, OpError> {
+        if self.unsqueeze {
+            let rank = shape.len() + self.axes.len();
+            let mut marks = vec![false; rank];
+            for &a in &self.axes {
+                let a = axis_in(a, rank, "axes")?;
+                if marks[a] {
+                    return Err(OpError::Attribute {
+                        name: "axes".into(),
+                        message: format!("{:?} repeats an axis", self.axes),
+                    });
+                }
+                marks[a] = true;
+            }
+            let mut it = shape.iter();
+            Ok(marks
+                .iter()
+                .map(|&m| {
+                    if m {
+                        Dim::Known(1)
+                    } else {
+                        it.next().cloned().unwrap_or(Dim::Known(1))
+                    }
+                })
+                .collect())
+        } else {
+            let mut drop = vec![false; shape.len()];
+            if self.axes.is_empty() {
+                for (i, d) in shape.iter().enumerate() {
+                    match d {
+                        Dim::Known(1) => drop[i] = true,
+                        Dim::Known(_) => {}
+                        Dim::Sym(s) => {
+                            return Err(OpError::Shape(format!(
+                                "Squeeze without axes needs known dimensions; dimension {i} is `{s}`"
+                            )))
+                        }
+                    }
+                }
+            }
+            for &a in &self.axes {
+                let a = axis_in(a, shape.len(), "axes")?;
+                if let Dim::Known(n) = shape[a] {
+                    if n != 1 {
+                        return Err(OpError::Shape(format!("cannot squeeze axis {a} of size {n}")));
+                    }
+                }
+                drop[a] = true;
+            }
+            Ok(shape
+                .iter()
+                .zip(&drop)
+                .filter(|(_, &d)| !d)
+                .map(|(d, _)| d.clone())
+                .collect())
+        }
+    }
+}
+
+impl Op for Axes {
+    fn op_type(&self) -> &'static str {
+        if self.unsqueeze {
+            "Unsqueeze"
+        } else {
+            "Squeeze"
+        }
+    }
+
+    fn attrs(&self) -> Attrs {
+        let mut a = Attrs::new();
+        a.insert("axes".into(), self.axes.clone().into());
+        a
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        Ok(vec![ValueType {
+            dtype: inputs[0].dtype,
+            shape: self.out_shape(&inputs[0].shape)?,
+        }])
+    }
+
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let dims: Vec<Dim> = inputs[0].shape().iter().map(|&d| Dim::Known(d)).collect();
+        let shape = self.out_shape(&dims)?.iter().map(|d| d.known().unwrap_or(1)).collect();
+        Ok(vec![inputs[0].clone().reshape(shape)?])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Exact
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn axes_attr(attrs: &Attrs) -> Result<Vec<i64>, OpError> {
+    if attrs.contains_key("axes") {
+        attr_ints(attrs, "axes")
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// `Squeeze`: attribute `axes` (empty: every size-1 axis).
+pub const SQUEEZE: OpDef = OpDef {
+    op_type: "Squeeze",
+    build: |attrs: &Attrs| {
+        Ok(Arc::new(Axes {
+            unsqueeze: false,
+            axes: axes_attr(attrs)?,
+        }))
+    },
+    cases: || {
+        let mut rng = CaseRng::new(32);
+        vec![
+            OpCase::new(
+                "squeeze [1,3,1,17] [0,-2]",
+                Arc::new(Axes {
+                    unsqueeze: false,
+                    axes: vec![0, -2],
+                }),
+                vec![rng.tensor(&[1, 3, 1, 17], -1.0, 1.0)],
+            ),
+            OpCase::new(
+                "squeeze [1,1] all",
+                Arc::new(Axes {
+                    unsqueeze: false,
+                    axes: vec![],
+                }),
+                vec![rng.tensor(&[1, 1], -1.0, 1.0)],
+            ),
+        ]
+    },
+    sample: |rng| {
+        let s: Vec<usize> = (0..rng.range(1, 4))
+            .map(|_| if rng.range(0, 1) == 0 { 1 } else { rng.dim(9) })
+            .collect();
+        let axes: Vec<i64> = s
+            .iter()
+            .enumerate()
+            .filter(|(_, &d)| d == 1)
+            .map(|(i, _)| i as i64)
+            .collect();
+        let x = rng.tensor(&s, -1.0, 1.0);
+        OpCase::new(
+            format!("squeeze {s:?} {axes:?}"),
+            Arc::new(Axes { unsqueeze: false, axes }),
+            vec![x],
+        )
+    },
+};
+
+/// `Unsqueeze`: attribute `axes` (positions in the output).
+pub const UNSQUEEZE: OpDef = OpDef {
+    op_type: "Unsqueeze",
+    build: |attrs: &Attrs| {
+        Ok(Arc::new(Axes {
+            unsqueeze: true,
+            axes: attr_ints(attrs, "axes")?,
+        }))
+    },
+    cases: || {
+        let mut rng = CaseRng::new(33);
+        vec![
+            OpCase::new(
+                "unsqueeze [3,17] [0,-1]",
+                Arc::new(Axes {
+                    unsqueeze: true,
+                    axes: vec![0, -1],
+                }),
+                vec![rng.tensor(&[3, 17], -1.0, 1.0)],
+            ),
+            OpCase::new(
+                "unsqueeze [] [0]",
+                Arc::new(Axes {
+                    unsqueeze: true,
+                    axes: vec![0],
+                }),
+                vec![rng.tensor(&[], -1.0, 1.0)],
+            ),
+        ]
+    },
+    sample: |rng| {
+        let s: Vec<usize> = (0..rng.range(0, 3)).map(|_| rng.dim(9)).collect();
+        let axes = vec![rng.range(0, s.len()) as i64];
+        let x = rng.tensor(&s, -1.0, 1.0);
+        OpCase::new(
+            format!("unsqueeze {s:?} {axes:?}"),
+            Arc::new(Axes { unsqueeze: true, axes }),
             vec![x],
         )
     },

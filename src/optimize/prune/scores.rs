@@ -1,6 +1,6 @@
 //! Pruning building blocks on plain weights: importance scores, masks to a
 //! target sparsity (global or per layer), N:M masks, and channel scores.
-//! The model-level transform is [`crate::optimize::prune`].
+//! The model-level transform is [`super::prune`](fn@super::prune).
 
 /// How weights (or channels) are scored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

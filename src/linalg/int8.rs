@@ -14,7 +14,7 @@ pub fn quantize_rows_i8(x: &[f32], k: usize) -> (Vec<i8>, Vec<f32>) {
     let mut q = vec![0i8; x.len()];
     let mut scales = vec![0.0f32; x.len().div_ceil(k)];
     // AVX2 where available: `round` then vectorizes instead of calling libm.
-    let row = |((qr, xr), s): ((&mut [i8], &[f32]), &mut f32)| crate::linalg::simd(|| quantize_row(qr, xr, s));
+    let row = |((qr, xr), s): ((&mut [i8], &[f32]), &mut f32)| super::simd(|| quantize_row(qr, xr, s));
     if x.len() >= 1 << 18 {
         // Rows in parallel, a few per task (tasks of one short row cost more than they save).
         q.par_chunks_mut(k)
@@ -105,7 +105,7 @@ pub fn quantize_rows_u8(x: &[f32], k: usize, outliers: &[usize]) -> (Vec<u8>, Ve
         m
     });
     for (i, (qr, xr)) in q.chunks_mut(k).zip(x.chunks_exact(k)).enumerate() {
-        (s[i], z[i]) = crate::linalg::simd(|| quantize_row_u8(xr, skip.as_deref(), qr));
+        (s[i], z[i]) = super::simd(|| quantize_row_u8(xr, skip.as_deref(), qr));
     }
     (q, s, z)
 }
@@ -141,7 +141,7 @@ pub fn gemm_u8i8(x: &[u8], m: usize, w: &[i8], n: usize, k: usize, out: &mut [i3
     }
 }
 
-/// A W8A8 weight's packed tensors, borrowed (see [`super::WeightFormat::W8A8`]).
+/// A W8A8 weight's packed tensors, borrowed (see [`WeightFormat::W8A8`](crate::quant::WeightFormat::W8A8)).
 #[derive(Clone, Debug)]
 pub struct W8A8Weights<'a> {
     /// Codes `[n, k]`, zero in the outlier columns.
@@ -162,7 +162,7 @@ pub struct W8A8Weights<'a> {
 
 impl<'a> W8A8Weights<'a> {
     /// Borrows the packed tensors (in `tensor_names` order) of an `[n, k]`
-    /// weight; [`super::check_packed`] checked them.
+    /// weight; [`check_packed`](crate::quant::check_packed) checked them.
     pub fn new(packed: &[&'a crate::tensor::Tensor], n: usize, k: usize) -> Result<Self, crate::error::OpError> {
         let (outliers, outlier_weight) = match (packed.get(3), packed.get(4)) {
             (Some(i), Some(w)) => (
@@ -1034,8 +1034,8 @@ mod tests {
             (130, 70, 515, 5),
         ] {
             let wf = rng.tensor(&[n, k], -1.0, 1.0).to_f32_vec();
-            let cols = super::super::default_outlier_columns(&wf, n, k, c).expect("columns");
-            let packed = super::super::quantize_w8a8(&wf, n, k, &cols).expect("pack");
+            let cols = crate::quant::default_outlier_columns(&wf, n, k, c).expect("columns");
+            let packed = crate::quant::quantize_w8a8(&wf, n, k, &cols).expect("pack");
             let refs: Vec<&crate::tensor::Tensor> = packed.iter().collect();
             let w = W8A8Weights::new(&refs, n, k).expect("weights");
             let Some(p) = PackedW8A8::new(&w) else { return };

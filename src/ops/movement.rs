@@ -1,17 +1,304 @@
-//! `Gather` with ONNX semantics: picks slices of `data` along `axis` at the
-//! positions `indices` names (an embedding lookup is `Gather` on axis 0).
+//! Data movement: `Transpose`, `Concat` and `Gather` (with ONNX semantics:
+//! `Gather` picks slices of `data` along `axis` at the positions `indices`
+//! names; an embedding lookup is `Gather` on axis 0). They take any dtype.
 
 use std::any::Any;
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::layout::gather_flat;
-use super::{attr_i64, check_arity, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
+use super::{attr_i64, attr_ints, axis_in, check_arity, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
 use crate::error::OpError;
-use crate::tensor::{DType, Dim, Tensor, ValueType};
+use crate::tensor::{numel, strides, DType, Dim, Tensor, ValueType};
 
-/// `out[a.., i.., b..] = data[a.., indices[i..], b..]` with `a..` the axes
+/// The elements of `t` at flat positions `idx`, as a tensor of `shape`.
+pub(crate) fn gather_flat(t: &Tensor, idx: &[usize], shape: Vec<usize>) -> Result<Tensor, OpError> {
+    fn pick<T: Copy>(v: &[T], idx: &[usize]) -> Vec<T> {
+        idx.iter().map(|&i| v[i]).collect()
+    }
+    let storage = crate::tensor::map_storage!(t.storage(), v => pick(v, idx));
+    Ok(Tensor::new(shape, storage)?)
+}
+
+/// `Transpose`: output axis `i` is input axis `perm[i]`.
+#[derive(Clone, Debug)]
+pub struct Transpose {
+    /// The permutation; empty reverses the axes.
+    pub perm: Vec<i64>,
+}
+
+impl Transpose {
+    fn perm_for(&self, rank: usize) -> Result<Vec<usize>, OpError> {
+        if self.perm.is_empty() {
+            return Ok((0..rank).rev().collect());
+        }
+        let mut seen = vec![false; rank];
+        let mut out = Vec::with_capacity(rank);
+        for &p in &self.perm {
+            let a = if p >= 0 && (p as usize) < rank {
+                p as usize
+            } else {
+                rank
+            };
+            if a == rank || seen[a] || self.perm.len() != rank {
+                return Err(OpError::Attribute {
+                    name: "perm".into(),
+                    message: format!("{:?} is not a permutation of the {rank} axes", self.perm),
+                });
+            }
+            seen[a] = true;
+            out.push(a);
+        }
+        Ok(out)
+    }
+}
+
+impl Op for Transpose {
+    fn op_type(&self) -> &'static str {
+        "Transpose"
+    }
+
+    fn attrs(&self) -> Attrs {
+        let mut a = Attrs::new();
+        a.insert("perm".into(), self.perm.clone().into());
+        a
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let perm = self.perm_for(inputs[0].rank())?;
+        Ok(vec![ValueType {
+            dtype: inputs[0].dtype,
+            shape: perm.iter().map(|&p| inputs[0].shape[p].clone()).collect(),
+        }])
+    }
+
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        let s = inputs[0].shape();
+        let perm = self.perm_for(s.len())?;
+        let out: Vec<usize> = perm.iter().map(|&p| s[p]).collect();
+        let st = strides(s);
+        let n = numel(&out);
+        let mut idx = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut rem = i;
+            let mut off = 0;
+            for ax in (0..out.len()).rev() {
+                let c = rem % out[ax];
+                rem /= out[ax];
+                off += c * st[perm[ax]];
+            }
+            idx.push(off);
+        }
+        Ok(vec![gather_flat(inputs[0], &idx, out)?])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Exact
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// `Transpose`: attribute `perm` (default: reverse the axes).
+pub const TRANSPOSE: OpDef = OpDef {
+    op_type: "Transpose",
+    build: |attrs: &Attrs| {
+        let perm = if attrs.contains_key("perm") {
+            attr_ints(attrs, "perm")?
+        } else {
+            Vec::new()
+        };
+        Ok(Arc::new(Transpose { perm }))
+    },
+    cases: || {
+        let mut rng = CaseRng::new(31);
+        let cases: [(&[usize], Vec<i64>); 4] = [
+            (&[1], vec![0]),
+            (&[3, 17], vec![]),
+            (&[2, 3, 5, 7], vec![0, 2, 3, 1]),
+            (&[17, 33, 3], vec![2, 0, 1]),
+        ];
+        cases
+            .into_iter()
+            .map(|(s, perm)| {
+                OpCase::new(
+                    format!("transpose {s:?} {perm:?}"),
+                    Arc::new(Transpose { perm }),
+                    vec![rng.tensor(s, -1.0, 1.0)],
+                )
+            })
+            .collect()
+    },
+    sample: |rng| {
+        let s: Vec<usize> = (0..rng.range(1, 4)).map(|_| rng.dim(9)).collect();
+        let mut perm: Vec<i64> = (0..s.len() as i64).collect();
+        for i in (1..perm.len()).rev() {
+            let j = rng.range(0, i);
+            perm.swap(i, j);
+        }
+        let x = rng.tensor(&s, -1.0, 1.0);
+        OpCase::new(
+            format!("transpose {s:?} {perm:?}"),
+            Arc::new(Transpose { perm }),
+            vec![x],
+        )
+    },
+};
+
+/// `Concat`: joins any number of inputs along `axis`.
+#[derive(Clone, Debug)]
+pub struct Concat {
+    /// The axis (negative counts from the end).
+    pub axis: i64,
+}
+
+impl Op for Concat {
+    fn op_type(&self) -> &'static str {
+        "Concat"
+    }
+
+    fn attrs(&self) -> Attrs {
+        let mut a = Attrs::new();
+        a.insert("axis".into(), self.axis.into());
+        a
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        check_arity(inputs.len(), 1, usize::MAX, "at least 1")?;
+        let first = &inputs[0];
+        let a = axis_in(self.axis, first.rank(), "axis")?;
+        let mut shape = first.shape.clone();
+        let mut total = Some(0usize);
+        for (i, t) in inputs.iter().enumerate() {
+            if t.dtype != first.dtype || t.rank() != first.rank() {
+                return Err(OpError::Shape(format!(
+                    "input {i} is {t}, but input 0 is {first}: Concat needs one dtype and rank"
+                )));
+            }
+            for (ax, (x, y)) in t.shape.iter().zip(&first.shape).enumerate() {
+                if ax != a {
+                    if let (Some(x), Some(y)) = (x.known(), y.known()) {
+                        if x != y {
+                            return Err(OpError::Shape(format!(
+                                "input {i} is {t}, input 0 is {first}: they differ off the concat axis"
+                            )));
+                        }
+                    }
+                }
+            }
+            total = match (total, t.shape[a].known()) {
+                (Some(s), Some(d)) => Some(s + d),
+                _ => None,
+            };
+        }
+        shape[a] = match total {
+            Some(n) => Dim::Known(n),
+            None => Dim::Sym(format!("concat{a}")),
+        };
+        Ok(vec![ValueType {
+            dtype: first.dtype,
+            shape,
+        }])
+    }
+
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        let types: Vec<ValueType> = inputs.iter().map(|t| ValueType::known(t.dtype(), t.shape())).collect();
+        self.infer(&types)?;
+        let first = inputs[0].shape();
+        let a = axis_in(self.axis, first.len(), "axis")?;
+        let outer: usize = first[..a].iter().product();
+        let inner: usize = first[a + 1..].iter().product();
+        let mut shape = first.to_vec();
+        shape[a] = inputs.iter().map(|t| t.shape()[a]).sum();
+        // Concatenate through an index map into one flat list of all inputs.
+        let mut base = Vec::with_capacity(inputs.len());
+        let mut acc = 0;
+        for t in inputs {
+            base.push(acc);
+            acc += t.numel();
+        }
+        let mut idx = Vec::with_capacity(numel(&shape));
+        for o in 0..outer {
+            for (t, b) in inputs.iter().zip(&base) {
+                let chunk = t.shape()[a] * inner;
+                idx.extend((0..chunk).map(|j| b + o * chunk + j));
+            }
+        }
+        let joined = join(inputs)?;
+        Ok(vec![gather_flat(&joined, &idx, shape)?])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Exact
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// All inputs' elements in one flat tensor (same dtype).
+fn join(inputs: &[&Tensor]) -> Result<Tensor, OpError> {
+    let n: usize = inputs.iter().map(|t| t.numel()).sum();
+    let dtype = inputs[0].dtype();
+    let mut bytes = Vec::with_capacity(n * dtype.size_in_bytes());
+    for t in inputs {
+        bytes.extend_from_slice(&t.to_le_bytes());
+    }
+    Ok(Tensor::from_le_bytes(dtype, vec![n], &bytes)?)
+}
+
+/// `Concat`: attribute `axis` (required).
+pub const CONCAT: OpDef = OpDef {
+    op_type: "Concat",
+    build: |attrs: &Attrs| {
+        Ok(Arc::new(Concat {
+            axis: attr_i64(attrs, "axis", None)?,
+        }))
+    },
+    cases: || {
+        let mut rng = CaseRng::new(34);
+        vec![
+            OpCase::new(
+                "concat [1]+[3] axis 0",
+                Arc::new(Concat { axis: 0 }),
+                vec![rng.tensor(&[1], -1.0, 1.0), rng.tensor(&[3], -1.0, 1.0)],
+            ),
+            OpCase::new(
+                "concat [2,3,5]+[2,17,5]+[2,1,5] axis 1",
+                Arc::new(Concat { axis: 1 }),
+                vec![
+                    rng.tensor(&[2, 3, 5], -1.0, 1.0),
+                    rng.tensor(&[2, 17, 5], -1.0, 1.0),
+                    rng.tensor(&[2, 1, 5], -1.0, 1.0),
+                ],
+            ),
+            OpCase::new(
+                "concat [3,7]+[3,1] axis -1",
+                Arc::new(Concat { axis: -1 }),
+                vec![rng.tensor(&[3, 7], -1.0, 1.0), rng.tensor(&[3, 1], -1.0, 1.0)],
+            ),
+        ]
+    },
+    sample: |rng| {
+        let s: Vec<usize> = (0..rng.range(1, 3)).map(|_| rng.dim(7)).collect();
+        let axis = rng.range(0, s.len() - 1);
+        let mut t = s.clone();
+        t[axis] = rng.dim(7);
+        let xs = vec![rng.tensor(&s, -1.0, 1.0), rng.tensor(&t, -1.0, 1.0)];
+        OpCase::new(
+            format!("concat {s:?}+{t:?} axis {axis}"),
+            Arc::new(Concat { axis: axis as i64 }),
+            xs,
+        )
+    },
+};
+
+/// `Gather`: `out[a.., i.., b..] = data[a.., indices[i..], b..]` with `a..` the axes
 /// before `axis` and `b..` the axes after it.
 ///
 /// Inputs: `data` (any dtype) and `indices` (`i64` or `i32`, any shape).

@@ -2,6 +2,12 @@
 //! or per layer), N:M sparsity packed for a sparse kernel, structured channel
 //! removal that physically shrinks layers, and layer dropping, with optional
 //! recovery fine-tuning (SGD with the masks held fixed).
+//!
+//! The building blocks on plain weights (importance scores, masks, N:M) are
+//! in [`scores`]; residual blocks for layer dropping in [`blocks`].
+
+pub mod blocks;
+pub mod scores;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,10 +19,11 @@ use crate::ops::activation::Unary;
 use crate::ops::linear::Linear;
 use crate::ops::qlinear::QLinear;
 use crate::ops::CaseRng;
-use crate::prune::{self, Importance};
 use crate::quant::{self, WeightFormat};
 use crate::tensor::{DType, Tensor};
 use crate::train;
+
+pub use scores::Importance;
 
 /// What to prune.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -90,7 +97,7 @@ pub struct PruneOptions {
     /// Calibration data for Taylor and layer importance.
     pub calibration: Option<Labelled>,
     /// Unlabelled calibration inputs by graph-input name: layer dropping of
-    /// residual blocks ranks them by block influence on these (see [`super::blocks`]).
+    /// residual blocks ranks them by block influence on these (see [`blocks`]).
     pub inputs: Option<Vec<(String, Tensor)>>,
     /// Optional recovery fine-tuning.
     pub finetune: Option<Finetune>,
@@ -311,7 +318,7 @@ pub fn prune(
         ..Default::default()
     };
     if let PruneMethod::Layers { count } = opts.method {
-        let blocks = super::blocks::residual_blocks(g);
+        let blocks = blocks::residual_blocks(g);
         if blocks.len() >= 2 {
             return drop_residual_blocks(model, blocks, opts, count, report);
         }
@@ -351,7 +358,7 @@ pub fn prune(
     let scores = |params: &HashMap<String, Tensor>, l: &Layer, imp: Importance| -> Result<Vec<f32>, Error> {
         let w = w_of(params, &l.weight)?;
         Ok(match imp {
-            Importance::Magnitude => prune::magnitude(&w),
+            Importance::Magnitude => scores::magnitude(&w),
             Importance::Taylor => calibrated
                 .as_ref()
                 .and_then(|c| c.grads.get(&l.weight))
@@ -372,12 +379,12 @@ pub fn prune(
             match opts.scope {
                 Scope::PerLayer => {
                     for (name, s) in all {
-                        masks.insert(name, prune::mask_lowest(&s, opts.sparsity));
+                        masks.insert(name, scores::mask_lowest(&s, opts.sparsity));
                     }
                 }
                 Scope::Global => {
                     let flat: Vec<f32> = all.iter().flat_map(|(_, s)| s.iter().copied()).collect();
-                    let keep = prune::mask_lowest(&flat, opts.sparsity);
+                    let keep = scores::mask_lowest(&flat, opts.sparsity);
                     let mut at = 0;
                     for (name, s) in all {
                         masks.insert(name, keep[at..at + s.len()].to_vec());
@@ -391,7 +398,7 @@ pub fn prune(
             progress("scoring weights (N:M)");
             for l in &layers {
                 let s = scores(&params, l, importance)?;
-                masks.insert(l.weight.clone(), prune::mask_nm(&s, l.inp, n as usize, m as usize));
+                masks.insert(l.weight.clone(), scores::mask_nm(&s, l.inp, n as usize, m as usize));
             }
         }
         PruneMethod::Channels(imp) => {
@@ -414,7 +421,7 @@ pub fn prune(
                         .map(|&v| v as f32)
                         .collect(),
                 };
-                let keep_ch = prune::mask_lowest(&chan, opts.sparsity);
+                let keep_ch = scores::mask_lowest(&chan, opts.sparsity);
                 // Rows of this layer, columns of each consumer.
                 let own = masks
                     .entry(l.weight.clone())
@@ -696,7 +703,7 @@ fn materialize_channels(
 /// the `count` blocks of least block influence on the calibration inputs go.
 fn drop_residual_blocks(
     model: &Model,
-    blocks: Vec<super::blocks::Block>,
+    blocks: Vec<blocks::Block>,
     opts: &PruneOptions,
     count: usize,
     mut report: PruneReport,
@@ -715,7 +722,7 @@ fn drop_residual_blocks(
             names()
         ))
     })?;
-    let influence = super::blocks::block_influence(model, &blocks, inputs)?;
+    let influence = blocks::block_influence(model, &blocks, inputs)?;
     report.layer_importance = blocks
         .iter()
         .map(|b| b.name.clone())
@@ -725,8 +732,8 @@ fn drop_residual_blocks(
     order.sort_by(|&a, &b| influence[a].total_cmp(&influence[b]));
     let mut drop: Vec<usize> = order.into_iter().take(count).collect();
     drop.sort_unstable();
-    let chosen: Vec<super::blocks::Block> = drop.iter().map(|&i| blocks[i].clone()).collect();
-    let out = super::blocks::drop_blocks(model, &chosen)?;
+    let chosen: Vec<blocks::Block> = drop.iter().map(|&i| blocks[i].clone()).collect();
+    let out = blocks::drop_blocks(model, &chosen)?;
     report.dropped = chosen.into_iter().map(|b| b.name).collect();
     report.bytes_after = out.param_bytes();
     Ok((out, report))
