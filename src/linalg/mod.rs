@@ -3,6 +3,7 @@
 //! The ops keep their naive references beside these (see `ops::Op::reference`).
 
 pub mod f32gemm;
+pub mod unary;
 pub mod vecops;
 
 use rayon::prelude::*;

@@ -4,12 +4,10 @@
 //! the parity tests, the benches) iterates [`REGISTRY`]; adding an op touches
 //! its own file, its shader and one line there.
 
-pub mod activation;
 pub mod attention;
 pub mod binary;
 mod cases;
 pub mod conv;
-pub mod elementwise;
 pub mod gather;
 pub mod gemm;
 pub mod l2norm;
@@ -23,6 +21,7 @@ pub mod qlinear;
 pub mod quantize;
 pub mod shape;
 pub mod softmax;
+pub mod unary;
 
 use std::any::Any;
 use std::fmt;
@@ -149,26 +148,26 @@ pub static REGISTRY: &[OpDef] = &[
     qlinear::QLINEAR,
     binary::ADD,
     binary::MUL,
-    activation::RELU,
-    activation::SIGMOID,
-    activation::TANH,
-    activation::GELU,
-    activation::SILU,
+    unary::RELU,
+    unary::SIGMOID,
+    unary::TANH,
+    unary::GELU,
+    unary::SILU,
     softmax::SOFTMAX,
     shape::RESHAPE,
     shape::FLATTEN,
     // ONNX import (src/model/onnx): ops ONNX models use that had no op yet.
     binary::SUB,
     binary::DIV,
-    elementwise::LEAKY_RELU,
-    elementwise::ERF,
-    elementwise::NEG,
-    elementwise::ABS,
-    elementwise::EXP,
-    elementwise::LOG,
-    elementwise::SQRT,
-    elementwise::RECIPROCAL,
-    elementwise::LOG_SOFTMAX,
+    unary::LEAKY_RELU,
+    unary::ERF,
+    unary::NEG,
+    unary::ABS,
+    unary::EXP,
+    unary::LOG,
+    unary::SQRT,
+    unary::RECIPROCAL,
+    softmax::LOG_SOFTMAX,
     gemm::GEMM,
     conv::CONV,
     pool::MAX_POOL,
