@@ -165,6 +165,8 @@ fn files(id: ShaderId) -> &'static str {
     }
 }
 
+pub use super::kernels::params::{layouts as params_layouts, ParamsLayout};
+
 /// The generated code constants every kernel is compiled with, as WGSL.
 pub fn codes() -> String {
     super::kernels::codes::wgsl()

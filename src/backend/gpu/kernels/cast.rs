@@ -8,6 +8,7 @@ use crate::tensor::{numel, DType};
 
 use super::super::context::PipelineKey;
 use super::super::shaders::ShaderId;
+use super::params::{words, CastParams};
 use super::{Bind, DispatchSpec, KernelDef, Node, NodeKernel};
 
 /// The shader's code for a float dtype it converts.
@@ -47,8 +48,8 @@ fn cast(node: &Node) -> Result<NodeKernel, Error> {
     };
     let n = numel(shape);
     // One invocation per output word: one f32 or two 16-bit values.
-    let words = if c.to == DType::F32 { n } else { n.div_ceil(2) };
-    let groups = node.grid(words.div_ceil(256), "(too many elements)")?;
+    let out_words = if c.to == DType::F32 { n } else { n.div_ceil(2) };
+    let groups = node.grid(out_words.div_ceil(256), "(too many elements)")?;
     Ok(NodeKernel::Dispatch(DispatchSpec {
         key: PipelineKey {
             shader: ShaderId::Cast,
@@ -56,7 +57,10 @@ fn cast(node: &Node) -> Result<NodeKernel, Error> {
             constants: vec![("FROM", f.to_bits()), ("TO", t.to_bits())],
             inputs: 1,
         },
-        params: vec![n as u32, 0, 0, 0],
+        params: words(&CastParams {
+            n: n as u32,
+            ..Default::default()
+        }),
         groups,
         binds: vec![Bind::Input(0)],
     }))

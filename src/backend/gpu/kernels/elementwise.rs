@@ -18,6 +18,7 @@ use crate::tensor::{numel, strides};
 
 use super::super::context::PipelineKey;
 use super::super::shaders::ShaderId;
+use super::params::{words, ElementwiseParams, SoftmaxParams};
 use super::{codes, constants, unary_constants, Bind, DispatchSpec, KernelDef, Node, NodeKernel};
 
 /// This family's ops.
@@ -39,16 +40,15 @@ fn alias(_: &Node) -> Result<NodeKernel, Error> {
     Ok(NodeKernel::Alias)
 }
 
-/// One dispatch of `elementwise.wgsl` over `n` outputs.
+/// One dispatch of `elementwise.wgsl` over `params.n` outputs.
 fn elementwise(
     node: &Node,
     entry: &'static str,
     consts: &[(&'static str, f64)],
-    n: usize,
-    params: Vec<u32>,
+    params: &ElementwiseParams,
     binds: Vec<Bind>,
 ) -> Result<NodeKernel, Error> {
-    let groups = node.elements(n)?;
+    let groups = node.elements(params.n as usize)?;
     Ok(NodeKernel::Dispatch(DispatchSpec {
         key: PipelineKey {
             shader: ShaderId::Elementwise,
@@ -56,7 +56,7 @@ fn elementwise(
             constants: constants(consts),
             inputs: binds.len(),
         },
-        params,
+        params: words(params),
         groups,
         binds,
     }))
@@ -64,15 +64,15 @@ fn elementwise(
 
 fn unary(node: &Node) -> Result<NodeKernel, Error> {
     let u: &Unary = node.typed()?;
-    let n = numel(node.inputs[0].1);
-    let mut params = vec![0u32; 28];
-    params[0] = n as u32;
+    let params = ElementwiseParams {
+        n: numel(node.inputs[0].1) as u32,
+        ..Default::default()
+    };
     elementwise(
         node,
         "unary",
         &unary_constants(Some(u.kind)),
-        n,
-        params,
+        &params,
         vec![Bind::Input(0)],
     )
 }
@@ -99,16 +99,17 @@ fn transpose(node: &Node) -> Result<NodeKernel, Error> {
         return Err(node.unsupported(format!("f32 (perm {:?} for rank {rank})", t.perm)));
     }
     rank_limit(node, rank)?;
-    let n = numel(shape);
     let st = strides(shape);
-    let mut params = vec![0u32; 28];
-    params[0] = n as u32;
-    params[1] = rank as u32;
+    let mut params = ElementwiseParams {
+        n: numel(shape) as u32,
+        rank: rank as u32,
+        ..Default::default()
+    };
     for (d, &p) in perm.iter().enumerate() {
-        params[4 + d] = shape[p] as u32;
-        params[12 + d] = st[p] as u32;
+        params.shape[d] = shape[p] as u32;
+        params.a_strides[d] = st[p] as u32;
     }
-    elementwise(node, "gather", &[], n, params, vec![Bind::Input(0)])
+    elementwise(node, "gather", &[], &params, vec![Bind::Input(0)])
 }
 
 /// Element strides of an operand of shape `s` in output coordinates of
@@ -133,19 +134,20 @@ fn binary(node: &Node) -> Result<NodeKernel, Error> {
     let out = broadcast_shapes(sa, sb).map_err(|e| node.unsupported(format!("f32 ({e})")))?;
     let rank = out.len();
     rank_limit(node, rank)?;
-    let n = numel(&out);
-    let mut params = vec![0u32; 28];
-    params[0] = n as u32;
-    params[1] = rank as u32;
+    let mut params = ElementwiseParams {
+        n: numel(&out) as u32,
+        rank: rank as u32,
+        ..Default::default()
+    };
     let (ast, bst) = (broadcast_strides(sa, rank), broadcast_strides(sb, rank));
     for d in 0..rank {
-        params[4 + d] = out[d] as u32;
-        params[12 + d] = ast[d];
-        params[20 + d] = bst[d];
+        params.shape[d] = out[d] as u32;
+        params.a_strides[d] = ast[d];
+        params.b_strides[d] = bst[d];
     }
     let same = if sa == sb { 1.0 } else { 0.0 };
     let consts = [("OP", codes::binary(b.kind).0 as f64), ("SAME_SHAPE", same)];
-    elementwise(node, "binary", &consts, n, params, vec![Bind::Input(0), Bind::Input(1)])
+    elementwise(node, "binary", &consts, &params, vec![Bind::Input(0), Bind::Input(1)])
 }
 
 fn softmax(node: &Node) -> Result<NodeKernel, Error> {
@@ -180,7 +182,12 @@ fn softmax(node: &Node) -> Result<NodeKernel, Error> {
             constants: constants(&[("LOG", if log { 1.0 } else { 0.0 })]),
             inputs: 1,
         },
-        params: vec![outer as u32, len as u32, inner as u32, rows as u32],
+        params: words(&SoftmaxParams {
+            outer: outer as u32,
+            len: len as u32,
+            inner: inner as u32,
+            rows: rows as u32,
+        }),
         groups,
         binds: vec![Bind::Input(0)],
     }))

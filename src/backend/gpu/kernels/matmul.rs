@@ -15,6 +15,7 @@ use crate::tensor::{numel, strides};
 
 use super::super::context::PipelineKey;
 use super::super::shaders::ShaderId;
+use super::params::{words, GemmParams, MatmulParams};
 use super::{constants, unary_constants, Bind, DispatchSpec, KernelDef, MatmulKernel, Node, NodeKernel};
 
 /// This family's ops.
@@ -158,15 +159,21 @@ fn product(node: &Node, p: &Product) -> Result<NodeKernel, Error> {
     if p.batch.len() > 4 {
         return Err(node.unsupported(format!("f32 with {} batch axes (the kernel takes <= 4)", p.batch.len())));
     }
-    let mut params = vec![p.m as u32, p.n as u32, p.k as u32, p.batch.len() as u32];
-    let mut quad = |v: &[u32]| {
-        let mut q = [1u32, 1, 1, 1];
+    // Unused batch axes: size 1, stride 1.
+    let quad = |v: &[u32]| {
+        let mut q = [1u32; 4];
         q[..v.len()].copy_from_slice(v);
-        params.extend_from_slice(&q);
+        q
     };
-    quad(&p.batch.iter().map(|&d| d as u32).collect::<Vec<_>>());
-    quad(&p.a_strides);
-    quad(&p.b_strides);
+    let params = MatmulParams {
+        m: p.m as u32,
+        n: p.n as u32,
+        k: p.k as u32,
+        batch_rank: p.batch.len() as u32,
+        batch_shape: quad(&p.batch.iter().map(|&d| d as u32).collect::<Vec<_>>()),
+        a_batch_strides: quad(&p.a_strides),
+        b_batch_strides: quad(&p.b_strides),
+    };
     let (shader, entry, groups) = pick(p, caps.matmul, caps.software);
     if groups.iter().any(|&d| d > caps.max_workgroups as usize) {
         return Err(node.unsupported(format!(
@@ -192,7 +199,7 @@ fn product(node: &Node, p: &Product) -> Result<NodeKernel, Error> {
             constants: constants(&list),
             inputs: 3,
         },
-        params,
+        params: words(&params),
         groups: [groups[0] as u32, groups[1] as u32, groups[2] as u32],
         binds: vec![
             Bind::Input(0),
@@ -227,11 +234,20 @@ fn general_gemm(node: &Node, g: &Gemm) -> Result<NodeKernel, Error> {
     if groups.iter().any(|&d| d > node.caps.max_workgroups as usize) {
         return Err(node.unsupported(format!("f32 [{m}x{k}x{n}] (grid too large)")));
     }
-    let params = [m, n, k, usize::from(c.is_some()), a_i, a_k, b_k, b_j, c_i, c_j]
-        .iter()
-        .map(|&v| v as u32)
-        .chain([g.alpha.to_bits(), g.beta.to_bits()])
-        .collect();
+    let params = GemmParams {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        has_c: u32::from(c.is_some()),
+        a_i: a_i as u32,
+        a_k: a_k as u32,
+        b_k: b_k as u32,
+        b_j: b_j as u32,
+        c_i: c_i as u32,
+        c_j: c_j as u32,
+        alpha_bits: g.alpha.to_bits(),
+        beta_bits: g.beta.to_bits(),
+    };
     let c_bind = if c.is_some() { Bind::Input(2) } else { Bind::Zeros };
     Ok(NodeKernel::Dispatch(DispatchSpec {
         key: PipelineKey {
@@ -240,7 +256,7 @@ fn general_gemm(node: &Node, g: &Gemm) -> Result<NodeKernel, Error> {
             constants: vec![],
             inputs: 3,
         },
-        params,
+        params: words(&params),
         groups: [groups[0] as u32, groups[1] as u32, 1],
         binds: vec![Bind::Input(0), Bind::Input(1), c_bind],
     }))

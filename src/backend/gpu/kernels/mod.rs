@@ -24,6 +24,7 @@ mod cnn;
 pub(crate) mod codes;
 mod elementwise;
 mod matmul;
+pub(crate) mod params;
 mod quant;
 mod transformer;
 

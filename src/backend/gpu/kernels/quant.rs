@@ -35,6 +35,7 @@ use crate::tensor::{numel, DType};
 use super::super::context::PipelineKey;
 use super::super::shaders::ShaderId;
 use super::codes::FormatCode;
+use super::params::{words, QLinearParams};
 use super::{constants, unary_constants, unsupported, Bind, Caps, DispatchSpec, KernelDef, NodeKernel};
 
 /// This family's ops: `QLinear` in every format.
@@ -144,7 +145,12 @@ fn subgroup_kernel(
             constants: constants(&list),
             inputs: 7,
         },
-        params: vec![m as u32, n as u32, k as u32, aux as u32],
+        params: words(&QLinearParams {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            aux: aux as u32,
+        }),
         groups: [groups[0] as u32, groups[1] as u32, 1],
         binds,
     }))
@@ -280,7 +286,12 @@ fn select(
             constants: consts,
             inputs,
         },
-        params: vec![m as u32, n as u32, k as u32, aux as u32],
+        params: words(&QLinearParams {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            aux: aux as u32,
+        }),
         groups: [groups[0] as u32, groups[1] as u32, groups[2] as u32],
         binds,
     }))

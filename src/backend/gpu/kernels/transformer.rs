@@ -13,6 +13,7 @@ use crate::tensor::{numel, DType};
 
 use super::super::context::PipelineKey;
 use super::super::shaders::ShaderId;
+use super::params::{words, AttentionParams, EmbeddingParams};
 use super::{constants, Bind, DispatchSpec, KernelDef, Node, NodeKernel};
 
 /// The longest key sequence `attention.wgsl` takes (its scores live in shared memory).
@@ -27,6 +28,19 @@ pub(super) static KERNELS: &[KernelDef] = &[
     KernelDef::f32("MaskedMeanPool", |a| a.is::<MaskedMeanPool>(), masked_mean_pool),
     KernelDef::f32("L2Normalize", |a| a.is::<L2Normalize>(), l2_normalize),
 ];
+
+/// `embedding.wgsl`'s params: `n` invocations, `a`, `b`, `c` as the entry
+/// point reads them, and an epsilon's bits.
+fn embedding(n: usize, a: usize, b: usize, c: usize, eps_bits: u32) -> Vec<u32> {
+    words(&EmbeddingParams {
+        n: n as u32,
+        a: a as u32,
+        b: b as u32,
+        c: c as u32,
+        eps_bits,
+        ..Default::default()
+    })
+}
 
 /// An error unless the node has at least `n` inputs.
 fn arity(node: &Node, n: usize) -> Result<(), Error> {
@@ -78,7 +92,7 @@ fn gather(node: &Node) -> Result<NodeKernel, Error> {
     let a = normalize_axis(g.axis, data.len()).map_err(|e| node.unsupported(format!("f32 ({e})")))?;
     let (len, inner) = (data[a], data[a + 1..].iter().product::<usize>());
     let n = data[..a].iter().product::<usize>() * numel(idx) * inner;
-    let params = vec![n as u32, inner as u32, numel(idx) as u32, len as u32, 0, 0, 0, 0];
+    let params = embedding(n, inner, numel(idx), len, 0);
     Ok(dispatch(
         ShaderId::Embedding,
         "gather",
@@ -101,16 +115,16 @@ fn attention(node: &Node) -> Result<NodeKernel, Error> {
     }
     let rows = d.batch * d.heads * d.sq;
     let groups = node.grid(rows, "f32 (too many rows)")?;
-    let params = vec![
-        d.batch as u32,
-        d.sq as u32,
-        d.sk as u32,
-        d.heads as u32,
-        d.head_dim as u32,
-        at.scale_for(d.head_dim).to_bits(),
-        rows as u32,
-        0,
-    ];
+    let params = words(&AttentionParams {
+        batch: d.batch as u32,
+        sq: d.sq as u32,
+        sk: d.sk as u32,
+        heads: d.heads as u32,
+        head_dim: d.head_dim as u32,
+        scale_bits: at.scale_for(d.head_dim).to_bits(),
+        rows: rows as u32,
+        pad0: 0,
+    });
     let has_mask = node.inputs.len() == 4;
     Ok(dispatch(
         ShaderId::Attention,
@@ -134,7 +148,7 @@ fn masked_mean_pool(node: &Node) -> Result<NodeKernel, Error> {
         return Err(node.unsupported("f32 with these shapes"));
     }
     let n = x[0] * x[2];
-    let params = vec![n as u32, x[1] as u32, x[2] as u32, 0, 0, 0, 0, 0];
+    let params = embedding(n, x[1], x[2], 0, 0);
     Ok(dispatch(
         ShaderId::Embedding,
         "masked_mean_pool",
@@ -156,7 +170,7 @@ fn l2_normalize(node: &Node) -> Result<NodeKernel, Error> {
         (s[a], s[a + 1..].iter().product::<usize>())
     };
     let rows = numel(s).checked_div(len).unwrap_or(0);
-    let params = vec![rows as u32, len as u32, inner as u32, 0, l2.epsilon.to_bits(), 0, 0, 0];
+    let params = embedding(rows, len, inner, 0, l2.epsilon.to_bits());
     Ok(dispatch(
         ShaderId::Embedding,
         "l2normalize",
