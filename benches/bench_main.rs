@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wginfer::ops::{activation, linear::Linear, matmul::MatMul, qlinear::QLinear, softmax::Softmax, CaseRng, Op};
+use wginfer::ops::{linear::Linear, matmul::MatMul, qlinear::QLinear, softmax::Softmax, unary, CaseRng, Op};
 use wginfer::quant::{self, WeightFormat};
 use wginfer::{Device, Model, Session, Tensor};
 
@@ -250,14 +250,14 @@ fn elementwise(c: &mut Criterion) {
     let mut rng = CaseRng::new(9);
     let x = rng.tensor(&[1 << 20], -4.0, 4.0);
     for kind in [
-        activation::Activation::Relu,
-        activation::Activation::Gelu,
-        activation::Activation::Sigmoid,
+        unary::UnaryKind::Relu,
+        unary::UnaryKind::Gelu,
+        unary::UnaryKind::Sigmoid,
     ] {
         bench_op(
             c,
             "activation",
-            Arc::new(activation::Unary { kind }),
+            Arc::new(unary::Unary { kind }),
             vec![x.clone()],
             &format!("{kind:?} 1M"),
             false,

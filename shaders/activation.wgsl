@@ -1,9 +1,8 @@
 // Activation functions, shared by elementwise.wgsl and the fused epilogue of
 // matmul.wgsl (the engine prepends this file to both; it has no entry point).
 //
-// Codes (the `ACT` override constant):
-//   0 identity   1 relu   2 sigmoid   3 tanh   4 gelu (erf)   5 gelu (tanh)   6 silu
-//   7 leaky relu (slope ALPHA)   8 erf
+// Codes (the `ACT` override constant): the `UNARY_*` constants generated
+// from src/backend/gpu/kernels/codes.rs; 0 is the identity.
 //
 // Numerics: every exp() here takes a non-positive argument, so nothing
 // overflows to inf/NaN for any finite x (|x| = 100 and beyond are fine).
@@ -53,25 +52,25 @@ fn wg_gelu_tanh(x: f32) -> f32 {
     return x * wg_sigmoid(2.0 * u);
 }
 
-// The negative slope of leaky relu (code 7).
+// The negative slope of leaky relu (UNARY_LEAKY_RELU).
 override ALPHA: f32 = 0.01;
 
 fn wg_activate(x: f32, act: u32) -> f32 {
     switch act {
-        case 1u: { return max(x, 0.0); }
-        case 2u: { return wg_sigmoid(x); }
-        case 3u: { return wg_tanh(x); }
-        case 4u: { return wg_gelu(x); }
-        case 5u: { return wg_gelu_tanh(x); }
-        case 6u: { return x * wg_sigmoid(x); }
-        case 7u: { return select(ALPHA * x, x, x >= 0.0); }
-        case 8u: { return wg_erf(x); }
-        case 9u: { return -x; }
-        case 10u: { return abs(x); }
-        case 11u: { return exp(x); }
-        case 12u: { return log(x); }
-        case 13u: { return sqrt(x); }
-        case 14u: { return 1.0 / x; }
+        case UNARY_RELU: { return max(x, 0.0); }
+        case UNARY_SIGMOID: { return wg_sigmoid(x); }
+        case UNARY_TANH: { return wg_tanh(x); }
+        case UNARY_GELU: { return wg_gelu(x); }
+        case UNARY_GELU_TANH: { return wg_gelu_tanh(x); }
+        case UNARY_SILU: { return x * wg_sigmoid(x); }
+        case UNARY_LEAKY_RELU: { return select(ALPHA * x, x, x >= 0.0); }
+        case UNARY_ERF: { return wg_erf(x); }
+        case UNARY_NEG: { return -x; }
+        case UNARY_ABS: { return abs(x); }
+        case UNARY_EXP: { return exp(x); }
+        case UNARY_LOG: { return log(x); }
+        case UNARY_SQRT: { return sqrt(x); }
+        case UNARY_RECIPROCAL: { return 1.0 / x; }
         default: { return x; }
     }
 }

@@ -25,9 +25,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 
-// Which activation (see activation.wgsl).
+// Which unary function: a `UNARY_*` code (see activation.wgsl).
 override ACT: u32 = 0u;
-// Which binary op: 0 add, 1 mul, 2 sub, 3 div.
+// Which binary op: a `BINARY_*` code (BINARY_ADD is the default).
 override OP: u32 = 0u;
 // True when a, b and y have the same shape (no index arithmetic).
 override SAME_SHAPE: bool = false;
@@ -50,9 +50,9 @@ fn unary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 fn apply_op(x: f32, z: f32) -> f32 {
     switch OP {
-        case 1u: { return x * z; }
-        case 2u: { return x - z; }
-        case 3u: { return x / z; }
+        case BINARY_MUL: { return x * z; }
+        case BINARY_SUB: { return x - z; }
+        case BINARY_DIV: { return x / z; }
         default: { return x + z; }
     }
 }

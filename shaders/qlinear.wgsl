@@ -8,20 +8,21 @@
 // Packed tensors are bound as arrays of little-endian u32 words (byte i of a
 // tensor is byte i % 4 of word i / 4), f32 tensors as their bit patterns.
 //
-// FORMAT   tensors (t0, t1, t2)                      w[j, c]
-//  1 f16      half [N, K]                              f16 → f32 (by bits)
-//  2 int8     i8 [N, K], scale f32 [N]                 q · s[j]
-//  3 affine   u8 [N, K], scale f32 [N], zero u8 [N]    (q - z[j]) · s[j]
-//  4 pow2     i8 [N, K], shift i8 [N] or [1]           q · 2^-p (ldexp)
-//  5 int4     nibbles [N, blocks·BLOCK/2], scale f16 [N, blocks] (, min f16)
+// FORMAT (the FORMAT_* constants of src/backend/gpu/kernels/codes.rs):
+//  code     tensors (t0, t1, t2)                      w[j, c]
+//  F16         half [N, K]                              f16 → f32 (by bits)
+//  INT8        i8 [N, K], scale f32 [N]                 q · s[j]
+//  INT8_AFFINE  u8 [N, K], scale f32 [N], zero u8 [N]    (q - z[j]) · s[j]
+//  POW2        i8 [N, K], shift i8 [N] or [1]           q · 2^-p (ldexp)
+//  INT4        nibbles [N, blocks·BLOCK/2], scale f16 [N, blocks] (, min f16)
 //                                                      (q - 8) · s  or  q · s + min
-//  6 binary   bits [N, words], alpha f32 [N]           ±alpha[j]
-//  7 w8a8     i8 [N, K], scale f32 [N], wsum i32 [N]   x quantized per row to u8 here (scale
+//  BINARY      bits [N, words], alpha f32 [N]           ±alpha[j]
+//  W8A8        i8 [N, K], scale f32 [N], wsum i32 [N]   x quantized per row to u8 here (scale
 //             (, outlier_index i32 [c] as t3,            and zero point), int32 dot (idot4),
 //             outlier_weight f32 [N, c] as t4)          · s · scale, + the f32 outlier channels
-//  8 xnor     bits [N, words], alpha f32 [N]           x binarized per row here (β = mean|x|),
+//  XNOR        bits [N, words], alpha f32 [N]           x binarized per row here (β = mean|x|),
 //                                                      dot = K - 2·popcount(xbits ^ wbits)
-//  9 N:M      values f32 [N, kept], index nibbles      kept values at (t / N_)·M_ + idx
+//  NM          values f32 [N, kept], index nibbles      kept values at (t / N_)·M_ + idx
 //
 // Each invocation computes ROWS rows (1 or 8) × C columns of y in registers
 // (C = 8 for `main` and `w8a8`, 4 for `xnor` and `nm`). ROWS = 8: workgroup
@@ -155,21 +156,21 @@ fn xv(base: u32, c: u32) -> vec4<f32> {
 // Dequantized w[j, c..c+4) (c a multiple of 4) for the weight-only formats.
 fn wdec(j: u32, c: u32) -> vec4<f32> {
     let k = params.k;
-    if (FORMAT == 1u) {
+    if (FORMAT == FORMAT_F16) {
         let e = j * k + c;
         if (ALIGNED) {
             return vec4<f32>(halves(t0[e >> 1u]), halves(t0[(e >> 1u) + 1u]));
         }
         return vec4<f32>(half_at(0u, e), half_at(0u, e + 1u), half_at(0u, e + 2u), half_at(0u, e + 3u));
     }
-    if (FORMAT == 2u) {
+    if (FORMAT == FORMAT_INT8) {
         return vec4<f32>(s8x4(bytes4(j * k + c))) * bitcast<f32>(t1[j]);
     }
-    if (FORMAT == 3u) {
+    if (FORMAT == FORMAT_INT8_AFFINE) {
         let z = f32(byte_at(t2[j >> 2u], j));
         return (vec4<f32>(u8x4(bytes4(j * k + c))) - z) * bitcast<f32>(t1[j]);
     }
-    if (FORMAT == 4u) {
+    if (FORMAT == FORMAT_POW2) {
         var i = 0u;
         if (PER_CHANNEL) {
             i = j;
@@ -177,7 +178,7 @@ fn wdec(j: u32, c: u32) -> vec4<f32> {
         let p = bitcast<i32>(byte_at(t1[i >> 2u], i) << 24u) >> 24u;
         return vec4<f32>(s8x4(bytes4(j * k + c))) * ldexp(1.0, -p);
     }
-    if (FORMAT == 5u) {
+    if (FORMAT == FORMAT_INT4) {
         let rw = params.aux;
         let word = t0[j * rw + (c >> 3u)];
         let q = vec4<f32>((vec4<u32>(word >> ((c & 4u) * 4u)) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(0xfu));
@@ -188,7 +189,7 @@ fn wdec(j: u32, c: u32) -> vec4<f32> {
         }
         return (q - 8.0) * s;
     }
-    // FORMAT 6: binary, sign · alpha.
+    // FORMAT_BINARY: sign · alpha.
     let bits = t0[j * params.aux + (c >> 5u)] >> (c & 31u);
     let a = bitcast<f32>(t1[j]);
     let on = ((vec4<u32>(bits) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u)) == vec4<u32>(1u);

@@ -1,7 +1,7 @@
 enable f16;
 
 // QLinear over f16 weights with native f16 storage (adapters with
-// SHADER_F16); where it is missing, qlinear.wgsl (FORMAT 1) reads the same
+// SHADER_F16); where it is missing, qlinear.wgsl (FORMAT_F16) reads the same
 // bytes as u32 words and widens each half by bits. Each half is widened to f32 and
 // accumulated in f32, so both give the same results. activation.wgsl is
 // appended (the `enable` directive must come first).

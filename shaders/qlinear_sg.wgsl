@@ -2,8 +2,9 @@
 // shaders/qlinear_sg.wgsl); edit that, not this file.
 //
 // QLinear for adapters whose subgroups have at least 8 invocations, with
-// K % 32 == 0 and M >= 4: the weight-only formats 1-6, W8A8 (7), XNOR (8,
-// entry `sg_xnor`) and N:M with N/M = 1/2 (9: 2:4, 4:8) of qlinear.wgsl, which this file is appended to (its Params, bindings and
+// K % 32 == 0 and M >= 4: the weight-only formats (FORMAT_F16 to
+// FORMAT_BINARY), FORMAT_W8A8, FORMAT_XNOR (entry `sg_xnor`) and FORMAT_NM
+// with N/M = 1/2 (2:4, 4:8) of qlinear.wgsl, which this file is appended to (its Params, bindings and
 // decoders). The engine picks it on software adapters (llvmpipe) with
 // subgroups.
 //
@@ -61,13 +62,13 @@ struct Chunk {
 fn sg_chunk(j: u32, kc: u32) -> Chunk {
     var ch: Chunk;
     let k = params.k;
-    if (FORMAT == 1u) {
+    if (FORMAT == FORMAT_F16) {
         let e = j * (k / 8u) + kc * 4u;
         ch.a = w4[e];
         ch.b = w4[e + 1u];
         ch.c = w4[e + 2u];
         ch.d = w4[e + 3u];
-    } else if (FORMAT == 5u) {
+    } else if (FORMAT == FORMAT_INT4) {
         let rw = params.aux;
         ch.a = w4[j * (rw / 4u) + kc];
         let b = j * (rw * 8u / BLOCK) + kc * 32u / BLOCK;
@@ -75,9 +76,9 @@ fn sg_chunk(j: u32, kc: u32) -> Chunk {
         if (WITH_MIN) {
             ch.z = half_at(2u, b);
         }
-    } else if (FORMAT == 6u) {
+    } else if (FORMAT == FORMAT_BINARY) {
         ch.a = vec4<u32>(t0[j * params.aux + kc], 0u, 0u, 0u);
-    } else if (FORMAT == 9u) {
+    } else if (FORMAT == FORMAT_NM) {
         // 16 kept values (f32) and their nibbles per 32 inputs (N/M = 1/2).
         let kept = params.aux;
         let e = j * (kept / 4u) + kc * 4u;
@@ -112,13 +113,13 @@ fn sg_word(ch: Chunk, i: u32) -> u32 {
 // Inputs 4i..4i+3 of a chunk (i = 0..7), decoded; without the per-channel
 // factor for formats 2, 3, 4 and 6 (see sg_scale).
 fn sg_dec(ch: Chunk, i: u32) -> vec4<f32> {
-    if (FORMAT == 1u) {
+    if (FORMAT == FORMAT_F16) {
         return vec4<f32>(halves(sg_word(ch, 2u * i)), halves(sg_word(ch, 2u * i + 1u)));
     }
-    if (FORMAT == 3u) {
+    if (FORMAT == FORMAT_INT8_AFFINE) {
         return vec4<f32>(u8x4(sg_word(ch, i))) - ch.z;
     }
-    if (FORMAT == 5u) {
+    if (FORMAT == FORMAT_INT4) {
         let w = sg_word(ch, i / 2u) >> ((i & 1u) * 16u);
         let q = vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(0xfu));
         if (WITH_MIN) {
@@ -126,7 +127,7 @@ fn sg_dec(ch: Chunk, i: u32) -> vec4<f32> {
         }
         return (q - 8.0) * ch.s;
     }
-    if (FORMAT == 9u) {
+    if (FORMAT == FORMAT_NM) {
         // Dense inputs 4i..4i+3 from the kept values of their group.
         var w = vec4<f32>(0.0);
         let g = (4u * i) / NM_M;
@@ -142,7 +143,7 @@ fn sg_dec(ch: Chunk, i: u32) -> vec4<f32> {
         }
         return w;
     }
-    if (FORMAT == 6u) {
+    if (FORMAT == FORMAT_BINARY) {
         let on = ((vec4<u32>(ch.a.x >> (4u * i)) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u)) == vec4<u32>(1u);
         return select(vec4<f32>(-1.0), vec4<f32>(1.0), on);
     }
@@ -151,10 +152,10 @@ fn sg_dec(ch: Chunk, i: u32) -> vec4<f32> {
 
 // The per-channel factor sg_dec leaves out (1 for f16 and int4).
 fn sg_scale(j: u32) -> f32 {
-    if (FORMAT == 2u || FORMAT == 3u || FORMAT == 6u || FORMAT == 7u) {
+    if (FORMAT == FORMAT_INT8 || FORMAT == FORMAT_INT8_AFFINE || FORMAT == FORMAT_BINARY || FORMAT == FORMAT_W8A8) {
         return bitcast<f32>(t1[j]);
     }
-    if (FORMAT == 4u) {
+    if (FORMAT == FORMAT_POW2) {
         var i = 0u;
         if (PER_CHANNEL) {
             i = j;
@@ -168,7 +169,7 @@ fn sg_scale(j: u32) -> f32 {
 // W8A8: q - z with the u8 code q = clamp(round(v · inv) + z, 0, 255); other
 // formats: v.
 fn sg_x(v: vec4<f32>, inv: f32, z: f32) -> vec4<f32> {
-    if (FORMAT != 7u) {
+    if (FORMAT != FORMAT_W8A8) {
         return v;
     }
     return clamp(rnd4(v * inv) + z, vec4<f32>(0.0), vec4<f32>(255.0)) - z;
@@ -184,7 +185,7 @@ fn sg_outlier(i: u32) -> u32 {
 
 // affine: the column's zero point.
 fn sg_zero(j: u32) -> f32 {
-    if (FORMAT == 3u) {
+    if (FORMAT == FORMAT_INT8_AFFINE) {
         return f32(byte_at(t2[j >> 2u], j));
     }
     return 0.0;
@@ -315,7 +316,7 @@ fn sg(
     var s15 = 1.0;
     var i15 = 1.0;
     var zx15 = 0.0;
-    if (FORMAT == 7u) {
+    if (FORMAT == FORMAT_W8A8) {
         var lo0 = vec4<f32>(0.0);
         var hi0 = vec4<f32>(0.0);
         var lo1 = vec4<f32>(0.0);
@@ -1010,7 +1011,7 @@ fn sg(
     a14_1 = a14_1 * (f1 * s14);
     a15_0 = a15_0 * (f0 * s15);
     a15_1 = a15_1 * (f1 * s15);
-    if (FORMAT == 7u) {
+    if (FORMAT == FORMAT_W8A8) {
         for (var t = 0u; t < OUTLIERS; t = t + 1u) {
             let p = t0[t];
             let ow0 = vec4<f32>(bitcast<f32>(t2[j0 * OUTLIERS + t]), bitcast<f32>(t2[j1 * OUTLIERS + t]), bitcast<f32>(t2[j2 * OUTLIERS + t]), bitcast<f32>(t2[j3 * OUTLIERS + t]));
@@ -1099,7 +1100,7 @@ fn sg(
     store4(row0 + 15u, col0 + 4u, a15_1);
 }
 
-// XNOR (FORMAT 8): β = mean |x| per row (subgroupAdd over the first 8 lanes'
+// XNOR (FORMAT_XNOR): β = mean |x| per row (subgroupAdd over the first 8 lanes'
 // partial sums); per chunk of 32 inputs each lane turns its 4 inputs into
 // sign bits (set where x >= 0) at bits 4·lane.., subgroupOr gathers the
 // row's word, and every column adds popcount(x ^ w). K % 32 == 0, so no bits

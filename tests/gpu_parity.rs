@@ -340,8 +340,8 @@ fn reshape_of_a_device_value_is_an_alias() {
         vec![
             node(
                 "act",
-                Arc::new(wginfer::ops::activation::Unary {
-                    kind: wginfer::ops::activation::Activation::Tanh,
+                Arc::new(wginfer::ops::unary::Unary {
+                    kind: wginfer::ops::unary::UnaryKind::Tanh,
                 }),
                 "x",
                 "y",
@@ -355,8 +355,8 @@ fn reshape_of_a_device_value_is_an_alias() {
     assert_eq!(plan.nodes[1].placement, Placement::Alias { device: true }, "{plan}");
     assert_eq!(plan.buffers.len(), 2, "input and one intermediate buffer:\n{plan}");
     let got = exec.run(vec![x.clone()]).unwrap();
-    let y = wginfer::ops::activation::Unary {
-        kind: wginfer::ops::activation::Activation::Tanh,
+    let y = wginfer::ops::unary::Unary {
+        kind: wginfer::ops::unary::UnaryKind::Tanh,
     };
     let want = wginfer::ops::Op::reference(&y, &[&x]).unwrap()[0]
         .clone()
@@ -482,8 +482,8 @@ fn a_value_over_the_binding_limit_falls_back_with_the_reason() {
         vec![],
         vec![Node {
             name: "act".into(),
-            op: Arc::new(wginfer::ops::activation::Unary {
-                kind: wginfer::ops::activation::Activation::Relu,
+            op: Arc::new(wginfer::ops::unary::Unary {
+                kind: wginfer::ops::unary::UnaryKind::Relu,
             }),
             inputs: vec!["x".into()],
             outputs: vec!["y".into()],

@@ -135,7 +135,8 @@ fn preludes_validate_alone() {
     for p in shaders::PRELUDES {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders").join(p);
         let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        parse(p, &src);
+        // With the generated code constants, as every kernel is compiled.
+        parse(p, &format!("{src}\n{}", shaders::codes()));
     }
 }
 
@@ -156,5 +157,67 @@ fn every_file_in_shaders_is_compiled() {
     assert_eq!(
         on_disk, known,
         "every shaders/*.wgsl must be a kernel (shaders::ALL) or a prelude"
+    );
+}
+
+/// Every Rust params struct has the size and member offsets naga gives the
+/// WGSL `struct Params` of the kernel family it serves.
+#[test]
+fn params_structs_match_the_wgsl_layout() {
+    let mut checked = 0;
+    for l in shaders::params_layouts() {
+        let file = l.shader.file();
+        let src = shaders::source(l.shader);
+        let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(src)));
+        let mut layouter = naga::proc::Layouter::default();
+        layouter
+            .update(module.to_ctx())
+            .unwrap_or_else(|e| panic!("{file}: layout: {e}"));
+        let (handle, ty) = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some("Params"))
+            .unwrap_or_else(|| panic!("{file} has no struct Params"));
+        let naga::TypeInner::Struct { members, span } = &ty.inner else {
+            panic!("{file}: Params is not a struct");
+        };
+        assert_eq!(layouter[handle].size, *span);
+        let wgsl: Vec<(String, usize)> = members
+            .iter()
+            .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+            .collect();
+        let rust: Vec<(String, usize)> = l.members.iter().map(|&(n, o)| (n.to_string(), o)).collect();
+        assert_eq!(rust, wgsl, "{file}: {} members and offsets", l.rust);
+        assert_eq!(l.size, *span as usize, "{file}: size of {}", l.rust);
+        checked += 1;
+    }
+    eprintln!("naga: {checked} params structs match their WGSL layout");
+}
+
+/// `shaders/qlinear_sg.wgsl` is what `shaders/gen_qlinear_sg.py` writes.
+#[test]
+fn qlinear_sg_is_fresh_from_its_generator() {
+    use std::io::Write;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let out = match std::process::Command::new("python3")
+        .arg(dir.join("gen_qlinear_sg.py"))
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            // Past the test harness's capture, so the summary shows it.
+            let _ = writeln!(std::io::stderr(), "SKIPPED qlinear_sg freshness: no python3 ({e})");
+            return;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "gen_qlinear_sg.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let on_disk = std::fs::read_to_string(dir.join("qlinear_sg.wgsl")).expect("shaders/qlinear_sg.wgsl");
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == on_disk,
+        "shaders/qlinear_sg.wgsl is stale: run python3 shaders/gen_qlinear_sg.py > shaders/qlinear_sg.wgsl"
     );
 }

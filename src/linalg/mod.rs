@@ -11,6 +11,7 @@ pub mod f32gemm;
 pub mod int8;
 pub mod norm;
 pub mod softmax;
+pub mod unary;
 pub mod vecops;
 
 use rayon::prelude::*;

@@ -4,13 +4,11 @@
 //! the parity tests, the benches) iterates [`REGISTRY`]; adding an op touches
 //! its own file, its shader and one line there.
 
-pub mod activation;
 pub mod attention;
 pub mod binary;
 mod cases;
 pub mod cast;
 pub mod conv;
-pub mod elementwise;
 pub mod gemm;
 pub mod l2norm;
 pub mod linear;
@@ -21,6 +19,7 @@ pub mod pool;
 pub mod qlinear;
 pub mod quantize;
 pub mod softmax;
+pub mod unary;
 pub mod view;
 
 use std::any::Any;
@@ -148,25 +147,25 @@ pub static REGISTRY: &[OpDef] = &[
     qlinear::QLINEAR,
     binary::ADD,
     binary::MUL,
-    activation::RELU,
-    activation::SIGMOID,
-    activation::TANH,
-    activation::GELU,
-    activation::SILU,
+    unary::RELU,
+    unary::SIGMOID,
+    unary::TANH,
+    unary::GELU,
+    unary::SILU,
     softmax::SOFTMAX,
     view::RESHAPE,
     view::FLATTEN,
     binary::SUB,
     binary::DIV,
-    elementwise::LEAKY_RELU,
-    elementwise::ERF,
-    elementwise::NEG,
-    elementwise::ABS,
-    elementwise::EXP,
-    elementwise::LOG,
-    elementwise::SQRT,
-    elementwise::RECIPROCAL,
-    elementwise::LOG_SOFTMAX,
+    unary::LEAKY_RELU,
+    unary::ERF,
+    unary::NEG,
+    unary::ABS,
+    unary::EXP,
+    unary::LOG,
+    unary::SQRT,
+    unary::RECIPROCAL,
+    softmax::LOG_SOFTMAX,
     gemm::GEMM,
     conv::CONV,
     pool::MAX_POOL,

@@ -1,4 +1,5 @@
-//! `Softmax` along any axis, numerically stable (the maximum is subtracted).
+//! `Softmax` and `LogSoftmax` along any axis, numerically stable (the
+//! maximum is subtracted).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -166,6 +167,121 @@ pub const SOFTMAX: OpDef = OpDef {
                 0
             };
         case(rng, &shape, axis, 20.0)
+    },
+};
+
+/// `x - max - log Σ exp(x - max)` along `axis` (negative counts from the end).
+#[derive(Clone, Debug)]
+pub struct LogSoftmax {
+    /// The axis to normalise over.
+    pub axis: i64,
+}
+
+impl LogSoftmax {
+    fn run(&self, t: &Tensor, wide: bool) -> Result<Tensor, OpError> {
+        let x = t.as_f32()?;
+        let (outer, len, inner) = if t.shape().is_empty() {
+            (1, 1, 1)
+        } else {
+            split(t.shape(), self.axis)?
+        };
+        let mut y = vec![0.0f32; x.len()];
+        for o in 0..outer {
+            for i in 0..inner {
+                let at = |j: usize| o * len * inner + j * inner + i;
+                let max = (0..len).map(|j| x[at(j)]).fold(f32::NEG_INFINITY, f32::max);
+                if wide {
+                    let sum: f64 = (0..len).map(|j| ((x[at(j)] - max) as f64).exp()).sum();
+                    let lse = sum.ln();
+                    for j in 0..len {
+                        y[at(j)] = ((x[at(j)] - max) as f64 - lse) as f32;
+                    }
+                } else {
+                    let sum: f32 = (0..len).map(|j| (x[at(j)] - max).exp()).sum();
+                    let lse = sum.ln();
+                    for j in 0..len {
+                        y[at(j)] = x[at(j)] - max - lse;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(t.shape().to_vec(), y)?)
+    }
+}
+
+impl Op for LogSoftmax {
+    fn op_type(&self) -> &'static str {
+        "LogSoftmax"
+    }
+
+    fn attrs(&self) -> Attrs {
+        let mut a = Attrs::new();
+        a.insert("axis".into(), self.axis.into());
+        a
+    }
+
+    fn infer(&self, inputs: &[ValueType]) -> Result<Vec<ValueType>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        check_f32(inputs)?;
+        normalize_axis(self.axis, inputs[0].rank())?;
+        Ok(vec![inputs[0].clone()])
+    }
+
+    fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        Ok(vec![self.run(inputs[0], true)?])
+    }
+
+    fn cpu(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
+        check_arity(inputs.len(), 1, 1, "1")?;
+        Ok(vec![self.run(inputs[0], false)?])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Approximate
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// `LogSoftmax`: attribute `axis` (default -1).
+pub const LOG_SOFTMAX: OpDef = OpDef {
+    op_type: "LogSoftmax",
+    build: |attrs: &Attrs| {
+        Ok(Arc::new(LogSoftmax {
+            axis: attr_i64(attrs, "axis", Some(-1))?,
+        }))
+    },
+    cases: || {
+        let mut rng = CaseRng::new(23);
+        [
+            (&[1usize][..], -1i64),
+            (&[3, 17], 1),
+            (&[17, 1000], -1),
+            (&[5, 3, 7], 1),
+            (&[4, 3], 0),
+        ]
+        .iter()
+        .map(|(s, axis)| {
+            OpCase::new(
+                format!("logsoftmax {s:?} axis {axis}"),
+                Arc::new(LogSoftmax { axis: *axis }),
+                vec![rng.tensor(s, -5.0, 5.0)],
+            )
+        })
+        .collect()
+    },
+    sample: |rng| {
+        let s: Vec<usize> = (0..rng.range(1, 3)).map(|_| rng.dim(40)).collect();
+        let axis = rng.range(0, s.len() - 1) as i64;
+        let x = rng.tensor(&s, -5.0, 5.0);
+        OpCase::new(
+            format!("logsoftmax {s:?} axis {axis}"),
+            Arc::new(LogSoftmax { axis }),
+            vec![x],
+        )
     },
 };
 

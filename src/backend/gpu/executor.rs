@@ -22,10 +22,10 @@ use crate::error::{Error, RunError};
 
 use super::error::GpuError;
 use crate::graph::Graph;
-use crate::ops::activation::{Activation, Unary};
 use crate::ops::linear::Linear;
 use crate::ops::matmul::MatMul;
 use crate::ops::qlinear::QLinear;
+use crate::ops::unary::{Unary, UnaryKind};
 use crate::plan::{ExecPlan, Source};
 use crate::tensor::{DType, Tensor, ValueType};
 
@@ -609,7 +609,7 @@ impl GpuExecutor {
             }
 
             // Decide the kernel.
-            let fused_act: Option<(usize, Activation)> = self.fuse_next[si].and_then(|r| {
+            let fused_act: Option<(usize, UnaryKind)> = self.fuse_next[si].and_then(|r| {
                 let rn = &graph.nodes()[plan.steps[r].node];
                 if self.options.cpu_ops.iter().any(|o| o == rn.op.op_type()) {
                     return None;

@@ -1,9 +1,15 @@
 //! The WGSL kernels in `shaders/`, embedded at build time.
 //!
-//! A kernel family that uses the activation functions has
-//! `shaders/activation.wgsl` prepended to it; [`ALL`] lists every kernel
-//! source exactly as the device compiles it, which is what the naga test
-//! validates for every output language.
+//! A kernel family that uses the unary functions has
+//! `shaders/activation.wgsl` prepended to it, and every kernel has the
+//! generated code constants ([`codes`]: `UNARY_*`, `BINARY_*`, `FORMAT_*`)
+//! appended (WGSL declarations may follow their use, and appending keeps
+//! `enable` directives first). [`source`] gives every kernel exactly as the
+//! device compiles it, which is what the naga test validates for every
+//! output language.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
 
 /// One WGSL kernel family (a file in `shaders/`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -136,8 +142,8 @@ const QLINEAR_F16: &str = concat!(
     include_str!("../../../shaders/activation.wgsl")
 );
 
-/// The full WGSL of a kernel family, as compiled.
-pub fn source(id: ShaderId) -> &'static str {
+/// The WGSL files of a kernel family, concatenated.
+fn files(id: ShaderId) -> &'static str {
     match id {
         ShaderId::Elementwise => ELEMENTWISE,
         ShaderId::Softmax => SOFTMAX,
@@ -157,6 +163,24 @@ pub fn source(id: ShaderId) -> &'static str {
         ShaderId::Cast => CAST,
         ShaderId::PoolIndex => POOL_INDEX,
     }
+}
+
+pub use super::kernels::params::{layouts as params_layouts, ParamsLayout};
+
+/// The generated code constants every kernel is compiled with, as WGSL.
+pub fn codes() -> String {
+    super::kernels::codes::wgsl()
+}
+
+/// The full WGSL of a kernel family, as compiled: its files and [`codes`].
+pub fn source(id: ShaderId) -> &'static str {
+    static SOURCES: OnceLock<HashMap<ShaderId, String>> = OnceLock::new();
+    let all = SOURCES.get_or_init(|| {
+        let codes = codes();
+        ALL.iter().map(|&id| (id, format!("{}\n{codes}", files(id)))).collect()
+    });
+    // ALL names every ShaderId (tests/shaders_naga.rs checks it against shaders/).
+    &all[&id]
 }
 
 /// Every kernel family.

@@ -8,17 +8,16 @@ use super::proto::{attr_type, AttributeProto, GraphProto, ModelProto, NodeProto,
 use super::{dtype_from_onnx, onnx_type_name, tensor_from_proto, OnnxError};
 use crate::graph::{Graph, Node, ParamInfo, ValueInfo};
 use crate::model::Model;
-use crate::ops::activation::{Activation, Unary};
 use crate::ops::binary::{broadcast_offset, broadcast_shapes, Binary, BinaryKind};
 use crate::ops::cast::{Cast, CastUnsaturated};
-use crate::ops::elementwise::{LogSoftmax, PointKind, Pointwise};
 use crate::ops::linear::Linear;
 use crate::ops::matmul::MatMul;
 use crate::ops::movement::{gather_flat, Concat, Gather, Transpose};
 use crate::ops::norm::{BatchNorm, LayerNorm};
 use crate::ops::qlinear::QLinear;
 use crate::ops::quantize::DequantizeLinear;
-use crate::ops::softmax::Softmax;
+use crate::ops::softmax::{LogSoftmax, Softmax};
+use crate::ops::unary::{Unary, UnaryKind};
 use crate::ops::view::{Axes, Flatten, Reshape};
 use crate::ops::{self, Attrs, Op};
 use crate::quant::WeightFormat;
@@ -547,31 +546,31 @@ impl Ctx<'_> {
                 };
                 one(op)
             }
-            "Relu" => one(Arc::new(Unary { kind: Activation::Relu })),
+            "Relu" => one(Arc::new(Unary { kind: UnaryKind::Relu })),
             "Sigmoid" => one(Arc::new(Unary {
-                kind: Activation::Sigmoid,
+                kind: UnaryKind::Sigmoid,
             })),
-            "Tanh" => one(Arc::new(Unary { kind: Activation::Tanh })),
+            "Tanh" => one(Arc::new(Unary { kind: UnaryKind::Tanh })),
             "Gelu" => {
                 let kind = match a.s("approximate").as_deref() {
-                    None | Some("none") => Activation::Gelu,
-                    Some("tanh") => Activation::GeluTanh,
+                    None | Some("none") => UnaryKind::Gelu,
+                    Some("tanh") => UnaryKind::GeluTanh,
                     Some(o) => return Err(skip(format!("approximate = `{o}` is not none or tanh"))),
                 };
                 one(Arc::new(Unary { kind }))
             }
-            "Erf" => one(Arc::new(Pointwise { kind: PointKind::Erf })),
+            "Erf" => one(Arc::new(Unary { kind: UnaryKind::Erf })),
             "Neg" | "Abs" | "Exp" | "Log" | "Sqrt" | "Reciprocal" => {
                 arity(1, 1)?;
                 let kind = match n.op_type.as_str() {
-                    "Neg" => PointKind::Neg,
-                    "Abs" => PointKind::Abs,
-                    "Exp" => PointKind::Exp,
-                    "Log" => PointKind::Log,
-                    "Sqrt" => PointKind::Sqrt,
-                    _ => PointKind::Reciprocal,
+                    "Neg" => UnaryKind::Neg,
+                    "Abs" => UnaryKind::Abs,
+                    "Exp" => UnaryKind::Exp,
+                    "Log" => UnaryKind::Log,
+                    "Sqrt" => UnaryKind::Sqrt,
+                    _ => UnaryKind::Reciprocal,
                 };
-                one(Arc::new(Pointwise { kind }))
+                one(Arc::new(Unary { kind }))
             }
             "LpNormalization" => {
                 if a.i("p", 2) != 2 {
@@ -583,8 +582,8 @@ impl Ctx<'_> {
                     epsilon: 1e-12,
                 }))
             }
-            "LeakyRelu" => one(Arc::new(Pointwise {
-                kind: PointKind::LeakyRelu(a.f("alpha", 0.01)),
+            "LeakyRelu" => one(Arc::new(Unary {
+                kind: UnaryKind::LeakyRelu(a.f("alpha", 0.01)),
             })),
             "Softmax" | "LogSoftmax" => {
                 arity(1, 1)?;

@@ -1,15 +1,15 @@
 //! Cast between f32, f16 and bf16, and from i32, i64, u8, i8 and bool to
 //! f32 (`shaders/cast.wgsl`, on the raw bits). Mirrors `Cast` in
-//! `src/ops/cast.rs`; other dtypes fall back to the CPU.
+//! `src/ops/layout.rs`; other dtypes fall back to the CPU.
 
 use crate::error::Error;
 use crate::ops::cast::Cast;
-use crate::ops::Op;
 use crate::tensor::{numel, DType};
 
 use super::super::context::PipelineKey;
 use super::super::shaders::ShaderId;
-use super::{grid, unsupported, Bind, Caps, DispatchSpec, NodeKernel};
+use super::params::{words, CastParams};
+use super::{Bind, DispatchSpec, KernelDef, Node, NodeKernel};
 
 /// The shader's code for a float dtype it converts.
 fn code(dt: DType) -> Option<f64> {
@@ -32,43 +32,36 @@ fn int_code(dt: DType) -> Option<f64> {
     }
 }
 
-/// True when this family has a kernel for `op` with f32 input (a Cast to
-/// f32, f16 or bf16).
-pub(crate) fn has_kernel(op: &dyn Op) -> bool {
-    op.as_any().downcast_ref::<Cast>().is_some_and(|c| code(c.to).is_some())
-}
+/// This family's ops: a Cast to f32, f16 or bf16.
+pub(super) static KERNELS: &[KernelDef] = &[KernelDef::any_dtype("Cast", |a| a.is::<Cast>(), cast)
+    .when(|a| a.downcast_ref::<Cast>().is_some_and(|c| code(c.to).is_some()))];
 
-/// The kernel for `op`, `Ok(None)` when the op is not a Cast.
-pub(crate) fn select(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<Option<NodeKernel>, Error> {
-    let Some(c) = op.as_any().downcast_ref::<Cast>() else {
-        return Ok(None);
-    };
-    let (from, shape) = inputs[0];
+fn cast(node: &Node) -> Result<NodeKernel, Error> {
+    let c: &Cast = node.typed()?;
+    let (from, shape) = node.inputs[0];
     let from_int = int_code(from).filter(|_| c.to == DType::F32);
     let (Some(f), Some(t)) = (code(from).or(from_int), code(c.to)) else {
-        return Err(unsupported(
-            op,
-            format!(
-                "{from} to {} (the kernel casts between f32, f16 and bf16, and i32, i64, u8, i8 and bool to f32)",
-                c.to
-            ),
-            caps,
-        ));
+        return Err(node.unsupported(format!(
+            "{from} to {} (the kernel casts between f32, f16 and bf16, and i32, i64, u8, i8 and bool to f32)",
+            c.to
+        )));
     };
     let n = numel(shape);
     // One invocation per output word: one f32 or two 16-bit values.
-    let words = if c.to == DType::F32 { n } else { n.div_ceil(2) };
-    let groups =
-        grid(words.div_ceil(256), caps.max_workgroups).ok_or_else(|| unsupported(op, "(too many elements)", caps))?;
-    Ok(Some(NodeKernel::Dispatch(DispatchSpec {
+    let out_words = if c.to == DType::F32 { n } else { n.div_ceil(2) };
+    let groups = node.grid(out_words.div_ceil(256), "(too many elements)")?;
+    Ok(NodeKernel::Dispatch(DispatchSpec {
         key: PipelineKey {
             shader: ShaderId::Cast,
             entry: "convert",
             constants: vec![("FROM", f.to_bits()), ("TO", t.to_bits())],
             inputs: 1,
         },
-        params: vec![n as u32, 0, 0, 0],
+        params: words(&CastParams {
+            n: n as u32,
+            ..Default::default()
+        }),
         groups,
         binds: vec![Bind::Input(0)],
-    })))
+    }))
 }

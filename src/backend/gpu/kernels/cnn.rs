@@ -1,11 +1,10 @@
 //! Kernels for the ops ONNX CNNs (and transformers' LayerNorm) use:
 //! convolution (`shaders/conv.wgsl`), pooling (`pool.wgsl`), normalisation
-//! (`norm.wgsl`), Concat (`concat.wgsl`) and the general Gemm (`gemm.wgsl`).
-//! Mirrors `src/ops/{conv,pool,norm,layout,gemm}.rs`.
+//! (`norm.wgsl`) and Concat (`concat.wgsl`). Mirrors
+//! `src/ops/{conv,pool,norm,layout}.rs`.
 
 use crate::error::Error;
 use crate::ops::conv::{Conv, Window};
-use crate::ops::gemm::Gemm;
 use crate::ops::movement::Concat;
 use crate::ops::norm::{BatchNorm, BatchNormTraining, LayerNorm};
 use crate::ops::pool::{GlobalAveragePool, Pool};
@@ -14,71 +13,45 @@ use crate::tensor::{numel, DType};
 
 use super::super::context::PipelineKey;
 use super::super::shaders::ShaderId;
-use super::{grid, unsupported, Bind, Caps, DispatchSpec, NodeKernel};
+use super::{grid, unsupported, Bind, Caps, DispatchSpec, KernelDef, NodeKernel};
 
 /// Rows at most this long take `norm.wgsl::layernorm_rows` (one invocation
 /// per row) instead of a workgroup per row.
 const LAYERNORM_SHORT_ROW: usize = 32;
 
-/// True when this family has a kernel for `op` (f32 values).
-pub(crate) fn has_kernel(op: &dyn Op) -> bool {
-    let any = op.as_any();
-    any.is::<LayerNorm>()
-        || any.is::<BatchNorm>()
-        || any.is::<BatchNormTraining>()
-        || any.is::<Conv>()
-        || any.is::<Pool>()
-        || any.is::<GlobalAveragePool>()
-        || any.is::<Concat>()
-        || any.is::<Gemm>()
-}
+/// This family's ops.
+pub(super) static KERNELS: &[KernelDef] = &[
+    KernelDef::f32(
+        "LayerNorm",
+        |a| a.is::<LayerNorm>(),
+        |n| layer_norm(n.op, n.typed()?, n.inputs, n.caps),
+    ),
+    KernelDef::f32(
+        "BatchNorm",
+        |a| a.is::<BatchNorm>(),
+        |n| batch_norm(n.op, n.typed()?, n.inputs, n.caps),
+    ),
+    KernelDef::f32(
+        "BatchNormTraining",
+        |a| a.is::<BatchNormTraining>(),
+        |n| batch_norm_training(n.op, n.typed()?, n.inputs, n.caps),
+    ),
+    KernelDef::f32("Conv", |a| a.is::<Conv>(), |n| conv(n.op, n.typed()?, n.inputs, n.caps)),
+    KernelDef::f32("Pool", |a| a.is::<Pool>(), |n| pool(n.op, n.typed()?, n.inputs, n.caps)),
+    KernelDef::f32(
+        "GlobalAveragePool",
+        |a| a.is::<GlobalAveragePool>(),
+        |n| global_average(n.op, n.inputs, n.caps),
+    ),
+    KernelDef::f32(
+        "Concat",
+        |a| a.is::<Concat>(),
+        |n| concat(n.op, n.typed()?, n.inputs, n.caps),
+    ),
+];
 
 /// Inputs Concat's kernel takes (bindings 2..7; 8 storage buffers with the output).
 const CONCAT_MAX_INPUTS: usize = 6;
-
-/// The kernel for `op`, `Ok(None)` when the op is not this family's.
-pub(crate) fn select(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<Option<NodeKernel>, Error> {
-    let any = op.as_any();
-    let ours = any.is::<LayerNorm>()
-        || any.is::<BatchNorm>()
-        || any.is::<BatchNormTraining>()
-        || any.is::<Conv>()
-        || any.is::<Pool>()
-        || any.is::<GlobalAveragePool>()
-        || any.is::<Concat>()
-        || any.is::<Gemm>();
-    if !ours {
-        return Ok(None);
-    }
-    if let Some((i, (dt, _))) = inputs.iter().enumerate().find(|(_, (dt, _))| *dt != DType::F32) {
-        return Err(unsupported(op, format!("{dt} (input {i}); GPU kernels take f32"), caps));
-    }
-    if let Some(ln) = any.downcast_ref::<LayerNorm>() {
-        return layer_norm(op, ln, inputs, caps).map(Some);
-    }
-    if let Some(bn) = any.downcast_ref::<BatchNorm>() {
-        return batch_norm(op, bn, inputs, caps).map(Some);
-    }
-    if let Some(bn) = any.downcast_ref::<BatchNormTraining>() {
-        return batch_norm_training(op, bn, inputs, caps).map(Some);
-    }
-    if let Some(c) = any.downcast_ref::<Conv>() {
-        return conv(op, c, inputs, caps).map(Some);
-    }
-    if let Some(p) = any.downcast_ref::<Pool>() {
-        return pool(op, p, inputs, caps).map(Some);
-    }
-    if any.is::<GlobalAveragePool>() {
-        return global_average(op, inputs, caps).map(Some);
-    }
-    if let Some(c) = any.downcast_ref::<Concat>() {
-        return concat(op, c, inputs, caps).map(Some);
-    }
-    if let Some(g) = any.downcast_ref::<Gemm>() {
-        return gemm(op, g, inputs, caps);
-    }
-    Ok(None)
-}
 
 fn spec(shader: ShaderId, entry: &'static str, params: Vec<u32>, groups: [u32; 3], binds: Vec<Bind>) -> DispatchSpec {
     DispatchSpec {
@@ -363,56 +336,4 @@ fn concat(op: &dyn Op, c: &Concat, inputs: &[(DType, &[usize])], caps: &Caps) ->
         .map(|t| if t < inputs.len() { Bind::Input(t) } else { Bind::Zeros })
         .collect();
     Ok(dispatch(ShaderId::Concat, "concat", params, groups, binds))
-}
-
-/// The forms the matmul kernels cover (alpha = beta = 1, transA = 0, C a row
-/// of N or absent) return `Ok(None)` and take them; every other Gemm runs here.
-fn gemm(op: &dyn Op, g: &Gemm, inputs: &[(DType, &[usize])], caps: &Caps) -> Result<Option<NodeKernel>, Error> {
-    let (a, b) = (inputs[0].1, inputs[1].1);
-    if a.len() != 2 || b.len() != 2 {
-        return Err(unsupported(op, "f32 with these shapes", caps));
-    }
-    let (m, k) = if g.trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
-    let n = if g.trans_b { b[0] } else { b[1] };
-    let c = inputs.get(2).map(|(_, c)| *c);
-    let c_is_row = c.is_none_or(|c| numel(c) == n && c.last().copied().unwrap_or(1) == n);
-    if g.alpha == 1.0 && !g.trans_a && c_is_row && (c.is_none() || g.beta == 1.0) {
-        return Ok(None);
-    }
-    // C's strides along (i, j): 0 along a broadcast axis.
-    let (c_i, c_j) = match c {
-        None => (0, 0),
-        Some(c) => {
-            let padded: Vec<usize> = std::iter::repeat_n(1, 2usize.saturating_sub(c.len()))
-                .chain(c.iter().copied())
-                .collect();
-            if padded.len() != 2 || (padded[0] != 1 && padded[0] != m) || (padded[1] != 1 && padded[1] != n) {
-                return Err(unsupported(
-                    op,
-                    format!("f32 (C {c:?} does not broadcast to [{m}, {n}])"),
-                    caps,
-                ));
-            }
-            (if padded[0] == 1 { 0 } else { padded[1] }, usize::from(padded[1] != 1))
-        }
-    };
-    let (a_i, a_k) = if g.trans_a { (1, m) } else { (k, 1) };
-    let (b_k, b_j) = if g.trans_b { (1, k) } else { (n, 1) };
-    let groups = [n.div_ceil(32), m.div_ceil(32)];
-    if groups.iter().any(|&d| d > caps.max_workgroups as usize) {
-        return Err(unsupported(op, format!("f32 [{m}x{k}x{n}] (grid too large)"), caps));
-    }
-    let params = [m, n, k, usize::from(c.is_some()), a_i, a_k, b_k, b_j, c_i, c_j]
-        .iter()
-        .map(|&v| v as u32)
-        .chain([g.alpha.to_bits(), g.beta.to_bits()])
-        .collect();
-    let c_bind = if c.is_some() { Bind::Input(2) } else { Bind::Zeros };
-    Ok(Some(dispatch(
-        ShaderId::Gemm,
-        "gemm",
-        params,
-        [groups[0] as u32, groups[1] as u32, 1],
-        vec![Bind::Input(0), Bind::Input(1), c_bind],
-    )))
 }

@@ -26,20 +26,25 @@
 //! — eight storage buffers with y, the WebGPU default limit.
 
 use crate::error::Error;
-use crate::ops::activation::Activation;
 use crate::ops::qlinear::QLinear;
+use crate::ops::unary::UnaryKind;
 use crate::ops::Op;
 use crate::quant::WeightFormat;
 use crate::tensor::{numel, DType};
 
 use super::super::context::PipelineKey;
 use super::super::shaders::ShaderId;
-use super::{act_code, constants, unsupported, Bind, Caps, DispatchSpec, NodeKernel};
+use super::codes::FormatCode;
+use super::params::{words, QLinearParams};
+use super::{constants, unary_constants, unsupported, Bind, Caps, DispatchSpec, KernelDef, NodeKernel};
 
-/// True for the ops this family has kernels for: `QLinear` in every format.
-pub(super) fn has_kernel(op: &dyn Op) -> bool {
-    op.as_any().is::<QLinear>()
-}
+/// This family's ops: `QLinear` in every format.
+pub(super) static KERNELS: &[KernelDef] = &[KernelDef::any_dtype(
+    "QLinear",
+    |a| a.is::<QLinear>(),
+    |n| select(n.op, n.typed()?, n.inputs, n.fused, n.caps),
+)
+.fusing()];
 
 /// True when the WGSL front end implements the language extension
 /// `packed_4x8_integer_dot_product` (`dot4I8Packed`, `unpack4xI8`). On native
@@ -55,24 +60,22 @@ pub(crate) fn packed_dot_available() -> bool {
 /// The `FORMAT` code of `shaders/qlinear.wgsl`, the entry point, and the
 /// per-row auxiliary count (`Params.aux`).
 fn format_code(f: &WeightFormat, k: usize) -> (u32, &'static str, usize) {
-    match *f {
-        WeightFormat::F16 => (1, "main", 0),
-        WeightFormat::Int8 { affine: false } => (2, "main", 0),
-        WeightFormat::Int8 { affine: true } => (3, "main", 0),
-        WeightFormat::Pow2 { .. } => (4, "main", 0),
-        WeightFormat::Int4 { block, .. } => (5, "main", k.div_ceil(block as usize) * block as usize / 8),
-        WeightFormat::Binary { xnor: false } => (6, "main", k.div_ceil(32)),
-        WeightFormat::W8A8 { .. } => (7, "w8a8", 0),
-        WeightFormat::Binary { xnor: true } => (8, "xnor", k.div_ceil(32)),
-        WeightFormat::NM { n, m } => (9, "nm", k.div_ceil(m as usize) * n as usize),
-    }
+    let (entry, aux) = match *f {
+        WeightFormat::Int4 { block, .. } => ("main", k.div_ceil(block as usize) * block as usize / 8),
+        WeightFormat::Binary { xnor: false } => ("main", k.div_ceil(32)),
+        WeightFormat::W8A8 { .. } => ("w8a8", 0),
+        WeightFormat::Binary { xnor: true } => ("xnor", k.div_ceil(32)),
+        WeightFormat::NM { n, m } => ("nm", k.div_ceil(m as usize) * n as usize),
+        _ => ("main", 0),
+    };
+    (FormatCode::of(f).code().0, entry, aux)
 }
 
 /// Rows and columns of y per workgroup of `qlinear_sg.wgsl::sg`.
 const SG_ROWS: usize = 16;
 const SG_COLS: usize = 512;
 
-/// `qlinear_sg.wgsl` for the weight-only formats, W8A8, XNOR and N:M (codes 1-9), given
+/// `qlinear_sg.wgsl` for the weight-only formats, W8A8, XNOR and N:M, given
 /// `[m, n, k, aux]`; the caller checked K % 32 == 0.
 #[allow(clippy::too_many_arguments)]
 fn subgroup_kernel(
@@ -80,7 +83,7 @@ fn subgroup_kernel(
     code: u32,
     [m, n, k, aux]: [usize; 4],
     has_bias: bool,
-    act: f64,
+    fused: Option<UnaryKind>,
     np: usize,
     caps: &Caps,
     op: &dyn Op,
@@ -97,7 +100,8 @@ fn subgroup_kernel(
         ));
     }
     let b = |v: bool| if v { 1.0 } else { 0.0 };
-    let mut list = vec![("FORMAT", code as f64), ("HAS_BIAS", b(has_bias)), ("ACT", act)];
+    let mut list = vec![("FORMAT", code as f64), ("HAS_BIAS", b(has_bias))];
+    list.extend(unary_constants(fused));
     match *format {
         WeightFormat::Pow2 { per_channel, .. } => list.push(("PER_CHANNEL", b(per_channel))),
         WeightFormat::Int4 { block, with_min } => {
@@ -125,7 +129,7 @@ fn subgroup_kernel(
     };
     binds.push(if has_bias { Bind::Input(1 + np) } else { Bind::Zeros });
     binds.push(Bind::Input(0));
-    binds.push(if code == 6 || code == 8 {
+    binds.push(if matches!(format, WeightFormat::Binary { .. }) {
         Bind::Zeros
     } else {
         Bind::Input(1)
@@ -133,26 +137,33 @@ fn subgroup_kernel(
     Ok(NodeKernel::Dispatch(DispatchSpec {
         key: PipelineKey {
             shader: ShaderId::QLinearSg,
-            entry: if code == 8 { "sg_xnor" } else { "sg" },
+            entry: if FormatCode::of(format) == FormatCode::Xnor {
+                "sg_xnor"
+            } else {
+                "sg"
+            },
             constants: constants(&list),
             inputs: 7,
         },
-        params: vec![m as u32, n as u32, k as u32, aux as u32],
+        params: words(&QLinearParams {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            aux: aux as u32,
+        }),
         groups: [groups[0] as u32, groups[1] as u32, 1],
         binds,
     }))
 }
 
-/// The kernel for a `QLinear` node, `Ok(None)` for other ops.
-pub(super) fn select(
+/// The kernel for a `QLinear` node.
+fn select(
     op: &dyn Op,
+    q: &QLinear,
     inputs: &[(DType, &[usize])],
-    fused: Option<Activation>,
+    fused: Option<UnaryKind>,
     caps: &Caps,
-) -> Result<Option<NodeKernel>, Error> {
-    let Some(q) = op.as_any().downcast_ref::<QLinear>() else {
-        return Ok(None);
-    };
+) -> Result<NodeKernel, Error> {
     let format = q.format;
     let (k, n) = (q.in_features, q.out_features);
     let specs = format.tensor_specs(n, k);
@@ -207,33 +218,28 @@ pub(super) fn select(
         ));
     }
     let b = |v: bool| if v { 1.0 } else { 0.0 };
-    let act = fused.map(act_code).unwrap_or(0) as f64;
     let aligned = k.is_multiple_of(4);
     // N:M where half the weights are kept (2:4, 4:8).
-    let sg_format =
-        (1..=8).contains(&code) || matches!(format, WeightFormat::NM { n, m } if 2 * n == m && (m == 4 || m == 8));
+    let sg_format = !matches!(format, WeightFormat::NM { .. })
+        || matches!(format, WeightFormat::NM { n, m } if 2 * n == m && (m == 4 || m == 8));
     if caps.subgroups && caps.software && sg_format && k.is_multiple_of(32) && m >= 4 {
-        return Ok(Some(subgroup_kernel(
-            &format,
-            code,
-            [m, n, k, aux],
-            has_bias,
-            act,
-            np,
-            caps,
-            op,
-        )?));
+        return subgroup_kernel(&format, code, [m, n, k, aux], has_bias, fused, np, caps, op);
     }
     let (shader, entry, consts) = if format == WeightFormat::F16 && caps.f16 {
         (
             ShaderId::QLinearF16,
             "main",
-            constants(&[
-                ("ALIGNED", b(aligned)),
-                ("ROWS", rows as f64),
-                ("HAS_BIAS", b(has_bias)),
-                ("ACT", act),
-            ]),
+            constants(
+                &[
+                    &[
+                        ("ALIGNED", b(aligned)),
+                        ("ROWS", rows as f64),
+                        ("HAS_BIAS", b(has_bias)),
+                    ][..],
+                    &unary_constants(fused),
+                ]
+                .concat(),
+            ),
         )
     } else {
         let shader = if matches!(format, WeightFormat::W8A8 { .. }) && caps.packed_dot {
@@ -246,8 +252,8 @@ pub(super) fn select(
             ("ALIGNED", b(aligned)),
             ("ROWS", rows as f64),
             ("HAS_BIAS", b(has_bias)),
-            ("ACT", act),
         ];
+        list.extend(unary_constants(fused));
         match format {
             WeightFormat::Pow2 { per_channel, .. } => list.push(("PER_CHANNEL", b(per_channel))),
             WeightFormat::Int4 { block, with_min } => {
@@ -273,15 +279,20 @@ pub(super) fn select(
         binds.extend([o(4), o(5)]);
     }
     let inputs = binds.len();
-    Ok(Some(NodeKernel::Dispatch(DispatchSpec {
+    Ok(NodeKernel::Dispatch(DispatchSpec {
         key: PipelineKey {
             shader,
             entry,
             constants: consts,
             inputs,
         },
-        params: vec![m as u32, n as u32, k as u32, aux as u32],
+        params: words(&QLinearParams {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            aux: aux as u32,
+        }),
         groups: [groups[0] as u32, groups[1] as u32, groups[2] as u32],
         binds,
-    })))
+    }))
 }
