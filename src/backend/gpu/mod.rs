@@ -17,6 +17,8 @@ mod context;
 mod error;
 mod executor;
 mod kernels;
+mod plan;
+mod runtime;
 pub mod shaders;
 
 pub use context::{list_adapters, AdapterChoice, AdapterSummary, GpuApi, GpuContext};
