@@ -294,8 +294,8 @@ fn report_text() {
         lines[4],
         "  relu1            Relu       [2, 8]           gpu, fused into fc1"
     );
-    assert!(text.contains("    #0          32 B  x, y\n"), "{text}");
-    assert!(text.contains("    #1          64 B  h, r\n"), "{text}");
+    assert!(text.contains("    #0         32 B  x, y\n"), "{text}");
+    assert!(text.contains("    #1         64 B  h, r\n"), "{text}");
     assert!(
         text.contains("  weights 268 B | peak intermediate 96 B in 2 buffers\n"),
         "{text}"
