@@ -22,6 +22,10 @@ mod executor;
 #[cfg(feature = "gpu")]
 mod kernels;
 #[cfg(feature = "gpu")]
+mod plan;
+#[cfg(feature = "gpu")]
+mod runtime;
+#[cfg(feature = "gpu")]
 pub mod shaders;
 
 pub use choice::{AdapterChoice, GpuApi};
