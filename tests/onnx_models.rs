@@ -8,6 +8,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 
 use prost::Message;
@@ -29,6 +30,23 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// `cpu`, `cpu-reference`, and a software GPU adapter (lavapipe) when there
+/// is one; without one the GPU part is skipped with a line written past the
+/// harness's capture, or fails under `WGINFER_REQUIRE_GPU=1`.
+fn devices() -> Vec<Device> {
+    let mut devices = vec![Device::Cpu, Device::CpuReference];
+    match GpuContext::shared(&AdapterChoice::Software) {
+        Ok(_) => devices.push(Device::Gpu(AdapterChoice::Software)),
+        Err(e) => {
+            if std::env::var("WGINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("WGINFER_REQUIRE_GPU=1 but no software wgpu adapter could be opened ({e})");
+            }
+            let _ = writeln!(std::io::stderr(), "SKIPPED (GPU part): no software wgpu adapter ({e})");
+        }
+    }
+    devices
+}
+
 /// `all_on_gpu`: assert the GPU plan puts every node on the GPU.
 fn check_against_onnxruntime(model: &str, reference: &str, image: bool, all_on_gpu: bool) -> (f32, f64) {
     let m = Model::load(common::root(model)).unwrap();
@@ -42,13 +60,7 @@ fn check_against_onnxruntime(model: &str, reference: &str, image: bool, all_on_g
     let want = tensors(&common::root(reference))["probabilities"].clone();
     let mut worst = 0.0f32;
     let mut acc = 0.0;
-    let mut devices = vec![Device::Cpu, Device::CpuReference];
-    // The GPU backend too, on a software adapter (lavapipe) when there is one.
-    let gpu = GpuContext::shared(&AdapterChoice::Software);
-    match &gpu {
-        Ok(_) => devices.push(Device::Gpu(AdapterChoice::Software)),
-        Err(e) => println!("SKIPPED (GPU part): no software wgpu adapter ({e})"),
-    }
+    let devices = devices();
     for device in devices {
         let s = Session::new(&m, device.clone()).unwrap();
         if let Some(plan) = s.gpu_plan(Some(&[x.shape().to_vec()])) {
@@ -340,10 +352,7 @@ fn a_1d_conv_runs_as_a_2d_conv_over_a_height_of_one() {
     };
     let m = import_bytes(&model.encode_to_vec(), Path::new("."), &ImportOptions::default()).unwrap();
     let x = Tensor::from_vec(vec![1, 1, 5], vec![1.0f32, 2.0, 3.0, 4.0, 5.0]).unwrap();
-    let mut devices = vec![Device::Cpu, Device::CpuReference];
-    if GpuContext::shared(&AdapterChoice::Software).is_ok() {
-        devices.push(Device::Gpu(AdapterChoice::Software));
-    }
+    let devices = devices();
     for device in devices {
         let y = Session::new(&m, device).unwrap().run([("x", x.clone())]).unwrap();
         assert_eq!(y["y"].shape(), &[1, 1, 5]);
@@ -421,10 +430,7 @@ fn batchnorm_after_gemm_folds_into_the_linear() {
         }
     }
     let x = Tensor::from_vec(vec![b, k], xv).unwrap();
-    let mut devices = vec![Device::Cpu, Device::CpuReference];
-    if GpuContext::shared(&AdapterChoice::Software).is_ok() {
-        devices.push(Device::Gpu(AdapterChoice::Software));
-    }
+    let devices = devices();
     for device in devices {
         let y = Session::new(&m, device.clone())
             .unwrap()

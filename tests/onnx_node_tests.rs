@@ -1,7 +1,7 @@
 //! ONNX's own backend node tests (shipped in the `onnx` Python package under
 //! `onnx/backend/test/data/node/`: `model.onnx` plus
 //! `test_data_set_*/{input,output}_N.pb`), run for every op type the importer
-//! claims, on `cpu` and `cpu-reference` (and on a GPU adapter when one
+//! claims (its registry, `supported_ops`), on `cpu` and `cpu-reference` (and on a GPU adapter when one
 //! exists), with ONNX's tolerances: `|got - want| <= 1e-7 + 1e-3·|want|`.
 //!
 //! Each single-node test counts under its op type as pass, fail, or
@@ -16,61 +16,25 @@
 //! would have stored them; float inputs stay run-time inputs.
 //!
 //! The data is found through `WGINFER_ONNX_NODE_TESTS` (set by `.ci/run`)
-//! or `target/onnx-venv`; without it the test prints `SKIPPED: <reason>` and
-//! passes, unless `WGINFER_REQUIRE_ONNX=1`.
+//! or `target/onnx-venv`; without it the test writes `SKIPPED: <reason>` to
+//! stderr past the harness's capture and passes, unless
+//! `WGINFER_REQUIRE_ONNX=1`. Without a GPU adapter the GPU part is skipped
+//! the same way, unless `WGINFER_REQUIRE_GPU=1`.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::Message;
 use wginfer::backend::gpu::{AdapterChoice, GpuContext, Placement};
-use wginfer::model::onnx::{import_bytes, proto, read_tensor_proto, ImportOptions};
+use wginfer::model::onnx::{import_bytes, proto, read_tensor_proto, supported_ops, ImportOptions};
 use wginfer::{DType, Device, Session, Tensor};
 
-/// The op types the importer claims.
-const CLAIMED: &[&str] = &[
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "Relu",
-    "LeakyRelu",
-    "Sigmoid",
-    "Tanh",
-    "Erf",
-    "Gelu",
-    "Softmax",
-    "LogSoftmax",
-    "MatMul",
-    "Gemm",
-    "Flatten",
-    "Reshape",
-    "Transpose",
-    "Squeeze",
-    "Unsqueeze",
-    "Concat",
-    "Identity",
-    "Dropout",
-    "Cast",
-    "CastLike",
-    "Conv",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "BatchNormalization",
-    "LayerNormalization",
-    "DequantizeLinear",
-    "Neg",
-    "Abs",
-    "Exp",
-    "Log",
-    "Sqrt",
-    "Reciprocal",
-    "Constant",
-    "Shape",
-    "Gather",
-];
+/// Single-node tests of claimed ops that are not run, with the reason
+/// (printed with the results). Everything else the importer rejects counts
+/// as unsupported, with the importer's reason.
+const EXCLUDED: &[(&str, &str)] = &[];
 
 const RTOL: f32 = 1e-3;
 const ATOL: f32 = 1e-7;
@@ -249,83 +213,41 @@ struct Count {
     fallback: Vec<String>,
 }
 
-#[test]
-fn onnx_backend_node_tests() {
-    let root = match data_dir() {
-        Ok(p) => p,
-        Err(reason) => {
-            if std::env::var("WGINFER_REQUIRE_ONNX").is_ok_and(|v| v == "1") {
-                panic!("WGINFER_REQUIRE_ONNX=1 but {reason}");
-            }
-            println!("SKIPPED: {reason}");
-            return;
-        }
-    };
-    let mut devices = vec![Device::Cpu, Device::CpuReference];
-    // A GPU adapter (lavapipe in CI) if there is one; held for the whole run.
-    let mut gpu_ctx: Option<Arc<GpuContext>> = None;
-    for choice in [AdapterChoice::Software, AdapterChoice::Auto] {
-        if let Ok(ctx) = GpuContext::shared(&choice) {
-            println!(
-                "GPU: also running on {} ({})",
-                ctx.adapter().name,
-                ctx.adapter().backend
-            );
-            devices.push(Device::Gpu(choice));
-            gpu_ctx = Some(ctx);
-            break;
+/// Everything counted over the run: per device, per op; the multi-node
+/// tests per device; time per device; the excluded tests with their reasons.
+struct Tally {
+    devices: Vec<Device>,
+    per_op: Vec<BTreeMap<String, Count>>,
+    multi: Vec<Count>,
+    times: Vec<std::time::Duration>,
+    excluded: Vec<String>,
+}
+
+impl Tally {
+    fn new(devices: Vec<Device>) -> Self {
+        Tally {
+            per_op: devices.iter().map(|_| BTreeMap::new()).collect(),
+            multi: devices.iter().map(|_| Count::default()).collect(),
+            times: vec![std::time::Duration::ZERO; devices.len()],
+            excluded: Vec::new(),
+            devices,
         }
     }
-    if gpu_ctx.is_none() {
-        if std::env::var("WGINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-            panic!(
-                "WGINFER_REQUIRE_GPU=1 but no wgpu adapter could be opened (install mesa-vulkan-drivers for lavapipe)"
-            );
-        }
-        println!("SKIPPED (GPU part): no wgpu adapter (software or hardware)");
-    }
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
-        .unwrap_or_default();
-    dirs.sort();
-    // Counts per device, per op.
-    let mut per_op: Vec<BTreeMap<String, Count>> = devices.iter().map(|_| BTreeMap::new()).collect();
-    let mut multi: Vec<Count> = devices.iter().map(|_| Count::default()).collect();
-    let mut times = vec![std::time::Duration::ZERO; devices.len()];
-    for dir in &dirs {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let Ok(bytes) = std::fs::read(dir.join("model.onnx")) else {
-            continue;
-        };
-        let Ok(model) = proto::ModelProto::decode(bytes.as_slice()) else {
-            continue;
-        };
-        let Some(graph) = &model.graph else { continue };
-        let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
-        let single = ops.len() == 1;
-        if single && !CLAIMED.contains(&ops[0]) {
-            continue;
-        }
-        if !single && (ops.is_empty() || !ops.iter().all(|o| CLAIMED.contains(o))) {
-            continue;
-        }
-        let outcome = run_test(dir, &model, &bytes, &devices);
-        for d in 0..devices.len() {
-            let count = if single {
-                per_op[d].entry(ops[0].to_string()).or_default()
-            } else {
-                &mut multi[d]
+
+    /// Counts test `name`'s outcome under `op` (`None` for a multi-node test).
+    fn record(&mut self, name: &str, op: Option<&str>, outcome: &Outcome) {
+        for d in 0..self.devices.len() {
+            let count = match op {
+                Some(op) => self.per_op[d].entry(op.to_string()).or_default(),
+                None => &mut self.multi[d],
             };
-            match &outcome {
+            match outcome {
                 Outcome::Unsupported(why) => count.unsupported.push(format!("{name}: {why}")),
                 Outcome::Ran(results) => {
                     let r = &results[d];
-                    times[d] += r.time;
+                    self.times[d] += r.time;
                     match &r.fail {
-                        Some(why) => count.fail.push(format!("{name}: {}: {why}", devices[d])),
+                        Some(why) => count.fail.push(format!("{name}: {}: {why}", self.devices[d])),
                         None => {
                             count.pass += 1;
                             if let Some(f) = &r.fallback {
@@ -337,24 +259,12 @@ fn onnx_backend_node_tests() {
             }
         }
     }
-    println!("\nONNX node tests from {}", root.display());
-    let ops: Vec<&String> = per_op[0].keys().collect();
-    // One column group per device: pass / fail, and on a GPU how many of the
-    // passes had a node placed on the CPU.
-    let mut header = format!("{:<22}", "op");
-    for d in &devices {
-        let label = d.to_string();
-        if matches!(d, Device::Gpu(_)) {
-            header += &format!(" | {label:>13} pass fail (cpu fallback)");
-        } else {
-            header += &format!(" | {label:>13} pass fail");
-        }
-    }
-    header += " | unsupported";
-    println!("{header}");
-    let row = |label: &str, counts: &[&Count]| {
+
+    /// One row: per device pass / fail (and on a GPU how many passes had a
+    /// node placed on the CPU), then the unsupported count.
+    fn row(&self, label: &str, counts: &[&Count]) {
         let mut line = format!("{label:<22}");
-        for (d, c) in devices.iter().zip(counts) {
+        for (d, c) in self.devices.iter().zip(counts) {
             line += &format!(" | {:>18} {:>4}", c.pass, c.fail.len());
             if matches!(d, Device::Gpu(_)) {
                 line += &format!(" {:>14}", format!("({})", c.fallback.len()));
@@ -362,46 +272,155 @@ fn onnx_backend_node_tests() {
         }
         line += &format!(" | {:>11}", counts[0].unsupported.len());
         println!("{line}");
-    };
-    let mut totals: Vec<Count> = devices.iter().map(|_| Count::default()).collect();
-    for op in &ops {
-        let counts: Vec<&Count> = per_op.iter().map(|m| &m[*op]).collect();
-        row(op, &counts);
-        for (t, c) in totals.iter_mut().zip(&counts) {
-            t.pass += c.pass;
-            t.fail.extend(c.fail.iter().cloned());
-            t.unsupported.extend(c.unsupported.iter().cloned());
-            t.fallback.extend(c.fallback.iter().cloned());
+    }
+
+    /// The table: a row per op, the single-node totals, the multi-node tests.
+    fn print_table(&self) {
+        let mut header = format!("{:<22}", "op");
+        for d in &self.devices {
+            let label = d.to_string();
+            if matches!(d, Device::Gpu(_)) {
+                header += &format!(" | {label:>13} pass fail (cpu fallback)");
+            } else {
+                header += &format!(" | {label:>13} pass fail");
+            }
+        }
+        header += " | unsupported";
+        println!("{header}");
+        let mut totals: Vec<Count> = self.devices.iter().map(|_| Count::default()).collect();
+        for op in self.per_op[0].keys() {
+            let counts: Vec<&Count> = self.per_op.iter().map(|m| &m[op]).collect();
+            self.row(op, &counts);
+            for (t, c) in totals.iter_mut().zip(&counts) {
+                t.pass += c.pass;
+                t.fail.extend(c.fail.iter().cloned());
+                t.unsupported.extend(c.unsupported.iter().cloned());
+                t.fallback.extend(c.fallback.iter().cloned());
+            }
+        }
+        self.row("total (single-node)", &totals.iter().collect::<Vec<_>>());
+        self.row("multi-node (info)", &self.multi.iter().collect::<Vec<_>>());
+        for (d, t) in self.devices.iter().zip(&self.times) {
+            println!("time on {d}: {:.2} s (session creation and runs)", t.as_secs_f64());
         }
     }
-    row("total (single-node)", &totals.iter().collect::<Vec<_>>());
-    row("multi-node (info)", &multi.iter().collect::<Vec<_>>());
-    for (d, t) in devices.iter().zip(&times) {
-        println!("time on {d}: {:.2} s (session creation and runs)", t.as_secs_f64());
-    }
-    for op in CLAIMED {
-        if !per_op[0].contains_key(*op) {
-            println!("note: no single-node test found for {op}");
+
+    /// The reasons: excluded tests (past the capture), claimed ops without a
+    /// test, unsupported tests, CPU fallbacks, multi-node failures.
+    fn print_reasons(&self, claimed: &[&str]) {
+        for why in &self.excluded {
+            let _ = writeln!(std::io::stderr(), "excluded {why}");
         }
-    }
-    for (op, c) in &per_op[0] {
-        for why in &c.unsupported {
-            println!("unsupported [{op}] {why}");
+        for op in claimed {
+            if !self.per_op[0].contains_key(*op) {
+                println!("note: no single-node test found for {op}");
+            }
         }
-    }
-    for (d, m) in devices.iter().zip(&per_op) {
-        for (op, c) in m {
-            for why in &c.fallback {
-                println!("cpu fallback on {d} [{op}] {why}");
+        for (op, c) in &self.per_op[0] {
+            for why in &c.unsupported {
+                println!("unsupported [{op}] {why}");
+            }
+        }
+        for (d, m) in self.devices.iter().zip(&self.per_op) {
+            for (op, c) in m {
+                for why in &c.fallback {
+                    println!("cpu fallback on {d} [{op}] {why}");
+                }
+            }
+        }
+        for m in &self.multi {
+            for why in &m.fail {
+                println!("multi-node FAIL {why}");
             }
         }
     }
-    for m in &multi {
-        for why in &m.fail {
-            println!("multi-node FAIL {why}");
+}
+
+/// Adds a GPU device (lavapipe in CI) when an adapter opens, and returns
+/// its context, to hold for the whole run; without one the GPU part is
+/// skipped with a line past the capture, or fails under `WGINFER_REQUIRE_GPU=1`.
+fn add_gpu(devices: &mut Vec<Device>) -> Option<Arc<GpuContext>> {
+    for choice in [AdapterChoice::Software, AdapterChoice::Auto] {
+        if let Ok(ctx) = GpuContext::shared(&choice) {
+            println!(
+                "GPU: also running on {} ({})",
+                ctx.adapter().name,
+                ctx.adapter().backend
+            );
+            devices.push(Device::Gpu(choice));
+            return Some(ctx);
         }
     }
-    let failures: Vec<&String> = per_op.iter().flat_map(|m| m.values()).flat_map(|c| &c.fail).collect();
+    if std::env::var("WGINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("WGINFER_REQUIRE_GPU=1 but no wgpu adapter could be opened (install mesa-vulkan-drivers for lavapipe)");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED (GPU part): no wgpu adapter (software or hardware)"
+    );
+    None
+}
+
+/// Runs one test directory if its ops are claimed and it is not excluded.
+fn run_dir(tally: &mut Tally, dir: &Path, claimed: &[&str]) {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Ok(bytes) = std::fs::read(dir.join("model.onnx")) else {
+        return;
+    };
+    let Ok(model) = proto::ModelProto::decode(bytes.as_slice()) else {
+        return;
+    };
+    let Some(graph) = &model.graph else { return };
+    let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+    if ops.is_empty() || !ops.iter().all(|o| claimed.contains(o)) {
+        return;
+    }
+    if let Some((_, why)) = EXCLUDED.iter().find(|(test, _)| *test == name) {
+        tally.excluded.push(format!("{name}: {why}"));
+        return;
+    }
+    let outcome = run_test(dir, &model, &bytes, &tally.devices);
+    let op = if ops.len() == 1 { Some(ops[0]) } else { None };
+    tally.record(&name, op, &outcome);
+}
+
+#[test]
+fn onnx_backend_node_tests() {
+    let root = match data_dir() {
+        Ok(p) => p,
+        Err(reason) => {
+            if std::env::var("WGINFER_REQUIRE_ONNX").is_ok_and(|v| v == "1") {
+                panic!("WGINFER_REQUIRE_ONNX=1 but {reason}");
+            }
+            // Past the test harness's capture, so a passing run shows it.
+            let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
+            return;
+        }
+    };
+    let mut devices = vec![Device::Cpu, Device::CpuReference];
+    let _gpu_ctx = add_gpu(&mut devices);
+    // The op types the importer claims: its registry.
+    let claimed: Vec<&str> = supported_ops().collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    let mut tally = Tally::new(devices);
+    for dir in &dirs {
+        run_dir(&mut tally, dir, &claimed);
+    }
+    println!("\nONNX node tests from {}", root.display());
+    tally.print_table();
+    tally.print_reasons(&claimed);
+    let failures: Vec<&String> = tally
+        .per_op
+        .iter()
+        .flat_map(|m| m.values())
+        .flat_map(|c| &c.fail)
+        .collect();
     for why in &failures {
         println!("FAIL {why}");
     }

@@ -12,10 +12,14 @@
 //!   weights becomes [`Linear`](crate::ops::linear::Linear); a
 //!   `BatchNormalization` right after a `Conv` with constant weights is folded
 //!   into it; `Identity` and inference `Dropout` disappear.
-//! - An import that meets unsupported ops fails once, listing every
-//!   unsupported op type with the names of its nodes.
+//! - Each op family registers its builders in one table under `ops/`; those
+//!   tables are the supported list ([`supported_ops`]). An import that meets
+//!   unsupported ops fails once, listing every unsupported op type with the
+//!   names of its nodes.
 
+mod context;
 mod import;
+mod ops;
 pub mod proto;
 
 use std::collections::HashMap;
@@ -24,7 +28,8 @@ use std::path::Path;
 use prost::Message;
 
 pub use crate::error::OnnxError;
-pub use import::{ImportOptions, SUPPORTED};
+pub use import::ImportOptions;
+pub use ops::supported_ops;
 
 use crate::error::ModelError;
 use crate::model::Model;
