@@ -354,7 +354,7 @@ mod tests {
         if !available() {
             // Written past the harness's capture, so the skip shows in `cargo test` output.
             use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "\nSKIPPED: no AVX-512F");
+            let _ = std::io::stderr().write_all(b"\nSKIPPED: no AVX-512F\n");
             return;
         }
         let mut seed = 7u32;

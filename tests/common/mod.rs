@@ -126,7 +126,9 @@ pub fn skip(reason: &str) {
         .filter(|n| *n != "main")
         .map(|n| format!(" {n}"))
         .unwrap_or_default();
-    let _ = writeln!(std::io::stderr(), "\nSKIPPED{test}: {reason}");
+    // One write, so that the line is not split by the harness's own output.
+    let line = format!("\nSKIPPED{test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// A skip that CI forbids: panics when the environment variable `require`
