@@ -3,8 +3,8 @@
 //!
 //! The tests ask for an adapter explicitly (software ones included, so they
 //! run on lavapipe in CI); `WGINFER_TEST_ADAPTER` picks one by choice string
-//! (e.g. `gl`, `name:llvmpipe`). With no adapter they print
-//! `SKIPPED: no wgpu adapter` and pass, unless `WGINFER_REQUIRE_GPU=1`.
+//! (e.g. `gl`, `name:llvmpipe`). With no adapter they print a visible
+//! `SKIPPED` line and pass, unless `WGINFER_REQUIRE_GPU=1`.
 
 mod common;
 
@@ -64,12 +64,10 @@ fn gpu() -> Option<Arc<GpuContext>> {
         })
         .clone();
     if ctx.is_none() {
-        if std::env::var("WGINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-            panic!(
-                "WGINFER_REQUIRE_GPU=1 but no wgpu adapter could be opened (install mesa-vulkan-drivers for lavapipe)"
-            );
-        }
-        say("\nSKIPPED: no wgpu adapter");
+        common::skip_or_fail(
+            "WGINFER_REQUIRE_GPU",
+            "no wgpu adapter could be opened (install mesa-vulkan-drivers for lavapipe)",
+        );
     }
     ctx
 }

@@ -27,10 +27,7 @@ fn choice() -> Option<AdapterChoice> {
     }
     let a = list_adapters().into_iter().next();
     if a.is_none() {
-        if std::env::var("WGINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-            panic!("WGINFER_REQUIRE_GPU=1 but no wgpu adapter");
-        }
-        say("\nSKIPPED: no wgpu adapter");
+        common::skip_or_fail("WGINFER_REQUIRE_GPU", "no wgpu adapter");
     }
     a.map(|a| AdapterChoice::Name(a.name))
 }

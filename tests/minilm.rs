@@ -522,12 +522,10 @@ fn onnx_export_imports_and_matches() {
             out
         }
         (None, None) => {
-            if std::env::var("WGINFER_REQUIRE_MINILM").is_ok_and(|v| v == "1") {
-                panic!(
-                    "WGINFER_REQUIRE_MINILM=1 but neither WGINFER_MINILM_ONNX nor WGINFER_MINILM_ONNX_PYTHON is set"
-                );
-            }
-            say("\nSKIPPED: set WGINFER_MINILM_ONNX_PYTHON (a python with onnx and numpy) for the ONNX export test");
+            common::skip_or_fail(
+                "WGINFER_REQUIRE_MINILM",
+                "set WGINFER_MINILM_ONNX (an ONNX export) or WGINFER_MINILM_ONNX_PYTHON (a python with onnx and numpy) for the ONNX export test",
+            );
             return;
         }
     };

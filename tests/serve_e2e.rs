@@ -4,8 +4,8 @@
 //!
 //! The clients live in a virtual environment: `WGINFER_E2E_PYTHON` names its
 //! python, else `target/serve-e2e-venv/bin/python` is used (.ci/run makes it).
-//! Without one the test prints `SKIPPED: <reason>` and passes, unless
-//! `WGINFER_REQUIRE_E2E=1`, when it fails.
+//! Without one the test prints a visible `SKIPPED` line with the reason and
+//! passes, unless `WGINFER_REQUIRE_E2E=1`, when it fails.
 
 mod common;
 
@@ -79,11 +79,7 @@ fn python_clients_against_the_server() {
     let py = match python() {
         Ok(p) => p,
         Err(reason) => {
-            if std::env::var("WGINFER_REQUIRE_E2E").is_ok_and(|v| v == "1") {
-                panic!("WGINFER_REQUIRE_E2E=1 but the end-to-end test cannot run: {reason}");
-            }
-            println!("SKIPPED: {reason}");
-            eprintln!("SKIPPED: serve end-to-end test: {reason}");
+            common::skip_or_fail("WGINFER_REQUIRE_E2E", &reason);
             return;
         }
     };

