@@ -106,7 +106,14 @@ fn run_output_format_follows_the_extension() {
     let relu = dir.path().join("relu.safetensors");
     relu_model(&relu);
     let y = dir.path().join("y.npy");
-    let (ok, out, err) = wginfer(&["run", relu.to_str().unwrap(), "--input", DATA, "-o", y.to_str().unwrap()]);
+    let (ok, out, err) = wginfer(&[
+        "run",
+        relu.to_str().unwrap(),
+        "--input",
+        DATA,
+        "-o",
+        y.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("wrote 1 output(s)"), "{out}");
     assert!(std::fs::read(&y).unwrap().starts_with(b"\x93NUMPY"));
@@ -114,7 +121,14 @@ fn run_output_format_follows_the_extension() {
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].1.shape(), &[450, 64]);
     let data = wginfer::model::load_tensors(root(DATA)).unwrap();
-    let x = data.iter().find(|(n, _)| n == "input").unwrap().1.as_f32().unwrap().to_vec();
+    let x = data
+        .iter()
+        .find(|(n, _)| n == "input")
+        .unwrap()
+        .1
+        .as_f32()
+        .unwrap()
+        .to_vec();
     let got = back[0].1.as_f32().unwrap();
     assert!(got.iter().zip(&x).all(|(g, x)| *g == x.max(0.0)));
     for bad in ["y.npz", "y.txt", "y"] {
@@ -128,7 +142,10 @@ fn run_output_format_follows_the_extension() {
     let two = dir.path().join("two.npy");
     let (ok, _, err) = wginfer(&["run", MODEL, "--input", DATA, "-o", two.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("2 outputs (logits, probabilities)") && err.contains(".safetensors"), "{err}");
+    assert!(
+        err.contains("2 outputs (logits, probabilities)") && err.contains(".safetensors"),
+        "{err}"
+    );
     assert!(!two.exists());
 }
 

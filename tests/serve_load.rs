@@ -549,13 +549,16 @@ async fn index(addr: &str) -> Vec<Value> {
     let mut c = Conn::connect(addr).await.unwrap();
     let r = c.request("POST", "/v2/repository/index", &[], b"{}").await.unwrap();
     assert_eq!(r.status, 200);
-    serde_json::from_slice::<Value>(&r.body).unwrap().as_array().unwrap().clone()
+    serde_json::from_slice::<Value>(&r.body)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// The index row of a model that is not ready, once its load was tried.
 fn failed_row<'a>(rows: &'a [Value], name: &str) -> Option<&'a Value> {
-    rows.iter()
-        .find(|r| r["name"] == name && r["state"] == "UNAVAILABLE")
+    rows.iter().find(|r| r["name"] == name && r["state"] == "UNAVAILABLE")
 }
 
 /// Bad models dropped into a polled repository while clients load the good
@@ -589,10 +592,16 @@ async fn bad_models_in_a_polled_repository_leave_the_others_serving() {
             let t = Instant::now();
             let rows = loop {
                 let rows = index(&addr).await;
-                if ["truncated", "reshape-error", "overflow"].iter().all(|m| failed_row(&rows, m).is_some()) {
+                if ["truncated", "reshape-error", "overflow"]
+                    .iter()
+                    .all(|m| failed_row(&rows, m).is_some())
+                {
                     break rows;
                 }
-                assert!(t.elapsed() < Duration::from_secs(60), "the bad models were not all marked failed: {rows:?}");
+                assert!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "the bad models were not all marked failed: {rows:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             };
             loading.store(false, Ordering::SeqCst);
@@ -601,7 +610,9 @@ async fn bad_models_in_a_polled_repository_leave_the_others_serving() {
     };
     let report = load(&addr, clients, per_client, rows, Some(loading)).await;
     let rows = dropper.await.unwrap();
-    report.print(&format!("{clients} clients x {per_client}+ requests while bad models are polled"));
+    report.print(&format!(
+        "{clients} clients x {per_client}+ requests while bad models are polled"
+    ));
     assert!(
         report.errors.is_empty(),
         "{} failed requests to the good model, first: {}",
@@ -609,18 +620,33 @@ async fn bad_models_in_a_polled_repository_leave_the_others_serving() {
         report.errors[0]
     );
     assert!(report.ok >= clients * per_client);
-    let reason = |m: &str| failed_row(&rows, m).unwrap()["reason"].as_str().unwrap_or_default().to_string();
+    let reason = |m: &str| {
+        failed_row(&rows, m).unwrap()["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
     assert!(reason("truncated").contains("truncated"), "{}", reason("truncated"));
-    assert!(reason("reshape-error").contains("reshape"), "{}", reason("reshape-error"));
+    assert!(
+        reason("reshape-error").contains("reshape"),
+        "{}",
+        reason("reshape-error")
+    );
     assert!(!reason("overflow").is_empty());
     println!("  overflow: {}", reason("overflow"));
     let mut c = Conn::connect(&addr).await.unwrap();
     for m in ["truncated", "reshape-error", "overflow"] {
-        let r = c.request("GET", &format!("/v2/models/{m}/ready"), &[], b"").await.unwrap();
+        let r = c
+            .request("GET", &format!("/v2/models/{m}/ready"), &[], b"")
+            .await
+            .unwrap();
         assert_eq!(r.status, 503, "{m}");
         let body: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["ready"], false);
-        assert!(body["error"].as_str().is_some_and(|e| e.contains(&reason(m))), "{m}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains(&reason(m))),
+            "{m}: {body}"
+        );
     }
     let r = c.request("GET", "/v2/health/ready", &[], b"").await.unwrap();
     assert_eq!(r.status, 200, "non-strict readiness ignores failed models");
@@ -669,10 +695,16 @@ async fn a_half_sent_header_is_closed_after_the_header_timeout() {
     let took = closed_within(&mut s, Duration::from_secs(10))
         .await
         .expect("the connection is closed after the header timeout");
-    assert!(took >= Duration::from_millis(900), "closed after {took:?}, before the timeout");
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed after {took:?}, before the timeout"
+    );
     // Complete requests still work.
     let mut c = Conn::connect(&addr).await.unwrap();
-    assert_eq!(c.request("GET", "/v2/health/ready", &[], b"").await.unwrap().status, 200);
+    assert_eq!(
+        c.request("GET", "/v2/health/ready", &[], b"").await.unwrap().status,
+        200
+    );
     let _ = stop.send(());
     handle.await.unwrap().unwrap();
 }
@@ -718,7 +750,10 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let first = Conn::connect(&addr).await.unwrap();
     let mut second = Conn::connect(&addr).await.unwrap();
-    assert_eq!(second.request("GET", "/v2/health/live", &[], b"").await.unwrap().status, 200);
+    assert_eq!(
+        second.request("GET", "/v2/health/live", &[], b"").await.unwrap().status,
+        200
+    );
     let waiting = {
         let addr = addr.clone();
         tokio::spawn(async move {
@@ -728,7 +763,10 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!waiting.is_finished(), "a third connection was served while two were open");
+    assert!(
+        !waiting.is_finished(),
+        "a third connection was served while two were open"
+    );
     let freed = Instant::now();
     drop(first);
     let (status, served) = tokio::time::timeout(Duration::from_secs(5), waiting)

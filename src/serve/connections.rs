@@ -104,7 +104,9 @@ async fn accept_error(e: std::io::Error) {
     if matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
         return;
     }
-    log::error!("accepting a connection failed: {e}; retrying in 1 s (lower --max-connections below the open-file limit)");
+    log::error!(
+        "accepting a connection failed: {e}; retrying in 1 s (lower --max-connections below the open-file limit)"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
@@ -160,7 +162,11 @@ async fn drain(mut conn: Pin<&mut Conn>, active: &AtomicUsize) {
             r = conn.as_mut() => return closed(r),
             _ = tokio::time::sleep(tick) => {}
         }
-        idle = if active.load(Ordering::SeqCst) == 0 { idle + tick } else { Duration::ZERO };
+        idle = if active.load(Ordering::SeqCst) == 0 {
+            idle + tick
+        } else {
+            Duration::ZERO
+        };
     }
     log::debug!("closing a connection with no request in flight at shutdown");
 }

@@ -221,13 +221,17 @@ fn pick_version(name: &str, e: &Entry, version: Option<&str>) -> Result<Arc<Inst
             .next_back()
             .cloned()
             .ok_or_else(|| ServeError::Unavailable(format!("model `{name}` has no version ready"))),
-        Some(v) => v.parse::<u64>().ok().and_then(|n| e.versions.get(&n).cloned()).ok_or_else(|| {
-            let served: Vec<String> = e.versions.keys().map(u64::to_string).collect();
-            ServeError::NotFound(format!(
-                "model `{name}` has no version `{v}` serving; versions serving: {}",
-                served.join(", ")
-            ))
-        }),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| e.versions.get(&n).cloned())
+            .ok_or_else(|| {
+                let served: Vec<String> = e.versions.keys().map(u64::to_string).collect();
+                ServeError::NotFound(format!(
+                    "model `{name}` has no version `{v}` serving; versions serving: {}",
+                    served.join(", ")
+                ))
+            }),
     }
 }
 
@@ -489,9 +493,9 @@ impl Repository {
         let cfg = config.clone();
         let what = format!("loading and warming up model `{name}` version {version}");
         let loaded = tokio::task::spawn_blocking(move || isolated(&what, || load_and_warm_up(&p, &cfg)))
-        .await
-        .map_err(|e| ServeError::Internal(format!("loading {}: {e}", path.display())))?
-        .map_err(|e| ServeError::bad(format!("cannot load model `{name}` version {version}: {e}")))?;
+            .await
+            .map_err(|e| ServeError::Internal(format!("loading {}: {e}", path.display())))?
+            .map_err(|e| ServeError::bad(format!("cannot load model `{name}` version {version}: {e}")))?;
         let (session, embedder) = loaded;
         let session = Arc::new(session);
         let metrics = self.metrics.model(name, &version.to_string());
