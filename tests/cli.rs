@@ -97,6 +97,72 @@ fn run_prints_and_writes_outputs() {
     }
 }
 
+/// `run -o` writes the format its extension names: `.npy` for one output
+/// (read back with the crate's reader), `.safetensors` for several; other
+/// names, and `.npy` for several outputs, are refused with the choices.
+#[test]
+fn run_output_format_follows_the_extension() {
+    let dir = tempfile::tempdir().unwrap();
+    let relu = dir.path().join("relu.safetensors");
+    relu_model(&relu);
+    let y = dir.path().join("y.npy");
+    let (ok, out, err) = wginfer(&[
+        "run",
+        relu.to_str().unwrap(),
+        "--input",
+        DATA,
+        "-o",
+        y.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("wrote 1 output(s)"), "{out}");
+    assert!(std::fs::read(&y).unwrap().starts_with(b"\x93NUMPY"));
+    let back = wginfer::model::load_tensors(&y).unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].1.shape(), &[450, 64]);
+    let data = wginfer::model::load_tensors(root(DATA)).unwrap();
+    let x = data
+        .iter()
+        .find(|(n, _)| n == "input")
+        .unwrap()
+        .1
+        .as_f32()
+        .unwrap()
+        .to_vec();
+    let got = back[0].1.as_f32().unwrap();
+    assert!(got.iter().zip(&x).all(|(g, x)| *g == x.max(0.0)));
+    for bad in ["y.npz", "y.txt", "y"] {
+        let p = dir.path().join(bad);
+        let (ok, _, err) = wginfer(&["run", MODEL, "--input", DATA, "-o", p.to_str().unwrap()]);
+        assert!(!ok, "{bad}");
+        assert!(err.contains(".safetensors") && err.contains(".npy"), "{bad}: {err}");
+        assert!(!p.exists(), "{bad} was written");
+    }
+    // Two outputs do not fit one .npy; a .safetensors file takes both.
+    let two = dir.path().join("two.npy");
+    let (ok, _, err) = wginfer(&["run", MODEL, "--input", DATA, "-o", two.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("2 outputs (logits, probabilities)") && err.contains(".safetensors"),
+        "{err}"
+    );
+    assert!(!two.exists());
+}
+
+/// A model with one output: `output = relu(input)`, input f32[batch, 64].
+fn relu_model(path: &std::path::Path) {
+    use wginfer::graph::{Graph, GraphDoc};
+    let doc: GraphDoc = serde_json::from_value(serde_json::json!({
+        "format": "wginfer.graph", "version": 1, "name": "relu",
+        "inputs": [{"name": "input", "dtype": "f32", "shape": ["batch", 64]}],
+        "outputs": [{"name": "output", "dtype": "f32", "shape": ["batch", 64]}],
+        "nodes": [{"name": "relu", "op": "Relu", "inputs": ["input"], "outputs": ["output"]}]
+    }))
+    .unwrap();
+    let model = wginfer::Model::new(Graph::from_doc(&doc).unwrap(), Default::default()).unwrap();
+    model.save(path).unwrap();
+}
+
 #[test]
 fn errors_are_clear_and_exit_nonzero() {
     let (ok, _, err) = wginfer(&["inspect", "no/such/model.safetensors"]);

@@ -833,6 +833,37 @@ async fn broken_model_at_start_keeps_the_server_not_ready() {
     assert_eq!(get(&router, "/v2/health/ready").await.status, StatusCode::OK);
 }
 
+/// Without strict readiness a failed model does not make the server not
+/// ready; it still reports itself failed, with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_model_with_non_strict_readiness_leaves_the_server_ready() {
+    let dir = repo();
+    let b = dir.path().join("broken/1");
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(b.join("model.safetensors"), [0u8; 4]).unwrap();
+    let server = Server::new(ServerOptions {
+        strict_readiness: false,
+        ..options(dir.path())
+    });
+    assert_eq!(server.load_models().await, vec!["broken".to_string()]);
+    assert!(server.is_ready());
+    let router = server.router();
+    assert_eq!(get(&router, "/v2/health/ready").await.status, StatusCode::OK);
+    let r = get(&router, "/v2/models/broken/ready").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.error().contains("truncated"), "{}", r.error());
+    let idx = post_json(&router, "/v2/repository/index", json!({})).await.json();
+    assert_eq!(idx[0]["name"], "broken");
+    assert_eq!(idx[0]["state"], "UNAVAILABLE");
+    assert!(idx[0]["reason"].as_str().unwrap().contains("truncated"), "{idx}");
+    // An explicit load of it fails with the reason in the response.
+    let r = post_json(&router, "/v2/repository/models/broken/load", json!({})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("truncated"), "{}", r.error());
+    assert_eq!(get(&router, "/v2/health/ready").await.status, StatusCode::OK);
+    assert_eq!(get(&router, "/v2/models/digits-mlp/ready").await.status, StatusCode::OK);
+}
+
 /// A model slow enough to hold the queue: Linear 1024 -> 1024.
 fn slow_model(dir: &Path) {
     use wginfer::graph::{Graph, GraphDoc};

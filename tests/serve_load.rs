@@ -278,17 +278,23 @@ fn check(resp: &Resp, want: &[f32], id: &str) -> Result<String, String> {
     Ok(v["model_version"].as_str().unwrap_or_default().to_string())
 }
 
-async fn start(
-    dir: &Path,
-) -> (
+type Running = (
     String,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<std::io::Result<()>>,
-) {
-    let server = Server::new(ServerOptions {
+);
+
+async fn start(dir: &Path) -> Running {
+    start_with(ServerOptions {
         model_repository: dir.to_path_buf(),
         ..ServerOptions::default()
-    });
+    })
+    .await
+}
+
+/// Starts a server on a free loopback port and waits until it is ready.
+async fn start_with(options: ServerOptions) -> Running {
+    let server = Server::new(options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -490,4 +496,286 @@ async fn shutdown_drains_in_flight_requests() {
         TcpStream::connect(&addr).await.is_err(),
         "no connections after the shutdown"
     );
+}
+
+/// A model whose graph reshapes [1, 10] to [7, 5270498306774157606] (the
+/// product wraps to 10 in 64 bits) and transposes it: it must fail to load
+/// or warm up, with a reason, and never take the server down.
+fn overflow_model(dir: &Path) {
+    model_file(
+        dir,
+        json!({
+            "format": "wginfer.graph", "version": 1, "name": "overflow",
+            "inputs": [{"name": "x", "dtype": "f32", "shape": [1, 10]}],
+            "outputs": [{"name": "y", "dtype": "f32", "shape": ["a", "b"]}],
+            "nodes": [
+                {"name": "r", "op": "Reshape", "inputs": ["x"], "outputs": ["r"], "attrs": {"shape": [7, 5270498306774157606i64]}},
+                {"name": "t", "op": "Transpose", "inputs": ["r"], "outputs": ["y"], "attrs": {"perm": [1, 0]}}
+            ]
+        }),
+    );
+}
+
+/// A model that reshapes [batch, 10] to [3, 5]: accepted while the batch is
+/// symbolic, it fails on its first run (the warm-up, batch 1).
+fn reshape_error_model(dir: &Path) {
+    model_file(
+        dir,
+        json!({
+            "format": "wginfer.graph", "version": 1, "name": "reshape-error",
+            "inputs": [{"name": "x", "dtype": "f32", "shape": ["batch", 10]}],
+            "outputs": [{"name": "y", "dtype": "f32", "shape": [3, 5]}],
+            "nodes": [{"name": "r", "op": "Reshape", "inputs": ["x"], "outputs": ["y"], "attrs": {"shape": [3, 5]}}]
+        }),
+    );
+}
+
+/// Writes `<dir>/1/model.safetensors`: a safetensors file with no tensors
+/// whose metadata holds `graph`, written by hand so that a graph the loader
+/// refuses is written as it is.
+fn model_file(dir: &Path, graph: Value) {
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    let mut header = json!({"__metadata__": {"wginfer.graph": graph.to_string()}}).to_string();
+    while !header.len().is_multiple_of(8) {
+        header.push(' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    std::fs::write(dir.join("1/model.safetensors"), bytes).unwrap();
+}
+
+/// The repository index as JSON rows.
+async fn index(addr: &str) -> Vec<Value> {
+    let mut c = Conn::connect(addr).await.unwrap();
+    let r = c.request("POST", "/v2/repository/index", &[], b"{}").await.unwrap();
+    assert_eq!(r.status, 200);
+    serde_json::from_slice::<Value>(&r.body)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The index row of a model that is not ready, once its load was tried.
+fn failed_row<'a>(rows: &'a [Value], name: &str) -> Option<&'a Value> {
+    rows.iter().find(|r| r["name"] == name && r["state"] == "UNAVAILABLE")
+}
+
+/// Bad models dropped into a polled repository while clients load the good
+/// one: a file that fails to load, one that fails on its warm-up run and
+/// one whose sizes overflow. Every request to the good model succeeds; each
+/// bad one is UNAVAILABLE with its reason (index and model readiness); the
+/// server stays up and, with non-strict readiness, ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_models_in_a_polled_repository_leave_the_others_serving() {
+    let clients = env_usize("WGINFER_LOAD_CLIENTS", 16).min(8);
+    let per_client = env_usize("WGINFER_LOAD_REQUESTS", 25);
+    let rows = Arc::new(rows(450));
+    let dir = tempfile::tempdir().unwrap();
+    repo(dir.path(), true);
+    let (addr, stop, handle) = start_with(ServerOptions {
+        model_repository: dir.path().to_path_buf(),
+        poll_interval: Some(Duration::from_millis(100)),
+        strict_readiness: false,
+        ..ServerOptions::default()
+    })
+    .await;
+    let loading = Arc::new(AtomicBool::new(true));
+    let dropper = {
+        let (addr, loading, root) = (addr.clone(), loading.clone(), dir.path().to_path_buf());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            std::fs::create_dir_all(root.join("truncated/1")).unwrap();
+            std::fs::write(root.join("truncated/1/model.safetensors"), [0u8; 4]).unwrap();
+            reshape_error_model(&root.join("reshape-error"));
+            overflow_model(&root.join("overflow"));
+            let t = Instant::now();
+            let rows = loop {
+                let rows = index(&addr).await;
+                if ["truncated", "reshape-error", "overflow"]
+                    .iter()
+                    .all(|m| failed_row(&rows, m).is_some())
+                {
+                    break rows;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "the bad models were not all marked failed: {rows:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            loading.store(false, Ordering::SeqCst);
+            rows
+        })
+    };
+    let report = load(&addr, clients, per_client, rows, Some(loading)).await;
+    let rows = dropper.await.unwrap();
+    report.print(&format!(
+        "{clients} clients x {per_client}+ requests while bad models are polled"
+    ));
+    assert!(
+        report.errors.is_empty(),
+        "{} failed requests to the good model, first: {}",
+        report.errors.len(),
+        report.errors[0]
+    );
+    assert!(report.ok >= clients * per_client);
+    let reason = |m: &str| {
+        failed_row(&rows, m).unwrap()["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(reason("truncated").contains("truncated"), "{}", reason("truncated"));
+    assert!(
+        reason("reshape-error").contains("reshape"),
+        "{}",
+        reason("reshape-error")
+    );
+    assert!(!reason("overflow").is_empty());
+    println!("  overflow: {}", reason("overflow"));
+    let mut c = Conn::connect(&addr).await.unwrap();
+    for m in ["truncated", "reshape-error", "overflow"] {
+        let r = c
+            .request("GET", &format!("/v2/models/{m}/ready"), &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 503, "{m}");
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["ready"], false);
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains(&reason(m))),
+            "{m}: {body}"
+        );
+    }
+    let r = c.request("GET", "/v2/health/ready", &[], b"").await.unwrap();
+    assert_eq!(r.status, 200, "non-strict readiness ignores failed models");
+    let r = c.request("GET", "/v2/models/digits-mlp/ready", &[], b"").await.unwrap();
+    assert_eq!(r.status, 200);
+    let _ = stop.send(());
+    handle.await.unwrap().unwrap();
+}
+
+/// A server with one small model, and how it was told to stop.
+async fn connection_server(options: impl FnOnce(ServerOptions) -> ServerOptions) -> (tempfile::TempDir, Running) {
+    let dir = tempfile::tempdir().unwrap();
+    repo(dir.path(), false);
+    let running = start_with(options(ServerOptions {
+        model_repository: dir.path().to_path_buf(),
+        ..ServerOptions::default()
+    }))
+    .await;
+    (dir, running)
+}
+
+/// Reads until the server closes the connection; how long that took.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(t.elapsed()), stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(t.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+const HALF_HEADER: &[u8] = b"POST /v2/models/digits-mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_header_is_closed_after_the_header_timeout() {
+    let (_dir, (addr, stop, handle)) = connection_server(|o| ServerOptions {
+        header_timeout: Some(Duration::from_secs(1)),
+        ..o
+    })
+    .await;
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(HALF_HEADER).await.unwrap();
+    let took = closed_within(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the connection is closed after the header timeout");
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed after {took:?}, before the timeout"
+    );
+    // Complete requests still work.
+    let mut c = Conn::connect(&addr).await.unwrap();
+    assert_eq!(
+        c.request("GET", "/v2/health/ready", &[], b"").await.unwrap().status,
+        200
+    );
+    let _ = stop.send(());
+    handle.await.unwrap().unwrap();
+}
+
+/// A connection that sent half a header and one that sent nothing do not
+/// hold the shutdown: it ends at once, not after the header timeout or the
+/// grace period (both 30 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_prompt_with_unfinished_connections_open() {
+    let (_dir, (addr, stop, handle)) = connection_server(|o| ServerOptions {
+        header_timeout: Some(Duration::from_secs(30)),
+        shutdown_grace: Duration::from_secs(30),
+        ..o
+    })
+    .await;
+    let mut half = TcpStream::connect(&addr).await.unwrap();
+    half.write_all(HALF_HEADER).await.unwrap();
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .expect("the shutdown is not held by unfinished connections")
+        .unwrap()
+        .unwrap();
+    println!("  shutdown took {:?}", t.elapsed());
+    for s in [&mut half, &mut silent] {
+        assert!(closed_within(s, Duration::from_secs(2)).await.is_some());
+    }
+}
+
+/// With `max_connections` open, another client waits (it is not refused)
+/// and is served once a connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    let (_dir, (addr, stop, handle)) = connection_server(|o| ServerOptions {
+        max_connections: 2,
+        ..o
+    })
+    .await;
+    // `start_with`'s readiness probe closed its connection; let the slot free.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first = Conn::connect(&addr).await.unwrap();
+    let mut second = Conn::connect(&addr).await.unwrap();
+    assert_eq!(
+        second.request("GET", "/v2/health/live", &[], b"").await.unwrap().status,
+        200
+    );
+    let waiting = {
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            let mut third = Conn::connect(&addr).await.unwrap();
+            let r = third.request("GET", "/v2/health/live", &[], b"").await.unwrap();
+            (r.status, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a third connection was served while two were open"
+    );
+    let freed = Instant::now();
+    drop(first);
+    let (status, served) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting client is served once a slot frees")
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(served > freed);
+    drop(second);
+    let _ = stop.send(());
+    handle.await.unwrap().unwrap();
 }

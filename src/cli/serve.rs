@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use wginfer::serve::{Server, ServerOptions, DEFAULT_MAX_BODY_BYTES};
+use wginfer::serve::{Server, ServerOptions, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS};
 use wginfer::Device;
 
 /// Arguments of `serve`.
@@ -40,6 +40,23 @@ pub struct Args {
     /// On SIGTERM or ctrl-c, how long to wait for in-flight requests.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_secs: u64,
+    /// true (the default, as in Triton): /v2/health/ready answers 200 only
+    /// while every model the server was asked to serve is ready, so a load
+    /// balancer or Kubernetes sends no traffic to a server missing a model.
+    /// false: ready once the server is up and can serve; failed models show
+    /// in their own /v2/models/{m}/ready and the repository index.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    strict_readiness: bool,
+    /// Close a connection that has not sent its complete request headers
+    /// within N seconds, and an idle keep-alive connection after N seconds
+    /// (0: never).
+    #[arg(long, default_value_t = 30)]
+    header_timeout_secs: u64,
+    /// At most N open connections; further clients wait until one closes
+    /// (they are not refused). Keep it below the open-file limit (ulimit
+    /// -n). 0: no limit.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 pub fn run(args: &Args, device: Device) -> Result<()> {
@@ -61,6 +78,9 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
         poll_interval: (args.repository_poll_secs > 0).then(|| Duration::from_secs(args.repository_poll_secs)),
         request_timeout: (args.request_timeout_ms > 0).then(|| Duration::from_millis(args.request_timeout_ms)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        strict_readiness: args.strict_readiness,
+        header_timeout: (args.header_timeout_secs > 0).then(|| Duration::from_secs(args.header_timeout_secs)),
+        max_connections: args.max_connections,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::config::ModelConfig;
 use super::error::ServeError;
+use super::isolate::{isolated, Health};
 use super::metrics::{ModelMetrics, PendingGuard};
 use crate::error::{Error, RunError};
 use crate::session::Session;
@@ -62,6 +63,7 @@ enum Kind {
 /// Runs requests for one model version.
 pub(crate) struct Scheduler {
     session: Arc<Session>,
+    health: Arc<Health>,
     kind: Kind,
     label: String,
     max_queue_size: usize,
@@ -71,9 +73,11 @@ pub(crate) struct Scheduler {
 impl Scheduler {
     /// A scheduler for `session` as `config` says. Must be called inside a
     /// tokio runtime (a batcher is a task). `merge` says how each graph
-    /// input merges in a batch (missing entries: [`Merge::Rows`]).
+    /// input merges in a batch (missing entries: [`Merge::Rows`]). A run
+    /// that panics marks `health` failed.
     pub fn new(
         session: Arc<Session>,
+        health: Arc<Health>,
         config: &ModelConfig,
         label: String,
         metrics: Arc<ModelMetrics>,
@@ -89,6 +93,7 @@ impl Scheduler {
                 let (tx, rx) = mpsc::channel(config.max_queue_size.max(1));
                 let batcher = Batcher {
                     session: session.clone(),
+                    health: health.clone(),
                     rx,
                     max_batch: config.max_batch_size.max(1),
                     delay: b.max_queue_delay,
@@ -102,6 +107,7 @@ impl Scheduler {
         };
         Self {
             session,
+            health,
             kind,
             label,
             max_queue_size: config.max_queue_size,
@@ -141,11 +147,12 @@ impl Scheduler {
                 drop(pending);
                 self.metrics.queued(micros(enqueued.elapsed()));
                 let session = self.session.clone();
+                let health = self.health.clone();
                 let metrics = self.metrics.clone();
                 let run = tokio::task::spawn_blocking(move || {
                     let _permit: OwnedSemaphorePermit = permit;
                     let started = Instant::now();
-                    let out = run_session(&session, inputs);
+                    let out = run_session(&session, &health, inputs);
                     metrics.execution(0, micros(started.elapsed()), 0);
                     out
                 });
@@ -185,11 +192,20 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Runs the session on graph-ordered inputs, returning graph-ordered outputs.
-fn run_session(session: &Session, inputs: Vec<Tensor>) -> JobResult {
+/// Runs the session on graph-ordered inputs, returning graph-ordered
+/// outputs. A panic in the engine marks the version failed in `health` and
+/// answers 500.
+fn run_session(session: &Session, health: &Health, inputs: Vec<Tensor>) -> JobResult {
+    if let Some(why) = health.failure() {
+        return Err(ServeError::Unavailable(format!("the model version failed: {why}")));
+    }
     let graph = session.graph();
     let named: Vec<(String, Tensor)> = graph.inputs().iter().map(|i| i.name.clone()).zip(inputs).collect();
-    let mut out = session.run(named).map_err(|e| match e {
+    let ran = isolated("running the model", || Ok(session.run(named))).map_err(|why| {
+        health.fail(&why);
+        ServeError::Internal(why)
+    })?;
+    let mut out = ran.map_err(|e| match e {
         Error::Run(
             e @ (RunError::InputShape { .. }
             | RunError::InputDType { .. }
@@ -210,6 +226,7 @@ fn run_session(session: &Session, inputs: Vec<Tensor>) -> JobResult {
 
 struct Batcher {
     session: Arc<Session>,
+    health: Arc<Health>,
     rx: mpsc::Receiver<Job>,
     max_batch: usize,
     delay: Duration,
@@ -271,11 +288,12 @@ impl Batcher {
                 continue;
             }
             let session = self.session.clone();
+            let health = self.health.clone();
             let metrics = self.metrics.clone();
             let merge = self.merge.clone();
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                execute(&session, batch, &metrics, &merge);
+                execute(&session, &health, batch, &metrics, &merge);
             });
         }
     }
@@ -367,12 +385,12 @@ fn merge_input(parts: &[&Tensor], merge: Merge, total: usize) -> Result<Tensor, 
 }
 
 /// Runs one batch and answers every request in it.
-fn execute(session: &Session, batch: Vec<Job>, metrics: &ModelMetrics, merge: &[Merge]) {
+fn execute(session: &Session, health: &Health, batch: Vec<Job>, metrics: &ModelMetrics, merge: &[Merge]) {
     if batch.len() == 1 {
         let mut batch = batch;
         let Some(job) = batch.pop() else { return };
         let started = Instant::now();
-        let out = run_session(session, job.inputs);
+        let out = run_session(session, health, job.inputs);
         metrics.execution(0, micros(started.elapsed()), 0);
         let _ = job.reply.send(out);
         return;
@@ -392,7 +410,7 @@ fn execute(session: &Session, batch: Vec<Job>, metrics: &ModelMetrics, merge: &[
                 log::debug!("cannot merge a batch ({e}); running its requests one by one");
                 for j in batch {
                     let started = Instant::now();
-                    let out = run_session(session, j.inputs);
+                    let out = run_session(session, health, j.inputs);
                     metrics.execution(0, micros(started.elapsed()), 0);
                     let _ = j.reply.send(out);
                 }
@@ -401,7 +419,7 @@ fn execute(session: &Session, batch: Vec<Job>, metrics: &ModelMetrics, merge: &[
         }
     }
     let t1 = Instant::now();
-    let result = run_session(session, merged);
+    let result = run_session(session, health, merged);
     let t2 = Instant::now();
     match result {
         Err(e) => {
@@ -413,7 +431,7 @@ fn execute(session: &Session, batch: Vec<Job>, metrics: &ModelMetrics, merge: &[
                 batch.len()
             );
             for j in batch {
-                let out = run_session(session, j.inputs);
+                let out = run_session(session, health, j.inputs);
                 let _ = j.reply.send(out);
             }
         }

@@ -34,14 +34,16 @@
 
 mod batcher;
 pub mod config;
+mod connections;
 pub mod embeddings;
 pub mod error;
+mod isolate;
 pub mod metrics;
 pub mod protocol;
 pub mod repository;
 mod routes;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,6 +60,13 @@ use crate::session::Device;
 
 /// The default request body limit: 64 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+
+/// The default time a client has to send its request headers: 30 s.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The default cap on open connections: 1000, under the common limit of
+/// 1024 open files per process.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 
 /// How a server is set up.
 #[derive(Clone, Debug)]
@@ -79,6 +88,17 @@ pub struct ServerOptions {
     pub request_timeout: Option<Duration>,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Readiness (`/v2/health/ready`): with `true`, ready only while every
+    /// model the server was asked to serve is ready (Triton's
+    /// `--strict-readiness`); with `false`, ready once the server is up and
+    /// can serve, whatever failed.
+    pub strict_readiness: bool,
+    /// A connection that does not send its request headers within this
+    /// time is closed; an idle keep-alive connection too (`None`: never).
+    pub header_timeout: Option<Duration>,
+    /// At most this many open connections; more clients wait until one
+    /// closes (0: no limit).
+    pub max_connections: usize,
 }
 
 impl Default for ServerOptions {
@@ -91,6 +111,24 @@ impl Default for ServerOptions {
             poll_interval: None,
             request_timeout: None,
             shutdown_grace: Duration::from_secs(30),
+            strict_readiness: true,
+            header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl State {
+    /// Why the server is not ready, or `None` when it is.
+    pub(crate) fn not_ready(&self) -> Option<String> {
+        if self.stopping.load(Ordering::SeqCst) {
+            Some("the server is shutting down".to_string())
+        } else if !self.started.load(Ordering::SeqCst) {
+            Some("the models are still loading".to_string())
+        } else if self.options.strict_readiness {
+            self.repo.all_ready()
+        } else {
+            None
         }
     }
 }
@@ -143,7 +181,8 @@ impl Server {
 
     /// Loads every model in the repository and warms it up; the server is
     /// ready after this. Returns the models that failed to load (each is
-    /// logged, and readiness stays false until it is fixed and reloaded).
+    /// logged; with strict readiness the server stays not ready until they
+    /// are fixed and reloaded, or unloaded).
     pub async fn load_models(&self) -> Vec<String> {
         let failed = self.state.repo.load_all().await;
         self.state.started.store(true, Ordering::SeqCst);
@@ -160,11 +199,9 @@ impl Server {
         &self.state.metrics
     }
 
-    /// True when started and every model that should serve does.
+    /// True when the server is ready (see [`ServerOptions::strict_readiness`]).
     pub fn is_ready(&self) -> bool {
-        self.state.started.load(Ordering::SeqCst)
-            && !self.state.stopping.load(Ordering::SeqCst)
-            && self.state.repo.all_ready().is_none()
+        self.state.not_ready().is_none()
     }
 
     /// The HTTP routes (an axum router, for in-process use or tests).
@@ -187,10 +224,12 @@ impl Server {
             if failed.is_empty() {
                 log::info!("all models loaded; the server is ready");
             } else {
-                log::error!(
-                    "model(s) failed to load: {}; the server is not ready",
-                    failed.join(", ")
-                );
+                let ready = if loader.state.options.strict_readiness {
+                    "the server is not ready (strict readiness)"
+                } else {
+                    "the other models serve"
+                };
+                log::error!("model(s) failed to load: {}; {ready}", failed.join(", "));
             }
             if let Some(every) = loader.state.options.poll_interval {
                 let mut tick = tokio::time::interval(every);
@@ -202,22 +241,18 @@ impl Server {
             }
         });
         let state = self.state.clone();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let graceful = async move {
             shutdown.await;
             log::info!("shutting down: finishing in-flight requests");
             state.stopping.store(true, Ordering::SeqCst);
-            let _ = stop_tx.send(());
         };
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(graceful);
-        let grace = self.state.options.shutdown_grace;
-        let mut server = std::pin::pin!(server.into_future());
-        tokio::select! {
-            r = &mut server => r?,
-            _ = async { let _ = stop_rx.await; tokio::time::sleep(grace).await } => {
-                log::warn!("in-flight requests did not finish within {} s; stopping anyway", grace.as_secs());
-            }
-        }
+        let options = &self.state.options;
+        let limits = connections::Limits {
+            header_timeout: options.header_timeout,
+            max_connections: options.max_connections,
+            grace: options.shutdown_grace,
+        };
+        connections::serve(listener, self.router(), limits, graceful).await?;
         self.state.repo.clear();
         Ok(())
     }

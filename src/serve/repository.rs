@@ -31,6 +31,7 @@ use serde::Serialize;
 use super::batcher::{Merge, Scheduler};
 use super::config::{ModelConfig, CONFIG_FILE};
 use super::error::ServeError;
+use super::isolate::{isolated, Health};
 use super::metrics::{Metrics, ModelMetrics};
 use crate::embed::Embedder;
 use crate::graph::Graph;
@@ -86,6 +87,7 @@ pub struct Instance {
     pub embedder: Option<Arc<Embedder>>,
     stamp: Stamp,
     scheduler: Scheduler,
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -99,6 +101,11 @@ impl std::fmt::Debug for Instance {
 }
 
 impl Instance {
+    /// Why this version stopped serving (its run panicked), if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
     /// Checks named inputs against the model and puts them in graph order.
     /// Returns them and the batch size (first dimension; 1 for a model
     /// whose inputs have no batch axis).
@@ -202,6 +209,29 @@ impl Instance {
         timeout: Option<Duration>,
     ) -> Result<Vec<Tensor>, ServeError> {
         self.scheduler.infer(inputs, rows, timeout).await
+    }
+}
+
+/// The requested version of a model entry (`None` or empty: the newest).
+fn pick_version(name: &str, e: &Entry, version: Option<&str>) -> Result<Arc<Instance>, ServeError> {
+    match version {
+        None | Some("") => e
+            .versions
+            .values()
+            .next_back()
+            .cloned()
+            .ok_or_else(|| ServeError::Unavailable(format!("model `{name}` has no version ready"))),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| e.versions.get(&n).cloned())
+            .ok_or_else(|| {
+                let served: Vec<String> = e.versions.keys().map(u64::to_string).collect();
+                ServeError::NotFound(format!(
+                    "model `{name}` has no version `{v}` serving; versions serving: {}",
+                    served.join(", ")
+                ))
+            }),
     }
 }
 
@@ -435,7 +465,7 @@ impl Repository {
                 config: config_stamp,
             };
             if let Some(old) = current.get(&v) {
-                if old.stamp == stamp && *old.config == *config {
+                if old.stamp == stamp && *old.config == *config && old.failure().is_none() {
                     versions.insert(v, old.clone());
                     continue;
                 }
@@ -461,25 +491,19 @@ impl Repository {
         );
         let p = path.clone();
         let cfg = config.clone();
-        let loaded = tokio::task::spawn_blocking(move || -> Result<(Session, Option<Arc<Embedder>>), String> {
-            let (model, embedder) = match embedding_dir(&p) {
-                Some(dir) => load_embedding_model(&p, &dir)?,
-                None => (Model::load(&p).map_err(|e| e.to_string())?, None),
-            };
-            check_batchable(&model, &cfg, &merge_rules(model.graph(), embedder.is_some()))?;
-            let session = Session::new(&model, cfg.device.clone()).map_err(|e| format!("{}: {e}", p.display()))?;
-            warm_up(&session).map_err(|e| format!("{}: the warm-up run failed: {e}", p.display()))?;
-            Ok((session, embedder))
-        })
-        .await
-        .map_err(|e| ServeError::Internal(format!("loading {}: {e}", path.display())))?
-        .map_err(|e| ServeError::bad(format!("cannot load model `{name}` version {version}: {e}")))?;
+        let what = format!("loading and warming up model `{name}` version {version}");
+        let loaded = tokio::task::spawn_blocking(move || isolated(&what, || load_and_warm_up(&p, &cfg)))
+            .await
+            .map_err(|e| ServeError::Internal(format!("loading {}: {e}", path.display())))?
+            .map_err(|e| ServeError::bad(format!("cannot load model `{name}` version {version}: {e}")))?;
         let (session, embedder) = loaded;
         let session = Arc::new(session);
         let metrics = self.metrics.model(name, &version.to_string());
         let merge = merge_rules(session.graph(), embedder.is_some());
+        let health = Arc::new(Health::default());
         let scheduler = Scheduler::new(
             session.clone(),
+            health.clone(),
             &config,
             format!("model `{name}` version {version}"),
             metrics.clone(),
@@ -495,6 +519,7 @@ impl Repository {
             embedder,
             stamp,
             scheduler,
+            health,
         })
     }
 
@@ -575,25 +600,13 @@ impl Repository {
             };
             return Err(ServeError::Unavailable(format!("model `{name}` {why}")));
         }
-        match version {
-            None | Some("") => e
-                .versions
-                .values()
-                .next_back()
-                .cloned()
-                .ok_or_else(|| ServeError::Unavailable(format!("model `{name}` has no version ready"))),
-            Some(v) => {
-                let served = || e.versions.keys().map(u64::to_string).collect::<Vec<_>>().join(", ");
-                v.parse::<u64>()
-                    .ok()
-                    .and_then(|n| e.versions.get(&n).cloned())
-                    .ok_or_else(|| {
-                        ServeError::NotFound(format!(
-                            "model `{name}` has no version `{v}` serving; versions serving: {}",
-                            served()
-                        ))
-                    })
-            }
+        let inst = pick_version(name, e, version)?;
+        match inst.failure() {
+            None => Ok(inst),
+            Some(why) => Err(ServeError::Unavailable(format!(
+                "model `{name}` version {} failed: {why}; fix the model and load it again with POST /v2/repository/models/{name}/load",
+                inst.version
+            ))),
         }
     }
 
@@ -625,12 +638,20 @@ impl Repository {
         for name in names {
             match models.get(&name) {
                 Some(e) if !e.versions.is_empty() => {
-                    for v in e.versions.keys() {
+                    for (v, inst) in &e.versions {
+                        let failure = inst.failure();
+                        if ready_only && failure.is_some() {
+                            continue;
+                        }
                         out.push(IndexEntry {
                             name: name.clone(),
                             version: Some(v.to_string()),
-                            state: Some(ModelState::Ready),
-                            reason: String::new(),
+                            state: Some(if failure.is_some() {
+                                ModelState::Unavailable
+                            } else {
+                                ModelState::Ready
+                            }),
+                            reason: failure.unwrap_or_default(),
                         });
                     }
                 }
@@ -659,6 +680,9 @@ impl Repository {
             if e.unloaded {
                 continue;
             }
+            if let Some((v, why)) = e.versions.iter().find_map(|(v, i)| i.failure().map(|w| (v, w))) {
+                return Some(format!("model `{name}` version {v} failed: {why}"));
+            }
             match e.state {
                 Some(ModelState::Ready) => {}
                 Some(ModelState::Loading) => return Some(format!("model `{name}` is loading")),
@@ -674,6 +698,18 @@ impl Repository {
             e.versions.clear();
         }
     }
+}
+
+/// Loads a version's model, compiles it and runs it once (see [`warm_up`]).
+fn load_and_warm_up(p: &Path, cfg: &ModelConfig) -> Result<(Session, Option<Arc<Embedder>>), String> {
+    let (model, embedder) = match embedding_dir(p) {
+        Some(dir) => load_embedding_model(p, &dir)?,
+        None => (Model::load(p).map_err(|e| e.to_string())?, None),
+    };
+    check_batchable(&model, cfg, &merge_rules(model.graph(), embedder.is_some()))?;
+    let session = Session::new(&model, cfg.device.clone()).map_err(|e| format!("{}: {e}", p.display()))?;
+    warm_up(&session).map_err(|e| format!("{}: the warm-up run failed: {e}", p.display()))?;
+    Ok((session, embedder))
 }
 
 /// How each input of a model merges in a dynamic batch: by rows, except

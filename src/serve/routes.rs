@@ -113,14 +113,7 @@ async fn live() -> Response {
 }
 
 async fn ready(AxState(state): AxState<S>) -> Response {
-    let why = if state.stopping.load(Ordering::SeqCst) {
-        Some("the server is shutting down".to_string())
-    } else if !state.started.load(Ordering::SeqCst) {
-        Some("the models are still loading".to_string())
-    } else {
-        state.repo.all_ready()
-    };
-    match why {
+    match state.not_ready() {
         None => ok(json!({"ready": true})),
         Some(why) => json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false, "error": why})),
     }
