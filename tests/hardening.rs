@@ -1,0 +1,121 @@
+//! Sizes and files taken from user data: element counts that overflow, files
+//! that are not regular files, external data outside the model's directory.
+//! Each must be a clear error, never a panic, an abort or a wrong success.
+
+use std::path::Path;
+
+use wginfer::model::onnx::proto::{data_type, StringStringEntryProto, TensorProto, DATA_LOCATION_EXTERNAL};
+use wginfer::model::onnx::tensor_from_proto;
+use wginfer::Tensor;
+
+fn external(name: &str, dims: &[i64], location: &str, offset: Option<u64>, length: Option<u64>) -> TensorProto {
+    let mut entries = vec![StringStringEntryProto {
+        key: "location".into(),
+        value: location.into(),
+    }];
+    if let Some(o) = offset {
+        entries.push(StringStringEntryProto {
+            key: "offset".into(),
+            value: o.to_string(),
+        });
+    }
+    if let Some(l) = length {
+        entries.push(StringStringEntryProto {
+            key: "length".into(),
+            value: l.to_string(),
+        });
+    }
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: data_type::FLOAT,
+        external_data: entries,
+        data_location: DATA_LOCATION_EXTERNAL,
+        ..Default::default()
+    }
+}
+
+fn err_text(t: &TensorProto, dir: &Path) -> String {
+    match tensor_from_proto(t, dir) {
+        Ok(x) => panic!("`{}` loaded as {:?} {:?}", t.name, x.dtype(), x.shape()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn external_data_stays_inside_the_model_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let vals = [1.5f32, -2.0, 3.25, 0.5];
+    let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut file = vec![0u8; 8];
+    file.extend_from_slice(&bytes);
+    std::fs::write(dir.path().join("w.bin"), &file).unwrap();
+
+    // The allowed case: a range of a regular file in the directory.
+    let t = tensor_from_proto(&external("w", &[2, 2], "w.bin", Some(8), Some(16)), dir.path()).unwrap();
+    assert_eq!(t.shape(), &[2, 2]);
+    assert_eq!(t.as_f32().unwrap(), &vals);
+    let t = tensor_from_proto(&external("w", &[2], "./w.bin", Some(8), None), dir.path()).unwrap();
+    assert_eq!(t.as_f32().unwrap(), &vals[..2]);
+
+    let e = err_text(&external("abs", &[4], "/dev/zero", None, None), dir.path());
+    assert!(e.contains("relative path"), "{e}");
+    let e = err_text(&external("up", &[4], "../w.bin", None, None), dir.path());
+    assert!(e.contains("no `..`"), "{e}");
+    let e = err_text(&external("range", &[4], "w.bin", Some(16), None), dir.path());
+    assert!(e.contains("has 24 bytes"), "{e}");
+    let e = err_text(&external("huge", &[1 << 40], "w.bin", None, None), dir.path());
+    assert!(e.contains("has 24 bytes"), "{e}");
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let e = err_text(&external("dir", &[4], "sub", None, None), dir.path());
+    assert!(e.contains("not a regular file"), "{e}");
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero")).unwrap();
+        let e = err_text(&external("link", &[4], "zero", None, None), dir.path());
+        assert!(e.contains("out of the model's directory"), "{e}");
+    }
+    let e = err_text(&external("missing", &[4], "nothing.bin", None, None), dir.path());
+    assert!(e.contains("nothing.bin"), "{e}");
+}
+
+#[test]
+fn initializers_whose_dims_overflow_are_errors() {
+    for dims in [vec![1i64 << 32, 1 << 32], vec![64, 1 << 62], vec![1 << 62, 4]] {
+        let t = TensorProto {
+            name: "big".into(),
+            dims: dims.clone(),
+            data_type: data_type::FLOAT,
+            ..Default::default()
+        };
+        let e = err_text(&t, Path::new("."));
+        assert!(e.contains("overflows"), "{dims:?}: {e}");
+    }
+    // Declared data must be present: a small shape with no data is refused too.
+    let t = TensorProto {
+        name: "empty".into(),
+        dims: vec![2, 3],
+        data_type: data_type::FLOAT,
+        ..Default::default()
+    };
+    let e = err_text(&t, Path::new("."));
+    assert!(e.contains('6'), "{e}");
+}
+
+#[test]
+fn tensors_whose_shapes_overflow_are_errors() {
+    let e = Tensor::from_vec(vec![1usize << 63, 64], Vec::<f32>::new()).unwrap_err();
+    assert!(e.to_string().contains("overflows"), "{e}");
+    let e = Tensor::from_vec(vec![7, 5_270_498_306_774_157_606], vec![0f32; 10]).unwrap_err();
+    assert!(e.to_string().contains("overflows"), "{e}");
+}
+
+#[test]
+fn data_files_must_be_regular_files() {
+    for p in ["/dev/zero", "/dev/null"] {
+        let e = wginfer::model::load_tensors(p).unwrap_err();
+        assert!(format!("{e:#}").contains("not a regular file"), "{p}: {e:#}");
+        let e = wginfer::Model::load(p).unwrap_err();
+        assert!(format!("{e:#}").contains("not a regular file"), "{p}: {e:#}");
+    }
+}
