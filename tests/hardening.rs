@@ -119,3 +119,59 @@ fn data_files_must_be_regular_files() {
         assert!(format!("{e:#}").contains("not a regular file"), "{p}: {e:#}");
     }
 }
+
+/// `y = a · b` with `a [n, 1]` and `b [1, n]` as symbolic-size inputs: small
+/// inputs, an `n × n` output.
+fn outer_product_model() -> wginfer::Model {
+    use std::sync::Arc;
+    use wginfer::graph::{Graph, Node, ValueInfo};
+    use wginfer::tensor::{DType, Dim, ValueType};
+    let ty = |a: Dim, b: Dim| ValueType {
+        dtype: DType::F32,
+        shape: vec![a, b],
+    };
+    let n = || Dim::Sym("n".into());
+    let g = Graph::new(
+        "outer",
+        vec![
+            ValueInfo {
+                name: "a".into(),
+                ty: ty(n(), Dim::Known(1)),
+            },
+            ValueInfo {
+                name: "b".into(),
+                ty: ty(Dim::Known(1), Dim::Sym("m".into())),
+            },
+        ],
+        vec![ValueInfo {
+            name: "y".into(),
+            ty: ty(n(), Dim::Sym("m".into())),
+        }],
+        vec![],
+        vec![Node {
+            name: "outer".into(),
+            op: Arc::new(wginfer::ops::matmul::MatMul),
+            inputs: vec!["a".into(), "b".into()],
+            outputs: vec!["y".into()],
+        }],
+    )
+    .unwrap();
+    wginfer::Model::new(g, Default::default()).unwrap()
+}
+
+#[test]
+fn an_output_over_the_allocation_limit_is_refused_before_it_is_allocated() {
+    let model = outer_product_model();
+    let session = wginfer::Session::new(&model, wginfer::Device::Cpu).unwrap();
+    // 2^22 × 2^22 f32 = 64 TiB: far over any machine's limit.
+    let n = 1usize << 22;
+    let a = Tensor::from_vec(vec![n, 1], vec![1f32; n]).unwrap();
+    let b = Tensor::from_vec(vec![1, n], vec![1f32; n]).unwrap();
+    let e = session.run([("a", a), ("b", b)]).unwrap_err().to_string();
+    assert!(e.contains("over the limit") && e.contains("outer"), "{e}");
+    // The same model with small inputs runs and is right.
+    let a = Tensor::from_vec(vec![2, 1], vec![2f32, 3.0]).unwrap();
+    let b = Tensor::from_vec(vec![1, 3], vec![1f32, -1.0, 0.5]).unwrap();
+    let y = session.run([("a", a), ("b", b)]).unwrap();
+    assert_eq!(y["y"].as_f32().unwrap(), &[2.0, -2.0, 1.0, 3.0, -3.0, 1.5]);
+}
