@@ -175,3 +175,84 @@ fn an_output_over_the_allocation_limit_is_refused_before_it_is_allocated() {
     let y = session.run([("a", a), ("b", b)]).unwrap();
     assert_eq!(y["y"].as_f32().unwrap(), &[2.0, -2.0, 1.0, 3.0, -3.0, 1.5]);
 }
+
+fn window_op(op_type: &str, attrs: serde_json::Value) -> Result<std::sync::Arc<dyn wginfer::ops::Op>, String> {
+    let def = wginfer::ops::lookup(op_type).unwrap();
+    let attrs = attrs.as_object().unwrap().clone();
+    (def.build)(&attrs).map_err(|e| e.to_string())
+}
+
+#[test]
+fn window_attributes_past_u32_are_attribute_errors() {
+    for (op, attrs) in [
+        (
+            "MaxPool",
+            serde_json::json!({"kernel_shape": [2, 2], "pads": [1u64 << 62, 0, 0, 0]}),
+        ),
+        (
+            "MaxPool",
+            serde_json::json!({"kernel_shape": [2, 2], "pads": [1u64 << 40, 1u64 << 40, 0, 0]}),
+        ),
+        (
+            "AveragePool",
+            serde_json::json!({"kernel_shape": [2, 2], "pads": [i64::MAX, i64::MAX, i64::MAX, i64::MAX]}),
+        ),
+        ("Conv", serde_json::json!({"strides": [i64::MAX, 1]})),
+        ("Conv", serde_json::json!({"dilations": [1, 1u64 << 33]})),
+    ] {
+        let e = window_op(op, attrs.clone()).unwrap_err();
+        assert!(e.contains("4294967295"), "{op} {attrs}: {e}");
+    }
+}
+
+#[test]
+fn window_outputs_that_overflow_or_exceed_the_limit_are_errors() {
+    use wginfer::tensor::{DType, ValueType};
+    // Pads of 2^31 on each side: an output of about 2^32 x 2^32 per channel.
+    let pool = window_op(
+        "MaxPool",
+        serde_json::json!({"kernel_shape": [2, 2], "pads": [1u64 << 31, 1u64 << 31, 1u64 << 31, 1u64 << 31]}),
+    )
+    .unwrap();
+    let x = Tensor::from_vec(vec![1, 1, 8, 8], vec![1f32; 64]).unwrap();
+    let model = single_op_model(pool.clone(), &[1, 1, 8, 8]);
+    let session = wginfer::Session::new(&model, wginfer::Device::Cpu).unwrap();
+    let e = session.run([("x", x)]).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("overflow") || e.contains("over the limit"), "{e}");
+    let inferred = pool.infer(&[ValueType::known(DType::F32, &[1, 1, 8, 8])]);
+    if let Ok(t) = inferred {
+        let shape = t[0].concrete_shape().unwrap();
+        assert!(wginfer::tensor::checked_bytes(DType::F32, &shape).is_err(), "{shape:?}");
+    }
+}
+
+/// A model of one node `y = op(x)` with `x` of a fixed shape.
+fn single_op_model(op: std::sync::Arc<dyn wginfer::ops::Op>, shape: &[usize]) -> wginfer::Model {
+    use wginfer::graph::{Graph, Node, ValueInfo};
+    use wginfer::tensor::{DType, Dim, ValueType};
+    let x = ValueType::known(DType::F32, shape);
+    let y = ValueType {
+        dtype: DType::F32,
+        shape: (0..shape.len()).map(|i| Dim::Sym(format!("y{i}"))).collect(),
+    };
+    let g = Graph::new(
+        "one",
+        vec![ValueInfo {
+            name: "x".into(),
+            ty: x,
+        }],
+        vec![ValueInfo {
+            name: "y".into(),
+            ty: y,
+        }],
+        vec![],
+        vec![Node {
+            name: "the_op".into(),
+            op,
+            inputs: vec!["x".into()],
+            outputs: vec!["y".into()],
+        }],
+    )
+    .unwrap();
+    wginfer::Model::new(g, Default::default()).unwrap()
+}
