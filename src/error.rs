@@ -72,6 +72,27 @@ pub enum TensorError {
     /// A malformed `.npy` file.
     #[error("invalid .npy file: {0}")]
     Npy(String),
+    /// A shape whose element count (or byte count) does not fit in memory
+    /// addresses: its dimensions multiply past `usize::MAX`.
+    #[error("shape {shape:?} has too many elements: {what} overflows a {bits}-bit size; check the shape")]
+    Overflow {
+        /// The shape.
+        shape: Vec<usize>,
+        /// What overflowed ("the element count", "the byte count").
+        what: &'static str,
+        /// Pointer width of this machine.
+        bits: u32,
+    },
+    /// A tensor or file larger than the allocation limit.
+    #[error("{what} needs {bytes} bytes, over the limit of {limit} bytes (set WGINFER_MAX_ALLOC_BYTES to raise it)")]
+    OverLimit {
+        /// What was to be allocated or read.
+        what: String,
+        /// Bytes it needs.
+        bytes: u64,
+        /// The limit in force.
+        limit: u64,
+    },
 }
 
 /// An op's complaint about its inputs or attributes. The graph and the

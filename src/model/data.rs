@@ -15,7 +15,7 @@ pub fn load_tensors(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>, Err
         path: path.to_path_buf(),
         source: Box::new(source),
     };
-    let bytes = std::fs::read(path).map_err(|source| {
+    let bytes = crate::tensor::read_regular_file(path).map_err(|source| {
         with_path(ModelError::Io {
             action: "cannot read",
             path: path.to_path_buf(),

@@ -71,7 +71,7 @@ impl Model {
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
             return load_onnx(path);
         }
-        let bytes = std::fs::read(path).map_err(|source| {
+        let bytes = crate::tensor::read_regular_file(path).map_err(|source| {
             with_path(ModelError::Io {
                 action: "cannot read",
                 path: path.to_path_buf(),

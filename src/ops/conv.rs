@@ -85,16 +85,20 @@ pub struct Axis {
 /// Spatial ranks a window may have.
 const RANKS: [usize; 2] = [2, 3];
 
+/// The largest kernel size, stride, dilation or pad a window takes (what a
+/// `u32` shader parameter holds); larger values are attribute errors.
+const MAX_WINDOW: i64 = u32::MAX as i64;
+
 /// A list attribute of `len` values each at least `min` (`default` each when absent).
 fn list(attrs: &Attrs, name: &str, len: usize, min: i64, default: usize) -> Result<Vec<usize>, OpError> {
     if !attrs.contains_key(name) {
         return Ok(vec![default; len]);
     }
     let v = attr_ints(attrs, name)?;
-    if v.len() != len || v.iter().any(|&x| x < min) {
+    if v.len() != len || v.iter().any(|&x| x < min || x > MAX_WINDOW) {
         return Err(OpError::Attribute {
             name: name.into(),
-            message: format!("{v:?} must be {len} integers of at least {min}"),
+            message: format!("{v:?} must be {len} integers from {min} to {MAX_WINDOW}"),
         });
     }
     Ok(v.iter().map(|&x| x as usize).collect())
@@ -176,13 +180,28 @@ impl Window {
             return Err(OpError::Shape(format!("spatial axis {i} of a {rank}-D window")));
         }
         let (s, d) = (self.strides[i], self.dilations[i]);
-        let span = (k.max(1) - 1) * d + 1;
+        let too_long = || {
+            OpError::Shape(format!(
+                "spatial axis {i}: input length {len}, kernel {k}, dilation {d} and pads {:?} overflow a {}-bit size",
+                (self.pads.get(i), self.pads.get(i + rank)),
+                usize::BITS
+            ))
+        };
+        let span = (k.max(1) - 1)
+            .checked_mul(d)
+            .and_then(|x| x.checked_add(1))
+            .ok_or_else(too_long)?;
         let (begin, end) = match self.auto_pad {
             AutoPad::NotSet => (self.pads[i], self.pads[i + rank]),
             AutoPad::Valid => (0, 0),
             AutoPad::SameUpper | AutoPad::SameLower => {
                 let out = len.div_ceil(s);
-                let total = ((out.saturating_sub(1)) * s + span).saturating_sub(len);
+                let total = out
+                    .saturating_sub(1)
+                    .checked_mul(s)
+                    .and_then(|x| x.checked_add(span))
+                    .ok_or_else(too_long)?
+                    .saturating_sub(len);
                 if self.auto_pad == AutoPad::SameUpper {
                     (total / 2, total - total / 2)
                 } else {
@@ -190,7 +209,10 @@ impl Window {
                 }
             }
         };
-        let padded = len + begin + end;
+        let padded = len
+            .checked_add(begin)
+            .and_then(|x| x.checked_add(end))
+            .ok_or_else(too_long)?;
         if padded < span {
             return Err(OpError::Shape(format!(
                 "the window spans {span} but the padded input is only {padded} long"
@@ -241,7 +263,7 @@ impl Conv {
         }
         let g = self.group;
         let (m, cg, kh, kw) = (w[0], w[1], w[2], w[3]);
-        if g == 0 || x[1] != cg * g || m % g != 0 {
+        if g == 0 || cg.checked_mul(g) != Some(x[1]) || m % g != 0 {
             return Err(OpError::Shape(format!(
                 "x has {} channels and w is {w:?} with group {g}: need C = {cg}·group and M divisible by group",
                 x[1]

@@ -5,12 +5,14 @@
 //! exactly (conversions go through [`half`] for `f16`/`bf16`).
 
 mod dtype;
+mod limits;
 pub mod lowp;
 mod npy;
 mod scalar;
 mod value_type;
 
 pub use dtype::{DType, Element};
+pub use limits::{alloc_limit, check_alloc, checked_bytes, checked_numel, read_regular_file, MAX_ALLOC_ENV};
 pub use npy::read_npy;
 pub use scalar::{Scalar, ScalarValue};
 pub use value_type::{Dim, ValueType};
@@ -187,7 +189,7 @@ impl Tensor {
     /// Makes a tensor, checking that the data holds exactly one element per
     /// position of the shape.
     pub fn new(shape: Vec<usize>, storage: Storage) -> Result<Self, TensorError> {
-        let expected = numel(&shape);
+        let expected = checked_numel(&shape)?;
         if expected != storage.len() {
             return Err(TensorError::ShapeDataMismatch {
                 shape,
@@ -386,8 +388,7 @@ impl Tensor {
 
     /// Reads little-endian bytes of the given dtype and shape.
     pub fn from_le_bytes(dtype: DType, shape: Vec<usize>, bytes: &[u8]) -> Result<Self, TensorError> {
-        let n = numel(&shape);
-        let expected = n * dtype.size_in_bytes();
+        let expected = checked_bytes(dtype, &shape)?;
         if bytes.len() != expected {
             return Err(TensorError::ByteLengthMismatch {
                 dtype,
@@ -497,9 +498,12 @@ impl Tensor {
     }
 }
 
-/// The number of elements of a shape (1 for a scalar).
+/// The number of elements of a shape (1 for a scalar), saturating at
+/// `usize::MAX` where the dimensions multiply past it (such a count matches
+/// no data, so a check against a data length fails rather than passing on a
+/// wrapped count). Sizes taken from user data use [`checked_numel`].
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    checked_numel(shape).unwrap_or(usize::MAX)
 }
 
 /// Row-major strides of a shape, in elements.

@@ -1,6 +1,6 @@
 //! A reader for NumPy's `.npy` files (format versions 1-3, C order).
 
-use super::{DType, Tensor};
+use super::{checked_bytes, DType, Tensor};
 use crate::error::TensorError;
 
 /// Parses a `.npy` file held in memory into a tensor.
@@ -71,12 +71,12 @@ pub fn read_npy(bytes: &[u8]) -> Result<Tensor, TensorError> {
         }
     };
     if f64_data {
-        let n: usize = shape.iter().product();
-        if data.len() != n * 8 {
+        let expected = checked_bytes(DType::F64, &shape)?;
+        if data.len() != expected {
             return Err(TensorError::ByteLengthMismatch {
-                dtype: DType::F32,
+                dtype: DType::F64,
                 shape,
-                expected: n * 8,
+                expected,
                 got: data.len(),
             });
         }
@@ -150,5 +150,16 @@ mod tests {
         assert!(e.to_string().contains("bytes"), "{e}");
         let e = read_npy(&npy("<c8", "(1,)", &[0u8; 8])).unwrap_err();
         assert!(e.to_string().contains("unsupported"), "{e}");
+    }
+
+    #[test]
+    fn shapes_that_overflow_are_refused() {
+        // (2^63, 64) elements wrap to 0 in a plain product: the empty data must not pass.
+        let e = read_npy(&npy("<f4", "(9223372036854775808, 64)", &[])).unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+        let e = read_npy(&npy("<f8", "(4611686018427387904, 4)", &[])).unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+        let e = read_npy(&npy("<f4", "(4611686018427387904, 256)", &[0u8; 4])).unwrap_err();
+        assert!(!e.to_string().contains("needs 0 bytes"), "{e}");
     }
 }

@@ -1,14 +1,15 @@
 //! CPU execution: runs each node's fast CPU path (or its reference) in plan
 //! order, freeing every intermediate value after its last reader.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::RunError;
 use crate::graph::Graph;
 use crate::ops::Prepared;
 use crate::plan::{ExecPlan, Source};
-use crate::tensor::Tensor;
+use crate::tensor::{check_alloc, checked_bytes, Tensor, ValueType};
 
 /// A run's outputs by name.
 type Outputs = BTreeMap<String, Tensor>;
@@ -30,7 +31,13 @@ pub struct CpuExecutor {
     kernels: CpuKernels,
     /// Per plan step, what the op prepared from its constant inputs.
     prepared: Vec<Option<Prepared>>,
+    /// Input shapes whose every intermediate value was checked against the
+    /// allocation limit (see [`CpuExecutor::check_sizes`]).
+    checked: Arc<Mutex<HashSet<Vec<Vec<usize>>>>>,
 }
+
+/// How many input-shape sets [`CpuExecutor`] remembers as checked.
+const CHECKED_SHAPES: usize = 64;
 
 impl CpuExecutor {
     /// Plans the graph.
@@ -41,7 +48,59 @@ impl CpuExecutor {
             plan,
             kernels,
             prepared,
+            checked: Arc::default(),
         }
+    }
+
+    /// Infers every value's shape for these inputs and refuses the run when
+    /// one would not fit in memory (an element count that overflows, or more
+    /// bytes than [`crate::tensor::alloc_limit`]), before any op allocates.
+    /// A set of input shapes that passed is remembered, so a model served
+    /// with the same shapes pays this once.
+    fn check_sizes(&self, graph: &Graph, params: &HashMap<String, Tensor>, inputs: &[Tensor]) -> Result<(), RunError> {
+        let key: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
+        let seen = |set: &HashSet<Vec<Vec<usize>>>| set.contains(&key);
+        if self.checked.lock().map(|s| seen(&s)).unwrap_or(false) {
+            return Ok(());
+        }
+        let mut types: Vec<Option<ValueType>> = vec![None; self.plan.slot_count];
+        for (&s, t) in self.plan.input_slots.iter().zip(inputs) {
+            types[s] = Some(ValueType::known(t.dtype(), t.shape()));
+        }
+        for step in &self.plan.steps {
+            let node = &graph.nodes()[step.node];
+            let node_err = |source| RunError::Node {
+                node: node.name.clone(),
+                op: node.op.op_type().to_string(),
+                source,
+            };
+            let mut ins = Vec::with_capacity(step.inputs.len());
+            for src in &step.inputs {
+                let t = match src {
+                    Source::Slot(s) => types[*s].clone(),
+                    Source::Param(p) => params.get(p).map(|t| ValueType::known(t.dtype(), t.shape())),
+                };
+                // A value this walk cannot type is left to the run itself to report.
+                let Some(t) = t else { return Ok(()) };
+                ins.push(t);
+            }
+            let outs = node.op.infer(&ins).map_err(node_err)?;
+            for (&s, t) in step.outputs.iter().zip(outs) {
+                if let Some(shape) = t.concrete_shape() {
+                    let bytes = checked_bytes(t.dtype, &shape).map_err(|e| node_err(e.into()))?;
+                    let what = || format!("output `{}` ({} {:?})", self.plan.slot_names[s], t.dtype, shape);
+                    check_alloc(what, bytes as u64).map_err(|e| node_err(e.into()))?;
+                }
+                types[s] = Some(t);
+            }
+        }
+        if let Ok(mut set) = self.checked.lock() {
+            if set.len() >= CHECKED_SHAPES {
+                set.clear();
+            }
+            set.insert(key);
+        }
+        Ok(())
     }
 
     /// Lets each op of the fast path derive what it needs from the model's
@@ -103,6 +162,7 @@ impl CpuExecutor {
         inputs: Vec<Tensor>,
         mut times: Option<&mut Vec<(usize, Duration)>>,
     ) -> Result<BTreeMap<String, Tensor>, RunError> {
+        self.check_sizes(graph, params, &inputs)?;
         let mut slots: Vec<Option<Tensor>> = vec![None; self.plan.slot_count];
         for (&s, t) in self.plan.input_slots.iter().zip(inputs) {
             slots[s] = Some(t);

@@ -33,11 +33,11 @@ pub use ops::supported_ops;
 
 use crate::error::ModelError;
 use crate::model::Model;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{checked_bytes, checked_numel, DType, Tensor};
 
 /// Imports an `.onnx` file. External data is read relative to its directory.
 pub fn import_file(path: &Path) -> Result<Model, ModelError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+    let bytes = crate::tensor::read_regular_file(path).map_err(|source| ModelError::Io {
         action: "cannot read",
         path: path.to_path_buf(),
         source,
@@ -139,7 +139,7 @@ fn packed_bits(dtype: DType) -> Option<usize> {
 
 /// Unpacks `8 / bits` elements per byte, low bits first.
 fn unpack(dtype: DType, bits: usize, shape: Vec<usize>, bytes: &[u8]) -> Result<Tensor, OnnxError> {
-    let n: usize = shape.iter().product();
+    let n = checked_numel(&shape)?;
     let per = 8 / bits;
     if bytes.len() != n.div_ceil(per) {
         return Err(OnnxError::TensorData(crate::error::TensorError::ByteLengthMismatch {
@@ -163,6 +163,62 @@ fn from_onnx_bytes(dtype: DType, shape: Vec<usize>, bytes: &[u8]) -> Result<Tens
     }
 }
 
+/// Why external data could not be read.
+enum External {
+    /// The file system refused (the path tried, the error).
+    Io(PathBuf, std::io::Error),
+    /// The location or range is not allowed or does not fit the file.
+    Refused(String),
+}
+
+/// Reads `length` bytes at `offset` of the external-data file `location`,
+/// which must be a relative path to a regular file inside `dir` (no absolute
+/// path, no `..`, no device or FIFO, no symbolic link out of `dir`). The range
+/// is checked against the file's length and the allocation limit before
+/// anything is read.
+fn read_external(dir: &Path, location: &str, offset: usize, length: usize) -> Result<(PathBuf, Vec<u8>), External> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::path::Component;
+    let rel = Path::new(location);
+    if rel
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(External::Refused(format!(
+            "external data location `{location}` must be a relative path inside the model's directory (no absolute path, no `..`)"
+        )));
+    }
+    let path = dir.join(rel);
+    let io = |e: std::io::Error| External::Io(path.clone(), e);
+    let (real_dir, real) = (dir.canonicalize().map_err(io)?, path.canonicalize().map_err(io)?);
+    if !real.starts_with(&real_dir) {
+        return Err(External::Refused(format!(
+            "external data location `{location}` leads out of the model's directory"
+        )));
+    }
+    let mut file = std::fs::File::open(&real).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(External::Refused(format!(
+            "external data location `{location}` is not a regular file"
+        )));
+    }
+    let end = (offset as u64).checked_add(length as u64).filter(|&e| e <= meta.len());
+    if end.is_none() {
+        return Err(External::Refused(format!(
+            "external data `{}` has {} bytes, but the tensor reads {length} bytes at offset {offset}",
+            path.display(),
+            meta.len()
+        )));
+    }
+    crate::tensor::check_alloc(|| format!("external data `{location}`"), length as u64)
+        .map_err(|e| External::Refused(e.to_string()))?;
+    file.seek(SeekFrom::Start(offset as u64)).map_err(io)?;
+    let mut data = vec![0u8; length];
+    file.read_exact(&mut data).map_err(io)?;
+    Ok((path, data))
+}
+
 /// Converts a `TensorProto` to a tensor (raw data, typed fields, or external data).
 pub fn tensor_from_proto(t: &proto::TensorProto, dir: &Path) -> Result<Tensor, OnnxError> {
     let bad = |message: String| OnnxError::Tensor {
@@ -180,7 +236,7 @@ pub fn tensor_from_proto(t: &proto::TensorProto, dir: &Path) -> Result<Tensor, O
     for &d in &t.dims {
         shape.push(usize::try_from(d).map_err(|_| bad(format!("has the negative dimension {d}")))?);
     }
-    let n: usize = shape.iter().product();
+    let n = checked_numel(&shape)?;
     if t.data_location == proto::DATA_LOCATION_EXTERNAL {
         let entries: HashMap<&str, &str> = t
             .external_data
@@ -199,26 +255,22 @@ pub fn tensor_from_proto(t: &proto::TensorProto, dir: &Path) -> Result<Tensor, O
                 })
                 .transpose()
         };
-        let path = dir.join(location);
-        let data = std::fs::read(&path).map_err(|source| OnnxError::ExternalData {
-            name: t.name.clone(),
-            path: path.clone(),
-            source,
-        })?;
         let offset = num("offset")?.unwrap_or(0);
         let want = match packed_bits(dtype) {
             Some(bits) => n.div_ceil(8 / bits),
-            None => n * dtype.size_in_bytes(),
+            None => checked_bytes(dtype, &shape)?,
         };
         let length = num("length")?.unwrap_or(want);
-        let end = offset.checked_add(length).filter(|&e| e <= data.len()).ok_or_else(|| {
-            bad(format!(
-                "external data `{}` has {} bytes, but the tensor reads {length} bytes at offset {offset}",
-                path.display(),
-                data.len()
-            ))
+        let (path, data) = read_external(dir, location, offset, length).map_err(|e| match e {
+            External::Io(path, source) => OnnxError::ExternalData {
+                name: t.name.clone(),
+                path,
+                source,
+            },
+            External::Refused(message) => bad(message),
         })?;
-        return from_onnx_bytes(dtype, shape, &data[offset..end]);
+        debug_assert_eq!(data.len(), length, "{}", path.display());
+        return from_onnx_bytes(dtype, shape, &data);
     }
     if !t.raw_data.is_empty() {
         return from_onnx_bytes(dtype, shape, &t.raw_data);
