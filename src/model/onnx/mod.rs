@@ -23,7 +23,7 @@ mod ops;
 pub mod proto;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use prost::Message;
 
