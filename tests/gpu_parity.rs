@@ -119,7 +119,7 @@ fn check_case(ctx: &Arc<GpuContext>, case: &OpCase, options: &GpuOptions) -> Opt
     let report = report.unwrap_or_else(|e| panic!("{}: plan: {e}", case.name));
     let all_f32 = case.inputs.iter().all(|t| t.dtype() == DType::F32);
     // QLinear kernels read the packed (u8/i8/f16) tensors themselves.
-    let qlinear = case.op.as_any().downcast_ref::<QLinear>();
+    let qlinear = case.op.downcast_ref::<QLinear>();
     let mut fallback = None;
     for n in &report.nodes {
         if let Placement::Cpu { reason } = &n.placement {

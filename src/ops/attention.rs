@@ -2,7 +2,6 @@
 //! core of a BERT layer after the Q/K/V projections): per batch and head,
 //! `softmax(q · kᵀ · scale) · v` over the keys the mask keeps.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -384,10 +383,6 @@ impl Op for Attention {
             Ok(d) => (4 * d.batch * d.heads * d.sq * d.sk * d.head_dim + 5 * d.batch * d.heads * d.sq * d.sk) as u64,
             Err(_) => 0,
         }
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -6,7 +6,6 @@
 //! toward zero and defines `x / 0 = 0` (what the ONNX reference
 //! implementation's NumPy `floor_divide`/`remainder` gives).
 
-use std::any::Any;
 use std::sync::Arc;
 
 use half::{bf16, f16};
@@ -392,10 +391,6 @@ impl Op for Binary {
         } else {
             Validation::Exact
         }
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

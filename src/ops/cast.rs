@@ -2,7 +2,6 @@
 //! default `saturate = 1`) and `CastUnsaturated` (a float8 target with
 //! `saturate = 0`).
 
-use std::any::Any;
 use std::sync::Arc;
 
 use super::{attr_str, check_arity, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
@@ -43,10 +42,6 @@ impl Op for Cast {
 
     fn validation(&self) -> Validation {
         Validation::Exact
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 
@@ -251,10 +246,6 @@ impl Op for CastUnsaturated {
 
     fn validation(&self) -> Validation {
         Validation::Exact
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

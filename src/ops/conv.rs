@@ -1,7 +1,6 @@
 //! 2-D convolution (`Conv`, NCHW) with pads, strides, dilations, groups and
 //! `auto_pad`; also the window geometry shared with the pooling ops.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -565,10 +564,6 @@ impl Op for Conv {
             },
             _ => 0,
         }
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -3,7 +3,6 @@
 //! the common `alpha = beta = 1, transB = 1` form with constant weights to
 //! [`super::linear::Linear`] instead, so quantization and pruning see it.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use super::binary::{broadcast_offset, broadcast_shapes};
@@ -168,10 +167,6 @@ impl Op for Gemm {
             [a, b, ..] => self.mkn(a, b).map_or(0, |(m, k, n)| 2 * (m * k * n) as u64),
             _ => 0,
         }
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -1,7 +1,6 @@
 //! `L2Normalize`: scales vectors to unit Euclidean length along an axis
 //! (`torch.nn.functional.normalize`, the last step of a sentence embedder).
 
-use std::any::Any;
 use std::sync::Arc;
 
 use super::{
@@ -132,10 +131,6 @@ impl Op for L2Normalize {
 
     fn validation(&self) -> Validation {
         Validation::Approximate
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

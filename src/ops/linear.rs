@@ -1,6 +1,5 @@
 //! `Linear`: `y = x · Wᵀ + b`, with `W` stored `[out, in]` (PyTorch's layout).
 
-use std::any::Any;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -311,10 +310,6 @@ impl Op for Linear {
             }
             _ => 0,
         }
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

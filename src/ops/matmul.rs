@@ -1,6 +1,5 @@
 //! `MatMul`: NumPy/ONNX matrix product with batch broadcasting.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use super::binary::{broadcast_dims, broadcast_offset, broadcast_shapes};
@@ -217,10 +216,6 @@ impl Op for MatMul {
                 .unwrap_or(0),
             _ => 0,
         }
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -92,9 +92,6 @@ pub trait Op: fmt::Debug + Send + Sync + Any {
         0
     }
 
-    /// The op as `Any`, so a backend can read a concrete op's attributes.
-    fn as_any(&self) -> &dyn Any;
-
     /// Data the fast CPU path derives once per session from the node's
     /// constant inputs (`consts[i]` is `Some` where input `i` is a model
     /// parameter), e.g. a weight in the layout its matmul reads fastest.
@@ -108,6 +105,21 @@ pub trait Op: fmt::Debug + Send + Sync + Any {
     /// what [`Op::cpu`] computes.
     fn cpu_prepared(&self, inputs: &[&Tensor], _prepared: &Prepared) -> Result<Vec<Tensor>, OpError> {
         self.cpu(inputs)
+    }
+}
+
+impl dyn Op {
+    /// The op as its concrete type `T`, when it is one (a backend reads a
+    /// concrete op's attributes this way).
+    pub fn downcast_ref<T: Op>(&self) -> Option<&T> {
+        let any: &dyn Any = self;
+        any.downcast_ref()
+    }
+
+    /// True when the op is a `T`.
+    pub fn is<T: Op>(&self) -> bool {
+        let any: &dyn Any = self;
+        any.is::<T>()
     }
 }
 

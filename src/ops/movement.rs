@@ -2,7 +2,6 @@
 //! `Gather` picks slices of `data` along `axis` at the positions `indices`
 //! names; an embedding lookup is `Gather` on axis 0). They take any dtype.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -96,10 +95,6 @@ impl Op for Transpose {
 
     fn validation(&self) -> Validation {
         Validation::Exact
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 
@@ -234,10 +229,6 @@ impl Op for Concat {
 
     fn validation(&self) -> Validation {
         Validation::Exact
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 
@@ -460,10 +451,6 @@ impl Op for Gather {
 
     fn validation(&self) -> Validation {
         Validation::Exact
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

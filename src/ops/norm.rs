@@ -1,7 +1,6 @@
 //! Normalisation for inference: `BatchNormalization` (per channel, axis 1,
 //! running statistics) and `LayerNormalization` (over the trailing axes).
 
-use std::any::Any;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -149,10 +148,6 @@ impl Op for BatchNorm {
     fn validation(&self) -> Validation {
         Validation::Approximate
     }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
 }
 
 fn bn_case(rng: &mut CaseRng, s: &[usize]) -> OpCase {
@@ -267,10 +262,6 @@ impl Op for BatchNormTraining {
 
     fn validation(&self) -> Validation {
         Validation::Approximate
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 
@@ -465,10 +456,6 @@ impl Op for LayerNorm {
 
     fn validation(&self) -> Validation {
         Validation::Approximate
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -3,7 +3,6 @@
 //! and NCDHW (3-D) tensors, and `MaskedMeanPool`, the mean of the token
 //! vectors a mask keeps, per sequence (sentence-transformers' mean pooling).
 
-use std::any::Any;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -411,10 +410,6 @@ impl Op for Pool {
             Validation::Rounding
         }
     }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
 }
 
 fn build_pool(max: bool, attrs: &Attrs) -> Result<Arc<dyn Op>, OpError> {
@@ -612,10 +607,6 @@ impl Op for GlobalAveragePool {
     fn validation(&self) -> Validation {
         Validation::Rounding
     }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
 }
 
 /// `GlobalAveragePool`.
@@ -761,10 +752,6 @@ impl Op for MaskedMeanPool {
 
     fn validation(&self) -> Validation {
         Validation::Approximate
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -2,7 +2,6 @@
 //! [`WeightFormat`]: `y = x · dequant(W)ᵀ + b` (W8A8 and binary-XNOR also
 //! quantize the activations at run time).
 
-use std::any::Any;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -423,10 +422,6 @@ impl Op for QLinear {
                     as u64
             })
             .unwrap_or(0)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -9,7 +9,6 @@
 //! reference implementation: `x - zero_point` and the product in `f32`, then
 //! one rounding to the output dtype (the scale's, unless set).
 
-use std::any::Any;
 use std::sync::Arc;
 
 use super::{attr_i64, attr_str, check_arity, normalize_axis, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
@@ -226,10 +225,6 @@ impl Op for DequantizeLinear {
 
     fn validation(&self) -> Validation {
         Validation::Exact
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

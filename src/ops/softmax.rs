@@ -1,7 +1,6 @@
 //! `Softmax` and `LogSoftmax` along any axis, numerically stable (the
 //! maximum is subtracted).
 
-use std::any::Any;
 use std::sync::Arc;
 
 use super::{
@@ -123,10 +122,6 @@ impl Op for Softmax {
             .map(|s| 5 * s.iter().product::<usize>() as u64)
             .unwrap_or(0)
     }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
 }
 
 fn case(rng: &mut CaseRng, shape: &[usize], axis: i64, spread: f32) -> OpCase {
@@ -239,10 +234,6 @@ impl Op for LogSoftmax {
 
     fn validation(&self) -> Validation {
         Validation::Approximate
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -4,7 +4,6 @@
 //! op type and attributes of its model-file form; on the GPU every kind is a
 //! code of one shader function, so any kind can run in a matmul epilogue.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use super::{attr_str, check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
@@ -282,10 +281,6 @@ impl Op for Unary {
 
     fn flops(&self, inputs: &[&[usize]]) -> u64 {
         inputs.first().map(|s| s.iter().product::<usize>() as u64).unwrap_or(0)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -1,7 +1,6 @@
 //! Views: ops that change a shape and move no data — `Reshape`, `Flatten`,
 //! `Squeeze` and `Unsqueeze`. They take any dtype.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use super::{attr_i64, attr_ints, axis_in, check_arity, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
@@ -170,10 +169,6 @@ impl Op for Reshape {
     fn validation(&self) -> Validation {
         Validation::Exact
     }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
 }
 
 /// `Flatten`: `[d0..d(axis-1)] × [d(axis)..]` into a 2-D tensor.
@@ -250,10 +245,6 @@ impl Op for Flatten {
 
     fn validation(&self) -> Validation {
         Validation::Exact
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 
@@ -452,10 +443,6 @@ impl Op for Axes {
 
     fn validation(&self) -> Validation {
         Validation::Exact
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

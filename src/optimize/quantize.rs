@@ -410,7 +410,7 @@ fn linear_nodes(g: &Graph) -> Vec<&Node> {
 
 /// The weight parameter of a `Linear` node whose weight is a 2-D f32 parameter.
 fn quantizable_weight<'a>(g: &Graph, node: &'a Node) -> Option<&'a str> {
-    node.op.as_any().downcast_ref::<Linear>()?;
+    node.op.downcast_ref::<Linear>()?;
     let w = node.inputs.get(1)?;
     let p = g.params().iter().find(|p| &p.name == w)?;
     (p.dtype == DType::F32 && p.shape.len() == 2).then_some(w.as_str())

@@ -178,7 +178,7 @@ fn linear_layers(g: &Graph, keep: &[String]) -> Vec<Layer> {
     g.nodes()
         .iter()
         .enumerate()
-        .filter(|(_, n)| n.op.as_any().is::<Linear>() && !keep.contains(&n.name))
+        .filter(|(_, n)| n.op.is::<Linear>() && !keep.contains(&n.name))
         .filter_map(|(i, n)| {
             let w = n.inputs.get(1)?;
             let p = g.params().iter().find(|p| &p.name == w)?;
@@ -284,9 +284,9 @@ fn channel_consumers(g: &Graph, node: usize) -> Option<Vec<usize>> {
             let Some(pos) = n.inputs.iter().position(|x| x == &v) else {
                 continue;
             };
-            if n.op.as_any().is::<Linear>() && pos == 0 {
+            if n.op.is::<Linear>() && pos == 0 {
                 linears.push(i);
-            } else if n.op.as_any().is::<Unary>() {
+            } else if n.op.is::<Unary>() {
                 frontier.push(n.outputs.first()?.clone());
             } else {
                 return None;
