@@ -71,6 +71,7 @@ fn wg_activate(x: f32, act: u32) -> f32 {
         case UNARY_LOG: { return log(x); }
         case UNARY_SQRT: { return sqrt(x); }
         case UNARY_RECIPROCAL: { return 1.0 / x; }
+        case UNARY_HARD_SWISH: { return x * clamp(x / 6.0 + 0.5, 0.0, 1.0); }
         default: { return x; }
     }
 }

@@ -33,7 +33,7 @@ const LAYERS: &[&[&str]] = &[
     // Applications of a session: sentence embeddings, evaluation.
     &["embed", "eval"],
     // Model-to-model tools: quantization, pruning, the CPU backward pass.
-    &["optimize", "prune", "train"],
+    &["optimize", "train"],
     // The HTTP server.
     &["serve"],
     // The command line.

@@ -177,6 +177,7 @@ pub static REGISTRY: &[OpDef] = &[
     unary::LOG,
     unary::SQRT,
     unary::RECIPROCAL,
+    unary::HARD_SWISH,
     softmax::LOG_SOFTMAX,
     gemm::GEMM,
     conv::CONV,

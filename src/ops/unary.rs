@@ -1,6 +1,6 @@
 //! Unary elementwise ops: one op type, [`Unary`], whose [`UnaryKind`] picks
 //! the function (Relu, Sigmoid, Tanh, Gelu in its erf and tanh forms, SiLU,
-//! LeakyRelu, Erf, Neg, Abs, Exp, Log, Sqrt, Reciprocal). Each kind keeps the
+//! LeakyRelu, Erf, Neg, Abs, Exp, Log, Sqrt, Reciprocal, HardSwish). Each kind keeps the
 //! op type and attributes of its model-file form; on the GPU every kind is a
 //! code of one shader function, so any kind can run in a matmul epilogue.
 
@@ -42,6 +42,8 @@ pub enum UnaryKind {
     Sqrt,
     /// `1 / x`.
     Reciprocal,
+    /// `x · max(0, min(1, x/6 + 1/2))` (ONNX `HardSwish`).
+    HardSwish,
 }
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
@@ -59,7 +61,7 @@ fn sigmoid(x: f32) -> f32 {
 impl UnaryKind {
     /// Every kind, with the data-carrying ones at their default attributes
     /// (the GPU code table and the tests iterate this).
-    pub const ALL: [UnaryKind; 14] = [
+    pub const ALL: [UnaryKind; 15] = [
         UnaryKind::Relu,
         UnaryKind::Sigmoid,
         UnaryKind::Tanh,
@@ -74,6 +76,7 @@ impl UnaryKind {
         UnaryKind::Log,
         UnaryKind::Sqrt,
         UnaryKind::Reciprocal,
+        UnaryKind::HardSwish,
     ];
 
     /// The reference value: computed in f64 (LeakyRelu, Neg and Abs in f32,
@@ -95,6 +98,7 @@ impl UnaryKind {
             UnaryKind::Log => x.ln(),
             UnaryKind::Sqrt => x.sqrt(),
             UnaryKind::Reciprocal => 1.0 / x,
+            UnaryKind::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
         };
         y as f32
     }
@@ -126,6 +130,7 @@ impl UnaryKind {
             UnaryKind::Log => x.ln(),
             UnaryKind::Sqrt => x.sqrt(),
             UnaryKind::Reciprocal => 1.0 / x,
+            UnaryKind::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
         }
     }
 
@@ -162,6 +167,15 @@ impl UnaryKind {
             UnaryKind::Log => return g / v,
             UnaryKind::Sqrt => return g / (2.0 * v.sqrt()),
             UnaryKind::Reciprocal => return -g / (v * v),
+            UnaryKind::HardSwish => {
+                if x <= -3.0 {
+                    0.0
+                } else if x >= 3.0 {
+                    1.0
+                } else {
+                    x / 3.0 + 0.5
+                }
+            }
         };
         g * d as f32
     }
@@ -182,6 +196,7 @@ impl UnaryKind {
             UnaryKind::Log => "Log",
             UnaryKind::Sqrt => "Sqrt",
             UnaryKind::Reciprocal => "Reciprocal",
+            UnaryKind::HardSwish => "HardSwish",
         }
     }
 
@@ -189,7 +204,7 @@ impl UnaryKind {
     pub fn validation(self) -> Validation {
         match self {
             UnaryKind::Relu | UnaryKind::LeakyRelu(_) | UnaryKind::Neg | UnaryKind::Abs => Validation::Exact,
-            UnaryKind::Erf | UnaryKind::Sqrt | UnaryKind::Reciprocal => Validation::Rounding,
+            UnaryKind::Erf | UnaryKind::Sqrt | UnaryKind::Reciprocal | UnaryKind::HardSwish => Validation::Rounding,
             // WGSL promises exp and log to a few ULP plus a term growing with |x|.
             _ => Validation::Approximate,
         }
@@ -388,6 +403,10 @@ unary_def!(
 unary_def!(
     /// `Sqrt`: the square root.
     SQRT, "Sqrt", UnaryKind::Sqrt, point_cases, point_sample
+);
+unary_def!(
+    /// `HardSwish`: `x · max(0, min(1, x/6 + 1/2))`.
+    HARD_SWISH, "HardSwish", UnaryKind::HardSwish, point_cases, point_sample
 );
 unary_def!(
     /// `Reciprocal`: `1 / x`.

@@ -28,6 +28,7 @@ pub(crate) fn unary(kind: UnaryKind) -> (u32, &'static str) {
         UnaryKind::Log => (12, "UNARY_LOG"),
         UnaryKind::Sqrt => (13, "UNARY_SQRT"),
         UnaryKind::Reciprocal => (14, "UNARY_RECIPROCAL"),
+        UnaryKind::HardSwish => (15, "UNARY_HARD_SWISH"),
     }
 }
 

@@ -23,6 +23,7 @@ pub(super) static OPS: &[(&str, Build)] = &[
     ("Log", |cx, n| unary(cx, n, UnaryKind::Log)),
     ("Sqrt", |cx, n| unary(cx, n, UnaryKind::Sqrt)),
     ("Reciprocal", |cx, n| unary(cx, n, UnaryKind::Reciprocal)),
+    ("HardSwish", |cx, n| unary(cx, n, UnaryKind::HardSwish)),
 ];
 
 /// The unary op `kind` over the node's one input.
