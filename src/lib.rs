@@ -26,7 +26,8 @@
 //! checks it:
 //! [`error`] and [`tensor`] → [`linalg`] → [`quant`] → [`ops`] → [`graph`] →
 //! [`plan`] → [`backend`] → [`model`] → [`Session`] → [`embed`], [`eval`] →
-//! [`optimize`], [`prune`], [`train`] → `serve` → the `wginfer` command.
+//! [`optimize`] (quantization, pruning), [`train`] → `serve` → the `wginfer`
+//! command.
 //!
 //! # Features
 //! All on by default; each one only adds to the others.
