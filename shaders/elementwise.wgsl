@@ -1,6 +1,6 @@
 // Elementwise kernels: unary activations, broadcasting binary ops, and strided
 // copies (Transpose).
-// Needs activation.wgsl prepended. Mirrors src/ops/activation.rs and src/ops/binary.rs.
+// Needs activation.wgsl prepended. Mirrors src/ops/unary.rs and src/ops/binary.rs.
 //
 // Bindings (shared by every wginfer kernel): 0 output, 1 parameters, 2.. inputs.
 // Workgroups are laid out 2-D when one dimension would exceed 65535:

@@ -637,7 +637,7 @@ fn minilm_int4_min_outlier_split_reaches_099() {
     }
 }
 
-/// The README table: `cargo test --release --test calibration minilm_table -- --ignored --nocapture`.
+/// The MiniLM GPTQ table in docs/quantization.md: `cargo test --release --test calibration minilm_table -- --ignored --nocapture`.
 #[test]
 #[ignore = "prints the MiniLM calibration table"]
 fn minilm_table() {

@@ -143,7 +143,7 @@ fn quantized_int8_and_int4_stay_close_to_f32() {
         .vectors;
     // int4 (blocks of 32, f16 scales chosen per block for the least squared
     // error) measures 0.9506 at worst on these texts (plain round-to-nearest:
-    // 0.935): a 0.99 bar is not reached (README, MiniLM).
+    // 0.935): a 0.99 bar is not reached (docs/transformers.md).
     for (format, min) in [("int8", 0.999f32), ("int4", 0.945)] {
         let e = quantized_embedder(&dir, format);
         let got = e.embed(&r.text_refs()).expect("embed").vectors;
@@ -380,9 +380,9 @@ fn layer_dropping_finds_six_encoder_blocks_and_drops_two() {
     assert!(rho > 0.5, "Spearman {rho}");
 }
 
-/// The README's quantization table: `bash models/minilm/quant_table.sh`.
+/// The MiniLM quantization table in docs/transformers.md: `bash models/minilm/quant_table.sh`.
 #[test]
-#[ignore = "makes the README table; run by models/minilm/quant_table.sh"]
+#[ignore = "makes the docs/transformers.md table; run by models/minilm/quant_table.sh"]
 fn quant_table() {
     use wginfer::optimize::prune::blocks::residual_blocks;
     use wginfer::optimize::{prune, PruneMethod, PruneOptions};

@@ -6,7 +6,7 @@
 //! timing.
 //!
 //! `WGINFER_LOAD_CLIENTS` (default 16) and `WGINFER_LOAD_REQUESTS` (per
-//! client, default 25) size it; for the numbers in the README:
+//! client, default 25) size it; for the numbers in docs/serving.md:
 //! `WGINFER_LOAD_CLIENTS=64 WGINFER_LOAD_REQUESTS=200 cargo test --release --test serve_load -- --nocapture --test-threads 1`.
 
 mod common;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuilds the README's pruning table: accuracy on the digits held-out split
+# Rebuilds the pruning table in docs/pruning.md: accuracy on the digits held-out split
 # by method and sparsity, without and with recovery fine-tuning (3 epochs of
 # SGD on the training split, masks fixed). Taylor importance is calibrated on
 # the training split. Run from anywhere:

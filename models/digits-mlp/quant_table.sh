@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuilds the README's quantization table: accuracy and size per weight
+# Rebuilds the quantization table in docs/quantization.md: accuracy and size per weight
 # format on the digits held-out split. Run from anywhere:
 #   bash models/digits-mlp/quant_table.sh
 set -euo pipefail

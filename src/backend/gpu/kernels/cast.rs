@@ -1,6 +1,6 @@
 //! Cast between f32, f16 and bf16, and from i32, i64, u8, i8 and bool to
 //! f32 (`shaders/cast.wgsl`, on the raw bits). Mirrors `Cast` in
-//! `src/ops/layout.rs`; other dtypes fall back to the CPU.
+//! `src/ops/cast.rs`; other dtypes fall back to the CPU.
 
 use crate::error::Error;
 use crate::ops::cast::Cast;

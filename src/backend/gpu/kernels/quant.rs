@@ -14,9 +14,9 @@
 //! weight-only formats, W8A8, XNOR and 2:4 / 4:8 take `qlinear_sg.wgsl` when K % 32 == 0 and M >= 4:
 //! there every storage load is a loop over the SIMD lanes, and that kernel
 //! loads each activation vector once per subgroup and the weights as vec4
-//! words (about 3x the old tiles' speed on lavapipe at 1024³).
+//! words (about 3x the speed of the shared-memory tiles on lavapipe at 1024³).
 //!
-//! W8A8 (v2, as on the CPU: src/ops/qlinear.rs) quantizes each row of x at
+//! W8A8 (as on the CPU: src/ops/qlinear.rs) quantizes each row of x at
 //! run time to u8 with a scale and zero point from its min and max (outlier
 //! channels counted as 0), corrects the int32 sums by the zero point (`wsum`;
 //! the subgroup kernel sums q - z instead) and adds the outlier channels' f32

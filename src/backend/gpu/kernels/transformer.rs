@@ -1,7 +1,7 @@
 //! Kernels for sentence-embedding transformers: the embedding
 //! lookup `Gather`, fused multi-head `Attention` (`shaders/attention.wgsl`),
 //! `MaskedMeanPool` and `L2Normalize` (`shaders/embedding.wgsl`). Mirrors
-//! `src/ops/{gather,attention,pooling,l2norm}.rs`.
+//! `src/ops/{movement,attention,pool,l2norm}.rs`.
 
 use crate::error::Error;
 use crate::ops::attention::Attention;
