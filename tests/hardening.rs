@@ -256,3 +256,22 @@ fn single_op_model(op: std::sync::Arc<dyn wginfer::ops::Op>, shape: &[usize]) ->
     .unwrap();
     wginfer::Model::new(g, Default::default()).unwrap()
 }
+
+#[test]
+fn reshape_and_concat_sizes_that_overflow_are_errors() {
+    use wginfer::tensor::{DType, ValueType};
+    // [1, 10] to [7, 5270498306774157606]: 7·b wraps to 10 in a plain product.
+    let reshape = window_op(
+        "Reshape",
+        serde_json::json!({"shape": [7, 5_270_498_306_774_157_606i64]}),
+    )
+    .unwrap();
+    let e = reshape.infer(&[ValueType::known(DType::F32, &[1, 10])]).unwrap_err();
+    assert!(e.to_string().contains("overflows"), "{e}");
+    let x = Tensor::from_vec(vec![1, 10], vec![0f32; 10]).unwrap();
+    assert!(reshape.cpu(&[&x]).is_err());
+    let concat = window_op("Concat", serde_json::json!({"axis": 0})).unwrap();
+    let big = ValueType::known(DType::F32, &[usize::MAX / 2 + 1, 1]);
+    let e = concat.infer(&[big.clone(), big]).unwrap_err();
+    assert!(e.to_string().contains("overflows"), "{e}");
+}

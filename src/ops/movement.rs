@@ -186,7 +186,12 @@ impl Op for Concat {
                 }
             }
             total = match (total, t.shape[a].known()) {
-                (Some(s), Some(d)) => Some(s + d),
+                (Some(s), Some(d)) => Some(s.checked_add(d).ok_or_else(|| {
+                    OpError::Shape(format!(
+                        "the concat axis {a} overflows a {}-bit size at input {i}",
+                        usize::BITS
+                    ))
+                })?),
                 _ => None,
             };
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{attr_i64, attr_ints, axis_in, check_arity, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
 use crate::error::OpError;
-use crate::tensor::{Dim, Tensor, ValueType};
+use crate::tensor::{checked_numel, numel, Dim, Tensor, ValueType};
 
 /// `Reshape` to a fixed target: `0` copies the input's dimension at that
 /// position, `-1` (at most one) takes whatever size remains (ONNX semantics).
@@ -42,7 +42,7 @@ impl Reshape {
     /// The output shape for a concrete input shape.
     pub fn concrete(&self, input: &[usize]) -> Result<Vec<usize>, OpError> {
         self.validate()?;
-        let total: usize = input.iter().product();
+        let total = checked_numel(input)?;
         let mut out = Vec::with_capacity(self.shape.len());
         let mut hole = None;
         for (i, &d) in self.shape.iter().enumerate() {
@@ -61,7 +61,7 @@ impl Reshape {
                 d => d as usize,
             });
         }
-        let known: usize = out.iter().product();
+        let known = checked_numel(&out)?;
         if let Some(h) = hole {
             if known == 0 || !total.is_multiple_of(known) {
                 return Err(OpError::Shape(format!(
@@ -123,14 +123,16 @@ impl Op for Reshape {
             });
         }
         let uncopied_sym = x.shape.iter().zip(&copied).any(|(d, &c)| !c && d.known().is_none());
-        let rest_in: usize = x
+        let rest_in: Vec<usize> = x
             .shape
             .iter()
             .zip(&copied)
             .filter(|(_, &c)| !c)
             .filter_map(|(d, _)| d.known())
-            .product();
-        let rest_out: usize = self.shape.iter().filter(|&&d| d > 0).map(|&d| d as usize).product();
+            .collect();
+        let rest_in = checked_numel(&rest_in)?;
+        let rest_out: Vec<usize> = self.shape.iter().filter(|&&d| d > 0).map(|&d| d as usize).collect();
+        let rest_out = checked_numel(&rest_out)?;
         for d in out.iter_mut() {
             if *d == Dim::Sym(String::new()) {
                 *d = if uncopied_sym || rest_out == 0 || !rest_in.is_multiple_of(rest_out) {
@@ -195,7 +197,9 @@ impl Flatten {
 fn group(dims: &[Dim]) -> Dim {
     match dims {
         [single] => single.clone(),
-        _ if dims.iter().all(|d| d.known().is_some()) => Dim::Known(dims.iter().filter_map(Dim::known).product()),
+        _ if dims.iter().all(|d| d.known().is_some()) => {
+            Dim::Known(numel(&dims.iter().filter_map(Dim::known).collect::<Vec<_>>()))
+        }
         _ => Dim::Sym(dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("*")),
     }
 }
