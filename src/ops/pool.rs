@@ -254,7 +254,7 @@ impl Op for Pool {
                 let mut sum = 0.0f64;
                 for &c in cells {
                     let v = xp[c];
-                    best = best.max(v);
+                    best = nan_max(best, v);
                     if first.is_none_or(|(_, b)| v > b) {
                         first = Some((c, v));
                     }
@@ -323,7 +323,7 @@ impl Op for Pool {
                                 let row = &xp[(iz * l1 + iy) * l2..][..l2];
                                 for &ix in ixs {
                                     if self.max {
-                                        best = best.max(row[ix]);
+                                        best = nan_max(best, row[ix]);
                                     } else {
                                         sum += row[ix] as f64;
                                     }
@@ -414,6 +414,17 @@ impl Op for Pool {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+/// The running maximum of MaxPool: `v` if it is greater than `m` or NaN, so a
+/// NaN anywhere in the window makes the result NaN (`f32::max` drops NaN).
+#[inline]
+fn nan_max(m: f32, v: f32) -> f32 {
+    if v > m || v.is_nan() {
+        v
+    } else {
+        m
     }
 }
 
