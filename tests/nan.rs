@@ -58,7 +58,8 @@ fn op(op_type: &str, attrs: serde_json::Value) -> Arc<dyn Op> {
     (def.build)(&attrs).unwrap_or_else(|e| panic!("{op_type}: {e}"))
 }
 
-/// A model of one node reading graph inputs `x0, x1, ...` and writing `y`.
+/// A model of one node reading graph inputs `x0, x1, ...` and writing `y`
+/// (and `y1, y2, ...` when the op has more outputs).
 fn one_op_model(op: Arc<dyn Op>, inputs: &[Tensor]) -> Model {
     let types: Vec<ValueType> = inputs.iter().map(|t| ValueType::known(t.dtype(), t.shape())).collect();
     let out = op.infer(&types).expect("infers");
@@ -74,14 +75,26 @@ fn one_op_model(op: Arc<dyn Op>, inputs: &[Tensor]) -> Model {
         name: "n".into(),
         op,
         inputs: infos.iter().map(|i| i.name.clone()).collect(),
-        outputs: vec!["y".into()],
+        outputs: (0..out.len()).map(output_name).collect(),
     };
-    let y = ValueInfo {
-        name: "y".into(),
-        ty: out[0].clone(),
-    };
-    let graph = Graph::new("nan", infos, vec![y], vec![], vec![node]).expect("graph");
+    let outputs = out
+        .into_iter()
+        .enumerate()
+        .map(|(i, ty)| ValueInfo {
+            name: output_name(i),
+            ty,
+        })
+        .collect();
+    let graph = Graph::new("nan", infos, outputs, vec![], vec![node]).expect("graph");
     Model::new(graph, HashMap::new()).expect("model")
+}
+
+fn output_name(i: usize) -> String {
+    if i == 0 {
+        "y".into()
+    } else {
+        format!("y{i}")
+    }
 }
 
 /// Runs `model` on every device (every node on the GPU there) and checks
@@ -170,6 +183,35 @@ fn max_pool_is_nan_where_its_window_holds_a_nan() {
     let mut want = vec![NAN, NAN, NAN, 7.0, NAN, NAN, NAN, 11.0, NAN, NAN, NAN, 15.0];
     want.extend([13.0, 14.0, 15.0, 15.0]);
     check_op("MaxPool", attrs, grid_with_nan(1, 1), &want);
+}
+
+/// With the Indices output onnxruntime keeps a NaN only when it is the
+/// window's first element: NaN at (0, 0) gives `[NaN, 7, 13, 15]` and indices
+/// `[0, 7, 13, 15]`. wginfer's index is the window's first NaN.
+#[test]
+fn max_pool_indices_point_at_the_nan() {
+    let attrs = serde_json::json!({"kernel_shape": [2, 2], "strides": [2, 2], "outputs": 2});
+    for (r, c) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        let x = grid_with_nan(r, c);
+        let model = one_op_model(op("MaxPool", attrs.clone()), std::slice::from_ref(&x));
+        let at = (r * 4 + c) as f32;
+        on_every_device(&model, &[("x0", x.clone())], "y1", |got, device| {
+            assert_matches(
+                got,
+                &[at, 7.0, 13.0, 15.0],
+                0.0,
+                &format!("MaxPool indices on {device}"),
+            )
+        });
+        on_every_device(&model, &[("x0", x)], "y", |got, device| {
+            assert_matches(
+                got,
+                &[NAN, 7.0, 13.0, 15.0],
+                0.0,
+                &format!("MaxPool values on {device}"),
+            )
+        });
+    }
 }
 
 #[test]

@@ -23,7 +23,8 @@ pub struct Pool {
     /// `AveragePool`: count padding positions in the divisor.
     pub count_include_pad: bool,
     /// `MaxPool`: also output `Indices` (int64), each maximum's index into
-    /// the flattened input (the first maximum of a window on ties).
+    /// the flattened input (the first maximum of a window on ties; the first
+    /// NaN when the window holds one).
     pub indices: bool,
     /// `Indices` count the spatial axes column-major (ONNX `storage_order = 1`).
     pub column_major: bool,
@@ -255,7 +256,7 @@ impl Op for Pool {
                 for &c in cells {
                     let v = xp[c];
                     best = nan_max(best, v);
-                    if first.is_none_or(|(_, b)| v > b) {
+                    if first.is_none_or(|(_, b)| v > b || (v.is_nan() && !b.is_nan())) {
                         first = Some((c, v));
                     }
                     sum += v as f64;
