@@ -57,7 +57,7 @@ override ALPHA: f32 = 0.01;
 
 fn wg_activate(x: f32, act: u32) -> f32 {
     switch act {
-        case UNARY_RELU: { return max(x, 0.0); }
+        case UNARY_RELU: { return select(x, 0.0, x < 0.0); }
         case UNARY_SIGMOID: { return wg_sigmoid(x); }
         case UNARY_TANH: { return wg_tanh(x); }
         case UNARY_GELU: { return wg_gelu(x); }

@@ -42,6 +42,11 @@ override MAX: bool = false;
 
 const WG: u32 = 256u;
 
+// NaN test on the bits: compilers may fold a float `v != v` to false.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
 // One invocation per output element.
 @compute @workgroup_size(256)
 fn pool(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -75,7 +80,10 @@ fn pool(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
                     continue;
                 }
                 let v = x[base + (u32(iz) * params.h + u32(iy)) * params.w + u32(ix)];
-                best = max(best, v);
+                // Keeps a NaN once seen (WGSL's max leaves NaN unspecified).
+                if (v > best || is_nan(v)) {
+                    best = v;
+                }
                 sum = sum + v;
                 count = count + 1u;
             }

@@ -1,7 +1,8 @@
 // MaxPool's Indices output (int64): for each output element, the index into
-// the flattened input of its window's first maximum (ONNX: row-major, or
-// with COLUMN_MAJOR the spatial axes counted first-axis-fastest), -1 for a
-// window wholly in the padding. Written as two u32 words (low, high).
+// the flattened input of its window's first maximum, or of its first NaN
+// when it holds one (ONNX: row-major, or with COLUMN_MAJOR the spatial axes
+// counted first-axis-fastest), -1 for a window wholly in the padding.
+// Written as two u32 words (low, high).
 // The parameters are pool.wgsl's (the same buffer layout); a 2-D pool runs
 // as a 3-D one with a depth of 1. Mirrors src/ops/pool.rs.
 //
@@ -36,6 +37,11 @@ override COLUMN_MAJOR: bool = false;
 
 const WG: u32 = 256u;
 
+// NaN test on the bits: compilers may fold a float `v != v` to false.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
 @compute @workgroup_size(256)
 fn argmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
@@ -65,7 +71,7 @@ fn argmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
                     continue;
                 }
                 let v = x[base + (u32(iz) * params.h + u32(iy)) * params.w + u32(ix)];
-                if (!found || v > best) {
+                if (!found || v > best || (is_nan(v) && !is_nan(best))) {
                     best = v;
                     found = true;
                     if (COLUMN_MAJOR) {

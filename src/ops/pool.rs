@@ -22,7 +22,8 @@ pub struct Pool {
     /// `AveragePool`: count padding positions in the divisor.
     pub count_include_pad: bool,
     /// `MaxPool`: also output `Indices` (int64), each maximum's index into
-    /// the flattened input (the first maximum of a window on ties).
+    /// the flattened input (the first maximum of a window on ties; the first
+    /// NaN when the window holds one).
     pub indices: bool,
     /// `Indices` count the spatial axes column-major (ONNX `storage_order = 1`).
     pub column_major: bool,
@@ -253,8 +254,8 @@ impl Op for Pool {
                 let mut sum = 0.0f64;
                 for &c in cells {
                     let v = xp[c];
-                    best = best.max(v);
-                    if first.is_none_or(|(_, b)| v > b) {
+                    best = nan_max(best, v);
+                    if first.is_none_or(|(_, b)| v > b || (v.is_nan() && !b.is_nan())) {
                         first = Some((c, v));
                     }
                     sum += v as f64;
@@ -322,7 +323,7 @@ impl Op for Pool {
                                 let row = &xp[(iz * l1 + iy) * l2..][..l2];
                                 for &ix in ixs {
                                     if self.max {
-                                        best = best.max(row[ix]);
+                                        best = nan_max(best, row[ix]);
                                     } else {
                                         sum += row[ix] as f64;
                                     }
@@ -409,6 +410,17 @@ impl Op for Pool {
         } else {
             Validation::Rounding
         }
+    }
+}
+
+/// The running maximum of MaxPool: `v` if it is greater than `m` or NaN, so a
+/// NaN anywhere in the window makes the result NaN (`f32::max` drops NaN).
+#[inline]
+fn nan_max(m: f32, v: f32) -> f32 {
+    if v > m || v.is_nan() {
+        v
+    } else {
+        m
     }
 }
 

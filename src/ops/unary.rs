@@ -14,7 +14,7 @@ use crate::tensor::{Tensor, ValueType};
 /// Which unary function.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum UnaryKind {
-    /// `max(x, 0)`
+    /// `max(x, 0)`; NaN stays NaN.
     Relu,
     /// `1 / (1 + e^-x)`
     Sigmoid,
@@ -84,7 +84,13 @@ impl UnaryKind {
     pub fn reference(self, v: f32) -> f32 {
         let x = v as f64;
         let y = match self {
-            UnaryKind::Relu => x.max(0.0),
+            UnaryKind::Relu => {
+                if x < 0.0 {
+                    0.0
+                } else {
+                    x
+                }
+            }
             UnaryKind::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             UnaryKind::Tanh => x.tanh(),
             UnaryKind::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
@@ -107,7 +113,13 @@ impl UnaryKind {
     #[inline]
     pub fn apply(self, x: f32) -> f32 {
         match self {
-            UnaryKind::Relu => x.max(0.0),
+            UnaryKind::Relu => {
+                if x < 0.0 {
+                    0.0
+                } else {
+                    x
+                }
+            }
             UnaryKind::Sigmoid => sigmoid(x),
             UnaryKind::Tanh => x.tanh(),
             UnaryKind::Gelu => linalg::unary::gelu_scalar(x),

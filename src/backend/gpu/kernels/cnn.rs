@@ -13,6 +13,7 @@ use crate::tensor::{numel, DType};
 
 use super::super::context::PipelineKey;
 use super::super::shaders::ShaderId;
+use super::params::{words, ConcatParams, ConvParams, NormParams, PoolParams};
 use super::{grid, unsupported, Bind, Caps, DispatchSpec, KernelDef, NodeKernel};
 
 /// Rows at most this long take `norm.wgsl::layernorm_rows` (one invocation
@@ -108,7 +109,14 @@ fn layer_norm(op: &dyn Op, ln: &LayerNorm, inputs: &[(DType, &[usize])], caps: &
         ("layernorm", rows)
     };
     let groups = grid(workgroups, caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many rows)", caps))?;
-    let params = vec![rows as u32, len as u32, sa, sb, ln.epsilon.to_bits(), 0, 0, 0];
+    let params = words(&NormParams {
+        n: rows as u32,
+        len: len as u32,
+        a: sa,
+        b: sb,
+        eps_bits: ln.epsilon.to_bits(),
+        ..Default::default()
+    });
     let bias = if inputs.len() == 3 { Bind::Input(2) } else { Bind::Zeros };
     let binds = vec![Bind::Input(0), Bind::Input(1), bias];
     let y = spec(ShaderId::Norm, entry, params.clone(), groups, binds.clone());
@@ -141,7 +149,13 @@ fn batch_norm(op: &dyn Op, bn: &BatchNorm, inputs: &[(DType, &[usize])], caps: &
     let plane: usize = x[2..].iter().product();
     let groups =
         grid(n.div_ceil(256), caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many elements)", caps))?;
-    let params = vec![n as u32, x[1] as u32, plane as u32, 0, bn.epsilon.to_bits(), 0, 0, 0];
+    let params = words(&NormParams {
+        n: n as u32,
+        len: x[1] as u32,
+        a: plane as u32,
+        eps_bits: bn.epsilon.to_bits(),
+        ..Default::default()
+    });
     Ok(dispatch(
         ShaderId::Norm,
         "batchnorm",
@@ -165,16 +179,15 @@ fn batch_norm_training(
     }
     let plane: usize = x[2..].iter().product();
     let groups = grid(x[1], caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many channels)", caps))?;
-    let params = vec![
-        numel(x) as u32,
-        x[1] as u32,
-        plane as u32,
-        x[0] as u32,
-        bn.epsilon.to_bits(),
-        bn.momentum.to_bits(),
-        0,
-        0,
-    ];
+    let params = words(&NormParams {
+        n: numel(x) as u32,
+        len: x[1] as u32,
+        a: plane as u32,
+        b: x[0] as u32,
+        eps_bits: bn.epsilon.to_bits(),
+        pad0: bn.momentum.to_bits(),
+        ..Default::default()
+    });
     let stat = |code: f64| {
         let mut s = spec(
             ShaderId::Norm,
@@ -229,14 +242,28 @@ fn conv(op: &dyn Op, c: &Conv, inputs: &[(DType, &[usize])], caps: &Caps) -> Res
         ));
     }
     let (s, d) = (&c.window.strides, &c.window.dilations);
-    let params = [
-        x[1], x[2], x[3], m, cg, mg, kh, kw, ay.out, ax.out, s[0], s[1], d[0], d[1], ay.begin, ax.begin, g, pblocks,
-        mblocks,
-    ]
-    .iter()
-    .map(|&v| v as u32)
-    .chain([u32::from(inputs.len() == 3), 0, 0, 0])
-    .collect();
+    let params = words(&ConvParams {
+        c: x[1] as u32,
+        h: x[2] as u32,
+        w: x[3] as u32,
+        m: m as u32,
+        cg: cg as u32,
+        mg: mg as u32,
+        kh: kh as u32,
+        kw: kw as u32,
+        oh: ay.out as u32,
+        ow: ax.out as u32,
+        stride_y: s[0] as u32,
+        stride_x: s[1] as u32,
+        dil_y: d[0] as u32,
+        dil_x: d[1] as u32,
+        pad_y: ay.begin as u32,
+        pad_x: ax.begin as u32,
+        groups: g as u32,
+        pblocks: pblocks as u32,
+        mblocks: mblocks as u32,
+        has_bias: u32::from(inputs.len() == 3),
+    });
     let bias = if inputs.len() == 3 { Bind::Input(2) } else { Bind::Zeros };
     Ok(dispatch(
         ShaderId::Conv,
@@ -260,18 +287,26 @@ fn pool(op: &dyn Op, p: &Pool, inputs: &[(DType, &[usize])], caps: &Caps) -> Res
     let groups =
         grid(n.div_ceil(256), caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many elements)", caps))?;
     // Axes in the shader's (y, x, z) order; Geom's are (z, y, x).
-    let per_axis = |v: [usize; 3]| [v[1], v[2], v[0], 0];
-    let mut params: Vec<u32> = [g.len[1], g.len[2], g.len[0], out[1], out[2], out[0]]
-        .iter()
-        .map(|&v| v as u32)
-        .collect();
-    params.insert(0, n as u32);
-    params.push(f32::NEG_INFINITY.to_bits());
-    let pad_end = [0, 1, 2].map(|a| g.len[a] + g.ax[a].end);
-    for v in [g.k, g.s, g.d, g.ax.map(|a| a.begin), pad_end] {
-        params.extend(per_axis(v).iter().map(|&v| v as u32));
-    }
-    params.extend([u32::from(p.count_include_pad), 0, 0, 0]);
+    let per_axis = |v: [usize; 3]| [v[1] as u32, v[2] as u32, v[0] as u32, 0];
+    let [h, w, d, _] = per_axis(g.len);
+    let [oh, ow, od, _] = per_axis(out);
+    let params = words(&PoolParams {
+        n: n as u32,
+        h,
+        w,
+        d,
+        oh,
+        ow,
+        od,
+        neg_inf_bits: f32::NEG_INFINITY.to_bits(),
+        k: per_axis(g.k),
+        stride: per_axis(g.s),
+        dil: per_axis(g.d),
+        pad: per_axis(g.ax.map(|a| a.begin)),
+        pad_end: per_axis([0, 1, 2].map(|a| g.len[a] + g.ax[a].end)),
+        count_include_pad: u32::from(p.count_include_pad),
+        ..Default::default()
+    });
     let mut y = spec(ShaderId::Pool, "pool", params.clone(), groups, vec![Bind::Input(0)]);
     y.key.constants = vec![("MAX", if p.max { 1.0f64 } else { 0.0 }.to_bits())];
     if !p.indices {
@@ -291,9 +326,11 @@ fn global_average(op: &dyn Op, inputs: &[(DType, &[usize])], caps: &Caps) -> Res
     let planes = x[0] * x[1];
     let len: usize = x[2..].iter().product();
     let groups = grid(planes, caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many planes)", caps))?;
-    let mut params = vec![0u32; 32];
-    params[0] = planes as u32;
-    params[1] = len as u32;
+    let params = words(&PoolParams {
+        n: planes as u32,
+        h: len as u32,
+        ..Default::default()
+    });
     Ok(dispatch(
         ShaderId::Pool,
         "global_average",
@@ -327,11 +364,17 @@ fn concat(op: &dyn Op, c: &Concat, inputs: &[(DType, &[usize])], caps: &Caps) ->
     let n = numel(first) / first[a] * total;
     let groups =
         grid(n.div_ceil(256), caps.max_workgroups).ok_or_else(|| unsupported(op, "f32 (too many elements)", caps))?;
-    let mut params = vec![0u32; 12];
-    params[..4].copy_from_slice(&[n as u32, inner as u32, total as u32, inputs.len() as u32]);
-    for (t, (_, s)) in inputs.iter().enumerate() {
-        params[4 + t] = s[a] as u32;
+    let mut lens = [0u32; 8];
+    for (l, (_, s)) in lens.iter_mut().zip(inputs) {
+        *l = s[a] as u32;
     }
+    let params = words(&ConcatParams {
+        n: n as u32,
+        inner: inner as u32,
+        total: total as u32,
+        count: inputs.len() as u32,
+        lens,
+    });
     let binds = (0..CONCAT_MAX_INPUTS)
         .map(|t| if t < inputs.len() { Bind::Input(t) } else { Bind::Zeros })
         .collect();

@@ -116,6 +116,84 @@ pub(super) struct EmbeddingParams {
     pub pad2: u32,
 }
 
+/// `shaders/conv.wgsl`: 2-D convolution, blocks of 4 output channels by 4
+/// output pixels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(super) struct ConvParams {
+    pub c: u32,
+    pub h: u32,
+    pub w: u32,
+    pub m: u32,
+    pub cg: u32,
+    pub mg: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub stride_y: u32,
+    pub stride_x: u32,
+    pub dil_y: u32,
+    pub dil_x: u32,
+    pub pad_y: u32,
+    pub pad_x: u32,
+    pub groups: u32,
+    pub pblocks: u32,
+    pub mblocks: u32,
+    pub has_bias: u32,
+}
+
+/// `shaders/pool.wgsl` and `pool_index.wgsl`. Spatial sizes in (y, x, z)
+/// order; the per-axis arrays are the WGSL `vec4<u32>`s, entry 3 unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(super) struct PoolParams {
+    pub n: u32,
+    pub h: u32,
+    pub w: u32,
+    pub d: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub od: u32,
+    pub neg_inf_bits: u32,
+    pub k: [u32; 4],
+    pub stride: [u32; 4],
+    pub dil: [u32; 4],
+    pub pad: [u32; 4],
+    pub pad_end: [u32; 4],
+    pub count_include_pad: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
+}
+
+/// `shaders/norm.wgsl`: `n`, `len`, `a`, `b` as each entry point reads them;
+/// `batchnorm_train` reads the momentum (f32 bits) from `pad0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(super) struct NormParams {
+    pub n: u32,
+    pub len: u32,
+    pub a: u32,
+    pub b: u32,
+    pub eps_bits: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
+}
+
+/// `shaders/concat.wgsl`: `lens` is the WGSL `array<vec4<u32>, 2>`, the
+/// inputs' lengths along the axis in order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(super) struct ConcatParams {
+    pub n: u32,
+    pub inner: u32,
+    pub total: u32,
+    pub count: u32,
+    pub lens: [u32; 8],
+}
+
 /// One params struct's layout: the kernel family whose `struct Params` it
 /// mirrors, its size, and each member's name and byte offset.
 #[derive(Clone, Debug)]
@@ -210,7 +288,79 @@ pub fn layouts() -> Vec<ParamsLayout> {
                 pad2
             }
         ),
+        layout!(
+            S::Conv,
+            ConvParams {
+                c,
+                h,
+                w,
+                m,
+                cg,
+                mg,
+                kh,
+                kw,
+                oh,
+                ow,
+                stride_y,
+                stride_x,
+                dil_y,
+                dil_x,
+                pad_y,
+                pad_x,
+                groups,
+                pblocks,
+                mblocks,
+                has_bias
+            }
+        ),
+        layout!(
+            S::Norm,
+            NormParams {
+                n,
+                len,
+                a,
+                b,
+                eps_bits,
+                pad0,
+                pad1,
+                pad2
+            }
+        ),
+        layout!(
+            S::Concat,
+            ConcatParams {
+                n,
+                inner,
+                total,
+                count,
+                lens
+            }
+        ),
     ];
+    for s in [S::Pool, S::PoolIndex] {
+        out.push(layout!(
+            s,
+            PoolParams {
+                n,
+                h,
+                w,
+                d,
+                oh,
+                ow,
+                od,
+                neg_inf_bits,
+                k,
+                stride,
+                dil,
+                pad,
+                pad_end,
+                count_include_pad,
+                pad0,
+                pad1,
+                pad2
+            }
+        ));
+    }
     for s in [S::Matmul, S::MatmulVec4] {
         out.push(layout!(
             s,
