@@ -159,7 +159,7 @@ impl Session {
         })
     }
 
-    /// The graph this session runs.
+    /// The graph the session runs.
     pub fn graph(&self) -> &Graph {
         &self.graph
     }
