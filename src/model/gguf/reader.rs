@@ -22,7 +22,7 @@ pub(super) fn parse(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
     let n_tensors = cur.count("tensor count", MIN_TENSOR_BYTES)?;
     let n_kv = cur.count("metadata count", MIN_KV_BYTES)?;
     let (metadata, meta_index) = read_metadata(&mut cur, n_kv)?;
-    let alignment = alignment(metadata.get(meta_index.get("general.alignment").copied().unwrap_or(usize::MAX)))?;
+    let alignment = alignment(meta_index.get("general.alignment").and_then(|&i| metadata.get(i)))?;
     let mut tensors = read_tensor_table(&mut cur, n_tensors)?;
     let data_offset = align_up(cur.pos, alignment)?;
     for t in &mut tensors {
