@@ -319,6 +319,123 @@ pub enum ModelError {
     /// An ONNX file that cannot be imported (see `model::onnx`).
     #[error("ONNX import: {0}")]
     Onnx(#[from] OnnxError),
+    /// A GGUF file that cannot be read (see `model::gguf`).
+    #[error("GGUF: {0}")]
+    Gguf(#[from] GgufError),
+}
+
+/// What can go wrong reading a GGUF file (see `model::gguf`).
+#[derive(Debug, Error)]
+pub enum GgufError {
+    /// The first four bytes are not `GGUF`.
+    #[error("bad magic {found:?}: not a GGUF file (it must start with \"GGUF\")")]
+    Magic {
+        /// The first bytes found.
+        found: Vec<u8>,
+    },
+    /// A GGUF version other than 2 or 3.
+    #[error("GGUF version {0} is not supported (only versions 2 and 3 are)")]
+    Version(u32),
+    /// The file ends before a field it must hold.
+    #[error("truncated: {what} needs {needed} bytes at offset {offset}, but the file has {len}")]
+    Truncated {
+        /// The field being read.
+        what: String,
+        /// Bytes the field needs.
+        needed: u64,
+        /// Where the field starts.
+        offset: usize,
+        /// The file's length.
+        len: usize,
+    },
+    /// A count or length larger than what the rest of the file could hold.
+    #[error("{what} is {count}, but only {remaining} bytes remain at offset {offset}: the file is corrupt")]
+    Count {
+        /// What was counted ("string length", "array count", ...).
+        what: String,
+        /// The count read from the file.
+        count: u64,
+        /// Bytes left in the file.
+        remaining: usize,
+        /// Where the count was read.
+        offset: usize,
+    },
+    /// A metadata value type code outside the GGUF value types.
+    #[error("unknown metadata value type {code} for key `{key}`")]
+    ValueType {
+        /// The key whose value it is.
+        key: String,
+        /// The type code.
+        code: u32,
+    },
+    /// A ggml tensor type code this reader does not know.
+    #[error("tensor `{tensor}` has unknown ggml type code {code}")]
+    TensorType {
+        /// The tensor's name.
+        tensor: String,
+        /// The type code.
+        code: u32,
+    },
+    /// A string that is not UTF-8.
+    #[error("{what} is not valid UTF-8")]
+    Utf8 {
+        /// The string's role (a key, a value, a tensor name).
+        what: String,
+    },
+    /// A bool stored as a byte other than 0 or 1.
+    #[error("metadata `{key}`: bool stored as byte {byte}; it must be 0 or 1")]
+    Bool {
+        /// The key.
+        key: String,
+        /// The byte.
+        byte: u8,
+    },
+    /// A tensor with more dimensions than GGUF allows.
+    #[error("tensor `{tensor}` has {n_dims} dimensions; GGUF allows at most 4")]
+    Dims {
+        /// The tensor's name.
+        tensor: String,
+        /// Its dimension count.
+        n_dims: u32,
+    },
+    /// A tensor whose shape does not fit its type or the file.
+    #[error("tensor `{tensor}`: {message}")]
+    Tensor {
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Arrays nested deeper than the reader follows.
+    #[error("metadata `{key}`: arrays nested more than {limit} deep")]
+    Nesting {
+        /// The key.
+        key: String,
+        /// The deepest nesting read.
+        limit: usize,
+    },
+    /// `general.alignment` that is not a power of two.
+    #[error("general.alignment {0} is not a power of two (or is zero, or is not a u32)")]
+    Alignment(u64),
+    /// A key that appears twice, in the metadata or the tensor table.
+    #[error("duplicate {what} `{name}`")]
+    Duplicate {
+        /// "metadata key" or "tensor name".
+        what: &'static str,
+        /// The repeated name.
+        name: String,
+    },
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A size over the allocation limit or past `usize`.
+    #[error(transparent)]
+    Size(#[from] TensorError),
 }
 
 /// What can go wrong importing an ONNX file.

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 /// The names of the targets, as the folders under fuzz/regressions name them.
-pub const TARGETS: &[&str] = &["model_file", "onnx", "npy", "kserve_json", "kserve_binary"];
+pub const TARGETS: &[&str] = &["model_file", "onnx", "npy", "kserve_json", "kserve_binary", "gguf"];
 
 /// Runs target `name` on `data`; false for an unknown name.
 pub fn run(name: &str, data: &[u8]) -> bool {
@@ -16,6 +16,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "npy" => npy(data),
         "kserve_json" => kserve_json(data),
         "kserve_binary" => kserve_binary(data),
+        "gguf" => gguf(data),
         _ => return false,
     }
     true
@@ -57,6 +58,15 @@ pub fn kserve_binary(data: &[u8]) {
     }
     let len = u16::from_le_bytes([data[0], data[1]]) as usize;
     let _ = wginfer::serve::protocol::parse_infer(&data[2..], Some(len));
+}
+
+/// A GGUF file; a file that parses has every tensor's bytes looked up.
+pub fn gguf(data: &[u8]) {
+    if let Ok(file) = wginfer::model::gguf::GgufFile::read(data) {
+        for t in file.tensors() {
+            let _ = file.tensor_bytes(&t.name);
+        }
+    }
 }
 
 /// Runs `model` once on the CPU on zeros, when every input shape is known and

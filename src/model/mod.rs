@@ -5,6 +5,7 @@
 
 pub mod bert;
 mod data;
+pub mod gguf;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 
