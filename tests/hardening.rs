@@ -2,6 +2,8 @@
 //! that are not regular files, external data outside the model's directory.
 //! Each must be a clear error, never a panic, an abort or a wrong success.
 
+mod common;
+
 use std::path::Path;
 
 use wginfer::model::onnx::proto::{data_type, StringStringEntryProto, TensorProto, DATA_LOCATION_EXTERNAL};
@@ -215,46 +217,15 @@ fn window_outputs_that_overflow_or_exceed_the_limit_are_errors() {
     )
     .unwrap();
     let x = Tensor::from_vec(vec![1, 1, 8, 8], vec![1f32; 64]).unwrap();
-    let model = single_op_model(pool.clone(), &[1, 1, 8, 8]);
+    let model = common::one_op_model(pool.clone(), std::slice::from_ref(&x));
     let session = wginfer::Session::new(&model, wginfer::Device::Cpu).unwrap();
-    let e = session.run([("x", x)]).map(|_| ()).unwrap_err().to_string();
+    let e = session.run([("x0", x)]).map(|_| ()).unwrap_err().to_string();
     assert!(e.contains("overflow") || e.contains("over the limit"), "{e}");
     let inferred = pool.infer(&[ValueType::known(DType::F32, &[1, 1, 8, 8])]);
     if let Ok(t) = inferred {
         let shape = t[0].concrete_shape().unwrap();
         assert!(wginfer::tensor::checked_bytes(DType::F32, &shape).is_err(), "{shape:?}");
     }
-}
-
-/// A model of one node `y = op(x)` with `x` of a fixed shape.
-fn single_op_model(op: std::sync::Arc<dyn wginfer::ops::Op>, shape: &[usize]) -> wginfer::Model {
-    use wginfer::graph::{Graph, Node, ValueInfo};
-    use wginfer::tensor::{DType, Dim, ValueType};
-    let x = ValueType::known(DType::F32, shape);
-    let y = ValueType {
-        dtype: DType::F32,
-        shape: (0..shape.len()).map(|i| Dim::Sym(format!("y{i}"))).collect(),
-    };
-    let g = Graph::new(
-        "one",
-        vec![ValueInfo {
-            name: "x".into(),
-            ty: x,
-        }],
-        vec![ValueInfo {
-            name: "y".into(),
-            ty: y,
-        }],
-        vec![],
-        vec![Node {
-            name: "the_op".into(),
-            op,
-            inputs: vec!["x".into()],
-            outputs: vec!["y".into()],
-        }],
-    )
-    .unwrap();
-    wginfer::Model::new(g, Default::default()).unwrap()
 }
 
 #[test]

@@ -24,13 +24,10 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use wginfer::backend::gpu::{GpuContext, Placement};
-use wginfer::graph::{Graph, Node, ValueInfo};
 use wginfer::ops::{lookup, Attrs, Op};
-use wginfer::tensor::ValueType;
 use wginfer::{AdapterChoice, Device, Model, Session, Tensor};
 
 const NAN: f32 = f32::NAN;
@@ -56,45 +53,6 @@ fn op(op_type: &str, attrs: serde_json::Value) -> Arc<dyn Op> {
     };
     let def = lookup(op_type).unwrap_or_else(|| panic!("{op_type} is registered"));
     (def.build)(&attrs).unwrap_or_else(|e| panic!("{op_type}: {e}"))
-}
-
-/// A model of one node reading graph inputs `x0, x1, ...` and writing `y`
-/// (and `y1, y2, ...` when the op has more outputs).
-fn one_op_model(op: Arc<dyn Op>, inputs: &[Tensor]) -> Model {
-    let types: Vec<ValueType> = inputs.iter().map(|t| ValueType::known(t.dtype(), t.shape())).collect();
-    let out = op.infer(&types).expect("infers");
-    let infos: Vec<ValueInfo> = types
-        .into_iter()
-        .enumerate()
-        .map(|(i, ty)| ValueInfo {
-            name: format!("x{i}"),
-            ty,
-        })
-        .collect();
-    let node = Node {
-        name: "n".into(),
-        op,
-        inputs: infos.iter().map(|i| i.name.clone()).collect(),
-        outputs: (0..out.len()).map(output_name).collect(),
-    };
-    let outputs = out
-        .into_iter()
-        .enumerate()
-        .map(|(i, ty)| ValueInfo {
-            name: output_name(i),
-            ty,
-        })
-        .collect();
-    let graph = Graph::new("nan", infos, outputs, vec![], vec![node]).expect("graph");
-    Model::new(graph, HashMap::new()).expect("model")
-}
-
-fn output_name(i: usize) -> String {
-    if i == 0 {
-        "y".into()
-    } else {
-        format!("y{i}")
-    }
 }
 
 /// Runs `model` on every device (every node on the GPU there) and checks
@@ -136,7 +94,7 @@ fn check_op(op_type: &str, attrs: serde_json::Value, x: Tensor, want: &[f32]) {
 }
 
 fn check_op_inputs(op_type: &str, attrs: serde_json::Value, inputs: Vec<Tensor>, want: &[f32]) {
-    let model = one_op_model(op(op_type, attrs), &inputs);
+    let model = common::one_op_model(op(op_type, attrs), &inputs);
     let named: Vec<(String, Tensor)> = inputs
         .into_iter()
         .enumerate()
@@ -193,7 +151,7 @@ fn max_pool_indices_point_at_the_nan() {
     let attrs = serde_json::json!({"kernel_shape": [2, 2], "strides": [2, 2], "outputs": 2});
     for (r, c) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
         let x = grid_with_nan(r, c);
-        let model = one_op_model(op("MaxPool", attrs.clone()), std::slice::from_ref(&x));
+        let model = common::one_op_model(op("MaxPool", attrs.clone()), std::slice::from_ref(&x));
         let at = (r * 4 + c) as f32;
         on_every_device(&model, &[("x0", x.clone())], "y1", |got, device| {
             assert_matches(

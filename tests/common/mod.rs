@@ -141,3 +141,45 @@ pub fn skip_or_fail(require: &str, reason: &str) {
     }
     skip(reason);
 }
+
+/// A model of one node reading graph inputs `x0, x1, ...` and writing `y`
+/// (and `y1, y2, ...` when the op has more outputs).
+pub fn one_op_model(op: std::sync::Arc<dyn wginfer::ops::Op>, inputs: &[Tensor]) -> wginfer::Model {
+    let types: Vec<wginfer::tensor::ValueType> = inputs
+        .iter()
+        .map(|t| wginfer::tensor::ValueType::known(t.dtype(), t.shape()))
+        .collect();
+    let out = op.infer(&types).expect("infers");
+    let infos: Vec<wginfer::graph::ValueInfo> = types
+        .into_iter()
+        .enumerate()
+        .map(|(i, ty)| wginfer::graph::ValueInfo {
+            name: format!("x{i}"),
+            ty,
+        })
+        .collect();
+    let node = wginfer::graph::Node {
+        name: "n".into(),
+        op,
+        inputs: infos.iter().map(|i| i.name.clone()).collect(),
+        outputs: (0..out.len()).map(output_name).collect(),
+    };
+    let outputs = out
+        .into_iter()
+        .enumerate()
+        .map(|(i, ty)| wginfer::graph::ValueInfo {
+            name: output_name(i),
+            ty,
+        })
+        .collect();
+    let graph = wginfer::graph::Graph::new("one_op", infos, outputs, vec![], vec![node]).expect("graph");
+    wginfer::Model::new(graph, Default::default()).expect("model")
+}
+
+fn output_name(i: usize) -> String {
+    if i == 0 {
+        "y".into()
+    } else {
+        format!("y{i}")
+    }
+}
