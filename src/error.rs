@@ -324,6 +324,76 @@ pub enum ModelError {
     Gguf(#[from] GgufError),
 }
 
+/// What can go wrong loading or running a decoder language model (see
+/// `generate`).
+#[derive(Debug, Error)]
+pub enum GenerateError {
+    /// The GGUF file could not be read.
+    #[error("GGUF: {0}")]
+    Gguf(#[from] GgufError),
+    /// An architecture no builder handles.
+    #[error("architecture `{0}` is not supported (supported: llama, qwen2, and files of the same family)")]
+    Architecture(String),
+    /// A configuration entry that is missing or out of range.
+    #[error("model configuration `{key}`: {message}")]
+    Config {
+        /// The metadata key or config.json field.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A tensor the architecture needs is not in the file.
+    #[error("tensor `{0}` is missing from the model file")]
+    MissingTensor(String),
+    /// A tensor of the wrong shape or of a type the decoder does not take.
+    #[error("tensor `{name}`: {message}")]
+    Tensor {
+        /// The tensor's name.
+        name: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A prompt (with the tokens to generate) longer than the context.
+    #[error("{needed} tokens do not fit the context of {context}: shorten the prompt or raise the context length")]
+    Context {
+        /// Positions asked for.
+        needed: usize,
+        /// The context length.
+        context: usize,
+    },
+    /// A token id outside the vocabulary.
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    TokenId {
+        /// The id given.
+        id: u32,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+    /// The tokenizer or the chat template could not be built or applied.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// Sampling options out of range.
+    #[error("sampling option `{name}`: {message}")]
+    Sampling {
+        /// The option.
+        name: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A kernel rejected its operands.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// Reading a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// What can go wrong reading a GGUF file (see `model::gguf`).
 #[derive(Debug, Error)]
 pub enum GgufError {
@@ -667,6 +737,9 @@ pub enum Error {
     /// A GPU backend error.
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    /// A decoder language model error.
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
     /// A part of wginfer that this build leaves out: the Cargo feature that
     /// holds it is off.
     #[error(

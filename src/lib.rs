@@ -55,6 +55,7 @@ pub mod backend;
 pub mod embed;
 pub mod error;
 pub mod eval;
+pub mod generate;
 pub mod graph;
 pub mod linalg;
 pub mod model;

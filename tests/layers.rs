@@ -30,8 +30,8 @@ const LAYERS: &[&[&str]] = &[
     &["model"],
     // A compiled model on a device.
     &["session"],
-    // Applications of a session: sentence embeddings, evaluation.
-    &["embed", "eval"],
+    // Applications of a session or a decoder: sentence embeddings, evaluation, generation.
+    &["embed", "eval", "generate"],
     // Model-to-model tools: quantization, pruning, the CPU backward pass.
     &["optimize", "train"],
     // The HTTP server.

@@ -8,6 +8,7 @@
 
 pub mod binary;
 pub mod f32gemm;
+pub mod ggml;
 pub mod int8;
 pub mod norm;
 pub mod softmax;

@@ -1,0 +1,264 @@
+//! GGUF's block formats (llama.cpp's `ggml` quantization) as CPU weight
+//! formats: the block layouts, a reference dequantization per format, and the
+//! matrix products a decoder runs on packed rows ([`QMatrix`]).
+
+use rayon::prelude::*;
+
+use crate::error::OpError;
+
+/// A ggml block format: a row of `cols` weights is `cols / block_len()` blocks
+/// of `block_bytes()` bytes each, laid out as llama.cpp writes them.
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlockFormat {
+    /// 32 weights: f16 scale `d`, 16 bytes of 4-bit `q`; `w = d·(q - 8)`.
+    Q4_0,
+    /// 32 weights: f16 `d`, f16 `m`, 16 bytes of 4-bit `q`; `w = d·q + m`.
+    Q4_1,
+    /// 32 weights: f16 `d`, 4 bytes of high bits, 16 bytes of low nibbles; `w = d·(q - 16)`.
+    Q5_0,
+    /// 32 weights: f16 `d`, f16 `m`, 4 bytes of high bits, 16 bytes of low nibbles; `w = d·q + m`.
+    Q5_1,
+    /// 32 weights: f16 `d`, 32 signed bytes `q`; `w = d·q`.
+    Q8_0,
+    /// 256 weights in 8 sub-blocks of 32 with 6-bit scales and minimums.
+    Q4_K,
+    /// 256 weights in 8 sub-blocks of 32, 5 bits each, 6-bit scales and minimums.
+    Q5_K,
+    /// 256 weights in 16 sub-blocks of 16, 6 bits each, 8-bit scales.
+    Q6_K,
+}
+
+impl BlockFormat {
+    /// Every format.
+    pub const ALL: [BlockFormat; 8] = [
+        Self::Q4_0,
+        Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
+        Self::Q8_0,
+        Self::Q4_K,
+        Self::Q5_K,
+        Self::Q6_K,
+    ];
+
+    /// Weights per block.
+    pub const fn block_len(self) -> usize {
+        match self {
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => 32,
+            Self::Q4_K | Self::Q5_K | Self::Q6_K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
+            Self::Q8_0 => 34,
+            Self::Q4_K => 144,
+            Self::Q5_K => 176,
+            Self::Q6_K => 210,
+        }
+    }
+
+    /// The name llama.cpp gives the format (`Q4_K`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q4_K => "Q4_K",
+            Self::Q5_K => "Q5_K",
+            Self::Q6_K => "Q6_K",
+        }
+    }
+
+    /// The format with this name, if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// Bytes in a row of `cols` weights; `None` unless `cols` is a whole
+    /// number of blocks (or the count overflows).
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        if cols % self.block_len() != 0 {
+            return None;
+        }
+        (cols / self.block_len()).checked_mul(self.block_bytes())
+    }
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Dequantizes one row: `bytes` holds `out.len() / block_len` whole blocks.
+/// The reference every fast path is checked against.
+pub fn dequantize_row(format: BlockFormat, bytes: &[u8], out: &mut [f32]) {
+    let (bl, bb) = (format.block_len(), format.block_bytes());
+    for (block, y) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(bl)) {
+        match format {
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                let d = f16_at(block, 0);
+                let (m, qs) = match format {
+                    BlockFormat::Q4_0 => (-8.0 * d, &block[2..18]),
+                    _ => (f16_at(block, 2), &block[4..20]),
+                };
+                for (j, &q) in qs.iter().enumerate() {
+                    y[j] = d * f32::from(q & 0x0f) + m;
+                    y[j + 16] = d * f32::from(q >> 4) + m;
+                }
+            }
+            BlockFormat::Q5_0 | BlockFormat::Q5_1 => {
+                let d = f16_at(block, 0);
+                let (m, rest) = match format {
+                    BlockFormat::Q5_0 => (-16.0 * d, &block[2..22]),
+                    _ => (f16_at(block, 2), &block[4..24]),
+                };
+                let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                for (j, &q) in rest[4..20].iter().enumerate() {
+                    let lo = (q & 0x0f) as u32 | (((qh >> j) & 1) << 4);
+                    let hi = (q >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4);
+                    y[j] = d * lo as f32 + m;
+                    y[j + 16] = d * hi as f32 + m;
+                }
+            }
+            BlockFormat::Q8_0 => {
+                let d = f16_at(block, 0);
+                for (j, &q) in block[2..34].iter().enumerate() {
+                    y[j] = d * f32::from(q as i8);
+                }
+            }
+            BlockFormat::Q4_K | BlockFormat::Q5_K | BlockFormat::Q6_K => {
+                unimplemented!("k-quant dequantization")
+            }
+        }
+    }
+}
+
+/// A matrix of `rows × cols` weights stored row by row in a block format.
+#[derive(Clone, Debug)]
+pub struct QMatrix {
+    format: BlockFormat,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+impl QMatrix {
+    /// Wraps packed rows, checking that `data` holds exactly `rows` rows of
+    /// `cols` weights.
+    pub fn new(format: BlockFormat, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, OpError> {
+        let expected = format.row_bytes(cols).and_then(|r| r.checked_mul(rows));
+        if expected != Some(data.len()) {
+            return Err(OpError::Shape(format!(
+                "a {} matrix of {rows}x{cols} needs {} bytes (rows of whole {}-weight blocks), got {}",
+                format.name(),
+                expected.map_or("an overflowing number of".to_string(), |e| e.to_string()),
+                format.block_len(),
+                data.len()
+            )));
+        }
+        Ok(Self {
+            format,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// The block format.
+    pub fn format(&self) -> BlockFormat {
+        self.format
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Weights per row.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// All packed bytes, row after row.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Bytes per packed row.
+    pub fn row_bytes(&self) -> usize {
+        self.data.len() / self.rows.max(1)
+    }
+
+    /// The packed bytes of row `r`.
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Row `r` as f32 (`out.len() == cols`).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        dequantize_row(self.format, self.row(r), out);
+    }
+
+    /// `out[t][r] = Σ_c w[r][c]·x[t][c]` for `n` rows of `x` (`x` is
+    /// `n × cols`, `out` is `n × rows`, both row-major).
+    pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        debug_assert_eq!(x.len(), n * self.cols);
+        debug_assert_eq!(out.len(), n * self.rows);
+        let cols = self.cols;
+        let rows = self.rows;
+        let dots: Vec<Vec<f32>> = (0..rows)
+            .into_par_iter()
+            .map_init(
+                || vec![0f32; cols],
+                |buf, r| {
+                    self.dequantize_row(r, buf);
+                    (0..n)
+                        .map(|t| buf.iter().zip(&x[t * cols..(t + 1) * cols]).map(|(a, b)| a * b).sum())
+                        .collect()
+                },
+            )
+            .collect();
+        for (r, col) in dots.into_iter().enumerate() {
+            for (t, v) in col.into_iter().enumerate() {
+                out[t * rows + r] = v;
+            }
+        }
+    }
+}
+
+/// `out = x·Wᵀ` for an f32 weight `rows × cols` and `n` rows of `x`.
+pub fn matmul_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize, out: &mut [f32]) {
+    for t in 0..n {
+        let xt = &x[t * cols..(t + 1) * cols];
+        out[t * rows..(t + 1) * rows]
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(r, o)| *o = w[r * cols..(r + 1) * cols].iter().zip(xt).map(|(a, b)| a * b).sum());
+    }
+}
+
+/// `out = x·Wᵀ` for an f16 weight `rows × cols` and `n` rows of `x`.
+pub fn matmul_f16(w: &[half::f16], rows: usize, cols: usize, x: &[f32], n: usize, out: &mut [f32]) {
+    for t in 0..n {
+        let xt = &x[t * cols..(t + 1) * cols];
+        out[t * rows..(t + 1) * rows]
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(r, o)| {
+                *o = w[r * cols..(r + 1) * cols]
+                    .iter()
+                    .zip(xt)
+                    .map(|(a, b)| a.to_f32() * b)
+                    .sum()
+            });
+    }
+}
