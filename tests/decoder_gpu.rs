@@ -116,7 +116,8 @@ fn config(d: usize, layout: RopeLayout) -> DecoderConfig {
 fn random_decoder(c: DecoderConfig, fmt: Fmt, embed: Fmt, qwen: bool, seed: u64) -> DecoderWeights {
     let rng = &mut Rng(seed);
     let (d, qd, kvd, ffn) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn);
-    let vec = |rng: &mut Rng, n: usize, base: f32, amp: f32| (0..n).map(|_| base + amp * rng.unit()).collect::<Vec<_>>();
+    let vec =
+        |rng: &mut Rng, n: usize, base: f32, amp: f32| (0..n).map(|_| base + amp * rng.unit()).collect::<Vec<_>>();
     let layers = (0..c.n_layers)
         .map(|_| LayerWeights {
             attn_norm: vec(rng, d, 1.0, 0.2),
@@ -248,7 +249,9 @@ fn reference(w: &DecoderWeights, tokens: &[u32]) -> Vec<Vec<f32>> {
         }
     }
     let head = dense(w.head());
-    xs.iter().map(|x| matvec(&head, &rms_norm(x, &w.norm, c.norm_eps))).collect()
+    xs.iter()
+        .map(|x| matvec(&head, &rms_norm(x, &w.norm, c.norm_eps)))
+        .collect()
 }
 
 /// `|got - want| <= rtol·max|want|` element by element.
@@ -281,7 +284,12 @@ fn check_decoder(w: &DecoderWeights, what: &str) {
     let vocab = w.config.vocab;
     let all = dec.forward(&ids[..5], Logits::All).expect("prefill");
     for p in 0..5 {
-        assert_logits(&all[p * vocab..(p + 1) * vocab], &want[p], 1e-3, &format!("{what}: prefill position {p}"));
+        assert_logits(
+            &all[p * vocab..(p + 1) * vocab],
+            &want[p],
+            1e-3,
+            &format!("{what}: prefill position {p}"),
+        );
     }
     for p in 5..8 {
         let got = dec.forward(&ids[p..p + 1], Logits::Last).expect("step");
@@ -314,7 +322,13 @@ fn block_format_decoders_match_the_reference() {
     .into_iter()
     .enumerate()
     {
-        let w = random_decoder(c.clone(), Fmt::Block(f), Fmt::Block(BlockFormat::Q8_0), false, 10 + i as u64);
+        let w = random_decoder(
+            c.clone(),
+            Fmt::Block(f),
+            Fmt::Block(BlockFormat::Q8_0),
+            false,
+            10 + i as u64,
+        );
         check_decoder(&w, f.name());
     }
 }
@@ -331,13 +345,26 @@ fn long_prompt_runs_in_several_passes_and_keeps_the_cache() {
     let Some(choice) = common::minilm::gpu_choice() else {
         return;
     };
-    let w = random_decoder(config(64, RopeLayout::Adjacent), Fmt::Block(BlockFormat::Q4_0), Fmt::F32, false, 5);
+    let w = random_decoder(
+        config(64, RopeLayout::Adjacent),
+        Fmt::Block(BlockFormat::Q4_0),
+        Fmt::F32,
+        false,
+        5,
+    );
     let ids = tokens(40, 3);
     let want = reference(&w, &ids);
-    let mut dec = GpuDecoder::new(&w, 48, &choice).expect("decoder");
+    let ctx = GpuContext::shared(&choice).expect("context");
+    let mut dec = GpuDecoder::with_batch(ctx, &w, 48, 16).expect("decoder");
+    assert_eq!(dec.batch(), 16);
     let all = dec.forward(&ids[..37], Logits::All).expect("prompt");
     for p in [0, 16, 17, 36] {
-        assert_logits(&all[p * 300..(p + 1) * 300], &want[p], 1e-3, &format!("prompt position {p}"));
+        assert_logits(
+            &all[p * 300..(p + 1) * 300],
+            &want[p],
+            1e-3,
+            &format!("prompt position {p}"),
+        );
     }
     let got = dec.forward(&ids[37..40], Logits::Last).expect("three more");
     assert_logits(&got, &want[39], 1e-3, "three tokens after the prompt");
@@ -366,7 +393,10 @@ fn errors_are_typed() {
     }
     // A cache past one storage binding of the adapter.
     let ctx = GpuContext::shared(&choice).expect("context");
-    let limit = ctx.limits().max_storage_buffer_binding_size.min(ctx.limits().max_buffer_size);
+    let limit = ctx
+        .limits()
+        .max_storage_buffer_binding_size
+        .min(ctx.limits().max_buffer_size);
     let context = (limit / (w.config.kv_dim() as u64 * 4) + 1) as usize;
     if context as u64 * 256 <= u64::from(u32::MAX) {
         match GpuDecoder::new(&w, context, &choice) {
@@ -441,7 +471,13 @@ fn decode_speed_smollm2_shape() {
         norm_eps: 1e-5,
         trained_context: 8192,
     };
-    let w = random_decoder(c, Fmt::Block(BlockFormat::Q4_1), Fmt::Block(BlockFormat::Q8_0), false, 1);
+    let w = random_decoder(
+        c,
+        Fmt::Block(BlockFormat::Q4_1),
+        Fmt::Block(BlockFormat::Q8_0),
+        false,
+        1,
+    );
     let mut dec = GpuDecoder::new(&w, 256, &choice).expect("decoder");
     let prompt = tokens(128, 5);
     let t = std::time::Instant::now();
@@ -452,7 +488,11 @@ fn decode_speed_smollm2_shape() {
     let mut next = 1u32;
     for _ in 0..steps {
         let l = dec.forward(&[next], Logits::Last).expect("step");
-        next = (l.iter().enumerate().fold((0, f32::MIN), |b, (i, v)| if *v > b.1 { (i, *v) } else { b }).0) as u32;
+        next = (l
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, v)| if *v > b.1 { (i, *v) } else { b })
+            .0) as u32;
     }
     let tg = steps as f64 / t.elapsed().as_secs_f64();
     eprintln!(

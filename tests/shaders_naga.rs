@@ -99,8 +99,12 @@ fn write_all(
 #[test]
 fn every_kernel_validates_and_translates_to_every_backend() {
     let mut checked = 0;
-    let kernels = shaders::ALL.iter().map(|&id| (id.file(), shaders::source(id), id.needs_f16()));
-    let decoder = wginfer::generate::gpu::SHADERS.iter().map(|&(file, src)| (file, src, false));
+    let kernels = shaders::ALL
+        .iter()
+        .map(|&id| (id.file(), shaders::source(id), id.needs_f16()));
+    let decoder = wginfer::generate::gpu::SHADERS
+        .iter()
+        .map(|&(file, src)| (file, src, false));
     for (file, src, f16) in kernels.chain(decoder) {
         let (module, info) = parse(file, src);
         assert!(!module.entry_points.is_empty(), "{file} has no entry point");

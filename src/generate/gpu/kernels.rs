@@ -216,7 +216,11 @@ impl Kernels {
         use Slot::*;
         let device = &ctx.device;
         let ggml = bind_layout(device, "wginfer decoder ggml", &[Uniform, Read, Read, Write, Read]);
-        let decoder = bind_layout(device, "wginfer decoder steps", &[Uniform, Write, Read, Read, Read, Write]);
+        let decoder = bind_layout(
+            device,
+            "wginfer decoder steps",
+            &[Uniform, Write, Read, Read, Read, Write],
+        );
         let pl = |label: &str, bgl: &wgpu::BindGroupLayout| {
             device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                 label: Some(label),

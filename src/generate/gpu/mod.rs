@@ -66,6 +66,17 @@ impl GpuDecoder {
 
     /// As [`GpuDecoder::new`], on a context the caller opened.
     pub fn on(ctx: Arc<GpuContext>, weights: &DecoderWeights, context: usize) -> Result<Self, GenerateError> {
+        Self::with_batch(ctx, weights, context, MAX_BATCH)
+    }
+
+    /// As [`GpuDecoder::on`], running at most `max_batch` tokens per
+    /// submission (fewer where the adapter's binding limit requires).
+    pub fn with_batch(
+        ctx: Arc<GpuContext>,
+        weights: &DecoderWeights,
+        context: usize,
+        max_batch: usize,
+    ) -> Result<Self, GenerateError> {
         let config = weights.config.clone();
         check_config(&config, context)?;
         let limits = ctx.limits().clone();
@@ -78,7 +89,7 @@ impl GpuDecoder {
         let scores = (config.n_heads * context) as u64 * 4;
         let batch = (binding / widest.max(1))
             .min(binding / scores.max(1))
-            .min(context.min(MAX_BATCH) as u64)
+            .min(context.min(max_batch) as u64)
             .max(1) as usize;
         let mut kernels = Kernels::new(&ctx)?;
         let slot_stride = (limits.min_uniform_buffer_offset_alignment as usize).max(64);
@@ -142,11 +153,9 @@ impl GpuDecoder {
         }
         ctx.queue.write_buffer(&self.bufs.params, 0, &blob);
         let val = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut encoder = ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("wginfer decoder"),
-            });
+        let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("wginfer decoder"),
+        });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("wginfer decoder"),
@@ -194,26 +203,38 @@ fn check_config(c: &DecoderConfig, context: usize) -> Result<(), GenerateError> 
         })
     };
     if context == 0 {
-        return bad("context", "the GPU decoder needs a context of at least one position".into());
+        return bad(
+            "context",
+            "the GPU decoder needs a context of at least one position".into(),
+        );
     }
-    if c.n_heads == 0 || c.n_kv_heads == 0 || c.n_heads % c.n_kv_heads != 0 {
+    if c.n_heads == 0 || c.n_kv_heads == 0 || !c.n_heads.is_multiple_of(c.n_kv_heads) {
         return bad(
             "n_kv_heads",
             format!("{} query heads do not group over {} KV heads", c.n_heads, c.n_kv_heads),
         );
     }
     if c.head_dim == 0 || c.head_dim > 256 {
-        return bad("head_dim", format!("the GPU attention kernel takes head dims 1..=256, not {}", c.head_dim));
+        return bad(
+            "head_dim",
+            format!("the GPU attention kernel takes head dims 1..=256, not {}", c.head_dim),
+        );
     }
-    if c.rope_dims % 2 != 0 || c.rope_dims > c.head_dim {
+    if !c.rope_dims.is_multiple_of(2) || c.rope_dims > c.head_dim {
         return bad(
             "rope_dims",
             format!("{} rotated dimensions do not fit heads of {}", c.rope_dims, c.head_dim),
         );
     }
-    let biggest = [c.vocab, c.d_model, c.q_dim(), c.ffn, context].into_iter().max().unwrap_or(0);
+    let biggest = [c.vocab, c.d_model, c.q_dim(), c.ffn, context]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     if biggest as u64 * 256 > u64::from(u32::MAX) {
-        return bad("vocab", format!("a dimension of {biggest} is past the GPU kernels' 32-bit indexing"));
+        return bad(
+            "vocab",
+            format!("a dimension of {biggest} is past the GPU kernels' 32-bit indexing"),
+        );
     }
     Ok(())
 }

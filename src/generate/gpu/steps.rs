@@ -231,7 +231,11 @@ impl Step {
                     Logits::Last => (1, (n - 1) * d),
                     Logits::All => (n, 0),
                 };
-                let p = StepParams { n: rows, in_off, ..base };
+                let p = StepParams {
+                    n: rows,
+                    in_off,
+                    ..base
+                };
                 step(Entry::RmsNorm, p, [rows, 1, 1])
             }
             Kind::Mat { m, cache, acc } => {
@@ -363,7 +367,15 @@ impl Binder<'_> {
     }
 
     /// A ggml step: W, x, y (written), token ids (`None`: a dummy).
-    fn ggml(&mut self, label: String, kind: Kind, w: &wgpu::Buffer, x: Option<&wgpu::Buffer>, y: &wgpu::Buffer, ids: Option<&wgpu::Buffer>) {
+    fn ggml(
+        &mut self,
+        label: String,
+        kind: Kind,
+        w: &wgpu::Buffer,
+        x: Option<&wgpu::Buffer>,
+        y: &wgpu::Buffer,
+        ids: Option<&wgpu::Buffer>,
+    ) {
         let dummy = self.dummy_ro.clone();
         let bufs = [w, x.unwrap_or(&dummy), y, ids.unwrap_or(&dummy)];
         let size = std::mem::size_of::<MatParams>() as u64;
@@ -371,7 +383,14 @@ impl Binder<'_> {
     }
 
     /// A decoder step: a (written), inputs b, c, e and the scratch (`None`: dummies).
-    fn dec(&mut self, label: String, kind: Kind, a: &wgpu::Buffer, ins: [Option<&wgpu::Buffer>; 3], scratch: Option<&wgpu::Buffer>) {
+    fn dec(
+        &mut self,
+        label: String,
+        kind: Kind,
+        a: &wgpu::Buffer,
+        ins: [Option<&wgpu::Buffer>; 3],
+        scratch: Option<&wgpu::Buffer>,
+    ) {
         let (ro, rw) = (self.dummy_ro.clone(), self.dummy_rw.clone());
         let bufs = [
             a,
@@ -431,12 +450,26 @@ pub(super) fn build(
     };
     let (embed, em) = matrix(ctx, "token_embd", &w.embed, vocab, d)?;
     b.ggml("embedding".into(), Kind::Embed(em), &embed, None, &x, Some(&tokens));
-    let acts = Acts { x: &x, xn: &xn, q: &q, att: &att, gate: &gate, up: &up, scores: &scores };
+    let acts = Acts {
+        x: &x,
+        xn: &xn,
+        q: &q,
+        att: &att,
+        gate: &gate,
+        up: &up,
+        scores: &scores,
+    };
     for (i, l) in w.layers.iter().enumerate() {
         layer(&mut b, c, context, i, l, &acts)?;
     }
     let norm = vector(ctx, "output_norm", &w.norm, d)?;
-    b.dec("output norm".into(), Kind::FinalNorm, &xn, [Some(&x), Some(&norm), None], None);
+    b.dec(
+        "output norm".into(),
+        Kind::FinalNorm,
+        &xn,
+        [Some(&x), Some(&norm), None],
+        None,
+    );
     let (head, hm) = match &w.output {
         Some(m) => matrix(ctx, "output", m, vocab, d)?,
         None => (embed.clone(), em),
@@ -489,7 +522,13 @@ fn layer(
     let (wu, mu) = matrix(ctx, &name("ffn_up"), &l.w_up, ffn, d)?;
     let (wd, md) = matrix(ctx, &name("ffn_down"), &l.w_down, d, ffn)?;
     let mat = |m, cache, acc| Kind::Mat { m, cache, acc };
-    b.dec(name("attn_norm"), Kind::Norm, a.xn, [Some(a.x), Some(&attn_norm), None], None);
+    b.dec(
+        name("attn_norm"),
+        Kind::Norm,
+        a.xn,
+        [Some(a.x), Some(&attn_norm), None],
+        None,
+    );
     b.ggml(name("attn_q"), mat(mq, false, false), &wq, Some(a.xn), a.q, None);
     b.ggml(name("attn_k"), mat(mk, true, false), &wk, Some(a.xn), &keys, None);
     b.ggml(name("attn_v"), mat(mv, true, false), &wv, Some(a.xn), &values, None);
@@ -504,13 +543,31 @@ fn layer(
             b.dec(name(what), kind, target, [None, Some(&buf), None], None);
         }
     }
-    let rope_q = Kind::Rope { heads: c.n_heads as u32, cache: false };
+    let rope_q = Kind::Rope {
+        heads: c.n_heads as u32,
+        cache: false,
+    };
     b.dec(name("rope_q"), rope_q, a.q, [None; 3], None);
-    let rope_k = Kind::Rope { heads: c.n_kv_heads as u32, cache: true };
+    let rope_k = Kind::Rope {
+        heads: c.n_kv_heads as u32,
+        cache: true,
+    };
     b.dec(name("rope_k"), rope_k, &keys, [None; 3], None);
-    b.dec(name("attention"), Kind::Attention, a.att, [Some(a.q), Some(&keys), Some(&values)], Some(a.scores));
+    b.dec(
+        name("attention"),
+        Kind::Attention,
+        a.att,
+        [Some(a.q), Some(&keys), Some(&values)],
+        Some(a.scores),
+    );
     b.ggml(name("attn_output"), mat(mo, false, true), &wo, Some(a.att), a.x, None);
-    b.dec(name("ffn_norm"), Kind::Norm, a.xn, [Some(a.x), Some(&ffn_norm), None], None);
+    b.dec(
+        name("ffn_norm"),
+        Kind::Norm,
+        a.xn,
+        [Some(a.x), Some(&ffn_norm), None],
+        None,
+    );
     b.ggml(name("ffn_gate"), mat(mg, false, false), &wg, Some(a.xn), a.gate, None);
     b.ggml(name("ffn_up"), mat(mu, false, false), &wu, Some(a.xn), a.up, None);
     b.dec(name("swiglu"), Kind::SwiGlu, a.gate, [Some(a.up), None, None], None);
