@@ -24,9 +24,9 @@ struct Params {
     halves: u32,
     stride: u32,
     eps: f32,
-    theta: f32,
     scale: f32,
     pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -90,7 +90,9 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
 // Rotates `heads` heads of head_dim floats in each of n rows (row t at
 // out_off + t·stride, position pos0 + t) in place: pair i of the first
 // rope_dims dimensions, (2i, 2i+1) or (i, i + rope_dims/2) when `halves`,
-// turns by (pos0 + t)·theta^(-2i/rope_dims). Grid: [⌈heads·rope_dims/2 / 64⌉, n].
+// turns by the angle (pos0 + t)·θ^(-2i/rope_dims), whose cosine and sine are
+// c and e at [position, i] (tables of rope_dims/2 per position, computed in
+// f64 on the host). Grid: [⌈heads·rope_dims/2 / 64⌉, n].
 @compute @workgroup_size(64)
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     let half_dims = p.rope_dims / 2u;
@@ -107,10 +109,9 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
         j0 = i;
         j1 = i + half_dims;
     }
-    let freq = pow(p.theta, -2.0 * f32(i) / f32(p.rope_dims));
-    let angle = f32(p.pos0 + t) * freq;
-    let cs = cos(angle);
-    let sn = sin(angle);
+    let at = (p.pos0 + t) * half_dims + i;
+    let cs = c[at];
+    let sn = e[at];
     let x0 = a[base + j0];
     let x1 = a[base + j1];
     a[base + j0] = x0 * cs - x1 * sn;

@@ -10,7 +10,10 @@
 // offsets (one word, or the halves of two).
 //
 // FORMAT (src/generate/gpu/kernels.rs, `format_code`):
-//   0 f32, 1 f16, 2 Q4_0, 3 Q4_1, 4 Q5_0, 5 Q5_1, 6 Q8_0.
+//   0 f32, 1 f16, 2 Q4_0, 3 Q4_1, 4 Q5_0, 5 Q5_1, 6 Q8_0, 7 Q4_K, 8 Q5_K, 9 Q6_K.
+// The kernels walk rows in groups of 32 weights: one block of the 32-weight
+// formats, one eighth of a k-quant block (which starts at an even byte too:
+// 144, 176 and 210 bytes).
 //
 // x rows are `x_stride` floats apart from `x_off`; y rows `y_stride` apart
 // from `y_off`; `acc == 1` adds W·x to y instead of storing it.
@@ -84,8 +87,59 @@ fn block_bytes() -> u32 {
         case 4u: { return 22u; }
         case 5u: { return 24u; }
         case 6u: { return 34u; }
+        case 7u: { return 144u; }
+        case 8u: { return 176u; }
+        case 9u: { return 210u; }
         default: { return 0u; }
     }
+}
+
+// The byte where the block holding 32-weight group g of a row starts.
+fn block_base(rb: u32, g: u32) -> u32 {
+    if (FORMAT >= 7u) {
+        return rb + (g >> 3u) * block_bytes();
+    }
+    return rb + g * block_bytes();
+}
+
+// Q4_K / Q5_K: the 6-bit scale (x) and minimum (y) of sub-block j (0..8)
+// from the 12 scale bytes at sb (llama.cpp's get_scale_min_k4).
+fn scale_min_k4(sb: u32, j: u32) -> vec2<f32> {
+    if (j < 4u) {
+        return vec2<f32>(f32(byte_at(sb + j) & 63u), f32(byte_at(sb + j + 4u) & 63u));
+    }
+    let hi = byte_at(sb + j + 4u);
+    let sc = (hi & 15u) | ((byte_at(sb + j - 4u) >> 6u) << 4u);
+    let m = (hi >> 4u) | ((byte_at(sb + j) >> 6u) << 4u);
+    return vec2<f32>(f32(sc), f32(m));
+}
+
+// The quantized value of weight l (0..32) of 32-weight group g of a block at
+// `base`, and its scale (x) and offset (y): w = x·q + y.
+fn kquant(base: u32, g: u32, l: u32) -> vec3<f32> {
+    let s = g & 7u;
+    if (FORMAT == 9u) {
+        // Q6_K: ql[128], qh[64], 16 int8 scales, f16 d.
+        let half = s >> 2u;
+        let quarter = s & 3u;
+        let lo = (byte_at(base + 64u * half + 32u * (quarter & 1u) + l) >> (4u * (quarter >> 1u))) & 15u;
+        let hi = (byte_at(base + 128u + 32u * half + l) >> (2u * quarter)) & 3u;
+        let sc = f32(i32(byte_at(base + 192u + 8u * half + 2u * quarter + l / 16u) << 24u) >> 24u);
+        let d = half_at(base + 208u) * sc;
+        return vec3<f32>(f32(lo | (hi << 4u)), d, -32.0 * d);
+    }
+    // Q4_K / Q5_K: f16 d, f16 dmin, 12 scale bytes, (Q5_K: qh[32]), qs[128].
+    let sm = scale_min_k4(base + 4u, s);
+    let d = half_at(base) * sm.x;
+    let m = half_at(base + 2u) * sm.y;
+    var qs = base + 16u;
+    var q = 0u;
+    if (FORMAT == 8u) {
+        qs = base + 48u;
+        q = ((byte_at(base + 16u + l) >> s) & 1u) << 4u;
+    }
+    q |= (byte_at(qs + 32u * (s >> 1u) + l) >> (4u * (s & 1u))) & 15u;
+    return vec3<f32>(f32(q), d, -m);
 }
 
 // Weight k of the row starting at byte rb.
@@ -96,8 +150,13 @@ fn weight(rb: u32, k: u32) -> f32 {
     if (FORMAT == 1u) {
         return half_at(rb + 2u * k);
     }
-    let base = rb + (k >> 5u) * block_bytes();
+    let g = k >> 5u;
+    let base = block_base(rb, g);
     let j = k & 31u;
+    if (FORMAT >= 7u) {
+        let v = kquant(base, g, j);
+        return v.y * v.x + v.z;
+    }
     let shift = (j >> 4u) * 4u;
     switch FORMAT {
         case 2u: {
@@ -147,10 +206,39 @@ fn nibble_dot(qs: u32, hi: u32, xo: u32) -> vec2<f32> {
     return vec2<f32>(dot, sum);
 }
 
-// Σ_k w[rb][32·b + k]·x[xo + k] over the 32 weights of block b.
-fn block_dot(rb: u32, b: u32, xo: u32) -> f32 {
-    let k0 = 32u * b;
-    if (FORMAT <= 1u) {
+// Q4_K / Q5_K: Σ q·x and Σ x over the 32 weights of group g (one scale and
+// minimum), four quants per word.
+fn kquant_dot(base: u32, g: u32, xo: u32) -> vec4<f32> {
+    let s = g & 7u;
+    var qs = base + 16u + 32u * (s >> 1u);
+    if (FORMAT == 8u) {
+        qs = base + 48u + 32u * (s >> 1u);
+    }
+    let shift = 4u * (s & 1u);
+    var dot = 0.0;
+    var sum = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+        let words = u32_at(qs + 4u * i);
+        var highs = 0u;
+        if (FORMAT == 8u) {
+            highs = u32_at(base + 16u + 4u * i);
+        }
+        for (var c = 0u; c < 4u; c++) {
+            let l = 4u * i + c;
+            let q = ((words >> (8u * c + shift)) & 15u) | (((highs >> (8u * c + s)) & 1u) << 4u);
+            let xv = x[xo + l];
+            dot += f32(q) * xv;
+            sum += xv;
+        }
+    }
+    let sm = scale_min_k4(base + 4u, s);
+    return vec4<f32>(dot, sum, half_at(base) * sm.x, half_at(base + 2u) * sm.y);
+}
+
+// Σ_k w[rb][32·g + k]·x[xo + k] over the 32 weights of group g.
+fn block_dot(rb: u32, g: u32, xo: u32) -> f32 {
+    let k0 = 32u * g;
+    if (FORMAT <= 1u || FORMAT == 9u) {
         var s = 0.0;
         let end = min(32u, p.cols - k0);
         for (var k = 0u; k < end; k++) {
@@ -158,7 +246,11 @@ fn block_dot(rb: u32, b: u32, xo: u32) -> f32 {
         }
         return s;
     }
-    let base = rb + b * block_bytes();
+    let base = block_base(rb, g);
+    if (FORMAT >= 7u) {
+        let r = kquant_dot(base, g, xo);
+        return r.z * r.x - r.w * r.y;
+    }
     let d = half_at(base);
     switch FORMAT {
         case 2u: {

@@ -53,9 +53,9 @@ pub(crate) struct StepParams {
     pub halves: u32,
     pub stride: u32,
     pub eps: f32,
-    pub theta: f32,
     pub scale: f32,
     pub pad0: u32,
+    pub pad1: u32,
 }
 
 /// A params struct's layout as the naga test compares it with the WGSL:
@@ -104,9 +104,9 @@ pub fn params_layouts() -> Vec<ParamsLayout> {
                 halves,
                 stride,
                 eps,
-                theta,
                 scale,
-                pad0
+                pad0,
+                pad1
             }
         ),
     ]
@@ -124,7 +124,9 @@ pub(crate) fn format_code(m: &Matrix) -> Option<u32> {
             BlockFormat::Q5_0 => Some(4),
             BlockFormat::Q5_1 => Some(5),
             BlockFormat::Q8_0 => Some(6),
-            BlockFormat::Q4_K | BlockFormat::Q5_K | BlockFormat::Q6_K => None,
+            BlockFormat::Q4_K => Some(7),
+            BlockFormat::Q5_K => Some(8),
+            BlockFormat::Q6_K => Some(9),
         },
     }
 }

@@ -13,7 +13,7 @@ use crate::error::GenerateError;
 use crate::generate::{DecoderConfig, DecoderWeights, Logits, Matrix, RopeLayout};
 
 /// How long a read-back waits for the device.
-const READ_TIMEOUT: Duration = Duration::from_secs(120);
+const READ_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The activation, cache-independent and read-back buffers.
 pub(super) struct Buffers {
@@ -209,7 +209,6 @@ impl Step {
             rope_dims: c.rope_dims as u32,
             halves: u32::from(c.rope_layout == RopeLayout::Halves),
             eps: c.norm_eps,
-            theta: c.rope_theta,
             scale: 1.0 / (hd as f32).sqrt(),
             ..Default::default()
         };
@@ -450,7 +449,12 @@ pub(super) fn build(
     };
     let (embed, em) = matrix(ctx, "token_embd", &w.embed, vocab, d)?;
     b.ggml("embedding".into(), Kind::Embed(em), &embed, None, &x, Some(&tokens));
+    let (cos, sin) = rope_tables(c, context);
+    let cos = upload(ctx, "rope cos", bytemuck::cast_slice(&cos))?;
+    let sin = upload(ctx, "rope sin", bytemuck::cast_slice(&sin))?;
     let acts = Acts {
+        cos: &cos,
+        sin: &sin,
         x: &x,
         xn: &xn,
         q: &q,
@@ -496,6 +500,24 @@ struct Acts<'a> {
     gate: &'a wgpu::Buffer,
     up: &'a wgpu::Buffer,
     scores: &'a wgpu::Buffer,
+    cos: &'a wgpu::Buffer,
+    sin: &'a wgpu::Buffer,
+}
+
+/// `cos`/`sin` of `pos·θ^(-2i/rope_dims)` for every position and pair, in f64.
+fn rope_tables(c: &DecoderConfig, context: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = c.rope_dims / 2;
+    let mut cos = Vec::with_capacity(context * half);
+    let mut sin = Vec::with_capacity(context * half);
+    for pos in 0..context {
+        for i in 0..half {
+            let freq = f64::from(c.rope_theta).powf(-2.0 * i as f64 / c.rope_dims as f64);
+            let (s, co) = (pos as f64 * freq).sin_cos();
+            cos.push(co as f32);
+            sin.push(s as f32);
+        }
+    }
+    (cos, sin)
 }
 
 /// The steps of block `i`.
@@ -547,12 +569,12 @@ fn layer(
         heads: c.n_heads as u32,
         cache: false,
     };
-    b.dec(name("rope_q"), rope_q, a.q, [None; 3], None);
+    b.dec(name("rope_q"), rope_q, a.q, [None, Some(a.cos), Some(a.sin)], None);
     let rope_k = Kind::Rope {
         heads: c.n_kv_heads as u32,
         cache: true,
     };
-    b.dec(name("rope_k"), rope_k, &keys, [None; 3], None);
+    b.dec(name("rope_k"), rope_k, &keys, [None, Some(a.cos), Some(a.sin)], None);
     b.dec(
         name("attention"),
         Kind::Attention,
