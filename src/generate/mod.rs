@@ -10,6 +10,7 @@ pub mod config;
 pub mod cpu;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod load;
 pub mod sample;
 #[cfg(feature = "text")]
 pub mod tokenizer;
