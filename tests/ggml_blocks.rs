@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use safetensors::SafeTensors;
+use wginfer::error::OpError;
 use wginfer::linalg::ggml::{dequantize_row, quantize_acts, quantize_row, BlockFormat, Kernel, QActs, QMatrix};
 
 fn fixture() -> Vec<u8> {
@@ -82,10 +83,18 @@ fn quantization_equals_gguf_byte_for_byte() {
         "Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 have gguf quantizations in the fixture"
     );
     let mut out = vec![0u8; 144];
-    assert_eq!(
+    assert!(matches!(
         quantize_row(BlockFormat::Q4_K, &[0.0; 256], &mut out),
-        Err(BlockFormat::Q4_K)
-    );
+        Err(OpError::Attribute { .. })
+    ));
+    assert!(matches!(
+        quantize_row(BlockFormat::Q8_0, &[0.0; 48], &mut out[..51]),
+        Err(OpError::Shape(_))
+    ));
+    assert!(matches!(
+        quantize_row(BlockFormat::Q8_0, &[0.0; 64], &mut out[..67]),
+        Err(OpError::Shape(_))
+    ));
 }
 
 /// A small deterministic generator (xorshift) for activations.
@@ -162,17 +171,19 @@ fn every_kernel_matches_the_reference_within_the_activation_rounding() {
     let kernels: Vec<Kernel> = Kernel::ALL.into_iter().filter(|k| k.is_available()).collect();
     println!("kernels on this CPU: {kernels:?}");
     for format in BlockFormat::ALL {
+        let mut worst = vec![0f64; kernels.len()];
         // 37 rows run on one thread; 301 rows of 1024 are split across tasks.
         for (rows, cols) in [(37, 512), (301, 1024)] {
             let m = matrix(&st, format, rows, cols);
             for n in [1, 3, 17] {
                 let x = activations(n, cols, (rows * 1000 + n) as u64);
                 let (want, tol) = reference(&m, &x, n);
-                for &kernel in &kernels {
+                for (k, &kernel) in kernels.iter().enumerate() {
                     let mut got = vec![f32::NAN; n * rows];
                     m.matmul_with(kernel, &x, n, &mut got);
                     for (i, ((g, w), t)) in got.iter().zip(&want).zip(&tol).enumerate() {
                         let err = (*g as f64 - w).abs();
+                        worst[k] = worst[k].max(err / t);
                         assert!(
                             err <= *t,
                             "{} {kernel:?} {rows}x{cols} n={n} out {i}: got {g}, want {w} (error {err:e} > bound {t:e})",
@@ -182,6 +193,7 @@ fn every_kernel_matches_the_reference_within_the_activation_rounding() {
                 }
             }
         }
+        println!("{}: largest error / bound per kernel {worst:.3?}", format.name());
     }
 }
 

@@ -3,6 +3,7 @@
 //! are plain scalar loops: the fast paths are checked against them.
 
 use super::BlockFormat;
+use crate::error::OpError;
 
 /// Reads the little-endian f16 at `at` as f32.
 #[inline(always)]
@@ -130,13 +131,32 @@ fn dequantize_block(format: BlockFormat, block: &[u8], y: &mut [f32]) {
 ///   magnitude, `q = min(15 (31), trunc(x/d + 8.5 (16.5)))`.
 /// - Q4_1 / Q5_1: `d = (max - min)/15 (31)`, `q = min(15 (31), trunc((x - min)/d + 0.5))`.
 ///
-/// Returns `Err(format)` for the k-quants, which have no reference quantizer here.
-pub fn quantize_row(format: BlockFormat, x: &[f32], out: &mut [u8]) -> Result<(), BlockFormat> {
+/// Fails with [`OpError::Attribute`] for the k-quants (no reference
+/// quantizer here) and [`OpError::Shape`] unless `x` is whole blocks and
+/// `out` exactly their bytes.
+pub fn quantize_row(format: BlockFormat, x: &[f32], out: &mut [u8]) -> Result<(), OpError> {
     if format.block_len() != 32 {
-        return Err(format);
+        return Err(OpError::Attribute {
+            name: "format".into(),
+            message: format!(
+                "{} has no reference quantizer (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 do)",
+                format.name()
+            ),
+        });
+    }
+    if format.row_bytes(x.len()) != Some(out.len()) {
+        return Err(OpError::Shape(format!(
+            "quantizing {} values to {} needs whole 32-value blocks and {:?} output bytes, got {}",
+            x.len(),
+            format.name(),
+            format.row_bytes(x.len()),
+            out.len()
+        )));
     }
     for (xb, block) in x.chunks_exact(32).zip(out.chunks_exact_mut(format.block_bytes())) {
-        quantize_block(format, xb.try_into().unwrap_or(&[0.0; 32]), block);
+        let mut v = [0f32; 32];
+        v.copy_from_slice(xb);
+        quantize_block(format, &v, block);
     }
     Ok(())
 }

@@ -97,7 +97,7 @@ impl BlockFormat {
     /// Bytes in a row of `cols` weights; `None` unless `cols` is a whole
     /// number of blocks (or the count overflows).
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
-        if cols % self.block_len() != 0 {
+        if !cols.is_multiple_of(self.block_len()) {
             return None;
         }
         (cols / self.block_len()).checked_mul(self.block_bytes())
