@@ -383,6 +383,10 @@ pub enum GenerateError {
     /// A kernel rejected its operands.
     #[error(transparent)]
     Op(#[from] OpError),
+    /// The GPU decoder's device failed (no adapter, a limit exceeded, out of
+    /// memory, device lost, read-back).
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
     /// Reading a file failed.
     #[error("{path}: {source}")]
     Io {

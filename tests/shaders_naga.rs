@@ -99,9 +99,13 @@ fn write_all(
 #[test]
 fn every_kernel_validates_and_translates_to_every_backend() {
     let mut checked = 0;
-    for id in shaders::ALL {
-        let file = id.file();
-        let src = shaders::source(id);
+    let kernels = shaders::ALL
+        .iter()
+        .map(|&id| (id.file(), shaders::source(id), id.needs_f16()));
+    let decoder = wginfer::generate::gpu::SHADERS
+        .iter()
+        .map(|&(file, src)| (file, src, false));
+    for (file, src, f16) in kernels.chain(decoder) {
         let (module, info) = parse(file, src);
         assert!(!module.entry_points.is_empty(), "{file} has no entry point");
         let overrides: Vec<String> = module.overrides.iter().filter_map(|(_, o)| o.name.clone()).collect();
@@ -122,7 +126,7 @@ fn every_kernel_validates_and_translates_to_every_backend() {
                     &constants,
                 )
                 .unwrap_or_else(|e| panic!("{name}: overrides: {e}"));
-                write_all(&name, &m, &i, ep.stage, &ep.name, id.needs_f16());
+                write_all(&name, &m, &i, ep.stage, &ep.name, f16);
                 checked += 1;
             }
         }
@@ -153,6 +157,7 @@ fn every_file_in_shaders_is_compiled() {
         .iter()
         .map(|id: &ShaderId| id.file().to_string())
         .chain(shaders::PRELUDES.iter().map(|s| s.to_string()))
+        .chain(wginfer::generate::gpu::SHADERS.iter().map(|(f, _)| f.to_string()))
         .collect();
     assert_eq!(
         on_disk, known,

@@ -1,0 +1,503 @@
+//! The GPU decoder against a plain-loop f32 forward pass written here (every
+//! matrix dequantized with `linalg::ggml::dequantize_row`, attention over the
+//! whole prefix recomputed at each position): small random decoders in every
+//! weight format the GPU reads, prefill then single-token steps, truncation,
+//! and the errors (context overflow, token id, adapter limits).
+//!
+//! GPU tests run on the first adapter wgpu lists (`WGINFER_TEST_ADAPTER`
+//! overrides); without one they print SKIPPED, and fail under
+//! `WGINFER_REQUIRE_GPU=1`.
+
+mod common;
+
+use half::f16;
+
+use wginfer::backend::gpu::GpuContext;
+use wginfer::error::{GenerateError, GpuError};
+use wginfer::generate::gpu::GpuDecoder;
+use wginfer::generate::{Decoder, DecoderConfig, DecoderWeights, LayerWeights, Logits, Matrix, RopeLayout};
+use wginfer::linalg::ggml::{BlockFormat, QMatrix};
+
+/// splitmix64: deterministic test data without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.next() as u8
+    }
+}
+
+/// The weight format of a test decoder's matrices.
+#[derive(Clone, Copy, Debug)]
+enum Fmt {
+    F32,
+    F16,
+    Block(BlockFormat),
+}
+
+fn half(rng: &mut Rng, scale: f32) -> [u8; 2] {
+    f16::from_f32(rng.unit() * scale).to_le_bytes()
+}
+
+/// Random valid blocks: finite f16 scales of about `amp / range of q`.
+fn random_blocks(rng: &mut Rng, format: BlockFormat, blocks: usize, amp: f32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(blocks * format.block_bytes());
+    for _ in 0..blocks {
+        let start = out.len();
+        let (d, m) = match format {
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => (amp / 8.0, amp),
+            BlockFormat::Q5_0 | BlockFormat::Q5_1 => (amp / 16.0, amp),
+            _ => (amp / 128.0, 0.0),
+        };
+        out.extend(half(rng, d));
+        if matches!(format, BlockFormat::Q4_1 | BlockFormat::Q5_1) {
+            out.extend(half(rng, m));
+        }
+        while out.len() < start + format.block_bytes() {
+            out.push(rng.byte());
+        }
+    }
+    out
+}
+
+fn random_matrix(rng: &mut Rng, fmt: Fmt, rows: usize, cols: usize) -> Matrix {
+    let amp = 1.5 / (cols as f32).sqrt();
+    match fmt {
+        Fmt::F32 => Matrix::F32 {
+            rows,
+            cols,
+            data: (0..rows * cols).map(|_| rng.unit() * amp).collect(),
+        },
+        Fmt::F16 => Matrix::F16 {
+            rows,
+            cols,
+            data: (0..rows * cols).map(|_| f16::from_f32(rng.unit() * amp)).collect(),
+        },
+        Fmt::Block(f) => {
+            let data = random_blocks(rng, f, rows * cols / f.block_len(), amp);
+            Matrix::Quant(QMatrix::new(f, rows, cols, data).expect("whole blocks"))
+        }
+    }
+}
+
+fn config(d: usize, layout: RopeLayout) -> DecoderConfig {
+    DecoderConfig {
+        architecture: "llama".into(),
+        vocab: 300,
+        d_model: d,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: d / 4,
+        ffn: 2 * d,
+        rope_theta: 10000.0,
+        rope_dims: d / 4,
+        rope_layout: layout,
+        norm_eps: 1e-5,
+        trained_context: 64,
+    }
+}
+
+/// A random decoder: `embed` for the embedding, `fmt` for every other
+/// matrix; `qwen` adds QKV biases and a separate head.
+fn random_decoder(c: DecoderConfig, fmt: Fmt, embed: Fmt, qwen: bool, seed: u64) -> DecoderWeights {
+    let rng = &mut Rng(seed);
+    let (d, qd, kvd, ffn) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn);
+    let vec =
+        |rng: &mut Rng, n: usize, base: f32, amp: f32| (0..n).map(|_| base + amp * rng.unit()).collect::<Vec<_>>();
+    let layers = (0..c.n_layers)
+        .map(|_| LayerWeights {
+            attn_norm: vec(rng, d, 1.0, 0.2),
+            wq: random_matrix(rng, fmt, qd, d),
+            wk: random_matrix(rng, fmt, kvd, d),
+            wv: random_matrix(rng, fmt, kvd, d),
+            bq: qwen.then(|| vec(rng, qd, 0.0, 0.3)),
+            bk: qwen.then(|| vec(rng, kvd, 0.0, 0.3)),
+            bv: qwen.then(|| vec(rng, kvd, 0.0, 0.3)),
+            wo: random_matrix(rng, fmt, d, qd),
+            ffn_norm: vec(rng, d, 1.0, 0.2),
+            w_gate: random_matrix(rng, fmt, ffn, d),
+            w_up: random_matrix(rng, fmt, ffn, d),
+            w_down: random_matrix(rng, fmt, d, ffn),
+        })
+        .collect();
+    let embed_m = random_matrix(rng, embed, c.vocab, d);
+    let output = qwen.then(|| random_matrix(rng, fmt, c.vocab, d));
+    DecoderWeights {
+        norm: vec(rng, d, 1.0, 0.2),
+        config: c,
+        embed: embed_m,
+        layers,
+        output,
+    }
+}
+
+/// A matrix as f32 rows, through the library's reference dequantization.
+fn dense(m: &Matrix) -> Vec<f32> {
+    let cols = m.cols();
+    let mut out = vec![0f32; m.rows() * cols];
+    for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+        m.dequantize_row(r, row);
+    }
+    out
+}
+
+/// `W·x` for a dense `rows × cols` W.
+fn matvec(w: &[f32], x: &[f32]) -> Vec<f32> {
+    w.chunks_exact(x.len())
+        .map(|row| row.iter().zip(x).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() as f32)
+        .collect()
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let ms = x.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / x.len() as f64;
+    let inv = 1.0 / (ms + eps as f64).sqrt();
+    x.iter().zip(w).map(|(v, g)| (*v as f64 * inv) as f32 * g).collect()
+}
+
+fn rope(v: &mut [f32], heads: usize, c: &DecoderConfig, pos: usize) {
+    let half = c.rope_dims / 2;
+    for h in 0..heads {
+        let head = &mut v[h * c.head_dim..(h + 1) * c.head_dim];
+        for i in 0..half {
+            let (a, b) = match c.rope_layout {
+                RopeLayout::Adjacent => (2 * i, 2 * i + 1),
+                RopeLayout::Halves => (i, i + half),
+            };
+            let angle = pos as f64 * (c.rope_theta as f64).powf(-2.0 * i as f64 / c.rope_dims as f64);
+            let (s, co) = angle.sin_cos();
+            let (x0, x1) = (head[a] as f64, head[b] as f64);
+            head[a] = (x0 * co - x1 * s) as f32;
+            head[b] = (x0 * s + x1 * co) as f32;
+        }
+    }
+}
+
+fn add(a: &mut [f32], b: Option<&Vec<f32>>) {
+    if let Some(b) = b {
+        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+    }
+}
+
+/// Logits of every position of `tokens`, recomputed from scratch.
+fn reference(w: &DecoderWeights, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let c = &w.config;
+    let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
+    let embed = dense(&w.embed);
+    let mut xs: Vec<Vec<f32>> = tokens
+        .iter()
+        .map(|&t| embed[t as usize * c.d_model..][..c.d_model].to_vec())
+        .collect();
+    for l in &w.layers {
+        let [wq, wk, wv, wo, wg, wu, wd] = [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].map(dense);
+        let mut qs = Vec::new();
+        let mut ks = Vec::new();
+        let mut vs = Vec::new();
+        for (pos, x) in xs.iter().enumerate() {
+            let xn = rms_norm(x, &l.attn_norm, c.norm_eps);
+            let (mut q, mut k, mut v) = (matvec(&wq, &xn), matvec(&wk, &xn), matvec(&wv, &xn));
+            add(&mut q, l.bq.as_ref());
+            add(&mut k, l.bk.as_ref());
+            add(&mut v, l.bv.as_ref());
+            rope(&mut q, c.n_heads, c, pos);
+            rope(&mut k, c.n_kv_heads, c, pos);
+            qs.push(q);
+            ks.push(k);
+            vs.push(v);
+        }
+        for (pos, x) in xs.iter_mut().enumerate() {
+            let mut att = vec![0f32; c.q_dim()];
+            for h in 0..c.n_heads {
+                let kvo = (h / group) * hd;
+                let q = &qs[pos][h * hd..(h + 1) * hd];
+                let scores: Vec<f64> = (0..=pos)
+                    .map(|j| {
+                        let k = &ks[j][kvo..kvo + hd];
+                        q.iter().zip(k).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let mx = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for i in 0..hd {
+                    let o: f64 = (0..=pos).map(|j| e[j] * vs[j][kvo + i] as f64).sum();
+                    att[h * hd + i] = (o / sum) as f32;
+                }
+            }
+            add(x, Some(&matvec(&wo, &att)));
+            let xn = rms_norm(x, &l.ffn_norm, c.norm_eps);
+            let (g, u) = (matvec(&wg, &xn), matvec(&wu, &xn));
+            let h: Vec<f32> = g
+                .iter()
+                .zip(&u)
+                .map(|(g, u)| (*g as f64 / (1.0 + (-*g as f64).exp())) as f32 * u)
+                .collect();
+            add(x, Some(&matvec(&wd, &h)));
+        }
+    }
+    let head = dense(w.head());
+    xs.iter()
+        .map(|x| matvec(&head, &rms_norm(x, &w.norm, c.norm_eps)))
+        .collect()
+}
+
+/// `|got - want| <= rtol·max|want|` element by element.
+fn assert_logits(got: &[f32], want: &[f32], rtol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= rtol * scale,
+            "{what}: logit {i}: got {g}, want {w} (|diff| {:.3e} > {rtol:.0e}·{scale:.3})",
+            (g - w).abs()
+        );
+    }
+}
+
+fn tokens(n: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng(seed);
+    (0..n).map(|_| (rng.next() % 300) as u32).collect()
+}
+
+/// Prefill of 5 tokens, 3 single-token steps, truncation to 3 and a re-run
+/// of the rest as one pass, each against the reference.
+fn check_decoder(w: &DecoderWeights, what: &str) {
+    let Some(choice) = common::minilm::gpu_choice() else {
+        return;
+    };
+    let ids = tokens(8, 7);
+    let want = reference(w, &ids);
+    let mut dec = GpuDecoder::new(w, 16, &choice).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let vocab = w.config.vocab;
+    let all = dec.forward(&ids[..5], Logits::All).expect("prefill");
+    for p in 0..5 {
+        assert_logits(
+            &all[p * vocab..(p + 1) * vocab],
+            &want[p],
+            1e-3,
+            &format!("{what}: prefill position {p}"),
+        );
+    }
+    for p in 5..8 {
+        let got = dec.forward(&ids[p..p + 1], Logits::Last).expect("step");
+        assert_logits(&got, &want[p], 1e-3, &format!("{what}: step at position {p}"));
+    }
+    assert_eq!(dec.cached(), 8);
+    dec.truncate(3);
+    assert_eq!(dec.cached(), 3);
+    let last = dec.forward(&ids[3..8], Logits::Last).expect("re-run");
+    assert_logits(&last, &want[7], 1e-3, &format!("{what}: after truncate"));
+}
+
+#[test]
+fn f32_and_f16_decoders_match_the_reference() {
+    let c = config(64, RopeLayout::Adjacent);
+    check_decoder(&random_decoder(c.clone(), Fmt::F32, Fmt::F32, false, 1), "f32");
+    check_decoder(&random_decoder(c, Fmt::F16, Fmt::F16, false, 2), "f16");
+}
+
+#[test]
+fn block_format_decoders_match_the_reference() {
+    let c = config(128, RopeLayout::Adjacent);
+    for (i, f) in [
+        BlockFormat::Q4_0,
+        BlockFormat::Q4_1,
+        BlockFormat::Q5_0,
+        BlockFormat::Q5_1,
+        BlockFormat::Q8_0,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let w = random_decoder(
+            c.clone(),
+            Fmt::Block(f),
+            Fmt::Block(BlockFormat::Q8_0),
+            false,
+            10 + i as u64,
+        );
+        check_decoder(&w, f.name());
+    }
+}
+
+#[test]
+fn qwen2_shape_with_biases_halves_rope_and_a_separate_head() {
+    let c = config(128, RopeLayout::Halves);
+    let w = random_decoder(c, Fmt::Block(BlockFormat::Q4_1), Fmt::F16, true, 21);
+    check_decoder(&w, "qwen2-like Q4_1");
+}
+
+#[test]
+fn long_prompt_runs_in_several_passes_and_keeps_the_cache() {
+    let Some(choice) = common::minilm::gpu_choice() else {
+        return;
+    };
+    let w = random_decoder(
+        config(64, RopeLayout::Adjacent),
+        Fmt::Block(BlockFormat::Q4_0),
+        Fmt::F32,
+        false,
+        5,
+    );
+    let ids = tokens(40, 3);
+    let want = reference(&w, &ids);
+    let ctx = GpuContext::shared(&choice).expect("context");
+    let mut dec = GpuDecoder::with_batch(ctx, &w, 48, 16).expect("decoder");
+    assert_eq!(dec.batch(), 16);
+    let all = dec.forward(&ids[..37], Logits::All).expect("prompt");
+    for p in [0, 16, 17, 36] {
+        assert_logits(
+            &all[p * 300..(p + 1) * 300],
+            &want[p],
+            1e-3,
+            &format!("prompt position {p}"),
+        );
+    }
+    let got = dec.forward(&ids[37..40], Logits::Last).expect("three more");
+    assert_logits(&got, &want[39], 1e-3, "three tokens after the prompt");
+}
+
+#[test]
+fn errors_are_typed() {
+    let Some(choice) = common::minilm::gpu_choice() else {
+        return;
+    };
+    let w = random_decoder(config(64, RopeLayout::Adjacent), Fmt::F32, Fmt::F32, false, 9);
+    let mut dec = GpuDecoder::new(&w, 6, &choice).expect("decoder");
+    dec.forward(&tokens(4, 1), Logits::Last).expect("fits");
+    match dec.forward(&tokens(3, 2), Logits::Last) {
+        Err(GenerateError::Context { needed: 7, context: 6 }) => {}
+        other => panic!("context overflow gave {other:?}"),
+    }
+    assert_eq!(dec.cached(), 4, "a refused pass leaves the cache as it was");
+    match dec.forward(&[300], Logits::Last) {
+        Err(GenerateError::TokenId { id: 300, vocab: 300 }) => {}
+        other => panic!("token 300 gave {other:?}"),
+    }
+    match GpuDecoder::new(&w, 0, &choice) {
+        Err(GenerateError::Config { key, .. }) => assert_eq!(key, "context"),
+        other => panic!("context 0 gave {:?}", other.map(|_| ())),
+    }
+    // A cache past one storage binding of the adapter.
+    let ctx = GpuContext::shared(&choice).expect("context");
+    let limit = ctx
+        .limits()
+        .max_storage_buffer_binding_size
+        .min(ctx.limits().max_buffer_size);
+    let context = (limit / (w.config.kv_dim() as u64 * 4) + 1) as usize;
+    if context as u64 * 256 <= u64::from(u32::MAX) {
+        match GpuDecoder::new(&w, context, &choice) {
+            Err(GenerateError::Gpu(GpuError::TooLarge { .. })) => {}
+            other => panic!("a context of {context} gave {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+#[test]
+fn kquant_matrices_are_a_typed_error() {
+    let Some(choice) = common::minilm::gpu_choice() else {
+        return;
+    };
+    let mut w = random_decoder(config(256, RopeLayout::Adjacent), Fmt::F32, Fmt::F32, false, 4);
+    let data = random_blocks(&mut Rng(1), BlockFormat::Q6_K, 256 * 256 / 256, 0.1);
+    w.layers[1].wq = Matrix::Quant(QMatrix::new(BlockFormat::Q6_K, 256, 256, data).expect("blocks"));
+    match GpuDecoder::new(&w, 8, &choice) {
+        Err(GenerateError::Tensor { name, .. }) => assert_eq!(name, "blk.1.attn_q"),
+        other => panic!("Q6_K gave {:?}", other.map(|_| ())),
+    }
+}
+
+/// Both params structs have the size and member offsets naga gives the WGSL.
+#[test]
+fn params_structs_match_the_wgsl_layout() {
+    for (file, size, members) in wginfer::generate::gpu::params_layouts() {
+        let src = wginfer::generate::gpu::SHADERS
+            .iter()
+            .find(|(f, _)| *f == file)
+            .map(|(_, s)| *s)
+            .expect("a decoder shader");
+        let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(src)));
+        let (_, ty) = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some("Params"))
+            .unwrap_or_else(|| panic!("{file} has no struct Params"));
+        let naga::TypeInner::Struct { members: wgsl, span } = &ty.inner else {
+            panic!("{file}: Params is not a struct");
+        };
+        let wgsl: Vec<(String, usize)> = wgsl
+            .iter()
+            .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+            .collect();
+        let rust: Vec<(String, usize)> = members.iter().map(|&(n, o)| (n.to_string(), o)).collect();
+        assert_eq!(rust, wgsl, "{file}: members and offsets");
+        assert_eq!(size, *span as usize, "{file}: size");
+    }
+}
+
+/// Decode speed of a SmolLM2-135M-shaped random Q4_1 decoder (Q8_0
+/// embedding, tied head): `cargo test --release --test decoder_gpu -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand in release"]
+fn decode_speed_smollm2_shape() {
+    let Some(choice) = common::minilm::gpu_choice() else {
+        return;
+    };
+    let c = DecoderConfig {
+        architecture: "llama".into(),
+        vocab: 49152,
+        d_model: 576,
+        n_layers: 30,
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+        ffn: 1536,
+        rope_theta: 100000.0,
+        rope_dims: 64,
+        rope_layout: RopeLayout::Adjacent,
+        norm_eps: 1e-5,
+        trained_context: 8192,
+    };
+    let w = random_decoder(
+        c,
+        Fmt::Block(BlockFormat::Q4_1),
+        Fmt::Block(BlockFormat::Q8_0),
+        false,
+        1,
+    );
+    let mut dec = GpuDecoder::new(&w, 256, &choice).expect("decoder");
+    let prompt = tokens(128, 5);
+    let t = std::time::Instant::now();
+    dec.forward(&prompt, Logits::Last).expect("prompt");
+    let pp = prompt.len() as f64 / t.elapsed().as_secs_f64();
+    let steps = 32;
+    let t = std::time::Instant::now();
+    let mut next = 1u32;
+    for _ in 0..steps {
+        let l = dec.forward(&[next], Logits::Last).expect("step");
+        next = (l
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, v)| if *v > b.1 { (i, *v) } else { b })
+            .0) as u32;
+    }
+    let tg = steps as f64 / t.elapsed().as_secs_f64();
+    eprintln!(
+        "decode speed on {}: prompt {pp:.1} tok/s (128 tokens), generation {tg:.1} tok/s ({} weight bytes per token)",
+        dec.adapter_name(),
+        w.stored_bytes()
+    );
+}
