@@ -54,7 +54,10 @@ fn read_cases(dir: &Path) -> Vec<Case> {
             let meta: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(&json).expect("case json")).expect("json");
             let gguf = PathBuf::from(meta["gguf"].as_str().expect("gguf path"));
-            let gguf = if gguf.is_absolute() { gguf } else { dir.join(gguf) };
+            let gguf = match gguf.is_absolute() || dir.join(&gguf).exists() {
+                true => dir.join(gguf),
+                false => Path::new(env!("CARGO_MANIFEST_DIR")).join(gguf),
+            };
             let tokens = meta["tokens"]
                 .as_array()
                 .expect("tokens")
@@ -82,15 +85,8 @@ fn load_weights(path: &Path) -> Arc<DecoderWeights> {
 /// Every case: teacher-forced logits of the whole sequence in one pass (the
 /// prompt path) within the gates, and the same positions decoded one token
 /// at a time after a half-length prompt (the decode path) close to them.
-fn check_cases(decoder_for: &dyn Fn(Arc<DecoderWeights>, usize) -> Box<dyn Decoder>, label: &str) {
-    let Some(dir) = std::env::var_os("WGINFER_DECODER_REF") else {
-        common::skip_or_fail(
-            "WGINFER_REQUIRE_DECODER_REF",
-            "WGINFER_DECODER_REF is not set (models/smollm2/reference.py writes it; .ci/run does)",
-        );
-        return;
-    };
-    let cases = read_cases(Path::new(&dir));
+fn check_cases(dir: &Path, decoder_for: &dyn Fn(Arc<DecoderWeights>, usize) -> Box<dyn Decoder>, label: &str) {
+    let cases = read_cases(dir);
     assert!(!cases.is_empty(), "no cases in {}", Path::new(&dir).display());
     let mut weights_cache: Vec<(PathBuf, Arc<DecoderWeights>)> = Vec::new();
     for case in &cases {
@@ -131,9 +127,45 @@ fn check_cases(decoder_for: &dyn Fn(Arc<DecoderWeights>, usize) -> Box<dyn Decod
     }
 }
 
+/// The SmolLM2 cases (WGINFER_DECODER_REF, written by .ci/run), or `None`
+/// after a visible skip.
+pub fn smollm2_ref_dir() -> Option<PathBuf> {
+    match std::env::var_os("WGINFER_DECODER_REF") {
+        Some(d) => Some(PathBuf::from(d)),
+        None => {
+            common::skip_or_fail(
+                "WGINFER_REQUIRE_DECODER_REF",
+                "WGINFER_DECODER_REF is not set (models/smollm2/reference.py writes it; .ci/run does)",
+            );
+            None
+        }
+    }
+}
+
+/// The committed random-weight decoders (llama in Q4_0/Q5_0/Q5_1/Q8_0 with a
+/// separate head; qwen2 with biases in Q4_K/Q5_K/Q6_K, tied) and their
+/// reference logits.
+pub fn synthetic_ref_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/decoders");
+    ["ref-llama-q", "ref-qwen2-k"].iter().map(|d| root.join(d)).collect()
+}
+
+fn cpu(w: Arc<DecoderWeights>, ctx: usize) -> Box<dyn Decoder> {
+    Box::new(CpuDecoder::new(w, ctx).expect("decoder"))
+}
+
 #[test]
-fn cpu_decoder_matches_the_numpy_reference() {
-    check_cases(&|w, ctx| Box::new(CpuDecoder::new(w, ctx).expect("decoder")), "cpu");
+fn cpu_decoder_matches_the_numpy_reference_on_smollm2() {
+    if let Some(dir) = smollm2_ref_dir() {
+        check_cases(&dir, &cpu, "cpu");
+    }
+}
+
+#[test]
+fn cpu_decoder_matches_the_numpy_reference_on_every_block_format() {
+    for dir in synthetic_ref_dirs() {
+        check_cases(&dir, &cpu, "cpu");
+    }
 }
 
 // ---- a tiny hand-written llama file for the error paths ----
