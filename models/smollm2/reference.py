@@ -41,6 +41,8 @@ class Model:
     def __init__(self, path, dtype):
         self.path = path
         self.dtype = dtype
+        self.keep = False
+        self.kept = {}
         self.reader = GGUFReader(path)
         self.tensors = {t.name: t for t in self.reader.tensors}
         arch = self.meta("general.architecture")
@@ -76,14 +78,29 @@ class Model:
         return value[0]
 
     def weight(self, name):
-        """Dequantized tensor in numpy order ([rows, row length])."""
+        """Dequantized tensor in numpy order ([rows, row length]); kept for
+        later calls when self.keep is set."""
+        if name in self.kept:
+            return self.kept[name]
         t = self.tensors[name]
         shape = tuple(int(d) for d in reversed(t.shape))
         if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
             w = np.asarray(t.data, dtype=np.float32)
         else:
             w = dequantize(t.data, t.tensor_type)
-        return np.ascontiguousarray(w.reshape(shape), dtype=self.dtype)
+        w = np.ascontiguousarray(w.reshape(shape), dtype=self.dtype)
+        if self.keep:
+            self.kept[name] = w
+        return w
+
+    def token_text(self, ids):
+        """The vocabulary strings of ids joined, GPT-2 byte symbols shown as
+        spaces and newlines (for reading greedy output, not for decoding)."""
+        field = self.reader.fields.get("tokenizer.ggml.tokens")
+        if field is None:
+            return " ".join(str(i) for i in ids)
+        text = "".join(bytes(field.parts[field.data[i]]).decode("utf-8") for i in ids)
+        return text.replace("\u0120", " ").replace("\u010a", "\n")
 
     def maybe(self, name):
         return self.weight(name) if name in self.tensors else None
@@ -188,6 +205,8 @@ def main():
     ap.add_argument("--cases", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--generate", type=int, default=0, metavar="N",
+                    help="also print N greedy tokens after each case (a sanity check)")
     args = ap.parse_args()
     start = time.time()
     model = Model(args.gguf, np.dtype(args.dtype))
@@ -202,7 +221,7 @@ def main():
         nll, top1 = score(logits, tokens)
         np.save(os.path.join(args.out, case["name"] + ".logits.npy"), logits.astype(np.float32))
         info = {
-            "gguf": os.path.abspath(args.gguf),
+            "gguf": args.gguf,
             "tokens": tokens,
             "architecture": model.arch,
             "dtype": args.dtype,
@@ -219,6 +238,19 @@ def main():
             f"top-1 = next {top1:.1%}"
         )
     print(f"total {time.time() - start:.2f} s", file=sys.stderr)
+    if args.generate:
+        greedy(model, sequences, args.generate)
+
+
+def greedy(model, sequences, n):
+    """Extends each sequence by n argmax tokens and prints the continuation."""
+    model.keep = True
+    seqs = [list(s) for s in sequences]
+    for _ in range(n):
+        for s, logits in zip(seqs, forward(model, seqs)):
+            s.append(int(logits[-1].argmax()))
+    for s, orig in zip(seqs, sequences):
+        print(f"greedy after {len(orig)} tokens: {model.token_text(s[len(orig):])!r}")
 
 
 if __name__ == "__main__":
