@@ -20,10 +20,12 @@ import transformers.modeling_gguf_pytorch_utils as gguf_utils
 TEXTS = [
     (
         "prose",
-        "The old lighthouse stood at the edge of the cliff, its white paint peeling "
-        "after decades of wind and salt. Every evening the keeper climbed the narrow "
-        "stairs to light the lamp, and every morning he wrote the weather in a "
-        "leather notebook that nobody else would ever read.",
+        "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in "
+        "Paris, France. It is named after the engineer Gustave Eiffel, whose company "
+        "designed and built the tower. Locally nicknamed the Iron Lady, it was "
+        "constructed as the centerpiece of the World's Fair, and it has become a "
+        "global cultural icon of France and one of the most recognisable structures "
+        "in the world.",
     ),
     (
         "code",
