@@ -7,7 +7,8 @@ llama_logits.cpp against its static libraries on first use.
 
 Run from the repository root:
   python models/decoders/compare_llama_cpp.py --gguf FILE --cases CASES.json --ref REFDIR
-where REFDIR holds reference.py's <case>.logits.npy for the same cases.
+where REFDIR holds reference.py's <case>.logits.npy for the same cases
+(--save DIR keeps llama.cpp's logits as <case>.logits.npy).
 """
 import argparse
 import json
@@ -42,11 +43,16 @@ def log_softmax(x):
 
 
 def compare(ref, other):
-    """Per-position KL(ref || other), top-1 agreement, max |logit diff|."""
+    """Mean and largest KL(ref || other) over positions, top-1 agreement, max
+    |logit diff|, and top-1 agreement where the reference's top-2 margin
+    exceeds 0.5."""
     lp, lq = log_softmax(ref), log_softmax(other)
     kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)
-    top1 = float(np.mean(ref.argmax(-1) == other.argmax(-1)))
-    return float(kl.mean()), float(kl.max()), top1, float(np.abs(ref - other).max())
+    same = ref.argmax(-1) == other.argmax(-1)
+    top2 = np.sort(ref, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.5
+    return (float(kl.mean()), float(kl.max()), float(same.mean()),
+            float(np.abs(ref - other).max()), float(same[clear].mean()) if clear.any() else 1.0)
 
 
 def main():
@@ -54,6 +60,7 @@ def main():
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--cases", required=True)
     ap.add_argument("--ref", required=True)
+    ap.add_argument("--save", metavar="DIR", help="also write llama.cpp's <case>.logits.npy here")
     ap.add_argument("--llama-dir", default=os.path.join(ROOT, "target", "llama.cpp"))
     args = ap.parse_args()
     exe = build(args.llama_dir)
@@ -68,10 +75,13 @@ def main():
             other = np.fromfile(out, dtype=np.float32).reshape(ref.shape[0], -1)
             if other.shape != ref.shape:
                 sys.exit(f"{case['name']}: llama.cpp gave {other.shape}, reference {ref.shape}")
-            kl, kl_max, top1, diff = compare(ref, other)
+            kl, kl_max, top1, diff, clear = compare(ref, other)
             worst = max(worst, kl)
             print(f"{case['name']}: mean KL {kl:.2e} (max {kl_max:.2e}), top-1 {top1:.1%}, "
-                  f"max |dlogit| {diff:.3f}")
+                  f"top-1 where margin > 0.5 {clear:.1%}, max |dlogit| {diff:.3f}")
+            if args.save:
+                os.makedirs(args.save, exist_ok=True)
+                np.save(os.path.join(args.save, case["name"] + ".logits.npy"), other)
     print(f"worst mean KL {worst:.2e}")
 
 
