@@ -32,9 +32,6 @@ from gguf import GGUFReader
 from gguf.constants import GGMLQuantizationType
 from gguf.quants import dequantize
 
-ROPE_HALVES = {"qwen2", "qwen2moe", "qwen3", "phi3", "gemma", "stablelm", "falcon"}
-
-
 class Model:
     """A GGUF decoder's hyperparameters and dequantized weights."""
 
@@ -61,7 +58,7 @@ class Model:
         rope_dim = int(self.meta(f"{arch}.rope.dimension_count", self.head_dim))
         if rope_dim != self.head_dim:
             raise SystemExit(f"partial RoPE ({rope_dim} of {self.head_dim}) is not supported")
-        self.rope_halves = arch in ROPE_HALVES
+        self.rope_halves = arch == "qwen2"
         self.embed = self.weight("token_embd.weight")
         self.vocab = self.embed.shape[0]
         self.output = self.weight("output.weight") if "output.weight" in self.tensors else self.embed
@@ -101,9 +98,6 @@ class Model:
             return " ".join(str(i) for i in ids)
         text = "".join(bytes(field.parts[field.data[i]]).decode("utf-8") for i in ids)
         return text.replace("\u0120", " ").replace("\u010a", "\n")
-
-    def maybe(self, name):
-        return self.weight(name) if name in self.tensors else None
 
 
 def rms_norm(x, w, eps):
