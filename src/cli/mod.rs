@@ -5,6 +5,7 @@ mod bench;
 mod convert;
 mod embed;
 mod eval;
+mod generate;
 mod inspect;
 mod prune;
 mod quantize;
@@ -52,6 +53,12 @@ enum Command {
     Quantize(quantize::Args),
     /// Convert an ONNX model to a wginfer model file (.safetensors).
     Convert(convert::Args),
+    /// Generate text with a decoder language model (GGUF), streaming tokens.
+    Generate(generate::Args),
+    /// Chat interactively with a decoder language model, using its chat template.
+    Chat(generate::ChatArgs),
+    /// Perplexity of a decoder language model over a text file.
+    Perplexity(generate::PerplexityArgs),
     /// Sentence embeddings (BERT / all-MiniLM-L6-v2 directories, or model files made from them).
     Embed(embed::Args),
 }
@@ -72,6 +79,9 @@ pub fn main() -> ExitCode {
             Command::Quantize(a) => quantize::run(a, device),
             Command::Convert(a) => convert::run(a),
             Command::Embed(a) => embed::run(a, device),
+            Command::Generate(a) => generate::run(a, device),
+            Command::Chat(a) => generate::chat(a, device),
+            Command::Perplexity(a) => generate::perplexity(a, device),
         }
     })();
     match result {

@@ -8,8 +8,11 @@ pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "text")]
+pub mod generator;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod load;
 pub mod sample;
 #[cfg(feature = "text")]
 pub mod tokenizer;
@@ -17,6 +20,8 @@ pub mod weights;
 
 pub use config::{DecoderConfig, RopeLayout};
 pub use weights::{DecoderWeights, LayerWeights, Matrix};
+#[cfg(feature = "text")]
+pub use generator::{FinishReason, GenerateOptions, GeneratedToken, Generation, Generator};
 
 use crate::error::GenerateError;
 

@@ -2,6 +2,7 @@
 //! the visible skip (`skip`, `skip_or_fail`).
 #![allow(dead_code)]
 
+pub mod gguf;
 pub mod minilm;
 
 use std::io::Write;

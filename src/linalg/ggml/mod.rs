@@ -2,7 +2,18 @@
 //! formats: the block layouts, a reference dequantization per format, and the
 //! matrix products a decoder runs on packed rows ([`QMatrix`]).
 
+mod acts;
+mod blocks;
+mod matmul;
+mod portable;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
 use rayon::prelude::*;
+
+pub use acts::{quantize_acts, QActs};
+pub use blocks::{dequantize_row, quantize_row};
+pub use matmul::Kernel;
 
 use crate::error::OpError;
 
@@ -86,58 +97,10 @@ impl BlockFormat {
     /// Bytes in a row of `cols` weights; `None` unless `cols` is a whole
     /// number of blocks (or the count overflows).
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
-        if cols % self.block_len() != 0 {
+        if !cols.is_multiple_of(self.block_len()) {
             return None;
         }
         (cols / self.block_len()).checked_mul(self.block_bytes())
-    }
-}
-
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
-}
-
-/// Dequantizes one row: `bytes` holds `out.len() / block_len` whole blocks.
-/// The reference every fast path is checked against.
-pub fn dequantize_row(format: BlockFormat, bytes: &[u8], out: &mut [f32]) {
-    let (bl, bb) = (format.block_len(), format.block_bytes());
-    for (block, y) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(bl)) {
-        match format {
-            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                let d = f16_at(block, 0);
-                let (m, qs) = match format {
-                    BlockFormat::Q4_0 => (-8.0 * d, &block[2..18]),
-                    _ => (f16_at(block, 2), &block[4..20]),
-                };
-                for (j, &q) in qs.iter().enumerate() {
-                    y[j] = d * f32::from(q & 0x0f) + m;
-                    y[j + 16] = d * f32::from(q >> 4) + m;
-                }
-            }
-            BlockFormat::Q5_0 | BlockFormat::Q5_1 => {
-                let d = f16_at(block, 0);
-                let (m, rest) = match format {
-                    BlockFormat::Q5_0 => (-16.0 * d, &block[2..22]),
-                    _ => (f16_at(block, 2), &block[4..24]),
-                };
-                let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-                for (j, &q) in rest[4..20].iter().enumerate() {
-                    let lo = (q & 0x0f) as u32 | (((qh >> j) & 1) << 4);
-                    let hi = (q >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4);
-                    y[j] = d * lo as f32 + m;
-                    y[j + 16] = d * hi as f32 + m;
-                }
-            }
-            BlockFormat::Q8_0 => {
-                let d = f16_at(block, 0);
-                for (j, &q) in block[2..34].iter().enumerate() {
-                    y[j] = d * f32::from(q as i8);
-                }
-            }
-            BlockFormat::Q4_K | BlockFormat::Q5_K | BlockFormat::Q6_K => {
-                unimplemented!("k-quant dequantization")
-            }
-        }
     }
 }
 
@@ -206,32 +169,6 @@ impl QMatrix {
     /// Row `r` as f32 (`out.len() == cols`).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         dequantize_row(self.format, self.row(r), out);
-    }
-
-    /// `out[t][r] = Σ_c w[r][c]·x[t][c]` for `n` rows of `x` (`x` is
-    /// `n × cols`, `out` is `n × rows`, both row-major).
-    pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
-        debug_assert_eq!(x.len(), n * self.cols);
-        debug_assert_eq!(out.len(), n * self.rows);
-        let cols = self.cols;
-        let rows = self.rows;
-        let dots: Vec<Vec<f32>> = (0..rows)
-            .into_par_iter()
-            .map_init(
-                || vec![0f32; cols],
-                |buf, r| {
-                    self.dequantize_row(r, buf);
-                    (0..n)
-                        .map(|t| buf.iter().zip(&x[t * cols..(t + 1) * cols]).map(|(a, b)| a * b).sum())
-                        .collect()
-                },
-            )
-            .collect();
-        for (r, col) in dots.into_iter().enumerate() {
-            for (t, v) in col.into_iter().enumerate() {
-                out[t * rows + r] = v;
-            }
-        }
     }
 }
 

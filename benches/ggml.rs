@@ -1,0 +1,146 @@
+//! GGUF block products on the CPU, at SmolLM2-135M's shapes: matrix-vector
+//! (decoding; throughput in weight bytes read) and 128-token products
+//! (prompts; throughput in multiply-adds), the portable kernel beside the
+//! fastest, one decode step's worth of matrices (about 96 MB, more than the
+//! last-level cache, so it measures memory, not cache), and a plain copy for
+//! the machine's bandwidth.
+//!
+//! `RAYON_NUM_THREADS=1 cargo bench --bench ggml` (and `=2`) for the thread
+//! counts llama.cpp is compared at.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use wginfer::linalg::ggml::{quantize_acts, BlockFormat, Kernel, QActs, QMatrix};
+
+/// Random blocks with small finite scales (every f16 field set to 0.01).
+fn random_matrix(format: BlockFormat, rows: usize, cols: usize, seed: u64) -> QMatrix {
+    let len = format.row_bytes(cols).expect("whole blocks") * rows;
+    let mut s = seed | 1;
+    let mut data: Vec<u8> = (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 32) as u8
+        })
+        .collect();
+    let scale = half::f16::from_f32(0.01).to_le_bytes();
+    let fields: &[usize] = match format {
+        BlockFormat::Q4_0 | BlockFormat::Q5_0 | BlockFormat::Q8_0 => &[0],
+        BlockFormat::Q6_K => &[208],
+        _ => &[0, 2],
+    };
+    for block in data.chunks_exact_mut(format.block_bytes()) {
+        for &at in fields {
+            block[at..at + 2].copy_from_slice(&scale);
+        }
+    }
+    QMatrix::new(format, rows, cols, data).expect("sizes")
+}
+
+fn activations(n: usize, cols: usize) -> Vec<f32> {
+    (0..n * cols)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+const SHAPES: [(BlockFormat, usize, usize); 6] = [
+    (BlockFormat::Q4_1, 576, 576),
+    (BlockFormat::Q4_1, 1536, 576),
+    (BlockFormat::Q4_1, 576, 1536),
+    (BlockFormat::Q8_0, 49152, 576),
+    (BlockFormat::Q4_K, 576, 1536),
+    (BlockFormat::Q6_K, 576, 1536),
+];
+
+fn label(format: BlockFormat, rows: usize, cols: usize) -> String {
+    format!("{}-{rows}x{cols}", format.name())
+}
+
+fn matvec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ggml-matvec");
+    for (format, rows, cols) in SHAPES {
+        let m = random_matrix(format, rows, cols, 11);
+        let x = activations(1, cols);
+        let mut out = vec![0f32; rows];
+        g.throughput(Throughput::Bytes(m.data().len() as u64));
+        g.bench_function(BenchmarkId::new("best", label(format, rows, cols)), |b| {
+            b.iter(|| m.matmul(black_box(&x), 1, &mut out))
+        });
+        if rows * cols <= 576 * 576 {
+            g.bench_function(BenchmarkId::new("portable", label(format, rows, cols)), |b| {
+                b.iter(|| m.matmul_with(Kernel::Portable, black_box(&x), 1, &mut out))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn matmul128(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ggml-matmul128");
+    g.sample_size(20);
+    let n = 128;
+    for (format, rows, cols) in SHAPES {
+        if rows > 4096 {
+            continue;
+        }
+        let m = random_matrix(format, rows, cols, 13);
+        let x = activations(n, cols);
+        let mut out = vec![0f32; n * rows];
+        g.throughput(Throughput::Elements((n * rows * cols) as u64));
+        g.bench_function(BenchmarkId::new("best", label(format, rows, cols)), |b| {
+            b.iter(|| m.matmul(black_box(&x), n, &mut out))
+        });
+    }
+    g.finish();
+}
+
+/// One decode step's matrices of SmolLM2-135M Q4_1 (30 layers of q, k, v, o,
+/// gate, up, down, and the Q8_0 output head), each read once per iteration.
+fn decode_step(c: &mut Criterion) {
+    let (d, kv, ff) = (576, 192, 1536);
+    let mut mats = Vec::new();
+    for layer in 0..30u64 {
+        for (i, (rows, cols)) in [(d, d), (kv, d), (kv, d), (d, d), (ff, d), (ff, d), (d, ff)]
+            .into_iter()
+            .enumerate()
+        {
+            mats.push(random_matrix(BlockFormat::Q4_1, rows, cols, layer * 16 + i as u64 + 1));
+        }
+    }
+    mats.push(random_matrix(BlockFormat::Q8_0, 49152, d, 7));
+    let bytes: usize = mats.iter().map(|m| m.data().len()).sum();
+    let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; m.rows()]).collect();
+    let xs = [activations(1, d), activations(1, ff)];
+    let mut acts = [QActs::default(), QActs::default()];
+    for (a, x) in acts.iter_mut().zip(&xs) {
+        quantize_acts(x, 1, x.len(), 32, a);
+    }
+    let mut g = c.benchmark_group("ggml-decode-step");
+    g.sample_size(20);
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function(BenchmarkId::new("best", format!("smollm2-{}MB", bytes >> 20)), |b| {
+        b.iter(|| {
+            for (m, out) in mats.iter().zip(outs.iter_mut()) {
+                let a = if m.cols() == d { &acts[0] } else { &acts[1] };
+                m.matmul_acts(Kernel::best(), a, out);
+            }
+        })
+    });
+    g.finish();
+}
+
+/// The machine's copy bandwidth: 128 MB copied per iteration (bytes counted once).
+fn copy(c: &mut Criterion) {
+    let src = vec![1u8; 128 << 20];
+    let mut dst = vec![0u8; 128 << 20];
+    let mut g = c.benchmark_group("memcpy");
+    g.sample_size(20);
+    g.throughput(Throughput::Bytes(src.len() as u64));
+    g.bench_function("128MB", |b| b.iter(|| dst.copy_from_slice(black_box(&src))));
+    g.finish();
+}
+
+criterion_group!(benches, matvec, matmul128, decode_step, copy);
+criterion_main!(benches);

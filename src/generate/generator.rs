@@ -1,0 +1,259 @@
+//! [`Generator`]: a decoder with its tokenizer, chat template and sampler,
+//! streaming tokens to a library caller, the command line and the server.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, GenerateError};
+use crate::generate::chat::{ChatMessage, ChatTemplate};
+use crate::generate::cpu::CpuDecoder;
+use crate::generate::sample::{log_softmax, top_logprobs, Sampler, SamplingOptions, StopStrings, TokenLogprob};
+use crate::generate::tokenizer::{TextStream, Tokenizer};
+use crate::generate::{load, Decoder, DecoderWeights, Logits};
+use crate::model::gguf::GgufFile;
+use crate::Device;
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Tokens to generate at most.
+    pub max_tokens: usize,
+    /// How to pick each token.
+    pub sampling: SamplingOptions,
+    /// Strings that end generation (not included in the text).
+    pub stop: Vec<String>,
+    /// Also return the `k` most likely tokens at each position.
+    pub top_logprobs: Option<usize>,
+    /// Stop at the tokenizer's end-of-generation tokens.
+    pub stop_at_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self { max_tokens: 128, sampling: SamplingOptions::default(), stop: Vec::new(), top_logprobs: None, stop_at_eos: true }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` or the context was reached.
+    Length,
+}
+
+/// One generated token.
+#[derive(Clone, Debug)]
+pub struct GeneratedToken {
+    /// Its id.
+    pub id: u32,
+    /// The text it completes (may be empty while a UTF-8 character or a
+    /// possible stop string is pending).
+    pub text: String,
+    /// Its log-probability under the model (before sampling options).
+    pub logprob: f32,
+    /// The most likely tokens at this position, when asked for.
+    pub top: Vec<TokenLogprob>,
+}
+
+/// A decoder language model ready to generate: decoder (CPU or GPU),
+/// tokenizer, chat template.
+pub struct Generator {
+    decoder: Box<dyn Decoder>,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    /// Tokens in the decoder's cache, so a prompt sharing a prefix reuses it.
+    cached_tokens: Vec<u32>,
+}
+
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator").field("config", self.decoder.config()).finish_non_exhaustive()
+    }
+}
+
+/// Builds a decoder for `weights` on `device` with a cache of `context` positions.
+pub fn decoder_on(weights: Arc<DecoderWeights>, device: &Device, context: usize) -> Result<Box<dyn Decoder>, Error> {
+    match device {
+        Device::Cpu | Device::CpuReference => Ok(Box::new(CpuDecoder::new(weights, context)?)),
+        #[cfg(feature = "gpu")]
+        Device::Gpu(choice) => Ok(Box::new(crate::generate::gpu::GpuDecoder::new(&weights, context, choice)?)),
+        #[cfg(not(feature = "gpu"))]
+        Device::Gpu(_) => Err(Error::FeatureDisabled { feature: "gpu", what: "a GPU decoder".to_string() }),
+    }
+}
+
+impl Generator {
+    /// Loads a GGUF decoder with its tokenizer and chat template. `context`
+    /// defaults to the model's trained context, capped at 4096 positions.
+    pub fn load(path: impl AsRef<Path>, device: &Device, context: Option<usize>) -> Result<Self, Error> {
+        let file = GgufFile::open(path.as_ref()).map_err(GenerateError::from)?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let template = ChatTemplate::from_gguf(&file)?;
+        let weights = Arc::new(load::from_gguf(&file)?);
+        drop(file);
+        let context = context.unwrap_or(weights.config.trained_context.min(4096));
+        let decoder = decoder_on(weights, device, context)?;
+        Ok(Self::from_parts(decoder, tokenizer, template))
+    }
+
+    /// A generator from its parts.
+    pub fn from_parts(decoder: Box<dyn Decoder>, tokenizer: Tokenizer, template: Option<ChatTemplate>) -> Self {
+        Self { decoder, tokenizer, template, cached_tokens: Vec::new() }
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The decoder.
+    pub fn decoder(&mut self) -> &mut dyn Decoder {
+        self.decoder.as_mut()
+    }
+
+    /// Renders a conversation with the model's chat template, ending with
+    /// the assistant's turn.
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, GenerateError> {
+        match &self.template {
+            Some(t) => t.render(messages, true),
+            None => Err(GenerateError::Tokenizer("the model has no chat template (tokenizer.chat_template)".to_string())),
+        }
+    }
+
+    /// Token ids of a prompt (with BOS when the model wants one).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, GenerateError> {
+        self.tokenizer.encode(text, true)
+    }
+
+    /// Runs the prompt through the decoder, reusing the cached prefix it
+    /// shares with the previous prompt, and returns the last position's logits.
+    fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<f32>, GenerateError> {
+        if prompt.is_empty() {
+            return Err(GenerateError::Tokenizer("the prompt is empty".to_string()));
+        }
+        let shared = self.cached_tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        // Re-run at least the last prompt token: its logits start generation.
+        let keep = shared.min(prompt.len() - 1).min(self.decoder.cached());
+        self.decoder.truncate(keep);
+        self.cached_tokens.truncate(keep);
+        let logits = self.decoder.forward(&prompt[keep..], Logits::Last)?;
+        self.cached_tokens.extend_from_slice(&prompt[keep..]);
+        Ok(logits)
+    }
+
+    /// Starts generating after `prompt` (token ids); the returned iterator
+    /// yields each token as it is sampled.
+    pub fn generate_ids(&mut self, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation<'_>, GenerateError> {
+        let needed = prompt.len().saturating_add(opts.max_tokens.min(1));
+        if needed > self.decoder.context() {
+            return Err(GenerateError::Context { needed, context: self.decoder.context() });
+        }
+        let sampler = Sampler::new(opts.sampling.clone())?;
+        let logits = self.prefill(prompt)?;
+        Ok(Generation {
+            sampler,
+            stops: StopStrings::new(opts.stop.clone()),
+            history: prompt.to_vec(),
+            logits,
+            produced: 0,
+            opts: opts.clone(),
+            finish: None,
+            stream: TextStream::new(&self.tokenizer),
+            tokenizer: &self.tokenizer,
+            decoder: self.decoder.as_mut(),
+            cached_tokens: &mut self.cached_tokens,
+        })
+    }
+
+    /// Teacher-forced log-probabilities of every token of `ids` after the
+    /// first (scoring and perplexity): `result[i]` scores `ids[i + 1]`.
+    pub fn score(&mut self, ids: &[u32]) -> Result<Vec<f32>, GenerateError> {
+        self.decoder.truncate(0);
+        self.cached_tokens.clear();
+        let logits = self.decoder.forward(ids, Logits::All)?;
+        let vocab = self.decoder.config().vocab;
+        Ok(logits
+            .chunks_exact(vocab)
+            .zip(ids.iter().skip(1))
+            .map(|(row, &next)| log_softmax(row)[next as usize])
+            .collect())
+    }
+}
+
+/// Tokens being generated; ends at `max_tokens`, an end-of-generation token,
+/// a stop string or the end of the context.
+pub struct Generation<'a> {
+    decoder: &'a mut dyn Decoder,
+    cached_tokens: &'a mut Vec<u32>,
+    tokenizer: &'a Tokenizer,
+    stream: TextStream<'a>,
+    sampler: Sampler,
+    stops: StopStrings,
+    history: Vec<u32>,
+    logits: Vec<f32>,
+    produced: usize,
+    opts: GenerateOptions,
+    finish: Option<FinishReason>,
+}
+
+impl Generation<'_> {
+    /// Why generation ended (`None` while it goes on).
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// Text held back at the end (a partial stop string that never completed).
+    pub fn flush(&mut self) -> String {
+        self.stops.flush()
+    }
+
+    fn step(&mut self) -> Result<Option<GeneratedToken>, GenerateError> {
+        if self.finish.is_some() {
+            return Ok(None);
+        }
+        if self.produced >= self.opts.max_tokens {
+            self.finish = Some(FinishReason::Length);
+            return Ok(None);
+        }
+        let id = self.sampler.sample(&self.logits, &self.history);
+        let lp = log_softmax(&self.logits);
+        let top = self.opts.top_logprobs.map_or_else(Vec::new, |k| top_logprobs(&lp, k));
+        let logprob = lp[id as usize];
+        self.produced += 1;
+        self.history.push(id);
+        if self.opts.stop_at_eos && self.tokenizer.is_end_of_generation(id) {
+            self.finish = Some(FinishReason::Stop);
+            let text = self.stops.flush();
+            return Ok(Some(GeneratedToken { id, text, logprob, top }));
+        }
+        let piece = self.stream.push(id)?;
+        let (text, stopped) = self.stops.push(&piece);
+        if stopped {
+            self.finish = Some(FinishReason::Stop);
+        } else if self.produced < self.opts.max_tokens {
+            if self.decoder.cached() >= self.decoder.context() {
+                self.finish = Some(FinishReason::Length);
+            } else {
+                self.logits = self.decoder.forward(&[id], Logits::Last)?;
+                self.cached_tokens.push(id);
+            }
+        }
+        Ok(Some(GeneratedToken { id, text, logprob, top }))
+    }
+}
+
+impl Iterator for Generation<'_> {
+    type Item = Result<GeneratedToken, GenerateError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.step() {
+            Ok(t) => t.map(Ok),
+            Err(e) => {
+                self.finish = Some(FinishReason::Stop);
+                Some(Err(e))
+            }
+        }
+    }
+}

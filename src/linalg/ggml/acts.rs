@@ -1,0 +1,84 @@
+//! Activations quantized to 8 bits per block, once per product: the integer
+//! side of every block dot product.
+
+/// `n` rows of activations quantized symmetrically per block of
+/// `block_len` (32 for the 32-weight formats, 256 for the k-quants):
+/// `d = max|x|/127`, `q = round(x/d)` (ties to even), `x ≈ d·q`. A block
+/// holding an infinity or NaN gets `d = NaN`, so the products it enters are NaN.
+#[derive(Clone, Debug, Default)]
+pub struct QActs {
+    /// Values per block (32 or 256).
+    pub block_len: usize,
+    /// Values per row.
+    pub cols: usize,
+    /// Rows.
+    pub n: usize,
+    /// The quantized values, row after row (`n · cols`).
+    pub qs: Vec<i8>,
+    /// One scale per block (`n · cols / block_len`).
+    pub d: Vec<f32>,
+    /// Per block `d · Σq` (the term a block minimum multiplies).
+    pub ds: Vec<f32>,
+    /// `Σq` over each group of 16 values (`n · cols / 16`).
+    pub sums16: Vec<i16>,
+}
+
+impl QActs {
+    /// Blocks per row.
+    pub fn blocks(&self) -> usize {
+        self.cols / self.block_len.max(1)
+    }
+}
+
+/// `round(v)` with ties to even for `|v| < 2^22`, branch-free (adding
+/// `1.5·2^23` leaves the integer in the low mantissa bits), so loops over it
+/// vectorize without SSE4.1.
+#[inline(always)]
+fn nearest_int(v: f32) -> i32 {
+    let bits = (v + 12_582_912.0).to_bits();
+    (bits & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// Quantizes `n` rows of `cols` values (`cols` a multiple of `block_len`,
+/// which is a multiple of 16) into `acts`, reusing its buffers.
+pub fn quantize_acts(x: &[f32], n: usize, cols: usize, block_len: usize, acts: &mut QActs) {
+    let blocks = n * cols / block_len;
+    acts.block_len = block_len;
+    acts.cols = cols;
+    acts.n = n;
+    acts.qs.resize(n * cols, 0);
+    acts.d.resize(blocks, 0.0);
+    acts.ds.resize(blocks, 0.0);
+    acts.sums16.resize(n * cols / 16, 0);
+    let parts = x[..n * cols]
+        .chunks_exact(block_len)
+        .zip(acts.qs.chunks_exact_mut(block_len))
+        .zip(acts.d.iter_mut().zip(acts.ds.iter_mut()))
+        .zip(acts.sums16.chunks_exact_mut(block_len / 16));
+    super::super::simd(|| {
+        for (((xb, qb), (d, ds)), sums) in parts {
+            quantize_block(xb, qb, d, ds, sums);
+        }
+    });
+}
+
+#[inline(always)]
+fn quantize_block(x: &[f32], q: &mut [i8], d: &mut f32, ds: &mut f32, sums: &mut [i16]) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    *d = amax / 127.0;
+    let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for (o, &v) in q.iter_mut().zip(x) {
+        *o = nearest_int(v * id).clamp(-127, 127) as i8;
+    }
+    let mut total = 0i32;
+    for (s, g) in sums.iter_mut().zip(q.chunks_exact(16)) {
+        let t: i32 = g.iter().map(|&v| i32::from(v)).sum();
+        *s = t as i16;
+        total += t;
+    }
+    *ds = *d * total as f32;
+    if !x.iter().all(|v| v.is_finite()) {
+        *d = f32::NAN;
+        *ds = f32::NAN;
+    }
+}

@@ -1,0 +1,159 @@
+//! `out = x·Wᵀ` on packed rows: the activations quantized to 8 bits per block
+//! once, then integer block dot products, output rows split across rayon
+//! tasks, each weight row used for up to [`TOKENS`] activation rows while it
+//! is in cache.
+
+use rayon::prelude::*;
+
+use super::acts::{quantize_acts, QActs};
+use super::{BlockFormat, QMatrix};
+
+/// Activation rows one pass over a weight row serves.
+pub const TOKENS: usize = 4;
+
+/// Rows of weights handled together (one pass per token group): small
+/// enough to stay in L1 between the token groups.
+const ROW_TILE: usize = 16;
+
+/// Weight bytes × activation rows below which a product runs on the calling
+/// thread (a rayon fork costs more than it saves).
+const SERIAL_WORK: usize = 48 << 10;
+
+/// An implementation of the block products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Plain Rust: every CPU.
+    Portable,
+    /// AVX2 with FMA and F16C (x86-64, chosen at run time).
+    Avx2,
+}
+
+impl Kernel {
+    /// Every kernel (whether or not this CPU runs it).
+    pub const ALL: [Kernel; 2] = [Kernel::Portable, Kernel::Avx2];
+
+    /// Whether this CPU runs the kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => super::x86::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 => false,
+        }
+    }
+
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> Self {
+        if Kernel::Avx2.is_available() {
+            Kernel::Avx2
+        } else {
+            Kernel::Portable
+        }
+    }
+
+    /// `out[t] = row · x[t0 + t]` for `out.len()` rows of `acts`.
+    fn dot_row(self, format: BlockFormat, row: &[u8], acts: &QActs, t0: usize, out: &mut [f32]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a kernel other than `Portable` runs only where
+            // `is_available` said so (`QMatrix::matmul_acts` checks).
+            Kernel::Avx2 => unsafe { super::x86::dot_row(format, row, acts, t0, out) },
+            _ => super::portable::dot_row(format, row, acts, t0, out),
+        }
+    }
+}
+
+/// The output buffer shared by tasks that write disjoint elements.
+struct Out(*mut f32, usize);
+// SAFETY: tasks write disjoint elements (each owns a range of output rows;
+// see `QMatrix::matmul_acts`), and nothing reads `out` while they run.
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Writes `v` at `i`.
+    ///
+    /// # Safety
+    /// No other task writes or reads element `i` concurrently.
+    unsafe fn write(&self, i: usize, v: f32) {
+        assert!(i < self.1, "output index out of range");
+        // SAFETY: `i` is in bounds (checked above) and the caller owns it.
+        unsafe { self.0.add(i).write(v) }
+    }
+}
+
+impl QMatrix {
+    /// `out[t][r] = Σ_c w[r][c]·x[t][c]` for `n` rows of `x` (`x` is
+    /// `n × cols`, `out` is `n × rows`, both row-major), with the fastest
+    /// kernel this CPU has. The activations are quantized to 8 bits per
+    /// block (see [`QActs`]): the result differs from the f32 product of the
+    /// dequantized weights by at most `Σ_blocks Σ|w|·d_x/2` per output,
+    /// where `d_x = max|x_block|/127`.
+    pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        self.matmul_with(Kernel::best(), x, n, out);
+    }
+
+    /// [`QMatrix::matmul`] with a chosen kernel (the portable one where
+    /// this CPU does not run `kernel`).
+    pub fn matmul_with(&self, kernel: Kernel, x: &[f32], n: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), n * self.cols, "x must be n × cols");
+        let mut acts = QActs::default();
+        quantize_acts(x, n, self.cols, self.format.block_len(), &mut acts);
+        self.matmul_acts(kernel, &acts, out);
+    }
+
+    /// The product with activations already quantized by [`quantize_acts`]
+    /// (with `block_len = self.format().block_len()`), so several matrices
+    /// that read the same input quantize it once. `out` is `acts.n × rows`.
+    pub fn matmul_acts(&self, kernel: Kernel, acts: &QActs, out: &mut [f32]) {
+        assert_eq!(acts.cols, self.cols, "activations must have cols values per row");
+        assert_eq!(
+            acts.block_len,
+            self.format.block_len(),
+            "activation blocks must match the format"
+        );
+        assert_eq!(out.len(), acts.n * self.rows, "out must be n × rows");
+        let kernel = if kernel.is_available() {
+            kernel
+        } else {
+            Kernel::Portable
+        };
+        let (rows, n) = (self.rows, acts.n);
+        if rows == 0 || n == 0 {
+            return;
+        }
+        let sink = Out(out.as_mut_ptr(), out.len());
+        let run = |r0: usize, r1: usize| self.rows_into(kernel, acts, r0, r1, &sink);
+        let threads = rayon::current_num_threads();
+        if threads == 1 || self.data.len() * n < SERIAL_WORK {
+            run(0, rows);
+            return;
+        }
+        // Tasks of whole tiles, about four per thread for balance.
+        let tile_bytes = self.row_bytes() * ROW_TILE * n;
+        let tiles = rows.div_ceil(ROW_TILE);
+        let per_task = tiles.div_ceil(threads * 4).max((SERIAL_WORK / 4).div_ceil(tile_bytes)) * ROW_TILE;
+        (0..rows.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|task| run(task * per_task, ((task + 1) * per_task).min(rows)));
+    }
+
+    /// Output rows `r0..r1` for every activation row into `sink`.
+    fn rows_into(&self, kernel: Kernel, acts: &QActs, r0: usize, r1: usize, sink: &Out) {
+        let (rows, n) = (self.rows, acts.n);
+        let mut buf = [0f32; TOKENS];
+        for tile in (r0..r1).step_by(ROW_TILE) {
+            for t0 in (0..n).step_by(TOKENS) {
+                let tn = TOKENS.min(n - t0);
+                for r in tile..(tile + ROW_TILE).min(r1) {
+                    kernel.dot_row(self.format, self.row(r), acts, t0, &mut buf[..tn]);
+                    for (t, &v) in buf[..tn].iter().enumerate() {
+                        // SAFETY: this call owns output rows `r0..r1` of every
+                        // activation row (callers give tasks disjoint ranges).
+                        unsafe { sink.write((t0 + t) * rows + r, v) };
+                    }
+                }
+            }
+        }
+    }
+}

