@@ -19,9 +19,9 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::{DecoderConfig, RopeLayout};
-pub use weights::{DecoderWeights, LayerWeights, Matrix};
 #[cfg(feature = "text")]
 pub use generator::{FinishReason, GenerateOptions, GeneratedToken, Generation, Generator};
+pub use weights::{DecoderWeights, LayerWeights, Matrix};
 
 use crate::error::GenerateError;
 
