@@ -626,7 +626,7 @@ fn decode_speed_smollm2_shape() {
     let t = std::time::Instant::now();
     dec.forward(&prompt, Logits::Last).expect("prompt");
     let pp = prompt.len() as f64 / t.elapsed().as_secs_f64();
-    let steps = 32;
+    let steps = 8;
     let t = std::time::Instant::now();
     let mut next = 1u32;
     for _ in 0..steps {
@@ -639,8 +639,19 @@ fn decode_speed_smollm2_shape() {
     }
     let tg = steps as f64 / t.elapsed().as_secs_f64();
     eprintln!(
-        "decode speed on {}: prompt {pp:.1} tok/s (32 tokens), generation {tg:.1} tok/s ({} weight bytes per token)",
+        "decode speed on {}: prompt {pp:.2} tok/s (32 tokens), generation {tg:.2} tok/s ({} weight bytes per token)",
         dec.adapter_name(),
         w.stored_bytes()
+    );
+    // The CPU decoder on the same weights in the same run, for scale.
+    let mut cpu = CpuDecoder::new(Arc::new(w), 256).expect("cpu decoder");
+    cpu.forward(&prompt, Logits::Last).expect("cpu prompt");
+    let t = std::time::Instant::now();
+    for _ in 0..steps {
+        cpu.forward(&[next], Logits::Last).expect("cpu step");
+    }
+    eprintln!(
+        "cpu decoder, same run: generation {:.2} tok/s",
+        steps as f64 / t.elapsed().as_secs_f64()
     );
 }
