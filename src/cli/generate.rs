@@ -120,7 +120,12 @@ fn echo_logprobs(g: &mut Generator, ids: &[u32], k: usize) -> Result<Vec<serde_j
     Ok(out)
 }
 
-fn position_json(g: &Generator, id: u32, logprob: f32, top: &[wginfer::generate::sample::TokenLogprob]) -> serde_json::Value {
+fn position_json(
+    g: &Generator,
+    id: u32,
+    logprob: f32,
+    top: &[wginfer::generate::sample::TokenLogprob],
+) -> serde_json::Value {
     let text = |id: u32| g.tokenizer().decode(&[id]).unwrap_or_default();
     json!({
         "token": id, "text": text(id), "logprob": logprob,
@@ -133,14 +138,21 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
     let ids = match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => ids.clone(),
         (Some(p), None) if args.chat => {
-            let text = g.chat_prompt(&[ChatMessage { role: "user".into(), content: p.clone() }])?;
+            let text = g.chat_prompt(&[ChatMessage {
+                role: "user".into(),
+                content: p.clone(),
+            }])?;
             g.tokenizer().encode(&text, false)?
         }
         (Some(p), None) => g.encode(p)?,
         (None, None) => bail!("give --prompt or --prompt-ids"),
     };
     let k = args.top_logprobs.unwrap_or(0);
-    let mut logprobs = if args.json && args.echo { echo_logprobs(&mut g, &ids, k)? } else { Vec::new() };
+    let mut logprobs = if args.json && args.echo {
+        echo_logprobs(&mut g, &ids, k)?
+    } else {
+        Vec::new()
+    };
     let opts = args.sample.options(args.top_logprobs);
     let start = Instant::now();
     let mut gen = g.generate_ids(&ids, &opts)?;
@@ -206,7 +218,10 @@ pub fn chat(args: &ChatArgs, device: Device) -> Result<()> {
     let mut g = load(&args.model, &device, args.sample.context)?;
     let mut messages = Vec::new();
     if let Some(s) = &args.system {
-        messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+        messages.push(ChatMessage {
+            role: "system".into(),
+            content: s.clone(),
+        });
     }
     let opts = args.sample.options(None);
     let stdin = std::io::stdin();
@@ -218,7 +233,10 @@ pub fn chat(args: &ChatArgs, device: Device) -> Result<()> {
         if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
             return Ok(());
         }
-        messages.push(ChatMessage { role: "user".into(), content: line.trim_end().to_string() });
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: line.trim_end().to_string(),
+        });
         let prompt = g.chat_prompt(&messages)?;
         let ids = g.tokenizer().encode(&prompt, false)?;
         let mut reply = String::new();
@@ -231,7 +249,10 @@ pub fn chat(args: &ChatArgs, device: Device) -> Result<()> {
         }
         reply.push_str(&gen.flush());
         writeln!(out)?;
-        messages.push(ChatMessage { role: "assistant".into(), content: reply });
+        messages.push(ChatMessage {
+            role: "assistant".into(),
+            content: reply,
+        });
     }
 }
 
@@ -266,7 +287,11 @@ pub fn perplexity(args: &PerplexityArgs, device: Device) -> Result<()> {
         n_chunks = n_chunks.min(args.chunks);
     }
     if n_chunks == 0 {
-        bail!("the text has {} tokens, fewer than one chunk of {}", ids.len(), args.chunk);
+        bail!(
+            "the text has {} tokens, fewer than one chunk of {}",
+            ids.len(),
+            args.chunk
+        );
     }
     let (mut nll, mut count) = (0f64, 0usize);
     let start = Instant::now();

@@ -124,7 +124,11 @@ fn show_meta(v: &MetaValue) -> String {
         }
         MetaValue::Array(items) => format!("[{}]", items.iter().map(show_meta).collect::<Vec<_>>().join(", ")),
         MetaValue::String(s) if s.chars().count() > 80 => {
-            format!("{:?}... ({} chars)", s.chars().take(60).collect::<String>(), s.chars().count())
+            format!(
+                "{:?}... ({} chars)",
+                s.chars().take(60).collect::<String>(),
+                s.chars().count()
+            )
         }
         MetaValue::String(s) => format!("{s:?}"),
         other => other.as_f64().map_or_else(|| format!("{other:?}"), |f| format!("{f}")),

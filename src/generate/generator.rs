@@ -30,7 +30,13 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_tokens: 128, sampling: SamplingOptions::default(), stop: Vec::new(), top_logprobs: None, stop_at_eos: true }
+        Self {
+            max_tokens: 128,
+            sampling: SamplingOptions::default(),
+            stop: Vec::new(),
+            top_logprobs: None,
+            stop_at_eos: true,
+        }
     }
 }
 
@@ -69,7 +75,9 @@ pub struct Generator {
 
 impl std::fmt::Debug for Generator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Generator").field("config", self.decoder.config()).finish_non_exhaustive()
+        f.debug_struct("Generator")
+            .field("config", self.decoder.config())
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,9 +86,14 @@ pub fn decoder_on(weights: Arc<DecoderWeights>, device: &Device, context: usize)
     match device {
         Device::Cpu | Device::CpuReference => Ok(Box::new(CpuDecoder::new(weights, context)?)),
         #[cfg(feature = "gpu")]
-        Device::Gpu(choice) => Ok(Box::new(crate::generate::gpu::GpuDecoder::new(&weights, context, choice)?)),
+        Device::Gpu(choice) => Ok(Box::new(crate::generate::gpu::GpuDecoder::new(
+            &weights, context, choice,
+        )?)),
         #[cfg(not(feature = "gpu"))]
-        Device::Gpu(_) => Err(Error::FeatureDisabled { feature: "gpu", what: "a GPU decoder".to_string() }),
+        Device::Gpu(_) => Err(Error::FeatureDisabled {
+            feature: "gpu",
+            what: "a GPU decoder".to_string(),
+        }),
     }
 }
 
@@ -100,7 +113,12 @@ impl Generator {
 
     /// A generator from its parts.
     pub fn from_parts(decoder: Box<dyn Decoder>, tokenizer: Tokenizer, template: Option<ChatTemplate>) -> Self {
-        Self { decoder, tokenizer, template, cached_tokens: Vec::new() }
+        Self {
+            decoder,
+            tokenizer,
+            template,
+            cached_tokens: Vec::new(),
+        }
     }
 
     /// The tokenizer.
@@ -118,7 +136,9 @@ impl Generator {
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, GenerateError> {
         match &self.template {
             Some(t) => t.render(messages, true),
-            None => Err(GenerateError::Tokenizer("the model has no chat template (tokenizer.chat_template)".to_string())),
+            None => Err(GenerateError::Tokenizer(
+                "the model has no chat template (tokenizer.chat_template)".to_string(),
+            )),
         }
     }
 
@@ -133,7 +153,12 @@ impl Generator {
         if prompt.is_empty() {
             return Err(GenerateError::Tokenizer("the prompt is empty".to_string()));
         }
-        let shared = self.cached_tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let shared = self
+            .cached_tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         // Re-run at least the last prompt token: its logits start generation.
         let keep = shared.min(prompt.len() - 1).min(self.decoder.cached());
         self.decoder.truncate(keep);
@@ -148,7 +173,10 @@ impl Generator {
     pub fn generate_ids(&mut self, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation<'_>, GenerateError> {
         let needed = prompt.len().saturating_add(opts.max_tokens.min(1));
         if needed > self.decoder.context() {
-            return Err(GenerateError::Context { needed, context: self.decoder.context() });
+            return Err(GenerateError::Context {
+                needed,
+                context: self.decoder.context(),
+            });
         }
         let sampler = Sampler::new(opts.sampling.clone())?;
         let logits = self.prefill(prompt)?;

@@ -14,14 +14,15 @@ pub mod generator;
 pub mod gpu;
 pub mod load;
 pub mod sample;
+pub mod synthetic;
 #[cfg(feature = "text")]
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{DecoderConfig, RopeLayout};
-pub use weights::{DecoderWeights, LayerWeights, Matrix};
 #[cfg(feature = "text")]
 pub use generator::{FinishReason, GenerateOptions, GeneratedToken, Generation, Generator};
+pub use weights::{DecoderWeights, LayerWeights, Matrix};
 
 use crate::error::GenerateError;
 
