@@ -312,3 +312,45 @@ fn bad_inputs_are_typed_errors() {
     assert_eq!(dec.cached(), 5);
     assert!(dec.forward(&[], Logits::Last).expect("empty").is_empty());
 }
+
+fn to_f32(m: &wginfer::generate::Matrix) -> wginfer::generate::Matrix {
+    let (rows, cols) = (m.rows(), m.cols());
+    let mut data = vec![0f32; rows * cols];
+    for (r, row) in data.chunks_exact_mut(cols).enumerate() {
+        m.dequantize_row(r, row);
+    }
+    wginfer::generate::Matrix::F32 { rows, cols, data }
+}
+
+#[test]
+#[ignore]
+fn scratch_where_the_error_comes_from() {
+    let Some(dir) = smollm2_ref_dir() else { return };
+    let base = load_weights(&read_cases(&dir)[0].gguf);
+    for variant in ["none", "head", "attn", "ffn", "all"] {
+        let mut w = (*base).clone();
+        if variant == "head" || variant == "all" {
+            w.output = Some(to_f32(w.head()));
+        }
+        for l in &mut w.layers {
+            if variant == "attn" || variant == "all" {
+                l.wq = to_f32(&l.wq);
+                l.wk = to_f32(&l.wk);
+                l.wv = to_f32(&l.wv);
+                l.wo = to_f32(&l.wo);
+            }
+            if variant == "ffn" || variant == "all" {
+                l.w_gate = to_f32(&l.w_gate);
+                l.w_up = to_f32(&l.w_up);
+                l.w_down = to_f32(&l.w_down);
+            }
+        }
+        let w = Arc::new(w);
+        for case in read_cases(&dir) {
+            let mut dec = CpuDecoder::new(w.clone(), case.tokens.len()).expect("decoder");
+            let all = dec.forward(&case.tokens, Logits::All).expect("forward");
+            let (kl, top1) = compare(&case.logits, &all, w.config.vocab);
+            println!("float {variant}: {} KL {kl:.2e} top1 {top1:.3}", case.name);
+        }
+    }
+}
