@@ -33,6 +33,23 @@ fn compare(reference: &[f32], ours: &[f32], vocab: usize) -> (f64, f64) {
     (kl / n as f64, agree as f64 / n as f64)
 }
 
+/// Where the reference's top choice leads the runner-up by more than 0.5
+/// logits, ours must pick it too.
+fn check_clear_argmax(reference: &[f32], ours: &[f32], vocab: usize, what: &str) {
+    for (pos, (r, o)) in reference.chunks_exact(vocab).zip(ours.chunks_exact(vocab)).enumerate() {
+        let mut idx: Vec<usize> = (0..vocab).collect();
+        idx.sort_by(|&a, &b| r[b].total_cmp(&r[a]));
+        let ours_top = (0..vocab).max_by(|&a, &b| o[a].total_cmp(&o[b]));
+        if r[idx[0]] - r[idx[1]] > 0.5 {
+            assert_eq!(
+                ours_top,
+                Some(idx[0]),
+                "{what}: position {pos} has a clear reference argmax"
+            );
+        }
+    }
+}
+
 /// One reference case: `<case>.json` (gguf path, tokens) beside `<case>.logits.npy`.
 struct Case {
     name: String,
@@ -114,16 +131,27 @@ fn check_cases(dir: &Path, decoder_for: &dyn Fn(Arc<DecoderWeights>, usize) -> B
 
         dec.truncate(0);
         let half = t / 2;
-        let mut stepped = dec.forward(&case.tokens[..half], Logits::All).expect("prompt");
+        dec.forward(&case.tokens[..half], Logits::Last).expect("prompt");
+        let mut stepped = Vec::new();
         for &tok in &case.tokens[half..] {
             stepped.extend(dec.forward(&[tok], Logits::Last).expect("step"));
         }
-        let (kl2, _) = compare(&all, &stepped, vocab);
+        let reference = &case.logits[half * vocab..];
+        let (kl, top1) = compare(reference, &stepped, vocab);
+        println!(
+            "{label} {} decoded one token at a time: {} positions, mean KL {kl:.2e}, top-1 {:.1}%",
+            case.name,
+            t - half,
+            100.0 * top1
+        );
+        assert!(kl <= 5e-3, "{label} {}: decoding: mean KL {kl} > 5e-3", case.name);
         assert!(
-            kl2 <= 1e-4,
-            "{label} {}: token-by-token decoding differs from one pass (KL {kl2})",
+            top1 >= 0.95,
+            "{label} {}: decoding: top-1 agreement {top1} < 95%",
             case.name
         );
+        check_clear_argmax(reference, &stepped, vocab, &format!("{label} {} decoding", case.name));
+        check_clear_argmax(&case.logits, &all, vocab, &format!("{label} {} prompt", case.name));
     }
 }
 
