@@ -193,7 +193,10 @@ fn text_stream_holds_back_split_characters() {
 /// byte tokens `<0x00>`..`<0xFF>` (3..259), then `▁` (259), `a`, `b`, `▁a`,
 /// `ab`, `▁ab`, `c` (265) with scores -1, -2, -3, -5, -4, -6, -7. The merges
 /// recovered from the scores, best first: `a b` (-4), `▁ a` (-5), then for
-/// `▁ab` (-6) `▁ ab` before `▁a b` (lower left id).
+/// `▁ab` (-6) `▁ ab` before `▁a b` (lower left id). llama.cpp (llama_cpp
+/// 0.3.36) gives the ids below for this vocabulary written by the `gguf`
+/// package; `transformers` differs only on `<s>ab` (no space prefix after a
+/// special token).
 fn sentencepiece_vocab() -> Vec<(&'static str, MetaValue)> {
     let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
     tokens.extend((0..256).map(|b| format!("<0x{b:02X}>")));
