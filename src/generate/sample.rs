@@ -136,7 +136,7 @@ impl Sampler {
             logits
         };
         if self.opts.is_greedy() {
-            return argmax(&logits) as u32;
+            return argmax(logits) as u32;
         }
         let candidates = self.candidates(logits);
         self.draw(logits, &candidates) as u32
