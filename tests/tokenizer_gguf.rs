@@ -250,6 +250,56 @@ fn sentencepiece_vocabulary_from_scores() {
     assert_eq!(pieces[4], "", "half a character is held back");
 }
 
+/// A Hugging Face directory: a byte-level BPE `tokenizer.json` (`a`, `b`,
+/// `ab`, `<|im_end|>`, `Ġ`; one merge `a b`), a `tokenizer_config.json`
+/// with EOS and a chat template, a `generation_config.json` with two EOS ids.
+#[test]
+fn hugging_face_tokenizer_json() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokenizer = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [{
+            "id": 3, "content": "<|im_end|>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": {"a": 0, "b": 1, "ab": 2, "<|im_end|>": 3, "\u{120}": 4},
+            "merges": ["a b"]
+        }
+    });
+    let config = serde_json::json!({
+        "eos_token": "<|im_end|>",
+        "bos_token": null,
+        "chat_template": "{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token }}\n{% endfor %}"
+    });
+    let write = |name: &str, v: &serde_json::Value| {
+        std::fs::write(dir.path().join(name), v.to_string()).expect("write");
+    };
+    write("tokenizer.json", &tokenizer);
+    write("tokenizer_config.json", &config);
+    write("generation_config.json", &serde_json::json!({"eos_token_id": [3, 1]}));
+    let tok = Tokenizer::from_file(&dir.path().join("tokenizer.json")).expect("reads");
+    assert_eq!(tok.encode("ab a<|im_end|>", true).expect("encodes"), [2, 4, 0, 3]);
+    assert_eq!(tok.decode(&[2, 4, 0, 3]).expect("decodes"), "ab a<|im_end|>");
+    assert_eq!((tok.bos(), tok.eos(), tok.vocab_size()), (None, Some(3), 5));
+    assert_eq!(tok.end_of_generation(), [1, 3]);
+    let template = ChatTemplate::from_tokenizer_config(&dir.path().join("tokenizer_config.json"))
+        .expect("parses")
+        .expect("has a template");
+    let text = template
+        .render(&[ChatMessage::new("user", "hi")], false)
+        .expect("renders");
+    assert_eq!(text, "[user] hi<|im_end|>\n");
+}
+
 /// Replaces (or adds) one key of the small vocabulary.
 fn with(key: &'static str, value: Option<MetaValue>) -> Vec<(&'static str, MetaValue)> {
     let mut kvs = small_vocab("gpt2");
