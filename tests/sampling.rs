@@ -161,6 +161,43 @@ fn filters_keep_the_hand_computed_candidates() {
     assert_eq!(support(all_but_smallest, &logits), [1, 2, 3, 4]);
 }
 
+#[test]
+fn top_p_over_a_large_vocabulary() {
+    // 1000 equal logits: top-p 0.5 keeps exactly 500 (ties by lower id).
+    let flat = vec![0.25f32; 1000];
+    let mut s = sampler(SamplingOptions {
+        top_p: 0.5,
+        ..hot(1.0, 4)
+    });
+    let mut seen = vec![false; 1000];
+    for _ in 0..8_000 {
+        seen[s.sample(&flat, &[]) as usize] = true;
+    }
+    assert!(seen[..500].iter().all(|&x| x) && !seen[500..].iter().any(|&x| x));
+
+    // Falling logits -0.01 i: the smallest prefix holding 90% of the mass.
+    let falling: Vec<f32> = (0..3000).map(|i| -0.01 * i as f32).collect();
+    let weights: Vec<f64> = falling.iter().map(|&l| f64::from(l).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let mut sum = 0.0;
+    let keep = weights.iter().take_while(|&&w| {
+        let below = sum < 0.9 * total;
+        sum += w;
+        below
+    });
+    let want = keep.count();
+    let mut s = sampler(SamplingOptions {
+        top_p: 0.9,
+        ..hot(1.0, 5)
+    });
+    let max = (0..5_000).map(|_| s.sample(&falling, &[])).max().expect("draws");
+    assert!((max as usize) < want, "drew {max}, want ids below {want}");
+    assert!(
+        max as usize >= want - 20,
+        "drew at most {max}; the kept tail reaches {want}"
+    );
+}
+
 /// Pearson's chi-square of observed counts against expected probabilities.
 fn chi_square(counts: &[u64], probs: &[f64]) -> f64 {
     let n: u64 = counts.iter().sum();

@@ -42,6 +42,7 @@ fn put_value(buf: &mut Vec<u8>, v: &MetaValue) {
     match v {
         MetaValue::U32(x) => buf.extend(x.to_le_bytes()),
         MetaValue::I32(x) => buf.extend(x.to_le_bytes()),
+        MetaValue::F32(x) => buf.extend(x.to_le_bytes()),
         MetaValue::Bool(x) => buf.push(u8::from(*x)),
         MetaValue::String(s) => put_str(buf, s),
         MetaValue::Array(items) => {
@@ -188,6 +189,117 @@ fn text_stream_holds_back_split_characters() {
     assert_eq!(stream.finish().expect("finish"), "\u{FFFD}");
 }
 
+/// A SentencePiece vocabulary: `<unk>` (0), `<s>` (1), `</s>` (2), the
+/// byte tokens `<0x00>`..`<0xFF>` (3..259), then `▁` (259), `a`, `b`, `▁a`,
+/// `ab`, `▁ab`, `c` (265) with scores -1, -2, -3, -5, -4, -6, -7. The merges
+/// recovered from the scores, best first: `a b` (-4), `▁ a` (-5), then for
+/// `▁ab` (-6) `▁ ab` before `▁a b` (lower left id). llama.cpp (llama_cpp
+/// 0.3.36) gives the ids below for this vocabulary written by the `gguf`
+/// package; `transformers` differs only on `<s>ab` (no space prefix after a
+/// special token).
+fn sentencepiece_vocab() -> Vec<(&'static str, MetaValue)> {
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+    tokens.extend((0..256).map(|b| format!("<0x{b:02X}>")));
+    tokens.extend(["\u{2581}", "a", "b", "\u{2581}a", "ab", "\u{2581}ab", "c"].map(String::from));
+    let mut types = vec![2, 3, 3];
+    types.extend([6; 256]);
+    types.extend([1; 7]);
+    let mut scores = vec![0.0f32; 259];
+    scores.extend([-1.0, -2.0, -3.0, -5.0, -4.0, -6.0, -7.0]);
+    vec![
+        ("tokenizer.ggml.model", MetaValue::String("llama".into())),
+        ("tokenizer.ggml.tokens", strings(&tokens)),
+        (
+            "tokenizer.ggml.token_type",
+            MetaValue::Array(types.into_iter().map(MetaValue::I32).collect()),
+        ),
+        (
+            "tokenizer.ggml.scores",
+            MetaValue::Array(scores.into_iter().map(MetaValue::F32).collect()),
+        ),
+        ("tokenizer.ggml.bos_token_id", MetaValue::U32(1)),
+        ("tokenizer.ggml.eos_token_id", MetaValue::U32(2)),
+        ("tokenizer.ggml.unknown_token_id", MetaValue::U32(0)),
+    ]
+}
+
+#[test]
+fn sentencepiece_vocabulary_from_scores() {
+    let tok = Tokenizer::from_gguf(&gguf(&sentencepiece_vocab())).expect("builds");
+    // "ab" -> "▁ab": `a b` merges first, then `▁ ab`.
+    assert_eq!(tok.encode("ab", false).expect("encodes"), [264]);
+    // No add_bos_token key: BOS first, as llama.cpp does for these files.
+    assert_eq!(tok.encode("ab", true).expect("encodes"), [1, 264]);
+    assert_eq!(tok.encode("ba", false).expect("encodes"), [259, 261, 260]);
+    assert_eq!(tok.encode("a c", false).expect("encodes"), [262, 259, 265]);
+    // é is not in the vocabulary: its bytes C3 A9 as <0xC3> <0xA9>.
+    assert_eq!(tok.encode("é", false).expect("encodes"), [259, 3 + 0xC3, 3 + 0xA9]);
+    // A space is prefixed to the text after a special token too.
+    assert_eq!(tok.encode("<s>ab", false).expect("encodes"), [1, 264]);
+    assert_eq!(tok.decode(&[264]).expect("decodes"), "ab");
+    assert_eq!(tok.decode(&[262, 259, 265]).expect("decodes"), "a c");
+    assert_eq!(tok.decode(&[259, 3 + 0xC3, 3 + 0xA9]).expect("decodes"), "é");
+    assert!(tok.is_end_of_generation(2) && !tok.is_end_of_generation(1));
+    let mut stream = TextStream::new(&tok);
+    let pieces: Vec<String> = [262u32, 259, 265, 259, 3 + 0xC3, 3 + 0xA9]
+        .iter()
+        .map(|&id| stream.push(id).expect("push"))
+        .collect();
+    assert_eq!(pieces.concat() + &stream.finish().expect("finish"), "a c é");
+    assert_eq!(pieces[0], "a");
+    assert_eq!(pieces[4], "", "half a character is held back");
+}
+
+/// A Hugging Face directory: a byte-level BPE `tokenizer.json` (`a`, `b`,
+/// `ab`, `<|im_end|>`, `Ġ`; one merge `a b`), a `tokenizer_config.json`
+/// with EOS and a chat template, a `generation_config.json` with two EOS ids.
+#[test]
+fn hugging_face_tokenizer_json() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokenizer = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [{
+            "id": 3, "content": "<|im_end|>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": {"a": 0, "b": 1, "ab": 2, "<|im_end|>": 3, "\u{120}": 4},
+            "merges": ["a b"]
+        }
+    });
+    let config = serde_json::json!({
+        "eos_token": "<|im_end|>",
+        "bos_token": null,
+        "chat_template": "{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token }}\n{% endfor %}"
+    });
+    let write = |name: &str, v: &serde_json::Value| {
+        std::fs::write(dir.path().join(name), v.to_string()).expect("write");
+    };
+    write("tokenizer.json", &tokenizer);
+    write("tokenizer_config.json", &config);
+    write("generation_config.json", &serde_json::json!({"eos_token_id": [3, 1]}));
+    let tok = Tokenizer::from_file(&dir.path().join("tokenizer.json")).expect("reads");
+    assert_eq!(tok.encode("ab a<|im_end|>", true).expect("encodes"), [2, 4, 0, 3]);
+    assert_eq!(tok.decode(&[2, 4, 0, 3]).expect("decodes"), "ab a<|im_end|>");
+    assert_eq!((tok.bos(), tok.eos(), tok.vocab_size()), (None, Some(3), 5));
+    assert_eq!(tok.end_of_generation(), [1, 3]);
+    let template = ChatTemplate::from_tokenizer_config(&dir.path().join("tokenizer_config.json"))
+        .expect("parses")
+        .expect("has a template");
+    let text = template
+        .render(&[ChatMessage::new("user", "hi")], false)
+        .expect("renders");
+    assert_eq!(text, "[user] hi<|im_end|>\n");
+}
+
 /// Replaces (or adds) one key of the small vocabulary.
 fn with(key: &'static str, value: Option<MetaValue>) -> Vec<(&'static str, MetaValue)> {
     let mut kvs = small_vocab("gpt2");
@@ -201,7 +313,11 @@ fn malformed_vocabularies_name_the_key() {
     let cases: Vec<(&str, Vec<(&str, MetaValue)>)> = vec![
         ("tokenizer.ggml.model", with("tokenizer.ggml.model", None)),
         (
-            "`llama`",
+            "`t5`",
+            with("tokenizer.ggml.model", Some(MetaValue::String("t5".into()))),
+        ),
+        (
+            "tokenizer.ggml.scores",
             with("tokenizer.ggml.model", Some(MetaValue::String("llama".into()))),
         ),
         ("tokenizer.ggml.tokens", with("tokenizer.ggml.tokens", None)),

@@ -68,6 +68,26 @@ pub struct Args {
     /// Write an SVG chart of latency and throughput.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Decoders: random weights of a named shape (smollm2-135m, qwen2-0.5b,
+    /// llama-1b, llama-3b, llama-8b) instead of a .gguf model.
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// Decoders: the block format of --synthetic weights (q4_0, q4_1, q5_0,
+    /// q5_1, q8_0, q4_k, q5_k, q6_k, f16).
+    #[arg(long, default_value = "q4_0")]
+    weights: String,
+    /// Decoders: prompt tokens processed in one pass (`pp`).
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Decoders: tokens generated one at a time (`tg`).
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    /// Decoders: CPU thread counts, comma separated (0: all cores).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    threads: Vec<usize>,
+    /// Decoders: repetitions of each test.
+    #[arg(long, default_value_t = 3)]
+    repetitions: usize,
 }
 
 /// One measured configuration.
@@ -370,6 +390,23 @@ fn measure(
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    let gguf = args
+        .model
+        .as_deref()
+        .filter(|m| m.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")));
+    if gguf.is_some() || args.synthetic.is_some() {
+        let b = super::bench_decoder::DecoderBench {
+            model: gguf,
+            synthetic: args.synthetic.as_deref(),
+            weights: &args.weights,
+            devices: &args.devices,
+            threads: &args.threads,
+            prompt_tokens: args.prompt_tokens,
+            gen_tokens: args.gen_tokens,
+            repetitions: args.repetitions.max(1),
+        };
+        return super::bench_decoder::run(&b, args.json.as_deref());
+    }
     let mut rng = CaseRng::new(2026);
     let formats: Vec<(String, Option<WeightFormat>)> = args
         .format

@@ -2,6 +2,7 @@
 
 mod adapters;
 mod bench;
+mod bench_decoder;
 mod convert;
 mod embed;
 mod eval;

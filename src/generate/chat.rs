@@ -3,7 +3,8 @@
 //! rendered with minijinja the way `transformers`' `apply_chat_template`
 //! renders it: blocks trimmed (`trim_blocks`, `lstrip_blocks`), Python's
 //! string methods available, `raise_exception(msg)` an error, and the
-//! variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token`.
+//! variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token`
+//! (and `tools`, `documents` as none).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -150,6 +151,9 @@ impl ChatTemplate {
                 "eos_token".to_string(),
                 Value::from(self.eos.clone().unwrap_or_default()),
             ),
+            // transformers passes these as None when a caller gives none.
+            ("tools".to_string(), Value::from(())),
+            ("documents".to_string(), Value::from(())),
         ]));
         let template = self
             .env
@@ -198,6 +202,13 @@ mod tests {
         );
         let e = t.render(&[ChatMessage::new("system", "x")], false).expect_err("raises");
         assert!(e.to_string().contains("first must be user"), "{e}");
+    }
+
+    #[test]
+    fn tools_are_none() {
+        let t = ChatTemplate::new("{% if tools is not none %}tools{% else %}plain{% endif %}", None, None)
+            .expect("template parses");
+        assert_eq!(t.render(&[], false).expect("renders"), "plain");
     }
 
     #[test]

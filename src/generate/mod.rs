@@ -14,6 +14,7 @@ pub mod generator;
 pub mod gpu;
 pub mod load;
 pub mod sample;
+pub mod synthetic;
 #[cfg(feature = "text")]
 pub mod tokenizer;
 pub mod weights;

@@ -127,13 +127,19 @@ impl Sampler {
     /// penalty. NaN logits are never chosen unless all are NaN; history
     /// ids outside the logits are ignored; empty logits give token 0.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let mut logits = logits.to_vec();
-        self.penalize(&mut logits, history);
+        let mut penalized;
+        let logits = if self.opts.repetition_penalty != 1.0 && self.opts.repeat_last_n > 0 {
+            penalized = logits.to_vec();
+            self.penalize(&mut penalized, history);
+            &penalized[..]
+        } else {
+            logits
+        };
         if self.opts.is_greedy() {
-            return argmax(&logits) as u32;
+            return argmax(logits) as u32;
         }
-        let candidates = self.candidates(&logits);
-        self.draw(&logits, &candidates) as u32
+        let candidates = self.candidates(logits);
+        self.draw(logits, &candidates) as u32
     }
 
     /// Applies the repetition penalty to each distinct recent token once.
@@ -154,7 +160,11 @@ impl Sampler {
         }
     }
 
-    /// The token ids that survive top-k, top-p and min-p, most likely first.
+    /// The token ids that survive top-k, top-p and min-p (in no particular
+    /// order). Each filter keeps a most-likely-first prefix, so the result is
+    /// the shortest of the three prefixes; top-p's mass is taken over the
+    /// top-k set, as llama.cpp's chain does. Only as much of the order as
+    /// top-p needs is sorted.
     fn candidates(&self, logits: &[f32]) -> Vec<usize> {
         let key = |i: usize| finite_or_min(logits[i]);
         let by_logit = |a: &usize, b: &usize| key(*b).total_cmp(&key(*a)).then(a.cmp(b));
@@ -164,43 +174,53 @@ impl Sampler {
             ids.select_nth_unstable_by(k - 1, by_logit);
             ids.truncate(k);
         }
-        ids.sort_unstable_by(by_logit);
-        let Some(&best) = ids.first() else {
+        let Some(max) = ids.iter().map(|&i| key(i)).max_by(f32::total_cmp) else {
             return ids;
         };
-        let max = key(best);
-        if self.opts.top_p < 1.0 {
-            let weights: Vec<f64> = ids.iter().map(|&i| f64::from(key(i) - max).exp()).collect();
-            let total: f64 = weights.iter().sum();
-            let mut sum = 0.0;
-            let keep = weights
-                .iter()
-                .position(|w| {
-                    sum += w;
-                    sum >= f64::from(self.opts.top_p) * total
-                })
-                .map_or(ids.len(), |p| p + 1);
-            ids.truncate(keep);
-        }
+        let weight = |i: usize| f64::from(key(i) - max).exp();
+        let total: f64 = if self.opts.top_p < 1.0 {
+            ids.iter().map(|&i| weight(i)).sum()
+        } else {
+            0.0
+        };
         if self.opts.min_p > 0.0 {
             let floor = f64::from(self.opts.min_p).ln();
-            let keep = ids.iter().take_while(|&&i| f64::from(key(i) - max) >= floor).count();
-            ids.truncate(keep.max(1));
+            ids.retain(|&i| f64::from(key(i) - max) >= floor);
+        }
+        if self.opts.top_p < 1.0 {
+            let target = f64::from(self.opts.top_p) * total;
+            let mut prefix = 64;
+            loop {
+                let m = prefix.min(ids.len());
+                prefix = prefix.saturating_mul(4);
+                if m < ids.len() {
+                    ids.select_nth_unstable_by(m - 1, by_logit);
+                }
+                ids[..m].sort_unstable_by(by_logit);
+                let mut sum = 0.0;
+                if let Some(p) = ids[..m].iter().position(|&i| {
+                    sum += weight(i);
+                    sum >= target
+                }) {
+                    ids.truncate(p + 1);
+                    break;
+                }
+                if m == ids.len() {
+                    break;
+                }
+            }
         }
         ids
     }
 
     /// Draws one of `candidates` with probability softmax(logit / T).
     fn draw(&mut self, logits: &[f32], candidates: &[usize]) -> usize {
-        let Some(&best) = candidates.first() else {
+        let key = |i: usize| f64::from(finite_or_min(logits[i]));
+        let Some(max) = candidates.iter().map(|&i| key(i)).max_by(f64::total_cmp) else {
             return 0;
         };
         let t = f64::from(self.opts.temperature);
-        let max = f64::from(finite_or_min(logits[best]));
-        let weights: Vec<f64> = candidates
-            .iter()
-            .map(|&i| ((f64::from(finite_or_min(logits[i])) - max) / t).exp())
-            .collect();
+        let weights: Vec<f64> = candidates.iter().map(|&i| ((key(i) - max) / t).exp()).collect();
         let total: f64 = weights.iter().sum();
         let mut u = self.rng.next_f64() * total;
         for (&id, w) in candidates.iter().zip(&weights) {
@@ -216,7 +236,7 @@ impl Sampler {
             .zip(&weights)
             .rev()
             .find(|(_, w)| **w > 0.0)
-            .map_or(best, |(&id, _)| id)
+            .map_or(candidates[0], |(&id, _)| id)
     }
 }
 

@@ -10,16 +10,28 @@
 //! the merges join them. Control tokens (`token_type` 3) and user-defined
 //! ones (4) are matched in the text before any of that, so `<|im_start|>`
 //! is one token.
+//!
+//! A GGUF `llama` vocabulary (SentencePiece BPE with scores) becomes a BPE
+//! model whose merges are recovered from the scores (every split of a token
+//! into two tokens, ranked by the whole token's score, as `transformers`
+//! does for these files), with bytes outside the vocabulary as `<0xNN>`
+//! tokens, spaces spelled `▁` and one prepended to each stretch of text
+//! (`tokenizer.ggml.add_space_prefix`, default on), as llama.cpp does.
 
 use std::collections::HashSet;
 use std::path::Path;
 
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use crate::error::GenerateError;
 use crate::model::gguf::GgufFile;
@@ -260,28 +272,25 @@ fn byte_level_pre_tokenizer(regexes: &[&str]) -> Result<PreTokenizerWrapper, Gen
 
 impl Tokenizer {
     /// Builds the tokenizer a GGUF file describes in its `tokenizer.ggml.*`
-    /// metadata. Only `tokenizer.ggml.model` = `gpt2` (byte-level BPE) is
-    /// supported; any other model, a missing or malformed array, an id
+    /// metadata: `tokenizer.ggml.model` = `gpt2` (byte-level BPE) or `llama`
+    /// (SentencePiece BPE). Any other model, a missing or malformed array, an id
     /// outside the vocabulary or an unknown `tokenizer.ggml.pre` is a
     /// [`GenerateError::Tokenizer`] naming the key.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, GenerateError> {
         let model = file
             .get_str("tokenizer.ggml.model")
             .ok_or_else(|| err("`tokenizer.ggml.model` is missing or not a string"))?;
-        if model != "gpt2" {
-            return Err(err(format!(
-                "`tokenizer.ggml.model` = `{model}` is not supported (supported: gpt2, byte-level BPE)"
-            )));
-        }
         let vocab = GgufVocab::read(file)?;
-        let pre = match file.metadata("tokenizer.ggml.pre") {
-            None => "default",
-            Some(v) => v.as_str().ok_or_else(|| err("`tokenizer.ggml.pre` is not a string"))?,
+        let mut inner = match model {
+            "gpt2" => byte_level(file, &vocab)?,
+            "llama" => sentencepiece(file, &vocab)?,
+            _ => {
+                return Err(err(format!(
+                    "`tokenizer.ggml.model` = `{model}` is not supported (supported: gpt2, byte-level BPE; \
+                     llama, SentencePiece BPE)"
+                )))
+            }
         };
-        let (regexes, ignore_merges) = pre_tokenizer(pre)?;
-        let mut inner = tokenizers::Tokenizer::new(byte_level_bpe(file, &vocab, ignore_merges)?);
-        inner.with_pre_tokenizer(Some(byte_level_pre_tokenizer(regexes)?));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
         add_gguf_special_tokens(&mut inner, &vocab)?;
 
         let bos = vocab.id(file, "tokenizer.ggml.bos_token_id")?;
@@ -296,12 +305,8 @@ impl Tokenizer {
                 end_of_generation.insert(id as u32);
             }
         }
-        let add_bos = match file.metadata("tokenizer.ggml.add_bos_token") {
-            None => false,
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| err("`tokenizer.ggml.add_bos_token` is not a bool"))?,
-        };
+        // llama.cpp puts BOS first in SentencePiece vocabularies that do not say.
+        let add_bos = get_bool(file, "tokenizer.ggml.add_bos_token", model == "llama")?;
         Ok(Self {
             inner,
             vocab_size: vocab.tokens.len(),
@@ -439,6 +444,113 @@ impl Tokenizer {
     pub fn token_id(&self, text: &str) -> Option<u32> {
         self.inner.token_to_id(text)
     }
+}
+
+/// A bool from metadata, `default` when absent.
+fn get_bool(file: &GgufFile, key: &str, default: bool) -> Result<bool, GenerateError> {
+    match file.metadata(key) {
+        None => Ok(default),
+        Some(v) => v.as_bool().ok_or_else(|| err(format!("`{key}` is not a bool"))),
+    }
+}
+
+/// A GGUF `gpt2` vocabulary: byte-level BPE after the pre-tokenizer of
+/// `tokenizer.ggml.pre`.
+fn byte_level(file: &GgufFile, vocab: &GgufVocab) -> Result<tokenizers::Tokenizer, GenerateError> {
+    let pre = match file.metadata("tokenizer.ggml.pre") {
+        None => "default",
+        Some(v) => v.as_str().ok_or_else(|| err("`tokenizer.ggml.pre` is not a string"))?,
+    };
+    let (regexes, ignore_merges) = pre_tokenizer(pre)?;
+    let mut inner = tokenizers::Tokenizer::new(byte_level_bpe(file, vocab, ignore_merges)?);
+    inner.with_pre_tokenizer(Some(byte_level_pre_tokenizer(regexes)?));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(inner)
+}
+
+/// `tokenizer.ggml.token_type` of ordinary tokens.
+const TOKEN_TYPE_NORMAL: i64 = 1;
+
+/// A GGUF `llama` vocabulary: SentencePiece BPE with merges recovered from
+/// `tokenizer.ggml.scores`, byte fallback, `▁` for spaces.
+fn sentencepiece(file: &GgufFile, vocab: &GgufVocab) -> Result<tokenizers::Tokenizer, GenerateError> {
+    let key = "tokenizer.ggml.scores";
+    let values = file
+        .get_array(key)
+        .ok_or_else(|| err(format!("`{key}` is missing or not an array")))?;
+    let scores = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_f64()
+                .ok_or_else(|| err(format!("`{key}` entry {i} is not a float")))
+        })
+        .collect::<Result<Vec<f64>, _>>()?;
+    if scores.len() != vocab.tokens.len() {
+        return Err(err(format!(
+            "`{key}` has {} entries for {} tokens",
+            scores.len(),
+            vocab.tokens.len()
+        )));
+    }
+    let map: Vocab = vocab
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let mut builder = BPE::builder()
+        .vocab_and_merges(map, merges_from_scores(vocab, &scores))
+        .byte_fallback(true)
+        .fuse_unk(true);
+    if let Some(unk) = vocab.id(file, "tokenizer.ggml.unknown_token_id")? {
+        builder = builder.unk_token(vocab.tokens[unk as usize].clone());
+    }
+    let model = builder
+        .build()
+        .map_err(|e| err(format!("SentencePiece vocabulary: {e}")))?;
+    let mut inner = tokenizers::Tokenizer::new(model);
+    let add_space_prefix = get_bool(file, "tokenizer.ggml.add_space_prefix", true)?;
+    let replace = |from: &str, to: &str| Replace::new(from, to).map_err(|e| err(format!("space escape: {e}")));
+    let mut normalizers = vec![NormalizerWrapper::Replace(replace(" ", "\u{2581}")?)];
+    if add_space_prefix {
+        normalizers.insert(0, NormalizerWrapper::Prepend(Prepend::new("\u{2581}".into())));
+    }
+    inner
+        .with_normalizer(Some(NormalizerSequence::new(normalizers)))
+        .map_err(|e| err(format!("SentencePiece normalizer: {e}")))?;
+    inner.with_decoder(Some(DecoderSequence::new(vec![
+        DecoderWrapper::Replace(replace("\u{2581}", " ")?),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+        DecoderWrapper::Strip(Strip::new(' ', usize::from(add_space_prefix), 0)),
+    ])));
+    Ok(inner)
+}
+
+/// Every split of an ordinary token into two ordinary tokens is a merge,
+/// ranked by the whole token's score (highest first; then by the pieces'
+/// ids).
+fn merges_from_scores(vocab: &GgufVocab, scores: &[f64]) -> Vec<(String, String)> {
+    let normal = |i: usize| vocab.token_type[i] == TOKEN_TYPE_NORMAL;
+    let ids: std::collections::HashMap<&str, usize> = (0..vocab.tokens.len())
+        .filter(|&i| normal(i))
+        .map(|i| (vocab.tokens[i].as_str(), i))
+        .collect();
+    let mut ranked: Vec<(f64, usize, usize)> = Vec::new();
+    for (i, token) in vocab.tokens.iter().enumerate().filter(|&(i, _)| normal(i)) {
+        for (at, _) in token.char_indices().skip(1) {
+            let (l, r) = token.split_at(at);
+            if let (Some(&a), Some(&b)) = (ids.get(l), ids.get(r)) {
+                ranked.push((scores[i], a, b));
+            }
+        }
+    }
+    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    ranked
+        .into_iter()
+        .map(|(_, a, b)| (vocab.tokens[a].clone(), vocab.tokens[b].clone()))
+        .collect()
 }
 
 /// The BPE model over a GGUF vocabulary and its merges.

@@ -3,9 +3,20 @@
 
 use half::f16;
 
+use rayon::prelude::*;
+
 use crate::error::OpError;
 use crate::generate::DecoderConfig;
 use crate::linalg::ggml::QMatrix;
+use crate::linalg::{sgemm, MatRef};
+
+/// From this many tokens on, a product of packed weights decodes them to f32
+/// and runs f32 GEMM (the prompt path); below it, block kernels read the
+/// packed weights directly (the decode path, memory-bound).
+pub const PROMPT_MIN_TOKENS: usize = 8;
+
+/// Floats of dequantized weights the prompt path holds at once (8 MiB).
+const CHUNK_FLOATS: usize = 1 << 21;
 
 /// A weight matrix `rows × cols` (`y = W·x` maps `cols` inputs to `rows` outputs).
 #[derive(Clone, Debug)]
@@ -91,9 +102,47 @@ impl Matrix {
             )));
         }
         match self {
-            Self::Quant(q) => q.matmul(x, n, out),
-            Self::F32 { data, .. } => crate::linalg::ggml::matmul_f32(data, rows, cols, x, n, out),
-            Self::F16 { data, .. } => crate::linalg::ggml::matmul_f16(data, rows, cols, x, n, out),
+            Self::F32 { data, .. } => {
+                sgemm(
+                    MatRef::row_major(x, n, cols),
+                    MatRef::transposed(data, cols, rows),
+                    out,
+                    false,
+                )?;
+            }
+            Self::Quant(q) if n < PROMPT_MIN_TOKENS => q.matmul(x, n, out),
+            _ => self.matmul_dequantized(x, n, out)?,
+        }
+        Ok(())
+    }
+
+    /// The prompt path: dequantizes chunks of rows to f32 (in parallel) and
+    /// multiplies them with f32 GEMM, so the result is the f32 product of
+    /// the dequantized weights, and each weight is decoded once per call
+    /// however many tokens it serves.
+    fn matmul_dequantized(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), OpError> {
+        let (rows, cols) = (self.rows(), self.cols());
+        let chunk_rows = (CHUNK_FLOATS / cols.max(1)).clamp(1, rows.max(1));
+        let mut w = vec![0f32; chunk_rows * cols];
+        let mut tmp = vec![0f32; n * chunk_rows];
+        for r0 in (0..rows).step_by(chunk_rows) {
+            let r1 = (r0 + chunk_rows).min(rows);
+            let rr = r1 - r0;
+            let wbuf = &mut w[..rr * cols];
+            wbuf.par_chunks_mut(cols)
+                .with_min_len(16)
+                .enumerate()
+                .for_each(|(i, row)| self.dequantize_row(r0 + i, row));
+            let t = &mut tmp[..n * rr];
+            sgemm(
+                MatRef::row_major(x, n, cols),
+                MatRef::transposed(wbuf, cols, rr),
+                t,
+                false,
+            )?;
+            for (orow, trow) in out.chunks_exact_mut(rows).zip(t.chunks_exact(rr)) {
+                orow[r0..r1].copy_from_slice(trow);
+            }
         }
         Ok(())
     }
