@@ -3,6 +3,7 @@
 //! The split matters to callers: a planner matches on [`Error::Unsupported`] to
 //! fall back to another backend, while everything else means the input (a model
 //! file, a tensor, a graph) is broken and the message says what to fix.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

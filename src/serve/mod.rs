@@ -31,6 +31,7 @@
 //! Errors are `{"error": "..."}`: 400 bad input, 401 wrong API key, 404
 //! unknown model/version/route, 413 body too large, 503 not ready, queue
 //! full or timed out, 500 for internal failures (details in the log).
+#![forbid(unsafe_code)]
 
 mod batcher;
 pub mod config;
