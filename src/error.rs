@@ -620,6 +620,20 @@ pub enum GpuError {
         /// Adapter name.
         adapter: String,
     },
+    /// A plan's device buffers over a budget: one buffer over the adapter's
+    /// `max_buffer_size`, or all of them (weights, intermediates and
+    /// read-back copies) over the allocation limit.
+    #[error("{value} needs {bytes} bytes, over {budget} of {limit} bytes")]
+    OverBudget {
+        /// The value or buffer, with its name.
+        value: String,
+        /// Its size (or the plan's total).
+        bytes: u64,
+        /// The budget it exceeds, in words.
+        budget: String,
+        /// The budget in bytes.
+        limit: u64,
+    },
     /// The device ran out of memory.
     #[error("the GPU ran out of memory while {action}")]
     OutOfMemory {
