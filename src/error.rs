@@ -3,6 +3,7 @@
 //! The split matters to callers: a planner matches on [`Error::Unsupported`] to
 //! fall back to another backend, while everything else means the input (a model
 //! file, a tensor, a graph) is broken and the message says what to fix.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 
@@ -622,6 +623,20 @@ pub enum GpuError {
         limit: u64,
         /// Adapter name.
         adapter: String,
+    },
+    /// A plan's device buffers over a budget: one buffer over the adapter's
+    /// `max_buffer_size`, or all of them (weights, intermediates and
+    /// read-back copies) over the allocation limit.
+    #[error("{value} needs {bytes} bytes, over {budget} of {limit} bytes")]
+    OverBudget {
+        /// The value or buffer, with its name.
+        value: String,
+        /// Its size (or the plan's total).
+        bytes: u64,
+        /// The budget it exceeds, in words.
+        budget: String,
+        /// The budget in bytes.
+        limit: u64,
     },
     /// The device ran out of memory.
     #[error("the GPU ran out of memory while {action}")]

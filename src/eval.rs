@@ -1,6 +1,7 @@
 //! Classification evaluation: top-1 accuracy, a confusion matrix and latency
 //! per batch, over a labelled data set. Used by `wginfer eval` and by the
 //! optimization tools to report accuracy before and after.
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

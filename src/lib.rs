@@ -50,6 +50,7 @@
 //! `onnx`. What needs a left-out dependency (the GPU context and executor,
 //! `Embedder`, the `serve` module) is absent.
 #![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod backend;
 pub mod embed;

@@ -1,4 +1,5 @@
 //! The `wginfer` command.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod cli;
 

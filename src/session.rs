@@ -1,4 +1,5 @@
 //! Sessions: a model compiled for a device, run many times.
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -2,6 +2,7 @@
 //! reverse-mode backward pass through the graph (each op's
 //! [`Op::backward`](crate::ops::Op::backward)), cross-entropy, and SGD. Used
 //! by pruning for Taylor importance and for recovery fine-tuning.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 

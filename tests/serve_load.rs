@@ -709,6 +709,79 @@ async fn a_half_sent_header_is_closed_after_the_header_timeout() {
     handle.await.unwrap().unwrap();
 }
 
+/// Reads one HTTP response head: its status code, and whether it says
+/// `Connection: close`.
+async fn response_head(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> (u16, bool) {
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line).await.unwrap();
+    let status = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut close = false;
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await.unwrap() == 0 || line == "\r\n" {
+            break;
+        }
+        close |= line.to_ascii_lowercase().starts_with("connection: close");
+    }
+    (status, close)
+}
+
+const BODY_HEAD: &[u8] =
+    b"POST /v2/models/digits-mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n";
+
+/// A body that stalls after its first bytes, and one that trickles a byte
+/// every 100 ms (it would take 20 s), are both answered 408 once the body
+/// timeout (1 s) passes, and their connections closed; other clients are
+/// served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_or_trickling_body_gets_408_after_the_body_timeout() {
+    let (_dir, (addr, stop, handle)) = connection_server(|o| ServerOptions {
+        body_timeout: Some(Duration::from_secs(1)),
+        ..o
+    })
+    .await;
+    let mut stalled = TcpStream::connect(&addr).await.unwrap();
+    stalled.write_all(BODY_HEAD).await.unwrap();
+    stalled.write_all(b"{\"inputs\": [").await.unwrap();
+    let (mut trickle, mut drip) = TcpStream::connect(&addr).await.unwrap().into_split();
+    drip.write_all(BODY_HEAD).await.unwrap();
+    let t = Instant::now();
+    let dripping = tokio::spawn(async move {
+        for _ in 0..200 {
+            if drip.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut c = Conn::connect(&addr).await.unwrap();
+    assert_eq!(
+        c.request("GET", "/v2/health/ready", &[], b"").await.unwrap().status,
+        200
+    );
+    let (status, close) = tokio::time::timeout(Duration::from_secs(10), response_head(&mut stalled))
+        .await
+        .expect("a stalled body is answered");
+    let took = t.elapsed();
+    assert_eq!((status, close), (408, true));
+    assert!(
+        took >= Duration::from_millis(900),
+        "answered after {took:?}, before the timeout"
+    );
+    assert!(closed_within(&mut stalled, Duration::from_secs(5)).await.is_some());
+    // The trickling client, though it keeps sending, is answered too, long
+    // before its 20 s.
+    let (status, close) = tokio::time::timeout(Duration::from_secs(10), response_head(&mut trickle))
+        .await
+        .expect("a trickling body is answered");
+    assert_eq!((status, close), (408, true));
+    assert!(t.elapsed() < Duration::from_secs(5), "answered after {:?}", t.elapsed());
+    dripping.abort();
+    let _ = stop.send(());
+    handle.await.unwrap().unwrap();
+}
+
 /// A connection that sent half a header and one that sent nothing do not
 /// hold the shutdown: it ends at once, not after the header timeout or the
 /// grace period (both 30 s here).

@@ -1,4 +1,5 @@
 //! Command-line front end (clap). `anyhow` lives here and nowhere in the library.
+#![forbid(unsafe_code)]
 
 mod adapters;
 mod bench;

@@ -52,6 +52,11 @@ pub struct Args {
     /// (0: never).
     #[arg(long, default_value_t = 30)]
     header_timeout_secs: u64,
+    /// Answer 408 and close the connection when a request's body has not
+    /// arrived in full N seconds after its headers, stalled or trickling
+    /// (0: never).
+    #[arg(long, default_value_t = 30)]
+    body_timeout_secs: u64,
     /// At most N open connections; further clients wait until one closes
     /// (they are not refused). Keep it below the open-file limit (ulimit
     /// -n). 0: no limit.
@@ -80,6 +85,7 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         strict_readiness: args.strict_readiness,
         header_timeout: (args.header_timeout_secs > 0).then(|| Duration::from_secs(args.header_timeout_secs)),
+        body_timeout: (args.body_timeout_secs > 0).then(|| Duration::from_secs(args.body_timeout_secs)),
         max_connections: args.max_connections,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

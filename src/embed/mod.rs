@@ -21,6 +21,7 @@
 //! (what sentence-transformers does: 256 for all-MiniLM-L6-v2), else the
 //! tokenizer's own truncation, else 512, and never beyond the model's position
 //! table; a batch is padded to its longest text.
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "text")]
 mod embedder;

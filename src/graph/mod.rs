@@ -3,6 +3,7 @@
 //!
 //! The IR owns no foreign types: ONNX and other formats are imported into it.
 //! Its JSON form ([`GraphDoc`]) is what the model file stores.
+#![forbid(unsafe_code)]
 
 mod doc;
 

@@ -249,6 +249,7 @@ struct Out {
 }
 // SAFETY: tasks write disjoint elements of `y` (see `PackedF32::run`) and only read `bias`.
 unsafe impl Send for Out {}
+// SAFETY: shared across tasks only under the same disjoint-write rule as Send.
 unsafe impl Sync for Out {}
 
 /// One register tile: `x` at its first row and K block (`lda` apart), the

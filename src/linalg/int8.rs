@@ -641,6 +641,7 @@ mod packed {
     }
     // SAFETY: tasks write disjoint elements (see `gemm`) and only read the rest.
     unsafe impl Send for Epilogue {}
+    // SAFETY: shared across tasks only under the same disjoint-write rule as Send.
     unsafe impl Sync for Epilogue {}
 
     /// The caller checked that `xu` holds `m` rows of `k4` bytes (`w.k`

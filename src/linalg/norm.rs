@@ -78,7 +78,7 @@ mod avx512 {
         eps: f32,
     ) {
         for r in 0..rows {
-            // SAFETY (the whole body): every access is within row r of x or
+            // SAFETY: (the whole body) every access is within row r of x or
             // y, or within the n values of scale and bias, under a lane mask
             // at the tail.
             unsafe {

@@ -7,7 +7,9 @@ use super::vecops;
 /// `erf` in f32 as a branch-free rational function of `x²` on `[-4, 4]`
 /// (Eigen's `generic_fast_erf_float` coefficients): within 4.2e-7 of the
 /// exact value, and it vectorizes, unlike `libm::erff` (which was 15% of a
-/// BERT run on the CPU in the exact GELU).
+/// BERT run on the CPU in the exact GELU). From |x| = 4 on it is exactly ±1,
+/// as erf is in f32 (1 − erf(4) = 1.5e-8 is under half an ulp of 1), so that
+/// `1 + erf(x)` is 0 in the far negative tail.
 #[inline]
 pub fn erf_fast(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
@@ -24,7 +26,13 @@ pub fn erf_fast(x: f32) -> f32 {
     q = q * x2 - 1.682_827e-3;
     q = q * x2 - 7.373_329e-3;
     q = q * x2 - 1.426_474e-2;
-    x * p / q
+    // The rational function is 1 − 6e-8 at 4: that residue times a large
+    // |x| made GELU(−1e30) −3e22 instead of −0.
+    if x.abs() >= 4.0 {
+        x * 0.25
+    } else {
+        x * p / q
+    }
 }
 
 /// The exact GELU `x/2 · (1 + erf(x/√2))` of one value, erf as [`erf_fast`].
@@ -106,6 +114,9 @@ mod avx512 {
         let r = _mm512_rcp14_ps(q);
         let r = _mm512_mul_ps(r, _mm512_fnmadd_ps(q, r, _mm512_set1_ps(2.0)));
         let erf = _mm512_mul_ps(_mm512_mul_ps(z, p), r);
+        // ±1 where the clamp took hold (z = ±4 there), as in `erf_fast`.
+        let tail = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(z), _mm512_set1_ps(4.0));
+        let erf = _mm512_mask_mul_ps(erf, tail, z, _mm512_set1_ps(0.25));
         let half = _mm512_mul_ps(x, _mm512_set1_ps(0.5));
         _mm512_fmadd_ps(half, erf, half)
     }
@@ -197,5 +208,15 @@ mod tests {
             }
         }
         assert!(gelu(&[f32::NAN])[0].is_nan());
+        // The far negative tail is 0 (the exact value is below 1e-300), −∞
+        // gives NaN as the formula does in f64 (−∞ · 0), +∞ gives +∞.
+        let tail = [-6.0f32, -1e4, -1e30, f32::MIN, f32::NEG_INFINITY, f32::INFINITY];
+        for got in [gelu(&tail), tail.map(gelu_scalar).to_vec()] {
+            for (&x, &g) in tail.iter().zip(&got) {
+                let want = gelu_exact(x);
+                let ok = (g.is_nan() && want.is_nan()) || g == want || (g - want).abs() <= 1e-7;
+                assert!(ok, "gelu({x}) = {g}, exact {want}");
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! the graph as JSON under the `wginfer.graph` metadata key (see
 //! [`crate::graph::GraphDoc`]). Also the reader/writer for data files
 //! (named tensors in safetensors, or `.npy`).
+#![forbid(unsafe_code)]
 
 pub mod bert;
 mod data;

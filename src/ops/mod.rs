@@ -3,7 +3,9 @@
 //! cases. Everything that needs "all the ops" (the model loader, the planner,
 //! the parity tests, the benches) iterates [`REGISTRY`]; adding an op touches
 //! its own file, its shader and one line there.
+#![deny(unsafe_code)]
 
+#[allow(unsafe_code)] // an in-place strided GEMM into the heads' output columns
 pub mod attention;
 pub mod binary;
 mod cases;

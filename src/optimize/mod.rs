@@ -1,5 +1,6 @@
 //! Model-to-model transforms that make a model smaller: quantization and
 //! pruning. Each returns a new model and a report of what it did.
+#![forbid(unsafe_code)]
 
 pub mod calibrate;
 pub mod quantize;

@@ -1,5 +1,6 @@
 //! Compiling a graph for execution: value slots, the order of steps, and when
 //! each intermediate value dies so its memory can be freed or reused.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 

@@ -6,6 +6,7 @@
 //! words (WGSL has no 8-bit storage type), so a GPU kernel binds the same
 //! bytes the model file stores. Rows are padded to a whole number of words
 //! (int4: of blocks; binary: of 32 bits); padding is zero.
+#![forbid(unsafe_code)]
 
 pub mod gptq;
 mod pack;

@@ -7,6 +7,8 @@
 //!   request headers within the timeout is closed. The same clock runs while
 //!   a keep-alive connection waits for its next request, so idle
 //!   connections close after it too.
+//! - **Body timeout** (not here: in the routes' body reader, which answers
+//!   408): a request body must arrive in full within its own timeout.
 //! - **Connection cap**: with `max_connections` open, the server stops
 //!   accepting; further clients wait in the operating system's listen queue
 //!   until a connection closes (they are not refused).

@@ -30,6 +30,12 @@ pub enum ServeError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// 408: the request body did not arrive within the body timeout.
+    #[error("the request body did not arrive within {secs} s; send it at once or raise --body-timeout-secs")]
+    RequestTimeout {
+        /// The timeout in seconds.
+        secs: f64,
+    },
     /// 503: not ready, queue full, timed out, shutting down.
     #[error("{0}")]
     Unavailable(String),
@@ -47,6 +53,7 @@ impl ServeError {
             ServeError::NotFound(_) => StatusCode::NOT_FOUND,
             ServeError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ServeError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ServeError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ServeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -81,6 +88,12 @@ impl IntoResponse for ServeError {
         if matches!(self, ServeError::Unauthorized) {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(self, ServeError::RequestTimeout { .. }) {
+            // The rest of the body may still come: the connection cannot
+            // carry another request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

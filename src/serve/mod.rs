@@ -31,6 +31,7 @@
 //! Errors are `{"error": "..."}`: 400 bad input, 401 wrong API key, 404
 //! unknown model/version/route, 413 body too large, 503 not ready, queue
 //! full or timed out, 500 for internal failures (details in the log).
+#![forbid(unsafe_code)]
 
 mod batcher;
 pub mod config;
@@ -64,6 +65,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 /// The default time a client has to send its request headers: 30 s.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The default time a client has to send a request body once its headers
+/// arrived: 30 s.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The default cap on open connections: 1000, under the common limit of
 /// 1024 open files per process.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
@@ -96,6 +101,10 @@ pub struct ServerOptions {
     /// A connection that does not send its request headers within this
     /// time is closed; an idle keep-alive connection too (`None`: never).
     pub header_timeout: Option<Duration>,
+    /// A request whose body (after its headers) does not arrive in full
+    /// within this time, stalled or trickling, is answered 408 and its
+    /// connection closed (`None`: never).
+    pub body_timeout: Option<Duration>,
     /// At most this many open connections; more clients wait until one
     /// closes (0: no limit).
     pub max_connections: usize,
@@ -113,6 +122,7 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(30),
             strict_readiness: true,
             header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
+            body_timeout: Some(DEFAULT_BODY_TIMEOUT),
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }

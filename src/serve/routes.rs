@@ -19,7 +19,7 @@ use super::error::ServeError;
 use super::metrics::FailureReason;
 use super::protocol::{self, config_type_name, datatype_name, HEADER_LENGTH};
 use super::repository::{protocol_shape, Instance};
-use super::State;
+use super::{ServerOptions, State};
 
 type S = Arc<State>;
 
@@ -237,8 +237,20 @@ async fn model_config_v(AxState(s): AxState<S>, Path((m, v)): Path<(String, Stri
     Ok(ok(config_json(&*s.repo.get(&m, Some(&v))?)))
 }
 
+/// Reads a body up to the size limit (413 beyond it) within the body
+/// timeout (408 past it).
+async fn read_body(body: Body, headers: &HeaderMap, options: &ServerOptions) -> Result<Bytes, ServeError> {
+    let read = read_limited(body, headers, options.max_body_bytes);
+    match options.body_timeout {
+        None => read.await,
+        Some(t) => tokio::time::timeout(t, read)
+            .await
+            .unwrap_or(Err(ServeError::RequestTimeout { secs: t.as_secs_f64() })),
+    }
+}
+
 /// Reads a body up to the limit: 413 beyond it.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ServeError> {
+async fn read_limited(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ServeError> {
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -320,7 +332,7 @@ async fn infer_with(
                 .ok_or_else(|| ServeError::bad("Inference-Header-Content-Length must be a non-negative integer"))?,
         ),
     };
-    let body = read_body(body, headers, s.options.max_body_bytes).await?;
+    let body = read_body(body, headers, &s.options).await?;
     let req = protocol::parse_infer(&body, json_len)?;
     drop(body);
     let graph = inst.session.graph();
@@ -425,7 +437,7 @@ async fn infer_with(
 }
 
 async fn repository_index(AxState(s): AxState<S>, headers: HeaderMap, body: Body) -> Result<Response, ServeError> {
-    let body = read_body(body, &headers, s.options.max_body_bytes).await?;
+    let body = read_body(body, &headers, &s.options).await?;
     let mut ready_only = false;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let v: Value = serde_json::from_slice(&body)
@@ -443,7 +455,7 @@ async fn repository_index(AxState(s): AxState<S>, headers: HeaderMap, body: Body
 }
 
 async fn check_json_body(s: &State, headers: &HeaderMap, body: Body) -> Result<(), ServeError> {
-    let body = read_body(body, headers, s.options.max_body_bytes).await?;
+    let body = read_body(body, headers, &s.options).await?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         serde_json::from_slice::<Value>(&body)
             .map_err(|e| ServeError::bad(format!("the request body must be JSON (or empty): {e}")))?;
@@ -475,7 +487,7 @@ async fn unload(
 }
 
 async fn v1_embeddings(AxState(s): AxState<S>, headers: HeaderMap, body: Body) -> Response {
-    let body = match read_body(body, &headers, s.options.max_body_bytes).await {
+    let body = match read_body(body, &headers, &s.options).await {
         Ok(b) => b,
         Err(e) => return OpenAiError::from(e).into_response(),
     };

@@ -3,6 +3,7 @@
 //! Tensors are plain values owned by the host. Numeric work on the CPU is done
 //! in `f32`; the other dtypes exist so that models, inputs and outputs round-trip
 //! exactly (conversions go through [`half`] for `f16`/`bf16`).
+#![forbid(unsafe_code)]
 
 mod dtype;
 mod limits;

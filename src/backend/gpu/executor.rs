@@ -103,6 +103,8 @@ fn target(ctx: &GpuContext, options: &GpuOptions) -> Target {
         adapter: ctx.adapter().name.clone(),
         adapter_label: format!("{} ({})", ctx.adapter().name, ctx.adapter().backend),
         max_binding: ctx.limits.max_storage_buffer_binding_size,
+        max_buffer: ctx.limits.max_buffer_size,
+        budget: crate::tensor::alloc_limit(),
         cpu_ops: options.cpu_ops.clone(),
         fuse_activations: options.fuse_activations,
     }

@@ -183,7 +183,7 @@ impl<'a> Builder<'a> {
             .outputs
             .iter()
             .map(|&s| (self.slot_name(s).to_string(), size_of(&self.slot_types[s])));
-        ins.chain(outs).find(|(_, b)| *b > self.plan.target.max_binding)
+        ins.chain(outs).find(|(_, b)| *b > self.plan.target.max_value())
     }
 
     /// The kernel for step `si`, or why it runs on the CPU.
@@ -196,13 +196,8 @@ impl<'a> Builder<'a> {
             return Err(format!("{} forced onto the CPU by the options", op.op_type()));
         }
         if let Some((value, bytes)) = self.too_large(step, &in_types) {
-            let e = GpuError::TooLarge {
-                value,
-                bytes,
-                limit: target.max_binding,
-                adapter: target.adapter.clone(),
-            };
-            return Err(e.to_string());
+            let e = target.buffer_error(value.clone(), bytes);
+            return Err(e.map_or_else(|| format!("value `{value}` is too large"), |e| e.to_string()));
         }
         let ins: Vec<(DType, &[usize])> = in_types.iter().map(|(d, s)| (*d, s.as_slice())).collect();
         let with_fused = fused_act.and_then(|(_, a)| kernels::select(op, &ins, Some(a), &target.caps).ok());
@@ -356,19 +351,52 @@ impl<'a> Builder<'a> {
             .collect()
     }
 
-    /// The finished plan, or the first buffer too large to bind.
-    pub fn finish(self, shapes: &[Vec<usize>], outputs: Vec<OutputFrom>) -> Result<ShapePlan, Error> {
+    /// The first buffer the device cannot create or bind, or all of them
+    /// together over the budget: intermediate buffers, a read-back copy of
+    /// each value read back, and the weights held on the device.
+    fn check_budget(&self) -> Result<(), GpuError> {
         let target = &self.plan.target;
         let sizes = &self.buffers.sizes;
-        if let Some(s) = sizes.iter().position(|&b| b > target.max_binding) {
-            return Err(GpuError::TooLarge {
-                value: self.buffers.values[s].join(", "),
-                bytes: sizes[s],
-                limit: target.max_binding,
-                adapter: target.adapter.clone(),
+        for (s, &bytes) in sizes.iter().enumerate() {
+            if let Some(e) = target.buffer_error(self.buffers.values[s].join(", "), bytes) {
+                return Err(e);
             }
-            .into());
         }
+        let staging = self.segments.iter().flat_map(|seg| &seg.readbacks);
+        let staging_bytes = staging.fold(0u64, |t, r| t.saturating_add(padded(size_of(&self.slot_types[r.slot]))));
+        let total = sizes
+            .iter()
+            .fold(self.plan.weight_bytes, |t, &b| t.saturating_add(b))
+            .saturating_add(staging_bytes);
+        if total > target.budget {
+            let largest = (0..sizes.len()).max_by_key(|&s| sizes[s]);
+            let largest = largest.map_or(String::new(), |s| {
+                format!(
+                    ", the largest `{}` of {} bytes",
+                    self.buffers.values[s].join(", "),
+                    sizes[s]
+                )
+            });
+            return Err(GpuError::OverBudget {
+                value: format!(
+                    "the plan's device buffers ({} bytes of weights, {} intermediate buffers{largest}, \
+                     {staging_bytes} bytes of read-back copies)",
+                    self.plan.weight_bytes,
+                    sizes.len()
+                ),
+                bytes: total,
+                budget: format!("the allocation limit (set by {})", crate::tensor::MAX_ALLOC_ENV),
+                limit: target.budget,
+            });
+        }
+        Ok(())
+    }
+
+    /// The finished plan, or why its buffers do not fit the device.
+    pub fn finish(self, shapes: &[Vec<usize>], outputs: Vec<OutputFrom>) -> Result<ShapePlan, Error> {
+        self.check_budget()?;
+        let target = &self.plan.target;
+        let sizes = &self.buffers.sizes;
         let report = PlanReport {
             adapter: target.adapter_label.clone(),
             inputs: self

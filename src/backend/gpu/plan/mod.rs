@@ -33,6 +33,7 @@ use crate::plan::{ExecPlan, Source};
 use crate::tensor::{DType, Tensor, ValueType};
 
 use super::context::PipelineKey;
+use super::error::GpuError;
 use super::kernels::Caps;
 
 pub(crate) use buffers::padded;
@@ -50,6 +51,11 @@ pub(crate) struct Target {
     pub adapter_label: String,
     /// The largest storage buffer a kernel may bind, in bytes.
     pub max_binding: u64,
+    /// The largest buffer the device may create, in bytes.
+    pub max_buffer: u64,
+    /// Bytes all device buffers of one plan may take together (weights,
+    /// intermediates, read-back copies): the allocation limit.
+    pub budget: u64,
     /// Op types to run on the CPU even where a GPU kernel exists.
     pub cpu_ops: Vec<String>,
     /// Fold an activation that follows a matmul into its epilogue.
@@ -59,9 +65,36 @@ pub(crate) struct Target {
 /// Concrete dtype and shape of a value.
 pub(crate) type SlotType = (DType, Vec<usize>);
 
-/// Bytes of a value of this type.
+/// Bytes of a value of this type; `u64::MAX` where the count overflows
+/// (so that it is over every limit).
 pub(crate) fn size_of(t: &SlotType) -> u64 {
-    (t.1.iter().product::<usize>() * t.0.size_in_bytes()) as u64
+    crate::tensor::checked_bytes(t.0, &t.1).map_or(u64::MAX, |b| b as u64)
+}
+
+impl Target {
+    /// The largest value one storage buffer may hold: the binding limit and
+    /// the buffer-size limit, whichever is smaller.
+    pub fn max_value(&self) -> u64 {
+        self.max_binding.min(self.max_buffer)
+    }
+
+    /// Why a buffer of `bytes` for `value` cannot be created or bound.
+    pub fn buffer_error(&self, value: String, bytes: u64) -> Option<GpuError> {
+        if bytes > self.max_binding {
+            return Some(GpuError::TooLarge {
+                value,
+                bytes,
+                limit: self.max_binding,
+                adapter: self.adapter.clone(),
+            });
+        }
+        (bytes > self.max_buffer).then(|| GpuError::OverBudget {
+            value: format!("value `{value}`"),
+            bytes,
+            budget: format!("adapter `{}`'s max_buffer_size", self.adapter),
+            limit: self.max_buffer,
+        })
+    }
 }
 
 /// A resource bound to a dispatch.
@@ -170,7 +203,7 @@ impl GraphPlan {
     /// Plans the shape-independent part of running `graph` on `target`.
     pub fn new(graph: &Graph, params: &HashMap<String, Tensor>, target: Target) -> Self {
         let exec = ExecPlan::new(graph);
-        let resident = resident_params(graph, &exec, params, target.max_binding);
+        let resident = resident_params(graph, &exec, params, target.max_value());
         let weight_bytes = resident
             .iter()
             .filter_map(|p| params.get(p))
@@ -208,14 +241,14 @@ impl GraphPlan {
     }
 }
 
-/// Parameters a node reads whose bytes fit one storage binding: a pruning
+/// Parameters a node reads whose bytes fit one storage buffer: a pruning
 /// mask kept beside its (already zeroed) weight, for example, stays on the
 /// host, and nodes reading a weight that is too large fall back to the CPU.
 fn resident_params(
     graph: &Graph,
     exec: &ExecPlan,
     params: &HashMap<String, Tensor>,
-    max_binding: u64,
+    max_value: u64,
 ) -> HashSet<String> {
     let read: HashSet<&str> = exec
         .steps
@@ -233,7 +266,7 @@ fn resident_params(
         .filter(|p| {
             params
                 .get(&p.name)
-                .is_some_and(|t| t.size_in_bytes() as u64 <= max_binding)
+                .is_some_and(|t| t.size_in_bytes() as u64 <= max_value)
         })
         .map(|p| p.name.clone())
         .collect()

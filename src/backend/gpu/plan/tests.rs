@@ -28,6 +28,8 @@ fn target() -> Target {
         adapter: "test".into(),
         adapter_label: "test (none)".into(),
         max_binding: 1 << 27,
+        max_buffer: 1 << 28,
+        budget: 1 << 30,
         cpu_ops: Vec::new(),
         fuse_activations: true,
     }
@@ -60,6 +62,10 @@ struct Case {
 
 impl Case {
     fn plan(&self, target: Target) -> ShapePlan {
+        self.try_plan(target).unwrap()
+    }
+
+    fn try_plan(&self, target: Target) -> Result<ShapePlan, Error> {
         let shapes: Vec<Vec<usize>> = self
             .graph
             .inputs()
@@ -67,7 +73,7 @@ impl Case {
             .map(|i| i.ty.shape.iter().map(|d| d.known().unwrap_or(1)).collect())
             .collect();
         let gp = GraphPlan::new(&self.graph, &self.params, target);
-        gp.for_shapes(&self.graph, &self.params, &shapes).unwrap()
+        gp.for_shapes(&self.graph, &self.params, &shapes)
     }
 }
 
@@ -310,4 +316,57 @@ fn report_text() {
         island.contains("Cast       [2, 4]           CPU fallback: "),
         "{island}"
     );
+}
+
+#[test]
+fn over_max_buffer_size_goes_to_the_cpu() {
+    // Bindings may be large, buffers not: the same 40-byte cut as above.
+    let p = mlp().plan(Target {
+        max_buffer: 40,
+        ..target()
+    });
+    let Placement::Cpu { reason } = &p.report.nodes[0].placement else {
+        panic!("fc1 should be on the CPU");
+    };
+    assert!(reason.contains("max_buffer_size of 40 bytes"), "{reason}");
+    assert_eq!(p.report.weight_bytes, 8 * 4 + 3 * 4);
+}
+
+#[test]
+fn plan_over_the_allocation_budget_is_an_error() {
+    // The MLP on the device: weights w1 [8, 4], b1 [8], w2 [3, 8], b2 [3] in
+    // f32 are 4·(32 + 8 + 24 + 3) = 268 bytes; intermediate buffers x/y
+    // (2·4 floats) and h/r (2·8 floats) 96 bytes; one read-back copy of y
+    // (2·3 floats) 24 bytes. 388 in all.
+    let total = 4 * (32 + 8 + 24 + 3) + 4 * (8 + 16) + 4 * 6;
+    assert_eq!(total, 388);
+    assert!(mlp()
+        .try_plan(Target {
+            budget: total,
+            ..target()
+        })
+        .is_ok());
+    let e = mlp()
+        .try_plan(Target {
+            budget: total - 1,
+            ..target()
+        })
+        .unwrap_err();
+    let Error::Gpu(GpuError::OverBudget {
+        value, bytes, limit, ..
+    }) = &e
+    else {
+        panic!("{e}");
+    };
+    assert_eq!((*bytes, *limit), (388, 387));
+    assert!(value.contains("`h, r` of 64 bytes"), "{value}");
+    assert!(e.to_string().contains("WGINFER_MAX_ALLOC_BYTES"), "{e}");
+}
+
+#[test]
+fn value_sizes_saturate_instead_of_wrapping() {
+    // 2^62 · 8 floats is 2^67 bytes: past u64, so over every limit.
+    assert_eq!(size_of(&(DType::F32, vec![1 << 62, 8])), u64::MAX);
+    assert_eq!(size_of(&(DType::F32, vec![1 << 62, 0])), 0);
+    assert_eq!(size_of(&(DType::F16, vec![3, 5])), 30);
 }
