@@ -90,14 +90,29 @@ impl Kernel {
         }
     }
 
-    /// `out[t] = row · x[t0 + t]` for `out.len()` rows of 16-bit `acts`.
-    fn dot_row16(self, format: BlockFormat, row: &[u8], acts: &QActs16, t0: usize, out: &mut [f32]) {
+    /// `out[i·tn + t] = row_i · x[t0 + t]` for the packed rows in `rows`
+    /// (`row_bytes` each) and `tn` rows of 16-bit `acts`.
+    #[allow(clippy::too_many_arguments)]
+    fn dot_rows16(
+        self,
+        format: BlockFormat,
+        rows: &[u8],
+        row_bytes: usize,
+        acts: &QActs16,
+        t0: usize,
+        tn: usize,
+        out: &mut [f32],
+    ) {
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a kernel other than `Portable` runs only where
             // `is_available` said so (`QMatrix::matmul_rows` checks).
-            Kernel::Avx2 => unsafe { super::x86::dot_row16(format, row, acts, t0, out) },
-            _ => super::portable::dot_row16(format, row, acts, t0, out),
+            Kernel::Avx2 => unsafe { super::x86::dot_rows16(format, rows, row_bytes, acts, t0, tn, out) },
+            _ => {
+                for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(tn)) {
+                    super::portable::dot_row16(format, row, acts, t0, o);
+                }
+            }
         }
     }
 }
@@ -106,16 +121,38 @@ impl Kernel {
 trait Acts: Sync {
     /// Rows.
     fn rows(&self) -> usize;
-    /// `out[t] = row · x[t0 + t]` for `out.len()` rows.
-    fn dot(&self, kernel: Kernel, format: BlockFormat, row: &[u8], t0: usize, out: &mut [f32]);
+    /// `out[i·tn + t] = row_i · x[t0 + t]` for the packed rows in `rows`
+    /// (`row_bytes` each, at least 1) and activation rows `t0..t0 + tn`.
+    #[allow(clippy::too_many_arguments)]
+    fn dot(
+        &self,
+        kernel: Kernel,
+        format: BlockFormat,
+        rows: &[u8],
+        row_bytes: usize,
+        t0: usize,
+        tn: usize,
+        out: &mut [f32],
+    );
 }
 
 impl Acts for QActs {
     fn rows(&self) -> usize {
         self.n
     }
-    fn dot(&self, kernel: Kernel, format: BlockFormat, row: &[u8], t0: usize, out: &mut [f32]) {
-        kernel.dot_row(format, row, self, t0, out);
+    fn dot(
+        &self,
+        kernel: Kernel,
+        format: BlockFormat,
+        rows: &[u8],
+        row_bytes: usize,
+        t0: usize,
+        tn: usize,
+        out: &mut [f32],
+    ) {
+        for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(tn)) {
+            kernel.dot_row(format, row, self, t0, o);
+        }
     }
 }
 
@@ -123,8 +160,17 @@ impl Acts for QActs16 {
     fn rows(&self) -> usize {
         self.n
     }
-    fn dot(&self, kernel: Kernel, format: BlockFormat, row: &[u8], t0: usize, out: &mut [f32]) {
-        kernel.dot_row16(format, row, self, t0, out);
+    fn dot(
+        &self,
+        kernel: Kernel,
+        format: BlockFormat,
+        rows: &[u8],
+        row_bytes: usize,
+        t0: usize,
+        tn: usize,
+        out: &mut [f32],
+    ) {
+        kernel.dot_rows16(format, rows, row_bytes, self, t0, tn, out);
     }
 }
 
@@ -210,6 +256,10 @@ impl QMatrix {
         if rows == 0 || n == 0 {
             return;
         }
+        if self.cols == 0 {
+            out.fill(0.0);
+            return;
+        }
         let sink = Out(out.as_mut_ptr(), out.len());
         let run = |r0: usize, r1: usize| self.rows_into(kernel, acts, r0, r1, &sink);
         let threads = rayon::current_num_threads();
@@ -228,17 +278,20 @@ impl QMatrix {
 
     /// Output rows `r0..r1` for every activation row into `sink`.
     fn rows_into<A: Acts>(&self, kernel: Kernel, acts: &A, r0: usize, r1: usize, sink: &Out) {
-        let (rows, n) = (self.rows, acts.rows());
-        let mut buf = [0f32; TOKENS];
+        let (rows, n, rb) = (self.rows, acts.rows(), self.row_bytes());
+        let mut buf = [0f32; TOKENS * ROW_TILE];
         for tile in (r0..r1).step_by(ROW_TILE) {
+            let end = (tile + ROW_TILE).min(r1);
+            let packed = &self.data[tile * rb..end * rb];
             for t0 in (0..n).step_by(TOKENS) {
                 let tn = TOKENS.min(n - t0);
-                for r in tile..(tile + ROW_TILE).min(r1) {
-                    acts.dot(kernel, self.format, self.row(r), t0, &mut buf[..tn]);
-                    for (t, &v) in buf[..tn].iter().enumerate() {
+                let vals = &mut buf[..(end - tile) * tn];
+                acts.dot(kernel, self.format, packed, rb, t0, tn, vals);
+                for (i, row_vals) in vals.chunks_exact(tn).enumerate() {
+                    for (t, &v) in row_vals.iter().enumerate() {
                         // SAFETY: this call owns output rows `r0..r1` of every
                         // activation row (callers give tasks disjoint ranges).
-                        unsafe { sink.write((t0 + t) * rows + r, v) };
+                        unsafe { sink.write((t0 + t) * rows + tile + i, v) };
                     }
                 }
             }
