@@ -1,17 +1,56 @@
 //! GGUF block products on the CPU, at SmolLM2-135M's shapes: matrix-vector
-//! (decoding; throughput in weight bytes read) and 128-token products
+//! (decoding; throughput in weight bytes read) with 16-bit activations (the
+//! default for up to 7 rows) beside 8-bit ones, and 128-token products
 //! (prompts; throughput in multiply-adds), the portable kernel beside the
 //! fastest, one decode step's worth of matrices (about 96 MB, more than the
 //! last-level cache, so it measures memory, not cache), and a plain copy for
 //! the machine's bandwidth.
 //!
 //! `RAYON_NUM_THREADS=1 cargo bench --bench ggml` (and `=2`) for the thread
-//! counts llama.cpp is compared at.
+//! counts llama.cpp is compared at. At 1 thread the products are timed by
+//! the thread's CPU time (time other processes take the core is left out).
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wginfer::linalg::ggml::{quantize_acts, BlockFormat, Kernel, QActs, QMatrix};
+use wginfer::linalg::ggml::{
+    quantize_acts, quantize_acts16, ActPrecision, BlockFormat, Kernel, QActs, QActs16, QMatrix,
+};
+
+/// This thread's CPU time (`libc` is a dependency on glibc Linux only).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Elsewhere: wall time.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn thread_cpu() -> Duration {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
+}
+
+/// The time of `iters` calls of `f`: the thread's CPU time at 1 thread
+/// (everything runs on this thread), else wall time.
+fn timed(iters: u64, mut f: impl FnMut()) -> Duration {
+    if rayon::current_num_threads() == 1 {
+        let c = thread_cpu();
+        for _ in 0..iters {
+            f();
+        }
+        thread_cpu() - c
+    } else {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        t.elapsed()
+    }
+}
 
 /// Random blocks with small finite scales (every f16 field set to 0.01).
 fn random_matrix(format: BlockFormat, rows: usize, cols: usize, seed: u64) -> QMatrix {
@@ -65,12 +104,18 @@ fn matvec(c: &mut Criterion) {
         let x = activations(1, cols);
         let mut out = vec![0f32; rows];
         g.throughput(Throughput::Bytes(m.data().len() as u64));
-        g.bench_function(BenchmarkId::new("best", label(format, rows, cols)), |b| {
-            b.iter(|| m.matmul(black_box(&x), 1, &mut out))
-        });
+        for (name, precision) in [("best-i16", ActPrecision::Int16), ("best-i8", ActPrecision::Int8)] {
+            g.bench_function(BenchmarkId::new(name, label(format, rows, cols)), |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, || {
+                        m.matmul_with(Kernel::best(), precision, black_box(&x), 1, &mut out)
+                    })
+                })
+            });
+        }
         if rows * cols <= 576 * 576 {
-            g.bench_function(BenchmarkId::new("portable", label(format, rows, cols)), |b| {
-                b.iter(|| m.matmul_with(Kernel::Portable, black_box(&x), 1, &mut out))
+            g.bench_function(BenchmarkId::new("portable-i16", label(format, rows, cols)), |b| {
+                b.iter(|| m.matmul_with(Kernel::Portable, ActPrecision::Int16, black_box(&x), 1, &mut out))
             });
         }
     }
@@ -114,18 +159,33 @@ fn decode_step(c: &mut Criterion) {
     let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; m.rows()]).collect();
     let xs = [activations(1, d), activations(1, ff)];
     let mut acts = [QActs::default(), QActs::default()];
-    for (a, x) in acts.iter_mut().zip(&xs) {
+    let mut acts16 = [QActs16::default(), QActs16::default()];
+    for ((a, a16), x) in acts.iter_mut().zip(acts16.iter_mut()).zip(&xs) {
         quantize_acts(x, 1, x.len(), 32, a);
+        quantize_acts16(x, 1, x.len(), a16);
     }
     let mut g = c.benchmark_group("ggml-decode-step");
     g.sample_size(20);
     g.throughput(Throughput::Bytes(bytes as u64));
-    g.bench_function(BenchmarkId::new("best", format!("smollm2-{}MB", bytes >> 20)), |b| {
-        b.iter(|| {
-            for (m, out) in mats.iter().zip(outs.iter_mut()) {
-                let a = if m.cols() == d { &acts[0] } else { &acts[1] };
-                m.matmul_acts(Kernel::best(), a, out);
-            }
+    let id = |name| BenchmarkId::new(name, format!("smollm2-{}MB", bytes >> 20));
+    g.bench_function(id("best-i16"), |b| {
+        b.iter_custom(|iters| {
+            timed(iters, || {
+                for (m, out) in mats.iter().zip(outs.iter_mut()) {
+                    let a = if m.cols() == d { &acts16[0] } else { &acts16[1] };
+                    m.matmul_acts16(Kernel::best(), a, out);
+                }
+            })
+        })
+    });
+    g.bench_function(id("best-i8"), |b| {
+        b.iter_custom(|iters| {
+            timed(iters, || {
+                for (m, out) in mats.iter().zip(outs.iter_mut()) {
+                    let a = if m.cols() == d { &acts[0] } else { &acts[1] };
+                    m.matmul_acts(Kernel::best(), a, out);
+                }
+            })
         })
     });
     g.finish();
@@ -138,7 +198,9 @@ fn copy(c: &mut Criterion) {
     let mut g = c.benchmark_group("memcpy");
     g.sample_size(20);
     g.throughput(Throughput::Bytes(src.len() as u64));
-    g.bench_function("128MB", |b| b.iter(|| dst.copy_from_slice(black_box(&src))));
+    g.bench_function("128MB", |b| {
+        b.iter_custom(|iters| timed(iters, || dst.copy_from_slice(black_box(&src))))
+    });
     g.finish();
 }
 

@@ -2,13 +2,17 @@
 //! written by models/ggml/make_blocks.py): reference dequantization bit for
 //! bit, reference quantization byte for byte; then every fast kernel against
 //! the f64 product of the reference-dequantized weights, within the error
-//! the 8-bit activation quantization allows.
+//! the 8-bit or 16-bit activation quantization allows (16 bits: also within
+//! `1e-4·Σ|w·x|` per output).
 
 use std::path::PathBuf;
 
 use safetensors::SafeTensors;
 use wginfer::error::OpError;
-use wginfer::linalg::ggml::{dequantize_row, quantize_acts, quantize_row, BlockFormat, Kernel, QActs, QMatrix};
+use wginfer::linalg::ggml::{
+    dequantize_row, quantize_acts, quantize_acts16, quantize_row, ActPrecision, BlockFormat, Kernel, QActs, QActs16,
+    QMatrix,
+};
 
 fn fixture() -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/ggml/blocks.safetensors");
@@ -136,20 +140,25 @@ fn activations(n: usize, cols: usize, seed: u64) -> Vec<f32> {
     x
 }
 
-/// The f64 product of the reference-dequantized weights, and per output the
-/// bound `Σ_blocks Σ|w|·d_x/2` the 8-bit activations allow (plus f32
-/// accumulation, `1e-5·Σ|w·x|`).
-fn reference(m: &QMatrix, x: &[f32], n: usize) -> (Vec<f64>, Vec<f64>) {
-    let (rows, cols, bl) = (m.rows(), m.cols(), m.format().block_len());
+/// The f64 product of the reference-dequantized weights, per output the
+/// bound `Σ_groups Σ|w|·d_x/2` the quantized activations allow (groups of
+/// the format's block for 8 bits, of 32 for 16 bits; `d_x = max|x|/127` or
+/// `/32767`; plus f32 accumulation, `1e-5·Σ|w·x|`), and `Σ|w·x|`.
+fn reference(m: &QMatrix, x: &[f32], n: usize, precision: ActPrecision) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (rows, cols) = (m.rows(), m.cols());
+    let (group, levels) = match precision {
+        ActPrecision::Int8 => (m.format().block_len(), 127.0),
+        ActPrecision::Int16 => (32, 32767.0),
+    };
     let mut w = vec![0f32; cols];
-    let (mut want, mut tol) = (vec![0f64; n * rows], vec![0f64; n * rows]);
+    let (mut want, mut tol, mut mags) = (vec![0f64; n * rows], vec![0f64; n * rows], vec![0f64; n * rows]);
     for r in 0..rows {
         m.dequantize_row(r, &mut w);
         for t in 0..n {
             let xt = &x[t * cols..(t + 1) * cols];
             let (mut dot, mut bound, mut mag) = (0f64, 0f64, 0f64);
-            for (wb, xb) in w.chunks(bl).zip(xt.chunks(bl)) {
-                let dx = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 127.0;
+            for (wb, xb) in w.chunks(group).zip(xt.chunks(group)) {
+                let dx = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / levels;
                 let l1: f64 = wb.iter().map(|v| v.abs() as f64).sum();
                 bound += l1 * dx / 2.0 * 1.001;
                 for (a, b) in wb.iter().zip(xb) {
@@ -159,41 +168,84 @@ fn reference(m: &QMatrix, x: &[f32], n: usize) -> (Vec<f64>, Vec<f64>) {
             }
             want[t * rows + r] = dot;
             tol[t * rows + r] = bound + 1e-5 * mag + 1e-30;
+            mags[t * rows + r] = mag;
         }
     }
-    (want, tol)
+    (want, tol, mags)
 }
 
-#[test]
-fn every_kernel_matches_the_reference_within_the_activation_rounding() {
+/// Every available kernel at `precision` for `ns` activation rows against
+/// [`reference`]; returns per format the largest error / bound and error / `Σ|w·x|`.
+fn check_kernels(precision: ActPrecision, ns: &[usize]) -> Vec<(f64, f64)> {
     let bytes = fixture();
     let st = SafeTensors::deserialize(&bytes).expect("fixture");
     let kernels: Vec<Kernel> = Kernel::ALL.into_iter().filter(|k| k.is_available()).collect();
     println!("kernels on this CPU: {kernels:?}");
+    let mut worst_all = Vec::new();
     for format in BlockFormat::ALL {
-        let mut worst = vec![0f64; kernels.len()];
+        let (mut worst, mut worst_rel) = (vec![0f64; kernels.len()], 0f64);
         // 37 rows run on one thread; 301 rows of 1024 are split across tasks.
         for (rows, cols) in [(37, 512), (301, 1024)] {
             let m = matrix(&st, format, rows, cols);
-            for n in [1, 3, 17] {
+            for &n in ns {
                 let x = activations(n, cols, (rows * 1000 + n) as u64);
-                let (want, tol) = reference(&m, &x, n);
+                let (want, tol, mag) = reference(&m, &x, n, precision);
                 for (k, &kernel) in kernels.iter().enumerate() {
                     let mut got = vec![f32::NAN; n * rows];
-                    m.matmul_with(kernel, &x, n, &mut got);
+                    m.matmul_with(kernel, precision, &x, n, &mut got);
                     for (i, ((g, w), t)) in got.iter().zip(&want).zip(&tol).enumerate() {
                         let err = (*g as f64 - w).abs();
                         worst[k] = worst[k].max(err / t);
+                        worst_rel = worst_rel.max(err / (mag[i] + 1e-30));
                         assert!(
                             err <= *t,
-                            "{} {kernel:?} {rows}x{cols} n={n} out {i}: got {g}, want {w} (error {err:e} > bound {t:e})",
+                            "{} {kernel:?} {precision:?} {rows}x{cols} n={n} out {i}: got {g}, want {w} (error {err:e} > bound {t:e})",
                             format.name()
                         );
                     }
                 }
             }
         }
-        println!("{}: largest error / bound per kernel {worst:.3?}", format.name());
+        println!(
+            "{} {precision:?}: largest error / bound per kernel {worst:.3?}, largest error / Σ|w·x| {worst_rel:.2e}",
+            format.name()
+        );
+        worst_all.push((worst.iter().fold(0f64, |a, &b| a.max(b)), worst_rel));
+    }
+    worst_all
+}
+
+#[test]
+fn every_kernel_matches_the_reference_within_the_activation_rounding() {
+    check_kernels(ActPrecision::Int8, &[1, 3, 17]);
+}
+
+#[test]
+fn sixteen_bit_activations_are_within_1e_4_of_the_f64_product() {
+    for (format, (_, rel)) in BlockFormat::ALL
+        .into_iter()
+        .zip(check_kernels(ActPrecision::Int16, &[1, 3, 7, 17]))
+    {
+        assert!(rel <= 1e-4, "{}: error / Σ|w·x| {rel:e}", format.name());
+    }
+}
+
+#[test]
+fn matmul_uses_16_bit_activations_up_to_7_rows_and_8_bits_beyond() {
+    let bytes = fixture();
+    let st = SafeTensors::deserialize(&bytes).expect("fixture");
+    let m = matrix(&st, BlockFormat::Q4_1, 40, 512);
+    for (n, precision) in [
+        (1, ActPrecision::Int16),
+        (7, ActPrecision::Int16),
+        (8, ActPrecision::Int8),
+    ] {
+        assert_eq!(ActPrecision::for_rows(n), precision);
+        let x = activations(n, 512, 3);
+        let (mut a, mut b) = (vec![0f32; n * 40], vec![0f32; n * 40]);
+        m.matmul(&x, n, &mut a);
+        m.matmul_with(Kernel::best(), precision, &x, n, &mut b);
+        assert_eq!(a, b, "n = {n}");
     }
 }
 
@@ -208,18 +260,19 @@ fn kernels_agree_with_each_other_closely() {
     for format in BlockFormat::ALL {
         let m = matrix(&st, format, 45, 768);
         let x = activations(5, 768, 99);
-        let (mut a, mut b) = (vec![0f32; 5 * 45], vec![0f32; 5 * 45]);
-        m.matmul_with(Kernel::Portable, &x, 5, &mut a);
-        m.matmul_with(Kernel::Avx2, &x, 5, &mut b);
-        // Same integer block sums; only the f32 accumulation order differs.
-        let (_, tol) = reference(&m, &x, 5);
-        for (i, (p, v)) in a.iter().zip(&b).enumerate() {
-            let scale = tol[i] / 100.0;
-            assert!(
-                ((p - v).abs() as f64) <= scale,
-                "{} out {i}: portable {p}, avx2 {v}",
-                format.name()
-            );
+        for precision in [ActPrecision::Int8, ActPrecision::Int16] {
+            let (mut a, mut b) = (vec![0f32; 5 * 45], vec![0f32; 5 * 45]);
+            m.matmul_with(Kernel::Portable, precision, &x, 5, &mut a);
+            m.matmul_with(Kernel::Avx2, precision, &x, 5, &mut b);
+            // Same integer block sums; only the f32 accumulation order differs.
+            let (_, _, mag) = reference(&m, &x, 5, precision);
+            for (i, (p, v)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    ((p - v).abs() as f64) <= 1e-5 * mag[i] + 1e-30,
+                    "{} {precision:?} out {i}: portable {p}, avx2 {v}",
+                    format.name()
+                );
+            }
         }
     }
 }
@@ -233,16 +286,25 @@ fn quantized_activations_are_reused_and_nan_propagates() {
         let mut x = activations(2, 512, 5);
         let mut acts = QActs::default();
         quantize_acts(&x, 2, 512, format.block_len(), &mut acts);
+        let mut acts16 = QActs16::default();
+        quantize_acts16(&x, 2, 512, &mut acts16);
         let (mut a, mut b) = (vec![0f32; 18], vec![0f32; 18]);
         m.matmul_acts(Kernel::best(), &acts, &mut a);
+        m.matmul_with(Kernel::best(), ActPrecision::Int8, &x, 2, &mut b);
+        assert_eq!(a, b);
+        m.matmul_acts16(Kernel::best(), &acts16, &mut a);
         m.matmul(&x, 2, &mut b);
         assert_eq!(a, b);
         x[600] = f32::NAN;
-        m.matmul(&x, 2, &mut b);
-        assert!(
-            b[..9].iter().all(|v| v.is_finite()) && b[9..].iter().all(|v| v.is_nan()),
-            "{b:?}"
-        );
+        for kernel in Kernel::ALL.into_iter().filter(|k| k.is_available()) {
+            for precision in [ActPrecision::Int8, ActPrecision::Int16] {
+                m.matmul_with(kernel, precision, &x, 2, &mut b);
+                assert!(
+                    b[..9].iter().all(|v| v.is_finite()) && b[9..].iter().all(|v| v.is_nan()),
+                    "{kernel:?} {precision:?}: {b:?}"
+                );
+            }
+        }
     }
 }
 

@@ -82,3 +82,65 @@ fn quantize_block(x: &[f32], q: &mut [i8], d: &mut f32, ds: &mut f32, sums: &mut
         *ds = f32::NAN;
     }
 }
+
+/// `n` rows of activations quantized to 16 bits per group of 32 values
+/// (every format's blocks are whole groups): `d = max|x|/32767`,
+/// `q = round(x/d)` (ties to even), `x ≈ d·q`, so a value is off by at most
+/// `max|x|/65534`, 258× less than [`QActs`]. Each group also keeps its f32
+/// sum `Σx` (the term a block minimum multiplies). A group holding an
+/// infinity or NaN gets `d = sum = NaN`, so the products it enters are NaN.
+#[derive(Clone, Debug, Default)]
+pub struct QActs16 {
+    /// Values per row.
+    pub cols: usize,
+    /// Rows.
+    pub n: usize,
+    /// The quantized values, row after row (`n · cols`).
+    pub qs: Vec<i16>,
+    /// One scale per group of 32 (`n · cols / 32`).
+    pub d: Vec<f32>,
+    /// `Σx` per group of 32 (`n · cols / 32`).
+    pub sum: Vec<f32>,
+}
+
+impl QActs16 {
+    /// Groups of 32 per row.
+    pub fn groups(&self) -> usize {
+        self.cols / 32
+    }
+}
+
+/// Quantizes `n` rows of `cols` values (`cols` a multiple of 32) to 16 bits
+/// into `acts`, reusing its buffers.
+pub fn quantize_acts16(x: &[f32], n: usize, cols: usize, acts: &mut QActs16) {
+    let groups = n * cols / 32;
+    acts.cols = cols;
+    acts.n = n;
+    acts.qs.resize(n * cols, 0);
+    acts.d.resize(groups, 0.0);
+    acts.sum.resize(groups, 0.0);
+    let parts = x[..n * cols]
+        .chunks_exact(32)
+        .zip(acts.qs.chunks_exact_mut(32))
+        .zip(acts.d.iter_mut().zip(acts.sum.iter_mut()));
+    super::super::simd(|| {
+        for ((xg, qg), (d, sum)) in parts {
+            quantize_group16(xg, qg, d, sum);
+        }
+    });
+}
+
+#[inline(always)]
+fn quantize_group16(x: &[f32], q: &mut [i16], d: &mut f32, sum: &mut f32) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    *d = amax / 32767.0;
+    let id = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
+    for (o, &v) in q.iter_mut().zip(x) {
+        *o = nearest_int(v * id).clamp(-32767, 32767) as i16;
+    }
+    *sum = x.iter().sum();
+    if !x.iter().all(|v| v.is_finite()) {
+        *d = f32::NAN;
+        *sum = f32::NAN;
+    }
+}

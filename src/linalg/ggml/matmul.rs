@@ -1,11 +1,12 @@
-//! `out = x·Wᵀ` on packed rows: the activations quantized to 8 bits per block
-//! once, then integer block dot products, output rows split across rayon
-//! tasks, each weight row used for up to [`TOKENS`] activation rows while it
-//! is in cache.
+//! `out = x·Wᵀ` on packed rows: the activations quantized to 16 bits per
+//! group of 32 (up to [`PRECISE_MAX_N`] rows: decoding) or 8 bits per block
+//! (more rows: prompts) once, then integer block dot products, output rows
+//! split across rayon tasks, each weight row used for up to [`TOKENS`]
+//! activation rows while it is in cache.
 
 use rayon::prelude::*;
 
-use super::acts::{quantize_acts, QActs};
+use super::acts::{quantize_acts, quantize_acts16, QActs, QActs16};
 use super::{BlockFormat, QMatrix};
 
 /// Activation rows one pass over a weight row serves.
@@ -18,6 +19,32 @@ const ROW_TILE: usize = 16;
 /// Weight bytes × activation rows below which a product runs on the calling
 /// thread (a rayon fork costs more than it saves).
 const SERIAL_WORK: usize = 48 << 10;
+
+/// Activation rows up to which [`QMatrix::matmul`] quantizes the
+/// activations to 16 bits ([`ActPrecision::Int16`]); more rows use 8 bits.
+pub const PRECISE_MAX_N: usize = 7;
+
+/// How the activations are quantized for the integer block products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActPrecision {
+    /// 8 bits per block of the format ([`QActs`]), as llama.cpp does: an
+    /// error of up to `max|x_block|/254` per value.
+    Int8,
+    /// 16 bits per group of 32 ([`QActs16`]): an error of up to
+    /// `max|x_group|/65534` per value.
+    Int16,
+}
+
+impl ActPrecision {
+    /// The precision [`QMatrix::matmul`] uses for `n` activation rows.
+    pub fn for_rows(n: usize) -> Self {
+        if n <= PRECISE_MAX_N {
+            Self::Int16
+        } else {
+            Self::Int8
+        }
+    }
+}
 
 /// An implementation of the block products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -57,17 +84,100 @@ impl Kernel {
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a kernel other than `Portable` runs only where
-            // `is_available` said so (`QMatrix::matmul_acts` checks).
+            // `is_available` said so (`QMatrix::matmul_rows` checks).
             Kernel::Avx2 => unsafe { super::x86::dot_row(format, row, acts, t0, out) },
             _ => super::portable::dot_row(format, row, acts, t0, out),
         }
+    }
+
+    /// `out[i·tn + t] = row_i · x[t0 + t]` for the packed rows in `rows`
+    /// (`row_bytes` each) and `tn` rows of 16-bit `acts`.
+    #[allow(clippy::too_many_arguments)]
+    fn dot_rows16(
+        self,
+        format: BlockFormat,
+        rows: &[u8],
+        row_bytes: usize,
+        acts: &QActs16,
+        t0: usize,
+        tn: usize,
+        out: &mut [f32],
+    ) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a kernel other than `Portable` runs only where
+            // `is_available` said so (`QMatrix::matmul_rows` checks).
+            Kernel::Avx2 => unsafe { super::x86::dot_rows16(format, rows, row_bytes, acts, t0, tn, out) },
+            _ => {
+                for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(tn)) {
+                    super::portable::dot_row16(format, row, acts, t0, o);
+                }
+            }
+        }
+    }
+}
+
+/// Quantized activation rows a kernel takes.
+trait Acts: Sync {
+    /// Rows.
+    fn rows(&self) -> usize;
+    /// `out[i·tn + t] = row_i · x[t0 + t]` for the packed rows in `rows`
+    /// (`row_bytes` each, at least 1) and activation rows `t0..t0 + tn`.
+    #[allow(clippy::too_many_arguments)]
+    fn dot(
+        &self,
+        kernel: Kernel,
+        format: BlockFormat,
+        rows: &[u8],
+        row_bytes: usize,
+        t0: usize,
+        tn: usize,
+        out: &mut [f32],
+    );
+}
+
+impl Acts for QActs {
+    fn rows(&self) -> usize {
+        self.n
+    }
+    fn dot(
+        &self,
+        kernel: Kernel,
+        format: BlockFormat,
+        rows: &[u8],
+        row_bytes: usize,
+        t0: usize,
+        tn: usize,
+        out: &mut [f32],
+    ) {
+        for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(tn)) {
+            kernel.dot_row(format, row, self, t0, o);
+        }
+    }
+}
+
+impl Acts for QActs16 {
+    fn rows(&self) -> usize {
+        self.n
+    }
+    fn dot(
+        &self,
+        kernel: Kernel,
+        format: BlockFormat,
+        rows: &[u8],
+        row_bytes: usize,
+        t0: usize,
+        tn: usize,
+        out: &mut [f32],
+    ) {
+        kernel.dot_rows16(format, rows, row_bytes, self, t0, tn, out);
     }
 }
 
 /// The output buffer shared by tasks that write disjoint elements.
 struct Out(*mut f32, usize);
 // SAFETY: tasks write disjoint elements (each owns a range of output rows;
-// see `QMatrix::matmul_acts`), and nothing reads `out` while they run.
+// see `QMatrix::matmul_rows`), and nothing reads `out` while they run.
 unsafe impl Sync for Out {}
 
 impl Out {
@@ -85,21 +195,32 @@ impl Out {
 impl QMatrix {
     /// `out[t][r] = Σ_c w[r][c]·x[t][c]` for `n` rows of `x` (`x` is
     /// `n × cols`, `out` is `n × rows`, both row-major), with the fastest
-    /// kernel this CPU has. The activations are quantized to 8 bits per
-    /// block (see [`QActs`]): the result differs from the f32 product of the
-    /// dequantized weights by at most `Σ_blocks Σ|w|·d_x/2` per output,
-    /// where `d_x = max|x_block|/127`.
+    /// kernel this CPU has and the activations quantized as
+    /// [`ActPrecision::for_rows`] says: up to [`PRECISE_MAX_N`] rows to 16
+    /// bits per group of 32 ([`QActs16`]; the result differs from the f32
+    /// product of the dequantized weights by at most
+    /// `Σ_groups Σ|w|·d_x/2` per output with `d_x = max|x_group|/32767`),
+    /// more rows to 8 bits per block ([`QActs`]; `d_x = max|x_block|/127`).
     pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
-        self.matmul_with(Kernel::best(), x, n, out);
+        self.matmul_with(Kernel::best(), ActPrecision::for_rows(n), x, n, out);
     }
 
     /// [`QMatrix::matmul`] with a chosen kernel (the portable one where
-    /// this CPU does not run `kernel`).
-    pub fn matmul_with(&self, kernel: Kernel, x: &[f32], n: usize, out: &mut [f32]) {
+    /// this CPU does not run `kernel`) and activation precision.
+    pub fn matmul_with(&self, kernel: Kernel, precision: ActPrecision, x: &[f32], n: usize, out: &mut [f32]) {
         assert_eq!(x.len(), n * self.cols, "x must be n × cols");
-        let mut acts = QActs::default();
-        quantize_acts(x, n, self.cols, self.format.block_len(), &mut acts);
-        self.matmul_acts(kernel, &acts, out);
+        match precision {
+            ActPrecision::Int8 => {
+                let mut acts = QActs::default();
+                quantize_acts(x, n, self.cols, self.format.block_len(), &mut acts);
+                self.matmul_acts(kernel, &acts, out);
+            }
+            ActPrecision::Int16 => {
+                let mut acts = QActs16::default();
+                quantize_acts16(x, n, self.cols, &mut acts);
+                self.matmul_acts16(kernel, &acts, out);
+            }
+        }
     }
 
     /// The product with activations already quantized by [`quantize_acts`]
@@ -112,14 +233,31 @@ impl QMatrix {
             self.format.block_len(),
             "activation blocks must match the format"
         );
-        assert_eq!(out.len(), acts.n * self.rows, "out must be n × rows");
+        self.matmul_rows(kernel, acts, out);
+    }
+
+    /// The product with activations already quantized by
+    /// [`quantize_acts16`] (any format reads the same [`QActs16`]).
+    /// `out` is `acts.n × rows`.
+    pub fn matmul_acts16(&self, kernel: Kernel, acts: &QActs16, out: &mut [f32]) {
+        assert_eq!(acts.cols, self.cols, "activations must have cols values per row");
+        self.matmul_rows(kernel, acts, out);
+    }
+
+    /// The product for any activation kind, split across rayon tasks.
+    fn matmul_rows<A: Acts>(&self, kernel: Kernel, acts: &A, out: &mut [f32]) {
+        let (rows, n) = (self.rows, acts.rows());
+        assert_eq!(out.len(), n * rows, "out must be n × rows");
         let kernel = if kernel.is_available() {
             kernel
         } else {
             Kernel::Portable
         };
-        let (rows, n) = (self.rows, acts.n);
         if rows == 0 || n == 0 {
+            return;
+        }
+        if self.cols == 0 {
+            out.fill(0.0);
             return;
         }
         let sink = Out(out.as_mut_ptr(), out.len());
@@ -139,18 +277,21 @@ impl QMatrix {
     }
 
     /// Output rows `r0..r1` for every activation row into `sink`.
-    fn rows_into(&self, kernel: Kernel, acts: &QActs, r0: usize, r1: usize, sink: &Out) {
-        let (rows, n) = (self.rows, acts.n);
-        let mut buf = [0f32; TOKENS];
+    fn rows_into<A: Acts>(&self, kernel: Kernel, acts: &A, r0: usize, r1: usize, sink: &Out) {
+        let (rows, n, rb) = (self.rows, acts.rows(), self.row_bytes());
+        let mut buf = [0f32; TOKENS * ROW_TILE];
         for tile in (r0..r1).step_by(ROW_TILE) {
+            let end = (tile + ROW_TILE).min(r1);
+            let packed = &self.data[tile * rb..end * rb];
             for t0 in (0..n).step_by(TOKENS) {
                 let tn = TOKENS.min(n - t0);
-                for r in tile..(tile + ROW_TILE).min(r1) {
-                    kernel.dot_row(self.format, self.row(r), acts, t0, &mut buf[..tn]);
-                    for (t, &v) in buf[..tn].iter().enumerate() {
+                let vals = &mut buf[..(end - tile) * tn];
+                acts.dot(kernel, self.format, packed, rb, t0, tn, vals);
+                for (i, row_vals) in vals.chunks_exact(tn).enumerate() {
+                    for (t, &v) in row_vals.iter().enumerate() {
                         // SAFETY: this call owns output rows `r0..r1` of every
                         // activation row (callers give tasks disjoint ranges).
-                        unsafe { sink.write((t0 + t) * rows + r, v) };
+                        unsafe { sink.write((t0 + t) * rows + tile + i, v) };
                     }
                 }
             }

@@ -11,9 +11,9 @@ mod x86;
 
 use rayon::prelude::*;
 
-pub use acts::{quantize_acts, QActs};
+pub use acts::{quantize_acts, quantize_acts16, QActs, QActs16};
 pub use blocks::{dequantize_row, quantize_row};
-pub use matmul::Kernel;
+pub use matmul::{ActPrecision, Kernel, PRECISE_MAX_N};
 
 use crate::error::OpError;
 

@@ -1,8 +1,8 @@
 //! The portable block products: one packed row against a few rows of 8-bit
-//! activations, in integer arithmetic per block (as the SIMD kernels do),
-//! in plain Rust for every CPU.
+//! or 16-bit activations, in integer arithmetic per block (as the SIMD
+//! kernels do), in plain Rust for every CPU.
 
-use super::acts::QActs;
+use super::acts::{QActs, QActs16};
 use super::blocks::{f16_at, k_scale_min, q6k_value, small_layout};
 use super::BlockFormat;
 
@@ -41,6 +41,52 @@ pub(crate) fn dot_row(format: BlockFormat, row: &[u8], acts: &QActs, t0: usize, 
                 }
                 let dx = acts.d[xi];
                 *o += d * dx * dot as f32 - dmin * dx * msum as f32;
+            }
+        }
+    }
+}
+
+/// `out[t] = Σ_c w[c]·x[t0 + t][c]` for the packed `row` of `format` and
+/// the 16-bit activations `acts` (rows `t0..t0 + out.len()`): per group of
+/// 32 an exact integer sum `Σ q_w·q_x`, scaled in f32.
+pub(crate) fn dot_row16(format: BlockFormat, row: &[u8], acts: &QActs16, t0: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    let (bb, ng) = (format.block_bytes(), acts.groups());
+    let dot = |q: &[i32], x: &[i16]| -> i32 { q.iter().zip(x).map(|(&a, &b)| a * i32::from(b)).sum() };
+    if format.block_len() == 32 {
+        let mut q8 = [0i8; 32];
+        for (b, block) in row.chunks_exact(bb).enumerate() {
+            let (d, m) = decode_small(format, block, &mut q8);
+            let q = q8.map(i32::from);
+            for (t, o) in out.iter_mut().enumerate() {
+                let xi = (t0 + t) * ng + b;
+                let s = dot(&q, &acts.qs[xi * 32..xi * 32 + 32]);
+                *o += d * acts.d[xi] * s as f32 + m * acts.sum[xi];
+            }
+        }
+        return;
+    }
+    let mut q8 = [0u8; 256];
+    let (mut sc, mut mn) = ([0i32; 16], [0i32; 16]);
+    let six = format == BlockFormat::Q6_K;
+    for (b, block) in row.chunks_exact(bb).enumerate() {
+        let (d, dmin) = decode_k(format, block, &mut q8, &mut sc, &mut mn);
+        // Q6_K's offset of 32 stays in the integers; the others' minimums
+        // multiply the group sums.
+        let q = q8.map(|v| i32::from(v) - if six { 32 } else { 0 });
+        for (t, o) in out.iter_mut().enumerate() {
+            for j in 0..8 {
+                let xi = (t0 + t) * ng + b * 8 + j;
+                let x = &acts.qs[xi * 32..xi * 32 + 32];
+                // Each product fits an i32 (|Σ 16 q·x| ≤ 16·32·32767, |sc| ≤ 128); their sum may not.
+                let s = i64::from(sc[2 * j] * dot(&q[j * 32..j * 32 + 16], &x[..16]))
+                    + i64::from(sc[2 * j + 1] * dot(&q[j * 32 + 16..j * 32 + 32], &x[16..]));
+                let min = if six {
+                    0.0
+                } else {
+                    dmin * mn[2 * j] as f32 * acts.sum[xi]
+                };
+                *o += d * acts.d[xi] * s as f32 - min;
             }
         }
     }

@@ -1,13 +1,14 @@
 //! AVX2 block products (x86-64 with AVX2, FMA and F16C): the same integer
 //! arithmetic per block as the portable kernels, 32 weights per
 //! `vpmaddubsw` (unsigned weight bytes × signed activation bytes), one block
-//! unpacked once for up to four activation rows.
+//! unpacked once for up to four activation rows; and against 16-bit
+//! activations, 16 weights widened to i16 per `vpmaddwd`.
 // The token index addresses the accumulators and the activation rows alike.
 #![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
 
-use super::acts::QActs;
+use super::acts::{QActs, QActs16};
 use super::blocks::k_scale_min;
 use super::BlockFormat;
 
@@ -271,4 +272,271 @@ fn q6k<const T: usize>(row: &[u8], acts: &QActs, t0: usize) -> [f32; T] {
         }
     }
     std::array::from_fn(|t| hsum(acc[t]) + accm[t])
+}
+
+/// `out[i·tn + t] = Σ_c w_i[c]·x[t0 + t][c]` for the packed rows `w_i`
+/// (`row_bytes` each) in `rows` against 16-bit activations, `tn` in 1..=4
+/// (see `portable::dot_row16`); more fall back to the portable kernel.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C ([`available`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_rows16(
+    format: BlockFormat,
+    rows: &[u8],
+    row_bytes: usize,
+    acts: &QActs16,
+    t0: usize,
+    tn: usize,
+    out: &mut [f32],
+) {
+    match tn {
+        1 => rows16_t::<1>(format, rows, row_bytes, acts, t0, out),
+        2 => rows16_t::<2>(format, rows, row_bytes, acts, t0, out),
+        3 => rows16_t::<3>(format, rows, row_bytes, acts, t0, out),
+        4 => rows16_t::<4>(format, rows, row_bytes, acts, t0, out),
+        _ => {
+            for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(tn)) {
+                super::portable::dot_row16(format, row, acts, t0, o);
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows16_t<const T: usize>(format: BlockFormat, rows: &[u8], rb: usize, acts: &QActs16, t0: usize, out: &mut [f32]) {
+    let x = Rows16::<T>::new(acts, t0);
+    let rows = rows.chunks_exact(rb).zip(out.chunks_exact_mut(T));
+    macro_rules! each_row {
+        ($kernel:expr) => {
+            for (row, o) in rows {
+                o.copy_from_slice(&$kernel(row, &x));
+            }
+        };
+    }
+    match format {
+        BlockFormat::Q4_0 => each_row!(small16::<T, false, false>),
+        BlockFormat::Q4_1 => each_row!(small16::<T, true, false>),
+        BlockFormat::Q5_0 => each_row!(small16::<T, false, true>),
+        BlockFormat::Q5_1 => each_row!(small16::<T, true, true>),
+        BlockFormat::Q8_0 => each_row!(q8_0_16::<T>),
+        BlockFormat::Q4_K => each_row!(q45k16::<T, false>),
+        BlockFormat::Q5_K => each_row!(q45k16::<T, true>),
+        BlockFormat::Q6_K => each_row!(q6k16::<T>),
+    }
+}
+
+/// 16 bytes of `s` widened to 16 unsigned i16.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn widen_u8(s: &[u8]) -> __m256i {
+    _mm256_cvtepu8_epi16(load16(s))
+}
+
+/// `Σ w·x` over 32 values (two registers of 16 i16 each) as eight i32 sums.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn dot32_i16(w: [__m256i; 2], x: &[i16; 32]) -> __m256i {
+    // SAFETY: `x` holds 32 readable i16 (64 bytes); `loadu` has no
+    // alignment requirement.
+    let (x0, x1) = unsafe {
+        (
+            _mm256_loadu_si256(x.as_ptr().cast()),
+            _mm256_loadu_si256(x[16..].as_ptr().cast()),
+        )
+    };
+    _mm256_add_epi32(_mm256_madd_epi16(w[0], x0), _mm256_madd_epi16(w[1], x1))
+}
+
+/// Activation rows `t0..t0 + T` of 16-bit activations: per row its
+/// values, scales and sums.
+struct Rows16<'a, const T: usize> {
+    qs: [&'a [i16]; T],
+    d: [&'a [f32]; T],
+    sum: [&'a [f32]; T],
+}
+
+impl<'a, const T: usize> Rows16<'a, T> {
+    fn new(acts: &'a QActs16, t0: usize) -> Self {
+        let (cols, ng) = (acts.cols, acts.groups());
+        Self {
+            qs: std::array::from_fn(|t| &acts.qs[(t0 + t) * cols..(t0 + t + 1) * cols]),
+            d: std::array::from_fn(|t| &acts.d[(t0 + t) * ng..(t0 + t + 1) * ng]),
+            sum: std::array::from_fn(|t| &acts.sum[(t0 + t) * ng..(t0 + t + 1) * ng]),
+        }
+    }
+
+    /// Group `g` of row `t`: its 32 values, scale and sum.
+    #[inline(always)]
+    fn group(&self, t: usize, g: usize) -> (&'a [i16; 32], f32, f32) {
+        let q = self.qs[t][g * 32..g * 32 + 32].try_into().unwrap_or(&[0; 32]);
+        (q, self.d[t][g], self.sum[t][g])
+    }
+}
+
+/// The 16 bits of `bits` as i16 lanes `0x10` (bit set) or `0`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn high_bits16(bits: u16) -> __m256i {
+    let mask = _mm256_setr_epi16(
+        1,
+        2,
+        4,
+        8,
+        16,
+        32,
+        64,
+        128,
+        256,
+        512,
+        1024,
+        2048,
+        4096,
+        8192,
+        16384,
+        i16::MIN,
+    );
+    let v = _mm256_and_si256(_mm256_set1_epi16(bits as i16), mask);
+    _mm256_and_si256(_mm256_cmpeq_epi16(v, mask), _mm256_set1_epi16(0x10))
+}
+
+/// Q4_0, Q4_1, Q5_0, Q5_1 against 16-bit activations: `w = d·q + m` with
+/// `m = -8d` / `-16d` for the formats without a stored minimum.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn small16<const T: usize, const MIN: bool, const FIVE: bool>(row: &[u8], x: &Rows16<'_, T>) -> [f32; T] {
+    let bb = 18 + 2 * usize::from(MIN) + 4 * usize::from(FIVE);
+    let qs_at = bb - 16;
+    let mask = _mm256_set1_epi16(0x0f);
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut accm = [0f32; T];
+    for (b, block) in row.chunks_exact(bb).enumerate() {
+        let (d, m) = if MIN {
+            f16x2(block, 0)
+        } else {
+            let d = f16_1(block, 0);
+            (d, if FIVE { -16.0 * d } else { -8.0 * d })
+        };
+        let q = widen_u8(&block[qs_at..]);
+        let mut w = [
+            _mm256_and_si256(q, mask),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask),
+        ];
+        if FIVE {
+            let at = qs_at - 4;
+            let bits = u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
+            w[0] = _mm256_or_si256(w[0], high_bits16(bits as u16));
+            w[1] = _mm256_or_si256(w[1], high_bits16((bits >> 16) as u16));
+        }
+        for t in 0..T {
+            let (xq, dx, sx) = x.group(t, b);
+            let s = _mm256_cvtepi32_ps(dot32_i16(w, xq));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), s, acc[t]);
+            accm[t] += m * sx;
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) + accm[t])
+}
+
+/// Q8_0 against 16-bit activations: the signed weights sign-extended.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_16<const T: usize>(row: &[u8], x: &Rows16<'_, T>) -> [f32; T] {
+    let mut acc = [_mm256_setzero_ps(); T];
+    for (b, block) in row.chunks_exact(34).enumerate() {
+        let d = f16_1(block, 0);
+        let w = [
+            _mm256_cvtepi8_epi16(load16(&block[2..])),
+            _mm256_cvtepi8_epi16(load16(&block[18..])),
+        ];
+        for t in 0..T {
+            let (xq, dx, _) = x.group(t, b);
+            let s = _mm256_cvtepi32_ps(dot32_i16(w, xq));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), s, acc[t]);
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]))
+}
+
+/// Q4_K, Q5_K against 16-bit activations: per sub-block of 32 an integer
+/// sum scaled by `d·sc·d_x` in f32, the minimum times the group's `Σx`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q45k16<const T: usize, const FIVE: bool>(row: &[u8], x: &Rows16<'_, T>) -> [f32; T] {
+    let bb = if FIVE { 176 } else { 144 };
+    let mask = _mm256_set1_epi16(0x0f);
+    let mut acc = [_mm256_setzero_ps(); T];
+    let mut accm = [0f32; T];
+    for (b, block) in row.chunks_exact(bb).enumerate() {
+        let (d, dmin) = f16x2(block, 0);
+        let (mut ds, mut dm) = ([0f32; 8], [0f32; 8]);
+        for j in 0..8 {
+            let (sc, mn) = k_scale_min(&block[4..16], j);
+            ds[j] = d * f32::from(sc);
+            dm[j] = dmin * f32::from(mn);
+        }
+        let qs = &block[bb - 128..];
+        let qh = if FIVE {
+            [widen_u8(&block[16..]), widen_u8(&block[32..])]
+        } else {
+            [_mm256_setzero_si256(); 2]
+        };
+        for c in 0..4 {
+            let q = [widen_u8(&qs[32 * c..]), widen_u8(&qs[32 * c + 16..])];
+            for half in 0..2 {
+                let j = 2 * c + half;
+                let shift = _mm_cvtsi32_si128(4 * half as i32);
+                let mut w = q.map(|v| _mm256_and_si256(_mm256_srl_epi16(v, shift), mask));
+                if FIVE {
+                    let up = _mm_cvtsi32_si128(j as i32);
+                    for (wi, h) in w.iter_mut().zip(qh) {
+                        let bit = _mm256_and_si256(_mm256_srl_epi16(h, up), _mm256_set1_epi16(1));
+                        *wi = _mm256_or_si256(*wi, _mm256_slli_epi16::<4>(bit));
+                    }
+                }
+                for t in 0..T {
+                    let (xq, dx, sx) = x.group(t, b * 8 + j);
+                    let s = _mm256_cvtepi32_ps(dot32_i16(w, xq));
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(ds[j] * dx), s, acc[t]);
+                    accm[t] -= dm[j] * sx;
+                }
+            }
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]) + accm[t])
+}
+
+/// Q6_K against 16-bit activations: `(q - 32)·sc` in i16 (at most 4096 in
+/// magnitude), per 32 values an integer sum scaled by `d·d_x` in f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6k16<const T: usize>(row: &[u8], x: &Rows16<'_, T>) -> [f32; T] {
+    let (mask, three, off) = (_mm256_set1_epi16(0x0f), _mm256_set1_epi16(3), _mm256_set1_epi16(32));
+    let mut acc = [_mm256_setzero_ps(); T];
+    for (b, block) in row.chunks_exact(210).enumerate() {
+        let d = f16_1(block, 208);
+        for h in 0..2 {
+            let ql = [
+                [widen_u8(&block[64 * h..]), widen_u8(&block[64 * h + 16..])],
+                [widen_u8(&block[64 * h + 32..]), widen_u8(&block[64 * h + 48..])],
+            ];
+            let qh = [widen_u8(&block[128 + 32 * h..]), widen_u8(&block[128 + 32 * h + 16..])];
+            for k in 0..4 {
+                let (lo_shift, hi_shift) = (_mm_cvtsi32_si128(4 * (k as i32 / 2)), _mm_cvtsi32_si128(2 * k as i32));
+                let g = h * 8 + 2 * k;
+                let w: [__m256i; 2] = std::array::from_fn(|i| {
+                    let lo = _mm256_and_si256(_mm256_srl_epi16(ql[k % 2][i], lo_shift), mask);
+                    let hi = _mm256_and_si256(_mm256_srl_epi16(qh[i], hi_shift), three);
+                    let q = _mm256_sub_epi16(_mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi)), off);
+                    _mm256_mullo_epi16(q, _mm256_set1_epi16(i16::from(block[192 + g + i] as i8)))
+                });
+                for t in 0..T {
+                    let (xq, dx, _) = x.group(t, b * 8 + h * 4 + k);
+                    let s = _mm256_cvtepi32_ps(dot32_i16(w, xq));
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), s, acc[t]);
+                }
+            }
+        }
+    }
+    std::array::from_fn(|t| hsum(acc[t]))
 }
