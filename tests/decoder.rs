@@ -2,6 +2,9 @@
 //! pass over the `gguf` package's dequantized weights (models/smollm2/
 //! reference.py, run by .ci/run into WGINFER_DECODER_REF), prompt processing
 //! against token-by-token decoding, and bad files and inputs as typed errors.
+//! The gates are mean KL ≤ 5e-3 and top-1 ≥ 95% per text; with f32
+//! GEMM for prompts and 16-bit activation blocks for decoding the engine
+//! lands near 1e-11 and 1e-7, so the KL bound asserted here is 1e-5.
 
 mod common;
 
@@ -126,7 +129,7 @@ fn check_cases(dir: &Path, decoder_for: &dyn Fn(Arc<DecoderWeights>, usize) -> B
             case.name,
             100.0 * top1
         );
-        assert!(kl <= 5e-3, "{label} {}: mean KL {kl} > 5e-3", case.name);
+        assert!(kl <= 1e-5, "{label} {}: mean KL {kl} > 1e-5", case.name);
         assert!(top1 >= 0.95, "{label} {}: top-1 agreement {top1} < 95%", case.name);
 
         dec.truncate(0);
@@ -144,7 +147,7 @@ fn check_cases(dir: &Path, decoder_for: &dyn Fn(Arc<DecoderWeights>, usize) -> B
             t - half,
             100.0 * top1
         );
-        assert!(kl <= 5e-3, "{label} {}: decoding: mean KL {kl} > 5e-3", case.name);
+        assert!(kl <= 1e-5, "{label} {}: decoding: mean KL {kl} > 1e-5", case.name);
         assert!(
             top1 >= 0.95,
             "{label} {}: decoding: top-1 agreement {top1} < 95%",
@@ -340,4 +343,3 @@ fn bad_inputs_are_typed_errors() {
     assert_eq!(dec.cached(), 5);
     assert!(dec.forward(&[], Logits::Last).expect("empty").is_empty());
 }
-

@@ -16,7 +16,10 @@ fn smollm2() -> Option<String> {
     match std::env::var("WGINFER_SMOLLM2_GGUF") {
         Ok(p) => Some(p),
         Err(_) => {
-            common::skip_or_fail("WGINFER_REQUIRE_SMOLLM2", "WGINFER_SMOLLM2_GGUF is not set (.ci/run sets it)");
+            common::skip_or_fail(
+                "WGINFER_REQUIRE_SMOLLM2",
+                "WGINFER_SMOLLM2_GGUF is not set (.ci/run sets it)",
+            );
             None
         }
     }
@@ -45,31 +48,51 @@ fn greedy_answers_stop_strings_limits_and_seeds() {
     let mut g = Generator::load(&path, &Device::Cpu, Some(256)).expect("loads");
     let prompt = g
         .chat_prompt(&[
-            ChatMessage::new("system", "You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
+            ChatMessage::new(
+                "system",
+                "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+            ),
             ChatMessage::new("user", QUESTION),
         ])
         .expect("template");
     let ids = g.tokenizer().encode(&prompt, false).expect("encodes");
     assert_eq!(ids.len(), 43, "the chat case of prompts.json has 43 tokens");
 
-    let greedy = GenerateOptions { max_tokens: 32, ..Default::default() };
+    let greedy = GenerateOptions {
+        max_tokens: 32,
+        ..Default::default()
+    };
     let (text, tokens, finish) = run(&mut g, &ids, &greedy);
     assert_eq!(text, ANSWER);
     assert_eq!(finish, Some(FinishReason::Stop), "ends at <|im_end|>");
     assert_eq!(tokens.last(), Some(&2), "the last token is EOS (<|im_end|> = 2)");
 
-    let stop = GenerateOptions { stop: vec!["Paris".into()], ..greedy.clone() };
+    let stop = GenerateOptions {
+        stop: vec!["Paris".into()],
+        ..greedy.clone()
+    };
     let (text, _, finish) = run(&mut g, &ids, &stop);
-    assert_eq!((text.as_str(), finish), ("The capital of France is ", Some(FinishReason::Stop)));
+    assert_eq!(
+        (text.as_str(), finish),
+        ("The capital of France is ", Some(FinishReason::Stop))
+    );
 
-    let short = GenerateOptions { max_tokens: 3, ..greedy.clone() };
+    let short = GenerateOptions {
+        max_tokens: 3,
+        ..greedy.clone()
+    };
     let (text, tokens, finish) = run(&mut g, &ids, &short);
     assert_eq!((tokens.len(), finish), (3, Some(FinishReason::Length)));
     assert!(ANSWER.starts_with(&text), "{text:?}");
 
     let sampled = |seed| GenerateOptions {
         max_tokens: 12,
-        sampling: SamplingOptions { temperature: 1.0, top_p: 0.95, seed, ..Default::default() },
+        sampling: SamplingOptions {
+            temperature: 1.0,
+            top_p: 0.95,
+            seed,
+            ..Default::default()
+        },
         stop_at_eos: false,
         ..Default::default()
     };
@@ -85,8 +108,14 @@ fn a_shared_prefix_is_reused_and_gives_the_same_tokens() {
     let Some(path) = smollm2() else { return };
     let mut g = Generator::load(&path, &Device::Cpu, Some(128)).expect("loads");
     let first = g.encode("The Eiffel Tower is in").expect("encodes");
-    let second = g.encode("The Eiffel Tower is in Paris, and the Colosseum is in").expect("encodes");
-    let opts = GenerateOptions { max_tokens: 4, stop_at_eos: false, ..Default::default() };
+    let second = g
+        .encode("The Eiffel Tower is in Paris, and the Colosseum is in")
+        .expect("encodes");
+    let opts = GenerateOptions {
+        max_tokens: 4,
+        stop_at_eos: false,
+        ..Default::default()
+    };
     run(&mut g, &first, &opts);
     let reused = run(&mut g, &second, &opts).1;
     let mut fresh = Generator::load(&path, &Device::Cpu, Some(128)).expect("loads");
@@ -96,7 +125,11 @@ fn a_shared_prefix_is_reused_and_gives_the_same_tokens() {
 }
 
 fn wginfer(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wginfer")).args(args).env_remove("WGINFER_DEVICE").output().expect("runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_wginfer"))
+        .args(args)
+        .env_remove("WGINFER_DEVICE")
+        .output()
+        .expect("runs");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -107,7 +140,18 @@ fn wginfer(args: &[&str]) -> (bool, String, String) {
 #[test]
 fn generate_json_and_inspect_commands() {
     let Some(path) = smollm2() else { return };
-    let (ok, out, err) = wginfer(&["generate", &path, "--prompt", QUESTION, "--chat", "--json", "--top-logprobs", "2", "--max-tokens", "16"]);
+    let (ok, out, err) = wginfer(&[
+        "generate",
+        &path,
+        "--prompt",
+        QUESTION,
+        "--chat",
+        "--json",
+        "--top-logprobs",
+        "2",
+        "--max-tokens",
+        "16",
+    ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
     assert_eq!(v["finish_reason"], "stop");
@@ -123,10 +167,16 @@ fn generate_json_and_inspect_commands() {
     assert!(err.contains("tok/s"), "{err}");
 
     let (ok, out, err) = wginfer(&["generate", &path, "--prompt-ids", "1,2,999999", "--max-tokens", "1"]);
-    assert!(!ok && err.contains("token id 999999 is outside the vocabulary of 49152"), "{out}{err}");
+    assert!(
+        !ok && err.contains("token id 999999 is outside the vocabulary of 49152"),
+        "{out}{err}"
+    );
 
     let (ok, out, err) = wginfer(&["inspect", &path]);
     assert!(ok, "{err}");
-    assert!(out.contains("decoder llama · 30 layers · d 576 · heads 9/3 kv"), "{out}");
+    assert!(
+        out.contains("decoder llama · 30 layers · d 576 · heads 9/3 kv"),
+        "{out}"
+    );
     assert!(out.contains("Q4_1") && out.contains("tokenizer.ggml.tokens"), "{out}");
 }
