@@ -17,25 +17,6 @@ use wginfer::generate::cpu::CpuDecoder;
 use wginfer::generate::{load, Decoder, DecoderWeights, Logits};
 use wginfer::model::gguf::{GgmlType, GgufFile, MetaValue};
 
-/// Mean KL(reference ‖ ours) per position, and the fraction of positions
-/// whose most likely token agrees.
-fn compare(reference: &[f32], ours: &[f32], vocab: usize) -> (f64, f64) {
-    let log_softmax = |row: &[f32]| -> Vec<f64> {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
-        row.iter().map(|&v| v as f64 - lse).collect()
-    };
-    let argmax = |row: &[f32]| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
-    let (mut kl, mut agree, mut n) = (0.0, 0usize, 0usize);
-    for (r, o) in reference.chunks_exact(vocab).zip(ours.chunks_exact(vocab)) {
-        let (lr, lo) = (log_softmax(r), log_softmax(o));
-        kl += lr.iter().zip(&lo).map(|(a, b)| a.exp() * (a - b)).sum::<f64>();
-        agree += usize::from(argmax(r) == argmax(o));
-        n += 1;
-    }
-    (kl / n as f64, agree as f64 / n as f64)
-}
-
 /// Where the reference's top choice leads the runner-up by more than 0.5
 /// logits, ours must pick it too.
 fn check_clear_argmax(reference: &[f32], ours: &[f32], vocab: usize, what: &str) {
@@ -123,7 +104,7 @@ fn check_cases(dir: &Path, decoder_for: &dyn Fn(Arc<DecoderWeights>, usize) -> B
         assert_eq!(case.logits.len(), t * vocab, "{}: reference logits shape", case.name);
         let mut dec = decoder_for(weights, t);
         let all = dec.forward(&case.tokens, Logits::All).expect("forward");
-        let (kl, top1) = compare(&case.logits, &all, vocab);
+        let (kl, top1) = common::kl_top1(&case.logits, &all, vocab);
         println!(
             "{label} {}: {t} positions, mean KL {kl:.2e}, top-1 agreement {:.1}%",
             case.name,
@@ -140,7 +121,7 @@ fn check_cases(dir: &Path, decoder_for: &dyn Fn(Arc<DecoderWeights>, usize) -> B
             stepped.extend(dec.forward(&[tok], Logits::Last).expect("step"));
         }
         let reference = &case.logits[half * vocab..];
-        let (kl, top1) = compare(reference, &stepped, vocab);
+        let (kl, top1) = common::kl_top1(reference, &stepped, vocab);
         println!(
             "{label} {} decoded one token at a time: {} positions, mean KL {kl:.2e}, top-1 {:.1}%",
             case.name,

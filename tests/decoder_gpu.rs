@@ -441,25 +441,6 @@ fn kquant_decoders_match_the_reference() {
     }
 }
 
-/// Mean KL(reference ‖ ours) per position and the fraction of positions
-/// whose most likely token agrees.
-fn kl_top1(reference: &[f32], ours: &[f32], vocab: usize) -> (f64, f64) {
-    let log_softmax = |row: &[f32]| -> Vec<f64> {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
-        row.iter().map(|&v| v as f64 - lse).collect()
-    };
-    let argmax = |row: &[f32]| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
-    let (mut kl, mut agree, mut n) = (0.0, 0usize, 0usize);
-    for (r, o) in reference.chunks_exact(vocab).zip(ours.chunks_exact(vocab)) {
-        let (lr, lo) = (log_softmax(r), log_softmax(o));
-        kl += lr.iter().zip(&lo).map(|(a, b)| a.exp() * (a - b)).sum::<f64>();
-        agree += usize::from(argmax(r) == argmax(o));
-        n += 1;
-    }
-    (kl / n as f64, agree as f64 / n as f64)
-}
-
 fn load_weights(path: &Path) -> Arc<DecoderWeights> {
     let file = GgufFile::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     Arc::new(load::from_gguf(&file).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
@@ -478,7 +459,7 @@ fn gpu_against_cpu(w: &Arc<DecoderWeights>, tokens: &[u32], choice: &wginfer::Ad
     let want = cpu.forward(tokens, Logits::All).expect("cpu forward");
     let mut gpu = GpuDecoder::new(w, t, choice).unwrap_or_else(|e| panic!("{what}: {e}"));
     let all = gpu.forward(tokens, Logits::All).expect("gpu forward");
-    let (kl, top1) = kl_top1(&want, &all, vocab);
+    let (kl, top1) = common::kl_top1(&want, &all, vocab);
     println!("gpu vs cpu {what}: mean KL {kl:.2e}, top-1 {:.1}%", 100.0 * top1);
     assert!(kl <= 1e-5, "{what}: mean KL {kl} > 1e-5 against the CPU decoder");
     assert!(
@@ -538,7 +519,7 @@ fn committed_gguf_decoders_match_numpy_and_the_cpu() {
             let all = gpu_against_cpu(&w, &tokens, &choice, &what);
             let reference = reference.as_f32().expect("f32");
             let vocab = w.config.vocab;
-            let (kl, top1) = kl_top1(reference, &all, vocab);
+            let (kl, top1) = common::kl_top1(reference, &all, vocab);
             println!("gpu vs numpy {what}: mean KL {kl:.2e}, top-1 {:.1}%", 100.0 * top1);
             for (p, (g, r)) in all.chunks_exact(vocab).zip(reference.chunks_exact(vocab)).enumerate() {
                 assert_logits(g, r, 1e-3, &format!("{what}: position {p} against numpy"));

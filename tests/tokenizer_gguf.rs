@@ -13,59 +13,9 @@ use wginfer::generate::chat::{ChatMessage, ChatTemplate};
 use wginfer::generate::tokenizer::{TextStream, Tokenizer};
 use wginfer::model::gguf::{GgufFile, MetaValue};
 
-// ---- a metadata-only GGUF writer -------------------------------------------
-
-fn type_code(v: &MetaValue) -> u32 {
-    match v {
-        MetaValue::U8(_) => 0,
-        MetaValue::I8(_) => 1,
-        MetaValue::U16(_) => 2,
-        MetaValue::I16(_) => 3,
-        MetaValue::U32(_) => 4,
-        MetaValue::I32(_) => 5,
-        MetaValue::F32(_) => 6,
-        MetaValue::Bool(_) => 7,
-        MetaValue::String(_) => 8,
-        MetaValue::Array(_) => 9,
-        MetaValue::U64(_) => 10,
-        MetaValue::I64(_) => 11,
-        MetaValue::F64(_) => 12,
-    }
-}
-
-fn put_str(buf: &mut Vec<u8>, s: &str) {
-    buf.extend((s.len() as u64).to_le_bytes());
-    buf.extend(s.as_bytes());
-}
-
-fn put_value(buf: &mut Vec<u8>, v: &MetaValue) {
-    match v {
-        MetaValue::U32(x) => buf.extend(x.to_le_bytes()),
-        MetaValue::I32(x) => buf.extend(x.to_le_bytes()),
-        MetaValue::F32(x) => buf.extend(x.to_le_bytes()),
-        MetaValue::Bool(x) => buf.push(u8::from(*x)),
-        MetaValue::String(s) => put_str(buf, s),
-        MetaValue::Array(items) => {
-            buf.extend(items.first().map_or(0, type_code).to_le_bytes());
-            buf.extend((items.len() as u64).to_le_bytes());
-            items.iter().for_each(|i| put_value(buf, i));
-        }
-        other => panic!("the test writer does not write {other:?}"),
-    }
-}
-
 /// A GGUF v3 file with metadata and no tensors.
 fn gguf(kvs: &[(&str, MetaValue)]) -> GgufFile {
-    let mut buf = b"GGUF".to_vec();
-    buf.extend(3u32.to_le_bytes());
-    buf.extend(0u64.to_le_bytes());
-    buf.extend((kvs.len() as u64).to_le_bytes());
-    for (key, value) in kvs {
-        put_str(&mut buf, key);
-        buf.extend(type_code(value).to_le_bytes());
-        put_value(&mut buf, value);
-    }
-    GgufFile::from_vec(buf).expect("the test file parses")
+    GgufFile::from_vec(common::gguf::write_gguf(3, kvs, &[], 32)).expect("the test file parses")
 }
 
 fn strings<S: AsRef<str>>(xs: &[S]) -> MetaValue {

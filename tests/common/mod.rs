@@ -184,3 +184,22 @@ fn output_name(i: usize) -> String {
         format!("y{i}")
     }
 }
+
+/// Mean KL(reference ‖ ours) per position (rows of `vocab` logits) and the
+/// fraction of positions whose most likely token agrees.
+pub fn kl_top1(reference: &[f32], ours: &[f32], vocab: usize) -> (f64, f64) {
+    let log_softmax = |row: &[f32]| -> Vec<f64> {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+        row.iter().map(|&v| v as f64 - lse).collect()
+    };
+    let argmax = |row: &[f32]| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+    let (mut kl, mut agree, mut n) = (0.0, 0usize, 0usize);
+    for (r, o) in reference.chunks_exact(vocab).zip(ours.chunks_exact(vocab)) {
+        let (lr, lo) = (log_softmax(r), log_softmax(o));
+        kl += lr.iter().zip(&lo).map(|(a, b)| a.exp() * (a - b)).sum::<f64>();
+        agree += usize::from(argmax(r) == argmax(o));
+        n += 1;
+    }
+    (kl / n as f64, agree as f64 / n as f64)
+}
