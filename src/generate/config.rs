@@ -52,4 +52,22 @@ impl DecoderConfig {
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
+
+    /// RoPE's `cos` and `sin` of `pos · θ^(-2i/rope_dims)` for every position
+    /// below `context` and every pair `i`, computed in f64 (`[context,
+    /// rope_dims / 2]` each), so no device's `sin`/`cos` accuracy matters.
+    pub fn rope_tables(&self, context: usize) -> (Vec<f32>, Vec<f32>) {
+        let half = self.rope_dims / 2;
+        let mut cos = Vec::with_capacity(context * half);
+        let mut sin = Vec::with_capacity(context * half);
+        for pos in 0..context {
+            for i in 0..half {
+                let freq = f64::from(self.rope_theta).powf(-2.0 * i as f64 / self.rope_dims as f64);
+                let (s, c) = (pos as f64 * freq).sin_cos();
+                cos.push(c as f32);
+                sin.push(s as f32);
+            }
+        }
+        (cos, sin)
+    }
 }

@@ -38,7 +38,7 @@ impl CpuDecoder {
                 message: e.to_string(),
             }
         })?;
-        let (cos, sin) = rope_tables(c, context);
+        let (cos, sin) = c.rope_tables(context);
         let cache = KvCache::new(c.n_layers, context, c.kv_dim());
         Ok(Self {
             weights,
@@ -57,23 +57,6 @@ impl CpuDecoder {
     pub fn cache_bytes(&self) -> usize {
         self.cache.bytes()
     }
-}
-
-/// `cos`/`sin` of `pos · θ^(-2i/rope_dims)` for every position and pair,
-/// computed in f64.
-fn rope_tables(c: &DecoderConfig, context: usize) -> (Vec<f32>, Vec<f32>) {
-    let half = c.rope_dims / 2;
-    let mut cos = Vec::with_capacity(context * half);
-    let mut sin = Vec::with_capacity(context * half);
-    for pos in 0..context {
-        for i in 0..half {
-            let freq = f64::from(c.rope_theta).powf(-2.0 * i as f64 / c.rope_dims as f64);
-            let a = pos as f64 * freq;
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
-        }
-    }
-    (cos, sin)
 }
 
 /// `out = x / rms(x) · w` per row of `w.len()` values.

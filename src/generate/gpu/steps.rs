@@ -449,7 +449,7 @@ pub(super) fn build(
     };
     let (embed, em) = matrix(ctx, "token_embd", &w.embed, vocab, d)?;
     b.ggml("embedding".into(), Kind::Embed(em), &embed, None, &x, Some(&tokens));
-    let (cos, sin) = rope_tables(c, context);
+    let (cos, sin) = c.rope_tables(context);
     let cos = upload(ctx, "rope cos", bytemuck::cast_slice(&cos))?;
     let sin = upload(ctx, "rope sin", bytemuck::cast_slice(&sin))?;
     let acts = Acts {
@@ -502,22 +502,6 @@ struct Acts<'a> {
     scores: &'a wgpu::Buffer,
     cos: &'a wgpu::Buffer,
     sin: &'a wgpu::Buffer,
-}
-
-/// `cos`/`sin` of `pos·θ^(-2i/rope_dims)` for every position and pair, in f64.
-fn rope_tables(c: &DecoderConfig, context: usize) -> (Vec<f32>, Vec<f32>) {
-    let half = c.rope_dims / 2;
-    let mut cos = Vec::with_capacity(context * half);
-    let mut sin = Vec::with_capacity(context * half);
-    for pos in 0..context {
-        for i in 0..half {
-            let freq = f64::from(c.rope_theta).powf(-2.0 * i as f64 / c.rope_dims as f64);
-            let (s, co) = (pos as f64 * freq).sin_cos();
-            cos.push(co as f32);
-            sin.push(s as f32);
-        }
-    }
-    (cos, sin)
 }
 
 /// The steps of block `i`.
