@@ -39,6 +39,7 @@ mod connections;
 pub mod embeddings;
 pub mod error;
 mod isolate;
+pub mod llm;
 pub mod metrics;
 pub mod protocol;
 pub mod repository;
