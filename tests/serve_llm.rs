@@ -286,6 +286,10 @@ async fn bad_requests_and_settings_are_clear_errors() {
     r.sampling.top_p = 2.0;
     assert!(engine.submit(r).is_err());
     assert!(repo.llm("nope", None).is_err());
+    // Shutting down: no new request is admitted.
+    repo.stop_generating();
+    let e = engine.submit(greedy(vec![1, 2], 3)).unwrap_err();
+    assert!(matches!(e, ServeError::Unavailable(_)), "{e}");
     // A bad parameter fails the load and names the field.
     let dir2 = tempfile::tempdir().expect("tempdir");
     let v = dir2.path().join("smol/1");
