@@ -98,14 +98,23 @@ pub fn decoder_on(weights: Arc<DecoderWeights>, device: &Device, context: usize)
 }
 
 impl Generator {
-    /// Loads a GGUF decoder with its tokenizer and chat template. `context`
-    /// defaults to the model's trained context, capped at 4096 positions.
+    /// Loads a decoder with its tokenizer and chat template from a GGUF
+    /// file or a Hugging Face directory (see [`hf`](crate::generate::hf)).
+    /// `context` defaults to the model's trained context, capped at 4096
+    /// positions.
     pub fn load(path: impl AsRef<Path>, device: &Device, context: Option<usize>) -> Result<Self, Error> {
-        let file = GgufFile::open(path.as_ref()).map_err(GenerateError::from)?;
-        let tokenizer = Tokenizer::from_gguf(&file)?;
-        let template = ChatTemplate::from_gguf(&file)?;
-        let weights = Arc::new(load::from_gguf(&file)?);
-        drop(file);
+        let (weights, tokenizer, template) = if path.as_ref().is_dir() {
+            let (tokenizer, template) = crate::generate::hf::tokenizer_and_template(path.as_ref())?;
+            (
+                Arc::new(crate::generate::hf::from_dir(path.as_ref())?),
+                tokenizer,
+                template,
+            )
+        } else {
+            let file = GgufFile::open(path.as_ref()).map_err(GenerateError::from)?;
+            let parts = (Tokenizer::from_gguf(&file)?, ChatTemplate::from_gguf(&file)?);
+            (Arc::new(load::from_gguf(&file)?), parts.0, parts.1)
+        };
         let context = context.unwrap_or(weights.config.trained_context.min(4096));
         let decoder = decoder_on(weights, device, context)?;
         Ok(Self::from_parts(decoder, tokenizer, template))
