@@ -6,7 +6,16 @@
 use std::path::Path;
 
 /// The names of the targets, as the folders under fuzz/regressions name them.
-pub const TARGETS: &[&str] = &["model_file", "onnx", "npy", "kserve_json", "kserve_binary", "gguf"];
+pub const TARGETS: &[&str] = &[
+    "model_file",
+    "onnx",
+    "npy",
+    "kserve_json",
+    "kserve_binary",
+    "gguf",
+    "decoder_gguf",
+    "decoder_hf",
+];
 
 /// Runs target `name` on `data`; false for an unknown name.
 pub fn run(name: &str, data: &[u8]) -> bool {
@@ -17,6 +26,8 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "kserve_json" => kserve_json(data),
         "kserve_binary" => kserve_binary(data),
         "gguf" => gguf(data),
+        "decoder_gguf" => decoder_gguf(data),
+        "decoder_hf" => decoder_hf(data),
         _ => return false,
     }
     true
@@ -66,6 +77,27 @@ pub fn gguf(data: &[u8]) {
         for t in file.tensors() {
             let _ = file.tensor_bytes(&t.name);
         }
+    }
+}
+
+/// A GGUF decoder: a file that parses is built into decoder weights
+/// (hyperparameters, tensor shapes and formats checked).
+pub fn decoder_gguf(data: &[u8]) {
+    if let Ok(file) = wginfer::model::gguf::GgufFile::read(data) {
+        let _ = wginfer::generate::load::from_gguf(&file);
+    }
+}
+
+/// A Hugging Face decoder: the first two bytes give the length of the
+/// `config.json` text that follows; the rest is `model.safetensors`.
+pub fn decoder_hf(data: &[u8]) {
+    if data.len() < 2 {
+        return;
+    }
+    let len = (u16::from_le_bytes([data[0], data[1]]) as usize).min(data.len() - 2);
+    let (config, weights) = data[2..].split_at(len);
+    if let Ok(config) = std::str::from_utf8(config) {
+        let _ = wginfer::generate::hf::from_memory(config, weights.to_vec());
     }
 }
 

@@ -78,8 +78,17 @@ pub struct ModelParts {
 }
 
 impl ModelParts {
-    /// Reads a GGUF decoder file.
+    /// Reads a GGUF decoder file or a Hugging Face directory (see
+    /// [`hf`](crate::generate::hf)).
     pub fn load(path: &Path) -> Result<Self, Error> {
+        if path.is_dir() {
+            let (tokenizer, template) = crate::generate::hf::tokenizer_and_template(path)?;
+            return Ok(Self {
+                weights: Arc::new(crate::generate::hf::from_dir(path)?),
+                tokenizer,
+                template,
+            });
+        }
         let file = GgufFile::open(path).map_err(GenerateError::from)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let template = ChatTemplate::from_gguf(&file)?;
@@ -127,8 +136,10 @@ pub fn decoder_on(weights: Arc<DecoderWeights>, device: &Device, context: usize)
 }
 
 impl Generator {
-    /// Loads a GGUF decoder with its tokenizer and chat template. `context`
-    /// defaults to the model's trained context, capped at 4096 positions.
+    /// Loads a decoder with its tokenizer and chat template from a GGUF
+    /// file or a Hugging Face directory (see [`hf`](crate::generate::hf)).
+    /// `context` defaults to the model's trained context, capped at 4096
+    /// positions.
     pub fn load(path: impl AsRef<Path>, device: &Device, context: Option<usize>) -> Result<Self, Error> {
         let parts = ModelParts::load(path.as_ref())?;
         let context = context.unwrap_or(parts.weights.config.trained_context.min(DEFAULT_CONTEXT));

@@ -11,7 +11,7 @@ use crate::model::gguf::{GgmlType, GgufFile, TensorInfo};
 
 /// Largest dimension a loaded decoder may declare (guards allocations
 /// computed from metadata).
-const MAX_DIM: usize = 1 << 24;
+pub(crate) const MAX_DIM: usize = 1 << 24;
 
 /// How each supported architecture rotates positions: llama.cpp's converter
 /// permutes the Q/K rows of `llama`-style files into adjacent pairs, and

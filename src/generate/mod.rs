@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod generator;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod hf;
 pub mod load;
 pub mod sample;
 pub mod synthetic;

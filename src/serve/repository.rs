@@ -15,8 +15,10 @@
 //! numbered version directory (`<repo>/<model>/1/`), so its Hugging Face
 //! `config.json` is not read as the model's serving config.
 //!
-//! A version whose file is `model.gguf` is a generative language model (a
-//! llama.cpp GGUF decoder): it is served by an [`LlmEngine`] with
+//! A version whose file is `model.gguf` (a llama.cpp GGUF decoder), or a
+//! Hugging Face decoder directory (`config.json` naming a `...ForCausalLM`
+//! architecture, `model.safetensors` or its sharded index,
+//! `tokenizer.json`), is a generative language model: it is served by an [`LlmEngine`] with
 //! continuous batching on the OpenAI routes and Triton's generate extension
 //! (see [`super::llm`]), not on `/infer`.
 //!
@@ -47,7 +49,12 @@ use crate::session::{Device, Session};
 use crate::tensor::{Dim, Tensor};
 
 /// File names a version's model may have, in the order they are looked for.
-pub const MODEL_FILES: [&str; 3] = ["model.safetensors", "model.onnx", "model.gguf"];
+pub const MODEL_FILES: [&str; 4] = [
+    "model.safetensors",
+    "model.onnx",
+    "model.gguf",
+    "model.safetensors.index.json",
+];
 
 /// A model's state, as the repository index reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -518,10 +525,8 @@ impl Repository {
                     continue;
                 }
             }
-            let served = if path.extension().is_some_and(|e| e == "gguf") {
-                Served::Llm(Arc::new(
-                    self.load_llm(name, v, path.clone(), config.clone(), stamp).await?,
-                ))
+            let served = if let Some(source) = generative_source(path) {
+                Served::Llm(Arc::new(self.load_llm(name, v, source, config.clone(), stamp).await?))
             } else {
                 Served::Graph(Arc::new(
                     self.load_version(name, v, path.clone(), config.clone(), stamp).await?,
@@ -925,6 +930,24 @@ fn check_batchable(model: &Model, config: &ModelConfig, merge: &[Merge]) -> Resu
 
 /// The directory of a text embedding model: the model file's directory when
 /// it holds a `tokenizer.json`.
+/// Where a generative model loads from: a `.gguf` file, or the directory
+/// of a Hugging Face causal language model (its `config.json` names an
+/// architecture ending in `ForCausalLM`).
+fn generative_source(model_file: &Path) -> Option<PathBuf> {
+    if model_file.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        return Some(model_file.to_path_buf());
+    }
+    let dir = model_file.parent()?;
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let causal = doc
+        .get("architectures")?
+        .as_array()?
+        .iter()
+        .any(|a| a.as_str().is_some_and(|a| a.ends_with("ForCausalLM")));
+    causal.then(|| dir.to_path_buf())
+}
+
 fn embedding_dir(model_file: &Path) -> Option<PathBuf> {
     let dir = model_file.parent()?;
     dir.join("tokenizer.json").is_file().then(|| dir.to_path_buf())
