@@ -679,6 +679,15 @@ mod tests {
         assert!(!llama.qkv_bias);
         let explicit = config_from_json(&with("head_dim", "16")).expect("head_dim");
         assert_eq!(explicit.decoder.q_dim(), 32);
+        let by_class = CONFIG.replace(r#""model_type": "qwen2""#, r#""architectures": ["MistralForCausalLM"]"#);
+        let mut v: Value = serde_json::from_str(&by_class).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("sliding_window".to_string(), Value::from(32));
+        }
+        let mistral = config_from_json(&v.to_string()).expect("mistral");
+        assert_eq!(mistral.decoder.architecture, "mistral");
+        assert_eq!(mistral.decoder.trained_context, 32);
+        assert!(!mistral.qkv_bias);
     }
 
     #[test]
