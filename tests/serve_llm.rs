@@ -309,3 +309,47 @@ async fn bad_requests_and_settings_are_clear_errors() {
     let e = repo2.load("smol").await.unwrap_err().to_string();
     assert!(e.contains("max_num_seqs"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hugging_face_directory_serves_as_a_generative_model() {
+    let Some(hf) = std::env::var_os("WGINFER_SMOLLM2_HF") else {
+        common::skip_or_fail(
+            "WGINFER_REQUIRE_SMOLLM2",
+            "WGINFER_SMOLLM2_HF is not set (models/smollm2/to_hf.py writes the directory; .ci/run does)",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("smolhf")).expect("mkdir");
+    std::os::unix::fs::symlink(&hf, dir.path().join("smolhf/1")).expect("link the version");
+    std::fs::write(
+        dir.path().join("smolhf/config.json"),
+        r#"{"parameters": {"max_num_seqs": 4, "context_length": 256}}"#,
+    )
+    .expect("config");
+    let repo = Repository::new(
+        dir.path().to_path_buf(),
+        Device::Cpu,
+        None,
+        Arc::new(Metrics::default()),
+    );
+    repo.load("smolhf").await.expect("loads");
+    let engine = repo.llm("smolhf", None).expect("generative");
+    let mut lib = Generator::load(&hf, &Device::Cpu, Some(256)).expect("generator");
+    for p in &PROMPTS[..3] {
+        let ids = lib.encode(p).expect("encode");
+        assert_eq!(ids, engine.encode(p).expect("encode"));
+        let opts = GenerateOptions {
+            max_tokens: 8,
+            sampling: greedy(Vec::new(), 0).sampling,
+            ..GenerateOptions::default()
+        };
+        let want: Vec<u32> = lib
+            .generate_ids(&ids, &opts)
+            .expect("starts")
+            .map(|t| t.expect("token").id)
+            .collect();
+        let (got, ..) = collect(&engine, greedy(ids, 8)).await;
+        assert_eq!(got, want, "{p}");
+    }
+}

@@ -348,7 +348,7 @@ impl Scheduler {
     /// Picks a sequence's next token from its logits and sends it; sends
     /// the end when the sequence ends.
     fn pick(q: &mut Seq<'_>, logits: &[f32], metrics: &LlmMetrics) {
-        let room = q.cache.as_ref().map_or(true, |c| c.len < c.context);
+        let room = q.cache.as_ref().is_none_or(|c| c.len < c.context);
         match q.picker.pick(logits, room) {
             Ok(Some(t)) => {
                 let now = Instant::now();

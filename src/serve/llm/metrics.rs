@@ -107,7 +107,8 @@ pub(crate) fn render(out: &mut String, models: &[(String, String, std::sync::Arc
         return;
     }
     let label = |m: &str, v: &str| format!("model=\"{}\",version=\"{}\"", escape(m), escape(v));
-    let hists: [(&str, &str, fn(&LlmMetrics) -> &Histogram); 2] = [
+    type Pick = fn(&LlmMetrics) -> &Histogram;
+    let hists: [(&str, &str, Pick); 2] = [
         (
             "time_to_first_token_seconds",
             "Time from a request's arrival to its first generated token",

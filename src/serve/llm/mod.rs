@@ -363,6 +363,9 @@ impl LlmEngine {
                 "the model failed: {why}; load it again"
             )));
         }
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(ServeError::Unavailable("the server is shutting down".to_string()));
+        }
         let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
         if queued >= self.max_queue {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
