@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use common::gguf::{write_gguf, TensorSpec};
 use wginfer::error::GenerateError;
-use wginfer::generate::cpu::CpuDecoder;
+use wginfer::generate::cache::KvCache;
+use wginfer::generate::cpu::{CpuDecoder, CpuModel, RowMode, SeqTokens};
 use wginfer::generate::{load, Decoder, DecoderWeights, Logits};
 use wginfer::model::gguf::{GgmlType, GgufFile, MetaValue};
 
@@ -323,4 +324,90 @@ fn bad_inputs_are_typed_errors() {
     assert!(matches!(e, GenerateError::Context { needed: 9, context: 8 }), "{e}");
     assert_eq!(dec.cached(), 5);
     assert!(dec.forward(&[], Logits::Last).expect("empty").is_empty());
+}
+
+/// Decodes `steps` tokens for each prompt, either all sequences in one
+/// batched pass per step or each alone; returns every step's logits per
+/// sequence. The fed tokens are fixed (not sampled) so both runs see the
+/// same inputs.
+fn decode_logits(w: &Arc<DecoderWeights>, prompts: &[Vec<u32>], steps: usize, batched: bool) -> Vec<Vec<Vec<f32>>> {
+    let model = CpuModel::new(w.clone(), 64).expect("model");
+    let mut caches: Vec<KvCache> = prompts.iter().map(|_| model.new_cache(64).expect("cache")).collect();
+    for (cache, p) in caches.iter_mut().zip(prompts) {
+        let mut seq = [SeqTokens {
+            cache,
+            tokens: p,
+            logits: Logits::Last,
+        }];
+        model.forward(&mut seq, RowMode::Auto).expect("prefill");
+    }
+    let mut out = vec![Vec::new(); prompts.len()];
+    for step in 0..steps {
+        let feed: Vec<u32> = (0..prompts.len()).map(|i| ((7 * step + 13 * i) % 50) as u32).collect();
+        let mut seqs: Vec<SeqTokens> = caches
+            .iter_mut()
+            .zip(&feed)
+            .map(|(cache, t)| SeqTokens {
+                cache,
+                tokens: std::slice::from_ref(t),
+                logits: Logits::Last,
+            })
+            .collect();
+        if batched {
+            let logits = model.forward(&mut seqs, RowMode::Independent).expect("batched step");
+            for (o, l) in out.iter_mut().zip(logits) {
+                o.push(l);
+            }
+        } else {
+            for (o, s) in out.iter_mut().zip(seqs.iter_mut()) {
+                let l = model
+                    .forward(std::slice::from_mut(s), RowMode::Independent)
+                    .expect("single step");
+                o.extend(l);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_batched_step_gives_each_sequence_the_numbers_it_gets_alone() {
+    for name in ["llama-q.gguf", "qwen2-k.gguf"] {
+        let w = load_weights(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/decoders").join(name));
+        let prompts: Vec<Vec<u32>> = [3usize, 9, 14, 1, 6]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| ((11 * i + 5 * j + 1) % 60) as u32).collect())
+            .collect();
+        let batched = decode_logits(&w, &prompts, 4, true);
+        let alone = decode_logits(&w, &prompts, 4, false);
+        assert_eq!(batched, alone, "{name}: batched decoding changed a sequence's logits");
+        // The single-sequence decoder decodes one token the same way.
+        let mut dec = CpuDecoder::new(w.clone(), 64).expect("decoder");
+        dec.forward(&prompts[2], Logits::Last).expect("prefill");
+        let step0 = dec.forward(&[(13 * 2 % 50) as u32], Logits::Last).expect("step");
+        assert_eq!(step0, batched[2][0], "{name}: CpuDecoder and CpuModel differ");
+    }
+}
+
+#[test]
+fn a_batched_pass_refuses_a_sequence_past_its_cache_and_caches_nothing() {
+    let w = load_weights(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/decoders/llama-q.gguf"));
+    let model = CpuModel::new(w, 64).expect("model");
+    let (mut a, mut b) = (model.new_cache(8).expect("cache"), model.new_cache(2).expect("cache"));
+    let mut seqs = [
+        SeqTokens {
+            cache: &mut a,
+            tokens: &[1, 2, 3],
+            logits: Logits::Last,
+        },
+        SeqTokens {
+            cache: &mut b,
+            tokens: &[1, 2, 3],
+            logits: Logits::Last,
+        },
+    ];
+    let err = model.forward(&mut seqs, RowMode::Independent).unwrap_err();
+    assert!(matches!(err, GenerateError::Context { needed: 3, context: 2 }), "{err}");
+    assert_eq!((a.len, b.len), (0, 0));
 }

@@ -1,6 +1,10 @@
 //! The forward pass on the CPU: RMSNorm, RoPE, grouped-query attention over
 //! the [`KvCache`], SwiGLU, with the matrix products on packed weights
-//! ([`Matrix::matmul`]) and attention parallel over heads.
+//! ([`Matrix::matmul`]) and attention parallel over rows and heads.
+//!
+//! [`CpuModel`] runs one pass over the tokens of several sequences, each
+//! with its own cache (batched decoding: every weight is read once for all
+//! of them); [`CpuDecoder`] is that model with the cache of one sequence.
 
 use std::sync::Arc;
 
@@ -9,55 +13,7 @@ use rayon::prelude::*;
 use crate::error::GenerateError;
 use crate::generate::cache::KvCache;
 use crate::generate::{Decoder, DecoderConfig, DecoderWeights, LayerWeights, Logits, Matrix, RopeLayout};
-
-/// A decoder on the CPU with the KV cache of one sequence.
-#[derive(Debug)]
-pub struct CpuDecoder {
-    weights: Arc<DecoderWeights>,
-    cache: KvCache,
-    /// RoPE `cos`/`sin` per position and frequency: `[context, rope_dims / 2]`.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-}
-
-impl CpuDecoder {
-    /// A decoder over `weights` whose cache holds `context` positions.
-    pub fn new(weights: Arc<DecoderWeights>, context: usize) -> Result<Self, GenerateError> {
-        crate::generate::load::validate(&weights.config)?;
-        let c = &weights.config;
-        let cache_bytes = context
-            .checked_mul(c.kv_dim())
-            .and_then(|n| n.checked_mul(8 * c.n_layers))
-            .ok_or(GenerateError::Context {
-                needed: context,
-                context: 0,
-            })?;
-        crate::tensor::check_alloc(|| "the KV cache".to_string(), cache_bytes as u64).map_err(|e| {
-            GenerateError::Config {
-                key: "context".to_string(),
-                message: e.to_string(),
-            }
-        })?;
-        let (cos, sin) = c.rope_tables(context);
-        let cache = KvCache::new(c.n_layers, context, c.kv_dim());
-        Ok(Self {
-            weights,
-            cache,
-            cos,
-            sin,
-        })
-    }
-
-    /// The weights.
-    pub fn weights(&self) -> &Arc<DecoderWeights> {
-        &self.weights
-    }
-
-    /// Bytes the KV cache holds.
-    pub fn cache_bytes(&self) -> usize {
-        self.cache.bytes()
-    }
-}
+use crate::linalg::ggml::{ActPrecision, Kernel};
 
 /// `out = x / rms(x) · w` per row of `w.len()` values.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -101,18 +57,25 @@ fn add_bias(x: &mut [f32], bias: Option<&Vec<f32>>) {
     }
 }
 
-/// Causal grouped-query attention of `q` (`[tokens, q_dim]`, positions
-/// `start..`) over the cache's first `start + tokens` positions, into `out`.
-fn attention(q: &[f32], cache_k: &[f32], cache_v: &[f32], c: &DecoderConfig, start: usize, out: &mut [f32]) {
+/// Causal grouped-query attention of `q` (`[rows, q_dim]`) over each
+/// sequence's cache (`caches[s]`: keys and values, filled through the
+/// segment's last position), into `out`; parallel over rows and heads.
+fn attention(q: &[f32], caches: &[(&[f32], &[f32])], segs: &[Segment], c: &DecoderConfig, out: &mut [f32]) {
     let (hd, kvd, group) = (c.head_dim, c.kv_dim(), c.n_heads / c.n_kv_heads);
     let scale = 1.0 / (hd as f32).sqrt();
+    let mut row_seq = Vec::with_capacity(q.len() / c.q_dim());
+    for (s, g) in segs.iter().enumerate() {
+        row_seq.extend((0..g.n).map(|t| (s, g.start + t)));
+    }
     out.par_chunks_mut(hd)
         .enumerate()
         .for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
-            let (t, h) = (i / c.n_heads, i % c.n_heads);
-            let qh = &q[t * c.q_dim() + h * hd..][..hd];
+            let (r, h) = (i / c.n_heads, i % c.n_heads);
+            let (s, pos) = row_seq[r];
+            let (cache_k, cache_v) = caches[s];
+            let qh = &q[r * c.q_dim() + h * hd..][..hd];
             let kv_off = (h / group) * hd;
-            let len = start + t + 1;
+            let len = pos + 1;
             scores.clear();
             scores.extend((0..len).map(|p| {
                 let k = &cache_k[p * kvd + kv_off..][..hd];
@@ -141,44 +104,254 @@ fn silu_mul(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-fn mm(m: &Matrix, x: &[f32], n: usize) -> Result<Vec<f32>, GenerateError> {
+/// How the matrix products of a pass treat their rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowMode {
+    /// By row count, as [`Matrix::matmul`] does: prompts through f32 GEMM,
+    /// a few rows through 16-bit activation blocks.
+    Auto,
+    /// Every row through 16-bit activation blocks on packed weights (f32
+    /// GEMM on f32/f16 ones), so each row's result does not depend on the
+    /// other rows of the pass: batched decoding gives every sequence the
+    /// numbers it gets alone.
+    Independent,
+}
+
+fn mm(m: &Matrix, x: &[f32], n: usize, mode: RowMode) -> Result<Vec<f32>, GenerateError> {
     let mut out = vec![0f32; n * m.rows()];
-    m.matmul(x, n, &mut out)?;
+    match (mode, m) {
+        (RowMode::Independent, Matrix::Quant(q)) => q.matmul_with(Kernel::best(), ActPrecision::Int16, x, n, &mut out),
+        _ => m.matmul(x, n, &mut out)?,
+    }
     Ok(out)
 }
 
-impl CpuDecoder {
-    fn layer(&mut self, li: usize, x: &mut [f32], n: usize, start: usize) -> Result<(), GenerateError> {
+/// The tokens of one sequence in a forward pass, with its cache.
+#[derive(Debug)]
+pub struct SeqTokens<'a> {
+    /// The sequence's keys and values; the tokens go at positions
+    /// `cache.len..`.
+    pub cache: &'a mut KvCache,
+    /// Its tokens in this pass.
+    pub tokens: &'a [u32],
+    /// The logits it wants back.
+    pub logits: Logits,
+}
+
+/// Where each sequence's rows are in a pass: first row, row count, first
+/// position.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    row0: usize,
+    n: usize,
+    start: usize,
+}
+
+/// The weights and RoPE tables of a decoder on the CPU. It runs forward
+/// passes over caches it does not own, one sequence or many at once.
+#[derive(Debug)]
+pub struct CpuModel {
+    weights: Arc<DecoderWeights>,
+    context: usize,
+    /// RoPE `cos`/`sin` per position and frequency: `[context, rope_dims / 2]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl CpuModel {
+    /// A model over `weights` for sequences of up to `context` positions.
+    pub fn new(weights: Arc<DecoderWeights>, context: usize) -> Result<Self, GenerateError> {
+        crate::generate::load::validate(&weights.config)?;
+        let (cos, sin) = weights.config.rope_tables(context);
+        Ok(Self {
+            weights,
+            context,
+            cos,
+            sin,
+        })
+    }
+
+    /// The weights.
+    pub fn weights(&self) -> &Arc<DecoderWeights> {
+        &self.weights
+    }
+
+    /// The longest sequence it runs.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Bytes the cache of `positions` positions takes.
+    pub fn cache_bytes(&self, positions: usize) -> Option<usize> {
+        let c = &self.weights.config;
+        positions.checked_mul(c.kv_dim())?.checked_mul(8 * c.n_layers)
+    }
+
+    /// An empty cache for `positions` positions (at most the context),
+    /// refused when the machine cannot hold it.
+    pub fn new_cache(&self, positions: usize) -> Result<KvCache, GenerateError> {
+        let positions = positions.min(self.context);
+        let bytes = self.cache_bytes(positions).ok_or(GenerateError::Context {
+            needed: positions,
+            context: 0,
+        })?;
+        crate::tensor::check_alloc(|| "the KV cache".to_string(), bytes as u64).map_err(|e| GenerateError::Config {
+            key: "context".to_string(),
+            message: e.to_string(),
+        })?;
+        let c = &self.weights.config;
+        Ok(KvCache::new(c.n_layers, positions, c.kv_dim()))
+    }
+
+    /// Runs every sequence's tokens, appends their keys and values to their
+    /// caches, and returns each sequence's logits (as [`Decoder::forward`]
+    /// does for one). Nothing is cached when an error is returned.
+    pub fn forward(&self, seqs: &mut [SeqTokens<'_>], mode: RowMode) -> Result<Vec<Vec<f32>>, GenerateError> {
+        let c = &self.weights.config;
+        let mut segs = Vec::with_capacity(seqs.len());
+        let mut row0 = 0;
+        for s in seqs.iter() {
+            check_tokens(s.tokens, s.cache.len, s.cache.context.min(self.context), c.vocab)?;
+            segs.push(Segment {
+                row0,
+                n: s.tokens.len(),
+                start: s.cache.len,
+            });
+            row0 += s.tokens.len();
+        }
+        let (n, d) = (row0, c.d_model);
+        if n == 0 {
+            return Ok(vec![Vec::new(); seqs.len()]);
+        }
+        let mut x = vec![0f32; n * d];
+        for (row, &t) in x.chunks_exact_mut(d).zip(seqs.iter().flat_map(|s| s.tokens)) {
+            self.weights.embed.dequantize_row(t as usize, row);
+        }
+        for li in 0..c.n_layers {
+            self.layer(li, &mut x, seqs, &segs, mode)?;
+        }
+        for (s, g) in seqs.iter_mut().zip(&segs) {
+            s.cache.len = g.start + g.n;
+        }
+        self.head(&x, seqs, &segs, mode)
+    }
+
+    /// The final norm and output head on the rows each sequence wants.
+    fn head(
+        &self,
+        x: &[f32],
+        seqs: &[SeqTokens<'_>],
+        segs: &[Segment],
+        mode: RowMode,
+    ) -> Result<Vec<Vec<f32>>, GenerateError> {
+        let (c, d) = (&self.weights.config, self.weights.config.d_model);
+        let picked: Vec<(usize, usize)> = seqs
+            .iter()
+            .zip(segs)
+            .map(|(s, g)| match s.logits {
+                Logits::Last if g.n > 0 => (g.row0 + g.n - 1, 1),
+                Logits::Last => (g.row0, 0),
+                Logits::All => (g.row0, g.n),
+            })
+            .collect();
+        let rows: Vec<f32> = picked
+            .iter()
+            .flat_map(|&(r, m)| &x[r * d..(r + m) * d])
+            .copied()
+            .collect();
+        let m = rows.len() / d;
+        let mut h = vec![0f32; rows.len()];
+        rms_norm(&rows, &self.weights.norm, c.norm_eps, &mut h);
+        let logits = mm(self.weights.head(), &h, m, mode)?;
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut at = 0;
+        for &(_, m) in &picked {
+            out.push(logits[at * c.vocab..(at + m) * c.vocab].to_vec());
+            at += m;
+        }
+        Ok(out)
+    }
+
+    fn layer(
+        &self,
+        li: usize,
+        x: &mut [f32],
+        seqs: &mut [SeqTokens<'_>],
+        segs: &[Segment],
+        mode: RowMode,
+    ) -> Result<(), GenerateError> {
         let w: &LayerWeights = &self.weights.layers[li];
         let c = &self.weights.config;
+        let n = x.len() / c.d_model;
         let mut h = vec![0f32; x.len()];
         rms_norm(x, &w.attn_norm, c.norm_eps, &mut h);
-        let mut q = mm(&w.wq, &h, n)?;
-        let mut k = mm(&w.wk, &h, n)?;
-        let mut v = mm(&w.wv, &h, n)?;
+        let mut q = mm(&w.wq, &h, n, mode)?;
+        let mut k = mm(&w.wk, &h, n, mode)?;
+        let v = {
+            let mut v = mm(&w.wv, &h, n, mode)?;
+            add_bias(&mut v, w.bv.as_ref());
+            v
+        };
         add_bias(&mut q, w.bq.as_ref());
         add_bias(&mut k, w.bk.as_ref());
-        add_bias(&mut v, w.bv.as_ref());
-        rope(&mut q, c, c.n_heads, start, &self.cos, &self.sin);
-        rope(&mut k, c, c.n_kv_heads, start, &self.cos, &self.sin);
-        let kvd = c.kv_dim();
-        self.cache.k[li][start * kvd..(start + n) * kvd].copy_from_slice(&k);
-        self.cache.v[li][start * kvd..(start + n) * kvd].copy_from_slice(&v);
-        let mut att = vec![0f32; n * c.q_dim()];
-        attention(&q, &self.cache.k[li], &self.cache.v[li], c, start, &mut att);
-        let o = mm(&w.wo, &att, n)?;
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        for (s, g) in seqs.iter_mut().zip(segs) {
+            let (r0, r1) = (g.row0, g.row0 + g.n);
+            rope(&mut q[r0 * qd..r1 * qd], c, c.n_heads, g.start, &self.cos, &self.sin);
+            rope(
+                &mut k[r0 * kvd..r1 * kvd],
+                c,
+                c.n_kv_heads,
+                g.start,
+                &self.cos,
+                &self.sin,
+            );
+            let at = g.start * kvd..(g.start + g.n) * kvd;
+            s.cache.k[li][at.clone()].copy_from_slice(&k[r0 * kvd..r1 * kvd]);
+            s.cache.v[li][at].copy_from_slice(&v[r0 * kvd..r1 * kvd]);
+        }
+        let mut att = vec![0f32; n * qd];
+        let caches: Vec<(&[f32], &[f32])> = seqs.iter().map(|s| (&s.cache.k[li][..], &s.cache.v[li][..])).collect();
+        attention(&q, &caches, segs, c, &mut att);
+        let o = mm(&w.wo, &att, n, mode)?;
         for (xx, oo) in x.iter_mut().zip(&o) {
             *xx += oo;
         }
         rms_norm(x, &w.ffn_norm, c.norm_eps, &mut h);
-        let mut g = mm(&w.w_gate, &h, n)?;
-        let u = mm(&w.w_up, &h, n)?;
+        let mut g = mm(&w.w_gate, &h, n, mode)?;
+        let u = mm(&w.w_up, &h, n, mode)?;
         silu_mul(&mut g, &u);
-        let dn = mm(&w.w_down, &g, n)?;
+        let dn = mm(&w.w_down, &g, n, mode)?;
         for (xx, dd) in x.iter_mut().zip(&dn) {
             *xx += dd;
         }
         Ok(())
+    }
+}
+
+/// A decoder on the CPU with the KV cache of one sequence.
+#[derive(Debug)]
+pub struct CpuDecoder {
+    model: CpuModel,
+    cache: KvCache,
+}
+
+impl CpuDecoder {
+    /// A decoder over `weights` whose cache holds `context` positions.
+    pub fn new(weights: Arc<DecoderWeights>, context: usize) -> Result<Self, GenerateError> {
+        let model = CpuModel::new(weights, context)?;
+        let cache = model.new_cache(context)?;
+        Ok(Self { model, cache })
+    }
+
+    /// The weights.
+    pub fn weights(&self) -> &Arc<DecoderWeights> {
+        self.model.weights()
+    }
+
+    /// Bytes the KV cache holds.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.bytes()
     }
 }
 
@@ -196,34 +369,17 @@ pub fn check_tokens(tokens: &[u32], cached: usize, context: usize, vocab: usize)
 
 impl Decoder for CpuDecoder {
     fn config(&self) -> &DecoderConfig {
-        &self.weights.config
+        &self.model.weights.config
     }
 
     fn forward(&mut self, tokens: &[u32], logits: Logits) -> Result<Vec<f32>, GenerateError> {
-        let c = self.weights.config.clone();
-        let start = self.cache.len;
-        check_tokens(tokens, start, self.cache.context, c.vocab)?;
-        let n = tokens.len();
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let d = c.d_model;
-        let mut x = vec![0f32; n * d];
-        for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
-            self.weights.embed.dequantize_row(t as usize, row);
-        }
-        for li in 0..c.n_layers {
-            self.layer(li, &mut x, n, start)?;
-        }
-        self.cache.len = start + n;
-        let rows = match logits {
-            Logits::Last => &x[(n - 1) * d..],
-            Logits::All => &x[..],
-        };
-        let m = rows.len() / d;
-        let mut h = vec![0f32; rows.len()];
-        rms_norm(rows, &self.weights.norm, c.norm_eps, &mut h);
-        mm(self.weights.head(), &h, m)
+        let mut seq = [SeqTokens {
+            cache: &mut self.cache,
+            tokens,
+            logits,
+        }];
+        let mut out = self.model.forward(&mut seq, RowMode::Auto)?;
+        Ok(out.pop().unwrap_or_default())
     }
 
     fn cached(&self) -> usize {

@@ -63,6 +63,35 @@ pub struct GeneratedToken {
     pub top: Vec<TokenLogprob>,
 }
 
+/// The longest default context: a model's trained context, capped here.
+pub const DEFAULT_CONTEXT: usize = 4096;
+
+/// What a decoder file holds: weights, tokenizer, chat template.
+#[derive(Debug)]
+pub struct ModelParts {
+    /// The weights (shared by every decoder built on them).
+    pub weights: Arc<DecoderWeights>,
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The chat template, when the model has one.
+    pub template: Option<ChatTemplate>,
+}
+
+impl ModelParts {
+    /// Reads a GGUF decoder file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let file = GgufFile::open(path).map_err(GenerateError::from)?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let template = ChatTemplate::from_gguf(&file)?;
+        let weights = Arc::new(load::from_gguf(&file)?);
+        Ok(Self {
+            weights,
+            tokenizer,
+            template,
+        })
+    }
+}
+
 /// A decoder language model ready to generate: decoder (CPU or GPU),
 /// tokenizer, chat template.
 pub struct Generator {
@@ -101,14 +130,10 @@ impl Generator {
     /// Loads a GGUF decoder with its tokenizer and chat template. `context`
     /// defaults to the model's trained context, capped at 4096 positions.
     pub fn load(path: impl AsRef<Path>, device: &Device, context: Option<usize>) -> Result<Self, Error> {
-        let file = GgufFile::open(path.as_ref()).map_err(GenerateError::from)?;
-        let tokenizer = Tokenizer::from_gguf(&file)?;
-        let template = ChatTemplate::from_gguf(&file)?;
-        let weights = Arc::new(load::from_gguf(&file)?);
-        drop(file);
-        let context = context.unwrap_or(weights.config.trained_context.min(4096));
-        let decoder = decoder_on(weights, device, context)?;
-        Ok(Self::from_parts(decoder, tokenizer, template))
+        let parts = ModelParts::load(path.as_ref())?;
+        let context = context.unwrap_or(parts.weights.config.trained_context.min(DEFAULT_CONTEXT));
+        let decoder = decoder_on(parts.weights, device, context)?;
+        Ok(Self::from_parts(decoder, parts.tokenizer, parts.template))
     }
 
     /// A generator from its parts.
@@ -178,18 +203,11 @@ impl Generator {
                 context: self.decoder.context(),
             });
         }
-        let sampler = Sampler::new(opts.sampling.clone())?;
+        Sampler::new(opts.sampling.clone())?;
         let logits = self.prefill(prompt)?;
         Ok(Generation {
-            sampler,
-            stops: StopStrings::new(opts.stop.clone()),
-            history: prompt.to_vec(),
+            picker: TokenPicker::new(&self.tokenizer, prompt, opts)?,
             logits,
-            produced: 0,
-            opts: opts.clone(),
-            finish: None,
-            stream: TextStream::new(&self.tokenizer),
-            tokenizer: &self.tokenizer,
             decoder: self.decoder.as_mut(),
             cached_tokens: &mut self.cached_tokens,
         })
@@ -210,26 +228,48 @@ impl Generator {
     }
 }
 
-/// Tokens being generated; ends at `max_tokens`, an end-of-generation token,
-/// a stop string or the end of the context.
-pub struct Generation<'a> {
-    decoder: &'a mut dyn Decoder,
-    cached_tokens: &'a mut Vec<u32>,
+/// The token-picking side of one sequence: sampler, repetition history,
+/// incremental detokenizer, stop strings and limits. It turns each step's
+/// logits into a [`GeneratedToken`]; whoever runs the decoder (a
+/// [`Generation`], the server's batching engine) feeds it the next logits.
+pub struct TokenPicker<'a> {
     tokenizer: &'a Tokenizer,
     stream: TextStream<'a>,
     sampler: Sampler,
     stops: StopStrings,
     history: Vec<u32>,
-    logits: Vec<f32>,
     produced: usize,
     opts: GenerateOptions,
     finish: Option<FinishReason>,
 }
 
-impl Generation<'_> {
-    /// Why generation ended (`None` while it goes on).
+impl<'a> TokenPicker<'a> {
+    /// A picker for the tokens after `prompt`.
+    pub fn new(tokenizer: &'a Tokenizer, prompt: &[u32], opts: &GenerateOptions) -> Result<Self, GenerateError> {
+        Ok(Self {
+            tokenizer,
+            stream: TextStream::new(tokenizer),
+            sampler: Sampler::new(opts.sampling.clone())?,
+            stops: StopStrings::new(opts.stop.clone()),
+            history: prompt.to_vec(),
+            produced: 0,
+            opts: opts.clone(),
+            finish: if opts.max_tokens == 0 {
+                Some(FinishReason::Length)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Why the sequence ended (`None` while it goes on).
     pub fn finish_reason(&self) -> Option<FinishReason> {
         self.finish
+    }
+
+    /// Tokens picked so far.
+    pub fn produced(&self) -> usize {
+        self.produced
     }
 
     /// Text held back at the end (a partial stop string that never completed).
@@ -237,16 +277,21 @@ impl Generation<'_> {
         self.stops.flush()
     }
 
-    fn step(&mut self) -> Result<Option<GeneratedToken>, GenerateError> {
+    /// Ends the sequence early (`max_tokens` semantics: `length`).
+    pub fn cut(&mut self) {
+        self.finish.get_or_insert(FinishReason::Length);
+    }
+
+    /// Picks the token after `logits`. `room` says whether the cache can take
+    /// one more position; when the picked token ends the sequence (end of
+    /// generation, stop string, `max_tokens`, no room) [`Self::finish_reason`]
+    /// is set, else the caller runs the token and calls this again.
+    pub fn pick(&mut self, logits: &[f32], room: bool) -> Result<Option<GeneratedToken>, GenerateError> {
         if self.finish.is_some() {
             return Ok(None);
         }
-        if self.produced >= self.opts.max_tokens {
-            self.finish = Some(FinishReason::Length);
-            return Ok(None);
-        }
-        let id = self.sampler.sample(&self.logits, &self.history);
-        let lp = log_softmax(&self.logits);
+        let id = self.sampler.sample(logits, &self.history);
+        let lp = log_softmax(logits);
         let top = self.opts.top_logprobs.map_or_else(Vec::new, |k| top_logprobs(&lp, k));
         let logprob = lp[id as usize];
         self.produced += 1;
@@ -260,15 +305,43 @@ impl Generation<'_> {
         let (text, stopped) = self.stops.push(&piece);
         if stopped {
             self.finish = Some(FinishReason::Stop);
-        } else if self.produced < self.opts.max_tokens {
-            if self.decoder.cached() >= self.decoder.context() {
-                self.finish = Some(FinishReason::Length);
-            } else {
-                self.logits = self.decoder.forward(&[id], Logits::Last)?;
-                self.cached_tokens.push(id);
-            }
+        } else if self.produced >= self.opts.max_tokens || !room {
+            self.finish = Some(FinishReason::Length);
         }
         Ok(Some(GeneratedToken { id, text, logprob, top }))
+    }
+}
+
+/// Tokens being generated; ends at `max_tokens`, an end-of-generation token,
+/// a stop string or the end of the context.
+pub struct Generation<'a> {
+    decoder: &'a mut dyn Decoder,
+    cached_tokens: &'a mut Vec<u32>,
+    picker: TokenPicker<'a>,
+    logits: Vec<f32>,
+}
+
+impl Generation<'_> {
+    /// Why generation ended (`None` while it goes on).
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.picker.finish_reason()
+    }
+
+    /// Text held back at the end (a partial stop string that never completed).
+    pub fn flush(&mut self) -> String {
+        self.picker.flush()
+    }
+
+    fn step(&mut self) -> Result<Option<GeneratedToken>, GenerateError> {
+        let room = self.decoder.cached() < self.decoder.context();
+        let Some(tok) = self.picker.pick(&self.logits, room)? else {
+            return Ok(None);
+        };
+        if self.picker.finish_reason().is_none() {
+            self.logits = self.decoder.forward(&[tok.id], Logits::Last)?;
+            self.cached_tokens.push(tok.id);
+        }
+        Ok(Some(tok))
     }
 }
 
@@ -279,7 +352,7 @@ impl Iterator for Generation<'_> {
         match self.step() {
             Ok(t) => t.map(Ok),
             Err(e) => {
-                self.finish = Some(FinishReason::Stop);
+                self.picker.finish.get_or_insert(FinishReason::Stop);
                 Some(Err(e))
             }
         }

@@ -21,7 +21,7 @@ pub mod weights;
 
 pub use config::{DecoderConfig, RopeLayout};
 #[cfg(feature = "text")]
-pub use generator::{FinishReason, GenerateOptions, GeneratedToken, Generation, Generator};
+pub use generator::{FinishReason, GenerateOptions, GeneratedToken, Generation, Generator, ModelParts, TokenPicker};
 pub use weights::{DecoderWeights, LayerWeights, Matrix};
 
 use crate::error::GenerateError;

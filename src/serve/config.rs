@@ -146,6 +146,9 @@ pub struct ModelConfig {
     pub instances: usize,
     /// Where the model runs.
     pub device: Device,
+    /// The file's `parameters` (model-kind settings such as a generative
+    /// model's `max_num_seqs`; see [`super::llm`]).
+    pub parameters: Map<String, Value>,
 }
 
 /// The default bound on waiting requests per model version.
@@ -162,6 +165,7 @@ impl ModelConfig {
             version_policy: VersionPolicy::default(),
             instances: 1,
             device,
+            parameters: Map::new(),
         }
     }
 
@@ -247,6 +251,7 @@ impl ModelConfig {
             };
             cfg.device = s.parse().map_err(|e: String| bad(format!("parameters.device: {e}")))?;
         }
+        cfg.parameters = file.parameters;
         Ok(cfg)
     }
 }

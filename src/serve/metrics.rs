@@ -11,11 +11,15 @@
 //!   `compute_input_duration_us`, `compute_infer_duration_us`,
 //!   `compute_output_duration_us`: cumulative microseconds.
 //! - `pending_request_count` (gauge): requests waiting to execute.
+//!
+//! Generative models add their own (see [`super::llm::metrics`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use super::llm::metrics::LlmMetrics;
 
 /// Why a request failed (the `reason` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +127,7 @@ impl Drop for PendingGuard {
 #[derive(Debug, Default)]
 pub struct Metrics {
     models: Mutex<BTreeMap<(String, String), Arc<ModelMetrics>>>,
+    llms: Mutex<BTreeMap<(String, String), Arc<LlmMetrics>>>,
 }
 
 impl Metrics {
@@ -130,6 +135,13 @@ impl Metrics {
     /// reloads so counters only grow).
     pub fn model(&self, name: &str, version: &str) -> Arc<ModelMetrics> {
         let mut map = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((name.to_string(), version.to_string())).or_default().clone()
+    }
+
+    /// The counters of one generative model version (see
+    /// [`super::llm::metrics`]).
+    pub fn llm(&self, name: &str, version: &str) -> Arc<LlmMetrics> {
+        let mut map = self.llms.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((name.to_string(), version.to_string())).or_default().clone()
     }
 
@@ -226,6 +238,14 @@ impl Metrics {
                 }
             }
         }
+        let llms: Vec<(String, String, Arc<LlmMetrics>)> = self
+            .llms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((m, v), x)| (m.clone(), v.clone(), x.clone()))
+            .collect();
+        super::llm::metrics::render(&mut out, &llms);
         out
     }
 }

@@ -44,6 +44,7 @@ mod connections;
 pub mod embeddings;
 pub mod error;
 mod isolate;
+pub mod llm;
 pub mod metrics;
 mod openai;
 pub mod protocol;

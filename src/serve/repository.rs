@@ -15,6 +15,11 @@
 //! numbered version directory (`<repo>/<model>/1/`), so its Hugging Face
 //! `config.json` is not read as the model's serving config.
 //!
+//! A version whose file is `model.gguf` is a generative language model (a
+//! llama.cpp GGUF decoder): it is served by an [`LlmEngine`] with
+//! continuous batching on the OpenAI routes and Triton's generate extension
+//! (see [`super::llm`]), not on `/infer`.
+//!
 //! A version is ready only after its warm-up run. Loading a model again
 //! (explicitly or by a repository poll) loads new and changed versions
 //! beside the ones serving; traffic moves to them in one swap once they are
@@ -32,6 +37,7 @@ use super::batcher::{Merge, Scheduler};
 use super::config::{ModelConfig, CONFIG_FILE};
 use super::error::ServeError;
 use super::isolate::{isolated, Health};
+use super::llm::LlmEngine;
 use super::metrics::{Metrics, ModelMetrics};
 use crate::embed::Embedder;
 use crate::graph::Graph;
@@ -41,7 +47,7 @@ use crate::session::{Device, Session};
 use crate::tensor::{Dim, Tensor};
 
 /// File names a version's model may have, in the order they are looked for.
-pub const MODEL_FILES: [&str; 2] = ["model.safetensors", "model.onnx"];
+pub const MODEL_FILES: [&str; 3] = ["model.safetensors", "model.onnx", "model.gguf"];
 
 /// A model's state, as the repository index reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -212,8 +218,40 @@ impl Instance {
     }
 }
 
+/// One served version: a graph model or a generative one.
+#[derive(Clone, Debug)]
+enum Served {
+    Graph(Arc<Instance>),
+    Llm(Arc<LlmVersion>),
+}
+
+/// A loaded generative model version.
+#[derive(Debug)]
+struct LlmVersion {
+    engine: Arc<LlmEngine>,
+    config: Arc<ModelConfig>,
+    stamp: Stamp,
+}
+
+impl Served {
+    fn failure(&self) -> Option<String> {
+        match self {
+            Served::Graph(i) => i.failure(),
+            Served::Llm(l) => l.engine.failure(),
+        }
+    }
+
+    fn unchanged(&self, stamp: &Stamp, config: &ModelConfig) -> bool {
+        let (s, c) = match self {
+            Served::Graph(i) => (&i.stamp, &*i.config),
+            Served::Llm(l) => (&l.stamp, &*l.config),
+        };
+        s == stamp && c == config && self.failure().is_none()
+    }
+}
+
 /// The requested version of a model entry (`None` or empty: the newest).
-fn pick_version(name: &str, e: &Entry, version: Option<&str>) -> Result<Arc<Instance>, ServeError> {
+fn pick_version(name: &str, e: &Entry, version: Option<&str>) -> Result<Served, ServeError> {
     match version {
         None | Some("") => e
             .versions
@@ -235,6 +273,17 @@ fn pick_version(name: &str, e: &Entry, version: Option<&str>) -> Result<Arc<Inst
     }
 }
 
+/// A graph model's version: a generative one is refused with the routes
+/// that serve it.
+fn graph_version(name: &str, served: Served) -> Result<Arc<Instance>, ServeError> {
+    match served {
+        Served::Graph(i) => Ok(i),
+        Served::Llm(_) => Err(ServeError::bad(format!(
+            "model `{name}` is a generative language model: use POST /v1/chat/completions, /v1/completions or /v2/models/{name}/generate"
+        ))),
+    }
+}
+
 /// A shape with symbolic dimensions as -1, as the protocol writes it.
 pub fn protocol_shape(shape: &[Dim]) -> Vec<i64> {
     shape
@@ -252,7 +301,7 @@ struct Entry {
     state: Option<ModelState>,
     reason: String,
     config: Option<Arc<ModelConfig>>,
-    versions: BTreeMap<u64, Arc<Instance>>,
+    versions: BTreeMap<u64, Served>,
     unloaded: bool,
     /// What the last poll saw on disk, so an unchanged broken model is not
     /// reloaded (and logged) on every poll.
@@ -436,7 +485,7 @@ impl Repository {
         &self,
         name: &str,
         dir: &Path,
-    ) -> Result<(Arc<ModelConfig>, BTreeMap<u64, Arc<Instance>>), ServeError> {
+    ) -> Result<(Arc<ModelConfig>, BTreeMap<u64, Served>), ServeError> {
         let config = Arc::new(ModelConfig::load(dir, name, &self.device, self.timeout)?);
         let on_disk = version_dirs(dir);
         if on_disk.is_empty() {
@@ -453,8 +502,7 @@ impl Repository {
             )));
         }
         let config_stamp = file_stamp(&dir.join(CONFIG_FILE));
-        let current: BTreeMap<u64, Arc<Instance>> =
-            self.read().get(name).map(|e| e.versions.clone()).unwrap_or_default();
+        let current: BTreeMap<u64, Served> = self.read().get(name).map(|e| e.versions.clone()).unwrap_or_default();
         let mut versions = BTreeMap::new();
         for v in wanted {
             let Some((_, path)) = on_disk.iter().find(|(n, _)| *n == v) else {
@@ -465,13 +513,21 @@ impl Repository {
                 config: config_stamp,
             };
             if let Some(old) = current.get(&v) {
-                if old.stamp == stamp && *old.config == *config && old.failure().is_none() {
+                if old.unchanged(&stamp, &config) {
                     versions.insert(v, old.clone());
                     continue;
                 }
             }
-            let inst = self.load_version(name, v, path.clone(), config.clone(), stamp).await?;
-            versions.insert(v, Arc::new(inst));
+            let served = if path.extension().is_some_and(|e| e == "gguf") {
+                Served::Llm(Arc::new(
+                    self.load_llm(name, v, path.clone(), config.clone(), stamp).await?,
+                ))
+            } else {
+                Served::Graph(Arc::new(
+                    self.load_version(name, v, path.clone(), config.clone(), stamp).await?,
+                ))
+            };
+            versions.insert(v, served);
         }
         Ok((config, versions))
     }
@@ -520,6 +576,33 @@ impl Repository {
             stamp,
             scheduler,
             health,
+        })
+    }
+
+    async fn load_llm(
+        &self,
+        name: &str,
+        version: u64,
+        path: PathBuf,
+        config: Arc<ModelConfig>,
+        stamp: Stamp,
+    ) -> Result<LlmVersion, ServeError> {
+        log::info!(
+            "loading generative model `{name}` version {version} from {} on {}",
+            path.display(),
+            config.device
+        );
+        let (p, cfg) = (path.clone(), config.clone());
+        let metrics = self.metrics.llm(name, &version.to_string());
+        let what = format!("serving generative model `{name}` version {version}");
+        let engine = tokio::task::spawn_blocking(move || LlmEngine::load(&p, &cfg, metrics, what))
+            .await
+            .map_err(|e| ServeError::Internal(format!("loading {}: {e}", path.display())))?
+            .map_err(|e| ServeError::bad(format!("cannot load model `{name}` version {version}: {e}")))?;
+        Ok(LlmVersion {
+            engine: Arc::new(engine),
+            config,
+            stamp,
         })
     }
 
@@ -600,7 +683,7 @@ impl Repository {
             };
             return Err(ServeError::Unavailable(format!("model `{name}` {why}")));
         }
-        let inst = pick_version(name, e, version)?;
+        let inst = graph_version(name, pick_version(name, e, version)?)?;
         match inst.failure() {
             None => Ok(inst),
             Some(why) => Err(ServeError::Unavailable(format!(
@@ -608,6 +691,48 @@ impl Repository {
                 inst.version
             ))),
         }
+    }
+
+    /// A serving version of a generative model: the given one, or the
+    /// newest. 404 for an unknown model, 400 for a model that is not
+    /// generative, 503 for one not ready.
+    pub fn llm(&self, name: &str, version: Option<&str>) -> Result<Arc<LlmEngine>, ServeError> {
+        let models = self.read();
+        let e = match models.get(name) {
+            Some(e) if !e.versions.is_empty() => e,
+            _ => {
+                drop(models);
+                return self.get(name, version).and_then(|_| {
+                    Err(ServeError::bad(format!(
+                        "model `{name}` is not a generative language model"
+                    )))
+                });
+            }
+        };
+        match pick_version(name, e, version)? {
+            Served::Llm(l) => match l.engine.failure() {
+                None => Ok(l.engine.clone()),
+                Some(why) => Err(ServeError::Unavailable(format!(
+                    "model `{name}` failed: {why}; load it again with POST /v2/repository/models/{name}/load"
+                ))),
+            },
+            Served::Graph(_) => Err(ServeError::bad(format!(
+                "model `{name}` is not a generative language model; use POST /v2/models/{name}/infer"
+            ))),
+        }
+    }
+
+    /// The generative models with a version serving.
+    pub fn llm_names(&self) -> Vec<String> {
+        self.read()
+            .iter()
+            .filter(|(_, e)| {
+                e.versions
+                    .values()
+                    .any(|s| matches!(s, Served::Llm(l) if l.engine.failure().is_none()))
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// The versions serving of a model (ascending).

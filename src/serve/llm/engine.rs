@@ -1,0 +1,371 @@
+//! The scheduler thread of one generative model version: admits queued
+//! requests while the batch and the KV budget have room, and steps every
+//! running sequence together (see the module docs of [`super`]).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::metrics::LlmMetrics;
+use super::{Finished, LlmEvent, LlmRequest, LlmSettings, PositionLogprobs, TokenOut};
+use crate::error::GenerateError;
+use crate::generate::cache::KvCache;
+use crate::generate::cpu::{CpuModel, RowMode, SeqTokens};
+use crate::generate::generator::decoder_on;
+use crate::generate::sample::{log_softmax, top_logprobs};
+use crate::generate::tokenizer::Tokenizer;
+use crate::generate::{Decoder, DecoderWeights, GenerateOptions, Logits, TokenPicker};
+use crate::serve::config::is_cpu;
+use crate::serve::error::ServeError;
+use crate::serve::isolate::{isolated, Health};
+use crate::session::Device;
+
+/// A queued request.
+pub(super) struct Job {
+    pub req: LlmRequest,
+    pub events: UnboundedSender<LlmEvent>,
+    pub arrived: Instant,
+}
+
+/// What the scheduler thread starts from.
+pub(super) struct Start {
+    pub weights: Arc<DecoderWeights>,
+    pub device: Device,
+    pub tokenizer: Arc<Tokenizer>,
+    pub context: usize,
+    pub budget: usize,
+    pub settings: LlmSettings,
+    pub waiting: Arc<AtomicUsize>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<LlmMetrics>,
+    pub what: String,
+}
+
+/// Where the forward passes run.
+enum Backend {
+    /// The CPU model over per-sequence caches: batched.
+    Cpu(CpuModel),
+    /// A decoder that holds the cache of one sequence (the GPU decoder):
+    /// one sequence at a time.
+    Single(Box<dyn Decoder>),
+}
+
+impl Backend {
+    fn new(s: &Start) -> Result<Self, String> {
+        let mut b = if is_cpu(&s.device) {
+            Backend::Cpu(CpuModel::new(s.weights.clone(), s.context).map_err(|e| e.to_string())?)
+        } else {
+            Backend::Single(decoder_on(s.weights.clone(), &s.device, s.context).map_err(|e| e.to_string())?)
+        };
+        // One token through the whole model: compiles GPU pipelines and
+        // shows a broken model at load time rather than on a request.
+        let mut cache = b.new_cache(1).map_err(|e| e.to_string())?;
+        b.run(vec![(&mut cache, &[0u32][..], Logits::Last)], RowMode::Auto)
+            .map_err(|e| format!("the warm-up run failed: {e}"))?;
+        Ok(b)
+    }
+
+    fn new_cache(&mut self, positions: usize) -> Result<Option<KvCache>, GenerateError> {
+        match self {
+            Backend::Cpu(m) => m.new_cache(positions).map(Some),
+            Backend::Single(d) => {
+                d.truncate(0);
+                Ok(None)
+            }
+        }
+    }
+
+    fn run(
+        &mut self,
+        group: Vec<(&mut Option<KvCache>, &[u32], Logits)>,
+        mode: RowMode,
+    ) -> Result<Vec<Vec<f32>>, GenerateError> {
+        match self {
+            Backend::Cpu(m) => {
+                let mut seqs = Vec::with_capacity(group.len());
+                for (cache, tokens, logits) in group {
+                    let Some(cache) = cache.as_mut() else {
+                        return Err(GenerateError::Config {
+                            key: "cache".into(),
+                            message: "a CPU sequence without a cache".into(),
+                        });
+                    };
+                    seqs.push(SeqTokens { cache, tokens, logits });
+                }
+                m.forward(&mut seqs, mode)
+            }
+            Backend::Single(d) => group.into_iter().map(|(_, t, l)| d.forward(t, l)).collect(),
+        }
+    }
+}
+
+/// A running sequence.
+struct Seq<'t> {
+    job: Job,
+    picker: TokenPicker<'t>,
+    cache: Option<KvCache>,
+    reserved: usize,
+    /// Prompt tokens run so far.
+    fed: usize,
+    /// The last generated token, to run next.
+    next: Option<u32>,
+    prompt_logprobs: Vec<PositionLogprobs>,
+    last_token: Option<Instant>,
+    done: bool,
+}
+
+impl Seq<'_> {
+    fn send(&mut self, e: LlmEvent) {
+        if self.job.events.send(e).is_err() {
+            self.done = true;
+        }
+    }
+
+    fn fail(&mut self, e: &GenerateError) {
+        log::error!("a sequence failed: {e}");
+        self.send(LlmEvent::Error(ServeError::Internal(e.to_string())));
+        self.done = true;
+    }
+}
+
+/// Starts the scheduler thread; returns where to send jobs.
+pub(super) fn start(s: Start) -> Result<mpsc::Sender<Job>, String> {
+    let backend = isolated(&s.what, || Backend::new(&s))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("wginfer-llm".into())
+        .spawn(move || {
+            let (what, health) = (s.what.clone(), s.health.clone());
+            let mut sched = Scheduler { backend, used: 0, s };
+            if let Err(e) = isolated(&what, || {
+                sched.run(rx);
+                Ok(())
+            }) {
+                health.fail(&e);
+            }
+        })
+        .map_err(|e| format!("cannot start the scheduler thread: {e}"))?;
+    Ok(tx)
+}
+
+struct Scheduler {
+    backend: Backend,
+    /// KV positions reserved by running sequences.
+    used: usize,
+    s: Start,
+}
+
+impl Scheduler {
+    fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        let tokenizer = self.s.tokenizer.clone();
+        let mut waiting: VecDeque<Job> = VecDeque::new();
+        let mut running: Vec<Seq<'_>> = Vec::new();
+        let mut open = true;
+        loop {
+            if running.is_empty() && waiting.is_empty() {
+                match rx.recv() {
+                    Ok(j) if open => waiting.push_back(j),
+                    _ => break,
+                }
+            }
+            while open {
+                match rx.try_recv() {
+                    Ok(j) => waiting.push_back(j),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            self.drop_cancelled(&mut waiting, &mut running);
+            self.admit(&mut waiting, &mut running, &tokenizer);
+            if !running.is_empty() {
+                self.step(&mut running);
+            }
+            self.drop_cancelled(&mut waiting, &mut running);
+            let usage = self.used as f64 / self.s.budget.max(1) as f64;
+            self.s.metrics.state(running.len(), waiting.len(), usage);
+        }
+    }
+
+    /// Forgets queued requests and sequences whose client went away, and
+    /// sequences that ended.
+    fn drop_cancelled(&mut self, waiting: &mut VecDeque<Job>, running: &mut Vec<Seq<'_>>) {
+        let before = waiting.len();
+        waiting.retain(|j| !j.events.is_closed());
+        self.s.waiting.fetch_sub(before - waiting.len(), Ordering::SeqCst);
+        let used = &mut self.used;
+        running.retain(|q| {
+            let keep = !q.done && !q.job.events.is_closed();
+            if !keep {
+                *used -= q.reserved;
+            }
+            keep
+        });
+    }
+
+    fn admit<'t>(&mut self, waiting: &mut VecDeque<Job>, running: &mut Vec<Seq<'t>>, tokenizer: &'t Tokenizer) {
+        while running.len() < self.s.settings.max_num_seqs {
+            let Some(job) = waiting.front() else { break };
+            let need = (job.req.prompt.len() + job.req.max_tokens).min(self.s.context);
+            if self.used + need > self.s.budget {
+                break;
+            }
+            let Some(job) = waiting.pop_front() else { break };
+            self.s.waiting.fetch_sub(1, Ordering::SeqCst);
+            let opts = GenerateOptions {
+                max_tokens: job.req.max_tokens,
+                sampling: job.req.sampling.clone(),
+                stop: job.req.stop.clone(),
+                top_logprobs: job.req.logprobs,
+                stop_at_eos: job.req.stop_at_eos,
+            };
+            let made = TokenPicker::new(tokenizer, &job.req.prompt, &opts)
+                .and_then(|p| Ok((p, self.backend.new_cache(need)?)));
+            match made {
+                Ok((picker, cache)) => {
+                    self.used += need;
+                    running.push(Seq {
+                        job,
+                        picker,
+                        cache,
+                        reserved: need,
+                        fed: 0,
+                        next: None,
+                        prompt_logprobs: Vec::new(),
+                        last_token: None,
+                        done: false,
+                    });
+                }
+                Err(e) => {
+                    let _ = job.events.send(LlmEvent::Error(ServeError::bad(e.to_string())));
+                }
+            }
+        }
+    }
+
+    /// One iteration: every decoding sequence's next token in one batched
+    /// pass, and the next prompt chunk of sequences still reading theirs.
+    fn step(&mut self, running: &mut [Seq<'_>]) {
+        let chunk = self.s.settings.prefill_chunk.max(1);
+        let next: Vec<u32> = running.iter().filter_map(|q| q.next).collect();
+        if !next.is_empty() {
+            let group: Vec<_> = running
+                .iter_mut()
+                .filter(|q| q.next.is_some())
+                .zip(&next)
+                .map(|(q, t)| (&mut q.cache, std::slice::from_ref(t), Logits::Last))
+                .collect();
+            let out = self.backend.run(group, RowMode::Independent);
+            let decoding = running.iter_mut().filter(|q| q.next.is_some());
+            match out {
+                Ok(logits) => {
+                    for (q, l) in decoding.zip(logits) {
+                        Self::pick(q, &l, &self.s.metrics);
+                    }
+                }
+                Err(e) => decoding.for_each(|q| q.fail(&e)),
+            }
+        }
+        // Prompt chunks, oldest sequence first, up to one chunk's worth of
+        // tokens per step (at least one sequence's chunk).
+        let mut budget = chunk;
+        for q in running.iter_mut().filter(|q| q.fed < q.job.req.prompt.len() && !q.done) {
+            let end = (q.fed + chunk).min(q.job.req.prompt.len());
+            if end - q.fed > budget && budget < chunk {
+                break;
+            }
+            budget = budget.saturating_sub(end - q.fed);
+            self.prefill(q, end);
+        }
+    }
+
+    /// Runs a sequence's prompt up to `end`; at the prompt's end, picks the
+    /// first token.
+    fn prefill(&mut self, q: &mut Seq<'_>, end: usize) {
+        let prompt = &q.job.req.prompt;
+        let (start, last) = (q.fed, end == prompt.len());
+        let want_prompt = q.job.req.prompt_logprobs;
+        let mode = if want_prompt.is_some() {
+            Logits::All
+        } else {
+            Logits::Last
+        };
+        let tokens = prompt[start..end].to_vec();
+        let out = self.backend.run(vec![(&mut q.cache, &tokens, mode)], RowMode::Auto);
+        let logits = match out.map(|mut v| v.pop().unwrap_or_default()) {
+            Ok(l) => l,
+            Err(e) => return q.fail(&e),
+        };
+        q.fed = end;
+        let vocab = logits.len() / if mode == Logits::All { tokens.len() } else { 1 };
+        if let Some(k) = want_prompt {
+            if start == 0 {
+                q.prompt_logprobs.push(PositionLogprobs {
+                    id: q.job.req.prompt[0],
+                    logprob: None,
+                    top: Vec::new(),
+                });
+            }
+            for (r, row) in logits.chunks_exact(vocab.max(1)).enumerate() {
+                let Some(&id) = q.job.req.prompt.get(start + r + 1) else {
+                    break;
+                };
+                let lp = log_softmax(row);
+                q.prompt_logprobs.push(PositionLogprobs {
+                    id,
+                    logprob: Some(lp[id as usize]),
+                    top: top_logprobs(&lp, k),
+                });
+            }
+        }
+        if !last {
+            return;
+        }
+        self.s.metrics.prompt_tokens(q.job.req.prompt.len());
+        if want_prompt.is_some() {
+            let lp = std::mem::take(&mut q.prompt_logprobs);
+            q.send(LlmEvent::Prompt(lp));
+        }
+        let row = logits.len().saturating_sub(vocab);
+        Self::pick(q, &logits[row..], &self.s.metrics);
+    }
+
+    /// Picks a sequence's next token from its logits and sends it; sends
+    /// the end when the sequence ends.
+    fn pick(q: &mut Seq<'_>, logits: &[f32], metrics: &LlmMetrics) {
+        let room = q.cache.as_ref().map_or(true, |c| c.len < c.context);
+        match q.picker.pick(logits, room) {
+            Ok(Some(t)) => {
+                let now = Instant::now();
+                match q.last_token {
+                    None => metrics.first_token(now - q.job.arrived),
+                    Some(prev) => metrics.next_token(now - prev),
+                }
+                metrics.generated(1);
+                q.last_token = Some(now);
+                q.next = Some(t.id);
+                q.send(LlmEvent::Token(TokenOut {
+                    id: t.id,
+                    text: t.text,
+                    logprob: t.logprob,
+                    top: t.top,
+                }));
+            }
+            Ok(None) => {}
+            Err(e) => return q.fail(&e),
+        }
+        if let Some(reason) = q.picker.finish_reason() {
+            let done = Finished {
+                reason,
+                prompt_tokens: q.job.req.prompt.len(),
+                completion_tokens: q.picker.produced(),
+                text_tail: q.picker.flush(),
+            };
+            q.send(LlmEvent::Done(done));
+            q.next = None;
+            q.done = true;
+        }
+    }
+}

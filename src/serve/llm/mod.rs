@@ -1,0 +1,387 @@
+//! Generative language models in the server: a `.gguf` decoder in a model
+//! version directory (`<repo>/<model>/<version>/model.gguf`) is served by an
+//! [`LlmEngine`], a continuous-batching scheduler on its own thread.
+//!
+//! Each engine step runs every running sequence together: sequences that
+//! are decoding contribute one token each to one batched forward pass
+//! (every weight is read once for all of them, and each row's numbers are
+//! those it gets alone: greedy output does not depend on the batch), and
+//! sequences still reading their prompt contribute their next chunk of
+//! [`LlmSettings::prefill_chunk`] tokens, so a long prompt never stalls the
+//! streams already running. A request joins at the next step.
+//!
+//! KV memory is a budget: a sequence reserves `prompt + max_tokens`
+//! positions (up to the context) when it joins and frees them the moment
+//! it finishes or its client goes away. Requests that do not fit wait in a
+//! bounded queue (first come, first served); past its bound they get 503.
+//!
+//! Settings come from the model's `config.json` `parameters` (plain values
+//! or Triton's `{"string_value": "..."}`):
+//!
+//! | parameter | default | what |
+//! | --- | --- | --- |
+//! | `max_num_seqs` | 16 | sequences in the running batch (1 on a GPU) |
+//! | `context_length` | trained context, at most 4096 | positions per sequence |
+//! | `kv_cache_mib` | 1024 | the KV-cache budget of all sequences |
+//! | `prefill_chunk` | 128 | prompt tokens per sequence per step |
+//!
+//! The queue bound is `dynamic_batching.default_queue_policy.max_queue_size`
+//! as for other models.
+
+mod engine;
+pub mod metrics;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+use super::config::{is_cpu, ModelConfig};
+use super::error::ServeError;
+use super::isolate::Health;
+use crate::error::GenerateError;
+use crate::generate::chat::{ChatMessage, ChatTemplate};
+use crate::generate::sample::{SamplingOptions, TokenLogprob};
+use crate::generate::tokenizer::Tokenizer;
+use crate::generate::{FinishReason, ModelParts};
+use metrics::LlmMetrics;
+
+/// What to generate for one request.
+#[derive(Clone, Debug)]
+pub struct LlmRequest {
+    /// The prompt's token ids (chat template and BOS already applied).
+    pub prompt: Vec<u32>,
+    /// Tokens to generate at most (0: score the prompt only).
+    pub max_tokens: usize,
+    /// How to pick each token.
+    pub sampling: SamplingOptions,
+    /// Strings that end generation (not included in the text).
+    pub stop: Vec<String>,
+    /// Stop at the model's end-of-generation tokens.
+    pub stop_at_eos: bool,
+    /// `Some(k)`: every token event carries its log-probability and the `k`
+    /// most likely tokens (`k` may be 0).
+    pub logprobs: Option<usize>,
+    /// `Some(k)`: a [`LlmEvent::Prompt`] comes first, with the
+    /// log-probability of every prompt token and the `k` most likely ones.
+    pub prompt_logprobs: Option<usize>,
+}
+
+/// The log-probabilities at one prompt position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PositionLogprobs {
+    /// The prompt token.
+    pub id: u32,
+    /// Its log-probability given the tokens before it (`None` at position 0).
+    pub logprob: Option<f32>,
+    /// The most likely tokens at this position (empty at position 0).
+    pub top: Vec<TokenLogprob>,
+}
+
+/// One generated token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenOut {
+    /// Its id.
+    pub id: u32,
+    /// The text it completes (empty while a UTF-8 character or a possible
+    /// stop string is held back).
+    pub text: String,
+    /// Its log-probability under the model.
+    pub logprob: f32,
+    /// The most likely tokens at this position, when asked for.
+    pub top: Vec<TokenLogprob>,
+}
+
+/// How a sequence ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finished {
+    /// `Stop` (end of generation, stop string) or `Length` (`max_tokens`,
+    /// context, or the server shutting down).
+    pub reason: FinishReason,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// Text held back until the end (a partial stop string that never
+    /// completed); append it.
+    pub text_tail: String,
+}
+
+/// What an [`LlmStream`] yields, in order: `Prompt` (when asked for), then
+/// `Token`s, then `Done` or `Error`.
+#[derive(Debug)]
+pub enum LlmEvent {
+    /// Prompt log-probabilities, one entry per prompt token.
+    Prompt(Vec<PositionLogprobs>),
+    /// A generated token.
+    Token(TokenOut),
+    /// The end.
+    Done(Finished),
+    /// The sequence failed.
+    Error(ServeError),
+}
+
+/// The events of one request. Dropping it cancels the sequence at the next
+/// engine step.
+#[derive(Debug)]
+pub struct LlmStream {
+    rx: tokio::sync::mpsc::UnboundedReceiver<LlmEvent>,
+}
+
+impl LlmStream {
+    /// The next event; `None` after the last.
+    pub async fn recv(&mut self) -> Option<LlmEvent> {
+        self.rx.recv().await
+    }
+
+    /// The next event, waiting on this thread (not in async code).
+    pub fn blocking_recv(&mut self) -> Option<LlmEvent> {
+        self.rx.blocking_recv()
+    }
+}
+
+/// The scheduler's settings (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LlmSettings {
+    /// Sequences in the running batch.
+    pub max_num_seqs: usize,
+    /// Positions per sequence (`None`: the model's trained context, at most
+    /// [`crate::generate::generator::DEFAULT_CONTEXT`]).
+    pub context: Option<usize>,
+    /// Bytes of KV cache all sequences share.
+    pub kv_cache_bytes: usize,
+    /// Prompt tokens per sequence per step.
+    pub prefill_chunk: usize,
+    /// Requests waiting at most; more get 503.
+    pub max_queue: usize,
+}
+
+impl Default for LlmSettings {
+    fn default() -> Self {
+        Self {
+            max_num_seqs: 16,
+            context: None,
+            kv_cache_bytes: 1 << 30,
+            prefill_chunk: 128,
+            max_queue: super::config::DEFAULT_MAX_QUEUE_SIZE,
+        }
+    }
+}
+
+fn param_usize(params: &Map<String, Value>, key: &str) -> Result<Option<usize>, String> {
+    let Some(v) = params.get(key) else {
+        return Ok(None);
+    };
+    let v = v.get("string_value").unwrap_or(v);
+    let n = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    match n.and_then(|n| usize::try_from(n).ok()) {
+        Some(n) if n > 0 => Ok(Some(n)),
+        _ => Err(format!("parameters.{key} must be a positive integer, not {v}")),
+    }
+}
+
+impl LlmSettings {
+    /// The settings in a model config's `parameters`.
+    pub fn from_config(config: &ModelConfig) -> Result<Self, String> {
+        let p = &config.parameters;
+        let mut s = Self {
+            max_queue: config.max_queue_size,
+            ..Self::default()
+        };
+        if let Some(n) = param_usize(p, "max_num_seqs")? {
+            s.max_num_seqs = n;
+        }
+        s.context = param_usize(p, "context_length")?;
+        if let Some(mib) = param_usize(p, "kv_cache_mib")? {
+            s.kv_cache_bytes = mib.checked_mul(1 << 20).ok_or("parameters.kv_cache_mib is too large")?;
+        }
+        if let Some(n) = param_usize(p, "prefill_chunk")? {
+            s.prefill_chunk = n;
+        }
+        Ok(s)
+    }
+}
+
+/// A generative model version being served: tokenizer, chat template, and
+/// the handle of its scheduler thread.
+pub struct LlmEngine {
+    tokenizer: Arc<Tokenizer>,
+    template: Option<ChatTemplate>,
+    context: usize,
+    vocab: usize,
+    /// Positions of KV cache the budget holds.
+    budget: usize,
+    created: u64,
+    jobs: mpsc::Sender<engine::Job>,
+    waiting: Arc<AtomicUsize>,
+    max_queue: usize,
+    health: Arc<Health>,
+    metrics: Arc<LlmMetrics>,
+}
+
+impl std::fmt::Debug for LlmEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmEngine")
+            .field("context", &self.context)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LlmEngine {
+    /// Loads a decoder file and starts its scheduler.
+    pub fn load(path: &Path, config: &ModelConfig, metrics: Arc<LlmMetrics>, what: String) -> Result<Self, String> {
+        let mut settings = LlmSettings::from_config(config)?;
+        let parts = ModelParts::load(path).map_err(|e| e.to_string())?;
+        let c = &parts.weights.config;
+        let context = settings
+            .context
+            .unwrap_or(c.trained_context.min(crate::generate::generator::DEFAULT_CONTEXT))
+            .max(1);
+        let per_position = c.kv_dim().saturating_mul(8 * c.n_layers).max(1);
+        let budget = settings.kv_cache_bytes / per_position;
+        if budget == 0 {
+            return Err(format!(
+                "parameters.kv_cache_mib holds no position of this model ({per_position} bytes each); raise it"
+            ));
+        }
+        if !is_cpu(&config.device) {
+            settings.max_num_seqs = 1;
+        }
+        let (vocab, tokenizer) = (c.vocab, Arc::new(parts.tokenizer));
+        let health = Arc::new(Health::default());
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let jobs = engine::start(engine::Start {
+            weights: parts.weights,
+            device: config.device.clone(),
+            tokenizer: tokenizer.clone(),
+            context,
+            budget,
+            settings: settings.clone(),
+            waiting: waiting.clone(),
+            health: health.clone(),
+            metrics: metrics.clone(),
+            what,
+        })?;
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Ok(Self {
+            tokenizer,
+            template: parts.template,
+            context,
+            vocab,
+            budget,
+            created,
+            jobs,
+            waiting,
+            max_queue: settings.max_queue,
+            health,
+            metrics,
+        })
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Renders a conversation with the model's chat template, ending with
+    /// the opening of the assistant's turn.
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String, GenerateError> {
+        match &self.template {
+            Some(t) => t.render(messages, true),
+            None => Err(GenerateError::Tokenizer(
+                "the model has no chat template (tokenizer.chat_template); use /v1/completions".to_string(),
+            )),
+        }
+    }
+
+    /// Token ids of a prompt (with BOS when the model wants one).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, GenerateError> {
+        self.tokenizer.encode(text, true)
+    }
+
+    /// Positions per sequence.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Unix seconds when the model was loaded.
+    pub fn created(&self) -> u64 {
+        self.created
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<LlmMetrics> {
+        &self.metrics
+    }
+
+    /// Why the engine stopped serving (its thread panicked), if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
+    /// Queues a request. 400 when it cannot fit (prompt plus `max_tokens`
+    /// past the context or the KV budget, a token id out of the vocabulary,
+    /// bad sampling options), 503 when the queue is full or the engine
+    /// failed.
+    pub fn submit(&self, req: LlmRequest) -> Result<LlmStream, ServeError> {
+        self.check(&req)?;
+        if let Some(why) = self.failure() {
+            return Err(ServeError::Unavailable(format!(
+                "the model failed: {why}; load it again"
+            )));
+        }
+        let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
+        if queued >= self.max_queue {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ServeError::Unavailable(format!(
+                "{queued} requests are waiting already (max_queue_size); retry later"
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let job = engine::Job {
+            req,
+            events: tx,
+            arrived: Instant::now(),
+        };
+        if self.jobs.send(job).is_err() {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ServeError::Unavailable("the model is shutting down".to_string()));
+        }
+        Ok(LlmStream { rx })
+    }
+
+    fn check(&self, req: &LlmRequest) -> Result<(), ServeError> {
+        if req.prompt.is_empty() {
+            return Err(ServeError::bad("the prompt is empty"));
+        }
+        if let Some(&id) = req.prompt.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(ServeError::bad(format!(
+                "token id {id} is not in the vocabulary of {} tokens",
+                self.vocab
+            )));
+        }
+        let needed = req.prompt.len().saturating_add(req.max_tokens);
+        if needed > self.context {
+            return Err(ServeError::bad(format!(
+                "the prompt ({} tokens) plus max_tokens ({}) is {needed} tokens, past the context of {}; shorten the prompt or lower max_tokens",
+                req.prompt.len(),
+                req.max_tokens,
+                self.context
+            )));
+        }
+        if needed > self.budget {
+            return Err(ServeError::bad(format!(
+                "the prompt plus max_tokens needs {needed} positions of KV cache; the model's budget is {} (parameters.kv_cache_mib)",
+                self.budget
+            )));
+        }
+        req.sampling.validate().map_err(|e| ServeError::bad(e.to_string()))
+    }
+}
