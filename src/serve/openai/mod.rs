@@ -28,7 +28,6 @@
 
 mod chat;
 mod completions;
-pub(crate) mod engine_stub;
 pub(crate) mod error;
 pub(crate) mod params;
 pub(crate) mod sse;
@@ -42,10 +41,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+pub(crate) use super::llm;
 pub(crate) use chat::chat_completions;
 pub(crate) use completions::completions;
-pub(crate) use engine_stub as llm;
-use engine_stub::RepoLlm;
 use error::{invalid, OpenAiError};
 use llm::{Finished, LlmEngine, LlmEvent, LlmStream, PositionLogprobs, TokenOut};
 
