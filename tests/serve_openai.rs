@@ -621,8 +621,11 @@ async fn models_errors_and_cancellation() {
         .unwrap();
     let resp = router.clone().oneshot(req).await.unwrap();
     let mut body_stream = resp.into_body();
-    let first = http_body_util::BodyExt::frame(&mut body_stream).await;
-    assert!(first.is_some(), "the stream starts");
+    // The role chunk, then the first token's.
+    for _ in 0..2 {
+        let frame = http_body_util::BodyExt::frame(&mut body_stream).await;
+        assert!(frame.is_some(), "the stream starts");
+    }
     assert_eq!(running(&router).await.0, 1.0, "one sequence runs");
     drop(body_stream);
     let start = Instant::now();
@@ -642,6 +645,49 @@ async fn models_errors_and_cancellation() {
     say(&format!(
         "cancellation: the dropped stream stopped after {gen} tokens; KV use back to 0"
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503() {
+    let Some(gguf) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join(MODEL);
+    std::fs::create_dir_all(m.join("1")).unwrap();
+    std::os::unix::fs::symlink(&gguf, m.join("1/model.gguf")).unwrap();
+    let config = json!({
+        "parameters": {"context_length": CONTEXT, "max_num_seqs": 1},
+        "default_queue_policy": {"max_queue_size": 1},
+    });
+    std::fs::write(m.join("config.json"), config.to_string()).unwrap();
+    let router = started(dir.path()).await;
+    let msgs = json!([{"role": "user", "content": "Hi"}]);
+    let body = json!({"model": MODEL, "messages": msgs, "max_tokens": 200, "ignore_eos": true, "stream": true});
+    let open = |router: &Router| {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/chat/completions")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        router.clone().oneshot(req)
+    };
+    // The first runs (its first token arrived), the second waits, the third is shed.
+    let mut running = open(&router).await.unwrap().into_body();
+    for _ in 0..2 {
+        assert!(http_body_util::BodyExt::frame(&mut running).await.is_some());
+    }
+    let waiting = open(&router).await.unwrap();
+    assert_eq!(waiting.status(), StatusCode::OK);
+    let r = post(
+        &router,
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "messages": msgs}),
+    )
+    .await;
+    let (status, _, _, message) = r.openai_error();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{message}");
+    assert_eq!(r.json()["error"]["type"], "server_error");
+    drop((running, waiting));
+    say(&format!("a full queue: 503 `{message}`"));
 }
 
 fn metric(r: &Reply, name: &str) -> f64 {
