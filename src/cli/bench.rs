@@ -88,6 +88,11 @@ pub struct Args {
     /// Decoders: repetitions of each test.
     #[arg(long, default_value_t = 3)]
     repetitions: usize,
+    /// Decoders on the CPU: also decode this many sequences at once
+    /// (batched passes, as the server's engine runs them), comma separated;
+    /// tokens/s is the sum over the sequences.
+    #[arg(long, value_delimiter = ',')]
+    seqs: Vec<usize>,
 }
 
 /// One measured configuration.
@@ -404,6 +409,7 @@ pub fn run(args: &Args) -> Result<()> {
             prompt_tokens: args.prompt_tokens,
             gen_tokens: args.gen_tokens,
             repetitions: args.repetitions.max(1),
+            batches: &args.seqs,
         };
         return super::bench_decoder::run(&b, args.json.as_deref());
     }

@@ -3,6 +3,9 @@
 //! count, as llama-bench measures them (`pp N`: N prompt tokens in one pass
 //! from an empty cache; `tg N`: N tokens decoded one at a time), with the
 //! weight bytes read per generated token and the bandwidth that implies.
+//! On the CPU, `tg N ×B` decodes B sequences at once in batched passes
+//! (after an 8-token prompt each), as the server's engine does; its
+//! tokens/s counts every sequence's tokens.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
+use wginfer::generate::cpu::{CpuModel, RowMode, SeqTokens};
 use wginfer::generate::generator::decoder_on;
 use wginfer::generate::{load, synthetic, DecoderWeights, Logits};
 use wginfer::linalg::ggml::BlockFormat;
@@ -34,6 +38,8 @@ pub struct DecoderBench<'a> {
     pub gen_tokens: usize,
     /// Repetitions of each test.
     pub repetitions: usize,
+    /// Sequences decoded at once in the batched tests (CPU).
+    pub batches: &'a [usize],
 }
 
 /// One measured test.
@@ -135,6 +141,48 @@ fn measure(b: &DecoderBench, w: &Arc<DecoderWeights>, device: &Device) -> Result
     Ok(out)
 }
 
+/// `gen_tokens` batched steps over `batch` sequences: tokens/s of all.
+fn measure_batched(b: &DecoderBench, w: &Arc<DecoderWeights>, batch: usize) -> Result<(String, f64, f64)> {
+    let model = CpuModel::new(w.clone(), 8 + b.gen_tokens)?;
+    let vocab = w.config.vocab as u32;
+    let mut rates = Vec::new();
+    for _ in 0..b.repetitions {
+        let mut caches = (0..batch)
+            .map(|_| model.new_cache(8 + b.gen_tokens))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let prompt: Vec<u32> = (0..8u32).map(|j| (j * 7919 + 13 * i as u32) % vocab).collect();
+            let mut seq = [SeqTokens {
+                cache,
+                tokens: &prompt,
+                logits: Logits::Last,
+            }];
+            model.forward(&mut seq, RowMode::Auto)?;
+        }
+        let mut toks: Vec<u32> = (0..batch as u32).map(|i| (i + 1) % vocab).collect();
+        let t = Instant::now();
+        for _ in 0..b.gen_tokens {
+            let mut seqs: Vec<SeqTokens> = caches
+                .iter_mut()
+                .zip(&toks)
+                .map(|(cache, t)| SeqTokens {
+                    cache,
+                    tokens: std::slice::from_ref(t),
+                    logits: Logits::Last,
+                })
+                .collect();
+            let logits = model.forward(&mut seqs, RowMode::Independent)?;
+            toks = logits
+                .iter()
+                .map(|l| wginfer::generate::sample::argmax(l) as u32)
+                .collect();
+        }
+        rates.push((batch * b.gen_tokens) as f64 / t.elapsed().as_secs_f64());
+    }
+    let (m, s) = mean_std(&rates);
+    Ok((format!("tg{} ×{batch}", b.gen_tokens), m, s))
+}
+
 /// Runs the decoder benchmark and prints a llama-bench style table.
 pub fn run(b: &DecoderBench, json: Option<&Path>) -> Result<()> {
     let (name, w) = load_weights(b)?;
@@ -148,11 +196,21 @@ pub fn run(b: &DecoderBench, json: Option<&Path>) -> Result<()> {
         let threads: Vec<usize> = if cpu { b.threads.to_vec() } else { vec![0] };
         for &t in &threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
-            let results = pool.install(|| measure(b, &w, &device))?;
+            let mut results = pool.install(|| measure(b, &w, &device))?;
+            if cpu && b.gen_tokens > 0 {
+                for &batch in b.batches.iter().filter(|&&n| n > 0) {
+                    results.push(pool.install(|| measure_batched(b, &w, batch))?);
+                }
+            }
             let shown = if t == 0 { pool.current_num_threads() } else { t };
             for (test, m, s) in results {
+                let seqs = test
+                    .split('×')
+                    .nth(1)
+                    .and_then(|n| n.parse::<f64>().ok())
+                    .unwrap_or(1.0);
                 let gbs = if test.starts_with("tg") {
-                    m * per_token as f64 / 1e9
+                    m / seqs * per_token as f64 / 1e9
                 } else {
                     0.0
                 };

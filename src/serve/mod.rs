@@ -263,6 +263,7 @@ impl Server {
             shutdown.await;
             log::info!("shutting down: finishing in-flight requests");
             state.stopping.store(true, Ordering::SeqCst);
+            state.repo.stop_generating();
         };
         let options = &self.state.options;
         let limits = connections::Limits {

@@ -722,6 +722,18 @@ impl Repository {
         }
     }
 
+    /// Stops every generative model admitting requests (server shutdown;
+    /// see [`LlmEngine::stop`]).
+    pub fn stop_generating(&self) {
+        for e in self.read().values() {
+            for s in e.versions.values() {
+                if let Served::Llm(l) = s {
+                    l.engine.stop();
+                }
+            }
+        }
+    }
+
     /// The generative models with a version serving.
     pub fn llm_names(&self) -> Vec<String> {
         self.read()

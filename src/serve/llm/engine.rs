@@ -3,7 +3,7 @@
 //! running sequence together (see the module docs of [`super`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
@@ -39,6 +39,7 @@ pub(super) struct Start {
     pub budget: usize,
     pub settings: LlmSettings,
     pub waiting: Arc<AtomicUsize>,
+    pub stopping: Arc<AtomicBool>,
     pub health: Arc<Health>,
     pub metrics: Arc<LlmMetrics>,
     pub what: String,
@@ -179,6 +180,14 @@ impl Scheduler {
                 }
             }
             self.drop_cancelled(&mut waiting, &mut running);
+            if self.s.stopping.load(Ordering::SeqCst) {
+                self.s.waiting.fetch_sub(waiting.len(), Ordering::SeqCst);
+                for j in waiting.drain(..) {
+                    let _ = j.events.send(LlmEvent::Error(ServeError::Unavailable(
+                        "the server is shutting down".to_string(),
+                    )));
+                }
+            }
             self.admit(&mut waiting, &mut running, &tokenizer);
             if !running.is_empty() {
                 self.step(&mut running);

@@ -32,7 +32,7 @@ mod engine;
 pub mod metrics;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -220,6 +220,7 @@ pub struct LlmEngine {
     created: u64,
     jobs: mpsc::Sender<engine::Job>,
     waiting: Arc<AtomicUsize>,
+    stopping: Arc<AtomicBool>,
     max_queue: usize,
     health: Arc<Health>,
     metrics: Arc<LlmMetrics>,
@@ -257,6 +258,7 @@ impl LlmEngine {
         let (vocab, tokenizer) = (c.vocab, Arc::new(parts.tokenizer));
         let health = Arc::new(Health::default());
         let waiting = Arc::new(AtomicUsize::new(0));
+        let stopping = Arc::new(AtomicBool::new(false));
         let jobs = engine::start(engine::Start {
             weights: parts.weights,
             device: config.device.clone(),
@@ -265,6 +267,7 @@ impl LlmEngine {
             budget,
             settings: settings.clone(),
             waiting: waiting.clone(),
+            stopping: stopping.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
             what,
@@ -279,6 +282,7 @@ impl LlmEngine {
             created,
             jobs,
             waiting,
+            stopping,
             max_queue: settings.max_queue,
             health,
             metrics,
@@ -324,6 +328,12 @@ impl LlmEngine {
     /// Why the engine stopped serving (its thread panicked), if it did.
     pub fn failure(&self) -> Option<String> {
         self.health.failure()
+    }
+
+    /// Stops admitting (server shutdown): new and queued requests get 503,
+    /// running sequences go on to their end or until their client leaves.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
     }
 
     /// Queues a request. 400 when it cannot fit (prompt plus `max_tokens`

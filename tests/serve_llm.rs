@@ -1,0 +1,311 @@
+//! The generative-model engine of the server on SmolLM2-135M
+//! (WGINFER_SMOLLM2_GGUF; SKIPPED without it): a `.gguf` version in a model
+//! repository, concurrent greedy requests against the library's
+//! `Generator` run alone (batch invariance), prompt log-probabilities
+//! against `Generator::score`, cancellation, the KV budget and the queue
+//! bound, and the metrics.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wginfer::generate::sample::SamplingOptions;
+use wginfer::generate::{FinishReason, GenerateOptions, Generator};
+use wginfer::serve::llm::{LlmEngine, LlmEvent, LlmRequest};
+use wginfer::serve::{Metrics, Repository, ServeError};
+use wginfer::Device;
+
+fn smollm2() -> Option<String> {
+    match std::env::var("WGINFER_SMOLLM2_GGUF") {
+        Ok(p) => Some(p),
+        Err(_) => {
+            common::skip_or_fail(
+                "WGINFER_REQUIRE_SMOLLM2",
+                "WGINFER_SMOLLM2_GGUF is not set (.ci/run sets it)",
+            );
+            None
+        }
+    }
+}
+
+/// A repository holding the model as `<repo>/smol/1/model.gguf` with these
+/// `parameters`; returns it loaded, with its metrics.
+async fn repo_with(gguf: &str, dir: &Path, parameters: &str, queue: usize) -> (Repository, Arc<Metrics>) {
+    let v = dir.join("smol/1");
+    std::fs::create_dir_all(&v).expect("mkdir");
+    std::fs::copy(gguf, v.join("model.gguf")).expect("copy the model");
+    let config = format!(r#"{{"parameters": {parameters}, "default_queue_policy": {{"max_queue_size": {queue}}}}}"#);
+    std::fs::write(dir.join("smol/config.json"), config).expect("config");
+    let metrics = Arc::new(Metrics::default());
+    let repo = Repository::new(dir.to_path_buf(), Device::Cpu, None, metrics.clone());
+    repo.load("smol").await.expect("loads");
+    (repo, metrics)
+}
+
+fn greedy(prompt: Vec<u32>, max_tokens: usize) -> LlmRequest {
+    LlmRequest {
+        prompt,
+        max_tokens,
+        sampling: SamplingOptions {
+            temperature: 0.0,
+            ..SamplingOptions::default()
+        },
+        stop: Vec::new(),
+        stop_at_eos: true,
+        logprobs: None,
+        prompt_logprobs: None,
+    }
+}
+
+/// Every event of a request: token ids, text, and how it ended.
+async fn collect(engine: &LlmEngine, req: LlmRequest) -> (Vec<u32>, String, FinishReason) {
+    let mut s = engine.submit(req).expect("queued");
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    while let Some(e) = s.recv().await {
+        match e {
+            LlmEvent::Token(t) => {
+                ids.push(t.id);
+                text.push_str(&t.text);
+            }
+            LlmEvent::Done(d) => {
+                text.push_str(&d.text_tail);
+                assert_eq!(d.completion_tokens, ids.len());
+                return (ids, text, d.reason);
+            }
+            LlmEvent::Prompt(_) => {}
+            LlmEvent::Error(e) => panic!("the request failed: {e}"),
+        }
+    }
+    panic!("the stream ended without Done");
+}
+
+const PROMPTS: [&str; 6] = [
+    "The capital of France is",
+    "Once upon a time, in a small village,",
+    "def fibonacci(n):",
+    "The three primary colors are",
+    "Water boils at",
+    "A haiku about the sea:",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_greedy_requests_equal_the_library_alone() {
+    let Some(gguf) = smollm2() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repo, metrics) = repo_with(&gguf, dir.path(), r#"{"max_num_seqs": 8, "context_length": 512}"#, 64).await;
+    let engine = repo.llm("smol", None).expect("generative");
+    let max_tokens = 12;
+    let mut lib = Generator::load(&gguf, &Device::Cpu, Some(512)).expect("generator");
+    let mut want = Vec::new();
+    for p in PROMPTS {
+        let ids = lib.encode(p).expect("encode");
+        let opts = GenerateOptions {
+            max_tokens,
+            sampling: greedy(Vec::new(), 0).sampling,
+            ..GenerateOptions::default()
+        };
+        let toks: Vec<u32> = lib
+            .generate_ids(&ids, &opts)
+            .expect("starts")
+            .map(|t| t.expect("token").id)
+            .collect();
+        want.push((ids, toks));
+    }
+    let runs = want.iter().map(|(ids, _)| {
+        let engine = engine.clone();
+        let req = greedy(ids.clone(), max_tokens);
+        tokio::spawn(async move { collect(&engine, req).await })
+    });
+    let got: Vec<_> = futures_join(runs.collect()).await;
+    for ((_, toks), (ids, text, _)) in want.iter().zip(&got) {
+        assert_eq!(
+            ids, toks,
+            "batched greedy tokens differ from the library's for {text:?}"
+        );
+        assert_eq!(*text, lib.tokenizer().decode(toks).expect("decode"));
+    }
+    let m = metrics.render();
+    assert!(
+        m.contains("wginfer_time_to_first_token_seconds_count{model=\"smol\",version=\"1\"} 6"),
+        "{m}"
+    );
+    let generated: usize = got.iter().map(|(ids, ..)| ids.len()).sum();
+    assert!(
+        m.contains(&format!(
+            "wginfer_generation_tokens_total{{model=\"smol\",version=\"1\"}} {generated}"
+        )),
+        "{m}"
+    );
+    assert_eq!(repo.llm_names(), vec!["smol".to_string()]);
+    let err = repo.get("smol", None).unwrap_err();
+    assert!(err.to_string().contains("/v1/chat/completions"), "{err}");
+}
+
+async fn futures_join<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_logprobs_equal_the_library_scores() {
+    let Some(gguf) = smollm2() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A chunk of 5 tokens: the prompt runs in several steps.
+    let (repo, _) = repo_with(&gguf, dir.path(), r#"{"context_length": 256, "prefill_chunk": 5}"#, 8).await;
+    let engine = repo.llm("smol", None).expect("generative");
+    let mut lib = Generator::load(&gguf, &Device::Cpu, Some(256)).expect("generator");
+    let ids = lib
+        .encode("The quick brown fox jumps over the lazy dog.")
+        .expect("encode");
+    let scores = lib.score(&ids).expect("score");
+    let mut req = greedy(ids.clone(), 0);
+    req.prompt_logprobs = Some(3);
+    let mut s = engine.submit(req).expect("queued");
+    let Some(LlmEvent::Prompt(lp)) = s.recv().await else {
+        panic!("no prompt log-probabilities first")
+    };
+    assert_eq!(lp.len(), ids.len());
+    assert_eq!(lp[0].logprob, None);
+    // Chunks under 8 tokens run with 16-bit activation blocks, the library's
+    // single pass with f32 GEMM: log-probabilities agree to ~1e-2.
+    let mut sum = 0.0;
+    for (i, (p, want)) in lp[1..].iter().zip(&scores).enumerate() {
+        assert_eq!(p.id, ids[i + 1]);
+        let got = p.logprob.expect("a log-probability");
+        assert!((got - want).abs() < 2e-2, "position {}: {got} vs {want}", i + 1);
+        sum += (got - want).abs();
+        assert_eq!(p.top.len(), 3);
+        assert!(p.top[0].logprob >= got - 1e-6);
+    }
+    let mean = sum / scores.len() as f32;
+    assert!(mean < 5e-3, "mean difference {mean}");
+    match s.recv().await {
+        Some(LlmEvent::Done(d)) => {
+            assert_eq!(
+                (d.reason, d.completion_tokens, d.prompt_tokens),
+                (FinishReason::Length, 0, ids.len())
+            )
+        }
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_and_finished_sequences_free_the_budget_and_the_queue_is_bounded() {
+    let Some(gguf) = smollm2() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One sequence at a time, one waiting at most; a budget of 7 MiB holds
+    // about 150 positions of SmolLM2 (46 KiB each).
+    let (repo, metrics) = repo_with(
+        &gguf,
+        dir.path(),
+        r#"{"max_num_seqs": 1, "context_length": 256, "kv_cache_mib": 7}"#,
+        1,
+    )
+    .await;
+    let engine = repo.llm("smol", None).expect("generative");
+    let ids = engine.encode("Tell me a long story about a dragon.").expect("encode");
+    // Past the budget: refused at once.
+    let err = engine.submit(greedy(ids.clone(), 200)).unwrap_err();
+    assert!(
+        matches!(err, ServeError::BadRequest(_)) && err.to_string().contains("kv_cache_mib"),
+        "{err}"
+    );
+    let mut long = greedy(ids.clone(), 100);
+    long.stop_at_eos = false;
+    let mut a = engine.submit(long.clone()).expect("a runs");
+    let mut tokens = 0;
+    while tokens < 2 {
+        if let Some(LlmEvent::Token(_)) = a.recv().await {
+            tokens += 1;
+        }
+    }
+    let b = engine.submit(long.clone()).expect("b waits");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = engine.submit(long.clone());
+    assert!(
+        matches!(c, Err(ServeError::Unavailable(_))),
+        "a third request must get 503: {c:?}"
+    );
+    // Cancel the running one and the waiting one.
+    drop(a);
+    drop(b);
+    // Both leave at the engine's next step.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The next request runs to its end with the whole budget.
+    let (ids2, _, reason) = collect(&engine, {
+        let mut r = greedy(ids.clone(), 5);
+        r.stop_at_eos = false;
+        r
+    })
+    .await;
+    assert_eq!((ids2.len(), reason), (5, FinishReason::Length));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = metrics.render();
+    assert!(
+        m.contains("wginfer_num_requests_running{model=\"smol\",version=\"1\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("wginfer_num_requests_waiting{model=\"smol\",version=\"1\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("wginfer_kv_cache_usage_ratio{model=\"smol\",version=\"1\"} 0\n"),
+        "{m}"
+    );
+    let generated: u64 = m
+        .lines()
+        .find(|l| l.starts_with("wginfer_generation_tokens_total{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("generated counter");
+    assert!(
+        generated < 20,
+        "the cancelled sequences kept running: {generated} tokens"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_and_settings_are_clear_errors() {
+    let Some(gguf) = smollm2() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repo, _) = repo_with(&gguf, dir.path(), r#"{"context_length": 64}"#, 8).await;
+    let engine = repo.llm("smol", None).expect("generative");
+    let e = engine.submit(greedy(vec![1; 60], 10)).unwrap_err().to_string();
+    assert!(e.contains("past the context of 64"), "{e}");
+    let e = engine.submit(greedy(vec![], 10)).unwrap_err().to_string();
+    assert!(e.contains("empty"), "{e}");
+    let e = engine.submit(greedy(vec![1, 999_999], 10)).unwrap_err().to_string();
+    assert!(e.contains("999999"), "{e}");
+    let mut r = greedy(vec![1, 2], 3);
+    r.sampling.top_p = 2.0;
+    assert!(engine.submit(r).is_err());
+    assert!(repo.llm("nope", None).is_err());
+    // Shutting down: no new request is admitted.
+    repo.stop_generating();
+    let e = engine.submit(greedy(vec![1, 2], 3)).unwrap_err();
+    assert!(matches!(e, ServeError::Unavailable(_)), "{e}");
+    // A bad parameter fails the load and names the field.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let v = dir2.path().join("smol/1");
+    std::fs::create_dir_all(&v).expect("mkdir");
+    std::fs::copy(&gguf, v.join("model.gguf")).expect("copy");
+    std::fs::write(
+        dir2.path().join("smol/config.json"),
+        r#"{"parameters": {"max_num_seqs": "many"}}"#,
+    )
+    .expect("config");
+    let repo2 = Repository::new(
+        dir2.path().to_path_buf(),
+        Device::Cpu,
+        None,
+        Arc::new(Metrics::default()),
+    );
+    let e = repo2.load("smol").await.unwrap_err().to_string();
+    assert!(e.contains("max_num_seqs"), "{e}");
+}
