@@ -33,7 +33,7 @@ const QUESTION: &str = "What is the capital of France? Answer in one short sente
 const ANSWER: &str = "The capital of France is Paris.";
 /// Log-probabilities of the batched engine against `Generator::score` (its
 /// decode steps run 16-bit activations; scoring runs the f32 prompt path).
-const LOGPROB_TOL: f32 = 2e-2;
+const LOGPROB_TOL: f32 = 5e-3;
 
 fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
@@ -195,12 +195,12 @@ fn chat_ids(g: &Generator) -> Vec<u32> {
     g.encode(&prompt).unwrap()
 }
 
-fn close(got: &Value, want: f32, what: &str) {
+/// Checks a log-probability against the library's; returns |difference|.
+fn close(got: &Value, want: f32, what: &str) -> f32 {
     let got = got.as_f64().unwrap_or_else(|| panic!("{what}: {got} is not a number")) as f32;
-    assert!(
-        (got - want).abs() <= LOGPROB_TOL,
-        "{what}: logprob {got} vs Generator::score {want}"
-    );
+    let diff = (got - want).abs();
+    assert!(diff <= LOGPROB_TOL, "{what}: logprob {got} vs Generator::score {want}");
+    diff
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,9 +285,10 @@ async fn chat_completions_and_streams_match_the_generator() {
     let all: Vec<u32> = want.prompt.iter().chain(&want.tokens).copied().collect();
     let scores = g.score(&all).unwrap();
     let tok = g.tokenizer();
+    let mut worst = 0f32;
     for (j, (entry, &id)) in content.iter().zip(&want.tokens).enumerate() {
         let what = format!("chat token {j}");
-        close(&entry["logprob"], scores[want.prompt.len() - 1 + j], &what);
+        worst = worst.max(close(&entry["logprob"], scores[want.prompt.len() - 1 + j], &what));
         assert_eq!(entry["token"], tok.decode(&[id]).unwrap(), "{what}");
         let bytes: Vec<u8> = entry["bytes"]
             .as_array()
@@ -307,7 +308,7 @@ async fn chat_completions_and_streams_match_the_generator() {
             .all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64()));
     }
     say(&format!(
-        "chat: {:?} ({} tokens) equals Generator's greedy text, streamed and not; {} logprobs within {LOGPROB_TOL} of Generator::score",
+        "chat: {:?} ({} tokens) equals Generator's greedy text, streamed and not; {} logprobs within {worst:.2e} of Generator::score",
         ANSWER,
         want.tokens.len(),
         content.len()
@@ -362,12 +363,14 @@ async fn completions_echo_scoring_and_triton_generate() {
     let scores = g.score(&all).unwrap();
     let n = want.prompt.len();
     assert_eq!(l["tokens"].as_array().unwrap().len(), want.tokens.len());
+    let mut worst = 0f32;
     for (j, id) in want.tokens.iter().enumerate() {
-        close(
+        let d = close(
             &l["token_logprobs"][j],
             scores[n - 1 + j],
             &format!("completion token {j}"),
         );
+        worst = worst.max(d);
         let top = l["top_logprobs"][j].as_object().unwrap();
         assert!((3..=4).contains(&top.len()));
         assert!(
@@ -411,15 +414,17 @@ async fn completions_echo_scoring_and_triton_generate() {
     assert_eq!(l["token_logprobs"][0], Value::Null);
     assert_eq!(l["top_logprobs"][0], Value::Null);
     let prompt_scores = g.score(&want.prompt).unwrap();
+    let mut worst_prompt = 0f32;
     for (i, want_lp) in prompt_scores.iter().enumerate() {
-        close(
+        let d = close(
             &l["token_logprobs"][i + 1],
             *want_lp,
             &format!("prompt position {}", i + 1),
         );
+        worst_prompt = worst_prompt.max(d);
     }
     say(&format!(
-        "completions: text, ids prompt, stream+echo equal Generator; {n} prompt positions scored within {LOGPROB_TOL}"
+        "completions: text, ids prompt, stream+echo equal Generator; logprobs within {worst:.2e}, {n} prompt positions within {worst_prompt:.2e} of Generator::score"
     ));
 
     // Triton's generate extension.
