@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::error::GenerateError;
-use crate::generate::cache::KvCache;
+use crate::generate::cache::{KvBuf, KvCache, KvDtype};
 use crate::generate::{Decoder, DecoderConfig, DecoderWeights, LayerWeights, Logits, Matrix, RopeLayout};
 use crate::linalg::ggml::{ActPrecision, Kernel};
 
@@ -60,16 +60,16 @@ fn add_bias(x: &mut [f32], bias: Option<&Vec<f32>>) {
 /// Causal grouped-query attention of `q` (`[rows, q_dim]`) over each
 /// sequence's cache (`caches[s]`: keys and values, filled through the
 /// segment's last position), into `out`; parallel over rows and heads.
-fn attention(q: &[f32], caches: &[(&[f32], &[f32])], segs: &[Segment], c: &DecoderConfig, out: &mut [f32]) {
+fn attention(q: &[f32], caches: &[(&KvBuf, &KvBuf)], segs: &[Segment], c: &DecoderConfig, out: &mut [f32]) {
     let (hd, kvd, group) = (c.head_dim, c.kv_dim(), c.n_heads / c.n_kv_heads);
     let scale = 1.0 / (hd as f32).sqrt();
     let mut row_seq = Vec::with_capacity(q.len() / c.q_dim());
     for (s, g) in segs.iter().enumerate() {
         row_seq.extend((0..g.n).map(|t| (s, g.start + t)));
     }
-    out.par_chunks_mut(hd)
-        .enumerate()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
+    out.par_chunks_mut(hd).enumerate().for_each_init(
+        Default::default,
+        |(scores, scratch): &mut (Vec<f32>, Vec<f32>), (i, o)| {
             let (r, h) = (i / c.n_heads, i % c.n_heads);
             let (s, pos) = row_seq[r];
             let (cache_k, cache_v) = caches[s];
@@ -78,7 +78,7 @@ fn attention(q: &[f32], caches: &[(&[f32], &[f32])], segs: &[Segment], c: &Decod
             let len = pos + 1;
             scores.clear();
             scores.extend((0..len).map(|p| {
-                let k = &cache_k[p * kvd + kv_off..][..hd];
+                let k = cache_k.read(p * kvd + kv_off, hd, scratch);
                 qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale
             }));
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -89,13 +89,14 @@ fn attention(q: &[f32], caches: &[(&[f32], &[f32])], segs: &[Segment], c: &Decod
             }
             o.fill(0.0);
             for (p, s) in scores.iter().enumerate() {
-                let v = &cache_v[p * kvd + kv_off..][..hd];
+                let v = cache_v.read(p * kvd + kv_off, hd, scratch);
                 let w = s / sum;
                 for (oo, vv) in o.iter_mut().zip(v) {
                     *oo += w * vv;
                 }
             }
-        });
+        },
+    );
 }
 
 fn silu_mul(gate: &mut [f32], up: &[f32]) {
@@ -153,6 +154,7 @@ struct Segment {
 pub struct CpuModel {
     weights: Arc<DecoderWeights>,
     context: usize,
+    kv_dtype: KvDtype,
     /// RoPE `cos`/`sin` per position and frequency: `[context, rope_dims / 2]`.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -166,9 +168,21 @@ impl CpuModel {
         Ok(Self {
             weights,
             context,
+            kv_dtype: KvDtype::F32,
             cos,
             sin,
         })
+    }
+
+    /// The model with caches of `dtype` (f32 by default).
+    pub fn with_kv_dtype(mut self, dtype: KvDtype) -> Self {
+        self.kv_dtype = dtype;
+        self
+    }
+
+    /// How its caches store keys and values.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
     }
 
     /// The weights.
@@ -184,7 +198,9 @@ impl CpuModel {
     /// Bytes the cache of `positions` positions takes.
     pub fn cache_bytes(&self, positions: usize) -> Option<usize> {
         let c = &self.weights.config;
-        positions.checked_mul(c.kv_dim())?.checked_mul(8 * c.n_layers)
+        positions
+            .checked_mul(c.kv_dim())?
+            .checked_mul(2 * self.kv_dtype.size() * c.n_layers)
     }
 
     /// An empty cache for `positions` positions (at most the context),
@@ -200,7 +216,7 @@ impl CpuModel {
             message: e.to_string(),
         })?;
         let c = &self.weights.config;
-        Ok(KvCache::new(c.n_layers, positions, c.kv_dim()))
+        Ok(KvCache::new(c.n_layers, positions, c.kv_dim(), self.kv_dtype))
     }
 
     /// Runs every sequence's tokens, appends their keys and values to their
@@ -306,12 +322,11 @@ impl CpuModel {
                 &self.cos,
                 &self.sin,
             );
-            let at = g.start * kvd..(g.start + g.n) * kvd;
-            s.cache.k[li][at.clone()].copy_from_slice(&k[r0 * kvd..r1 * kvd]);
-            s.cache.v[li][at].copy_from_slice(&v[r0 * kvd..r1 * kvd]);
+            s.cache.k[li].write(g.start * kvd, &k[r0 * kvd..r1 * kvd]);
+            s.cache.v[li].write(g.start * kvd, &v[r0 * kvd..r1 * kvd]);
         }
         let mut att = vec![0f32; n * qd];
-        let caches: Vec<(&[f32], &[f32])> = seqs.iter().map(|s| (&s.cache.k[li][..], &s.cache.v[li][..])).collect();
+        let caches: Vec<(&KvBuf, &KvBuf)> = seqs.iter().map(|s| (&s.cache.k[li], &s.cache.v[li])).collect();
         attention(&q, &caches, segs, c, &mut att);
         let o = mm(&w.wo, &att, n, mode)?;
         for (xx, oo) in x.iter_mut().zip(&o) {
@@ -339,7 +354,12 @@ pub struct CpuDecoder {
 impl CpuDecoder {
     /// A decoder over `weights` whose cache holds `context` positions.
     pub fn new(weights: Arc<DecoderWeights>, context: usize) -> Result<Self, GenerateError> {
-        let model = CpuModel::new(weights, context)?;
+        Self::with_kv_dtype(weights, context, KvDtype::F32)
+    }
+
+    /// A decoder whose cache stores keys and values as `dtype`.
+    pub fn with_kv_dtype(weights: Arc<DecoderWeights>, context: usize, dtype: KvDtype) -> Result<Self, GenerateError> {
+        let model = CpuModel::new(weights, context)?.with_kv_dtype(dtype);
         let cache = model.new_cache(context)?;
         Ok(Self { model, cache })
     }

@@ -150,7 +150,19 @@ impl GpuExecutor {
         options: GpuOptions,
     ) -> Result<Self, Error> {
         ctx.check_lost()?;
-        let plan = GraphPlan::new(&graph, &params, target(&ctx, &options));
+        let target = target(&ctx, &options);
+        let budget = target.budget;
+        let plan = GraphPlan::new(&graph, &params, target);
+        // Weights over the budget are refused before any is uploaded.
+        if plan.weight_bytes > budget {
+            return Err(GpuError::OverBudget {
+                value: format!("the model's weights ({} bytes)", plan.weight_bytes),
+                bytes: plan.weight_bytes,
+                budget: format!("the allocation limit (set by {})", crate::tensor::MAX_ALLOC_ENV),
+                limit: budget,
+            }
+            .into());
+        }
         let param_buffers = upload_weights(&ctx, &graph, &params, &plan)?;
         Ok(Self {
             ctx,

@@ -57,7 +57,11 @@ enum Backend {
 impl Backend {
     fn new(s: &Start) -> Result<Self, String> {
         let mut b = if is_cpu(&s.device) {
-            Backend::Cpu(CpuModel::new(s.weights.clone(), s.context).map_err(|e| e.to_string())?)
+            Backend::Cpu(
+                CpuModel::new(s.weights.clone(), s.context)
+                    .map_err(|e| e.to_string())?
+                    .with_kv_dtype(s.settings.kv_dtype),
+            )
         } else {
             Backend::Single(decoder_on(s.weights.clone(), &s.device, s.context).map_err(|e| e.to_string())?)
         };

@@ -24,6 +24,7 @@
 //! | `context_length` | trained context, at most 4096 | positions per sequence |
 //! | `kv_cache_mib` | 1024 | the KV-cache budget of all sequences |
 //! | `prefill_chunk` | 128 | prompt tokens per sequence per step |
+//! | `kv_cache_dtype` | `f32` | `f16` halves the cache (CPU) |
 //!
 //! The queue bound is `dynamic_batching.default_queue_policy.max_queue_size`
 //! as for other models.
@@ -42,6 +43,7 @@ use super::config::{is_cpu, ModelConfig};
 use super::error::ServeError;
 use super::isolate::Health;
 use crate::error::GenerateError;
+use crate::generate::cache::KvDtype;
 use crate::generate::chat::{ChatMessage, ChatTemplate};
 use crate::generate::sample::{SamplingOptions, TokenLogprob};
 use crate::generate::tokenizer::Tokenizer;
@@ -156,6 +158,8 @@ pub struct LlmSettings {
     pub prefill_chunk: usize,
     /// Requests waiting at most; more get 503.
     pub max_queue: usize,
+    /// How the CPU caches store keys and values.
+    pub kv_dtype: KvDtype,
 }
 
 impl Default for LlmSettings {
@@ -166,6 +170,7 @@ impl Default for LlmSettings {
             kv_cache_bytes: 1 << 30,
             prefill_chunk: 128,
             max_queue: super::config::DEFAULT_MAX_QUEUE_SIZE,
+            kv_dtype: KvDtype::F32,
         }
     }
 }
@@ -203,6 +208,14 @@ impl LlmSettings {
         }
         if let Some(n) = param_usize(p, "prefill_chunk")? {
             s.prefill_chunk = n;
+        }
+        if let Some(v) = p.get("kv_cache_dtype") {
+            let v = v.get("string_value").unwrap_or(v);
+            s.kv_dtype = v
+                .as_str()
+                .ok_or_else(|| format!("parameters.kv_cache_dtype must be \"f16\" or \"f32\", not {v}"))?
+                .parse()
+                .map_err(|e| format!("parameters.kv_cache_dtype: {e}"))?;
         }
         Ok(s)
     }
@@ -245,7 +258,10 @@ impl LlmEngine {
             .context
             .unwrap_or(c.trained_context.min(crate::generate::generator::DEFAULT_CONTEXT))
             .max(1);
-        let per_position = c.kv_dim().saturating_mul(8 * c.n_layers).max(1);
+        let per_position = c
+            .kv_dim()
+            .saturating_mul(2 * settings.kv_dtype.size() * c.n_layers)
+            .max(1);
         let budget = settings.kv_cache_bytes / per_position;
         if budget == 0 {
             return Err(format!(
