@@ -486,11 +486,11 @@ async fn openai_errors_are_typed() {
             "`input[1]`",
         ),
         (
-            "base64",
-            br#"{"input": "a", "model": "digits", "encoding_format": "base64"}"#.to_vec(),
+            "unknown encoding",
+            br#"{"input": "a", "model": "digits", "encoding_format": "int8"}"#.to_vec(),
             StatusCode::BAD_REQUEST,
             "encoding_format",
-            "only \"float\"",
+            "\"float\" or \"base64\"",
         ),
         (
             "not an embedding model",

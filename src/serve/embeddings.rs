@@ -11,8 +11,11 @@
 //!   `{"input": "text" | ["text", ...], "model": "name"}`, answering
 //!   `{"object": "list", "data": [{"object": "embedding", "index": i,
 //!   "embedding": [...]}], "model": ..., "usage": {"prompt_tokens": n,
-//!   "total_tokens": n}}`. Its errors have OpenAI's shape:
-//!   `{"error": {"message", "type", "param", "code"}}`.
+//!   "total_tokens": n}}`. `encoding_format: "base64"` (what the `openai`
+//!   client sends unless told otherwise) gives each embedding as the
+//!   base64 of its little-endian f32 bytes; `"float"` (the default here)
+//!   as numbers. `dimensions` must equal the model's width. Its errors have
+//!   OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 //!
 //! Texts are tokenized (truncated as sentence-transformers does) and run on
 //! the model's session through its scheduler, in chunks of
@@ -26,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::error::ServeError;
+use super::openai::error::{invalid, OpenAiError};
 use super::repository::Instance;
 use crate::embed::Embedder;
 use crate::graph::Graph;
@@ -128,55 +132,6 @@ fn not_embedding(name: &str) -> ServeError {
     ))
 }
 
-/// An error in OpenAI's shape.
-#[derive(Debug)]
-pub(crate) struct OpenAiError {
-    err: ServeError,
-    param: Option<&'static str>,
-    code: Option<&'static str>,
-}
-
-impl From<ServeError> for OpenAiError {
-    fn from(err: ServeError) -> Self {
-        Self {
-            err,
-            param: None,
-            code: None,
-        }
-    }
-}
-
-fn invalid(param: &'static str, msg: impl Into<String>) -> OpenAiError {
-    OpenAiError {
-        err: ServeError::bad(msg),
-        param: Some(param),
-        code: None,
-    }
-}
-
-impl IntoResponse for OpenAiError {
-    fn into_response(self) -> Response {
-        let status = self.err.status();
-        let kind = match status {
-            StatusCode::UNAUTHORIZED => "authentication_error",
-            s if s.is_client_error() => "invalid_request_error",
-            _ => "server_error",
-        };
-        let message = match &self.err {
-            ServeError::Internal(detail) => {
-                log::error!("internal error: {detail}");
-                "internal server error; the details are in the server log".to_string()
-            }
-            other => other.to_string(),
-        };
-        let body = json!({"error": {"message": message, "type": kind, "param": self.param, "code": self.code}});
-        let mut r = (status, body.to_string()).into_response();
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        r
-    }
-}
-
 /// The texts of an OpenAI `input`: a string or a list of strings.
 fn input_texts(v: Option<&Value>) -> Result<Vec<String>, OpenAiError> {
     let texts = match v {
@@ -218,6 +173,48 @@ fn input_texts(v: Option<&Value>) -> Result<Vec<String>, OpenAiError> {
     Ok(texts)
 }
 
+/// `dimensions`: accepted only as the model's width (`width`, when known).
+fn check_dimensions(d: &Value, width: Option<usize>, model: &str) -> Result<(), OpenAiError> {
+    match (d.as_u64(), width) {
+        (Some(n), Some(w)) if n == w as u64 => Ok(()),
+        (Some(_), None) => Ok(()),
+        (Some(n), Some(w)) => Err(invalid(
+            "dimensions",
+            format!("`dimensions` is {n}, but model `{model}` gives vectors of {w} values (it cannot shorten them)"),
+        )),
+        (None, _) => Err(invalid(
+            "dimensions",
+            format!("`dimensions` is {d}; it must be an integer"),
+        )),
+    }
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 (with padding) of `bytes`.
+pub(crate) fn base64(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(BASE64[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The base64 of `values` as little-endian f32 bytes (OpenAI's
+/// `encoding_format: "base64"`).
+pub(crate) fn base64_f32(values: &[f32]) -> String {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    base64(&bytes)
+}
+
 /// `POST /v1/embeddings`.
 pub(crate) async fn openai_embeddings(state: &super::State, body: &[u8]) -> Result<Response, OpenAiError> {
     let req: Value = serde_json::from_slice(body).map_err(|e| {
@@ -237,41 +234,31 @@ pub(crate) async fn openai_embeddings(state: &super::State, body: &[u8]) -> Resu
         Some(other) => return Err(invalid("model", format!("`model` is {other}; it must be a model name"))),
     };
     let texts = input_texts(obj.get("input"))?;
-    match obj.get("encoding_format") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(f)) if f == "float" => {}
+    let base64 = match obj.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(f)) if f == "float" => false,
+        Some(Value::String(f)) if f == "base64" => true,
         Some(other) => {
             return Err(invalid(
                 "encoding_format",
-                format!("`encoding_format` is {other}; only \"float\" is supported"),
+                format!("`encoding_format` is {other}; use \"float\" or \"base64\""),
             ))
         }
-    }
+    };
     let inst = state.repo.get(&model, None).map_err(|e| match e {
-        ServeError::NotFound(_) => OpenAiError {
-            err: ServeError::NotFound(format!(
-                "the model `{model}` does not exist in this server's repository"
-            )),
-            param: Some("model"),
-            code: Some("model_not_found"),
-        },
+        ServeError::NotFound(_) => OpenAiError::from(ServeError::NotFound(format!(
+            "the model `{model}` does not exist in this server's repository"
+        )))
+        .param("model")
+        .code("model_not_found"),
         other => other.into(),
     })?;
     if inst.embedder.is_none() {
-        return Err(OpenAiError {
-            err: not_embedding(&model),
-            param: Some("model"),
-            code: None,
-        });
+        return Err(OpenAiError::from(not_embedding(&model)).param("model"));
     }
-    if let Some(d) = obj.get("dimensions").filter(|d| !d.is_null()) {
-        let want = width(inst.session.graph());
-        if d.as_u64().map(|d| d as usize) != want || want.is_none() {
-            return Err(invalid(
-                "dimensions",
-                format!("`dimensions` is {d}, but model `{model}` only gives vectors of {want:?} values"),
-            ));
-        }
+    let dimensions = obj.get("dimensions").filter(|d| !d.is_null());
+    if let Some(d) = dimensions {
+        check_dimensions(d, width(inst.session.graph()), &model)?;
     }
     let started = std::time::Instant::now();
     let result = embed_texts(&inst, &texts, inst.config.timeout).await;
@@ -293,10 +280,16 @@ pub(crate) async fn openai_embeddings(state: &super::State, body: &[u8]) -> Resu
     };
     let dim = vectors.shape().get(1).copied().unwrap_or(0).max(1);
     let values = vectors.to_f32_vec();
+    if let Some(d) = dimensions {
+        check_dimensions(d, Some(dim), &model)?;
+    }
     let data: Vec<Value> = values
         .chunks(dim)
         .enumerate()
-        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+        .map(|(i, v)| {
+            let embedding = if base64 { json!(base64_f32(v)) } else { json!(v) };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
         .collect();
     let tokens: usize = counts.iter().sum();
     let body = json!({
@@ -309,4 +302,42 @@ pub(crate) async fn openai_embeddings(state: &super::State, body: &[u8]) -> Resu
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        // RFC 4648, section 10.
+        for (plain, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), want);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0xfd]), "//79");
+    }
+
+    #[test]
+    fn base64_of_f32_is_little_endian() {
+        // 1.0f32 = 0x3f800000 -> bytes 00 00 80 3f; -2.0 = 0xc0000000 -> 00 00 00 c0.
+        assert_eq!(base64_f32(&[1.0, -2.0]), base64(&[0, 0, 0x80, 0x3f, 0, 0, 0, 0xc0]));
+        assert_eq!(base64_f32(&[1.0]), "AACAPw==");
+    }
+
+    #[test]
+    fn dimensions_must_equal_the_width() {
+        assert!(check_dimensions(&json!(384), Some(384), "m").is_ok());
+        for (d, w) in [(json!(128), Some(384)), (json!("384"), Some(384)), (json!(-1), None)] {
+            let e = check_dimensions(&d, w, "m").err().unwrap();
+            assert_eq!(e.param.as_deref(), Some("dimensions"));
+        }
+    }
 }

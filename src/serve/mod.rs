@@ -26,9 +26,14 @@
 //! | `POST /v2/repository/index` | every model and its state |
 //! | `POST /v2/repository/models/{m}/load`, `.../unload` | load (or reload) and unload |
 //! | `GET /metrics` | Prometheus text (see [`metrics`]) |
+//! | `POST .../generate`, `POST .../generate_stream` | Triton's generate extension for generative models: `text_input` → `text_output`, streamed as server-sent events |
+//! | `POST /v1/chat/completions`, `POST /v1/completions` | OpenAI-compatible chat and text completions of generative models, streamed or not |
+//! | `GET /v1/models`, `GET /v1/models/{m}` | the generative and embedding models, as OpenAI lists them |
 //! | `POST /v1/embeddings` | OpenAI-compatible embeddings of a text embedding model (see [`embeddings`]) |
 //!
-//! Errors are `{"error": "..."}`: 400 bad input, 401 wrong API key, 404
+//! The `/v1` routes answer errors in OpenAI's shape
+//! (`{"error": {"message", "type", "param", "code"}}`); the others as
+//! `{"error": "..."}`: 400 bad input, 401 wrong API key, 404
 //! unknown model/version/route, 413 body too large, 503 not ready, queue
 //! full or timed out, 500 for internal failures (details in the log).
 #![forbid(unsafe_code)]
@@ -41,9 +46,11 @@ pub mod error;
 mod isolate;
 pub mod llm;
 pub mod metrics;
+mod openai;
 pub mod protocol;
 pub mod repository;
 mod routes;
+mod triton_generate;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -14,11 +14,13 @@ use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{json, Value};
 
-use super::embeddings::{self, OpenAiError, TEXT_INPUT};
+use super::embeddings::{self, TEXT_INPUT};
 use super::error::ServeError;
 use super::metrics::FailureReason;
+use super::openai::{self, error::OpenAiError};
 use super::protocol::{self, config_type_name, datatype_name, HEADER_LENGTH};
 use super::repository::{protocol_shape, Instance};
+use super::triton_generate as tgen;
 use super::{ServerOptions, State};
 
 type S = Arc<State>;
@@ -42,6 +44,17 @@ pub(super) fn router(state: S) -> Router {
         .route("/v2/repository/models/{m}/unload", post(unload))
         .route("/metrics", get(metrics))
         .route("/v1/embeddings", post(v1_embeddings))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/models/{m}", get(openai::model))
+        .route("/v2/models/{m}/generate", post(tgen::generate))
+        .route("/v2/models/{m}/generate_stream", post(tgen::generate_stream))
+        .route("/v2/models/{m}/versions/{v}/generate", post(tgen::generate_v))
+        .route(
+            "/v2/models/{m}/versions/{v}/generate_stream",
+            post(tgen::generate_stream_v),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     health
         .merge(api)
@@ -63,20 +76,20 @@ fn ok(v: Value) -> Response {
 
 async fn not_found(method: Method, uri: Uri) -> Response {
     ServeError::NotFound(format!(
-        "no route for {method} {}; the API is under /v2 (KServe v2 protocol), /v1/embeddings (OpenAI) and /metrics",
+        "no route for {method} {}; the API is under /v2 (KServe v2 protocol, Triton's generate), /v1 (OpenAI) and /metrics",
         uri.path()
     ))
     .into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    let hint =
-        if uri.path().ends_with("/infer") || uri.path().starts_with("/v2/repository") || uri.path() == "/v1/embeddings"
-        {
-            "POST"
-        } else {
-            "GET"
-        };
+    let p = uri.path();
+    let post = ["/infer", "/generate", "/generate_stream"]
+        .iter()
+        .any(|e| p.ends_with(e))
+        || p.starts_with("/v2/repository")
+        || (p.starts_with("/v1/") && !p.starts_with("/v1/models"));
+    let hint = if post { "POST" } else { "GET" };
     ServeError::MethodNotAllowed(format!("{method} is not allowed on {}; use {hint}", uri.path())).into_response()
 }
 
@@ -239,7 +252,7 @@ async fn model_config_v(AxState(s): AxState<S>, Path((m, v)): Path<(String, Stri
 
 /// Reads a body up to the size limit (413 beyond it) within the body
 /// timeout (408 past it).
-async fn read_body(body: Body, headers: &HeaderMap, options: &ServerOptions) -> Result<Bytes, ServeError> {
+pub(super) async fn read_body(body: Body, headers: &HeaderMap, options: &ServerOptions) -> Result<Bytes, ServeError> {
     let read = read_limited(body, headers, options.max_body_bytes);
     match options.body_timeout {
         None => read.await,
