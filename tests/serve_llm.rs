@@ -314,7 +314,7 @@ async fn bad_requests_and_settings_are_clear_errors() {
 async fn a_hugging_face_directory_serves_as_a_generative_model() {
     let Some(hf) = std::env::var_os("WGINFER_SMOLLM2_HF") else {
         common::skip_or_fail(
-            "WGINFER_REQUIRE_SMOLLM2",
+            "WGINFER_REQUIRE_SMOLLM2_HF",
             "WGINFER_SMOLLM2_HF is not set (models/smollm2/to_hf.py writes the directory; .ci/run does)",
         );
         return;
