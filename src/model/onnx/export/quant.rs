@@ -284,8 +284,16 @@ fn w8a8(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), ExportErro
     let xz = b.op(&f("xz"), "Add", &[&xr, &z], &f("xz"), vec![]);
     let xc = b.op(&f("xc"), "Clip", &[&xz, &zero, &c255], &f("xc"), vec![]);
     let xq = b.op(&f("xq"), "Cast", &[&xc], &f("xq"), vec![("to", Attr::Int(2))]);
-    let wq = b.constant(&format!("{}.T", q.pname(0)), &transpose2(q.packed[0])?)?;
-    let acc = b.op(&f("matmul_integer"), "MatMulInteger", &[&xq, &wq], &f("acc"), vec![]);
+    // The weight as u8 with zero point 128: onnxruntime's u8·s8 kernel on
+    // x86 without VNNI sums pairs of products in saturating int16
+    // (vpmaddubsw), which made the digits MLP's logits differ by 3.3; its
+    // u8·u8 kernel does not saturate.
+    let shifted: Vec<u8> = q.packed[0].as_slice::<i8>()?.iter().map(|&v| (v as i16 + 128) as u8).collect();
+    let shifted = Tensor::from_vec(q.packed[0].shape().to_vec(), shifted)?;
+    let wq = b.constant(&format!("{}.u8", q.pname(0)), &transpose2(&shifted)?)?;
+    let wz = b.constant(&f("weight_zero"), &Tensor::from_vec(vec![], vec![128u8])?)?;
+    let az = b.constant(&f("x_zero"), &Tensor::from_vec(vec![], vec![0u8])?)?;
+    let acc = b.op(&f("matmul_integer"), "MatMulInteger", &[&xq, &wq, &az, &wz], &f("acc"), vec![]);
     let acc = b.op(&f("acc_f32"), "Cast", &[&acc], &f("acc_f32"), vec![("to", Attr::Int(1))]);
     let wsum: Vec<f32> = q.packed[2].to_f32_vec();
     let wsum = b.constant(&format!("{}.f32", q.pname(2)), &Tensor::from_vec(vec![n], wsum)?)?;
