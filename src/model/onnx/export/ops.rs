@@ -50,7 +50,9 @@ fn copy_attrs(attrs: &Attrs, keys: &[&'static str]) -> Vec<(&'static str, Attr)>
             serde_json::Value::Number(n) => Attr::Int(n.as_i64().unwrap_or(0)),
             serde_json::Value::Bool(x) => Attr::Int(*x as i64),
             serde_json::Value::String(s) => Attr::Str(s.clone()),
-            serde_json::Value::Array(xs) if !xs.is_empty() => Attr::Ints(xs.iter().filter_map(|x| x.as_i64()).collect()),
+            serde_json::Value::Array(xs) if !xs.is_empty() => {
+                Attr::Ints(xs.iter().filter_map(|x| x.as_i64()).collect())
+            }
             _ => continue,
         };
         out.push((k, a));
@@ -59,7 +61,12 @@ fn copy_attrs(attrs: &Attrs, keys: &[&'static str]) -> Vec<(&'static str, Attr)>
 }
 
 /// Writes one node.
-pub(super) fn export_node(b: &mut Builder, model: &Model, n: &Node, opts: &OnnxExportOptions) -> Result<(), ExportError> {
+pub(super) fn export_node(
+    b: &mut Builder,
+    model: &Model,
+    n: &Node,
+    opts: &OnnxExportOptions,
+) -> Result<(), ExportError> {
     let op = n.op.op_type();
     if op == "QLinear" {
         return quant::qlinear(b, model, n, opts);
@@ -78,7 +85,19 @@ pub(super) fn export_node(b: &mut Builder, model: &Model, n: &Node, opts: &OnnxE
         "Add" | "Mul" | "Sub" | "Div" | "MatMul" | "Relu" | "Sigmoid" | "Tanh" | "Erf" | "Neg" | "Abs" | "Exp"
         | "Log" | "Sqrt" | "Reciprocal" | "HardSwish" | "GlobalAveragePool" | "Gather" | "Concat" | "Transpose"
         | "Softmax" | "LogSoftmax" | "Flatten" | "BatchNormalization" | "Gemm" | "LeakyRelu" | "Gelu" => {
-            same(b, &["alpha", "beta", "transA", "transB", "axis", "perm", "epsilon", "approximate"]);
+            same(
+                b,
+                &[
+                    "alpha",
+                    "beta",
+                    "transA",
+                    "transB",
+                    "axis",
+                    "perm",
+                    "epsilon",
+                    "approximate",
+                ],
+            );
             Ok(())
         }
         "Silu" => {
@@ -91,7 +110,10 @@ pub(super) fn export_node(b: &mut Builder, model: &Model, n: &Node, opts: &OnnxE
             Ok(())
         }
         "Conv" => {
-            same(b, &["kernel_shape", "strides", "dilations", "pads", "auto_pad", "group"]);
+            same(
+                b,
+                &["kernel_shape", "strides", "dilations", "pads", "auto_pad", "group"],
+            );
             Ok(())
         }
         "MaxPool" | "AveragePool" => {
@@ -102,17 +124,19 @@ pub(super) fn export_node(b: &mut Builder, model: &Model, n: &Node, opts: &OnnxE
             Ok(())
         }
         "Reshape" => {
-            let shape: Vec<i64> = a.get("shape").and_then(|v| v.as_array()).map_or(Vec::new(), |v| {
-                v.iter().filter_map(|x| x.as_i64()).collect()
-            });
+            let shape: Vec<i64> = a
+                .get("shape")
+                .and_then(|v| v.as_array())
+                .map_or(Vec::new(), |v| v.iter().filter_map(|x| x.as_i64()).collect());
             let s = b.ints(&format!("{}.shape", n.name), &shape)?;
             b.node(&n.name, op, &[ins[0], &s], &outs, copy_attrs(&a, &["allowzero"]));
             Ok(())
         }
         "Squeeze" | "Unsqueeze" => {
-            let axes: Vec<i64> = a.get("axes").and_then(|v| v.as_array()).map_or(Vec::new(), |v| {
-                v.iter().filter_map(|x| x.as_i64()).collect()
-            });
+            let axes: Vec<i64> = a
+                .get("axes")
+                .and_then(|v| v.as_array())
+                .map_or(Vec::new(), |v| v.iter().filter_map(|x| x.as_i64()).collect());
             let s = b.ints(&format!("{}.axes", n.name), &axes)?;
             b.node(&n.name, op, &[ins[0], &s], &outs, vec![]);
             Ok(())
@@ -231,7 +255,13 @@ fn attention(b: &mut Builder, model: &Model, n: &Node) -> Result<(), ExportError
     let nm = &n.name;
     let heads = b.ints(&format!("{nm}.heads_shape"), &[0, 0, h, d])?;
     let split = |b: &mut Builder, v: &str, perm: Vec<i64>, tag: &str| {
-        let r = b.op(&format!("{nm}.{tag}.reshape"), "Reshape", &[v, &heads], &format!("{nm}.{tag}.heads"), vec![]);
+        let r = b.op(
+            &format!("{nm}.{tag}.reshape"),
+            "Reshape",
+            &[v, &heads],
+            &format!("{nm}.{tag}.heads"),
+            vec![],
+        );
         b.op(
             &format!("{nm}.{tag}.transpose"),
             "Transpose",
@@ -243,20 +273,68 @@ fn attention(b: &mut Builder, model: &Model, n: &Node) -> Result<(), ExportError
     let q = split(b, &n.inputs[0], vec![0, 2, 1, 3], "q");
     let k = split(b, &n.inputs[1], vec![0, 2, 3, 1], "k");
     let v = split(b, &n.inputs[2], vec![0, 2, 1, 3], "v");
-    let s = b.op(&format!("{nm}.scores"), "MatMul", &[&q, &k], &format!("{nm}.scores"), vec![]);
+    let s = b.op(
+        &format!("{nm}.scores"),
+        "MatMul",
+        &[&q, &k],
+        &format!("{nm}.scores"),
+        vec![],
+    );
     let c = b.constant(&format!("{nm}.scale"), &Tensor::from_vec(vec![], vec![scale])?)?;
-    let mut s = b.op(&format!("{nm}.scale"), "Mul", &[&s, &c], &format!("{nm}.scaled"), vec![]);
+    let mut s = b.op(
+        &format!("{nm}.scale"),
+        "Mul",
+        &[&s, &c],
+        &format!("{nm}.scaled"),
+        vec![],
+    );
     if let Some(mask) = n.inputs.get(3) {
         let one = b.constant(&format!("{nm}.one"), &Tensor::from_vec(vec![], vec![1.0f32])?)?;
         let big = b.constant(&format!("{nm}.neg_big"), &Tensor::from_vec(vec![], vec![-1e30f32])?)?;
         let axes = b.ints(&format!("{nm}.mask_axes"), &[1, 2])?;
-        let inv = b.op(&format!("{nm}.mask_inv"), "Sub", &[&one, mask], &format!("{nm}.mask_inv"), vec![]);
-        let add = b.op(&format!("{nm}.mask_bias"), "Mul", &[&inv, &big], &format!("{nm}.mask_bias"), vec![]);
-        let add = b.op(&format!("{nm}.mask_4d"), "Unsqueeze", &[&add, &axes], &format!("{nm}.mask_4d"), vec![]);
-        s = b.op(&format!("{nm}.masked"), "Add", &[&s, &add], &format!("{nm}.masked"), vec![]);
+        let inv = b.op(
+            &format!("{nm}.mask_inv"),
+            "Sub",
+            &[&one, mask],
+            &format!("{nm}.mask_inv"),
+            vec![],
+        );
+        let add = b.op(
+            &format!("{nm}.mask_bias"),
+            "Mul",
+            &[&inv, &big],
+            &format!("{nm}.mask_bias"),
+            vec![],
+        );
+        let add = b.op(
+            &format!("{nm}.mask_4d"),
+            "Unsqueeze",
+            &[&add, &axes],
+            &format!("{nm}.mask_4d"),
+            vec![],
+        );
+        s = b.op(
+            &format!("{nm}.masked"),
+            "Add",
+            &[&s, &add],
+            &format!("{nm}.masked"),
+            vec![],
+        );
     }
-    let p = b.op(&format!("{nm}.softmax"), "Softmax", &[&s], &format!("{nm}.probs"), vec![("axis", Attr::Int(-1))]);
-    let o = b.op(&format!("{nm}.context"), "MatMul", &[&p, &v], &format!("{nm}.context"), vec![]);
+    let p = b.op(
+        &format!("{nm}.softmax"),
+        "Softmax",
+        &[&s],
+        &format!("{nm}.probs"),
+        vec![("axis", Attr::Int(-1))],
+    );
+    let o = b.op(
+        &format!("{nm}.context"),
+        "MatMul",
+        &[&p, &v],
+        &format!("{nm}.context"),
+        vec![],
+    );
     let o = b.op(
         &format!("{nm}.merge"),
         "Transpose",
@@ -278,13 +356,43 @@ fn masked_mean_pool(b: &mut Builder, n: &Node) -> Result<(), ExportError> {
     let ax2 = b.ints(&format!("{nm}.axis2"), &[2])?;
     let zero = b.constant(&format!("{nm}.zero"), &Tensor::from_vec(vec![], vec![0.0f32])?)?;
     let one = b.constant(&format!("{nm}.one"), &Tensor::from_vec(vec![], vec![1.0f32])?)?;
-    let row = b.op(&format!("{nm}.row"), "Unsqueeze", &[mask, &ax1], &format!("{nm}.row"), vec![]);
+    let row = b.op(
+        &format!("{nm}.row"),
+        "Unsqueeze",
+        &[mask, &ax1],
+        &format!("{nm}.row"),
+        vec![],
+    );
     let sum = b.op(&format!("{nm}.sum"), "MatMul", &[&row, x], &format!("{nm}.sum"), vec![]);
-    let z = b.op(&format!("{nm}.zeros"), "Mul", &[mask, &zero], &format!("{nm}.zeros"), vec![]);
+    let z = b.op(
+        &format!("{nm}.zeros"),
+        "Mul",
+        &[mask, &zero],
+        &format!("{nm}.zeros"),
+        vec![],
+    );
     let ones = b.op(&format!("{nm}.ones"), "Add", &[&z, &one], &format!("{nm}.ones"), vec![]);
-    let col = b.op(&format!("{nm}.col"), "Unsqueeze", &[&ones, &ax2], &format!("{nm}.col"), vec![]);
-    let count = b.op(&format!("{nm}.count"), "MatMul", &[&row, &col], &format!("{nm}.count"), vec![]);
-    let mean = b.op(&format!("{nm}.mean"), "Div", &[&sum, &count], &format!("{nm}.mean"), vec![]);
+    let col = b.op(
+        &format!("{nm}.col"),
+        "Unsqueeze",
+        &[&ones, &ax2],
+        &format!("{nm}.col"),
+        vec![],
+    );
+    let count = b.op(
+        &format!("{nm}.count"),
+        "MatMul",
+        &[&row, &col],
+        &format!("{nm}.count"),
+        vec![],
+    );
+    let mean = b.op(
+        &format!("{nm}.mean"),
+        "Div",
+        &[&sum, &count],
+        &format!("{nm}.mean"),
+        vec![],
+    );
     b.node(nm, "Squeeze", &[&mean, &ax1], &[&n.outputs[0]], vec![]);
     Ok(())
 }

@@ -113,7 +113,13 @@ fn weight(b: &mut Builder, q: &Q<'_>) -> Result<String, ExportError> {
     match q.op.format {
         WeightFormat::F16 => {
             let w = b.constant(&format!("{}.oriented", q.pname(0)), &q.oriented(q.packed[0].clone())?)?;
-            Ok(b.op(&format!("{nm}.cast"), "Cast", &[&w], &dq_out, vec![("to", Attr::Int(1))]))
+            Ok(b.op(
+                &format!("{nm}.cast"),
+                "Cast",
+                &[&w],
+                &dq_out,
+                vec![("to", Attr::Int(1))],
+            ))
         }
         WeightFormat::Int8 { affine } => {
             let w = b.constant(&format!("{}.oriented", q.pname(0)), &q.oriented(q.packed[0].clone())?)?;
@@ -140,9 +146,9 @@ fn weight(b: &mut Builder, q: &Q<'_>) -> Result<String, ExportError> {
             let s = b.constant(q.pname(1), q.packed[1])?;
             Ok(dequantize(b, q, &[w, s], q.channel_axis(), 0, &dq_out))
         }
-        WeightFormat::Binary { xnor: true } => Err(q.format_error(
-            "activations binarized at run time (XNOR) have no ONNX form; re-quantize as `binary`",
-        )),
+        WeightFormat::Binary { xnor: true } => {
+            Err(q.format_error("activations binarized at run time (XNOR) have no ONNX form; re-quantize as `binary`"))
+        }
         WeightFormat::NM { .. } => {
             let dense = q.oriented(Tensor::from_vec(vec![n, k], q.dequantized()?)?)?;
             b.constant(&format!("{}.dense", q.pname(0)), &dense)
@@ -159,7 +165,13 @@ fn dequantize(b: &mut Builder, q: &Q<'_>, ins: &[String], axis: i64, block: usiz
     if block > 0 {
         attrs.push(("block_size", Attr::Int(block as i64)));
     }
-    b.op(&format!("{}.dequantize", q.n.name), "DequantizeLinear", &ins, out, attrs)
+    b.op(
+        &format!("{}.dequantize", q.n.name),
+        "DequantizeLinear",
+        &ins,
+        out,
+        attrs,
+    )
 }
 
 /// Symmetric int4 blocks as an INT4 initializer (unpadded) and f32 block
@@ -198,7 +210,10 @@ fn matmul_nbits(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), Ex
     let mut ins = vec![
         q.n.inputs[0].clone(),
         b.constant(&format!("{}.nbits", q.pname(0)), &bytes)?,
-        b.constant(&format!("{}.f32", q.pname(1)), &Tensor::from_vec(vec![n * blocks], scales.clone())?)?,
+        b.constant(
+            &format!("{}.f32", q.pname(1)),
+            &Tensor::from_vec(vec![n * blocks], scales.clone())?,
+        )?,
     ];
     if with_min {
         let mins = q.packed[2].to_f32_vec();
@@ -209,7 +224,10 @@ fn matmul_nbits(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), Ex
             }
             zp.push(if *s == 0.0 { 0.0 } else { -m / s });
         }
-        ins.push(b.constant(&format!("{}.zero", q.pname(2)), &Tensor::from_vec(vec![n * blocks], zp)?)?);
+        ins.push(b.constant(
+            &format!("{}.zero", q.pname(2)),
+            &Tensor::from_vec(vec![n * blocks], zp)?,
+        )?);
     }
     if !b.extra_domains.iter().any(|(d, _)| d == "com.microsoft") {
         b.extra_domains.push(("com.microsoft".into(), 1));
@@ -236,6 +254,24 @@ fn matmul_nbits(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), Ex
 /// A scalar f32 initializer.
 fn scalar(b: &mut Builder, base: &str, v: f32) -> Result<String, ExportError> {
     b.constant(base, &Tensor::from_vec(vec![], vec![v])?)
+}
+
+/// Rounds half away from zero as wginfer does (`sign(v)·floor(|v| + 0.5)`);
+/// ONNX `Round` rounds half to even, which would give a tie the other code.
+fn round_away(b: &mut Builder, nm: &str, v: &str, tag: &str) -> Result<String, ExportError> {
+    let f = |s: &str| format!("{nm}.{tag}.{s}");
+    let half = scalar(b, &f("half"), 0.5)?;
+    let a = b.op(&f("abs"), "Abs", &[v], &f("abs"), vec![]);
+    let a = b.op(&f("add"), "Add", &[&a, &half], &f("add"), vec![]);
+    let a = b.op(&f("floor"), "Floor", &[&a], &f("floor"), vec![]);
+    let sign = b.op(&f("sign"), "Sign", &[v], &f("sign"), vec![]);
+    Ok(b.op(
+        &format!("{nm}.{tag}"),
+        "Mul",
+        &[&sign, &a],
+        &format!("{nm}.{tag}"),
+        vec![],
+    ))
 }
 
 /// W8A8: each row of `x` quantized to u8 as wginfer does (range with
@@ -265,7 +301,11 @@ fn w8a8(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), ExportErro
         xm = b.op(&f("masked"), "Mul", &[&x2, &keep], &f("xm"), vec![]);
     }
     let axes = b.ints(&f("axes"), &[1])?;
-    let (zero, c255, tiny) = (scalar(b, &f("zero"), 0.0)?, scalar(b, &f("c255"), 255.0)?, scalar(b, &f("tiny"), 1e-30)?);
+    let (zero, c255, tiny) = (
+        scalar(b, &f("zero"), 0.0)?,
+        scalar(b, &f("c255"), 255.0)?,
+        scalar(b, &f("tiny"), 1e-30)?,
+    );
     let keep = || vec![("keepdims", Attr::Int(1))];
     let lo = b.op(&f("min"), "ReduceMin", &[&xm, &axes], &f("min"), keep());
     let lo = b.op(&f("lo"), "Min", &[&lo, &zero], &f("lo"), vec![]);
@@ -277,10 +317,10 @@ fn w8a8(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), ExportErro
     let inv = b.op(&f("inv"), "Reciprocal", &[&s], &f("inv"), vec![]);
     let neg = b.op(&f("neg_lo"), "Neg", &[&lo], &f("neg_lo"), vec![]);
     let z = b.op(&f("z_raw"), "Mul", &[&neg, &inv], &f("z_raw"), vec![]);
-    let z = b.op(&f("z_round"), "Round", &[&z], &f("z_round"), vec![]);
+    let z = round_away(b, &nm, &z, "z_round")?;
     let z = b.op(&f("z"), "Clip", &[&z, &zero, &c255], &f("zx"), vec![]);
     let xs = b.op(&f("xs"), "Mul", &[&xm, &inv], &f("xs"), vec![]);
-    let xr = b.op(&f("xr"), "Round", &[&xs], &f("xr"), vec![]);
+    let xr = round_away(b, &nm, &xs, "xr")?;
     let xz = b.op(&f("xz"), "Add", &[&xr, &z], &f("xz"), vec![]);
     let xc = b.op(&f("xc"), "Clip", &[&xz, &zero, &c255], &f("xc"), vec![]);
     let xq = b.op(&f("xq"), "Cast", &[&xc], &f("xq"), vec![("to", Attr::Int(2))]);
@@ -288,13 +328,29 @@ fn w8a8(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), ExportErro
     // x86 without VNNI sums pairs of products in saturating int16
     // (vpmaddubsw), which made the digits MLP's logits differ by 3.3; its
     // u8·u8 kernel does not saturate.
-    let shifted: Vec<u8> = q.packed[0].as_slice::<i8>()?.iter().map(|&v| (v as i16 + 128) as u8).collect();
+    let shifted: Vec<u8> = q.packed[0]
+        .as_slice::<i8>()?
+        .iter()
+        .map(|&v| (v as i16 + 128) as u8)
+        .collect();
     let shifted = Tensor::from_vec(q.packed[0].shape().to_vec(), shifted)?;
     let wq = b.constant(&format!("{}.u8", q.pname(0)), &transpose2(&shifted)?)?;
     let wz = b.constant(&f("weight_zero"), &Tensor::from_vec(vec![], vec![128u8])?)?;
     let az = b.constant(&f("x_zero"), &Tensor::from_vec(vec![], vec![0u8])?)?;
-    let acc = b.op(&f("matmul_integer"), "MatMulInteger", &[&xq, &wq, &az, &wz], &f("acc"), vec![]);
-    let acc = b.op(&f("acc_f32"), "Cast", &[&acc], &f("acc_f32"), vec![("to", Attr::Int(1))]);
+    let acc = b.op(
+        &f("matmul_integer"),
+        "MatMulInteger",
+        &[&xq, &wq, &az, &wz],
+        &f("acc"),
+        vec![],
+    );
+    let acc = b.op(
+        &f("acc_f32"),
+        "Cast",
+        &[&acc],
+        &f("acc_f32"),
+        vec![("to", Attr::Int(1))],
+    );
     let wsum: Vec<f32> = q.packed[2].to_f32_vec();
     let wsum = b.constant(&format!("{}.f32", q.pname(2)), &Tensor::from_vec(vec![n], wsum)?)?;
     let corr = b.op(&f("zero_corr"), "Mul", &[&z, &wsum], &f("zero_corr"), vec![]);
@@ -304,7 +360,13 @@ fn w8a8(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), ExportErro
     let mut y = b.op(&f("col_scale"), "Mul", &[&y, &ws], &f("y2"), vec![]);
     if !outliers.is_empty() {
         let idx = b.ints(&format!("{}.i64", q.pname(3)), &outliers)?;
-        let xo = b.op(&f("outlier_x"), "Gather", &[&x2, &idx], &f("outlier_x"), vec![("axis", Attr::Int(1))]);
+        let xo = b.op(
+            &f("outlier_x"),
+            "Gather",
+            &[&x2, &idx],
+            &f("outlier_x"),
+            vec![("axis", Attr::Int(1))],
+        );
         let wo = b.constant(&format!("{}.T", q.pname(4)), &transpose2(q.packed[4])?)?;
         let yo = b.op(&f("outlier_matmul"), "MatMul", &[&xo, &wo], &f("outlier_y"), vec![]);
         y = b.op(&f("outlier_add"), "Add", &[&y, &yo], &f("y2_outliers"), vec![]);
@@ -312,9 +374,21 @@ fn w8a8(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), ExportErro
     if let Some(bias) = bias {
         y = b.op(&f("bias"), "Add", &[&y, bias], &f("y2_bias"), vec![]);
     }
-    let lead = b.op(&f("lead_shape"), "Shape", &[x], &f("lead_shape"), vec![("end", Attr::Int(-1))]);
+    let lead = b.op(
+        &f("lead_shape"),
+        "Shape",
+        &[x],
+        &f("lead_shape"),
+        vec![("end", Attr::Int(-1))],
+    );
     let last = b.ints(&f("out_features"), &[n as i64])?;
-    let shape = b.op(&f("out_shape"), "Concat", &[&lead, &last], &f("out_shape"), vec![("axis", Attr::Int(0))]);
+    let shape = b.op(
+        &f("out_shape"),
+        "Concat",
+        &[&lead, &last],
+        &f("out_shape"),
+        vec![("axis", Attr::Int(0))],
+    );
     b.node(&f("unflatten"), "Reshape", &[&y, &shape], &[&q.n.outputs[0]], vec![]);
     Ok(())
 }
