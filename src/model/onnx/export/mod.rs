@@ -10,7 +10,7 @@
 //! - Graph inputs, outputs and parameters keep their names, so an imported
 //!   ONNX model exports with its own input and output names.
 //! - `QLinear` weights ([`WeightFormat`](crate::quant::WeightFormat)): f16 is an f16 initializer and a
-//!   `Cast`; int8 (symmetric or affine), pow2 and binary are
+//!   `Cast`; int8 (symmetric or affine), pow2 and binary (signs as INT4) are
 //!   `DequantizeLinear` per output channel feeding `Gemm`/`MatMul`; int4
 //!   blocks are `MatMulNBits` of the `com.microsoft` domain (the default,
 //!   [`Int4Export::MatMulNBits`]) or `DequantizeLinear` with `block_size`

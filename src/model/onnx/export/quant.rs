@@ -140,8 +140,9 @@ fn weight(b: &mut Builder, q: &Q<'_>) -> Result<String, ExportError> {
         }
         WeightFormat::Binary { xnor: false } => {
             let w = q.dequantized()?;
-            let signs: Vec<i8> = w.iter().map(|&v| if v < 0.0 { -1 } else { 1 }).collect();
-            let t = q.oriented(Tensor::from_vec(vec![n, k], signs)?)?;
+            // ±1 as INT4 (ONNX has no 1-bit type): half a byte per weight.
+            let signs: Vec<u8> = w.iter().map(|&v| if v < 0.0 { 0xff } else { 1 }).collect();
+            let t = q.oriented(Tensor::from_le_bytes(DType::I4, vec![n, k], &signs)?)?;
             let w = b.constant(&format!("{}.signs", q.pname(0)), &t)?;
             let s = b.constant(q.pname(1), q.packed[1])?;
             Ok(dequantize(b, q, &[w, s], q.channel_axis(), 0, &dq_out))
