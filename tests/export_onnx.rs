@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use wginfer::model::onnx::export::{export_onnx, ExportError, Int4Export, OnnxExportOptions};
+use wginfer::model::onnx::export::{export_onnx, to_model_proto, ExportError, Int4Export, OnnxExportOptions};
 use wginfer::model::onnx::import_file;
 use wginfer::model::{load_tensors, save_tensors};
 use wginfer::optimize::{quantize, QuantizeOptions};
@@ -146,6 +146,17 @@ fn digits_cases(name: &str, base: &Model, image: bool) -> Vec<Case> {
 fn export_case(dir: &Path, c: &Case) -> Option<f32> {
     let path = dir.join(format!("{}.onnx", c.name));
     export_onnx(&c.model, &path, &c.opts).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+    let proto = to_model_proto(&c.model, &c.opts).unwrap();
+    let graph = proto.graph.as_ref().unwrap();
+    for t in &graph.initializer {
+        let read =
+            graph.node.iter().any(|n| n.input.contains(&t.name)) || graph.output.iter().any(|o| o.name == t.name);
+        assert!(
+            read,
+            "{}: initializer `{}` is written but no node reads it",
+            c.name, t.name
+        );
+    }
     let want = run(&c.model, &c.inputs);
     let mut io: Vec<(String, Tensor)> = c
         .inputs

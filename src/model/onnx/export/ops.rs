@@ -68,8 +68,10 @@ pub(super) fn export_node(
     opts: &OnnxExportOptions,
 ) -> Result<(), ExportError> {
     let op = n.op.op_type();
-    if op == "QLinear" {
-        return quant::qlinear(b, model, n, opts);
+    match op {
+        "QLinear" => return quant::qlinear(b, model, n, opts),
+        "Linear" => return linear(b, model, n),
+        _ => {}
     }
     for i in &n.inputs {
         if model.graph().is_param(i) {
@@ -81,7 +83,6 @@ pub(super) fn export_node(
     let a = n.op.attrs();
     let same = |b: &mut Builder, keys: &[&'static str]| b.node(&n.name, op, &ins, &outs, copy_attrs(&a, keys));
     match op {
-        "Linear" => linear(b, model, n),
         "Add" | "Mul" | "Sub" | "Div" | "MatMul" | "Relu" | "Sigmoid" | "Tanh" | "Erf" | "Neg" | "Abs" | "Exp"
         | "Log" | "Sqrt" | "Reciprocal" | "HardSwish" | "GlobalAveragePool" | "Gather" | "Concat" | "Transpose"
         | "Softmax" | "LogSoftmax" | "Flatten" | "BatchNormalization" | "Gemm" | "LeakyRelu" | "Gelu" => {
@@ -181,7 +182,11 @@ fn linear(b: &mut Builder, model: &Model, n: &Node) -> Result<(), ExportError> {
     let (x, w) = (n.inputs[0].as_str(), n.inputs[1].as_str());
     let bias = n.inputs.get(2).map(String::as_str);
     let out = n.outputs[0].as_str();
+    if let Some(bias) = bias {
+        param(b, model, bias)?;
+    }
     if is_2d(model, x) {
+        param(b, model, w)?;
         let mut ins = vec![x, w];
         ins.extend(bias);
         b.node(&n.name, "Gemm", &ins, &[out], vec![("transB", Attr::Int(1))]);
