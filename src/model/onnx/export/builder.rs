@@ -139,6 +139,17 @@ impl Builder {
         out
     }
 
+    /// A node `{prefix}.{tag}` with one fresh output of that name; returns it.
+    pub fn step(&mut self, prefix: &str, tag: &str, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
+        let name = format!("{prefix}.{tag}");
+        self.op(&name, op, inputs, &name, attrs)
+    }
+
+    /// A scalar f32 initializer under a fresh name from `base`.
+    pub fn scalar(&mut self, base: &str, v: f32) -> Result<String, ExportError> {
+        self.constant(base, &Tensor::from_vec(vec![], vec![v])?)
+    }
+
     /// The finished graph.
     pub fn graph(self, name: &str, input: Vec<ValueInfoProto>, output: Vec<ValueInfoProto>) -> GraphProto {
         GraphProto {

@@ -60,6 +60,66 @@ fn copy_attrs(attrs: &Attrs, keys: &[&'static str]) -> Vec<(&'static str, Attr)>
     out
 }
 
+/// Ops that are the ONNX op of the same name, with the attributes copied.
+static SAME: &[(&str, &[&str])] = &[
+    ("Add", &[]),
+    ("Sub", &[]),
+    ("Mul", &[]),
+    ("Div", &[]),
+    ("MatMul", &[]),
+    ("Relu", &[]),
+    ("Sigmoid", &[]),
+    ("Tanh", &[]),
+    ("Erf", &[]),
+    ("Neg", &[]),
+    ("Abs", &[]),
+    ("Exp", &[]),
+    ("Log", &[]),
+    ("Sqrt", &[]),
+    ("Reciprocal", &[]),
+    ("HardSwish", &[]),
+    ("LeakyRelu", &["alpha"]),
+    ("Gelu", &["approximate"]),
+    ("GlobalAveragePool", &[]),
+    ("Gather", &["axis"]),
+    ("Concat", &["axis"]),
+    ("Transpose", &["perm"]),
+    ("Softmax", &["axis"]),
+    ("LogSoftmax", &["axis"]),
+    ("Flatten", &["axis"]),
+    ("BatchNormalization", &["epsilon"]),
+    ("LayerNormalization", &["axis", "epsilon"]),
+    ("Gemm", &["alpha", "beta", "transA", "transB"]),
+    (
+        "Conv",
+        &["kernel_shape", "strides", "dilations", "pads", "auto_pad", "group"],
+    ),
+    (
+        "MaxPool",
+        &[
+            "kernel_shape",
+            "strides",
+            "dilations",
+            "pads",
+            "auto_pad",
+            "ceil_mode",
+            "storage_order",
+        ],
+    ),
+    (
+        "AveragePool",
+        &[
+            "kernel_shape",
+            "strides",
+            "dilations",
+            "pads",
+            "auto_pad",
+            "ceil_mode",
+            "count_include_pad",
+        ],
+    ),
+];
+
 /// Writes one node.
 pub(super) fn export_node(
     b: &mut Builder,
@@ -81,66 +141,27 @@ pub(super) fn export_node(
     let ins: Vec<&str> = n.inputs.iter().map(String::as_str).collect();
     let outs: Vec<&str> = n.outputs.iter().map(String::as_str).collect();
     let a = n.op.attrs();
-    let same = |b: &mut Builder, keys: &[&'static str]| b.node(&n.name, op, &ins, &outs, copy_attrs(&a, keys));
+    if let Some((_, keys)) = SAME.iter().find(|(name, _)| *name == op) {
+        b.node(&n.name, op, &ins, &outs, copy_attrs(&a, keys));
+        return Ok(());
+    }
+    let ints = |key: &str| -> Vec<i64> {
+        a.get(key)
+            .and_then(|v| v.as_array())
+            .map_or(Vec::new(), |v| v.iter().filter_map(|x| x.as_i64()).collect())
+    };
     match op {
-        "Add" | "Mul" | "Sub" | "Div" | "MatMul" | "Relu" | "Sigmoid" | "Tanh" | "Erf" | "Neg" | "Abs" | "Exp"
-        | "Log" | "Sqrt" | "Reciprocal" | "HardSwish" | "GlobalAveragePool" | "Gather" | "Concat" | "Transpose"
-        | "Softmax" | "LogSoftmax" | "Flatten" | "BatchNormalization" | "Gemm" | "LeakyRelu" | "Gelu" => {
-            same(
-                b,
-                &[
-                    "alpha",
-                    "beta",
-                    "transA",
-                    "transB",
-                    "axis",
-                    "perm",
-                    "epsilon",
-                    "approximate",
-                ],
-            );
-            Ok(())
-        }
         "Silu" => {
             let s = b.op(&n.name, "Sigmoid", &ins, &format!("{}.sigmoid", n.outputs[0]), vec![]);
             b.node(&format!("{}.mul", n.name), "Mul", &[ins[0], &s], &outs, vec![]);
-            Ok(())
-        }
-        "LayerNormalization" => {
-            same(b, &["axis", "epsilon"]);
-            Ok(())
-        }
-        "Conv" => {
-            same(
-                b,
-                &["kernel_shape", "strides", "dilations", "pads", "auto_pad", "group"],
-            );
-            Ok(())
-        }
-        "MaxPool" | "AveragePool" => {
-            let keys = ["kernel_shape", "strides", "dilations", "pads", "auto_pad", "ceil_mode"];
-            let mut attrs = copy_attrs(&a, &keys);
-            attrs.extend(copy_attrs(&a, &["count_include_pad", "storage_order"]));
-            b.node(&n.name, op, &ins, &outs, attrs);
-            Ok(())
         }
         "Reshape" => {
-            let shape: Vec<i64> = a
-                .get("shape")
-                .and_then(|v| v.as_array())
-                .map_or(Vec::new(), |v| v.iter().filter_map(|x| x.as_i64()).collect());
-            let s = b.ints(&format!("{}.shape", n.name), &shape)?;
+            let s = b.ints(&format!("{}.shape", n.name), &ints("shape"))?;
             b.node(&n.name, op, &[ins[0], &s], &outs, copy_attrs(&a, &["allowzero"]));
-            Ok(())
         }
         "Squeeze" | "Unsqueeze" => {
-            let axes: Vec<i64> = a
-                .get("axes")
-                .and_then(|v| v.as_array())
-                .map_or(Vec::new(), |v| v.iter().filter_map(|x| x.as_i64()).collect());
-            let s = b.ints(&format!("{}.axes", n.name), &axes)?;
+            let s = b.ints(&format!("{}.axes", n.name), &ints("axes"))?;
             b.node(&n.name, op, &[ins[0], &s], &outs, vec![]);
-            Ok(())
         }
         "Cast" | "CastUnsaturated" => {
             let to = dtype_code(n, a.get("to").and_then(|v| v.as_str()).unwrap_or(""))?;
@@ -149,7 +170,6 @@ pub(super) fn export_node(
                 attrs.push(("saturate", Attr::Int(0)));
             }
             b.node(&n.name, "Cast", &ins, &outs, attrs);
-            Ok(())
         }
         "DequantizeLinear" => {
             let mut attrs = copy_attrs(&a, &["axis", "block_size"]);
@@ -157,18 +177,17 @@ pub(super) fn export_node(
                 attrs.push(("output_dtype", Attr::Int(dtype_code(n, d)?)));
             }
             b.node(&n.name, op, &ins, &outs, attrs);
-            Ok(())
         }
         "L2Normalize" => {
             let mut attrs = copy_attrs(&a, &["axis"]);
             attrs.push(("p", Attr::Int(2)));
             b.node(&n.name, "LpNormalization", &ins, &outs, attrs);
-            Ok(())
         }
-        "Attention" => attention(b, model, n),
-        "MaskedMeanPool" => masked_mean_pool(b, n),
-        _ => Err(unsupported(n, "no ONNX mapping for this op")),
+        "Attention" => attention(b, model, n)?,
+        "MaskedMeanPool" => masked_mean_pool(b, n)?,
+        _ => return Err(unsupported(n, "no ONNX mapping for this op")),
     }
+    Ok(())
 }
 
 /// True when `name` has rank 2 in the graph.
@@ -256,95 +275,40 @@ fn attention(b: &mut Builder, model: &Model, n: &Node) -> Result<(), ExportError
         _ => return Err(unsupported(n, "the width of q must be known")),
     };
     let d = width / h.max(1);
-    let scale = att.scale_for(d as usize);
-    let nm = &n.name;
+    let nm = n.name.as_str();
     let heads = b.ints(&format!("{nm}.heads_shape"), &[0, 0, h, d])?;
-    let split = |b: &mut Builder, v: &str, perm: Vec<i64>, tag: &str| {
-        let r = b.op(
-            &format!("{nm}.{tag}.reshape"),
-            "Reshape",
-            &[v, &heads],
-            &format!("{nm}.{tag}.heads"),
-            vec![],
-        );
-        b.op(
-            &format!("{nm}.{tag}.transpose"),
+    let mut split = |v: &str, perm: Vec<i64>, tag: &str| {
+        let r = b.step(nm, &format!("{tag}.heads"), "Reshape", &[v, &heads], vec![]);
+        b.step(
+            nm,
+            &format!("{tag}.t"),
             "Transpose",
             &[&r],
-            &format!("{nm}.{tag}.t"),
             vec![("perm", Attr::Ints(perm))],
         )
     };
-    let q = split(b, &n.inputs[0], vec![0, 2, 1, 3], "q");
-    let k = split(b, &n.inputs[1], vec![0, 2, 3, 1], "k");
-    let v = split(b, &n.inputs[2], vec![0, 2, 1, 3], "v");
-    let s = b.op(
-        &format!("{nm}.scores"),
-        "MatMul",
-        &[&q, &k],
-        &format!("{nm}.scores"),
-        vec![],
-    );
-    let c = b.constant(&format!("{nm}.scale"), &Tensor::from_vec(vec![], vec![scale])?)?;
-    let mut s = b.op(
-        &format!("{nm}.scale"),
-        "Mul",
-        &[&s, &c],
-        &format!("{nm}.scaled"),
-        vec![],
-    );
+    let q = split(&n.inputs[0], vec![0, 2, 1, 3], "q");
+    let k = split(&n.inputs[1], vec![0, 2, 3, 1], "k");
+    let v = split(&n.inputs[2], vec![0, 2, 1, 3], "v");
+    let s = b.step(nm, "scores", "MatMul", &[&q, &k], vec![]);
+    let c = b.scalar(&format!("{nm}.scale"), att.scale_for(d as usize))?;
+    let mut s = b.step(nm, "scaled", "Mul", &[&s, &c], vec![]);
     if let Some(mask) = n.inputs.get(3) {
-        let one = b.constant(&format!("{nm}.one"), &Tensor::from_vec(vec![], vec![1.0f32])?)?;
-        let big = b.constant(&format!("{nm}.neg_big"), &Tensor::from_vec(vec![], vec![-1e30f32])?)?;
+        let one = b.scalar(&format!("{nm}.one"), 1.0)?;
+        let big = b.scalar(&format!("{nm}.neg_big"), -1e30)?;
         let axes = b.ints(&format!("{nm}.mask_axes"), &[1, 2])?;
-        let inv = b.op(
-            &format!("{nm}.mask_inv"),
-            "Sub",
-            &[&one, mask],
-            &format!("{nm}.mask_inv"),
-            vec![],
-        );
-        let add = b.op(
-            &format!("{nm}.mask_bias"),
-            "Mul",
-            &[&inv, &big],
-            &format!("{nm}.mask_bias"),
-            vec![],
-        );
-        let add = b.op(
-            &format!("{nm}.mask_4d"),
-            "Unsqueeze",
-            &[&add, &axes],
-            &format!("{nm}.mask_4d"),
-            vec![],
-        );
-        s = b.op(
-            &format!("{nm}.masked"),
-            "Add",
-            &[&s, &add],
-            &format!("{nm}.masked"),
-            vec![],
-        );
+        let inv = b.step(nm, "mask_inv", "Sub", &[&one, mask], vec![]);
+        let add = b.step(nm, "mask_bias", "Mul", &[&inv, &big], vec![]);
+        let add = b.step(nm, "mask_4d", "Unsqueeze", &[&add, &axes], vec![]);
+        s = b.step(nm, "masked", "Add", &[&s, &add], vec![]);
     }
-    let p = b.op(
-        &format!("{nm}.softmax"),
-        "Softmax",
-        &[&s],
-        &format!("{nm}.probs"),
-        vec![("axis", Attr::Int(-1))],
-    );
-    let o = b.op(
-        &format!("{nm}.context"),
-        "MatMul",
-        &[&p, &v],
-        &format!("{nm}.context"),
-        vec![],
-    );
-    let o = b.op(
-        &format!("{nm}.merge"),
+    let p = b.step(nm, "probs", "Softmax", &[&s], vec![("axis", Attr::Int(-1))]);
+    let o = b.step(nm, "context", "MatMul", &[&p, &v], vec![]);
+    let o = b.step(
+        nm,
+        "merged",
         "Transpose",
         &[&o],
-        &format!("{nm}.merged"),
         vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
     );
     let joined = b.ints(&format!("{nm}.out_shape"), &[0, 0, width])?;
@@ -355,49 +319,19 @@ fn attention(b: &mut Builder, model: &Model, n: &Node) -> Result<(), ExportError
 /// `MaskedMeanPool(x [B, S, E], mask [B, S])`: `(mask · x) / (mask · 1)` as
 /// two batched `MatMul`s over the mask as a `[B, 1, S]` row.
 fn masked_mean_pool(b: &mut Builder, n: &Node) -> Result<(), ExportError> {
-    let nm = &n.name;
+    let nm = n.name.as_str();
     let (x, mask) = (n.inputs[0].as_str(), n.inputs[1].as_str());
     let ax1 = b.ints(&format!("{nm}.axis1"), &[1])?;
     let ax2 = b.ints(&format!("{nm}.axis2"), &[2])?;
-    let zero = b.constant(&format!("{nm}.zero"), &Tensor::from_vec(vec![], vec![0.0f32])?)?;
-    let one = b.constant(&format!("{nm}.one"), &Tensor::from_vec(vec![], vec![1.0f32])?)?;
-    let row = b.op(
-        &format!("{nm}.row"),
-        "Unsqueeze",
-        &[mask, &ax1],
-        &format!("{nm}.row"),
-        vec![],
-    );
-    let sum = b.op(&format!("{nm}.sum"), "MatMul", &[&row, x], &format!("{nm}.sum"), vec![]);
-    let z = b.op(
-        &format!("{nm}.zeros"),
-        "Mul",
-        &[mask, &zero],
-        &format!("{nm}.zeros"),
-        vec![],
-    );
-    let ones = b.op(&format!("{nm}.ones"), "Add", &[&z, &one], &format!("{nm}.ones"), vec![]);
-    let col = b.op(
-        &format!("{nm}.col"),
-        "Unsqueeze",
-        &[&ones, &ax2],
-        &format!("{nm}.col"),
-        vec![],
-    );
-    let count = b.op(
-        &format!("{nm}.count"),
-        "MatMul",
-        &[&row, &col],
-        &format!("{nm}.count"),
-        vec![],
-    );
-    let mean = b.op(
-        &format!("{nm}.mean"),
-        "Div",
-        &[&sum, &count],
-        &format!("{nm}.mean"),
-        vec![],
-    );
+    let zero = b.scalar(&format!("{nm}.zero"), 0.0)?;
+    let one = b.scalar(&format!("{nm}.one"), 1.0)?;
+    let row = b.step(nm, "row", "Unsqueeze", &[mask, &ax1], vec![]);
+    let sum = b.step(nm, "sum", "MatMul", &[&row, x], vec![]);
+    let z = b.step(nm, "zeros", "Mul", &[mask, &zero], vec![]);
+    let ones = b.step(nm, "ones", "Add", &[&z, &one], vec![]);
+    let col = b.step(nm, "col", "Unsqueeze", &[&ones, &ax2], vec![]);
+    let count = b.step(nm, "count", "MatMul", &[&row, &col], vec![]);
+    let mean = b.step(nm, "mean", "Div", &[&sum, &count], vec![]);
     b.node(nm, "Squeeze", &[&mean, &ax1], &[&n.outputs[0]], vec![]);
     Ok(())
 }

@@ -252,79 +252,70 @@ fn matmul_nbits(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), Ex
     Ok(())
 }
 
-/// A scalar f32 initializer.
-fn scalar(b: &mut Builder, base: &str, v: f32) -> Result<String, ExportError> {
-    b.constant(base, &Tensor::from_vec(vec![], vec![v])?)
-}
-
 /// Rounds half away from zero as wginfer does (`sign(v)·floor(|v| + 0.5)`);
 /// ONNX `Round` rounds half to even, which would give a tie the other code.
 fn round_away(b: &mut Builder, nm: &str, v: &str, tag: &str) -> Result<String, ExportError> {
-    let f = |s: &str| format!("{nm}.{tag}.{s}");
-    let half = scalar(b, &f("half"), 0.5)?;
-    let a = b.op(&f("abs"), "Abs", &[v], &f("abs"), vec![]);
-    let a = b.op(&f("add"), "Add", &[&a, &half], &f("add"), vec![]);
-    let a = b.op(&f("floor"), "Floor", &[&a], &f("floor"), vec![]);
-    let sign = b.op(&f("sign"), "Sign", &[v], &f("sign"), vec![]);
-    Ok(b.op(
-        &format!("{nm}.{tag}"),
-        "Mul",
-        &[&sign, &a],
-        &format!("{nm}.{tag}"),
-        vec![],
-    ))
+    let p = format!("{nm}.{tag}");
+    let half = b.scalar(&format!("{p}.half"), 0.5)?;
+    let a = b.step(&p, "abs", "Abs", &[v], vec![]);
+    let a = b.step(&p, "add", "Add", &[&a, &half], vec![]);
+    let a = b.step(&p, "floor", "Floor", &[&a], vec![]);
+    let sign = b.step(&p, "sign", "Sign", &[v], vec![]);
+    Ok(b.step(nm, tag, "Mul", &[&sign, &a], vec![]))
 }
 
-/// W8A8: each row of `x` quantized to u8 as wginfer does (range with
-/// outlier channels counted as 0, `s = (hi - lo)/255`, `z = round(-lo/s)`),
-/// `MatMulInteger` with the int8 weight, then
-/// `s_x · s_w · (acc - z · Σq_w)`, plus the f32 product of the outlier channels.
-fn w8a8(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), ExportError> {
-    let (k, n) = (q.op.in_features, q.op.out_features);
-    let nm = q.n.name.clone();
-    let f = |s: &str| format!("{nm}.{s}");
-    let x = q.n.inputs[0].as_str();
-    let rows = b.ints(&f("rows_shape"), &[-1, k as i64])?;
-    let x2 = b.op(&f("rows"), "Reshape", &[x, &rows], &f("x2"), vec![]);
-    let outliers: Vec<i64> = match q.packed.get(3) {
-        Some(t) => t.to_i64_vec(),
-        None => Vec::new(),
-    };
-    let mut xm = x2.clone();
+/// wginfer's W8A8 activation quantization of each row of `x2 [M, K]` with
+/// the `outliers` channels counted as 0: returns the u8 codes, the row
+/// scales `s [M, 1]` and the zero points `z [M, 1]` (f32).
+fn quantize_rows(b: &mut Builder, nm: &str, x2: &str, outliers: &[i64], k: usize) -> Result<[String; 3], ExportError> {
+    let mut xm = x2.to_string();
     if !outliers.is_empty() {
         let mut keep = vec![1.0f32; k];
-        for &c in &outliers {
+        for &c in outliers {
             if let Some(v) = keep.get_mut(c as usize) {
                 *v = 0.0;
             }
         }
-        let keep = b.constant(&f("keep"), &Tensor::from_vec(vec![k], keep)?)?;
-        xm = b.op(&f("masked"), "Mul", &[&x2, &keep], &f("xm"), vec![]);
+        let keep = b.constant(&format!("{nm}.keep"), &Tensor::from_vec(vec![k], keep)?)?;
+        xm = b.step(nm, "xm", "Mul", &[x2, &keep], vec![]);
     }
-    let axes = b.ints(&f("axes"), &[1])?;
-    let (zero, c255, tiny) = (
-        scalar(b, &f("zero"), 0.0)?,
-        scalar(b, &f("c255"), 255.0)?,
-        scalar(b, &f("tiny"), 1e-30)?,
-    );
-    let keep = || vec![("keepdims", Attr::Int(1))];
-    let lo = b.op(&f("min"), "ReduceMin", &[&xm, &axes], &f("min"), keep());
-    let lo = b.op(&f("lo"), "Min", &[&lo, &zero], &f("lo"), vec![]);
-    let hi = b.op(&f("max"), "ReduceMax", &[&xm, &axes], &f("max"), keep());
-    let hi = b.op(&f("hi"), "Max", &[&hi, &zero], &f("hi"), vec![]);
-    let range = b.op(&f("range"), "Sub", &[&hi, &lo], &f("range"), vec![]);
-    let s = b.op(&f("scale"), "Div", &[&range, &c255], &f("sx"), vec![]);
-    let s = b.op(&f("scale_safe"), "Max", &[&s, &tiny], &f("sx_safe"), vec![]);
-    let inv = b.op(&f("inv"), "Reciprocal", &[&s], &f("inv"), vec![]);
-    let neg = b.op(&f("neg_lo"), "Neg", &[&lo], &f("neg_lo"), vec![]);
-    let z = b.op(&f("z_raw"), "Mul", &[&neg, &inv], &f("z_raw"), vec![]);
-    let z = round_away(b, &nm, &z, "z_round")?;
-    let z = b.op(&f("z"), "Clip", &[&z, &zero, &c255], &f("zx"), vec![]);
-    let xs = b.op(&f("xs"), "Mul", &[&xm, &inv], &f("xs"), vec![]);
-    let xr = round_away(b, &nm, &xs, "xr")?;
-    let xz = b.op(&f("xz"), "Add", &[&xr, &z], &f("xz"), vec![]);
-    let xc = b.op(&f("xc"), "Clip", &[&xz, &zero, &c255], &f("xc"), vec![]);
-    let xq = b.op(&f("xq"), "Cast", &[&xc], &f("xq"), vec![("to", Attr::Int(2))]);
+    let axes = b.ints(&format!("{nm}.axes"), &[1])?;
+    let zero = b.scalar(&format!("{nm}.zero"), 0.0)?;
+    let c255 = b.scalar(&format!("{nm}.c255"), 255.0)?;
+    let tiny = b.scalar(&format!("{nm}.tiny"), 1e-30)?;
+    let keepdims = || vec![("keepdims", Attr::Int(1))];
+    let lo = b.step(nm, "min", "ReduceMin", &[&xm, &axes], keepdims());
+    let lo = b.step(nm, "lo", "Min", &[&lo, &zero], vec![]);
+    let hi = b.step(nm, "max", "ReduceMax", &[&xm, &axes], keepdims());
+    let hi = b.step(nm, "hi", "Max", &[&hi, &zero], vec![]);
+    let range = b.step(nm, "range", "Sub", &[&hi, &lo], vec![]);
+    let s = b.step(nm, "sx", "Div", &[&range, &c255], vec![]);
+    // A row of zeros (hi = lo) gets codes z = 0 and any scale: its products are 0.
+    let s = b.step(nm, "sx_safe", "Max", &[&s, &tiny], vec![]);
+    let inv = b.step(nm, "inv", "Reciprocal", &[&s], vec![]);
+    let neg = b.step(nm, "neg_lo", "Neg", &[&lo], vec![]);
+    let z = b.step(nm, "z_raw", "Mul", &[&neg, &inv], vec![]);
+    let z = round_away(b, nm, &z, "z_round")?;
+    let z = b.step(nm, "zx", "Clip", &[&z, &zero, &c255], vec![]);
+    let xs = b.step(nm, "xs", "Mul", &[&xm, &inv], vec![]);
+    let xr = round_away(b, nm, &xs, "xr")?;
+    let xz = b.step(nm, "xz", "Add", &[&xr, &z], vec![]);
+    let xc = b.step(nm, "xc", "Clip", &[&xz, &zero, &c255], vec![]);
+    let xq = b.step(nm, "xq", "Cast", &[&xc], vec![("to", Attr::Int(2))]);
+    Ok([xq, s, z])
+}
+
+/// W8A8: each row of `x` quantized to u8 as wginfer does
+/// ([`quantize_rows`]), `MatMulInteger` with the int8 weight, then
+/// `s_x · s_w · (acc - z · Σq_w)`, plus the f32 product of the outlier channels.
+fn w8a8(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), ExportError> {
+    let (k, n) = (q.op.in_features, q.op.out_features);
+    let nm = q.n.name.as_str();
+    let x = q.n.inputs[0].as_str();
+    let rows = b.ints(&format!("{nm}.rows_shape"), &[-1, k as i64])?;
+    let x2 = b.step(nm, "x2", "Reshape", &[x, &rows], vec![]);
+    let outliers: Vec<i64> = q.packed.get(3).map(|t| t.to_i64_vec()).unwrap_or_default();
+    let [xq, s, z] = quantize_rows(b, nm, &x2, &outliers, k)?;
     // The weight as u8 with zero point 128: onnxruntime's u8·s8 kernel on
     // x86 without VNNI sums pairs of products in saturating int16
     // (vpmaddubsw), which made the digits MLP's logits differ by 3.3; its
@@ -336,60 +327,36 @@ fn w8a8(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), ExportErro
         .collect();
     let shifted = Tensor::from_vec(q.packed[0].shape().to_vec(), shifted)?;
     let wq = b.constant(&format!("{}.u8", q.pname(0)), &transpose2(&shifted)?)?;
-    let wz = b.constant(&f("weight_zero"), &Tensor::from_vec(vec![], vec![128u8])?)?;
-    let az = b.constant(&f("x_zero"), &Tensor::from_vec(vec![], vec![0u8])?)?;
-    let acc = b.op(
-        &f("matmul_integer"),
-        "MatMulInteger",
-        &[&xq, &wq, &az, &wz],
-        &f("acc"),
-        vec![],
-    );
-    let acc = b.op(
-        &f("acc_f32"),
-        "Cast",
-        &[&acc],
-        &f("acc_f32"),
-        vec![("to", Attr::Int(1))],
-    );
-    let wsum: Vec<f32> = q.packed[2].to_f32_vec();
-    let wsum = b.constant(&format!("{}.f32", q.pname(2)), &Tensor::from_vec(vec![n], wsum)?)?;
-    let corr = b.op(&f("zero_corr"), "Mul", &[&z, &wsum], &f("zero_corr"), vec![]);
-    let y = b.op(&f("centered"), "Sub", &[&acc, &corr], &f("centered"), vec![]);
-    let y = b.op(&f("row_scale"), "Mul", &[&y, &s], &f("row_scaled"), vec![]);
+    let wz = b.constant(&format!("{nm}.weight_zero"), &Tensor::from_vec(vec![], vec![128u8])?)?;
+    let az = b.constant(&format!("{nm}.x_zero"), &Tensor::from_vec(vec![], vec![0u8])?)?;
+    let acc = b.step(nm, "acc", "MatMulInteger", &[&xq, &wq, &az, &wz], vec![]);
+    let acc = b.step(nm, "acc_f32", "Cast", &[&acc], vec![("to", Attr::Int(1))]);
+    let wsum = Tensor::from_vec(vec![n], q.packed[2].to_f32_vec())?;
+    let wsum = b.constant(&format!("{}.f32", q.pname(2)), &wsum)?;
+    let corr = b.step(nm, "zero_corr", "Mul", &[&z, &wsum], vec![]);
+    let y = b.step(nm, "centered", "Sub", &[&acc, &corr], vec![]);
+    let y = b.step(nm, "row_scaled", "Mul", &[&y, &s], vec![]);
     let ws = b.constant(q.pname(1), q.packed[1])?;
-    let mut y = b.op(&f("col_scale"), "Mul", &[&y, &ws], &f("y2"), vec![]);
+    let mut y = b.step(nm, "y2", "Mul", &[&y, &ws], vec![]);
     if !outliers.is_empty() {
         let idx = b.ints(&format!("{}.i64", q.pname(3)), &outliers)?;
-        let xo = b.op(
-            &f("outlier_x"),
-            "Gather",
-            &[&x2, &idx],
-            &f("outlier_x"),
-            vec![("axis", Attr::Int(1))],
-        );
+        let xo = b.step(nm, "outlier_x", "Gather", &[&x2, &idx], vec![("axis", Attr::Int(1))]);
         let wo = b.constant(&format!("{}.T", q.pname(4)), &transpose2(q.packed[4])?)?;
-        let yo = b.op(&f("outlier_matmul"), "MatMul", &[&xo, &wo], &f("outlier_y"), vec![]);
-        y = b.op(&f("outlier_add"), "Add", &[&y, &yo], &f("y2_outliers"), vec![]);
+        let yo = b.step(nm, "outlier_y", "MatMul", &[&xo, &wo], vec![]);
+        y = b.step(nm, "y2_outliers", "Add", &[&y, &yo], vec![]);
     }
     if let Some(bias) = bias {
-        y = b.op(&f("bias"), "Add", &[&y, bias], &f("y2_bias"), vec![]);
+        y = b.step(nm, "y2_bias", "Add", &[&y, bias], vec![]);
     }
-    let lead = b.op(
-        &f("lead_shape"),
-        "Shape",
-        &[x],
-        &f("lead_shape"),
-        vec![("end", Attr::Int(-1))],
+    let lead = b.step(nm, "lead_shape", "Shape", &[x], vec![("end", Attr::Int(-1))]);
+    let last = b.ints(&format!("{nm}.out_features"), &[n as i64])?;
+    let shape = b.step(nm, "out_shape", "Concat", &[&lead, &last], vec![("axis", Attr::Int(0))]);
+    b.node(
+        &format!("{nm}.unflatten"),
+        "Reshape",
+        &[&y, &shape],
+        &[&q.n.outputs[0]],
+        vec![],
     );
-    let last = b.ints(&f("out_features"), &[n as i64])?;
-    let shape = b.op(
-        &f("out_shape"),
-        "Concat",
-        &[&lead, &last],
-        &f("out_shape"),
-        vec![("axis", Attr::Int(0))],
-    );
-    b.node(&f("unflatten"), "Reshape", &[&y, &shape], &[&q.n.outputs[0]], vec![]);
     Ok(())
 }
