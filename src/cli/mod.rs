@@ -7,6 +7,7 @@ mod bench_decoder;
 mod convert;
 mod embed;
 mod eval;
+mod export;
 mod generate;
 mod inspect;
 mod prune;
@@ -55,6 +56,8 @@ enum Command {
     Quantize(quantize::Args),
     /// Convert an ONNX model to a wginfer model file (.safetensors).
     Convert(convert::Args),
+    /// Export a model (quantized or not) to ONNX for onnxruntime and other runtimes.
+    Export(export::Args),
     /// Generate text with a decoder language model (GGUF), streaming tokens.
     Generate(generate::Args),
     /// Chat interactively with a decoder language model, using its chat template.
@@ -80,6 +83,7 @@ pub fn main() -> ExitCode {
             Command::Prune(a) => prune::run(a, device),
             Command::Quantize(a) => quantize::run(a, device),
             Command::Convert(a) => convert::run(a),
+            Command::Export(a) => export::run(a),
             Command::Embed(a) => embed::run(a, device),
             Command::Generate(a) => generate::run(a, device),
             Command::Chat(a) => generate::chat(a, device),

@@ -18,6 +18,7 @@
 //!   names of its nodes.
 
 mod context;
+pub mod export;
 mod import;
 mod ops;
 pub mod proto;

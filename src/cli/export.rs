@@ -1,0 +1,51 @@
+//! `wginfer export MODEL --to onnx -o OUT [--force] [--int4 matmulnbits|dq]`
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use wginfer::model::onnx::export::{export_onnx, Int4Export, OnnxExportOptions, OPSET};
+
+use super::{bytes, load_model};
+
+/// Arguments of `export`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The model to export (wginfer .safetensors, .onnx, or a BERT directory).
+    model: PathBuf,
+    /// The target format: `onnx` (`tflite` and `gguf` are not written yet).
+    #[arg(long, default_value = "onnx")]
+    to: String,
+    /// Where to write the exported file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    force: bool,
+    /// How int4 block weights are written: `matmulnbits` (onnxruntime's
+    /// com.microsoft.MatMulNBits) or `dq` (standard DequantizeLinear with
+    /// block_size, opset 21).
+    #[arg(long, default_value = "matmulnbits")]
+    int4: Int4Export,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    match args.to.as_str() {
+        "onnx" => {}
+        "tflite" | "gguf" => bail!("export to {} is not implemented yet; use --to onnx", args.to),
+        other => bail!("unknown export format `{other}`: use onnx"),
+    }
+    let model = load_model(&args.model)?;
+    let opts = OnnxExportOptions {
+        int4: args.int4,
+        overwrite: args.force,
+    };
+    export_onnx(&model, &args.output, &opts)?;
+    let size = std::fs::metadata(&args.output).map(|m| m.len() as usize).unwrap_or(0);
+    println!(
+        "wrote {} (ONNX opset {OPSET}, {}): {} nodes in wginfer's graph",
+        args.output.display(),
+        bytes(size),
+        model.graph().nodes().len()
+    );
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! ONNX export: import(export(m)) computes what m computes on the CPU for
+//! the shipped digits MLP and CNN (f32 and quantized by wginfer's own
+//! `quantize`) and MiniLM; and onnxruntime, an independent runtime, runs
+//! every exported file within tolerance of wginfer's outputs
+//! (`models/export/check_ort.py`, run when `WGINFER_ORT_PYTHON` names a
+//! python with `onnxruntime` and `onnx`; skipped visibly otherwise).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use wginfer::model::onnx::export::{export_onnx, to_model_proto, ExportError, Int4Export, OnnxExportOptions};
+use wginfer::model::onnx::import_file;
+use wginfer::model::{load_tensors, save_tensors};
+use wginfer::optimize::{quantize, QuantizeOptions};
+use wginfer::quant::WeightFormat;
+use wginfer::{Device, Model, Session, Tensor};
+
+/// The f32 tolerance (weight-only formats dequantize to the same f32
+/// weights in both runtimes, so it holds for them too).
+const F32_TOL: f32 = 1e-4;
+
+/// W8A8 quantizes activations at run time, so a float difference in the
+/// last bit can move a code by one step and the step on through the
+/// layers: wginfer's own fast CPU path and its reference differ by 1.4e-3
+/// on MiniLM's unit-length W8A8 embeddings (onnxruntime: 2.9e-3; digits:
+/// 1.3e-4).
+const W8A8_TOL: f32 = 5e-3;
+
+fn digits_inputs(image: bool) -> Vec<(String, Tensor)> {
+    let data: HashMap<String, Tensor> = load_tensors(common::root("models/digits-mlp/digits_test.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let x = data["input"].slice_rows(0, 64).unwrap();
+    let x = if image {
+        x.reshape(vec![64, 1, 8, 8]).unwrap()
+    } else {
+        x
+    };
+    vec![("input".to_string(), x)]
+}
+
+fn run(model: &Model, inputs: &[(String, Tensor)]) -> std::collections::BTreeMap<String, Tensor> {
+    let s = Session::new(model, Device::Cpu).unwrap();
+    s.run(inputs.iter().map(|(n, t)| (n.as_str(), t.clone()))).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.to_f32_vec()
+        .iter()
+        .zip(b.to_f32_vec())
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// One exported case: the file, the inputs and wginfer's outputs saved
+/// beside it for the onnxruntime check, and the tolerance.
+struct Case {
+    name: String,
+    model: Model,
+    inputs: Vec<(String, Tensor)>,
+    opts: OnnxExportOptions,
+    tol: f32,
+    /// Whether wginfer's importer reads the export back.
+    importable: bool,
+}
+
+fn quantized(m: &Model, f: WeightFormat) -> Model {
+    quantize(m, &QuantizeOptions::new(f), |_, _| {}).unwrap().0
+}
+
+fn opts(int4: Int4Export) -> OnnxExportOptions {
+    OnnxExportOptions { int4, overwrite: false }
+}
+
+/// The digits model `base` as f32 and in every weight format that has an ONNX form.
+fn digits_cases(name: &str, base: &Model, image: bool) -> Vec<Case> {
+    let inputs = digits_inputs(image);
+    let int4 = WeightFormat::Int4 {
+        block: 32,
+        with_min: false,
+    };
+    let int4_min = WeightFormat::Int4 {
+        block: 32,
+        with_min: true,
+    };
+    let mut variants: Vec<(String, Model, OnnxExportOptions, f32, bool)> = vec![
+        ("f32".into(), base.clone(), opts(Int4Export::default()), F32_TOL, true),
+        (
+            "int4-dq".into(),
+            quantized(base, int4),
+            opts(Int4Export::DequantizeLinear),
+            F32_TOL,
+            true,
+        ),
+        (
+            "int4-nbits".into(),
+            quantized(base, int4),
+            opts(Int4Export::MatMulNBits),
+            F32_TOL,
+            false,
+        ),
+        (
+            "int4-min-nbits".into(),
+            quantized(base, int4_min),
+            opts(Int4Export::MatMulNBits),
+            F32_TOL,
+            false,
+        ),
+        (
+            "w8a8".into(),
+            quantized(base, WeightFormat::W8A8 { outliers: 0 }),
+            opts(Int4Export::default()),
+            W8A8_TOL,
+            false,
+        ),
+    ];
+    for f in ["f16", "int8", "int8-affine", "pow2", "pow2-tensor", "binary", "2:4"] {
+        let format: WeightFormat = f.parse().unwrap();
+        variants.push((
+            f.into(),
+            quantized(base, format),
+            opts(Int4Export::default()),
+            F32_TOL,
+            true,
+        ));
+    }
+    variants
+        .into_iter()
+        .map(|(v, model, opts, tol, importable)| Case {
+            name: format!("{name}-{}", v.replace(':', "of")),
+            model,
+            inputs: inputs.clone(),
+            opts,
+            tol,
+            importable,
+        })
+        .collect()
+}
+
+/// Exports a case into `dir`, checks the round trip through wginfer's
+/// importer, and saves inputs and outputs for onnxruntime. Returns the
+/// largest round-trip difference (`None` when the export is not importable).
+fn export_case(dir: &Path, c: &Case) -> Option<f32> {
+    let path = dir.join(format!("{}.onnx", c.name));
+    export_onnx(&c.model, &path, &c.opts).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+    let proto = to_model_proto(&c.model, &c.opts).unwrap();
+    let graph = proto.graph.as_ref().unwrap();
+    for t in &graph.initializer {
+        let read =
+            graph.node.iter().any(|n| n.input.contains(&t.name)) || graph.output.iter().any(|o| o.name == t.name);
+        assert!(
+            read,
+            "{}: initializer `{}` is written but no node reads it",
+            c.name, t.name
+        );
+    }
+    let want = run(&c.model, &c.inputs);
+    let mut io: Vec<(String, Tensor)> = c
+        .inputs
+        .iter()
+        .map(|(n, t)| (format!("input:{n}"), t.clone()))
+        .collect();
+    for o in c.model.graph().outputs() {
+        io.push((format!("output:{}", o.name), want[&o.name].clone()));
+    }
+    io.push(("tolerance".into(), Tensor::from_vec(vec![1], vec![c.tol]).unwrap()));
+    save_tensors(dir.join(format!("{}.io.safetensors", c.name)), &io).unwrap();
+    if !c.importable {
+        return None;
+    }
+    let back = import_file(&path).unwrap_or_else(|e| panic!("{}: importing the export: {e}", c.name));
+    let names = |m: &Model| {
+        (
+            m.graph().inputs().iter().map(|i| i.name.clone()).collect::<Vec<_>>(),
+            m.graph().outputs().iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(names(&back), names(&c.model), "{}: input and output names", c.name);
+    let got = run(&back, &c.inputs);
+    let mut worst = 0.0f32;
+    for o in c.model.graph().outputs() {
+        let d = max_diff(&got[&o.name], &want[&o.name]);
+        assert!(
+            d <= c.tol,
+            "{}: output {}: round trip differs by {d:e} > {:e}",
+            c.name,
+            o.name,
+            c.tol
+        );
+        worst = worst.max(d);
+    }
+    Some(worst)
+}
+
+/// Runs `models/export/check_ort.py` over `dir` with `WGINFER_ORT_PYTHON`,
+/// or reports the skip.
+fn check_with_onnxruntime(dir: &Path) {
+    let Some(python) = std::env::var_os("WGINFER_ORT_PYTHON") else {
+        common::skip_or_fail(
+            "WGINFER_REQUIRE_ORT",
+            "set WGINFER_ORT_PYTHON to a python with onnxruntime==1.22.* and onnx (see docs/export.md)",
+        );
+        return;
+    };
+    let out = std::process::Command::new(python)
+        .arg(common::root("models/export/check_ort.py"))
+        .arg(dir)
+        .output()
+        .expect("runs WGINFER_ORT_PYTHON");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "onnxruntime check failed:\n{text}");
+}
+
+fn run_cases(cases: &[Case]) -> PathBuf {
+    let dir = tempfile::tempdir().unwrap().keep();
+    for c in cases {
+        match export_case(&dir, c) {
+            Some(d) => println!("{}: round trip max |Δ| {d:.3e}", c.name),
+            None => common::skip(&format!(
+                "{}: round trip (wginfer's importer reads no MatMulNBits / MatMulInteger); onnxruntime checks it",
+                c.name
+            )),
+        }
+    }
+    check_with_onnxruntime(&dir);
+    dir
+}
+
+#[test]
+fn digits_mlp_exports_in_every_format() {
+    let m = Model::load(common::root("models/digits-mlp/model.safetensors")).unwrap();
+    let dir = run_cases(&digits_cases("mlp", &m, false));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn digits_cnn_exports_in_every_format() {
+    let m = Model::load(common::root("models/digits-cnn/model.onnx")).unwrap();
+    let dir = run_cases(&digits_cases("cnn", &m, true));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn minilm_exports_f32_int8_int4_w8a8() {
+    let Some(model_dir) = common::minilm::model_dir() else {
+        return;
+    };
+    let m = Model::load(&model_dir).unwrap();
+    let r = common::minilm::reference();
+    let (n, seq) = (4, r.input_ids.shape()[1]);
+    let ids = r.input_ids.slice_rows(0, n).unwrap();
+    let mask = r.attention_mask.slice_rows(0, n).unwrap();
+    let mut inputs = Vec::new();
+    for i in m.graph().inputs() {
+        let t = match i.name.as_str() {
+            "input_ids" => ids.clone(),
+            "attention_mask" => mask.clone(),
+            _ if i.ty.rank() == 1 => Tensor::from_vec(vec![seq], (0..seq as i64).collect::<Vec<_>>()).unwrap(),
+            other => panic!("MiniLM input {other}"),
+        };
+        inputs.push((i.name.clone(), t));
+    }
+    let int4 = WeightFormat::Int4 {
+        block: 32,
+        with_min: false,
+    };
+    let mk = |name: &str, model: Model, int4e: Int4Export, tol: f32, importable: bool| Case {
+        name: name.into(),
+        model,
+        inputs: inputs.clone(),
+        opts: opts(int4e),
+        tol,
+        importable,
+    };
+    let cases = vec![
+        mk("minilm-f32", m.clone(), Int4Export::default(), F32_TOL, true),
+        mk(
+            "minilm-int8",
+            quantized(&m, "int8".parse().unwrap()),
+            Int4Export::default(),
+            F32_TOL,
+            true,
+        ),
+        mk(
+            "minilm-int4-dq",
+            quantized(&m, int4),
+            Int4Export::DequantizeLinear,
+            F32_TOL,
+            true,
+        ),
+        mk(
+            "minilm-int4-nbits",
+            quantized(&m, int4),
+            Int4Export::MatMulNBits,
+            F32_TOL,
+            false,
+        ),
+        mk(
+            "minilm-w8a8",
+            quantized(&m, WeightFormat::W8A8 { outliers: 0 }),
+            Int4Export::default(),
+            W8A8_TOL,
+            false,
+        ),
+    ];
+    let dir = run_cases(&cases);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_existing_output_is_refused_without_overwrite() {
+    let m = Model::load(common::root("models/digits-mlp/model.safetensors")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    std::fs::write(&path, b"keep me").unwrap();
+    let err = export_onnx(&m, &path, &OnnxExportOptions::default()).unwrap_err();
+    assert!(matches!(err, ExportError::Exists { .. }), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+    let forced = OnnxExportOptions {
+        overwrite: true,
+        ..Default::default()
+    };
+    export_onnx(&m, &path, &forced).unwrap();
+    assert!(import_file(&path).is_ok());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file is left beside the output");
+}
+
+#[test]
+fn formats_onnx_cannot_hold_are_typed_errors_naming_the_node() {
+    let m = Model::load(common::root("models/digits-mlp/model.safetensors")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let xnor = quantized(&m, WeightFormat::Binary { xnor: true });
+    let err = export_onnx(&xnor, &dir.path().join("x.onnx"), &OnnxExportOptions::default()).unwrap_err();
+    let ExportError::Format { node, format, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(format, "binary-xnor");
+    assert!(m.graph().nodes().iter().any(|n| &n.name == node), "{err}");
+    let int4_min = quantized(
+        &m,
+        WeightFormat::Int4 {
+            block: 32,
+            with_min: true,
+        },
+    );
+    let err = export_onnx(
+        &int4_min,
+        &dir.path().join("y.onnx"),
+        &opts(Int4Export::DequantizeLinear),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("matmulnbits"), "{err}");
+    assert!(!dir.path().join("x.onnx").exists() && !dir.path().join("y.onnx").exists());
+}
