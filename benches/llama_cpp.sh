@@ -9,6 +9,7 @@
 #   LLAMA_CPP_DIR   where the build lives (default: target/llama.cpp)
 #   LLAMA_BENCH_ARGS extra llama-bench arguments (default: -p 128 -n 64)
 #   PYTHON          python used for pip (default: python3)
+# It also builds llama-server (benches/llm_load.py compares the servers).
 # The build takes about 6 minutes on 2 cores; it runs under `nice -n 10`.
 set -euo pipefail
 
@@ -42,13 +43,13 @@ build() {
     PATH="$venv/bin:$PATH" cmake -S "$dir/src" -B "$dir/build" -G Ninja \
         -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=OFF \
         -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DLLAMA_CURL=OFF \
-        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF
     PATH="$venv/bin:$PATH" nice -n 10 cmake --build "$dir/build" -j "$(nproc)" \
-        --target llama-bench llama-perplexity llama-cli
+        --target llama-bench llama-perplexity llama-cli llama-server
 }
 
 bench="$dir/build/bin/llama-bench"
-[ -x "$bench" ] || build
+[ -x "$bench" ] && [ -x "$dir/build/bin/llama-server" ] || build
 if [ "${LLAMA_CPP_BUILD_ONLY:-0}" = 1 ]; then exit 0; fi
 if [ -z "$model" ] || [ ! -f "$model" ]; then
     echo "usage: $0 MODEL.gguf [THREADS] (or set WGINFER_SMOLLM2_GGUF)" >&2
