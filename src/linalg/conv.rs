@@ -428,6 +428,10 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, r
     if y.is_empty() {
         return y;
     }
+    if wide_fits(s) && s.n >= rayon::current_num_threads() {
+        conv2d_wide(s, x, w, bias, relu, &mut y);
+        return y;
+    }
     let direct = g.kh == 1 && g.kw == 1 && g.s == [1, 1] && g.pad == [0, 0] && g.oh == g.h && g.ow == g.w;
     // Pixels per task: what fits the im2col tile; fewer when there are
     // fewer images than threads, so a single image is split between them.
@@ -491,6 +495,87 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, r
         (0..tasks).for_each(task);
     }
     y
+}
+
+/// The largest wide im2col matrix (floats) [`conv2d_wide`] builds per image.
+const WIDE_MAX: usize = 1 << 18;
+
+thread_local! {
+    /// Each thread's padded planes and wide output (see [`conv2d_wide`]).
+    static WIDE: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The padded width and the wide row length of a unit-stride convolution.
+fn wide_dims(g: &Im2col) -> (usize, usize, usize) {
+    let wp = (g.ow - 1) + (g.kw - 1) * g.d[1] + 1;
+    let hp = (g.oh - 1) + (g.kh - 1) * g.d[0] + 1;
+    (hp, wp, (g.oh - 1) * wp + g.ow)
+}
+
+/// Whether [`conv2d_wide`] takes this convolution: unit strides, and one
+/// image's wide im2col matrix within [`WIDE_MAX`].
+fn wide_fits(s: &ConvShape) -> bool {
+    let g = &s.geom;
+    if g.s != [1, 1] || g.oh == 0 || g.ow == 0 {
+        return false;
+    }
+    let (_, _, len) = wide_dims(g);
+    (s.c / s.group.max(1)) * g.kh * g.kw * len <= WIDE_MAX
+}
+
+/// A unit-stride convolution, an image per task: each group's input
+/// planes are copied once into zero-padded planes `hp × wp` (`wp` the
+/// padded width the outputs need), so that tap `(c, ky, kx)` of output
+/// pixel `(oy, ox)` sits at `c·hp·wp + (oy + ky·dy)·wp + ox + kx·dx`: every
+/// im2col row is one contiguous copy, over "wide" pixels `oy·wp + ox`
+/// (`ox` up to `wp`; the extra columns are computed and dropped when the
+/// rows are copied out).
+fn conv2d_wide(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, relu: bool, y: &mut [f32]) {
+    let g = &s.geom;
+    let (cg, mg) = (s.c / s.group, s.m / s.group);
+    let (plane, pix, kk) = (g.h * g.w, g.oh * g.ow, cg * g.kh * g.kw);
+    let (hp, wp, len) = wide_dims(g);
+    let image = |(img, yi): (usize, &mut [f32])| {
+        WIDE.with(|bufs| {
+            let (pad, col) = &mut *bufs.borrow_mut();
+            pad.resize(cg * hp * wp, 0.0);
+            col.resize(kk * len + mg * len, 0.0);
+            let (col, out) = col.split_at_mut(kk * len);
+            for (gi, wg) in w.iter().enumerate() {
+                let xg = &x[(img * s.c + gi * cg) * plane..][..cg * plane];
+                pad.fill(0.0);
+                for (c, pc) in pad.chunks_mut(hp * wp).enumerate() {
+                    for iy in 0..g.h.min(hp.saturating_sub(g.pad[0])) {
+                        let dst = &mut pc[(iy + g.pad[0]) * wp + g.pad[1]..];
+                        let n = g.w.min(wp.saturating_sub(g.pad[1]));
+                        dst[..n].copy_from_slice(&xg[c * plane + iy * g.w..][..n]);
+                    }
+                }
+                for (r, row) in col.chunks_mut(len).enumerate() {
+                    let (c, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
+                    row.copy_from_slice(&pad[c * hp * wp + ky * g.d[0] * wp + kx * g.d[1]..][..len]);
+                }
+                wg.run(col, len, len, bias.map(|b| &b[gi * mg..]), relu, out, len);
+                for (mo, o) in out.chunks(len).enumerate() {
+                    let dst = &mut yi[(gi * mg + mo) * pix..][..pix];
+                    for (oy, d) in dst.chunks_mut(g.ow).enumerate() {
+                        d.copy_from_slice(&o[oy * wp..][..g.ow]);
+                    }
+                }
+            }
+        })
+    };
+    let macs = s.n * s.m * pix * kk;
+    if macs >= PARALLEL_MIN_MACS && s.n > 1 && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        let per = (TASK_MIN_MACS / (macs / s.n).max(1)).max(1);
+        y.par_chunks_mut(s.m * pix)
+            .with_min_len(per)
+            .enumerate()
+            .for_each(image);
+    } else {
+        y.chunks_mut(s.m * pix).enumerate().for_each(image);
+    }
 }
 
 #[cfg(test)]

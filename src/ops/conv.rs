@@ -778,6 +778,14 @@ mod tests {
             conv_case(&mut rng, [64, 8, 4, 4], 16, [3, 3], 1, attrs(&[pads([1, 1, 1, 1])])),
             conv_case(
                 &mut rng,
+                [17, 4, 6, 5],
+                6,
+                [2, 3],
+                2,
+                attrs(&[pads([0, 2, 1, 0]), dil([2, 1])]),
+            ),
+            conv_case(
+                &mut rng,
                 [2, 2, 3, 3],
                 3,
                 [3, 3],
