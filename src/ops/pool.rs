@@ -439,7 +439,18 @@ fn max_pool_2d(g: &Geom, x: &[f32], nc: usize) -> Vec<f32> {
             (lo, hi, off)
         })
         .collect();
+    let pairs = [ky, kx, sy, sx] == [2, 2, 2, 2] && py == 0 && px == 0 && 2 * oh <= h && 2 * ow <= w;
     let plane_fn = |xp: &[f32], yp: &mut [f32]| {
+        if pairs {
+            // The common 2×2 window, stride 2, no padding: one pass per output row.
+            for (oy, out) in yp.chunks_mut(ow.max(1)).enumerate() {
+                let (r0, r1) = (&xp[2 * oy * w..][..2 * ow], &xp[(2 * oy + 1) * w..][..2 * ow]);
+                for ((o, a), b) in out.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                    *o = nan_max(nan_max(nan_max(f32::NEG_INFINITY, a[0]), a[1]), nan_max(b[0], b[1]));
+                }
+            }
+            return;
+        }
         for (oy, out) in yp.chunks_mut(ow.max(1)).enumerate() {
             out.fill(f32::NEG_INFINITY);
             for ty in 0..ky {
