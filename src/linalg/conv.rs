@@ -428,7 +428,7 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, r
     if y.is_empty() {
         return y;
     }
-    if wide_fits(s) && s.n >= rayon::current_num_threads() {
+    if wide_fits(s) {
         conv2d_wide(s, x, w, bias, relu, &mut y);
         return y;
     }
@@ -523,7 +523,8 @@ fn wide_fits(s: &ConvShape) -> bool {
     (s.c / s.group.max(1)) * g.kh * g.kw * len <= WIDE_MAX
 }
 
-/// A unit-stride convolution, an image per task: each group's input
+/// A unit-stride convolution, a band of an image's output rows per task
+/// (the whole image when there are as many images as threads): each group's input
 /// planes are copied once into zero-padded planes `hp × wp` (`wp` the
 /// padded width the outputs need), so that tap `(c, ky, kx)` of output
 /// pixel `(oy, ox)` sits at `c·hp·wp + (oy + ky·dy)·wp + ox + kx·dx`: every
@@ -534,8 +535,23 @@ fn conv2d_wide(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, 
     let g = &s.geom;
     let (cg, mg) = (s.c / s.group, s.m / s.group);
     let (plane, pix, kk) = (g.h * g.w, g.oh * g.ow, cg * g.kh * g.kw);
-    let (hp, wp, len) = wide_dims(g);
-    let image = |(img, yi): (usize, &mut [f32])| {
+    let (hp, wp, _) = wide_dims(g);
+    // Bands of output rows per image: one, or enough to give every thread
+    // work when there are fewer images than threads.
+    let threads = rayon::current_num_threads();
+    let bands = if s.n >= threads {
+        1
+    } else {
+        threads.div_ceil(s.n).min(g.oh)
+    };
+    let band_rows = g.oh.div_ceil(bands);
+    let bands = g.oh.div_ceil(band_rows);
+    let out_ptr = OutPtr(y.as_mut_ptr());
+    let task = |t: usize| {
+        let (img, oy0) = (t / bands, (t % bands) * band_rows);
+        let rows = band_rows.min(g.oh - oy0);
+        let len = (rows - 1) * wp + g.ow;
+        let dst_ptr = out_ptr;
         WIDE.with(|bufs| {
             let (pad, col) = &mut *bufs.borrow_mut();
             pad.resize(cg * hp * wp, 0.0);
@@ -553,28 +569,32 @@ fn conv2d_wide(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, 
                 }
                 for (r, row) in col.chunks_mut(len).enumerate() {
                     let (c, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
-                    row.copy_from_slice(&pad[c * hp * wp + ky * g.d[0] * wp + kx * g.d[1]..][..len]);
+                    let at = c * hp * wp + (oy0 + ky * g.d[0]) * wp + kx * g.d[1];
+                    row.copy_from_slice(&pad[at..][..len]);
                 }
                 wg.run(col, len, len, bias.map(|b| &b[gi * mg..]), relu, out, len);
                 for (mo, o) in out.chunks(len).enumerate() {
-                    let dst = &mut yi[(gi * mg + mo) * pix..][..pix];
-                    for (oy, d) in dst.chunks_mut(g.ow).enumerate() {
-                        d.copy_from_slice(&o[oy * wp..][..g.ow]);
+                    for r in 0..rows {
+                        // SAFETY: row oy0 + r of channel g·mg + mo of image
+                        // img lies inside y, and only this task writes it.
+                        let d = unsafe {
+                            let at = ((img * s.m + gi * mg + mo) * g.oh + oy0 + r) * g.ow;
+                            std::slice::from_raw_parts_mut(dst_ptr.0.add(at), g.ow)
+                        };
+                        d.copy_from_slice(&o[r * wp..][..g.ow]);
                     }
                 }
             }
         })
     };
+    let tasks = s.n * bands;
     let macs = s.n * s.m * pix * kk;
-    if macs >= PARALLEL_MIN_MACS && s.n > 1 && rayon::current_num_threads() > 1 {
+    if macs >= PARALLEL_MIN_MACS && tasks > 1 && threads > 1 {
         use rayon::prelude::*;
-        let per = (TASK_MIN_MACS / (macs / s.n).max(1)).max(1);
-        y.par_chunks_mut(s.m * pix)
-            .with_min_len(per)
-            .enumerate()
-            .for_each(image);
+        let per = (TASK_MIN_MACS / (macs / tasks).max(1)).max(1);
+        (0..tasks).into_par_iter().with_min_len(per).for_each(task);
     } else {
-        y.chunks_mut(s.m * pix).enumerate().for_each(image);
+        (0..tasks).for_each(task);
     }
 }
 
