@@ -7,6 +7,7 @@
 //! `ops::Op::reference`).
 
 pub mod binary;
+pub mod conv;
 pub mod f32gemm;
 pub mod ggml;
 pub mod int8;

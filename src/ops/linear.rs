@@ -92,6 +92,47 @@ impl PreparedF32 {
     }
 }
 
+/// Below this many multiply-adds a one-row product runs on one thread.
+const GEMV_PARALLEL_MIN: usize = 1 << 16;
+
+/// `y [n] = W [n, k] · x (+ bias)`: a dot product per output over the
+/// weight's contiguous rows (compiled for AVX2 where the CPU has it),
+/// parallel over output ranges, a thread each, for large layers.
+fn gemv(x: &[f32], w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let k = x.len();
+    let mut y = vec![0.0f32; n];
+    let range = |j0: usize, ys: &mut [f32]| {
+        linalg::simd(|| {
+            for (j, v) in ys.iter_mut().enumerate() {
+                *v = dot(x, &w[(j0 + j) * k..][..k]) + bias.map_or(0.0, |b| b[j0 + j]);
+            }
+        })
+    };
+    let threads = rayon::current_num_threads();
+    if n * k >= GEMV_PARALLEL_MIN && threads > 1 && n > 1 {
+        let per = n.div_ceil(threads);
+        y.par_chunks_mut(per).enumerate().for_each(|(t, ys)| range(t * per, ys));
+    } else {
+        range(0, &mut y);
+    }
+    y
+}
+
+/// A dot product with 16 independent partial sums, inlined so it
+/// vectorizes with the caller's target features.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// `x · w + bias` through the `gemm` crate, `w` a `[k, n]` view of the
 /// weight (the stored `[n, k]` transposed, or a prepared copy).
 fn gemm_with_bias(inputs: &[&Tensor], m: usize, k: usize, n: usize, w: MatRef<'_>) -> Result<Vec<Tensor>, OpError> {
@@ -236,28 +277,15 @@ impl Op for Linear {
             return self.cpu(inputs);
         };
         if m == 1 {
-            // One row: a dot product per output over the [out, in] weight's
-            // contiguous rows, parallel over outputs for large layers (gemm
-            // packs for its microkernel and reaches half this speed here).
+            // One row: dot products over the [out, in] weight's contiguous
+            // rows (gemm packs for its microkernel and reaches half this speed).
             let w = f32_input(inputs, 1)?;
             let b = if inputs.len() == 3 {
                 Some(f32_input(inputs, 2)?)
             } else {
                 None
             };
-            let mut y = vec![0.0f32; n];
-            let row = |o: usize| linalg::dot(x, &w[o * k..(o + 1) * k]) + b.map_or(0.0, |b| b[o]);
-            if n * k >= 1 << 16 {
-                y.par_chunks_mut(64).enumerate().for_each(|(c, ys)| {
-                    for (j, v) in ys.iter_mut().enumerate() {
-                        *v = row(c * 64 + j);
-                    }
-                });
-            } else {
-                for (o, v) in y.iter_mut().enumerate() {
-                    *v = row(o);
-                }
-            }
+            let y = gemv(x, w, n, b);
             return Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?]);
         }
         let b = if inputs.len() == 3 {
@@ -379,6 +407,8 @@ mod tests {
             (&[7], 257, 16),
             (&[128], 384, 100),
             (&[130], 5, 200),
+            (&[1], 700, 400),
+            (&[1], 3, 100),
         ] {
             for bias in [false, true] {
                 let c = case(&mut rng, lead, k, n, bias);

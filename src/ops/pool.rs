@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use super::conv::{Axis, Window};
 use super::{attr_i64, check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Validation};
 use crate::error::OpError;
+use crate::linalg;
 use crate::tensor::{DType, Dim, Tensor, ValueType};
 
 /// `MaxPool` or `AveragePool` over 2 or 3 spatial axes.
@@ -289,6 +290,9 @@ impl Op for Pool {
         let nc = s[0] * s[1];
         let plane = g.len.iter().product::<usize>();
         let out = g.out();
+        if self.max && g.len[0] == 1 && g.k[0] == 1 && g.d[1] == 1 && g.d[2] == 1 {
+            return self.outputs(s, &g, max_pool_2d(&g, x, nc), Vec::new());
+        }
         // Per output position along one axis: the input indices its window
         // reads, and how many taps fall inside the padded extent.
         let taps = |a: usize| {
@@ -411,6 +415,72 @@ impl Op for Pool {
             Validation::Rounding
         }
     }
+}
+
+/// Below this many outputs a pooling op runs on one thread.
+const PARALLEL_MIN_OUT: usize = 1 << 14;
+
+/// 2-D max pooling without dilation over `nc` planes: per output row, each
+/// tap `(ty, tx)` of the window is a strided pass over one input row into
+/// the row of running maxima (contiguous for unit strides, so it
+/// vectorizes), with the taps that fall in the padding skipped by range.
+/// Planes run in parallel for large inputs.
+fn max_pool_2d(g: &Geom, x: &[f32], nc: usize) -> Vec<f32> {
+    let (h, w) = (g.len[1], g.len[2]);
+    let ([_, oh, ow], [_, ky, kx], [_, sy, sx]) = (g.out(), g.k, g.s);
+    let (py, px) = (g.ax[1].begin, g.ax[2].begin);
+    // Per tap tx: the outputs [lo, hi) whose input ox·sx + tx - px is inside the row.
+    let ranges: Vec<(usize, usize, isize)> = (0..kx)
+        .map(|tx| {
+            let off = tx as isize - px as isize;
+            let st = sx as isize;
+            let lo = if off >= 0 { 0 } else { ((-off + st - 1) / st) as usize }.min(ow);
+            let hi = (((w as isize - off).max(0) + st - 1) / st).clamp(lo as isize, ow as isize) as usize;
+            (lo, hi, off)
+        })
+        .collect();
+    let pairs = [ky, kx, sy, sx] == [2, 2, 2, 2] && py == 0 && px == 0 && 2 * oh <= h && 2 * ow <= w;
+    let plane_fn = |xp: &[f32], yp: &mut [f32]| {
+        if pairs {
+            // The common 2×2 window, stride 2, no padding: one pass per output row.
+            for (oy, out) in yp.chunks_mut(ow.max(1)).enumerate() {
+                let (r0, r1) = (&xp[2 * oy * w..][..2 * ow], &xp[(2 * oy + 1) * w..][..2 * ow]);
+                for ((o, a), b) in out.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                    *o = nan_max(nan_max(nan_max(f32::NEG_INFINITY, a[0]), a[1]), nan_max(b[0], b[1]));
+                }
+            }
+            return;
+        }
+        for (oy, out) in yp.chunks_mut(ow.max(1)).enumerate() {
+            out.fill(f32::NEG_INFINITY);
+            for ty in 0..ky {
+                let iy = (oy * sy + ty) as isize - py as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let row = &xp[iy as usize * w..][..w];
+                for &(lo, hi, off) in ranges.iter().filter(|r| r.1 > r.0) {
+                    let first = (lo as isize * sx as isize + off) as usize;
+                    let src = row[first..].iter().step_by(sx);
+                    for (o, &v) in out[lo..hi].iter_mut().zip(src) {
+                        *o = nan_max(*o, v);
+                    }
+                }
+            }
+        }
+    };
+    let (plane, out_plane) = (h * w, oh * ow);
+    let mut y = vec![0.0f32; nc * out_plane];
+    if out_plane == 0 {
+        return y;
+    }
+    let each = |(p, yp): (usize, &mut [f32])| linalg::simd(|| plane_fn(&x[p * plane..][..plane], yp));
+    if y.len() >= PARALLEL_MIN_OUT {
+        y.par_chunks_mut(out_plane).enumerate().for_each(each);
+    } else {
+        y.chunks_mut(out_plane).enumerate().for_each(each);
+    }
+    y
 }
 
 /// The running maximum of MaxPool: `v` if it is greater than `m` or NaN, so a
@@ -802,6 +872,57 @@ pub const MASKED_MEAN_POOL: OpDef = OpDef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 2-D max-pool path against the reference: strides, pads,
+    /// `ceil_mode`, windows wider than the stride, a NaN, and enough planes
+    /// to run in parallel.
+    #[test]
+    fn max_pool_2d_matches_reference() {
+        let mut rng = CaseRng::new(9);
+        for (shape, a) in [
+            (
+                [64, 32, 28, 28],
+                serde_json::json!({"kernel_shape": [2, 2], "strides": [2, 2]}),
+            ),
+            (
+                [2, 3, 9, 11],
+                serde_json::json!({"kernel_shape": [3, 3], "strides": [2, 3], "pads": [1, 2, 0, 1]}),
+            ),
+            (
+                [1, 2, 7, 7],
+                serde_json::json!({"kernel_shape": [2, 3], "strides": [3, 2], "ceil_mode": 1}),
+            ),
+            (
+                [3, 1, 5, 6],
+                serde_json::json!({"kernel_shape": [3, 3], "auto_pad": "SAME_LOWER"}),
+            ),
+            (
+                [1, 1, 2, 2],
+                serde_json::json!({"kernel_shape": [3, 3], "pads": [2, 2, 2, 2], "strides": [2, 2]}),
+            ),
+        ] {
+            let attrs: Attrs = a.as_object().cloned().unwrap_or_default();
+            let op = build_pool(true, &attrs).unwrap();
+            let mut v: Vec<f32> = rng.tensor(&shape, -1.0, 1.0).into_vec().unwrap();
+            v[3] = f32::NAN;
+            let x = Tensor::from_vec(shape.to_vec(), v).unwrap();
+            let got = op.cpu(&[&x]).unwrap();
+            let want = op.reference(&[&x]).unwrap();
+            assert_eq!(got[0].shape(), want[0].shape(), "{a}");
+            for (i, (g, w)) in got[0]
+                .as_f32()
+                .unwrap()
+                .iter()
+                .zip(want[0].as_f32().unwrap())
+                .enumerate()
+            {
+                assert!(
+                    g == w || (g.is_nan() && w.is_nan()),
+                    "{shape:?} {a}: y[{i}] = {g}, want {w}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn mean_of_kept_tokens_by_hand() {

@@ -1,0 +1,657 @@
+//! Convolution kernels: an f32 GEMM for short, wide products
+//! `C [m, n] = A [m, k] · B [k, n] (+ bias [m], then ReLU)` with `A` (a
+//! convolution's weight, `m` output channels by `k` taps) packed once into
+//! panels of [`MR`] rows, K-major, and `B` (an im2col tile, or the input
+//! itself for a 1×1 convolution) read in place, row-major; and the im2col
+//! fill of one tile of output pixels.
+//!
+//! The microkernel holds an [`MR`] × [`NR`] tile of `C` in registers (AVX2 +
+//! FMA: 12 ymm accumulators), broadcasting one packed weight per row against
+//! two 8-wide loads of a `B` row; a column tile past `n` is read and written
+//! masked. K is blocked by [`KC`] so a `B` strip stays in L1 while every
+//! panel of `A` passes over it. Without AVX2 and FMA the same loops run in
+//! plain Rust.
+
+/// Rows (output channels) per register tile and per packed panel.
+pub const MR: usize = 6;
+/// Columns (output pixels) per register tile.
+pub const NR: usize = 16;
+/// Inputs per K block.
+pub const KC: usize = 256;
+
+/// A `[m, k]` left operand packed for [`PackedLhs::run`]: panel `i` holds
+/// rows `i·MR..i·MR+MR` (zero past `m`) as `k` groups of `MR` values.
+#[derive(Clone, Debug)]
+pub struct PackedLhs {
+    m: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+/// Where the tile's results go: `c` at its first element, `ldc` apart,
+/// the bias at its first row (null: none), whether to add to `c` (a later
+/// K block) and whether to apply ReLU (the last K block).
+#[derive(Clone, Copy)]
+struct Epilogue {
+    c: *mut f32,
+    ldc: usize,
+    bias: *const f32,
+    accumulate: bool,
+    relu: bool,
+}
+
+impl PackedLhs {
+    /// Packs `a`, `m` rows of `k` values, row `i` starting at `a[i·lda]`.
+    ///
+    /// # Panics
+    /// If `a` is shorter than the sizes say.
+    pub fn new(a: &[f32], m: usize, k: usize, lda: usize) -> Self {
+        assert!(m == 0 || k == 0 || a.len() >= (m - 1) * lda + k, "PackedLhs::new sizes");
+        let panels = m.div_ceil(MR);
+        let mut data = vec![0.0f32; panels * k * MR];
+        for (pi, panel) in data.chunks_mut((k * MR).max(1)).enumerate().take(panels) {
+            for r in 0..MR.min(m - pi * MR) {
+                let row = &a[(pi * MR + r) * lda..][..k];
+                for (p, &v) in row.iter().enumerate() {
+                    panel[p * MR + r] = v;
+                }
+            }
+        }
+        Self { m, k, data }
+    }
+
+    /// Rows.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Inputs per row.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// `c[i·ldc + j] = bias[i] + Σ_p A[i, p] · b[p·ldb + j]` for `i < m`,
+    /// `j < n`, then `max(0, ·)` when `relu`.
+    ///
+    /// # Panics
+    /// If `b`, `bias` or `c` is shorter than the sizes say, or `ldb`/`ldc` < `n`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(&self, b: &[f32], ldb: usize, n: usize, bias: Option<&[f32]>, relu: bool, c: &mut [f32], ldc: usize) {
+        let (m, k) = (self.m, self.k);
+        let fits = |len: usize, rows: usize, ld: usize| rows == 0 || n == 0 || len >= (rows - 1) * ld + n;
+        assert!(
+            ldb >= n && ldc >= n && fits(b.len(), k, ldb) && fits(c.len(), m, ldc) && bias.is_none_or(|b| b.len() >= m),
+            "PackedLhs::run sizes"
+        );
+        // SAFETY: the assertion bounds every read of `b`/`bias` and write of `c`.
+        unsafe {
+            self.run_raw(
+                b.as_ptr(),
+                ldb,
+                n,
+                bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+                relu,
+                c.as_mut_ptr(),
+                ldc,
+            )
+        }
+    }
+
+    /// [`Self::run`] on raw pointers (tasks writing disjoint column ranges
+    /// of one output share it this way).
+    ///
+    /// # Safety
+    /// `b` must be readable at `p·ldb + j` and `c` writable at `i·ldc + j`
+    /// for `p < k`, `i < m`, `j < n`; `bias` null or readable for `m` values.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_raw(
+        &self,
+        b: *const f32,
+        ldb: usize,
+        n: usize,
+        bias: *const f32,
+        relu: bool,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        self.run_with(b, ldb, n, bias, relu, c, ldc, has_avx2_fma());
+    }
+
+    /// [`Self::run_raw`], on the AVX2 kernel when `fast` (the caller checked the CPU).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_with(
+        &self,
+        b: *const f32,
+        ldb: usize,
+        n: usize,
+        bias: *const f32,
+        relu: bool,
+        c: *mut f32,
+        ldc: usize,
+        fast: bool,
+    ) {
+        let (m, k) = (self.m, self.k);
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            for i in 0..m {
+                let v = if bias.is_null() { 0.0 } else { *bias.add(i) };
+                let v = if relu { v.max(0.0) } else { v };
+                for j in 0..n {
+                    c.add(i * ldc + j).write(v);
+                }
+            }
+            return;
+        }
+        let mut p0 = 0;
+        while p0 < k {
+            let kc = (k - p0).min(KC);
+            let last = p0 + kc == k;
+            let mut j = 0;
+            while j < n {
+                let cols = (n - j).min(NR);
+                for pi in 0..m.div_ceil(MR) {
+                    let rows = (m - pi * MR).min(MR);
+                    let a = self.data.as_ptr().add((pi * k + p0) * MR);
+                    let e = Epilogue {
+                        c: c.add(pi * MR * ldc + j),
+                        ldc,
+                        bias: if bias.is_null() || p0 > 0 {
+                            std::ptr::null()
+                        } else {
+                            bias.add(pi * MR)
+                        },
+                        accumulate: p0 > 0,
+                        relu: relu && last,
+                    };
+                    let bt = b.add(p0 * ldb + j);
+                    #[cfg(target_arch = "x86_64")]
+                    if fast {
+                        avx2::tile(a, bt, ldb, kc, rows, cols, e);
+                        continue;
+                    }
+                    let _ = fast;
+                    tile_generic(a, bt, ldb, kc, rows, cols, e);
+                }
+                j += NR;
+            }
+            p0 += kc;
+        }
+    }
+}
+
+/// Whether the AVX2 + FMA kernel runs on this CPU.
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The portable tile: the same sums in the same order as the AVX2 one.
+unsafe fn tile_generic(a: *const f32, b: *const f32, ldb: usize, kc: usize, rows: usize, cols: usize, e: Epilogue) {
+    let mut acc = [[0.0f32; NR]; MR];
+    for p in 0..kc {
+        let br = b.add(p * ldb);
+        for (r, acc_r) in acc.iter_mut().enumerate().take(rows) {
+            let av = *a.add(p * MR + r);
+            for (j, v) in acc_r.iter_mut().enumerate().take(cols) {
+                *v = av.mul_add(*br.add(j), *v);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate().take(rows) {
+        let bias = if e.bias.is_null() { 0.0 } else { *e.bias.add(r) };
+        for (j, &v) in acc_r.iter().enumerate().take(cols) {
+            let dst = e.c.add(r * e.ldc + j);
+            let mut v = v + if e.accumulate { *dst } else { bias };
+            if e.relu {
+                v = v.max(0.0);
+            }
+            dst.write(v);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Epilogue, MR};
+
+    /// A mask of the first `n` (0..=8) lanes.
+    #[inline(always)]
+    unsafe fn mask(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+    }
+
+    /// `rows` × `cols` (≤ 6 × 16) outputs over `kc` inputs.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile(
+        a: *const f32,
+        b: *const f32,
+        ldb: usize,
+        kc: usize,
+        rows: usize,
+        cols: usize,
+        e: Epilogue,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let (m0, m1) = (mask(cols.min(8)), mask(cols.saturating_sub(8)));
+        let full = cols == 16;
+        let mut ap = a;
+        let mut bp = b;
+        for _ in 0..kc {
+            let (b0, b1) = if full {
+                (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)))
+            } else {
+                (_mm256_maskload_ps(bp, m0), _mm256_maskload_ps(bp.add(8), m1))
+            };
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*ap.add(r));
+                acc_r[0] = _mm256_fmadd_ps(av, b0, acc_r[0]);
+                acc_r[1] = _mm256_fmadd_ps(av, b1, acc_r[1]);
+            }
+            ap = ap.add(MR);
+            bp = bp.add(ldb);
+        }
+        let zero = _mm256_setzero_ps();
+        for (r, acc_r) in acc.iter().enumerate().take(rows) {
+            let dst = e.c.add(r * e.ldc);
+            let mut v = *acc_r;
+            if e.accumulate {
+                v[0] = _mm256_add_ps(v[0], _mm256_maskload_ps(dst, m0));
+                v[1] = _mm256_add_ps(v[1], _mm256_maskload_ps(dst.add(8), m1));
+            } else if !e.bias.is_null() {
+                let bv = _mm256_broadcast_ss(&*e.bias.add(r));
+                v[0] = _mm256_add_ps(v[0], bv);
+                v[1] = _mm256_add_ps(v[1], bv);
+            }
+            if e.relu {
+                v[0] = _mm256_max_ps(v[0], zero);
+                v[1] = _mm256_max_ps(v[1], zero);
+            }
+            if full {
+                _mm256_storeu_ps(dst, v[0]);
+                _mm256_storeu_ps(dst.add(8), v[1]);
+            } else {
+                _mm256_maskstore_ps(dst, m0, v[0]);
+                _mm256_maskstore_ps(dst.add(8), m1, v[1]);
+            }
+        }
+    }
+}
+
+/// The geometry of a 2-D convolution's im2col: input planes `h × w`, kernel
+/// `kh × kw`, strides, dilations, the top and left pads, the output size.
+#[derive(Clone, Copy, Debug)]
+pub struct Im2col {
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Strides (y, x).
+    pub s: [usize; 2],
+    /// Dilations (y, x).
+    pub d: [usize; 2],
+    /// Pads before (top, left).
+    pub pad: [usize; 2],
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+}
+
+impl Im2col {
+    /// Fills `col` (`channels·kh·kw` rows of `ld` values) with output pixels
+    /// `j0..j0+cols` (flat, row-major over `oh × ow`): row `(c, ky, kx)`
+    /// holds, per pixel, input channel `c`'s value under that tap (0 in the
+    /// padding). `x` holds the channels' planes one after another.
+    ///
+    /// # Panics
+    /// If `x` or `col` is shorter than the sizes say.
+    pub fn fill(&self, x: &[f32], channels: usize, j0: usize, cols: usize, col: &mut [f32], ld: usize) {
+        let plane = self.h * self.w;
+        let taps = self.kh * self.kw;
+        for (r, row) in col.chunks_mut(ld.max(1)).take(channels * taps).enumerate() {
+            let (c, ky, kx) = (r / taps, (r / self.kw) % self.kh, r % self.kw);
+            self.fill_row(&x[c * plane..][..plane], ky, kx, j0, &mut row[..cols]);
+        }
+    }
+
+    /// One im2col row: tap `(ky, kx)` of one input plane for `dst.len()`
+    /// output pixels from `j0`.
+    fn fill_row(&self, plane: &[f32], ky: usize, kx: usize, j0: usize, dst: &mut [f32]) {
+        let ow = self.ow.max(1);
+        // ix = ox·sx + off lies in [0, w) for ox in [lo, hi).
+        let off = (kx * self.d[1]) as isize - self.pad[1] as isize;
+        let sx = self.s[1] as isize;
+        let lo = if off >= 0 { 0 } else { ((-off + sx - 1) / sx) as usize }.min(ow);
+        let hi = (((self.w as isize - off).max(0) + sx - 1) / sx).clamp(lo as isize, ow as isize) as usize;
+        let mut j = j0;
+        let mut out = 0;
+        while out < dst.len() {
+            let (oy, ox0) = (j / ow, j % ow);
+            let n = (ow - ox0).min(dst.len() - out);
+            let seg = &mut dst[out..out + n];
+            let iy = (oy * self.s[0] + ky * self.d[0]) as isize - self.pad[0] as isize;
+            if iy < 0 || iy >= self.h as isize {
+                seg.fill(0.0);
+            } else {
+                let src = &plane[iy as usize * self.w..][..self.w];
+                // Pixels ox0 + [a, b) of the segment read inside the row.
+                let a = lo.saturating_sub(ox0).min(n);
+                let b = hi.saturating_sub(ox0).clamp(a, n);
+                seg[..a].fill(0.0);
+                seg[b..].fill(0.0);
+                let first = ((ox0 + a) as isize * sx + off) as usize;
+                if sx == 1 {
+                    seg[a..b].copy_from_slice(&src[first..first + (b - a)]);
+                } else {
+                    for (v, &s) in seg[a..b].iter_mut().zip(src[first..].iter().step_by(sx as usize)) {
+                        *v = s;
+                    }
+                }
+            }
+            out += n;
+            j += n;
+        }
+    }
+}
+
+/// A batch of 2-D convolutions (NCHW): `n` images of `c` channels, `m`
+/// output channels in `group` groups, the window geometry.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvShape {
+    /// Images.
+    pub n: usize,
+    /// Input channels.
+    pub c: usize,
+    /// Output channels.
+    pub m: usize,
+    /// Groups (`c` and `m` divisible by it).
+    pub group: usize,
+    /// Planes, kernel and window.
+    pub geom: Im2col,
+}
+
+/// Below this many multiply-adds a convolution runs on one thread.
+const PARALLEL_MIN_MACS: usize = 1 << 17;
+/// Multiply-adds a parallel task does at least (tasks are grouped up to it).
+const TASK_MIN_MACS: usize = 1 << 15;
+/// The im2col tile's size limit in floats (256 KiB: it stays in L2).
+const COL_MAX: usize = 1 << 16;
+
+thread_local! {
+    /// Each thread's im2col tile, kept between calls.
+    static COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The output pointer, shared by tasks that write disjoint pixel ranges.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements (see `conv2d`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as for Send.
+unsafe impl Sync for OutPtr {}
+
+/// `y [n, m, oh, ow]` = the convolution of `x [n, c, h, w]` with the
+/// weight packed per group (`w[g]`: `m/group` rows of `c/group·kh·kw`),
+/// plus `bias [m]`, then ReLU when `relu`. A 1×1 convolution with unit
+/// strides and no padding reads `x` in place; others fill an im2col tile of
+/// output pixels per task. Tasks (image × pixel tile) run in parallel for
+/// large products.
+///
+/// # Panics
+/// If `x`, `w` or `bias` do not match the shape.
+pub fn conv2d(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
+    let g = &s.geom;
+    let (cg, mg) = (s.c / s.group.max(1), s.m / s.group.max(1));
+    let (plane, pix, kk) = (g.h * g.w, g.oh * g.ow, cg * g.kh * g.kw);
+    assert!(
+        x.len() >= s.n * s.c * plane
+            && w.len() == s.group
+            && w.iter().all(|p| p.m() == mg && p.k() == kk)
+            && bias.is_none_or(|b| b.len() >= s.m),
+        "conv2d sizes"
+    );
+    let mut y = vec![0.0f32; s.n * s.m * pix];
+    if y.is_empty() {
+        return y;
+    }
+    if wide_fits(s) {
+        conv2d_wide(s, x, w, bias, relu, &mut y);
+        return y;
+    }
+    let direct = g.kh == 1 && g.kw == 1 && g.s == [1, 1] && g.pad == [0, 0] && g.oh == g.h && g.ow == g.w;
+    // Pixels per task: what fits the im2col tile; fewer when there are
+    // fewer images than threads, so a single image is split between them.
+    let mut tile = if direct {
+        1024
+    } else {
+        (COL_MAX / kk.max(1) / NR * NR).max(NR)
+    };
+    let threads = rayon::current_num_threads();
+    if s.n < threads {
+        tile = tile.min((pix.div_ceil(threads)).div_ceil(NR) * NR);
+    }
+    let tile = tile.min(pix);
+    let tiles = pix.div_ceil(tile);
+    let out = OutPtr(y.as_mut_ptr());
+    let task = |t: usize| {
+        let (img, j0) = (t / tiles, (t % tiles) * tile);
+        let cols = tile.min(pix - j0);
+        // The whole wrapper (not its raw field) moves into the closure.
+        let dst = out;
+        let run = |col: Option<&mut [f32]>| {
+            let mut col = col;
+            for (gi, wg) in w.iter().enumerate() {
+                let xg = &x[(img * s.c + gi * cg) * plane..][..cg * plane];
+                let (b, ldb) = match col.as_deref_mut() {
+                    Some(col) => {
+                        g.fill(xg, cg, j0, cols, col, tile);
+                        (col.as_ptr(), tile)
+                    }
+                    None => (xg[j0..].as_ptr(), plane),
+                };
+                let bias = bias.map_or(std::ptr::null(), |b| b[gi * mg..].as_ptr());
+                // SAFETY: `b` holds kk rows of `ldb` from column j0 (the tile,
+                // or x's planes); the task writes columns j0..j0+cols of rows
+                // g·mg.. of image img, which no other task writes.
+                unsafe {
+                    let c = dst.0.add((img * s.m + gi * mg) * pix + j0);
+                    wg.run_raw(b, ldb, cols, bias, relu, c, pix);
+                }
+            }
+        };
+        if direct {
+            run(None);
+        } else {
+            COL.with(|c| {
+                let mut c = c.borrow_mut();
+                if c.len() < kk * tile {
+                    c.resize(kk * tile, 0.0);
+                }
+                run(Some(&mut c[..kk * tile]));
+            });
+        }
+    };
+    let tasks = s.n * tiles;
+    let macs = s.n * s.m * pix * kk;
+    if macs >= PARALLEL_MIN_MACS && tasks > 1 && threads > 1 {
+        use rayon::prelude::*;
+        let per = (TASK_MIN_MACS / (macs / tasks).max(1)).max(1);
+        (0..tasks).into_par_iter().with_min_len(per).for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+    y
+}
+
+/// The largest wide im2col matrix (floats) [`conv2d_wide`] builds per image.
+const WIDE_MAX: usize = 1 << 18;
+
+thread_local! {
+    /// Each thread's padded planes and wide output (see [`conv2d_wide`]).
+    static WIDE: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The padded width and the wide row length of a unit-stride convolution.
+fn wide_dims(g: &Im2col) -> (usize, usize, usize) {
+    let wp = (g.ow - 1) + (g.kw - 1) * g.d[1] + 1;
+    let hp = (g.oh - 1) + (g.kh - 1) * g.d[0] + 1;
+    (hp, wp, (g.oh - 1) * wp + g.ow)
+}
+
+/// Whether [`conv2d_wide`] takes this convolution: unit strides, and one
+/// image's wide im2col matrix within [`WIDE_MAX`].
+fn wide_fits(s: &ConvShape) -> bool {
+    let g = &s.geom;
+    if g.s != [1, 1] || g.oh == 0 || g.ow == 0 {
+        return false;
+    }
+    let (_, _, len) = wide_dims(g);
+    (s.c / s.group.max(1)) * g.kh * g.kw * len <= WIDE_MAX
+}
+
+/// A unit-stride convolution, a band of an image's output rows per task
+/// (the whole image when there are as many images as threads): each group's input
+/// planes are copied once into zero-padded planes `hp × wp` (`wp` the
+/// padded width the outputs need), so that tap `(c, ky, kx)` of output
+/// pixel `(oy, ox)` sits at `c·hp·wp + (oy + ky·dy)·wp + ox + kx·dx`: every
+/// im2col row is one contiguous copy, over "wide" pixels `oy·wp + ox`
+/// (`ox` up to `wp`; the extra columns are computed and dropped when the
+/// rows are copied out).
+fn conv2d_wide(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, relu: bool, y: &mut [f32]) {
+    let g = &s.geom;
+    let (cg, mg) = (s.c / s.group, s.m / s.group);
+    let (plane, pix, kk) = (g.h * g.w, g.oh * g.ow, cg * g.kh * g.kw);
+    let (hp, wp, _) = wide_dims(g);
+    // Bands of output rows per image: one, or enough to give every thread
+    // work when there are fewer images than threads.
+    let threads = rayon::current_num_threads();
+    let bands = if s.n >= threads {
+        1
+    } else {
+        threads.div_ceil(s.n).min(g.oh)
+    };
+    let band_rows = g.oh.div_ceil(bands);
+    let bands = g.oh.div_ceil(band_rows);
+    let out_ptr = OutPtr(y.as_mut_ptr());
+    let task = |t: usize| {
+        let (img, oy0) = (t / bands, (t % bands) * band_rows);
+        let rows = band_rows.min(g.oh - oy0);
+        let len = (rows - 1) * wp + g.ow;
+        let dst_ptr = out_ptr;
+        WIDE.with(|bufs| {
+            let (pad, col) = &mut *bufs.borrow_mut();
+            pad.resize(cg * hp * wp, 0.0);
+            col.resize(kk * len + mg * len, 0.0);
+            let (col, out) = col.split_at_mut(kk * len);
+            for (gi, wg) in w.iter().enumerate() {
+                let xg = &x[(img * s.c + gi * cg) * plane..][..cg * plane];
+                pad.fill(0.0);
+                for (c, pc) in pad.chunks_mut(hp * wp).enumerate() {
+                    for iy in 0..g.h.min(hp.saturating_sub(g.pad[0])) {
+                        let dst = &mut pc[(iy + g.pad[0]) * wp + g.pad[1]..];
+                        let n = g.w.min(wp.saturating_sub(g.pad[1]));
+                        dst[..n].copy_from_slice(&xg[c * plane + iy * g.w..][..n]);
+                    }
+                }
+                for (r, row) in col.chunks_mut(len).enumerate() {
+                    let (c, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
+                    let at = c * hp * wp + (oy0 + ky * g.d[0]) * wp + kx * g.d[1];
+                    row.copy_from_slice(&pad[at..][..len]);
+                }
+                wg.run(col, len, len, bias.map(|b| &b[gi * mg..]), relu, out, len);
+                for (mo, o) in out.chunks(len).enumerate() {
+                    for r in 0..rows {
+                        // SAFETY: row oy0 + r of channel g·mg + mo of image
+                        // img lies inside y, and only this task writes it.
+                        let d = unsafe {
+                            let at = ((img * s.m + gi * mg + mo) * g.oh + oy0 + r) * g.ow;
+                            std::slice::from_raw_parts_mut(dst_ptr.0.add(at), g.ow)
+                        };
+                        d.copy_from_slice(&o[r * wp..][..g.ow]);
+                    }
+                }
+            }
+        })
+    };
+    let tasks = s.n * bands;
+    let macs = s.n * s.m * pix * kk;
+    if macs >= PARALLEL_MIN_MACS && tasks > 1 && threads > 1 {
+        use rayon::prelude::*;
+        let per = (TASK_MIN_MACS / (macs / tasks).max(1)).max(1);
+        (0..tasks).into_par_iter().with_min_len(per).for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn next(seed: &mut u32) -> f32 {
+        *seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (*seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+    }
+
+    #[test]
+    fn run_matches_loops_on_odd_shapes() {
+        let mut seed = 3;
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (6, 9, 16),
+            (7, 9, 17),
+            (8, 72, 64),
+            (13, 300, 33),
+            (16, 257, 5),
+            (3, 600, 40),
+        ] {
+            let lda = k + 2;
+            let (ldb, ldc) = (n + 3, n + 1);
+            let a: Vec<f32> = (0..m * lda).map(|_| next(&mut seed)).collect();
+            let b: Vec<f32> = (0..k * ldb).map(|_| next(&mut seed)).collect();
+            let bias: Vec<f32> = (0..m).map(|_| next(&mut seed)).collect();
+            let p = PackedLhs::new(&a, m, k, lda);
+            for (bias, relu) in [(None, false), (Some(&bias[..]), false), (Some(&bias[..]), true)] {
+                for fast in [false, has_avx2_fma()] {
+                    let mut c = vec![f32::NAN; m * ldc];
+                    let bp = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
+                    // SAFETY: `b` and `c` hold k and m rows of their strides, `bias` m values.
+                    unsafe { p.run_with(b.as_ptr(), ldb, n, bp, relu, c.as_mut_ptr(), ldc, fast) };
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut want = bias.map_or(0.0f64, |b| b[i] as f64);
+                            for q in 0..k {
+                                want += a[i * lda + q] as f64 * b[q * ldb + j] as f64;
+                            }
+                            if relu {
+                                want = want.max(0.0);
+                            }
+                            let got = c[i * ldc + j];
+                            assert!(
+                                (got as f64 - want).abs() <= 1e-5 * (k as f64).sqrt() * (1.0 + want.abs()),
+                                "{m}x{k}x{n} ({i}, {j}): {got} vs {want}"
+                            );
+                        }
+                        if ldc > n {
+                            assert!(c[i * ldc + n].is_nan(), "wrote past n");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
