@@ -171,7 +171,7 @@ async fn prompt_logprobs_equal_the_library_scores() {
     };
     assert_eq!(lp.len(), ids.len());
     assert_eq!(lp[0].logprob, None);
-    // Chunks under 8 tokens run with 16-bit activation blocks, the library's
+    // The engine's rows run with 16-bit activation blocks, the library's
     // single pass with f32 GEMM: log-probabilities agree to ~1e-2.
     let mut sum = 0.0;
     for (i, (p, want)) in lp[1..].iter().zip(&scores).enumerate() {
@@ -352,4 +352,63 @@ async fn a_hugging_face_directory_serves_as_a_generative_model() {
         let (got, ..) = collect(&engine, greedy(ids, 8)).await;
         assert_eq!(got, want, "{p}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_streams_get_their_greedy_text_alone_and_leave_no_slot_behind() {
+    let Some(gguf) = smollm2() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repo, metrics) = repo_with(
+        &gguf,
+        dir.path(),
+        r#"{"max_num_seqs": 32, "context_length": 256, "prefill_chunk": 64}"#,
+        256,
+    )
+    .await;
+    let engine = repo.llm("smol", None).expect("generative");
+    let max_tokens = 10;
+    let mut lib = Generator::load(&gguf, &Device::Cpu, Some(256)).expect("generator");
+    let mut alone = Vec::new();
+    for p in PROMPTS {
+        let ids = lib.encode(p).expect("encode");
+        let opts = GenerateOptions {
+            max_tokens,
+            sampling: greedy(Vec::new(), 0).sampling,
+            ..GenerateOptions::default()
+        };
+        let toks: Vec<u32> = lib
+            .generate_ids(&ids, &opts)
+            .expect("starts")
+            .map(|t| t.expect("token").id)
+            .collect();
+        alone.push((ids, toks));
+    }
+    let alone = Arc::new(alone);
+    // 32 clients, two requests each, one after the other.
+    let clients: Vec<_> = (0..32)
+        .map(|c| {
+            let (engine, alone) = (engine.clone(), alone.clone());
+            tokio::spawn(async move {
+                let mut differ = 0;
+                for r in 0..2 {
+                    let (ids, want) = &alone[(2 * c + r) % alone.len()];
+                    let (got, ..) = collect(&engine, greedy(ids.clone(), max_tokens)).await;
+                    differ += usize::from(got != *want);
+                }
+                differ
+            })
+        })
+        .collect();
+    let differ: usize = futures_join(clients).await.into_iter().sum();
+    assert_eq!(differ, 0, "{differ} of 64 streams differ from their greedy text alone");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = metrics.render();
+    assert!(
+        m.contains("wginfer_num_requests_running{model=\"smol\",version=\"1\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("wginfer_kv_cache_usage_ratio{model=\"smol\",version=\"1\"} 0\n"),
+        "{m}"
+    );
 }

@@ -222,7 +222,15 @@ impl CpuModel {
     /// Runs every sequence's tokens, appends their keys and values to their
     /// caches, and returns each sequence's logits (as [`Decoder::forward`]
     /// does for one). Nothing is cached when an error is returned.
+    ///
+    /// The pass runs on a rayon worker thread, so its many parallel loops
+    /// are scheduled inside the pool rather than each injected from outside
+    /// (a cross-thread hand-off per loop).
     pub fn forward(&self, seqs: &mut [SeqTokens<'_>], mode: RowMode) -> Result<Vec<Vec<f32>>, GenerateError> {
+        rayon::scope(|_| self.forward_on_pool(seqs, mode))
+    }
+
+    fn forward_on_pool(&self, seqs: &mut [SeqTokens<'_>], mode: RowMode) -> Result<Vec<Vec<f32>>, GenerateError> {
         let c = &self.weights.config;
         let mut segs = Vec::with_capacity(seqs.len());
         let mut row0 = 0;

@@ -107,6 +107,15 @@ impl Backend {
     }
 }
 
+/// What a sequence does in a step.
+#[derive(Clone, Copy, Debug)]
+enum Work {
+    /// Runs its last generated token.
+    Decode,
+    /// Runs prompt tokens `start..end`.
+    Prefill { start: usize, end: usize },
+}
+
 /// A running sequence.
 struct Seq<'t> {
     job: Job,
@@ -258,62 +267,80 @@ impl Scheduler {
         }
     }
 
-    /// One iteration: every decoding sequence's next token in one batched
-    /// pass, and the next prompt chunk of sequences still reading theirs.
+    /// One iteration, one batched pass: every decoding sequence's next
+    /// token, and the next prompt chunk of sequences still reading theirs
+    /// (oldest first, about one chunk's worth of prompt tokens per step).
+    /// Every row is computed on its own ([`RowMode::Independent`]), so what
+    /// else runs never changes a sequence's numbers.
     fn step(&mut self, running: &mut [Seq<'_>]) {
         let chunk = self.s.settings.prefill_chunk.max(1);
-        let next: Vec<u32> = running.iter().filter_map(|q| q.next).collect();
-        if !next.is_empty() {
-            let group: Vec<_> = running
-                .iter_mut()
-                .filter(|q| q.next.is_some())
-                .zip(&next)
-                .map(|(q, t)| (&mut q.cache, std::slice::from_ref(t), Logits::Last))
-                .collect();
-            let out = self.backend.run(group, RowMode::Independent);
-            let decoding = running.iter_mut().filter(|q| q.next.is_some());
-            match out {
-                Ok(logits) => {
-                    for (q, l) in decoding.zip(logits) {
-                        Self::pick(q, &l, &self.s.metrics);
+        let mut budget = chunk;
+        let plan: Vec<Option<Work>> = running
+            .iter()
+            .map(|q| {
+                let len = q.job.req.prompt.len();
+                if q.done {
+                    None
+                } else if q.next.is_some() {
+                    Some(Work::Decode)
+                } else if q.fed < len {
+                    let end = (q.fed + chunk).min(len);
+                    if end - q.fed > budget && budget < chunk {
+                        return None;
+                    }
+                    budget = budget.saturating_sub(end - q.fed);
+                    Some(Work::Prefill { start: q.fed, end })
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let group: Vec<_> = running
+            .iter_mut()
+            .zip(&plan)
+            .filter_map(|(q, w)| {
+                let Seq { cache, job, next, .. } = q;
+                match w.as_ref()? {
+                    Work::Decode => Some((cache, next.as_slice(), Logits::Last)),
+                    Work::Prefill { start, end } => {
+                        let all = job.req.prompt_logprobs.is_some();
+                        let mode = if all { Logits::All } else { Logits::Last };
+                        Some((cache, &job.req.prompt[*start..*end], mode))
                     }
                 }
-                Err(e) => decoding.for_each(|q| q.fail(&e)),
-            }
+            })
+            .collect();
+        if group.is_empty() {
+            return;
         }
-        // Prompt chunks, oldest sequence first, up to one chunk's worth of
-        // tokens per step (at least one sequence's chunk).
-        let mut budget = chunk;
-        for q in running.iter_mut().filter(|q| q.fed < q.job.req.prompt.len() && !q.done) {
-            let end = (q.fed + chunk).min(q.job.req.prompt.len());
-            if end - q.fed > budget && budget < chunk {
-                break;
+        let out = self.backend.run(group, RowMode::Independent);
+        let working = running.iter_mut().zip(plan).filter_map(|(q, w)| Some((q, w?)));
+        match out {
+            Ok(logits) => {
+                for ((q, w), l) in working.zip(logits) {
+                    match w {
+                        Work::Decode => Self::pick(q, &l, &self.s.metrics),
+                        Work::Prefill { start, end } => self.prefilled(q, start, end, &l),
+                    }
+                }
             }
-            budget = budget.saturating_sub(end - q.fed);
-            self.prefill(q, end);
+            Err(e) => working.for_each(|(q, _)| q.fail(&e)),
         }
     }
 
-    /// Runs a sequence's prompt up to `end`; at the prompt's end, picks the
+    /// After a sequence's prompt ran up to `end` (`logits`: the last
+    /// position's, or every position's when the request wants prompt
+    /// log-probabilities): collects those, and at the prompt's end picks the
     /// first token.
-    fn prefill(&mut self, q: &mut Seq<'_>, end: usize) {
-        let prompt = &q.job.req.prompt;
-        let (start, last) = (q.fed, end == prompt.len());
-        let want_prompt = q.job.req.prompt_logprobs;
-        let mode = if want_prompt.is_some() {
-            Logits::All
-        } else {
-            Logits::Last
-        };
-        let tokens = prompt[start..end].to_vec();
-        let out = self.backend.run(vec![(&mut q.cache, &tokens, mode)], RowMode::Auto);
-        let logits = match out.map(|mut v| v.pop().unwrap_or_default()) {
-            Ok(l) => l,
-            Err(e) => return q.fail(&e),
-        };
+    fn prefilled(&self, q: &mut Seq<'_>, start: usize, end: usize, logits: &[f32]) {
         q.fed = end;
-        let vocab = logits.len() / if mode == Logits::All { tokens.len() } else { 1 };
-        if let Some(k) = want_prompt {
+        let rows = if q.job.req.prompt_logprobs.is_some() {
+            end - start
+        } else {
+            1
+        };
+        let vocab = logits.len() / rows.max(1);
+        if let Some(k) = q.job.req.prompt_logprobs {
             if start == 0 {
                 q.prompt_logprobs.push(PositionLogprobs {
                     id: q.job.req.prompt[0],
@@ -333,11 +360,11 @@ impl Scheduler {
                 });
             }
         }
-        if !last {
+        if end < q.job.req.prompt.len() {
             return;
         }
         self.s.metrics.prompt_tokens(q.job.req.prompt.len());
-        if want_prompt.is_some() {
+        if q.job.req.prompt_logprobs.is_some() {
             let lp = std::mem::take(&mut q.prompt_logprobs);
             q.send(LlmEvent::Prompt(lp));
         }

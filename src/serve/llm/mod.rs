@@ -2,13 +2,15 @@
 //! version directory (`<repo>/<model>/<version>/model.gguf`) is served by an
 //! [`LlmEngine`], a continuous-batching scheduler on its own thread.
 //!
-//! Each engine step runs every running sequence together: sequences that
-//! are decoding contribute one token each to one batched forward pass
-//! (every weight is read once for all of them, and each row's numbers are
-//! those it gets alone: greedy output does not depend on the batch), and
-//! sequences still reading their prompt contribute their next chunk of
-//! [`LlmSettings::prefill_chunk`] tokens, so a long prompt never stalls the
-//! streams already running. A request joins at the next step.
+//! Each engine step is one batched forward pass over every running
+//! sequence: sequences that are decoding contribute one token each, and
+//! sequences still reading their prompt their next chunk of
+//! [`LlmSettings::prefill_chunk`] tokens (about one chunk's worth per step),
+//! so a long prompt never stalls the streams already running. Every weight
+//! is read once per step, and every row is computed on its own (16-bit
+//! activation blocks per row; attention over its own cache), so greedy
+//! output does not depend on what else runs. A request joins at the next
+//! step.
 //!
 //! KV memory is a budget: a sequence reserves `prompt + max_tokens`
 //! positions (up to the context) when it joins and frees them the moment
