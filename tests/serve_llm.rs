@@ -412,3 +412,56 @@ async fn thirty_two_streams_get_their_greedy_text_alone_and_leave_no_slot_behind
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_at_once_are_served_or_shed_and_nothing_leaks() {
+    let Some(gguf) = smollm2() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repo, metrics) = repo_with(&gguf, dir.path(), r#"{"max_num_seqs": 8, "context_length": 64}"#, 100).await;
+    let engine = repo.llm("smol", None).expect("generative");
+    let ids = engine.encode("Hello").expect("encode");
+    let (mut streams, mut shed) = (Vec::new(), 0);
+    for _ in 0..1000 {
+        match engine.submit(greedy(ids.clone(), 1)) {
+            Ok(s) => streams.push(s),
+            Err(ServeError::Unavailable(_)) => shed += 1,
+            Err(e) => panic!("a full queue must answer 503, not {e}"),
+        }
+    }
+    assert!(
+        shed > 0 && streams.len() >= 100,
+        "{} queued, {shed} shed",
+        streams.len()
+    );
+    for mut s in streams {
+        let mut done = false;
+        while let Some(e) = s.recv().await {
+            match e {
+                LlmEvent::Done(d) => {
+                    assert_eq!(d.completion_tokens, 1);
+                    done = true;
+                }
+                LlmEvent::Error(e) => panic!("a queued request failed: {e}"),
+                _ => {}
+            }
+        }
+        assert!(done, "a queued request ended without Done");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = metrics.render();
+    assert!(
+        m.contains("wginfer_num_requests_running{model=\"smol\",version=\"1\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("wginfer_num_requests_waiting{model=\"smol\",version=\"1\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("wginfer_kv_cache_usage_ratio{model=\"smol\",version=\"1\"} 0\n"),
+        "{m}"
+    );
+    // Still serving.
+    let (ids2, ..) = collect(&engine, greedy(ids, 2)).await;
+    assert!(!ids2.is_empty());
+}

@@ -202,13 +202,19 @@ impl Scheduler {
                 }
             }
             self.admit(&mut waiting, &mut running, &tokenizer);
+            self.report(running.len(), waiting.len());
             if !running.is_empty() {
                 self.step(&mut running);
             }
             self.drop_cancelled(&mut waiting, &mut running);
-            let usage = self.used as f64 / self.s.budget.max(1) as f64;
-            self.s.metrics.state(running.len(), waiting.len(), usage);
+            self.report(running.len(), waiting.len());
         }
+    }
+
+    /// Publishes the batch, queue and KV-budget gauges.
+    fn report(&self, running: usize, waiting: usize) {
+        let usage = self.used as f64 / self.s.budget.max(1) as f64;
+        self.s.metrics.state(running, waiting, usage);
     }
 
     /// Forgets queued requests and sequences whose client went away, and
