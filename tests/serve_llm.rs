@@ -59,6 +59,28 @@ fn greedy(prompt: Vec<u32>, max_tokens: usize) -> LlmRequest {
     }
 }
 
+/// Each prompt's ids and its greedy tokens from the library's `Generator`,
+/// nothing else running.
+fn alone_greedy(lib: &mut Generator, prompts: &[&str], max_tokens: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let opts = GenerateOptions {
+        max_tokens,
+        sampling: greedy(Vec::new(), 0).sampling,
+        ..GenerateOptions::default()
+    };
+    prompts
+        .iter()
+        .map(|p| {
+            let ids = lib.encode(p).expect("encode");
+            let toks = lib
+                .generate_ids(&ids, &opts)
+                .expect("starts")
+                .map(|t| t.expect("token").id)
+                .collect();
+            (ids, toks)
+        })
+        .collect()
+}
+
 /// Every event of a request: token ids, text, and how it ended.
 async fn collect(engine: &LlmEngine, req: LlmRequest) -> (Vec<u32>, String, FinishReason) {
     let mut s = engine.submit(req).expect("queued");
@@ -98,21 +120,7 @@ async fn concurrent_greedy_requests_equal_the_library_alone() {
     let engine = repo.llm("smol", None).expect("generative");
     let max_tokens = 12;
     let mut lib = Generator::load(&gguf, &Device::Cpu, Some(512)).expect("generator");
-    let mut want = Vec::new();
-    for p in PROMPTS {
-        let ids = lib.encode(p).expect("encode");
-        let opts = GenerateOptions {
-            max_tokens,
-            sampling: greedy(Vec::new(), 0).sampling,
-            ..GenerateOptions::default()
-        };
-        let toks: Vec<u32> = lib
-            .generate_ids(&ids, &opts)
-            .expect("starts")
-            .map(|t| t.expect("token").id)
-            .collect();
-        want.push((ids, toks));
-    }
+    let want = alone_greedy(&mut lib, &PROMPTS, max_tokens);
     let runs = want.iter().map(|(ids, _)| {
         let engine = engine.clone();
         let req = greedy(ids.clone(), max_tokens);
@@ -336,19 +344,8 @@ async fn a_hugging_face_directory_serves_as_a_generative_model() {
     repo.load("smolhf").await.expect("loads");
     let engine = repo.llm("smolhf", None).expect("generative");
     let mut lib = Generator::load(&hf, &Device::Cpu, Some(256)).expect("generator");
-    for p in &PROMPTS[..3] {
-        let ids = lib.encode(p).expect("encode");
+    for (p, (ids, want)) in PROMPTS.iter().zip(alone_greedy(&mut lib, &PROMPTS[..3], 8)) {
         assert_eq!(ids, engine.encode(p).expect("encode"));
-        let opts = GenerateOptions {
-            max_tokens: 8,
-            sampling: greedy(Vec::new(), 0).sampling,
-            ..GenerateOptions::default()
-        };
-        let want: Vec<u32> = lib
-            .generate_ids(&ids, &opts)
-            .expect("starts")
-            .map(|t| t.expect("token").id)
-            .collect();
         let (got, ..) = collect(&engine, greedy(ids, 8)).await;
         assert_eq!(got, want, "{p}");
     }
@@ -368,22 +365,7 @@ async fn thirty_two_streams_get_their_greedy_text_alone_and_leave_no_slot_behind
     let engine = repo.llm("smol", None).expect("generative");
     let max_tokens = 10;
     let mut lib = Generator::load(&gguf, &Device::Cpu, Some(256)).expect("generator");
-    let mut alone = Vec::new();
-    for p in PROMPTS {
-        let ids = lib.encode(p).expect("encode");
-        let opts = GenerateOptions {
-            max_tokens,
-            sampling: greedy(Vec::new(), 0).sampling,
-            ..GenerateOptions::default()
-        };
-        let toks: Vec<u32> = lib
-            .generate_ids(&ids, &opts)
-            .expect("starts")
-            .map(|t| t.expect("token").id)
-            .collect();
-        alone.push((ids, toks));
-    }
-    let alone = Arc::new(alone);
+    let alone = Arc::new(alone_greedy(&mut lib, &PROMPTS, max_tokens));
     // 32 clients, two requests each, one after the other.
     let clients: Vec<_> = (0..32)
         .map(|c| {
