@@ -180,3 +180,36 @@ fn generate_json_and_inspect_commands() {
     );
     assert!(out.contains("Q4_1") && out.contains("tokenizer.ggml.tokens"), "{out}");
 }
+
+#[test]
+fn an_f16_kv_cache_gives_the_reference_answer_and_is_cpu_only() {
+    let Some(path) = smollm2() else { return };
+    let (ok, out, err) = wginfer(&[
+        "generate",
+        &path,
+        "--prompt",
+        QUESTION,
+        "--chat",
+        "--json",
+        "--kv-cache",
+        "f16",
+        "--max-tokens",
+        "16",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(v["text"], ANSWER);
+    let (ok, _, err) = wginfer(&[
+        "--device",
+        "software",
+        "generate",
+        &path,
+        "--prompt",
+        "hi",
+        "--kv-cache",
+        "f16",
+    ]);
+    assert!(!ok && err.contains("CPU only"), "{err}");
+    let (ok, _, err) = wginfer(&["generate", &path, "--prompt", "hi", "--kv-cache", "q8"]);
+    assert!(!ok && err.contains("f32 or f16"), "{err}");
+}

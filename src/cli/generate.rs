@@ -10,9 +10,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
+use wginfer::generate::cache::KvDtype;
 use wginfer::generate::chat::ChatMessage;
+use wginfer::generate::cpu::CpuDecoder;
+use wginfer::generate::generator::DEFAULT_CONTEXT;
 use wginfer::generate::sample::{log_softmax, top_logprobs, SamplingOptions};
-use wginfer::generate::{GenerateOptions, Generator, Logits};
+use wginfer::generate::{GenerateOptions, Generator, Logits, ModelParts};
 use wginfer::Device;
 
 /// Sampling and length options shared by `generate` and `chat`.
@@ -48,6 +51,10 @@ pub struct SampleArgs {
     /// Positions of the KV cache (default: the model's context, at most 4096).
     #[arg(long)]
     context: Option<usize>,
+    /// How the KV cache stores keys and values: f32, or f16 (half the
+    /// memory; CPU only).
+    #[arg(long, default_value = "f32")]
+    kv_cache: KvDtype,
 }
 
 impl SampleArgs {
@@ -98,9 +105,18 @@ pub struct Args {
     sample: SampleArgs,
 }
 
-fn load(model: &PathBuf, device: &Device, context: Option<usize>) -> Result<Generator> {
+fn load(model: &PathBuf, device: &Device, context: Option<usize>, kv: KvDtype) -> Result<Generator> {
     let t = Instant::now();
-    let g = Generator::load(model, device, context).with_context(|| format!("loading {}", model.display()))?;
+    let g = match (kv, device) {
+        (KvDtype::F32, _) => Generator::load(model, device, context),
+        (KvDtype::F16, Device::Cpu | Device::CpuReference) => ModelParts::load(model).and_then(|p| {
+            let ctx = context.unwrap_or(p.weights.config.trained_context.min(DEFAULT_CONTEXT));
+            let decoder = CpuDecoder::with_kv_dtype(p.weights, ctx, KvDtype::F16)?;
+            Ok(Generator::from_parts(Box::new(decoder), p.tokenizer, p.template))
+        }),
+        (KvDtype::F16, _) => bail!("--kv-cache f16 runs on the CPU only; the GPU decoder's cache is f32"),
+    }
+    .with_context(|| format!("loading {}", model.display()))?;
     eprintln!("loaded {} in {:.2} s", model.display(), t.elapsed().as_secs_f64());
     Ok(g)
 }
@@ -134,7 +150,7 @@ fn position_json(
 }
 
 pub fn run(args: &Args, device: Device) -> Result<()> {
-    let mut g = load(&args.model, &device, args.sample.context)?;
+    let mut g = load(&args.model, &device, args.sample.context, args.sample.kv_cache)?;
     let ids = match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => ids.clone(),
         (Some(p), None) if args.chat => {
@@ -215,7 +231,7 @@ pub struct ChatArgs {
 
 /// An interactive chat on standard input/output; an empty line or EOF ends it.
 pub fn chat(args: &ChatArgs, device: Device) -> Result<()> {
-    let mut g = load(&args.model, &device, args.sample.context)?;
+    let mut g = load(&args.model, &device, args.sample.context, args.sample.kv_cache)?;
     let mut messages = Vec::new();
     if let Some(s) = &args.system {
         messages.push(ChatMessage {
@@ -278,7 +294,7 @@ pub fn perplexity(args: &PerplexityArgs, device: Device) -> Result<()> {
     if args.chunk < 2 {
         bail!("--chunk must be at least 2 tokens");
     }
-    let mut g = load(&args.model, &device, Some(args.chunk))?;
+    let mut g = load(&args.model, &device, Some(args.chunk), KvDtype::F32)?;
     let text = std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
     let ids = g.tokenizer().encode(&text, false)?;
     let bos = g.tokenizer().bos();
