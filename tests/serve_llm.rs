@@ -81,6 +81,21 @@ fn alone_greedy(lib: &mut Generator, prompts: &[&str], max_tokens: usize) -> Vec
         .collect()
 }
 
+/// The metrics once the engine has settled, checked idle: no sequence
+/// running or waiting, no KV budget reserved.
+async fn settled_metrics(metrics: &Metrics) -> String {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = metrics.render();
+    for gauge in [
+        "wginfer_num_requests_running{model=\"smol\",version=\"1\"} 0\n",
+        "wginfer_num_requests_waiting{model=\"smol\",version=\"1\"} 0\n",
+        "wginfer_kv_cache_usage_ratio{model=\"smol\",version=\"1\"} 0\n",
+    ] {
+        assert!(m.contains(gauge), "not idle: no `{}` in\n{m}", gauge.trim_end());
+    }
+    m
+}
+
 /// Every event of a request: token ids, text, and how it ended.
 async fn collect(engine: &LlmEngine, req: LlmRequest) -> (Vec<u32>, String, FinishReason) {
     let mut s = engine.submit(req).expect("queued");
@@ -253,20 +268,7 @@ async fn cancelled_and_finished_sequences_free_the_budget_and_the_queue_is_bound
     })
     .await;
     assert_eq!((ids2.len(), reason), (5, FinishReason::Length));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let m = metrics.render();
-    assert!(
-        m.contains("wginfer_num_requests_running{model=\"smol\",version=\"1\"} 0"),
-        "{m}"
-    );
-    assert!(
-        m.contains("wginfer_num_requests_waiting{model=\"smol\",version=\"1\"} 0"),
-        "{m}"
-    );
-    assert!(
-        m.contains("wginfer_kv_cache_usage_ratio{model=\"smol\",version=\"1\"} 0\n"),
-        "{m}"
-    );
+    let m = settled_metrics(&metrics).await;
     let generated: u64 = m
         .lines()
         .find(|l| l.starts_with("wginfer_generation_tokens_total{"))
@@ -383,16 +385,7 @@ async fn thirty_two_streams_get_their_greedy_text_alone_and_leave_no_slot_behind
         .collect();
     let differ: usize = futures_join(clients).await.into_iter().sum();
     assert_eq!(differ, 0, "{differ} of 64 streams differ from their greedy text alone");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let m = metrics.render();
-    assert!(
-        m.contains("wginfer_num_requests_running{model=\"smol\",version=\"1\"} 0"),
-        "{m}"
-    );
-    assert!(
-        m.contains("wginfer_kv_cache_usage_ratio{model=\"smol\",version=\"1\"} 0\n"),
-        "{m}"
-    );
+    settled_metrics(&metrics).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,20 +422,7 @@ async fn a_thousand_requests_at_once_are_served_or_shed_and_nothing_leaks() {
         }
         assert!(done, "a queued request ended without Done");
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let m = metrics.render();
-    assert!(
-        m.contains("wginfer_num_requests_running{model=\"smol\",version=\"1\"} 0"),
-        "{m}"
-    );
-    assert!(
-        m.contains("wginfer_num_requests_waiting{model=\"smol\",version=\"1\"} 0"),
-        "{m}"
-    );
-    assert!(
-        m.contains("wginfer_kv_cache_usage_ratio{model=\"smol\",version=\"1\"} 0\n"),
-        "{m}"
-    );
+    settled_metrics(&metrics).await;
     // Still serving.
     let (ids2, ..) = collect(&engine, greedy(ids, 2)).await;
     assert!(!ids2.is_empty());
