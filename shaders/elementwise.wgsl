@@ -48,11 +48,19 @@ fn unary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     y[i] = wg_activate(a[i], ACT);
 }
 
+// NaN test on the bits: compilers may fold a float `v != v` to false.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// WGSL leaves max/min of a NaN unspecified: a NaN operand is returned as it is.
 fn apply_op(x: f32, z: f32) -> f32 {
     switch OP {
         case BINARY_MUL: { return x * z; }
         case BINARY_SUB: { return x - z; }
         case BINARY_DIV: { return x / z; }
+        case BINARY_MAX: { return select(select(max(x, z), z, is_nan(z)), x, is_nan(x)); }
+        case BINARY_MIN: { return select(select(min(x, z), z, is_nan(z)), x, is_nan(x)); }
         default: { return x + z; }
     }
 }

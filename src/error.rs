@@ -529,7 +529,7 @@ pub enum OnnxError {
     #[error("the ONNX model has no graph")]
     NoGraph,
     /// Ops the importer does not support, grouped by op type.
-    #[error("the model uses ops wginfer cannot import: {}", list_unsupported(.0))]
+    #[error("the model has nodes wginfer cannot import (an unknown op type, or attributes or inputs it refuses): {}", list_unsupported(.0))]
     Unsupported(Vec<(String, Vec<String>)>),
     /// A tensor (initializer, constant, test data) is malformed or of an unsupported type.
     #[error("tensor `{name}`: {message}")]

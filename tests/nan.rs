@@ -6,6 +6,9 @@
 //!
 //! onnxruntime 1.x (CPU provider, opset 17) gives, for the same inputs:
 //! - `Relu([-1, NaN, 2, 0])` = `[0, NaN, 2, 0]`.
+//! - `Max([1, NaN, 3, -1, NaN], [2, 0, NaN, 0, NaN])` = `[2, NaN, NaN, 0, NaN]`,
+//!   `Min` of the same `[1, NaN, NaN, -1, NaN]`.
+//! - `Clip([-2, NaN, 0.5, 7], 0, 6)` = `[0, NaN, 0.5, 6]`.
 //! - `MaxPool` (2×2, stride 2) of `0..16` as `[1, 1, 4, 4]` with a NaN at
 //!   (1, 1), the last element of the first window: `[NaN, 7, 13, 15]`. With
 //!   the NaN at (0, 0), (0, 1) or (1, 0) it gives `[5, 7, 13, 15]`: its
@@ -118,6 +121,78 @@ fn relu_keeps_nan() {
         t(&[4], vec![-1.0, NAN, 2.0, 0.0]),
         &[0.0, NAN, 2.0, 0.0],
     );
+}
+
+#[test]
+fn max_and_min_are_nan_where_an_operand_is_nan() {
+    let a = t(&[5], vec![1.0, NAN, 3.0, -1.0, NAN]);
+    let b = t(&[5], vec![2.0, 0.0, NAN, 0.0, NAN]);
+    let json = serde_json::json!({});
+    check_op_inputs(
+        "Max",
+        json.clone(),
+        vec![a.clone(), b.clone()],
+        &[2.0, NAN, NAN, 0.0, NAN],
+    );
+    check_op_inputs("Min", json, vec![a, b], &[1.0, NAN, NAN, -1.0, NAN]);
+}
+
+/// ONNX `Clip` imports as `Min(Max(x, lo), hi)`: NaN stays NaN.
+#[test]
+fn clip_keeps_nan() {
+    use prost::Message;
+    use wginfer::model::onnx::{import_bytes, proto, ImportOptions};
+    let info = |name: &str, dims: &[i64]| proto::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(proto::TypeProto {
+            tensor_type: Some(proto::TypeProtoTensor {
+                elem_type: proto::data_type::FLOAT,
+                shape: Some(proto::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| proto::Dimension {
+                            dim_value: Some(d),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let scalar = |name: &str, v: f32| proto::TensorProto {
+        name: name.into(),
+        data_type: proto::data_type::FLOAT,
+        float_data: vec![v],
+        ..Default::default()
+    };
+    let m = proto::ModelProto {
+        ir_version: 8,
+        opset_import: vec![proto::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(proto::GraphProto {
+            node: vec![proto::NodeProto {
+                input: vec!["x".into(), "lo".into(), "hi".into()],
+                output: vec!["y".into()],
+                name: "clip".into(),
+                op_type: "Clip".into(),
+                ..Default::default()
+            }],
+            initializer: vec![scalar("lo", 0.0), scalar("hi", 6.0)],
+            input: vec![info("x", &[4])],
+            output: vec![info("y", &[4])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let model = import_bytes(&m.encode_to_vec(), std::path::Path::new("."), &ImportOptions::default()).expect("import");
+    let x = t(&[4], vec![-2.0, NAN, 0.5, 7.0]);
+    on_every_device(&model, &[("x", x)], "y", |got, device| {
+        assert_matches(got, &[0.0, NAN, 0.5, 6.0], 0.0, &format!("Clip on {device}"))
+    });
 }
 
 /// The 4×4 image `0..16` with a NaN at (`row`, `col`).

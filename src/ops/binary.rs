@@ -1,10 +1,13 @@
-//! Elementwise binary ops with NumPy broadcasting: Add, Mul, Sub, Div.
+//! Elementwise binary ops with NumPy broadcasting: Add, Mul, Sub, Div, Max,
+//! Min.
 //!
 //! They take two inputs of one dtype: any float (`f16` and `bf16` computed in
 //! `f32` and rounded once, which gives the same result as native arithmetic)
 //! or integer type. Integer arithmetic wraps; integer division truncates
 //! toward zero and defines `x / 0 = 0` (what the ONNX reference
-//! implementation's NumPy `floor_divide`/`remainder` gives).
+//! implementation's NumPy `floor_divide`/`remainder` gives). Max and Min
+//! propagate NaN (IEEE 754 `maximum`/`minimum`, NumPy's `maximum`): a NaN in
+//! either operand gives NaN.
 
 use std::sync::Arc;
 
@@ -27,9 +30,23 @@ pub enum BinaryKind {
     Sub,
     /// `a / b` (IEEE division: `x / 0` is ±inf or NaN)
     Div,
+    /// The larger of `a` and `b`; NaN when either is NaN.
+    Max,
+    /// The smaller of `a` and `b`; NaN when either is NaN.
+    Min,
 }
 
 impl BinaryKind {
+    /// Every kind.
+    pub const ALL: [BinaryKind; 6] = [
+        BinaryKind::Add,
+        BinaryKind::Mul,
+        BinaryKind::Sub,
+        BinaryKind::Div,
+        BinaryKind::Max,
+        BinaryKind::Min,
+    ];
+
     /// The low end of test values for the right operand (divisors stay away from zero).
     fn rhs_low(self) -> f32 {
         if self == BinaryKind::Div {
@@ -47,7 +64,29 @@ impl BinaryKind {
             BinaryKind::Mul => a * b,
             BinaryKind::Sub => a - b,
             BinaryKind::Div => a / b,
+            BinaryKind::Max => nan_max(a, b),
+            BinaryKind::Min => nan_min(a, b),
         }
+    }
+}
+
+/// IEEE 754 `maximum`: NaN when either operand is NaN (`f32::max` drops it).
+#[inline]
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// IEEE 754 `minimum`: NaN when either operand is NaN.
+#[inline]
+fn nan_min(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.min(b)
     }
 }
 
@@ -73,6 +112,10 @@ impl Arith for f64 {
             BinaryKind::Mul => a * b,
             BinaryKind::Sub => a - b,
             BinaryKind::Div => a / b,
+            BinaryKind::Max if a.is_nan() || b.is_nan() => f64::NAN,
+            BinaryKind::Min if a.is_nan() || b.is_nan() => f64::NAN,
+            BinaryKind::Max => a.max(b),
+            BinaryKind::Min => a.min(b),
         }
     }
 }
@@ -104,6 +147,8 @@ macro_rules! int_arith {
                     // `wrapping_div` truncates toward zero; MIN / -1 wraps to MIN.
                     BinaryKind::Div if b == 0 => 0,
                     BinaryKind::Div => a.wrapping_div(b),
+                    BinaryKind::Max => a.max(b),
+                    BinaryKind::Min => a.min(b),
                 }
             }
         }
@@ -247,6 +292,7 @@ fn simd_f32(kind: BinaryKind, a: &[f32], b: &[f32]) -> Option<Vec<f32>> {
         BinaryKind::Mul => zip_avx512::<MUL>(a, b),
         BinaryKind::Sub => zip_avx512::<SUB>(a, b),
         BinaryKind::Div => zip_avx512::<DIV>(a, b),
+        BinaryKind::Max | BinaryKind::Min => None,
     }
 }
 
@@ -264,6 +310,8 @@ impl Op for Binary {
             BinaryKind::Mul => "Mul",
             BinaryKind::Sub => "Sub",
             BinaryKind::Div => "Div",
+            BinaryKind::Max => "Max",
+            BinaryKind::Min => "Min",
         }
     }
 
@@ -316,6 +364,8 @@ impl Op for Binary {
                     BinaryKind::Mul => $call($($arg,)* |x: f32, y: f32| x * y),
                     BinaryKind::Sub => $call($($arg,)* |x: f32, y: f32| x - y),
                     BinaryKind::Div => $call($($arg,)* |x: f32, y: f32| x / y),
+                    BinaryKind::Max => $call($($arg,)* nan_max),
+                    BinaryKind::Min => $call($($arg,)* nan_min),
                 }
             };
         }
@@ -375,6 +425,10 @@ impl Op for Binary {
                     da[ia] += g / b[ib];
                     db[ib] -= g * a[ia] / (b[ib] * b[ib]);
                 }
+                // The gradient goes to the operand that was picked (`a` on a tie).
+                BinaryKind::Max if a[ia] >= b[ib] => da[ia] += g,
+                BinaryKind::Min if a[ia] <= b[ib] => da[ia] += g,
+                BinaryKind::Max | BinaryKind::Min => db[ib] += g,
             }
         }
         Ok(vec![
@@ -383,7 +437,7 @@ impl Op for Binary {
         ])
     }
 
-    /// Add, Mul and Sub are single IEEE operations everywhere: exact. WGSL
+    /// Add, Mul, Sub, Max and Min are single IEEE operations everywhere: exact. WGSL
     /// only promises division to 2.5 ULP, so Div is compared to rounding.
     fn validation(&self) -> Validation {
         if self.kind == BinaryKind::Div {
@@ -548,6 +602,22 @@ pub const DIV: OpDef = OpDef {
     sample: |r| sample(BinaryKind::Div, r),
 };
 
+/// `Max`: elementwise maximum of two inputs with broadcasting (NaN wins).
+pub const MAX: OpDef = OpDef {
+    op_type: "Max",
+    build: |_: &Attrs| Ok(build(BinaryKind::Max)),
+    cases: || cases(BinaryKind::Max),
+    sample: |r| sample(BinaryKind::Max, r),
+};
+
+/// `Min`: elementwise minimum of two inputs with broadcasting (NaN wins).
+pub const MIN: OpDef = OpDef {
+    op_type: "Min",
+    build: |_: &Attrs| Ok(build(BinaryKind::Min)),
+    cases: || cases(BinaryKind::Min),
+    sample: |r| sample(BinaryKind::Min, r),
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -619,7 +689,7 @@ mod tests {
             (&[4], &[]),
         ];
         for dt in ARITH_DTYPES {
-            for kind in [BinaryKind::Add, BinaryKind::Sub, BinaryKind::Mul, BinaryKind::Div] {
+            for kind in BinaryKind::ALL {
                 for (sa, sb) in shapes {
                     let a = rng.tensor(sa, -300.0, 300.0).cast(dt);
                     let b = rng.tensor(sb, -300.0, 300.0).cast(dt);
@@ -630,6 +700,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn max_and_min_propagate_nan_in_either_operand() {
+        let nan = f32::NAN;
+        let a = Tensor::from_vec(vec![5], vec![1.0f32, nan, 3.0, -0.0, nan]).unwrap();
+        let b = Tensor::from_vec(vec![5], vec![2.0f32, 0.0, nan, 0.0, nan]).unwrap();
+        for (kind, finite) in [(BinaryKind::Max, [2.0f32, 0.0]), (BinaryKind::Min, [1.0, -0.0])] {
+            let op = Binary { kind };
+            for y in [op.cpu(&[&a, &b]).unwrap(), op.reference(&[&a, &b]).unwrap()] {
+                let y = y[0].as_f32().unwrap();
+                assert_eq!(y[0], finite[0], "{kind:?}");
+                assert!(y[1].is_nan() && y[2].is_nan() && y[4].is_nan(), "{kind:?} {y:?}");
+                // ±0 compare equal: either is a right answer.
+                assert_eq!(y[3], 0.0, "{kind:?}");
+            }
+        }
+        // A bias row (the repeated-row path) with a NaN.
+        let x = Tensor::from_vec(vec![2, 2], vec![1.0f32, 5.0, -1.0, 7.0]).unwrap();
+        let row = Tensor::from_vec(vec![2], vec![nan, 6.0]).unwrap();
+        let y = Binary { kind: BinaryKind::Max }.cpu(&[&x, &row]).unwrap();
+        let y = y[0].as_f32().unwrap();
+        assert!(y[0].is_nan() && y[2].is_nan());
+        assert_eq!((y[1], y[3]), (6.0, 7.0));
     }
 
     #[test]
@@ -645,7 +739,7 @@ mod tests {
     #[test]
     fn f32_kernel_is_bit_exact_with_tails_and_repeated_rows() {
         let mut rng = CaseRng::new(17);
-        for kind in [BinaryKind::Add, BinaryKind::Mul, BinaryKind::Sub, BinaryKind::Div] {
+        for kind in BinaryKind::ALL {
             let op = Binary { kind };
             // (shape of a, shape of b): equal shapes with tails, bias rows,
             // a row longer than a parallel chunk, and a large equal pair.

@@ -171,6 +171,8 @@ pub static REGISTRY: &[OpDef] = &[
     view::FLATTEN,
     binary::SUB,
     binary::DIV,
+    binary::MAX,
+    binary::MIN,
     unary::LEAKY_RELU,
     unary::ERF,
     unary::NEG,

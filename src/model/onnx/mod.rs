@@ -237,7 +237,7 @@ pub fn tensor_from_proto(t: &proto::TensorProto, dir: &Path) -> Result<Tensor, O
     for &d in &t.dims {
         shape.push(usize::try_from(d).map_err(|_| bad(format!("has the negative dimension {d}")))?);
     }
-    let n = checked_numel(&shape)?;
+    let n = checked_numel(&shape).map_err(|e| bad(e.to_string()))?;
     if t.data_location == proto::DATA_LOCATION_EXTERNAL {
         let entries: HashMap<&str, &str> = t
             .external_data
@@ -259,7 +259,7 @@ pub fn tensor_from_proto(t: &proto::TensorProto, dir: &Path) -> Result<Tensor, O
         let offset = num("offset")?.unwrap_or(0);
         let want = match packed_bits(dtype) {
             Some(bits) => n.div_ceil(8 / bits),
-            None => checked_bytes(dtype, &shape)?,
+            None => checked_bytes(dtype, &shape).map_err(|e| bad(e.to_string()))?,
         };
         let length = num("length")?.unwrap_or(want);
         let (path, data) = read_external(dir, location, offset, length).map_err(|e| match e {
@@ -271,10 +271,10 @@ pub fn tensor_from_proto(t: &proto::TensorProto, dir: &Path) -> Result<Tensor, O
             External::Refused(message) => bad(message),
         })?;
         debug_assert_eq!(data.len(), length, "{}", path.display());
-        return from_onnx_bytes(dtype, shape, &data);
+        return from_onnx_bytes(dtype, shape, &data).map_err(|e| bad(e.to_string()));
     }
     if !t.raw_data.is_empty() {
-        return from_onnx_bytes(dtype, shape, &t.raw_data);
+        return from_onnx_bytes(dtype, shape, &t.raw_data).map_err(|e| bad(e.to_string()));
     }
     if let Some(bits) = packed_bits(dtype) {
         // Typed field: one packed byte per int32.

@@ -33,7 +33,7 @@ pub(crate) fn unary(kind: UnaryKind) -> (u32, &'static str) {
 }
 
 /// Every binary kind (for [`wgsl`]).
-const BINARY_KINDS: [BinaryKind; 4] = [BinaryKind::Add, BinaryKind::Mul, BinaryKind::Sub, BinaryKind::Div];
+const BINARY_KINDS: [BinaryKind; 6] = BinaryKind::ALL;
 
 /// A binary op's code and WGSL constant name (`apply_op` in `shaders/elementwise.wgsl`).
 pub(crate) fn binary(kind: BinaryKind) -> (u32, &'static str) {
@@ -42,6 +42,8 @@ pub(crate) fn binary(kind: BinaryKind) -> (u32, &'static str) {
         BinaryKind::Mul => (1, "BINARY_MUL"),
         BinaryKind::Sub => (2, "BINARY_SUB"),
         BinaryKind::Div => (3, "BINARY_DIV"),
+        BinaryKind::Max => (4, "BINARY_MAX"),
+        BinaryKind::Min => (5, "BINARY_MIN"),
     }
 }
 

@@ -66,6 +66,8 @@ static SAME: &[(&str, &[&str])] = &[
     ("Sub", &[]),
     ("Mul", &[]),
     ("Div", &[]),
+    ("Max", &[]),
+    ("Min", &[]),
     ("MatMul", &[]),
     ("Relu", &[]),
     ("Sigmoid", &[]),
