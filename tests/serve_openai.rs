@@ -480,6 +480,23 @@ async fn models_errors_and_cancellation() {
     assert!(m["created"].as_u64().unwrap() > 1_700_000_000);
     let r = get(&router, "/v1/models/nope").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Routes that do not exist, or the wrong method, answer in OpenAI's shape under /v1.
+    for (method, uri, status, words) in [
+        (
+            Method::GET,
+            "/v1/chat/completions",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST",
+        ),
+        (Method::POST, "/v1/models", StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        (Method::POST, "/v1/responses", StatusCode::NOT_FOUND, "no route"),
+    ] {
+        let r = call(&router, method.clone(), uri, Vec::new()).await;
+        assert_eq!(r.status, status, "{method} {uri}");
+        let e = &r.json()["error"];
+        assert_eq!(e["type"], "invalid_request_error", "{method} {uri}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(words), "{method} {uri}: {e}");
+    }
 
     let msgs = json!([{"role": "user", "content": "Hi"}]);
     let long = "word ".repeat(400);

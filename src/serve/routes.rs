@@ -74,12 +74,21 @@ fn ok(v: Value) -> Response {
     json_response(StatusCode::OK, v)
 }
 
+/// `err` in OpenAI's error shape under `/v1`, else in the KServe shape.
+fn route_error(path: &str, err: ServeError) -> Response {
+    if path == "/v1" || path.starts_with("/v1/") {
+        openai::error::OpenAiError::from(err).into_response()
+    } else {
+        err.into_response()
+    }
+}
+
 async fn not_found(method: Method, uri: Uri) -> Response {
-    ServeError::NotFound(format!(
+    let err = ServeError::NotFound(format!(
         "no route for {method} {}; the API is under /v2 (KServe v2 protocol, Triton's generate), /v1 (OpenAI) and /metrics",
         uri.path()
-    ))
-    .into_response()
+    ));
+    route_error(uri.path(), err)
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
@@ -90,7 +99,8 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
         || p.starts_with("/v2/repository")
         || (p.starts_with("/v1/") && !p.starts_with("/v1/models"));
     let hint = if post { "POST" } else { "GET" };
-    ServeError::MethodNotAllowed(format!("{method} is not allowed on {}; use {hint}", uri.path())).into_response()
+    let err = ServeError::MethodNotAllowed(format!("{method} is not allowed on {}; use {hint}", uri.path()));
+    route_error(p, err)
 }
 
 /// Constant-time comparison, so the key cannot be guessed byte by byte
