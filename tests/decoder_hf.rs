@@ -146,6 +146,44 @@ fn random_qwen2_checkpoint_on_the_gpu_matches_the_numpy_reference() {
     }
 }
 
+/// Llama 3 RoPE scaling (`rope_scaling.rope_type: llama3`): the HF directory
+/// and the same weights as GGUF (`rope_freqs`) against the numpy reference,
+/// which llama.cpp matches on the GGUF to a KL of 4e-13 (run
+/// `models/decoders/compare_llama_cpp.py`; unscaled RoPE is at KL 0.63).
+#[test]
+fn llama3_rope_scaling_from_config_and_from_rope_freqs_matches_the_reference() {
+    use wginfer::generate::RopeScaling;
+    let cases = read_cases(&common::root("models/decoders/ref-hf-llama3"));
+    let w = Arc::new(hf::from_dir(&common::root("models/decoders/hf-llama3")).expect("hf-llama3 loads"));
+    let RopeScaling::Factors(f) = &w.config.rope_scaling else {
+        panic!("{:?}", w.config.rope_scaling)
+    };
+    assert_eq!((f[0], f[2], f[7]), (1.0, 8.0, 8.0), "{f:?}");
+    let mut dec = CpuDecoder::new(w.clone(), 64).expect("decoder");
+    for case in &cases {
+        check_case(&mut dec, case, "cpu hf-llama3");
+    }
+    let file = wginfer::model::gguf::GgufFile::open(common::root("models/decoders/llama3-rope.gguf")).expect("gguf");
+    let g = Arc::new(wginfer::generate::load::from_gguf(&file).expect("llama3-rope.gguf loads"));
+    let RopeScaling::Factors(gf) = &g.config.rope_scaling else {
+        panic!("{:?}", g.config.rope_scaling)
+    };
+    for (a, b) in f.iter().zip(gf) {
+        assert!((a - b).abs() <= 1e-6 * a, "config {f:?} vs rope_freqs {gf:?}");
+    }
+    let mut dec = CpuDecoder::new(g, 64).expect("decoder");
+    for case in &cases {
+        check_case(&mut dec, case, "cpu llama3-rope.gguf");
+    }
+    #[cfg(feature = "gpu")]
+    if let Some(choice) = common::minilm::gpu_choice() {
+        let mut dec = wginfer::generate::gpu::GpuDecoder::new(&w, 64, &choice).expect("gpu decoder");
+        for case in &cases {
+            check_case(&mut dec, case, "gpu hf-llama3");
+        }
+    }
+}
+
 #[test]
 fn a_directory_without_weights_or_with_a_bad_index_is_a_typed_error() {
     let dir = tempfile::tempdir().expect("tempdir");

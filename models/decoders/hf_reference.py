@@ -13,6 +13,12 @@ Usage:
       writes a random qwen2 checkpoint to DIR (2 shards, BF16/F16/F32
       tensors, Q/K/V biases, untied f16 head, head_dim 32 over hidden 64)
       and, with --ref, the logits of random token sequences
+  python hf_reference.py --make-llama3 DIR --ref REFDIR --gguf FILE
+      writes a random llama checkpoint with Llama 3 RoPE scaling
+      (`rope_scaling.rope_type: llama3`, F32, tied head), the same weights as
+      a GGUF `llama` file (Q/K rows permuted to adjacent pairs and the
+      `rope_freqs` tensor, as llama.cpp's converter writes them), and the
+      logits of random token sequences
   python hf_reference.py --dir DIR --cases CASES.json --out REFDIR
       logits of the token sequences in CASES.json ([{"name", "tokens"}])
 
@@ -71,6 +77,28 @@ def rotate_half(x):
     return np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
 
 
+def scaled_inv_freq(cfg, inv):
+    """`inv` (the RoPE frequencies) under `rope_scaling`, as transformers'
+    `_compute_default_rope_parameters` / `_compute_linear_scaling...` /
+    `_compute_llama3_parameters` define them."""
+    rs = cfg.get("rope_scaling") or {}
+    kind = rs.get("rope_type", rs.get("type", "default"))
+    if kind == "default":
+        return inv
+    if kind == "linear":
+        return inv / rs["factor"]
+    if kind != "llama3":
+        raise SystemExit(f"rope_scaling {kind} is not implemented here")
+    factor, low, high = rs["factor"], rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
+    old = rs.get("original_max_position_embeddings", 8192)
+    wavelen = 2 * np.pi / inv
+    out = np.where(wavelen > old / low, inv / factor, inv)
+    smooth = (old / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * out / factor + smooth * out
+    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+    return np.where(medium, smoothed, out)
+
+
 def forward(cfg, w, tokens):
     """Logits [T, vocab] (float64) of every position of `tokens`."""
     d = cfg["hidden_size"]
@@ -78,7 +106,7 @@ def forward(cfg, w, tokens):
     hd = cfg.get("head_dim") or d // nh
     eps, theta = cfg.get("rms_norm_eps", 1e-6), cfg.get("rope_theta", 10000.0)
     t = len(tokens)
-    inv = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    inv = scaled_inv_freq(cfg, 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
     ang = np.arange(t, dtype=np.float64)[:, None] * inv[None, :]
     emb = np.concatenate([ang, ang], axis=-1)
     cos, sin = np.cos(emb)[:, None, :], np.sin(emb)[:, None, :]
@@ -167,9 +195,96 @@ def make_qwen2(out):
     return [{"name": f"random{n}", "tokens": [int(t) for t in rng.integers(0, v, n)]} for n in (20, 45)]
 
 
+LLAMA3 = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                     "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+    "max_position_embeddings": 256, "vocab_size": 512, "tie_word_embeddings": True,
+    "hidden_act": "silu", "torch_dtype": "float32",
+}
+
+
+def permute_rows(wt, heads):
+    """llama.cpp's converter: each head's rows from halves to adjacent pairs."""
+    return wt.reshape(heads, 2, wt.shape[0] // heads // 2, *wt.shape[1:]).swapaxes(1, 2).reshape(wt.shape)
+
+
+def make_llama3(out, gguf_path):
+    """Random F32 llama weights with Llama 3 RoPE scaling (its band edges at
+    wavelengths 8 and 32, so the sequences below cross every regime), as an
+    HF directory and as GGUF."""
+    import gguf
+    from make_synthetic import add_tokenizer
+    rng = np.random.default_rng(31)
+    c = LLAMA3
+    d, hd, f, v = c["hidden_size"], c["head_dim"], c["intermediate_size"], c["vocab_size"]
+    nh, nkv = c["num_attention_heads"], c["num_key_value_heads"]
+    mat = lambda r, k: rng.standard_normal((r, k)) / np.sqrt(k)
+    vec = lambda n: 1.0 + 0.1 * rng.standard_normal(n)
+    hf = {"model.embed_tokens.weight": 0.5 * rng.standard_normal((v, d)), "model.norm.weight": vec(d)}
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        hf.update({
+            p + "input_layernorm.weight": vec(d), p + "post_attention_layernorm.weight": vec(d),
+            p + "self_attn.q_proj.weight": mat(nh * hd, d), p + "self_attn.k_proj.weight": mat(nkv * hd, d),
+            p + "self_attn.v_proj.weight": mat(nkv * hd, d), p + "self_attn.o_proj.weight": mat(d, nh * hd),
+            p + "mlp.gate_proj.weight": mat(f, d), p + "mlp.up_proj.weight": mat(f, d),
+            p + "mlp.down_proj.weight": mat(d, f),
+        })
+    os.makedirs(out, exist_ok=True)
+    st = []
+    for name in sorted(hf):
+        st_dtype, data = tensor_bytes(hf[name].astype(np.float32), "float32")
+        st.append((name, hf[name].shape, st_dtype, data))
+    write_checkpoint(out, st, shards=1)
+    write_json(os.path.join(out, "config.json"), c)
+
+    w = gguf.GGUFWriter(gguf_path, "llama")
+    w.add_name("synthetic-llama3-rope")
+    w.add_block_count(c["num_hidden_layers"])
+    w.add_context_length(c["max_position_embeddings"])
+    w.add_embedding_length(d)
+    w.add_feed_forward_length(f)
+    w.add_head_count(nh)
+    w.add_head_count_kv(nkv)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_dimension_count(hd)
+    w.add_rope_freq_base(c["rope_theta"])
+    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
+    w.add_vocab_size(v)
+    add_tokenizer(w)
+    inv = 1.0 / c["rope_theta"] ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    w.add_tensor("rope_freqs.weight", (inv / scaled_inv_freq(c, inv)).astype(np.float32))
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
+    w.add_tensor("token_embd.weight", f32(hf["model.embed_tokens.weight"]))
+    w.add_tensor("output_norm.weight", f32(hf["model.norm.weight"]))
+    names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+             "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down"}
+    for i in range(c["num_hidden_layers"]):
+        for hname, gname in names.items():
+            a = hf[f"model.layers.{i}.{hname}.weight"]
+            if gname == "attn_q":
+                a = permute_rows(a, nh)
+            elif gname == "attn_k":
+                a = permute_rows(a, nkv)
+            w.add_tensor(f"blk.{i}.{gname}.weight", f32(a))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return [{"name": f"random{n}", "tokens": [int(t) for t in rng.integers(0, v - 8, n)]} for n in (24, 60)]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--make-qwen2", metavar="DIR")
+    ap.add_argument("--make-llama3", metavar="DIR")
+    ap.add_argument("--gguf", metavar="FILE")
     ap.add_argument("--ref", metavar="REFDIR")
     ap.add_argument("--dir")
     ap.add_argument("--cases")
@@ -179,6 +294,9 @@ def main():
         cases = make_qwen2(args.make_qwen2)
         if args.ref:
             write_cases(args.make_qwen2, cases, args.ref)
+    elif args.make_llama3 and args.gguf and args.ref:
+        cases = make_llama3(args.make_llama3, args.gguf)
+        write_cases(args.make_llama3, cases, args.ref)
     elif args.dir and args.cases and args.out:
         with open(args.cases) as f:
             write_cases(args.dir, json.load(f), args.out)

@@ -20,6 +20,7 @@ use half::{bf16, f16};
 use serde_json::{Map, Value};
 
 use crate::error::GenerateError;
+use crate::generate::config::{llama3_factors, RopeScaling};
 use crate::generate::load::{validate, MAX_DIM};
 use crate::generate::{DecoderConfig, DecoderWeights, LayerWeights, Matrix, RopeLayout};
 
@@ -78,6 +79,57 @@ fn flag(obj: &Map<String, Value>, key: &str, default: bool) -> Result<bool, Gene
     }
 }
 
+/// `rope_scaling`: none (`default`), `linear` or `llama3`; the others
+/// (yarn, dynamic, longrope) are refused.
+fn rope_scaling(obj: &Map<String, Value>, theta: f32, rope_dims: usize) -> Result<RopeScaling, GenerateError> {
+    let Some(v) = field(obj, "rope_scaling") else {
+        return Ok(RopeScaling::None);
+    };
+    let Some(m) = v.as_object() else {
+        return Err(cfg_err("rope_scaling", format!("must be an object, got {v}")));
+    };
+    let kind = field(m, "rope_type")
+        .or_else(|| field(m, "type"))
+        .and_then(Value::as_str);
+    let num = |key: &str, default: Option<f64>| -> Result<f64, GenerateError> {
+        match field(m, key) {
+            None => default.ok_or_else(|| cfg_err("rope_scaling", format!("{v}: `{key}` is missing"))),
+            Some(x) => match x.as_f64() {
+                Some(x) if x.is_finite() && x > 0.0 => Ok(x),
+                _ => Err(cfg_err(
+                    "rope_scaling",
+                    format!("{v}: `{key}` must be a positive number"),
+                )),
+            },
+        }
+    };
+    match kind {
+        None | Some("default") => Ok(RopeScaling::None),
+        Some("linear") => Ok(RopeScaling::Linear(num("factor", None)? as f32)),
+        Some("llama3") => {
+            let (low, high) = (num("low_freq_factor", Some(1.0))?, num("high_freq_factor", Some(4.0))?);
+            if high <= low {
+                return Err(cfg_err(
+                    "rope_scaling",
+                    format!("{v}: high_freq_factor must be above low_freq_factor"),
+                ));
+            }
+            Ok(RopeScaling::Factors(llama3_factors(
+                theta,
+                rope_dims,
+                num("factor", None)?,
+                low,
+                high,
+                num("original_max_position_embeddings", Some(8192.0))?,
+            )))
+        }
+        Some(other) => Err(cfg_err(
+            "rope_scaling",
+            format!("{v}: `{other}` scaling is not supported; none, linear and llama3 are"),
+        )),
+    }
+}
+
 /// The architecture: `model_type`, else the first of `architectures`.
 fn architecture(obj: &Map<String, Value>) -> Result<String, GenerateError> {
     let from_class = |c: &str| match c {
@@ -113,15 +165,6 @@ fn check_unsupported(obj: &Map<String, Value>, arch: &str) -> Result<(), Generat
             return Err(cfg_err(
                 "hidden_act",
                 format!("{v}: only \"silu\" (SwiGLU) is supported"),
-            ));
-        }
-    }
-    if let Some(v) = field(obj, "rope_scaling") {
-        let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str);
-        if kind != Some("default") {
-            return Err(cfg_err(
-                "rope_scaling",
-                format!("{v}: scaled RoPE (llama3, linear, yarn, dynamic) is not supported; only unscaled RoPE is"),
             ));
         }
     }
@@ -199,6 +242,7 @@ pub fn config_from_json(text: &str) -> Result<HfConfig, GenerateError> {
         head_dim,
         ffn: int(obj, "intermediate_size", None)?,
         rope_theta: positive(obj, "rope_theta", 10_000.0)?,
+        rope_scaling: rope_scaling(obj, positive(obj, "rope_theta", 10_000.0)?, head_dim)?,
         rope_dims: head_dim,
         rope_layout: RopeLayout::Halves,
         norm_eps: positive(obj, "rms_norm_eps", 1e-6)?,
@@ -703,8 +747,10 @@ mod tests {
             e.contains("num_attention_heads") && e.contains("does not divide"),
             "{e}"
         );
-        let e = err(&with("rope_scaling", r#"{"rope_type": "llama3", "factor": 8.0}"#));
+        let e = err(&with("rope_scaling", r#"{"rope_type": "yarn", "factor": 4.0}"#));
         assert!(e.contains("rope_scaling") && e.contains("not supported"), "{e}");
+        let e = err(&with("rope_scaling", r#"{"rope_type": "llama3"}"#));
+        assert!(e.contains("rope_scaling") && e.contains("`factor` is missing"), "{e}");
         let e = err(&with("rms_norm_eps", "0"));
         assert!(e.contains("rms_norm_eps"), "{e}");
         let e = err(&with("hidden_act", "\"gelu\""));

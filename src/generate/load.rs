@@ -5,6 +5,7 @@
 use half::f16;
 
 use crate::error::GenerateError;
+use crate::generate::config::RopeScaling;
 use crate::generate::{DecoderConfig, DecoderWeights, LayerWeights, Matrix, RopeLayout};
 use crate::linalg::ggml::{BlockFormat, QMatrix};
 use crate::model::gguf::{GgmlType, GgufFile, TensorInfo};
@@ -74,7 +75,9 @@ pub fn gguf_config(file: &GgufFile) -> Result<DecoderConfig, GenerateError> {
         Some(t) if t.dims.len() == 2 => usize::try_from(t.dims[1]).unwrap_or(usize::MAX),
         _ => return Err(GenerateError::MissingTensor("token_embd.weight".to_string())),
     };
+    let rope_dims = meta_usize(file, &key("rope.dimension_count"), Some(head_dim))?;
     let config = DecoderConfig {
+        rope_scaling: gguf_rope_scaling(file, arch, rope_dims)?,
         architecture: arch.to_string(),
         vocab,
         d_model,
@@ -84,13 +87,42 @@ pub fn gguf_config(file: &GgufFile) -> Result<DecoderConfig, GenerateError> {
         head_dim,
         ffn: meta_usize(file, &key("feed_forward_length"), None)?,
         rope_theta: meta_f32(file, &key("rope.freq_base"), 10_000.0)?,
-        rope_dims: meta_usize(file, &key("rope.dimension_count"), Some(head_dim))?,
+        rope_dims,
         rope_layout,
         norm_eps: meta_f32(file, &key("attention.layer_norm_rms_epsilon"), 1e-5)?,
         trained_context: meta_usize(file, &key("context_length"), Some(2048))?,
     };
     validate(&config)?;
     Ok(config)
+}
+
+/// RoPE scaling: the `rope_freqs` tensor (one divisor per frequency, as
+/// llama.cpp writes Llama 3 files), else `{arch}.rope.scaling.type` `linear`
+/// with its `factor`; other types (yarn) are refused.
+fn gguf_rope_scaling(file: &GgufFile, arch: &str, rope_dims: usize) -> Result<RopeScaling, GenerateError> {
+    if file.tensor("rope_freqs.weight").is_some() {
+        let factors = vector(file, "rope_freqs.weight", rope_dims / 2)?;
+        if factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+            return Err(GenerateError::Tensor {
+                name: "rope_freqs.weight".to_string(),
+                message: "holds a factor that is not a positive finite number".to_string(),
+            });
+        }
+        return Ok(RopeScaling::Factors(factors));
+    }
+    let kind_key = format!("{arch}.rope.scaling.type");
+    match file.get_str(&kind_key) {
+        None | Some("none") => Ok(RopeScaling::None),
+        Some("linear") => Ok(RopeScaling::Linear(meta_f32(
+            file,
+            &format!("{arch}.rope.scaling.factor"),
+            1.0,
+        )?)),
+        Some(other) => Err(GenerateError::Config {
+            key: kind_key,
+            message: format!("`{other}`: only linear scaling and per-frequency factors (rope_freqs) are supported"),
+        }),
+    }
 }
 
 /// Checks that the hyperparameters fit together.

@@ -20,7 +20,7 @@ pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
 
-pub use config::{DecoderConfig, RopeLayout};
+pub use config::{DecoderConfig, RopeLayout, RopeScaling};
 #[cfg(feature = "text")]
 pub use generator::{FinishReason, GenerateOptions, GeneratedToken, Generation, Generator, ModelParts, TokenPicker};
 pub use weights::{DecoderWeights, LayerWeights, Matrix};

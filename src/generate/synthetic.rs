@@ -58,6 +58,7 @@ pub fn preset(name: &str) -> Result<DecoderConfig, GenerateError> {
         head_dim: p.5,
         ffn: p.6,
         rope_theta: p.8,
+        rope_scaling: Default::default(),
         rope_dims: p.5,
         rope_layout: if p.9 == "qwen2" {
             RopeLayout::Halves
