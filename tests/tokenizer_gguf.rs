@@ -250,6 +250,57 @@ fn hugging_face_tokenizer_json() {
     assert_eq!(text, "[user] hi<|im_end|>\n");
 }
 
+/// `tokenizer_config.json`'s `add_bos_token` decides BOS (as transformers
+/// rebuilds the post-processor from it); without the key the file's own
+/// post-processor does.
+#[test]
+fn hugging_face_add_bos_token_overrides_the_post_processor() {
+    let template = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [5], "tokens": ["<s>"]}}
+    });
+    let tokenizer = |post: serde_json::Value| {
+        serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [{
+                "id": 5, "content": "<s>", "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true
+            }],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "post_processor": post,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": {"a": 0, "b": 1, "ab": 2, "\u{120}": 4, "<s>": 5},
+                "merges": ["a b"]
+            }
+        })
+    };
+    for (post, add_bos, want) in [
+        (serde_json::Value::Null, None, vec![2]),
+        (serde_json::Value::Null, Some(true), vec![5, 2]),
+        (template.clone(), None, vec![5, 2]),
+        (template.clone(), Some(false), vec![2]),
+        (template, Some(true), vec![5, 2]),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = serde_json::json!({"bos_token": "<s>"});
+        if let Some(b) = add_bos {
+            config["add_bos_token"] = b.into();
+        }
+        std::fs::write(dir.path().join("tokenizer.json"), tokenizer(post.clone()).to_string()).expect("write");
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).expect("write");
+        let tok = Tokenizer::from_file(&dir.path().join("tokenizer.json")).expect("reads");
+        let what = format!("post-processor {post}, add_bos_token {add_bos:?}");
+        assert_eq!(tok.encode("ab", true).expect("encodes"), want, "{what}");
+        assert_eq!(tok.encode("ab", false).expect("encodes"), [2], "{what}");
+    }
+}
+
 /// Replaces (or adds) one key of the small vocabulary.
 fn with(key: &'static str, value: Option<MetaValue>) -> Vec<(&'static str, MetaValue)> {
     let mut kvs = small_vocab("gpt2");

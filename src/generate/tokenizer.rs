@@ -138,6 +138,8 @@ pub struct Tokenizer {
     bos: Option<u32>,
     eos: Option<u32>,
     add_bos: bool,
+    /// The inner tokenizer's own post-processor puts BOS first.
+    post_adds_bos: bool,
     end_of_generation: HashSet<u32>,
 }
 
@@ -313,6 +315,7 @@ impl Tokenizer {
             bos,
             eos,
             add_bos: add_bos && bos.is_some(),
+            post_adds_bos: false,
             end_of_generation,
         })
     }
@@ -322,8 +325,9 @@ impl Tokenizer {
     /// `eos_token`), the end-of-generation set also from
     /// `generation_config.json`'s `eos_token_id` and from the special added
     /// tokens llama.cpp treats as ends of a turn. `encode`'s `add_special`
-    /// runs the file's own post-processor (which adds BOS where the model
-    /// wants one).
+    /// puts BOS first where `tokenizer_config.json`'s `add_bos_token` says
+    /// so, and otherwise where the file's own post-processor does (as
+    /// transformers' fast tokenizers do).
     pub fn from_file(path: &Path) -> Result<Self, GenerateError> {
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -351,12 +355,26 @@ impl Tokenizer {
             }
         }
         let vocab_size = inner.get_vocab_size(true);
+        let post_adds_bos = bos.is_some_and(|b| {
+            inner
+                .encode_fast("a", true)
+                .is_ok_and(|e| e.get_ids().first() == Some(&b))
+        });
+        let add_bos = match config.as_ref().and_then(|c| c.get("add_bos_token")) {
+            Some(v) => v.as_bool().ok_or_else(|| {
+                err(format!(
+                    "tokenizer_config.json: add_bos_token is {v}, not true or false"
+                ))
+            })?,
+            None => post_adds_bos,
+        };
         Ok(Self {
             inner,
             vocab_size,
             bos,
             eos,
-            add_bos: false,
+            add_bos: add_bos && bos.is_some(),
+            post_adds_bos,
             end_of_generation,
         })
     }
@@ -372,7 +390,12 @@ impl Tokenizer {
             .map_err(|e| err(format!("encoding: {e}")))?;
         let ids = encoding.get_ids();
         match self.bos {
-            Some(bos) if add_special && self.add_bos => Ok(std::iter::once(bos).chain(ids.iter().copied()).collect()),
+            Some(bos) if add_special && self.add_bos && !self.post_adds_bos => {
+                Ok(std::iter::once(bos).chain(ids.iter().copied()).collect())
+            }
+            Some(bos) if add_special && !self.add_bos && self.post_adds_bos && ids.first() == Some(&bos) => {
+                Ok(ids[1..].to_vec())
+            }
             _ => Ok(ids.to_vec()),
         }
     }
