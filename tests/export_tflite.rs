@@ -121,6 +121,114 @@ fn digits_cnn_runs_in_litert() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// A conv stack with what the digits CNN lacks: pads TFLite's SAME cannot
+/// express (a `PAD` op), SAME pads, average pools with and without the pads
+/// counted, an `Add` of two NHWC values, `GlobalAveragePool`, a graph
+/// output taken from inside the NHWC stack, and a dynamic batch.
+fn conv_stack() -> Model {
+    use wginfer::graph::{Graph, Node, ParamInfo, ValueInfo};
+    use wginfer::tensor::{DType, Dim, ValueType};
+    let mut params = HashMap::new();
+    let mut infos = Vec::new();
+    let mut param = |name: &str, shape: Vec<usize>| {
+        let n = shape.iter().product();
+        infos.push(ParamInfo::plain(name, DType::F32, shape.clone()));
+        params.insert(name.to_string(), Tensor::from_vec(shape, values(n, n as u64)).unwrap());
+    };
+    param("w1", vec![4, 3, 3, 3]);
+    param("b1", vec![4]);
+    param("w2", vec![4, 4, 3, 3]);
+    param("fc.w", vec![5, 4]);
+    param("fc.b", vec![5]);
+    let node = |name: &str, op_type: &str, attrs: serde_json::Value, ins: &[&str]| Node {
+        name: name.into(),
+        op: op(op_type, attrs),
+        inputs: ins.iter().map(|s| s.to_string()).collect(),
+        outputs: vec![format!("{name}.out")],
+    };
+    let nodes = vec![
+        node(
+            "c1",
+            "Conv",
+            serde_json::json!({"pads": [0, 1, 1, 0], "strides": [2, 2]}),
+            &["x", "w1", "b1"],
+        ),
+        node("r1", "Relu", serde_json::json!({}), &["c1.out"]),
+        node(
+            "c2",
+            "Conv",
+            serde_json::json!({"pads": [1, 1, 1, 1]}),
+            &["r1.out", "w2"],
+        ),
+        node(
+            "a1",
+            "AveragePool",
+            serde_json::json!({"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+            &["r1.out"],
+        ),
+        node("sum", "Add", serde_json::json!({}), &["c2.out", "a1.out"]),
+        node(
+            "a2",
+            "AveragePool",
+            serde_json::json!({"kernel_shape": [2, 2], "strides": [2, 2], "pads": [0, 0, 1, 1], "count_include_pad": 1}),
+            &["sum.out"],
+        ),
+        node("gap", "GlobalAveragePool", serde_json::json!({}), &["a2.out"]),
+        node("flat", "Flatten", serde_json::json!({"axis": 1}), &["gap.out"]),
+        node("fc", "Linear", serde_json::json!({}), &["flat.out", "fc.w", "fc.b"]),
+        node("sig", "Sigmoid", serde_json::json!({}), &["fc.out"]),
+    ];
+    let x = ValueType {
+        dtype: DType::F32,
+        shape: vec![Dim::Sym("batch".into()), Dim::Known(3), Dim::Known(9), Dim::Known(9)],
+    };
+    let inputs = vec![ValueInfo {
+        name: "x".into(),
+        ty: x,
+    }];
+    let out = |name: &str, shape: Vec<Dim>| ValueInfo {
+        name: name.into(),
+        ty: ValueType {
+            dtype: DType::F32,
+            shape,
+        },
+    };
+    let b = || Dim::Sym("batch".into());
+    let outputs = vec![
+        out("sig.out", vec![b(), Dim::Known(5)]),
+        out("sum.out", vec![b(), Dim::Known(4), Dim::Known(4), Dim::Known(4)]),
+    ];
+    let g = Graph::new("conv_stack", inputs, outputs, infos, nodes).unwrap();
+    Model::new(g, params).unwrap()
+}
+
+#[test]
+fn a_conv_stack_with_pads_pools_and_nhwc_outputs_runs_in_litert() {
+    let m = conv_stack();
+    let x = Tensor::from_vec(vec![3, 3, 9, 9], values(3 * 243, 7)).unwrap();
+    let dir = tempfile::tempdir().unwrap().keep();
+    export_case(&dir, "conv-stack", &m, &[("x".to_string(), x)], 0);
+    // Tensor names are stored as strings: the PAD ops' outputs are there
+    // for the uneven conv pads and the pool that counts its pads only.
+    let bytes = to_tflite_bytes(&m, &TfliteExportOptions::default()).unwrap();
+    let has = |name: &str| bytes.windows(name.len()).any(|w| w == name.as_bytes());
+    assert!(has("c1.padded") && has("a2.padded"), "PAD before c1 and a2");
+    assert!(!has("c2.padded") && !has("a1.padded"), "c2 and a1 use SAME");
+    check_with_litert(&dir);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn op(op_type: &str, attrs: serde_json::Value) -> Arc<dyn Op> {
     let attrs: Attrs = match attrs {
         serde_json::Value::Object(m) => m,
