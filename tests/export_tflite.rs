@@ -135,7 +135,8 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 /// A conv stack with what the digits CNN lacks: pads TFLite's SAME cannot
 /// express (a `PAD` op), SAME pads, average pools with and without the pads
 /// counted, an `Add` of two NHWC values, `GlobalAveragePool`, a graph
-/// output taken from inside the NHWC stack, and a dynamic batch.
+/// output taken from inside the NHWC stack, an output named like a tensor
+/// the exporter derives, and a dynamic batch.
 fn conv_stack() -> Model {
     use wginfer::graph::{Graph, Node, ParamInfo, ValueInfo};
     use wginfer::tensor::{DType, Dim, ValueType};
@@ -189,6 +190,10 @@ fn conv_stack() -> Model {
         node("fc", "Linear", serde_json::json!({}), &["flat.out", "fc.w", "fc.b"]),
         node("sig", "Sigmoid", serde_json::json!({}), &["fc.out"]),
     ];
+    // The output takes the name the exporter would give x's NHWC form: the
+    // graph's name wins and the derived tensor gets another.
+    let mut nodes = nodes;
+    nodes[9].outputs = vec!["x.nhwc".into()];
     let x = ValueType {
         dtype: DType::F32,
         shape: vec![Dim::Sym("batch".into()), Dim::Known(3), Dim::Known(9), Dim::Known(9)],
@@ -206,7 +211,7 @@ fn conv_stack() -> Model {
     };
     let b = || Dim::Sym("batch".into());
     let outputs = vec![
-        out("sig.out", vec![b(), Dim::Known(5)]),
+        out("x.nhwc", vec![b(), Dim::Known(5)]),
         out("sum.out", vec![b(), Dim::Known(4), Dim::Known(4), Dim::Known(4)]),
     ];
     let g = Graph::new("conv_stack", inputs, outputs, infos, nodes).unwrap();

@@ -39,6 +39,11 @@ pub(super) struct Builder<'m> {
     operators: Vec<OperatorDef>,
     opcodes: Vec<BuiltinOp>,
     names: HashSet<String>,
+    /// The graph's value and parameter names: a tensor gets one only as
+    /// that value's own-layout form, so derived tensors never take them.
+    reserved: HashSet<String>,
+    /// The next tensor is a value's own-layout form (may take a reserved name).
+    claim: bool,
     values: HashMap<String, Forms>,
 }
 
@@ -75,6 +80,16 @@ pub(super) fn permuted<T: Copy>(dims: &[T], perm: &[usize]) -> Vec<T> {
     perm.iter().map(|&p| dims[p]).collect()
 }
 
+/// Every name the graph gives a value or parameter.
+fn reserved_names(model: &Model) -> HashSet<String> {
+    let g = model.graph();
+    let mut r: HashSet<String> = g.inputs().iter().map(|i| i.name.clone()).collect();
+    r.extend(g.outputs().iter().map(|o| o.name.clone()));
+    r.extend(g.params().iter().map(|p| p.name.clone()));
+    r.extend(g.nodes().iter().flat_map(|n| n.outputs.iter().cloned()));
+    r
+}
+
 impl<'m> Builder<'m> {
     pub(super) fn new(model: &'m Model) -> Self {
         Self {
@@ -84,6 +99,8 @@ impl<'m> Builder<'m> {
             operators: Vec::new(),
             opcodes: Vec::new(),
             names: HashSet::new(),
+            reserved: reserved_names(model),
+            claim: false,
             values: HashMap::new(),
         }
     }
@@ -94,9 +111,11 @@ impl<'m> Builder<'m> {
 
     /// A tensor name not used yet, `base` when free.
     fn fresh(&mut self, base: &str) -> String {
+        let claim = std::mem::take(&mut self.claim);
+        let taken = |s: &Self, n: &String| s.names.contains(n) || (!(claim && n == base) && s.reserved.contains(n));
         let mut name = base.to_string();
         let mut i = 1;
-        while self.names.contains(&name) {
+        while taken(self, &name) {
             name = format!("{base}_{i}");
             i += 1;
         }
@@ -193,6 +212,7 @@ impl<'m> Builder<'m> {
         if layout == Layout::Nhwc {
             d = permuted(&d, &TO_NHWC);
         }
+        self.claim = layout == Layout::Own;
         let t = self.activation(&Self::value_name(v, layout), ty.dtype, &d)?;
         self.bind(v, layout, t);
         Ok(t)
@@ -268,6 +288,7 @@ impl<'m> Builder<'m> {
                 "value `{v}` is used before any node computes it"
             )))
         })?;
+        self.claim = true;
         let i = self.constant(v, t)?;
         self.bind(v, Layout::Own, i);
         Ok(i)

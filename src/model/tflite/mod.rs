@@ -31,7 +31,7 @@ use std::path::Path;
 pub use crate::model::onnx::export::ExportError;
 use crate::model::onnx::export::{check_target, write_atomic};
 use crate::model::Model;
-use builder::{dims, Builder, Layout};
+use builder::{Builder, Layout};
 pub use ops::mapped_ops;
 
 /// The TFLite schema version written.
@@ -53,9 +53,7 @@ pub fn to_tflite_bytes(model: &Model, _opts: &TfliteExportOptions) -> Result<Vec
     let mut b = Builder::new(model);
     let mut inputs = Vec::new();
     for i in g.inputs() {
-        let t = b.activation(&i.name, i.ty.dtype, &dims(&i.ty))?;
-        b.bind(&i.name, Layout::Own, t);
-        inputs.push(t);
+        inputs.push(b.output(&i.name, Layout::Own)?);
     }
     for n in g.nodes() {
         ops::export_node(&mut b, n)?;
