@@ -121,6 +121,35 @@ fn digits_cnn_runs_in_litert() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// MiniLM's encoder ops (embedding `GATHER`, `LayerNormalization`,
+/// `Attention`, `Gelu`, `MaskedMeanPool`, `L2Normalize`) spelled out in
+/// builtins, f32 and int8, with a dynamic batch and sequence length.
+#[test]
+fn minilm_runs_in_litert() {
+    let Some(model_dir) = common::minilm::model_dir() else {
+        return;
+    };
+    let m = Model::load(&model_dir).unwrap();
+    let r = common::minilm::reference();
+    let (n, seq) = (4, r.input_ids.shape()[1]);
+    let mut inputs = Vec::new();
+    for i in m.graph().inputs() {
+        let t = match i.name.as_str() {
+            "input_ids" => r.input_ids.slice_rows(0, n).unwrap(),
+            "attention_mask" => r.attention_mask.slice_rows(0, n).unwrap(),
+            _ if i.ty.rank() == 1 => Tensor::from_vec(vec![seq], (0..seq as i64).collect::<Vec<_>>()).unwrap(),
+            other => panic!("MiniLM input {other}"),
+        };
+        inputs.push((i.name.clone(), t));
+    }
+    let dir = tempfile::tempdir().unwrap().keep();
+    export_case(&dir, "minilm-f32", &m, &inputs, 0);
+    let int8 = quantized(&m, "int8".parse().unwrap());
+    export_case(&dir, "minilm-int8", &int8, &inputs, 36);
+    check_with_litert(&dir);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Deterministic values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

@@ -45,6 +45,8 @@ pub(super) struct Builder<'m> {
     /// The next tensor is a value's own-layout form (may take a reserved name).
     claim: bool,
     values: HashMap<String, Forms>,
+    /// Derived tensors shared between nodes, by key.
+    derived: HashMap<String, i32>,
 }
 
 /// TFLite's type code for a dtype.
@@ -102,6 +104,7 @@ impl<'m> Builder<'m> {
             reserved: reserved_names(model),
             claim: false,
             values: HashMap::new(),
+            derived: HashMap::new(),
         }
     }
 
@@ -180,6 +183,36 @@ impl<'m> Builder<'m> {
             op,
             options,
         });
+    }
+
+    /// An intermediate tensor `name` computed by `code` from `inputs`.
+    pub(super) fn step(
+        &mut self,
+        name: &str,
+        code: BuiltinOp,
+        inputs: &[i32],
+        options: Options,
+        d: DType,
+        dims: &[Option<i32>],
+    ) -> Result<i32, ExportError> {
+        let t = self.activation(name, d, dims)?;
+        self.op(code, inputs, &[t], options);
+        Ok(t)
+    }
+
+    /// A constant f32 scalar.
+    pub(super) fn scalar(&mut self, name: &str, v: f32) -> Result<i32, ExportError> {
+        self.constant(name, &Tensor::from_vec(vec![], vec![v])?)
+    }
+
+    /// A tensor made earlier under `key` (see [`Builder::remember`]).
+    pub(super) fn recall(&self, key: &str) -> Option<i32> {
+        self.derived.get(key).copied()
+    }
+
+    /// Keeps `t` under `key`, for tensors several nodes share.
+    pub(super) fn remember(&mut self, key: &str, t: i32) {
+        self.derived.insert(key.to_string(), t);
     }
 
     /// The shape of a tensor (`None`: dynamic).

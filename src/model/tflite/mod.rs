@@ -21,6 +21,7 @@
 //!   existing file is replaced only with [`TfliteExportOptions::overwrite`].
 
 mod builder;
+mod encoder;
 mod ops;
 mod quant;
 mod schema;

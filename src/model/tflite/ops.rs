@@ -6,7 +6,7 @@
 
 use super::builder::{dims, Builder, Layout};
 use super::schema::{BuiltinOp, Options};
-use super::{quant, spatial, ExportError};
+use super::{encoder, quant, spatial, ExportError};
 use crate::graph::Node;
 use crate::ops::gemm::Gemm;
 use crate::ops::movement::{Concat, Gather, Transpose};
@@ -56,6 +56,11 @@ static MAPPED: &[(&str, Form)] = &[
     ("MaxPool", Form::Special(BuiltinOp::MAX_POOL_2D)),
     ("AveragePool", Form::Special(BuiltinOp::AVERAGE_POOL_2D)),
     ("GlobalAveragePool", Form::Special(BuiltinOp::MEAN)),
+    ("Cast", Form::Special(BuiltinOp::CAST)),
+    ("LayerNormalization", Form::Special(BuiltinOp::MEAN)),
+    ("Attention", Form::Special(BuiltinOp::BATCH_MATMUL)),
+    ("MaskedMeanPool", Form::Special(BuiltinOp::BATCH_MATMUL)),
+    ("L2Normalize", Form::Special(BuiltinOp::SUM)),
 ];
 
 /// The ops with a TFLite form and the builtin each becomes.
@@ -95,7 +100,7 @@ pub(super) fn export_node(b: &mut Builder<'_>, n: &Node) -> Result<(), ExportErr
             "Linear" => linear(b, n),
             "QLinear" => quant::qlinear(b, n),
             "Gemm" => gemm(b, n),
-            "MatMul" => own_op(b, n, BuiltinOp::BATCH_MATMUL, Options::BatchMatMul),
+            "MatMul" => own_op(b, n, BuiltinOp::BATCH_MATMUL, Options::BatchMatMul { adj_y: false }),
             "Softmax" | "LogSoftmax" => softmax(b, n),
             "Flatten" | "Reshape" => reshape(b, n),
             "Transpose" => transpose(b, n),
@@ -109,7 +114,12 @@ pub(super) fn export_node(b: &mut Builder<'_>, n: &Node) -> Result<(), ExportErr
             }
             "Conv" => spatial::conv(b, n),
             "MaxPool" | "AveragePool" => spatial::pool(b, n),
-            _ => spatial::global_average_pool(b, n),
+            "GlobalAveragePool" => spatial::global_average_pool(b, n),
+            "Cast" => own_op(b, n, BuiltinOp::CAST, Options::Cast),
+            "LayerNormalization" => encoder::layer_norm(b, n),
+            "Attention" => encoder::attention(b, n),
+            "MaskedMeanPool" => encoder::masked_mean_pool(b, n),
+            _ => encoder::l2_normalize(b, n),
         },
     }
 }
@@ -149,7 +159,7 @@ fn binary(b: &mut Builder<'_>, n: &Node, code: BuiltinOp) -> Result<(), ExportEr
 }
 
 /// An op over all inputs in the model's own layout.
-fn own_op(b: &mut Builder<'_>, n: &Node, code: BuiltinOp, options: Options) -> Result<(), ExportError> {
+pub(super) fn own_op(b: &mut Builder<'_>, n: &Node, code: BuiltinOp, options: Options) -> Result<(), ExportError> {
     let mut ins = Vec::with_capacity(n.inputs.len());
     for i in &n.inputs {
         ins.push(b.get(i, Layout::Own)?);

@@ -55,6 +55,13 @@ pub(super) enum BuiltinOp {
     NEG = 59,
     LOG = 73,
     SQRT = 75,
+    MAXIMUM = 55,
+    SLICE = 65,
+    EXPAND_DIMS = 70,
+    SUM = 74,
+    SHAPE = 77,
+    RSQRT = 76,
+    CAST = 53,
     LEAKY_RELU = 98,
     ABS = 101,
     HARD_SWISH = 117,
@@ -120,9 +127,20 @@ pub(super) enum Options {
     Gelu {
         approximate: bool,
     },
-    BatchMatMul,
+    BatchMatMul {
+        adj_y: bool,
+    },
     LogSoftmax,
     HardSwish,
+    /// `ShapeOptions` with the output type (a `TensorType`).
+    Shape {
+        out_type: i8,
+    },
+    Slice,
+    ExpandDims,
+    /// `MaximumMinimumOptions`.
+    Maximum,
+    Cast,
 }
 
 impl Options {
@@ -150,7 +168,12 @@ impl Options {
             Options::Dequantize => 38,
             Options::LeakyRelu { .. } => 75,
             Options::HardSwish => 91,
-            Options::BatchMatMul => 101,
+            Options::BatchMatMul { .. } => 101,
+            Options::Shape { .. } => 55,
+            Options::Slice => 48,
+            Options::ExpandDims => 52,
+            Options::Maximum => 39,
+            Options::Cast => 37,
             Options::Gelu { .. } => 116,
         }
     }
@@ -195,6 +218,8 @@ impl Options {
             Options::Concatenation { axis } | Options::Gather { axis } => fbb.push_slot::<i32>(slot(0), *axis, 0),
             Options::LeakyRelu { alpha } => fbb.push_slot::<f32>(slot(0), *alpha, 0.0),
             Options::Gelu { approximate } => fbb.push_slot::<bool>(slot(0), *approximate, false),
+            Options::BatchMatMul { adj_y } => fbb.push_slot::<bool>(slot(1), *adj_y, false),
+            Options::Shape { out_type } => fbb.push_slot::<i8>(slot(0), *out_type, 0),
             _ => {}
         }
         if let Some(v) = new_shape {
