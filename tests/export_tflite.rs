@@ -1,5 +1,5 @@
-//! TFLite export: the shipped digits MLP and CNN, f32 and quantized by
-//! wginfer's own `quantize`, exported as `.tflite` files that LiteRT, an
+//! TFLite export: the shipped digits MLP and CNN and MiniLM, f32 and
+//! quantized by wginfer's own `quantize`, exported as `.tflite` files that LiteRT, an
 //! independent runtime, runs within tolerance of wginfer's CPU outputs
 //! (`models/export/check_litert.py`, run when `WGINFER_LITERT_PYTHON` names a
 //! python with `ai-edge-litert`; skipped visibly otherwise). LiteRT's own

@@ -11,7 +11,9 @@
 //!   `MAX_POOL_2D`/`AVERAGE_POOL_2D`. NCHW values are transposed to NHWC at
 //!   the start of a conv stack and back where the model's layout is needed
 //!   (`Flatten`, a graph output), so `Flatten` keeps NCHW order. Pads that
-//!   TFLite's `SAME`/`VALID` cannot express become a `PAD` op.
+//!   TFLite's `SAME`/`VALID` cannot express become a `PAD` op. Encoder ops
+//!   (`LayerNormalization`, `Attention`, `MaskedMeanPool`, `L2Normalize`)
+//!   are spelled out in builtins (the `encoder` module).
 //! - `QLinear` weights keep their quantized form as an int8 tensor with
 //!   per-channel scales (`quantized_dimension = 0`) and a `DEQUANTIZE`
 //!   feeding `FULLY_CONNECTED`, so LiteRT multiplies the same f32 weights
