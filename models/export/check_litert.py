@@ -2,14 +2,16 @@
 
 For every NAME.tflite in DIR (written by tests/export_tflite.rs) with its
 NAME.io.safetensors beside it (tensors `input:<name>`, `output:<name>` as
-wginfer computed them, `tolerance`, and `int8_weights`: how many constant
-int8 weight tensors with per-channel scales the file must hold):
+wginfer computed them, `tolerance` for LiteRT's builtin kernels,
+`xnnpack_tolerance` for its default XNNPACK delegate (inf: reported, not
+asserted), and `int8_weights`: how many constant int8 weight tensors with
+per-channel scales the file must hold):
 - the file parses with LiteRT's own schema (`schema_py_generated`): identifier
   TFL3, schema version 3, every int8 constant quantized per output channel
   (one scale per row, quantized_dimension 0),
-- LiteRT's interpreter (CPU, its default XNNPACK delegate) runs it on the
-  inputs (batch resized), and every output is within the tolerance of
-  wginfer's (max absolute difference).
+- LiteRT's interpreter runs it on the inputs (batch resized) twice, with
+  its builtin CPU kernels and with its default XNNPACK delegate, and every
+  output is within the tolerance of wginfer's (max absolute difference).
 
 Usage: python check_litert.py DIR   (pip install 'ai-edge-litert==2.3.0' 'numpy<3')
 """
@@ -21,7 +23,7 @@ import sys
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
-from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
           "I8": np.int8, "U8": np.uint8, "F64": np.float64, "BOOL": np.bool_}
@@ -68,12 +70,9 @@ def inspect(model_path):
     return ops, per_channel
 
 
-def check(model_path):
-    io = read_safetensors(model_path.with_suffix(".io.safetensors"))
-    tol = float(io["tolerance"][0])
-    ops, per_channel = inspect(model_path)
-    want_int8 = int(io["int8_weights"][0])
-    it = Interpreter(model_path=str(model_path))
+def run(model_path, io, resolver):
+    """Max |LiteRT - wginfer| over the outputs, with the given kernels."""
+    it = Interpreter(model_path=str(model_path), experimental_op_resolver_type=resolver)
     inputs = {d["name"]: d["index"] for d in it.get_input_details()}
     feeds = {k[len("input:"):]: v for k, v in io.items() if k.startswith("input:")}
     for name, value in feeds.items():
@@ -91,10 +90,22 @@ def check(model_path):
         assert got[name].shape == want.shape, f"{name}: shape {got[name].shape} != {want.shape}"
         diff = float(np.max(np.abs(got[name].astype(np.float64) - want.astype(np.float64))))
         worst = max(worst, diff)
-    ok = worst <= tol and per_channel == want_int8
-    print(f"{model_path.stem:20} {len(ops):2} ops ({', '.join(sorted(set(ops)))}); "
-          f"{per_channel} per-channel int8 weights (want {want_int8}); "
-          f"max |LiteRT - wginfer| {worst:.3e} (tolerance {tol:.0e}) {'ok' if ok else 'FAIL'}")
+    return worst
+
+
+def check(model_path):
+    io = read_safetensors(model_path.with_suffix(".io.safetensors"))
+    tol, xnn_tol = float(io["tolerance"][0]), float(io["xnnpack_tolerance"][0])
+    ops, per_channel = inspect(model_path)
+    want_int8 = int(io["int8_weights"][0])
+    builtin = run(model_path, io, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    xnnpack = run(model_path, io, OpResolverType.AUTO)
+    ok = builtin <= tol and xnnpack <= xnn_tol and per_channel == want_int8
+    xnn_note = f"tolerance {xnn_tol:.0e}" if np.isfinite(xnn_tol) else "reported only"
+    print(f"{model_path.stem:20} {len(ops):3} ops ({', '.join(sorted(set(ops)))}); "
+          f"{per_channel} per-channel int8 weights (want {want_int8}); max |LiteRT - wginfer|: "
+          f"builtin kernels {builtin:.3e} (tolerance {tol:.0e}), XNNPACK {xnnpack:.3e} ({xnn_note}) "
+          f"{'ok' if ok else 'FAIL'}")
     return ok
 
 

@@ -176,15 +176,19 @@ pub(super) fn fully_connected(b: &mut Builder<'_>, n: &Node, w: i32, bias: Optio
         Some(v) => b.get(v, Layout::Own)?,
         None => -1,
     };
-    let keep_num_dims = b.dims_of(x).len() > 2;
     let y = b.output(&n.outputs[0], Layout::Own)?;
-    b.op(
-        BuiltinOp::FULLY_CONNECTED,
-        &[x, w, bias],
-        &[y],
-        Options::FullyConnected { keep_num_dims },
-    );
+    fc_op(b, x, w, bias, y, false);
     Ok(())
+}
+
+/// A `FULLY_CONNECTED` operator (`bias` -1: none); `hybrid` quantizes the
+/// activations per row at run time (int8 weights).
+pub(super) fn fc_op(b: &mut Builder<'_>, x: i32, w: i32, bias: i32, y: i32, hybrid: bool) {
+    let options = Options::FullyConnected {
+        keep_num_dims: b.dims_of(x).len() > 2,
+        asymmetric_quantize_inputs: hybrid,
+    };
+    b.op(BuiltinOp::FULLY_CONNECTED, &[x, w, bias], &[y], options);
 }
 
 /// `Linear(x, W[out, in], b)`: TFLite's weight layout is wginfer's.

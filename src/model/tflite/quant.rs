@@ -10,8 +10,8 @@
 //! - int4 blocks, W8A8 and XNOR binary have no TFLite weight form: an
 //!   [`ExportError::Format`] says so.
 
-use super::builder::Builder;
-use super::ops::{fully_connected, unsupported};
+use super::builder::{Builder, Layout};
+use super::ops::{fc_op, fully_connected, unsupported};
 use super::schema::{BuiltinOp, Options, Quantization};
 use super::ExportError;
 use crate::graph::Node;
@@ -33,8 +33,95 @@ pub(super) fn qlinear(b: &mut Builder<'_>, n: &Node) -> Result<(), ExportError> 
                 .ok_or_else(|| unsupported(n, format!("packed weight `{name}` must be a parameter")))?,
         );
     }
+    let bias = n.inputs.get(1 + np).map(String::as_str);
+    if let WeightFormat::W8A8 { outliers } = op.format {
+        return w8a8(b, n, op, &packed, bias, outliers > 0);
+    }
     let w = weight(b, n, op, &packed)?;
-    fully_connected(b, n, w, n.inputs.get(1 + np).map(String::as_str))
+    fully_connected(b, n, w, bias)
+}
+
+/// W8A8: the int8 weight (per-channel scales) straight into
+/// `FULLY_CONNECTED` with `asymmetric_quantize_inputs`, TFLite's hybrid
+/// kernel, which quantizes each activation row at run time with its own
+/// scale and zero point as wginfer does. Outlier input channels: zeroed in
+/// the quantized product's input (`MUL` by a 0/1 mask, so the row's range
+/// leaves them out, as in wginfer), and `GATHER` of those columns into an
+/// f32 `FULLY_CONNECTED` with their weights, `ADD`.
+fn w8a8(
+    b: &mut Builder<'_>,
+    n: &Node,
+    op: &QLinear,
+    packed: &[&Tensor],
+    bias: Option<&str>,
+    outliers: bool,
+) -> Result<(), ExportError> {
+    let m = op.out_features;
+    let base = n.inputs[1].as_str();
+    let quant = Quantization {
+        scale: packed[1].to_f32_vec(),
+        zero_point: vec![0; m],
+        dim: 0,
+    };
+    let w = b.quantized(base, packed[0], quant)?;
+    let x = b.get(&n.inputs[0], Layout::Own)?;
+    let bias = match bias {
+        Some(v) => b.get(v, Layout::Own)?,
+        None => -1,
+    };
+    let y = b.output(&n.outputs[0], Layout::Own)?;
+    if !outliers {
+        fc_op(b, x, w, bias, y, true);
+        return Ok(());
+    }
+    let xd = b.dims_of(x);
+    let mut yd = xd.clone();
+    if let Some(last) = yd.last_mut() {
+        *last = Some(m as i32);
+    }
+    // wginfer quantizes each row with the outlier channels set to 0, so the
+    // row's range (and scale) leaves them out: the same zeros go in here.
+    let index = packed[3].to_f32_vec();
+    let mut keep = vec![1f32; op.in_features];
+    for &i in &index {
+        if let Some(k) = keep.get_mut(i as usize) {
+            *k = 0.0;
+        }
+    }
+    let keep = b.constant(
+        &format!("{}.inlier_mask", n.name),
+        &Tensor::from_vec(vec![op.in_features], keep)?,
+    )?;
+    let xm = b.step(
+        &format!("{}.inliers", n.name),
+        BuiltinOp::MUL,
+        &[x, keep],
+        Options::Binary,
+        DType::F32,
+        &xd,
+    )?;
+    let main = b.activation(&format!("{}.int8", n.name), DType::F32, &yd)?;
+    fc_op(b, xm, w, bias, main, true);
+    let idx = b.constant(&n.inputs[4], packed[3])?;
+    let c = index.len();
+    let mut gd = xd.clone();
+    if let Some(last) = gd.last_mut() {
+        *last = Some(c as i32);
+    }
+    let axis = xd.len() as i32 - 1;
+    let cols = b.step(
+        &format!("{}.outlier_columns", n.name),
+        BuiltinOp::GATHER,
+        &[x, idx],
+        Options::Gather { axis },
+        DType::F32,
+        &gd,
+    )?;
+    let ow = b.constant(&n.inputs[5], packed[4])?;
+    let part = b.activation(&format!("{}.outliers", n.name), DType::F32, &yd)?;
+    fc_op(b, cols, ow, -1, part, false);
+    b.op(BuiltinOp::ADD, &[main, part], &[y], Options::Binary);
+    Ok(())
 }
 
 fn format_error(n: &Node, op: &QLinear, reason: &str) -> ExportError {

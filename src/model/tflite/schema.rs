@@ -100,6 +100,9 @@ pub(super) enum Options {
     },
     FullyConnected {
         keep_num_dims: bool,
+        /// Int8 weights with f32 activations quantized per row at run time,
+        /// asymmetrically (TFLite's hybrid kernel).
+        asymmetric_quantize_inputs: bool,
     },
     Softmax {
         beta: f32,
@@ -212,7 +215,13 @@ impl Options {
                 fbb.push_slot::<i32>(slot(3), filter[1], 0);
                 fbb.push_slot::<i32>(slot(4), filter[0], 0);
             }
-            Options::FullyConnected { keep_num_dims } => fbb.push_slot::<bool>(slot(2), *keep_num_dims, false),
+            Options::FullyConnected {
+                keep_num_dims,
+                asymmetric_quantize_inputs,
+            } => {
+                fbb.push_slot::<bool>(slot(2), *keep_num_dims, false);
+                fbb.push_slot::<bool>(slot(3), *asymmetric_quantize_inputs, false);
+            }
             Options::Softmax { beta } => fbb.push_slot::<f32>(slot(0), *beta, 0.0),
             Options::Reducer { keep_dims } => fbb.push_slot::<bool>(slot(0), *keep_dims, false),
             Options::Concatenation { axis } | Options::Gather { axis } => fbb.push_slot::<i32>(slot(0), *axis, 0),
