@@ -161,6 +161,21 @@ impl<'m> Builder<'m> {
         Ok(i)
     }
 
+    /// Parameter `name` written as it is stored (keeping its name), with
+    /// quantization parameters when given.
+    pub(super) fn stored_param(
+        &mut self,
+        name: &str,
+        t: &Tensor,
+        quant: Option<Quantization>,
+    ) -> Result<i32, ExportError> {
+        self.claim = true;
+        match quant {
+            Some(q) => self.quantized(name, t, q),
+            None => self.constant(name, t),
+        }
+    }
+
     /// A constant int32 vector (shapes, permutations, paddings).
     pub(super) fn ints(&mut self, name: &str, shape: Vec<usize>, v: &[i32]) -> Result<i32, ExportError> {
         let t = Tensor::from_vec(shape, v.to_vec())?;

@@ -17,7 +17,9 @@
 //! - `QLinear` weights keep their quantized form as an int8 tensor with
 //!   per-channel scales (`quantized_dimension = 0`) and a `DEQUANTIZE`
 //!   feeding `FULLY_CONNECTED`, so LiteRT multiplies the same f32 weights
-//!   wginfer does (see the `quant` module for every format).
+//!   wginfer does; W8A8 is TFLite's hybrid `FULLY_CONNECTED`, which
+//!   quantizes each activation row at run time as wginfer does (see the
+//!   `quant` module for every format).
 //! - What TFLite cannot express is an [`ExportError`] naming the node, op or
 //!   dtype. The file is written beside the target and renamed over it; an
 //!   existing file is replaced only with [`TfliteExportOptions::overwrite`].

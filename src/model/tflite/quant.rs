@@ -7,7 +7,9 @@
 //! - int8 affine: the u8 codes and zero points moved to int8 (`q - 128`,
 //!   `z - 128`), per channel.
 //! - f16: a FLOAT16 tensor; N:M sparse: the dense f32 weight.
-//! - int4 blocks, W8A8 and XNOR binary have no TFLite weight form: an
+//! - W8A8: the int8 weight straight into a hybrid `FULLY_CONNECTED` (see
+//!   `w8a8` below).
+//! - int4 blocks and XNOR binary have no TFLite form: an
 //!   [`ExportError::Format`] says so.
 
 use super::builder::{Builder, Layout};
@@ -63,7 +65,7 @@ fn w8a8(
         zero_point: vec![0; m],
         dim: 0,
     };
-    let w = b.quantized(base, packed[0], quant)?;
+    let w = b.stored_param(base, packed[0], Some(quant))?;
     let x = b.get(&n.inputs[0], Layout::Own)?;
     let bias = match bias {
         Some(v) => b.get(v, Layout::Own)?,
@@ -102,7 +104,7 @@ fn w8a8(
     )?;
     let main = b.activation(&format!("{}.int8", n.name), DType::F32, &yd)?;
     fc_op(b, xm, w, bias, main, true);
-    let idx = b.constant(&n.inputs[4], packed[3])?;
+    let idx = b.stored_param(&n.inputs[4], packed[3], None)?;
     let c = index.len();
     let mut gd = xd.clone();
     if let Some(last) = gd.last_mut() {
@@ -117,7 +119,7 @@ fn w8a8(
         DType::F32,
         &gd,
     )?;
-    let ow = b.constant(&n.inputs[5], packed[4])?;
+    let ow = b.stored_param(&n.inputs[5], packed[4], None)?;
     let part = b.activation(&format!("{}.outliers", n.name), DType::F32, &yd)?;
     fc_op(b, cols, ow, -1, part, false);
     b.op(BuiltinOp::ADD, &[main, part], &[y], Options::Binary);
@@ -143,9 +145,9 @@ fn weight(b: &mut Builder<'_>, n: &Node, op: &QLinear, packed: &[&Tensor]) -> Re
         dim: 0,
     };
     let src = match op.format {
-        WeightFormat::F16 => b.constant(base, packed[0])?,
+        WeightFormat::F16 => b.stored_param(base, packed[0], None)?,
         WeightFormat::Int8 { affine: false } => {
-            b.quantized(base, packed[0], per_channel(packed[1].to_f32_vec(), vec![0; m]))?
+            b.stored_param(base, packed[0], Some(per_channel(packed[1].to_f32_vec(), vec![0; m])))?
         }
         WeightFormat::Int8 { affine: true } => {
             let q: Vec<i8> = packed[0]
@@ -160,7 +162,7 @@ fn weight(b: &mut Builder<'_>, n: &Node, op: &QLinear, packed: &[&Tensor]) -> Re
         WeightFormat::Pow2 { per_channel: pc, .. } => {
             let shifts = packed[1].to_f32_vec();
             let scales: Vec<f32> = (0..m).map(|c| (-shifts[if pc { c } else { 0 }]).exp2()).collect();
-            b.quantized(base, packed[0], per_channel(scales, vec![0; m]))?
+            b.stored_param(base, packed[0], Some(per_channel(scales, vec![0; m])))?
         }
         WeightFormat::Binary { xnor: false } => {
             let w = quant::dequantize(&op.format, packed, m, k)?;
