@@ -36,6 +36,7 @@
 //! | --- | --- | --- |
 //! | `gpu` | the GPU backend on wgpu ([`backend::gpu`]'s executor, `wginfer adapters`) | wgpu, naga, pollster |
 //! | `onnx` | the ONNX importer (`model::onnx`; [`Model::load`] of `.onnx` files) | prost |
+//! | `tflite` | the TFLite (LiteRT) exporter (`model::tflite`); turns on `onnx` | flatbuffers |
 //! | `text` | `Embedder` (tokenizer + encoder), text calibration | tokenizers |
 //! | `serve` | the HTTP server (`serve`); turns on `text` | axum, tokio |
 //! | `cli` | the `wginfer` binary; turns on all of the above | clap, anyhow, ... |

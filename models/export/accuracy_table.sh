@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Rebuilds the accuracy table in docs/export.md: the digits MLP and CNN in
 # each weight format, quantized by wginfer, run by wginfer (CPU) and, after
-# `wginfer export --to onnx`, by onnxruntime (CPU), on the 450 held-out digits.
-#   ORT_PYTHON=/path/to/python bash models/export/accuracy_table.sh
-# (ORT_PYTHON: a python with onnxruntime==1.22.* and numpy.)
+# `wginfer export --to onnx`, by onnxruntime (CPU), and after
+# `wginfer export --to tflite`, by LiteRT (CPU), on the 450 held-out digits.
+#   ORT_PYTHON=/path/to/python LITERT_PYTHON=/path/to/python bash models/export/accuracy_table.sh
+# (ORT_PYTHON: a python with onnxruntime==1.22.* and numpy; LITERT_PYTHON: one
+# with ai-edge-litert==2.3.0 and numpy.)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -n "${WGINFER_BIN:-}" ] || cargo build --release -q
 bin=${WGINFER_BIN:-target/release/wginfer}
 py=${ORT_PYTHON:?set ORT_PYTHON to a python with onnxruntime}
+litert=${LITERT_PYTHON:?set LITERT_PYTHON to a python with ai-edge-litert}
 data=models/digits-mlp/digits_test.safetensors
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -25,8 +28,8 @@ head += b" " * (-len(head) % 8)
 open(sys.argv[2], "wb").write(struct.pack("<Q", len(head)) + head + data[8 + n:])
 PY
 
-echo "| model | format | ONNX form | wginfer | onnxruntime | .onnx bytes |"
-echo "|---|---|---|---|---|---|"
+echo "| model | format | ONNX form | wginfer | onnxruntime | .onnx bytes | LiteRT | .tflite bytes |"
+echo "|---|---|---|---|---|---|---|---|"
 row() {
   local name=$1 model=$2 format=$3 form=$4 data=$data; shift 4
   [ "$name" = CNN ] && data=$tmp/images.safetensors
@@ -40,7 +43,13 @@ row() {
   ours=$("$bin" eval "$q" --data "$data" -b 0 | awk '/^accuracy/ {print $2}')
   "$bin" export "$q" --to onnx -o "$tmp/q.onnx" --force "$@" >/dev/null
   theirs=$("$py" models/export/ort_accuracy.py "$tmp/q.onnx" "$data" | awk '{print $2}')
-  echo "| $name | $format | $form | $ours | $theirs | $(stat -c %s "$tmp/q.onnx") |"
+  # TFLite has no form for int4 blocks or W8A8 (the export says so).
+  local lite="—" lite_bytes="—"
+  if "$bin" export "$q" --to tflite -o "$tmp/q.tflite" --force >/dev/null 2>&1; then
+    lite=$("$litert" models/export/litert_accuracy.py "$tmp/q.tflite" "$data" 2>/dev/null | awk '{print $2}')
+    lite_bytes=$(stat -c %s "$tmp/q.tflite")
+  fi
+  echo "| $name | $format | $form | $ours | $theirs | $(stat -c %s "$tmp/q.onnx") | $lite | $lite_bytes |"
 }
 for m in "MLP models/digits-mlp/model.safetensors" "CNN models/digits-cnn/model.onnx"; do
   set -- $m

@@ -31,7 +31,8 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<()> {
     match args.to.as_str() {
         "onnx" => {}
-        "tflite" | "gguf" => bail!("export to {} is not implemented yet; use --to onnx", args.to),
+        "tflite" => return export_tflite(args),
+        "gguf" => bail!("export to {} is not implemented yet; use --to onnx", args.to),
         other => bail!("unknown export format `{other}`: use onnx"),
     }
     let model = load_model(&args.model)?;
@@ -43,6 +44,22 @@ pub fn run(args: &Args) -> Result<()> {
     let size = std::fs::metadata(&args.output).map(|m| m.len() as usize).unwrap_or(0);
     println!(
         "wrote {} (ONNX opset {OPSET}, {}): {} nodes in wginfer's graph",
+        args.output.display(),
+        bytes(size),
+        model.graph().nodes().len()
+    );
+    Ok(())
+}
+
+/// `--to tflite`: a LiteRT flatbuffer.
+fn export_tflite(args: &Args) -> Result<()> {
+    use wginfer::model::tflite::{export_tflite, TfliteExportOptions, SCHEMA_VERSION};
+    let model = load_model(&args.model)?;
+    let opts = TfliteExportOptions { overwrite: args.force };
+    export_tflite(&model, &args.output, &opts)?;
+    let size = std::fs::metadata(&args.output).map(|m| m.len() as usize).unwrap_or(0);
+    println!(
+        "wrote {} (TFLite schema {SCHEMA_VERSION}, {}): {} nodes in wginfer's graph",
         args.output.display(),
         bytes(size),
         model.graph().nodes().len()

@@ -9,6 +9,8 @@ mod data;
 pub mod gguf;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+#[cfg(feature = "tflite")]
+pub mod tflite;
 
 use std::collections::HashMap;
 use std::path::Path;
