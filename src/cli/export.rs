@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use wginfer::generate::export::GgufWeightType;
 use wginfer::model::onnx::export::{export_onnx, Int4Export, OnnxExportOptions, OPSET};
 
 use super::{bytes, load_model};
@@ -10,7 +11,8 @@ use super::{bytes, load_model};
 /// Arguments of `export`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The model to export (wginfer .safetensors, .onnx, or a BERT directory).
+    /// The model to export (wginfer .safetensors, .onnx, or a BERT directory;
+    /// for `--to gguf` a decoder: .gguf or a Hugging Face *ForCausalLM directory).
     model: PathBuf,
     /// The target format: `onnx` (`tflite` and `gguf` are not written yet).
     #[arg(long, default_value = "onnx")]
@@ -26,12 +28,17 @@ pub struct Args {
     /// block_size, opset 21).
     #[arg(long, default_value = "matmulnbits")]
     int4: Int4Export,
+    /// With `--to gguf`: how matrices are stored: `keep` (as loaded, GGUF
+    /// blocks copied), or re-quantized to `q8_0`, `q4_0`, `q4_1` or `f16`.
+    #[arg(long, default_value = "keep")]
+    gguf_type: GgufWeightType,
 }
 
 pub fn run(args: &Args) -> Result<()> {
     match args.to.as_str() {
         "onnx" => {}
-        "tflite" | "gguf" => bail!("export to {} is not implemented yet; use --to onnx", args.to),
+        "gguf" => return super::export_gguf::run(&args.model, &args.output, args.gguf_type, args.force),
+        "tflite" => bail!("export to {} is not implemented yet; use --to onnx", args.to),
         other => bail!("unknown export format `{other}`: use onnx"),
     }
     let model = load_model(&args.model)?;

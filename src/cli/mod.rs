@@ -8,6 +8,7 @@ mod convert;
 mod embed;
 mod eval;
 mod export;
+mod export_gguf;
 mod generate;
 mod inspect;
 mod prune;

@@ -171,6 +171,30 @@ impl GgufWriter {
             .unwrap_or(DEFAULT_ALIGNMENT)
     }
 
+    /// Tensors added so far.
+    pub fn tensor_count(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// The type of every 2-D tensor, in order.
+    pub fn matrix_types(&self) -> Vec<GgmlType> {
+        self.tensors
+            .iter()
+            .filter(|t| t.dims.len() == 2)
+            .map(|t| t.ggml_type)
+            .collect()
+    }
+
+    /// Moves `other`'s tensors after this file's (its metadata is dropped).
+    /// Names `other` shares with this file are skipped.
+    pub fn take_tensors(&mut self, other: GgufWriter) {
+        for t in other.tensors {
+            if self.names.insert(t.name.clone()) {
+                self.tensors.push(t);
+            }
+        }
+    }
+
     /// Bytes of tensor data (without padding).
     pub fn data_bytes(&self) -> usize {
         self.tensors.iter().map(|t| t.data.len()).sum()
