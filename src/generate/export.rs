@@ -159,10 +159,12 @@ pub fn carried_metadata(file: &GgufFile) -> Vec<(String, MetaValue)> {
     file.metadata_entries()
         .iter()
         .filter(|(k, _)| {
-            !matches!(
+            let own = matches!(
                 k.as_str(),
                 "general.architecture" | "general.alignment" | "general.file_type" | "general.quantization_version"
-            ) && !(k.starts_with(&prefix) && !arch.is_empty())
+            );
+            let hparam = !arch.is_empty() && k.starts_with(&prefix);
+            !own && !hparam
         })
         .cloned()
         .collect()
