@@ -311,3 +311,47 @@ fn bad_input_is_a_typed_error() {
     );
     assert!("q2_k".parse::<GgufWeightType>().is_err());
 }
+
+/// `wginfer export --to gguf` and `wginfer quantize` on a decoder: the files
+/// load with the asked-for matrix types; an existing output needs --force.
+#[test]
+fn the_commands_export_and_quantize_decoders() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = common::root(FIXTURES[1]);
+    let out = dir.path().join("e.gguf");
+    let wginfer = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wginfer"))
+            .args(args)
+            .output()
+            .expect("runs wginfer")
+    };
+    let export_args = [
+        "export".as_ref(),
+        src.as_os_str(),
+        "--to".as_ref(),
+        "gguf".as_ref(),
+        "--gguf-type".as_ref(),
+        "q4_1".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ];
+    let o = wginfer(&export_args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(weights(&out).layers.iter().all(|l| l.w_down.format_name() == "Q4_1"));
+    let again = wginfer(&export_args);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    let q = dir.path().join("q.gguf");
+    let o = wginfer(&[
+        "quantize".as_ref(),
+        src.as_os_str(),
+        "--format".as_ref(),
+        "q8_0".as_ref(),
+        "-o".as_ref(),
+        q.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let w = weights(&q);
+    assert!(w.embed.format_name() == "Q8_0" && w.layers.iter().all(|l| l.wq.format_name() == "Q8_0"));
+}

@@ -13,6 +13,7 @@ mod generate;
 mod inspect;
 mod prune;
 mod quantize;
+mod quantize_decoder;
 mod run;
 mod serve;
 mod svg;
