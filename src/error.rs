@@ -513,6 +513,58 @@ pub enum GgufError {
     Size(#[from] TensorError),
 }
 
+/// What can go wrong writing a GGUF file (see `model::gguf::GgufWriter`)
+/// or exporting a decoder to one (see `generate::export`).
+#[derive(Debug, Error)]
+pub enum GgufExportError {
+    /// The output exists and overwriting was not asked for.
+    #[error("`{}` exists; pass --force (overwrite) to replace it", path.display())]
+    Exists {
+        /// The output path.
+        path: PathBuf,
+    },
+    /// Writing the file failed.
+    #[error("cannot write `{}`: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A metadata entry GGUF cannot hold (a duplicate key, a mixed-type
+    /// array, a bad `general.alignment`).
+    #[error("GGUF metadata `{key}`: {message}")]
+    Metadata {
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A tensor GGUF cannot hold as given (a duplicate name, more than four
+    /// dimensions, bytes that do not match its shape and type).
+    #[error("GGUF tensor `{name}`: {message}")]
+    Tensor {
+        /// The tensor's name.
+        name: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A weight type the export cannot produce or carry.
+    #[error("tensor `{name}`: {message}")]
+    Unsupported {
+        /// The tensor's name.
+        name: String,
+        /// Why.
+        message: String,
+    },
+    /// The decoder could not be loaded or its tokenizer read.
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    /// The source GGUF file could not be read.
+    #[error("GGUF: {0}")]
+    Gguf(#[from] GgufError),
+}
+
 /// What can go wrong importing an ONNX file.
 #[derive(Debug, Error)]
 pub enum OnnxError {

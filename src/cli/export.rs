@@ -1,8 +1,9 @@
-//! `wginfer export MODEL --to onnx -o OUT [--force] [--int4 matmulnbits|dq]`
+//! `wginfer export MODEL --to onnx|tflite|gguf -o OUT [--force] [--int4 matmulnbits|dq] [--gguf-type T]`
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use wginfer::generate::export::GgufWeightType;
 use wginfer::model::onnx::export::{export_onnx, Int4Export, OnnxExportOptions, OPSET};
 
 use super::{bytes, load_model};
@@ -10,9 +11,10 @@ use super::{bytes, load_model};
 /// Arguments of `export`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The model to export (wginfer .safetensors, .onnx, or a BERT directory).
+    /// The model to export (wginfer .safetensors, .onnx, or a BERT directory;
+    /// for `--to gguf` a decoder: .gguf or a Hugging Face *ForCausalLM directory).
     model: PathBuf,
-    /// The target format: `onnx` (`tflite` and `gguf` are not written yet).
+    /// The target format: `onnx`, `tflite` (LiteRT) or `gguf` (decoders, for llama.cpp).
     #[arg(long, default_value = "onnx")]
     to: String,
     /// Where to write the exported file.
@@ -26,14 +28,18 @@ pub struct Args {
     /// block_size, opset 21).
     #[arg(long, default_value = "matmulnbits")]
     int4: Int4Export,
+    /// With `--to gguf`: how matrices are stored: `keep` (as loaded, GGUF
+    /// blocks copied), or re-quantized to `q8_0`, `q4_0`, `q4_1` or `f16`.
+    #[arg(long, default_value = "keep")]
+    gguf_type: GgufWeightType,
 }
 
 pub fn run(args: &Args) -> Result<()> {
     match args.to.as_str() {
         "onnx" => {}
         "tflite" => return export_tflite(args),
-        "gguf" => bail!("export to {} is not implemented yet; use --to onnx", args.to),
-        other => bail!("unknown export format `{other}`: use onnx"),
+        "gguf" => return super::export_gguf::run(&args.model, &args.output, args.gguf_type, args.force),
+        other => bail!("unknown export format `{other}`: use onnx, tflite or gguf"),
     }
     let model = load_model(&args.model)?;
     let opts = OnnxExportOptions {

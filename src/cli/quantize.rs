@@ -16,10 +16,12 @@ use super::{bytes, load_data, load_model, thousands};
 /// Arguments of `quantize`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The model file.
+    /// The model file (or a decoder: .gguf, Hugging Face directory).
     model: PathBuf,
     /// Weight format: f16, int8, int8-affine, pow2, pow2-tensor, int4, int4-min,
     /// binary, binary-xnor, w8a8 (w8a8+o8: 8 input channels kept in f32).
+    /// For a decoder (.gguf or a Hugging Face directory; the output is GGUF):
+    /// q8_0, q4_0, q4_1, f16.
     #[arg(long, short)]
     format: Option<String>,
     /// int4 block size (32, 64 or 128).
@@ -50,7 +52,8 @@ pub struct Args {
     /// one (default 16, at most in/16; 0: none); without calibration, none.
     #[arg(long)]
     outliers: Option<u32>,
-    /// Labelled data to report accuracy before and after (as `eval --data`).
+    /// Labelled data to report accuracy before and after (as `eval --data`);
+    /// for a decoder, a text file whose perplexity is reported before and after.
     #[arg(long)]
     eval: Option<PathBuf>,
     /// Where to write the quantized model.
@@ -158,6 +161,14 @@ fn calibration(model: &Model, model_path: &Path, path: &Path) -> Result<Calibrat
 }
 
 pub fn run(args: &Args, device: Device) -> Result<()> {
+    if super::quantize_decoder::is_decoder(&args.model) {
+        let format = args
+            .format
+            .as_deref()
+            .ok_or_else(|| anyhow!("give --format for a decoder"))?;
+        let gptq = args.calibration.is_some();
+        return super::quantize_decoder::run(&args.model, format, &args.output, args.eval.as_deref(), gptq, &device);
+    }
     let config: Config = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;

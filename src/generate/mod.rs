@@ -8,6 +8,7 @@ pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod cpu;
+pub mod export;
 #[cfg(feature = "text")]
 pub mod generator;
 #[cfg(feature = "gpu")]

@@ -1,17 +1,21 @@
 //! GGUF files (llama.cpp's format, versions 2 and 3): the metadata, the
-//! tensor table and each tensor's bytes, read whole into memory.
+//! tensor table and each tensor's bytes, read whole into memory; and
+//! [`GgufWriter`], which writes version 3 files the reader and llama.cpp read.
 //!
 //! Every count and length read from the file is checked against the bytes
 //! that remain before anything is allocated, and every failure is a
 //! [`GgufError`] that names the field.
 
 mod reader;
+mod writer;
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
 use crate::error::GgufError;
+
+pub use writer::{check_target, GgufWriter, WRITE_VERSION};
 
 /// The default `general.alignment` of the data section.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
