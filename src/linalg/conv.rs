@@ -137,7 +137,7 @@ impl PackedLhs {
         if k == 0 {
             for i in 0..m {
                 let v = if bias.is_null() { 0.0 } else { *bias.add(i) };
-                let v = if relu { v.max(0.0) } else { v };
+                let v = if relu { relu_f32(v) } else { v };
                 for j in 0..n {
                     c.add(i * ldc + j).write(v);
                 }
@@ -181,6 +181,17 @@ impl PackedLhs {
     }
 }
 
+/// ReLU as the `Relu` op computes it: 0 below zero, `v` otherwise (NaN
+/// and -0.0 pass through).
+#[inline(always)]
+fn relu_f32(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
 /// Whether the AVX2 + FMA kernel runs on this CPU.
 pub fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -211,7 +222,7 @@ unsafe fn tile_generic(a: *const f32, b: *const f32, ldb: usize, kc: usize, rows
             let dst = e.c.add(r * e.ldc + j);
             let mut v = v + if e.accumulate { *dst } else { bias };
             if e.relu {
-                v = v.max(0.0);
+                v = relu_f32(v);
             }
             dst.write(v);
         }
@@ -273,8 +284,9 @@ mod avx2 {
                 v[1] = _mm256_add_ps(v[1], bv);
             }
             if e.relu {
-                v[0] = _mm256_max_ps(v[0], zero);
-                v[1] = _mm256_max_ps(v[1], zero);
+                // max(0, v) returns v when v is NaN and keeps -0.0, as `Relu` does.
+                v[0] = _mm256_max_ps(zero, v[0]);
+                v[1] = _mm256_max_ps(zero, v[1]);
             }
             if full {
                 _mm256_storeu_ps(dst, v[0]);
@@ -428,10 +440,25 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, r
     if y.is_empty() {
         return y;
     }
+    if batched_fits(s) {
+        conv2d_batched(s, x, w, bias, relu, &mut y);
+        return y;
+    }
     if wide_fits(s) {
         conv2d_wide(s, x, w, bias, relu, &mut y);
         return y;
     }
+    conv2d_tiled(s, x, w, bias, relu, &mut y);
+    y
+}
+
+/// A convolution over tiles of output pixels, an im2col tile per task (the
+/// input itself for a 1×1 unit-stride convolution), tasks over images ×
+/// pixel tiles.
+fn conv2d_tiled(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, relu: bool, y: &mut [f32]) {
+    let g = &s.geom;
+    let (cg, mg) = (s.c / s.group.max(1), s.m / s.group.max(1));
+    let (plane, pix, kk) = (g.h * g.w, g.oh * g.ow, cg * g.kh * g.kw);
     let direct = g.kh == 1 && g.kw == 1 && g.s == [1, 1] && g.pad == [0, 0] && g.oh == g.h && g.ow == g.w;
     // Pixels per task: what fits the im2col tile; fewer when there are
     // fewer images than threads, so a single image is split between them.
@@ -494,7 +521,166 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, r
     } else {
         (0..tasks).for_each(task);
     }
-    y
+}
+
+/// Output pixels per image at or below which [`conv2d_batched`] may take a
+/// convolution.
+const SMALL_PIX: usize = 256;
+/// The largest im2col matrix (floats) of one image that [`conv2d_batched`]
+/// takes, and the size (128 KiB) it fills per task where images allow.
+const BATCH_COL_MAX: usize = 1 << 15;
+
+thread_local! {
+    /// Each thread's padded planes and im2col matrix (see [`conv2d_batched`]).
+    static BATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Whether [`conv2d_batched`] takes this convolution: small output planes
+/// whose im2col matrix fits [`BATCH_COL_MAX`].
+fn batched_fits(s: &ConvShape) -> bool {
+    let g = &s.geom;
+    let kk = (s.c / s.group.max(1)) * g.kh * g.kw;
+    let pix = g.oh * g.ow;
+    pix > 0 && pix <= SMALL_PIX && kk * pix <= BATCH_COL_MAX
+}
+
+/// The extent `(hp, wp)` of the zero-padded input the outputs read.
+fn padded_dims(g: &Im2col) -> (usize, usize) {
+    let hp = (g.oh - 1) * g.s[0] + (g.kh - 1) * g.d[0] + 1;
+    let wp = (g.ow - 1) * g.s[1] + (g.kw - 1) * g.d[1] + 1;
+    (hp, wp)
+}
+
+/// Copies `cg` input planes `h × w` into zero-padded planes `hp × wp`
+/// (the top and left pads before them, only what the outputs read).
+fn pad_planes(g: &Im2col, x: &[f32], cg: usize, pad: &mut [f32]) {
+    let (hp, wp) = padded_dims(g);
+    let plane = g.h * g.w;
+    pad[..cg * hp * wp].fill(0.0);
+    let rows = g.h.min(hp.saturating_sub(g.pad[0]));
+    let n = g.w.min(wp.saturating_sub(g.pad[1]));
+    for (c, pc) in pad.chunks_mut(hp * wp).take(cg).enumerate() {
+        for iy in 0..rows {
+            let dst = &mut pc[(iy + g.pad[0]) * wp + g.pad[1]..][..n];
+            dst.copy_from_slice(&x[c * plane + iy * g.w..][..n]);
+        }
+    }
+}
+
+/// One image's im2col columns from its padded planes: row `(c, ky, kx)`
+/// (`ld` apart in `col`) gets that tap of every output pixel.
+///
+/// # Panics
+/// If `pad` or `col` is shorter than the sizes say.
+fn fill_from_padded(g: &Im2col, pad: &[f32], cg: usize, col: &mut [f32], ld: usize) {
+    let (hp, wp) = padded_dims(g);
+    let (pix, rows) = (g.oh * g.ow, cg * g.kh * g.kw);
+    assert!(
+        rows == 0 || (pad.len() >= cg * hp * wp && ld >= pix && col.len() >= (rows - 1) * ld + pix),
+        "fill_from_padded sizes"
+    );
+    let (sy, sx, ow) = (g.s[0] * wp, g.s[1], g.ow);
+    let mut r = 0;
+    for c in 0..cg {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let base = c * hp * wp + ky * g.d[0] * wp + kx * g.d[1];
+                // SAFETY: the last read, (oh-1)·sy + (ow-1)·sx past `base`, is
+                // c·hp·wp + (hp-1)·wp + wp-1 (see `padded_dims`), inside
+                // `pad`; the writes are row r's pix floats, inside `col`.
+                unsafe {
+                    let (src, dst) = (pad.as_ptr().add(base), col.as_mut_ptr().add(r * ld));
+                    for oy in 0..g.oh {
+                        let (s, d) = (src.add(oy * sy), dst.add(oy * ow));
+                        if sx == 1 {
+                            copy_short_raw(d, s, ow);
+                        } else {
+                            for ox in 0..ow {
+                                *d.add(ox) = *s.add(ox * sx);
+                            }
+                        }
+                    }
+                }
+                r += 1;
+            }
+        }
+    }
+}
+
+/// Copies `n` floats (a few: an output row) in fixed-size moves rather
+/// than a `memcpy` call.
+///
+/// # Safety
+/// `src` readable and `dst` writable for `n` floats, not overlapping.
+#[inline(always)]
+unsafe fn copy_short_raw(dst: *mut f32, src: *const f32, n: usize) {
+    let mut i = 0;
+    while i + 8 <= n {
+        std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), 8);
+        i += 8;
+    }
+    if i + 4 <= n {
+        std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), 4);
+        i += 4;
+    }
+    while i < n {
+        *dst.add(i) = *src.add(i);
+        i += 1;
+    }
+}
+
+/// A convolution with small output planes, several images per task: each
+/// image's planes are copied into zero-padded planes, its im2col columns
+/// (exact: `oh·ow` per image) go side by side into one matrix of the
+/// task's images, and the GEMM runs per image on its columns, writing the
+/// output planes in place.
+fn conv2d_batched(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, relu: bool, y: &mut [f32]) {
+    let g = &s.geom;
+    let (cg, mg) = (s.c / s.group, s.m / s.group);
+    let (plane, pix, kk) = (g.h * g.w, g.oh * g.ow, cg * g.kh * g.kw);
+    let (hp, wp) = padded_dims(g);
+    let macs = s.n * s.m * pix * kk;
+    let threads = rayon::current_num_threads();
+    let parallel = macs >= PARALLEL_MIN_MACS && s.n > 1 && threads > 1;
+    let mut chunk = (BATCH_COL_MAX / (kk * pix)).clamp(1, s.n);
+    if parallel {
+        chunk = chunk.min(s.n.div_ceil(threads));
+    }
+    let tasks = s.n.div_ceil(chunk);
+    let out_ptr = OutPtr(y.as_mut_ptr());
+    let task = |t: usize| {
+        let (i0, i1) = (t * chunk, ((t + 1) * chunk).min(s.n));
+        let ld = (i1 - i0) * pix;
+        let dst_ptr = out_ptr;
+        BATCH.with(|bufs| {
+            let (pad, col) = &mut *bufs.borrow_mut();
+            pad.resize(cg * hp * wp, 0.0);
+            col.resize(kk * ld, 0.0);
+            for (gi, wg) in w.iter().enumerate() {
+                for img in i0..i1 {
+                    pad_planes(g, &x[(img * s.c + gi * cg) * plane..][..cg * plane], cg, pad);
+                    fill_from_padded(g, pad, cg, &mut col[(img - i0) * pix..], ld);
+                }
+                let bias = bias.map_or(std::ptr::null(), |b| b[gi * mg..].as_ptr());
+                for img in i0..i1 {
+                    // SAFETY: `col` holds kk rows of `ld` floats, this image's
+                    // columns from (img - i0)·pix; the output rows g·mg.. of
+                    // image img (pix floats each) lie in y and only this task
+                    // writes them.
+                    unsafe {
+                        let c = dst_ptr.0.add((img * s.m + gi * mg) * pix);
+                        wg.run_raw(col.as_ptr().add((img - i0) * pix), ld, pix, bias, relu, c, pix);
+                    }
+                }
+            }
+        })
+    };
+    if parallel && tasks > 1 {
+        use rayon::prelude::*;
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
 }
 
 /// The largest wide im2col matrix (floats) [`conv2d_wide`] builds per image.
@@ -649,6 +835,121 @@ mod tests {
                         if ldc > n {
                             assert!(c[i * ldc + n].is_nan(), "wrote past n");
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One of the convolution paths.
+    type PathFn = fn(&ConvShape, &[f32], &[PackedLhs], Option<&[f32]>, bool, &mut [f32]);
+
+    /// The convolution in f64 loops, straight from the definition.
+    fn naive(s: &ConvShape, x: &[f32], w: &[f32], bias: &[f32], relu: bool) -> Vec<f64> {
+        let g = &s.geom;
+        let (cg, mg) = (s.c / s.group, s.m / s.group);
+        let mut y = vec![0.0f64; s.n * s.m * g.oh * g.ow];
+        for n in 0..s.n {
+            for m in 0..s.m {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut acc = bias[m] as f64;
+                        for ci in 0..cg {
+                            let c = (m / mg) * cg + ci;
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let iy = (oy * g.s[0] + ky * g.d[0]) as isize - g.pad[0] as isize;
+                                    let ix = (ox * g.s[1] + kx * g.d[1]) as isize - g.pad[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((n * s.c + c) * g.h + iy as usize) * g.w + ix as usize];
+                                    acc += xv as f64 * w[((m * cg + ci) * g.kh + ky) * g.kw + kx] as f64;
+                                }
+                            }
+                        }
+                        y[((n * s.m + m) * g.oh + oy) * g.ow + ox] = if relu && acc < 0.0 { 0.0 } else { acc };
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Every path (batched small planes, wide unit-stride, im2col tiles)
+    /// against the loops, on odd sizes: channel and pixel remainders,
+    /// padding, strides, dilations, groups, ReLU.
+    #[test]
+    fn every_path_matches_loops() {
+        let mut seed = 11;
+        // (n, c, m, group, h, w, kh, kw, stride, dilation, pad [t, l, b, r])
+        #[allow(clippy::type_complexity)]
+        let cases: &[(
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            [usize; 2],
+            [usize; 2],
+            [usize; 4],
+        )] = &[
+            (3, 1, 8, 1, 8, 8, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (5, 8, 16, 1, 4, 4, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (2, 3, 7, 1, 9, 7, 3, 2, [2, 1], [1, 1], [0, 1, 2, 0]),
+            (4, 6, 9, 3, 7, 9, 3, 3, [1, 2], [2, 1], [2, 1, 1, 2]),
+            (1, 4, 4, 4, 5, 6, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (2, 5, 13, 1, 6, 5, 1, 1, [1, 1], [1, 1], [0, 0, 0, 0]),
+            (3, 2, 5, 1, 11, 10, 5, 4, [3, 2], [1, 2], [2, 0, 1, 3]),
+            (2, 3, 11, 1, 20, 19, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+        ];
+        for &(n, c, m, group, h, wd, kh, kw, st, dl, pad) in cases {
+            let oh = (h + pad[0] + pad[2] - (kh - 1) * dl[0] - 1) / st[0] + 1;
+            let ow = (wd + pad[1] + pad[3] - (kw - 1) * dl[1] - 1) / st[1] + 1;
+            let geom = Im2col {
+                h,
+                w: wd,
+                kh,
+                kw,
+                s: st,
+                d: dl,
+                pad: [pad[0], pad[1]],
+                oh,
+                ow,
+            };
+            let s = ConvShape { n, c, m, group, geom };
+            let (cg, mg) = (c / group, m / group);
+            let kk = cg * kh * kw;
+            let x: Vec<f32> = (0..n * c * h * wd).map(|_| next(&mut seed)).collect();
+            let w: Vec<f32> = (0..m * kk).map(|_| next(&mut seed)).collect();
+            let bias: Vec<f32> = (0..m).map(|_| next(&mut seed)).collect();
+            let packed: Vec<PackedLhs> = (0..group)
+                .map(|gi| PackedLhs::new(&w[gi * mg * kk..], mg, kk, kk))
+                .collect();
+            for relu in [false, true] {
+                let want = naive(&s, &x, &w, &bias, relu);
+                let mut paths: Vec<(&str, Vec<f32>)> = Vec::new();
+                let run = |f: PathFn| {
+                    let mut y = vec![f32::NAN; want.len()];
+                    f(&s, &x, &packed, Some(&bias), relu, &mut y);
+                    y
+                };
+                paths.push(("batched", run(conv2d_batched)));
+                paths.push(("tiled", run(conv2d_tiled)));
+                if st == [1, 1] {
+                    paths.push(("wide", run(conv2d_wide)));
+                }
+                paths.push(("conv2d", conv2d(&s, &x, &packed, Some(&bias), relu)));
+                for (name, got) in paths {
+                    for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g as f64 - e).abs() <= 1e-5 * (1.0 + e.abs()) * (kk as f64).sqrt(),
+                            "{name} {:?} relu {relu} at {i}: {g} vs {e}",
+                            (n, c, m, group, h, wd, kh, kw, st, dl, pad)
+                        );
                     }
                 }
             }

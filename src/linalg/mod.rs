@@ -9,6 +9,7 @@
 pub mod binary;
 pub mod conv;
 pub mod f32gemm;
+pub mod gemv;
 pub mod ggml;
 pub mod int8;
 pub mod norm;
@@ -199,6 +200,18 @@ pub fn exp_fast(x: f32) -> f32 {
     // n sits in the low mantissa bits of t (two's complement around 1.5·2^23).
     let e = t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127) << 23;
     y * f32::from_bits(e)
+}
+
+/// ReLU in place, as the `Relu` op computes it: 0 below zero, the value
+/// otherwise (NaN and -0.0 pass through).
+pub fn relu_in_place(x: &mut [f32]) {
+    simd(|| {
+        for v in x.iter_mut() {
+            if *v < 0.0 {
+                *v = 0.0;
+            }
+        }
+    })
 }
 
 /// Applies `f` to every element, in parallel for large inputs. Each task

@@ -244,10 +244,12 @@ pub struct Conv {
 }
 
 /// A Conv weight `[m, cg, kh, kw]` packed per group, each group's
-/// `[m/group, cg·kh·kw]` rows a [`PackedLhs`].
+/// `[m/group, cg·kh·kw]` rows a [`PackedLhs`]; `relu` when a ReLU that
+/// reads only this Conv runs in its epilogue (see [`Conv::with_relu`]).
 struct PreparedConv {
     shape: [usize; 4],
-    groups: Vec<PackedLhs>,
+    groups: Arc<[PackedLhs]>,
+    relu: bool,
 }
 
 struct ConvPlan {
@@ -323,6 +325,19 @@ impl Conv {
                 ow: p.x.out,
             },
         }
+    }
+
+    /// `prepared` (what [`Op::prepare_cpu`] returned) with ReLU applied in
+    /// the GEMM's epilogue: [`Op::cpu_prepared`] then returns
+    /// `Relu(Conv(x))`, the CPU backend's fusion of a Conv and the Relu that
+    /// alone reads it. `None` when `prepared` is not this op's.
+    pub fn with_relu(&self, prepared: &Prepared) -> Option<Prepared> {
+        let pc = prepared.0.downcast_ref::<PreparedConv>()?;
+        Some(Prepared(Arc::new(PreparedConv {
+            shape: pc.shape,
+            groups: Arc::clone(&pc.groups),
+            relu: true,
+        })))
     }
 
     fn bias<'a>(&self, inputs: &[&'a Tensor]) -> Result<Option<&'a [f32]>, OpError> {
@@ -528,12 +543,13 @@ impl Op for Conv {
             return None;
         }
         let (mg, kk) = (m / g, cg * kh * kw);
-        let groups = (0..g)
+        let groups: Arc<[PackedLhs]> = (0..g)
             .map(|gi| PackedLhs::new(&data[gi * mg * kk..][..mg * kk], mg, kk, kk))
             .collect();
         Some(Prepared(Arc::new(PreparedConv {
             shape: [m, cg, kh, kw],
             groups,
+            relu: false,
         })))
     }
 
@@ -542,15 +558,17 @@ impl Op for Conv {
     fn cpu_prepared(&self, inputs: &[&Tensor], prepared: &Prepared) -> Result<Vec<Tensor>, OpError> {
         check_arity(inputs.len(), 2, 3, "2 or 3 (x, w, optional b)")?;
         let p = self.plan(inputs[0].shape(), inputs[1].shape(), inputs.get(2).map(|b| b.shape()))?;
-        let Some(pc) = prepared
-            .0
-            .downcast_ref::<PreparedConv>()
-            .filter(|c| c.shape == [p.m, p.cg, p.kh, p.kw] && c.groups.len() == self.group)
-        else {
-            return self.cpu(inputs);
+        let pc = prepared.0.downcast_ref::<PreparedConv>();
+        let Some(pc) = pc.filter(|c| c.shape == [p.m, p.cg, p.kh, p.kw] && c.groups.len() == self.group) else {
+            let y = self.cpu(inputs)?;
+            return if pc.is_some_and(|c| c.relu) {
+                relu_outputs(y)
+            } else {
+                Ok(y)
+            };
         };
         let (x, b) = (f32_input(inputs, 0)?, self.bias(inputs)?);
-        let y = conv2d(&self.shape(&p), x, &pc.groups, b, false);
+        let y = conv2d(&self.shape(&p), x, &pc.groups, b, pc.relu);
         Ok(vec![Tensor::from_vec(vec![p.n, p.m, p.y.out, p.x.out], y)?])
     }
 
@@ -634,6 +652,18 @@ impl Op for Conv {
             _ => 0,
         }
     }
+}
+
+/// Each output with ReLU applied (a fused Conv's fallback).
+fn relu_outputs(outputs: Vec<Tensor>) -> Result<Vec<Tensor>, OpError> {
+    outputs
+        .into_iter()
+        .map(|t| {
+            let mut y = t.as_f32()?.to_vec();
+            linalg::relu_in_place(&mut y);
+            Ok(Tensor::from_vec(t.shape().to_vec(), y)?)
+        })
+        .collect()
 }
 
 fn conv_case(rng: &mut CaseRng, x: [usize; 4], m: usize, k: [usize; 2], group: usize, attrs: Attrs) -> OpCase {

@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use super::{check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Prepared, Validation};
 use crate::error::OpError;
 use crate::linalg::{self, f32gemm::PackedF32, MatRef};
@@ -92,47 +90,6 @@ impl PreparedF32 {
     }
 }
 
-/// Below this many multiply-adds a one-row product runs on one thread.
-const GEMV_PARALLEL_MIN: usize = 1 << 16;
-
-/// `y [n] = W [n, k] · x (+ bias)`: a dot product per output over the
-/// weight's contiguous rows (compiled for AVX2 where the CPU has it),
-/// parallel over output ranges, a thread each, for large layers.
-fn gemv(x: &[f32], w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
-    let k = x.len();
-    let mut y = vec![0.0f32; n];
-    let range = |j0: usize, ys: &mut [f32]| {
-        linalg::simd(|| {
-            for (j, v) in ys.iter_mut().enumerate() {
-                *v = dot(x, &w[(j0 + j) * k..][..k]) + bias.map_or(0.0, |b| b[j0 + j]);
-            }
-        })
-    };
-    let threads = rayon::current_num_threads();
-    if n * k >= GEMV_PARALLEL_MIN && threads > 1 && n > 1 {
-        let per = n.div_ceil(threads);
-        y.par_chunks_mut(per).enumerate().for_each(|(t, ys)| range(t * per, ys));
-    } else {
-        range(0, &mut y);
-    }
-    y
-}
-
-/// A dot product with 16 independent partial sums, inlined so it
-/// vectorizes with the caller's target features.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// `x · w + bias` through the `gemm` crate, `w` a `[k, n]` view of the
 /// weight (the stored `[n, k]` transposed, or a prepared copy).
 fn gemm_with_bias(inputs: &[&Tensor], m: usize, k: usize, n: usize, w: MatRef<'_>) -> Result<Vec<Tensor>, OpError> {
@@ -149,6 +106,28 @@ fn gemm_with_bias(inputs: &[&Tensor], m: usize, k: usize, n: usize, w: MatRef<'_
     };
     linalg::sgemm(MatRef::row_major(x, m, k), w, &mut y, accumulate)?;
     Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?])
+}
+
+/// What [`Linear::prepare_cpu`](Op::prepare_cpu) derives: the weight as a
+/// [`PreparedF32`], and whether a ReLU that reads only this Linear runs on
+/// its output (see [`Linear::with_relu`]).
+struct PreparedLinear {
+    w: Arc<PreparedF32>,
+    relu: bool,
+}
+
+impl Linear {
+    /// `prepared` (what [`Op::prepare_cpu`] returned) with ReLU applied to
+    /// the product: [`Op::cpu_prepared`] then returns `Relu(Linear(x))`, the
+    /// CPU backend's fusion of a Linear and the Relu that alone reads it.
+    /// `None` when `prepared` is not this op's.
+    pub fn with_relu(&self, prepared: &Prepared) -> Option<Prepared> {
+        let p = prepared.0.downcast_ref::<PreparedLinear>()?;
+        Some(Prepared(Arc::new(PreparedLinear {
+            w: Arc::clone(&p.w),
+            relu: true,
+        })))
+    }
 }
 
 /// Rows, inner and output sizes of a concrete Linear call.
@@ -267,33 +246,39 @@ impl Op for Linear {
         let (&[n, k], Ok(data)) = (w.shape(), w.as_f32()) else {
             return None;
         };
-        Some(Prepared(Arc::new(PreparedF32::new(data, n, k))))
+        Some(Prepared(Arc::new(PreparedLinear {
+            w: Arc::new(PreparedF32::new(data, n, k)),
+            relu: false,
+        })))
     }
 
     fn cpu_prepared(&self, inputs: &[&Tensor], prepared: &Prepared) -> Result<Vec<Tensor>, OpError> {
         let (m, k, n) = dims(inputs)?;
         let x = f32_input(inputs, 0)?;
-        let Some(wp) = prepared.0.downcast_ref::<PreparedF32>().filter(|w| w.dims() == (n, k)) else {
-            return self.cpu(inputs);
-        };
-        if m == 1 {
-            // One row: dot products over the [out, in] weight's contiguous
-            // rows (gemm packs for its microkernel and reaches half this speed).
-            let w = f32_input(inputs, 1)?;
-            let b = if inputs.len() == 3 {
-                Some(f32_input(inputs, 2)?)
-            } else {
-                None
-            };
-            let y = gemv(x, w, n, b);
-            return Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?]);
-        }
+        let pl = prepared.0.downcast_ref::<PreparedLinear>();
+        let relu = pl.is_some_and(|p| p.relu);
         let b = if inputs.len() == 3 {
             Some(f32_input(inputs, 2)?)
         } else {
             None
         };
-        let y = wp.run(x, m, b)?;
+        if m == 1 {
+            // One row: dot products over the [out, in] weight's contiguous
+            // rows (gemm packs for its microkernel and reaches half this speed).
+            let mut y = vec![0.0f32; n];
+            linalg::gemv::gemv(x, f32_input(inputs, 1)?, b, relu, &mut y);
+            return Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?]);
+        }
+        let mut y = if let Some(p) = pl.filter(|p| p.w.dims() == (n, k)) {
+            p.w.run(x, m, b)?
+        } else {
+            let w = f32_input(inputs, 1)?;
+            let out = gemm_with_bias(inputs, m, k, n, MatRef::transposed(w, k, n))?;
+            out.into_iter().next().map(|t| t.to_f32_vec()).unwrap_or_default()
+        };
+        if relu {
+            linalg::relu_in_place(&mut y);
+        }
         Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?])
     }
 

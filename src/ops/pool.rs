@@ -440,6 +440,9 @@ fn max_pool_2d(g: &Geom, x: &[f32], nc: usize) -> Vec<f32> {
         })
         .collect();
     let pairs = [ky, kx, sy, sx] == [2, 2, 2, 2] && py == 0 && px == 0 && 2 * oh <= h && 2 * ow <= w;
+    if pairs && h == 2 * oh && w == 2 * ow && nc * oh * ow < PARALLEL_MIN_OUT {
+        return max_pool_pairs_flat(x, nc * oh, ow);
+    }
     let plane_fn = |xp: &[f32], yp: &mut [f32]| {
         if pairs {
             // The common 2×2 window, stride 2, no padding: one pass per output row.
@@ -480,6 +483,29 @@ fn max_pool_2d(g: &Geom, x: &[f32], nc: usize) -> Vec<f32> {
     } else {
         y.chunks_mut(out_plane).enumerate().for_each(each);
     }
+    y
+}
+
+/// The 2×2, stride-2 MaxPool of planes that split exactly into windows,
+/// for small tensors on one thread: `rows` output rows of `ow`, output row
+/// `r` reading input rows `2r` and `2r + 1` of `2·ow` (the planes follow
+/// one another, so the whole tensor is one run of row pairs). A pass of
+/// column-pair maxima over the flat input, then one of row-pair maxima:
+/// `max(max(a0, a1), max(b0, b1))`, the order of the per-row path.
+fn max_pool_pairs_flat(x: &[f32], rows: usize, ow: usize) -> Vec<f32> {
+    let mut half = vec![0.0f32; 2 * rows * ow];
+    let mut y = vec![0.0f32; rows * ow];
+    linalg::simd(|| {
+        for (o, p) in half.iter_mut().zip(x.chunks_exact(2)) {
+            *o = nan_max(p[0], p[1]);
+        }
+        for (out, pair) in y.chunks_exact_mut(ow.max(1)).zip(half.chunks_exact(2 * ow.max(1))) {
+            let (a, b) = pair.split_at(ow);
+            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                *o = nan_max(a, b);
+            }
+        }
+    });
     y
 }
 
@@ -882,6 +908,10 @@ mod tests {
         for (shape, a) in [
             (
                 [64, 32, 28, 28],
+                serde_json::json!({"kernel_shape": [2, 2], "strides": [2, 2]}),
+            ),
+            (
+                [3, 5, 8, 6],
                 serde_json::json!({"kernel_shape": [2, 2], "strides": [2, 2]}),
             ),
             (

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::RunError;
 use crate::graph::Graph;
-use crate::ops::Prepared;
+use crate::ops::conv::Conv;
+use crate::ops::linear::Linear;
+use crate::ops::unary::{Unary, UnaryKind};
+use crate::ops::{Op, Prepared};
 use crate::plan::{ExecPlan, Source};
 use crate::tensor::{check_alloc, checked_bytes, Tensor, ValueType};
 
@@ -31,6 +34,9 @@ pub struct CpuExecutor {
     kernels: CpuKernels,
     /// Per plan step, what the op prepared from its constant inputs.
     prepared: Vec<Option<Prepared>>,
+    /// Per plan step, whether it is a Relu folded into the step before it
+    /// (see [`CpuExecutor::fuse_relus`]): it hands its input on unchanged.
+    passthrough: Vec<bool>,
     /// Input shapes whose every intermediate value was checked against the
     /// allocation limit (see [`CpuExecutor::check_sizes`]).
     checked: Arc<Mutex<HashSet<Vec<Vec<usize>>>>>,
@@ -44,10 +50,12 @@ impl CpuExecutor {
     pub fn new(graph: &Graph, kernels: CpuKernels) -> Self {
         let plan = ExecPlan::new(graph);
         let prepared = vec![None; plan.steps.len()];
+        let passthrough = vec![false; plan.steps.len()];
         Self {
             plan,
             kernels,
             prepared,
+            passthrough,
             checked: Arc::default(),
         }
     }
@@ -108,6 +116,7 @@ impl CpuExecutor {
     /// every run. Runs must then be given the same `params`. A no-op for the
     /// reference kernels, which stay the plain code the tests trust.
     pub fn prepare(&mut self, graph: &Graph, params: &HashMap<String, Tensor>) {
+        self.passthrough.fill(false);
         if self.kernels == CpuKernels::Reference {
             return;
         }
@@ -122,6 +131,52 @@ impl CpuExecutor {
                 .collect();
             if consts.iter().any(Option::is_some) {
                 self.prepared[i] = graph.nodes()[step.node].op.prepare_cpu(&consts);
+            }
+        }
+        self.fuse_relus(graph);
+    }
+
+    /// Folds each Relu into the prepared Conv or Linear it reads, when it is
+    /// that op's only reader and the op's output is no graph output: the op
+    /// applies ReLU to its result ([`Conv::with_relu`], [`Linear::with_relu`])
+    /// and the Relu step passes the value on.
+    fn fuse_relus(&mut self, graph: &Graph) {
+        let mut readers: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            for src in &step.inputs {
+                if let Source::Slot(s) = src {
+                    let r = readers.entry(*s).or_default();
+                    if r.last() != Some(&i) {
+                        r.push(i);
+                    }
+                }
+            }
+        }
+        let outputs: HashSet<usize> = (self.plan.output_sources.iter())
+            .filter_map(|src| match src {
+                Source::Slot(s) => Some(*s),
+                Source::Param(_) => None,
+            })
+            .collect();
+        for i in 0..self.plan.steps.len() {
+            let (step, Some(prepared)) = (&self.plan.steps[i], &self.prepared[i]) else {
+                continue;
+            };
+            let &[out] = step.outputs.as_slice() else { continue };
+            let Some(&[j]) = readers.get(&out).map(Vec::as_slice) else {
+                continue;
+            };
+            let next = &self.plan.steps[j];
+            let is_relu = graph.nodes()[next.node]
+                .op
+                .downcast_ref::<Unary>()
+                .is_some_and(|u| matches!(u.kind, UnaryKind::Relu));
+            if outputs.contains(&out) || !is_relu || next.inputs != [Source::Slot(out)] || next.outputs.len() != 1 {
+                continue;
+            }
+            if let Some(fused) = with_relu(graph.nodes()[step.node].op.as_ref(), prepared) {
+                self.prepared[i] = Some(fused);
+                self.passthrough[j] = true;
             }
         }
     }
@@ -174,7 +229,23 @@ impl CpuExecutor {
                 op: node.op.op_type().to_string(),
                 source,
             };
-            let outputs = {
+            let outputs = if self.passthrough[i] {
+                // A Relu its producer already applied: its only input moves on.
+                let t0 = times.is_some().then(Instant::now);
+                let moved = match &step.inputs[0] {
+                    Source::Slot(s) => slots[*s].take(),
+                    Source::Param(_) => None,
+                };
+                let t = moved.ok_or_else(|| {
+                    node_err(crate::error::OpError::Shape(
+                        "internal error: a fused Relu lost its input".into(),
+                    ))
+                })?;
+                if let (Some(times), Some(t0)) = (times.as_deref_mut(), t0) {
+                    times.push((step.node, t0.elapsed()));
+                }
+                vec![t]
+            } else {
                 let mut ins: Vec<&Tensor> = Vec::with_capacity(step.inputs.len());
                 for src in &step.inputs {
                     ins.push(fetch(src, &slots, params, &self.plan.slot_names).map_err(node_err)?);
@@ -214,6 +285,14 @@ impl CpuExecutor {
     }
 }
 
+/// `prepared` for `op` with ReLU folded in, for the ops that take it.
+fn with_relu(op: &dyn Op, prepared: &Prepared) -> Option<Prepared> {
+    if let Some(conv) = op.downcast_ref::<Conv>() {
+        return conv.with_relu(prepared);
+    }
+    op.downcast_ref::<Linear>()?.with_relu(prepared)
+}
+
 fn fetch<'a>(
     src: &Source,
     slots: &'a [Option<Tensor>],
@@ -224,5 +303,117 @@ fn fetch<'a>(
     match src {
         Source::Slot(s) => slots[*s].as_ref().ok_or_else(|| missing(&names[*s])),
         Source::Param(p) => params.get(p).ok_or_else(|| missing(p)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Node, ParamInfo, ValueInfo};
+    use crate::ops::conv::{AutoPad, Window};
+    use crate::ops::CaseRng;
+    use crate::tensor::DType;
+
+    fn node(name: &str, op: Arc<dyn Op>, inputs: &[&str], output: &str) -> Node {
+        Node {
+            name: name.into(),
+            op,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: vec![output.into()],
+        }
+    }
+
+    /// Conv → Relu and Linear → Relu (with a second Relu on the Linear when
+    /// `two_readers`), the given values as outputs; the fast executor against
+    /// the reference, and which Relu steps were folded.
+    fn run(outputs: &[&str], two_readers: bool) -> Vec<bool> {
+        let mut rng = CaseRng::new(5);
+        let relu = || -> Arc<dyn Op> { Arc::new(Unary { kind: UnaryKind::Relu }) };
+        let conv = Conv {
+            window: Window {
+                kernel: vec![],
+                strides: vec![1, 2],
+                dilations: vec![1, 1],
+                pads: vec![1, 1, 1, 0],
+                auto_pad: AutoPad::NotSet,
+                ceil_mode: false,
+            },
+            group: 1,
+        };
+        let mut nodes = vec![
+            node("conv", Arc::new(conv), &["x", "cw", "cb"], "c"),
+            node("relu_c", relu(), &["c"], "r"),
+            node("fc", Arc::new(Linear), &["z", "lw", "lb"], "l"),
+            node("relu_l", relu(), &["l"], "s"),
+        ];
+        if two_readers {
+            nodes.push(node("relu_l2", relu(), &["l"], "s2"));
+        }
+        let params: HashMap<String, Tensor> = [
+            ("cw", rng.tensor(&[7, 3, 3, 3], -1.0, 1.0)),
+            ("cb", rng.tensor(&[7], -1.0, 1.0)),
+            ("lw", rng.tensor(&[5, 9], -1.0, 1.0)),
+            ("lb", rng.tensor(&[5], -1.0, 1.0)),
+        ]
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect();
+        let infos = params
+            .iter()
+            .map(|(n, t)| ParamInfo::plain(n.clone(), DType::F32, t.shape().to_vec()))
+            .collect();
+        let inputs = vec![rng.tensor(&[2, 3, 6, 5], -1.0, 1.0), rng.tensor(&[1, 9], -1.0, 1.0)];
+        let info = |name: &str, t: &Tensor| ValueInfo {
+            name: name.into(),
+            ty: ValueType::known(DType::F32, t.shape()),
+        };
+        let (x_info, z_info) = (info("x", &inputs[0]), info("z", &inputs[1]));
+        let probe = Graph::new(
+            "probe",
+            vec![x_info.clone(), z_info.clone()],
+            vec![],
+            infos,
+            nodes.clone(),
+        );
+        let probe = probe.unwrap_or_else(|e| panic!("{e}"));
+        let outs = outputs
+            .iter()
+            .map(|&o| ValueInfo {
+                name: o.into(),
+                ty: probe
+                    .value_type(o)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no type for {o}")),
+            })
+            .collect();
+        let infos = params
+            .iter()
+            .map(|(n, t)| ParamInfo::plain(n.clone(), DType::F32, t.shape().to_vec()))
+            .collect();
+        let graph = Graph::new("fuse", vec![x_info, z_info], outs, infos, nodes).unwrap_or_else(|e| panic!("{e}"));
+        let mut fast = CpuExecutor::new(&graph, CpuKernels::Fast);
+        fast.prepare(&graph, &params);
+        let reference = CpuExecutor::new(&graph, CpuKernels::Reference);
+        let got = fast
+            .run(&graph, &params, inputs.clone())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let want = reference.run(&graph, &params, inputs).unwrap_or_else(|e| panic!("{e}"));
+        for (name, w) in &want {
+            let g = got[name].as_f32().unwrap_or_else(|e| panic!("{e}"));
+            for (a, b) in g.iter().zip(w.as_f32().unwrap_or_else(|e| panic!("{e}"))) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{name}: {a} vs {b}");
+            }
+        }
+        fast.passthrough.clone()
+    }
+
+    #[test]
+    fn relu_folds_into_its_only_producer() {
+        // Steps: conv, relu_c, fc, relu_l (plan order follows the nodes).
+        assert_eq!(run(&["r", "s"], false), [false, true, false, true]);
+        // A producer's output that is also a graph output keeps its Relu.
+        assert_eq!(run(&["r", "s", "c"], false), [false, false, false, true]);
+        // Two readers: the Linear's Relus both run.
+        assert_eq!(run(&["r", "s", "s2"], true), [false, true, false, false, false]);
     }
 }
