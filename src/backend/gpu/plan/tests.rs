@@ -1,4 +1,5 @@
 //! Planning without an adapter: small graphs, a hand-made [`Caps`].
+//! Compiled only as the `#[cfg(test)]` module of `plan/mod.rs`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
