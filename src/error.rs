@@ -381,6 +381,9 @@ pub enum GenerateError {
         /// What is wrong with it.
         message: String,
     },
+    /// A perplexity run that cannot be made (chunk too short, text too short).
+    #[error("perplexity: {0}")]
+    Perplexity(String),
     /// A kernel rejected its operands.
     #[error(transparent)]
     Op(#[from] OpError),

@@ -213,3 +213,54 @@ fn an_f16_kv_cache_gives_the_reference_answer_and_is_cpu_only() {
     let (ok, _, err) = wginfer(&["generate", &path, "--prompt", "hi", "--kv-cache", "q8"]);
     assert!(!ok && err.contains("f32 or f16"), "{err}");
 }
+
+/// `Generator::perplexity` against the numpy reference's teacher-forced
+/// logits (WGINFER_DECODER_REF, written by .ci/run): one chunk covering a
+/// case scores positions `chunk / 2 + 1 ..` as llama-perplexity does, each
+/// chunk starts from an empty cache, and bad chunk sizes are typed errors.
+#[test]
+fn perplexity_follows_llama_cpp_protocol_on_the_reference_logits() {
+    let Some(path) = smollm2() else { return };
+    let Some(dir) = std::env::var_os("WGINFER_DECODER_REF") else {
+        common::skip_or_fail("WGINFER_REQUIRE_DECODER_REF", "WGINFER_DECODER_REF is not set (.ci/run sets it)");
+        return;
+    };
+    let case = std::path::Path::new(&dir).join("prose.json");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&case).expect("case json")).expect("json");
+    let ids: Vec<u32> = meta["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_u64().expect("id") as u32)
+        .collect();
+    let logits = wginfer::tensor::read_npy(&std::fs::read(case.with_extension("logits.npy")).expect("npy")).expect("npy");
+    let logits = logits.as_f32().expect("f32 logits");
+    let mut g = Generator::load(&path, &Device::Cpu, Some(ids.len())).expect("loads");
+    assert!(!g.tokenizer().adds_bos(), "SmolLM2's GGUF does not ask for BOS");
+    let vocab = logits.len() / ids.len();
+    let chunk = ids.len();
+    let (mut nll, mut n) = (0f64, 0usize);
+    for j in chunk / 2..chunk - 1 {
+        let row = &logits[j * vocab..(j + 1) * vocab];
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
+        let lse = max + row.iter().map(|&x| (f64::from(x) - max).exp()).sum::<f64>().ln();
+        nll += lse - f64::from(row[ids[j + 1] as usize]);
+        n += 1;
+    }
+    let want = (nll / n as f64).exp();
+    // The same case twice: two chunks, each from an empty cache, score alike.
+    let twice: Vec<u32> = ids.iter().chain(ids.iter()).copied().collect();
+    let mut seen = Vec::new();
+    let got = g.perplexity(&twice, chunk, None, |i, p| seen.push((i, p))).expect("perplexity");
+    println!("perplexity {:.6} (reference {want:.6}) over {} tokens", got.perplexity, got.scored);
+    assert_eq!((got.chunks, got.scored), (2, 2 * (chunk - chunk / 2 - 1)));
+    assert!((got.perplexity / want - 1.0).abs() < 2e-3, "{} vs {want}", got.perplexity);
+    assert_eq!(seen.len(), 2);
+    assert!((seen[0].1 / seen[1].1 - 1.0).abs() < 1e-9, "{seen:?}");
+    let one = g.perplexity(&twice, chunk, Some(1), |_, _| {}).expect("one chunk");
+    assert_eq!(one.chunks, 1);
+    for (bad_chunk, needle) in [(3, "too short"), (chunk * 3, "fewer than one chunk")] {
+        let err = g.perplexity(&twice, bad_chunk, None, |_, _| {}).expect_err("refused").to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+}

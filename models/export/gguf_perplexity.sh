@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The GGUF export table of docs/export.md: SmolLM2 exported by wginfer
 # (keep, q8_0, q4_0), each scored by llama.cpp's llama-perplexity and by
-# `wginfer perplexity` (and, with llama.cpp's scoring, by
-# ppl_llama_protocol.py) over the same text.
+# `wginfer perplexity` (the same protocol) over the same text.
 #
 #   WGINFER_SMOLLM2_GGUF=... LLAMA_CPP_BIN=.../build/bin [WGINFER_BIN=...] \
 #     bash models/export/gguf_perplexity.sh [TEXT] [CHUNKS]
@@ -22,15 +21,13 @@ cp "$src" "$out/original.gguf"
 for t in keep q8_0 q4_0; do
   "$wg" export "$src" --to gguf --gguf-type "$t" -o "$out/$t.gguf" --force
 done
-echo "| file | llama.cpp | wginfer perplexity | wginfer, llama.cpp's scoring |"
-echo "|---|---:|---:|---:|"
+echo "| file | llama.cpp | wginfer perplexity |"
+echo "|---|---:|---:|"
 for m in original keep q8_0 q4_0; do
   lc=$("$bin/llama-perplexity" -m "$out/$m.gguf" -f "$text" -c 512 --chunks "$chunks" -t 2 2>&1 \
     | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p')
   wp=$("$wg" perplexity "$out/$m.gguf" --text "$text" --chunk 512 --chunks "$chunks" \
     | sed -n 's/^perplexity \([0-9.]*\).*/\1/p')
-  lp=$(python3 "$here/ppl_llama_protocol.py" --wginfer "$wg" --model "$out/$m.gguf" --text "$text" \
-    --chunks "$chunks" | sed -n 's/^perplexity \([0-9.]*\).*/\1/p')
-  echo "| $m | $lc | $wp | $lp |"
+  echo "| $m | $lc | $wp |"
 done
 rm -rf "$out"

@@ -280,8 +280,9 @@ pub struct PerplexityArgs {
     /// The text file to score.
     #[arg(long)]
     text: PathBuf,
-    /// Tokens per chunk; each chunk is scored from a fresh cache, and only its
-    /// second half counts (as llama.cpp's perplexity tool does).
+    /// Tokens per chunk; each chunk is scored from a fresh cache, BOS first
+    /// when the tokenizer adds BOS, and only its second half counts (as
+    /// llama.cpp's perplexity tool does).
     #[arg(long, default_value_t = 512)]
     chunk: usize,
     /// Chunks to score at most (0: all).
@@ -289,48 +290,22 @@ pub struct PerplexityArgs {
     chunks: usize,
 }
 
-/// Perplexity of a text: `exp(mean NLL)` over the second half of each chunk.
+/// Perplexity of a text by llama.cpp's protocol ([`Generator::perplexity`]).
 pub fn perplexity(args: &PerplexityArgs, device: Device) -> Result<()> {
-    if args.chunk < 2 {
-        bail!("--chunk must be at least 2 tokens");
-    }
     let mut g = load(&args.model, &device, Some(args.chunk), KvDtype::F32)?;
     let text = std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
     let ids = g.tokenizer().encode(&text, false)?;
-    let bos = g.tokenizer().bos();
-    let mut n_chunks = ids.len() / args.chunk;
-    if args.chunks > 0 {
-        n_chunks = n_chunks.min(args.chunks);
-    }
-    if n_chunks == 0 {
-        bail!(
-            "the text has {} tokens, fewer than one chunk of {}",
-            ids.len(),
-            args.chunk
-        );
-    }
-    let (mut nll, mut count) = (0f64, 0usize);
     let start = Instant::now();
-    for c in 0..n_chunks {
-        let mut chunk = ids[c * args.chunk..(c + 1) * args.chunk].to_vec();
-        if let Some(b) = bos {
-            chunk[0] = b;
-        }
-        let lps = g.score(&chunk)?;
-        for lp in &lps[args.chunk / 2 - 1..] {
-            nll -= f64::from(*lp);
-            count += 1;
-        }
-        println!("[{}] {:.4}", c + 1, (nll / count as f64).exp());
-    }
+    let max_chunks = (args.chunks > 0).then_some(args.chunks);
+    let p = g.perplexity(&ids, args.chunk, max_chunks, |i, ppl| println!("[{i}] {ppl:.4}"))?;
     let secs = start.elapsed().as_secs_f64();
     println!(
         "perplexity {:.4} over {} chunks of {} tokens ({} scored); {:.1} tok/s",
-        (nll / count as f64).exp(),
-        n_chunks,
+        p.perplexity,
+        p.chunks,
         args.chunk,
-        count,
-        (n_chunks * args.chunk) as f64 / secs.max(1e-9)
+        p.scored,
+        (p.chunks * args.chunk) as f64 / secs.max(1e-9)
     );
     Ok(())
 }

@@ -63,28 +63,12 @@ pub fn run(model: &Path, format: &str, output: &Path, text: Option<&Path>, gptq:
     Ok(())
 }
 
-/// Perplexity of `text` as `wginfer perplexity` computes it: chunks of
-/// [`CHUNK`] tokens from a fresh cache, BOS first, the second half scored.
-/// Returns it and the tokens scored.
+/// Perplexity of `text` as `wginfer perplexity` computes it (chunks of
+/// [`CHUNK`] tokens, llama.cpp's protocol). Returns it and the tokens scored.
 fn perplexity(model: &Path, text: &Path, device: &Device) -> Result<(f64, usize)> {
     let mut g = Generator::load(model, device, Some(CHUNK)).with_context(|| format!("loading {}", model.display()))?;
     let text = std::fs::read_to_string(text).with_context(|| format!("reading {}", text.display()))?;
     let ids = g.tokenizer().encode(&text, false)?;
-    let bos = g.tokenizer().bos();
-    let chunks = (ids.len() / CHUNK).min(MAX_CHUNKS);
-    if chunks == 0 {
-        bail!("the text has {} tokens, fewer than one chunk of {CHUNK}", ids.len());
-    }
-    let (mut nll, mut count) = (0f64, 0usize);
-    for c in ids.chunks_exact(CHUNK).take(chunks) {
-        let mut chunk = c.to_vec();
-        if let Some(b) = bos {
-            chunk[0] = b;
-        }
-        for lp in &g.score(&chunk)?[CHUNK / 2 - 1..] {
-            nll -= f64::from(*lp);
-            count += 1;
-        }
-    }
-    Ok(((nll / count as f64).exp(), count))
+    let p = g.perplexity(&ids, CHUNK, Some(MAX_CHUNKS), |_, _| {})?;
+    Ok((p.perplexity, p.scored))
 }

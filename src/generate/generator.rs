@@ -237,6 +237,64 @@ impl Generator {
             .map(|(row, &next)| log_softmax(row)[next as usize])
             .collect())
     }
+
+    /// Perplexity of `ids` by llama.cpp's protocol (`llama-perplexity`):
+    /// the ids cut into chunks of `chunk` tokens (a partial last chunk
+    /// dropped), each run from an empty cache with its first token replaced
+    /// by BOS when the tokenizer adds BOS (`add_bos_token`), and the tokens
+    /// at positions `chunk / 2 + 1 .. chunk` scored. At most `max_chunks`
+    /// chunks run; `on_chunk(i, ppl)` sees the running perplexity after
+    /// chunk `i` (from 1).
+    pub fn perplexity(
+        &mut self,
+        ids: &[u32],
+        chunk: usize,
+        max_chunks: Option<usize>,
+        mut on_chunk: impl FnMut(usize, f64),
+    ) -> Result<Perplexity, GenerateError> {
+        if chunk < 4 {
+            return Err(GenerateError::Perplexity(format!(
+                "a chunk of {chunk} tokens is too short: use at least 4"
+            )));
+        }
+        let chunks = (ids.len() / chunk).min(max_chunks.unwrap_or(usize::MAX));
+        if chunks == 0 {
+            return Err(GenerateError::Perplexity(format!(
+                "the text has {} tokens, fewer than one chunk of {chunk}",
+                ids.len()
+            )));
+        }
+        let bos = self.tokenizer.bos().filter(|_| self.tokenizer.adds_bos());
+        let (mut nll, mut scored) = (0f64, 0usize);
+        for (i, c) in ids.chunks_exact(chunk).take(chunks).enumerate() {
+            let mut tokens = c.to_vec();
+            if let Some(b) = bos {
+                tokens[0] = b;
+            }
+            // `score(..)[j]` scores `tokens[j + 1]`.
+            for lp in &self.score(&tokens)?[chunk / 2..] {
+                nll -= f64::from(*lp);
+                scored += 1;
+            }
+            on_chunk(i + 1, (nll / scored as f64).exp());
+        }
+        Ok(Perplexity {
+            perplexity: (nll / scored as f64).exp(),
+            chunks,
+            scored,
+        })
+    }
+}
+
+/// What [`Generator::perplexity`] measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Perplexity {
+    /// `exp` of the mean negative log-likelihood of the scored tokens.
+    pub perplexity: f64,
+    /// Chunks run.
+    pub chunks: usize,
+    /// Tokens scored.
+    pub scored: usize,
 }
 
 /// The token-picking side of one sequence: sampler, repetition history,
