@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::context::{type_of, Ctx, OnnxNode, Skip, Val};
-use super::ops::builder;
+use super::ops::{builder, ms_builder};
 use super::proto::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
 use super::{dtype_from_onnx, onnx_type_name, tensor_from_proto, OnnxError};
 use crate::graph::{Graph, ParamInfo, ValueInfo};
@@ -115,10 +115,12 @@ fn import_nodes(cx: &mut Ctx<'_>, graph: &GraphProto) -> BTreeMap<String, Vec<St
 
 /// Imports one node with its op type's builder.
 fn import_node(cx: &mut Ctx<'_>, n: &NodeProto, name: &str) -> Result<(), Skip> {
-    if !n.domain.is_empty() && n.domain != "ai.onnx" {
-        return Err(Skip(format!("domain `{}` is not supported", n.domain)));
-    }
-    let build = builder(&n.op_type).ok_or(Skip(String::new()))?;
+    let build = match n.domain.as_str() {
+        "" | "ai.onnx" => builder(&n.op_type),
+        "com.microsoft" => ms_builder(&n.op_type),
+        other => return Err(Skip(format!("domain `{other}` is not supported"))),
+    };
+    let build = build.ok_or(Skip(String::new()))?;
     build(cx, &OnnxNode::new(n, name))
 }
 

@@ -15,6 +15,7 @@ mod constant;
 mod conv;
 mod matmul;
 mod movement;
+mod nbits;
 mod norm;
 mod pool;
 mod quantize;
@@ -53,6 +54,11 @@ pub(super) fn builder(op_type: &str) -> Option<Build> {
         .flat_map(|f| f.iter())
         .find(|(name, _)| *name == op_type)
         .map(|&(_, build)| build)
+}
+
+/// The builder for an op type of onnxruntime's `com.microsoft` domain.
+pub(super) fn ms_builder(op_type: &str) -> Option<Build> {
+    nbits::MS_OPS.iter().find(|(name, _)| *name == op_type).map(|&(_, build)| build)
 }
 
 /// The ONNX op types the importer maps (some only for constant inputs or
