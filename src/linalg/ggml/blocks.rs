@@ -121,37 +121,36 @@ fn dequantize_block(format: BlockFormat, block: &[u8], y: &mut [f32]) {
     }
 }
 
-/// Quantizes one row as llama.cpp's reference quantizers do (round to
-/// nearest, no search): `x` holds whole blocks and `out` receives
-/// `format.row_bytes(x.len())` bytes. Equal byte for byte to the `gguf`
-/// package's `gguf.quants.quantize`.
+/// Quantizes one row as llama.cpp's reference quantizers do: `x` holds
+/// whole blocks and `out` receives `format.row_bytes(x.len())` bytes. For
+/// the 32-weight formats (round to nearest, no search) equal byte for byte
+/// to the `gguf` package's `gguf.quants.quantize`:
 ///
 /// - Q8_0: `d = max|x|/127`, `q = round(x/d)` (halves away from zero).
 /// - Q4_0 / Q5_0: `d = -m/8` (`-m/16`) where `m` is the value of largest
 ///   magnitude, `q = min(15 (31), trunc(x/d + 8.5 (16.5)))`.
 /// - Q4_1 / Q5_1: `d = (max - min)/15 (31)`, `q = min(15 (31), trunc((x - min)/d + 0.5))`.
 ///
-/// Fails with [`OpError::Attribute`] for the k-quants (no reference
-/// quantizer here) and [`OpError::Shape`] unless `x` is whole blocks and
-/// `out` exactly their bytes.
+/// The k-quants search their scales as llama.cpp's `quantize_row_q*_K_ref`
+/// does ([`kquants`](super::kquants)).
+///
+/// Fails with [`OpError::Shape`] unless `x` is whole blocks and `out`
+/// exactly their bytes.
 pub fn quantize_row(format: BlockFormat, x: &[f32], out: &mut [u8]) -> Result<(), OpError> {
-    if format.block_len() != 32 {
-        return Err(OpError::Attribute {
-            name: "format".into(),
-            message: format!(
-                "{} has no reference quantizer (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 do)",
-                format.name()
-            ),
-        });
-    }
     if format.row_bytes(x.len()) != Some(out.len()) {
         return Err(OpError::Shape(format!(
-            "quantizing {} values to {} needs whole 32-value blocks and {:?} output bytes, got {}",
+            "quantizing {} values to {} needs whole blocks and {:?} output bytes, got {}",
             x.len(),
             format.name(),
             format.row_bytes(x.len()),
             out.len()
         )));
+    }
+    if format.block_len() == 256 {
+        for (xb, block) in x.chunks_exact(256).zip(out.chunks_exact_mut(format.block_bytes())) {
+            super::kquants::quantize_block_k(format, xb, block);
+        }
+        return Ok(());
     }
     for (xb, block) in x.chunks_exact(32).zip(out.chunks_exact_mut(format.block_bytes())) {
         let mut v = [0f32; 32];

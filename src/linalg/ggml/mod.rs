@@ -4,6 +4,7 @@
 
 mod acts;
 mod blocks;
+mod kquants;
 mod matmul;
 mod portable;
 #[cfg(target_arch = "x86_64")]
