@@ -256,14 +256,55 @@ const TEXT: &str = "The library opened early on Saturday, and the children ran t
 fn q8_drift(src: &Path, toks: Option<Vec<u32>>) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = export(src, dir.path(), GgufWeightType::Q8_0);
-    let (a, b) = (weights(src), weights(&out));
-    assert!(b.layers.iter().all(|l| l.wq.format_name() == "Q8_0"));
+    assert!(weights(&out).layers.iter().all(|l| l.wq.format_name() == "Q8_0"));
+    drift(src, &out, "q8_0", toks)
+}
+
+/// Mean KL of `out`'s logits from `src`'s, and top-1 agreement.
+fn drift(src: &Path, out: &Path, kind: &str, toks: Option<Vec<u32>>) -> (f64, f64) {
+    let (a, b) = (weights(src), weights(out));
     let vocab = a.config.vocab;
     let toks = toks.unwrap_or_else(|| tokens(vocab, 24));
     let (la, lb) = (logits(a, &toks), logits(b, &toks));
     let (kl, top1) = common::kl_top1(&la, &lb, vocab);
-    println!("{}: q8_0 export: mean KL {kl:.3e}, top-1 {top1:.3}", src.display());
+    println!("{}: {kind} export: mean KL {kl:.3e}, top-1 {top1:.3}", src.display());
     (kl, top1)
+}
+
+/// The k-quant exports of the fixtures (rows of 256 and 512 weights, so
+/// every matrix takes its k-quant): the formats llama-quantize would pick,
+/// logits close to the original's, and the `gguf` package's decoding of
+/// every tensor within its type's rounding (`check_gguf.py --type k`).
+#[test]
+fn k_quant_exports_of_the_fixtures() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let python = gguf_python();
+    let kinds = [
+        (GgufWeightType::Q4_K, "q4_k", "Q4_K", 0.05),
+        (GgufWeightType::Q5_K, "q5_k", "Q5_K", 0.02),
+        (GgufWeightType::Q6_K, "q6_k", "Q6_K", 5e-3),
+        (GgufWeightType::Q4_K_M, "q4_k_m", "Q4_K", 0.05),
+    ];
+    for f in FIXTURES {
+        let src = common::root(f);
+        for (wt, kind, format, kl_bound) in kinds {
+            let out = export(&src, dir.path(), wt);
+            let w = weights(&out);
+            assert!(w.layers.iter().all(|l| l.wq.format_name() == format), "{f} {kind}: attn_q");
+            if wt == GgufWeightType::Q4_K_M {
+                // Two layers: both get Q6_K attn_v and ffn_down (the first
+                // and last eighth), and the head is Q6_K.
+                assert!(w.layers.iter().all(|l| l.wv.format_name() == "Q6_K" && l.w_down.format_name() == "Q6_K"));
+                let head = w.output.as_ref().unwrap_or(&w.embed);
+                assert_eq!(head.format_name(), "Q6_K", "{f}: the head");
+            }
+            let (kl, top1) = drift(&src, &out, kind, None);
+            assert!(kl <= kl_bound && top1 >= 0.75, "{f} {kind}: KL {kl}, top-1 {top1}");
+            if let Some(python) = &python {
+                check_with_gguf_package(python, &src, &out, "k", &[]);
+            }
+        }
+    }
 }
 
 #[test]

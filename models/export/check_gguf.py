@@ -2,7 +2,7 @@
 file it was exported from, with the `gguf` package (GGUFReader and
 gguf.quants), which nobody here wrote.
 
-  python check_gguf.py ORIGINAL.gguf EXPORT.gguf --type keep|q8_0|q4_0|q4_1|f16
+  python check_gguf.py ORIGINAL.gguf EXPORT.gguf --type keep|q8_0|q4_0|q4_1|f16|k
                        [--tokenizer-keys core]
 
 - The export parses, and holds every tensor of the original with the same
@@ -13,6 +13,10 @@ gguf.quants), which nobody here wrote.
   the original's dequantized values (one already in that type is copied;
   one whose rows are not whole 32-value blocks is F16); f16: the original's
   values as float16. 1-D tensors (norms, biases) are F32 and exact.
+- k (the k-quant types and mixes, which the gguf package cannot quantize):
+  every 2-D tensor is in a type a k-quant export may choose, and the
+  package's dequantization of it is within that type's rounding of the
+  original's values (relative RMS error at most K_BOUND[type]).
 - Metadata: every `tokenizer.*` entry of the original (with
   `--tokenizer-keys core`: tokens, token types, merges, model, pre, BOS/EOS
   ids and the chat template) is in the export with the same value, and the
@@ -29,6 +33,8 @@ from gguf.constants import GGMLQuantizationType as T
 from gguf.quants import dequantize, quantize
 
 TARGETS = {"q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1, "f16": T.F16}
+# Relative RMS error of one re-quantization, by the type chosen.
+K_BOUND = {T.Q4_K: 0.15, T.Q5_K: 0.08, T.Q6_K: 0.04, T.Q5_0: 0.08, T.Q5_1: 0.08, T.Q8_0: 0.01, T.F16: 1e-3}
 CORE_KEYS = [
     "tokenizer.ggml.model",
     "tokenizer.ggml.pre",
@@ -88,12 +94,28 @@ def check_tensors(orig, exp, kind, fail):
                 diff = np.abs(dequant(e) - dequant(t)).max()
                 fail(f"{t.name}: dequantized values differ (max |d| {diff:.3e})")
             continue
+        if kind == "k":
+            check_k(t, e, fail)
+            continue
         want_type, want = expected_bytes(t, TARGETS[kind])
         if e.tensor_type != want_type:
             fail(f"{t.name}: type {e.tensor_type.name}, expected {want_type.name}")
         elif np.asarray(e.data).tobytes() != want:
             fail(f"{t.name}: bytes differ from gguf.quants.quantize ({want_type.name})")
     return len(orig.tensors)
+
+
+def check_k(t, e, fail):
+    """A k-quant export's tensor: an allowed type, within its rounding."""
+    bound = K_BOUND.get(e.tensor_type)
+    if bound is None:
+        fail(f"{t.name}: type {e.tensor_type.name} is not one a k-quant export chooses")
+        return
+    x, y = dequant(t).astype(np.float64), dequant(e).astype(np.float64)
+    rel = np.sqrt(((x - y) ** 2).sum() / max((x ** 2).sum(), 1e-30))
+    print(f"{t.name}: {t.tensor_type.name} -> {e.tensor_type.name}, relative RMS error {rel:.4f}")
+    if rel > bound:
+        fail(f"{t.name}: {e.tensor_type.name} differs from the original by relative RMS {rel:.4f} > {bound}")
 
 
 def check_metadata(orig, exp, core, fail):
@@ -116,7 +138,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("original")
     ap.add_argument("export")
-    ap.add_argument("--type", choices=["keep", *TARGETS], default="keep")
+    ap.add_argument("--type", choices=["keep", "k", *TARGETS], default="keep")
     ap.add_argument("--tokenizer-keys", choices=["all", "core"], default="all")
     a = ap.parse_args()
     failures = []

@@ -29,7 +29,8 @@ pub struct Args {
     #[arg(long, default_value = "matmulnbits")]
     int4: Int4Export,
     /// With `--to gguf`: how matrices are stored: `keep` (as loaded, GGUF
-    /// blocks copied), or re-quantized to `q8_0`, `q4_0`, `q4_1` or `f16`.
+    /// blocks copied), or re-quantized to `q8_0`, `q4_0`, `q4_1`, `q4_k`,
+    /// `q5_k`, `q6_k`, `f16`, or llama.cpp's mixes `q4_k_m`, `q5_k_m`.
     #[arg(long, default_value = "keep")]
     gguf_type: GgufWeightType,
 }

@@ -1,4 +1,4 @@
-//! `wginfer export DECODER --to gguf [--gguf-type keep|q8_0|q4_0|q4_1|f16] -o OUT.gguf [--force]`
+//! `wginfer export DECODER --to gguf [--gguf-type keep|q8_0|q4_0|q4_1|q4_k|q5_k|q6_k|q4_k_m|q5_k_m|f16] -o OUT.gguf [--force]`
 
 use std::path::Path;
 

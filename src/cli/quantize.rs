@@ -21,7 +21,7 @@ pub struct Args {
     /// Weight format: f16, int8, int8-affine, pow2, pow2-tensor, int4, int4-min,
     /// binary, binary-xnor, w8a8 (w8a8+o8: 8 input channels kept in f32).
     /// For a decoder (.gguf or a Hugging Face directory; the output is GGUF):
-    /// q8_0, q4_0, q4_1, f16.
+    /// q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, q4_k_m, q5_k_m (llama.cpp's mixes), f16.
     #[arg(long, short)]
     format: Option<String>,
     /// int4 block size (32, 64 or 128).

@@ -1,4 +1,4 @@
-//! `wginfer quantize DECODER --format q8_0|q4_0|q4_1|f16 -o OUT.gguf [--eval TEXT]`:
+//! `wginfer quantize DECODER --format q8_0|q4_0|q4_1|q4_k|q5_k|q6_k|q4_k_m|q5_k_m|f16 -o OUT.gguf [--eval TEXT]`:
 //! a decoder (GGUF or Hugging Face directory) re-quantized with ggml's
 //! reference quantizers and written as GGUF, with the perplexity of a text
 //! before and after.
@@ -32,7 +32,7 @@ pub fn run(model: &Path, format: &str, output: &Path, text: Option<&Path>, gptq:
     }
     let weight_type: GgufWeightType = format.parse().map_err(|e: String| anyhow!(e))?;
     if weight_type == GgufWeightType::Keep {
-        bail!("--format for a decoder: q8_0, q4_0, q4_1 or f16");
+        bail!("--format for a decoder: q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, q4_k_m, q5_k_m or f16");
     }
     let before = text.map(|t| perplexity(model, t, device)).transpose()?;
     let opts = GgufExportOptions {

@@ -14,10 +14,13 @@
 //!   directory the tokenizer is built from `tokenizer.json` as the converter
 //!   builds it (see [`hf_tokenizer_metadata`]).
 //! - Weights ([`GgufWeightType`]): `keep` writes every matrix in the format
-//!   it is held in (GGUF blocks byte for byte); `q8_0`, `q4_0`, `q4_1` and
-//!   `f16` re-quantize every 2-D matrix with ggml's reference quantizers
-//!   ([`quantize_row`]); a matrix already in the target format is copied,
-//!   and one whose rows are not whole 32-weight blocks is written as F16.
+//!   it is held in (GGUF blocks byte for byte); `q8_0`, `q4_0`, `q4_1`,
+//!   `q4_k`, `q5_k`, `q6_k` and `f16` re-quantize every 2-D matrix with
+//!   ggml's reference quantizers ([`quantize_row`]); `q4_k_m` and `q5_k_m`
+//!   mix them per tensor as `llama-quantize` does. A matrix already in its
+//!   target format is copied; one whose rows are not whole blocks of its
+//!   k-quant takes llama.cpp's fallback (Q5_0, Q5_1, Q8_0), and one whose
+//!   rows are not whole 32-weight blocks is written as F16.
 //!   Norm weights and biases are F32.
 
 use std::path::Path;
@@ -32,6 +35,7 @@ use crate::linalg::ggml::{quantize_row, BlockFormat, QMatrix};
 use crate::model::gguf::{check_target, GgmlType, GgufFile, GgufWriter, MetaValue};
 
 /// How the exported matrices are stored.
+#[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GgufWeightType {
     /// As loaded: GGUF blocks copied, F16 and F32 matrices as they are.
@@ -43,19 +47,71 @@ pub enum GgufWeightType {
     Q4_0,
     /// Every matrix re-quantized to Q4_1.
     Q4_1,
+    /// Every matrix re-quantized to Q4_K (llama.cpp's fallback, Q5_0, where
+    /// a row is not whole 256-weight blocks).
+    Q4_K,
+    /// Every matrix re-quantized to Q5_K (fallback Q5_1).
+    Q5_K,
+    /// Every matrix re-quantized to Q6_K (fallback Q8_0).
+    Q6_K,
+    /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for the output head and for
+    /// `attn_v` and `ffn_down` in the first and last eighth of the layers
+    /// and every third layer between.
+    Q4_K_M,
+    /// llama.cpp's Q5_K_M mix: as Q4_K_M on Q5_K.
+    Q5_K_M,
     /// Every matrix as F16.
     F16,
 }
 
 impl GgufWeightType {
-    /// The block format it quantizes to, if it is one.
+    /// The block format most matrices get, if it is one.
     fn block_format(self) -> Option<BlockFormat> {
         match self {
             Self::Q8_0 => Some(BlockFormat::Q8_0),
             Self::Q4_0 => Some(BlockFormat::Q4_0),
             Self::Q4_1 => Some(BlockFormat::Q4_1),
+            Self::Q4_K | Self::Q4_K_M => Some(BlockFormat::Q4_K),
+            Self::Q5_K | Self::Q5_K_M => Some(BlockFormat::Q5_K),
+            Self::Q6_K => Some(BlockFormat::Q6_K),
             Self::Keep | Self::F16 => None,
         }
+    }
+
+    /// The block format of the matrix `name` (llama.cpp's tensor names) of
+    /// `cols` columns in a model of `layers` layers, as llama.cpp's
+    /// `llama-quantize` picks it for this type, with its fallback where a
+    /// row is not whole blocks (`None`: F16).
+    fn format_for(self, name: &str, cols: usize, layers: usize, tied: bool) -> Option<BlockFormat> {
+        let base = self.block_format()?;
+        let mixed = matches!(self, Self::Q4_K_M | Self::Q5_K_M);
+        let layer = name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok());
+        let more_bits = |i: usize| i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2;
+        let head = name == "output.weight" || (tied && name == "token_embd.weight");
+        let chosen = match (mixed, layer) {
+            (true, _) if head => {
+                if cols.is_multiple_of(256) {
+                    BlockFormat::Q6_K
+                } else {
+                    return Some(BlockFormat::Q8_0);
+                }
+            }
+            (true, Some(i)) if (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight")) && more_bits(i) => {
+                BlockFormat::Q6_K
+            }
+            _ => base,
+        };
+        let fitted = match chosen {
+            f if cols.is_multiple_of(f.block_len()) => f,
+            BlockFormat::Q4_K => BlockFormat::Q5_0,
+            BlockFormat::Q5_K => BlockFormat::Q5_1,
+            BlockFormat::Q6_K => BlockFormat::Q8_0,
+            _ => return None,
+        };
+        cols.is_multiple_of(fitted.block_len()).then_some(fitted)
     }
 }
 
@@ -67,8 +123,15 @@ impl std::str::FromStr for GgufWeightType {
             "q8_0" => Ok(Self::Q8_0),
             "q4_0" => Ok(Self::Q4_0),
             "q4_1" => Ok(Self::Q4_1),
+            "q4_k" => Ok(Self::Q4_K),
+            "q5_k" => Ok(Self::Q5_K),
+            "q6_k" => Ok(Self::Q6_K),
+            "q4_k_m" => Ok(Self::Q4_K_M),
+            "q5_k_m" => Ok(Self::Q5_K_M),
             "f16" => Ok(Self::F16),
-            _ => Err(format!("GGUF weight type `{s}`: use keep, q8_0, q4_0, q4_1 or f16")),
+            _ => Err(format!(
+                "GGUF weight type `{s}`: use keep, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, q4_k_m, q5_k_m or f16"
+            )),
         }
     }
 }
@@ -251,10 +314,8 @@ fn f16_bytes(values: impl Iterator<Item = f16>) -> Vec<u8> {
     values.flat_map(f16::to_le_bytes).collect()
 }
 
-/// Stores `m` as `wt` asks.
-fn store(name: &str, m: &Matrix, wt: GgufWeightType) -> Result<Stored, GgufExportError> {
-    let cols = m.cols();
-    let target = wt.block_format();
+/// Stores `m` as `wt` asks, in `target` where `wt` re-quantizes.
+fn store(name: &str, m: &Matrix, wt: GgufWeightType, target: Option<BlockFormat>) -> Result<Stored, GgufExportError> {
     let as_f16 = |m: &Matrix| Stored {
         ggml_type: GgmlType::F16,
         data: f16_bytes(rows_f32(m).into_iter().map(f16::from_f32)),
@@ -274,8 +335,8 @@ fn store(name: &str, m: &Matrix, wt: GgufWeightType) -> Result<Stored, GgufExpor
         },
         (_, GgufWeightType::F16) => as_f16(m),
         (_, _) => match target {
-            Some(f) if cols.is_multiple_of(f.block_len()) => quantize(name, m, f)?,
-            _ => as_f16(m),
+            Some(f) => quantize(name, m, f)?,
+            None => as_f16(m),
         },
     })
 }
@@ -352,11 +413,14 @@ fn permute_matrix(m: &Matrix, order: &[usize]) -> Result<Matrix, GgufExportError
 struct Tensors<'a> {
     writer: &'a mut GgufWriter,
     weight_type: GgufWeightType,
+    layers: usize,
+    tied: bool,
 }
 
 impl Tensors<'_> {
     fn matrix(&mut self, name: &str, m: &Matrix) -> Result<(), GgufExportError> {
-        let s = store(name, m, self.weight_type)?;
+        let target = self.weight_type.format_for(name, m.cols(), self.layers, self.tied);
+        let s = store(name, m, self.weight_type, target)?;
         let dims = vec![m.cols() as u64, m.rows() as u64];
         self.writer.add_tensor(name, dims, s.ggml_type, s.data)
     }
@@ -392,6 +456,8 @@ pub fn decoder_gguf(
     let mut t = Tensors {
         writer: &mut writer,
         weight_type,
+        layers: c.n_layers,
+        tied: weights.output.is_none(),
     };
     t.matrix("token_embd.weight", &weights.embed)?;
     t.vector("output_norm.weight", &weights.norm)?;
@@ -666,5 +732,32 @@ mod tests {
         assert_eq!("Q8_0".parse(), Ok(GgufWeightType::Q8_0));
         assert_eq!("keep".parse(), Ok(GgufWeightType::Keep));
         assert!("q2_k".parse::<GgufWeightType>().is_err());
+        assert_eq!("Q4_K_M".parse(), Ok(GgufWeightType::Q4_K_M));
+    }
+
+    #[test]
+    fn k_mixes_pick_tensor_types_as_llama_quantize() {
+        use BlockFormat::*;
+        let t = GgufWeightType::Q4_K_M;
+        // 30 layers: Q6_K for attn_v / ffn_down in layers 0-2, 26-29 and
+        // every third layer from 5 (llama.cpp's use_more_bits).
+        let six: Vec<usize> = (0..30)
+            .filter(|i| t.format_for(&format!("blk.{i}.ffn_down.weight"), 1536, 30, true) == Some(Q6_K))
+            .collect();
+        assert_eq!(six, [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]);
+        assert_eq!(t.format_for("blk.5.attn_v.weight", 512, 30, true), Some(Q6_K));
+        assert_eq!(t.format_for("blk.6.attn_v.weight", 512, 30, true), Some(Q4_K));
+        assert_eq!(t.format_for("blk.5.attn_q.weight", 512, 30, true), Some(Q4_K));
+        // The head: Q6_K, or Q8_0 when its rows are not whole 256 blocks;
+        // tied embeddings are the head.
+        assert_eq!(t.format_for("output.weight", 512, 30, false), Some(Q6_K));
+        assert_eq!(t.format_for("token_embd.weight", 512, 30, false), Some(Q4_K));
+        assert_eq!(t.format_for("token_embd.weight", 576, 30, true), Some(Q8_0));
+        // Fallbacks for rows that are not whole 256 blocks, then F16.
+        assert_eq!(t.format_for("blk.6.attn_q.weight", 576, 30, true), Some(Q5_0));
+        assert_eq!(GgufWeightType::Q5_K.format_for("blk.6.attn_q.weight", 576, 30, true), Some(Q5_1));
+        assert_eq!(GgufWeightType::Q6_K.format_for("blk.6.attn_q.weight", 576, 30, true), Some(Q8_0));
+        assert_eq!(GgufWeightType::Q4_K.format_for("blk.6.attn_q.weight", 40, 30, true), None);
+        assert_eq!(GgufWeightType::Q6_K.format_for("output.weight", 512, 30, false), Some(Q6_K));
     }
 }
