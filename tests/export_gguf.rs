@@ -292,9 +292,15 @@ fn k_quant_exports_of_the_fixtures() {
             let w = weights(&out);
             assert!(w.layers.iter().all(|l| l.wq.format_name() == format), "{f} {kind}: attn_q");
             if wt == GgufWeightType::Q4_K_M {
-                // Two layers: both get Q6_K attn_v and ffn_down (the first
-                // and last eighth), and the head is Q6_K.
-                assert!(w.layers.iter().all(|l| l.wv.format_name() == "Q6_K" && l.w_down.format_name() == "Q6_K"));
+                // Two layers: llama.cpp's use_more_bits(i, 2) holds for
+                // layer 1 only (i >= 7·2/8), so attn_v and ffn_down are
+                // Q4_K in layer 0 and Q6_K in layer 1; the head is Q6_K.
+                let mix: Vec<(&str, &str)> = w
+                    .layers
+                    .iter()
+                    .map(|l| (l.wv.format_name(), l.w_down.format_name()))
+                    .collect();
+                assert_eq!(mix, [("Q4_K", "Q4_K"), ("Q6_K", "Q6_K")], "{f}");
                 let head = w.output.as_ref().unwrap_or(&w.embed);
                 assert_eq!(head.format_name(), "Q6_K", "{f}: the head");
             }
