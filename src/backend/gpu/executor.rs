@@ -36,7 +36,9 @@ pub struct GpuOptions {
     pub matmul: MatmulKernel,
     /// Fold an activation that follows a Linear or MatMul into its epilogue.
     pub fuse_activations: bool,
-    /// How long a run may wait for the GPU before it fails.
+    /// How long a run may wait for the GPU before it fails: 120 s, or
+    /// `WGINFER_GPU_TIMEOUT_S` seconds where that variable is set (a
+    /// software adapter on a loaded machine can need longer).
     pub timeout: Duration,
     /// Only portable WGSL: no `enable f16` and no `dot4I8Packed`, even where
     /// the adapter has them (the fallbacks every adapter runs; for tests).
@@ -49,7 +51,12 @@ impl Default for GpuOptions {
             cpu_ops: Vec::new(),
             matmul: MatmulKernel::Auto,
             fuse_activations: true,
-            timeout: Duration::from_secs(120),
+            timeout: Duration::from_secs(
+                std::env::var("WGINFER_GPU_TIMEOUT_S")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(120),
+            ),
             portable_kernels: false,
         }
     }
