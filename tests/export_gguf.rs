@@ -290,7 +290,10 @@ fn k_quant_exports_of_the_fixtures() {
         for (wt, kind, format, kl_bound) in kinds {
             let out = export(&src, dir.path(), wt);
             let w = weights(&out);
-            assert!(w.layers.iter().all(|l| l.wq.format_name() == format), "{f} {kind}: attn_q");
+            assert!(
+                w.layers.iter().all(|l| l.wq.format_name() == format),
+                "{f} {kind}: attn_q"
+            );
             if wt == GgufWeightType::Q4_K_M {
                 // Two layers: llama.cpp's use_more_bits(i, 2) holds for
                 // layer 1 only (i >= 7·2/8), so attn_v and ffn_down are

@@ -222,7 +222,10 @@ fn an_f16_kv_cache_gives_the_reference_answer_and_is_cpu_only() {
 fn perplexity_follows_llama_cpp_protocol_on_the_reference_logits() {
     let Some(path) = smollm2() else { return };
     let Some(dir) = std::env::var_os("WGINFER_DECODER_REF") else {
-        common::skip_or_fail("WGINFER_REQUIRE_DECODER_REF", "WGINFER_DECODER_REF is not set (.ci/run sets it)");
+        common::skip_or_fail(
+            "WGINFER_REQUIRE_DECODER_REF",
+            "WGINFER_DECODER_REF is not set (.ci/run sets it)",
+        );
         return;
     };
     let case = std::path::Path::new(&dir).join("prose.json");
@@ -233,7 +236,8 @@ fn perplexity_follows_llama_cpp_protocol_on_the_reference_logits() {
         .iter()
         .map(|t| t.as_u64().expect("id") as u32)
         .collect();
-    let logits = wginfer::tensor::read_npy(&std::fs::read(case.with_extension("logits.npy")).expect("npy")).expect("npy");
+    let logits =
+        wginfer::tensor::read_npy(&std::fs::read(case.with_extension("logits.npy")).expect("npy")).expect("npy");
     let logits = logits.as_f32().expect("f32 logits");
     let mut g = Generator::load(&path, &Device::Cpu, Some(ids.len())).expect("loads");
     assert!(!g.tokenizer().adds_bos(), "SmolLM2's GGUF does not ask for BOS");
@@ -251,16 +255,28 @@ fn perplexity_follows_llama_cpp_protocol_on_the_reference_logits() {
     // The same case twice: two chunks, each from an empty cache, score alike.
     let twice: Vec<u32> = ids.iter().chain(ids.iter()).copied().collect();
     let mut seen = Vec::new();
-    let got = g.perplexity(&twice, chunk, None, |i, p| seen.push((i, p))).expect("perplexity");
-    println!("perplexity {:.6} (reference {want:.6}) over {} tokens", got.perplexity, got.scored);
+    let got = g
+        .perplexity(&twice, chunk, None, |i, p| seen.push((i, p)))
+        .expect("perplexity");
+    println!(
+        "perplexity {:.6} (reference {want:.6}) over {} tokens",
+        got.perplexity, got.scored
+    );
     assert_eq!((got.chunks, got.scored), (2, 2 * (chunk - chunk / 2 - 1)));
-    assert!((got.perplexity / want - 1.0).abs() < 2e-3, "{} vs {want}", got.perplexity);
+    assert!(
+        (got.perplexity / want - 1.0).abs() < 2e-3,
+        "{} vs {want}",
+        got.perplexity
+    );
     assert_eq!(seen.len(), 2);
     assert!((seen[0].1 / seen[1].1 - 1.0).abs() < 1e-9, "{seen:?}");
     let one = g.perplexity(&twice, chunk, Some(1), |_, _| {}).expect("one chunk");
     assert_eq!(one.chunks, 1);
     for (bad_chunk, needle) in [(3, "too short"), (chunk * 3, "fewer than one chunk")] {
-        let err = g.perplexity(&twice, bad_chunk, None, |_, _| {}).expect_err("refused").to_string();
+        let err = g
+            .perplexity(&twice, bad_chunk, None, |_, _| {})
+            .expect_err("refused")
+            .to_string();
         assert!(err.contains(needle), "{err}");
     }
 }

@@ -126,7 +126,11 @@ fn k_quant_quantization_equals_llama_cpp_byte_for_byte() {
                 differ.push(b);
             }
         }
-        assert!(differ.is_empty(), "{}: blocks {differ:?} differ from llama.cpp's", format.name());
+        assert!(
+            differ.is_empty(),
+            "{}: blocks {differ:?} differ from llama.cpp's",
+            format.name()
+        );
         // And the quantization is close: relative RMS error of the Gaussian
         // block at scale 1 (block 1) under the reference dequantization.
         let mut y = vec![0f32; x.len()];
@@ -134,7 +138,9 @@ fn k_quant_quantization_equals_llama_cpp_byte_for_byte() {
         let (e, n) = x[256..512]
             .iter()
             .zip(&y[256..512])
-            .fold((0f64, 0f64), |(e, n), (a, b)| (e + f64::from(a - b).powi(2), n + f64::from(*a).powi(2)));
+            .fold((0f64, 0f64), |(e, n), (a, b)| {
+                (e + f64::from(a - b).powi(2), n + f64::from(*a).powi(2))
+            });
         let rel = (e / n).sqrt();
         println!("{}: relative RMS error {rel:.4} on N(0, 1)", format.name());
         assert!(rel < 0.12, "{}: relative RMS error {rel}", format.name());

@@ -57,8 +57,8 @@ fn matmul_nbits_from_onnxruntimes_quantizer_matches_onnxruntime() {
         let int4 = formats.iter().filter(|f| f.starts_with("int4")).count();
         // Three layers: q and scale (and min) per layer when packed.
         assert_eq!(int4 > 0, packed, "{name}: weight formats {formats:?}");
-        let want = wginfer::tensor::read_npy(&std::fs::read(dir.path().join(format!("{name}.out.npy"))).unwrap())
-            .unwrap();
+        let want =
+            wginfer::tensor::read_npy(&std::fs::read(dir.path().join(format!("{name}.out.npy"))).unwrap()).unwrap();
         let s = Session::new(&model, Device::Cpu).unwrap();
         let got = s.run([("input", x.clone())]).unwrap();
         let got = &got["probabilities"];

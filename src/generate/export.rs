@@ -99,7 +99,9 @@ impl GgufWeightType {
                     return Some(BlockFormat::Q8_0);
                 }
             }
-            (true, Some(i)) if (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight")) && more_bits(i) => {
+            (true, Some(i))
+                if (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight")) && more_bits(i) =>
+            {
                 BlockFormat::Q6_K
             }
             _ => base,
@@ -755,9 +757,21 @@ mod tests {
         assert_eq!(t.format_for("token_embd.weight", 576, 30, true), Some(Q8_0));
         // Fallbacks for rows that are not whole 256 blocks, then F16.
         assert_eq!(t.format_for("blk.6.attn_q.weight", 576, 30, true), Some(Q5_0));
-        assert_eq!(GgufWeightType::Q5_K.format_for("blk.6.attn_q.weight", 576, 30, true), Some(Q5_1));
-        assert_eq!(GgufWeightType::Q6_K.format_for("blk.6.attn_q.weight", 576, 30, true), Some(Q8_0));
-        assert_eq!(GgufWeightType::Q4_K.format_for("blk.6.attn_q.weight", 40, 30, true), None);
-        assert_eq!(GgufWeightType::Q6_K.format_for("output.weight", 512, 30, false), Some(Q6_K));
+        assert_eq!(
+            GgufWeightType::Q5_K.format_for("blk.6.attn_q.weight", 576, 30, true),
+            Some(Q5_1)
+        );
+        assert_eq!(
+            GgufWeightType::Q6_K.format_for("blk.6.attn_q.weight", 576, 30, true),
+            Some(Q8_0)
+        );
+        assert_eq!(
+            GgufWeightType::Q4_K.format_for("blk.6.attn_q.weight", 40, 30, true),
+            None
+        );
+        assert_eq!(
+            GgufWeightType::Q6_K.format_for("output.weight", 512, 30, false),
+            Some(Q6_K)
+        );
     }
 }

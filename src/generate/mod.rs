@@ -23,8 +23,8 @@ pub mod weights;
 
 pub use config::{DecoderConfig, RopeLayout, RopeScaling};
 #[cfg(feature = "text")]
-pub use generator::{FinishReason, GenerateOptions, GeneratedToken, Generation, Generator, ModelParts, Perplexity,
-    TokenPicker,
+pub use generator::{
+    FinishReason, GenerateOptions, GeneratedToken, Generation, Generator, ModelParts, Perplexity, TokenPicker,
 };
 pub use weights::{DecoderWeights, LayerWeights, Matrix};
 

@@ -249,7 +249,12 @@ fn q6_k(x: &[f32], block: &mut [u8]) {
     for half in 0..2 {
         let (ql, qh, lv) = (64 * half, 128 + 32 * half, 128 * half);
         for l in 0..32 {
-            let q = [levels[lv + l], levels[lv + l + 32], levels[lv + l + 64], levels[lv + l + 96]];
+            let q = [
+                levels[lv + l],
+                levels[lv + l + 32],
+                levels[lv + l + 64],
+                levels[lv + l + 96],
+            ];
             block[ql + l] = (q[0] & 0x0f) | ((q[2] & 0x0f) << 4);
             block[ql + l + 32] = (q[1] & 0x0f) | ((q[3] & 0x0f) << 4);
             block[qh + l] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);

@@ -58,7 +58,10 @@ pub(super) fn builder(op_type: &str) -> Option<Build> {
 
 /// The builder for an op type of onnxruntime's `com.microsoft` domain.
 pub(super) fn ms_builder(op_type: &str) -> Option<Build> {
-    nbits::MS_OPS.iter().find(|(name, _)| *name == op_type).map(|&(_, build)| build)
+    nbits::MS_OPS
+        .iter()
+        .find(|(name, _)| *name == op_type)
+        .map(|&(_, build)| build)
 }
 
 /// The ONNX op types the importer maps (some only for constant inputs or

@@ -160,7 +160,9 @@ fn read(cx: &Ctx<'_>, n: &OnnxNode<'_>) -> Result<NBits, Skip> {
     }
     let bits = bits as usize;
     if block < 16 || !block.is_power_of_two() {
-        return Err(skip(format!("block_size {block}: it must be a power of two, at least 16")));
+        return Err(skip(format!(
+            "block_size {block}: it must be a power of two, at least 16"
+        )));
     }
     if !matches!(cx.val(&n.ins[0])?, Val::Dyn(_)) {
         return Err(skip("input A must be computed at run time"));
@@ -180,7 +182,10 @@ fn read(cx: &Ctx<'_>, n: &OnnxNode<'_>) -> Result<NBits, Skip> {
     }
     let scales = float_values(cx.constant(&n.ins[2])?, "scales")?;
     if scales.len() != cells {
-        return Err(skip(format!("scales has {} values; expected N × blocks = {cells}", scales.len())));
+        return Err(skip(format!(
+            "scales has {} values; expected N × blocks = {cells}",
+            scales.len()
+        )));
     }
     let zeros = match n.ins.get(3).filter(|z| !z.is_empty()) {
         None => vec![(1u32 << (bits - 1)) as f32; cells],
@@ -216,7 +221,11 @@ fn zero_points(z: &Tensor, n: usize, blocks: usize, bits: usize) -> Result<Vec<f
     if z.dtype() != DType::U8 {
         let v = float_values(z, "zero_points")?;
         if v.len() != n * blocks {
-            return Err(skip(format!("zero_points has {} values; expected {}", v.len(), n * blocks)));
+            return Err(skip(format!(
+                "zero_points has {} values; expected {}",
+                v.len(),
+                n * blocks
+            )));
         }
         return Ok(v);
     }
