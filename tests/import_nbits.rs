@@ -52,7 +52,7 @@ fn matmul_nbits_from_onnxruntimes_quantizer_matches_onnxruntime() {
         ("asym-b32-f16scales", true),
     ];
     for (name, packed) in variants {
-        let model = import_file(dir.path().join(format!("{name}.onnx"))).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let model = import_file(&dir.path().join(format!("{name}.onnx"))).unwrap_or_else(|e| panic!("{name}: {e}"));
         let formats: Vec<&str> = model.graph().params().iter().map(|p| p.format.as_str()).collect();
         let int4 = formats.iter().filter(|f| f.starts_with("int4")).count();
         // Three layers: q and scale (and min) per layer when packed.
