@@ -49,7 +49,9 @@ fn matmul_nbits_from_onnxruntimes_quantizer_matches_onnxruntime() {
         ("asym-b128", false),
         ("sym-b16", false),
         ("sym-b32-f16scales", true),
-        ("asym-b32-f16scales", true),
+        // An integer zero point times an f16 scale needs more bits than an
+        // f16 minimum holds: dequantized.
+        ("asym-b32-f16scales", false),
     ];
     for (name, packed) in variants {
         let model = import_file(&dir.path().join(format!("{name}.onnx"))).unwrap_or_else(|e| panic!("{name}: {e}"));
