@@ -45,11 +45,11 @@ build() {
         -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DLLAMA_CURL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF
     PATH="$venv/bin:$PATH" nice -n 10 cmake --build "$dir/build" -j "$(nproc)" \
-        --target llama-bench llama-perplexity llama-cli llama-server
+        --target llama-bench llama-perplexity llama-cli llama-server llama-quantize
 }
 
 bench="$dir/build/bin/llama-bench"
-[ -x "$bench" ] && [ -x "$dir/build/bin/llama-server" ] || build
+[ -x "$bench" ] && [ -x "$dir/build/bin/llama-server" ] && [ -x "$dir/build/bin/llama-quantize" ] || build
 if [ "${LLAMA_CPP_BUILD_ONLY:-0}" = 1 ]; then exit 0; fi
 if [ -z "$model" ] || [ ! -f "$model" ]; then
     echo "usage: $0 MODEL.gguf [THREADS] (or set WGINFER_SMOLLM2_GGUF)" >&2
