@@ -5,7 +5,13 @@ tokens/s, time to first token (p50/p99), errors, and how many streamed texts
 differ from the same prompt's text alone (batch invariance).
 
     python benches/llm_load.py --url http://127.0.0.1:8000 --model smollm2 \
-        --streams 1,8,32 --requests 2 --max-tokens 64 [--label wginfer] [--json out.json]
+        --streams 1,8,32 --requests 2 --max-tokens 64 [--label wginfer] [--json out.json] [--fresh]
+
+By default each distinct prompt first runs alone, and the levels reuse the
+same prompts: a server with a prefix cache (wginfer, llama-server) finds
+every timed prompt cached. With --fresh every timed request has a prompt no
+earlier request had (they still share the chat template's system text and
+the first words), and the alone runs come last.
 
 Needs httpx (the openai package brings it). Token counts come from the
 final usage chunk (`stream_options.include_usage`) when the server sends
@@ -28,8 +34,17 @@ TOPICS = [
 ]
 
 
-def prompts(n):
-    return [f"Write two sentences about {TOPICS[i % len(TOPICS)]}." for i in range(n)]
+FORMS = [
+    "Write two sentences about {}.",
+    "Describe {} in one sentence.",
+    "Give three facts about {}.",
+    "What does {} remind you of?",
+]
+
+
+def prompts(n, forms=1):
+    """n prompts: each topic in the first form, then (forms > 1) the next."""
+    return [FORMS[i // len(TOPICS) % forms].format(TOPICS[i % len(TOPICS)]) for i in range(n)]
 
 
 async def one(client, url, model, prompt, max_tokens):
@@ -70,7 +85,8 @@ async def one(client, url, model, prompt, max_tokens):
 
 
 async def level(url, model, streams, requests, max_tokens, ps):
-    """S workers × R requests; returns the per-request results and the wall time."""
+    """S workers × R requests over the prompts `ps`; returns the per-request
+    results and the wall time."""
     limits = httpx.Limits(max_connections=streams + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         async def worker(i):
@@ -102,22 +118,39 @@ async def main():
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--label", default="server")
     ap.add_argument("--json")
+    ap.add_argument("--fresh", action="store_true", help="a new prompt for every timed request; alone runs last")
     a = ap.parse_args()
     levels = [int(s) for s in a.streams.split(",")]
-    ps = prompts(max(levels) * a.requests)
-    # Each distinct prompt alone first: the texts every level is checked against.
-    alone = {}
-    for p in ps:
-        text, _, _, err = await one(httpx.AsyncClient(timeout=600.0), a.url, a.model, p, a.max_tokens)
-        if err:
-            raise SystemExit(f"the baseline request failed: {err}")
-        alone[p] = text
+    if a.fresh:
+        every = prompts(sum(levels) * a.requests, len(FORMS))
+        starts = [sum(levels[:i]) * a.requests for i in range(len(levels))]
+        sets = [every[st:st + s * a.requests] for st, s in zip(starts, levels)]
+    else:
+        every = prompts(max(levels) * a.requests)
+        sets = [every] * len(levels)
+
+    async def run_alone():
+        # Each distinct prompt alone: the texts every level is checked against.
+        alone = {}
+        async with httpx.AsyncClient(timeout=600.0) as client:
+            for p in dict.fromkeys(every):
+                text, _, _, err = await one(client, a.url, a.model, p, a.max_tokens)
+                if err:
+                    raise SystemExit(f"the baseline request failed: {err}")
+                alone[p] = text
+        return alone
+
+    alone = None if a.fresh else await run_alone()
+    done = []
+    for s, ps in zip(levels, sets):
+        done.append((s, *(await level(a.url, a.model, s, a.requests, a.max_tokens, ps))))
+    if a.fresh:
+        alone = await run_alone()
     rows = []
     base = None
     print(f"| server | streams | requests | errors | texts ≠ alone | tokens | tokens/s | ×1 stream | TTFT p50 ms | TTFT p99 ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for s in levels:
-        res, wall = await level(a.url, a.model, s, a.requests, a.max_tokens, ps)
+    for s, res, wall in done:
         errors = [r for r in res if r[4]]
         ok = [r for r in res if not r[4]]
         differ = sum(1 for p, text, *_ in ok if text != alone[p])

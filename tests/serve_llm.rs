@@ -3,7 +3,8 @@
 //! repository, concurrent greedy requests against the library's
 //! `Generator` run alone (batch invariance), prompt log-probabilities
 //! against `Generator::score`, cancellation, the KV budget and the queue
-//! bound, and the metrics.
+//! bound, the prefix cache (same tokens with and without it), and the
+//! metrics.
 
 mod common;
 
@@ -131,7 +132,15 @@ const PROMPTS: [&str; 6] = [
 async fn concurrent_greedy_requests_equal_the_library_alone() {
     let Some(gguf) = smollm2() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (repo, metrics) = repo_with(&gguf, dir.path(), r#"{"max_num_seqs": 8, "context_length": 512}"#, 64).await;
+    // Prompts in chunks of 4 within 10 tokens a step: several steps run
+    // a mix of prompt chunks and decoding tokens, and some chunks wait.
+    let (repo, metrics) = repo_with(
+        &gguf,
+        dir.path(),
+        r#"{"max_num_seqs": 8, "context_length": 512, "prefill_chunk": 4, "max_batched_tokens": 10}"#,
+        64,
+    )
+    .await;
     let engine = repo.llm("smol", None).expect("generative");
     let max_tokens = 12;
     let mut lib = Generator::load(&gguf, &Device::Cpu, Some(512)).expect("generator");
@@ -426,4 +435,86 @@ async fn a_thousand_requests_at_once_are_served_or_shed_and_nothing_leaks() {
     // Still serving.
     let (ids2, ..) = collect(&engine, greedy(ids, 2)).await;
     assert!(!ids2.is_empty());
+}
+
+/// The value of a metric line starting with `name{`.
+fn metric(m: &str, name: &str) -> f64 {
+    m.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{m}"))
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefix_cache_reuses_shared_prompts_and_changes_no_token() {
+    let Some(gguf) = smollm2() else { return };
+    // A budget of 7 MiB holds about 150 positions: the last request needs
+    // 140 of them, so the kept caches are dropped for it.
+    let params = |caching: bool| {
+        format!(r#"{{"max_num_seqs": 4, "context_length": 256, "kv_cache_mib": 7, "prefix_caching": {caching}}}"#)
+    };
+    let (dir_on, dir_off) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let (repo_on, metrics) = repo_with(&gguf, dir_on.path(), &params(true), 8).await;
+    let (repo_off, metrics_off) = repo_with(&gguf, dir_off.path(), &params(false), 8).await;
+    let (on, off) = (
+        repo_on.llm("smol", None).expect("generative"),
+        repo_off.llm("smol", None).expect("generative"),
+    );
+    let run = |engine: Arc<LlmEngine>, prompt: Vec<u32>, max_tokens: usize| async move {
+        let mut r = greedy(prompt, max_tokens);
+        r.stop_at_eos = false;
+        collect(&engine, r).await.0
+    };
+    let system = "You are a helpful assistant who answers in one short sentence. Question: ";
+    let a = on
+        .encode(&format!("{system}What is the capital of France?"))
+        .expect("encode");
+    let b = on.encode(&format!("{system}Why is the sky blue?")).expect("encode");
+    let mut want = Vec::new();
+    let mut got = Vec::new();
+    let gen_a = run(on.clone(), a.clone(), 20).await;
+    got.push(gen_a.clone());
+    want.push(run(off.clone(), a.clone(), 20).await);
+    for p in [&b, &a] {
+        got.push(run(on.clone(), p.clone(), 20).await);
+        want.push(run(off.clone(), p.clone(), 20).await);
+    }
+    // A follow-up: the first prompt, its answer, and more; it reuses the
+    // positions of generated tokens too.
+    let follow: Vec<u32> = a.iter().chain(&gen_a).chain(&b[..4]).copied().collect();
+    got.push(run(on.clone(), follow.clone(), 10).await);
+    want.push(run(off.clone(), follow.clone(), 10).await);
+    // Expected hits: `b` shares the system text with the kept `a` (its
+    // prompt and 19 of its 20 tokens ran); `a` again takes all but its
+    // last token; the follow-up takes all of the first run's positions.
+    let kept_a: Vec<u32> = a.iter().chain(&gen_a[..19]).copied().collect();
+    let hits = common_prefix(&kept_a, &b) + (a.len() - 1) + kept_a.len();
+    assert!(common_prefix(&a, &b) > 10, "the prompts share the system text");
+    let m = settled_metrics(&metrics).await;
+    assert_eq!(
+        metric(&m, "wginfer_prefix_cache_hit_tokens_total") as usize,
+        hits,
+        "{m}"
+    );
+    // Needs 140 of the budget's ~150 positions: the kept caches make room.
+    let long: Vec<u32> = b.iter().rev().cycle().take(100).copied().collect();
+    got.push(run(on.clone(), long.clone(), 40).await);
+    want.push(run(off.clone(), long, 40).await);
+    assert_eq!(
+        got, want,
+        "greedy tokens with the prefix cache differ from those without"
+    );
+    let m = settled_metrics(&metrics).await;
+    let held = metric(&m, "wginfer_prefix_cache_usage_ratio");
+    assert!(held > 0.0 && held <= 1.0, "{m}");
+    let m_off = settled_metrics(&metrics_off).await;
+    assert_eq!(metric(&m_off, "wginfer_prefix_cache_hit_tokens_total"), 0.0);
+    assert_eq!(metric(&m_off, "wginfer_prefix_cache_usage_ratio"), 0.0);
 }

@@ -712,6 +712,73 @@ async fn a_full_queue_answers_503() {
     say(&format!("a full queue: 503 `{message}`"));
 }
 
+/// SmolLM2's chat template, refusing a message `boom` with
+/// `raise_exception` and reading a variable that does not exist for a
+/// message `missing`.
+const FAILING_TEMPLATE: &str = "{% for m in messages %}\
+{% if m['content'] == 'boom' %}{{ raise_exception('the template refuses boom') }}{% endif %}\
+{% if m['content'] == 'missing' %}{{ no_such_variable.field }}{% endif %}\
+{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}\
+{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_template_that_fails_to_render_is_a_400_and_the_server_stays_up() {
+    let Some(hf) = std::env::var_os("WGINFER_SMOLLM2_HF").map(PathBuf::from) else {
+        common::skip_or_fail(
+            "WGINFER_REQUIRE_SMOLLM2_HF",
+            "WGINFER_SMOLLM2_HF is not set (models/smollm2/to_hf.py writes the directory; .ci/run does)",
+        );
+        return;
+    };
+    // The Hugging Face directory with its tokenizer_config.json's template
+    // replaced.
+    let dir = tempfile::tempdir().unwrap();
+    let v = dir.path().join("smolt/1");
+    std::fs::create_dir_all(&v).unwrap();
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ] {
+        if hf.join(f).exists() {
+            std::os::unix::fs::symlink(hf.join(f), v.join(f)).unwrap();
+        }
+    }
+    let mut tc: Value = serde_json::from_slice(&std::fs::read(hf.join("tokenizer_config.json")).unwrap()).unwrap();
+    tc["chat_template"] = json!(FAILING_TEMPLATE);
+    std::fs::write(v.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("smolt/config.json"),
+        json!({"parameters": {"context_length": CONTEXT, "max_num_seqs": 2}}).to_string(),
+    )
+    .unwrap();
+    let router = started(dir.path()).await;
+    for (content, words) in [("boom", "the template refuses boom"), ("missing", "undefined value")] {
+        for stream in [false, true] {
+            let body = json!({"model": "smolt", "stream": stream, "max_tokens": 2,
+                "messages": [{"role": "user", "content": content}]});
+            let r = post(&router, "/v1/chat/completions", &body).await;
+            let (status, param, _, message) = r.openai_error();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{content}: {message}");
+            assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+            assert_eq!(param, json!("messages"));
+            assert!(
+                message.contains("chat template") && message.contains(words),
+                "{content}: {message}"
+            );
+            say(&format!("a template failing on `{content}`: 400 `{message}`"));
+        }
+    }
+    // Still serving, the same template included.
+    let body =
+        json!({"model": "smolt", "max_tokens": 3, "ignore_eos": true, "messages": [{"role": "user", "content": "Hi"}]});
+    let r = post(&router, "/v1/chat/completions", &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["usage"]["completion_tokens"], 3, "{v}");
+}
+
 fn metric(r: &Reply, name: &str) -> f64 {
     let text = String::from_utf8_lossy(&r.body);
     text.lines()

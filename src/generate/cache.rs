@@ -111,3 +111,102 @@ impl KvCache {
         2 * self.k.len() * self.context * self.kv_dim * self.dtype.size()
     }
 }
+
+impl KvBuf {
+    /// Keeps the first `len` values and frees the rest.
+    fn truncate(&mut self, len: usize) {
+        match self {
+            KvBuf::F32(d) => {
+                d.truncate(len);
+                d.shrink_to_fit();
+            }
+            KvBuf::F16(d) => {
+                d.truncate(len);
+                d.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Copies the first `len` values of `src`; false when the storage types
+    /// differ or either holds fewer.
+    fn copy_prefix(&mut self, src: &KvBuf, len: usize) -> bool {
+        match (self, src) {
+            (KvBuf::F32(d), KvBuf::F32(s)) if d.len() >= len && s.len() >= len => {
+                d[..len].copy_from_slice(&s[..len]);
+                true
+            }
+            (KvBuf::F16(d), KvBuf::F16(s)) if d.len() >= len && s.len() >= len => {
+                d[..len].copy_from_slice(&s[..len]);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl KvCache {
+    /// Frees the room past the filled positions: the cache then holds (and
+    /// its [`KvCache::bytes`] counts) `len` positions.
+    pub fn shrink_to_len(&mut self) {
+        let keep = self.len * self.kv_dim;
+        for b in self.k.iter_mut().chain(self.v.iter_mut()) {
+            b.truncate(keep);
+        }
+        self.context = self.len;
+    }
+
+    /// Takes the first `n` positions of `src` (a cache of the same model and
+    /// storage type) as this cache's content: `len` becomes `n`. False (and
+    /// `len` unchanged) when the shapes differ or `n` exceeds `src.len` or
+    /// this cache's context.
+    pub fn copy_prefix(&mut self, src: &KvCache, n: usize) -> bool {
+        let fits = n <= src.len
+            && n <= self.context
+            && src.kv_dim == self.kv_dim
+            && src.dtype == self.dtype
+            && src.k.len() == self.k.len();
+        if !fits {
+            return false;
+        }
+        let len = n * self.kv_dim;
+        let pairs = self.k.iter_mut().zip(&src.k).chain(self.v.iter_mut().zip(&src.v));
+        for (d, s) in pairs {
+            if !d.copy_prefix(s, len) {
+                return false;
+            }
+        }
+        self.len = n;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_prefix_takes_the_first_positions_and_shrink_frees_the_rest() {
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            let mut a = KvCache::new(2, 8, 3, dtype);
+            for (l, (k, v)) in a.k.iter_mut().zip(a.v.iter_mut()).enumerate() {
+                let vals: Vec<f32> = (0..15).map(|i| (i + 100 * l) as f32).collect();
+                k.write(0, &vals);
+                v.write(0, &vals.iter().map(|x| -x).collect::<Vec<_>>());
+            }
+            a.len = 5;
+            a.shrink_to_len();
+            assert_eq!((a.context, a.bytes()), (5, 2 * 2 * 5 * 3 * dtype.size()));
+            let mut b = KvCache::new(2, 10, 3, dtype);
+            assert!(b.copy_prefix(&a, 4));
+            assert_eq!(b.len, 4);
+            let mut scratch = Vec::new();
+            assert_eq!(b.k[1].read(9, 3, &mut scratch), &[109.0, 110.0, 111.0]);
+            assert_eq!(b.v[0].read(0, 3, &mut scratch), &[-0.0, -1.0, -2.0]);
+            assert_eq!(b.k[0].read(12, 3, &mut scratch), &[0.0, 0.0, 0.0]);
+            assert!(!b.copy_prefix(&a, 6), "past the source's filled positions");
+            let mut other = KvCache::new(2, 10, 4, dtype);
+            assert!(!other.copy_prefix(&a, 2), "another shape");
+            assert_eq!(other.len, 0);
+        }
+    }
+}

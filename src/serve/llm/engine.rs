@@ -10,6 +10,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::LlmMetrics;
+use super::prefix::PrefixCache;
 use super::{Finished, LlmEvent, LlmRequest, LlmSettings, PositionLogprobs, TokenOut};
 use crate::error::GenerateError;
 use crate::generate::cache::KvCache;
@@ -126,9 +127,14 @@ struct Seq<'t> {
     fed: usize,
     /// The last generated token, to run next.
     next: Option<u32>,
+    /// The prompt and the generated tokens: the cache holds the first
+    /// `cache.len`.
+    tokens: Vec<u32>,
     prompt_logprobs: Vec<PositionLogprobs>,
     last_token: Option<Instant>,
     done: bool,
+    /// Its cache may hold wrong values (a pass failed): not kept.
+    failed: bool,
 }
 
 impl Seq<'_> {
@@ -142,6 +148,7 @@ impl Seq<'_> {
         log::error!("a sequence failed: {e}");
         self.send(LlmEvent::Error(ServeError::Internal(e.to_string())));
         self.done = true;
+        self.failed = true;
     }
 }
 
@@ -153,7 +160,12 @@ pub(super) fn start(s: Start) -> Result<mpsc::Sender<Job>, String> {
         .name("wginfer-llm".into())
         .spawn(move || {
             let (what, health) = (s.what.clone(), s.health.clone());
-            let mut sched = Scheduler { backend, used: 0, s };
+            let mut sched = Scheduler {
+                backend,
+                used: 0,
+                prefix: PrefixCache::default(),
+                s,
+            };
             if let Err(e) = isolated(&what, || {
                 sched.run(rx);
                 Ok(())
@@ -169,6 +181,8 @@ struct Scheduler {
     backend: Backend,
     /// KV positions reserved by running sequences.
     used: usize,
+    /// Caches of ended sequences, in the budget's free room.
+    prefix: PrefixCache,
     s: Start,
 }
 
@@ -211,10 +225,13 @@ impl Scheduler {
         }
     }
 
-    /// Publishes the batch, queue and KV-budget gauges.
+    /// Publishes the batch, queue, KV-budget and prefix-cache gauges.
     fn report(&self, running: usize, waiting: usize) {
-        let usage = self.used as f64 / self.s.budget.max(1) as f64;
-        self.s.metrics.state(running, waiting, usage);
+        let budget = self.s.budget.max(1) as f64;
+        self.s.metrics.state(running, waiting, self.used as f64 / budget);
+        self.s
+            .metrics
+            .prefix_cache_usage(self.prefix.positions() as f64 / budget);
     }
 
     /// Forgets queued requests and sequences whose client went away, and
@@ -223,14 +240,31 @@ impl Scheduler {
         let before = waiting.len();
         waiting.retain(|j| !j.events.is_closed());
         self.s.waiting.fetch_sub(before - waiting.len(), Ordering::SeqCst);
-        let used = &mut self.used;
-        running.retain(|q| {
-            let keep = !q.done && !q.job.events.is_closed();
-            if !keep {
-                *used -= q.reserved;
+        let mut i = 0;
+        while i < running.len() {
+            if !running[i].done && !running[i].job.events.is_closed() {
+                i += 1;
+                continue;
             }
-            keep
-        });
+            let q = running.remove(i);
+            self.used -= q.reserved;
+            if let (Some(cache), true) = (q.cache, self.s.settings.prefix_caching && !q.failed) {
+                self.prefix.keep(&q.tokens, cache);
+            }
+        }
+    }
+
+    /// The kept cache to start `req`'s prompt from: its index and how many
+    /// positions to take (at least the prompt's last token is left to run,
+    /// for its logits; none when the request wants every prompt position's
+    /// log-probabilities).
+    fn prefix_hit(&self, req: &LlmRequest) -> Option<(usize, usize)> {
+        if !self.s.settings.prefix_caching || req.prompt_logprobs.is_some() {
+            return None;
+        }
+        let (i, n) = self.prefix.lookup(&req.prompt)?;
+        let n = n.min(req.prompt.len().saturating_sub(1));
+        (n > 0).then_some((i, n))
     }
 
     fn admit<'t>(&mut self, waiting: &mut VecDeque<Job>, running: &mut Vec<Seq<'t>>, tokenizer: &'t Tokenizer) {
@@ -242,6 +276,9 @@ impl Scheduler {
             }
             let Some(job) = waiting.pop_front() else { break };
             self.s.waiting.fetch_sub(1, Ordering::SeqCst);
+            let hit = self.prefix_hit(&job.req);
+            let room = self.s.budget - self.used - need;
+            let kept = self.prefix.shrink_to(room, hit.map(|h| h.0));
             let opts = GenerateOptions {
                 max_tokens: job.req.max_tokens,
                 sampling: job.req.sampling.clone(),
@@ -252,18 +289,25 @@ impl Scheduler {
             let made = TokenPicker::new(tokenizer, &job.req.prompt, &opts)
                 .and_then(|p| Ok((p, self.backend.new_cache(need)?)));
             match made {
-                Ok((picker, cache)) => {
+                Ok((picker, mut cache)) => {
                     self.used += need;
+                    let fed = match (hit, kept, cache.as_mut()) {
+                        (Some((_, n)), Some(i), Some(c)) => n * usize::from(self.prefix.copy_into(i, n, c)),
+                        _ => 0,
+                    };
+                    self.s.metrics.prefix_cache_hit(fed);
                     running.push(Seq {
+                        tokens: job.req.prompt.clone(),
                         job,
                         picker,
                         cache,
                         reserved: need,
-                        fed: 0,
+                        fed,
                         next: None,
                         prompt_logprobs: Vec::new(),
                         last_token: None,
                         done: false,
+                        failed: false,
                     });
                 }
                 Err(e) => {
@@ -273,15 +317,17 @@ impl Scheduler {
         }
     }
 
-    /// One iteration, one batched pass: every decoding sequence's next
-    /// token, and the next prompt chunk of sequences still reading theirs
-    /// (oldest first, about one chunk's worth of prompt tokens per step).
-    /// Every row is computed on its own ([`RowMode::Independent`]), so what
-    /// else runs never changes a sequence's numbers.
-    fn step(&mut self, running: &mut [Seq<'_>]) {
+    /// What each sequence runs in the next step: every decoding sequence
+    /// its next token, and sequences still reading their prompt their next
+    /// chunk, oldest first, as many as the rest of `max_batched_tokens`
+    /// holds (the oldest always runs one). A chunk is never cut to fit, so a
+    /// prompt's chunks do not depend on what else runs.
+    fn plan(&self, running: &[Seq<'_>]) -> Vec<Option<Work>> {
         let chunk = self.s.settings.prefill_chunk.max(1);
-        let mut budget = chunk;
-        let plan: Vec<Option<Work>> = running
+        let decoding = running.iter().filter(|q| !q.done && q.next.is_some()).count();
+        let mut left = self.s.settings.max_batched_tokens.saturating_sub(decoding);
+        let mut first = true;
+        running
             .iter()
             .map(|q| {
                 let len = q.job.req.prompt.len();
@@ -291,16 +337,24 @@ impl Scheduler {
                     Some(Work::Decode)
                 } else if q.fed < len {
                     let end = (q.fed + chunk).min(len);
-                    if end - q.fed > budget && budget < chunk {
+                    if end - q.fed > left && !first {
                         return None;
                     }
-                    budget = budget.saturating_sub(end - q.fed);
+                    first = false;
+                    left = left.saturating_sub(end - q.fed);
                     Some(Work::Prefill { start: q.fed, end })
                 } else {
                     None
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// One iteration, one batched pass over the [`Scheduler::plan`]. Every
+    /// row is computed on its own ([`RowMode::Independent`]), so what else
+    /// runs never changes a sequence's numbers.
+    fn step(&mut self, running: &mut [Seq<'_>]) {
+        let plan = self.plan(running);
         let group: Vec<_> = running
             .iter_mut()
             .zip(&plan)
@@ -392,6 +446,7 @@ impl Scheduler {
                 metrics.generated(1);
                 q.last_token = Some(now);
                 q.next = Some(t.id);
+                q.tokens.push(t.id);
                 q.send(LlmEvent::Token(TokenOut {
                     id: t.id,
                     text: t.text,

@@ -10,6 +10,11 @@
 //!   the running batch and in the queue.
 //! - `kv_cache_usage_ratio` (gauge): the share of the KV-cache budget
 //!   reserved by running sequences.
+//! - `prefix_cache_hit_tokens_total` (counter): prompt tokens whose keys and
+//!   values were copied from the prefix cache instead of computed.
+//! - `prefix_cache_usage_ratio` (gauge): the share of the KV-cache budget
+//!   held by the prefix cache (ended sequences' caches, dropped whenever a
+//!   new sequence needs the room).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +68,9 @@ pub struct LlmMetrics {
     waiting: AtomicU64,
     /// KV-cache use in millionths.
     kv_usage_ppm: AtomicU64,
+    prefix_hit_tokens: AtomicU64,
+    /// Prefix-cache use in millionths.
+    prefix_usage_ppm: AtomicU64,
 }
 
 impl LlmMetrics {
@@ -92,6 +100,17 @@ impl LlmMetrics {
         self.waiting.store(waiting as u64, Ordering::Relaxed);
         self.kv_usage_ppm
             .store((kv_usage.clamp(0.0, 1.0) * 1e6).round() as u64, Ordering::Relaxed);
+    }
+
+    /// Prompt tokens taken from the prefix cache.
+    pub fn prefix_cache_hit(&self, n: usize) {
+        self.prefix_hit_tokens.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The share of the KV budget the prefix cache holds.
+    pub fn prefix_cache_usage(&self, ratio: f64) {
+        self.prefix_usage_ppm
+            .store((ratio.clamp(0.0, 1.0) * 1e6).round() as u64, Ordering::Relaxed);
     }
 
     /// Generated tokens so far.
@@ -135,7 +154,7 @@ pub(crate) fn render(out: &mut String, models: &[(String, String, std::sync::Arc
         }
     }
     type Get = fn(&LlmMetrics) -> String;
-    let scalars: [(&str, &str, &str, Get); 5] = [
+    let scalars: [(&str, &str, &str, Get); 7] = [
         ("prompt_tokens_total", "counter", "Prompt tokens processed", |m| {
             m.prompt_tokens.load(Ordering::Relaxed).to_string()
         }),
@@ -156,6 +175,18 @@ pub(crate) fn render(out: &mut String, models: &[(String, String, std::sync::Arc
             "gauge",
             "Share of the KV-cache budget reserved by running sequences",
             |m| (m.kv_usage_ppm.load(Ordering::Relaxed) as f64 / 1e6).to_string(),
+        ),
+        (
+            "prefix_cache_hit_tokens_total",
+            "counter",
+            "Prompt tokens whose keys and values came from the prefix cache",
+            |m| m.prefix_hit_tokens.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "prefix_cache_usage_ratio",
+            "gauge",
+            "Share of the KV-cache budget held by ended sequences' caches kept for reuse",
+            |m| (m.prefix_usage_ppm.load(Ordering::Relaxed) as f64 / 1e6).to_string(),
         ),
     ];
     for (name, kind, help, get) in scalars {

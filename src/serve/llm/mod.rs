@@ -3,19 +3,28 @@
 //! [`LlmEngine`], a continuous-batching scheduler on its own thread.
 //!
 //! Each engine step is one batched forward pass over every running
-//! sequence: sequences that are decoding contribute one token each, and
-//! sequences still reading their prompt their next chunk of
-//! [`LlmSettings::prefill_chunk`] tokens (about one chunk's worth per step),
-//! so a long prompt never stalls the streams already running. Every weight
-//! is read once per step, and every row is computed on its own (16-bit
-//! activation blocks per row; attention over its own cache), so greedy
-//! output does not depend on what else runs. A request joins at the next
-//! step.
+//! sequence, within a budget of [`LlmSettings::max_batched_tokens`] tokens:
+//! sequences that are decoding contribute one token each, and sequences
+//! still reading their prompt their next chunk of
+//! [`LlmSettings::prefill_chunk`] tokens, oldest first, as many chunks as
+//! the rest of the budget holds (the oldest always gets one). A burst of
+//! prompts is read in a few steps, and a long prompt never stalls the
+//! streams already running. Every weight is read once per step, and every
+//! row is computed on its own (16-bit activation blocks per row; attention
+//! over its own cache), so greedy output does not depend on what else runs.
+//! A request joins at the next step.
 //!
 //! KV memory is a budget: a sequence reserves `prompt + max_tokens`
 //! positions (up to the context) when it joins and frees them the moment
 //! it finishes or its client goes away. Requests that do not fit wait in a
 //! bounded queue (first come, first served); past its bound they get 503.
+//!
+//! Prefix caching (CPU): the keys and values of a sequence that ended stay
+//! in the budget's free room, keyed by the tokens they hold. A new prompt
+//! that starts with some of those tokens copies their positions instead of
+//! computing them again (every row being computed on its own, the copied
+//! positions are the numbers it would compute). Kept caches are dropped,
+//! least recently used first, whenever a new sequence needs their room.
 //!
 //! Settings come from the model's `config.json` `parameters` (plain values
 //! or Triton's `{"string_value": "..."}`):
@@ -26,6 +35,8 @@
 //! | `context_length` | trained context, at most 4096 | positions per sequence |
 //! | `kv_cache_mib` | 1024 | the KV-cache budget of all sequences |
 //! | `prefill_chunk` | 128 | prompt tokens per sequence per step |
+//! | `max_batched_tokens` | 512 | tokens per step, all sequences together |
+//! | `prefix_caching` | `true` | reuse the KV cache of ended sequences |
 //! | `kv_cache_dtype` | `f32` | `f16` halves the cache (CPU) |
 //!
 //! The queue bound is `dynamic_batching.default_queue_policy.max_queue_size`
@@ -33,6 +44,7 @@
 
 mod engine;
 pub mod metrics;
+mod prefix;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -158,6 +170,11 @@ pub struct LlmSettings {
     pub kv_cache_bytes: usize,
     /// Prompt tokens per sequence per step.
     pub prefill_chunk: usize,
+    /// Tokens per step, all sequences together (decoding sequences count
+    /// one each; the oldest prompt chunk runs even past it).
+    pub max_batched_tokens: usize,
+    /// Keep the KV cache of ended sequences for prompts that share a prefix.
+    pub prefix_caching: bool,
     /// Requests waiting at most; more get 503.
     pub max_queue: usize,
     /// How the CPU caches store keys and values.
@@ -171,9 +188,24 @@ impl Default for LlmSettings {
             context: None,
             kv_cache_bytes: 1 << 30,
             prefill_chunk: 128,
+            max_batched_tokens: 512,
+            prefix_caching: true,
             max_queue: super::config::DEFAULT_MAX_QUEUE_SIZE,
             kv_dtype: KvDtype::F32,
         }
+    }
+}
+
+fn param_bool(params: &Map<String, Value>, key: &str) -> Result<Option<bool>, String> {
+    let Some(v) = params.get(key) else {
+        return Ok(None);
+    };
+    let v = v.get("string_value").unwrap_or(v);
+    match v {
+        Value::Bool(b) => Ok(Some(*b)),
+        Value::String(s) if s.trim().eq_ignore_ascii_case("true") => Ok(Some(true)),
+        Value::String(s) if s.trim().eq_ignore_ascii_case("false") => Ok(Some(false)),
+        _ => Err(format!("parameters.{key} must be true or false, not {v}")),
     }
 }
 
@@ -210,6 +242,12 @@ impl LlmSettings {
         }
         if let Some(n) = param_usize(p, "prefill_chunk")? {
             s.prefill_chunk = n;
+        }
+        if let Some(n) = param_usize(p, "max_batched_tokens")? {
+            s.max_batched_tokens = n;
+        }
+        if let Some(b) = param_bool(p, "prefix_caching")? {
+            s.prefix_caching = b;
         }
         if let Some(v) = p.get("kv_cache_dtype") {
             let v = v.get("string_value").unwrap_or(v);
