@@ -295,7 +295,10 @@ fn k_quant_exports_of_the_fixtures() {
         for (wt, kind, format) in kinds {
             let out = export(&src, dir.path(), wt);
             let w = weights(&out);
-            assert!(w.layers.iter().all(|l| l.wq.format_name() == format), "{f} {kind}: attn_q");
+            assert!(
+                w.layers.iter().all(|l| l.wq.format_name() == format),
+                "{f} {kind}: attn_q"
+            );
             if wt == GgufWeightType::Q4_K_M {
                 // Two layers: llama.cpp's use_more_bits(i, 2) holds for
                 // layer 1 only (i >= 7·2/8), so attn_v and ffn_down are
@@ -314,12 +317,35 @@ fn k_quant_exports_of_the_fixtures() {
                 check_with_gguf_package(python, &src, &out, "k", &[]);
             }
         }
-        let [q4_0, q4_k, q4_k_m, q5_k, q6_k] = kl[..] else { unreachable!() };
+        let [q4_0, q4_k, q4_k_m, q5_k, q6_k] = kl[..] else {
+            unreachable!()
+        };
         assert!(q4_k < q4_0, "{f}: Q4_K KL {q4_k} not below Q4_0's {q4_0}");
         assert!(q4_k_m < q4_k, "{f}: Q4_K_M KL {q4_k_m} not below Q4_K's {q4_k}");
-        assert!(q5_k < q4_k && q6_k < q5_k, "{f}: KL Q4_K {q4_k}, Q5_K {q5_k}, Q6_K {q6_k}");
+        assert!(
+            q5_k < q4_k && q6_k < q5_k,
+            "{f}: KL Q4_K {q4_k}, Q5_K {q5_k}, Q6_K {q6_k}"
+        );
         assert!(q6_k <= 1e-2, "{f}: Q6_K KL {q6_k}");
     }
+}
+
+#[test]
+fn q8_0_requantization_keeps_the_fixtures_logits() {
+    for f in FIXTURES {
+        let (kl, top1) = q8_drift(&common::root(f), None);
+        assert!(kl <= 5e-3 && top1 >= 0.9, "{f}: KL {kl}, top-1 {top1}");
+    }
+}
+
+#[test]
+fn q8_0_requantization_keeps_smollm2_logits() {
+    let Some(src) = smollm2() else { return };
+    let file = GgufFile::open(&src).expect("smollm2");
+    let tokenizer = Tokenizer::from_gguf(&file).expect("tokenizer");
+    let toks = tokenizer.encode(TEXT, false).expect("encode");
+    let (kl, top1) = q8_drift(&src, Some(toks));
+    assert!(kl <= 5e-3 && top1 >= 0.9, "KL {kl}, top-1 {top1}");
 }
 
 /// The llama fixture rewritten with `blk.0.attn_q.weight` stored as `bad`.
