@@ -4,7 +4,10 @@
 # `wginfer perplexity` (the same protocol) over the same text.
 #
 #   WGINFER_SMOLLM2_GGUF=... LLAMA_CPP_BIN=.../build/bin [WGINFER_BIN=...] \
-#     bash models/export/gguf_perplexity.sh [TEXT] [CHUNKS]
+#     [WGINFER_SMOLLM2_HF=...] bash models/export/gguf_perplexity.sh [TEXT] [CHUNKS]
+#
+# With WGINFER_SMOLLM2_HF (the f32 directory of models/smollm2/to_hf.py) it
+# also scores that directory's q4_k_m, q5_k_m and q6_k exports.
 #
 # TEXT defaults to /usr/share/common-licenses/GPL-3 (Debian's copy of the
 # GPL, 35 kB of English prose); CHUNKS (of 512 tokens) to 4; threads to 2.
@@ -30,4 +33,15 @@ for m in original keep q8_0 q4_0; do
     | sed -n 's/^perplexity \([0-9.]*\).*/\1/p')
   echo "| $m | $lc | $wp |"
 done
+if [ -n "${WGINFER_SMOLLM2_HF:-}" ]; then
+  for t in q4_k_m q5_k_m q6_k; do
+    "$wg" export "$WGINFER_SMOLLM2_HF" --to gguf --gguf-type "$t" -o "$out/hf-$t.gguf" --force
+    m="hf-$t"
+    lc=$("$bin/llama-perplexity" -m "$out/$m.gguf" -f "$text" -c 512 --chunks "$chunks" -t 2 2>&1 \
+      | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p')
+    wp=$("$wg" perplexity "$out/$m.gguf" --text "$text" --chunk 512 --chunks "$chunks" \
+      | sed -n 's/^perplexity \([0-9.]*\).*/\1/p')
+    echo "| $m ($(stat -c %s "$out/$m.gguf") bytes) | $lc | $wp |"
+  done
+fi
 rm -rf "$out"
