@@ -12,6 +12,8 @@
 //! panel of `A` passes over it. Without AVX2 and FMA the same loops run in
 //! plain Rust.
 
+use super::conv_direct::{self, DirectLhs};
+
 /// Rows (output channels) per register tile and per packed panel.
 pub const MR: usize = 6;
 /// Columns (output pixels) per register tile.
@@ -26,6 +28,9 @@ pub struct PackedLhs {
     m: usize,
     k: usize,
     data: Vec<f32>,
+    /// The same weight for the direct kernel, where it may run (AVX2, at
+    /// least 12 rows).
+    direct: Option<DirectLhs>,
 }
 
 /// Where the tile's results go: `c` at its first element, `ldc` apart,
@@ -57,7 +62,8 @@ impl PackedLhs {
                 }
             }
         }
-        Self { m, k, data }
+        let direct = if m >= 12 { DirectLhs::new(a, m, k, lda) } else { None };
+        Self { m, k, data, direct }
     }
 
     /// Rows.
@@ -460,7 +466,7 @@ thread_local! {
 
 /// The output pointer, shared by tasks that write disjoint pixel ranges.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint elements (see `conv2d`).
 unsafe impl Send for OutPtr {}
 // SAFETY: as for Send.
@@ -494,7 +500,10 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, r
     // × channel × pixel) through the pointer.
     let mut y: Vec<f32> = Vec::with_capacity(len);
     let out = OutPtr(y.as_mut_ptr());
-    if batched_fits(s) {
+    let direct: Option<Vec<&DirectLhs>> = w.iter().map(|p| p.direct.as_ref()).collect();
+    if let Some(direct) = direct.filter(|_| conv_direct::fits(s)) {
+        conv_direct::conv2d_direct(s, x, &direct, bias, relu, out);
+    } else if batched_fits(s) {
         conv2d_batched(s, x, w, bias, relu, out);
     } else if wide_fits(s) {
         conv2d_wide(s, x, w, bias, relu, out);
@@ -697,7 +706,9 @@ fn conv2d_batched(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]
     let parallel = macs >= PARALLEL_MIN_MACS && s.n > 1 && threads > 1;
     let mut chunk = (BATCH_COL_MAX / (kk * pix)).clamp(1, s.n);
     if parallel {
-        chunk = chunk.min(s.n.div_ceil(threads));
+        // About four tasks per thread, so a thread that starts late (a
+        // loaded machine) leaves its share to the others.
+        chunk = chunk.min(s.n.div_ceil(4 * threads));
     }
     let tasks = s.n.div_ceil(chunk);
     let out_ptr = out;
@@ -974,6 +985,9 @@ mod tests {
             (2, 3, 11, 1, 20, 19, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
             (1, 32, 13, 1, 14, 14, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
             (2, 50, 7, 1, 9, 11, 3, 3, [1, 1], [2, 1], [2, 1, 2, 1]),
+            (2, 6, 26, 2, 9, 8, 3, 2, [2, 1], [1, 2], [1, 0, 2, 1]),
+            (3, 4, 40, 1, 7, 7, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (64, 8, 16, 1, 4, 4, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
         ];
         for &(n, c, m, group, h, wd, kh, kw, st, dl, pad) in cases {
             let oh = (h + pad[0] + pad[2] - (kh - 1) * dl[0] - 1) / st[0] + 1;
@@ -1010,6 +1024,12 @@ mod tests {
                 paths.push(("tiled", run(conv2d_tiled)));
                 if st == [1, 1] {
                     paths.push(("wide", run(conv2d_wide)));
+                }
+                let direct: Option<Vec<&DirectLhs>> = packed.iter().map(|p| p.direct.as_ref()).collect();
+                if let Some(direct) = direct.filter(|_| conv_direct::fits(&s)) {
+                    let mut y = vec![f32::NAN; want.len()];
+                    conv_direct::conv2d_direct(&s, &x, &direct, Some(&bias), relu, OutPtr(y.as_mut_ptr()));
+                    paths.push(("direct", y));
                 }
                 paths.push(("conv2d", conv2d(&s, &x, &packed, Some(&bias), relu)));
                 for (name, got) in paths {

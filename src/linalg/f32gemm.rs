@@ -45,7 +45,7 @@ pub const KC2: usize = 256;
 /// Rows per parallel task of the AVX2 kernel.
 const TASK_ROWS2: usize = 96;
 /// Panels per parallel task of the AVX2 kernel, at most.
-const TASK_PANELS2: usize = 8;
+const TASK_PANELS2: usize = 4;
 
 /// Which kernel a [`PackedF32`] is packed for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
