@@ -452,8 +452,10 @@ pub struct ConvShape {
     pub geom: Im2col,
 }
 
-/// Below this many multiply-adds a convolution runs on one thread.
-const PARALLEL_MIN_MACS: usize = 1 << 17;
+/// Below this many multiply-adds (about 0.1 ms on one core) a convolution
+/// runs on one thread: on a busy machine a second thread's start costs
+/// more than it saves on smaller products.
+pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 22;
 /// Multiply-adds a parallel task does at least (tasks are grouped up to it).
 const TASK_MIN_MACS: usize = 1 << 15;
 /// The im2col tile's size limit in floats (256 KiB: it stays in L2).
@@ -675,7 +677,7 @@ fn fill_from_padded(g: &Im2col, pad: &[f32], cg: usize, col: &mut [f32], ld: usi
 /// # Safety
 /// `src` readable and `dst` writable for `n` floats, not overlapping.
 #[inline(always)]
-unsafe fn copy_short_raw(dst: *mut f32, src: *const f32, n: usize) {
+pub(crate) unsafe fn copy_short_raw(dst: *mut f32, src: *const f32, n: usize) {
     let mut i = 0;
     while i + 8 <= n {
         std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), 8);
@@ -884,7 +886,12 @@ mod tests {
             let p = PackedLhs::new(&a, m, k, lda);
             for (bias, relu) in [(None, false), (Some(&bias[..]), false), (Some(&bias[..]), true)] {
                 let offs: Vec<usize> = (0..k).map(|q| q * ldb).collect();
-                for (fast, by_offsets) in [(false, false), (false, true), (has_avx2_fma(), false), (has_avx2_fma(), true)] {
+                for (fast, by_offsets) in [
+                    (false, false),
+                    (false, true),
+                    (has_avx2_fma(), false),
+                    (has_avx2_fma(), true),
+                ] {
                     let mut c = vec![f32::NAN; m * ldc];
                     let bp = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
                     let rows_b = if by_offsets {
@@ -988,6 +995,8 @@ mod tests {
             (2, 6, 26, 2, 9, 8, 3, 2, [2, 1], [1, 2], [1, 0, 2, 1]),
             (3, 4, 40, 1, 7, 7, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
             (64, 8, 16, 1, 4, 4, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            // Above PARALLEL_MIN_MACS: parallel tasks.
+            (7, 32, 64, 1, 14, 13, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
         ];
         for &(n, c, m, group, h, wd, kh, kw, st, dl, pad) in cases {
             let oh = (h + pad[0] + pad[2] - (kh - 1) * dl[0] - 1) / st[0] + 1;

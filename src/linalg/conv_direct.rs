@@ -13,7 +13,7 @@
 //! AVX2 + FMA only ([`DirectLhs::new`] returns `None` elsewhere; callers keep
 //! the im2col GEMM).
 
-use super::conv::{ConvShape, OutPtr};
+use super::conv::{copy_short_raw, ConvShape, OutPtr, PARALLEL_MIN_MACS};
 
 /// Output channels per panel (two ymm vectors).
 pub const LANES: usize = 16;
@@ -87,15 +87,14 @@ pub fn fits(s: &ConvShape) -> bool {
 }
 
 thread_local! {
-    /// Each thread's padded band, pixel offsets and tap offsets.
-    static BUFS: std::cell::RefCell<(Vec<f32>, Vec<usize>, Vec<usize>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+    /// Each thread's padded band, pixel offsets and tap offsets, and the
+    /// band height and geometry the offsets were made for.
+    static BUFS: std::cell::RefCell<(Vec<f32>, Vec<usize>, Vec<usize>, [usize; 11])> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new(), [0; 11])) };
 }
 
 /// Multiply-adds a parallel task does at least (tasks are grouped up to it).
 const TASK_MIN_MACS: usize = 1 << 15;
-/// Below this many multiply-adds a convolution runs on one thread.
-const PARALLEL_MIN_MACS: usize = 1 << 17;
 
 /// `y [n, m, oh, ow]` (written through `out`, every element) = the
 /// convolution of `x [n, c, h, w]` with `w[g]` per group, plus `bias`,
@@ -133,12 +132,16 @@ pub(crate) fn conv2d_direct(s: &ConvShape, x: &[f32], w: &[&DirectLhs], bias: Op
         let oy1 = (oy0 + band_rows).min(g.oh);
         let dst = out;
         BUFS.with(|b| {
-            let (pad, pixoff, taps) = &mut *b.borrow_mut();
+            let (pad, pixoff, taps, key) = &mut *b.borrow_mut();
             for (gi, wg) in w.iter().enumerate() {
                 let xg = &x[(img * s.c + gi * cg) * plane..][..cg * plane];
                 let (hb, wp) = pad_band(s, xg, oy0, oy1, pad);
-                if gi == 0 {
+                // The offsets depend on the band's height and the geometry
+                // only: kept from this thread's last band when those match.
+                let k = [oy1 - oy0, g.ow, hb, wp, g.s[0], g.s[1], g.d[0], g.d[1], g.kh, g.kw, cg];
+                if *key != k {
                     offsets(s, oy0, oy1, hb, wp, pixoff, taps);
+                    *key = k;
                 }
                 let bias = bias.map(|b| &b[gi * mg..][..mg]);
                 // SAFETY: `pad` holds cg planes hb × wp, which every pixel
@@ -181,7 +184,9 @@ fn pad_band(s: &ConvShape, xg: &[f32], oy0: usize, oy1: usize, pad: &mut Vec<f32
                 continue;
             }
             let src = &xg[c * g.h * g.w + iy as usize * g.w..][..cols];
-            pad[(c * hb + lr) * wp + g.pad[1]..][..cols].copy_from_slice(src);
+            let dst = &mut pad[(c * hb + lr) * wp + g.pad[1]..][..cols];
+            // SAFETY: both slices hold `cols` floats (checked above) and are distinct buffers.
+            unsafe { copy_short_raw(dst.as_mut_ptr(), src.as_ptr(), cols) };
         }
     }
     (hb, wp)
@@ -191,7 +196,15 @@ fn pad_band(s: &ConvShape, xg: &[f32], oy0: usize, oy1: usize, pad: &mut Vec<f32
 /// of the taps `(c, ky, kx)`: pixel `(oy, ox)` at `(oy - oy0)·sy·wp + ox·sx`,
 /// tap at `c·hb·wp + ky·dy·wp + kx·dx`. Their sum is at most
 /// `(cg - 1)·hb·wp + (hb - 1)·wp + wp - 1`, inside the band.
-fn offsets(s: &ConvShape, oy0: usize, oy1: usize, hb: usize, wp: usize, pixoff: &mut Vec<usize>, taps: &mut Vec<usize>) {
+fn offsets(
+    s: &ConvShape,
+    oy0: usize,
+    oy1: usize,
+    hb: usize,
+    wp: usize,
+    pixoff: &mut Vec<usize>,
+    taps: &mut Vec<usize>,
+) {
     let g = &s.geom;
     let cg = s.c / s.group;
     pixoff.clear();

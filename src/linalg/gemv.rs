@@ -12,9 +12,9 @@
 use rayon::prelude::*;
 
 /// Below this many multiply-adds a product runs on one thread (a 784×512
-/// layer, about 0.4 M, streams a 1.6 MB weight from L3 in about 20 µs on
-/// one core: a second pays when its share starts within a few µs).
-pub const PARALLEL_MIN: usize = 1 << 18;
+/// layer, about 0.4 M, streams its 1.6 MB weight from L3 in about 20 µs on
+/// one core, less than a second thread's start costs on a busy machine).
+pub const PARALLEL_MIN: usize = 1 << 20;
 /// Tasks per thread: small shares, so that a thread that starts late (a
 /// loaded machine) leaves its work to the others instead of holding them up.
 const TASKS_PER_THREAD: usize = 4;

@@ -312,7 +312,10 @@ fn reshape_moved(op: &dyn Op, src: &Source, slots: &mut [Option<Tensor>]) -> Res
     let Source::Slot(s) = src else { return Err(lost()) };
     let t = slots[*s].take().ok_or_else(lost)?;
     let vt = op.infer(&[ValueType::known(t.dtype(), t.shape())])?;
-    let shape: Option<Vec<usize>> = vt.first().map(|v| v.shape.iter().map(|d| d.known()).collect()).flatten();
+    let shape: Option<Vec<usize>> = vt
+        .first()
+        .map(|v| v.shape.iter().map(|d| d.known()).collect())
+        .flatten();
     let shape = shape.ok_or_else(|| crate::error::OpError::Shape("a reshape without a concrete shape".into()))?;
     Ok(t.reshape(shape)?)
 }
@@ -494,15 +497,22 @@ mod tests {
             .iter()
             .map(|&o| ValueInfo {
                 name: o.into(),
-                ty: probe.value_type(o).cloned().unwrap_or_else(|| panic!("no type for {o}")),
+                ty: probe
+                    .value_type(o)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no type for {o}")),
             })
             .collect();
         let graph = Graph::new("flatten", vec![x_info], outs, infos, nodes).unwrap_or_else(|e| panic!("{e}"));
         let mut fast = CpuExecutor::new(&graph, CpuKernels::Fast);
         fast.prepare(&graph, &params);
         let reference = CpuExecutor::new(&graph, CpuKernels::Reference);
-        let got = fast.run(&graph, &params, vec![x.clone()]).unwrap_or_else(|e| panic!("{e}"));
-        let want = reference.run(&graph, &params, vec![x]).unwrap_or_else(|e| panic!("{e}"));
+        let got = fast
+            .run(&graph, &params, vec![x.clone()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let want = reference
+            .run(&graph, &params, vec![x])
+            .unwrap_or_else(|e| panic!("{e}"));
         for (name, w) in &want {
             assert_eq!(got[name].shape(), w.shape(), "{name}");
             let g = got[name].as_f32().unwrap_or_else(|e| panic!("{e}"));
