@@ -86,11 +86,13 @@ pub fn fits(s: &ConvShape) -> bool {
     mg >= 12 && kk <= KK_MAX && g.oh > 0 && g.ow > 0 && cg * rows * wp <= BAND_MAX && super::conv::has_avx2_fma()
 }
 
+/// A thread's padded band, pixel offsets and tap offsets, and the band
+/// height and geometry the offsets were made for.
+type Bufs = (Vec<f32>, Vec<usize>, Vec<usize>, [usize; 11]);
+
 thread_local! {
-    /// Each thread's padded band, pixel offsets and tap offsets, and the
-    /// band height and geometry the offsets were made for.
-    static BUFS: std::cell::RefCell<(Vec<f32>, Vec<usize>, Vec<usize>, [usize; 11])> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new(), [0; 11])) };
+    /// Each thread's [`Bufs`].
+    static BUFS: std::cell::RefCell<Bufs> = const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new(), [0; 11])) };
 }
 
 /// Multiply-adds a parallel task does at least (tasks are grouped up to it).

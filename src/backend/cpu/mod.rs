@@ -312,10 +312,7 @@ fn reshape_moved(op: &dyn Op, src: &Source, slots: &mut [Option<Tensor>]) -> Res
     let Source::Slot(s) = src else { return Err(lost()) };
     let t = slots[*s].take().ok_or_else(lost)?;
     let vt = op.infer(&[ValueType::known(t.dtype(), t.shape())])?;
-    let shape: Option<Vec<usize>> = vt
-        .first()
-        .map(|v| v.shape.iter().map(|d| d.known()).collect())
-        .flatten();
+    let shape: Option<Vec<usize>> = vt.first().and_then(|v| v.shape.iter().map(|d| d.known()).collect());
     let shape = shape.ok_or_else(|| crate::error::OpError::Shape("a reshape without a concrete shape".into()))?;
     Ok(t.reshape(shape)?)
 }
