@@ -29,7 +29,7 @@ pub struct PackedLhs {
     k: usize,
     data: Vec<f32>,
     /// The same weight for the direct kernel, where it may run (AVX2, at
-    /// least 12 rows).
+    /// least 6 rows).
     direct: Option<DirectLhs>,
 }
 
@@ -62,7 +62,7 @@ impl PackedLhs {
                 }
             }
         }
-        let direct = if m >= 12 { DirectLhs::new(a, m, k, lda) } else { None };
+        let direct = if m >= 6 { DirectLhs::new(a, m, k, lda) } else { None };
         Self { m, k, data, direct }
     }
 
@@ -995,6 +995,8 @@ mod tests {
             (2, 6, 26, 2, 9, 8, 3, 2, [2, 1], [1, 2], [1, 0, 2, 1]),
             (3, 4, 40, 1, 7, 7, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
             (64, 8, 16, 1, 4, 4, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (5, 1, 8, 1, 8, 8, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (2, 4, 22, 2, 9, 7, 2, 3, [2, 1], [1, 2], [1, 2, 0, 1]),
             // Above PARALLEL_MIN_MACS: parallel tasks.
             (7, 32, 64, 1, 14, 13, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
         ];

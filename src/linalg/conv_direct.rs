@@ -17,6 +17,10 @@ use super::conv::{copy_short_raw, ConvShape, OutPtr, PARALLEL_MIN_MACS};
 
 /// Output channels per panel (two ymm vectors).
 pub const LANES: usize = 16;
+/// Output channels per panel for fewer than 12 channels (one ymm vector).
+pub const LANES8: usize = 8;
+/// Output pixels per register tile with [`LANES8`] panels.
+pub const PIX8: usize = 8;
 /// Output pixels per register tile (`2·PIX` accumulators).
 pub const PIX: usize = 6;
 
@@ -32,6 +36,9 @@ struct Line([f32; LANES]);
 pub struct DirectLhs {
     m: usize,
     k: usize,
+    /// Channels per panel: [`LANES`], or [`LANES8`] for fewer than 12
+    /// channels (one ymm vector; `k` runs of 8 values, 32-byte aligned).
+    lanes: usize,
     data: Vec<Line>,
 }
 
@@ -46,15 +53,17 @@ impl DirectLhs {
             return None;
         }
         assert!(m == 0 || k == 0 || a.len() >= (m - 1) * lda + k, "DirectLhs::new sizes");
-        let panels = m.div_ceil(LANES);
-        let mut data = vec![Line::default(); panels * k];
+        let lanes = if m >= 12 { LANES } else { LANES8 };
+        let panels = m.div_ceil(lanes);
+        let mut data = vec![Line::default(); (panels * k * lanes).div_ceil(LANES)];
         for i in 0..m {
-            let (b, l) = (i / LANES, i % LANES);
+            let (b, l) = (i / lanes, i % lanes);
             for (p, &v) in a[i * lda..][..k].iter().enumerate() {
-                data[b * k + p].0[l] = v;
+                let at = (b * k + p) * lanes + l;
+                data[at / LANES].0[at % LANES] = v;
             }
         }
-        Some(Self { m, k, data })
+        Some(Self { m, k, lanes, data })
     }
 
     /// Output channels.
@@ -74,16 +83,17 @@ const BAND_MAX: usize = 1 << 16;
 /// The most taps per output channel (a panel of 72 KiB, read from L2).
 const KK_MAX: usize = 1152;
 
-/// Whether [`conv2d_direct`] takes this convolution: at least 12 output
-/// channels per group (three quarters of the lanes busy), at most
-/// [`KK_MAX`] taps, and a padded input row band that fits [`BAND_MAX`].
+/// Whether [`conv2d_direct`] takes this convolution: at least 6 output
+/// channels per group (three quarters of the lanes busy, in panels of
+/// [`LANES8`] below 12 and [`LANES`] from 12), at most [`KK_MAX`] taps, and
+/// a padded input row band that fits [`BAND_MAX`].
 pub fn fits(s: &ConvShape) -> bool {
     let g = &s.geom;
     let (cg, mg) = (s.c / s.group.max(1), s.m / s.group.max(1));
     let wp = (g.ow.max(1) - 1) * g.s[1] + (g.kw.max(1) - 1) * g.d[1] + 1;
     let rows = (g.kh.max(1) - 1) * g.d[0] + 1;
     let kk = cg * g.kh * g.kw;
-    mg >= 12 && kk <= KK_MAX && g.oh > 0 && g.ow > 0 && cg * rows * wp <= BAND_MAX && super::conv::has_avx2_fma()
+    mg >= 6 && kk <= KK_MAX && g.oh > 0 && g.ow > 0 && cg * rows * wp <= BAND_MAX && super::conv::has_avx2_fma()
 }
 
 /// A thread's padded band, pixel offsets and tap offsets, and the band
@@ -245,35 +255,54 @@ unsafe fn run_band(
     #[cfg(target_arch = "x86_64")]
     {
         let n = pixoff.len();
-        for b in 0..w.m.div_ceil(LANES) {
-            let ch = (w.m - b * LANES).min(LANES);
+        let lanes = w.lanes;
+        for b in 0..w.m.div_ceil(lanes) {
+            let ch = (w.m - b * lanes).min(lanes);
             let mut lanes_bias = [0.0f32; LANES];
             if let Some(bias) = bias {
-                lanes_bias[..ch].copy_from_slice(&bias[b * LANES..][..ch]);
+                lanes_bias[..ch].copy_from_slice(&bias[b * lanes..][..ch]);
             }
             let t = avx2::Tile {
                 x: pad.as_ptr(),
                 taps: taps.as_ptr(),
                 k: w.k,
-                w: w.data[b * w.k..].as_ptr().cast::<f32>(),
+                w: w.data.as_ptr().cast::<f32>().add(b * w.k * lanes),
                 bias: lanes_bias,
                 relu,
                 ch,
-                y: y.add(b * LANES * ldy),
+                y: y.add(b * lanes * ldy),
                 ldy,
             };
-            let mut j = 0;
-            while j + PIX <= n {
-                avx2::tile::<PIX>(&t, &pixoff[j..j + PIX], j);
-                j += PIX;
-            }
-            match n - j {
-                5 => avx2::tile::<5>(&t, &pixoff[j..], j),
-                4 => avx2::tile::<4>(&t, &pixoff[j..], j),
-                3 => avx2::tile::<3>(&t, &pixoff[j..], j),
-                2 => avx2::tile::<2>(&t, &pixoff[j..], j),
-                1 => avx2::tile::<1>(&t, &pixoff[j..], j),
-                _ => {}
+            if lanes == LANES {
+                let mut j = 0;
+                while j + PIX <= n {
+                    avx2::tile::<PIX>(&t, &pixoff[j..j + PIX], j);
+                    j += PIX;
+                }
+                match n - j {
+                    5 => avx2::tile::<5>(&t, &pixoff[j..], j),
+                    4 => avx2::tile::<4>(&t, &pixoff[j..], j),
+                    3 => avx2::tile::<3>(&t, &pixoff[j..], j),
+                    2 => avx2::tile::<2>(&t, &pixoff[j..], j),
+                    1 => avx2::tile::<1>(&t, &pixoff[j..], j),
+                    _ => {}
+                }
+            } else {
+                let mut j = 0;
+                while j + PIX8 <= n {
+                    avx2::tile8::<PIX8>(&t, &pixoff[j..j + PIX8], j);
+                    j += PIX8;
+                }
+                match n - j {
+                    7 => avx2::tile8::<7>(&t, &pixoff[j..], j),
+                    6 => avx2::tile8::<6>(&t, &pixoff[j..], j),
+                    5 => avx2::tile8::<5>(&t, &pixoff[j..], j),
+                    4 => avx2::tile8::<4>(&t, &pixoff[j..], j),
+                    3 => avx2::tile8::<3>(&t, &pixoff[j..], j),
+                    2 => avx2::tile8::<2>(&t, &pixoff[j..], j),
+                    1 => avx2::tile8::<1>(&t, &pixoff[j..], j),
+                    _ => {}
+                }
             }
         }
     }
@@ -337,6 +366,40 @@ mod avx2 {
             }
             _mm256_storeu_ps(d.as_mut_ptr(), a[0]);
             _mm256_storeu_ps(d.as_mut_ptr().add(8), a[1]);
+        }
+        for c in 0..t.ch {
+            let dst = t.y.add(c * t.ldy + j);
+            for (r, d) in tmp.iter().enumerate() {
+                *dst.add(r) = d[c];
+            }
+        }
+    }
+
+    /// Pixels `j..j+R` (at `pix[..R]` in the band) × an 8-channel panel:
+    /// per tap, one aligned weight load and `R` broadcasts.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile8<const R: usize>(t: &Tile, pix: &[usize], j: usize) {
+        let mut base = [std::ptr::null::<f32>(); R];
+        for (b, &o) in base.iter_mut().zip(pix) {
+            *b = t.x.add(o);
+        }
+        let mut acc = [_mm256_loadu_ps(t.bias.as_ptr()); R];
+        let mut w = t.w;
+        for p in 0..t.k {
+            let o = *t.taps.add(p);
+            let w0 = _mm256_load_ps(w);
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_broadcast_ss(&*base[r].add(o)), w0, *a);
+            }
+            w = w.add(8);
+        }
+        let mut tmp = [[0.0f32; 8]; R];
+        let zero = _mm256_setzero_ps();
+        for (a, d) in acc.iter_mut().zip(tmp.iter_mut()) {
+            if t.relu {
+                *a = _mm256_max_ps(zero, *a);
+            }
+            _mm256_storeu_ps(d.as_mut_ptr(), *a);
         }
         for c in 0..t.ch {
             let dst = t.y.add(c * t.ldy + j);
