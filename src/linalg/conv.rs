@@ -12,6 +12,8 @@
 //! panel of `A` passes over it. Without AVX2 and FMA the same loops run in
 //! plain Rust.
 
+use super::conv_direct::{self, DirectLhs};
+
 /// Rows (output channels) per register tile and per packed panel.
 pub const MR: usize = 6;
 /// Columns (output pixels) per register tile.
@@ -26,6 +28,9 @@ pub struct PackedLhs {
     m: usize,
     k: usize,
     data: Vec<f32>,
+    /// The same weight for the direct kernel, where it may run (AVX2, at
+    /// least 6 rows).
+    direct: Option<DirectLhs>,
 }
 
 /// Where the tile's results go: `c` at its first element, `ldc` apart,
@@ -57,7 +62,8 @@ impl PackedLhs {
                 }
             }
         }
-        Self { m, k, data }
+        let direct = if m >= 6 { DirectLhs::new(a, m, k, lda) } else { None };
+        Self { m, k, data, direct }
     }
 
     /// Rows.
@@ -114,7 +120,29 @@ impl PackedLhs {
         c: *mut f32,
         ldc: usize,
     ) {
-        self.run_with(b, ldb, n, bias, relu, c, ldc, has_avx2_fma());
+        self.run_with(b, BRows::Stride(ldb), n, bias, relu, c, ldc, has_avx2_fma());
+    }
+
+    /// [`Self::run_raw`] with row `p` of `B` at `b + offs[p]` (an implicit
+    /// im2col: each tap's row is a shifted view of the padded input).
+    ///
+    /// # Safety
+    /// `offs` holds `k` offsets; `b` must be readable at `offs[p] + j` and
+    /// `c` writable at `i·ldc + j` for `p < k`, `i < m`, `j < n`; `bias`
+    /// null or readable for `m` values.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_offsets(
+        &self,
+        b: *const f32,
+        offs: &[usize],
+        n: usize,
+        bias: *const f32,
+        relu: bool,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        assert!(offs.len() >= self.k, "PackedLhs::run_offsets sizes");
+        self.run_with(b, BRows::Offsets(offs.as_ptr()), n, bias, relu, c, ldc, has_avx2_fma());
     }
 
     /// [`Self::run_raw`], on the AVX2 kernel when `fast` (the caller checked the CPU).
@@ -122,7 +150,7 @@ impl PackedLhs {
     unsafe fn run_with(
         &self,
         b: *const f32,
-        ldb: usize,
+        rows_b: BRows,
         n: usize,
         bias: *const f32,
         relu: bool,
@@ -144,9 +172,11 @@ impl PackedLhs {
             }
             return;
         }
+        // K blocks of equal size, at most KC.
+        let step = k.div_ceil(k.div_ceil(KC));
         let mut p0 = 0;
         while p0 < k {
-            let kc = (k - p0).min(KC);
+            let kc = (k - p0).min(step);
             let last = p0 + kc == k;
             let mut j = 0;
             while j < n {
@@ -165,20 +195,35 @@ impl PackedLhs {
                         accumulate: p0 > 0,
                         relu: relu && last,
                     };
-                    let bt = b.add(p0 * ldb + j);
+                    let (bt, br) = match rows_b {
+                        BRows::Stride(ldb) => (b.add(p0 * ldb + j), BRows::Stride(ldb)),
+                        BRows::Offsets(o) => (b.add(j), BRows::Offsets(o.add(p0))),
+                    };
                     #[cfg(target_arch = "x86_64")]
                     if fast {
-                        avx2::tile(a, bt, ldb, kc, rows, cols, e);
+                        match br {
+                            BRows::Stride(ldb) => avx2::tile::<false>(a, bt, ldb, std::ptr::null(), kc, rows, cols, e),
+                            BRows::Offsets(o) => avx2::tile::<true>(a, bt, 0, o, kc, rows, cols, e),
+                        }
                         continue;
                     }
                     let _ = fast;
-                    tile_generic(a, bt, ldb, kc, rows, cols, e);
+                    tile_generic(a, bt, br, kc, rows, cols, e);
                 }
                 j += NR;
             }
             p0 += kc;
         }
     }
+}
+
+/// Where the rows of `B` lie: `ldb` apart, or at offsets from its start.
+#[derive(Clone, Copy)]
+enum BRows {
+    /// Row `p` at `p·ldb`.
+    Stride(usize),
+    /// Row `p` at `offs[p]`.
+    Offsets(*const usize),
 }
 
 /// ReLU as the `Relu` op computes it: 0 below zero, `v` otherwise (NaN
@@ -205,10 +250,13 @@ pub fn has_avx2_fma() -> bool {
 }
 
 /// The portable tile: the same sums in the same order as the AVX2 one.
-unsafe fn tile_generic(a: *const f32, b: *const f32, ldb: usize, kc: usize, rows: usize, cols: usize, e: Epilogue) {
+unsafe fn tile_generic(a: *const f32, b: *const f32, rows_b: BRows, kc: usize, rows: usize, cols: usize, e: Epilogue) {
     let mut acc = [[0.0f32; NR]; MR];
     for p in 0..kc {
-        let br = b.add(p * ldb);
+        let br = match rows_b {
+            BRows::Stride(ldb) => b.add(p * ldb),
+            BRows::Offsets(o) => b.add(*o.add(p)),
+        };
         for (r, acc_r) in acc.iter_mut().enumerate().take(rows) {
             let av = *a.add(p * MR + r);
             for (j, v) in acc_r.iter_mut().enumerate().take(cols) {
@@ -241,12 +289,15 @@ mod avx2 {
         _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
     }
 
-    /// `rows` × `cols` (≤ 6 × 16) outputs over `kc` inputs.
+    /// `rows` × `cols` (≤ 6 × 16) outputs over `kc` inputs; row `p` of `b`
+    /// at `offs[p]` when `OFFS`, else at `p·ldb`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile<const OFFS: bool>(
         a: *const f32,
         b: *const f32,
         ldb: usize,
+        offs: *const usize,
         kc: usize,
         rows: usize,
         cols: usize,
@@ -257,7 +308,10 @@ mod avx2 {
         let full = cols == 16;
         let mut ap = a;
         let mut bp = b;
-        for _ in 0..kc {
+        for p in 0..kc {
+            if OFFS {
+                bp = b.add(*offs.add(p));
+            }
             let (b0, b1) = if full {
                 (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)))
             } else {
@@ -269,7 +323,9 @@ mod avx2 {
                 acc_r[1] = _mm256_fmadd_ps(av, b1, acc_r[1]);
             }
             ap = ap.add(MR);
-            bp = bp.add(ldb);
+            if !OFFS {
+                bp = bp.add(ldb);
+            }
         }
         let zero = _mm256_setzero_ps();
         for (r, acc_r) in acc.iter().enumerate().take(rows) {
@@ -396,8 +452,10 @@ pub struct ConvShape {
     pub geom: Im2col,
 }
 
-/// Below this many multiply-adds a convolution runs on one thread.
-const PARALLEL_MIN_MACS: usize = 1 << 17;
+/// Below this many multiply-adds (about 0.1 ms on one core) a convolution
+/// runs on one thread: on a busy machine a second thread's start costs
+/// more than it saves on smaller products.
+pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 22;
 /// Multiply-adds a parallel task does at least (tasks are grouped up to it).
 const TASK_MIN_MACS: usize = 1 << 15;
 /// The im2col tile's size limit in floats (256 KiB: it stays in L2).
@@ -410,7 +468,7 @@ thread_local! {
 
 /// The output pointer, shared by tasks that write disjoint pixel ranges.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint elements (see `conv2d`).
 unsafe impl Send for OutPtr {}
 // SAFETY: as for Send.
@@ -436,26 +494,33 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, r
             && bias.is_none_or(|b| b.len() >= s.m),
         "conv2d sizes"
     );
-    let mut y = vec![0.0f32; s.n * s.m * pix];
-    if y.is_empty() {
-        return y;
+    let len = s.n * s.m * pix;
+    if len == 0 {
+        return Vec::new();
     }
-    if batched_fits(s) {
-        conv2d_batched(s, x, w, bias, relu, &mut y);
-        return y;
+    // Not zeroed first: each path writes every output element (every image
+    // × channel × pixel) through the pointer.
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    let out = OutPtr(y.as_mut_ptr());
+    let direct: Option<Vec<&DirectLhs>> = w.iter().map(|p| p.direct.as_ref()).collect();
+    if let Some(direct) = direct.filter(|_| conv_direct::fits(s)) {
+        conv_direct::conv2d_direct(s, x, &direct, bias, relu, out);
+    } else if batched_fits(s) {
+        conv2d_batched(s, x, w, bias, relu, out);
+    } else if wide_fits(s) {
+        conv2d_wide(s, x, w, bias, relu, out);
+    } else {
+        conv2d_tiled(s, x, w, bias, relu, out);
     }
-    if wide_fits(s) {
-        conv2d_wide(s, x, w, bias, relu, &mut y);
-        return y;
-    }
-    conv2d_tiled(s, x, w, bias, relu, &mut y);
+    // SAFETY: the capacity holds `len` floats, all written above.
+    unsafe { y.set_len(len) };
     y
 }
 
 /// A convolution over tiles of output pixels, an im2col tile per task (the
 /// input itself for a 1×1 unit-stride convolution), tasks over images ×
 /// pixel tiles.
-fn conv2d_tiled(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, relu: bool, y: &mut [f32]) {
+fn conv2d_tiled(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, relu: bool, out: OutPtr) {
     let g = &s.geom;
     let (cg, mg) = (s.c / s.group.max(1), s.m / s.group.max(1));
     let (plane, pix, kk) = (g.h * g.w, g.oh * g.ow, cg * g.kh * g.kw);
@@ -473,7 +538,6 @@ fn conv2d_tiled(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>,
     }
     let tile = tile.min(pix);
     let tiles = pix.div_ceil(tile);
-    let out = OutPtr(y.as_mut_ptr());
     let task = |t: usize| {
         let (img, j0) = (t / tiles, (t % tiles) * tile);
         let cols = tile.min(pix - j0);
@@ -613,7 +677,7 @@ fn fill_from_padded(g: &Im2col, pad: &[f32], cg: usize, col: &mut [f32], ld: usi
 /// # Safety
 /// `src` readable and `dst` writable for `n` floats, not overlapping.
 #[inline(always)]
-unsafe fn copy_short_raw(dst: *mut f32, src: *const f32, n: usize) {
+pub(crate) unsafe fn copy_short_raw(dst: *mut f32, src: *const f32, n: usize) {
     let mut i = 0;
     while i + 8 <= n {
         std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), 8);
@@ -634,7 +698,7 @@ unsafe fn copy_short_raw(dst: *mut f32, src: *const f32, n: usize) {
 /// (exact: `oh·ow` per image) go side by side into one matrix of the
 /// task's images, and the GEMM runs per image on its columns, writing the
 /// output planes in place.
-fn conv2d_batched(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, relu: bool, y: &mut [f32]) {
+fn conv2d_batched(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, relu: bool, out: OutPtr) {
     let g = &s.geom;
     let (cg, mg) = (s.c / s.group, s.m / s.group);
     let (plane, pix, kk) = (g.h * g.w, g.oh * g.ow, cg * g.kh * g.kw);
@@ -644,10 +708,12 @@ fn conv2d_batched(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]
     let parallel = macs >= PARALLEL_MIN_MACS && s.n > 1 && threads > 1;
     let mut chunk = (BATCH_COL_MAX / (kk * pix)).clamp(1, s.n);
     if parallel {
-        chunk = chunk.min(s.n.div_ceil(threads));
+        // About four tasks per thread, so a thread that starts late (a
+        // loaded machine) leaves its share to the others.
+        chunk = chunk.min(s.n.div_ceil(4 * threads));
     }
     let tasks = s.n.div_ceil(chunk);
-    let out_ptr = OutPtr(y.as_mut_ptr());
+    let out_ptr = out;
     let task = |t: usize| {
         let (i0, i1) = (t * chunk, ((t + 1) * chunk).min(s.n));
         let ld = (i1 - i0) * pix;
@@ -717,7 +783,7 @@ fn wide_fits(s: &ConvShape) -> bool {
 /// im2col row is one contiguous copy, over "wide" pixels `oy·wp + ox`
 /// (`ox` up to `wp`; the extra columns are computed and dropped when the
 /// rows are copied out).
-fn conv2d_wide(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, relu: bool, y: &mut [f32]) {
+fn conv2d_wide(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, relu: bool, out: OutPtr) {
     let g = &s.geom;
     let (cg, mg) = (s.c / s.group, s.m / s.group);
     let (plane, pix, kk) = (g.h * g.w, g.oh * g.ow, cg * g.kh * g.kw);
@@ -732,17 +798,23 @@ fn conv2d_wide(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, 
     };
     let band_rows = g.oh.div_ceil(bands);
     let bands = g.oh.div_ceil(band_rows);
-    let out_ptr = OutPtr(y.as_mut_ptr());
+    let out_ptr = out;
     let task = |t: usize| {
         let (img, oy0) = (t / bands, (t % bands) * band_rows);
         let rows = band_rows.min(g.oh - oy0);
         let len = (rows - 1) * wp + g.ow;
         let dst_ptr = out_ptr;
         WIDE.with(|bufs| {
-            let (pad, col) = &mut *bufs.borrow_mut();
+            let (pad, out) = &mut *bufs.borrow_mut();
             pad.resize(cg * hp * wp, 0.0);
-            col.resize(kk * len + mg * len, 0.0);
-            let (col, out) = col.split_at_mut(kk * len);
+            out.resize(mg * len, 0.0);
+            // Tap (c, ky, kx)'s row: the padded planes from its first pixel.
+            let offs: Vec<usize> = (0..kk)
+                .map(|r| {
+                    let (c, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
+                    c * hp * wp + (oy0 + ky * g.d[0]) * wp + kx * g.d[1]
+                })
+                .collect();
             for (gi, wg) in w.iter().enumerate() {
                 let xg = &x[(img * s.c + gi * cg) * plane..][..cg * plane];
                 pad.fill(0.0);
@@ -753,21 +825,21 @@ fn conv2d_wide(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, 
                         dst[..n].copy_from_slice(&xg[c * plane + iy * g.w..][..n]);
                     }
                 }
-                for (r, row) in col.chunks_mut(len).enumerate() {
-                    let (c, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
-                    let at = c * hp * wp + (oy0 + ky * g.d[0]) * wp + kx * g.d[1];
-                    row.copy_from_slice(&pad[at..][..len]);
-                }
-                wg.run(col, len, len, bias.map(|b| &b[gi * mg..]), relu, out, len);
+                let bias = bias.map_or(std::ptr::null(), |b| b[gi * mg..].as_ptr());
+                // SAFETY: row r of B, offs[r] + j for j < len, is at most
+                // c·hp·wp + (oy0 + rows - 1 + ky·dy)·wp + kx·dx + ow - 1 <
+                // (c + 1)·hp·wp (see `wide_dims`), inside `pad`; `out` holds
+                // mg rows of len.
+                unsafe { wg.run_offsets(pad.as_ptr(), &offs, len, bias, relu, out.as_mut_ptr(), len) };
                 for (mo, o) in out.chunks(len).enumerate() {
                     for r in 0..rows {
+                        let src = &o[r * wp..][..g.ow];
                         // SAFETY: row oy0 + r of channel g·mg + mo of image
                         // img lies inside y, and only this task writes it.
-                        let d = unsafe {
+                        unsafe {
                             let at = ((img * s.m + gi * mg + mo) * g.oh + oy0 + r) * g.ow;
-                            std::slice::from_raw_parts_mut(dst_ptr.0.add(at), g.ow)
-                        };
-                        d.copy_from_slice(&o[r * wp..][..g.ow]);
+                            std::ptr::copy_nonoverlapping(src.as_ptr(), dst_ptr.0.add(at), g.ow);
+                        }
                     }
                 }
             }
@@ -804,6 +876,7 @@ mod tests {
             (13, 300, 33),
             (16, 257, 5),
             (3, 600, 40),
+            (11, 288, 110),
         ] {
             let lda = k + 2;
             let (ldb, ldc) = (n + 3, n + 1);
@@ -812,11 +885,23 @@ mod tests {
             let bias: Vec<f32> = (0..m).map(|_| next(&mut seed)).collect();
             let p = PackedLhs::new(&a, m, k, lda);
             for (bias, relu) in [(None, false), (Some(&bias[..]), false), (Some(&bias[..]), true)] {
-                for fast in [false, has_avx2_fma()] {
+                let offs: Vec<usize> = (0..k).map(|q| q * ldb).collect();
+                for (fast, by_offsets) in [
+                    (false, false),
+                    (false, true),
+                    (has_avx2_fma(), false),
+                    (has_avx2_fma(), true),
+                ] {
                     let mut c = vec![f32::NAN; m * ldc];
                     let bp = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
-                    // SAFETY: `b` and `c` hold k and m rows of their strides, `bias` m values.
-                    unsafe { p.run_with(b.as_ptr(), ldb, n, bp, relu, c.as_mut_ptr(), ldc, fast) };
+                    let rows_b = if by_offsets {
+                        BRows::Offsets(offs.as_ptr())
+                    } else {
+                        BRows::Stride(ldb)
+                    };
+                    // SAFETY: `b` and `c` hold k and m rows of their strides
+                    // (`offs` lists b's row starts), `bias` m values.
+                    unsafe { p.run_with(b.as_ptr(), rows_b, n, bp, relu, c.as_mut_ptr(), ldc, fast) };
                     for i in 0..m {
                         for j in 0..n {
                             let mut want = bias.map_or(0.0f64, |b| b[i] as f64);
@@ -842,7 +927,7 @@ mod tests {
     }
 
     /// One of the convolution paths.
-    type PathFn = fn(&ConvShape, &[f32], &[PackedLhs], Option<&[f32]>, bool, &mut [f32]);
+    type PathFn = fn(&ConvShape, &[f32], &[PackedLhs], Option<&[f32]>, bool, OutPtr);
 
     /// The convolution in f64 loops, straight from the definition.
     fn naive(s: &ConvShape, x: &[f32], w: &[f32], bias: &[f32], relu: bool) -> Vec<f64> {
@@ -905,6 +990,15 @@ mod tests {
             (2, 5, 13, 1, 6, 5, 1, 1, [1, 1], [1, 1], [0, 0, 0, 0]),
             (3, 2, 5, 1, 11, 10, 5, 4, [3, 2], [1, 2], [2, 0, 1, 3]),
             (2, 3, 11, 1, 20, 19, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (1, 32, 13, 1, 14, 14, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (2, 50, 7, 1, 9, 11, 3, 3, [1, 1], [2, 1], [2, 1, 2, 1]),
+            (2, 6, 26, 2, 9, 8, 3, 2, [2, 1], [1, 2], [1, 0, 2, 1]),
+            (3, 4, 40, 1, 7, 7, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (64, 8, 16, 1, 4, 4, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (5, 1, 8, 1, 8, 8, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (2, 4, 22, 2, 9, 7, 2, 3, [2, 1], [1, 2], [1, 2, 0, 1]),
+            // Above PARALLEL_MIN_MACS: parallel tasks.
+            (7, 32, 64, 1, 14, 13, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
         ];
         for &(n, c, m, group, h, wd, kh, kw, st, dl, pad) in cases {
             let oh = (h + pad[0] + pad[2] - (kh - 1) * dl[0] - 1) / st[0] + 1;
@@ -934,13 +1028,19 @@ mod tests {
                 let mut paths: Vec<(&str, Vec<f32>)> = Vec::new();
                 let run = |f: PathFn| {
                     let mut y = vec![f32::NAN; want.len()];
-                    f(&s, &x, &packed, Some(&bias), relu, &mut y);
+                    f(&s, &x, &packed, Some(&bias), relu, OutPtr(y.as_mut_ptr()));
                     y
                 };
                 paths.push(("batched", run(conv2d_batched)));
                 paths.push(("tiled", run(conv2d_tiled)));
                 if st == [1, 1] {
                     paths.push(("wide", run(conv2d_wide)));
+                }
+                let direct: Option<Vec<&DirectLhs>> = packed.iter().map(|p| p.direct.as_ref()).collect();
+                if let Some(direct) = direct.filter(|_| conv_direct::fits(&s)) {
+                    let mut y = vec![f32::NAN; want.len()];
+                    conv_direct::conv2d_direct(&s, &x, &direct, Some(&bias), relu, OutPtr(y.as_mut_ptr()));
+                    paths.push(("direct", y));
                 }
                 paths.push(("conv2d", conv2d(&s, &x, &packed, Some(&bias), relu)));
                 for (name, got) in paths {

@@ -9,8 +9,14 @@
 //! value; the tile writes `y` directly (masked at the panel's end).
 //! Parallel over (row range, panel range) tasks with rayon.
 //!
-//! [`PackedF32::new`] returns `None` on CPUs without AVX-512F (callers keep
-//! the `gemm` crate there).
+//! With AVX2 + FMA and no AVX-512F the same scheme runs on ymm registers:
+//! panels of [`NR2`] outputs (one 64-byte line per input), register tiles
+//! of up to [`MR2`] rows × `NR2` outputs, K blocks of [`KC2`], tasks split
+//! over panels first so a thin batch (m ≤ 64) reads the weight once per
+//! thread.
+//!
+//! [`PackedF32::new`] returns `None` on CPUs without AVX-512F or AVX2 + FMA
+//! (callers keep the `gemm` crate there).
 
 use rayon::prelude::*;
 
@@ -29,6 +35,47 @@ const TASK_ROWS: usize = 32;
 const TASK_PANELS: usize = 4;
 /// Below this many multiply-adds a product runs on one thread.
 const PARALLEL_MIN: usize = 1 << 20;
+/// Outputs per packed panel of the AVX2 kernel (two ymm vectors, one line).
+pub const NR2: usize = 16;
+/// Rows per register tile of the AVX2 kernel (`2·MR2` accumulators, two
+/// weight registers and a broadcast within the 16 ymm registers).
+pub const MR2: usize = 6;
+/// Inputs per K block of the AVX2 kernel (a 16 KiB panel slice in L1).
+pub const KC2: usize = 256;
+/// Rows per parallel task of the AVX2 kernel.
+const TASK_ROWS2: usize = 96;
+/// Panels per parallel task of the AVX2 kernel, at most.
+const TASK_PANELS2: usize = 4;
+
+/// Which kernel a [`PackedF32`] is packed for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    /// [`NR`]-output panels, zmm tiles.
+    Avx512,
+    /// [`NR2`]-output panels, ymm tiles.
+    Avx2,
+}
+
+impl Isa {
+    /// The kernel this CPU runs, if any.
+    fn detect() -> Option<Self> {
+        if super::vecops::has_avx512f() {
+            Some(Self::Avx512)
+        } else if super::conv::has_avx2_fma() {
+            Some(Self::Avx2)
+        } else {
+            None
+        }
+    }
+
+    /// Outputs per panel.
+    fn nr(self) -> usize {
+        match self {
+            Self::Avx512 => NR,
+            Self::Avx2 => NR2,
+        }
+    }
+}
 
 /// 16 floats on a 64-byte boundary: the panels' storage unit.
 #[derive(Clone, Copy, Debug, Default)]
@@ -41,40 +88,48 @@ struct Line([f32; 16]);
 pub struct PackedF32 {
     n: usize,
     k: usize,
+    isa: Isa,
     data: Vec<Line>,
 }
 
-/// Whether this CPU runs the AVX-512 kernel.
+/// Whether this CPU runs the AVX-512 or the AVX2 kernel.
 pub fn available() -> bool {
-    super::vecops::has_avx512f()
+    Isa::detect().is_some()
 }
 
 impl PackedF32 {
     /// Packs `w` (`n` rows of `k`, PyTorch's `[out, in]`), or `None` where the
-    /// CPU lacks AVX-512F or `w` is too short.
+    /// CPU has neither AVX-512F nor AVX2 + FMA, or `w` is too short.
     pub fn new(w: &[f32], n: usize, k: usize) -> Option<Self> {
         // WGINFER_F32GEMM=off: not packed (Linear then uses `gemm`), for A/B timing.
-        if !available() || w.len() < n * k || std::env::var("WGINFER_F32GEMM").is_ok_and(|v| v == "off") {
+        if w.len() < n * k || std::env::var("WGINFER_F32GEMM").is_ok_and(|v| v == "off") {
             return None;
         }
-        let panels = n.div_ceil(NR);
-        let mut data = vec![Line::default(); panels * k * V];
+        Some(Self::pack(w, n, k, Isa::detect()?))
+    }
+
+    /// Packs `w` for `isa`'s kernel.
+    fn pack(w: &[f32], n: usize, k: usize, isa: Isa) -> Self {
+        let nr = isa.nr();
+        let v = nr / 16;
+        let panels = n.div_ceil(nr);
+        let mut data = vec![Line::default(); panels * k * v];
         let pack = |(b, d): (usize, &mut [Line])| {
-            for c in 0..NR.min(n - b * NR) {
-                let row = &w[(b * NR + c) * k..(b * NR + c + 1) * k];
-                for (p, &v) in row.iter().enumerate() {
-                    d[p * V + c / 16].0[c % 16] = v;
+            for c in 0..nr.min(n - b * nr) {
+                let row = &w[(b * nr + c) * k..(b * nr + c + 1) * k];
+                for (p, &x) in row.iter().enumerate() {
+                    d[p * v + c / 16].0[c % 16] = x;
                 }
             }
         };
         if k > 0 {
             if n * k >= 1 << 18 {
-                data.par_chunks_mut(k * V).enumerate().for_each(pack);
+                data.par_chunks_mut(k * v).enumerate().for_each(pack);
             } else {
-                data.chunks_mut(k * V).enumerate().for_each(pack);
+                data.chunks_mut(k * v).enumerate().for_each(pack);
             }
         }
-        Some(Self { n, k, data })
+        Self { n, k, isa, data }
     }
 
     /// Outputs.
@@ -134,7 +189,7 @@ impl PackedF32 {
             }
             return;
         }
-        // `new` packs only where the AVX-512 kernel runs.
+        // `new` packs only where the AVX-512 or the AVX2 kernel runs.
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("PackedF32 exists only on x86_64");
         #[cfg(target_arch = "x86_64")]
@@ -143,6 +198,10 @@ impl PackedF32 {
                 y,
                 bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
             };
+            if self.isa == Isa::Avx2 {
+                self.run_avx2(x, m, out);
+                return;
+            }
             let panels = n.div_ceil(NR);
             let (row_tasks, panel_tasks) = (m.div_ceil(TASK_ROWS), panels.div_ceil(TASK_PANELS));
             // Panel ranges outermost: a task's weight slice stays in L2 while
@@ -239,6 +298,86 @@ impl PackedF32 {
             p0 += kc;
         }
     }
+
+    /// [`Self::run_into`] on the AVX2 kernel: tasks over panel ranges (one
+    /// per thread where the panels allow, at most [`TASK_PANELS2`] panels)
+    /// × row ranges of [`TASK_ROWS2`].
+    #[cfg(target_arch = "x86_64")]
+    fn run_avx2(&self, x: &[f32], m: usize, out: Out) {
+        let panels = self.n.div_ceil(NR2);
+        let threads = rayon::current_num_threads();
+        let parallel = m * self.n * self.k >= PARALLEL_MIN && threads > 1;
+        let per = if parallel {
+            panels.div_ceil(threads).clamp(1, TASK_PANELS2)
+        } else {
+            TASK_PANELS2
+        };
+        let (row_tasks, panel_tasks) = (m.div_ceil(TASK_ROWS2), panels.div_ceil(per));
+        let task = |t: usize| {
+            let (i0, b0) = ((t % row_tasks) * TASK_ROWS2, (t / row_tasks) * per);
+            let (i1, b1) = ((i0 + TASK_ROWS2).min(m), (b0 + per).min(panels));
+            // SAFETY: AVX2 and FMA were detected when the weight was packed;
+            // the task reads rows i0..i1 of x (checked by the caller), panels
+            // b0..b1 of the packed weight, and writes rows i0..i1, columns
+            // b0·NR2..min(b1·NR2, n) of y, which no other task writes.
+            unsafe { self.block_avx2(x, out, (i0, i1), (b0, b1)) };
+        };
+        let tasks = row_tasks * panel_tasks;
+        if parallel && tasks > 1 {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+    }
+
+    /// Rows `i0..i1` × panels `b0..b1` on the AVX2 kernel: per panel, K
+    /// blocks, then register tiles down the rows (the panel's K slice, 16
+    /// KiB, stays in L1 while the rows pass over it).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn block_avx2(&self, x: &[f32], out: Out, (i0, i1): (usize, usize), (b0, b1): (usize, usize)) {
+        let (n, k) = (self.n, self.k);
+        let w = self.data.as_ptr().cast::<f32>();
+        // K blocks of equal size, at most KC2.
+        let step = k.div_ceil(k.div_ceil(KC2));
+        for b in b0..b1 {
+            let col = b * NR2;
+            let mut p0 = 0;
+            while p0 < k {
+                let kc = (k - p0).min(step);
+                let mut i = i0;
+                while i < i1 {
+                    let rows = (i1 - i).min(MR2);
+                    let t = Tile {
+                        a: x.as_ptr().add(i * k + p0),
+                        lda: k,
+                        w: w.add((b * k + p0) * NR2),
+                        kc,
+                        c: out.y.add(i * n + col),
+                        ldc: n,
+                        cols: (n - col).min(NR2),
+                        bias: if out.bias.is_null() {
+                            out.bias
+                        } else {
+                            out.bias.add(col)
+                        },
+                        accumulate: p0 > 0,
+                        pf: std::ptr::null(),
+                        pf_lines: 0,
+                    };
+                    match rows {
+                        6 => kernel2::tile::<6>(&t),
+                        5 => kernel2::tile::<5>(&t),
+                        4 => kernel2::tile::<4>(&t),
+                        3 => kernel2::tile::<3>(&t),
+                        2 => kernel2::tile::<2>(&t),
+                        _ => kernel2::tile::<1>(&t),
+                    }
+                    i += rows;
+                }
+                p0 += kc;
+            }
+        }
+    }
 }
 
 /// The output and bias pointers, shared by tasks that write disjoint tiles.
@@ -332,6 +471,64 @@ mod kernel {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod kernel2 {
+    use std::arch::x86_64::*;
+
+    use super::{Tile, NR2};
+
+    /// A mask of the first `n` (0..=8) lanes.
+    #[inline(always)]
+    unsafe fn mask(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+    }
+
+    /// `R` rows × [`NR2`] outputs over `t.kc` inputs: per input, two aligned
+    /// panel loads and `R` broadcasts feeding `2·R` FMAs.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile<const R: usize>(t: &Tile) {
+        let full = t.cols == NR2;
+        let masks = [mask(t.cols.min(8)), mask(t.cols.saturating_sub(8))];
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        if t.accumulate {
+            for (r, a) in acc.iter_mut().enumerate() {
+                for v in 0..2 {
+                    a[v] = _mm256_maskload_ps(t.c.add(r * t.ldc + v * 8), masks[v]);
+                }
+            }
+        } else if !t.bias.is_null() {
+            for v in 0..2 {
+                let b = _mm256_maskload_ps(t.bias.add(v * 8), masks[v]);
+                for a in acc.iter_mut() {
+                    a[v] = b;
+                }
+            }
+        }
+        let (mut a, mut w) = (t.a, t.w);
+        for _ in 0..t.kc {
+            let w0 = _mm256_load_ps(w);
+            let w1 = _mm256_load_ps(w.add(8));
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let xv = _mm256_broadcast_ss(&*a.add(r * t.lda));
+                acc_r[0] = _mm256_fmadd_ps(xv, w0, acc_r[0]);
+                acc_r[1] = _mm256_fmadd_ps(xv, w1, acc_r[1]);
+            }
+            a = a.add(1);
+            w = w.add(NR2);
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let c = t.c.add(r * t.ldc);
+            if full {
+                _mm256_storeu_ps(c, a[0]);
+                _mm256_storeu_ps(c.add(8), a[1]);
+            } else {
+                _mm256_maskstore_ps(c, masks[0], a[0]);
+                _mm256_maskstore_ps(c.add(8), masks[1], a[1]);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,14 +547,25 @@ mod tests {
         y
     }
 
-    #[test]
-    fn matches_the_reference_on_odd_shapes() {
-        if !available() {
+    /// The kernels this CPU runs.
+    fn isas() -> Vec<Isa> {
+        let mut v = Vec::new();
+        if super::super::vecops::has_avx512f() {
+            v.push(Isa::Avx512);
+        }
+        if super::super::conv::has_avx2_fma() {
+            v.push(Isa::Avx2);
+        }
+        if v.is_empty() {
             // Written past the harness's capture, so the skip shows in `cargo test` output.
             use std::io::Write;
-            let _ = std::io::stderr().write_all(b"\nSKIPPED: no AVX-512F\n");
-            return;
+            let _ = std::io::stderr().write_all(b"\nSKIPPED: no AVX-512F or AVX2\n");
         }
+        v
+    }
+
+    #[test]
+    fn matches_the_reference_on_odd_shapes() {
         let mut seed = 7u32;
         let mut next = || {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -373,12 +581,15 @@ mod tests {
             (7, 257, 16),
             (40, 384, 100),
             (130, 5, 200),
+            (64, 784, 33),
+            (100, 520, 17),
+            (130, 300, 200),
         ] {
             let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
             let b: Vec<f32> = (0..n).map(|_| next()).collect();
-            let p = PackedF32::new(&w, n, k).unwrap();
-            for bias in [None, Some(&b[..])] {
+            for (isa, bias) in isas().into_iter().flat_map(|i| [(i, None), (i, Some(&b[..]))]) {
+                let p = PackedF32::pack(&w, n, k, isa);
                 let want = reference(&x, &w, bias, m, k, n);
                 let mut y = vec![f32::NAN; m * n];
                 p.run(&x, m, bias, &mut y);
@@ -386,7 +597,7 @@ mod tests {
                 for (i, (g, e)) in y.iter().zip(&want).enumerate() {
                     assert!(
                         (g - e).abs() <= 1e-5 * (k as f32).sqrt() * (1.0 + e.abs()),
-                        "{m}x{k}->{n} bias {}: y[{i}] = {g}, want {e}",
+                        "{isa:?} {m}x{k}->{n} bias {}: y[{i}] = {g}, want {e}",
                         bias.is_some()
                     );
                 }

@@ -8,6 +8,7 @@
 
 pub mod binary;
 pub mod conv;
+pub mod conv_direct;
 pub mod f32gemm;
 pub mod gemv;
 pub mod ggml;

@@ -13,7 +13,7 @@ use crate::tensor::{Dim, Tensor, ValueType};
 pub struct Linear;
 
 /// An f32 weight `[n, k]` prepared for the fast CPU product: packed for
-/// [`linalg::f32gemm`] with AVX-512 (see `examples/f32_gemm_speed.rs` for its
+/// [`linalg::f32gemm`] with AVX-512 or AVX2 + FMA (see `examples/f32_gemm_speed.rs` for its
 /// speed against `gemm`), elsewhere transposed to `[k, n]` row-major, the
 /// layout the `gemm` crate reads fastest as its right-hand side (1.1-1.4x on
 /// the 784-512-512-10 MLP's layers at batch 1-64 here). Used by `Linear` and

@@ -10,6 +10,7 @@ use crate::graph::Graph;
 use crate::ops::conv::Conv;
 use crate::ops::linear::Linear;
 use crate::ops::unary::{Unary, UnaryKind};
+use crate::ops::view::Flatten;
 use crate::ops::{Op, Prepared};
 use crate::plan::{ExecPlan, Source};
 use crate::tensor::{check_alloc, checked_bytes, Tensor, ValueType};
@@ -37,6 +38,9 @@ pub struct CpuExecutor {
     /// Per plan step, whether it is a Relu folded into the step before it
     /// (see [`CpuExecutor::fuse_relus`]): it hands its input on unchanged.
     passthrough: Vec<bool>,
+    /// Per plan step, whether it is a Flatten whose input this step reads
+    /// last: the tensor moves on with its new shape, not copied.
+    reshape_in_place: Vec<bool>,
     /// Input shapes whose every intermediate value was checked against the
     /// allocation limit (see [`CpuExecutor::check_sizes`]).
     checked: Arc<Mutex<HashSet<Vec<Vec<usize>>>>>,
@@ -51,11 +55,13 @@ impl CpuExecutor {
         let plan = ExecPlan::new(graph);
         let prepared = vec![None; plan.steps.len()];
         let passthrough = vec![false; plan.steps.len()];
+        let reshape_in_place = vec![false; plan.steps.len()];
         Self {
             plan,
             kernels,
             prepared,
             passthrough,
+            reshape_in_place,
             checked: Arc::default(),
         }
     }
@@ -117,8 +123,15 @@ impl CpuExecutor {
     /// reference kernels, which stay the plain code the tests trust.
     pub fn prepare(&mut self, graph: &Graph, params: &HashMap<String, Tensor>) {
         self.passthrough.fill(false);
+        self.reshape_in_place.fill(false);
         if self.kernels == CpuKernels::Reference {
             return;
+        }
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            let is_flatten = graph.nodes()[step.node].op.downcast_ref::<Flatten>().is_some();
+            self.reshape_in_place[i] = is_flatten
+                && step.outputs.len() == 1
+                && matches!(step.inputs.as_slice(), [Source::Slot(s)] if step.free_after.contains(s));
         }
         for (i, step) in self.plan.steps.iter().enumerate() {
             let consts: Vec<Option<&Tensor>> = step
@@ -229,7 +242,14 @@ impl CpuExecutor {
                 op: node.op.op_type().to_string(),
                 source,
             };
-            let outputs = if self.passthrough[i] {
+            let outputs = if self.reshape_in_place[i] {
+                let t0 = times.is_some().then(Instant::now);
+                let t = reshape_moved(node.op.as_ref(), &step.inputs[0], &mut slots).map_err(node_err)?;
+                if let (Some(times), Some(t0)) = (times.as_deref_mut(), t0) {
+                    times.push((step.node, t0.elapsed()));
+                }
+                vec![t]
+            } else if self.passthrough[i] {
                 // A Relu its producer already applied: its only input moves on.
                 let t0 = times.is_some().then(Instant::now);
                 let moved = match &step.inputs[0] {
@@ -283,6 +303,18 @@ impl CpuExecutor {
         }
         Ok(out)
     }
+}
+
+/// The tensor in `src`'s slot, moved out and given the shape `op` (a
+/// one-output shape op such as Flatten) infers for it.
+fn reshape_moved(op: &dyn Op, src: &Source, slots: &mut [Option<Tensor>]) -> Result<Tensor, crate::error::OpError> {
+    let lost = || crate::error::OpError::Shape("internal error: a reshape lost its input".into());
+    let Source::Slot(s) = src else { return Err(lost()) };
+    let t = slots[*s].take().ok_or_else(lost)?;
+    let vt = op.infer(&[ValueType::known(t.dtype(), t.shape())])?;
+    let shape: Option<Vec<usize>> = vt.first().and_then(|v| v.shape.iter().map(|d| d.known()).collect());
+    let shape = shape.ok_or_else(|| crate::error::OpError::Shape("a reshape without a concrete shape".into()))?;
+    Ok(t.reshape(shape)?)
 }
 
 /// `prepared` for `op` with ReLU folded in, for the ops that take it.
@@ -415,5 +447,84 @@ mod tests {
         assert_eq!(run(&["r", "s", "c"], false), [false, false, false, true]);
         // Two readers: the Linear's Relus both run.
         assert_eq!(run(&["r", "s", "s2"], true), [false, true, false, false, false]);
+    }
+
+    /// Conv → Flatten → Linear with `outputs` as the graph's outputs: the
+    /// fast executor against the reference, and which steps reshape in place.
+    fn run_flatten(outputs: &[&str]) -> Vec<bool> {
+        let mut rng = CaseRng::new(9);
+        let conv = Conv {
+            window: Window {
+                kernel: vec![],
+                strides: vec![1, 2],
+                dilations: vec![1, 1],
+                pads: vec![1, 1, 1, 0],
+                auto_pad: AutoPad::NotSet,
+                ceil_mode: false,
+            },
+            group: 1,
+        };
+        let nodes = vec![
+            node("conv", Arc::new(conv), &["x", "cw", "cb"], "c"),
+            node("flatten", Arc::new(Flatten { axis: 1 }), &["c"], "f"),
+            node("fc", Arc::new(Linear), &["f", "lw", "lb"], "l"),
+        ];
+        // x [2, 3, 6, 5] → c [2, 7, 6, 2] → f [2, 84] → l [2, 5].
+        let params: HashMap<String, Tensor> = [
+            ("cw", rng.tensor(&[7, 3, 3, 3], -1.0, 1.0)),
+            ("cb", rng.tensor(&[7], -1.0, 1.0)),
+            ("lw", rng.tensor(&[5, 84], -1.0, 1.0)),
+            ("lb", rng.tensor(&[5], -1.0, 1.0)),
+        ]
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect();
+        let x = rng.tensor(&[2, 3, 6, 5], -1.0, 1.0);
+        let x_info = ValueInfo {
+            name: "x".into(),
+            ty: ValueType::known(DType::F32, x.shape()),
+        };
+        let infos: Vec<ParamInfo> = params
+            .iter()
+            .map(|(n, t)| ParamInfo::plain(n.clone(), DType::F32, t.shape().to_vec()))
+            .collect();
+        let probe = Graph::new("probe", vec![x_info.clone()], vec![], infos.clone(), nodes.clone());
+        let probe = probe.unwrap_or_else(|e| panic!("{e}"));
+        let outs = outputs
+            .iter()
+            .map(|&o| ValueInfo {
+                name: o.into(),
+                ty: probe
+                    .value_type(o)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no type for {o}")),
+            })
+            .collect();
+        let graph = Graph::new("flatten", vec![x_info], outs, infos, nodes).unwrap_or_else(|e| panic!("{e}"));
+        let mut fast = CpuExecutor::new(&graph, CpuKernels::Fast);
+        fast.prepare(&graph, &params);
+        let reference = CpuExecutor::new(&graph, CpuKernels::Reference);
+        let got = fast
+            .run(&graph, &params, vec![x.clone()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let want = reference
+            .run(&graph, &params, vec![x])
+            .unwrap_or_else(|e| panic!("{e}"));
+        for (name, w) in &want {
+            assert_eq!(got[name].shape(), w.shape(), "{name}");
+            let g = got[name].as_f32().unwrap_or_else(|e| panic!("{e}"));
+            for (a, b) in g.iter().zip(w.as_f32().unwrap_or_else(|e| panic!("{e}"))) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{name}: {a} vs {b}");
+            }
+        }
+        fast.reshape_in_place.clone()
+    }
+
+    #[test]
+    fn flatten_moves_a_value_it_reads_last() {
+        assert_eq!(run_flatten(&["l"]), [false, true, false]);
+        assert_eq!(run_flatten(&["l", "f"]), [false, true, false]);
+        // The Conv's output is also a graph output: Flatten copies it.
+        assert_eq!(run_flatten(&["l", "c"]), [false, false, false]);
     }
 }

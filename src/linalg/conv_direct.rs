@@ -1,0 +1,411 @@
+//! A direct 2-D convolution with output channels in the vector lanes: the
+//! weight of one group packed once into panels of [`LANES`] output
+//! channels, tap-major (`k` rows of `LANES` values, 64-byte aligned), and
+//! the input read in place from zero-padded planes: a register tile of
+//! [`PIX`] output pixels × `LANES` channels accumulates, per tap, two
+//! aligned weight loads against one broadcast input value per pixel (its
+//! address: the pixel's offset plus the tap's, so strides, dilations and
+//! exact pixel counts cost nothing extra). Bias and ReLU are applied in
+//! registers; the tile is written transposed into the NCHW output.
+//!
+//! No im2col matrix is built and no column is computed and dropped; what
+//! the caller pays per image is a copy of the input rows into padded planes.
+//! AVX2 + FMA only ([`DirectLhs::new`] returns `None` elsewhere; callers keep
+//! the im2col GEMM).
+
+use super::conv::{copy_short_raw, ConvShape, OutPtr, PARALLEL_MIN_MACS};
+
+/// Output channels per panel (two ymm vectors).
+pub const LANES: usize = 16;
+/// Output channels per panel for fewer than 12 channels (one ymm vector).
+pub const LANES8: usize = 8;
+/// Output pixels per register tile with [`LANES8`] panels.
+pub const PIX8: usize = 8;
+/// Output pixels per register tile (`2·PIX` accumulators).
+pub const PIX: usize = 6;
+
+/// 16 floats on a 64-byte boundary.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(64))]
+struct Line([f32; LANES]);
+
+/// One group's weight (`m` output channels by `k` taps, `[m, k]` row-major)
+/// packed in panels of [`LANES`] channels: panel `b` holds `k` lines, line
+/// `p` channel `b·LANES + l`'s weight for tap `p` (zero past `m`).
+#[derive(Clone, Debug)]
+pub struct DirectLhs {
+    m: usize,
+    k: usize,
+    /// Channels per panel: [`LANES`], or [`LANES8`] for fewer than 12
+    /// channels (one ymm vector; `k` runs of 8 values, 32-byte aligned).
+    lanes: usize,
+    data: Vec<Line>,
+}
+
+impl DirectLhs {
+    /// Packs `a` (`m` rows of `k`, row `i` at `a[i·lda]`), or `None` where
+    /// the CPU lacks AVX2 + FMA.
+    ///
+    /// # Panics
+    /// If `a` is shorter than the sizes say.
+    pub fn new(a: &[f32], m: usize, k: usize, lda: usize) -> Option<Self> {
+        if !super::conv::has_avx2_fma() {
+            return None;
+        }
+        assert!(m == 0 || k == 0 || a.len() >= (m - 1) * lda + k, "DirectLhs::new sizes");
+        let lanes = if m >= 12 { LANES } else { LANES8 };
+        let panels = m.div_ceil(lanes);
+        let mut data = vec![Line::default(); (panels * k * lanes).div_ceil(LANES)];
+        for i in 0..m {
+            let (b, l) = (i / lanes, i % lanes);
+            for (p, &v) in a[i * lda..][..k].iter().enumerate() {
+                let at = (b * k + p) * lanes + l;
+                data[at / LANES].0[at % LANES] = v;
+            }
+        }
+        Some(Self { m, k, lanes, data })
+    }
+
+    /// Output channels.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Taps.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+}
+
+/// The largest padded band (floats) a task builds.
+const BAND_MAX: usize = 1 << 16;
+
+/// The most taps per output channel (a panel of 72 KiB, read from L2).
+const KK_MAX: usize = 1152;
+
+/// Whether [`conv2d_direct`] takes this convolution: at least 6 output
+/// channels per group (three quarters of the lanes busy, in panels of
+/// [`LANES8`] below 12 and [`LANES`] from 12), at most [`KK_MAX`] taps, and
+/// a padded input row band that fits [`BAND_MAX`].
+pub fn fits(s: &ConvShape) -> bool {
+    let g = &s.geom;
+    let (cg, mg) = (s.c / s.group.max(1), s.m / s.group.max(1));
+    let wp = (g.ow.max(1) - 1) * g.s[1] + (g.kw.max(1) - 1) * g.d[1] + 1;
+    let rows = (g.kh.max(1) - 1) * g.d[0] + 1;
+    let kk = cg * g.kh * g.kw;
+    mg >= 6 && kk <= KK_MAX && g.oh > 0 && g.ow > 0 && cg * rows * wp <= BAND_MAX && super::conv::has_avx2_fma()
+}
+
+/// A thread's padded band, pixel offsets and tap offsets, and the band
+/// height and geometry the offsets were made for.
+type Bufs = (Vec<f32>, Vec<usize>, Vec<usize>, [usize; 11]);
+
+thread_local! {
+    /// Each thread's [`Bufs`].
+    static BUFS: std::cell::RefCell<Bufs> = const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new(), [0; 11])) };
+}
+
+/// Multiply-adds a parallel task does at least (tasks are grouped up to it).
+const TASK_MIN_MACS: usize = 1 << 15;
+
+/// `y [n, m, oh, ow]` (written through `out`, every element) = the
+/// convolution of `x [n, c, h, w]` with `w[g]` per group, plus `bias`,
+/// then ReLU when `relu`. Tasks are bands of output rows of an image (a
+/// whole image where there are enough images): each pads the input rows
+/// its band reads, then runs every panel over its pixels.
+///
+/// # Panics
+/// If the sizes disagree (`x`, `w`, `bias`), or where [`fits`] is false.
+pub(crate) fn conv2d_direct(s: &ConvShape, x: &[f32], w: &[&DirectLhs], bias: Option<&[f32]>, relu: bool, out: OutPtr) {
+    let g = &s.geom;
+    let (cg, mg) = (s.c / s.group, s.m / s.group);
+    let (plane, pix, kk) = (g.h * g.w, g.oh * g.ow, cg * g.kh * g.kw);
+    assert!(
+        fits(s)
+            && x.len() >= s.n * s.c * plane
+            && w.len() == s.group
+            && w.iter().all(|p| p.m == mg && p.k == kk)
+            && bias.is_none_or(|b| b.len() >= s.m),
+        "conv2d_direct sizes"
+    );
+    let threads = rayon::current_num_threads();
+    let macs = s.n * s.m * pix * kk;
+    let parallel = macs >= PARALLEL_MIN_MACS && threads > 1;
+    // Bands per image: enough for about four tasks per thread.
+    let bands = if parallel {
+        (4 * threads).div_ceil(s.n).min(g.oh)
+    } else {
+        1
+    };
+    let band_rows = g.oh.div_ceil(bands);
+    let bands = g.oh.div_ceil(band_rows);
+    let task = |t: usize| {
+        let (img, oy0) = (t / bands, (t % bands) * band_rows);
+        let oy1 = (oy0 + band_rows).min(g.oh);
+        let dst = out;
+        BUFS.with(|b| {
+            let (pad, pixoff, taps, key) = &mut *b.borrow_mut();
+            for (gi, wg) in w.iter().enumerate() {
+                let xg = &x[(img * s.c + gi * cg) * plane..][..cg * plane];
+                let (hb, wp) = pad_band(s, xg, oy0, oy1, pad);
+                // The offsets depend on the band's height and the geometry
+                // only: kept from this thread's last band when those match.
+                let k = [oy1 - oy0, g.ow, hb, wp, g.s[0], g.s[1], g.d[0], g.d[1], g.kh, g.kw, cg];
+                if *key != k {
+                    offsets(s, oy0, oy1, hb, wp, pixoff, taps);
+                    *key = k;
+                }
+                let bias = bias.map(|b| &b[gi * mg..][..mg]);
+                // SAFETY: `pad` holds cg planes hb × wp, which every pixel
+                // offset plus every tap offset stays inside (see `offsets`);
+                // the task writes pixels oy0·ow..oy1·ow of channels
+                // g·mg..(g+1)·mg of image img, which no other task writes.
+                unsafe {
+                    let y = dst.0.add((img * s.m + gi * mg) * pix + oy0 * g.ow);
+                    run_band(wg, pad, pixoff, taps, bias, relu, y, pix);
+                }
+            }
+        })
+    };
+    let tasks = s.n * bands;
+    if parallel && tasks > 1 {
+        use rayon::prelude::*;
+        let per = (TASK_MIN_MACS / (macs / tasks).max(1)).max(1);
+        (0..tasks).into_par_iter().with_min_len(per).for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
+/// Copies the input rows that output rows `oy0..oy1` read into zero-padded
+/// planes `hb × wp` (padded row 0 is padded row `oy0·sy` of the image).
+/// Returns `(hb, wp)`.
+fn pad_band(s: &ConvShape, xg: &[f32], oy0: usize, oy1: usize, pad: &mut Vec<f32>) -> (usize, usize) {
+    let g = &s.geom;
+    let cg = s.c / s.group;
+    let wp = (g.ow - 1) * g.s[1] + (g.kw - 1) * g.d[1] + 1;
+    let hb = (oy1 - 1 - oy0) * g.s[0] + (g.kh - 1) * g.d[0] + 1;
+    pad.clear();
+    pad.resize(cg * hb * wp, 0.0);
+    // Input columns 0..cols land at padded columns pad_left...
+    let cols = g.w.min(wp.saturating_sub(g.pad[1]));
+    for c in 0..cg {
+        for lr in 0..hb {
+            let iy = (oy0 * g.s[0] + lr) as isize - g.pad[0] as isize;
+            if iy < 0 || iy >= g.h as isize {
+                continue;
+            }
+            let src = &xg[c * g.h * g.w + iy as usize * g.w..][..cols];
+            let dst = &mut pad[(c * hb + lr) * wp + g.pad[1]..][..cols];
+            // SAFETY: both slices hold `cols` floats (checked above) and are distinct buffers.
+            unsafe { copy_short_raw(dst.as_mut_ptr(), src.as_ptr(), cols) };
+        }
+    }
+    (hb, wp)
+}
+
+/// The offsets into the padded band of output pixels `oy0·ow..oy1·ow` and
+/// of the taps `(c, ky, kx)`: pixel `(oy, ox)` at `(oy - oy0)·sy·wp + ox·sx`,
+/// tap at `c·hb·wp + ky·dy·wp + kx·dx`. Their sum is at most
+/// `(cg - 1)·hb·wp + (hb - 1)·wp + wp - 1`, inside the band.
+fn offsets(
+    s: &ConvShape,
+    oy0: usize,
+    oy1: usize,
+    hb: usize,
+    wp: usize,
+    pixoff: &mut Vec<usize>,
+    taps: &mut Vec<usize>,
+) {
+    let g = &s.geom;
+    let cg = s.c / s.group;
+    pixoff.clear();
+    for oy in oy0..oy1 {
+        for ox in 0..g.ow {
+            pixoff.push((oy - oy0) * g.s[0] * wp + ox * g.s[1]);
+        }
+    }
+    taps.clear();
+    for c in 0..cg {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                taps.push(c * hb * wp + ky * g.d[0] * wp + kx * g.d[1]);
+            }
+        }
+    }
+}
+
+/// Every panel of `w` over the pixels `pixoff` lists; channel `i`'s pixel
+/// `j` goes to `y[i·ldy + j]`.
+///
+/// # Safety
+/// `pad` must hold every `pixoff[j] + taps[p]`; `y` must be writable at
+/// `i·ldy + j` for `i < w.m`, `j < pixoff.len()`; the CPU has AVX2 + FMA.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_band(
+    w: &DirectLhs,
+    pad: &[f32],
+    pixoff: &[usize],
+    taps: &[usize],
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: *mut f32,
+    ldy: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let n = pixoff.len();
+        let lanes = w.lanes;
+        for b in 0..w.m.div_ceil(lanes) {
+            let ch = (w.m - b * lanes).min(lanes);
+            let mut lanes_bias = [0.0f32; LANES];
+            if let Some(bias) = bias {
+                lanes_bias[..ch].copy_from_slice(&bias[b * lanes..][..ch]);
+            }
+            let t = avx2::Tile {
+                x: pad.as_ptr(),
+                taps: taps.as_ptr(),
+                k: w.k,
+                w: w.data.as_ptr().cast::<f32>().add(b * w.k * lanes),
+                bias: lanes_bias,
+                relu,
+                ch,
+                y: y.add(b * lanes * ldy),
+                ldy,
+            };
+            if lanes == LANES {
+                let mut j = 0;
+                while j + PIX <= n {
+                    avx2::tile::<PIX>(&t, &pixoff[j..j + PIX], j);
+                    j += PIX;
+                }
+                match n - j {
+                    5 => avx2::tile::<5>(&t, &pixoff[j..], j),
+                    4 => avx2::tile::<4>(&t, &pixoff[j..], j),
+                    3 => avx2::tile::<3>(&t, &pixoff[j..], j),
+                    2 => avx2::tile::<2>(&t, &pixoff[j..], j),
+                    1 => avx2::tile::<1>(&t, &pixoff[j..], j),
+                    _ => {}
+                }
+            } else {
+                let mut j = 0;
+                while j + PIX8 <= n {
+                    avx2::tile8::<PIX8>(&t, &pixoff[j..j + PIX8], j);
+                    j += PIX8;
+                }
+                match n - j {
+                    7 => avx2::tile8::<7>(&t, &pixoff[j..], j),
+                    6 => avx2::tile8::<6>(&t, &pixoff[j..], j),
+                    5 => avx2::tile8::<5>(&t, &pixoff[j..], j),
+                    4 => avx2::tile8::<4>(&t, &pixoff[j..], j),
+                    3 => avx2::tile8::<3>(&t, &pixoff[j..], j),
+                    2 => avx2::tile8::<2>(&t, &pixoff[j..], j),
+                    1 => avx2::tile8::<1>(&t, &pixoff[j..], j),
+                    _ => {}
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, pad, pixoff, taps, bias, relu, y, ldy);
+        unreachable!("DirectLhs exists only with AVX2");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::LANES;
+
+    /// One panel's pass: the padded band, the tap offsets, the panel's
+    /// `k` lines, its bias, the valid channels and where channel 0's pixel
+    /// 0 goes (`ldy` between channels).
+    pub(super) struct Tile {
+        pub x: *const f32,
+        pub taps: *const usize,
+        pub k: usize,
+        pub w: *const f32,
+        pub bias: [f32; LANES],
+        pub relu: bool,
+        pub ch: usize,
+        pub y: *mut f32,
+        pub ldy: usize,
+    }
+
+    /// Pixels `j..j+R` (at `pix[..R]` in the band) × the panel's channels.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const R: usize>(t: &Tile, pix: &[usize], j: usize) {
+        let mut base = [std::ptr::null::<f32>(); R];
+        for (b, &o) in base.iter_mut().zip(pix) {
+            *b = t.x.add(o);
+        }
+        let b0 = _mm256_loadu_ps(t.bias.as_ptr());
+        let b1 = _mm256_loadu_ps(t.bias.as_ptr().add(8));
+        let mut acc = [[b0, b1]; R];
+        let mut w = t.w;
+        for p in 0..t.k {
+            let o = *t.taps.add(p);
+            let w0 = _mm256_load_ps(w);
+            let w1 = _mm256_load_ps(w.add(8));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm256_broadcast_ss(&*base[r].add(o));
+                a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
+                a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
+            }
+            w = w.add(LANES);
+        }
+        let mut tmp = [[0.0f32; LANES]; R];
+        let zero = _mm256_setzero_ps();
+        for (a, d) in acc.iter_mut().zip(tmp.iter_mut()) {
+            if t.relu {
+                // max(0, v) returns v when v is NaN and keeps -0.0, as `Relu` does.
+                a[0] = _mm256_max_ps(zero, a[0]);
+                a[1] = _mm256_max_ps(zero, a[1]);
+            }
+            _mm256_storeu_ps(d.as_mut_ptr(), a[0]);
+            _mm256_storeu_ps(d.as_mut_ptr().add(8), a[1]);
+        }
+        for c in 0..t.ch {
+            let dst = t.y.add(c * t.ldy + j);
+            for (r, d) in tmp.iter().enumerate() {
+                *dst.add(r) = d[c];
+            }
+        }
+    }
+
+    /// Pixels `j..j+R` (at `pix[..R]` in the band) × an 8-channel panel:
+    /// per tap, one aligned weight load and `R` broadcasts.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile8<const R: usize>(t: &Tile, pix: &[usize], j: usize) {
+        let mut base = [std::ptr::null::<f32>(); R];
+        for (b, &o) in base.iter_mut().zip(pix) {
+            *b = t.x.add(o);
+        }
+        let mut acc = [_mm256_loadu_ps(t.bias.as_ptr()); R];
+        let mut w = t.w;
+        for p in 0..t.k {
+            let o = *t.taps.add(p);
+            let w0 = _mm256_load_ps(w);
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_broadcast_ss(&*base[r].add(o)), w0, *a);
+            }
+            w = w.add(8);
+        }
+        let mut tmp = [[0.0f32; 8]; R];
+        let zero = _mm256_setzero_ps();
+        for (a, d) in acc.iter_mut().zip(tmp.iter_mut()) {
+            if t.relu {
+                *a = _mm256_max_ps(zero, *a);
+            }
+            _mm256_storeu_ps(d.as_mut_ptr(), *a);
+        }
+        for c in 0..t.ch {
+            let dst = t.y.add(c * t.ldy + j);
+            for (r, d) in tmp.iter().enumerate() {
+                *dst.add(r) = d[c];
+            }
+        }
+    }
+}
