@@ -435,8 +435,15 @@ fn quad16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool>(
             }
         }
     }
-    let s = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-    let v = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+    // The four horizontal sums in `hsum`'s order (so a row's result does
+    // not depend on how many rows share the call): halves added, then lanes
+    // `(0 + 2) + (1 + 3)` after a 4×4 transpose.
+    let s = acc.map(|a| _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a)));
+    let (t0, t1) = (_mm_unpacklo_ps(s[0], s[1]), _mm_unpackhi_ps(s[0], s[1]));
+    let (t2, t3) = (_mm_unpacklo_ps(s[2], s[3]), _mm_unpackhi_ps(s[2], s[3]));
+    let (c0, c1) = (_mm_movelh_ps(t0, t2), _mm_movehl_ps(t2, t0));
+    let (c2, c3) = (_mm_movelh_ps(t1, t3), _mm_movehl_ps(t3, t1));
+    let v = _mm_add_ps(_mm_add_ps(c0, c2), _mm_add_ps(c1, c3));
     let mut o = [0f32; 4];
     // SAFETY: `o` holds 4 writable f32; `storeu` has no alignment requirement.
     unsafe { _mm_storeu_ps(o.as_mut_ptr(), v) };
