@@ -380,7 +380,14 @@ fn quad16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool>(
     };
     let qs_at = if Q8 { 2 } else { bb - 16 };
     let mask = _mm256_set1_epi16(0x0f);
-    let r: [&[u8]; 4] = std::array::from_fn(|i| &quad[i * rb..(i + 1) * rb]);
+    // Plain arrays, no closures: a closure handed to `array::from_fn` is
+    // compiled without AVX2 and called out of line.
+    let r: [&[u8]; 4] = [
+        &quad[..rb],
+        &quad[rb..2 * rb],
+        &quad[2 * rb..3 * rb],
+        &quad[3 * rb..4 * rb],
+    ];
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut accm = [0f32; 4];
     // The four rows are read side by side, which the hardware prefetcher
@@ -438,7 +445,8 @@ fn quad16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool>(
     // The four horizontal sums in `hsum`'s order (so a row's result does
     // not depend on how many rows share the call): halves added, then lanes
     // `(0 + 2) + (1 + 3)` after a 4×4 transpose.
-    let s = acc.map(|a| _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a)));
+    let half_sum = |a: __m256| _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+    let s = [half_sum(acc[0]), half_sum(acc[1]), half_sum(acc[2]), half_sum(acc[3])];
     let (t0, t1) = (_mm_unpacklo_ps(s[0], s[1]), _mm_unpackhi_ps(s[0], s[1]));
     let (t2, t3) = (_mm_unpacklo_ps(s[2], s[3]), _mm_unpackhi_ps(s[2], s[3]));
     let (c0, c1) = (_mm_movelh_ps(t0, t2), _mm_movehl_ps(t2, t0));
@@ -447,7 +455,7 @@ fn quad16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool>(
     let mut o = [0f32; 4];
     // SAFETY: `o` holds 4 writable f32; `storeu` has no alignment requirement.
     unsafe { _mm_storeu_ps(o.as_mut_ptr(), v) };
-    std::array::from_fn(|i| o[i] + accm[i])
+    [o[0] + accm[0], o[1] + accm[1], o[2] + accm[2], o[3] + accm[3]]
 }
 
 #[inline]
