@@ -2,7 +2,9 @@
 //! arithmetic per block as the portable kernels, 32 weights per
 //! `vpmaddubsw` (unsigned weight bytes × signed activation bytes), one block
 //! unpacked once for up to four activation rows; and against 16-bit
-//! activations, 16 weights widened to i16 per `vpmaddwd`.
+//! activations, 16 weights widened to i16 per `vpmaddwd` (for one
+//! activation row, four weight rows per activation load, prefetched
+//! ahead); and the dequantization of the 32-weight formats.
 // The token index addresses the accumulators and the activation rows alike.
 #![allow(clippy::needless_range_loop)]
 
