@@ -12,8 +12,9 @@ use rayon::prelude::*;
 
 use crate::error::GenerateError;
 use crate::generate::cache::{KvBuf, KvCache, KvDtype};
+use crate::generate::weights::PROMPT_MIN_TOKENS;
 use crate::generate::{Decoder, DecoderConfig, DecoderWeights, LayerWeights, Logits, Matrix, RopeLayout};
-use crate::linalg::ggml::{ActPrecision, Kernel};
+use crate::linalg::ggml::{quantize_acts16, ActPrecision, Kernel, QActs16, QMatrix};
 
 /// `out = x / rms(x) · w` per row of `w.len()` values.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -70,33 +71,46 @@ fn attention(q: &[f32], caches: &[(&KvBuf, &KvBuf)], segs: &[Segment], c: &Decod
     out.par_chunks_mut(hd).enumerate().for_each_init(
         Default::default,
         |(scores, scratch): &mut (Vec<f32>, Vec<f32>), (i, o)| {
-            let (r, h) = (i / c.n_heads, i % c.n_heads);
-            let (s, pos) = row_seq[r];
-            let (cache_k, cache_v) = caches[s];
-            let qh = &q[r * c.q_dim() + h * hd..][..hd];
-            let kv_off = (h / group) * hd;
-            let len = pos + 1;
-            scores.clear();
-            scores.extend((0..len).map(|p| {
-                let k = cache_k.read(p * kvd + kv_off, hd, scratch);
-                qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale
-            }));
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            o.fill(0.0);
-            for (p, s) in scores.iter().enumerate() {
-                let v = cache_v.read(p * kvd + kv_off, hd, scratch);
-                let w = s / sum;
-                for (oo, vv) in o.iter_mut().zip(v) {
-                    *oo += w * vv;
+            crate::linalg::simd(|| {
+                let (r, h) = (i / c.n_heads, i % c.n_heads);
+                let (s, pos) = row_seq[r];
+                let (cache_k, cache_v) = caches[s];
+                let qh = &q[r * c.q_dim() + h * hd..][..hd];
+                let kv_off = (h / group) * hd;
+                let len = pos + 1;
+                scores.clear();
+                scores.extend((0..len).map(|p| dot(qh, cache_k.read(p * kvd + kv_off, hd, scratch)) * scale));
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
                 }
-            }
+                o.fill(0.0);
+                for (p, s) in scores.iter().enumerate() {
+                    let v = cache_v.read(p * kvd + kv_off, hd, scratch);
+                    let w = s / sum;
+                    for (oo, vv) in o.iter_mut().zip(v) {
+                        *oo += w * vv;
+                    }
+                }
+            })
         },
     );
+}
+
+/// `Σ a·b` in eight interleaved partial sums (so it vectorizes).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let mut acc = [0f32; 8];
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 fn silu_mul(gate: &mut [f32], up: &[f32]) {
@@ -125,6 +139,39 @@ fn mm(m: &Matrix, x: &[f32], n: usize, mode: RowMode) -> Result<Vec<f32>, Genera
         _ => m.matmul(x, n, &mut out)?,
     }
     Ok(out)
+}
+
+/// The products of several matrices with the same input `x`: the input
+/// quantized once where every product takes 16-bit activations (packed
+/// weights, and rows that `mode` sends to 16-bit activations).
+fn mm_shared<const K: usize>(
+    ms: [&Matrix; K],
+    x: &[f32],
+    n: usize,
+    mode: RowMode,
+) -> Result<[Vec<f32>; K], GenerateError> {
+    let int16 = mode == RowMode::Independent || n < PROMPT_MIN_TOKENS;
+    let quants: Vec<&QMatrix> = ms
+        .iter()
+        .filter_map(|m| match m {
+            Matrix::Quant(q) if int16 => Some(q),
+            _ => None,
+        })
+        .collect();
+    if quants.len() < K {
+        let mut outs: [Vec<f32>; K] = std::array::from_fn(|_| Vec::new());
+        for (o, m) in outs.iter_mut().zip(ms) {
+            *o = mm(m, x, n, mode)?;
+        }
+        return Ok(outs);
+    }
+    let mut acts = QActs16::default();
+    quantize_acts16(x, n, quants[0].cols(), &mut acts);
+    Ok(std::array::from_fn(|i| {
+        let mut out = vec![0f32; n * quants[i].rows()];
+        quants[i].matmul_acts16(Kernel::best(), &acts, &mut out);
+        out
+    }))
 }
 
 /// The tokens of one sequence in a forward pass, with its cache.
@@ -309,13 +356,8 @@ impl CpuModel {
         let n = x.len() / c.d_model;
         let mut h = vec![0f32; x.len()];
         rms_norm(x, &w.attn_norm, c.norm_eps, &mut h);
-        let mut q = mm(&w.wq, &h, n, mode)?;
-        let mut k = mm(&w.wk, &h, n, mode)?;
-        let v = {
-            let mut v = mm(&w.wv, &h, n, mode)?;
-            add_bias(&mut v, w.bv.as_ref());
-            v
-        };
+        let [mut q, mut k, mut v] = mm_shared([&w.wq, &w.wk, &w.wv], &h, n, mode)?;
+        add_bias(&mut v, w.bv.as_ref());
         add_bias(&mut q, w.bq.as_ref());
         add_bias(&mut k, w.bk.as_ref());
         let (qd, kvd) = (c.q_dim(), c.kv_dim());
@@ -341,8 +383,7 @@ impl CpuModel {
             *xx += oo;
         }
         rms_norm(x, &w.ffn_norm, c.norm_eps, &mut h);
-        let mut g = mm(&w.w_gate, &h, n, mode)?;
-        let u = mm(&w.w_up, &h, n, mode)?;
+        let [mut g, u] = mm_shared([&w.w_gate, &w.w_up], &h, n, mode)?;
         silu_mul(&mut g, &u);
         let dn = mm(&w.w_down, &g, n, mode)?;
         for (xx, dd) in x.iter_mut().zip(&dn) {

@@ -13,10 +13,25 @@ mod x86;
 use rayon::prelude::*;
 
 pub use acts::{quantize_acts, quantize_acts16, QActs, QActs16};
-pub use blocks::{dequantize_row, quantize_row};
+pub use blocks::quantize_row;
 pub use matmul::{ActPrecision, Kernel, PRECISE_MAX_N};
 
 use crate::error::OpError;
+
+/// Dequantizes one row: `bytes` holds `out.len() / block_len` whole blocks.
+/// Equal bit for bit to the `gguf` package's `gguf.quants.dequantize` (the
+/// scalar reference in `blocks`, vectorized with AVX2 for the 32-weight
+/// formats where the CPU has it).
+pub fn dequantize_row(format: BlockFormat, bytes: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::Avx2.is_available() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
+        if unsafe { x86::dequantize_small(format, bytes, out) } {
+            return;
+        }
+    }
+    blocks::dequantize_row(format, bytes, out);
+}
 
 /// A ggml block format: a row of `cols` weights is `cols / block_len()` blocks
 /// of `block_bytes()` bytes each, laid out as llama.cpp writes them.

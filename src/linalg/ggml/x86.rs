@@ -2,7 +2,9 @@
 //! arithmetic per block as the portable kernels, 32 weights per
 //! `vpmaddubsw` (unsigned weight bytes × signed activation bytes), one block
 //! unpacked once for up to four activation rows; and against 16-bit
-//! activations, 16 weights widened to i16 per `vpmaddwd`.
+//! activations, 16 weights widened to i16 per `vpmaddwd` (for one
+//! activation row, four weight rows per activation load, prefetched
+//! ahead); and the dequantization of the 32-weight formats.
 // The token index addresses the accumulators and the activation rows alike.
 #![allow(clippy::needless_range_loop)]
 
@@ -306,6 +308,14 @@ pub(crate) unsafe fn dot_rows16(
 #[target_feature(enable = "avx2,fma,f16c")]
 fn rows16_t<const T: usize>(format: BlockFormat, rows: &[u8], rb: usize, acts: &QActs16, t0: usize, out: &mut [f32]) {
     let x = Rows16::<T>::new(acts, t0);
+    // One activation row: four weight rows at a time for the 32-weight
+    // formats, the rest one at a time.
+    let (rows, out) = if T == 1 && format.block_len() == 32 {
+        let done = quads16(format, rows, rb, &x, out);
+        (&rows[done * rb..], &mut out[done..])
+    } else {
+        (rows, out)
+    };
     let rows = rows.chunks_exact(rb).zip(out.chunks_exact_mut(T));
     macro_rules! each_row {
         ($kernel:expr) => {
@@ -323,6 +333,199 @@ fn rows16_t<const T: usize>(format: BlockFormat, rows: &[u8], rb: usize, acts: &
         BlockFormat::Q4_K => each_row!(q45k16::<T, false>),
         BlockFormat::Q5_K => each_row!(q45k16::<T, true>),
         BlockFormat::Q6_K => each_row!(q6k16::<T>),
+    }
+}
+
+/// How many groups of four rows ahead [`quad16`] prefetches.
+const PREFETCH_QUADS: usize = 3;
+
+/// Whole groups of four rows of a 32-weight format against one activation
+/// row; returns the rows done.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quads16<const T: usize>(format: BlockFormat, rows: &[u8], rb: usize, x: &Rows16<'_, T>, out: &mut [f32]) -> usize {
+    let quads = rows.chunks_exact(4 * rb).zip(out.chunks_exact_mut(4));
+    let n = quads.len();
+    macro_rules! each_quad {
+        ($kernel:expr) => {
+            for (quad, o) in quads {
+                o.copy_from_slice(&$kernel(quad, rb, x));
+            }
+        };
+    }
+    match format {
+        BlockFormat::Q4_0 => each_quad!(quad16::<T, false, false, false>),
+        BlockFormat::Q4_1 => each_quad!(quad16::<T, true, false, false>),
+        BlockFormat::Q5_0 => each_quad!(quad16::<T, false, true, false>),
+        BlockFormat::Q5_1 => each_quad!(quad16::<T, true, true, false>),
+        BlockFormat::Q8_0 => each_quad!(quad16::<T, false, false, true>),
+        _ => return 0,
+    }
+    4 * n
+}
+
+/// Four rows (`rb` bytes each, in `quad`) of Q4_0, Q4_1, Q5_0, Q5_1 or
+/// (`Q8`) Q8_0 against activation row 0 of `x`: each group of 32
+/// activations loaded once for the four rows, four independent accumulator
+/// chains, and one horizontal reduction for all four.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quad16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool>(
+    quad: &[u8],
+    rb: usize,
+    x: &Rows16<'_, T>,
+) -> [f32; 4] {
+    let bb = if Q8 {
+        34
+    } else {
+        18 + 2 * usize::from(MIN) + 4 * usize::from(FIVE)
+    };
+    let qs_at = if Q8 { 2 } else { bb - 16 };
+    let mask = _mm256_set1_epi16(0x0f);
+    // Plain arrays, no closures: a closure handed to `array::from_fn` is
+    // compiled without AVX2 and called out of line.
+    let r: [&[u8]; 4] = [
+        &quad[..rb],
+        &quad[rb..2 * rb],
+        &quad[2 * rb..3 * rb],
+        &quad[3 * rb..4 * rb],
+    ];
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut accm = [0f32; 4];
+    // The four rows are read side by side, which the hardware prefetcher
+    // does not follow: fetch the rows a few groups ahead linearly, as fast
+    // as this group is read. (Prefetching never faults, so the addresses
+    // may run past the matrix.)
+    let ahead = quad.as_ptr().wrapping_add(PREFETCH_QUADS * 4 * rb);
+    for b in 0..rb / bb {
+        let p = ahead.wrapping_add(4 * bb * b);
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64).cast());
+        let (xq, dx, sx) = x.group(0, b);
+        // SAFETY: `xq` holds 32 readable i16 (64 bytes); `loadu` has no
+        // alignment requirement.
+        let (x0, x1) = unsafe {
+            (
+                _mm256_loadu_si256(xq.as_ptr().cast()),
+                _mm256_loadu_si256(xq[16..].as_ptr().cast()),
+            )
+        };
+        for i in 0..4 {
+            let block = &r[i][b * bb..b * bb + bb];
+            let (d, m) = if MIN {
+                f16x2(block, 0)
+            } else {
+                let d = f16_1(block, 0);
+                (d, if FIVE { -16.0 * d } else { -8.0 * d })
+            };
+            let w = if Q8 {
+                [
+                    _mm256_cvtepi8_epi16(load16(&block[2..])),
+                    _mm256_cvtepi8_epi16(load16(&block[18..])),
+                ]
+            } else {
+                let q = widen_u8(&block[qs_at..]);
+                let mut w = [
+                    _mm256_and_si256(q, mask),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask),
+                ];
+                if FIVE {
+                    let at = qs_at - 4;
+                    let bits = u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
+                    w[0] = _mm256_or_si256(w[0], high_bits16(bits as u16));
+                    w[1] = _mm256_or_si256(w[1], high_bits16((bits >> 16) as u16));
+                }
+                w
+            };
+            let s = _mm256_add_epi32(_mm256_madd_epi16(w[0], x0), _mm256_madd_epi16(w[1], x1));
+            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(s), acc[i]);
+            if !Q8 {
+                accm[i] += m * sx;
+            }
+        }
+    }
+    // The four horizontal sums in `hsum`'s order (so a row's result does
+    // not depend on how many rows share the call): halves added, then lanes
+    // `(0 + 2) + (1 + 3)` after a 4×4 transpose.
+    let half_sum = |a: __m256| _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+    let s = [half_sum(acc[0]), half_sum(acc[1]), half_sum(acc[2]), half_sum(acc[3])];
+    let (t0, t1) = (_mm_unpacklo_ps(s[0], s[1]), _mm_unpackhi_ps(s[0], s[1]));
+    let (t2, t3) = (_mm_unpacklo_ps(s[2], s[3]), _mm_unpackhi_ps(s[2], s[3]));
+    let (c0, c1) = (_mm_movelh_ps(t0, t2), _mm_movehl_ps(t2, t0));
+    let (c2, c3) = (_mm_movelh_ps(t1, t3), _mm_movehl_ps(t3, t1));
+    let v = _mm_add_ps(_mm_add_ps(c0, c2), _mm_add_ps(c1, c3));
+    let mut o = [0f32; 4];
+    // SAFETY: `o` holds 4 writable f32; `storeu` has no alignment requirement.
+    unsafe { _mm_storeu_ps(o.as_mut_ptr(), v) };
+    [o[0] + accm[0], o[1] + accm[1], o[2] + accm[2], o[3] + accm[3]]
+}
+
+#[inline]
+#[target_feature(enable = "avx")]
+fn store8(s: &mut [f32], v: __m256) {
+    let s = &mut s[..8];
+    // SAFETY: `s` holds 8 writable f32 (bounds-checked above); `storeu` has
+    // no alignment requirement.
+    unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
+}
+
+/// Dequantizes a row of a 32-weight format (see `blocks::dequantize_row`):
+/// the same operations per weight (`d·(q - off)`, or `d·q + m`, each
+/// rounded once), so the same values bit for bit. Other formats are left to
+/// the caller (returns `false`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C ([`available`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dequantize_small(format: BlockFormat, bytes: &[u8], out: &mut [f32]) -> bool {
+    match format {
+        BlockFormat::Q4_0 => deq_small::<false, false, false>(bytes, out),
+        BlockFormat::Q4_1 => deq_small::<true, false, false>(bytes, out),
+        BlockFormat::Q5_0 => deq_small::<false, true, false>(bytes, out),
+        BlockFormat::Q5_1 => deq_small::<true, true, false>(bytes, out),
+        BlockFormat::Q8_0 => deq_small::<false, false, true>(bytes, out),
+        _ => return false,
+    }
+    true
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn deq_small<const MIN: bool, const FIVE: bool, const Q8: bool>(bytes: &[u8], out: &mut [f32]) {
+    let bb = if Q8 {
+        34
+    } else {
+        18 + 2 * usize::from(MIN) + 4 * usize::from(FIVE)
+    };
+    let qs_at = bb - 16;
+    let off = _mm256_set1_epi32(if FIVE { 16 } else { 8 });
+    let mask = _mm256_set1_epi8(0x0f);
+    for (block, y) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(32)) {
+        let (d, m) = if MIN { f16x2(block, 0) } else { (f16_1(block, 0), 0.0) };
+        let w = if Q8 {
+            load32(&block[2..])
+        } else {
+            let q = load16(&block[qs_at..]);
+            let mut w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), mask);
+            if FIVE {
+                let at = qs_at - 4;
+                let bits = u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]]);
+                w = _mm256_or_si256(w, high_bits(bits));
+            }
+            w
+        };
+        let (lo, hi) = (_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+        let parts = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
+        for (p, y8) in parts.into_iter().zip(y.chunks_exact_mut(8)) {
+            let v = if Q8 {
+                _mm256_cvtepi8_epi32(p)
+            } else if MIN {
+                _mm256_cvtepu8_epi32(p)
+            } else {
+                _mm256_sub_epi32(_mm256_cvtepu8_epi32(p), off)
+            };
+            let f = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(v));
+            store8(y8, if MIN { _mm256_add_ps(f, _mm256_set1_ps(m)) } else { f });
+        }
     }
 }
 
