@@ -382,6 +382,15 @@ fn rope_rows(heads: usize, head_dim: usize, from: RopeLayout, to: RopeLayout) ->
         .collect()
 }
 
+/// Rows of `cols` values of `data` in the order `order` gives.
+fn gather_rows<T: Copy>(data: &[T], cols: usize, order: &[usize]) -> Vec<T> {
+    order
+        .iter()
+        .flat_map(|&r| &data[r * cols..(r + 1) * cols])
+        .copied()
+        .collect()
+}
+
 /// `m` with its rows in the order `order` gives (destination ← source).
 fn permute_matrix(m: &Matrix, order: &[usize]) -> Result<Matrix, GgufExportError> {
     let (rows, cols) = (m.rows(), m.cols());
@@ -389,20 +398,12 @@ fn permute_matrix(m: &Matrix, order: &[usize]) -> Result<Matrix, GgufExportError
         Matrix::F32 { data, .. } => Matrix::F32 {
             rows,
             cols,
-            data: order
-                .iter()
-                .flat_map(|&r| &data[r * cols..(r + 1) * cols])
-                .copied()
-                .collect(),
+            data: gather_rows(data, cols, order),
         },
         Matrix::F16 { data, .. } => Matrix::F16 {
             rows,
             cols,
-            data: order
-                .iter()
-                .flat_map(|&r| &data[r * cols..(r + 1) * cols])
-                .copied()
-                .collect(),
+            data: gather_rows(data, cols, order),
         },
         Matrix::Quant(q) => {
             let data = order.iter().flat_map(|&r| q.row(r)).copied().collect();

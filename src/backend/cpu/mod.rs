@@ -355,6 +355,34 @@ mod tests {
         }
     }
 
+    /// The graph of `nodes` over f32 `params`, with `outputs` typed as a
+    /// probe graph without outputs infers them.
+    fn graph_with_outputs(
+        name: &str,
+        inputs: Vec<ValueInfo>,
+        outputs: &[&str],
+        params: &HashMap<String, Tensor>,
+        nodes: Vec<Node>,
+    ) -> Graph {
+        let infos: Vec<ParamInfo> = params
+            .iter()
+            .map(|(n, t)| ParamInfo::plain(n.clone(), DType::F32, t.shape().to_vec()))
+            .collect();
+        let probe =
+            Graph::new("probe", inputs.clone(), vec![], infos.clone(), nodes.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let outs = outputs
+            .iter()
+            .map(|&o| ValueInfo {
+                name: o.into(),
+                ty: probe
+                    .value_type(o)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no type for {o}")),
+            })
+            .collect();
+        Graph::new(name, inputs, outs, infos, nodes).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Conv → Relu and Linear → Relu (with a second Relu on the Linear when
     /// `two_readers`), the given values as outputs; the fast executor against
     /// the reference, and which Relu steps were folded.
@@ -390,39 +418,18 @@ mod tests {
         .into_iter()
         .map(|(n, t)| (n.to_string(), t))
         .collect();
-        let infos = params
-            .iter()
-            .map(|(n, t)| ParamInfo::plain(n.clone(), DType::F32, t.shape().to_vec()))
-            .collect();
         let inputs = vec![rng.tensor(&[2, 3, 6, 5], -1.0, 1.0), rng.tensor(&[1, 9], -1.0, 1.0)];
         let info = |name: &str, t: &Tensor| ValueInfo {
             name: name.into(),
             ty: ValueType::known(DType::F32, t.shape()),
         };
-        let (x_info, z_info) = (info("x", &inputs[0]), info("z", &inputs[1]));
-        let probe = Graph::new(
-            "probe",
-            vec![x_info.clone(), z_info.clone()],
-            vec![],
-            infos,
-            nodes.clone(),
+        let graph = graph_with_outputs(
+            "fuse",
+            vec![info("x", &inputs[0]), info("z", &inputs[1])],
+            outputs,
+            &params,
+            nodes,
         );
-        let probe = probe.unwrap_or_else(|e| panic!("{e}"));
-        let outs = outputs
-            .iter()
-            .map(|&o| ValueInfo {
-                name: o.into(),
-                ty: probe
-                    .value_type(o)
-                    .cloned()
-                    .unwrap_or_else(|| panic!("no type for {o}")),
-            })
-            .collect();
-        let infos = params
-            .iter()
-            .map(|(n, t)| ParamInfo::plain(n.clone(), DType::F32, t.shape().to_vec()))
-            .collect();
-        let graph = Graph::new("fuse", vec![x_info, z_info], outs, infos, nodes).unwrap_or_else(|e| panic!("{e}"));
         let mut fast = CpuExecutor::new(&graph, CpuKernels::Fast);
         fast.prepare(&graph, &params);
         let reference = CpuExecutor::new(&graph, CpuKernels::Reference);
@@ -484,23 +491,7 @@ mod tests {
             name: "x".into(),
             ty: ValueType::known(DType::F32, x.shape()),
         };
-        let infos: Vec<ParamInfo> = params
-            .iter()
-            .map(|(n, t)| ParamInfo::plain(n.clone(), DType::F32, t.shape().to_vec()))
-            .collect();
-        let probe = Graph::new("probe", vec![x_info.clone()], vec![], infos.clone(), nodes.clone());
-        let probe = probe.unwrap_or_else(|e| panic!("{e}"));
-        let outs = outputs
-            .iter()
-            .map(|&o| ValueInfo {
-                name: o.into(),
-                ty: probe
-                    .value_type(o)
-                    .cloned()
-                    .unwrap_or_else(|| panic!("no type for {o}")),
-            })
-            .collect();
-        let graph = Graph::new("flatten", vec![x_info], outs, infos, nodes).unwrap_or_else(|e| panic!("{e}"));
+        let graph = graph_with_outputs("flatten", vec![x_info], outputs, &params, nodes);
         let mut fast = CpuExecutor::new(&graph, CpuKernels::Fast);
         fast.prepare(&graph, &params);
         let reference = CpuExecutor::new(&graph, CpuKernels::Reference);
