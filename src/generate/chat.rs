@@ -159,8 +159,14 @@ impl ChatTemplate {
             .env
             .get_template(NAME)
             .map_err(|e| err(format!("chat template: {e}")))?;
-        template.render(ctx).map_err(|e| err(format!("chat template: {e:#}")))
+        template.render(ctx).map_err(|e| err(render_error(&e)))
     }
+}
+
+/// A render failure as one line: minijinja's kind and detail (which names
+/// an undefined variable or attribute, with the `debug` feature) and the line.
+fn render_error(e: &minijinja::Error) -> String {
+    format!("chat template: {e}")
 }
 
 #[cfg(test)]
@@ -202,6 +208,17 @@ mod tests {
         );
         let e = t.render(&[ChatMessage::new("system", "x")], false).expect_err("raises");
         assert!(e.to_string().contains("first must be user"), "{e}");
+    }
+
+    #[test]
+    fn render_error_names_the_expression() {
+        let t = ChatTemplate::new("{% for m in messages %}\n{{ m.meta.lang }}\n{% endfor %}", None, None)
+            .expect("template parses");
+        let e = t
+            .render(&[ChatMessage::new("user", "hi")], false)
+            .expect_err("undefined attribute");
+        let m = e.to_string();
+        assert!(m.contains("`m.meta` is undefined") && m.contains("chat:2"), "{m}");
     }
 
     #[test]
