@@ -20,6 +20,7 @@ use half::f16;
 
 use wginfer::backend::gpu::GpuContext;
 use wginfer::error::{GenerateError, GpuError};
+use wginfer::generate::cache::KvDtype;
 use wginfer::generate::cpu::CpuDecoder;
 use wginfer::generate::gpu::GpuDecoder;
 use wginfer::generate::{load, Decoder, DecoderConfig, DecoderWeights, LayerWeights, Logits, Matrix, RopeLayout};
@@ -218,6 +219,17 @@ fn add(a: &mut [f32], b: Option<&Vec<f32>>) {
 
 /// Logits of every position of `tokens`, recomputed from scratch.
 fn reference(w: &DecoderWeights, tokens: &[u32]) -> Vec<Vec<f32>> {
+    reference_kv(w, tokens, false)
+}
+
+/// As [`reference`]; with `kv16`, every key (after bias and RoPE) and value
+/// (after bias) rounded to f16, as an f16 cache stores them.
+fn reference_kv(w: &DecoderWeights, tokens: &[u32], kv16: bool) -> Vec<Vec<f32>> {
+    let round = |v: &mut Vec<f32>| {
+        if kv16 {
+            v.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32());
+        }
+    };
     let c = &w.config;
     let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
     let embed = dense(&w.embed);
@@ -238,6 +250,8 @@ fn reference(w: &DecoderWeights, tokens: &[u32]) -> Vec<Vec<f32>> {
             add(&mut v, l.bv.as_ref());
             rope(&mut q, c.n_heads, c, pos);
             rope(&mut k, c.n_kv_heads, c, pos);
+            round(&mut k);
+            round(&mut v);
             qs.push(q);
             ks.push(k);
             vs.push(v);
@@ -299,12 +313,19 @@ fn tokens(n: usize, seed: u64) -> Vec<u32> {
 /// Prefill of 5 tokens, 3 single-token steps, truncation to 3 and a re-run
 /// of the rest as one pass, each against the reference.
 fn check_decoder(w: &DecoderWeights, what: &str) {
+    check_decoder_kv(w, what, KvDtype::F32);
+}
+
+/// [`check_decoder`] with the cache holding `kv` values, against the
+/// reference that rounds keys and values as that cache does.
+fn check_decoder_kv(w: &DecoderWeights, what: &str, kv: KvDtype) {
     let Some(choice) = common::minilm::gpu_choice() else {
         return;
     };
     let ids = tokens(8, 7);
-    let want = reference(w, &ids);
-    let mut dec = GpuDecoder::new(w, 16, &choice).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let want = reference_kv(w, &ids, kv == KvDtype::F16);
+    let mut dec = GpuDecoder::with_kv_dtype(w, 16, &choice, kv).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(dec.kv_dtype(), kv);
     let vocab = w.config.vocab;
     let all = dec.forward(&ids[..5], Logits::All).expect("prefill");
     for p in 0..5 {
@@ -364,6 +385,40 @@ fn qwen2_shape_with_biases_halves_rope_and_a_separate_head() {
     check_decoder(&w, "qwen2-like Q4_1");
 }
 
+/// The f16 cache: llama (adjacent RoPE, f32 and Q8_0 weights) and qwen2
+/// (biases, halves RoPE) against the reference with f16-rounded keys and
+/// values, and nearer that reference than the f32 one.
+#[test]
+fn f16_cache_matches_the_rounded_reference() {
+    let llama = random_decoder(config(64, RopeLayout::Adjacent), Fmt::F32, Fmt::F32, false, 1);
+    check_decoder_kv(&llama, "f32 weights, f16 cache", KvDtype::F16);
+    let q8 = random_decoder(
+        config(128, RopeLayout::Adjacent),
+        Fmt::Block(BlockFormat::Q8_0),
+        Fmt::Block(BlockFormat::Q8_0),
+        false,
+        14,
+    );
+    check_decoder_kv(&q8, "Q8_0, f16 cache", KvDtype::F16);
+    let qwen = random_decoder(config(128, RopeLayout::Halves), Fmt::Block(BlockFormat::Q4_1), Fmt::F16, true, 21);
+    check_decoder_kv(&qwen, "qwen2-like Q4_1, f16 cache", KvDtype::F16);
+    // The GPU's f16 logits sit near the rounded reference, not the f32 one.
+    let Some(choice) = common::minilm::gpu_choice() else {
+        return;
+    };
+    let ids = tokens(8, 7);
+    let mut dec = GpuDecoder::with_kv_dtype(&llama, 16, &choice, KvDtype::F16).expect("f16 cache");
+    let got = dec.forward(&ids, Logits::All).expect("forward");
+    let dist = |want: &[Vec<f32>]| {
+        got.iter()
+            .zip(want.concat())
+            .fold(0f32, |m, (g, w)| m.max((g - w).abs()))
+    };
+    let (to16, to32) = (dist(&reference_kv(&llama, &ids, true)), dist(&reference_kv(&llama, &ids, false)));
+    println!("f16 cache: max |diff| {to16:.2e} to the rounded reference, {to32:.2e} to the f32 one");
+    assert!(to16 * 4.0 < to32, "f16 cache: {to16:e} to the rounded reference, {to32:e} to the f32 one");
+}
+
 #[test]
 fn long_prompt_runs_in_several_passes_and_keeps_the_cache() {
     let Some(choice) = common::minilm::gpu_choice() else {
@@ -415,6 +470,14 @@ fn errors_are_typed() {
         Err(GenerateError::Config { key, .. }) => assert_eq!(key, "context"),
         other => panic!("context 0 gave {:?}", other.map(|_| ())),
     }
+    let mut odd = config(60, RopeLayout::Adjacent);
+    odd.head_dim = 15;
+    odd.rope_dims = 14;
+    let odd = random_decoder(odd, Fmt::F32, Fmt::F32, false, 3);
+    match GpuDecoder::with_kv_dtype(&odd, 8, &choice, KvDtype::F16) {
+        Err(GenerateError::Config { key, message }) => assert!(key == "head_dim" && message.contains("odd"), "{message}"),
+        other => panic!("an f16 cache with head dim 15 gave {:?}", other.map(|_| ())),
+    }
     // A cache past one storage binding of the adapter.
     let ctx = GpuContext::shared(&choice).expect("context");
     let limit = ctx
@@ -454,11 +517,22 @@ fn load_weights(path: &Path) -> Arc<DecoderWeights> {
 /// prompt and the rest one token at a time, within 1e-3 of the one pass.
 /// Returns the one-pass logits.
 fn gpu_against_cpu(w: &Arc<DecoderWeights>, tokens: &[u32], choice: &wginfer::AdapterChoice, what: &str) -> Vec<f32> {
+    gpu_against_cpu_kv(w, tokens, choice, what, KvDtype::F32)
+}
+
+/// [`gpu_against_cpu`] with both caches holding `kv` values.
+fn gpu_against_cpu_kv(
+    w: &Arc<DecoderWeights>,
+    tokens: &[u32],
+    choice: &wginfer::AdapterChoice,
+    what: &str,
+    kv: KvDtype,
+) -> Vec<f32> {
     let vocab = w.config.vocab;
     let t = tokens.len();
-    let mut cpu = CpuDecoder::new(w.clone(), t).expect("cpu decoder");
+    let mut cpu = CpuDecoder::with_kv_dtype(w.clone(), t, kv).expect("cpu decoder");
     let want = cpu.forward(tokens, Logits::All).expect("cpu forward");
-    let mut gpu = GpuDecoder::new(w, t, choice).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut gpu = GpuDecoder::with_kv_dtype(w, t, choice, kv).unwrap_or_else(|e| panic!("{what}: {e}"));
     let all = gpu.forward(tokens, Logits::All).expect("gpu forward");
     let (kl, top1) = common::kl_top1(&want, &all, vocab);
     println!("gpu vs cpu {what}: mean KL {kl:.2e}, top-1 {:.1}%", 100.0 * top1);
@@ -530,7 +604,7 @@ fn committed_gguf_decoders_match_numpy_and_the_cpu() {
 }
 
 /// SmolLM2-135M-Instruct (Q4_1, Q8_0 tied embedding): GPU against CPU on a
-/// short token sequence.
+/// short token sequence, with an f32 and an f16 cache.
 #[test]
 fn smollm2_gpu_matches_the_cpu() {
     let Some(path) = std::env::var_os("WGINFER_SMOLLM2_GGUF") else {
@@ -543,6 +617,7 @@ fn smollm2_gpu_matches_the_cpu() {
     let w = load_weights(Path::new(&path));
     let tokens = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 28, 7018, 411, 2];
     gpu_against_cpu(&w, &tokens, &choice, "SmolLM2");
+    gpu_against_cpu_kv(&w, &tokens, &choice, "SmolLM2, f16 cache", KvDtype::F16);
 }
 
 /// Both params structs have the size and member offsets naga gives the WGSL.

@@ -12,8 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use wginfer::generate::cache::KvDtype;
 use wginfer::generate::chat::ChatMessage;
-use wginfer::generate::cpu::CpuDecoder;
-use wginfer::generate::generator::DEFAULT_CONTEXT;
+use wginfer::generate::generator::{decoder_with_kv, DEFAULT_CONTEXT};
 use wginfer::generate::sample::{log_softmax, top_logprobs, SamplingOptions};
 use wginfer::generate::{GenerateOptions, Generator, Logits, ModelParts};
 use wginfer::Device;
@@ -52,7 +51,7 @@ pub struct SampleArgs {
     #[arg(long)]
     context: Option<usize>,
     /// How the KV cache stores keys and values: f32, or f16 (half the
-    /// memory; CPU only).
+    /// memory).
     #[arg(long, default_value = "f32")]
     kv_cache: KvDtype,
 }
@@ -107,15 +106,11 @@ pub struct Args {
 
 fn load(model: &PathBuf, device: &Device, context: Option<usize>, kv: KvDtype) -> Result<Generator> {
     let t = Instant::now();
-    let g = match (kv, device) {
-        (KvDtype::F32, _) => Generator::load(model, device, context),
-        (KvDtype::F16, Device::Cpu | Device::CpuReference) => ModelParts::load(model).and_then(|p| {
-            let ctx = context.unwrap_or(p.weights.config.trained_context.min(DEFAULT_CONTEXT));
-            let decoder = CpuDecoder::with_kv_dtype(p.weights, ctx, KvDtype::F16)?;
-            Ok(Generator::from_parts(Box::new(decoder), p.tokenizer, p.template))
-        }),
-        (KvDtype::F16, _) => bail!("--kv-cache f16 runs on the CPU only; the GPU decoder's cache is f32"),
-    }
+    let g = ModelParts::load(model).and_then(|p| {
+        let ctx = context.unwrap_or(p.weights.config.trained_context.min(DEFAULT_CONTEXT));
+        let decoder = decoder_with_kv(p.weights, device, ctx, kv)?;
+        Ok(Generator::from_parts(decoder, p.tokenizer, p.template))
+    })
     .with_context(|| format!("loading {}", model.display()))?;
     eprintln!("loaded {} in {:.2} s", model.display(), t.elapsed().as_secs_f64());
     Ok(g)

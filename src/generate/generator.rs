@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, GenerateError};
 use crate::generate::chat::{ChatMessage, ChatTemplate};
+use crate::generate::cache::KvDtype;
 use crate::generate::cpu::CpuDecoder;
 use crate::generate::sample::{log_softmax, top_logprobs, Sampler, SamplingOptions, StopStrings, TokenLogprob};
 use crate::generate::tokenizer::{TextStream, Tokenizer};
@@ -119,13 +120,23 @@ impl std::fmt::Debug for Generator {
     }
 }
 
-/// Builds a decoder for `weights` on `device` with a cache of `context` positions.
+/// Builds a decoder for `weights` on `device` with an f32 cache of `context` positions.
 pub fn decoder_on(weights: Arc<DecoderWeights>, device: &Device, context: usize) -> Result<Box<dyn Decoder>, Error> {
+    decoder_with_kv(weights, device, context, KvDtype::F32)
+}
+
+/// As [`decoder_on`], with the cache holding `kv` values.
+pub fn decoder_with_kv(
+    weights: Arc<DecoderWeights>,
+    device: &Device,
+    context: usize,
+    kv: KvDtype,
+) -> Result<Box<dyn Decoder>, Error> {
     match device {
-        Device::Cpu | Device::CpuReference => Ok(Box::new(CpuDecoder::new(weights, context)?)),
+        Device::Cpu | Device::CpuReference => Ok(Box::new(CpuDecoder::with_kv_dtype(weights, context, kv)?)),
         #[cfg(feature = "gpu")]
-        Device::Gpu(choice) => Ok(Box::new(crate::generate::gpu::GpuDecoder::new(
-            &weights, context, choice,
+        Device::Gpu(choice) => Ok(Box::new(crate::generate::gpu::GpuDecoder::with_kv_dtype(
+            &weights, context, choice, kv,
         )?)),
         #[cfg(not(feature = "gpu"))]
         Device::Gpu(_) => Err(Error::FeatureDisabled {

@@ -1,5 +1,5 @@
-//! The decoder's WGSL kernels (`shaders/ggml.wgsl`, `shaders/decoder.wgsl`),
-//! their parameter blocks and their pipelines.
+//! The decoder's WGSL kernels (`shaders/ggml.wgsl`, `shaders/decoder.wgsl`,
+//! `shaders/kv16.wgsl`), their parameter blocks and their pipelines.
 
 use std::collections::HashMap;
 
@@ -15,8 +15,15 @@ pub const GGML_WGSL: &str = include_str!("../../../shaders/ggml.wgsl");
 /// `shaders/decoder.wgsl`: RMSNorm, RoPE, bias add, attention, SwiGLU.
 pub const DECODER_WGSL: &str = include_str!("../../../shaders/decoder.wgsl");
 
+/// `shaders/kv16.wgsl`: the f16 KV cache's store and attention.
+pub const KV16_WGSL: &str = include_str!("../../../shaders/kv16.wgsl");
+
 /// Every WGSL file of the decoder: (file name under `shaders/`, source).
-pub const SHADERS: [(&str, &str); 2] = [("ggml.wgsl", GGML_WGSL), ("decoder.wgsl", DECODER_WGSL)];
+pub const SHADERS: [(&str, &str); 3] = [
+    ("ggml.wgsl", GGML_WGSL),
+    ("decoder.wgsl", DECODER_WGSL),
+    ("kv16.wgsl", KV16_WGSL),
+];
 
 /// `struct Params` of `shaders/ggml.wgsl`.
 #[repr(C)]
@@ -68,28 +75,11 @@ macro_rules! layout {
     };
 }
 
-/// The layouts of both params structs.
+/// The layouts of the params structs (`kv16.wgsl` shares `decoder.wgsl`'s).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
+    let steps = |file: &'static str| {
         layout!(
-            "ggml.wgsl",
-            MatParams {
-                rows,
-                cols,
-                n,
-                row_bytes,
-                x_off,
-                x_stride,
-                y_off,
-                y_stride,
-                acc,
-                pad0,
-                pad1,
-                pad2
-            }
-        ),
-        layout!(
-            "decoder.wgsl",
+            file,
             StepParams {
                 n,
                 dim,
@@ -108,7 +98,28 @@ pub fn params_layouts() -> Vec<ParamsLayout> {
                 pad0,
                 pad1
             }
+        )
+    };
+    vec![
+        layout!(
+            "ggml.wgsl",
+            MatParams {
+                rows,
+                cols,
+                n,
+                row_bytes,
+                x_off,
+                x_stride,
+                y_off,
+                y_stride,
+                acc,
+                pad0,
+                pad1,
+                pad2
+            }
         ),
+        steps("decoder.wgsl"),
+        steps("kv16.wgsl"),
     ]
 }
 
@@ -131,7 +142,7 @@ pub(crate) fn format_code(m: &Matrix) -> Option<u32> {
     }
 }
 
-/// An entry point of `ggml.wgsl` (per format) or `decoder.wgsl`.
+/// An entry point of `ggml.wgsl` (per format), `decoder.wgsl` or `kv16.wgsl`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Entry {
     MatVec(u32),
@@ -142,6 +153,10 @@ pub(crate) enum Entry {
     BiasAdd,
     SwiGlu,
     Attention,
+    /// `kv16.wgsl`: f32 rows packed into the f16 cache.
+    KvStore,
+    /// `kv16.wgsl`: attention over the f16 cache.
+    Attention16,
 }
 
 impl Entry {
@@ -154,7 +169,8 @@ impl Entry {
             Entry::Rope => "rope",
             Entry::BiasAdd => "bias_add",
             Entry::SwiGlu => "swiglu",
-            Entry::Attention => "attention",
+            Entry::Attention | Entry::Attention16 => "attention",
+            Entry::KvStore => "kv_store",
         }
     }
 
@@ -203,17 +219,19 @@ fn bind_layout(device: &wgpu::Device, label: &str, slots: &[Slot]) -> wgpu::Bind
 pub(crate) struct Kernels {
     /// `ggml.wgsl`: 0 params, 1 W, 2 x, 3 y (read-write), 4 ids.
     pub ggml: wgpu::BindGroupLayout,
-    /// `decoder.wgsl`: 0 params, 1 a (read-write), 2 b, 3 c, 4 e, 5 scratch (read-write).
+    /// `decoder.wgsl` and `kv16.wgsl`: 0 params, 1 a (read-write), 2 b, 3 c,
+    /// 4 e, 5 scratch (read-write).
     pub decoder: wgpu::BindGroupLayout,
     ggml_module: wgpu::ShaderModule,
     decoder_module: wgpu::ShaderModule,
+    kv16_module: wgpu::ShaderModule,
     ggml_pl: wgpu::PipelineLayout,
     decoder_pl: wgpu::PipelineLayout,
     pipelines: HashMap<Entry, wgpu::ComputePipeline>,
 }
 
 impl Kernels {
-    /// Compiles both shader modules on the context's device.
+    /// Compiles the shader modules on the context's device.
     pub fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
         use Slot::*;
         let device = &ctx.device;
@@ -234,11 +252,13 @@ impl Kernels {
         let decoder_pl = pl("wginfer decoder steps", &decoder);
         let ggml_module = module(ctx, "ggml.wgsl", GGML_WGSL)?;
         let decoder_module = module(ctx, "decoder.wgsl", DECODER_WGSL)?;
+        let kv16_module = module(ctx, "kv16.wgsl", KV16_WGSL)?;
         Ok(Self {
             ggml,
             decoder,
             ggml_module,
             decoder_module,
+            kv16_module,
             ggml_pl,
             decoder_pl,
             pipelines: HashMap::new(),
@@ -250,9 +270,10 @@ impl Kernels {
         if self.pipelines.contains_key(&entry) {
             return Ok(());
         }
-        let (file, module, layout) = match entry.format() {
-            Some(_) => ("ggml.wgsl", &self.ggml_module, &self.ggml_pl),
-            None => ("decoder.wgsl", &self.decoder_module, &self.decoder_pl),
+        let (file, module, layout) = match entry {
+            _ if entry.format().is_some() => ("ggml.wgsl", &self.ggml_module, &self.ggml_pl),
+            Entry::KvStore | Entry::Attention16 => ("kv16.wgsl", &self.kv16_module, &self.decoder_pl),
+            _ => ("decoder.wgsl", &self.decoder_module, &self.decoder_pl),
         };
         let constants: Vec<(&str, f64)> = entry.format().map(|f| ("FORMAT", f64::from(f))).into_iter().collect();
         let label = format!("{file}::{}", entry.name());

@@ -7,7 +7,10 @@
 //! Prompts (several tokens) run the matrix-matrix kernel, decoding steps (one
 //! or two tokens) the matrix-vector kernel. The matrix products of the key
 //! and value projections write straight into the cache rows of their
-//! positions. Everything computes in f32; the cache is f32.
+//! positions. Everything computes in f32; the cache holds f32 or, with
+//! [`KvDtype::F16`], f16 values (half the memory: `shaders/kv16.wgsl` packs
+//! the new keys and values once biased and rotated, as the CPU cache rounds
+//! them).
 
 mod kernels;
 mod steps;
@@ -16,10 +19,11 @@ use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
 
-pub use kernels::{params_layouts, ParamsLayout, DECODER_WGSL, GGML_WGSL, SHADERS};
+pub use kernels::{params_layouts, ParamsLayout, DECODER_WGSL, GGML_WGSL, KV16_WGSL, SHADERS};
 
 use crate::backend::gpu::{AdapterChoice, GpuContext, GpuError};
 use crate::error::GenerateError;
+use crate::generate::cache::KvDtype;
 use crate::generate::{Decoder, DecoderConfig, DecoderWeights, Logits, Matrix};
 use kernels::{format_code, Kernels};
 use steps::{Buffers, Dims, Step};
@@ -38,6 +42,7 @@ pub struct GpuDecoder {
     steps: Vec<Step>,
     bufs: Buffers,
     slot_stride: usize,
+    kv: KvDtype,
 }
 
 impl std::fmt::Debug for GpuDecoder {
@@ -64,6 +69,17 @@ impl GpuDecoder {
         Self::on(GpuContext::shared(choice)?, weights, context)
     }
 
+    /// As [`GpuDecoder::new`], with the cache holding `kv` values. An f16
+    /// cache needs an even head dimension ([`GenerateError::Config`]).
+    pub fn with_kv_dtype(
+        weights: &DecoderWeights,
+        context: usize,
+        choice: &AdapterChoice,
+        kv: KvDtype,
+    ) -> Result<Self, GenerateError> {
+        Self::build(GpuContext::shared(choice)?, weights, context, MAX_BATCH, kv)
+    }
+
     /// As [`GpuDecoder::new`], on a context the caller opened.
     pub fn on(ctx: Arc<GpuContext>, weights: &DecoderWeights, context: usize) -> Result<Self, GenerateError> {
         Self::with_batch(ctx, weights, context, MAX_BATCH)
@@ -77,8 +93,18 @@ impl GpuDecoder {
         context: usize,
         max_batch: usize,
     ) -> Result<Self, GenerateError> {
+        Self::build(ctx, weights, context, max_batch, KvDtype::F32)
+    }
+
+    fn build(
+        ctx: Arc<GpuContext>,
+        weights: &DecoderWeights,
+        context: usize,
+        max_batch: usize,
+        kv: KvDtype,
+    ) -> Result<Self, GenerateError> {
         let config = weights.config.clone();
-        check_config(&config, context)?;
+        check_config(&config, context, kv)?;
         let limits = ctx.limits().clone();
         let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let widest = [config.d_model, config.q_dim(), config.ffn, config.vocab]
@@ -94,7 +120,7 @@ impl GpuDecoder {
         let mut kernels = Kernels::new(&ctx)?;
         let slot_stride = (limits.min_uniform_buffer_offset_alignment as usize).max(64);
         let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let built = steps::build(&ctx, &kernels, weights, context, batch, slot_stride);
+        let built = steps::build(&ctx, &kernels, weights, (context, batch, kv), slot_stride);
         if let Some(e) = pollster::block_on(oom.pop()) {
             return Err(GpuError::OutOfMemory {
                 action: format!("uploading the decoder's weights ({e})"),
@@ -117,7 +143,13 @@ impl GpuDecoder {
             steps,
             bufs,
             slot_stride,
+            kv,
         })
+    }
+
+    /// What the KV cache holds.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv
     }
 
     /// The name of the adapter it runs on.
@@ -195,7 +227,7 @@ impl GpuDecoder {
     }
 }
 
-fn check_config(c: &DecoderConfig, context: usize) -> Result<(), GenerateError> {
+fn check_config(c: &DecoderConfig, context: usize, kv: KvDtype) -> Result<(), GenerateError> {
     let bad = |key: &str, message: String| {
         Err(GenerateError::Config {
             key: key.to_string(),
@@ -218,6 +250,12 @@ fn check_config(c: &DecoderConfig, context: usize) -> Result<(), GenerateError> 
         return bad(
             "head_dim",
             format!("the GPU attention kernel takes head dims 1..=256, not {}", c.head_dim),
+        );
+    }
+    if kv == KvDtype::F16 && !c.head_dim.is_multiple_of(2) {
+        return bad(
+            "head_dim",
+            format!("the GPU f16 cache packs value pairs: head dim {} is odd", c.head_dim),
         );
     }
     if !c.rope_dims.is_multiple_of(2) || c.rope_dims > c.head_dim {

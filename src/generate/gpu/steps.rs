@@ -10,6 +10,7 @@ use super::kernels::{split, Entry, Kernels, MatParams, StepParams};
 use super::{check_size, upload, upload_matrix};
 use crate::backend::gpu::{GpuContext, GpuError};
 use crate::error::GenerateError;
+use crate::generate::cache::KvDtype;
 use crate::generate::{DecoderConfig, DecoderWeights, Logits, Matrix, RopeLayout};
 
 /// How long a read-back waits for the device.
@@ -108,8 +109,10 @@ pub(super) enum Kind {
     Bias { dim: u32, cache: bool },
     /// RoPE over `heads` heads per row (of the queries, or of the cache).
     Rope { heads: u32, cache: bool },
-    /// Causal attention over the cache.
-    Attention,
+    /// `dim`-wide f32 rows packed into the f16 cache rows of the pass's positions.
+    KvStore { dim: u32 },
+    /// Causal attention over the cache (`f16`: the packed f16 cache).
+    Attention { f16: bool },
     /// `gate = silu(gate)·up`.
     SwiGlu,
 }
@@ -186,7 +189,9 @@ impl Step {
             Kind::Norm | Kind::FinalNorm => vec![Entry::RmsNorm],
             Kind::Bias { .. } => vec![Entry::BiasAdd],
             Kind::Rope { .. } => vec![Entry::Rope],
-            Kind::Attention => vec![Entry::Attention],
+            Kind::KvStore { .. } => vec![Entry::KvStore],
+            Kind::Attention { f16: false } => vec![Entry::Attention],
+            Kind::Attention { f16: true } => vec![Entry::Attention16],
             Kind::SwiGlu => vec![Entry::SwiGlu],
         }
     }
@@ -270,7 +275,19 @@ impl Step {
                 let pairs = heads * (c.rope_dims as u32 / 2);
                 step(Entry::Rope, p, [pairs.div_ceil(64), n, 1])
             }
-            Kind::Attention => step(Entry::Attention, base, [c.n_heads as u32, n, 1]),
+            Kind::KvStore { dim } => {
+                let p = StepParams {
+                    dim,
+                    out_off: pos0 * (dim / 2),
+                    stride: dim,
+                    ..base
+                };
+                step(Entry::KvStore, p, [(dim / 2).div_ceil(64), n, 1])
+            }
+            Kind::Attention { f16 } => {
+                let entry = if f16 { Entry::Attention16 } else { Entry::Attention };
+                step(entry, base, [c.n_heads as u32, n, 1])
+            }
             Kind::SwiGlu => {
                 let ffn = c.ffn as u32;
                 let (gx, gy) = split((n * ffn).div_ceil(64), dims.max_dim);
@@ -403,16 +420,17 @@ impl Binder<'_> {
     }
 }
 
-/// Uploads the weights, allocates the cache and activations for `batch`
-/// tokens per pass, and builds every step's bind group.
+/// Uploads the weights, allocates the cache (of `kv` values) and the
+/// activations for `batch` tokens per pass, and builds every step's bind
+/// group.
 pub(super) fn build(
     ctx: &GpuContext,
     kernels: &Kernels,
     w: &DecoderWeights,
-    context: usize,
-    batch: usize,
+    shape: (usize, usize, KvDtype),
     stride: usize,
 ) -> Result<(Vec<Step>, Buffers), GenerateError> {
+    let (context, batch, kv) = shape;
     let c = &w.config;
     let (d, qd, ffn, vocab) = (c.d_model, c.q_dim(), c.ffn, c.vocab);
     let none = wgpu::BufferUsages::empty();
@@ -431,7 +449,15 @@ pub(super) fn build(
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let max_steps = 3 + w.layers.len() * 17;
+    // The f16 cache's keys and values go through f32 rows first.
+    let staged = match kv {
+        KvDtype::F32 => None,
+        KvDtype::F16 => Some((
+            storage(ctx, "new keys", batch * c.kv_dim(), none)?,
+            storage(ctx, "new values", batch * c.kv_dim(), none)?,
+        )),
+    };
+    let max_steps = 3 + w.layers.len() * 19;
     let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("decoder parameters"),
         size: (max_steps * stride) as u64,
@@ -462,6 +488,7 @@ pub(super) fn build(
         gate: &gate,
         up: &up,
         scores: &scores,
+        staged: staged.as_ref(),
     };
     for (i, l) in w.layers.iter().enumerate() {
         layer(&mut b, c, context, i, l, &acts)?;
@@ -502,6 +529,8 @@ struct Acts<'a> {
     scores: &'a wgpu::Buffer,
     cos: &'a wgpu::Buffer,
     sin: &'a wgpu::Buffer,
+    /// With an f16 cache: the f32 rows of the pass's new keys and values.
+    staged: Option<&'a (wgpu::Buffer, wgpu::Buffer)>,
 }
 
 /// The steps of block `i`.
@@ -516,8 +545,13 @@ fn layer(
     let ctx = b.ctx;
     let (d, qd, kvd, ffn) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn);
     let name = |s: &str| format!("blk.{i}.{s}");
-    let keys = storage(ctx, &name("keys"), context * kvd, wgpu::BufferUsages::empty())?;
-    let values = storage(ctx, &name("values"), context * kvd, wgpu::BufferUsages::empty())?;
+    // The f16 cache packs two values per f32-sized word.
+    let words = match a.staged {
+        Some(_) => context * kvd / 2,
+        None => context * kvd,
+    };
+    let keys = storage(ctx, &name("keys"), words, wgpu::BufferUsages::empty())?;
+    let values = storage(ctx, &name("values"), words, wgpu::BufferUsages::empty())?;
     let attn_norm = vector(ctx, &name("attn_norm"), &l.attn_norm, d)?;
     let ffn_norm = vector(ctx, &name("ffn_norm"), &l.ffn_norm, d)?;
     let (wq, mq) = matrix(ctx, &name("attn_q"), &l.wq, qd, d)?;
@@ -535,13 +569,20 @@ fn layer(
         [Some(a.x), Some(&attn_norm), None],
         None,
     );
+    // Keys and values land in the cache rows of their positions, or (f16
+    // cache) in f32 rows that are packed into it once biased and rotated.
+    let in_cache = a.staged.is_none();
+    let (new_k, new_v) = match a.staged {
+        Some((k, v)) => (k, v),
+        None => (&keys, &values),
+    };
     b.ggml(name("attn_q"), mat(mq, false, false), &wq, Some(a.xn), a.q, None);
-    b.ggml(name("attn_k"), mat(mk, true, false), &wk, Some(a.xn), &keys, None);
-    b.ggml(name("attn_v"), mat(mv, true, false), &wv, Some(a.xn), &values, None);
+    b.ggml(name("attn_k"), mat(mk, in_cache, false), &wk, Some(a.xn), new_k, None);
+    b.ggml(name("attn_v"), mat(mv, in_cache, false), &wv, Some(a.xn), new_v, None);
     for (bias, target, dim, cache, what) in [
         (&l.bq, a.q, qd, false, "attn_q.bias"),
-        (&l.bk, &keys, kvd, true, "attn_k.bias"),
-        (&l.bv, &values, kvd, true, "attn_v.bias"),
+        (&l.bk, new_k, kvd, in_cache, "attn_k.bias"),
+        (&l.bv, new_v, kvd, in_cache, "attn_v.bias"),
     ] {
         if let Some(v) = bias {
             let buf = vector(ctx, &name(what), v, dim)?;
@@ -556,12 +597,18 @@ fn layer(
     b.dec(name("rope_q"), rope_q, a.q, [None, Some(a.cos), Some(a.sin)], None);
     let rope_k = Kind::Rope {
         heads: c.n_kv_heads as u32,
-        cache: true,
+        cache: in_cache,
     };
-    b.dec(name("rope_k"), rope_k, &keys, [None, Some(a.cos), Some(a.sin)], None);
+    b.dec(name("rope_k"), rope_k, new_k, [None, Some(a.cos), Some(a.sin)], None);
+    if !in_cache {
+        let store = Kind::KvStore { dim: kvd as u32 };
+        let unused = b.dummy_rw.clone();
+        b.dec(name("store_k"), store, &unused, [Some(new_k), None, None], Some(&keys));
+        b.dec(name("store_v"), store, &unused, [Some(new_v), None, None], Some(&values));
+    }
     b.dec(
         name("attention"),
-        Kind::Attention,
+        Kind::Attention { f16: !in_cache },
         a.att,
         [Some(a.q), Some(&keys), Some(&values)],
         Some(a.scores),

@@ -15,7 +15,7 @@ use super::{Finished, LlmEvent, LlmRequest, LlmSettings, PositionLogprobs, Token
 use crate::error::GenerateError;
 use crate::generate::cache::KvCache;
 use crate::generate::cpu::{CpuModel, RowMode, SeqTokens};
-use crate::generate::generator::decoder_on;
+use crate::generate::generator::decoder_with_kv;
 use crate::generate::sample::{log_softmax, top_logprobs};
 use crate::generate::tokenizer::Tokenizer;
 use crate::generate::{Decoder, DecoderWeights, GenerateOptions, Logits, TokenPicker};
@@ -64,7 +64,10 @@ impl Backend {
                     .with_kv_dtype(s.settings.kv_dtype),
             )
         } else {
-            Backend::Single(decoder_on(s.weights.clone(), &s.device, s.context).map_err(|e| e.to_string())?)
+            Backend::Single(
+                decoder_with_kv(s.weights.clone(), &s.device, s.context, s.settings.kv_dtype)
+                    .map_err(|e| e.to_string())?,
+            )
         };
         // One token through the whole model: compiles GPU pipelines and
         // shows a broken model at load time rather than on a request.

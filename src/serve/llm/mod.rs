@@ -37,7 +37,7 @@
 //! | `prefill_chunk` | 128 | prompt tokens per sequence per step |
 //! | `max_batched_tokens` | 512 | tokens per step, all sequences together |
 //! | `prefix_caching` | `true` | reuse the KV cache of ended sequences |
-//! | `kv_cache_dtype` | `f32` | `f16` halves the cache (CPU) |
+//! | `kv_cache_dtype` | `f32` | `f16` halves the cache (CPU and GPU) |
 //!
 //! The queue bound is `dynamic_batching.default_queue_policy.max_queue_size`
 //! as for other models.

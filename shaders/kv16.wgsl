@@ -1,0 +1,136 @@
+// The decoder's KV cache in f16 (shaders/decoder.wgsl holds the f32 one):
+// each u32 of a cache row packs two consecutive values (`pack2x16float`),
+// so a layer's keys and values take context · kv_heads · head_dim / 2 words
+// each. Mirrors the CPU cache's f16 storage (src/generate/cache.rs): keys
+// are rounded after their bias and RoPE, values after their bias.
+//
+// Bindings as decoder.wgsl: 0 parameters, 1 a (read-write f32), 2 b (f32),
+// 3 c and 4 e (packed f16 pairs), 5 scratch (read-write words: the cache
+// rows kv_store writes, or attention's scores as f32 bits).
+
+struct Params {
+    n: u32,
+    dim: u32,
+    in_off: u32,
+    out_off: u32,
+    pos0: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    context: u32,
+    rope_dims: u32,
+    halves: u32,
+    stride: u32,
+    eps: f32,
+    scale: f32,
+    pad0: u32,
+    pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> c: array<u32>;
+@group(0) @binding(4) var<storage, read> e: array<u32>;
+@group(0) @binding(5) var<storage, read_write> scratch: array<u32>;
+
+const WG: u32 = 64u;
+var<workgroup> red: array<f32, 64>;
+
+// Sum of v over the workgroup (every invocation gets it).
+fn reduce_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        if (lid < h) {
+            red[lid] += red[lid + h];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn reduce_max(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+        if (lid < h) {
+            red[lid] = max(red[lid], red[lid + h]);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// scratch[out_off + t·dim/2 + i] = f16 pair (b[t·stride + 2i], b[t·stride + 2i + 1])
+// for the n rows of dim (even) values. Grid: [⌈dim/2 / 64⌉, n].
+@compute @workgroup_size(64)
+fn kv_store(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let half_dim = p.dim / 2u;
+    let i = gid.x;
+    let t = gid.y;
+    if (i >= half_dim || t >= p.n) {
+        return;
+    }
+    let src = t * p.stride + 2u * i;
+    scratch[p.out_off + t * half_dim + i] = pack2x16float(vec2<f32>(b[src], b[src + 1u]));
+}
+
+var<workgroup> qv: array<f32, 256>;
+
+// Causal attention of query head h of row t (position pos0 + t) over cache
+// positions 0..=pos0+t of KV head h / (heads / kv_heads): b holds the queries
+// (n rows of heads·head_dim), c the keys and e the values (context rows of
+// kv_heads·head_dim / 2 words), scratch the scores as f32 bits (context per
+// (t, h)); a gets the output rows like the queries. head_dim even and
+// <= 256. Grid: [heads, n].
+@compute @workgroup_size(64)
+fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wid.x;
+    let t = wid.y;
+    let hd = p.head_dim;
+    let pairs = hd / 2u;
+    let row = p.kv_heads * pairs;
+    let kvo = (h / (p.heads / p.kv_heads)) * pairs;
+    let qo = t * p.heads * hd + h * hd;
+    let so = (t * p.heads + h) * p.context;
+    let len = p.pos0 + t + 1u;
+    for (var i = lid; i < hd; i += WG) {
+        qv[i] = b[qo + i];
+    }
+    workgroupBarrier();
+    var m = -3.0e38;
+    for (var j = lid; j < len; j += WG) {
+        var s = 0.0;
+        let ko = j * row + kvo;
+        for (var i = 0u; i < pairs; i++) {
+            let k = unpack2x16float(c[ko + i]);
+            s += qv[2u * i] * k.x + qv[2u * i + 1u] * k.y;
+        }
+        s *= p.scale;
+        scratch[so + j] = bitcast<u32>(s);
+        m = max(m, s);
+    }
+    let mx = reduce_max(lid, m);
+    var sum = 0.0;
+    for (var j = lid; j < len; j += WG) {
+        let ex = exp(bitcast<f32>(scratch[so + j]) - mx);
+        scratch[so + j] = bitcast<u32>(ex);
+        sum += ex;
+    }
+    let total = reduce_sum(lid, sum);
+    storageBarrier();
+    let inv = 1.0 / total;
+    for (var i = lid; i < pairs; i += WG) {
+        var o = vec2<f32>(0.0);
+        for (var j = 0u; j < len; j++) {
+            o += bitcast<f32>(scratch[so + j]) * unpack2x16float(e[j * row + kvo + i]);
+        }
+        a[qo + 2u * i] = o.x * inv;
+        a[qo + 2u * i + 1u] = o.y * inv;
+    }
+}
