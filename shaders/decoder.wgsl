@@ -3,12 +3,15 @@
 // causal grouped-query attention over the KV cache, SwiGLU. Mirrors the CPU
 // decoder (src/generate/cpu.rs) and src/generate/gpu/.
 //
-// Rows are `n` tokens at positions pos0..pos0+n. The KV cache of a layer is
-// two buffers of `context` rows of kv_heads·head_dim floats; the matrix
-// products write keys and values straight into their rows.
+// A pass runs `n` rows, each a token of some sequence: row t belongs to
+// cache slot rows[2t] at position rows[2t + 1]. The KV cache of a layer is
+// two buffers of `slots · context` rows of kv_heads·head_dim floats (slot s,
+// position j at row s·context + j); kv_scatter copies the pass's keys and
+// values into their rows once biased and rotated.
 //
 // Bindings: 0 parameters, 1 a (read-write: output or in place), 2 b, 3 c,
-// 4 e (read-only inputs; a dummy where unused), 5 scratch (attention scores).
+// 4 e (read-only inputs; a dummy where unused), 5 scratch (attention scores),
+// 6 rows (u32: (slot, position) per row, then the rows whose logits are read).
 
 struct Params {
     n: u32,
@@ -25,7 +28,7 @@ struct Params {
     stride: u32,
     eps: f32,
     scale: f32,
-    pad0: u32,
+    gather: u32,
     pad1: u32,
 }
 
@@ -35,6 +38,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> c: array<f32>;
 @group(0) @binding(4) var<storage, read> e: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scratch: array<f32>;
+@group(0) @binding(6) var<storage, read> rows: array<u32>;
 
 const WG: u32 = 64u;
 var<workgroup> red: array<f32, 64>;
@@ -68,12 +72,16 @@ fn reduce_max(lid: u32, v: f32) -> f32 {
     return r;
 }
 
-// a[out_off + t·dim + i] = b[in_off + t·dim + i] / rms(b row t) · c[i].
+// a[out_off + t·dim + i] = b[src + i] / rms(b[src..src + dim]) · c[i] with
+// src = in_off + t·dim, or with `gather` src = rows[in_off + t]·dim.
 // Grid: [n].
 @compute @workgroup_size(64)
 fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = wid.x;
-    let src = p.in_off + t * p.dim;
+    var src = p.in_off + t * p.dim;
+    if (p.gather == 1u) {
+        src = rows[p.in_off + t] * p.dim;
+    }
     var ss = 0.0;
     for (var i = lid; i < p.dim; i += WG) {
         let v = b[src + i];
@@ -88,9 +96,9 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
 }
 
 // Rotates `heads` heads of head_dim floats in each of n rows (row t at
-// out_off + t·stride, position pos0 + t) in place: pair i of the first
+// out_off + t·stride, position rows[2t + 1]) in place: pair i of the first
 // rope_dims dimensions, (2i, 2i+1) or (i, i + rope_dims/2) when `halves`,
-// turns by the angle (pos0 + t)·θ^(-2i/rope_dims), whose cosine and sine are
+// turns by the angle position·θ^(-2i/rope_dims), whose cosine and sine are
 // c and e at [position, i] (tables of rope_dims/2 per position, computed in
 // f64 on the host). Grid: [⌈heads·rope_dims/2 / 64⌉, n].
 @compute @workgroup_size(64)
@@ -109,13 +117,26 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
         j0 = i;
         j1 = i + half_dims;
     }
-    let at = (p.pos0 + t) * half_dims + i;
+    let at = rows[2u * t + 1u] * half_dims + i;
     let cs = c[at];
     let sn = e[at];
     let x0 = a[base + j0];
     let x1 = a[base + j1];
     a[base + j0] = x0 * cs - x1 * sn;
     a[base + j1] = x0 * sn + x1 * cs;
+}
+
+// The n rows of dim floats in b (row t at t·stride) into the cache a, row t
+// at slot rows[2t], position rows[2t + 1]. Grid: [⌈dim / 64⌉, n].
+@compute @workgroup_size(64)
+fn kv_scatter(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    let t = gid.y;
+    if (i >= p.dim || t >= p.n) {
+        return;
+    }
+    let at = rows[2u * t] * p.context + rows[2u * t + 1u];
+    a[at * p.dim + i] = b[t * p.stride + i];
 }
 
 // a[out_off + t·stride + i] += c[i] for i < dim, t < n. Grid: [⌈dim / 64⌉, n].
@@ -142,21 +163,22 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
 
 var<workgroup> qv: array<f32, 256>;
 
-// Causal attention of query head h of row t (position pos0 + t) over cache
-// positions 0..=pos0+t of KV head h / (heads / kv_heads): b holds the queries
-// (n rows of heads·head_dim), c the keys and e the values (context rows of
-// kv_heads·head_dim), scratch the scores (context floats per (t, h)); a gets
-// the output rows like the queries. head_dim <= 256. Grid: [heads, n].
+// Causal attention of query head h of row t (slot rows[2t], position
+// rows[2t + 1]) over the slot's cache positions 0..=position of KV head
+// h / (heads / kv_heads): b holds the queries (n rows of heads·head_dim), c
+// the keys and e the values (slots·context rows of kv_heads·head_dim),
+// scratch the scores (context floats per (t, h)); a gets the output rows
+// like the queries. head_dim <= 256. Grid: [heads, n].
 @compute @workgroup_size(64)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wid.x;
     let t = wid.y;
     let hd = p.head_dim;
     let kv_dim = p.kv_heads * hd;
-    let kvo = (h / (p.heads / p.kv_heads)) * hd;
+    let kvo = rows[2u * t] * p.context * kv_dim + (h / (p.heads / p.kv_heads)) * hd;
     let qo = t * p.heads * hd + h * hd;
     let so = (t * p.heads + h) * p.context;
-    let len = p.pos0 + t + 1u;
+    let len = rows[2u * t + 1u] + 1u;
     for (var i = lid; i < hd; i += WG) {
         qv[i] = b[qo + i];
     }

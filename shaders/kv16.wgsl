@@ -6,7 +6,8 @@
 //
 // Bindings as decoder.wgsl: 0 parameters, 1 a (read-write f32), 2 b (f32),
 // 3 c and 4 e (packed f16 pairs), 5 scratch (read-write words: the cache
-// rows kv_store writes, or attention's scores as f32 bits).
+// rows kv_store writes, or attention's scores as f32 bits), 6 rows ((slot,
+// position) per row of the pass).
 
 struct Params {
     n: u32,
@@ -23,7 +24,7 @@ struct Params {
     stride: u32,
     eps: f32,
     scale: f32,
-    pad0: u32,
+    gather: u32,
     pad1: u32,
 }
 
@@ -33,6 +34,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> c: array<u32>;
 @group(0) @binding(4) var<storage, read> e: array<u32>;
 @group(0) @binding(5) var<storage, read_write> scratch: array<u32>;
+@group(0) @binding(6) var<storage, read> rows: array<u32>;
 
 const WG: u32 = 64u;
 var<workgroup> red: array<f32, 64>;
@@ -66,8 +68,9 @@ fn reduce_max(lid: u32, v: f32) -> f32 {
     return r;
 }
 
-// scratch[out_off + t·dim/2 + i] = f16 pair (b[t·stride + 2i], b[t·stride + 2i + 1])
-// for the n rows of dim (even) values. Grid: [⌈dim/2 / 64⌉, n].
+// The n rows of dim (even) floats in b (row t at t·stride) into the cache
+// scratch as f16 pairs, row t at slot rows[2t], position rows[2t + 1].
+// Grid: [⌈dim/2 / 64⌉, n].
 @compute @workgroup_size(64)
 fn kv_store(@builtin(global_invocation_id) gid: vec3<u32>) {
     let half_dim = p.dim / 2u;
@@ -77,17 +80,18 @@ fn kv_store(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let src = t * p.stride + 2u * i;
-    scratch[p.out_off + t * half_dim + i] = pack2x16float(vec2<f32>(b[src], b[src + 1u]));
+    let at = rows[2u * t] * p.context + rows[2u * t + 1u];
+    scratch[at * half_dim + i] = pack2x16float(vec2<f32>(b[src], b[src + 1u]));
 }
 
 var<workgroup> qv: array<f32, 256>;
 
-// Causal attention of query head h of row t (position pos0 + t) over cache
-// positions 0..=pos0+t of KV head h / (heads / kv_heads): b holds the queries
-// (n rows of heads·head_dim), c the keys and e the values (context rows of
-// kv_heads·head_dim / 2 words), scratch the scores as f32 bits (context per
-// (t, h)); a gets the output rows like the queries. head_dim even and
-// <= 256. Grid: [heads, n].
+// Causal attention of query head h of row t (slot rows[2t], position
+// rows[2t + 1]) over the slot's cache positions 0..=position of KV head
+// h / (heads / kv_heads): b holds the queries (n rows of heads·head_dim), c
+// the keys and e the values (slots·context rows of kv_heads·head_dim / 2
+// words), scratch the scores as f32 bits (context per (t, h)); a gets the
+// output rows like the queries. head_dim even and <= 256. Grid: [heads, n].
 @compute @workgroup_size(64)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wid.x;
@@ -95,10 +99,10 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let hd = p.head_dim;
     let pairs = hd / 2u;
     let row = p.kv_heads * pairs;
-    let kvo = (h / (p.heads / p.kv_heads)) * pairs;
+    let kvo = rows[2u * t] * p.context * row + (h / (p.heads / p.kv_heads)) * pairs;
     let qo = t * p.heads * hd + h * hd;
     let so = (t * p.heads + h) * p.context;
-    let len = p.pos0 + t + 1u;
+    let len = rows[2u * t + 1u] + 1u;
     for (var i = lid; i < hd; i += WG) {
         qv[i] = b[qo + i];
     }

@@ -22,7 +22,7 @@ use wginfer::backend::gpu::GpuContext;
 use wginfer::error::{GenerateError, GpuError};
 use wginfer::generate::cache::KvDtype;
 use wginfer::generate::cpu::CpuDecoder;
-use wginfer::generate::gpu::GpuDecoder;
+use wginfer::generate::gpu::{GpuDecoder, GpuSeq};
 use wginfer::generate::{load, Decoder, DecoderConfig, DecoderWeights, LayerWeights, Logits, Matrix, RopeLayout};
 use wginfer::linalg::ggml::{BlockFormat, QMatrix};
 use wginfer::model::gguf::GgufFile;
@@ -400,7 +400,13 @@ fn f16_cache_matches_the_rounded_reference() {
         14,
     );
     check_decoder_kv(&q8, "Q8_0, f16 cache", KvDtype::F16);
-    let qwen = random_decoder(config(128, RopeLayout::Halves), Fmt::Block(BlockFormat::Q4_1), Fmt::F16, true, 21);
+    let qwen = random_decoder(
+        config(128, RopeLayout::Halves),
+        Fmt::Block(BlockFormat::Q4_1),
+        Fmt::F16,
+        true,
+        21,
+    );
     check_decoder_kv(&qwen, "qwen2-like Q4_1, f16 cache", KvDtype::F16);
     // The GPU's f16 logits sit near the rounded reference, not the f32 one.
     let Some(choice) = common::minilm::gpu_choice() else {
@@ -414,9 +420,94 @@ fn f16_cache_matches_the_rounded_reference() {
             .zip(want.concat())
             .fold(0f32, |m, (g, w)| m.max((g - w).abs()))
     };
-    let (to16, to32) = (dist(&reference_kv(&llama, &ids, true)), dist(&reference_kv(&llama, &ids, false)));
+    let (to16, to32) = (
+        dist(&reference_kv(&llama, &ids, true)),
+        dist(&reference_kv(&llama, &ids, false)),
+    );
     println!("f16 cache: max |diff| {to16:.2e} to the rounded reference, {to32:.2e} to the f32 one");
-    assert!(to16 * 4.0 < to32, "f16 cache: {to16:e} to the rounded reference, {to32:e} to the f32 one");
+    assert!(
+        to16 * 4.0 < to32,
+        "f16 cache: {to16:e} to the rounded reference, {to32:e} to the f32 one"
+    );
+}
+
+/// Three sequences on a three-slot cache (slots given out of order): their
+/// prompts in one pass, then decoding steps of all three together, then a
+/// step of one alone; every logit against the reference of that sequence
+/// alone, with the f32 and the f16 cache.
+#[test]
+fn sequences_share_a_pass_each_on_its_own_slot() {
+    let Some(choice) = common::minilm::gpu_choice() else {
+        return;
+    };
+    let w = random_decoder(
+        config(128, RopeLayout::Halves),
+        Fmt::Block(BlockFormat::Q4_1),
+        Fmt::F16,
+        true,
+        31,
+    );
+    let vocab = w.config.vocab;
+    let seqs: Vec<Vec<u32>> = (0..3).map(|i| tokens(6 + 2 * i, 40 + i as u64)).collect();
+    let prompts = [3usize, 5, 2];
+    let slots = [2usize, 0, 1];
+    for kv in [KvDtype::F32, KvDtype::F16] {
+        let want: Vec<Vec<Vec<f32>>> = seqs.iter().map(|s| reference_kv(&w, s, kv == KvDtype::F16)).collect();
+        let mut dec = GpuDecoder::with_slots(&w, 16, &choice, kv, 3).expect("three slots");
+        assert_eq!(dec.slots(), 3);
+        let first: Vec<GpuSeq> = (0..3)
+            .map(|i| GpuSeq {
+                slot: slots[i],
+                pos0: 0,
+                tokens: &seqs[i][..prompts[i]],
+                logits: Logits::All,
+            })
+            .collect();
+        let got = dec.forward_seqs(&first).expect("prompts");
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(g.len(), prompts[i] * vocab);
+            for p in 0..prompts[i] {
+                let what = format!("{kv:?}: sequence {i}, prompt position {p}");
+                assert_logits(&g[p * vocab..(p + 1) * vocab], &want[i][p], 1e-3, &what);
+            }
+        }
+        let mut pos = prompts;
+        for _ in 0..2 {
+            let step: Vec<GpuSeq> = (0..3)
+                .map(|i| GpuSeq {
+                    slot: slots[i],
+                    pos0: pos[i],
+                    tokens: &seqs[i][pos[i]..pos[i] + 1],
+                    logits: Logits::Last,
+                })
+                .collect();
+            let got = dec.forward_seqs(&step).expect("step");
+            for i in 0..3 {
+                let what = format!("{kv:?}: sequence {i}, step at position {}", pos[i]);
+                assert_logits(&got[i], &want[i][pos[i]], 1e-3, &what);
+                pos[i] += 1;
+            }
+        }
+        let alone = GpuSeq {
+            slot: slots[2],
+            pos0: pos[2],
+            tokens: &seqs[2][pos[2]..],
+            logits: Logits::Last,
+        };
+        let got = dec.forward_seqs(&[alone]).expect("alone");
+        let last = seqs[2].len() - 1;
+        assert_logits(&got[0], &want[2][last], 1e-3, &format!("{kv:?}: sequence 2 alone"));
+        let twice = [alone, alone];
+        match dec.forward_seqs(&twice) {
+            Err(GenerateError::Config { key, .. }) => assert_eq!(key, "slot"),
+            other => panic!("a slot given twice gave {:?}", other.map(|_| ())),
+        }
+        let past = GpuSeq { slot: 3, ..alone };
+        match dec.forward_seqs(&[past]) {
+            Err(GenerateError::Config { key, .. }) => assert_eq!(key, "slot"),
+            other => panic!("slot 3 of 3 gave {:?}", other.map(|_| ())),
+        }
+    }
 }
 
 #[test]
@@ -475,7 +566,9 @@ fn errors_are_typed() {
     odd.rope_dims = 14;
     let odd = random_decoder(odd, Fmt::F32, Fmt::F32, false, 3);
     match GpuDecoder::with_kv_dtype(&odd, 8, &choice, KvDtype::F16) {
-        Err(GenerateError::Config { key, message }) => assert!(key == "head_dim" && message.contains("odd"), "{message}"),
+        Err(GenerateError::Config { key, message }) => {
+            assert!(key == "head_dim" && message.contains("odd"), "{message}")
+        }
         other => panic!("an f16 cache with head dim 15 gave {:?}", other.map(|_| ())),
     }
     // A cache past one storage binding of the adapter.

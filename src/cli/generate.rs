@@ -106,12 +106,13 @@ pub struct Args {
 
 fn load(model: &PathBuf, device: &Device, context: Option<usize>, kv: KvDtype) -> Result<Generator> {
     let t = Instant::now();
-    let g = ModelParts::load(model).and_then(|p| {
-        let ctx = context.unwrap_or(p.weights.config.trained_context.min(DEFAULT_CONTEXT));
-        let decoder = decoder_with_kv(p.weights, device, ctx, kv)?;
-        Ok(Generator::from_parts(decoder, p.tokenizer, p.template))
-    })
-    .with_context(|| format!("loading {}", model.display()))?;
+    let g = ModelParts::load(model)
+        .and_then(|p| {
+            let ctx = context.unwrap_or(p.weights.config.trained_context.min(DEFAULT_CONTEXT));
+            let decoder = decoder_with_kv(p.weights, device, ctx, kv)?;
+            Ok(Generator::from_parts(decoder, p.tokenizer, p.template))
+        })
+        .with_context(|| format!("loading {}", model.display()))?;
     eprintln!("loaded {} in {:.2} s", model.display(), t.elapsed().as_secs_f64());
     Ok(g)
 }

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, GenerateError};
-use crate::generate::chat::{ChatMessage, ChatTemplate};
 use crate::generate::cache::KvDtype;
+use crate::generate::chat::{ChatMessage, ChatTemplate};
 use crate::generate::cpu::CpuDecoder;
 use crate::generate::sample::{log_softmax, top_logprobs, Sampler, SamplingOptions, StopStrings, TokenLogprob};
 use crate::generate::tokenizer::{TextStream, Tokenizer};

@@ -61,7 +61,7 @@ pub(crate) struct StepParams {
     pub stride: u32,
     pub eps: f32,
     pub scale: f32,
-    pub pad0: u32,
+    pub gather: u32,
     pub pad1: u32,
 }
 
@@ -95,7 +95,7 @@ pub fn params_layouts() -> Vec<ParamsLayout> {
                 stride,
                 eps,
                 scale,
-                pad0,
+                gather,
                 pad1
             }
         )
@@ -153,6 +153,8 @@ pub(crate) enum Entry {
     BiasAdd,
     SwiGlu,
     Attention,
+    /// `decoder.wgsl`: f32 rows into the f32 cache.
+    KvScatter,
     /// `kv16.wgsl`: f32 rows packed into the f16 cache.
     KvStore,
     /// `kv16.wgsl`: attention over the f16 cache.
@@ -170,6 +172,7 @@ impl Entry {
             Entry::BiasAdd => "bias_add",
             Entry::SwiGlu => "swiglu",
             Entry::Attention | Entry::Attention16 => "attention",
+            Entry::KvScatter => "kv_scatter",
             Entry::KvStore => "kv_store",
         }
     }
@@ -220,7 +223,7 @@ pub(crate) struct Kernels {
     /// `ggml.wgsl`: 0 params, 1 W, 2 x, 3 y (read-write), 4 ids.
     pub ggml: wgpu::BindGroupLayout,
     /// `decoder.wgsl` and `kv16.wgsl`: 0 params, 1 a (read-write), 2 b, 3 c,
-    /// 4 e, 5 scratch (read-write).
+    /// 4 e, 5 scratch (read-write), 6 rows.
     pub decoder: wgpu::BindGroupLayout,
     ggml_module: wgpu::ShaderModule,
     decoder_module: wgpu::ShaderModule,
@@ -239,7 +242,7 @@ impl Kernels {
         let decoder = bind_layout(
             device,
             "wginfer decoder steps",
-            &[Uniform, Write, Read, Read, Read, Write],
+            &[Uniform, Write, Read, Read, Read, Write, Read],
         );
         let pl = |label: &str, bgl: &wgpu::BindGroupLayout| {
             device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {

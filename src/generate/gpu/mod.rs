@@ -1,13 +1,18 @@
 //! The llama-family decoder on a wgpu device: weights uploaded once in their
 //! stored formats (GGUF blocks stay packed), the KV cache in device buffers
 //! across calls, and one command submission per forward pass (per
-//! [`GpuDecoder::batch`] tokens) holding every dispatch of every layer, with
+//! [`GpuDecoder::batch`] rows) holding every dispatch of every layer, with
 //! only the logits asked for read back.
 //!
-//! Prompts (several tokens) run the matrix-matrix kernel, decoding steps (one
-//! or two tokens) the matrix-vector kernel. The matrix products of the key
-//! and value projections write straight into the cache rows of their
-//! positions. Everything computes in f32; the cache holds f32 or, with
+//! The cache holds [`GpuDecoder::slots`] sequences; one pass runs rows of any
+//! of them together ([`GpuDecoder::forward_seqs`]: a decoding step of many
+//! sequences reads every weight once), each row attending to its own
+//! sequence's positions. As a [`Decoder`] it runs the sequence of slot 0.
+//!
+//! Passes of three rows or more run the matrix-matrix kernel, one or two
+//! rows the matrix-vector kernel. The key and value projections write f32
+//! rows that are stored into the cache rows of their slots and positions
+//! once biased and rotated. Everything computes in f32; the cache holds f32 or, with
 //! [`KvDtype::F16`], f16 values (half the memory: `shaders/kv16.wgsl` packs
 //! the new keys and values once biased and rotated, as the CPU cache rounds
 //! them).
@@ -26,17 +31,36 @@ use crate::error::GenerateError;
 use crate::generate::cache::KvDtype;
 use crate::generate::{Decoder, DecoderConfig, DecoderWeights, Logits, Matrix};
 use kernels::{format_code, Kernels};
-use steps::{Buffers, Dims, Step};
+use steps::{Buffers, Dims, Shape, Step};
 
 /// Most tokens one submission runs; longer inputs run in several.
 const MAX_BATCH: usize = 256;
 
-/// A decoder with its KV cache for one sequence on a GPU.
+/// The tokens of one sequence in a [`GpuDecoder::forward_seqs`] pass.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuSeq<'a> {
+    /// The cache slot of the sequence (below [`GpuDecoder::slots`]).
+    pub slot: usize,
+    /// The position of the first token: the slot's cache holds the
+    /// sequence's keys and values before it.
+    pub pos0: usize,
+    /// Its tokens, at positions `pos0..`.
+    pub tokens: &'a [u32],
+    /// Which logits to return.
+    pub logits: Logits,
+}
+
+/// One row of a pass: (slot, position, token, logits read).
+type Row = (u32, u32, u32, bool);
+
+/// A decoder with the KV cache of one or more sequences on a GPU.
 pub struct GpuDecoder {
     ctx: Arc<GpuContext>,
     config: DecoderConfig,
     context: usize,
     batch: usize,
+    slots: usize,
+    /// Positions of slot 0 in the cache (the [`Decoder`] sequence).
     cached: usize,
     kernels: Kernels,
     steps: Vec<Step>,
@@ -77,7 +101,27 @@ impl GpuDecoder {
         choice: &AdapterChoice,
         kv: KvDtype,
     ) -> Result<Self, GenerateError> {
-        Self::build(GpuContext::shared(choice)?, weights, context, MAX_BATCH, kv)
+        Self::with_slots(weights, context, choice, kv, 1)
+    }
+
+    /// As [`GpuDecoder::with_kv_dtype`], with a cache of `context` positions
+    /// for each of `slots` sequences ([`GpuDecoder::forward_seqs`]). A
+    /// cache past one storage binding of the adapter is
+    /// [`GpuError::TooLarge`].
+    pub fn with_slots(
+        weights: &DecoderWeights,
+        context: usize,
+        choice: &AdapterChoice,
+        kv: KvDtype,
+        slots: usize,
+    ) -> Result<Self, GenerateError> {
+        let shape = Shape {
+            context,
+            batch: MAX_BATCH,
+            kv,
+            slots,
+        };
+        Self::build(GpuContext::shared(choice)?, weights, shape)
     }
 
     /// As [`GpuDecoder::new`], on a context the caller opened.
@@ -93,18 +137,24 @@ impl GpuDecoder {
         context: usize,
         max_batch: usize,
     ) -> Result<Self, GenerateError> {
-        Self::build(ctx, weights, context, max_batch, KvDtype::F32)
+        let shape = Shape {
+            context,
+            batch: max_batch,
+            kv: KvDtype::F32,
+            slots: 1,
+        };
+        Self::build(ctx, weights, shape)
     }
 
-    fn build(
-        ctx: Arc<GpuContext>,
-        weights: &DecoderWeights,
-        context: usize,
-        max_batch: usize,
-        kv: KvDtype,
-    ) -> Result<Self, GenerateError> {
+    fn build(ctx: Arc<GpuContext>, weights: &DecoderWeights, shape: Shape) -> Result<Self, GenerateError> {
         let config = weights.config.clone();
-        check_config(&config, context, kv)?;
+        let Shape {
+            context,
+            batch: max_batch,
+            kv,
+            slots,
+        } = shape;
+        check_config(&config, context, kv, slots)?;
         let limits = ctx.limits().clone();
         let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let widest = [config.d_model, config.q_dim(), config.ffn, config.vocab]
@@ -120,7 +170,13 @@ impl GpuDecoder {
         let mut kernels = Kernels::new(&ctx)?;
         let slot_stride = (limits.min_uniform_buffer_offset_alignment as usize).max(64);
         let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let built = steps::build(&ctx, &kernels, weights, (context, batch, kv), slot_stride);
+        let shape = Shape {
+            context,
+            batch,
+            kv,
+            slots,
+        };
+        let built = steps::build(&ctx, &kernels, weights, &shape, slot_stride);
         if let Some(e) = pollster::block_on(oom.pop()) {
             return Err(GpuError::OutOfMemory {
                 action: format!("uploading the decoder's weights ({e})"),
@@ -138,6 +194,7 @@ impl GpuDecoder {
             config,
             context,
             batch,
+            slots,
             cached: 0,
             kernels,
             steps,
@@ -157,28 +214,110 @@ impl GpuDecoder {
         self.ctx.adapter().name.clone()
     }
 
-    /// Most tokens one submission runs (a longer input runs in several).
+    /// Most rows one submission runs (a longer input runs in several).
     pub fn batch(&self) -> usize {
         self.batch
     }
 
-    /// Encodes and submits one pass over `tokens` at positions from `pos0`,
-    /// reading back the logits of `read` (none when `None`).
-    fn run(&mut self, tokens: &[u32], pos0: usize, read: Option<Logits>) -> Result<Vec<f32>, GenerateError> {
-        let n = tokens.len();
+    /// Sequences the cache holds.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Runs the tokens of several sequences, each on its own slot's cache,
+    /// in passes of up to [`GpuDecoder::batch`] rows; returns each
+    /// sequence's logits as [`GpuSeq::logits`] asks (none for no tokens).
+    /// The tokens' keys and values enter the slots' caches; what a slot
+    /// held past a sequence's `pos0` is overwritten.
+    ///
+    /// Errors, before anything runs: [`GenerateError::Config`] for a slot
+    /// out of range or a slot given twice, [`GenerateError::Context`] past
+    /// the context, [`GenerateError::TokenId`] for a token outside the
+    /// vocabulary.
+    pub fn forward_seqs(&mut self, seqs: &[GpuSeq<'_>]) -> Result<Vec<Vec<f32>>, GenerateError> {
+        let rows = self.rows(seqs)?;
+        let mut out = Vec::new();
+        for pass in rows.chunks(self.batch) {
+            out.extend(self.run(pass)?);
+        }
+        let vocab = self.config.vocab;
+        let mut at = 0;
+        Ok(seqs
+            .iter()
+            .map(|s| {
+                let reads = match s.logits {
+                    _ if s.tokens.is_empty() => 0,
+                    Logits::All => s.tokens.len(),
+                    Logits::Last => 1,
+                };
+                let got = out[at..at + reads * vocab].to_vec();
+                at += reads * vocab;
+                got
+            })
+            .collect())
+    }
+
+    /// The checked rows of a [`GpuDecoder::forward_seqs`] call.
+    fn rows(&self, seqs: &[GpuSeq<'_>]) -> Result<Vec<Row>, GenerateError> {
+        let mut used = vec![false; self.slots];
+        let mut rows = Vec::new();
+        for s in seqs {
+            if s.slot >= self.slots || std::mem::replace(&mut used[s.slot], true) {
+                return Err(GenerateError::Config {
+                    key: "slot".into(),
+                    message: format!("slot {} is past the {} slots or given twice", s.slot, self.slots),
+                });
+            }
+            let needed = s.pos0 + s.tokens.len();
+            if needed > self.context {
+                return Err(GenerateError::Context {
+                    needed,
+                    context: self.context,
+                });
+            }
+            if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
+                return Err(GenerateError::TokenId {
+                    id,
+                    vocab: self.config.vocab,
+                });
+            }
+            let last = s.tokens.len().saturating_sub(1);
+            rows.extend(s.tokens.iter().enumerate().map(|(i, &t)| {
+                let read = s.logits == Logits::All || i == last;
+                (s.slot as u32, (s.pos0 + i) as u32, t, read)
+            }));
+        }
+        Ok(rows)
+    }
+
+    /// Encodes and submits one pass over `rows` (at most
+    /// [`GpuDecoder::batch`]), reading back the logits of the rows marked
+    /// read, in order.
+    fn run(&mut self, rows: &[Row]) -> Result<Vec<f32>, GenerateError> {
+        let n = rows.len();
         let ctx = &self.ctx;
         ctx.check_lost()?;
+        let tokens: Vec<u32> = rows.iter().map(|r| r.2).collect();
         ctx.queue
-            .write_buffer(&self.bufs.tokens, 0, bytemuck::cast_slice(tokens));
+            .write_buffer(&self.bufs.tokens, 0, bytemuck::cast_slice(&tokens));
+        let mut meta = vec![0u32; 2 * self.batch];
+        for (t, r) in rows.iter().enumerate() {
+            meta[2 * t] = r.0;
+            meta[2 * t + 1] = r.1;
+        }
+        meta.extend((0..n as u32).filter(|&t| rows[t as usize].3));
+        let reads = meta.len() - 2 * self.batch;
+        ctx.queue.write_buffer(&self.bufs.rows, 0, bytemuck::cast_slice(&meta));
         let mut blob = vec![0u8; self.steps.len() * self.slot_stride];
         let mut list = Vec::with_capacity(self.steps.len());
         let dims = Dims {
             config: &self.config,
             context: self.context,
+            batch: self.batch,
             max_dim: ctx.limits().max_compute_workgroups_per_dimension,
         };
         for (i, s) in self.steps.iter().enumerate() {
-            if let Some(d) = s.plan(&dims, n, pos0, read) {
+            if let Some(d) = s.plan(&dims, n, reads) {
                 blob[i * self.slot_stride..][..d.params.len()].copy_from_slice(&d.params);
                 list.push((i, d.entry, d.groups));
             }
@@ -203,12 +342,7 @@ impl GpuDecoder {
                 pass.dispatch_workgroups(g[0], g[1], g[2]);
             }
         }
-        let floats = match read {
-            Some(Logits::Last) => self.config.vocab,
-            Some(Logits::All) => n * self.config.vocab,
-            None => 0,
-        };
-        let bytes = (floats * 4) as u64;
+        let bytes = (reads * self.config.vocab * 4) as u64;
         if bytes > 0 {
             encoder.copy_buffer_to_buffer(&self.bufs.logits, 0, &self.bufs.staging, 0, bytes);
         }
@@ -227,7 +361,7 @@ impl GpuDecoder {
     }
 }
 
-fn check_config(c: &DecoderConfig, context: usize, kv: KvDtype) -> Result<(), GenerateError> {
+fn check_config(c: &DecoderConfig, context: usize, kv: KvDtype, slots: usize) -> Result<(), GenerateError> {
     let bad = |key: &str, message: String| {
         Err(GenerateError::Config {
             key: key.to_string(),
@@ -238,6 +372,12 @@ fn check_config(c: &DecoderConfig, context: usize, kv: KvDtype) -> Result<(), Ge
         return bad(
             "context",
             "the GPU decoder needs a context of at least one position".into(),
+        );
+    }
+    if slots == 0 || (slots as u64).saturating_mul(context as u64) * c.kv_dim() as u64 > u64::from(u32::MAX) {
+        return bad(
+            "slots",
+            format!("{slots} slots of {context} positions are past the GPU kernels' 32-bit indexing"),
         );
     }
     if c.n_heads == 0 || c.n_kv_heads == 0 || !c.n_heads.is_multiple_of(c.n_kv_heads) {
@@ -338,34 +478,17 @@ impl Decoder for GpuDecoder {
         &self.config
     }
 
-    /// Runs `tokens` in submissions of up to [`GpuDecoder::batch`] tokens.
-    /// No tokens give no logits.
+    /// Runs `tokens` on slot 0 in submissions of up to
+    /// [`GpuDecoder::batch`] tokens. No tokens give no logits.
     fn forward(&mut self, tokens: &[u32], logits: Logits) -> Result<Vec<f32>, GenerateError> {
-        let needed = self.cached + tokens.len();
-        if needed > self.context {
-            return Err(GenerateError::Context {
-                needed,
-                context: self.context,
-            });
-        }
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
-            return Err(GenerateError::TokenId {
-                id,
-                vocab: self.config.vocab,
-            });
-        }
-        let mut out = Vec::new();
-        let chunks = tokens.len().div_ceil(self.batch);
-        for (i, chunk) in tokens.chunks(self.batch).enumerate() {
-            let read = match logits {
-                Logits::All => Some(Logits::All),
-                Logits::Last if i + 1 == chunks => Some(Logits::Last),
-                Logits::Last => None,
-            };
-            let got = self.run(chunk, self.cached, read)?;
-            self.cached += chunk.len();
-            out.extend(got);
-        }
+        let seq = GpuSeq {
+            slot: 0,
+            pos0: self.cached,
+            tokens,
+            logits,
+        };
+        let out = self.forward_seqs(&[seq])?.pop().unwrap_or_default();
+        self.cached += tokens.len();
         Ok(out)
     }
 

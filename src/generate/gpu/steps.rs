@@ -11,7 +11,7 @@ use super::{check_size, upload, upload_matrix};
 use crate::backend::gpu::{GpuContext, GpuError};
 use crate::error::GenerateError;
 use crate::generate::cache::KvDtype;
-use crate::generate::{DecoderConfig, DecoderWeights, Logits, Matrix, RopeLayout};
+use crate::generate::{DecoderConfig, DecoderWeights, Matrix, RopeLayout};
 
 /// How long a read-back waits for the device.
 const READ_TIMEOUT: Duration = Duration::from_secs(600);
@@ -22,6 +22,9 @@ pub(super) struct Buffers {
     pub tokens: wgpu::Buffer,
     /// Every step's parameters, one aligned slot each.
     pub params: wgpu::Buffer,
+    /// (slot, position) per row of the pass, then the rows whose logits are
+    /// read (u32, `3 · batch`).
+    pub rows: wgpu::Buffer,
     /// The head's output, `batch × vocab` floats.
     pub logits: wgpu::Buffer,
     /// Mappable copy of `logits`.
@@ -100,17 +103,17 @@ pub(super) enum Kind {
     Norm,
     /// RMSNorm of the rows whose logits are read.
     FinalNorm,
-    /// A projection; `cache`: into the cache rows of the pass's positions;
-    /// `acc`: added to its output (the residual stream).
-    Mat { m: MatInfo, cache: bool, acc: bool },
+    /// A projection; `acc`: added to its output (the residual stream).
+    Mat { m: MatInfo, acc: bool },
     /// The output head over the rows whose logits are read.
     Head(MatInfo),
-    /// A bias added to `dim`-wide rows (of the queries, or of the cache).
-    Bias { dim: u32, cache: bool },
-    /// RoPE over `heads` heads per row (of the queries, or of the cache).
-    Rope { heads: u32, cache: bool },
-    /// `dim`-wide f32 rows packed into the f16 cache rows of the pass's positions.
-    KvStore { dim: u32 },
+    /// A bias added to `dim`-wide rows.
+    Bias { dim: u32 },
+    /// RoPE over `heads` heads per row.
+    Rope { heads: u32 },
+    /// The pass's `dim`-wide key or value rows into their cache rows (`f16`:
+    /// packed into the f16 cache).
+    Store { dim: u32, f16: bool },
     /// Causal attention over the cache (`f16`: the packed f16 cache).
     Attention { f16: bool },
     /// `gate = silu(gate)·up`.
@@ -138,6 +141,8 @@ pub(super) struct Planned {
 pub(super) struct Dims<'a> {
     pub config: &'a DecoderConfig,
     pub context: usize,
+    /// Most rows a pass runs.
+    pub batch: usize,
     pub max_dim: u32,
 }
 
@@ -189,24 +194,24 @@ impl Step {
             Kind::Norm | Kind::FinalNorm => vec![Entry::RmsNorm],
             Kind::Bias { .. } => vec![Entry::BiasAdd],
             Kind::Rope { .. } => vec![Entry::Rope],
-            Kind::KvStore { .. } => vec![Entry::KvStore],
+            Kind::Store { f16: false, .. } => vec![Entry::KvScatter],
+            Kind::Store { f16: true, .. } => vec![Entry::KvStore],
             Kind::Attention { f16: false } => vec![Entry::Attention],
             Kind::Attention { f16: true } => vec![Entry::Attention16],
             Kind::SwiGlu => vec![Entry::SwiGlu],
         }
     }
 
-    /// The dispatch for `n` tokens at positions from `pos0`, reading the
-    /// logits of `read`; `None` when the step does not run in this pass.
-    pub fn plan(&self, dims: &Dims, n: usize, pos0: usize, read: Option<Logits>) -> Option<Planned> {
+    /// The dispatch for `n` rows, reading the logits of `reads` of them;
+    /// `None` when the step does not run in this pass.
+    pub fn plan(&self, dims: &Dims, n: usize, reads: usize) -> Option<Planned> {
         let c = dims.config;
-        let (n, pos0) = (n as u32, pos0 as u32);
+        let (n, reads) = (n as u32, reads as u32);
         let d = c.d_model as u32;
         let hd = c.head_dim as u32;
         let base = StepParams {
             n,
             dim: d,
-            pos0,
             heads: c.n_heads as u32,
             kv_heads: c.n_kv_heads as u32,
             head_dim: hd,
@@ -231,58 +236,55 @@ impl Step {
             }
             Kind::Norm => step(Entry::RmsNorm, base, [n, 1, 1]),
             Kind::FinalNorm => {
-                let (rows, in_off) = match read? {
-                    Logits::Last => (1, (n - 1) * d),
-                    Logits::All => (n, 0),
-                };
+                if reads == 0 {
+                    return None;
+                }
                 let p = StepParams {
-                    n: rows,
-                    in_off,
+                    n: reads,
+                    in_off: 2 * dims.batch as u32,
+                    gather: 1,
                     ..base
                 };
-                step(Entry::RmsNorm, p, [rows, 1, 1])
+                step(Entry::RmsNorm, p, [reads, 1, 1])
             }
-            Kind::Mat { m, cache, acc } => {
-                let y_off = if cache { pos0 * m.rows } else { 0 };
-                matmul(m, n, y_off, acc, dims.max_dim)
-            }
+            Kind::Mat { m, acc } => matmul(m, n, 0, acc, dims.max_dim),
             Kind::Head(m) => {
-                let rows = if read? == Logits::Last { 1 } else { n };
-                matmul(m, rows, 0, false, dims.max_dim)
+                if reads == 0 {
+                    return None;
+                }
+                matmul(m, reads, 0, false, dims.max_dim)
             }
-            Kind::Bias { dim, cache } => {
-                let out_off = if cache { pos0 * dim } else { 0 };
+            Kind::Bias { dim } => {
                 let p = StepParams {
                     dim,
-                    out_off,
                     stride: dim,
                     ..base
                 };
                 step(Entry::BiasAdd, p, [dim.div_ceil(64), n, 1])
             }
-            Kind::Rope { heads, cache } => {
+            Kind::Rope { heads } => {
                 if c.rope_dims == 0 {
                     return None;
                 }
-                let stride = heads * hd;
-                let out_off = if cache { pos0 * stride } else { 0 };
                 let p = StepParams {
                     heads,
-                    out_off,
-                    stride,
+                    stride: heads * hd,
                     ..base
                 };
                 let pairs = heads * (c.rope_dims as u32 / 2);
                 step(Entry::Rope, p, [pairs.div_ceil(64), n, 1])
             }
-            Kind::KvStore { dim } => {
+            Kind::Store { dim, f16 } => {
                 let p = StepParams {
                     dim,
-                    out_off: pos0 * (dim / 2),
                     stride: dim,
                     ..base
                 };
-                step(Entry::KvStore, p, [(dim / 2).div_ceil(64), n, 1])
+                if f16 {
+                    step(Entry::KvStore, p, [(dim / 2).div_ceil(64), n, 1])
+                } else {
+                    step(Entry::KvScatter, p, [dim.div_ceil(64), n, 1])
+                }
             }
             Kind::Attention { f16 } => {
                 let entry = if f16 { Entry::Attention16 } else { Entry::Attention };
@@ -349,6 +351,7 @@ struct Binder<'a> {
     ctx: &'a GpuContext,
     kernels: &'a Kernels,
     params: &'a wgpu::Buffer,
+    rows: &'a wgpu::Buffer,
     stride: usize,
     dummy_ro: wgpu::Buffer,
     dummy_rw: wgpu::Buffer,
@@ -398,7 +401,8 @@ impl Binder<'_> {
         self.push(label, kind, &self.kernels.ggml.clone(), &bufs, size);
     }
 
-    /// A decoder step: a (written), inputs b, c, e and the scratch (`None`: dummies).
+    /// A decoder step: a (written), inputs b, c, e and the scratch (`None`:
+    /// dummies), with the pass's rows.
     fn dec(
         &mut self,
         label: String,
@@ -414,23 +418,35 @@ impl Binder<'_> {
             ins[1].unwrap_or(&ro),
             ins[2].unwrap_or(&ro),
             scratch.unwrap_or(&rw),
+            self.rows,
         ];
         let size = std::mem::size_of::<StepParams>() as u64;
         self.push(label, kind, &self.kernels.decoder.clone(), &bufs, size);
     }
 }
 
-/// Uploads the weights, allocates the cache (of `kv` values) and the
-/// activations for `batch` tokens per pass, and builds every step's bind
-/// group.
+/// The cache and pass sizes [`build`] allocates for.
+pub(super) struct Shape {
+    /// Positions per sequence.
+    pub context: usize,
+    /// Rows per pass.
+    pub batch: usize,
+    /// What the cache holds.
+    pub kv: KvDtype,
+    /// Sequences the cache holds.
+    pub slots: usize,
+}
+
+/// Uploads the weights, allocates the cache and the activations, and
+/// builds every step's bind group.
 pub(super) fn build(
     ctx: &GpuContext,
     kernels: &Kernels,
     w: &DecoderWeights,
-    shape: (usize, usize, KvDtype),
+    shape: &Shape,
     stride: usize,
 ) -> Result<(Vec<Step>, Buffers), GenerateError> {
-    let (context, batch, kv) = shape;
+    let (context, batch) = (shape.context, shape.batch);
     let c = &w.config;
     let (d, qd, ffn, vocab) = (c.d_model, c.q_dim(), c.ffn, c.vocab);
     let none = wgpu::BufferUsages::empty();
@@ -443,20 +459,15 @@ pub(super) fn build(
     let scores = storage(ctx, "attention scores", batch * c.n_heads * context, none)?;
     let logits = storage(ctx, "logits", batch * vocab, wgpu::BufferUsages::COPY_SRC)?;
     let tokens = storage(ctx, "tokens", batch, wgpu::BufferUsages::COPY_DST)?;
+    let rows = storage(ctx, "rows", 3 * batch, wgpu::BufferUsages::COPY_DST)?;
     let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("logits read-back"),
         size: logits.size(),
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    // The f16 cache's keys and values go through f32 rows first.
-    let staged = match kv {
-        KvDtype::F32 => None,
-        KvDtype::F16 => Some((
-            storage(ctx, "new keys", batch * c.kv_dim(), none)?,
-            storage(ctx, "new values", batch * c.kv_dim(), none)?,
-        )),
-    };
+    let new_keys = storage(ctx, "new keys", batch * c.kv_dim(), none)?;
+    let new_values = storage(ctx, "new values", batch * c.kv_dim(), none)?;
     let max_steps = 3 + w.layers.len() * 19;
     let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("decoder parameters"),
@@ -468,6 +479,7 @@ pub(super) fn build(
         ctx,
         kernels,
         params: &params,
+        rows: &rows,
         stride,
         dummy_ro: storage(ctx, "unused input", 4, none)?,
         dummy_rw: storage(ctx, "unused output", 4, none)?,
@@ -488,10 +500,11 @@ pub(super) fn build(
         gate: &gate,
         up: &up,
         scores: &scores,
-        staged: staged.as_ref(),
+        new_keys: &new_keys,
+        new_values: &new_values,
     };
     for (i, l) in w.layers.iter().enumerate() {
-        layer(&mut b, c, context, i, l, &acts)?;
+        layer(&mut b, c, shape, i, l, &acts)?;
     }
     let norm = vector(ctx, "output_norm", &w.norm, d)?;
     b.dec(
@@ -512,6 +525,7 @@ pub(super) fn build(
         Buffers {
             tokens,
             params,
+            rows,
             logits,
             staging,
         },
@@ -529,15 +543,16 @@ struct Acts<'a> {
     scores: &'a wgpu::Buffer,
     cos: &'a wgpu::Buffer,
     sin: &'a wgpu::Buffer,
-    /// With an f16 cache: the f32 rows of the pass's new keys and values.
-    staged: Option<&'a (wgpu::Buffer, wgpu::Buffer)>,
+    /// The pass's keys and values, before they are stored in the cache.
+    new_keys: &'a wgpu::Buffer,
+    new_values: &'a wgpu::Buffer,
 }
 
 /// The steps of block `i`.
 fn layer(
     b: &mut Binder,
     c: &DecoderConfig,
-    context: usize,
+    shape: &Shape,
     i: usize,
     l: &crate::generate::LayerWeights,
     a: &Acts,
@@ -546,10 +561,8 @@ fn layer(
     let (d, qd, kvd, ffn) = (c.d_model, c.q_dim(), c.kv_dim(), c.ffn);
     let name = |s: &str| format!("blk.{i}.{s}");
     // The f16 cache packs two values per f32-sized word.
-    let words = match a.staged {
-        Some(_) => context * kvd / 2,
-        None => context * kvd,
-    };
+    let f16 = shape.kv == KvDtype::F16;
+    let words = shape.slots * shape.context * if f16 { kvd / 2 } else { kvd };
     let keys = storage(ctx, &name("keys"), words, wgpu::BufferUsages::empty())?;
     let values = storage(ctx, &name("values"), words, wgpu::BufferUsages::empty())?;
     let attn_norm = vector(ctx, &name("attn_norm"), &l.attn_norm, d)?;
@@ -561,7 +574,7 @@ fn layer(
     let (wg, mg) = matrix(ctx, &name("ffn_gate"), &l.w_gate, ffn, d)?;
     let (wu, mu) = matrix(ctx, &name("ffn_up"), &l.w_up, ffn, d)?;
     let (wd, md) = matrix(ctx, &name("ffn_down"), &l.w_down, d, ffn)?;
-    let mat = |m, cache, acc| Kind::Mat { m, cache, acc };
+    let mat = |m, acc| Kind::Mat { m, acc };
     b.dec(
         name("attn_norm"),
         Kind::Norm,
@@ -569,51 +582,49 @@ fn layer(
         [Some(a.x), Some(&attn_norm), None],
         None,
     );
-    // Keys and values land in the cache rows of their positions, or (f16
-    // cache) in f32 rows that are packed into it once biased and rotated.
-    let in_cache = a.staged.is_none();
-    let (new_k, new_v) = match a.staged {
-        Some((k, v)) => (k, v),
-        None => (&keys, &values),
-    };
-    b.ggml(name("attn_q"), mat(mq, false, false), &wq, Some(a.xn), a.q, None);
-    b.ggml(name("attn_k"), mat(mk, in_cache, false), &wk, Some(a.xn), new_k, None);
-    b.ggml(name("attn_v"), mat(mv, in_cache, false), &wv, Some(a.xn), new_v, None);
-    for (bias, target, dim, cache, what) in [
-        (&l.bq, a.q, qd, false, "attn_q.bias"),
-        (&l.bk, new_k, kvd, in_cache, "attn_k.bias"),
-        (&l.bv, new_v, kvd, in_cache, "attn_v.bias"),
+    b.ggml(name("attn_q"), mat(mq, false), &wq, Some(a.xn), a.q, None);
+    b.ggml(name("attn_k"), mat(mk, false), &wk, Some(a.xn), a.new_keys, None);
+    b.ggml(name("attn_v"), mat(mv, false), &wv, Some(a.xn), a.new_values, None);
+    for (bias, target, dim, what) in [
+        (&l.bq, a.q, qd, "attn_q.bias"),
+        (&l.bk, a.new_keys, kvd, "attn_k.bias"),
+        (&l.bv, a.new_values, kvd, "attn_v.bias"),
     ] {
         if let Some(v) = bias {
             let buf = vector(ctx, &name(what), v, dim)?;
-            let kind = Kind::Bias { dim: dim as u32, cache };
+            let kind = Kind::Bias { dim: dim as u32 };
             b.dec(name(what), kind, target, [None, Some(&buf), None], None);
         }
     }
+    let (cs, sn) = (Some(a.cos), Some(a.sin));
     let rope_q = Kind::Rope {
         heads: c.n_heads as u32,
-        cache: false,
     };
-    b.dec(name("rope_q"), rope_q, a.q, [None, Some(a.cos), Some(a.sin)], None);
+    b.dec(name("rope_q"), rope_q, a.q, [None, cs, sn], None);
     let rope_k = Kind::Rope {
         heads: c.n_kv_heads as u32,
-        cache: in_cache,
     };
-    b.dec(name("rope_k"), rope_k, new_k, [None, Some(a.cos), Some(a.sin)], None);
-    if !in_cache {
-        let store = Kind::KvStore { dim: kvd as u32 };
-        let unused = b.dummy_rw.clone();
-        b.dec(name("store_k"), store, &unused, [Some(new_k), None, None], Some(&keys));
-        b.dec(name("store_v"), store, &unused, [Some(new_v), None, None], Some(&values));
+    b.dec(name("rope_k"), rope_k, a.new_keys, [None, cs, sn], None);
+    // Keys (biased, rotated) and values into the rows of their slots and
+    // positions: the f32 cache is written as `a`, the f16 one as scratch.
+    let store = Kind::Store { dim: kvd as u32, f16 };
+    let unused = b.dummy_rw.clone();
+    for (what, new, cache) in [("store_k", a.new_keys, &keys), ("store_v", a.new_values, &values)] {
+        let ins = [Some(new), None, None];
+        if f16 {
+            b.dec(name(what), store, &unused, ins, Some(cache));
+        } else {
+            b.dec(name(what), store, cache, ins, None);
+        }
     }
     b.dec(
         name("attention"),
-        Kind::Attention { f16: !in_cache },
+        Kind::Attention { f16 },
         a.att,
         [Some(a.q), Some(&keys), Some(&values)],
         Some(a.scores),
     );
-    b.ggml(name("attn_output"), mat(mo, false, true), &wo, Some(a.att), a.x, None);
+    b.ggml(name("attn_output"), mat(mo, true), &wo, Some(a.att), a.x, None);
     b.dec(
         name("ffn_norm"),
         Kind::Norm,
@@ -621,9 +632,9 @@ fn layer(
         [Some(a.x), Some(&ffn_norm), None],
         None,
     );
-    b.ggml(name("ffn_gate"), mat(mg, false, false), &wg, Some(a.xn), a.gate, None);
-    b.ggml(name("ffn_up"), mat(mu, false, false), &wu, Some(a.xn), a.up, None);
+    b.ggml(name("ffn_gate"), mat(mg, false), &wg, Some(a.xn), a.gate, None);
+    b.ggml(name("ffn_up"), mat(mu, false), &wu, Some(a.xn), a.up, None);
     b.dec(name("swiglu"), Kind::SwiGlu, a.gate, [Some(a.up), None, None], None);
-    b.ggml(name("ffn_down"), mat(md, false, true), &wd, Some(a.gate), a.x, None);
+    b.ggml(name("ffn_down"), mat(md, true), &wd, Some(a.gate), a.x, None);
     Ok(())
 }
