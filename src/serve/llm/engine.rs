@@ -15,10 +15,13 @@ use super::{Finished, LlmEvent, LlmRequest, LlmSettings, PositionLogprobs, Token
 use crate::error::GenerateError;
 use crate::generate::cache::KvCache;
 use crate::generate::cpu::{CpuModel, RowMode, SeqTokens};
-use crate::generate::generator::decoder_with_kv;
+#[cfg(feature = "gpu")]
+use crate::generate::gpu::{GpuDecoder, GpuSeq};
 use crate::generate::sample::{log_softmax, top_logprobs};
 use crate::generate::tokenizer::Tokenizer;
-use crate::generate::{Decoder, DecoderWeights, GenerateOptions, Logits, TokenPicker};
+#[cfg(feature = "gpu")]
+use crate::generate::Decoder;
+use crate::generate::{DecoderWeights, GenerateOptions, Logits, TokenPicker};
 use crate::serve::config::is_cpu;
 use crate::serve::error::ServeError;
 use crate::serve::isolate::{isolated, Health};
@@ -48,11 +51,31 @@ pub(super) struct Start {
 
 /// Where the forward passes run.
 enum Backend {
-    /// The CPU model over per-sequence caches: batched.
+    /// The CPU model over per-sequence caches.
     Cpu(CpuModel),
-    /// A decoder that holds the cache of one sequence (the GPU decoder):
-    /// one sequence at a time.
-    Single(Box<dyn Decoder>),
+    /// The GPU decoder, one cache slot per running sequence; `free` lists
+    /// the slots no sequence holds.
+    #[cfg(feature = "gpu")]
+    Gpu { decoder: GpuDecoder, free: Vec<usize> },
+}
+
+/// A running sequence's cache.
+enum SeqCache {
+    /// Its own CPU cache.
+    Cpu(KvCache),
+    /// A slot of the GPU decoder's cache holding `len` of `context` positions.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+    Slot { slot: usize, len: usize, context: usize },
+}
+
+impl SeqCache {
+    /// Whether another position fits.
+    fn has_room(&self) -> bool {
+        match self {
+            SeqCache::Cpu(c) => c.len < c.context,
+            SeqCache::Slot { len, context, .. } => len < context,
+        }
+    }
 }
 
 impl Backend {
@@ -64,49 +87,113 @@ impl Backend {
                     .with_kv_dtype(s.settings.kv_dtype),
             )
         } else {
-            Backend::Single(
-                decoder_with_kv(s.weights.clone(), &s.device, s.context, s.settings.kv_dtype)
-                    .map_err(|e| e.to_string())?,
-            )
+            Self::gpu(s)?
         };
         // One token through the whole model: compiles GPU pipelines and
         // shows a broken model at load time rather than on a request.
         let mut cache = b.new_cache(1).map_err(|e| e.to_string())?;
         b.run(vec![(&mut cache, &[0u32][..], Logits::Last)], RowMode::Auto)
             .map_err(|e| format!("the warm-up run failed: {e}"))?;
+        b.release(cache);
         Ok(b)
     }
 
-    fn new_cache(&mut self, positions: usize) -> Result<Option<KvCache>, GenerateError> {
+    /// The GPU decoder with a cache slot for each of `max_num_seqs` sequences.
+    #[cfg(feature = "gpu")]
+    fn gpu(s: &Start) -> Result<Self, String> {
+        let Device::Gpu(choice) = &s.device else {
+            return Err(format!("{:?} is neither a CPU nor a GPU", s.device));
+        };
+        let slots = s.settings.max_num_seqs.max(1);
+        let decoder = GpuDecoder::with_slots(&s.weights, s.context, choice, s.settings.kv_dtype, slots)
+            .map_err(|e| e.to_string())?;
+        Ok(Backend::Gpu {
+            decoder,
+            free: (0..slots).rev().collect(),
+        })
+    }
+
+    #[cfg(not(feature = "gpu"))]
+    fn gpu(_: &Start) -> Result<Self, String> {
+        Err("this build has no GPU backend (the `gpu` feature)".into())
+    }
+
+    /// A cache for a new sequence of up to `positions` positions.
+    fn new_cache(&mut self, positions: usize) -> Result<SeqCache, GenerateError> {
         match self {
-            Backend::Cpu(m) => m.new_cache(positions).map(Some),
-            Backend::Single(d) => {
-                d.truncate(0);
-                Ok(None)
+            Backend::Cpu(m) => m.new_cache(positions).map(SeqCache::Cpu),
+            #[cfg(feature = "gpu")]
+            Backend::Gpu { decoder, free } => match free.pop() {
+                Some(slot) => Ok(SeqCache::Slot {
+                    slot,
+                    len: 0,
+                    context: decoder.context(),
+                }),
+                None => Err(GenerateError::Config {
+                    key: "max_num_seqs".into(),
+                    message: format!("all {} GPU cache slots are taken", decoder.slots()),
+                }),
+            },
+        }
+    }
+
+    /// Takes back an ended sequence's cache: a GPU slot is free again; a
+    /// CPU cache is returned (for the prefix cache).
+    fn release(&mut self, cache: SeqCache) -> Option<KvCache> {
+        match (self, cache) {
+            (_, SeqCache::Cpu(c)) => Some(c),
+            #[cfg(feature = "gpu")]
+            (Backend::Gpu { free, .. }, SeqCache::Slot { slot, .. }) => {
+                free.push(slot);
+                None
             }
+            #[allow(unreachable_patterns)]
+            _ => None,
         }
     }
 
     fn run(
         &mut self,
-        group: Vec<(&mut Option<KvCache>, &[u32], Logits)>,
+        group: Vec<(&mut SeqCache, &[u32], Logits)>,
         mode: RowMode,
     ) -> Result<Vec<Vec<f32>>, GenerateError> {
+        let mismatch = || GenerateError::Config {
+            key: "cache".into(),
+            message: "a sequence's cache is not of the backend it runs on".into(),
+        };
         match self {
             Backend::Cpu(m) => {
                 let mut seqs = Vec::with_capacity(group.len());
                 for (cache, tokens, logits) in group {
-                    let Some(cache) = cache.as_mut() else {
-                        return Err(GenerateError::Config {
-                            key: "cache".into(),
-                            message: "a CPU sequence without a cache".into(),
-                        });
+                    let SeqCache::Cpu(cache) = cache else {
+                        return Err(mismatch());
                     };
                     seqs.push(SeqTokens { cache, tokens, logits });
                 }
                 m.forward(&mut seqs, mode)
             }
-            Backend::Single(d) => group.into_iter().map(|(_, t, l)| d.forward(t, l)).collect(),
+            #[cfg(feature = "gpu")]
+            Backend::Gpu { decoder, .. } => {
+                let mut seqs = Vec::with_capacity(group.len());
+                let mut lens = Vec::with_capacity(group.len());
+                for (cache, tokens, logits) in group {
+                    let SeqCache::Slot { slot, len, .. } = cache else {
+                        return Err(mismatch());
+                    };
+                    seqs.push(GpuSeq {
+                        slot: *slot,
+                        pos0: *len,
+                        tokens,
+                        logits,
+                    });
+                    lens.push(len);
+                }
+                let out = decoder.forward_seqs(&seqs)?;
+                for (len, s) in lens.into_iter().zip(&seqs) {
+                    *len += s.tokens.len();
+                }
+                Ok(out)
+            }
         }
     }
 }
@@ -124,7 +211,7 @@ enum Work {
 struct Seq<'t> {
     job: Job,
     picker: TokenPicker<'t>,
-    cache: Option<KvCache>,
+    cache: SeqCache,
     reserved: usize,
     /// Prompt tokens run so far.
     fed: usize,
@@ -251,7 +338,8 @@ impl Scheduler {
             }
             let q = running.remove(i);
             self.used -= q.reserved;
-            if let (Some(cache), true) = (q.cache, self.s.settings.prefix_caching && !q.failed) {
+            let kept = self.backend.release(q.cache);
+            if let (Some(cache), true) = (kept, self.s.settings.prefix_caching && !q.failed) {
                 self.prefix.keep(&q.tokens, cache);
             }
         }
@@ -294,8 +382,8 @@ impl Scheduler {
             match made {
                 Ok((picker, mut cache)) => {
                     self.used += need;
-                    let fed = match (hit, kept, cache.as_mut()) {
-                        (Some((_, n)), Some(i), Some(c)) => n * usize::from(self.prefix.copy_into(i, n, c)),
+                    let fed = match (hit, kept, &mut cache) {
+                        (Some((_, n)), Some(i), SeqCache::Cpu(c)) => n * usize::from(self.prefix.copy_into(i, n, c)),
                         _ => 0,
                     };
                     self.s.metrics.prefix_cache_hit(fed);
@@ -438,7 +526,7 @@ impl Scheduler {
     /// Picks a sequence's next token from its logits and sends it; sends
     /// the end when the sequence ends.
     fn pick(q: &mut Seq<'_>, logits: &[f32], metrics: &LlmMetrics) {
-        let room = q.cache.as_ref().is_none_or(|c| c.len < c.context);
+        let room = q.cache.has_room();
         match q.picker.pick(logits, room) {
             Ok(Some(t)) => {
                 let now = Instant::now();

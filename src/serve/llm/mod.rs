@@ -12,7 +12,11 @@
 //! streams already running. Every weight is read once per step, and every
 //! row is computed on its own (16-bit activation blocks per row; attention
 //! over its own cache), so greedy output does not depend on what else runs.
-//! A request joins at the next step.
+//! A request joins at the next step. On a GPU the step is one submission of
+//! the GPU decoder over every running sequence, each on its own slot of the
+//! device's cache; there a row's numbers may differ from those it gets
+//! alone in the last bits (kernels for one or two rows and for more sum in
+//! different orders).
 //!
 //! KV memory is a budget: a sequence reserves `prompt + max_tokens`
 //! positions (up to the context) when it joins and frees them the moment
@@ -31,7 +35,7 @@
 //!
 //! | parameter | default | what |
 //! | --- | --- | --- |
-//! | `max_num_seqs` | 16 | sequences in the running batch (1 on a GPU) |
+//! | `max_num_seqs` | 16 | sequences in the running batch (on a GPU at most `kv_cache_mib` / one context's cache, at least 1) |
 //! | `context_length` | trained context, at most 4096 | positions per sequence |
 //! | `kv_cache_mib` | 1024 | the KV-cache budget of all sequences |
 //! | `prefill_chunk` | 128 | prompt tokens per sequence per step |
@@ -309,7 +313,8 @@ impl LlmEngine {
             ));
         }
         if !is_cpu(&config.device) {
-            settings.max_num_seqs = 1;
+            // A GPU cache slot holds a whole context.
+            settings.max_num_seqs = settings.max_num_seqs.min(budget / context).max(1);
         }
         let (vocab, tokenizer) = (c.vocab, Arc::new(parts.tokenizer));
         let health = Arc::new(Health::default());
