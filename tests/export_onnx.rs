@@ -114,7 +114,7 @@ fn digits_cases(name: &str, base: &Model, image: bool) -> Vec<Case> {
             quantized(base, WeightFormat::W8A8 { outliers: 0 }),
             opts(Int4Export::default()),
             W8A8_TOL,
-            false,
+            true,
         ),
     ];
     for f in ["f16", "int8", "int8-affine", "pow2", "pow2-tensor", "binary", "2:4"] {
@@ -313,7 +313,7 @@ fn minilm_exports_f32_int8_int4_w8a8() {
             quantized(&m, WeightFormat::W8A8 { outliers: 0 }),
             Int4Export::default(),
             W8A8_TOL,
-            false,
+            true,
         ),
     ];
     let dir = run_cases(&cases);
