@@ -7,7 +7,11 @@
 //!   onnxruntime's outputs; needs `WGINFER_ORT_PYTHON` (a python with
 //!   onnxruntime and onnx), skipped visibly without it;
 //! - wginfer's own W8A8 export of the digits MLP (with and without outlier
-//!   channels) reads back as a graph that computes what the W8A8 model does.
+//!   channels) reads back as a graph that computes what the W8A8 model does;
+//! - an imported graph exports again (the integer ops as themselves) and
+//!   reads back with its names and outputs; onnxruntime runs that second
+//!   export of wginfer's W8A8 graph (`models/export/check_ort.py`) within
+//!   1e-5 of wginfer.
 //!
 //! Without a GPU adapter the GPU part is skipped with a visible line, or
 //! fails under `WGINFER_REQUIRE_GPU=1`.
@@ -15,12 +19,13 @@
 mod common;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::Command;
 
 use wginfer::backend::gpu::{GpuContext, Placement};
-use wginfer::model::load_tensors;
 use wginfer::model::onnx::export::{export_onnx, OnnxExportOptions};
 use wginfer::model::onnx::import_file;
+use wginfer::model::{load_tensors, save_tensors};
 use wginfer::optimize::{quantize, QuantizeOptions};
 use wginfer::quant::WeightFormat;
 use wginfer::{AdapterChoice, Device, Model, Session, Tensor};
@@ -84,6 +89,30 @@ fn probabilities(model: &Model, device: &Device, x: &Tensor) -> Tensor {
     out.remove("probabilities").unwrap()
 }
 
+/// `model` exported to `path` and imported again: the same input and output
+/// names, and the same outputs for `x` on the CPU.
+fn reexported(model: &Model, path: &Path, x: &Tensor) -> Model {
+    export_onnx(model, path, &OnnxExportOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let again = import_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let names = |m: &Model| {
+        (
+            m.graph().inputs().iter().map(|i| i.name.clone()).collect::<Vec<_>>(),
+            m.graph().outputs().iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(names(&again), names(model), "{}", path.display());
+    let d = max_diff(
+        &probabilities(&again, &Device::Cpu, x),
+        &probabilities(model, &Device::Cpu, x),
+    );
+    assert!(
+        d <= 1e-7,
+        "{}: exported again, the outputs moved by {d:e}",
+        path.display()
+    );
+    again
+}
+
 fn tolerance(device: &Device, cpu: f32) -> f32 {
     if matches!(device, Device::Gpu(_)) {
         GPU_TOL
@@ -134,6 +163,7 @@ fn quantize_dynamic_files_from_onnxruntime_match_onnxruntime() {
             let tol = tolerance(device, ORT_TOL);
             assert!(d <= tol, "{name} on {device}: {d:e} > {tol:e}");
         }
+        reexported(&model, &dir.path().join(format!("{name}.again.onnx")), &x);
     }
 }
 
@@ -160,5 +190,39 @@ fn w8a8_export_reads_back_as_the_w8a8_model() {
             let tol = tolerance(device, if outliers > 0 { 1e-5 } else { 1e-6 });
             assert!(d <= tol, "w8a8 {outliers} on {device}: {d:e} > {tol:e}");
         }
+        let again_dir = dir.path().join("again");
+        std::fs::create_dir_all(&again_dir).unwrap();
+        let name = format!("w8a8-{outliers}-again");
+        reexported(&back, &again_dir.join(format!("{name}.onnx")), &x);
+        let io = vec![
+            ("input:input".to_string(), x.clone()),
+            ("output:probabilities".to_string(), want),
+            (
+                "tolerance".to_string(),
+                Tensor::from_vec(vec![1], vec![1e-5f32]).unwrap(),
+            ),
+        ];
+        save_tensors(again_dir.join(format!("{name}.io.safetensors")), &io).unwrap();
     }
+    check_with_onnxruntime(&dir.path().join("again"));
+}
+
+/// Runs `models/export/check_ort.py` over `dir` with `WGINFER_ORT_PYTHON`,
+/// or reports the skip.
+fn check_with_onnxruntime(dir: &Path) {
+    let Some(python) = std::env::var_os("WGINFER_ORT_PYTHON") else {
+        common::skip_or_fail(
+            "WGINFER_REQUIRE_ORT",
+            "onnxruntime part: set WGINFER_ORT_PYTHON to a python with onnxruntime==1.22.* and onnx",
+        );
+        return;
+    };
+    let out = Command::new(python)
+        .arg(common::root("models/export/check_ort.py"))
+        .arg(dir)
+        .output()
+        .expect("runs WGINFER_ORT_PYTHON");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "onnxruntime check failed:\n{text}");
 }

@@ -39,7 +39,11 @@ fn check_types(d: &[DType]) -> Result<(), OpError> {
             Some(w) if w != got => {
                 return Err(OpError::DType {
                     index,
-                    expected: if w == DType::U8 { "u8 (its operand's dtype)" } else { "i8 (its operand's dtype)" },
+                    expected: if w == DType::U8 {
+                        "u8 (its operand's dtype)"
+                    } else {
+                        "i8 (its operand's dtype)"
+                    },
                     got,
                 })
             }
@@ -387,7 +391,14 @@ pub const MATMUL_INTEGER: OpDef = OpDef {
             mm_case(&mut rng, (u, i), &[17, 1000], &[1000, 3], Some(&[1]), Some(&[3])),
             mm_case(&mut rng, (i, u), &[3, 17], &[17, 5], Some(&[3]), None),
             mm_case(&mut rng, (i, i), &[2, 3, 7], &[7, 5], None, None),
-            mm_case(&mut rng, (u, u), &[2, 3, 7], &[2, 7, 5], Some(&[2, 3, 1]), Some(&[2, 1, 5])),
+            mm_case(
+                &mut rng,
+                (u, u),
+                &[2, 3, 7],
+                &[2, 7, 5],
+                Some(&[2, 3, 1]),
+                Some(&[2, 1, 5]),
+            ),
             mm_case(&mut rng, (u, i), &[2, 1, 3, 7], &[4, 7, 5], Some(&[]), Some(&[1, 5])),
             mm_case(&mut rng, (u, u), &[17], &[17, 3], Some(&[1]), Some(&[3])),
             mm_case(&mut rng, (u, i), &[3, 17], &[17], Some(&[3]), Some(&[])),
@@ -396,8 +407,16 @@ pub const MATMUL_INTEGER: OpDef = OpDef {
     },
     sample: |rng| {
         let (m, k, n) = (rng.dim(40), rng.dim(200), rng.dim(60));
-        let ta = if rng.next_u64().is_multiple_of(2) { DType::U8 } else { DType::I8 };
-        let tb = if rng.next_u64().is_multiple_of(2) { DType::U8 } else { DType::I8 };
+        let ta = if rng.next_u64().is_multiple_of(2) {
+            DType::U8
+        } else {
+            DType::I8
+        };
+        let tb = if rng.next_u64().is_multiple_of(2) {
+            DType::U8
+        } else {
+            DType::I8
+        };
         match rng.range(0, 2) {
             0 => mm_case(rng, (ta, tb), &[m, k], &[k, n], Some(&[m]), Some(&[n])),
             1 => {

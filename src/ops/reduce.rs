@@ -26,7 +26,8 @@ pub enum ReduceKind {
 pub struct Reduce {
     /// Which extreme.
     pub kind: ReduceKind,
-    /// The reduced axes (negative ones count from the end); `None`: every axis.
+    /// The reduced axes (negative ones count from the end); `None`: every
+    /// axis (an empty list reduces none).
     pub axes: Option<Vec<i64>>,
     /// Keep the reduced axes as 1s (else drop them).
     pub keepdims: bool,
@@ -251,7 +252,11 @@ fn build(attrs: &Attrs, kind: ReduceKind) -> Result<Arc<dyn Op>, OpError> {
 }
 
 fn case(kind: ReduceKind, x: Tensor, axes: Option<&[i64]>, keepdims: bool) -> OpCase {
-    let name = format!("{kind:?} {} {:?} axes {axes:?} keepdims {keepdims}", x.dtype(), x.shape());
+    let name = format!(
+        "{kind:?} {} {:?} axes {axes:?} keepdims {keepdims}",
+        x.dtype(),
+        x.shape()
+    );
     let op = Reduce {
         kind,
         axes: axes.map(<[i64]>::to_vec),
@@ -273,7 +278,12 @@ fn cases(kind: ReduceKind) -> Vec<OpCase> {
         case(kind, rng.tensor(&[2, 3, 5], -6.0, 6.0), Some(&[1]), false),
         case(kind, rng.tensor(&[3, 2, 2], -6.0, 6.0), None, true),
         case(kind, rng.tensor(&[3, 2, 2], -6.0, 6.0), None, false),
-        case(kind, rng.tensor(&[4, 5], -100.0, 100.0).cast(DType::I32), Some(&[0]), true),
+        case(
+            kind,
+            rng.tensor(&[4, 5], -100.0, 100.0).cast(DType::I32),
+            Some(&[0]),
+            true,
+        ),
         case(kind, rng.tensor(&[4, 5], 0.0, 255.0).cast(DType::U8), Some(&[1]), false),
         case(kind, inf, Some(&[1]), true),
         case(kind, bools, Some(&[1]), true),

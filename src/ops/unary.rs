@@ -397,7 +397,11 @@ fn step_cases(kind: UnaryKind) -> Vec<OpCase> {
         -2.5f32, -1.5, -0.5, -0.0, 0.0, 0.5, 1.5, 2.5, 3.0, -3.0, 1e-3, -1e-3, 0.49999997, 8388609.0, -1e30, 1e30,
     ];
     if let Ok(t) = Tensor::from_vec(vec![edge.len()], edge) {
-        out.push(OpCase::new(format!("{kind:?} edges"), Arc::new(Unary { kind }), vec![t]));
+        out.push(OpCase::new(
+            format!("{kind:?} edges"),
+            Arc::new(Unary { kind }),
+            vec![t],
+        ));
     }
     out
 }
