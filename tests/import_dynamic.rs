@@ -3,9 +3,10 @@
 //! and run on `cpu`, `cpu-reference` and a software GPU adapter (the integer
 //! ops there on the CPU fallback):
 //! - files onnxruntime's own `quantize_dynamic` wrote
-//!   (`models/export/ort_dynamic.py`, the shipped digits MLP) match
-//!   onnxruntime's outputs; needs `WGINFER_ORT_PYTHON` (a python with
-//!   onnxruntime and onnx), skipped visibly without it;
+//!   (`models/export/ort_dynamic.py`: the shipped digits MLP, and MiniLM
+//!   with `WGINFER_MINILM_DIR`) match onnxruntime's outputs; needs
+//!   `WGINFER_ORT_PYTHON` (a python with onnxruntime and onnx), skipped
+//!   visibly without it;
 //! - wginfer's own W8A8 export of the digits MLP (with and without outlier
 //!   channels) reads back as a graph that computes what the W8A8 model does;
 //! - an imported graph exports again (the integer ops as themselves) and
@@ -36,6 +37,13 @@ const ROWS: usize = 64;
 /// (the quantization is exact), so only the f32 accumulation order of the
 /// scales differs.
 const ORT_TOL: f32 = 1e-5;
+
+/// MiniLM's unit-length embeddings: onnxruntime fuses the graph
+/// (DynamicQuantizeMatMul, SkipLayerNormalization, ...), rounding floats in
+/// another order, and a last-bit difference moves an activation code by
+/// one step and on through the layers (as for wginfer's own W8A8 export in
+/// `tests/export_onnx.rs`). Measured: 6.4e-4.
+const MINILM_TOL: f32 = 5e-3;
 
 /// A software GPU session divides within 2.5 ULP (WGSL's promise), which can
 /// move an activation on a .5 boundary to the next code: one step of a
@@ -123,11 +131,7 @@ fn tolerance(device: &Device, cpu: f32) -> f32 {
 
 #[test]
 fn quantize_dynamic_files_from_onnxruntime_match_onnxruntime() {
-    let Some(python) = std::env::var_os("WGINFER_ORT_PYTHON") else {
-        common::skip_or_fail(
-            "WGINFER_REQUIRE_ORT",
-            "set WGINFER_ORT_PYTHON to a python with onnxruntime==1.22.* and onnx (see docs/export.md)",
-        );
+    let Some(python) = ort_python() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -165,6 +169,75 @@ fn quantize_dynamic_files_from_onnxruntime_match_onnxruntime() {
         }
         reexported(&model, &dir.path().join(format!("{name}.again.onnx")), &x);
     }
+}
+
+/// `WGINFER_ORT_PYTHON`, or `None` after the visible skip.
+fn ort_python() -> Option<std::ffi::OsString> {
+    let python = std::env::var_os("WGINFER_ORT_PYTHON");
+    if python.is_none() {
+        common::skip_or_fail(
+            "WGINFER_REQUIRE_ORT",
+            "set WGINFER_ORT_PYTHON to a python with onnxruntime==1.22.* and onnx (see docs/export.md)",
+        );
+    }
+    python
+}
+
+#[test]
+fn minilm_from_quantize_dynamic_matches_onnxruntime() {
+    let Some(model_dir) = common::minilm::model_dir() else {
+        return;
+    };
+    let Some(python) = ort_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(python)
+        .arg(common::root("models/export/ort_dynamic.py"))
+        .arg("--minilm")
+        .arg(&model_dir)
+        .arg(dir.path())
+        .output()
+        .expect("running ort_dynamic.py");
+    assert!(
+        out.status.success(),
+        "ort_dynamic.py --minilm failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = "minilm-u8-channel";
+    let model = import_file(&dir.path().join(format!("{name}.onnx"))).unwrap();
+    let r = common::minilm::reference();
+    let (n, seq) = (4, r.input_ids.shape()[1]);
+    let mut io: Vec<(String, Tensor)> = vec![
+        ("input:input_ids".into(), r.input_ids.slice_rows(0, n).unwrap()),
+        (
+            "input:attention_mask".into(),
+            r.attention_mask.slice_rows(0, n).unwrap(),
+        ),
+        (
+            "input:position_ids".into(),
+            Tensor::from_vec(vec![seq], (0..seq as i64).collect::<Vec<_>>()).unwrap(),
+        ),
+    ];
+    let s = Session::new(&model, Device::Cpu).unwrap();
+    let got = s
+        .run(io.iter().map(|(k, t)| (&k["input:".len()..], t.clone())))
+        .unwrap();
+    let y = got["sentence_embedding"].clone();
+    // Against sentence-transformers' f32 embeddings: the error of W8A8 with
+    // one activation scale per tensor (measured: lowest cosine 0.986).
+    let cos = y
+        .to_f32_vec()
+        .chunks(y.shape()[1])
+        .zip(&r.embeddings)
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>())
+        .fold(1.0f32, f32::min);
+    println!("{name}: lowest cosine to the f32 reference embeddings {cos:.5}");
+    assert!(cos > 0.97, "{name}: cosine {cos}");
+    io.push(("output:sentence_embedding".into(), y));
+    io.push(("tolerance".into(), Tensor::from_vec(vec![1], vec![MINILM_TOL]).unwrap()));
+    save_tensors(dir.path().join(format!("{name}.io.safetensors")), &io).unwrap();
+    check_with_onnxruntime(dir.path());
 }
 
 #[test]
@@ -210,11 +283,7 @@ fn w8a8_export_reads_back_as_the_w8a8_model() {
 /// Runs `models/export/check_ort.py` over `dir` with `WGINFER_ORT_PYTHON`,
 /// or reports the skip.
 fn check_with_onnxruntime(dir: &Path) {
-    let Some(python) = std::env::var_os("WGINFER_ORT_PYTHON") else {
-        common::skip_or_fail(
-            "WGINFER_REQUIRE_ORT",
-            "onnxruntime part: set WGINFER_ORT_PYTHON to a python with onnxruntime==1.22.* and onnx",
-        );
+    let Some(python) = ort_python() else {
         return;
     };
     let out = Command::new(python)

@@ -14,7 +14,14 @@ zero points), and int8 weights per channel with `reduce_range` (7-bit
 weights: onnxruntime's u8·s8 kernel on x86 without VNNI sums pairs of
 products in saturating int16, which full-range int8 weights overflow).
 
+With --minilm it quantizes wginfer's independent ONNX build of
+all-MiniLM-L6-v2 (models/minilm/export_onnx.py, from the package's
+model.safetensors) with uint8 weights per channel and writes only
+minilm-u8-channel.onnx; the test runs wginfer on it and
+models/export/check_ort.py compares onnxruntime's outputs with wginfer's.
+
   python ort_dynamic.py MLP.onnx DIGITS.safetensors ROWS OUTDIR
+  python ort_dynamic.py --minilm MODEL_DIR OUTDIR
 """
 
 import pathlib
@@ -37,7 +44,25 @@ VARIANTS = [
 ]
 
 
+def minilm(model_dir, out):
+    """MiniLM quantized by quantize_dynamic (uint8 weights per channel)."""
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "minilm"))
+    from export_onnx import build  # noqa: E402
+
+    base = out / "minilm.onnx"
+    onnx.save(build(model_dir), base)
+    path = out / "minilm-u8-channel.onnx"
+    quantize_dynamic(base, path, weight_type=QuantType.QUInt8, per_channel=True)
+    base.unlink()
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    assert ops.count("MatMulInteger") == 36, ops
+    print("minilm-u8-channel", sorted(set(ops)))
+
+
 def main():
+    if sys.argv[1] == "--minilm":
+        minilm(sys.argv[2], pathlib.Path(sys.argv[3]))
+        return
     mlp, digits, rows, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), pathlib.Path(sys.argv[4])
     inputs = read_safetensors(pathlib.Path(digits))["input"][:rows].astype(np.float32)
     base = out / "mlp_matmul.onnx"
