@@ -72,6 +72,10 @@ fn wg_activate(x: f32, act: u32) -> f32 {
         case UNARY_SQRT: { return sqrt(x); }
         case UNARY_RECIPROCAL: { return 1.0 / x; }
         case UNARY_HARD_SWISH: { return x * clamp(x / 6.0 + 0.5, 0.0, 1.0); }
+        case UNARY_FLOOR: { return floor(x); }
+        case UNARY_SIGN: { return sign(x); }
+        // WGSL's round() rounds halves to even, as ONNX Round does.
+        case UNARY_ROUND: { return round(x); }
         default: { return x; }
     }
 }

@@ -24,9 +24,16 @@ const F32_TOL: f32 = 1e-4;
 /// W8A8 quantizes activations at run time, so a float difference in the
 /// last bit can move a code by one step and the step on through the
 /// layers: wginfer's own fast CPU path and its reference differ by 1.4e-3
-/// on MiniLM's unit-length W8A8 embeddings (onnxruntime: 2.9e-3; digits:
-/// 1.3e-4).
-const W8A8_TOL: f32 = 5e-3;
+/// on MiniLM's unit-length W8A8 embeddings; onnxruntime by 2.9e-3 with its
+/// basic graph optimizations and 5.6e-3 with all of them (its fused
+/// SkipLayerNormalization, BiasGelu and FusedMatMul round differently);
+/// digits: 4.2e-7.
+const W8A8_TOL: f32 = 1e-2;
+
+/// The round trip through wginfer's own importer, in every format: the
+/// exports spell out wginfer's arithmetic (W8A8's in wginfer's order of f32
+/// operations), so only accumulation order differs.
+const ROUND_TRIP_TOL: f32 = F32_TOL;
 
 fn digits_inputs(image: bool) -> Vec<(String, Tensor)> {
     let data: HashMap<String, Tensor> = load_tensors(common::root("models/digits-mlp/digits_test.safetensors"))
@@ -114,7 +121,7 @@ fn digits_cases(name: &str, base: &Model, image: bool) -> Vec<Case> {
             quantized(base, WeightFormat::W8A8 { outliers: 0 }),
             opts(Int4Export::default()),
             W8A8_TOL,
-            false,
+            true,
         ),
     ];
     for f in ["f16", "int8", "int8-affine", "pow2", "pow2-tensor", "binary", "2:4"] {
@@ -193,11 +200,11 @@ fn export_case(dir: &Path, c: &Case) -> Option<f32> {
     for o in c.model.graph().outputs() {
         let d = max_diff(&got[&o.name], &want[&o.name]);
         assert!(
-            d <= c.tol,
+            d <= ROUND_TRIP_TOL,
             "{}: output {}: round trip differs by {d:e} > {:e}",
             c.name,
             o.name,
-            c.tol
+            ROUND_TRIP_TOL
         );
         worst = worst.max(d);
     }
@@ -230,7 +237,7 @@ fn run_cases(cases: &[Case]) -> PathBuf {
         match export_case(&dir, c) {
             Some(d) => println!("{}: round trip max |Δ| {d:.3e}", c.name),
             None => common::skip(&format!(
-                "{}: round trip (wginfer's importer reads no MatMulInteger); onnxruntime checks it",
+                "{}: round trip (wginfer's importer does not read this export); onnxruntime checks it",
                 c.name
             )),
         }
@@ -313,7 +320,7 @@ fn minilm_exports_f32_int8_int4_w8a8() {
             quantized(&m, WeightFormat::W8A8 { outliers: 0 }),
             Int4Export::default(),
             W8A8_TOL,
-            false,
+            true,
         ),
     ];
     let dir = run_cases(&cases);

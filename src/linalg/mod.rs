@@ -12,6 +12,7 @@ pub mod conv_direct;
 pub mod f32gemm;
 pub mod gemv;
 pub mod ggml;
+pub mod int16;
 pub mod int8;
 pub mod norm;
 pub mod softmax;

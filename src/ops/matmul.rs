@@ -15,17 +15,18 @@ use crate::tensor::{numel, Dim, Tensor, ValueType};
 pub struct MatMul;
 
 /// The concrete layout of one product.
-struct Plan {
-    batch: Vec<usize>,
-    a_batch: Vec<usize>,
-    b_batch: Vec<usize>,
-    m: usize,
-    k: usize,
-    n: usize,
-    out: Vec<usize>,
+pub(super) struct Plan {
+    pub(super) batch: Vec<usize>,
+    pub(super) a_batch: Vec<usize>,
+    pub(super) b_batch: Vec<usize>,
+    pub(super) m: usize,
+    pub(super) k: usize,
+    pub(super) n: usize,
+    pub(super) out: Vec<usize>,
 }
 
-fn plan(a: &[usize], b: &[usize]) -> Result<Plan, OpError> {
+/// The layout of `a · b` for concrete shapes.
+pub(super) fn plan(a: &[usize], b: &[usize]) -> Result<Plan, OpError> {
     if a.is_empty() || b.is_empty() {
         return Err(OpError::Shape(format!(
             "needs inputs of rank >= 1, got {a:?} and {b:?}"

@@ -12,6 +12,7 @@ mod cases;
 pub mod cast;
 pub mod conv;
 pub mod gemm;
+pub mod integer;
 pub mod l2norm;
 pub mod linear;
 pub mod matmul;
@@ -20,6 +21,7 @@ pub mod norm;
 pub mod pool;
 pub mod qlinear;
 pub mod quantize;
+pub mod reduce;
 pub mod softmax;
 pub mod unary;
 pub mod view;
@@ -202,6 +204,13 @@ pub static REGISTRY: &[OpDef] = &[
     l2norm::L2_NORMALIZE,
     quantize::DEQUANTIZE_LINEAR,
     cast::CAST_UNSATURATED,
+    integer::MATMUL_INTEGER,
+    integer::DYNAMIC_QUANTIZE_LINEAR,
+    reduce::REDUCE_MIN,
+    reduce::REDUCE_MAX,
+    unary::FLOOR,
+    unary::SIGN,
+    unary::ROUND,
 ];
 
 /// The registered op type of this name.

@@ -1,6 +1,7 @@
 //! Unary elementwise ops: one op type, [`Unary`], whose [`UnaryKind`] picks
 //! the function (Relu, Sigmoid, Tanh, Gelu in its erf and tanh forms, SiLU,
-//! LeakyRelu, Erf, Neg, Abs, Exp, Log, Sqrt, Reciprocal, HardSwish). Each kind keeps the
+//! LeakyRelu, Erf, Neg, Abs, Exp, Log, Sqrt, Reciprocal, HardSwish, and the
+//! steps Floor, Sign and Round). Each kind keeps the
 //! op type and attributes of its model-file form; on the GPU every kind is a
 //! code of one shader function, so any kind can run in a matmul epilogue.
 
@@ -44,6 +45,12 @@ pub enum UnaryKind {
     Reciprocal,
     /// `x · max(0, min(1, x/6 + 1/2))` (ONNX `HardSwish`).
     HardSwish,
+    /// The largest integer `<= x`.
+    Floor,
+    /// `-1`, `0` or `1` by the sign of `x` (NaN stays NaN).
+    Sign,
+    /// The nearest integer, halves to even.
+    Round,
 }
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
@@ -61,7 +68,7 @@ fn sigmoid(x: f32) -> f32 {
 impl UnaryKind {
     /// Every kind, with the data-carrying ones at their default attributes
     /// (the GPU code table and the tests iterate this).
-    pub const ALL: [UnaryKind; 15] = [
+    pub const ALL: [UnaryKind; 18] = [
         UnaryKind::Relu,
         UnaryKind::Sigmoid,
         UnaryKind::Tanh,
@@ -77,6 +84,9 @@ impl UnaryKind {
         UnaryKind::Sqrt,
         UnaryKind::Reciprocal,
         UnaryKind::HardSwish,
+        UnaryKind::Floor,
+        UnaryKind::Sign,
+        UnaryKind::Round,
     ];
 
     /// The reference value: computed in f64 (LeakyRelu, Neg and Abs in f32,
@@ -105,6 +115,7 @@ impl UnaryKind {
             UnaryKind::Sqrt => x.sqrt(),
             UnaryKind::Reciprocal => 1.0 / x,
             UnaryKind::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            UnaryKind::Floor | UnaryKind::Sign | UnaryKind::Round => return self.apply(v),
         };
         y as f32
     }
@@ -143,7 +154,24 @@ impl UnaryKind {
             UnaryKind::Sqrt => x.sqrt(),
             UnaryKind::Reciprocal => 1.0 / x,
             UnaryKind::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            UnaryKind::Floor => x.floor(),
+            UnaryKind::Sign => {
+                if x > 0.0 {
+                    1.0
+                } else if x < 0.0 {
+                    -1.0
+                } else {
+                    x
+                }
+            }
+            UnaryKind::Round => x.round_ties_even(),
         }
+    }
+
+    /// True for the step functions (Floor, Sign, Round): their derivative
+    /// is 0 wherever it exists, so they have no backward pass.
+    pub fn is_step(self) -> bool {
+        matches!(self, UnaryKind::Floor | UnaryKind::Sign | UnaryKind::Round)
     }
 
     /// `dy · f'(x)`: the gradient with respect to `x` given `dy`.
@@ -188,6 +216,7 @@ impl UnaryKind {
                     x / 3.0 + 0.5
                 }
             }
+            UnaryKind::Floor | UnaryKind::Sign | UnaryKind::Round => 0.0,
         };
         g * d as f32
     }
@@ -209,13 +238,22 @@ impl UnaryKind {
             UnaryKind::Sqrt => "Sqrt",
             UnaryKind::Reciprocal => "Reciprocal",
             UnaryKind::HardSwish => "HardSwish",
+            UnaryKind::Floor => "Floor",
+            UnaryKind::Sign => "Sign",
+            UnaryKind::Round => "Round",
         }
     }
 
     /// How closely another implementation matches [`UnaryKind::reference`].
     pub fn validation(self) -> Validation {
         match self {
-            UnaryKind::Relu | UnaryKind::LeakyRelu(_) | UnaryKind::Neg | UnaryKind::Abs => Validation::Exact,
+            UnaryKind::Relu
+            | UnaryKind::LeakyRelu(_)
+            | UnaryKind::Neg
+            | UnaryKind::Abs
+            | UnaryKind::Floor
+            | UnaryKind::Sign
+            | UnaryKind::Round => Validation::Exact,
             UnaryKind::Erf | UnaryKind::Sqrt | UnaryKind::Reciprocal | UnaryKind::HardSwish => Validation::Rounding,
             // WGSL promises exp and log to a few ULP plus a term growing with |x|.
             _ => Validation::Approximate,
@@ -297,6 +335,9 @@ impl Op for Unary {
         grads: &[&Tensor],
     ) -> Result<Vec<Option<Tensor>>, OpError> {
         check_arity(inputs.len(), 1, 1, "1")?;
+        if self.kind.is_step() {
+            return Err(OpError::NoGradient(self.kind.op_type().to_string()));
+        }
         let (x, dy) = (f32_input(inputs, 0)?, f32_input(grads, 0)?);
         let dx = x.iter().zip(dy).map(|(&v, &g)| self.kind.gradient(v, g)).collect();
         Ok(vec![Some(Tensor::from_vec(inputs[0].shape().to_vec(), dx)?)])
@@ -346,6 +387,23 @@ fn point_cases(kind: UnaryKind) -> Vec<OpCase> {
             )
         })
         .collect()
+}
+
+/// Cases for the steps: the math cases, and halves, integers and signed
+/// zeros (where floor, sign and round-half-to-even decide).
+fn step_cases(kind: UnaryKind) -> Vec<OpCase> {
+    let mut out = point_cases(kind);
+    let edge = vec![
+        -2.5f32, -1.5, -0.5, -0.0, 0.0, 0.5, 1.5, 2.5, 3.0, -3.0, 1e-3, -1e-3, 0.49999997, 8388609.0, -1e30, 1e30,
+    ];
+    if let Ok(t) = Tensor::from_vec(vec![edge.len()], edge) {
+        out.push(OpCase::new(
+            format!("{kind:?} edges"),
+            Arc::new(Unary { kind }),
+            vec![t],
+        ));
+    }
+    out
 }
 
 fn point_sample(kind: UnaryKind, rng: &mut CaseRng) -> OpCase {
@@ -423,6 +481,19 @@ unary_def!(
 unary_def!(
     /// `Reciprocal`: `1 / x`.
     RECIPROCAL, "Reciprocal", UnaryKind::Reciprocal, point_cases, point_sample
+);
+
+unary_def!(
+    /// `Floor`: the largest integer `<= x`.
+    FLOOR, "Floor", UnaryKind::Floor, step_cases, point_sample
+);
+unary_def!(
+    /// `Sign`: -1, 0 or 1.
+    SIGN, "Sign", UnaryKind::Sign, step_cases, point_sample
+);
+unary_def!(
+    /// `Round`: to the nearest integer, halves to even.
+    ROUND, "Round", UnaryKind::Round, step_cases, point_sample
 );
 
 /// `Gelu`: attribute `approximate` = `"none"` (erf, default) or `"tanh"`.

@@ -29,6 +29,9 @@ pub(crate) fn unary(kind: UnaryKind) -> (u32, &'static str) {
         UnaryKind::Sqrt => (13, "UNARY_SQRT"),
         UnaryKind::Reciprocal => (14, "UNARY_RECIPROCAL"),
         UnaryKind::HardSwish => (15, "UNARY_HARD_SWISH"),
+        UnaryKind::Floor => (16, "UNARY_FLOOR"),
+        UnaryKind::Sign => (17, "UNARY_SIGN"),
+        UnaryKind::Round => (18, "UNARY_ROUND"),
     }
 }
 

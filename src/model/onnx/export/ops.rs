@@ -80,6 +80,11 @@ static SAME: &[(&str, &[&str])] = &[
     ("Sqrt", &[]),
     ("Reciprocal", &[]),
     ("HardSwish", &[]),
+    ("Floor", &[]),
+    ("Sign", &[]),
+    ("Round", &[]),
+    ("MatMulInteger", &[]),
+    ("DynamicQuantizeLinear", &[]),
     ("LeakyRelu", &["alpha"]),
     ("Gelu", &["approximate"]),
     ("GlobalAveragePool", &[]),
@@ -164,6 +169,20 @@ pub(super) fn export_node(
         "Squeeze" | "Unsqueeze" => {
             let s = b.ints(&format!("{}.axes", n.name), &ints("axes"))?;
             b.node(&n.name, op, &[ins[0], &s], &outs, vec![]);
+        }
+        // Axes as an input (opset 18 on); none: every axis; an empty list: none.
+        "ReduceMin" | "ReduceMax" => {
+            let mut inputs = vec![ins[0].to_string()];
+            let mut attrs = copy_attrs(&a, &["keepdims"]);
+            if a.contains_key("axes") {
+                let axes = ints("axes");
+                if axes.is_empty() {
+                    attrs.push(("noop_with_empty_axes", Attr::Int(1)));
+                }
+                inputs.push(b.ints(&format!("{}.axes", n.name), &axes)?);
+            }
+            let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            b.node(&n.name, op, &inputs, &outs, attrs);
         }
         "Cast" | "CastUnsaturated" => {
             let to = dtype_code(n, a.get("to").and_then(|v| v.as_str()).unwrap_or(""))?;

@@ -264,11 +264,11 @@ fn round_away(b: &mut Builder, nm: &str, v: &str, tag: &str) -> Result<String, E
     Ok(b.step(nm, tag, "Mul", &[&sign, &a], vec![]))
 }
 
-/// wginfer's W8A8 activation quantization of each row of `x2 [M, K]` with
-/// the `outliers` channels counted as 0: returns the u8 codes, the row
-/// scales `s [M, 1]` and the zero points `z [M, 1]` (f32).
-fn quantize_rows(b: &mut Builder, nm: &str, x2: &str, outliers: &[i64], k: usize) -> Result<[String; 3], ExportError> {
-    let mut xm = x2.to_string();
+/// wginfer's W8A8 activation quantization of each row (the last axis) of
+/// `x [..., K]` with the `outliers` channels counted as 0: returns the u8
+/// codes, the row scales `s [..., 1]` and the zero points `z [..., 1]` (f32).
+fn quantize_rows(b: &mut Builder, nm: &str, x: &str, outliers: &[i64], k: usize) -> Result<[String; 3], ExportError> {
+    let mut xm = x.to_string();
     if !outliers.is_empty() {
         let mut keep = vec![1.0f32; k];
         for &c in outliers {
@@ -277,9 +277,9 @@ fn quantize_rows(b: &mut Builder, nm: &str, x2: &str, outliers: &[i64], k: usize
             }
         }
         let keep = b.constant(&format!("{nm}.keep"), &Tensor::from_vec(vec![k], keep)?)?;
-        xm = b.step(nm, "xm", "Mul", &[x2, &keep], vec![]);
+        xm = b.step(nm, "xm", "Mul", &[x, &keep], vec![]);
     }
-    let axes = b.ints(&format!("{nm}.axes"), &[1])?;
+    let axes = b.ints(&format!("{nm}.axes"), &[-1])?;
     let zero = b.scalar(&format!("{nm}.zero"), 0.0)?;
     let c255 = b.scalar(&format!("{nm}.c255"), 255.0)?;
     let tiny = b.scalar(&format!("{nm}.tiny"), 1e-30)?;
@@ -305,17 +305,18 @@ fn quantize_rows(b: &mut Builder, nm: &str, x2: &str, outliers: &[i64], k: usize
     Ok([xq, s, z])
 }
 
-/// W8A8: each row of `x` quantized to u8 as wginfer does
-/// ([`quantize_rows`]), `MatMulInteger` with the int8 weight, then
-/// `s_x · s_w · (acc - z · Σq_w)`, plus the f32 product of the outlier channels.
+/// W8A8: each row of `x [..., K]` quantized to u8 as wginfer does
+/// ([`quantize_rows`]), `MatMulInteger` with the int8 weight (batched over
+/// the leading axes, so no reshape), then `(acc - z · Σq_w) · (s_x · s_w)`,
+/// plus the f32 product of the outlier channels, plus the bias: wginfer's
+/// f32 operations in its order (the integer terms are exact in f32 while
+/// `|acc| < 2^24`), so wginfer's importer reads back the same numbers.
 fn w8a8(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), ExportError> {
     let (k, n) = (q.op.in_features, q.op.out_features);
     let nm = q.n.name.as_str();
     let x = q.n.inputs[0].as_str();
-    let rows = b.ints(&format!("{nm}.rows_shape"), &[-1, k as i64])?;
-    let x2 = b.step(nm, "x2", "Reshape", &[x, &rows], vec![]);
     let outliers: Vec<i64> = q.packed.get(3).map(|t| t.to_i64_vec()).unwrap_or_default();
-    let [xq, s, z] = quantize_rows(b, nm, &x2, &outliers, k)?;
+    let [xq, s, z] = quantize_rows(b, nm, x, &outliers, k)?;
     // The weight as u8 with zero point 128: onnxruntime's u8·s8 kernel on
     // x86 without VNNI sums pairs of products in saturating int16
     // (vpmaddubsw), which made the digits MLP's logits differ by 3.3; its
@@ -334,27 +335,27 @@ fn w8a8(b: &mut Builder, q: &Q<'_>, bias: Option<&str>) -> Result<(), ExportErro
     let wsum = Tensor::from_vec(vec![n], q.packed[2].to_f32_vec())?;
     let wsum = b.constant(&format!("{}.f32", q.pname(2)), &wsum)?;
     let corr = b.step(nm, "zero_corr", "Mul", &[&z, &wsum], vec![]);
-    let y = b.step(nm, "centered", "Sub", &[&acc, &corr], vec![]);
-    let y = b.step(nm, "row_scaled", "Mul", &[&y, &s], vec![]);
+    let centered = b.step(nm, "centered", "Sub", &[&acc, &corr], vec![]);
     let ws = b.constant(q.pname(1), q.packed[1])?;
-    let mut y = b.step(nm, "y2", "Mul", &[&y, &ws], vec![]);
+    let scale = b.step(nm, "scale", "Mul", &[&s, &ws], vec![]);
+    // The last step writes the node's output.
+    let mut last = ("Mul", [centered, scale]);
     if !outliers.is_empty() {
+        let y = b.step(nm, "y_int8", last.0, &[&last.1[0], &last.1[1]], vec![]);
         let idx = b.ints(&format!("{}.i64", q.pname(3)), &outliers)?;
-        let xo = b.step(nm, "outlier_x", "Gather", &[&x2, &idx], vec![("axis", Attr::Int(1))]);
+        let xo = b.step(nm, "outlier_x", "Gather", &[x, &idx], vec![("axis", Attr::Int(-1))]);
         let wo = b.constant(&format!("{}.T", q.pname(4)), &transpose2(q.packed[4])?)?;
         let yo = b.step(nm, "outlier_y", "MatMul", &[&xo, &wo], vec![]);
-        y = b.step(nm, "y2_outliers", "Add", &[&y, &yo], vec![]);
+        last = ("Add", [y, yo]);
     }
     if let Some(bias) = bias {
-        y = b.step(nm, "y2_bias", "Add", &[&y, bias], vec![]);
+        let y = b.step(nm, "y_unbiased", last.0, &[&last.1[0], &last.1[1]], vec![]);
+        last = ("Add", [y, bias.to_string()]);
     }
-    let lead = b.step(nm, "lead_shape", "Shape", &[x], vec![("end", Attr::Int(-1))]);
-    let last = b.ints(&format!("{nm}.out_features"), &[n as i64])?;
-    let shape = b.step(nm, "out_shape", "Concat", &[&lead, &last], vec![("axis", Attr::Int(0))]);
     b.node(
-        &format!("{nm}.unflatten"),
-        "Reshape",
-        &[&y, &shape],
+        &format!("{nm}.out"),
+        last.0,
+        &[&last.1[0], &last.1[1]],
         &[&q.n.outputs[0]],
         vec![],
     );

@@ -13,12 +13,14 @@ mod binary;
 mod cast;
 mod constant;
 mod conv;
+mod integer;
 mod matmul;
 mod movement;
 mod nbits;
 mod norm;
 mod pool;
 mod quantize;
+mod reduce;
 mod softmax;
 mod unary;
 mod view;
@@ -42,6 +44,8 @@ static FAMILIES: &[Family] = &[
     softmax::OPS,
     matmul::OPS,
     quantize::OPS,
+    integer::OPS,
+    reduce::OPS,
     conv::OPS,
     pool::OPS,
     norm::OPS,

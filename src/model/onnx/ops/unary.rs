@@ -24,6 +24,9 @@ pub(super) static OPS: &[(&str, Build)] = &[
     ("Sqrt", |cx, n| unary(cx, n, UnaryKind::Sqrt)),
     ("Reciprocal", |cx, n| unary(cx, n, UnaryKind::Reciprocal)),
     ("HardSwish", |cx, n| unary(cx, n, UnaryKind::HardSwish)),
+    ("Floor", |cx, n| unary(cx, n, UnaryKind::Floor)),
+    ("Sign", |cx, n| unary(cx, n, UnaryKind::Sign)),
+    ("Round", |cx, n| unary(cx, n, UnaryKind::Round)),
 ];
 
 /// The unary op `kind` over the node's one input.
