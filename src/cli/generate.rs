@@ -5,7 +5,7 @@
 //! `wginfer perplexity MODEL --text FILE`: perplexity over a text file.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -104,7 +104,7 @@ pub struct Args {
     sample: SampleArgs,
 }
 
-fn load(model: &PathBuf, device: &Device, context: Option<usize>, kv: KvDtype) -> Result<Generator> {
+fn load(model: &Path, device: &Device, context: Option<usize>, kv: KvDtype) -> Result<Generator> {
     let t = Instant::now();
     let g = ModelParts::load(model)
         .and_then(|p| {

@@ -56,7 +56,7 @@ enum Backend {
     /// The GPU decoder, one cache slot per running sequence; `free` lists
     /// the slots no sequence holds.
     #[cfg(feature = "gpu")]
-    Gpu { decoder: GpuDecoder, free: Vec<usize> },
+    Gpu { decoder: Box<GpuDecoder>, free: Vec<usize> },
 }
 
 /// A running sequence's cache.
@@ -108,7 +108,7 @@ impl Backend {
         let decoder = GpuDecoder::with_slots(&s.weights, s.context, choice, s.settings.kv_dtype, slots)
             .map_err(|e| e.to_string())?;
         Ok(Backend::Gpu {
-            decoder,
+            decoder: Box::new(decoder),
             free: (0..slots).rev().collect(),
         })
     }
