@@ -88,7 +88,7 @@ pub struct Args {
     /// Decoders: repetitions of each test.
     #[arg(long, default_value_t = 3)]
     repetitions: usize,
-    /// Decoders on the CPU: also decode this many sequences at once
+    /// Decoders: also decode this many sequences at once
     /// (batched passes, as the server's engine runs them), comma separated;
     /// tokens/s is the sum over the sequences.
     #[arg(long, value_delimiter = ',')]

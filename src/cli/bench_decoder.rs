@@ -3,9 +3,10 @@
 //! count, as llama-bench measures them (`pp N`: N prompt tokens in one pass
 //! from an empty cache; `tg N`: N tokens decoded one at a time), with the
 //! weight bytes read per generated token and the bandwidth that implies.
-//! On the CPU, `tg N ×B` decodes B sequences at once in batched passes
-//! (after an 8-token prompt each), as the server's engine does; its
-//! tokens/s counts every sequence's tokens.
+//! `tg N ×B` decodes B sequences at once in batched passes (after an
+//! 8-token prompt each), as the server's engine does, on the CPU (per-
+//! sequence caches) or a GPU (a cache slot per sequence, one submission per
+//! step); its tokens/s counts every sequence's tokens.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,12 +14,14 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
+use wginfer::generate::cache::KvDtype;
 use wginfer::generate::cpu::{CpuModel, RowMode, SeqTokens};
 use wginfer::generate::generator::decoder_on;
+use wginfer::generate::gpu::{GpuDecoder, GpuSeq};
 use wginfer::generate::{load, synthetic, DecoderWeights, Logits};
 use wginfer::linalg::ggml::BlockFormat;
 use wginfer::model::gguf::GgufFile;
-use wginfer::Device;
+use wginfer::{AdapterChoice, Device};
 
 /// What `bench` measures on a decoder.
 pub struct DecoderBench<'a> {
@@ -38,7 +41,7 @@ pub struct DecoderBench<'a> {
     pub gen_tokens: usize,
     /// Repetitions of each test.
     pub repetitions: usize,
-    /// Sequences decoded at once in the batched tests (CPU).
+    /// Sequences decoded at once in the batched tests.
     pub batches: &'a [usize],
 }
 
@@ -183,6 +186,58 @@ fn measure_batched(b: &DecoderBench, w: &Arc<DecoderWeights>, batch: usize) -> R
     Ok((format!("tg{} ×{batch}", b.gen_tokens), m, s))
 }
 
+/// As [`measure_batched`] on a GPU: `batch` cache slots, every step one
+/// [`GpuDecoder::forward_seqs`] pass over all of them.
+fn measure_batched_gpu(
+    b: &DecoderBench,
+    w: &Arc<DecoderWeights>,
+    choice: &AdapterChoice,
+    batch: usize,
+) -> Result<(String, f64, f64)> {
+    let ctx = 8 + b.gen_tokens;
+    let mut dec = GpuDecoder::with_slots(w, ctx, choice, KvDtype::F32, batch)?;
+    let vocab = w.config.vocab as u32;
+    let prompts: Vec<Vec<u32>> = (0..batch)
+        .map(|i| (0..8u32).map(|j| (j * 7919 + 13 * i as u32) % vocab).collect())
+        .collect();
+    let mut rates = Vec::new();
+    for _ in 0..b.repetitions {
+        let first: Vec<GpuSeq> = prompts
+            .iter()
+            .enumerate()
+            .map(|(slot, p)| GpuSeq {
+                slot,
+                pos0: 0,
+                tokens: p,
+                logits: Logits::Last,
+            })
+            .collect();
+        dec.forward_seqs(&first)?;
+        let mut toks: Vec<u32> = (0..batch as u32).map(|i| (i + 1) % vocab).collect();
+        let t = Instant::now();
+        for step in 0..b.gen_tokens {
+            let seqs: Vec<GpuSeq> = toks
+                .iter()
+                .enumerate()
+                .map(|(slot, t)| GpuSeq {
+                    slot,
+                    pos0: 8 + step,
+                    tokens: std::slice::from_ref(t),
+                    logits: Logits::Last,
+                })
+                .collect();
+            let logits = dec.forward_seqs(&seqs)?;
+            toks = logits
+                .iter()
+                .map(|l| wginfer::generate::sample::argmax(l) as u32)
+                .collect();
+        }
+        rates.push((batch * b.gen_tokens) as f64 / t.elapsed().as_secs_f64());
+    }
+    let (m, s) = mean_std(&rates);
+    Ok((format!("tg{} ×{batch}", b.gen_tokens), m, s))
+}
+
 /// Runs the decoder benchmark and prints a llama-bench style table.
 pub fn run(b: &DecoderBench, json: Option<&Path>) -> Result<()> {
     let (name, w) = load_weights(b)?;
@@ -197,9 +252,13 @@ pub fn run(b: &DecoderBench, json: Option<&Path>) -> Result<()> {
         for &t in &threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
             let mut results = pool.install(|| measure(b, &w, &device))?;
-            if cpu && b.gen_tokens > 0 {
+            if b.gen_tokens > 0 {
                 for &batch in b.batches.iter().filter(|&&n| n > 0) {
-                    results.push(pool.install(|| measure_batched(b, &w, batch))?);
+                    let r = match &device {
+                        Device::Gpu(choice) => measure_batched_gpu(b, &w, choice, batch),
+                        _ => pool.install(|| measure_batched(b, &w, batch)),
+                    };
+                    results.push(r?);
                 }
             }
             let shown = if t == 0 { pool.current_num_threads() } else { t };
