@@ -168,10 +168,7 @@ fn embed(weights: &DecoderWeights, chunks: &[Vec<u32>]) -> Result<Vec<Vec<f32>>,
 }
 
 /// A model over `weights` with a cache for the longest chunk.
-fn calibration_model(
-    weights: Arc<DecoderWeights>,
-    chunks: &[Vec<u32>],
-) -> Result<(CpuModel, KvCache), GenerateError> {
+fn calibration_model(weights: Arc<DecoderWeights>, chunks: &[Vec<u32>]) -> Result<(CpuModel, KvCache), GenerateError> {
     let longest = chunks.iter().map(Vec::len).max().unwrap_or(0);
     if longest == 0 {
         return Err(GenerateError::Calibration("no calibration tokens".to_string()));
