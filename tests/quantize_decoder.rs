@@ -169,7 +169,7 @@ fn gptq_beats_round_to_nearest_on_held_out_layer_outputs() {
         let cal = text_chunks(&tok, CALIBRATION, 16 * CHUNK);
         let held = text_chunks(&tok, HELD_OUT, 4 * CHUNK);
         let acts = activations(&w, &held);
-        let format_of = |_: &str, cols: usize| (cols % 32 == 0).then_some(BlockFormat::Q4_0);
+        let format_of = |_: &str, cols: usize| cols.is_multiple_of(32).then_some(BlockFormat::Q4_0);
         let (q, report) = gptq_decoder(w.clone(), &cal, &format_of, &GptqOptions::default(), |_, _| {}).expect("gptq");
         assert_eq!(report.matrices, [("Q4_0".to_string(), 7 * w.layers.len())]);
         assert_eq!(report.tokens, 16 * CHUNK);
