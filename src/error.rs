@@ -384,6 +384,10 @@ pub enum GenerateError {
     /// A perplexity run that cannot be made (chunk too short, text too short).
     #[error("perplexity: {0}")]
     Perplexity(String),
+    /// Calibration that cannot be run (no calibration tokens, an option out
+    /// of range).
+    #[error("calibration: {0}")]
+    Calibration(String),
     /// A kernel rejected its operands.
     #[error(transparent)]
     Op(#[from] OpError),

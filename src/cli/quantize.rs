@@ -21,7 +21,8 @@ pub struct Args {
     /// Weight format: f16, int8, int8-affine, pow2, pow2-tensor, int4, int4-min,
     /// binary, binary-xnor, w8a8 (w8a8+o8: 8 input channels kept in f32).
     /// For a decoder (.gguf or a Hugging Face directory; the output is GGUF):
-    /// q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, q4_k_m, q5_k_m (llama.cpp's mixes), f16.
+    /// q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, q4_k_m, q5_k_m (llama.cpp's mixes), f16;
+    /// w8a8 (SmoothQuant on --calibration text, then q8_0).
     #[arg(long, short)]
     format: Option<String>,
     /// int4 block size (32, 64 or 128).
@@ -42,7 +43,8 @@ pub struct Args {
     /// Calibration inputs: a safetensors/.npy file of model inputs (as `eval
     /// --data`; labels are ignored) or, for a text model, a .txt file (one
     /// text per line) or a .json list of texts. int4, int8 and w8a8 weights
-    /// are then quantized by GPTQ on the layers' inputs.
+    /// are then quantized by GPTQ on the layers' inputs. For a decoder, a
+    /// text file: GPTQ onto its GGUF block formats (w8a8: SmoothQuant).
     #[arg(long)]
     calibration: Option<PathBuf>,
     /// W8A8: input channels per layer kept in f32. With --calibration they are
@@ -52,6 +54,12 @@ pub struct Args {
     /// one (default 16, at most in/16; 0: none); without calibration, none.
     #[arg(long)]
     outliers: Option<u32>,
+    /// Decoders with --calibration: calibration tokens at most (in chunks of 512).
+    #[arg(long, default_value_t = super::quantize_decoder::DEFAULT_CALIBRATION_TOKENS)]
+    calibration_tokens: usize,
+    /// Decoders, w8a8: SmoothQuant's migration strength alpha (0 to 1).
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f32,
     /// Labelled data to report accuracy before and after (as `eval --data`);
     /// for a decoder, a text file whose perplexity is reported before and after.
     #[arg(long)]
@@ -166,8 +174,16 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
             .format
             .as_deref()
             .ok_or_else(|| anyhow!("give --format for a decoder"))?;
-        let gptq = args.calibration.is_some();
-        return super::quantize_decoder::run(&args.model, format, &args.output, args.eval.as_deref(), gptq, &device);
+        let q = super::quantize_decoder::DecoderQuantize {
+            model: &args.model,
+            format,
+            output: &args.output,
+            eval: args.eval.as_deref(),
+            calibration: args.calibration.as_deref(),
+            calibration_tokens: args.calibration_tokens,
+            alpha: args.alpha,
+        };
+        return super::quantize_decoder::run(&q, &device);
     }
     let config: Config = match &args.config {
         Some(p) => {

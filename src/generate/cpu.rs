@@ -174,6 +174,22 @@ fn mm_shared<const K: usize>(
     }))
 }
 
+/// The input of a layer's matrices, as [`CpuModel::layer_pass`] shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LayerInput {
+    /// The attention norm's output: the input of Q, K and V (`d_model` wide).
+    Attention,
+    /// The attention's output: the input of the output projection (`q_dim`).
+    AttentionOutput,
+    /// The feed-forward norm's output: the input of gate and up (`d_model`).
+    FeedForward,
+    /// `silu(gate)·up`: the input of down (`ffn`).
+    FeedForwardHidden,
+}
+
+/// Sees each [`LayerInput`] of a layer as it is computed (rows of one width).
+pub type LayerObserver<'a> = &'a mut (dyn FnMut(LayerInput, &[f32]) + Send);
+
 /// The tokens of one sequence in a forward pass, with its cache.
 #[derive(Debug)]
 pub struct SeqTokens<'a> {
@@ -298,8 +314,8 @@ impl CpuModel {
         for (row, &t) in x.chunks_exact_mut(d).zip(seqs.iter().flat_map(|s| s.tokens)) {
             self.weights.embed.dequantize_row(t as usize, row);
         }
-        for li in 0..c.n_layers {
-            self.layer(li, &mut x, seqs, &segs, mode)?;
+        for (li, w) in self.weights.layers.iter().enumerate() {
+            self.layer((li, w), &mut x, seqs, &segs, mode, None)?;
         }
         for (s, g) in seqs.iter_mut().zip(&segs) {
             s.cache.len = g.start + g.n;
@@ -343,19 +359,77 @@ impl CpuModel {
         Ok(out)
     }
 
-    fn layer(
+    /// Runs layer `li` with the weights `w` (this model's shapes, in any
+    /// formats) over `x` (`[n, d_model]`, the layer's input, replaced by its
+    /// output): the tokens of one sequence at positions `cache.len..`, whose
+    /// keys and values go to the cache's layer `li` (`cache.len` is left for
+    /// the caller to advance once every layer has run). `observe` sees the
+    /// input of each of the layer's matrices (calibration).
+    pub fn layer_pass(
         &self,
         li: usize,
+        w: &LayerWeights,
+        x: &mut [f32],
+        cache: &mut KvCache,
+        observe: LayerObserver<'_>,
+    ) -> Result<(), GenerateError> {
+        let c = &self.weights.config;
+        let n = x.len() / c.d_model.max(1);
+        let shape_error = |message: String| GenerateError::Tensor {
+            name: format!("blk.{li}"),
+            message,
+        };
+        if li >= c.n_layers || li >= cache.k.len() || x.len() != n * c.d_model {
+            return Err(shape_error(format!(
+                "layer {li} of {} over {} values, not rows of {}",
+                c.n_layers,
+                x.len(),
+                c.d_model
+            )));
+        }
+        let shapes = [
+            (&w.wq, c.q_dim(), c.d_model),
+            (&w.wk, c.kv_dim(), c.d_model),
+            (&w.wv, c.kv_dim(), c.d_model),
+            (&w.wo, c.d_model, c.q_dim()),
+            (&w.w_gate, c.ffn, c.d_model),
+            (&w.w_up, c.ffn, c.d_model),
+            (&w.w_down, c.d_model, c.ffn),
+        ];
+        let norms = w.attn_norm.len() == c.d_model && w.ffn_norm.len() == c.d_model;
+        if !norms || shapes.iter().any(|(m, r, k)| m.rows() != *r || m.cols() != *k) {
+            return Err(shape_error("the weights do not have the model's shapes".to_string()));
+        }
+        let start = cache.len;
+        check_tokens(&[], start + n, cache.context.min(self.context), c.vocab)?;
+        let segs = [Segment { row0: 0, n, start }];
+        let mut seqs = [SeqTokens {
+            cache,
+            tokens: &[],
+            logits: Logits::Last,
+        }];
+        rayon::scope(|_| self.layer((li, w), x, &mut seqs, &segs, RowMode::Auto, Some(observe)))
+    }
+
+    fn layer(
+        &self,
+        (li, w): (usize, &LayerWeights),
         x: &mut [f32],
         seqs: &mut [SeqTokens<'_>],
         segs: &[Segment],
         mode: RowMode,
+        mut observe: Option<LayerObserver<'_>>,
     ) -> Result<(), GenerateError> {
-        let w: &LayerWeights = &self.weights.layers[li];
+        let mut seen = |at: LayerInput, v: &[f32]| {
+            if let Some(f) = observe.as_mut() {
+                f(at, v);
+            }
+        };
         let c = &self.weights.config;
         let n = x.len() / c.d_model;
         let mut h = vec![0f32; x.len()];
         rms_norm(x, &w.attn_norm, c.norm_eps, &mut h);
+        seen(LayerInput::Attention, &h);
         let [mut q, mut k, mut v] = mm_shared([&w.wq, &w.wk, &w.wv], &h, n, mode)?;
         add_bias(&mut v, w.bv.as_ref());
         add_bias(&mut q, w.bq.as_ref());
@@ -378,13 +452,16 @@ impl CpuModel {
         let mut att = vec![0f32; n * qd];
         let caches: Vec<(&KvBuf, &KvBuf)> = seqs.iter().map(|s| (&s.cache.k[li], &s.cache.v[li])).collect();
         attention(&q, &caches, segs, c, &mut att);
+        seen(LayerInput::AttentionOutput, &att);
         let o = mm(&w.wo, &att, n, mode)?;
         for (xx, oo) in x.iter_mut().zip(&o) {
             *xx += oo;
         }
         rms_norm(x, &w.ffn_norm, c.norm_eps, &mut h);
+        seen(LayerInput::FeedForward, &h);
         let [mut g, u] = mm_shared([&w.w_gate, &w.w_up], &h, n, mode)?;
         silu_mul(&mut g, &u);
+        seen(LayerInput::FeedForwardHidden, &g);
         let dn = mm(&w.w_down, &g, n, mode)?;
         for (xx, dd) in x.iter_mut().zip(&dn) {
             *xx += dd;

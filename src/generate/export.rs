@@ -79,10 +79,11 @@ impl GgufWeightType {
     }
 
     /// The block format of the matrix `name` (llama.cpp's tensor names) of
-    /// `cols` columns in a model of `layers` layers, as llama.cpp's
-    /// `llama-quantize` picks it for this type, with its fallback where a
-    /// row is not whole blocks (`None`: F16).
-    fn format_for(self, name: &str, cols: usize, layers: usize, tied: bool) -> Option<BlockFormat> {
+    /// `cols` columns in a model of `layers` layers (`tied`: the embedding
+    /// is the head), as llama.cpp's `llama-quantize` picks it for this type,
+    /// with its fallback where a row is not whole blocks (`None`: F16, or
+    /// stored as held for `keep`).
+    pub fn format_for(self, name: &str, cols: usize, layers: usize, tied: bool) -> Option<BlockFormat> {
         let base = self.block_format()?;
         let mixed = matches!(self, Self::Q4_K_M | Self::Q5_K_M);
         let layer = name
@@ -164,18 +165,47 @@ pub struct GgufExportReport {
 /// to a GGUF file at `dst`.
 pub fn export_decoder(src: &Path, dst: &Path, opts: &GgufExportOptions) -> Result<GgufExportReport, GgufExportError> {
     check_target(dst, opts.overwrite)?;
-    let (weights, carried) = if src.is_dir() {
-        let weights = crate::generate::hf::from_dir(src)?;
-        let mut carried = hf_tokenizer_metadata(src, weights.config.vocab)?;
+    let (weights, carried) = load_decoder(src)?;
+    write_decoder(&weights, &carried, dst, opts)
+}
+
+/// The decoder at `src` (a GGUF file or a Hugging Face directory) and the
+/// metadata its export carries over (see [`carried_metadata`] and
+/// [`hf_tokenizer_metadata`]).
+pub fn load_decoder(src: &Path) -> Result<(DecoderWeights, Vec<(String, MetaValue)>), GgufExportError> {
+    let weights = if src.is_dir() {
+        crate::generate::hf::from_dir(src)?
+    } else {
+        crate::generate::load::from_gguf(&GgufFile::open(src)?)?
+    };
+    let carried = source_metadata(src, weights.config.vocab)?;
+    Ok((weights, carried))
+}
+
+/// The metadata an export of the decoder at `src` (of `vocab` tokens)
+/// carries over: a GGUF file's [`carried_metadata`]; a directory's
+/// [`hf_tokenizer_metadata`] and its name as `general.name`.
+pub fn source_metadata(src: &Path, vocab: usize) -> Result<Vec<(String, MetaValue)>, GgufExportError> {
+    if src.is_dir() {
+        let mut carried = hf_tokenizer_metadata(src, vocab)?;
         let name = src.file_name().map(|n| n.to_string_lossy().into_owned());
         carried.extend(name.map(|n| ("general.name".to_string(), MetaValue::String(n))));
-        (weights, carried)
+        Ok(carried)
     } else {
-        let file = GgufFile::open(src)?;
-        let weights = crate::generate::load::from_gguf(&file)?;
-        (weights, carried_metadata(&file))
-    };
-    let writer = decoder_gguf(&weights, &carried, opts.weight_type)?;
+        Ok(carried_metadata(&GgufFile::open(src)?))
+    }
+}
+
+/// Writes `weights` with `carried` metadata to a GGUF file at `dst` (as
+/// [`export_decoder`] does once it has read them).
+pub fn write_decoder(
+    weights: &DecoderWeights,
+    carried: &[(String, MetaValue)],
+    dst: &Path,
+    opts: &GgufExportOptions,
+) -> Result<GgufExportReport, GgufExportError> {
+    check_target(dst, opts.overwrite)?;
+    let writer = decoder_gguf(weights, carried, opts.weight_type)?;
     writer.write(dst, opts.overwrite)?;
     Ok(report(&weights.config, &writer))
 }

@@ -4,6 +4,7 @@
 //! GGUF metadata ([`tokenizer`], [`chat`]) and the sampler ([`sample`]).
 
 pub mod cache;
+pub mod calibrate;
 #[cfg(feature = "text")]
 pub mod chat;
 pub mod config;

@@ -230,14 +230,20 @@ fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
 }
 
 /// How one group of one row is quantized: parameters chosen from the
-/// group's current values, and the nearest representable value.
-trait Grid: Sync {
+/// group's values, and the nearest representable value with its code. GPTQ
+/// ([`gptq_grid`]) runs over any grid; [`super::gptq_ggml`] has ggml's
+/// block formats.
+pub trait Grid: Sync {
+    /// A group's parameters (scales, minimums; whatever packing needs).
+    type Params: Copy + Default + Send + Sync;
     /// Columns per group.
     fn group(&self) -> usize;
-    /// Parameters (scale, minimum) for a group's values.
-    fn fit(&self, vals: &[f32]) -> (f32, f32);
-    /// The representable value nearest `x` under `p`.
-    fn nearest(&self, x: f32, p: (f32, f32)) -> f32;
+    /// Parameters for a group's values (`vals.len() == group()` except in a
+    /// row's last, short group).
+    fn fit(&self, vals: &[f32]) -> Self::Params;
+    /// The representable value nearest `x` at position `at` of its group
+    /// (`0..group()`) under `p`, and its code.
+    fn nearest(&self, x: f32, p: &Self::Params, at: usize) -> (f32, i32);
     /// What an exact (f32-kept) column contributes to its group's parameter
     /// fit, given the group's other values: a value that does not widen the
     /// grid.
@@ -252,6 +258,7 @@ struct Int4Grid {
 }
 
 impl Grid for Int4Grid {
+    type Params = (f32, f32);
     fn group(&self) -> usize {
         self.block
     }
@@ -263,11 +270,13 @@ impl Grid for Int4Grid {
             (int4_block_scale(vals).to_f32(), 0.0)
         }
     }
-    fn nearest(&self, x: f32, (s, m): (f32, f32)) -> f32 {
+    fn nearest(&self, x: f32, &(s, m): &(f32, f32), _: usize) -> (f32, i32) {
         if self.with_min {
-            int4_min_code(x, s, m) as f32 * s + m
+            let c = int4_min_code(x, s, m);
+            (c as f32 * s + m, i32::from(c))
         } else {
-            int4_code(x, s) * s
+            let c = int4_code(x, s);
+            (c * s, c as i32)
         }
     }
     fn neutral(&self, others: &[f32]) -> f32 {
@@ -286,6 +295,7 @@ struct Int8Grid {
 }
 
 impl Grid for Int8Grid {
+    type Params = (f32, f32);
     fn group(&self) -> usize {
         self.inp.max(1)
     }
@@ -293,25 +303,57 @@ impl Grid for Int8Grid {
         let max = vals.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
         (if max > 0.0 { max / 127.0 } else { 1.0 }, 0.0)
     }
-    fn nearest(&self, x: f32, (s, _): (f32, f32)) -> f32 {
-        round(x / s).clamp(-127.0, 127.0) * s
+    fn nearest(&self, x: f32, &(s, _): &(f32, f32), _: usize) -> (f32, i32) {
+        let c = round(x / s).clamp(-127.0, 127.0);
+        (c * s, c as i32)
     }
 }
 
-/// Quantized values (`[out, in]`, each exactly representable), the
-/// parameters of every group (`[out, groups]`) and the f32 remainders of the
-/// exact columns (`[out, exact]`, columns as [`Factor::exact_columns`]): the
-/// weight is `q` plus `kept` in those columns.
-struct Quantized {
-    q: Vec<f32>,
-    params: Vec<(f32, f32)>,
-    kept: Vec<f32>,
+/// What GPTQ chose on a [`Grid`]: the quantized values (`[out, in]`, each
+/// exactly representable) and their codes, the parameters of every group
+/// (`[out, groups]`, groups of [`Grid::group`] columns) and the f32
+/// remainders of the exact columns (`[out, exact]`, columns as
+/// [`Factor::exact_columns`]): the weight is `q` plus `kept` in those columns.
+#[derive(Clone, Debug)]
+pub struct Quantized<P> {
+    /// The quantized weight, `[out, in]`.
+    pub q: Vec<f32>,
+    /// The code of every value ([`Grid::nearest`]'s), `[out, in]`.
+    pub codes: Vec<i32>,
+    /// Each group's parameters, `[out, groups]`.
+    pub params: Vec<P>,
+    /// The exact columns' f32 remainders, `[out, exact]`.
+    pub kept: Vec<f32>,
 }
 
 /// Rows per parallel task: they share each read of `U`'s rows.
 const ROWS_PER_TASK: usize = 8;
 
-fn run(w: &[f32], out: usize, inp: usize, f: &Factor, grid: &dyn Grid, opts: &GptqOptions) -> Quantized {
+/// GPTQ of an f32 `[out, in]` weight onto `grid`, given the [`Factor`] of
+/// its input statistics: columns in the factor's order, each rounded with
+/// [`Grid::nearest`] and its error spread over the columns not yet
+/// quantized. Group parameters are fitted when a group's first column is
+/// reached (from the error-updated weights) when the factor keeps the
+/// columns in order, else up front from the original weights.
+pub fn gptq_grid<G: Grid>(
+    grid: &G,
+    w: &[f32],
+    out: usize,
+    inp: usize,
+    factor: &Factor,
+    opts: &GptqOptions,
+) -> Result<Quantized<G::Params>, OpError> {
+    if w.len() != out * inp || factor.u.len() != inp * inp || factor.order.len() != inp || grid.group() == 0 {
+        return Err(OpError::Shape(format!(
+            "GPTQ: weight has {} elements (want {out}x{inp}), factor {} (want {inp}x{inp})",
+            w.len(),
+            factor.u.len()
+        )));
+    }
+    Ok(run(w, out, inp, factor, grid, opts))
+}
+
+fn run<G: Grid>(w: &[f32], out: usize, inp: usize, f: &Factor, grid: &G, opts: &GptqOptions) -> Quantized<G::Params> {
     let g = grid.group();
     let groups = inp.div_ceil(g);
     let bs = opts.block.max(1);
@@ -328,14 +370,16 @@ fn run(w: &[f32], out: usize, inp: usize, f: &Factor, grid: &dyn Grid, opts: &Gp
     // f32 copy of U for the update loops (they vectorize at twice the width).
     let uf: Vec<f32> = f.u.iter().map(|&v| v as f32).collect();
     let mut q = vec![0.0f32; out * inp];
-    let mut params = vec![(0.0f32, 0.0f32); out * groups];
+    let mut codes = vec![0i32; out * inp];
+    let mut params = vec![G::Params::default(); out * groups];
     // (One column's room per row without exact columns, so the chunks pair up.)
     let mut kept = vec![0.0f32; out * ne.max(1)];
     q.par_chunks_mut(ROWS_PER_TASK * inp.max(1))
+        .zip(codes.par_chunks_mut(ROWS_PER_TASK * inp.max(1)))
         .zip(params.par_chunks_mut(ROWS_PER_TASK * groups.max(1)))
         .zip(kept.par_chunks_mut(ROWS_PER_TASK * ne.max(1)))
         .enumerate()
-        .for_each(|(t, ((qc, pc), kc))| {
+        .for_each(|(t, (((qc, cc), pc), kc))| {
             let r0 = t * ROWS_PER_TASK;
             let rows = qc.len() / inp.max(1);
             // The rows' weights, columns in processing order.
@@ -374,19 +418,19 @@ fn run(w: &[f32], out: usize, inp: usize, f: &Factor, grid: &dyn Grid, opts: &Gp
                         if !fixed && i % g == 0 {
                             pc[r * groups + i / g] = grid.fit(&row[i..(i + g).min(inp)]);
                         }
-                        let p = pc[r * groups + c / g];
+                        let p = &pc[r * groups + c / g];
                         let x = row[i];
                         if i >= exact_from {
                             // Kept: a representable value in the packed
                             // weight (0 where the grid has it), the rest in f32.
-                            let qv = grid.nearest(0.0, p);
-                            qc[r * inp + c] = qv;
+                            let (qv, code) = grid.nearest(0.0, p, c % g);
+                            (qc[r * inp + c], cc[r * inp + c]) = (qv, code);
                             kc[r * ne + i - exact_from] = x - qv;
                             err[r * bs + i - i1] = 0.0;
                             continue;
                         }
-                        let qv = grid.nearest(x, p);
-                        qc[r * inp + c] = qv;
+                        let (qv, code) = grid.nearest(x, p, c % g);
+                        (qc[r * inp + c], cc[r * inp + c]) = (qv, code);
                         let e = (x - qv) / d;
                         err[r * bs + i - i1] = e;
                         for (wv, &uv) in row[i + 1..i2].iter_mut().zip(urow) {
@@ -411,7 +455,7 @@ fn run(w: &[f32], out: usize, inp: usize, f: &Factor, grid: &dyn Grid, opts: &Gp
             }
         });
     kept.truncate(out * ne);
-    Quantized { q, params, kept }
+    Quantized { q, codes, params, kept }
 }
 
 /// GPTQ-quantizes an f32 `[out, in]` weight given the [`Factor`] of its

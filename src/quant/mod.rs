@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod gptq;
+pub mod gptq_ggml;
 mod pack;
 
 use std::fmt;
