@@ -9,6 +9,7 @@ use super::round;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+pub mod conv;
 
 /// Quantizes each row of `k` values symmetrically to int8: `s = max|x|/127`,
 /// `q = round(x/s)`. Returns the values and one scale per row (1 for a zero row).
