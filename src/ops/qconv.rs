@@ -35,6 +35,9 @@ pub struct QConv {
     pub out_channels: usize,
 }
 
+/// The geometry, `x`, the packed weight tensors, the optional bias.
+type Split<'a> = (ConvShape, &'a [f32], Vec<&'a Tensor>, Option<&'a [f32]>);
+
 /// Each group's W8A8 weight packed for the fast kernel; `relu` when a ReLU
 /// that reads only this op runs in its epilogue (see [`QConv::with_relu`]).
 struct PreparedQConv {
@@ -88,11 +91,7 @@ impl QConv {
 
     /// Checks the inputs: x, the packed tensors (contents too when
     /// `contents`), the bias.
-    fn split<'a>(
-        &self,
-        inputs: &[&'a Tensor],
-        contents: bool,
-    ) -> Result<(ConvShape, &'a [f32], Vec<&'a Tensor>, Option<&'a [f32]>), OpError> {
+    fn split<'a>(&self, inputs: &[&'a Tensor], contents: bool) -> Result<Split<'a>, OpError> {
         let np = self.n_packed();
         check_arity(
             inputs.len(),
