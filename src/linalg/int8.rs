@@ -383,13 +383,9 @@ enum Kernel {
     Avx2(avx2::PackedI16),
 }
 
-/// One row's activation quantization: its codes, its values, its scale and
-/// zero point, its outlier values.
-type RowJob<'a> = (((&'a mut [u8], &'a [f32]), (&'a mut f32, &'a mut i32)), &'a mut [f32]);
-
 /// Per-thread scratch of [`PackedW8A8::run`]: activation codes `[m, k4]`
-/// (VNNI) or `[m, k]` then widened to `[m, k2]` (AVX2), row scales and zero
-/// points, outlier activations `[m, c]`.
+/// (VNNI) or int16 codes `[m, k2]` (AVX2), row scales and zero points,
+/// outlier activations `[m, c]`.
 #[derive(Default)]
 struct Scratch {
     xu: Vec<u8>,
@@ -496,53 +492,39 @@ impl PackedW8A8 {
     fn run_with(&self, s: &mut Scratch, x: &[f32], m: usize, bias: Option<&[f32]>, y: &mut [f32]) {
         let (n, k) = self.dims();
         let c = self.outliers.len();
-        // Codes per row: k4 for VNNI (padding quantized as 0); k for AVX2,
-        // widened to k2 below.
-        let row_len = match &self.w {
-            Kernel::Vnni(_) => k.div_ceil(4) * 4,
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2(_) => k.max(1),
-        };
         // Grow only: the buffers keep their capacity between runs.
-        s.xu.resize(m * row_len, 0);
         s.xs.resize(m, 0.0);
         s.xz.resize(m, 0);
         // One slot per row even without outliers (so rows zip with their chunk).
         s.xo.resize(m * c.max(1), 0.0);
         let big = m * n * k >= 1 << 20 && rayon::current_num_threads() > 1;
         let outliers = &self.outliers;
-        let skip = (!outliers.is_empty()).then(|| {
-            let mut sk = vec![false; k];
-            for &o in outliers {
-                sk[o] = true;
-            }
-            sk
-        });
-        let vnni = self.is_vnni();
-        let quant = |(((xu, xr), (sc, zp)), xo): RowJob| {
-            (*sc, *zp) = if vnni {
-                quantize_row_padded(xr, outliers, xu)
-            } else {
-                super::simd(|| quantize_row_u8(xr, skip.as_deref(), xu))
-            };
-            for (d, &o) in xo.iter_mut().zip(outliers) {
-                *d = xr[o];
-            }
+        let rows = Rows {
+            x,
+            k,
+            outliers,
+            xs: &mut s.xs,
+            xz: &mut s.xz,
+            xo: &mut s.xo,
+            parallel: big && m >= 16,
         };
-        if big && m >= 16 {
-            s.xu.par_chunks_mut(row_len)
-                .zip(x.par_chunks(k.max(1)))
-                .zip(s.xs.par_iter_mut().zip(s.xz.par_iter_mut()))
-                .zip(s.xo.par_chunks_mut(c.max(1)))
-                .with_min_len(8)
-                .for_each(quant);
-        } else {
-            s.xu.chunks_mut(row_len)
-                .zip(x.chunks(k.max(1)))
-                .zip(s.xs.iter_mut().zip(s.xz.iter_mut()))
-                .zip(s.xo.chunks_mut(c.max(1)))
-                .take(m)
-                .for_each(quant);
+        match &self.w {
+            // Rows of k4 codes (the padding's code 0).
+            Kernel::Vnni(_) => {
+                s.xu.resize(m * k.div_ceil(4) * 4, 0);
+                rows.quantize(&mut s.xu, k.div_ceil(4) * 4, |xr, q| {
+                    quantize_row_padded(xr, outliers, q)
+                });
+            }
+            // Rows of k2 int16 codes (the pad input's code 0; its weight is 0 too).
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(w) => {
+                s.xw.resize(m * w.k2(), 0);
+                // SAFETY: AVX2 was detected when `w` was packed; each row holds k2 >= k codes.
+                rows.quantize(&mut s.xw, w.k2(), |xr, q| unsafe {
+                    avx2::quantize_row(xr, outliers, q)
+                });
+            }
         }
         #[cfg(target_arch = "x86_64")]
         {
@@ -559,19 +541,51 @@ impl PackedW8A8 {
             };
             match &self.w {
                 Kernel::Vnni(w) => packed::gemm(&s.xu, m, w, epi),
-                Kernel::Avx2(w) => {
-                    let k2 = w.k2();
-                    s.xw.resize(m * k2, 0);
-                    for (d, src) in s.xw.chunks_mut(k2).zip(s.xu.chunks(row_len)).take(m) {
-                        for (d, &v) in d.iter_mut().zip(src) {
-                            *d = v as i16;
-                        }
-                        // The pad input's code is 0 (its weight is 0 too).
-                        d[k..].fill(0);
-                    }
-                    avx2::gemm(&s.xw, m, w, epi);
-                }
+                Kernel::Avx2(w) => avx2::gemm(&s.xw, m, w, epi),
             }
+        }
+    }
+}
+
+/// The activation rows of one [`PackedW8A8::run`]: `x` (`k` per row), the
+/// outlier columns, and where each row's scale, zero point and outlier
+/// values go.
+struct Rows<'a> {
+    x: &'a [f32],
+    k: usize,
+    outliers: &'a [usize],
+    xs: &'a mut [f32],
+    xz: &'a mut [i32],
+    xo: &'a mut [f32],
+    parallel: bool,
+}
+
+impl Rows<'_> {
+    /// Quantizes every row into `codes` (rows of `row_len`) with `f`, which
+    /// returns the row's scale and zero point; copies the outlier values.
+    fn quantize<T: Send>(self, codes: &mut [T], row_len: usize, f: impl Fn(&[f32], &mut [T]) -> (f32, i32) + Sync) {
+        let (k, c, outliers) = (self.k, self.outliers.len(), self.outliers);
+        let job = |(((q, xr), (sc, zp)), xo): (((&mut [T], &[f32]), (&mut f32, &mut i32)), &mut [f32])| {
+            (*sc, *zp) = f(xr, q);
+            for (d, &o) in xo.iter_mut().zip(outliers) {
+                *d = xr[o];
+            }
+        };
+        if self.parallel {
+            codes
+                .par_chunks_mut(row_len)
+                .zip(self.x.par_chunks(k.max(1)))
+                .zip(self.xs.par_iter_mut().zip(self.xz.par_iter_mut()))
+                .zip(self.xo.par_chunks_mut(c.max(1)))
+                .with_min_len(8)
+                .for_each(job);
+        } else {
+            codes
+                .chunks_mut(row_len)
+                .zip(self.x.chunks(k.max(1)))
+                .zip(self.xs.iter_mut().zip(self.xz.iter_mut()))
+                .zip(self.xo.chunks_mut(c.max(1)))
+                .for_each(job);
         }
     }
 }
@@ -1095,6 +1109,37 @@ pub(crate) mod tests {
                     for j in 0..n {
                         let want: i32 = (0..k).map(|p| x[i * k + p] as i32 * w[j * k + p] as i32).sum();
                         assert_eq!(got[i * n + j], want, "{m}x{n}x{k} extreme {extreme} at ({i}, {j})");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX2 row quantizer gives [`quantize_rows_u8`]'s scales, zero
+    /// points and codes (outlier codes are don't-cares), with zeroed padding.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_activation_quantization_matches_portable() {
+        if !avx2::available() {
+            eprintln!("SKIPPED avx2_activation_quantization_matches_portable: no AVX2");
+            return;
+        }
+        let mut rng = crate::ops::CaseRng::new(13);
+        for k in [2, 5, 8, 9, 16, 17, 72, 300, 385] {
+            let mut x = activation_rows(&mut rng, 12, k);
+            x[5] = f32::NAN;
+            for outliers in [vec![], vec![k / 2], vec![0, k - 1]] {
+                let (q, s, z) = quantize_rows_u8(&x, k, &outliers);
+                for i in 0..12 {
+                    let mut fast = vec![7i16; k + 3];
+                    // SAFETY: AVX2 checked above; `fast` holds k + 3 codes.
+                    let (fs, fz) = unsafe { avx2::quantize_row(&x[i * k..(i + 1) * k], &outliers, &mut fast) };
+                    assert_eq!((fs.to_bits(), fz), (s[i].to_bits(), z[i]), "k {k} row {i} {outliers:?}");
+                    for p in 0..k + 3 {
+                        let want = if p >= k { 0 } else { q[i * k + p] as i16 };
+                        if !outliers.contains(&p) {
+                            assert_eq!(fast[p], want, "k {k} row {i} col {p} {outliers:?}");
+                        }
                     }
                 }
             }

@@ -252,3 +252,91 @@ pub fn gemm_u8i8_packed(x: &[u8], m: usize, w: &PackedI16, out: &mut [i32]) {
         },
     );
 }
+
+/// Folds the min and max of `x` into `(lo, hi)` (vector and scalar halves);
+/// a NaN is passed over, as `f32::min`/`max` do.
+#[inline(always)]
+unsafe fn range(x: &[f32], lo: &mut __m256, hi: &mut __m256, lo_s: &mut f32, hi_s: &mut f32) {
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        let v = _mm256_loadu_ps(c.as_ptr());
+        // minps/maxps return the second operand when either is NaN.
+        *lo = _mm256_min_ps(v, *lo);
+        *hi = _mm256_max_ps(v, *hi);
+    }
+    for &v in chunks.remainder() {
+        *lo_s = lo_s.min(v);
+        *hi_s = hi_s.max(v);
+    }
+}
+
+/// `f` folded over the 8 lanes of `v` (min or max: order does not matter).
+#[inline(always)]
+unsafe fn reduce(v: __m256, f: impl Fn(__m128, __m128) -> __m128) -> f32 {
+    let a = f(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let b = f(a, _mm_movehl_ps(a, a));
+    _mm_cvtss_f32(f(b, _mm_shuffle_ps(b, b, 1)))
+}
+
+/// [`super::quantize_row_u8`]'s codes for one row, as int16, into `q`
+/// (`q[x.len()..]` zeroed), with the outlier columns (ascending) left out of
+/// the range (their codes are don't-cares: their weights are 0). Returns
+/// `(s, z)`. Rounding half away from zero as `trunc(t + copysign(0.49999997, t))`,
+/// which equals `f32::round` for |t| < 2^22 (here |t| <= 256 except at
+/// outliers).
+///
+/// # Safety
+/// The CPU must have AVX2; `q` must hold at least `x.len()` values.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn quantize_row(x: &[f32], outliers: &[usize], q: &mut [i16]) -> (f32, i32) {
+    let k = x.len();
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (mut lo_s, mut hi_s) = (0.0f32, 0.0f32);
+    let mut start = 0;
+    for &o in outliers {
+        range(&x[start..o], &mut lo, &mut hi, &mut lo_s, &mut hi_s);
+        start = o + 1;
+    }
+    range(&x[start.min(k)..], &mut lo, &mut hi, &mut lo_s, &mut hi_s);
+    // The vector halves hold no NaN (`range` passes them over).
+    let lo = reduce(lo, |a, b| _mm_min_ps(a, b)).min(lo_s);
+    let hi = reduce(hi, |a, b| _mm_max_ps(a, b)).max(hi_s);
+    // At most one padding code in W8A8's rows: no memset call.
+    for d in q[k..].iter_mut() {
+        *d = 0;
+    }
+    if hi <= lo {
+        q[..k].fill(0);
+        return (1.0, 0);
+    }
+    let s = (hi - lo) / 255.0;
+    let inv = 1.0 / s;
+    let z = super::round(-lo * inv).clamp(0.0, 255.0);
+    let (vinv, vz, half) = (
+        _mm256_set1_ps(inv),
+        _mm256_set1_epi32(z as i32),
+        _mm256_set1_ps(0.499_999_97),
+    );
+    let (sign, top) = (_mm256_set1_epi32(i32::MIN), _mm256_set1_epi32(255));
+    let mut chunks = x.chunks_exact(8);
+    let mut p = 0;
+    for c in &mut chunks {
+        let t = _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), vinv);
+        let h = _mm256_castsi256_ps(_mm256_or_si256(
+            _mm256_and_si256(_mm256_castps_si256(t), sign),
+            _mm256_castps_si256(half),
+        ));
+        // A NaN converts to i32::MIN and clamps to code 0, as `NaN as u8` is 0.
+        let r = _mm256_cvttps_epi32(_mm256_add_ps(t, h));
+        let v = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(r, vz), _mm256_setzero_si256()), top);
+        // Lanes 0-3 and 4-7 packed to int16 within each half, then the two
+        // halves' low quadwords brought together.
+        let packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(v, v), 0b00_00_10_00);
+        _mm_storeu_si128(q.as_mut_ptr().add(p).cast(), _mm256_castsi256_si128(packed));
+        p += 8;
+    }
+    for (d, &v) in q[p..k].iter_mut().zip(chunks.remainder()) {
+        *d = (super::round(v * inv) + z).clamp(0.0, 255.0) as u8 as i16;
+    }
+    (s, z as i32)
+}

@@ -45,30 +45,51 @@ const ROWS_MAX: usize = 1 << 18;
 /// Fills `rows` (`oh·ow` rows of `cg·kh·kw`) with the input patch of each
 /// output pixel of one image's group: `x` holds its `cg` planes.
 pub fn fill_patch_rows(g: &Im2col, x: &[f32], cg: usize, rows: &mut [f32]) {
-    let kk = cg * g.kh * g.kw;
-    let plane = g.h * g.w;
-    for (p, row) in rows.chunks_mut(kk.max(1)).take(g.oh * g.ow).enumerate() {
+    let mut pad = Vec::new();
+    pad_planes(g, x, cg, &mut pad);
+    fill_from_padded(g, &pad, cg, rows);
+}
+
+/// The padded plane's height and width: every tap of every output pixel
+/// reads inside it.
+fn padded_dims(g: &Im2col) -> (usize, usize) {
+    let span = |o: usize, s: usize, k: usize, d: usize| (o.max(1) - 1) * s + (k.max(1) - 1) * d + 1;
+    (
+        (g.h + g.pad[0]).max(span(g.oh, g.s[0], g.kh, g.d[0])),
+        (g.w + g.pad[1]).max(span(g.ow, g.s[1], g.kw, g.d[1])),
+    )
+}
+
+/// `cg` planes of `x` copied into `pad` with zero borders (top and left
+/// pads before, what the windows reach after).
+fn pad_planes(g: &Im2col, x: &[f32], cg: usize, pad: &mut Vec<f32>) {
+    let (ph, pw) = padded_dims(g);
+    pad.clear();
+    pad.resize(cg * ph * pw, 0.0);
+    for c in 0..cg {
+        for iy in 0..g.h {
+            let dst = &mut pad[(c * ph + iy + g.pad[0]) * pw + g.pad[1]..][..g.w];
+            dst.copy_from_slice(&x[(c * g.h + iy) * g.w..][..g.w]);
+        }
+    }
+}
+
+/// The patch rows read from padded planes: per output pixel, per channel
+/// and kernel row, `kw` values at stride `dx` (no bounds to test).
+fn fill_from_padded(g: &Im2col, pad: &[f32], cg: usize, rows: &mut [f32]) {
+    let (ph, pw) = padded_dims(g);
+    let (kk, dx) = (cg * g.kh * g.kw, g.d[1]);
+    for (p, row) in rows.chunks_exact_mut(kk.max(1)).take(g.oh * g.ow).enumerate() {
         let (oy, ox) = (p / g.ow.max(1), p % g.ow.max(1));
         let mut t = 0;
         for c in 0..cg {
-            let pl = &x[c * plane..][..plane];
             for ky in 0..g.kh {
-                let iy = (oy * g.s[0] + ky * g.d[0]) as isize - g.pad[0] as isize;
-                let dst = &mut row[t..t + g.kw];
+                let at = (c * ph + oy * g.s[0] + ky * g.d[0]) * pw + ox * g.s[1];
+                let src = &pad[at..at + (g.kw - 1) * dx + 1];
+                for (kx, d) in row[t..t + g.kw].iter_mut().enumerate() {
+                    *d = src[kx * dx];
+                }
                 t += g.kw;
-                if iy < 0 || iy >= g.h as isize {
-                    dst.fill(0.0);
-                    continue;
-                }
-                let src = &pl[iy as usize * g.w..][..g.w];
-                for (kx, d) in dst.iter_mut().enumerate() {
-                    let ix = (ox * g.s[1] + kx * g.d[1]) as isize - g.pad[1] as isize;
-                    *d = if ix >= 0 && ix < g.w as isize {
-                        src[ix as usize]
-                    } else {
-                        0.0
-                    };
-                }
             }
         }
     }
@@ -101,18 +122,21 @@ pub fn conv2d_w8a8(s: &ConvShape, x: &[f32], w: &[W8A8Gemm], bias: Option<&[f32]
     let chunk = (ROWS_MAX / (pix * kk).max(1)).clamp(1, s.n);
     let mut rows = vec![0.0f32; chunk * pix * kk];
     let mut out = vec![0.0f32; chunk * pix * mg];
+    let mut pad = Vec::new();
     for n0 in (0..s.n).step_by(chunk) {
         let nb = chunk.min(s.n - n0);
         for (gi, wg) in w.iter().enumerate() {
-            let fill = |(i, r): (usize, &mut [f32])| {
-                let xs = &x[((n0 + i) * s.c + gi * cg) * plane..][..cg * plane];
-                fill_patch_rows(g, xs, cg, r);
+            let fill = |pad: &mut Vec<f32>, (i, r): (usize, &mut [f32])| {
+                pad_planes(g, &x[((n0 + i) * s.c + gi * cg) * plane..][..cg * plane], cg, pad);
+                fill_from_padded(g, pad, cg, r);
             };
             let rows = &mut rows[..nb * pix * kk];
             if rows.len() >= 1 << 16 && nb > 1 {
-                rows.par_chunks_mut(pix * kk).enumerate().for_each(fill);
+                rows.par_chunks_mut(pix * kk).enumerate().for_each_init(Vec::new, fill);
             } else {
-                rows.chunks_mut(pix * kk).enumerate().for_each(fill);
+                rows.chunks_mut(pix * kk)
+                    .enumerate()
+                    .for_each(|job| fill(&mut pad, job));
             }
             let out = &mut out[..nb * pix * mg];
             wg.run(rows, nb * pix, bias.map(|b| &b[gi * mg..][..mg]), out);
