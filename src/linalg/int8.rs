@@ -547,6 +547,10 @@ impl PackedW8A8 {
     }
 }
 
+/// One row's activation quantization: its codes, its values, its scale and
+/// zero point, its outlier values.
+type RowJob<'a, T> = (((&'a mut [T], &'a [f32]), (&'a mut f32, &'a mut i32)), &'a mut [f32]);
+
 /// The activation rows of one [`PackedW8A8::run`]: `x` (`k` per row), the
 /// outlier columns, and where each row's scale, zero point and outlier
 /// values go.
@@ -565,7 +569,7 @@ impl Rows<'_> {
     /// returns the row's scale and zero point; copies the outlier values.
     fn quantize<T: Send>(self, codes: &mut [T], row_len: usize, f: impl Fn(&[f32], &mut [T]) -> (f32, i32) + Sync) {
         let (k, c, outliers) = (self.k, self.outliers.len(), self.outliers);
-        let job = |(((q, xr), (sc, zp)), xo): (((&mut [T], &[f32]), (&mut f32, &mut i32)), &mut [f32])| {
+        let job = |(((q, xr), (sc, zp)), xo): RowJob<T>| {
             (*sc, *zp) = f(xr, q);
             for (d, &o) in xo.iter_mut().zip(outliers) {
                 *d = xr[o];
