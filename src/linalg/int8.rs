@@ -375,6 +375,16 @@ pub struct PackedW8A8 {
     owt: Vec<f32>,
 }
 
+/// Activation codes in the form a [`PackedW8A8`] kernel reads
+/// ([`PackedW8A8::code_row_len`] per row).
+#[derive(Clone, Copy, Debug)]
+pub enum Codes<'a> {
+    /// uint8 codes (the VNNI kernel).
+    U8(&'a [u8]),
+    /// The uint8 codes widened to int16 (the AVX2 kernel).
+    I16(&'a [i16]),
+}
+
 /// The packed codes of a [`PackedW8A8`], for the kernel this CPU runs.
 #[derive(Clone, Debug)]
 enum Kernel {
@@ -466,6 +476,69 @@ impl PackedW8A8 {
     /// Whether the weight is packed for the AVX-512 VNNI kernel (else AVX2).
     pub fn is_vnni(&self) -> bool {
         matches!(self.w, Kernel::Vnni(_))
+    }
+
+    /// Whether the weight keeps outlier columns in f32.
+    pub fn has_outliers(&self) -> bool {
+        !self.outliers.is_empty()
+    }
+
+    /// The length of one row of activation codes its kernel reads: `k`
+    /// rounded up to 4 (VNNI, [`Codes::U8`]) or to 2 (AVX2, [`Codes::I16`]).
+    pub fn code_row_len(&self) -> usize {
+        match &self.w {
+            Kernel::Vnni(w) => w.k.div_ceil(4) * 4,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(w) => w.k2(),
+        }
+    }
+
+    /// `y [m, n]` from activations already quantized: `m` rows of
+    /// [`Self::code_row_len`] codes (0 past `k`) in the form this kernel
+    /// reads, each row's scale `xs[i]` and zero point `xz[i]`; then the
+    /// epilogue of [`Self::run`] (no outlier columns: the weight must have none).
+    ///
+    /// # Panics
+    /// If the sizes do not fit, the codes are not this kernel's form, or the
+    /// weight has outlier columns.
+    pub fn run_codes(&self, codes: Codes, m: usize, xs: &[f32], xz: &[i32], bias: Option<&[f32]>, y: &mut [f32]) {
+        let (n, row) = (self.n(), self.code_row_len());
+        let len = match codes {
+            Codes::U8(c) => c.len(),
+            Codes::I16(c) => c.len(),
+        };
+        assert!(
+            len >= m * row
+                && xs.len() >= m
+                && xz.len() >= m
+                && bias.is_none_or(|b| b.len() >= n)
+                && y.len() >= m * n
+                && self.outliers.is_empty(),
+            "PackedW8A8::run_codes sizes"
+        );
+        if m == 0 || n == 0 {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let epi = packed::Epilogue::W8A8 {
+                xs: xs.as_ptr(),
+                z: xz.as_ptr(),
+                ws: self.scale.as_ptr(),
+                bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+                // Not read: no outlier columns.
+                xo: xs.as_ptr(),
+                owt: self.owt.as_ptr(),
+                c: 0,
+                n_pad: self.scale.len(),
+                y: y.as_mut_ptr(),
+            };
+            match (&self.w, codes) {
+                (Kernel::Vnni(w), Codes::U8(c)) => packed::gemm(c, m, w, epi),
+                (Kernel::Avx2(w), Codes::I16(c)) => avx2::gemm(c, m, w, epi),
+                _ => panic!("PackedW8A8::run_codes: codes not in this kernel's form"),
+            }
+        }
     }
 
     /// `y [m, n]` for `x [m, k]`: the activations quantized per row as

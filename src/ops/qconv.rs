@@ -1,12 +1,11 @@
 //! `QConv`: a 2-D convolution (NCHW) whose weight is stored W8A8 — int8
-//! per output channel, the activations quantized at run time to uint8 per
-//! output pixel's input patch (the im2col row), int32 sums. What `quantize
-//! --format w8a8` makes of a `Conv`.
+//! per output channel, the activations quantized at run time to uint8 with
+//! one range per image and group, int32 sums. What `quantize --format
+//! w8a8` makes of a `Conv`. The kernels: [`crate::linalg::int8::conv`].
 
 use std::sync::Arc;
 
 use super::conv::{AutoPad, Window};
-use super::qlinear::QLinear;
 use super::{attr_i64, check_arity, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Prepared, Validation};
 use crate::error::OpError;
 use crate::linalg::conv::{ConvShape, Im2col};
@@ -18,9 +17,11 @@ use crate::tensor::{DType, Dim, Tensor, ValueType};
 /// A convolution over a W8A8 weight. Inputs: `x [N, C, H, W]` (f32), the
 /// format's packed tensors for the weight viewed as `[M, C/group·kH·kW]`
 /// (taps in `(c, ky, kx)` order; [`WeightFormat::tensor_names`] order), and
-/// an optional `bias [M]`. Output `[N, M, oH, oW]`. Output pixel `p` of
-/// group `g` is [`QLinear`] (W8A8) of `p`'s input patch (0 in the padding)
-/// with group `g`'s rows of the weight.
+/// an optional `bias [M]`. Output `[N, M, oH, oW]`. Per image and group,
+/// the group's input values are quantized as one W8A8 activation row
+/// ([`crate::linalg::int8::quantize_row_u8`]: scale `s`, zero point `z`);
+/// output pixel `p`, channel `j` is `(Σ_t q_t·w[j, t] - z·wsum_j)·s·scale_j + b_j`
+/// over `p`'s patch of codes (`z` in the padding).
 #[derive(Clone, Debug)]
 pub struct QConv {
     /// Window geometry; `kernel` is `[kH, kW]`.
@@ -215,8 +216,10 @@ impl Op for QConv {
         }])
     }
 
-    /// Per image and group: the patch rows by plain loops, then
-    /// [`QLinear`]'s reference (the W8A8 spec) on them.
+    /// The spec in plain loops: per image and group, W8A8's activation
+    /// quantization of the group's input values (one range), then per
+    /// output pixel the integer dot of its patch's codes (the zero point in
+    /// the padding) with each weight row, minus `z·wsum`, scaled in f64.
     fn reference(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
         let (s, x, packed, bias) = self.split(inputs, true)?;
         let g = &s.geom;
@@ -225,35 +228,20 @@ impl Op for QConv {
         let mut y = vec![0.0f32; s.n * s.m * pix];
         for gi in 0..s.group {
             let w = self.group_weights(&packed, gi)?;
-            let mut ins = vec![
-                Tensor::from_vec(vec![mg, k], w.q.to_vec())?,
-                Tensor::from_vec(vec![mg], w.scale.to_vec())?,
-                Tensor::from_vec(vec![mg], w.wsum.to_vec())?,
-            ];
-            if self.n_packed() == 5 {
-                ins.push(packed[3].clone());
-                ins.push(Tensor::from_vec(vec![mg, w.outliers.len()], w.outlier_weight.to_vec())?);
-            }
-            if let Some(b) = bias {
-                ins.push(Tensor::from_vec(vec![mg], b[gi * mg..][..mg].to_vec())?);
-            }
-            let lin = QLinear {
-                format: self.format,
-                in_features: k,
-                out_features: mg,
-            };
             for im in 0..s.n {
-                let mut rows = vec![0.0f32; pix * k];
                 let planes = &x[(im * s.c + gi * cg) * g.h * g.w..][..cg * g.h * g.w];
-                reference_patches(&s, planes, cg, &mut rows);
-                let xr = Tensor::from_vec(vec![pix, k], rows)?;
-                let mut refs = vec![&xr];
-                refs.extend(ins.iter());
-                let out = lin.reference(&refs)?;
-                let o = out[0].as_f32()?;
-                for (p, row) in o.chunks(mg.max(1)).enumerate() {
-                    for (j, &v) in row.iter().enumerate() {
-                        y[(im * s.m + gi * mg + j) * pix + p] = v;
+                let (sc, z, codes) = reference_codes(planes);
+                let rows = reference_patches(&s, &codes, z, cg);
+                for (p, row) in rows.chunks(k.max(1)).enumerate() {
+                    for j in 0..mg {
+                        let dot: i64 = row
+                            .iter()
+                            .zip(&w.q[j * k..(j + 1) * k])
+                            .map(|(&a, &b)| a * b as i64)
+                            .sum();
+                        let acc = dot - z * w.wsum[j] as i64;
+                        let b = bias.map_or(0.0, |b| b[gi * mg + j] as f64);
+                        y[(im * s.m + gi * mg + j) * pix + p] = (acc as f64 * sc as f64 * w.scale[j] as f64 + b) as f32;
                     }
                 }
             }
@@ -261,7 +249,7 @@ impl Op for QConv {
         Self::output(&s, y)
     }
 
-    /// The portable W8A8 loop on im2col rows ([`conv2d_w8a8`]).
+    /// The portable integer loop on im2col rows of codes ([`conv2d_w8a8`]).
     fn cpu(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OpError> {
         let (s, x, packed, bias) = self.split(inputs, true)?;
         let groups = (0..self.group)
@@ -330,11 +318,29 @@ fn relu_outputs(outputs: Vec<Tensor>) -> Result<Vec<Tensor>, OpError> {
         .collect()
 }
 
-/// The patch rows of one image's group, as plain loops over output pixels
-/// and taps (the reference's own im2col).
-fn reference_patches(s: &ConvShape, planes: &[f32], cg: usize, rows: &mut [f32]) {
+/// W8A8's activation quantization of `x` as one range: `(s, z, codes)`.
+fn reference_codes(x: &[f32]) -> (f32, i64, Vec<i64>) {
+    let lo = x.iter().fold(0.0f32, |a, &v| a.min(v));
+    let hi = x.iter().fold(0.0f32, |a, &v| a.max(v));
+    if hi <= lo {
+        return (1.0, 0, vec![0; x.len()]);
+    }
+    let s = (hi - lo) / 255.0;
+    let inv = 1.0 / s;
+    let z = quant::round(-lo * inv).clamp(0.0, 255.0);
+    let q = x
+        .iter()
+        .map(|&v| (quant::round(v * inv) + z).clamp(0.0, 255.0) as u8 as i64)
+        .collect();
+    (s, z as i64, q)
+}
+
+/// The patch rows (`oh·ow` rows of `cg·kh·kw` codes, `z` in the padding)
+/// of one image's group, as plain loops over output pixels and taps.
+fn reference_patches(s: &ConvShape, codes: &[i64], z: i64, cg: usize) -> Vec<i64> {
     let g = &s.geom;
     let k = cg * g.kh * g.kw;
+    let mut rows = vec![z; g.oh * g.ow * k];
     for oy in 0..g.oh {
         for ox in 0..g.ow {
             for ci in 0..cg {
@@ -342,22 +348,20 @@ fn reference_patches(s: &ConvShape, planes: &[f32], cg: usize, rows: &mut [f32])
                     for kx in 0..g.kw {
                         let iy = (oy * g.s[0] + ky * g.d[0]) as isize - g.pad[0] as isize;
                         let ix = (ox * g.s[1] + kx * g.d[1]) as isize - g.pad[1] as isize;
-                        let inside = iy >= 0 && iy < g.h as isize && ix >= 0 && ix < g.w as isize;
-                        rows[(oy * g.ow + ox) * k + (ci * g.kh + ky) * g.kw + kx] = if inside {
-                            planes[(ci * g.h + iy as usize) * g.w + ix as usize]
-                        } else {
-                            0.0
-                        };
+                        if iy >= 0 && iy < g.h as isize && ix >= 0 && ix < g.w as isize {
+                            rows[(oy * g.ow + ox) * k + (ci * g.kh + ky) * g.kw + kx] =
+                                codes[(ci * g.h + iy as usize) * g.w + ix as usize];
+                        }
                     }
                 }
             }
         }
     }
+    rows
 }
 
 /// Builds a `QConv` case: a random f32 weight `[m, c/group, kh, kw]` packed
-/// as W8A8 with `outliers` f32 columns.
-#[allow(clippy::too_many_arguments)]
+/// as W8A8.
 pub fn case(
     rng: &mut CaseRng,
     x: [usize; 4],
@@ -365,13 +369,10 @@ pub fn case(
     k: [usize; 2],
     group: usize,
     window: Window,
-    outliers: u32,
     bias: bool,
 ) -> OpCase {
     let kk = x[1] / group * k[0] * k[1];
-    let format = WeightFormat::W8A8 {
-        outliers: outliers.min(kk as u32),
-    };
+    let format = WeightFormat::W8A8 { outliers: 0 };
     let w = rng.tensor(&[m, kk], -1.0, 1.0);
     let packed = match w
         .as_f32()
@@ -418,10 +419,10 @@ fn build(attrs: &Attrs) -> Result<Arc<dyn Op>, OpError> {
             })
         })?;
     format.validate()?;
-    if !matches!(format, WeightFormat::W8A8 { .. }) {
+    if format != (WeightFormat::W8A8 { outliers: 0 }) {
         return Err(OpError::Attribute {
             name: "format".into(),
-            message: format!("QConv takes w8a8 weights, not {format}"),
+            message: format!("QConv takes w8a8 weights without outlier channels, not {format}"),
         });
     }
     let window = Window::from_attrs(attrs, true)?;
@@ -490,7 +491,6 @@ pub const QCONV: OpDef = OpDef {
                 [3, 3],
                 1,
                 window([1; 4], [1, 1], [1, 1], AutoPad::NotSet),
-                0,
                 true,
             ),
             case(
@@ -500,7 +500,6 @@ pub const QCONV: OpDef = OpDef {
                 [3, 3],
                 1,
                 window([1; 4], [1, 1], [1, 1], AutoPad::NotSet),
-                0,
                 true,
             ),
             case(
@@ -510,7 +509,6 @@ pub const QCONV: OpDef = OpDef {
                 [3, 3],
                 1,
                 window([1, 0, 2, 1], [2, 1], [1, 1], AutoPad::NotSet),
-                2,
                 false,
             ),
             case(
@@ -520,7 +518,6 @@ pub const QCONV: OpDef = OpDef {
                 [3, 2],
                 2,
                 window([0; 4], [2, 1], [1, 2], AutoPad::NotSet),
-                1,
                 true,
             ),
             case(
@@ -530,11 +527,10 @@ pub const QCONV: OpDef = OpDef {
                 [3, 3],
                 3,
                 window([0; 4], [1, 1], [1, 1], AutoPad::SameUpper),
-                0,
                 true,
             ),
-            case(&mut rng, [2, 16, 5, 7], 12, [1, 1], 4, plain.clone(), 0, true),
-            case(&mut rng, [1, 32, 6, 6], 40, [3, 3], 1, plain, 8, true),
+            case(&mut rng, [2, 16, 5, 7], 12, [1, 1], 4, plain.clone(), true),
+            case(&mut rng, [1, 32, 6, 6], 40, [3, 3], 1, plain, true),
         ]
     },
     sample: |rng| {
@@ -546,16 +542,14 @@ pub const QCONV: OpDef = OpDef {
         let (s, p) = (rng.range(1, 2), rng.range(0, 1));
         let n = rng.range(1, 3);
         let bias = rng.next_u64().is_multiple_of(2);
-        let outliers = rng.range(0, 2) as u32;
         let win = window([p, 0, 0, p], [s, s], [1, 1], AutoPad::NotSet);
-        case(rng, [n, c, h, w], m, k, group, win, outliers, bias)
+        case(rng, [n, c, h, w], m, k, group, win, bias)
     },
 };
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::linalg::int8::conv::fill_patch_rows;
     use crate::ops::conv::Conv;
 
     fn cases() -> Vec<OpCase> {
@@ -564,11 +558,11 @@ mod tests {
         let mut v = (QCONV.cases)();
         // The digits CNN's layers at batch 64 (threaded products), a wide
         // layer with odd sizes, a grouped strided one.
-        v.push(case(&mut rng, [64, 1, 8, 8], 8, [3, 3], 1, pad1.clone(), 0, true));
-        v.push(case(&mut rng, [64, 8, 4, 4], 16, [3, 3], 1, pad1.clone(), 0, true));
-        v.push(case(&mut rng, [3, 19, 11, 9], 37, [3, 3], 1, pad1, 3, true));
+        v.push(case(&mut rng, [64, 1, 8, 8], 8, [3, 3], 1, pad1.clone(), true));
+        v.push(case(&mut rng, [64, 8, 4, 4], 16, [3, 3], 1, pad1.clone(), true));
+        v.push(case(&mut rng, [3, 19, 11, 9], 37, [3, 3], 1, pad1, true));
         let strided = window([0, 1, 1, 0], [2, 2], [1, 1], AutoPad::NotSet);
-        v.push(case(&mut rng, [5, 6, 12, 12], 12, [3, 3], 6, strided, 0, false));
+        v.push(case(&mut rng, [5, 6, 12, 12], 12, [3, 3], 6, strided, false));
         v
     }
 
@@ -595,6 +589,17 @@ mod tests {
                 assert_eq!(a.to_bits(), b.to_bits(), "{} at {i}: {a} vs {b}", c.name);
             }
             let qc = c.op.downcast_ref::<QConv>().unwrap();
+            // The AVX2 kernel too where VNNI would be chosen.
+            let (s, x, packed, bias) = qc.split(&inputs, true).unwrap();
+            let avx2: Option<Vec<PackedW8A8>> = (0..qc.group)
+                .map(|g| PackedW8A8::new_avx2(&qc.group_weights(&packed, g).unwrap()))
+                .collect();
+            if let Some(avx2) = avx2 {
+                let groups: Vec<W8A8Gemm> = avx2.iter().map(W8A8Gemm::Packed).collect();
+                for (i, (a, b)) in conv2d_w8a8(&s, x, &groups, bias, false).iter().zip(w).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{} avx2 at {i}: {a} vs {b}", c.name);
+                }
+            }
             let fused = c.op.cpu_prepared(&inputs, &qc.with_relu(&p).unwrap()).unwrap();
             for (i, (a, b)) in fused[0].as_f32().unwrap().iter().zip(w).enumerate() {
                 let r = if *b < 0.0 { 0.0 } else { *b };
@@ -604,9 +609,10 @@ mod tests {
     }
 
     /// Against the f32 convolution of the dequantized weight: each output
-    /// differs by at most `s·Σ_k |ŵ_k|`, `s` its patch's activation step
-    /// (each code is within one step of its value: half a step of rounding,
-    /// and the zero point's rounding or the clamp at 255 at most another half).
+    /// differs by at most `s·Σ_k |ŵ_k|`, `s` its image and group's
+    /// activation step (each code is within one step of its value: half a
+    /// step of rounding, and the zero point's rounding or the clamp at 255
+    /// at most another half; the padding's code is exactly 0.0).
     #[test]
     fn close_to_f32_conv_of_dequantized_weights() {
         for c in cases() {
@@ -628,22 +634,16 @@ mod tests {
             let got = c.op.cpu(&inputs).unwrap();
             let s = qc.shape(inputs[0].shape()).unwrap();
             let (pix, mg, x) = (s.geom.oh * s.geom.ow, n / qc.group, inputs[0].as_f32().unwrap());
-            let outl = match qc.format {
-                WeightFormat::W8A8 { .. } if np == 5 => inputs[4].as_slice::<i32>().unwrap().to_vec(),
-                _ => Vec::new(),
-            };
+            let plane = s.geom.h * s.geom.w;
             let (g, w) = (got[0].as_f32().unwrap(), want[0].as_f32().unwrap());
-            let mut rows = vec![0.0f32; pix * k];
             for im in 0..s.n {
                 for gi in 0..qc.group {
-                    let planes = &x[(im * s.c + gi * cg) * s.geom.h * s.geom.w..];
-                    fill_patch_rows(&s.geom, planes, cg, &mut rows);
-                    for (p, row) in rows.chunks(k).enumerate() {
-                        let kept = row.iter().enumerate().filter(|(t, _)| !outl.contains(&(*t as i32)));
-                        let (lo, hi) = kept.fold((0.0f32, 0.0f32), |(l, h), (_, &v)| (l.min(v), h.max(v)));
-                        let step = (hi - lo) / 255.0;
-                        for j in gi * mg..(gi + 1) * mg {
-                            let l1: f32 = wdq[j * k..(j + 1) * k].iter().map(|v| v.abs()).sum();
+                    let planes = &x[(im * s.c + gi * cg) * plane..][..cg * plane];
+                    let (lo, hi) = planes.iter().fold((0.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
+                    let step = (hi - lo) / 255.0;
+                    for j in gi * mg..(gi + 1) * mg {
+                        let l1: f32 = wdq[j * k..(j + 1) * k].iter().map(|v| v.abs()).sum();
+                        for p in 0..pix {
                             let e = (im * n + j) * pix + p;
                             let bound = step * l1 * 1.001 + 1e-5 * (1.0 + w[e].abs());
                             assert!(

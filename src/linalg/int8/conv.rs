@@ -1,23 +1,32 @@
-//! W8A8 convolution: im2col rows (one per output pixel: that pixel's
-//! `c/group·kh·kw` input patch, 0 in the padding) through the W8A8 layer —
-//! each patch quantized to uint8 with its own scale and zero point, int8
-//! weights per output channel, int32 sums — then written out as NCHW.
+//! W8A8 convolution. Each image's input channels of one group are
+//! quantized together to uint8 (W8A8's activation quantization,
+//! [`super::quantize_row_u8`], over the group's `c/group·h·w` values: one
+//! scale and zero point per image and group); im2col then copies codes
+//! (the padding gets the zero point's code, which stands for 0.0) into one
+//! row per output pixel; int8 weights per output channel multiply them with
+//! int32 sums; the epilogue is W8A8 Linear's.
 //!
-//! Per-patch activation ranges are W8A8 Linear's per-row ranges applied to
-//! the convolution's GEMM rows: no calibration, and each output pixel's
-//! error scales with its own patch's range rather than the whole tensor's.
+//! One range per image rather than per output pixel's patch: the patch
+//! rows repeat every input value `kh·kw` times, so quantizing them costs
+//! `kh·kw` times the quantization of the image and made the digits CNN's
+//! W8A8 convolutions 6× slower than its f32 ones at batch 64, while the
+//! accuracy was the same (0.9733 either way on the 450 held-out digits;
+//! logits' relative RMS error to f32 1.55% per patch, 1.58% per image).
+//! Per image, not per batch: a sample's outputs do not depend on the other
+//! samples in its batch.
 
 use rayon::prelude::*;
 
-use super::{w8a8_portable, PackedW8A8, W8A8Weights};
+use super::{gemm_u8i8, quantize_row_u8, Codes, PackedW8A8, W8A8Weights};
 use crate::linalg::conv::{ConvShape, Im2col};
 
 /// One group's W8A8 product: the packed fast kernel, or the portable loop.
+/// The weight has no outlier columns.
 #[derive(Clone, Debug)]
 pub enum W8A8Gemm<'a> {
-    /// [`PackedW8A8::run`] (VNNI or AVX2).
+    /// [`PackedW8A8::run_codes`] (VNNI or AVX2).
     Packed(&'a PackedW8A8),
-    /// [`w8a8_portable`].
+    /// [`gemm_u8i8`] and W8A8's epilogue in plain loops.
     Portable(W8A8Weights<'a>),
 }
 
@@ -30,24 +39,30 @@ impl W8A8Gemm<'_> {
         }
     }
 
-    /// `y [m, n]` for `x [m, k]`; both forms give the same bits.
-    pub fn run(&self, x: &[f32], m: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+    fn has_outliers(&self) -> bool {
         match self {
-            W8A8Gemm::Packed(p) => p.run(x, m, bias, y),
-            W8A8Gemm::Portable(w) => w8a8_portable(x, m, w, bias, y),
+            W8A8Gemm::Packed(p) => p.has_outliers(),
+            W8A8Gemm::Portable(w) => !w.outliers.is_empty(),
         }
     }
 }
 
-/// im2col rows per chunk of images, in floats (1 MiB).
-const ROWS_MAX: usize = 1 << 18;
+/// An activation code type: `u8` (VNNI and portable) or `i16` (AVX2).
+pub trait Code: Copy + Default + Send + Sync {
+    /// The code of a zero point (0..=255).
+    fn from_z(z: i32) -> Self;
+}
 
-/// Fills `rows` (`oh·ow` rows of `cg·kh·kw`) with the input patch of each
-/// output pixel of one image's group: `x` holds its `cg` planes.
-pub fn fill_patch_rows(g: &Im2col, x: &[f32], cg: usize, rows: &mut [f32]) {
-    let mut pad = Vec::new();
-    pad_planes(g, x, cg, &mut pad);
-    fill_from_padded(g, &pad, cg, rows);
+impl Code for u8 {
+    fn from_z(z: i32) -> Self {
+        z as u8
+    }
+}
+
+impl Code for i16 {
+    fn from_z(z: i32) -> Self {
+        z as i16
+    }
 }
 
 /// The padded plane's height and width: every tap of every output pixel
@@ -60,26 +75,30 @@ fn padded_dims(g: &Im2col) -> (usize, usize) {
     )
 }
 
-/// `cg` planes of `x` copied into `pad` with zero borders (top and left
-/// pads before, what the windows reach after).
-fn pad_planes(g: &Im2col, x: &[f32], cg: usize, pad: &mut Vec<f32>) {
+/// Fills `rows` (`oh·ow` rows of `row_len`) with each output pixel's input
+/// patch of one image's group, taps in `(c, ky, kx)` order: `x` holds the
+/// group's `cg` planes, `zero` stands for the padding, and the row past its
+/// `cg·kh·kw` taps gets `T::default()`. `pad` is scratch.
+pub fn fill_patch_rows<T: Copy + Default>(
+    g: &Im2col,
+    x: &[T],
+    cg: usize,
+    zero: T,
+    pad: &mut Vec<T>,
+    rows: &mut [T],
+    row_len: usize,
+) {
     let (ph, pw) = padded_dims(g);
     pad.clear();
-    pad.resize(cg * ph * pw, 0.0);
+    pad.resize(cg * ph * pw, zero);
     for c in 0..cg {
         for iy in 0..g.h {
             let dst = &mut pad[(c * ph + iy + g.pad[0]) * pw + g.pad[1]..][..g.w];
             dst.copy_from_slice(&x[(c * g.h + iy) * g.w..][..g.w]);
         }
     }
-}
-
-/// The patch rows read from padded planes: per output pixel, per channel
-/// and kernel row, `kw` values at stride `dx` (no bounds to test).
-fn fill_from_padded(g: &Im2col, pad: &[f32], cg: usize, rows: &mut [f32]) {
-    let (ph, pw) = padded_dims(g);
     let (kk, dx) = (cg * g.kh * g.kw, g.d[1]);
-    for (p, row) in rows.chunks_exact_mut(kk.max(1)).take(g.oh * g.ow).enumerate() {
+    for (p, row) in rows.chunks_exact_mut(row_len.max(1)).take(g.oh * g.ow).enumerate() {
         let (oy, ox) = (p / g.ow.max(1), p % g.ow.max(1));
         let mut t = 0;
         for c in 0..cg {
@@ -92,18 +111,95 @@ fn fill_from_padded(g: &Im2col, pad: &[f32], cg: usize, rows: &mut [f32]) {
                 t += g.kw;
             }
         }
+        for d in &mut row[kk..] {
+            *d = T::default();
+        }
+    }
+}
+
+/// What one chunk of images needs: patch rows of codes and each row's
+/// scale and zero point.
+struct Chunk<T> {
+    rows: Vec<T>,
+    xs: Vec<f32>,
+    xz: Vec<i32>,
+}
+
+impl<T: Code> Chunk<T> {
+    fn new() -> Self {
+        Self {
+            rows: Vec::new(),
+            xs: Vec::new(),
+            xz: Vec::new(),
+        }
+    }
+
+    /// Images `n0..n0+nb`, group `gi`: each image's group quantized by
+    /// `quant` (codes and `(s, z)` of one contiguous slice), then its
+    /// patch rows of `row_len` codes.
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &mut self,
+        s: &ConvShape,
+        x: &[f32],
+        n0: usize,
+        nb: usize,
+        gi: usize,
+        row_len: usize,
+        quant: &(impl Fn(&[f32], &mut [T]) -> (f32, i32) + Sync),
+    ) {
+        let g = &s.geom;
+        let (cg, plane, pix) = (s.c / s.group, g.h * g.w, g.oh * g.ow);
+        self.rows.resize(nb * pix * row_len, T::default());
+        self.xs.resize(nb * pix, 0.0);
+        self.xz.resize(nb * pix, 0);
+        let image = |(codes, pad): &mut (Vec<T>, Vec<T>), (i, ((rows, xs), xz)): (usize, RowsOf<T>)| {
+            codes.resize(cg * plane, T::default());
+            let (sc, z) = quant(&x[((n0 + i) * s.c + gi * cg) * plane..][..cg * plane], codes);
+            fill_patch_rows(g, codes, cg, T::from_z(z), pad, rows, row_len);
+            xs.fill(sc);
+            xz.fill(z);
+        };
+        let jobs = self
+            .rows
+            .chunks_mut((pix * row_len).max(1))
+            .zip(self.xs.chunks_mut(pix.max(1)))
+            .zip(self.xz.chunks_mut(pix.max(1)));
+        if nb > 1 && nb * pix * row_len >= 1 << 16 {
+            let jobs: Vec<_> = jobs.enumerate().collect();
+            jobs.into_par_iter()
+                .for_each_init(|| (Vec::new(), Vec::new()), |buf, job| image(buf, job));
+        } else {
+            let mut buf = (Vec::new(), Vec::new());
+            jobs.enumerate().for_each(|job| image(&mut buf, job));
+        }
+    }
+}
+
+/// One image's patch rows, row scales and row zero points.
+type RowsOf<'a, T> = ((&'a mut [T], &'a mut [f32]), &'a mut [i32]);
+
+/// W8A8's epilogue in plain loops over int32 sums `acc [m, n]`:
+/// `((acc - z_i·wsum_j) as f32)·(s_i·scale_j) + 0 + b_j`, the kernels' order.
+fn epilogue(acc: &[i32], w: &W8A8Weights, xs: &[f32], xz: &[i32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let n = w.n.max(1);
+    for (i, (yr, ar)) in y.chunks_mut(n).zip(acc.chunks(n)).enumerate() {
+        for (j, (d, &a)) in yr.iter_mut().zip(ar).enumerate() {
+            *d = (a - xz[i] * w.wsum[j]) as f32 * (xs[i] * w.scale[j]) + 0.0 + bias.map_or(0.0, |b| b[j]);
+        }
     }
 }
 
 /// `y [n, m, oh, ow]` = the W8A8 convolution of `x [n, c, h, w]` with one
 /// W8A8 weight per group (`w[g]`: `m/group` outputs of `c/group·kh·kw`
-/// inputs, taps in `(c, ky, kx)` order), plus `bias [m]`, then ReLU when
-/// `relu`. Images go through in chunks: their patch rows, one W8A8 product
-/// per group (threaded inside for large products), then the outputs moved
-/// to NCHW.
+/// inputs, taps in `(c, ky, kx)` order, no outlier columns), plus
+/// `bias [m]`, then ReLU when `relu`. Images go through in chunks: per
+/// group, each image's codes and patch rows (images in parallel when
+/// large), one product (threaded inside when large), then the outputs
+/// moved to NCHW. Packed and portable weights give the same bits.
 ///
 /// # Panics
-/// If `x`, `w` or `bias` do not match the shape.
+/// If `x`, `w` or `bias` do not match the shape, or a weight has outlier columns.
 pub fn conv2d_w8a8(s: &ConvShape, x: &[f32], w: &[W8A8Gemm], bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
     let g = &s.geom;
     let (cg, mg) = (s.c / s.group.max(1), s.m / s.group.max(1));
@@ -111,7 +207,7 @@ pub fn conv2d_w8a8(s: &ConvShape, x: &[f32], w: &[W8A8Gemm], bias: Option<&[f32]
     assert!(
         x.len() >= s.n * s.c * plane
             && w.len() == s.group
-            && w.iter().all(|p| p.dims() == (mg, kk))
+            && w.iter().all(|p| p.dims() == (mg, kk) && !p.has_outliers())
             && bias.is_none_or(|b| b.len() >= s.m),
         "conv2d_w8a8 sizes"
     );
@@ -120,37 +216,71 @@ pub fn conv2d_w8a8(s: &ConvShape, x: &[f32], w: &[W8A8Gemm], bias: Option<&[f32]
         return y;
     }
     let chunk = (ROWS_MAX / (pix * kk).max(1)).clamp(1, s.n);
-    let mut rows = vec![0.0f32; chunk * pix * kk];
     let mut out = vec![0.0f32; chunk * pix * mg];
-    let mut pad = Vec::new();
+    let (mut bytes, mut words) = (Chunk::<u8>::new(), Chunk::<i16>::new());
+    let mut acc = Vec::new();
     for n0 in (0..s.n).step_by(chunk) {
         let nb = chunk.min(s.n - n0);
         for (gi, wg) in w.iter().enumerate() {
-            let fill = |pad: &mut Vec<f32>, (i, r): (usize, &mut [f32])| {
-                pad_planes(g, &x[((n0 + i) * s.c + gi * cg) * plane..][..cg * plane], cg, pad);
-                fill_from_padded(g, pad, cg, r);
-            };
-            let rows = &mut rows[..nb * pix * kk];
-            if rows.len() >= 1 << 16 && nb > 1 {
-                rows.par_chunks_mut(pix * kk).enumerate().for_each_init(Vec::new, fill);
-            } else {
-                rows.chunks_mut(pix * kk)
-                    .enumerate()
-                    .for_each(|job| fill(&mut pad, job));
-            }
-            let out = &mut out[..nb * pix * mg];
-            wg.run(rows, nb * pix, bias.map(|b| &b[gi * mg..][..mg]), out);
-            // [nb, pix, mg] -> y[n0 + i, gi·mg + j, pix].
-            for (i, img) in out.chunks(pix * mg).enumerate() {
-                let yi = &mut y[((n0 + i) * s.m + gi * mg) * pix..][..mg * pix];
-                for (p, o) in img.chunks(mg).enumerate() {
-                    for (j, &v) in o.iter().enumerate() {
-                        // ReLU as the `Relu` op computes it (NaN and -0.0 pass).
-                        yi[j * pix + p] = if relu && v < 0.0 { 0.0 } else { v };
+            let (m, out) = (nb * pix, &mut out[..nb * pix * mg]);
+            let b = bias.map(|b| &b[gi * mg..][..mg]);
+            match wg {
+                W8A8Gemm::Packed(p) => match p.code_row_len() {
+                    len if p.is_vnni() => {
+                        let q = |x: &[f32], c: &mut [u8]| super::quantize_row_padded(x, &[], c);
+                        bytes.fill(s, x, n0, nb, gi, len, &q);
+                        p.run_codes(Codes::U8(&bytes.rows), m, &bytes.xs, &bytes.xz, b, out);
                     }
+                    len => {
+                        words.fill(s, x, n0, nb, gi, len, &quantize_i16);
+                        p.run_codes(Codes::I16(&words.rows), m, &words.xs, &words.xz, b, out);
+                    }
+                },
+                W8A8Gemm::Portable(wp) => {
+                    let q = |x: &[f32], c: &mut [u8]| crate::linalg::simd(|| quantize_row_u8(x, None, c));
+                    bytes.fill(s, x, n0, nb, gi, kk, &q);
+                    acc.resize(m * mg, 0);
+                    gemm_u8i8(&bytes.rows, m, wp.q, mg, kk, &mut acc);
+                    epilogue(&acc, wp, &bytes.xs, &bytes.xz, b, out);
                 }
             }
+            scatter(out, &mut y, s, n0, gi, relu);
         }
     }
     y
+}
+
+/// Patch rows per chunk of images, in codes (256 Ki).
+const ROWS_MAX: usize = 1 << 18;
+
+/// [`super::avx2::quantize_row`] where AVX2 exists (an AVX2 weight was
+/// packed), else the portable codes widened.
+fn quantize_i16(x: &[f32], q: &mut [i16]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::avx2::available() {
+            // SAFETY: AVX2 detected; `q` holds `x.len()` codes.
+            return unsafe { super::avx2::quantize_row(x, &[], q) };
+        }
+    }
+    let mut b = vec![0u8; x.len()];
+    let r = quantize_row_u8(x, None, &mut b);
+    for (d, &v) in q.iter_mut().zip(&b) {
+        *d = v as i16;
+    }
+    r
+}
+
+/// Group `gi`'s outputs `[nb, pix, mg]` into `y[n0 + i, gi·mg + j, pix]`,
+/// ReLU as the `Relu` op computes it (NaN and -0.0 pass) when `relu`.
+fn scatter(out: &[f32], y: &mut [f32], s: &ConvShape, n0: usize, gi: usize, relu: bool) {
+    let (pix, mg) = (s.geom.oh * s.geom.ow, s.m / s.group);
+    for (i, img) in out.chunks(pix * mg).enumerate() {
+        let yi = &mut y[((n0 + i) * s.m + gi * mg) * pix..][..mg * pix];
+        for (p, o) in img.chunks(mg).enumerate() {
+            for (j, &v) in o.iter().enumerate() {
+                yi[j * pix + p] = if relu && v < 0.0 { 0.0 } else { v };
+            }
+        }
+    }
 }
