@@ -97,21 +97,44 @@ pub fn fill_patch_rows<T: Copy + Default>(
             dst.copy_from_slice(&x[(c * g.h + iy) * g.w..][..g.w]);
         }
     }
+    let rows = &mut rows[..g.oh * g.ow * row_len];
+    // Fixed-width copies for the common unit-dilation kernel widths.
+    match (g.kw, g.d[1]) {
+        (1, 1) => fill_rows::<T, 1>(g, pad, cg, rows, row_len),
+        (2, 1) => fill_rows::<T, 2>(g, pad, cg, rows, row_len),
+        (3, 1) => fill_rows::<T, 3>(g, pad, cg, rows, row_len),
+        (5, 1) => fill_rows::<T, 5>(g, pad, cg, rows, row_len),
+        (7, 1) => fill_rows::<T, 7>(g, pad, cg, rows, row_len),
+        _ => fill_rows::<T, 0>(g, pad, cg, rows, row_len),
+    }
+}
+
+/// The patch rows from the padded planes: per output pixel, channel and
+/// kernel row, `kw` codes (`KW` of them at unit dilation; any `kw` at
+/// stride `dx` when `KW` is 0); past the taps, `T::default()`.
+#[inline(always)]
+fn fill_rows<T: Copy + Default, const KW: usize>(g: &Im2col, pad: &[T], cg: usize, rows: &mut [T], row_len: usize) {
+    let (ph, pw) = padded_dims(g);
     let (kk, dx) = (cg * g.kh * g.kw, g.d[1]);
-    for (p, row) in rows.chunks_exact_mut(row_len.max(1)).take(g.oh * g.ow).enumerate() {
+    for (p, row) in rows.chunks_exact_mut(row_len.max(1)).enumerate() {
         let (oy, ox) = (p / g.ow.max(1), p % g.ow.max(1));
-        let mut t = 0;
+        let (taps, rest) = row.split_at_mut(kk);
+        let mut segs = taps.chunks_exact_mut(g.kw.max(1));
         for c in 0..cg {
-            for ky in 0..g.kh {
-                let at = (c * ph + oy * g.s[0] + ky * g.d[0]) * pw + ox * g.s[1];
-                let src = &pad[at..at + (g.kw - 1) * dx + 1];
-                for (kx, d) in row[t..t + g.kw].iter_mut().enumerate() {
-                    *d = src[kx * dx];
+            let base = c * ph * pw + oy * g.s[0] * pw + ox * g.s[1];
+            for (ky, dst) in (0..g.kh).zip(&mut segs) {
+                let at = base + ky * g.d[0] * pw;
+                if KW > 0 {
+                    // A constant length: a few moves, no memcpy call.
+                    dst[..KW].copy_from_slice(&pad[at..at + KW]);
+                } else {
+                    for (kx, d) in dst.iter_mut().enumerate() {
+                        *d = pad[at + kx * dx];
+                    }
                 }
-                t += g.kw;
             }
         }
-        for d in &mut row[kk..] {
+        for d in rest {
             *d = T::default();
         }
     }
@@ -277,9 +300,10 @@ fn scatter(out: &[f32], y: &mut [f32], s: &ConvShape, n0: usize, gi: usize, relu
     let (pix, mg) = (s.geom.oh * s.geom.ow, s.m / s.group);
     for (i, img) in out.chunks(pix * mg).enumerate() {
         let yi = &mut y[((n0 + i) * s.m + gi * mg) * pix..][..mg * pix];
-        for (p, o) in img.chunks(mg).enumerate() {
-            for (j, &v) in o.iter().enumerate() {
-                yi[j * pix + p] = if relu && v < 0.0 { 0.0 } else { v };
+        for (j, yr) in yi.chunks_exact_mut(pix.max(1)).enumerate() {
+            for (d, o) in yr.iter_mut().zip(img.chunks_exact(mg)) {
+                let v = o[j];
+                *d = if relu && v < 0.0 { 0.0 } else { v };
             }
         }
     }
