@@ -35,6 +35,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                       quantize_static)
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare_ort import ROOT, ort_p50_ms, ort_session, wginfer_bench  # noqa: E402
@@ -74,12 +75,18 @@ class Reader(CalibrationDataReader):
 
 
 def ort_int8(model, out_dir, calibration):
-    """onnxruntime's static (QDQ) and dynamic int8 forms of `model`."""
+    """onnxruntime's static (QDQ) and dynamic int8 forms of `model`, after
+    its pre-processing (shape inference, graph optimization: BatchNormalization
+    folded into Conv)."""
     name, shape = input_shape(model)
+    pre = os.path.join(out_dir, "pre.onnx")
+    quant_pre_process(model, pre, skip_symbolic_shape=True)
+    model = pre
     static, dynamic = os.path.join(out_dir, "ort_static.onnx"), os.path.join(out_dir, "ort_dynamic.onnx")
     samples = calibration.reshape([-1] + shape).astype(np.float32)
     quantize_static(model, static, Reader(name, samples), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    # (ConvInteger and MatMulInteger; their outputs rescaled in f32.)
     quantize_dynamic(model, dynamic, per_channel=True, weight_type=QuantType.QInt8)
     return static, dynamic
 
