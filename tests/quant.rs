@@ -448,7 +448,7 @@ fn w8a8_known_values_and_prepared_path() {
         let consts: Vec<Option<&Tensor>> = (0..inputs.len()).map(|i| (i > 0).then(|| inputs[i])).collect();
         let plain = op.cpu(&inputs).expect("cpu")[0].to_f32_vec();
         let Some(p) = op.prepare_cpu(&consts) else {
-            common::skip("prepared W8A8 needs AVX-512 VNNI, which this CPU lacks");
+            common::skip("prepared W8A8 needs AVX-512 VNNI or AVX2, which this CPU lacks");
             return;
         };
         let fast = op.cpu_prepared(&inputs, &p).expect("prepared")[0].to_f32_vec();

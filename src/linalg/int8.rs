@@ -7,6 +7,10 @@ use rayon::prelude::*;
 
 use super::round;
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+pub mod conv;
+
 /// Quantizes each row of `k` values symmetrically to int8: `s = max|x|/127`,
 /// `q = round(x/s)`. Returns the values and one scale per row (1 for a zero row).
 pub fn quantize_rows_i8(x: &[f32], k: usize) -> (Vec<i8>, Vec<f32>) {
@@ -360,25 +364,42 @@ pub fn gemm_i8_packed(x: &[i8], m: usize, w: &PackedI8, out: &mut [i32]) {
 }
 
 /// A W8A8 weight prepared for the fast CPU path: the codes packed for the
-/// VNNI kernel ([`PackedI8`]), the scales, and the outlier columns with
-/// their f32 weights transposed to `[c, n]` (padded) for the epilogue.
+/// VNNI kernel ([`PackedI8`]) or, on AVX2 CPUs without it, widened for the
+/// AVX2 kernel ([`avx2::PackedI16`]); the scales, and the outlier columns
+/// with their f32 weights transposed to `[c, n]` (padded) for the epilogue.
 #[derive(Clone, Debug)]
 pub struct PackedW8A8 {
-    w: PackedI8,
+    w: Kernel,
     scale: Vec<f32>,
     outliers: Vec<usize>,
     owt: Vec<f32>,
 }
 
-/// One row's activation quantization: its codes, its values, its scale and
-/// zero point, its outlier values.
-type RowJob<'a> = (((&'a mut [u8], &'a [f32]), (&'a mut f32, &'a mut i32)), &'a mut [f32]);
+/// Activation codes in the form a [`PackedW8A8`] kernel reads
+/// ([`PackedW8A8::code_row_len`] per row).
+#[derive(Clone, Copy, Debug)]
+pub enum Codes<'a> {
+    /// uint8 codes (the VNNI kernel).
+    U8(&'a [u8]),
+    /// The uint8 codes widened to int16 (the AVX2 kernel).
+    I16(&'a [i16]),
+}
 
-/// Per-thread scratch of [`PackedW8A8::run`]: activation codes `[m, k4]`,
-/// row scales and zero points, outlier activations `[m, c]`.
+/// The packed codes of a [`PackedW8A8`], for the kernel this CPU runs.
+#[derive(Clone, Debug)]
+enum Kernel {
+    Vnni(PackedI8),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(avx2::PackedI16),
+}
+
+/// Per-thread scratch of [`PackedW8A8::run`]: activation codes `[m, k4]`
+/// (VNNI) or int16 codes `[m, k2]` (AVX2), row scales and zero points,
+/// outlier activations `[m, c]`.
 #[derive(Default)]
 struct Scratch {
     xu: Vec<u8>,
+    xw: Vec<i16>,
     xs: Vec<f32>,
     xz: Vec<i32>,
     xo: Vec<f32>,
@@ -389,11 +410,34 @@ thread_local! {
 }
 
 impl PackedW8A8 {
-    /// Prepares a W8A8 weight; `None` without AVX-512 VNNI.
+    /// Prepares a W8A8 weight for the VNNI kernel, else for the AVX2 one;
+    /// `None` on CPUs with neither.
     pub fn new(weights: &W8A8Weights) -> Option<Self> {
-        let (n, k, c) = (weights.n, weights.k, weights.outliers.len());
+        match PackedI8::new(weights.q, weights.n, weights.k) {
+            Some(w) => Some(Self::with(weights, Kernel::Vnni(w))),
+            None => Self::new_avx2(weights),
+        }
+    }
+
+    /// Prepares a W8A8 weight for the AVX2 kernel even where VNNI exists
+    /// (for tests and comparisons); `None` without AVX2.
+    pub fn new_avx2(weights: &W8A8Weights) -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let w = avx2::PackedI16::new(weights.q, weights.n, weights.k)?;
+            Some(Self::with(weights, Kernel::Avx2(w)))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = weights;
+            None
+        }
+    }
+
+    fn with(weights: &W8A8Weights, w: Kernel) -> Self {
+        let (n, c) = (weights.n, weights.outliers.len());
         let (scale, outliers, ow) = (weights.scale, &weights.outliers, weights.outlier_weight);
-        let w = PackedI8::new(weights.q, n, k)?;
+        // Padded to whole blocks of either kernel (NB is a multiple of avx2::NB).
         let n_pad = n.div_ceil(NB) * NB;
         let mut sp = vec![0.0f32; n_pad];
         sp[..n].copy_from_slice(&scale[..n]);
@@ -403,22 +447,98 @@ impl PackedW8A8 {
                 owt[t * n_pad + j] = ow[j * c + t];
             }
         }
-        Some(Self {
+        Self {
             w,
             scale: sp,
             outliers: outliers.to_vec(),
             owt,
-        })
+        }
     }
 
     /// Outputs.
     pub fn n(&self) -> usize {
-        self.w.n
+        self.dims().0
     }
 
     /// Inputs.
     pub fn k(&self) -> usize {
-        self.w.k
+        self.dims().1
+    }
+
+    fn dims(&self) -> (usize, usize) {
+        match &self.w {
+            Kernel::Vnni(w) => (w.n, w.k),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(w) => (w.n, w.k),
+        }
+    }
+
+    /// Whether the weight is packed for the AVX-512 VNNI kernel (else AVX2).
+    pub fn is_vnni(&self) -> bool {
+        matches!(self.w, Kernel::Vnni(_))
+    }
+
+    /// Whether the weight keeps outlier columns in f32.
+    pub fn has_outliers(&self) -> bool {
+        !self.outliers.is_empty()
+    }
+
+    /// The length of one row of activation codes its kernel reads: `k`
+    /// rounded up to 4 (VNNI, [`Codes::U8`]) or to 2 (AVX2, [`Codes::I16`]).
+    pub fn code_row_len(&self) -> usize {
+        match &self.w {
+            Kernel::Vnni(w) => w.k.div_ceil(4) * 4,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(w) => w.k2(),
+        }
+    }
+
+    /// `y [m, n]` from activations already quantized: `m` rows of
+    /// [`Self::code_row_len`] codes (0 past `k`) in the form this kernel
+    /// reads, each row's scale `xs[i]` and zero point `xz[i]`; then the
+    /// epilogue of [`Self::run`] (no outlier columns: the weight must have none).
+    ///
+    /// # Panics
+    /// If the sizes do not fit, the codes are not this kernel's form, or the
+    /// weight has outlier columns.
+    pub fn run_codes(&self, codes: Codes, m: usize, xs: &[f32], xz: &[i32], bias: Option<&[f32]>, y: &mut [f32]) {
+        let (n, row) = (self.n(), self.code_row_len());
+        let len = match codes {
+            Codes::U8(c) => c.len(),
+            Codes::I16(c) => c.len(),
+        };
+        assert!(
+            len >= m * row
+                && xs.len() >= m
+                && xz.len() >= m
+                && bias.is_none_or(|b| b.len() >= n)
+                && y.len() >= m * n
+                && self.outliers.is_empty(),
+            "PackedW8A8::run_codes sizes"
+        );
+        if m == 0 || n == 0 {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let epi = packed::Epilogue::W8A8 {
+                xs: xs.as_ptr(),
+                z: xz.as_ptr(),
+                ws: self.scale.as_ptr(),
+                bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+                // Not read: no outlier columns.
+                xo: xs.as_ptr(),
+                owt: self.owt.as_ptr(),
+                c: 0,
+                n_pad: self.scale.len(),
+                y: y.as_mut_ptr(),
+            };
+            match (&self.w, codes) {
+                (Kernel::Vnni(w), Codes::U8(c)) => packed::gemm(c, m, w, epi),
+                (Kernel::Avx2(w), Codes::I16(c)) => avx2::gemm(c, m, w, epi),
+                _ => panic!("PackedW8A8::run_codes: codes not in this kernel's form"),
+            }
+        }
     }
 
     /// `y [m, n]` for `x [m, k]`: the activations quantized per row as
@@ -427,7 +547,7 @@ impl PackedW8A8 {
     /// in registers as each tile finishes (f32 operations in that order: the
     /// same values as the portable path).
     pub fn run(&self, x: &[f32], m: usize, bias: Option<&[f32]>, y: &mut [f32]) {
-        let (n, k) = (self.w.n, self.w.k);
+        let (n, k) = self.dims();
         assert!(
             x.len() >= m * k && bias.is_none_or(|b| b.len() >= n) && y.len() >= m * n,
             "PackedW8A8::run sizes"
@@ -443,44 +563,45 @@ impl PackedW8A8 {
     }
 
     fn run_with(&self, s: &mut Scratch, x: &[f32], m: usize, bias: Option<&[f32]>, y: &mut [f32]) {
-        let (n, k) = (self.w.n, self.w.k);
-        let k4 = k.div_ceil(4) * 4;
+        let (n, k) = self.dims();
         let c = self.outliers.len();
         // Grow only: the buffers keep their capacity between runs.
-        s.xu.resize(m * k4, 0);
         s.xs.resize(m, 0.0);
         s.xz.resize(m, 0);
         // One slot per row even without outliers (so rows zip with their chunk).
         s.xo.resize(m * c.max(1), 0.0);
         let big = m * n * k >= 1 << 20 && rayon::current_num_threads() > 1;
         let outliers = &self.outliers;
-        let quant = |(((xu, xr), (sc, zp)), xo): RowJob| {
-            (*sc, *zp) = quantize_row_padded(xr, outliers, xu);
-            for (d, &o) in xo.iter_mut().zip(outliers) {
-                *d = xr[o];
-            }
+        let rows = Rows {
+            x,
+            k,
+            outliers,
+            xs: &mut s.xs,
+            xz: &mut s.xz,
+            xo: &mut s.xo,
+            parallel: big && m >= 16,
         };
-        if big && m >= 16 {
-            s.xu.par_chunks_mut(k4)
-                .zip(x.par_chunks(k.max(1)))
-                .zip(s.xs.par_iter_mut().zip(s.xz.par_iter_mut()))
-                .zip(s.xo.par_chunks_mut(c.max(1)))
-                .with_min_len(8)
-                .for_each(quant);
-        } else {
-            s.xu.chunks_mut(k4)
-                .zip(x.chunks(k.max(1)))
-                .zip(s.xs.iter_mut().zip(s.xz.iter_mut()))
-                .zip(s.xo.chunks_mut(c.max(1)))
-                .take(m)
-                .for_each(quant);
+        match &self.w {
+            // Rows of k4 codes (the padding's code 0).
+            Kernel::Vnni(_) => {
+                s.xu.resize(m * k.div_ceil(4) * 4, 0);
+                rows.quantize(&mut s.xu, k.div_ceil(4) * 4, |xr, q| {
+                    quantize_row_padded(xr, outliers, q)
+                });
+            }
+            // Rows of k2 int16 codes (the pad input's code 0; its weight is 0 too).
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(w) => {
+                s.xw.resize(m * w.k2(), 0);
+                // SAFETY: AVX2 was detected when `w` was packed; each row holds k2 >= k codes.
+                rows.quantize(&mut s.xw, w.k2(), |xr, q| unsafe {
+                    avx2::quantize_row(xr, outliers, q)
+                });
+            }
         }
         #[cfg(target_arch = "x86_64")]
-        packed::gemm(
-            &s.xu,
-            m,
-            &self.w,
-            packed::Epilogue::W8A8 {
+        {
+            let epi = packed::Epilogue::W8A8 {
                 xs: s.xs.as_ptr(),
                 z: s.xz.as_ptr(),
                 ws: self.scale.as_ptr(),
@@ -490,8 +611,59 @@ impl PackedW8A8 {
                 c,
                 n_pad: self.scale.len(),
                 y: y.as_mut_ptr(),
-            },
-        );
+            };
+            match &self.w {
+                Kernel::Vnni(w) => packed::gemm(&s.xu, m, w, epi),
+                Kernel::Avx2(w) => avx2::gemm(&s.xw, m, w, epi),
+            }
+        }
+    }
+}
+
+/// One row's activation quantization: its codes, its values, its scale and
+/// zero point, its outlier values.
+type RowJob<'a, T> = (((&'a mut [T], &'a [f32]), (&'a mut f32, &'a mut i32)), &'a mut [f32]);
+
+/// The activation rows of one [`PackedW8A8::run`]: `x` (`k` per row), the
+/// outlier columns, and where each row's scale, zero point and outlier
+/// values go.
+struct Rows<'a> {
+    x: &'a [f32],
+    k: usize,
+    outliers: &'a [usize],
+    xs: &'a mut [f32],
+    xz: &'a mut [i32],
+    xo: &'a mut [f32],
+    parallel: bool,
+}
+
+impl Rows<'_> {
+    /// Quantizes every row into `codes` (rows of `row_len`) with `f`, which
+    /// returns the row's scale and zero point; copies the outlier values.
+    fn quantize<T: Send>(self, codes: &mut [T], row_len: usize, f: impl Fn(&[f32], &mut [T]) -> (f32, i32) + Sync) {
+        let (k, c, outliers) = (self.k, self.outliers.len(), self.outliers);
+        let job = |(((q, xr), (sc, zp)), xo): RowJob<T>| {
+            (*sc, *zp) = f(xr, q);
+            for (d, &o) in xo.iter_mut().zip(outliers) {
+                *d = xr[o];
+            }
+        };
+        if self.parallel {
+            codes
+                .par_chunks_mut(row_len)
+                .zip(self.x.par_chunks(k.max(1)))
+                .zip(self.xs.par_iter_mut().zip(self.xz.par_iter_mut()))
+                .zip(self.xo.par_chunks_mut(c.max(1)))
+                .with_min_len(8)
+                .for_each(job);
+        } else {
+            codes
+                .chunks_mut(row_len)
+                .zip(self.x.chunks(k.max(1)))
+                .zip(self.xs.iter_mut().zip(self.xz.iter_mut()))
+                .zip(self.xo.chunks_mut(c.max(1)))
+                .for_each(job);
+        }
     }
 }
 
@@ -971,6 +1143,120 @@ pub(crate) mod tests {
                         dot_i8(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]),
                         "{m}x{n}x{k}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The AVX2 kernel's int32 sums equal a plain loop's on odd shapes, with
+    /// the extreme codes (255 × ±127, -128) where `vpmaddubsw` would saturate.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_gemm_is_exact() {
+        let mut rng = crate::ops::CaseRng::new(11);
+        for (m, n, k) in [
+            (1, 1, 1),
+            (2, 3, 3),
+            (7, 17, 5),
+            (13, 16, 9),
+            (6, 31, 72),
+            (19, 33, 127),
+            (70, 9, 1001),
+            (131, 70, 515),
+        ] {
+            for extreme in [false, true] {
+                let x: Vec<u8> = (0..m * k)
+                    .map(|_| if extreme { 255 } else { (rng.next_u64() % 256) as u8 })
+                    .collect();
+                let w: Vec<i8> = (0..n * k)
+                    .map(|i| match (extreme, i % 3) {
+                        (true, 0) => 127,
+                        (true, 1) => -127,
+                        (true, _) => -128,
+                        _ => (rng.next_u64() % 256) as u8 as i8,
+                    })
+                    .collect();
+                let Some(p) = avx2::PackedI16::new(&w, n, k) else {
+                    eprintln!("SKIPPED avx2_gemm_is_exact: no AVX2");
+                    return;
+                };
+                let mut got = vec![7; m * n];
+                avx2::gemm_u8i8_packed(&x, m, &p, &mut got);
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: i32 = (0..k).map(|p| x[i * k + p] as i32 * w[j * k + p] as i32).sum();
+                        assert_eq!(got[i * n + j], want, "{m}x{n}x{k} extreme {extreme} at ({i}, {j})");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX2 row quantizer gives [`quantize_rows_u8`]'s scales, zero
+    /// points and codes (outlier codes are don't-cares), with zeroed padding.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_activation_quantization_matches_portable() {
+        if !avx2::available() {
+            eprintln!("SKIPPED avx2_activation_quantization_matches_portable: no AVX2");
+            return;
+        }
+        let mut rng = crate::ops::CaseRng::new(13);
+        for k in [2, 5, 8, 9, 16, 17, 72, 300, 385] {
+            let mut x = activation_rows(&mut rng, 12, k);
+            x[5] = f32::NAN;
+            for outliers in [vec![], vec![k / 2], vec![0, k - 1]] {
+                let (q, s, z) = quantize_rows_u8(&x, k, &outliers);
+                for i in 0..12 {
+                    let mut fast = vec![7i16; k + 3];
+                    // SAFETY: AVX2 checked above; `fast` holds k + 3 codes.
+                    let (fs, fz) = unsafe { avx2::quantize_row(&x[i * k..(i + 1) * k], &outliers, &mut fast) };
+                    assert_eq!((fs.to_bits(), fz), (s[i].to_bits(), z[i]), "k {k} row {i} {outliers:?}");
+                    for p in 0..k + 3 {
+                        let want = if p >= k { 0 } else { q[i * k + p] as i16 };
+                        if !outliers.contains(&p) {
+                            assert_eq!(fast[p], want, "k {k} row {i} col {p} {outliers:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX2 W8A8 layer gives [`w8a8_portable`]'s bits (outliers, bias,
+    /// odd sizes, rows that are zero, one-signed, ties or outlier-heavy).
+    #[test]
+    fn avx2_w8a8_matches_portable_bit_for_bit() {
+        let mut rng = crate::ops::CaseRng::new(12);
+        for (m, n, k, c) in [
+            (1, 1, 2, 0),
+            (5, 7, 9, 0),
+            (3, 5, 17, 1),
+            (9, 33, 64, 3),
+            (64, 16, 72, 0),
+            (1, 70, 1000, 8),
+            (70, 300, 100, 0),
+            (130, 70, 515, 5),
+            (1100, 24, 1027, 2),
+        ] {
+            let wf = rng.tensor(&[n, k], -1.0, 1.0).to_f32_vec();
+            let cols = crate::quant::default_outlier_columns(&wf, n, k, c).expect("columns");
+            let packed = crate::quant::quantize_w8a8(&wf, n, k, &cols).expect("pack");
+            let refs: Vec<&crate::tensor::Tensor> = packed.iter().collect();
+            let w = W8A8Weights::new(&refs, n, k).expect("weights");
+            let Some(p) = PackedW8A8::new_avx2(&w) else {
+                eprintln!("SKIPPED avx2_w8a8_matches_portable_bit_for_bit: no AVX2");
+                return;
+            };
+            assert!(!p.is_vnni());
+            let x = activation_rows(&mut rng, m, k);
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1 - 1.0).collect();
+            for b in [None, Some(&bias[..])] {
+                let (mut want, mut got) = (vec![0.0f32; m * n], vec![1.0f32; m * n]);
+                w8a8_portable(&x, m, &w, b, &mut want);
+                p.run(&x, m, b, &mut got);
+                for (e, (g, v)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), v.to_bits(), "{m}x{k}->{n} c {c} at {e}: {g} vs {v}");
                 }
             }
         }

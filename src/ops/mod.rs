@@ -19,6 +19,7 @@ pub mod matmul;
 pub mod movement;
 pub mod norm;
 pub mod pool;
+pub mod qconv;
 pub mod qlinear;
 pub mod quantize;
 pub mod reduce;
@@ -187,6 +188,7 @@ pub static REGISTRY: &[OpDef] = &[
     softmax::LOG_SOFTMAX,
     gemm::GEMM,
     conv::CONV,
+    qconv::QCONV,
     pool::MAX_POOL,
     pool::AVERAGE_POOL,
     pool::GLOBAL_AVERAGE_POOL,

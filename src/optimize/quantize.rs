@@ -7,8 +7,10 @@ use crate::error::{Error, OpError};
 use crate::graph::{Graph, Node, ParamInfo};
 use crate::model::Model;
 use crate::ops::binary::{Binary, BinaryKind};
+use crate::ops::conv::Conv;
 use crate::ops::linear::Linear;
 use crate::ops::movement::Gather;
+use crate::ops::qconv::QConv;
 use crate::ops::qlinear::QLinear;
 use crate::quant::gptq::{self, GptqOptions};
 use crate::quant::{self, WeightFormat};
@@ -44,6 +46,12 @@ pub struct QuantizeOptions {
     /// int4 `QLinear`'s (the "outlier split"; the packed weight holds 0 there).
     /// Without calibration int4 keeps none.
     pub outliers: Option<u32>,
+    /// With a W8A8 format, 2-D `Conv` layers (f32 weight parameters) become
+    /// [`QConv`]s too: int8 weights per output channel by round-to-nearest,
+    /// no outlier channels, activations quantized per output pixel's patch
+    /// at run time. Default true; false keeps them f32 (e.g. for an export
+    /// format that has no form for them).
+    pub convolutions: bool,
 }
 
 /// f32 input channels per int4 layer quantized by GPTQ, unless told
@@ -79,6 +87,7 @@ impl QuantizeOptions {
             calibration: None,
             gptq: GptqOptions::default(),
             outliers: None,
+            convolutions: true,
         }
     }
 }
@@ -124,7 +133,9 @@ pub struct QuantizeReport {
 }
 
 /// Replaces every `Linear` whose weight is a 2-D f32 parameter by a
-/// `QLinear` over the packed weight (unless kept). Biases stay f32.
+/// `QLinear` over the packed weight (unless kept), and with a W8A8 format
+/// every 2-D `Conv` with an f32 weight parameter by a [`QConv`] (see
+/// [`QuantizeOptions::convolutions`]). Biases stay f32.
 /// With `opts.calibration`, int4/int8/W8A8 weights are quantized by GPTQ on
 /// the f32 model's layer inputs over that data, others by round-to-nearest.
 /// `progress(done, total)` is called after each layer.
@@ -139,9 +150,10 @@ pub fn quantize(
             return Err(OpError::Attribute {
                 name: "layer".into(),
                 message: format!(
-                    "no node named `{name}`; linear layers are: {}",
+                    "no node named `{name}`; linear and convolution layers are: {}",
                     linear_nodes(g)
                         .iter()
+                        .chain(conv_nodes(g).iter().map(|(n, _, _)| n))
                         .map(|n| n.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -150,7 +162,12 @@ pub fn quantize(
             .into());
         }
     }
-    let total = linear_nodes(g).len();
+    let format_of = |node: &Node| -> Option<WeightFormat> {
+        (!opts.keep.contains(&node.name)).then(|| *opts.layers.get(&node.name).unwrap_or(&opts.format))
+    };
+    let w8a8_convs = |node: &Node| opts.convolutions && matches!(format_of(node), Some(WeightFormat::W8A8 { .. }));
+    let convs: Vec<(&Node, &Conv, &str)> = conv_nodes(g).into_iter().filter(|(n, _, _)| w8a8_convs(n)).collect();
+    let total = linear_nodes(g).len() + convs.len();
     let mut params: HashMap<String, Tensor> = g
         .params()
         .iter()
@@ -161,9 +178,6 @@ pub fn quantize(
     let mut report = QuantizeReport {
         bytes_before: model.param_bytes(),
         ..Default::default()
-    };
-    let format_of = |node: &Node| -> Option<WeightFormat> {
-        (!opts.keep.contains(&node.name)).then(|| *opts.layers.get(&node.name).unwrap_or(&opts.format))
     };
     // Calibration: the input statistics of every layer GPTQ will quantize.
     let mut stats: HashMap<String, InputStats> = HashMap::new();
@@ -187,6 +201,22 @@ pub fn quantize(
     let mut done = 0;
     let mut replaced_weights = HashSet::new();
     for node in g.nodes() {
+        if let Some((_, conv, weight_name)) = convs.iter().find(|(n, _, _)| std::ptr::eq(*n, node)) {
+            let w = params
+                .get(*weight_name)
+                .ok_or_else(|| OpError::Shape(format!("missing weight `{weight_name}`")))?;
+            let (qnode, layer, packed) = quantize_conv(node, conv, weight_name, w)?;
+            for (info, t) in packed {
+                params.insert(info.name.clone(), t);
+                infos.push(info);
+            }
+            report.layers.push(layer);
+            replaced_weights.insert(weight_name.to_string());
+            nodes.push(qnode);
+            done += 1;
+            progress(done, total);
+            continue;
+        }
         let Some(weight_name) = quantizable_weight(g, node) else {
             nodes.push(node.clone());
             continue;
@@ -406,6 +436,89 @@ fn linear_nodes(g: &Graph) -> Vec<&Node> {
         .iter()
         .filter(|n| quantizable_weight(g, n).is_some())
         .collect()
+}
+
+/// The 2-D `Conv` nodes whose weight is a 4-D f32 parameter matching the
+/// kernel, with their op and weight name.
+fn conv_nodes(g: &Graph) -> Vec<(&Node, &Conv, &str)> {
+    g.nodes()
+        .iter()
+        .filter_map(|n| {
+            let conv = n.op.downcast_ref::<Conv>()?;
+            let w = n.inputs.get(1)?;
+            let p = g.params().iter().find(|p| &p.name == w)?;
+            let fits = p.dtype == DType::F32
+                && p.shape.len() == 4
+                && conv.window.rank() == 2
+                && (conv.window.kernel.is_empty() || conv.window.kernel == p.shape[2..]);
+            fits.then_some((n, conv, w.as_str()))
+        })
+        .collect()
+}
+
+/// Parameters a transform adds: their descriptions and tensors.
+type NewParams = Vec<(ParamInfo, Tensor)>;
+
+/// A `Conv` as a [`QConv`] over its weight `[M, C/group, kH, kW]` packed as
+/// W8A8 (viewed as `[M, C/group·kH·kW]`, round-to-nearest, no outliers): the
+/// node, its report, and the new parameters.
+fn quantize_conv(
+    node: &Node,
+    conv: &Conv,
+    weight_name: &str,
+    w: &Tensor,
+) -> Result<(Node, LayerReport, NewParams), Error> {
+    let &[m, cg, kh, kw] = w.shape() else {
+        return Err(OpError::Shape(format!("conv weight `{weight_name}` must be 4-D")).into());
+    };
+    let (k, wf) = (cg * kh * kw, w.as_f32()?);
+    let format = WeightFormat::W8A8 { outliers: 0 };
+    let packed = quant::quantize_weight(&format, wf, m, k)?;
+    let refs: Vec<&Tensor> = packed.iter().collect();
+    let back = quant::dequantize(&format, &refs, m, k)?;
+    let errs: Vec<f32> = wf.iter().zip(&back).map(|(a, b)| (a - b).abs()).collect();
+    let mut inputs = vec![node.inputs[0].clone()];
+    let mut params = Vec::new();
+    for (suffix, t) in format.tensor_names().iter().zip(packed) {
+        let name = format!("{weight_name}.{suffix}");
+        let info = ParamInfo {
+            name: name.clone(),
+            dtype: t.dtype(),
+            shape: t.shape().to_vec(),
+            format: format.name(),
+        };
+        params.push((info, t));
+        inputs.push(name);
+    }
+    inputs.extend(node.inputs.iter().skip(2).cloned());
+    let layer = LayerReport {
+        node: node.name.clone(),
+        format: Some(format),
+        params: m * k,
+        bytes_before: w.size_in_bytes(),
+        bytes_after: params.iter().map(|(_, t)| t.size_in_bytes()).sum(),
+        max_abs_err: errs.iter().fold(0.0f32, |a, &e| a.max(e)),
+        mean_abs_err: errs.iter().sum::<f32>() / errs.len().max(1) as f32,
+        gptq: false,
+        split_outliers: 0,
+    };
+    let op = QConv {
+        window: crate::ops::conv::Window {
+            kernel: vec![kh, kw],
+            ..conv.window.clone()
+        },
+        group: conv.group,
+        format,
+        in_channels: cg * conv.group,
+        out_channels: m,
+    };
+    let qnode = Node {
+        name: node.name.clone(),
+        op: Arc::new(op),
+        inputs,
+        outputs: node.outputs.clone(),
+    };
+    Ok((qnode, layer, params))
 }
 
 /// The weight parameter of a `Linear` node whose weight is a 2-D f32 parameter.

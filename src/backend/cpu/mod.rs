@@ -9,6 +9,7 @@ use crate::error::RunError;
 use crate::graph::Graph;
 use crate::ops::conv::Conv;
 use crate::ops::linear::Linear;
+use crate::ops::qconv::QConv;
 use crate::ops::unary::{Unary, UnaryKind};
 use crate::ops::view::Flatten;
 use crate::ops::{Op, Prepared};
@@ -149,9 +150,9 @@ impl CpuExecutor {
         self.fuse_relus(graph);
     }
 
-    /// Folds each Relu into the prepared Conv or Linear it reads, when it is
+    /// Folds each Relu into the prepared Conv, QConv or Linear it reads, when it is
     /// that op's only reader and the op's output is no graph output: the op
-    /// applies ReLU to its result ([`Conv::with_relu`], [`Linear::with_relu`])
+    /// applies ReLU to its result ([`Conv::with_relu`], [`QConv::with_relu`], [`Linear::with_relu`])
     /// and the Relu step passes the value on.
     fn fuse_relus(&mut self, graph: &Graph) {
         let mut readers: HashMap<usize, Vec<usize>> = HashMap::new();
@@ -320,6 +321,9 @@ fn reshape_moved(op: &dyn Op, src: &Source, slots: &mut [Option<Tensor>]) -> Res
 /// `prepared` for `op` with ReLU folded in, for the ops that take it.
 fn with_relu(op: &dyn Op, prepared: &Prepared) -> Option<Prepared> {
     if let Some(conv) = op.downcast_ref::<Conv>() {
+        return conv.with_relu(prepared);
+    }
+    if let Some(conv) = op.downcast_ref::<QConv>() {
         return conv.with_relu(prepared);
     }
     op.downcast_ref::<Linear>()?.with_relu(prepared)
