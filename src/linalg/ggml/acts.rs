@@ -101,12 +101,23 @@ pub struct QActs16 {
     pub d: Vec<f32>,
     /// `Σx` per group of 32 (`n · cols / 32`).
     pub sum: Vec<f32>,
+    /// `d` by group: `d_by_group[g · (n + 7) + t] = d[t · groups + g]`,
+    /// each group's run padded with 7 zeros so eight lanes load from any row.
+    pub(crate) d_by_group: Vec<f32>,
+    /// `sum` laid out as `d_by_group`.
+    pub(crate) sum_by_group: Vec<f32>,
 }
 
 impl QActs16 {
     /// Groups of 32 per row.
     pub fn groups(&self) -> usize {
         self.cols / 32
+    }
+
+    /// The distance between groups in [`QActs16::d_by_group`] and
+    /// [`QActs16::sum_by_group`].
+    pub(crate) fn group_stride(&self) -> usize {
+        self.n + 7
     }
 }
 
@@ -128,6 +139,17 @@ pub fn quantize_acts16(x: &[f32], n: usize, cols: usize, acts: &mut QActs16) {
             quantize_group16(xg, qg, d, sum);
         }
     });
+    let (ng, stride) = (acts.groups(), acts.group_stride());
+    acts.d_by_group.clear();
+    acts.d_by_group.resize(ng * stride, 0.0);
+    acts.sum_by_group.clear();
+    acts.sum_by_group.resize(ng * stride, 0.0);
+    for t in 0..n {
+        for g in 0..ng {
+            acts.d_by_group[g * stride + t] = acts.d[t * ng + g];
+            acts.sum_by_group[g * stride + t] = acts.sum[t * ng + g];
+        }
+    }
 }
 
 #[inline(always)]
