@@ -101,6 +101,9 @@ pub struct QActs16 {
     pub d: Vec<f32>,
     /// `Σx` per group of 32 (`n · cols / 32`).
     pub sum: Vec<f32>,
+    /// `qs` by group: group `g` of row `t` at `(g · n + t) · 32`, so one
+    /// group of consecutive rows is one run of memory.
+    pub(crate) qs_by_group: Vec<i16>,
     /// `d` by group: `d_by_group[g · (n + 7) + t] = d[t · groups + g]`,
     /// each group's run padded with 7 zeros so eight lanes load from any row.
     pub(crate) d_by_group: Vec<f32>,
@@ -144,8 +147,11 @@ pub fn quantize_acts16(x: &[f32], n: usize, cols: usize, acts: &mut QActs16) {
     acts.d_by_group.resize(ng * stride, 0.0);
     acts.sum_by_group.clear();
     acts.sum_by_group.resize(ng * stride, 0.0);
+    acts.qs_by_group.resize(n * cols, 0);
     for t in 0..n {
         for g in 0..ng {
+            let (from, to) = ((t * ng + g) * 32, (g * n + t) * 32);
+            acts.qs_by_group[to..to + 32].copy_from_slice(&acts.qs[from..from + 32]);
             acts.d_by_group[g * stride + t] = acts.d[t * ng + g];
             acts.sum_by_group[g * stride + t] = acts.sum[t * ng + g];
         }

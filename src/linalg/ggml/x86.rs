@@ -544,42 +544,41 @@ fn widen_u8(s: &[u8]) -> __m256i {
     _mm256_cvtepu8_epi16(load16(s))
 }
 
-/// `Σ w·x` over 32 values (two registers of 16 i16 each) as eight i32 sums.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn dot32_i16(w: [__m256i; 2], x: &[i16; 32]) -> __m256i {
-    // SAFETY: `x` holds 32 readable i16 (64 bytes); `loadu` has no
-    // alignment requirement.
-    let (x0, x1) = unsafe {
-        (
-            _mm256_loadu_si256(x.as_ptr().cast()),
-            _mm256_loadu_si256(x[16..].as_ptr().cast()),
-        )
-    };
-    _mm256_add_epi32(_mm256_madd_epi16(w[0], x0), _mm256_madd_epi16(w[1], x1))
-}
-
 /// Activation rows `t0..t0 + T` of 16-bit activations: per row its
-/// values, scales and sums, and the scales and sums of rows `t0..t0 + 8`
-/// side by side per group (lanes past the last row are zero).
+/// values, scales and sums; the values group by group with the rows side
+/// by side, and the scales and sums of rows `t0..t0 + 8` side by side per
+/// group (lanes past the last row are zero).
 struct Rows16<'a, const T: usize> {
     qs: [&'a [i16]; T],
     d: [&'a [f32]; T],
     sum: [&'a [f32]; T],
+    by_group: &'a [i16],
     d8: &'a [f32],
     sum8: &'a [f32],
+    n: usize,
+    groups: usize,
     stride: usize,
 }
 
 impl<'a, const T: usize> Rows16<'a, T> {
+    /// Rows `t0..t0 + T` of `acts`, which [`super::acts::quantize_acts16`]
+    /// filled (panics where its sizes disagree with `n` and `cols`).
     fn new(acts: &'a QActs16, t0: usize) -> Self {
-        let (cols, ng, stride) = (acts.cols, acts.groups(), acts.group_stride());
+        let (n, cols, ng, stride) = (acts.n, acts.cols, acts.groups(), acts.group_stride());
+        assert!(t0 + T <= n && ng * 32 == cols, "activation rows out of range");
+        assert!(
+            acts.qs_by_group.len() == n * cols && acts.d_by_group.len() == ng * stride && acts.sum_by_group.len() == ng * stride,
+            "activations not filled by quantize_acts16"
+        );
         Self {
             qs: std::array::from_fn(|t| &acts.qs[(t0 + t) * cols..(t0 + t + 1) * cols]),
             d: std::array::from_fn(|t| &acts.d[(t0 + t) * ng..(t0 + t + 1) * ng]),
             sum: std::array::from_fn(|t| &acts.sum[(t0 + t) * ng..(t0 + t + 1) * ng]),
-            d8: &acts.d_by_group[t0.min(acts.d_by_group.len())..],
-            sum8: &acts.sum_by_group[t0.min(acts.sum_by_group.len())..],
+            by_group: &acts.qs_by_group[t0 * 32..],
+            d8: &acts.d_by_group[t0..],
+            sum8: &acts.sum_by_group[t0..],
+            n,
+            groups: ng,
             stride,
         }
     }
@@ -587,13 +586,8 @@ impl<'a, const T: usize> Rows16<'a, T> {
     /// Group `g` of row `t`: its 32 values, scale and sum.
     #[inline(always)]
     fn group(&self, t: usize, g: usize) -> (&'a [i16; 32], f32, f32) {
-        (self.values(t, g), self.d[t][g], self.sum[t][g])
-    }
-
-    /// The 32 values of group `g` of row `t`.
-    #[inline(always)]
-    fn values(&self, t: usize, g: usize) -> &'a [i16; 32] {
-        self.qs[t][g * 32..g * 32 + 32].try_into().unwrap_or(&[0; 32])
+        let q = self.qs[t][g * 32..g * 32 + 32].try_into().unwrap_or(&[0; 32]);
+        (q, self.d[t][g], self.sum[t][g])
     }
 
     /// `(v·d, m·Σx)` of group `g` for the rows `t0..t0 + 8`, one per lane.
@@ -604,7 +598,34 @@ impl<'a, const T: usize> Rows16<'a, T> {
         // SAFETY: `d` and `s` hold 8 readable f32 (bounds-checked above);
         // `loadu` has no alignment requirement.
         let (d, s) = unsafe { (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(s.as_ptr())) };
-        (_mm256_mul_ps(_mm256_set1_ps(v), d), _mm256_mul_ps(_mm256_set1_ps(m), s))
+        (
+            _mm256_mul_ps(_mm256_set1_ps(v), d),
+            _mm256_mul_ps(_mm256_set1_ps(m), s),
+        )
+    }
+
+    /// `acc[t] += dd[t]·Σ w·x_t` over group `g` for the `T` rows: an exact
+    /// integer sum in eight lanes, converted, then one FMA per lane (the
+    /// operations every kernel here does for a group and a row).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn fma_group(&self, acc: &mut [__m256; T], w: [__m256i; 2], g: usize, dd: &[f32; 8]) {
+        assert!(g < self.groups, "group out of range");
+        // SAFETY: `by_group` holds the groups of rows `t0..n`, group `g` of
+        // row `t0 + t` at `(g·n + t)·32`; `g < groups` (checked above) and
+        // `t < T <= n - t0` (checked in `new`), so each 32 values are in
+        // bounds; `loadu` and `broadcast_ss` need no alignment.
+        unsafe {
+            let p = self.by_group.as_ptr().add(g * self.n * 32);
+            for t in 0..T {
+                let xp = p.add(t * 32);
+                let s = _mm256_add_epi32(
+                    _mm256_madd_epi16(w[0], _mm256_loadu_si256(xp.cast())),
+                    _mm256_madd_epi16(w[1], _mm256_loadu_si256(xp.add(16).cast())),
+                );
+                acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[t]), _mm256_cvtepi32_ps(s), acc[t]);
+            }
+        }
     }
 }
 
@@ -615,20 +636,6 @@ fn lanes(v: __m256) -> [f32; 8] {
     let mut o = [0f32; 8];
     store8(&mut o, v);
     o
-}
-
-/// `acc[t] += dd[t]·Σ w·x_t` over one group of 32 for the `T` rows of `x`
-/// (the scale applied per lane, as every kernel here does for a group).
-#[inline(always)]
-fn group_fma<const T: usize>(acc: &mut [__m256; T], w: [__m256i; 2], x: &Rows16<'_, T>, g: usize, dd: &[f32; 8]) {
-    for t in 0..T {
-        // SAFETY: the callers are compiled with AVX2 and FMA (this is
-        // inlined into them), so the intrinsics run on a CPU that has them.
-        unsafe {
-            let s = _mm256_cvtepi32_ps(dot32_i16(w, x.values(t, g)));
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dd[t]), s, acc[t]);
-        }
-    }
 }
 
 /// The 16 bits of `bits` as i16 lanes `0x10` (bit set) or `0`.
@@ -717,7 +724,7 @@ fn small16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool>(
         if !Q8 {
             accm = _mm256_add_ps(accm, ms);
         }
-        group_fma(&mut acc, w, x, b, &lanes(dd));
+        x.fma_group(&mut acc, w, b, &lanes(dd));
     }
     let accm = lanes(accm);
     std::array::from_fn(|t| if Q8 { hsum(acc[t]) } else { hsum(acc[t]) + accm[t] })
@@ -764,7 +771,7 @@ fn q45k16<const T: usize, const FIVE: bool>(row: &[u8], x: &Rows16<'_, T>) -> [f
                 }
                 let (dd, ms) = x.scaled8(b * 8 + j, ds[j], dm[j]);
                 accm = _mm256_sub_ps(accm, ms);
-                group_fma(&mut acc, w, x, b * 8 + j, &lanes(dd));
+                x.fma_group(&mut acc, w, b * 8 + j, &lanes(dd));
             }
         }
     }
@@ -799,7 +806,7 @@ fn q6k16<const T: usize>(row: &[u8], x: &Rows16<'_, T>) -> [f32; T] {
                 }
                 let group = b * 8 + h * 4 + k;
                 let (dd, _) = x.scaled8(group, d, 0.0);
-                group_fma(&mut acc, w, x, group, &lanes(dd));
+                x.fma_group(&mut acc, w, group, &lanes(dd));
             }
         }
     }
