@@ -6,14 +6,14 @@
 
 use rayon::prelude::*;
 
-use super::acts::{quantize_acts, quantize_acts16, QActs, QActs16};
+use super::acts::{quantize_acts, quantize_acts16, QActs, QActs16, ROW_TILE16};
 use super::{BlockFormat, QMatrix};
 
 /// Activation rows one pass over a weight row serves, 8-bit activations.
 pub const TOKENS: usize = 4;
 
 /// Activation rows one pass over a weight row serves, 16-bit activations.
-pub const TOKENS16: usize = 8;
+pub const TOKENS16: usize = ROW_TILE16;
 
 /// Rows of weights handled together (one pass per token group): small
 /// enough to stay in L1 between the token groups.
@@ -124,10 +124,6 @@ impl Kernel {
 trait Acts: Sync {
     /// Activation rows a kernel call takes at most.
     const TILE: usize;
-    /// EXPERIMENT
-    fn tile(&self) -> usize {
-        Self::TILE
-    }
     /// Rows.
     fn rows(&self) -> usize;
     /// `out[i·tn + t] = row_i · x[t0 + t]` for the packed rows in `rows`
@@ -168,10 +164,6 @@ impl Acts for QActs {
 
 impl Acts for QActs16 {
     const TILE: usize = TOKENS16;
-    fn tile(&self) -> usize {
-        static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        *T.get_or_init(|| std::env::var("WGINFER_TILE16").ok().and_then(|v| v.parse().ok()).unwrap_or(TOKENS16).clamp(1, TOKENS16))
-    }
     fn rows(&self) -> usize {
         self.n
     }
@@ -298,8 +290,8 @@ impl QMatrix {
         for tile in (r0..r1).step_by(ROW_TILE) {
             let end = (tile + ROW_TILE).min(r1);
             let packed = &self.data[tile * rb..end * rb];
-            for t0 in (0..n).step_by(acts.tile()) {
-                let tn = acts.tile().min(n - t0);
+            for t0 in (0..n).step_by(A::TILE) {
+                let tn = A::TILE.min(n - t0);
                 let vals = &mut buf[..(end - tile) * tn];
                 acts.dot(kernel, self.format, packed, rb, t0, tn, vals);
                 for (i, row_vals) in vals.chunks_exact(tn).enumerate() {

@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::acts::{QActs, QActs16};
+use super::acts::{QActs, QActs16, ROW_TILE16};
 use super::blocks::k_scale_min;
 use super::BlockFormat;
 
@@ -328,15 +328,21 @@ fn rows16_t<const T: usize>(format: BlockFormat, rows: &[u8], rb: usize, acts: &
             }
         };
     }
-    match format {
-        BlockFormat::Q4_0 => each_row!(small16::<T, false, false, false>),
-        BlockFormat::Q4_1 => each_row!(small16::<T, true, false, false>),
-        BlockFormat::Q5_0 => each_row!(small16::<T, false, true, false>),
-        BlockFormat::Q5_1 => each_row!(small16::<T, true, true, false>),
-        BlockFormat::Q8_0 => each_row!(small16::<T, false, false, true>),
-        BlockFormat::Q4_K => each_row!(q45k16::<T, false>),
-        BlockFormat::Q5_K => each_row!(q45k16::<T, true>),
-        BlockFormat::Q6_K => each_row!(q6k16::<T>),
+    static V: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    let v = *V.get_or_init(|| std::env::var("WGINFER_EXP").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
+    match (format, v) {
+        (BlockFormat::Q4_1, 1) => each_row!(small16::<T, true, false, false, 1>),
+        (BlockFormat::Q8_0, 1) => each_row!(small16::<T, false, false, true, 1>),
+        (BlockFormat::Q4_1, 2) => each_row!(small16::<T, true, false, false, 2>),
+        (BlockFormat::Q8_0, 2) => each_row!(small16::<T, false, false, true, 2>),
+        (BlockFormat::Q4_0, _) => each_row!(small16::<T, false, false, false, 0>),
+        (BlockFormat::Q4_1, _) => each_row!(small16::<T, true, false, false, 0>),
+        (BlockFormat::Q5_0, _) => each_row!(small16::<T, false, true, false, 0>),
+        (BlockFormat::Q5_1, _) => each_row!(small16::<T, true, true, false, 0>),
+        (BlockFormat::Q8_0, _) => each_row!(small16::<T, false, false, true, 0>),
+        (BlockFormat::Q4_K, _) => each_row!(q45k16::<T, false>),
+        (BlockFormat::Q5_K, _) => each_row!(q45k16::<T, true>),
+        (BlockFormat::Q6_K, _) => each_row!(q6k16::<T>),
     }
 }
 
@@ -555,17 +561,22 @@ struct Rows16<'a, const T: usize> {
     by_group: &'a [i16],
     d8: &'a [f32],
     sum8: &'a [f32],
-    n: usize,
+    /// Values from one group of the tile to the next.
+    group_step: usize,
     groups: usize,
     stride: usize,
 }
 
 impl<'a, const T: usize> Rows16<'a, T> {
     /// Rows `t0..t0 + T` of `acts`, which [`super::acts::quantize_acts16`]
-    /// filled (panics where its sizes disagree with `n` and `cols`).
+    /// filled (panics where its sizes disagree with `n` and `cols`, or the
+    /// rows span two tiles of [`ROW_TILE16`]).
     fn new(acts: &'a QActs16, t0: usize) -> Self {
         let (n, cols, ng, stride) = (acts.n, acts.cols, acts.groups(), acts.group_stride());
         assert!(t0 + T <= n && ng * 32 == cols, "activation rows out of range");
+        let k = t0 / ROW_TILE16 * ROW_TILE16;
+        assert!(t0 + T <= k + ROW_TILE16, "activation rows span two tiles");
+        let w = ROW_TILE16.min(n - k);
         assert!(
             acts.qs_by_group.len() == n * cols && acts.d_by_group.len() == ng * stride && acts.sum_by_group.len() == ng * stride,
             "activations not filled by quantize_acts16"
@@ -574,10 +585,10 @@ impl<'a, const T: usize> Rows16<'a, T> {
             qs: std::array::from_fn(|t| &acts.qs[(t0 + t) * cols..(t0 + t + 1) * cols]),
             d: std::array::from_fn(|t| &acts.d[(t0 + t) * ng..(t0 + t + 1) * ng]),
             sum: std::array::from_fn(|t| &acts.sum[(t0 + t) * ng..(t0 + t + 1) * ng]),
-            by_group: &acts.qs_by_group[t0 * 32..],
+            by_group: &acts.qs_by_group[(k * ng + t0 - k) * 32..],
             d8: &acts.d_by_group[t0..],
             sum8: &acts.sum_by_group[t0..],
-            n,
+            group_step: w * 32,
             groups: ng,
             stride,
         }
@@ -609,21 +620,30 @@ impl<'a, const T: usize> Rows16<'a, T> {
     /// operations every kernel here does for a group and a row).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn fma_group(&self, acc: &mut [__m256; T], w: [__m256i; 2], g: usize, dd: &[f32; 8]) {
+    fn fma_group<const V: u8>(&self, acc: &mut [__m256; T], w: [__m256i; 2], g: usize, dd: &[f32; 8], ddv: __m256) {
         assert!(g < self.groups, "group out of range");
-        // SAFETY: `by_group` holds the groups of rows `t0..n`, group `g` of
-        // row `t0 + t` at `(g·n + t)·32`; `g < groups` (checked above) and
-        // `t < T <= n - t0` (checked in `new`), so each 32 values are in
-        // bounds; `loadu` and `broadcast_ss` need no alignment.
+        // SAFETY: `by_group` starts at group 0 of row `t0` in its tile of
+        // `w` rows (`t0 = k + j`), which runs on to the tile's end at
+        // `(groups - 1)·w + w` groups of 32 from the tile's start; group `g`
+        // of row `t0 + t` is at `g·w + t` from `by_group`'s start, and
+        // `g < groups` (checked above), `j + t < w` (checked in `new`), so
+        // each 32 values are in bounds; `loadu` and `broadcast_ss` need no
+        // alignment.
         unsafe {
-            let p = self.by_group.as_ptr().add(g * self.n * 32);
+            let p = self.by_group.as_ptr().add(g * self.group_step);
+            let dd = if V == 1 { std::hint::black_box(dd) } else { dd };
             for t in 0..T {
                 let xp = p.add(t * 32);
                 let s = _mm256_add_epi32(
                     _mm256_madd_epi16(w[0], _mm256_loadu_si256(xp.cast())),
                     _mm256_madd_epi16(w[1], _mm256_loadu_si256(xp.add(16).cast())),
                 );
-                acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[t]), _mm256_cvtepi32_ps(s), acc[t]);
+                let b = if V == 2 {
+                    _mm256_permutevar8x32_ps(ddv, _mm256_set1_epi32(t as i32))
+                } else {
+                    _mm256_broadcast_ss(&dd[t])
+                };
+                acc[t] = _mm256_fmadd_ps(b, _mm256_cvtepi32_ps(s), acc[t]);
             }
         }
     }
@@ -707,7 +727,7 @@ fn small_block16<const MIN: bool, const FIVE: bool, const Q8: bool>(block: &[u8]
 /// products `d·d_x` and `m·Σx` taken for eight rows at once.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn small16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool>(
+fn small16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool, const V: u8>(
     row: &[u8],
     x: &Rows16<'_, T>,
 ) -> [f32; T] {
@@ -724,7 +744,7 @@ fn small16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool>(
         if !Q8 {
             accm = _mm256_add_ps(accm, ms);
         }
-        x.fma_group(&mut acc, w, b, &lanes(dd));
+        x.fma_group::<V>(&mut acc, w, b, &lanes(dd), dd);
     }
     let accm = lanes(accm);
     std::array::from_fn(|t| if Q8 { hsum(acc[t]) } else { hsum(acc[t]) + accm[t] })
@@ -771,7 +791,7 @@ fn q45k16<const T: usize, const FIVE: bool>(row: &[u8], x: &Rows16<'_, T>) -> [f
                 }
                 let (dd, ms) = x.scaled8(b * 8 + j, ds[j], dm[j]);
                 accm = _mm256_sub_ps(accm, ms);
-                x.fma_group(&mut acc, w, b * 8 + j, &lanes(dd));
+                x.fma_group::<0>(&mut acc, w, b * 8 + j, &lanes(dd), dd);
             }
         }
     }
@@ -806,7 +826,7 @@ fn q6k16<const T: usize>(row: &[u8], x: &Rows16<'_, T>) -> [f32; T] {
                 }
                 let group = b * 8 + h * 4 + k;
                 let (dd, _) = x.scaled8(group, d, 0.0);
-                x.fma_group(&mut acc, w, group, &lanes(dd));
+                x.fma_group::<0>(&mut acc, w, group, &lanes(dd), dd);
             }
         }
     }
