@@ -331,15 +331,13 @@ fn rows16_t<const T: usize>(format: BlockFormat, rows: &[u8], rb: usize, acts: &
     static V: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
     let v = *V.get_or_init(|| std::env::var("WGINFER_EXP").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
     match (format, v) {
-        (BlockFormat::Q4_1, 1) => each_row!(small16::<T, true, false, false, 1>),
-        (BlockFormat::Q8_0, 1) => each_row!(small16::<T, false, false, true, 1>),
-        (BlockFormat::Q4_1, 2) => each_row!(small16::<T, true, false, false, 2>),
-        (BlockFormat::Q8_0, 2) => each_row!(small16::<T, false, false, true, 2>),
-        (BlockFormat::Q4_0, _) => each_row!(small16::<T, false, false, false, 0>),
-        (BlockFormat::Q4_1, _) => each_row!(small16::<T, true, false, false, 0>),
-        (BlockFormat::Q5_0, _) => each_row!(small16::<T, false, true, false, 0>),
-        (BlockFormat::Q5_1, _) => each_row!(small16::<T, true, true, false, 0>),
-        (BlockFormat::Q8_0, _) => each_row!(small16::<T, false, false, true, 0>),
+        (BlockFormat::Q4_1, 3) => each_row!(small16::<T, true, false, false, true>),
+        (BlockFormat::Q8_0, 3) => each_row!(small16::<T, false, false, true, true>),
+        (BlockFormat::Q4_0, _) => each_row!(small16::<T, false, false, false, false>),
+        (BlockFormat::Q4_1, _) => each_row!(small16::<T, true, false, false, false>),
+        (BlockFormat::Q5_0, _) => each_row!(small16::<T, false, true, false, false>),
+        (BlockFormat::Q5_1, _) => each_row!(small16::<T, true, true, false, false>),
+        (BlockFormat::Q8_0, _) => each_row!(small16::<T, false, false, true, false>),
         (BlockFormat::Q4_K, _) => each_row!(q45k16::<T, false>),
         (BlockFormat::Q5_K, _) => each_row!(q45k16::<T, true>),
         (BlockFormat::Q6_K, _) => each_row!(q6k16::<T>),
@@ -620,7 +618,7 @@ impl<'a, const T: usize> Rows16<'a, T> {
     /// operations every kernel here does for a group and a row).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn fma_group<const V: u8>(&self, acc: &mut [__m256; T], w: [__m256i; 2], g: usize, dd: &[f32; 8], ddv: __m256) {
+    fn fma_group(&self, acc: &mut [__m256; T], w: [__m256i; 2], g: usize, dd: __m256) {
         assert!(g < self.groups, "group out of range");
         // SAFETY: `by_group` starts at group 0 of row `t0` in its tile of
         // `w` rows (`t0 = k + j`), which runs on to the tile's end at
@@ -631,19 +629,14 @@ impl<'a, const T: usize> Rows16<'a, T> {
         // alignment.
         unsafe {
             let p = self.by_group.as_ptr().add(g * self.group_step);
-            let dd = if V == 1 { std::hint::black_box(dd) } else { dd };
             for t in 0..T {
                 let xp = p.add(t * 32);
                 let s = _mm256_add_epi32(
                     _mm256_madd_epi16(w[0], _mm256_loadu_si256(xp.cast())),
                     _mm256_madd_epi16(w[1], _mm256_loadu_si256(xp.add(16).cast())),
                 );
-                let b = if V == 2 {
-                    _mm256_permutevar8x32_ps(ddv, _mm256_set1_epi32(t as i32))
-                } else {
-                    _mm256_broadcast_ss(&dd[t])
-                };
-                acc[t] = _mm256_fmadd_ps(b, _mm256_cvtepi32_ps(s), acc[t]);
+                let d = _mm256_permutevar8x32_ps(dd, _mm256_set1_epi32(t as i32));
+                acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[t]);
             }
         }
     }
@@ -727,7 +720,7 @@ fn small_block16<const MIN: bool, const FIVE: bool, const Q8: bool>(block: &[u8]
 /// products `d·d_x` and `m·Σx` taken for eight rows at once.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn small16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool, const V: u8>(
+fn small16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool, const PF: bool>(
     row: &[u8],
     x: &Rows16<'_, T>,
 ) -> [f32; T] {
@@ -739,12 +732,15 @@ fn small16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool, co
     let mut acc = [_mm256_setzero_ps(); T];
     let mut accm = _mm256_setzero_ps();
     for (b, block) in row.chunks_exact(bb).enumerate() {
+        if PF {
+            _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(16 * row.len()).cast());
+        }
         let (w, d, m) = small_block16::<MIN, FIVE, Q8>(block);
         let (dd, ms) = x.scaled8(b, d, m);
         if !Q8 {
             accm = _mm256_add_ps(accm, ms);
         }
-        x.fma_group::<V>(&mut acc, w, b, &lanes(dd), dd);
+        x.fma_group(&mut acc, w, b, dd);
     }
     let accm = lanes(accm);
     std::array::from_fn(|t| if Q8 { hsum(acc[t]) } else { hsum(acc[t]) + accm[t] })
@@ -791,7 +787,7 @@ fn q45k16<const T: usize, const FIVE: bool>(row: &[u8], x: &Rows16<'_, T>) -> [f
                 }
                 let (dd, ms) = x.scaled8(b * 8 + j, ds[j], dm[j]);
                 accm = _mm256_sub_ps(accm, ms);
-                x.fma_group::<0>(&mut acc, w, b * 8 + j, &lanes(dd), dd);
+                x.fma_group(&mut acc, w, b * 8 + j, dd);
             }
         }
     }
@@ -826,7 +822,7 @@ fn q6k16<const T: usize>(row: &[u8], x: &Rows16<'_, T>) -> [f32; T] {
                 }
                 let group = b * 8 + h * 4 + k;
                 let (dd, _) = x.scaled8(group, d, 0.0);
-                x.fma_group::<0>(&mut acc, w, group, &lanes(dd), dd);
+                x.fma_group(&mut acc, w, group, dd);
             }
         }
     }
