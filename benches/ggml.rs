@@ -202,7 +202,6 @@ fn batched16(c: &mut Criterion) {
         (BlockFormat::Q4_1, 1536, 576),
         (BlockFormat::Q4_1, 576, 1536),
         (BlockFormat::Q8_0, 49152, 576),
-        (BlockFormat::Q8_0, 1536, 576),
     ];
     let mut g = c.benchmark_group("ggml-batched16");
     g.sample_size(10);

@@ -84,11 +84,14 @@ fn f16x2(b: &[u8], at: usize) -> (f32, f32) {
     (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
 }
 
+/// The little-endian f16 value at `at` as f32, read with the two bytes
+/// after it (`b` holds them): a 16-bit load is compiled to `vpinsrw` into
+/// whatever register is free, which makes each block wait for that
+/// register's last writer (an accumulator), and chains the loop's iterations.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn f16_1(b: &[u8], at: usize) -> f32 {
-    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    f16x2(b, at).0
 }
 
 #[inline]
@@ -240,7 +243,7 @@ fn q6k<const T: usize>(row: &[u8], acts: &QActs, t0: usize) -> [f32; T] {
     let mut acc = [_mm256_setzero_ps(); T];
     let mut accm = [0f32; T];
     for (b, block) in row.chunks_exact(210).enumerate() {
-        let d = f16_1(block, 208);
+        let d = f16x2(block, 206).1;
         let sc: [i16; 16] = std::array::from_fn(|g| i16::from(block[192 + g] as i8));
         let mut isum = [_mm256_setzero_si256(); T];
         for h in 0..2 {
@@ -328,19 +331,15 @@ fn rows16_t<const T: usize>(format: BlockFormat, rows: &[u8], rb: usize, acts: &
             }
         };
     }
-    static V: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
-    let v = *V.get_or_init(|| std::env::var("WGINFER_EXP").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
-    match (format, v) {
-        (BlockFormat::Q4_1, 3) => each_row!(small16::<T, true, false, false, true>),
-        (BlockFormat::Q8_0, 3) => each_row!(small16::<T, false, false, true, true>),
-        (BlockFormat::Q4_0, _) => each_row!(small16::<T, false, false, false, false>),
-        (BlockFormat::Q4_1, _) => each_row!(small16::<T, true, false, false, false>),
-        (BlockFormat::Q5_0, _) => each_row!(small16::<T, false, true, false, false>),
-        (BlockFormat::Q5_1, _) => each_row!(small16::<T, true, true, false, false>),
-        (BlockFormat::Q8_0, _) => each_row!(small16::<T, false, false, true, false>),
-        (BlockFormat::Q4_K, _) => each_row!(q45k16::<T, false>),
-        (BlockFormat::Q5_K, _) => each_row!(q45k16::<T, true>),
-        (BlockFormat::Q6_K, _) => each_row!(q6k16::<T>),
+    match format {
+        BlockFormat::Q4_0 => each_row!(small16::<T, false, false, false>),
+        BlockFormat::Q4_1 => each_row!(small16::<T, true, false, false>),
+        BlockFormat::Q5_0 => each_row!(small16::<T, false, true, false>),
+        BlockFormat::Q5_1 => each_row!(small16::<T, true, true, false>),
+        BlockFormat::Q8_0 => each_row!(small16::<T, false, false, true>),
+        BlockFormat::Q4_K => each_row!(q45k16::<T, false>),
+        BlockFormat::Q5_K => each_row!(q45k16::<T, true>),
+        BlockFormat::Q6_K => each_row!(q6k16::<T>),
     }
 }
 
@@ -720,7 +719,7 @@ fn small_block16<const MIN: bool, const FIVE: bool, const Q8: bool>(block: &[u8]
 /// products `d·d_x` and `m·Σx` taken for eight rows at once.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn small16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool, const PF: bool>(
+fn small16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool>(
     row: &[u8],
     x: &Rows16<'_, T>,
 ) -> [f32; T] {
@@ -732,9 +731,6 @@ fn small16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool, co
     let mut acc = [_mm256_setzero_ps(); T];
     let mut accm = _mm256_setzero_ps();
     for (b, block) in row.chunks_exact(bb).enumerate() {
-        if PF {
-            _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(16 * row.len()).cast());
-        }
         let (w, d, m) = small_block16::<MIN, FIVE, Q8>(block);
         let (dd, ms) = x.scaled8(b, d, m);
         if !Q8 {
@@ -803,7 +799,7 @@ fn q6k16<const T: usize>(row: &[u8], x: &Rows16<'_, T>) -> [f32; T] {
     let (mask, three, off) = (_mm256_set1_epi16(0x0f), _mm256_set1_epi16(3), _mm256_set1_epi16(32));
     let mut acc = [_mm256_setzero_ps(); T];
     for (b, block) in row.chunks_exact(210).enumerate() {
-        let d = f16_1(block, 208);
+        let d = f16x2(block, 206).1;
         for h in 0..2 {
             let ql = [
                 [widen_u8(&block[64 * h..]), widen_u8(&block[64 * h + 16..])],
