@@ -84,14 +84,27 @@ fn f16x2(b: &[u8], at: usize) -> (f32, f32) {
     (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
 }
 
-/// The little-endian f16 value at `at` as f32, read with the two bytes
-/// after it (`b` holds them): a 16-bit load is compiled to `vpinsrw` into
-/// whatever register is free, which makes each block wait for that
-/// register's last writer (an accumulator), and chains the loop's iterations.
+/// The little-endian f16 value at `at` as f32. The conversion is inline
+/// assembly so that the compiler sees every lane of its input used: with
+/// the intrinsic it loads the 16 bits with `vpinsrw` into whatever register
+/// is free, and each block then waits for that register's last writer (an
+/// accumulator of the previous block), which chains the loop's iterations.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn f16_1(b: &[u8], at: usize) -> f32 {
-    f16x2(b, at).0
+    let bits = _mm_cvtsi32_si128(i32::from(u16::from_le_bytes([b[at], b[at + 1]])));
+    let v: __m128;
+    // SAFETY: `vcvtph2ps` needs F16C, which this function is compiled for;
+    // it reads and writes registers only.
+    unsafe {
+        std::arch::asm!(
+            "vcvtph2ps {v}, {bits}",
+            v = lateout(xmm_reg) v,
+            bits = in(xmm_reg) bits,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    _mm_cvtss_f32(v)
 }
 
 #[inline]
@@ -243,7 +256,7 @@ fn q6k<const T: usize>(row: &[u8], acts: &QActs, t0: usize) -> [f32; T] {
     let mut acc = [_mm256_setzero_ps(); T];
     let mut accm = [0f32; T];
     for (b, block) in row.chunks_exact(210).enumerate() {
-        let d = f16x2(block, 206).1;
+        let d = f16_1(block, 208);
         let sc: [i16; 16] = std::array::from_fn(|g| i16::from(block[192 + g] as i8));
         let mut isum = [_mm256_setzero_si256(); T];
         for h in 0..2 {
@@ -799,7 +812,7 @@ fn q6k16<const T: usize>(row: &[u8], x: &Rows16<'_, T>) -> [f32; T] {
     let (mask, three, off) = (_mm256_set1_epi16(0x0f), _mm256_set1_epi16(3), _mm256_set1_epi16(32));
     let mut acc = [_mm256_setzero_ps(); T];
     for (b, block) in row.chunks_exact(210).enumerate() {
-        let d = f16x2(block, 206).1;
+        let d = f16_1(block, 208);
         for h in 0..2 {
             let ql = [
                 [widen_u8(&block[64 * h..]), widen_u8(&block[64 * h + 16..])],
