@@ -191,6 +191,36 @@ fn decode_step(c: &mut Criterion) {
     g.finish();
 }
 
+/// Batched decoding's products: `n` activation rows (one per sequence) of
+/// 16-bit activations against SmolLM2-135M's matrices (`rows × cols`: q/o,
+/// k/v, gate/up, down, and the Q8_0 output head), as the server's engine
+/// runs them; throughput in multiply-adds.
+fn batched16(c: &mut Criterion) {
+    let shapes = [
+        (BlockFormat::Q4_1, 576, 576),
+        (BlockFormat::Q4_1, 192, 576),
+        (BlockFormat::Q4_1, 1536, 576),
+        (BlockFormat::Q4_1, 576, 1536),
+        (BlockFormat::Q8_0, 49152, 576),
+    ];
+    let mut g = c.benchmark_group("ggml-batched16");
+    g.sample_size(10);
+    for (format, rows, cols) in shapes {
+        let m = random_matrix(format, rows, cols, 17);
+        for n in [1, 4, 8, 16, 32] {
+            let mut acts = QActs16::default();
+            quantize_acts16(&activations(n, cols), n, cols, &mut acts);
+            let mut out = vec![0f32; n * rows];
+            g.throughput(Throughput::Elements((n * rows * cols) as u64));
+            let id = BenchmarkId::new(format!("n{n}"), label(format, rows, cols));
+            g.bench_function(id, |b| {
+                b.iter_custom(|iters| timed(iters, || m.matmul_acts16(Kernel::best(), black_box(&acts), &mut out)))
+            });
+        }
+    }
+    g.finish();
+}
+
 /// The machine's copy bandwidth: 128 MB copied per iteration (bytes counted once).
 fn copy(c: &mut Criterion) {
     let src = vec![1u8; 128 << 20];
@@ -204,5 +234,5 @@ fn copy(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matvec, matmul128, decode_step, copy);
+criterion_group!(benches, matvec, matmul128, decode_step, batched16, copy);
 criterion_main!(benches);

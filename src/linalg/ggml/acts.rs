@@ -101,6 +101,16 @@ pub struct QActs16 {
     pub d: Vec<f32>,
     /// `Σx` per group of 32 (`n · cols / 32`).
     pub sum: Vec<f32>,
+    /// `qs` in tiles of [`ROW_TILE16`] rows, each tile group by group with
+    /// its rows side by side: group `g` of row `t` (in tile `k = t / 8`,
+    /// which has `w = min(8, n - 8k)` rows) at `(8k · groups + g · w + t % 8) · 32`,
+    /// so the rows of one tile are one run of memory.
+    pub(crate) qs_by_group: Vec<i16>,
+    /// `d` by group: `d_by_group[g · (n + 7) + t] = d[t · groups + g]`,
+    /// each group's run padded with 7 zeros so eight lanes load from any row.
+    pub(crate) d_by_group: Vec<f32>,
+    /// `sum` laid out as `d_by_group`.
+    pub(crate) sum_by_group: Vec<f32>,
 }
 
 impl QActs16 {
@@ -108,7 +118,16 @@ impl QActs16 {
     pub fn groups(&self) -> usize {
         self.cols / 32
     }
+
+    /// The distance between groups in [`QActs16::d_by_group`] and
+    /// [`QActs16::sum_by_group`].
+    pub(crate) fn group_stride(&self) -> usize {
+        self.n + 7
+    }
 }
+
+/// Rows per tile of [`QActs16::qs_by_group`].
+pub(crate) const ROW_TILE16: usize = 8;
 
 /// Quantizes `n` rows of `cols` values (`cols` a multiple of 32) to 16 bits
 /// into `acts`, reusing its buffers.
@@ -128,6 +147,22 @@ pub fn quantize_acts16(x: &[f32], n: usize, cols: usize, acts: &mut QActs16) {
             quantize_group16(xg, qg, d, sum);
         }
     });
+    let (ng, stride) = (acts.groups(), acts.group_stride());
+    acts.d_by_group.clear();
+    acts.d_by_group.resize(ng * stride, 0.0);
+    acts.sum_by_group.clear();
+    acts.sum_by_group.resize(ng * stride, 0.0);
+    acts.qs_by_group.resize(n * cols, 0);
+    for t in 0..n {
+        let k = t / ROW_TILE16 * ROW_TILE16;
+        let w = ROW_TILE16.min(n - k);
+        for g in 0..ng {
+            let (from, to) = ((t * ng + g) * 32, (k * ng + g * w + t % ROW_TILE16) * 32);
+            acts.qs_by_group[to..to + 32].copy_from_slice(&acts.qs[from..from + 32]);
+            acts.d_by_group[g * stride + t] = acts.d[t * ng + g];
+            acts.sum_by_group[g * stride + t] = acts.sum[t * ng + g];
+        }
+    }
 }
 
 #[inline(always)]

@@ -1,16 +1,19 @@
 //! `out = x·Wᵀ` on packed rows: the activations quantized to 16 bits per
 //! group of 32 (up to [`PRECISE_MAX_N`] rows: decoding) or 8 bits per block
 //! (more rows: prompts) once, then integer block dot products, output rows
-//! split across rayon tasks, each weight row used for up to [`TOKENS`]
-//! activation rows while it is in cache.
+//! split across rayon tasks, each weight row unpacked once for up to
+//! [`TOKENS`] (8-bit) or [`TOKENS16`] (16-bit) activation rows.
 
 use rayon::prelude::*;
 
-use super::acts::{quantize_acts, quantize_acts16, QActs, QActs16};
+use super::acts::{quantize_acts, quantize_acts16, QActs, QActs16, ROW_TILE16};
 use super::{BlockFormat, QMatrix};
 
-/// Activation rows one pass over a weight row serves.
+/// Activation rows one pass over a weight row serves, 8-bit activations.
 pub const TOKENS: usize = 4;
+
+/// Activation rows one pass over a weight row serves, 16-bit activations.
+pub const TOKENS16: usize = ROW_TILE16;
 
 /// Rows of weights handled together (one pass per token group): small
 /// enough to stay in L1 between the token groups.
@@ -119,6 +122,8 @@ impl Kernel {
 
 /// Quantized activation rows a kernel takes.
 trait Acts: Sync {
+    /// Activation rows a kernel call takes at most.
+    const TILE: usize;
     /// Rows.
     fn rows(&self) -> usize;
     /// `out[i·tn + t] = row_i · x[t0 + t]` for the packed rows in `rows`
@@ -137,6 +142,7 @@ trait Acts: Sync {
 }
 
 impl Acts for QActs {
+    const TILE: usize = TOKENS;
     fn rows(&self) -> usize {
         self.n
     }
@@ -157,6 +163,7 @@ impl Acts for QActs {
 }
 
 impl Acts for QActs16 {
+    const TILE: usize = TOKENS16;
     fn rows(&self) -> usize {
         self.n
     }
@@ -279,12 +286,12 @@ impl QMatrix {
     /// Output rows `r0..r1` for every activation row into `sink`.
     fn rows_into<A: Acts>(&self, kernel: Kernel, acts: &A, r0: usize, r1: usize, sink: &Out) {
         let (rows, n, rb) = (self.rows, acts.rows(), self.row_bytes());
-        let mut buf = [0f32; TOKENS * ROW_TILE];
+        let mut buf = [0f32; TOKENS16 * ROW_TILE];
         for tile in (r0..r1).step_by(ROW_TILE) {
             let end = (tile + ROW_TILE).min(r1);
             let packed = &self.data[tile * rb..end * rb];
-            for t0 in (0..n).step_by(TOKENS) {
-                let tn = TOKENS.min(n - t0);
+            for t0 in (0..n).step_by(A::TILE) {
+                let tn = A::TILE.min(n - t0);
                 let vals = &mut buf[..(end - tile) * tn];
                 acts.dot(kernel, self.format, packed, rb, t0, tn, vals);
                 for (i, row_vals) in vals.chunks_exact(tn).enumerate() {
@@ -292,6 +299,78 @@ impl QMatrix {
                         // SAFETY: this call owns output rows `r0..r1` of every
                         // activation row (callers give tasks disjoint ranges).
                         unsafe { sink.write((t0 + t) * rows + tile + i, v) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64: a seeded stream of pseudo-random words.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        /// Uniform in `[-1, 1)`.
+        fn unit(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+    }
+
+    /// A matrix of random blocks whose f16 fields are finite, of either sign.
+    fn random_matrix(format: BlockFormat, rows: usize, cols: usize, rng: &mut Rng) -> QMatrix {
+        let len = format.row_bytes(cols).unwrap_or(0) * rows;
+        let mut data: Vec<u8> = (0..len).map(|_| (rng.next() >> 32) as u8).collect();
+        let fields: &[usize] = match format {
+            BlockFormat::Q4_0 | BlockFormat::Q5_0 | BlockFormat::Q8_0 => &[0],
+            BlockFormat::Q6_K => &[208],
+            _ => &[0, 2],
+        };
+        for block in data.chunks_exact_mut(format.block_bytes()) {
+            for &at in fields {
+                let v = half::f16::from_f32(0.05 * rng.unit());
+                block[at..at + 2].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        QMatrix::new(format, rows, cols, data).expect("whole blocks")
+    }
+
+    /// Every output of a product of `n` activation rows equals, bit for bit,
+    /// the product of that row alone: whatever tile of rows a kernel call
+    /// takes, each row goes through the same operations in the same order.
+    #[test]
+    fn each_activation_row_gets_the_bits_it_gets_alone() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (rows, cols) = (37, 512);
+        for format in BlockFormat::ALL {
+            let m = random_matrix(format, rows, cols, &mut rng);
+            for kernel in Kernel::ALL.into_iter().filter(|k| k.is_available()) {
+                for n in 1..=16 {
+                    let x: Vec<f32> = (0..n * cols).map(|_| 3.0 * rng.unit()).collect();
+                    let mut acts = QActs16::default();
+                    quantize_acts16(&x, n, cols, &mut acts);
+                    let mut batched = vec![0f32; n * rows];
+                    m.matmul_acts16(kernel, &acts, &mut batched);
+                    for (t, got) in batched.chunks_exact(rows).enumerate() {
+                        let mut one = QActs16::default();
+                        quantize_acts16(&x[t * cols..(t + 1) * cols], 1, cols, &mut one);
+                        let mut alone = vec![0f32; rows];
+                        m.matmul_acts16(kernel, &one, &mut alone);
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(got),
+                            bits(&alone),
+                            "{format:?} {kernel:?}: row {t} of {n} differs from the row alone"
+                        );
                     }
                 }
             }

@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::acts::{QActs, QActs16};
+use super::acts::{QActs, QActs16, ROW_TILE16};
 use super::blocks::k_scale_min;
 use super::BlockFormat;
 
@@ -84,11 +84,27 @@ fn f16x2(b: &[u8], at: usize) -> (f32, f32) {
     (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
 }
 
+/// The little-endian f16 value at `at` as f32. The conversion is inline
+/// assembly so that the compiler sees every lane of its input used: with
+/// the intrinsic it loads the 16 bits with `vpinsrw` into whatever register
+/// is free, and each block then waits for that register's last writer (an
+/// accumulator of the previous block), which chains the loop's iterations.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn f16_1(b: &[u8], at: usize) -> f32 {
-    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    let bits = _mm_cvtsi32_si128(i32::from(u16::from_le_bytes([b[at], b[at + 1]])));
+    let v: __m128;
+    // SAFETY: `vcvtph2ps` needs F16C, which this function is compiled for;
+    // it reads and writes registers only.
+    unsafe {
+        std::arch::asm!(
+            "vcvtph2ps {v}, {bits}",
+            v = lateout(xmm_reg) v,
+            bits = in(xmm_reg) bits,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    _mm_cvtss_f32(v)
 }
 
 #[inline]
@@ -277,7 +293,7 @@ fn q6k<const T: usize>(row: &[u8], acts: &QActs, t0: usize) -> [f32; T] {
 }
 
 /// `out[i·tn + t] = Σ_c w_i[c]·x[t0 + t][c]` for the packed rows `w_i`
-/// (`row_bytes` each) in `rows` against 16-bit activations, `tn` in 1..=4
+/// (`row_bytes` each) in `rows` against 16-bit activations, `tn` in 1..=8
 /// (see `portable::dot_row16`); more fall back to the portable kernel.
 ///
 /// # Safety
@@ -297,6 +313,10 @@ pub(crate) unsafe fn dot_rows16(
         2 => rows16_t::<2>(format, rows, row_bytes, acts, t0, out),
         3 => rows16_t::<3>(format, rows, row_bytes, acts, t0, out),
         4 => rows16_t::<4>(format, rows, row_bytes, acts, t0, out),
+        5 => rows16_t::<5>(format, rows, row_bytes, acts, t0, out),
+        6 => rows16_t::<6>(format, rows, row_bytes, acts, t0, out),
+        7 => rows16_t::<7>(format, rows, row_bytes, acts, t0, out),
+        8 => rows16_t::<8>(format, rows, row_bytes, acts, t0, out),
         _ => {
             for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(tn)) {
                 super::portable::dot_row16(format, row, acts, t0, o);
@@ -325,11 +345,11 @@ fn rows16_t<const T: usize>(format: BlockFormat, rows: &[u8], rb: usize, acts: &
         };
     }
     match format {
-        BlockFormat::Q4_0 => each_row!(small16::<T, false, false>),
-        BlockFormat::Q4_1 => each_row!(small16::<T, true, false>),
-        BlockFormat::Q5_0 => each_row!(small16::<T, false, true>),
-        BlockFormat::Q5_1 => each_row!(small16::<T, true, true>),
-        BlockFormat::Q8_0 => each_row!(q8_0_16::<T>),
+        BlockFormat::Q4_0 => each_row!(small16::<T, false, false, false>),
+        BlockFormat::Q4_1 => each_row!(small16::<T, true, false, false>),
+        BlockFormat::Q5_0 => each_row!(small16::<T, false, true, false>),
+        BlockFormat::Q5_1 => each_row!(small16::<T, true, true, false>),
+        BlockFormat::Q8_0 => each_row!(small16::<T, false, false, true>),
         BlockFormat::Q4_K => each_row!(q45k16::<T, false>),
         BlockFormat::Q5_K => each_row!(q45k16::<T, true>),
         BlockFormat::Q6_K => each_row!(q6k16::<T>),
@@ -457,7 +477,11 @@ fn quad16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool>(
     let mut o = [0f32; 4];
     // SAFETY: `o` holds 4 writable f32; `storeu` has no alignment requirement.
     unsafe { _mm_storeu_ps(o.as_mut_ptr(), v) };
-    [o[0] + accm[0], o[1] + accm[1], o[2] + accm[2], o[3] + accm[3]]
+    if Q8 {
+        o
+    } else {
+        [o[0] + accm[0], o[1] + accm[1], o[2] + accm[2], o[3] + accm[3]]
+    }
 }
 
 #[inline]
@@ -536,36 +560,47 @@ fn widen_u8(s: &[u8]) -> __m256i {
     _mm256_cvtepu8_epi16(load16(s))
 }
 
-/// `Σ w·x` over 32 values (two registers of 16 i16 each) as eight i32 sums.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn dot32_i16(w: [__m256i; 2], x: &[i16; 32]) -> __m256i {
-    // SAFETY: `x` holds 32 readable i16 (64 bytes); `loadu` has no
-    // alignment requirement.
-    let (x0, x1) = unsafe {
-        (
-            _mm256_loadu_si256(x.as_ptr().cast()),
-            _mm256_loadu_si256(x[16..].as_ptr().cast()),
-        )
-    };
-    _mm256_add_epi32(_mm256_madd_epi16(w[0], x0), _mm256_madd_epi16(w[1], x1))
-}
-
 /// Activation rows `t0..t0 + T` of 16-bit activations: per row its
-/// values, scales and sums.
+/// values, scales and sums; the values group by group with the rows side
+/// by side, and the scales and sums of rows `t0..t0 + 8` side by side per
+/// group (lanes past the last row are zero).
 struct Rows16<'a, const T: usize> {
     qs: [&'a [i16]; T],
     d: [&'a [f32]; T],
     sum: [&'a [f32]; T],
+    by_group: &'a [i16],
+    d8: &'a [f32],
+    sum8: &'a [f32],
+    /// Values from one group of the tile to the next.
+    group_step: usize,
+    groups: usize,
+    stride: usize,
 }
 
 impl<'a, const T: usize> Rows16<'a, T> {
+    /// Rows `t0..t0 + T` of `acts`, which [`super::acts::quantize_acts16`]
+    /// filled (panics where its sizes disagree with `n` and `cols`, or the
+    /// rows span two tiles of [`ROW_TILE16`]).
     fn new(acts: &'a QActs16, t0: usize) -> Self {
-        let (cols, ng) = (acts.cols, acts.groups());
+        let (n, cols, ng, stride) = (acts.n, acts.cols, acts.groups(), acts.group_stride());
+        assert!(t0 + T <= n && ng * 32 == cols, "activation rows out of range");
+        let k = t0 / ROW_TILE16 * ROW_TILE16;
+        assert!(t0 + T <= k + ROW_TILE16, "activation rows span two tiles");
+        let w = ROW_TILE16.min(n - k);
+        assert!(
+            acts.qs_by_group.len() == n * cols && acts.d_by_group.len() == ng * stride && acts.sum_by_group.len() == ng * stride,
+            "activations not filled by quantize_acts16"
+        );
         Self {
             qs: std::array::from_fn(|t| &acts.qs[(t0 + t) * cols..(t0 + t + 1) * cols]),
             d: std::array::from_fn(|t| &acts.d[(t0 + t) * ng..(t0 + t + 1) * ng]),
             sum: std::array::from_fn(|t| &acts.sum[(t0 + t) * ng..(t0 + t + 1) * ng]),
+            by_group: &acts.qs_by_group[(k * ng + t0 - k) * 32..],
+            d8: &acts.d_by_group[t0..],
+            sum8: &acts.sum_by_group[t0..],
+            group_step: w * 32,
+            groups: ng,
+            stride,
         }
     }
 
@@ -575,6 +610,57 @@ impl<'a, const T: usize> Rows16<'a, T> {
         let q = self.qs[t][g * 32..g * 32 + 32].try_into().unwrap_or(&[0; 32]);
         (q, self.d[t][g], self.sum[t][g])
     }
+
+    /// `(v·d, m·Σx)` of group `g` for the rows `t0..t0 + 8`, one per lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn scaled8(&self, g: usize, v: f32, m: f32) -> (__m256, __m256) {
+        let (d, s) = (&self.d8[g * self.stride..][..8], &self.sum8[g * self.stride..][..8]);
+        // SAFETY: `d` and `s` hold 8 readable f32 (bounds-checked above);
+        // `loadu` has no alignment requirement.
+        let (d, s) = unsafe { (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(s.as_ptr())) };
+        (
+            _mm256_mul_ps(_mm256_set1_ps(v), d),
+            _mm256_mul_ps(_mm256_set1_ps(m), s),
+        )
+    }
+
+    /// `acc[t] += dd[t]·Σ w·x_t` over group `g` for the `T` rows: an exact
+    /// integer sum in eight lanes, converted, then one FMA per lane (the
+    /// operations every kernel here does for a group and a row).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn fma_group(&self, acc: &mut [__m256; T], w: [__m256i; 2], g: usize, dd: __m256) {
+        assert!(g < self.groups, "group out of range");
+        // SAFETY: `by_group` starts at group 0 of row `t0` in its tile of
+        // `w` rows (`t0 = k + j`), which runs on to the tile's end at
+        // `(groups - 1)·w + w` groups of 32 from the tile's start; group `g`
+        // of row `t0 + t` is at `g·w + t` from `by_group`'s start, and
+        // `g < groups` (checked above), `j + t < w` (checked in `new`), so
+        // each 32 values are in bounds; `loadu` and `broadcast_ss` need no
+        // alignment.
+        unsafe {
+            let p = self.by_group.as_ptr().add(g * self.group_step);
+            for t in 0..T {
+                let xp = p.add(t * 32);
+                let s = _mm256_add_epi32(
+                    _mm256_madd_epi16(w[0], _mm256_loadu_si256(xp.cast())),
+                    _mm256_madd_epi16(w[1], _mm256_loadu_si256(xp.add(16).cast())),
+                );
+                let d = _mm256_permutevar8x32_ps(dd, _mm256_set1_epi32(t as i32));
+                acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[t]);
+            }
+        }
+    }
+}
+
+/// The eight lanes of `v`.
+#[inline]
+#[target_feature(enable = "avx")]
+fn lanes(v: __m256) -> [f32; 8] {
+    let mut o = [0f32; 8];
+    store8(&mut o, v);
+    o
 }
 
 /// The 16 bits of `bits` as i16 lanes `0x10` (bit set) or `0`.
@@ -603,23 +689,28 @@ fn high_bits16(bits: u16) -> __m256i {
     _mm256_and_si256(_mm256_cmpeq_epi16(v, mask), _mm256_set1_epi16(0x10))
 }
 
-/// Q4_0, Q4_1, Q5_0, Q5_1 against 16-bit activations: `w = d·q + m` with
-/// `m = -8d` / `-16d` for the formats without a stored minimum.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn small16<const T: usize, const MIN: bool, const FIVE: bool>(row: &[u8], x: &Rows16<'_, T>) -> [f32; T] {
-    let bb = 18 + 2 * usize::from(MIN) + 4 * usize::from(FIVE);
-    let qs_at = bb - 16;
-    let mask = _mm256_set1_epi16(0x0f);
-    let mut acc = [_mm256_setzero_ps(); T];
-    let mut accm = [0f32; T];
-    for (b, block) in row.chunks_exact(bb).enumerate() {
+/// The 32 weights of a block of Q4_0, Q4_1, Q5_0, Q5_1 or (`Q8`) Q8_0
+/// widened to i16 (unsigned, or signed for Q8_0), with `(d, m)`, `w = d·q + m`.
+#[inline(always)]
+fn small_block16<const MIN: bool, const FIVE: bool, const Q8: bool>(block: &[u8]) -> ([__m256i; 2], f32, f32) {
+    // SAFETY: the callers are compiled with AVX2, FMA and F16C (this is
+    // inlined into them), so the intrinsics run on a CPU that has them.
+    unsafe {
+        if Q8 {
+            let w = [
+                _mm256_cvtepi8_epi16(load16(&block[2..])),
+                _mm256_cvtepi8_epi16(load16(&block[18..])),
+            ];
+            return (w, f16_1(block, 0), 0.0);
+        }
+        let qs_at = block.len() - 16;
         let (d, m) = if MIN {
             f16x2(block, 0)
         } else {
             let d = f16_1(block, 0);
             (d, if FIVE { -16.0 * d } else { -8.0 * d })
         };
+        let mask = _mm256_set1_epi16(0x0f);
         let q = widen_u8(&block[qs_at..]);
         let mut w = [
             _mm256_and_si256(q, mask),
@@ -631,45 +722,48 @@ fn small16<const T: usize, const MIN: bool, const FIVE: bool>(row: &[u8], x: &Ro
             w[0] = _mm256_or_si256(w[0], high_bits16(bits as u16));
             w[1] = _mm256_or_si256(w[1], high_bits16((bits >> 16) as u16));
         }
-        for t in 0..T {
-            let (xq, dx, sx) = x.group(t, b);
-            let s = _mm256_cvtepi32_ps(dot32_i16(w, xq));
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), s, acc[t]);
-            accm[t] += m * sx;
-        }
+        (w, d, m)
     }
-    std::array::from_fn(|t| hsum(acc[t]) + accm[t])
 }
 
-/// Q8_0 against 16-bit activations: the signed weights sign-extended.
+/// Q4_0, Q4_1, Q5_0, Q5_1 or (`Q8`) Q8_0 against `T` rows of 16-bit
+/// activations: each block unpacked once for the `T` rows, per group and
+/// row `acc += (d·d_x)·Σ q·x` in eight lanes and `accm += m·Σx`, the
+/// products `d·d_x` and `m·Σx` taken for eight rows at once.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0_16<const T: usize>(row: &[u8], x: &Rows16<'_, T>) -> [f32; T] {
+fn small16<const T: usize, const MIN: bool, const FIVE: bool, const Q8: bool>(
+    row: &[u8],
+    x: &Rows16<'_, T>,
+) -> [f32; T] {
+    let bb = if Q8 {
+        34
+    } else {
+        18 + 2 * usize::from(MIN) + 4 * usize::from(FIVE)
+    };
     let mut acc = [_mm256_setzero_ps(); T];
-    for (b, block) in row.chunks_exact(34).enumerate() {
-        let d = f16_1(block, 0);
-        let w = [
-            _mm256_cvtepi8_epi16(load16(&block[2..])),
-            _mm256_cvtepi8_epi16(load16(&block[18..])),
-        ];
-        for t in 0..T {
-            let (xq, dx, _) = x.group(t, b);
-            let s = _mm256_cvtepi32_ps(dot32_i16(w, xq));
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), s, acc[t]);
+    let mut accm = _mm256_setzero_ps();
+    for (b, block) in row.chunks_exact(bb).enumerate() {
+        let (w, d, m) = small_block16::<MIN, FIVE, Q8>(block);
+        let (dd, ms) = x.scaled8(b, d, m);
+        if !Q8 {
+            accm = _mm256_add_ps(accm, ms);
         }
+        x.fma_group(&mut acc, w, b, dd);
     }
-    std::array::from_fn(|t| hsum(acc[t]))
+    let accm = lanes(accm);
+    std::array::from_fn(|t| if Q8 { hsum(acc[t]) } else { hsum(acc[t]) + accm[t] })
 }
 
-/// Q4_K, Q5_K against 16-bit activations: per sub-block of 32 an integer
-/// sum scaled by `d·sc·d_x` in f32, the minimum times the group's `Σx`.
+/// Q4_K, Q5_K against 16-bit activations: per sub-block of 32 and row an
+/// integer sum scaled by `(d·sc)·d_x` in f32, and `accm -= (dmin·mn)·Σx`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q45k16<const T: usize, const FIVE: bool>(row: &[u8], x: &Rows16<'_, T>) -> [f32; T] {
     let bb = if FIVE { 176 } else { 144 };
     let mask = _mm256_set1_epi16(0x0f);
     let mut acc = [_mm256_setzero_ps(); T];
-    let mut accm = [0f32; T];
+    let mut accm = _mm256_setzero_ps();
     for (b, block) in row.chunks_exact(bb).enumerate() {
         let (d, dmin) = f16x2(block, 0);
         let (mut ds, mut dm) = ([0f32; 8], [0f32; 8]);
@@ -689,7 +783,10 @@ fn q45k16<const T: usize, const FIVE: bool>(row: &[u8], x: &Rows16<'_, T>) -> [f
             for half in 0..2 {
                 let j = 2 * c + half;
                 let shift = _mm_cvtsi32_si128(4 * half as i32);
-                let mut w = q.map(|v| _mm256_and_si256(_mm256_srl_epi16(v, shift), mask));
+                let mut w = [
+                    _mm256_and_si256(_mm256_srl_epi16(q[0], shift), mask),
+                    _mm256_and_si256(_mm256_srl_epi16(q[1], shift), mask),
+                ];
                 if FIVE {
                     let up = _mm_cvtsi32_si128(j as i32);
                     for (wi, h) in w.iter_mut().zip(qh) {
@@ -697,20 +794,18 @@ fn q45k16<const T: usize, const FIVE: bool>(row: &[u8], x: &Rows16<'_, T>) -> [f
                         *wi = _mm256_or_si256(*wi, _mm256_slli_epi16::<4>(bit));
                     }
                 }
-                for t in 0..T {
-                    let (xq, dx, sx) = x.group(t, b * 8 + j);
-                    let s = _mm256_cvtepi32_ps(dot32_i16(w, xq));
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(ds[j] * dx), s, acc[t]);
-                    accm[t] -= dm[j] * sx;
-                }
+                let (dd, ms) = x.scaled8(b * 8 + j, ds[j], dm[j]);
+                accm = _mm256_sub_ps(accm, ms);
+                x.fma_group(&mut acc, w, b * 8 + j, dd);
             }
         }
     }
+    let accm = lanes(accm);
     std::array::from_fn(|t| hsum(acc[t]) + accm[t])
 }
 
 /// Q6_K against 16-bit activations: `(q - 32)·sc` in i16 (at most 4096 in
-/// magnitude), per 32 values an integer sum scaled by `d·d_x` in f32.
+/// magnitude), per 32 values and row an integer sum scaled by `d·d_x` in f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6k16<const T: usize>(row: &[u8], x: &Rows16<'_, T>) -> [f32; T] {
@@ -727,17 +822,16 @@ fn q6k16<const T: usize>(row: &[u8], x: &Rows16<'_, T>) -> [f32; T] {
             for k in 0..4 {
                 let (lo_shift, hi_shift) = (_mm_cvtsi32_si128(4 * (k as i32 / 2)), _mm_cvtsi32_si128(2 * k as i32));
                 let g = h * 8 + 2 * k;
-                let w: [__m256i; 2] = std::array::from_fn(|i| {
+                let mut w = [_mm256_setzero_si256(); 2];
+                for (i, wi) in w.iter_mut().enumerate() {
                     let lo = _mm256_and_si256(_mm256_srl_epi16(ql[k % 2][i], lo_shift), mask);
                     let hi = _mm256_and_si256(_mm256_srl_epi16(qh[i], hi_shift), three);
                     let q = _mm256_sub_epi16(_mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi)), off);
-                    _mm256_mullo_epi16(q, _mm256_set1_epi16(i16::from(block[192 + g + i] as i8)))
-                });
-                for t in 0..T {
-                    let (xq, dx, _) = x.group(t, b * 8 + h * 4 + k);
-                    let s = _mm256_cvtepi32_ps(dot32_i16(w, xq));
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), s, acc[t]);
+                    *wi = _mm256_mullo_epi16(q, _mm256_set1_epi16(i16::from(block[192 + g + i] as i8)));
                 }
+                let group = b * 8 + h * 4 + k;
+                let (dd, _) = x.scaled8(group, d, 0.0);
+                x.fma_group(&mut acc, w, group, dd);
             }
         }
     }
