@@ -28,7 +28,7 @@ score() {
   local lc wp
   lc=$("$bin/llama-perplexity" -m "$1" -f "$text" -c 512 --chunks "$chunks" -t 2 2>&1 \
     | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p')
-  wp=$("$wg" perplexity "$1" --text "$text" --chunk 512 --chunks "$chunks" \
+  wp=$("$wg" perplexity "$1" --text "$text" --chunk 512 --chunks "$chunks" 2>/dev/null \
     | sed -n 's/^perplexity \([0-9.]*\).*/\1/p')
   echo "| $2 | $lc | $wp |"
 }
