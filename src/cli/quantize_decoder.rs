@@ -24,7 +24,7 @@ const CHUNK: usize = 512;
 const MAX_CHUNKS: usize = 8;
 
 /// Calibration tokens by default.
-pub const DEFAULT_CALIBRATION_TOKENS: usize = 8192;
+pub const DEFAULT_CALIBRATION_TOKENS: usize = 4096;
 
 /// Whether `path` is a decoder: a `.gguf` file or a directory whose
 /// `config.json` names a llama-family `*ForCausalLM`.

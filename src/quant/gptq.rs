@@ -18,7 +18,9 @@
 //! else from the error-updated weights when the group's first column is
 //! reached — so every kernel runs it unchanged.
 //! Supported: int4 blocks (symmetric and with a minimum), int8 symmetric and
-//! W8A8 (per-channel scale).
+//! W8A8 (per-channel scale). The algorithm runs over any [`Grid`] (group
+//! parameters plus rounding, [`gptq_grid`]); [`super::gptq_ggml`] puts
+//! ggml's block formats on it.
 
 use half::f16;
 use rayon::prelude::*;
