@@ -1,19 +1,21 @@
 //! W8A8 convolution. Each image's input channels of one group are
 //! quantized together to uint8 (W8A8's activation quantization,
 //! [`super::quantize_row_u8`], over the group's `c/group·h·w` values: one
-//! scale and zero point per image and group); im2col then copies codes
-//! (the padding gets the zero point's code, which stands for 0.0) into one
-//! row per output pixel; int8 weights per output channel multiply them with
-//! int32 sums; the epilogue is W8A8 Linear's.
+//! scale and zero point per image and group) into planes padded with the
+//! zero point's code (which stands for 0.0); int8 weights per output
+//! channel multiply each output pixel's patch of codes with int32 sums; the
+//! epilogue is W8A8 Linear's. The AVX2 kernel reads the patches in place
+//! ([`W8A8Gemm::Gathered`]); the VNNI kernel and the portable loop read
+//! im2col rows of codes. All give the same bits.
 //!
-//! One range per image rather than per output pixel's patch: the patch
-//! rows repeat every input value `kh·kw` times, so quantizing them costs
-//! `kh·kw` times the quantization of the image and made the digits CNN's
-//! W8A8 convolutions 6× slower than its f32 ones at batch 64, while the
-//! accuracy was the same (0.9733 either way on the 450 held-out digits;
-//! logits' relative RMS error to f32 1.55% per patch, 1.58% per image).
-//! Per image, not per batch: a sample's outputs do not depend on the other
-//! samples in its batch.
+//! One range per image rather than per output pixel's patch: patch rows
+//! repeat every input value `kh·kw` times, so per-patch ranges quantize
+//! `kh·kw` times the values and need materialized patch rows (a patch read
+//! in place has no codes of its own); on the digits CNN they made a batch-64
+//! run 6× the f32 model's time (2.3× with one range per image), for the same
+//! accuracy (0.9733 either way on the 450 held-out digits; logits' relative
+//! RMS error to f32 1.55% per patch, 1.58% per image). Per image, not per
+//! batch: a sample's outputs do not depend on the other samples in its batch.
 
 use rayon::prelude::*;
 
