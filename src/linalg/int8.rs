@@ -541,6 +541,62 @@ impl PackedW8A8 {
         }
     }
 
+    /// [`Self::run_codes`] for an AVX2 weight over int16 codes gathered
+    /// from `x`: row `i`'s codes are the pairs `x[base[i] + off[q]..][..2]`,
+    /// `q < code_row_len/2` (an implicit im2col: `base` per output pixel,
+    /// `off` per pair of taps).
+    ///
+    /// # Panics
+    /// If the weight is not packed for the AVX2 kernel, has outlier
+    /// columns, or a size or a pair's position does not fit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_gathered(
+        &self,
+        x: &[i16],
+        base: &[usize],
+        off: &[usize],
+        m: usize,
+        xs: &[f32],
+        xz: &[i32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) {
+        let n = self.n();
+        assert!(
+            base.len() >= m
+                && xs.len() >= m
+                && xz.len() >= m
+                && bias.is_none_or(|b| b.len() >= n)
+                && y.len() >= m * n
+                && self.outliers.is_empty(),
+            "PackedW8A8::run_gathered sizes"
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            let Kernel::Avx2(w) = &self.w else {
+                panic!("PackedW8A8::run_gathered: not an AVX2 weight");
+            };
+            let epi = packed::Epilogue::W8A8 {
+                xs: xs.as_ptr(),
+                z: xz.as_ptr(),
+                ws: self.scale.as_ptr(),
+                bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+                // Not read: no outlier columns.
+                xo: xs.as_ptr(),
+                owt: self.owt.as_ptr(),
+                c: 0,
+                n_pad: self.scale.len(),
+                y: y.as_mut_ptr(),
+            };
+            avx2::gemm_gathered(x, base, off, m, w, epi);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (x, off);
+            panic!("PackedW8A8::run_gathered: not an AVX2 weight");
+        }
+    }
+
     /// `y [m, n]` for `x [m, k]`: the activations quantized per row as
     /// [`quantize_row_u8`] does (straight into the kernel's padded rows), then
     /// `y = ((acc - z_i·wsum_j) as f32)·(s_i·scale_j) + Σ_t x[i, o_t]·ow[j, t] + b_j`

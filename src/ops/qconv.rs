@@ -9,7 +9,7 @@ use super::conv::{AutoPad, Window};
 use super::{attr_i64, check_arity, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Prepared, Validation};
 use crate::error::OpError;
 use crate::linalg::conv::{ConvShape, Im2col};
-use crate::linalg::int8::conv::{conv2d_w8a8, W8A8Gemm};
+use crate::linalg::int8::conv::{conv2d_w8a8, gathered_weight, W8A8Gemm};
 use crate::linalg::int8::{PackedW8A8, W8A8Weights};
 use crate::quant::{self, WeightFormat};
 use crate::tensor::{DType, Dim, Tensor, ValueType};
@@ -43,6 +43,8 @@ type Split<'a> = (ConvShape, &'a [f32], Vec<&'a Tensor>, Option<&'a [f32]>);
 /// that reads only this op runs in its epilogue (see [`QConv::with_relu`]).
 struct PreparedQConv {
     groups: Arc<[PackedW8A8]>,
+    /// Packed by [`gathered_weight`] (read in place by the AVX2 kernel).
+    gathered: bool,
     relu: bool,
 }
 
@@ -145,6 +147,7 @@ impl QConv {
         let pc = prepared.0.downcast_ref::<PreparedQConv>()?;
         Some(Prepared(Arc::new(PreparedQConv {
             groups: Arc::clone(&pc.groups),
+            gathered: pc.gathered,
             relu: true,
         })))
     }
@@ -258,8 +261,10 @@ impl Op for QConv {
         Self::output(&s, conv2d_w8a8(&s, x, &groups, bias, false))
     }
 
-    /// Each group's weight packed for the VNNI or AVX2 kernel; `None` on
-    /// CPUs with neither (the portable loop runs).
+    /// Each group's weight packed for the VNNI kernel (over im2col rows of
+    /// codes), else for the AVX2 kernel reading patches in place (unit
+    /// horizontal dilation; else over im2col rows); `None` on CPUs with
+    /// neither (the portable loop runs).
     fn prepare_cpu(&self, consts: &[Option<&Tensor>]) -> Option<Prepared> {
         let packed: Vec<&Tensor> = consts
             .get(1..1 + self.n_packed())?
@@ -268,17 +273,41 @@ impl Op for QConv {
             .collect::<Option<_>>()?;
         let (n, k) = self.matrix_dims();
         quant::check_packed(&self.format, &packed, n, k).ok()?;
-        let groups = (0..self.group)
-            .map(|g| PackedW8A8::new(&self.group_weights(&packed, g).ok()?))
+        let weights = (0..self.group)
+            .map(|g| self.group_weights(&packed, g).ok())
+            .collect::<Option<Vec<_>>>()?;
+        let groups = weights.iter().map(PackedW8A8::new).collect::<Option<Vec<_>>>()?;
+        let (cg, kh, kw) = (
+            self.in_channels / self.group,
+            self.window.kernel[0],
+            self.window.kernel[1],
+        );
+        if groups.iter().any(PackedW8A8::is_vnni) || self.window.dilations[1] != 1 {
+            return Some(Prepared(Arc::new(PreparedQConv {
+                groups: groups.into(),
+                gathered: false,
+                relu: false,
+            })));
+        }
+        let groups = weights
+            .iter()
+            .map(|w| gathered_weight(w, cg, kh, kw))
             .collect::<Option<Arc<[PackedW8A8]>>>()?;
-        Some(Prepared(Arc::new(PreparedQConv { groups, relu: false })))
+        Some(Prepared(Arc::new(PreparedQConv {
+            groups,
+            gathered: true,
+            relu: false,
+        })))
     }
 
     /// [`conv2d_w8a8`] on the packed weights: the same bits as [`Op::cpu`].
     fn cpu_prepared(&self, inputs: &[&Tensor], prepared: &Prepared) -> Result<Vec<Tensor>, OpError> {
         let pc = prepared.0.downcast_ref::<PreparedQConv>();
         let (n, k) = self.matrix_dims();
+        let kw = self.window.kernel[1];
         let fits = |p: &PreparedQConv| {
+            // The gathered weight's taps: kw rounded up to even.
+            let k = if p.gathered { k / kw * kw.div_ceil(2) * 2 } else { k };
             p.groups.len() == self.group && p.groups.iter().all(|g| (g.n() * self.group, g.k()) == (n, k))
         };
         let Some(pc) = pc.filter(|p| fits(p)) else {
@@ -290,7 +319,12 @@ impl Op for QConv {
             };
         };
         let (s, x, _, bias) = self.split(inputs, false)?;
-        let groups: Vec<W8A8Gemm> = pc.groups.iter().map(W8A8Gemm::Packed).collect();
+        let kernel = if pc.gathered {
+            W8A8Gemm::Gathered
+        } else {
+            W8A8Gemm::Packed
+        };
+        let groups: Vec<W8A8Gemm> = pc.groups.iter().map(kernel).collect();
         Self::output(&s, conv2d_w8a8(&s, x, &groups, bias, pc.relu))
     }
 
@@ -598,6 +632,17 @@ mod tests {
                 let groups: Vec<W8A8Gemm> = avx2.iter().map(W8A8Gemm::Packed).collect();
                 for (i, (a, b)) in conv2d_w8a8(&s, x, &groups, bias, false).iter().zip(w).enumerate() {
                     assert_eq!(a.to_bits(), b.to_bits(), "{} avx2 at {i}: {a} vs {b}", c.name);
+                }
+            }
+            // And the AVX2 kernel reading patches in place.
+            let (cg, kh, kw) = (qc.in_channels / qc.group, qc.window.kernel[0], qc.window.kernel[1]);
+            let gathered: Option<Vec<PackedW8A8>> = (0..qc.group)
+                .map(|g| gathered_weight(&qc.group_weights(&packed, g).unwrap(), cg, kh, kw))
+                .collect();
+            if let Some(gw) = gathered.filter(|_| s.geom.d[1] == 1) {
+                let groups: Vec<W8A8Gemm> = gw.iter().map(W8A8Gemm::Gathered).collect();
+                for (i, (a, b)) in conv2d_w8a8(&s, x, &groups, bias, false).iter().zip(w).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{} gathered at {i}: {a} vs {b}", c.name);
                 }
             }
             let fused = c.op.cpu_prepared(&inputs, &qc.with_relu(&p).unwrap()).unwrap();

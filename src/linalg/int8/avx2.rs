@@ -72,14 +72,45 @@ impl PackedI16 {
     }
 }
 
+/// Where a tile finds its activation codes: row `r`'s pair `q` (two int16
+/// codes read as one int32) at `x + start(r) + offset(q)`.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// Dense rows of `k2` codes: `start(r) = r·k2`, `offset(q) = 2q`.
+    Dense { k2: usize },
+    /// Rows gathered from anywhere in `x` (an implicit im2col):
+    /// `start(r) = base[r]`, `offset(q) = off[q]`.
+    Gathered { base: &'a [usize], off: &'a [usize] },
+}
+
 /// `m` activation rows `x` (int16 codes, [`PackedI16::k2`] each, zero
 /// padded) against the packed weights, each tile finished by `epi`.
 /// The caller checked that `x` holds `m` rows and that the epilogue's
 /// buffers hold what [`Epilogue`] lists.
 pub(super) fn gemm(x: &[i16], m: usize, w: &PackedI16, epi: Epilogue) {
+    let k2 = w.k2();
+    if x.len() >= m * k2 {
+        run(x, Rows::Dense { k2 }, m, w, epi);
+    }
+}
+
+/// [`gemm`] over rows gathered from `x`: row `r`'s codes are the pairs at
+/// `x[base[r] + off[q]..][..2]` for `q < k2/2` (an implicit im2col: `base`
+/// per output pixel, `off` per pair of taps). Panics if `base` has fewer
+/// than `m` entries, `off` other than `k2/2`, or a pair lies outside `x`.
+pub(super) fn gemm_gathered(x: &[i16], base: &[usize], off: &[usize], m: usize, w: &PackedI16, epi: Epilogue) {
+    let far = base[..m].iter().max().copied().unwrap_or(0) + off.iter().max().copied().unwrap_or(0) + 2;
+    assert!(
+        off.len() == w.k2() / 2 && (m == 0 || far <= x.len()),
+        "gemm_gathered sizes"
+    );
+    run(x, Rows::Gathered { base: &base[..m], off }, m, w, epi);
+}
+
+fn run(x: &[i16], rows_of: Rows, m: usize, w: &PackedI16, epi: Epilogue) {
     let (n, k2) = (w.n, w.k2());
     let blocks = n.div_ceil(NB);
-    if m == 0 || n == 0 || x.len() < m * k2 {
+    if m == 0 || n == 0 {
         return;
     }
     let big = m * n * w.k >= 1 << 20 && rayon::current_num_threads() > 1;
@@ -92,14 +123,28 @@ pub(super) fn gemm(x: &[i16], m: usize, w: &PackedI16, epi: Epilogue) {
             let mut i = i0;
             while i < i1 {
                 let rows = (i1 - i).min(MR);
-                // SAFETY: AVX2 was detected when `w` was packed. Rows
-                // i..i+rows of x (k2 values each), block b of the packed
-                // weights (k2·NB values) and its NB sums are in bounds; the
-                // tile writes rows i..i+rows, columns b·NB..b·NB+cols of the
+                let mut start = [0usize; MR];
+                for (r, st) in start.iter_mut().enumerate().take(rows) {
+                    *st = match rows_of {
+                        Rows::Dense { k2 } => (i + r) * k2,
+                        Rows::Gathered { base, .. } => base[i + r],
+                    };
+                }
+                let off = match rows_of {
+                    Rows::Dense { .. } => std::ptr::null(),
+                    Rows::Gathered { off, .. } => off.as_ptr(),
+                };
+                // SAFETY: AVX2 was detected when `w` was packed. Every pair
+                // the tile reads lies in x (rows i..i+rows of k2 codes, or
+                // what gemm_gathered checked), block b of the packed weights
+                // (k2·NB values) and its NB sums are in bounds; the tile
+                // writes rows i..i+rows, columns b·NB..b·NB+cols of the
                 // m × n output, which no other task writes.
                 unsafe {
                     let args = Tile {
-                        x: x.as_ptr().add(i * k2),
+                        x: x.as_ptr(),
+                        start,
+                        off,
                         k2,
                         w: w.data.as_ptr().add(b * k2 * NB),
                         wsum: w.wsum.as_ptr().add(b * NB),
@@ -109,13 +154,19 @@ pub(super) fn gemm(x: &[i16], m: usize, w: &PackedI16, epi: Epilogue) {
                         cols,
                         epi,
                     };
-                    match rows {
-                        6 => tile::<6>(args),
-                        5 => tile::<5>(args),
-                        4 => tile::<4>(args),
-                        3 => tile::<3>(args),
-                        2 => tile::<2>(args),
-                        _ => tile::<1>(args),
+                    match (rows, off.is_null()) {
+                        (6, true) => tile::<6, false>(args),
+                        (5, true) => tile::<5, false>(args),
+                        (4, true) => tile::<4, false>(args),
+                        (3, true) => tile::<3, false>(args),
+                        (2, true) => tile::<2, false>(args),
+                        (_, true) => tile::<1, false>(args),
+                        (6, false) => tile::<6, true>(args),
+                        (5, false) => tile::<5, true>(args),
+                        (4, false) => tile::<4, true>(args),
+                        (3, false) => tile::<3, true>(args),
+                        (2, false) => tile::<2, true>(args),
+                        (_, false) => tile::<1, true>(args),
                     }
                 }
                 i += rows;
@@ -130,10 +181,13 @@ pub(super) fn gemm(x: &[i16], m: usize, w: &PackedI16, epi: Epilogue) {
     }
 }
 
-/// One tile: `x` at its first row, `w` at its packed block, the output
-/// position `(row, col)` in the `ld`-wide output, `cols` valid outputs.
+/// One tile: the codes `x` with each row's start and (gathered) the pairs'
+/// offsets, `w` at its packed block, the output position `(row, col)` in
+/// the `ld`-wide output, `cols` valid outputs.
 struct Tile {
     x: *const i16,
+    start: [usize; MR],
+    off: *const usize,
     k2: usize,
     w: *const i16,
     wsum: *const i32,
@@ -158,16 +212,22 @@ unsafe fn store16<T: Copy + Default>(dst: *mut T, cols: usize, store: impl FnOnc
 }
 
 /// `R` rows × 16 outputs: for every 2 inputs, two 32-byte weight loads and
-/// `2R` `vpmaddwd` against the rows' two codes broadcast.
+/// `2R` `vpmaddwd` against the rows' two codes broadcast (`GATHER`: the
+/// pair's offset from the table, else `2q`).
 #[target_feature(enable = "avx2")]
-unsafe fn tile<const R: usize>(t: Tile) {
+unsafe fn tile<const R: usize, const GATHER: bool>(t: Tile) {
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    let mut rows = [t.x; R];
+    for (p, &st) in rows.iter_mut().zip(&t.start) {
+        *p = t.x.add(st);
+    }
     for q in 0..t.k2 / 2 {
         let wp = t.w.add(q * 2 * NB);
         let w0 = _mm256_loadu_si256(wp.cast());
         let w1 = _mm256_loadu_si256(wp.add(NB).cast());
-        for (r, a) in acc.iter_mut().enumerate() {
-            let xv = _mm256_set1_epi32(t.x.add(r * t.k2 + q * 2).cast::<i32>().read_unaligned());
+        let o = if GATHER { *t.off.add(q) } else { q * 2 };
+        for (a, p) in acc.iter_mut().zip(&rows) {
+            let xv = _mm256_set1_epi32(p.add(o).cast::<i32>().read_unaligned());
             a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(xv, w0));
             a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(xv, w1));
         }

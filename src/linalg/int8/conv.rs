@@ -1,19 +1,21 @@
 //! W8A8 convolution. Each image's input channels of one group are
 //! quantized together to uint8 (W8A8's activation quantization,
 //! [`super::quantize_row_u8`], over the group's `c/group·h·w` values: one
-//! scale and zero point per image and group); im2col then copies codes
-//! (the padding gets the zero point's code, which stands for 0.0) into one
-//! row per output pixel; int8 weights per output channel multiply them with
-//! int32 sums; the epilogue is W8A8 Linear's.
+//! scale and zero point per image and group) into planes padded with the
+//! zero point's code (which stands for 0.0); int8 weights per output
+//! channel multiply each output pixel's patch of codes with int32 sums; the
+//! epilogue is W8A8 Linear's. The AVX2 kernel reads the patches in place
+//! ([`W8A8Gemm::Gathered`]); the VNNI kernel and the portable loop read
+//! im2col rows of codes. All give the same bits.
 //!
-//! One range per image rather than per output pixel's patch: the patch
-//! rows repeat every input value `kh·kw` times, so quantizing them costs
-//! `kh·kw` times the quantization of the image and made the digits CNN's
-//! W8A8 convolutions 6× slower than its f32 ones at batch 64, while the
-//! accuracy was the same (0.9733 either way on the 450 held-out digits;
-//! logits' relative RMS error to f32 1.55% per patch, 1.58% per image).
-//! Per image, not per batch: a sample's outputs do not depend on the other
-//! samples in its batch.
+//! One range per image rather than per output pixel's patch: patch rows
+//! repeat every input value `kh·kw` times, so per-patch ranges quantize
+//! `kh·kw` times the values and need materialized patch rows (a patch read
+//! in place has no codes of its own); on the digits CNN they made a batch-64
+//! run 6× the f32 model's time (2.3× with one range per image), for the same
+//! accuracy (0.9733 either way on the 450 held-out digits; logits' relative
+//! RMS error to f32 1.55% per patch, 1.58% per image). Per image, not per
+//! batch: a sample's outputs do not depend on the other samples in its batch.
 
 use rayon::prelude::*;
 
@@ -28,23 +30,57 @@ pub enum W8A8Gemm<'a> {
     Packed(&'a PackedW8A8),
     /// [`gemm_u8i8`] and W8A8's epilogue in plain loops.
     Portable(W8A8Weights<'a>),
+    /// The AVX2 kernel reading each patch in place from the padded planes
+    /// of codes ([`PackedW8A8::run_gathered`]; unit horizontal dilation):
+    /// a weight from [`gathered_weight`].
+    Gathered(&'a PackedW8A8),
 }
 
 impl W8A8Gemm<'_> {
     /// Outputs and inputs.
     pub fn dims(&self) -> (usize, usize) {
         match self {
-            W8A8Gemm::Packed(p) => (p.n(), p.k()),
+            W8A8Gemm::Packed(p) | W8A8Gemm::Gathered(p) => (p.n(), p.k()),
             W8A8Gemm::Portable(w) => (w.n, w.k),
         }
     }
 
     fn has_outliers(&self) -> bool {
         match self {
-            W8A8Gemm::Packed(p) => p.has_outliers(),
+            W8A8Gemm::Packed(p) | W8A8Gemm::Gathered(p) => p.has_outliers(),
             W8A8Gemm::Portable(w) => !w.outliers.is_empty(),
         }
     }
+}
+
+/// Kernel width rounded up to a pair: the gathered kernel reads taps two at
+/// a time along a row.
+fn even(kw: usize) -> usize {
+    kw.div_ceil(2) * 2
+}
+
+/// A group's W8A8 weight (`[mg, cg·kh·kw]`, no outlier columns) for
+/// [`W8A8Gemm::Gathered`]: taps in `(c, ky, kx)` order with `kw` rounded up
+/// to even (0 in the extra column, so the sums are unchanged), packed for
+/// the AVX2 kernel. `None` without AVX2 or with outlier columns.
+pub fn gathered_weight(w: &W8A8Weights, cg: usize, kh: usize, kw: usize) -> Option<PackedW8A8> {
+    if !w.outliers.is_empty() || w.k != cg * kh * kw {
+        return None;
+    }
+    let kw2 = even(kw);
+    let k2 = cg * kh * kw2;
+    let mut q = vec![0i8; w.n * k2];
+    for (dst, src) in q.chunks_exact_mut(k2.max(1)).zip(w.q.chunks_exact(w.k.max(1))) {
+        for (d, s) in dst.chunks_exact_mut(kw2).zip(src.chunks_exact(kw)) {
+            d[..kw].copy_from_slice(s);
+        }
+    }
+    PackedW8A8::new_avx2(&W8A8Weights {
+        q: &q,
+        k: k2,
+        outliers: Vec::new(),
+        ..w.clone()
+    })
 }
 
 /// An activation code type: `u8` (VNNI and portable) or `i16` (AVX2).
@@ -230,7 +266,13 @@ pub fn conv2d_w8a8(s: &ConvShape, x: &[f32], w: &[W8A8Gemm], bias: Option<&[f32]
     assert!(
         x.len() >= s.n * s.c * plane
             && w.len() == s.group
-            && w.iter().all(|p| p.dims() == (mg, kk) && !p.has_outliers())
+            && w.iter().all(|p| !p.has_outliers()
+                && p.dims()
+                    == match p {
+                        W8A8Gemm::Gathered(_) => (mg, cg * g.kh * even(g.kw)),
+                        _ => (mg, kk),
+                    })
+            && (g.d[1] == 1 || !w.iter().any(|p| matches!(p, W8A8Gemm::Gathered(_))))
             && bias.is_none_or(|b| b.len() >= s.m),
         "conv2d_w8a8 sizes"
     );
@@ -241,6 +283,7 @@ pub fn conv2d_w8a8(s: &ConvShape, x: &[f32], w: &[W8A8Gemm], bias: Option<&[f32]
     let chunk = (ROWS_MAX / (pix * kk).max(1)).clamp(1, s.n);
     let mut out = vec![0.0f32; chunk * pix * mg];
     let (mut bytes, mut words) = (Chunk::<u8>::new(), Chunk::<i16>::new());
+    let mut planes = Planes::default();
     let mut acc = Vec::new();
     for n0 in (0..s.n).step_by(chunk) {
         let nb = chunk.min(s.n - n0);
@@ -259,6 +302,19 @@ pub fn conv2d_w8a8(s: &ConvShape, x: &[f32], w: &[W8A8Gemm], bias: Option<&[f32]
                         p.run_codes(Codes::I16(&words.rows), m, &words.xs, &words.xz, b, out);
                     }
                 },
+                W8A8Gemm::Gathered(p) => {
+                    planes.fill(s, x, n0, nb, gi);
+                    p.run_gathered(
+                        &planes.codes,
+                        &planes.base,
+                        &planes.off,
+                        m,
+                        &planes.xs,
+                        &planes.xz,
+                        b,
+                        out,
+                    );
+                }
                 W8A8Gemm::Portable(wp) => {
                     let q = |x: &[f32], c: &mut [u8]| crate::linalg::simd(|| quantize_row_u8(x, None, c));
                     bytes.fill(s, x, n0, nb, gi, kk, &q);
@@ -271,6 +327,63 @@ pub fn conv2d_w8a8(s: &ConvShape, x: &[f32], w: &[W8A8Gemm], bias: Option<&[f32]
         }
     }
     y
+}
+
+/// The padded planes of codes of a chunk of images' group, where the
+/// gathered kernel reads each patch: `[nb, cg, ph, pw + 1]` int16 codes
+/// (the zero point in the padding; one more column, so the last pair of an
+/// odd-width kernel stays inside), each output pixel's start `base`, each
+/// pair of taps' offset `off`, each pixel's scale and zero point.
+#[derive(Default)]
+struct Planes {
+    codes: Vec<i16>,
+    img: Vec<i16>,
+    base: Vec<usize>,
+    off: Vec<usize>,
+    xs: Vec<f32>,
+    xz: Vec<i32>,
+}
+
+impl Planes {
+    fn fill(&mut self, s: &ConvShape, x: &[f32], n0: usize, nb: usize, gi: usize) {
+        let g = &s.geom;
+        let (cg, plane, pix) = (s.c / s.group, g.h * g.w, g.oh * g.ow);
+        let (ph, pw) = padded_dims(g);
+        let (pw, kw2) = (pw + 1, even(g.kw));
+        let per = cg * ph * pw;
+        self.codes.resize(nb * per, 0);
+        self.xs.resize(nb * pix, 0.0);
+        self.xz.resize(nb * pix, 0);
+        for i in 0..nb {
+            self.img.resize(cg * plane, 0);
+            let (sc, z) = quantize_i16(&x[((n0 + i) * s.c + gi * cg) * plane..][..cg * plane], &mut self.img);
+            let dst = &mut self.codes[i * per..][..per];
+            dst.fill(z as i16);
+            for (c, src) in self.img.chunks_exact(plane).enumerate() {
+                for (iy, row) in src.chunks_exact(g.w).enumerate() {
+                    dst[(c * ph + iy + g.pad[0]) * pw + g.pad[1]..][..g.w].copy_from_slice(row);
+                }
+            }
+            self.xs[i * pix..][..pix].fill(sc);
+            self.xz[i * pix..][..pix].fill(z);
+        }
+        self.base.clear();
+        for i in 0..nb {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    self.base.push(i * per + oy * g.s[0] * pw + ox * g.s[1]);
+                }
+            }
+        }
+        self.off.clear();
+        for c in 0..cg {
+            for ky in 0..g.kh {
+                for kp in 0..kw2 / 2 {
+                    self.off.push((c * ph + ky * g.d[0]) * pw + 2 * kp);
+                }
+            }
+        }
+    }
 }
 
 /// Patch rows per chunk of images, in codes (256 Ki).
