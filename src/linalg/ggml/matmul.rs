@@ -12,8 +12,11 @@ use super::{BlockFormat, QMatrix};
 /// Activation rows one pass over a weight row serves, 8-bit activations.
 pub const TOKENS: usize = 4;
 
-/// Activation rows one pass over a weight row serves, 16-bit activations.
+/// Activation rows one pass over a weight row serves, 16-bit activations
+/// (the tiles [`quantize_acts16`] lays them out in).
 pub const TOKENS16: usize = ROW_TILE16;
+
+const _: () = assert!(TOKENS <= TOKENS16, "rows_into's buffer holds TOKENS16 rows");
 
 /// Rows of weights handled together (one pass per token group): small
 /// enough to stay in L1 between the token groups.

@@ -4,7 +4,9 @@
 //! unpacked once for up to four activation rows; and against 16-bit
 //! activations, 16 weights widened to i16 per `vpmaddwd` (for one
 //! activation row, four weight rows per activation load, prefetched
-//! ahead); and the dequantization of the 32-weight formats.
+//! ahead; for more, one block unpacked once for up to eight activation
+//! rows, with every row's operations those of the one-row kernel); and the
+//! dequantization of the 32-weight formats.
 // The token index addresses the accumulators and the activation rows alike.
 #![allow(clippy::needless_range_loop)]
 
@@ -588,7 +590,9 @@ impl<'a, const T: usize> Rows16<'a, T> {
         assert!(t0 + T <= k + ROW_TILE16, "activation rows span two tiles");
         let w = ROW_TILE16.min(n - k);
         assert!(
-            acts.qs_by_group.len() == n * cols && acts.d_by_group.len() == ng * stride && acts.sum_by_group.len() == ng * stride,
+            acts.qs_by_group.len() == n * cols
+                && acts.d_by_group.len() == ng * stride
+                && acts.sum_by_group.len() == ng * stride,
             "activations not filled by quantize_acts16"
         );
         Self {
@@ -619,10 +623,7 @@ impl<'a, const T: usize> Rows16<'a, T> {
         // SAFETY: `d` and `s` hold 8 readable f32 (bounds-checked above);
         // `loadu` has no alignment requirement.
         let (d, s) = unsafe { (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(s.as_ptr())) };
-        (
-            _mm256_mul_ps(_mm256_set1_ps(v), d),
-            _mm256_mul_ps(_mm256_set1_ps(m), s),
-        )
+        (_mm256_mul_ps(_mm256_set1_ps(v), d), _mm256_mul_ps(_mm256_set1_ps(m), s))
     }
 
     /// `acc[t] += dd[t]·Σ w·x_t` over group `g` for the `T` rows: an exact
