@@ -222,8 +222,8 @@ fn batched16(c: &mut Criterion) {
 }
 
 /// Row dequantization (the prompt path dequantizes weights a chunk at a
-/// time for the f32 GEMM): a 1536 × 576 matrix per iteration, throughput
-/// in weights.
+/// time for the f32 GEMM): a 576 × 1536 matrix (SmolLM2's down
+/// projection) per iteration, throughput in weights.
 fn dequantize(c: &mut Criterion) {
     let mut g = c.benchmark_group("ggml-dequantize");
     g.sample_size(20);
