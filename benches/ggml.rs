@@ -227,7 +227,7 @@ fn batched16(c: &mut Criterion) {
 fn dequantize(c: &mut Criterion) {
     let mut g = c.benchmark_group("ggml-dequantize");
     g.sample_size(20);
-    let (rows, cols) = (1536, 576);
+    let (rows, cols) = (576, 1536);
     for format in [
         BlockFormat::Q4_1,
         BlockFormat::Q8_0,
@@ -235,7 +235,6 @@ fn dequantize(c: &mut Criterion) {
         BlockFormat::Q5_K,
         BlockFormat::Q6_K,
     ] {
-        let cols = cols.div_ceil(format.block_len()) * format.block_len();
         let m = random_matrix(format, rows, cols, 19);
         let mut out = vec![0f32; cols];
         g.throughput(Throughput::Elements((rows * cols) as u64));
