@@ -221,6 +221,36 @@ fn batched16(c: &mut Criterion) {
     g.finish();
 }
 
+/// Row dequantization (the prompt path dequantizes weights a chunk at a
+/// time for the f32 GEMM): a 576 × 1536 matrix (SmolLM2's down
+/// projection) per iteration, throughput in weights.
+fn dequantize(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ggml-dequantize");
+    g.sample_size(20);
+    let (rows, cols) = (576, 1536);
+    for format in [
+        BlockFormat::Q4_1,
+        BlockFormat::Q8_0,
+        BlockFormat::Q4_K,
+        BlockFormat::Q5_K,
+        BlockFormat::Q6_K,
+    ] {
+        let m = random_matrix(format, rows, cols, 19);
+        let mut out = vec![0f32; cols];
+        g.throughput(Throughput::Elements((rows * cols) as u64));
+        g.bench_function(BenchmarkId::new("best", label(format, rows, cols)), |b| {
+            b.iter_custom(|iters| {
+                timed(iters, || {
+                    for r in 0..rows {
+                        m.dequantize_row(r, black_box(&mut out));
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
 /// The machine's copy bandwidth: 128 MB copied per iteration (bytes counted once).
 fn copy(c: &mut Criterion) {
     let src = vec![1u8; 128 << 20];
@@ -234,5 +264,5 @@ fn copy(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matvec, matmul128, decode_step, batched16, copy);
+criterion_group!(benches, matvec, matmul128, decode_step, batched16, dequantize, copy);
 criterion_main!(benches);

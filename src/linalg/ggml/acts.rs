@@ -130,7 +130,9 @@ impl QActs16 {
 pub(crate) const ROW_TILE16: usize = 8;
 
 /// Quantizes `n` rows of `cols` values (`cols` a multiple of 32) to 16 bits
-/// into `acts`, reusing its buffers.
+/// into `acts`, reusing its buffers; also lays the values out in tiles of
+/// [`ROW_TILE16`] rows and the scales and sums group by group, as the
+/// kernels that take several rows at once read them.
 pub fn quantize_acts16(x: &[f32], n: usize, cols: usize, acts: &mut QActs16) {
     let groups = n * cols / 32;
     acts.cols = cols;

@@ -12,8 +12,11 @@ use super::{BlockFormat, QMatrix};
 /// Activation rows one pass over a weight row serves, 8-bit activations.
 pub const TOKENS: usize = 4;
 
-/// Activation rows one pass over a weight row serves, 16-bit activations.
+/// Activation rows one pass over a weight row serves, 16-bit activations
+/// (the tiles [`quantize_acts16`] lays them out in).
 pub const TOKENS16: usize = ROW_TILE16;
+
+const _: () = assert!(TOKENS <= TOKENS16, "rows_into's buffer holds TOKENS16 rows");
 
 /// Rows of weights handled together (one pass per token group): small
 /// enough to stay in L1 between the token groups.
@@ -188,14 +191,15 @@ struct Out(*mut f32, usize);
 unsafe impl Sync for Out {}
 
 impl Out {
-    /// Writes `v` at `i`.
+    /// Writes `v` at `i..i + v.len()`.
     ///
     /// # Safety
-    /// No other task writes or reads element `i` concurrently.
-    unsafe fn write(&self, i: usize, v: f32) {
-        assert!(i < self.1, "output index out of range");
-        // SAFETY: `i` is in bounds (checked above) and the caller owns it.
-        unsafe { self.0.add(i).write(v) }
+    /// No other task writes or reads those elements concurrently.
+    unsafe fn write(&self, i: usize, v: &[f32]) {
+        assert!(i + v.len() <= self.1, "output index out of range");
+        // SAFETY: the elements are in bounds (checked above) and the
+        // caller owns them; `v` is not in `out` (it is the caller's buffer).
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.0.add(i), v.len()) }
     }
 }
 
@@ -287,19 +291,22 @@ impl QMatrix {
     fn rows_into<A: Acts>(&self, kernel: Kernel, acts: &A, r0: usize, r1: usize, sink: &Out) {
         let (rows, n, rb) = (self.rows, acts.rows(), self.row_bytes());
         let mut buf = [0f32; TOKENS16 * ROW_TILE];
+        let mut run = [0f32; ROW_TILE];
         for tile in (r0..r1).step_by(ROW_TILE) {
             let end = (tile + ROW_TILE).min(r1);
             let packed = &self.data[tile * rb..end * rb];
+            let run = &mut run[..end - tile];
             for t0 in (0..n).step_by(A::TILE) {
                 let tn = A::TILE.min(n - t0);
                 let vals = &mut buf[..(end - tile) * tn];
                 acts.dot(kernel, self.format, packed, rb, t0, tn, vals);
-                for (i, row_vals) in vals.chunks_exact(tn).enumerate() {
-                    for (t, &v) in row_vals.iter().enumerate() {
-                        // SAFETY: this call owns output rows `r0..r1` of every
-                        // activation row (callers give tasks disjoint ranges).
-                        unsafe { sink.write((t0 + t) * rows + tile + i, v) };
+                for t in 0..tn {
+                    for (r, row_vals) in run.iter_mut().zip(vals.chunks_exact(tn)) {
+                        *r = row_vals[t];
                     }
+                    // SAFETY: this call owns output rows `r0..r1` of every
+                    // activation row (callers give tasks disjoint ranges).
+                    unsafe { sink.write((t0 + t) * rows + tile, run) };
                 }
             }
         }
@@ -373,6 +380,28 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// The row dequantization this CPU runs (AVX2 where it has it) gives
+    /// the scalar reference's values bit for bit, every format.
+    #[test]
+    fn dequantization_equals_the_scalar_reference_bit_for_bit() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for format in BlockFormat::ALL {
+            let cols = 1024;
+            let m = random_matrix(format, 3, cols, &mut rng);
+            for r in 0..3 {
+                let (mut got, mut want) = (vec![f32::NAN; cols], vec![f32::NAN; cols]);
+                m.dequantize_row(r, &mut got);
+                super::super::blocks::dequantize_row(
+                    format,
+                    &m.data[r * m.row_bytes()..(r + 1) * m.row_bytes()],
+                    &mut want,
+                );
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{format:?} row {r}");
             }
         }
     }

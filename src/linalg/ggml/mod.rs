@@ -20,13 +20,12 @@ use crate::error::OpError;
 
 /// Dequantizes one row: `bytes` holds `out.len() / block_len` whole blocks.
 /// Equal bit for bit to the `gguf` package's `gguf.quants.dequantize` (the
-/// scalar reference in `blocks`, vectorized with AVX2 for the 32-weight
-/// formats where the CPU has it).
+/// scalar reference in `blocks`, vectorized with AVX2 where the CPU has it).
 pub fn dequantize_row(format: BlockFormat, bytes: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if Kernel::Avx2.is_available() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
-        if unsafe { x86::dequantize_small(format, bytes, out) } {
+        if unsafe { x86::dequantize(format, bytes, out) } {
             return;
         }
     }

@@ -4,7 +4,9 @@
 //! unpacked once for up to four activation rows; and against 16-bit
 //! activations, 16 weights widened to i16 per `vpmaddwd` (for one
 //! activation row, four weight rows per activation load, prefetched
-//! ahead); and the dequantization of the 32-weight formats.
+//! ahead; for more, one block unpacked once for up to eight activation
+//! rows, with every row's operations those of the one-row kernel); and the
+//! dequantization of the 32-weight formats.
 // The token index addresses the accumulators and the activation rows alike.
 #![allow(clippy::needless_range_loop)]
 
@@ -493,24 +495,109 @@ fn store8(s: &mut [f32], v: __m256) {
     unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
 }
 
-/// Dequantizes a row of a 32-weight format (see `blocks::dequantize_row`):
-/// the same operations per weight (`d·(q - off)`, or `d·q + m`, each
-/// rounded once), so the same values bit for bit. Other formats are left to
-/// the caller (returns `false`).
+/// Dequantizes a row (see `blocks::dequantize_row`): the same operations
+/// per weight (`d·(q - off)`, or `d·q + m`, each rounded once; for the
+/// k-quants the sub-block's `d·sc` and `dmin·m` rounded once, then
+/// `(d·sc)·q - dmin·m` or `(d·sc)·(q - 32)`), so the same values bit for
+/// bit. Returns `true` (every format has a kernel here).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C ([`available`]).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn dequantize_small(format: BlockFormat, bytes: &[u8], out: &mut [f32]) -> bool {
+pub(crate) unsafe fn dequantize(format: BlockFormat, bytes: &[u8], out: &mut [f32]) -> bool {
     match format {
         BlockFormat::Q4_0 => deq_small::<false, false, false>(bytes, out),
         BlockFormat::Q4_1 => deq_small::<true, false, false>(bytes, out),
         BlockFormat::Q5_0 => deq_small::<false, true, false>(bytes, out),
         BlockFormat::Q5_1 => deq_small::<true, true, false>(bytes, out),
         BlockFormat::Q8_0 => deq_small::<false, false, true>(bytes, out),
-        _ => return false,
+        BlockFormat::Q4_K => deq_q45k::<false>(bytes, out),
+        BlockFormat::Q5_K => deq_q45k::<true>(bytes, out),
+        BlockFormat::Q6_K => deq_q6k(bytes, out),
     }
     true
+}
+
+/// `y[i] = s·v[i] - m` (`SUB`) or `s·v[i]` for the 32 bytes of `v`, read
+/// as unsigned (`SIGNED` false) or signed, each product rounded once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale32<const SIGNED: bool, const SUB: bool>(v: __m256i, s: f32, m: f32, y: &mut [f32]) {
+    let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let parts = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
+    for (p, y8) in parts.into_iter().zip(y.chunks_exact_mut(8)) {
+        let q = if SIGNED {
+            _mm256_cvtepi8_epi32(p)
+        } else {
+            _mm256_cvtepu8_epi32(p)
+        };
+        let f = _mm256_mul_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(q));
+        store8(y8, if SUB { _mm256_sub_ps(f, _mm256_set1_ps(m)) } else { f });
+    }
+}
+
+/// Q4_K, Q5_K: per sub-block of 32, `(d·sc)·q - dmin·m`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn deq_q45k<const FIVE: bool>(bytes: &[u8], out: &mut [f32]) {
+    let bb = if FIVE { 176 } else { 144 };
+    let (mask, one) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(1));
+    for (block, y) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(256)) {
+        let (d, dmin) = f16x2(block, 0);
+        let qs = &block[bb - 128..];
+        let qh = if FIVE {
+            load32(&block[16..])
+        } else {
+            _mm256_setzero_si256()
+        };
+        for (j, y32) in y.chunks_exact_mut(32).enumerate() {
+            let (sc, m) = k_scale_min(&block[4..16], j);
+            let q = load32(&qs[(j / 2) * 32..]);
+            let mut v = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(4 * (j % 2) as i32)), mask);
+            if FIVE {
+                let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), one);
+                v = _mm256_or_si256(v, _mm256_slli_epi16::<4>(bit));
+            }
+            scale32::<false, true>(v, d * f32::from(sc), dmin * f32::from(m), y32);
+        }
+    }
+}
+
+/// Q6_K: per sub-block of 16, `(d·sc)·(q - 32)`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn deq_q6k(bytes: &[u8], out: &mut [f32]) {
+    let (mask, three, off) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+    for (block, y) in bytes.chunks_exact(210).zip(out.chunks_exact_mut(256)) {
+        let d = f16_1(block, 208);
+        for h in 0..2 {
+            let qh = load32(&block[128 + 32 * h..]);
+            for k in 0..4 {
+                let ql = load32(&block[64 * h + 32 * (k % 2)..]);
+                let lo = _mm256_and_si256(_mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (k / 2) as i32)), mask);
+                let hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), three);
+                let q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi)), off);
+                let g = h * 8 + 2 * k;
+                let y32 = &mut y[h * 128 + k * 32..h * 128 + k * 32 + 32];
+                let (ya, yb) = y32.split_at_mut(16);
+                let s = [
+                    d * f32::from(block[192 + g] as i8),
+                    d * f32::from(block[192 + g + 1] as i8),
+                ];
+                // The low 16 bytes take scale `g`, the high 16 `g + 1`.
+                scale16_signed(_mm256_castsi256_si128(q), s[0], ya);
+                scale16_signed(_mm256_extracti128_si256::<1>(q), s[1], yb);
+            }
+        }
+    }
+}
+
+/// `y[i] = s·v[i]` for the 16 signed bytes of `v`, each product rounded once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale16_signed(v: __m128i, s: f32, y: &mut [f32]) {
+    for (p, y8) in [v, _mm_srli_si128::<8>(v)].into_iter().zip(y.chunks_exact_mut(8)) {
+        let f = _mm256_mul_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(p)));
+        store8(y8, f);
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
