@@ -1132,4 +1132,43 @@ mod tests {
             }
         }
     }
+
+    /// The AVX2 W8A8 layer gives [`w8a8_portable`](crate::linalg::int8::w8a8_portable)'s bits (outliers, bias,
+    /// odd sizes, rows that are zero, one-signed, ties or outlier-heavy).
+    #[test]
+    fn avx2_w8a8_matches_portable_bit_for_bit() {
+        let mut rng = crate::ops::CaseRng::new(12);
+        for (m, n, k, c) in [
+            (1, 1, 2, 0),
+            (5, 7, 9, 0),
+            (3, 5, 17, 1),
+            (9, 33, 64, 3),
+            (64, 16, 72, 0),
+            (1, 70, 1000, 8),
+            (70, 300, 100, 0),
+            (130, 70, 515, 5),
+            (1100, 24, 1027, 2),
+        ] {
+            let wf = rng.tensor(&[n, k], -1.0, 1.0).to_f32_vec();
+            let cols = super::default_outlier_columns(&wf, n, k, c).expect("columns");
+            let packed = super::quantize_w8a8(&wf, n, k, &cols).expect("pack");
+            let refs: Vec<&crate::tensor::Tensor> = packed.iter().collect();
+            let w = crate::linalg::int8::W8A8Weights::new(&refs, n, k).expect("weights");
+            let Some(p) = crate::linalg::int8::PackedW8A8::new_avx2(&w) else {
+                eprintln!("SKIPPED avx2_w8a8_matches_portable_bit_for_bit: no AVX2");
+                return;
+            };
+            assert!(!p.is_vnni());
+            let x = crate::linalg::int8::tests::activation_rows(&mut rng, m, k);
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1 - 1.0).collect();
+            for b in [None, Some(&bias[..])] {
+                let (mut want, mut got) = (vec![0.0f32; m * n], vec![1.0f32; m * n]);
+                crate::linalg::int8::w8a8_portable(&x, m, &w, b, &mut want);
+                p.run(&x, m, b, &mut got);
+                for (e, (g, v)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), v.to_bits(), "{m}x{k}->{n} c {c} at {e}: {g} vs {v}");
+                }
+            }
+        }
+    }
 }
