@@ -133,4 +133,16 @@ async fn concurrent_greedy_requests_on_gpu_slots_equal_the_library_alone() {
         m.contains("wginfer_time_to_first_token_seconds_count{model=\"tiny\",version=\"1\"} 14"),
         "{m}"
     );
+    // The scheduler thread releases the GPU decoder before the process exits.
+    engine.stop();
+    let stopped = tokio::task::spawn_blocking(move || engine.wait_stopped(Duration::from_secs(60)))
+        .await
+        .expect("joins");
+    assert!(stopped, "the scheduler did not stop");
+    assert!(
+        repo.llm("tiny", None)
+            .and_then(|e| e.submit(greedy(vec![5], 1)))
+            .is_err(),
+        "a stopped engine admitted a request"
+    );
 }

@@ -272,10 +272,21 @@ impl Server {
             grace: options.shutdown_grace,
         };
         connections::serve(listener, self.router(), limits, graceful).await?;
+        let state = self.state.clone();
+        let stopped = tokio::task::spawn_blocking(move || state.repo.wait_generating_stopped(GENERATION_STOP_WAIT))
+            .await
+            .unwrap_or(false);
+        if !stopped {
+            log::warn!("a generative model's scheduler was still running at exit");
+        }
         self.state.repo.clear();
         Ok(())
     }
 }
+
+/// How long a server that stopped taking requests waits for its generative
+/// models' schedulers to end their last sequences and release the models.
+const GENERATION_STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// Completes on ctrl-c or (on Unix) SIGTERM.
 pub async fn shutdown_signal() {

@@ -31,7 +31,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -737,6 +737,25 @@ impl Repository {
                 }
             }
         }
+    }
+
+    /// After [`Repository::stop_generating`]: waits up to `timeout` in all
+    /// for every generative model's scheduler to end its sequences and
+    /// release its model; whether all did.
+    pub fn wait_generating_stopped(&self, timeout: Duration) -> bool {
+        let engines: Vec<Arc<LlmEngine>> = self
+            .read()
+            .values()
+            .flat_map(|e| e.versions.values())
+            .filter_map(|s| match s {
+                Served::Llm(l) => Some(l.engine.clone()),
+                _ => None,
+            })
+            .collect();
+        let until = Instant::now() + timeout;
+        engines
+            .iter()
+            .all(|e| e.wait_stopped(until.saturating_duration_since(Instant::now())))
     }
 
     /// The generative models with a version serving.

@@ -242,11 +242,16 @@ impl Seq<'_> {
     }
 }
 
-/// Starts the scheduler thread; returns where to send jobs.
-pub(super) fn start(s: Start) -> Result<mpsc::Sender<Job>, String> {
+/// How often an idle scheduler checks whether the engine is stopping.
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Starts the scheduler thread; returns where to send jobs and the thread,
+/// which ends (dropping the model and its device buffers) once the engine is
+/// stopping and no sequence runs, or once every sender is gone.
+pub(super) fn start(s: Start) -> Result<(mpsc::Sender<Job>, std::thread::JoinHandle<()>), String> {
     let backend = isolated(&s.what, || Backend::new(&s))?;
     let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("wginfer-llm".into())
         .spawn(move || {
             let (what, health) = (s.what.clone(), s.health.clone());
@@ -264,7 +269,7 @@ pub(super) fn start(s: Start) -> Result<mpsc::Sender<Job>, String> {
             }
         })
         .map_err(|e| format!("cannot start the scheduler thread: {e}"))?;
-    Ok(tx)
+    Ok((tx, thread))
 }
 
 struct Scheduler {
@@ -284,8 +289,13 @@ impl Scheduler {
         let mut open = true;
         loop {
             if running.is_empty() && waiting.is_empty() {
-                match rx.recv() {
+                if self.s.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                // Wakes now and then to see a stop with nothing to run.
+                match rx.recv_timeout(IDLE_POLL) {
                     Ok(j) if open => waiting.push_back(j),
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
                     _ => break,
                 }
             }

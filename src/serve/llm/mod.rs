@@ -52,8 +52,8 @@ mod prefix;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
@@ -276,6 +276,8 @@ pub struct LlmEngine {
     budget: usize,
     created: u64,
     jobs: mpsc::Sender<engine::Job>,
+    /// The scheduler thread, until [`LlmEngine::wait_stopped`] joins it.
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     waiting: Arc<AtomicUsize>,
     stopping: Arc<AtomicBool>,
     max_queue: usize,
@@ -320,7 +322,7 @@ impl LlmEngine {
         let health = Arc::new(Health::default());
         let waiting = Arc::new(AtomicUsize::new(0));
         let stopping = Arc::new(AtomicBool::new(false));
-        let jobs = engine::start(engine::Start {
+        let (jobs, thread) = engine::start(engine::Start {
             weights: parts.weights,
             device: config.device.clone(),
             tokenizer: tokenizer.clone(),
@@ -342,6 +344,7 @@ impl LlmEngine {
             budget,
             created,
             jobs,
+            thread: Arc::new(Mutex::new(Some(thread))),
             waiting,
             stopping,
             max_queue: settings.max_queue,
@@ -395,6 +398,30 @@ impl LlmEngine {
     /// running sequences go on to their end or until their client leaves.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// After [`LlmEngine::stop`]: waits up to `timeout` for the running
+    /// sequences to end and the scheduler thread to release the model (its
+    /// device buffers included); whether it did. Call it before the process
+    /// exits, so no thread still holds a GPU device then.
+    pub fn wait_stopped(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        let mut slot = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(handle) = slot.as_ref() else {
+            return true;
+        };
+        while !handle.is_finished() {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(h) = slot.take() {
+            // A panic in the thread was already caught and recorded as the
+            // engine's failure (`isolated`).
+            let _ = h.join();
+        }
+        true
     }
 
     /// Queues a request. 400 when it cannot fit (prompt plus `max_tokens`
