@@ -23,6 +23,7 @@
 
 mod builder;
 mod ops;
+mod qconv;
 mod quant;
 
 use std::path::{Path, PathBuf};

@@ -137,6 +137,7 @@ pub(super) fn export_node(
     let op = n.op.op_type();
     match op {
         "QLinear" => return quant::qlinear(b, model, n, opts),
+        "QConv" => return super::qconv::qconv(b, model, n),
         "Linear" => return linear(b, model, n),
         _ => {}
     }
