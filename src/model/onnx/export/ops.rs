@@ -1,7 +1,7 @@
 //! wginfer ops → ONNX nodes. Most ops are ONNX ops already (the importer
 //! made them from ONNX) and keep their attributes; `Linear`, `Silu`,
 //! `Attention`, `MaskedMeanPool` and `L2Normalize` are spelled out in
-//! standard ops.
+//! standard ops, `QLinear` and `QConv` in `quant` and `qconv`.
 
 use super::builder::{onnx_dtype, Attr, Builder};
 use super::{quant, ExportError, OnnxExportOptions};
@@ -99,6 +99,10 @@ static SAME: &[(&str, &[&str])] = &[
     ("Gemm", &["alpha", "beta", "transA", "transB"]),
     (
         "Conv",
+        &["kernel_shape", "strides", "dilations", "pads", "auto_pad", "group"],
+    ),
+    (
+        "ConvInteger",
         &["kernel_shape", "strides", "dilations", "pads", "auto_pad", "group"],
     ),
     (
