@@ -336,7 +336,7 @@ fn one_conv(attrs: serde_json::Value, group: usize, out: usize) -> Model {
 }
 
 /// W8A8 convolutions over inputs with negative values (a non-zero zero
-/// point): pads of 1 (SAME in TFLite's terms, written as a `PAD` op), one
+/// point): pads of 1 (TFLite's SAME, padded with the zero point), one
 /// output channel (one scale, given a second channel so that LiteRT keeps
 /// its per-channel hybrid kernel), `SAME_UPPER` with a stride.
 #[test]

@@ -33,9 +33,8 @@ fn same_pads(len: usize, k: usize, s: usize, d: usize) -> (usize, usize) {
     (total / 2, total - total / 2)
 }
 
-/// The padding of a 2-D window over an NHWC input with spatial `hw` and
-/// kernel `k` (`SAME` only when `same_ok`).
-fn pads(n: &Node, w: &Window, hw: [Option<i32>; 2], k: [usize; 2], same_ok: bool) -> Result<Pads, ExportError> {
+/// The padding of a 2-D window over an NHWC input with spatial `hw` and kernel `k`.
+fn pads(n: &Node, w: &Window, hw: [Option<i32>; 2], k: [usize; 2]) -> Result<Pads, ExportError> {
     if w.rank() != 2 {
         return Err(unsupported(n, "TFLite's convolutions and pools are 2-D"));
     }
@@ -64,7 +63,7 @@ fn pads(n: &Node, w: &Window, hw: [Option<i32>; 2], k: [usize; 2], same_ok: bool
     }
     Ok(if resolved == [(0, 0); 2] {
         Pads::Builtin(Padding::Valid)
-    } else if same && same_ok {
+    } else if same {
         Pads::Builtin(Padding::Same)
     } else {
         Pads::Explicit([resolved[0].0, resolved[0].1, resolved[1].0, resolved[1].1])
@@ -110,7 +109,7 @@ pub(super) fn conv(b: &mut Builder<'_>, n: &Node) -> Result<(), ExportError> {
     let ohwi = Tensor::from_vec(vec![o, kh, kw, i], to_ohwi(&wt.to_f32_vec(), [o, i, kh, kw]))?;
     let w = b.constant(&format!("{}.ohwi", n.inputs[1]), &ohwi)?;
     let bias = bias_tensor(b, n, n.inputs.get(2), o)?;
-    conv_2d(b, n, &c.window, (w, bias), [kh, kw], ConvForm::Float)
+    conv_2d(b, n, &c.window, (w, bias), [kh, kw], None)
 }
 
 /// The bias value `bias`, or `o` zeros when absent.
@@ -131,32 +130,20 @@ fn to_ohwi<T: Copy + Default>(v: &[T], [o, i, kh, kw]: [usize; 4]) -> Vec<T> {
     ohwi
 }
 
-/// How a `CONV_2D` is written.
-#[derive(Clone, Copy)]
-enum ConvForm {
-    /// f32 weights: TFLite's own `SAME` padding where it fits.
-    Float,
-    /// A hybrid (int8 weight) convolution: pads by a `PAD` op, never
-    /// `SAME` (LiteRT 2.3's hybrid per-channel kernel pads an input with a
-    /// non-zero zero point wrongly under `SAME`: 3.2e-2 off on a one-layer
-    /// test, where the `PAD` op's zeros are exact). `Some(o)`: the weight
-    /// has one zero output channel more, and a `SLICE` keeps the first `o`.
-    Hybrid(Option<usize>),
-}
-
 /// `CONV_2D` of `n`'s NHWC input with the OHWI weight tensor `w` and the
 /// bias tensor, the window's pads (a `PAD` op when TFLite's rules cannot
-/// say them, or for `form` [`ConvForm::Hybrid`]).
+/// say them). `keep: Some(o)`: the weight has one zero output channel more
+/// than the node, and a `SLICE` keeps the first `o`.
 fn conv_2d(
     b: &mut Builder<'_>,
     n: &Node,
     win: &Window,
     (w, bias): (i32, i32),
     [kh, kw]: [usize; 2],
-    form: ConvForm,
+    keep: Option<usize>,
 ) -> Result<(), ExportError> {
     let hw = spatial_dims(b, n)?;
-    let p = pads(n, win, hw, [kh, kw], matches!(form, ConvForm::Float))?;
+    let p = pads(n, win, hw, [kh, kw])?;
     let (x, padding) = padded_input(b, n, p)?;
     let y = b.output(&n.outputs[0], Layout::Nhwc)?;
     let options = Options::Conv2D {
@@ -164,7 +151,7 @@ fn conv_2d(
         stride: [win.strides[0] as i32, win.strides[1] as i32],
         dilation: [win.dilations[0] as i32, win.dilations[1] as i32],
     };
-    let ConvForm::Hybrid(Some(o)) = form else {
+    let Some(o) = keep else {
         b.op(BuiltinOp::CONV_2D, &[x, w, bias], &[y], options);
         return Ok(());
     };
@@ -191,10 +178,9 @@ fn conv_2d(
 /// OHWI and its per-output-channel scales as the tensor's quantization
 /// (zero points 0, `quantized_dimension = 0`). LiteRT runs that with f32
 /// activations as its hybrid per-channel kernel: each image's input is
-/// quantized at run time with its own asymmetric scale and zero point (a
-/// `PAD` op's zeros do not change the range, which includes 0), as wginfer
-/// quantizes each image; pads are
-/// always a `PAD` op (see [`ConvForm::Hybrid`]).
+/// quantized at run time with its own asymmetric scale and zero point, and
+/// padded with that zero point (a `PAD` op's zeros do not change the
+/// range, which includes 0), as wginfer quantizes and pads each image.
 pub(super) fn qconv(b: &mut Builder<'_>, n: &Node) -> Result<(), ExportError> {
     let Some(c) = n.op.downcast_ref::<QConv>() else {
         return Err(unsupported(n, "not wginfer's QConv"));
@@ -230,8 +216,9 @@ pub(super) fn qconv(b: &mut Builder<'_>, n: &Node) -> Result<(), ExportError> {
     };
     let mut scales = scale.to_f32_vec();
     // One scale for every channel (one channel, say) makes LiteRT take its
-    // per-tensor hybrid kernel, which quantizes the input symmetrically: a
-    // zero channel with another scale keeps the per-channel kernel.
+    // per-tensor hybrid kernel, which quantizes the input symmetrically
+    // (3.2e-2 off on a one-channel test): a zero channel with another scale
+    // keeps the per-channel kernel.
     let widened = scales.windows(2).all(|p| p[0] == p[1]);
     let rows = o + widened as usize;
     let mut v = to_ohwi(q.as_slice::<i8>()?, [o, i, kh, kw]);
@@ -260,8 +247,7 @@ pub(super) fn qconv(b: &mut Builder<'_>, n: &Node) -> Result<(), ExportError> {
             b.constant(&format!("{v}.widened"), &Tensor::from_vec(vec![rows], t)?)?
         }
     };
-    let form = ConvForm::Hybrid(widened.then_some(o));
-    conv_2d(b, n, &c.window, (w, bias), [kh, kw], form)
+    conv_2d(b, n, &c.window, (w, bias), [kh, kw], widened.then_some(o))
 }
 
 /// The spatial sizes of `n`'s NCHW input.
@@ -289,7 +275,7 @@ pub(super) fn pool(b: &mut Builder<'_>, n: &Node) -> Result<(), ExportError> {
     }
     let k = [w.kernel[0], w.kernel[1]];
     let hw = spatial_dims(b, n)?;
-    let pads = match pads(n, w, hw, k, true)? {
+    let pads = match pads(n, w, hw, k)? {
         Pads::Builtin(Padding::Same) if !p.max && p.count_include_pad => {
             let [h, wd] = hw.map(|d| d.unwrap_or(0) as usize);
             let (t, bo) = same_pads(h, k[0], w.strides[0], 1);
