@@ -13,9 +13,9 @@ use crate::tensor::{DType, Dim, Storage, Tensor, ValueType};
 /// `ConvInteger(x, w, x_zero_point?, w_zero_point?)`: `x [N, C, H, W]` and
 /// `w [M, C/group, kH, kW]`, each u8 or i8; `x_zero_point` one value of x's
 /// dtype, `w_zero_point` one value or one per output channel (`[M]`) of
-/// w's dtype. Output i32 `[N, M, oH, oW]`: per output pixel, `Σ (x - x_zp)·(w
-/// - w_zp)` over its patch, the padding counting as `x_zp` (adding 0), as
-/// ONNX's reference and onnxruntime compute it.
+/// w's dtype. Output i32 `[N, M, oH, oW]`: per output pixel,
+/// `Σ (x - x_zp)·(w - w_zp)` over its patch, the padding counting as
+/// `x_zp` (adding 0), as ONNX's reference and onnxruntime compute it.
 #[derive(Clone, Debug)]
 pub struct ConvInteger {
     /// Window geometry (`kernel` empty: taken from the weight).
