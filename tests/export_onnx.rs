@@ -448,6 +448,51 @@ fn w8a8_convolutions_with_groups_strides_and_pads_export() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// An imported `ConvInteger` (per-channel weight zero points, group 2,
+/// strides and pads) exports as itself and reads back to the same i32 sums.
+#[test]
+fn conv_integer_exports_as_itself() {
+    use wginfer::ops::lookup;
+    let attrs = serde_json::json!({"group": 2, "strides": [2, 1], "pads": [1, 0, 0, 1]});
+    let op = (lookup("ConvInteger").unwrap().build)(attrs.as_object().unwrap()).unwrap();
+    let bytes = |n: usize, k: u64| {
+        Tensor::from_vec(
+            vec![n],
+            (0..n as u64).map(|i| ((i * 37 + k) % 256) as u8).collect::<Vec<_>>(),
+        )
+        .unwrap()
+    };
+    let x = bytes(2 * 4 * 5 * 5, 1).reshape(vec![2, 4, 5, 5]).unwrap();
+    let w = bytes(6 * 2 * 3 * 3, 2).reshape(vec![6, 2, 3, 3]).unwrap();
+    let (zx, zw) = (Tensor::from_vec(vec![], vec![7u8]).unwrap(), bytes(6, 3));
+    let inputs = [x, w, zx, zw];
+    let m = common::one_op_model(op, &inputs);
+    let named: Vec<(String, Tensor)> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("x{i}"), t.clone()))
+        .collect();
+    let proto = to_model_proto(&m, &OnnxExportOptions::default()).unwrap();
+    let ops: Vec<&str> = proto
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type.as_str())
+        .collect();
+    assert_eq!(ops, ["ConvInteger"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ci.onnx");
+    export_onnx(&m, &path, &OnnxExportOptions::default()).unwrap();
+    let back = import_file(&path).unwrap();
+    let (want, got) = (run(&m, &named), run(&back, &named));
+    for (name, t) in &want {
+        assert_eq!(t.dtype(), wginfer::DType::I32);
+        assert_eq!(&got[name], t, "{name}");
+    }
+}
+
 #[test]
 fn an_existing_output_is_refused_without_overwrite() {
     let m = Model::load(common::root("models/digits-mlp/model.safetensors")).unwrap();
