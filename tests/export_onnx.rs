@@ -74,11 +74,14 @@ struct Case {
     importable: bool,
 }
 
+/// `m` quantized by wginfer's `quantize` (with W8A8, its convolutions too).
 fn quantized(m: &Model, f: WeightFormat) -> Model {
-    let mut opts = QuantizeOptions::new(f);
-    // W8A8 convolutions (QConv) have no export form: they stay f32 here.
-    opts.convolutions = false;
-    quantize(m, &opts, |_, _| {}).unwrap().0
+    quantize(m, &QuantizeOptions::new(f), |_, _| {}).unwrap().0
+}
+
+/// The op types of `m`'s nodes.
+fn op_types(m: &Model) -> Vec<&'static str> {
+    m.graph().nodes().iter().map(|n| n.op.op_type()).collect()
 }
 
 fn opts(int4: Int4Export) -> OnnxExportOptions {
@@ -259,7 +262,26 @@ fn digits_mlp_exports_in_every_format() {
 #[test]
 fn digits_cnn_exports_in_every_format() {
     let m = Model::load(common::root("models/digits-cnn/model.onnx")).unwrap();
-    let dir = run_cases(&digits_cases("cnn", &m, true));
+    let cases = digits_cases("cnn", &m, true);
+    // W8A8 quantizes both convolutions (QConv) and the Linear: the export
+    // writes them as ConvInteger and MatMulInteger.
+    let w8a8 = cases.iter().find(|c| c.name == "cnn-w8a8").unwrap();
+    let ops = op_types(&w8a8.model);
+    assert_eq!(ops.iter().filter(|&&o| o == "QConv").count(), 2, "{ops:?}");
+    let proto = to_model_proto(&w8a8.model, &w8a8.opts).unwrap();
+    let onnx_ops: Vec<&str> = proto
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type.as_str())
+        .collect();
+    assert!(
+        onnx_ops.contains(&"ConvInteger") && !onnx_ops.contains(&"Conv"),
+        "{onnx_ops:?}"
+    );
+    let dir = run_cases(&cases);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -328,6 +350,147 @@ fn minilm_exports_f32_int8_int4_w8a8() {
     ];
     let dir = run_cases(&cases);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Convolutions the digits CNN lacks, as f32 `Conv`s for `quantize`: two
+/// groups with strides, dilations and uneven pads; `SAME_UPPER` with a
+/// stride and no bias; no pads with a bias; a dynamic batch.
+fn conv_stack() -> Model {
+    use wginfer::graph::{Graph, Node, ParamInfo, ValueInfo};
+    use wginfer::ops::{lookup, Attrs};
+    use wginfer::tensor::{DType, Dim, ValueType};
+    let mut params = HashMap::new();
+    let mut infos = Vec::new();
+    let mut param = |name: &str, shape: Vec<usize>| {
+        let n = shape.iter().product();
+        infos.push(ParamInfo::plain(name, DType::F32, shape.clone()));
+        params.insert(
+            name.to_string(),
+            Tensor::from_vec(shape, values(n, n as u64 + 3)).unwrap(),
+        );
+    };
+    param("w1", vec![6, 2, 3, 2]);
+    param("b1", vec![6]);
+    param("w2", vec![5, 6, 3, 3]);
+    param("w3", vec![3, 5, 2, 2]);
+    param("b3", vec![3]);
+    let node = |name: &str, op_type: &str, attrs: serde_json::Value, ins: &[&str]| {
+        let attrs: Attrs = attrs.as_object().cloned().unwrap_or_default();
+        Node {
+            name: name.into(),
+            op: (lookup(op_type).unwrap().build)(&attrs).unwrap(),
+            inputs: ins.iter().map(|s| s.to_string()).collect(),
+            outputs: vec![format!("{name}.out")],
+        }
+    };
+    let nodes = vec![
+        node(
+            "c1",
+            "Conv",
+            serde_json::json!({"group": 2, "strides": [2, 1], "dilations": [1, 2], "pads": [0, 1, 2, 0]}),
+            &["x", "w1", "b1"],
+        ),
+        node("r1", "Relu", serde_json::json!({}), &["c1.out"]),
+        node(
+            "c2",
+            "Conv",
+            serde_json::json!({"auto_pad": "SAME_UPPER", "strides": [1, 2]}),
+            &["r1.out", "w2"],
+        ),
+        node("c3", "Conv", serde_json::json!({}), &["c2.out", "w3", "b3"]),
+    ];
+    let b = || Dim::Sym("batch".into());
+    let x = ValueType {
+        dtype: DType::F32,
+        shape: vec![b(), Dim::Known(4), Dim::Known(9), Dim::Known(7)],
+    };
+    let inputs = vec![ValueInfo {
+        name: "x".into(),
+        ty: x,
+    }];
+    let out = |name: &str, c: usize, h: usize, w: usize| ValueInfo {
+        name: name.into(),
+        ty: ValueType {
+            dtype: DType::F32,
+            shape: vec![b(), Dim::Known(c), Dim::Known(h), Dim::Known(w)],
+        },
+    };
+    let outputs = vec![out("r1.out", 6, 5, 6), out("c3.out", 3, 4, 2)];
+    let g = Graph::new("conv_stack", inputs, outputs, infos, nodes).unwrap();
+    Model::new(g, params).unwrap()
+}
+
+#[test]
+fn w8a8_convolutions_with_groups_strides_and_pads_export() {
+    let m = quantized(&conv_stack(), WeightFormat::W8A8 { outliers: 0 });
+    assert_eq!(op_types(&m), ["QConv", "Relu", "QConv", "QConv"]);
+    let x = Tensor::from_vec(vec![3, 4, 9, 7], values(3 * 4 * 63, 11)).unwrap();
+    let case = Case {
+        name: "conv-stack-w8a8".into(),
+        model: m,
+        inputs: vec![("x".into(), x)],
+        opts: opts(Int4Export::default()),
+        tol: W8A8_TOL,
+        importable: true,
+    };
+    let dir = run_cases(&[case]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An imported `ConvInteger` (per-channel weight zero points, group 2,
+/// strides and pads) exports as itself and reads back to the same i32 sums.
+#[test]
+fn conv_integer_exports_as_itself() {
+    use wginfer::ops::lookup;
+    let attrs = serde_json::json!({"group": 2, "strides": [2, 1], "pads": [1, 0, 0, 1]});
+    let op = (lookup("ConvInteger").unwrap().build)(attrs.as_object().unwrap()).unwrap();
+    let bytes = |n: usize, k: u64| {
+        Tensor::from_vec(
+            vec![n],
+            (0..n as u64).map(|i| ((i * 37 + k) % 256) as u8).collect::<Vec<_>>(),
+        )
+        .unwrap()
+    };
+    let x = bytes(2 * 4 * 5 * 5, 1).reshape(vec![2, 4, 5, 5]).unwrap();
+    let w = bytes(6 * 2 * 3 * 3, 2).reshape(vec![6, 2, 3, 3]).unwrap();
+    let (zx, zw) = (Tensor::from_vec(vec![], vec![7u8]).unwrap(), bytes(6, 3));
+    let inputs = [x, w, zx, zw];
+    let m = common::one_op_model(op, &inputs);
+    let named: Vec<(String, Tensor)> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("x{i}"), t.clone()))
+        .collect();
+    let proto = to_model_proto(&m, &OnnxExportOptions::default()).unwrap();
+    let ops: Vec<&str> = proto
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type.as_str())
+        .collect();
+    assert_eq!(ops, ["ConvInteger"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ci.onnx");
+    export_onnx(&m, &path, &OnnxExportOptions::default()).unwrap();
+    let back = import_file(&path).unwrap();
+    let (want, got) = (run(&m, &named), run(&back, &named));
+    for (name, t) in &want {
+        assert_eq!(t.dtype(), wginfer::DType::I32);
+        assert_eq!(&got[name], t, "{name}");
+    }
 }
 
 #[test]

@@ -48,11 +48,9 @@ fn digits_inputs(image: bool) -> Vec<(String, Tensor)> {
     vec![("input".to_string(), x)]
 }
 
+/// `m` quantized by wginfer's `quantize` (with W8A8, its convolutions too).
 fn quantized(m: &Model, f: WeightFormat) -> Model {
-    let mut opts = QuantizeOptions::new(f);
-    // W8A8 convolutions (QConv) have no export form: they stay f32 here.
-    opts.convolutions = false;
-    quantize(m, &opts, |_, _| {}).unwrap().0
+    quantize(m, &QuantizeOptions::new(f), |_, _| {}).unwrap().0
 }
 
 /// Exports `model` as `dir/name.tflite` and saves the inputs, wginfer's CPU
@@ -104,8 +102,9 @@ fn check_with_litert(dir: &Path) {
 }
 
 /// The digits model `base` as f32 and in every weight format with a TFLite
-/// form, with the number of int8 weight tensors each holds.
-fn run_digits(name: &str, base: &Model, image: bool, linears: usize) -> PathBuf {
+/// form, with the number of int8 weight tensors each holds (`linears`;
+/// with W8A8 the `convs` too).
+fn run_digits(name: &str, base: &Model, image: bool, linears: usize, convs: usize) -> PathBuf {
     let dir = tempfile::tempdir().unwrap().keep();
     let inputs = digits_inputs(image);
     export_case(&dir, &format!("{name}-f32"), base, &inputs, 0, false);
@@ -129,8 +128,10 @@ fn run_digits(name: &str, base: &Model, image: bool, linears: usize) -> PathBuf 
     }
     for outliers in [0, 4] {
         let m = quantized(base, WeightFormat::W8A8 { outliers });
+        let qconvs = m.graph().nodes().iter().filter(|n| n.op.op_type() == "QConv").count();
+        assert_eq!(qconvs, convs, "{name}: W8A8 quantizes every convolution");
         let case = format!("{name}-w8a8-outliers{outliers}");
-        export_case(&dir, &case, &m, &inputs, linears, true);
+        export_case(&dir, &case, &m, &inputs, linears + convs, true);
     }
     check_with_litert(&dir);
     dir
@@ -139,14 +140,14 @@ fn run_digits(name: &str, base: &Model, image: bool, linears: usize) -> PathBuf 
 #[test]
 fn digits_mlp_runs_in_litert() {
     let m = Model::load(common::root("models/digits-mlp/model.safetensors")).unwrap();
-    let dir = run_digits("mlp", &m, false, 3);
+    let dir = run_digits("mlp", &m, false, 3, 0);
     let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn digits_cnn_runs_in_litert() {
     let m = Model::load(common::root("models/digits-cnn/model.onnx")).unwrap();
-    let dir = run_digits("cnn", &m, true, 1);
+    let dir = run_digits("cnn", &m, true, 1, 2);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -283,15 +284,100 @@ fn a_conv_stack_with_pads_pools_and_nhwc_outputs_runs_in_litert() {
     let m = conv_stack();
     let x = Tensor::from_vec(vec![3, 3, 9, 9], values(3 * 243, 7)).unwrap();
     let dir = tempfile::tempdir().unwrap().keep();
-    export_case(&dir, "conv-stack", &m, &[("x".to_string(), x)], 0, false);
+    export_case(&dir, "conv-stack", &m, &[("x".to_string(), x.clone())], 0, false);
     // Tensor names are stored as strings: the PAD ops' outputs are there
     // for the uneven conv pads and the pool that counts its pads only.
     let bytes = to_tflite_bytes(&m, &TfliteExportOptions::default()).unwrap();
     let has = |name: &str| bytes.windows(name.len()).any(|w| w == name.as_bytes());
     assert!(has("c1.padded") && has("a2.padded"), "PAD before c1 and a2");
     assert!(!has("c2.padded") && !has("a1.padded"), "c2 and a1 use SAME");
+    // W8A8: both convolutions (uneven pads with a bias, SAME pads without)
+    // as hybrid CONV_2Ds, and the Linear, over a batch of 3.
+    let w8a8 = quantized(&m, WeightFormat::W8A8 { outliers: 0 });
+    let qconvs = w8a8
+        .graph()
+        .nodes()
+        .iter()
+        .filter(|n| n.op.op_type() == "QConv")
+        .count();
+    assert_eq!(qconvs, 2);
+    export_case(&dir, "conv-stack-w8a8", &w8a8, &[("x".to_string(), x)], 3, true);
     check_with_litert(&dir);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// One `Conv` over `x [batch, 4, 6, 6]` with a weight parameter `[out, 4/group, 3, 3]`.
+fn one_conv(attrs: serde_json::Value, group: usize, out: usize) -> Model {
+    use wginfer::graph::{Graph, Node, ParamInfo, ValueInfo};
+    use wginfer::tensor::{DType, ValueType};
+    let shape = vec![out, 4 / group, 3, 3];
+    let n = shape.iter().product();
+    let w = Tensor::from_vec(shape.clone(), values(n, 5)).unwrap();
+    let mut x = ValueType::known(DType::F32, &[1, 4, 6, 6]);
+    x.shape[0] = wginfer::tensor::Dim::Sym("batch".into());
+    let op = op("Conv", attrs);
+    let y = op.infer(&[x.clone(), ValueType::known(DType::F32, &shape)]).unwrap();
+    let node = Node {
+        name: "conv".into(),
+        op,
+        inputs: vec!["x".into(), "w".into()],
+        outputs: vec!["y".into()],
+    };
+    let io = |name: &str, ty: ValueType| ValueInfo { name: name.into(), ty };
+    let g = Graph::new(
+        "one_conv",
+        vec![io("x", x)],
+        vec![io("y", y[0].clone())],
+        vec![ParamInfo::plain("w", DType::F32, shape)],
+        vec![node],
+    )
+    .unwrap();
+    Model::new(g, HashMap::from([("w".to_string(), w)])).unwrap()
+}
+
+/// W8A8 convolutions over inputs with negative values (a non-zero zero
+/// point): pads of 1 (TFLite's SAME, padded with the zero point), one
+/// output channel (one scale, given a second channel so that LiteRT keeps
+/// its per-channel hybrid kernel), `SAME_UPPER` with a stride.
+#[test]
+fn w8a8_convolutions_with_pads_strides_and_one_channel_run_in_litert() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let x = Tensor::from_vec(vec![5, 4, 6, 6], values(5 * 144, 9)).unwrap();
+    for (name, attrs, out) in [
+        ("qconv-pads", serde_json::json!({"pads": [1, 1, 1, 1]}), 4),
+        ("qconv-one-channel", serde_json::json!({"pads": [1, 1, 1, 1]}), 1),
+        (
+            "qconv-strided",
+            serde_json::json!({"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+            3,
+        ),
+    ] {
+        let m = quantized(&one_conv(attrs, 1, out), WeightFormat::W8A8 { outliers: 0 });
+        export_case(&dir, name, &m, &[("x".to_string(), x.clone())], 1, true);
+    }
+    check_with_litert(&dir);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn w8a8_convolutions_tflite_cannot_run_are_errors_naming_the_node() {
+    let opts = TfliteExportOptions::default();
+    for (attrs, group, why) in [
+        (serde_json::json!({"group": 2}), 2, "group"),
+        (serde_json::json!({"dilations": [2, 1]}), 1, "dilation"),
+    ] {
+        let m = quantized(&one_conv(attrs, group, 4), WeightFormat::W8A8 { outliers: 0 });
+        let err = to_tflite_bytes(&m, &opts).unwrap_err();
+        let ExportError::Unsupported { node, op, target, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(
+            (node.as_str(), op.as_str(), *target),
+            ("conv", "QConv", "TFLite"),
+            "{err}"
+        );
+        assert!(err.to_string().contains(why), "{err}");
+    }
 }
 
 fn op(op_type: &str, attrs: serde_json::Value) -> Arc<dyn Op> {

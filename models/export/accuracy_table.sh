@@ -43,7 +43,7 @@ row() {
   ours=$("$bin" eval "$q" --data "$data" -b 0 | awk '/^accuracy/ {print $2}')
   "$bin" export "$q" --to onnx -o "$tmp/q.onnx" --force "$@" >/dev/null
   theirs=$("$py" models/export/ort_accuracy.py "$tmp/q.onnx" "$data" | awk '{print $2}')
-  # TFLite has no form for int4 blocks or W8A8 (the export says so).
+  # TFLite has no form for int4 blocks (the export says so).
   local lite="—" lite_bytes="—"
   if "$bin" export "$q" --to tflite -o "$tmp/q.tflite" --force >/dev/null 2>&1; then
     lite=$("$litert" models/export/litert_accuracy.py "$tmp/q.tflite" "$data" 2>/dev/null | awk '{print $2}')
@@ -62,8 +62,11 @@ for m in "MLP models/digits-mlp/model.safetensors" "CNN models/digits-cnn/model.
   row "$1" "$2" int4 "MatMulNBits" --int4 matmulnbits
   row "$1" "$2" int4 "DequantizeLinear (block_size) + Gemm" --int4 dq
   row "$1" "$2" int4-min "MatMulNBits (float zero points)" --int4 matmulnbits
-  # W8A8 convolutions (QConv) have no export form: the CNN's stay f32 here.
-  keep=""; [ "$1" = CNN ] && keep="--keep conv1 --keep conv2"
-  QARGS=$keep row "$1" "$2" w8a8 "ReduceMin/Max per row + MatMulInteger"
+  # W8A8 quantizes the CNN's convolutions too (QConv → ConvInteger).
+  if [ "$1" = CNN ]; then
+    row "$1" "$2" w8a8 "ReduceMin/Max per image + ConvInteger; per row + MatMulInteger"
+  else
+    row "$1" "$2" w8a8 "ReduceMin/Max per row + MatMulInteger"
+  fi
   row "$1" "$2" 2:4 "dense Gemm"
 done

@@ -11,6 +11,7 @@ pub mod binary;
 mod cases;
 pub mod cast;
 pub mod conv;
+pub mod conv_integer;
 pub mod gemm;
 pub mod integer;
 pub mod l2norm;
@@ -208,6 +209,7 @@ pub static REGISTRY: &[OpDef] = &[
     cast::CAST_UNSATURATED,
     integer::MATMUL_INTEGER,
     integer::DYNAMIC_QUANTIZE_LINEAR,
+    conv_integer::CONV_INTEGER,
     reduce::REDUCE_MIN,
     reduce::REDUCE_MAX,
     unary::FLOOR,

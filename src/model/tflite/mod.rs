@@ -19,7 +19,9 @@
 //!   feeding `FULLY_CONNECTED`, so LiteRT multiplies the same f32 weights
 //!   wginfer does; W8A8 is TFLite's hybrid `FULLY_CONNECTED`, which
 //!   quantizes each activation row at run time as wginfer does (see the
-//!   `quant` module for every format).
+//!   `quant` module for every format). A `QConv` (W8A8, one group,
+//!   undilated) is a hybrid `CONV_2D` over its int8 OHWI weight with
+//!   per-channel scales, which quantizes each image at run time.
 //! - What TFLite cannot express is an [`ExportError`] naming the node, op or
 //!   dtype. The file is written beside the target and renamed over it; an
 //!   existing file is replaced only with [`TfliteExportOptions::overwrite`].

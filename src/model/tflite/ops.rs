@@ -53,6 +53,7 @@ static MAPPED: &[(&str, Form)] = &[
     ("Concat", Form::Special(BuiltinOp::CONCATENATION)),
     ("Gather", Form::Special(BuiltinOp::GATHER)),
     ("Conv", Form::Special(BuiltinOp::CONV_2D)),
+    ("QConv", Form::Special(BuiltinOp::CONV_2D)),
     ("MaxPool", Form::Special(BuiltinOp::MAX_POOL_2D)),
     ("AveragePool", Form::Special(BuiltinOp::AVERAGE_POOL_2D)),
     ("GlobalAveragePool", Form::Special(BuiltinOp::MEAN)),
@@ -113,6 +114,7 @@ pub(super) fn export_node(b: &mut Builder<'_>, n: &Node) -> Result<(), ExportErr
                 own_op(b, n, BuiltinOp::GATHER, Options::Gather { axis })
             }
             "Conv" => spatial::conv(b, n),
+            "QConv" => spatial::qconv(b, n),
             "MaxPool" | "AveragePool" => spatial::pool(b, n),
             "GlobalAveragePool" => spatial::global_average_pool(b, n),
             "Cast" => own_op(b, n, BuiltinOp::CAST, Options::Cast),

@@ -3,16 +3,19 @@
 //! builder transposes at the edges of a conv stack). Explicit pads are
 //! `SAME` when TFLite's `SAME` rule gives the same pads, `VALID` when zero,
 //! and otherwise a `PAD` op in front (convolutions and average pools that
-//! count padding).
+//! count padding). A W8A8 `QConv` is the hybrid `CONV_2D` over its int8
+//! weight.
 
 use super::builder::{Builder, Layout};
 use super::ops::unsupported;
-use super::schema::{BuiltinOp, Options, Padding};
+use super::schema::{BuiltinOp, Options, Padding, Quantization};
 use super::ExportError;
 use crate::graph::Node;
 use crate::ops::conv::{Conv, Window};
 use crate::ops::pool::Pool;
-use crate::tensor::Tensor;
+use crate::ops::qconv::QConv;
+use crate::quant::WeightFormat;
+use crate::tensor::{DType, Tensor};
 
 /// How a window's explicit padding is written.
 enum Pads {
@@ -103,32 +106,148 @@ pub(super) fn conv(b: &mut Builder<'_>, n: &Node) -> Result<(), ExportError> {
     let &[o, i, kh, kw] = wt.shape() else {
         return Err(unsupported(n, "a 2-D convolution has a 4-D weight"));
     };
-    let v = wt.to_f32_vec();
-    let mut ohwi = vec![0f32; v.len()];
-    for (idx, x) in v.iter().enumerate() {
+    let ohwi = Tensor::from_vec(vec![o, kh, kw, i], to_ohwi(&wt.to_f32_vec(), [o, i, kh, kw]))?;
+    let w = b.constant(&format!("{}.ohwi", n.inputs[1]), &ohwi)?;
+    let bias = bias_tensor(b, n, n.inputs.get(2), o)?;
+    conv_2d(b, n, &c.window, (w, bias), [kh, kw], None)
+}
+
+/// The bias value `bias`, or `o` zeros when absent.
+fn bias_tensor(b: &mut Builder<'_>, n: &Node, bias: Option<&String>, o: usize) -> Result<i32, ExportError> {
+    match bias {
+        Some(v) => b.get(v, Layout::Own),
+        None => b.constant(&format!("{}.bias", n.name), &Tensor::from_vec(vec![o], vec![0f32; o])?),
+    }
+}
+
+/// `[O, I, kh, kw]` values reordered as OHWI.
+fn to_ohwi<T: Copy + Default>(v: &[T], [o, i, kh, kw]: [usize; 4]) -> Vec<T> {
+    let mut ohwi = vec![T::default(); o * i * kh * kw];
+    for (idx, x) in v.iter().enumerate().take(ohwi.len()) {
         let (oo, ii, y, xx) = (idx / (i * kh * kw), idx / (kh * kw) % i, idx / kw % kh, idx % kw);
         ohwi[((oo * kh + y) * kw + xx) * i + ii] = *x;
     }
-    let w = b.constant(
-        &format!("{}.ohwi", n.inputs[1]),
-        &Tensor::from_vec(vec![o, kh, kw, i], ohwi)?,
-    )?;
-    let bias = match n.inputs.get(2) {
-        Some(v) => b.get(v, Layout::Own)?,
-        None => b.constant(&format!("{}.bias", n.name), &Tensor::from_vec(vec![o], vec![0f32; o])?)?,
-    };
+    ohwi
+}
+
+/// `CONV_2D` of `n`'s NHWC input with the OHWI weight tensor `w` and the
+/// bias tensor, the window's pads (a `PAD` op when TFLite's rules cannot
+/// say them). `keep: Some(o)`: the weight has one zero output channel more
+/// than the node, and a `SLICE` keeps the first `o`.
+fn conv_2d(
+    b: &mut Builder<'_>,
+    n: &Node,
+    win: &Window,
+    (w, bias): (i32, i32),
+    [kh, kw]: [usize; 2],
+    keep: Option<usize>,
+) -> Result<(), ExportError> {
     let hw = spatial_dims(b, n)?;
-    let p = pads(n, &c.window, hw, [kh, kw])?;
+    let p = pads(n, win, hw, [kh, kw])?;
     let (x, padding) = padded_input(b, n, p)?;
-    let win = &c.window;
     let y = b.output(&n.outputs[0], Layout::Nhwc)?;
     let options = Options::Conv2D {
         padding,
         stride: [win.strides[0] as i32, win.strides[1] as i32],
         dilation: [win.dilations[0] as i32, win.dilations[1] as i32],
     };
-    b.op(BuiltinOp::CONV_2D, &[x, w, bias], &[y], options);
+    let Some(o) = keep else {
+        b.op(BuiltinOp::CONV_2D, &[x, w, bias], &[y], options);
+        return Ok(());
+    };
+    let mut d = b.dims_of(y);
+    if let Some(c) = d.last_mut() {
+        *c = Some(o as i32 + 1);
+    }
+    let nm = n.name.as_str();
+    let wide = b.step(
+        &format!("{nm}.widened"),
+        BuiltinOp::CONV_2D,
+        &[x, w, bias],
+        options,
+        DType::F32,
+        &d,
+    )?;
+    let begin = b.ints(&format!("{nm}.slice_begin"), vec![4], &[0; 4])?;
+    let size = b.ints(&format!("{nm}.slice_size"), vec![4], &[-1, -1, -1, o as i32])?;
+    b.op(BuiltinOp::SLICE, &[wide, begin, size], &[y], Options::Slice);
     Ok(())
+}
+
+/// `QConv` (W8A8, one group, undilated): `CONV_2D` with the int8 weight as
+/// OHWI and its per-output-channel scales as the tensor's quantization
+/// (zero points 0, `quantized_dimension = 0`). LiteRT runs that with f32
+/// activations as its hybrid per-channel kernel: each image's input is
+/// quantized at run time with its own asymmetric scale and zero point, and
+/// padded with that zero point (a `PAD` op's zeros do not change the
+/// range, which includes 0), as wginfer quantizes and pads each image.
+pub(super) fn qconv(b: &mut Builder<'_>, n: &Node) -> Result<(), ExportError> {
+    let Some(c) = n.op.downcast_ref::<QConv>() else {
+        return Err(unsupported(n, "not wginfer's QConv"));
+    };
+    if c.format != (WeightFormat::W8A8 { outliers: 0 }) {
+        return Err(ExportError::Format {
+            node: n.name.clone(),
+            format: c.format.name(),
+            target: "TFLite",
+            reason: "a QConv's TFLite form is W8A8 without outliers".into(),
+        });
+    }
+    if c.group != 1 {
+        return Err(unsupported(
+            n,
+            format!(
+                "group = {}: wginfer quantizes each group's input with its own range, TFLite's hybrid CONV_2D one range per image",
+                c.group
+            ),
+        ));
+    }
+    if c.window.dilations.iter().any(|&d| d != 1) {
+        return Err(unsupported(n, "LiteRT's hybrid CONV_2D kernel ignores dilation"));
+    }
+    let (q, scale) = match (b.model().param(&n.inputs[1]), b.model().param(&n.inputs[2])) {
+        (Some(q), Some(s)) => (q, s),
+        _ => return Err(unsupported(n, "the packed weight must be parameters")),
+    };
+    let (o, i) = (c.out_channels, c.in_channels);
+    let (kh, kw) = match c.window.kernel.as_slice() {
+        &[kh, kw] => (kh, kw),
+        k => return Err(unsupported(n, format!("kernel {k:?} is not 2-D"))),
+    };
+    let mut scales = scale.to_f32_vec();
+    // One scale for every channel (one channel, say) makes LiteRT take its
+    // per-tensor hybrid kernel, which quantizes the input symmetrically
+    // (3.2e-2 off on a one-channel test): a zero channel with another scale
+    // keeps the per-channel kernel.
+    let widened = scales.windows(2).all(|p| p[0] == p[1]);
+    let rows = o + widened as usize;
+    let mut v = to_ohwi(q.as_slice::<i8>()?, [o, i, kh, kw]);
+    v.resize(rows * kh * kw * i, 0);
+    let first = scales.first().copied().unwrap_or(1.0);
+    scales.resize(rows, if first == 0.0 { 1.0 } else { 2.0 * first });
+    let quant = Quantization {
+        scale: scales,
+        zero_point: vec![0; rows],
+        dim: 0,
+    };
+    let ohwi = Tensor::from_vec(vec![rows, kh, kw, i], v)?;
+    let w = b.quantized(&format!("{}.ohwi", n.inputs[1]), &ohwi, quant)?;
+    let bias = match (widened, n.inputs.get(4)) {
+        (false, bias) => bias_tensor(b, n, bias, o)?,
+        (true, None) => bias_tensor(b, n, None, rows)?,
+        (true, Some(v)) => {
+            let Some(t) = b.model().param(v) else {
+                return Err(unsupported(
+                    n,
+                    "the bias of a QConv whose channels share one scale must be a parameter",
+                ));
+            };
+            let mut t = t.to_f32_vec();
+            t.resize(rows, 0.0);
+            b.constant(&format!("{v}.widened"), &Tensor::from_vec(vec![rows], t)?)?
+        }
+    };
+    conv_2d(b, n, &c.window, (w, bias), [kh, kw], widened.then_some(o))
 }
 
 /// The spatial sizes of `n`'s NCHW input.

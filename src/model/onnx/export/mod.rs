@@ -15,14 +15,19 @@
 //!   blocks are `MatMulNBits` of the `com.microsoft` domain (the default,
 //!   [`Int4Export::MatMulNBits`]) or `DequantizeLinear` with `block_size`
 //!   ([`Int4Export::DequantizeLinear`]); W8A8 quantizes each row at run time
-//!   as wginfer does (`ReduceMin`/`ReduceMax`, `QuantizeLinear` per row) and
-//!   multiplies with `MatMulInteger`; N:M sparse weights are written dense.
+//!   as wginfer does (`ReduceMin`/`ReduceMax`, rounding and clipping per
+//!   row) and multiplies with `MatMulInteger`; N:M sparse weights are
+//!   written dense.
+//! - `QConv` (W8A8 convolutions) quantizes each image's group at run time
+//!   the same way and convolves with `ConvInteger`, padding corrected
+//!   exactly for wginfer's per-image zero point.
 //! - What ONNX cannot express is an [`ExportError`] naming the node, op or
 //!   dtype. The file is written beside the target and renamed over it; an
 //!   existing file is replaced only with [`OnnxExportOptions::overwrite`].
 
 mod builder;
 mod ops;
+mod qconv;
 mod quant;
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! wginfer ops → ONNX nodes. Most ops are ONNX ops already (the importer
 //! made them from ONNX) and keep their attributes; `Linear`, `Silu`,
 //! `Attention`, `MaskedMeanPool` and `L2Normalize` are spelled out in
-//! standard ops.
+//! standard ops, `QLinear` and `QConv` in `quant` and `qconv`.
 
 use super::builder::{onnx_dtype, Attr, Builder};
 use super::{quant, ExportError, OnnxExportOptions};
@@ -102,6 +102,10 @@ static SAME: &[(&str, &[&str])] = &[
         &["kernel_shape", "strides", "dilations", "pads", "auto_pad", "group"],
     ),
     (
+        "ConvInteger",
+        &["kernel_shape", "strides", "dilations", "pads", "auto_pad", "group"],
+    ),
+    (
         "MaxPool",
         &[
             "kernel_shape",
@@ -137,6 +141,7 @@ pub(super) fn export_node(
     let op = n.op.op_type();
     match op {
         "QLinear" => return quant::qlinear(b, model, n, opts),
+        "QConv" => return super::qconv::qconv(b, model, n),
         "Linear" => return linear(b, model, n),
         _ => {}
     }

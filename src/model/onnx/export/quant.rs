@@ -267,7 +267,13 @@ fn round_away(b: &mut Builder, nm: &str, v: &str, tag: &str) -> Result<String, E
 /// wginfer's W8A8 activation quantization of each row (the last axis) of
 /// `x [..., K]` with the `outliers` channels counted as 0: returns the u8
 /// codes, the row scales `s [..., 1]` and the zero points `z [..., 1]` (f32).
-fn quantize_rows(b: &mut Builder, nm: &str, x: &str, outliers: &[i64], k: usize) -> Result<[String; 3], ExportError> {
+pub(super) fn quantize_rows(
+    b: &mut Builder,
+    nm: &str,
+    x: &str,
+    outliers: &[i64],
+    k: usize,
+) -> Result<[String; 3], ExportError> {
     let mut xm = x.to_string();
     if !outliers.is_empty() {
         let mut keep = vec![1.0f32; k];
