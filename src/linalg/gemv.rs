@@ -29,15 +29,8 @@ pub fn gemv(x: &[f32], w: &[f32], bias: Option<&[f32]>, relu: bool, y: &mut [f32
     if n * k >= PARALLEL_MIN && threads > 1 && n >= 16 {
         // Whole groups of four rows per task, at least eight rows.
         let per = n.div_ceil(threads * TASKS_PER_THREAD).div_ceil(4).max(2) * 4;
-        let out = super::conv::OutPtr(y.as_mut_ptr());
-        super::pool::for_each(n.div_ceil(per), |t| {
-            let out = out;
-            let j0 = t * per;
-            let rows = per.min(n - j0);
-            // SAFETY: task t writes y[j0..j0 + rows], inside y, which no
-            // other task writes; y outlives the call.
-            let ys = unsafe { std::slice::from_raw_parts_mut(out.0.add(j0), rows) };
-            range(x, &w[j0 * k..], bias.map(|b| &b[j0..]), relu, ys);
+        super::pool::for_each_mut(y, per, 1, |t, ys| {
+            range(x, &w[t * per * k..], bias.map(|b| &b[t * per..]), relu, ys);
         });
     } else {
         range(x, w, bias, relu, y);

@@ -183,6 +183,34 @@ pub fn for_each_chunked(tasks: usize, chunk: usize, f: impl Fn(usize) + Sync) {
     pool.finish(epoch);
 }
 
+/// A slice's base pointer, shared by tasks that take disjoint chunks.
+struct Base<T>(*mut T);
+impl<T> Clone for Base<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Base<T> {}
+// SAFETY: tasks touch disjoint chunks (see `for_each_mut`), and `T: Send`.
+unsafe impl<T: Send> Send for Base<T> {}
+// SAFETY: as for Send.
+unsafe impl<T: Send> Sync for Base<T> {}
+
+/// `f(i, chunk)` for every chunk of `len` elements of `data` (the last one
+/// may be shorter), `per` chunks at a time per thread, as [`for_each`].
+pub fn for_each_mut<T: Send>(data: &mut [T], len: usize, per: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let (total, len) = (data.len(), len.max(1));
+    let base = Base(data.as_mut_ptr());
+    for_each_chunked(total.div_ceil(len), per, |i| {
+        let base = base;
+        let n = len.min(total - i * len);
+        // SAFETY: chunk i is data[i·len..i·len + n], inside `data`, which
+        // outlives the call; every index runs once, so no two tasks share
+        // an element.
+        f(i, unsafe { std::slice::from_raw_parts_mut(base.0.add(i * len), n) });
+    });
+}
+
 impl Pool {
     /// Takes and runs chunks of the job's indices until none are left.
     fn run(&self, job: Job) {
@@ -290,6 +318,20 @@ mod tests {
                 hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
                 "{tasks} tasks by {chunk}"
             );
+        }
+    }
+
+    #[test]
+    fn chunks_of_a_slice_cover_it_once() {
+        for &(total, len, per) in &[(0, 4, 1), (10, 4, 1), (1000, 7, 3), (4096, 64, 2)] {
+            let mut v = vec![0usize; total];
+            for_each_mut(&mut v, len, per, |i, c| {
+                assert!(c.len() == len || (i + 1) * len >= total);
+                for (j, e) in c.iter_mut().enumerate() {
+                    *e += i * len + j + 1;
+                }
+            });
+            assert!(v.iter().enumerate().all(|(j, &e)| e == j + 1), "{total} by {len}");
         }
     }
 

@@ -419,6 +419,8 @@ impl Op for Pool {
 
 /// Below this many outputs a pooling op runs on one thread.
 const PARALLEL_MIN_OUT: usize = 1 << 14;
+/// Outputs a thread takes at a time in a parallel [`max_pool_2d`].
+const PLANES_MIN_OUT: usize = 1 << 11;
 
 /// 2-D max pooling without dilation over `nc` planes: per output row, each
 /// tap `(ty, tx)` of the window is a strided pass over one input row into
@@ -479,7 +481,10 @@ fn max_pool_2d(g: &Geom, x: &[f32], nc: usize) -> Vec<f32> {
     }
     let each = |(p, yp): (usize, &mut [f32])| linalg::simd(|| plane_fn(&x[p * plane..][..plane], yp));
     if y.len() >= PARALLEL_MIN_OUT {
-        y.par_chunks_mut(out_plane).enumerate().for_each(each);
+        // Planes in chunks of at least PLANES_MIN_OUT outputs, on the
+        // spinning workers of `linalg::pool`.
+        let per = PLANES_MIN_OUT.div_ceil(out_plane);
+        linalg::pool::for_each_mut(&mut y, out_plane, per, |p, yp| each((p, yp)));
     } else {
         y.chunks_mut(out_plane).enumerate().for_each(each);
     }
