@@ -191,6 +191,15 @@ impl<T> Clone for Base<T> {
     }
 }
 impl<T> Copy for Base<T> {}
+impl<T> Base<T> {
+    /// The element `i` places past the base.
+    ///
+    /// # Safety
+    /// As for `pointer::add`.
+    unsafe fn add(self, i: usize) -> *mut T {
+        self.0.add(i)
+    }
+}
 // SAFETY: tasks touch disjoint chunks (see `for_each_mut`), and `T: Send`.
 unsafe impl<T: Send> Send for Base<T> {}
 // SAFETY: as for Send.
@@ -202,12 +211,11 @@ pub fn for_each_mut<T: Send>(data: &mut [T], len: usize, per: usize, f: impl Fn(
     let (total, len) = (data.len(), len.max(1));
     let base = Base(data.as_mut_ptr());
     for_each_chunked(total.div_ceil(len), per, |i| {
-        let base = base;
         let n = len.min(total - i * len);
         // SAFETY: chunk i is data[i·len..i·len + n], inside `data`, which
         // outlives the call; every index runs once, so no two tasks share
         // an element.
-        f(i, unsafe { std::slice::from_raw_parts_mut(base.0.add(i * len), n) });
+        f(i, unsafe { std::slice::from_raw_parts_mut(base.add(i * len), n) });
     });
 }
 
@@ -287,7 +295,7 @@ impl Pool {
                 return e;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 && start.elapsed() >= self.spin {
+            if spins.is_multiple_of(64) && start.elapsed() >= self.spin {
                 sleeper.asleep.store(true, Ordering::SeqCst);
                 let e = self.epoch.load(Ordering::SeqCst);
                 if !open(e) {
