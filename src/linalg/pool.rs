@@ -5,8 +5,9 @@
 //! [`for_each`] runs `f(i)` for every task index on the calling thread and
 //! on `rayon::current_num_threads() - 1` workers, which take indices from a
 //! shared counter. After each job a worker spins (checking for the next
-//! job) for [`spin_time`], 200 µs unless `WGINFER_SPIN_US` says otherwise,
-//! then parks; the next job unparks it. So back-to-back operators (the
+//! job) for [`spin_time`], 200 µs unless `WGINFER_SPIN_US` says otherwise
+//! (yielding its core between checks after the first 20 µs, so other
+//! threads that want it get it), then parks; the next job unparks it. So back-to-back operators (the
 //! layers of one forward pass, consecutive runs) find the workers awake,
 //! and an idle process burns no CPU once that time has passed.
 //!
@@ -27,6 +28,8 @@ use std::time::{Duration, Instant};
 
 /// The default time a worker spins after a job before it parks.
 const DEFAULT_SPIN_US: u64 = 200;
+/// After this long a spinning worker yields its core between checks.
+const YIELD_AFTER: Duration = Duration::from_micros(20);
 
 /// The task closure with its lifetime erased; valid while its job is open
 /// or a worker that joined it is still active.
@@ -295,7 +298,17 @@ impl Pool {
                 return e;
             }
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(64) && start.elapsed() >= self.spin {
+            if !spins.is_multiple_of(64) {
+                std::hint::spin_loop();
+                continue;
+            }
+            let waited = start.elapsed();
+            if waited >= YIELD_AFTER.min(self.spin) && waited < self.spin {
+                // Other threads that want this core (a loaded machine) get
+                // it; on an idle one this returns at once.
+                std::thread::yield_now();
+            }
+            if waited >= self.spin {
                 sleeper.asleep.store(true, Ordering::SeqCst);
                 let e = self.epoch.load(Ordering::SeqCst);
                 if !open(e) {
@@ -304,7 +317,6 @@ impl Pool {
                 sleeper.asleep.store(false, Ordering::SeqCst);
                 start = Instant::now();
             }
-            std::hint::spin_loop();
         }
     }
 }
