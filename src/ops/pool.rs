@@ -494,10 +494,11 @@ fn max_pool_2d(g: &Geom, x: &[f32], nc: usize) -> Vec<f32> {
 /// The 2×2, stride-2 MaxPool of `nc` planes of `oh × ow` outputs that
 /// split exactly into windows: output row `r` reads input rows `2r` and
 /// `2r + 1` of `2·ow` (the planes follow one another, so a run of planes
-/// is one run of row pairs). Per run, a pass of column-pair maxima over the
-/// flat input, then one of row-pair maxima: `max(max(a0, a1), max(b0,
-/// b1))`, the order of the per-row path. Runs of planes go to
-/// `linalg::pool` for large tensors.
+/// is one run of row pairs). Per run, a pass of row-pair maxima over the
+/// input (contiguous rows, so it vectorizes), then one of column-pair
+/// maxima over that half: `max(max(a0, b0), max(a1, b1))`, a NaN anywhere
+/// in the window giving NaN. Runs of planes go to `linalg::pool` for large
+/// tensors.
 fn max_pool_pairs_flat(x: &[f32], nc: usize, oh: usize, ow: usize) -> Vec<f32> {
     let out_plane = oh * ow;
     let mut y = vec![0.0f32; nc * out_plane];
@@ -508,14 +509,14 @@ fn max_pool_pairs_flat(x: &[f32], nc: usize, oh: usize, ow: usize) -> Vec<f32> {
         let xs = &x[4 * p0 * out_plane..][..4 * y.len()];
         let mut half = vec![0.0f32; 2 * y.len()];
         linalg::simd(|| {
-            for (o, p) in half.iter_mut().zip(xs.chunks_exact(2)) {
-                *o = nan_max(p[0], p[1]);
-            }
-            for (out, pair) in y.chunks_exact_mut(ow).zip(half.chunks_exact(2 * ow)) {
-                let (a, b) = pair.split_at(ow);
+            for (out, pair) in half.chunks_exact_mut(2 * ow).zip(xs.chunks_exact(4 * ow)) {
+                let (a, b) = pair.split_at(2 * ow);
                 for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
                     *o = nan_max(a, b);
                 }
+            }
+            for (o, p) in y.iter_mut().zip(half.chunks_exact(2)) {
+                *o = nan_max(p[0], p[1]);
             }
         });
     };
