@@ -452,10 +452,11 @@ pub struct ConvShape {
     pub geom: Im2col,
 }
 
-/// Below this many multiply-adds (about 0.1 ms on one core) a convolution
-/// runs on one thread: on a busy machine a second thread's start costs
-/// more than it saves on smaller products.
-pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 22;
+/// Below this many multiply-adds (about 6 µs on one core) a convolution
+/// runs on one thread; above, its tasks go to [`super::pool`], whose
+/// workers spin between jobs, so a second thread starts within
+/// microseconds.
+pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 18;
 /// Multiply-adds a parallel task does at least (tasks are grouped up to it).
 const TASK_MIN_MACS: usize = 1 << 15;
 /// The im2col tile's size limit in floats (256 KiB: it stays in L2).
@@ -532,7 +533,7 @@ fn conv2d_tiled(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>,
     } else {
         (COL_MAX / kk.max(1) / NR * NR).max(NR)
     };
-    let threads = rayon::current_num_threads();
+    let threads = super::pool::threads();
     if s.n < threads {
         tile = tile.min((pix.div_ceil(threads)).div_ceil(NR) * NR);
     }
@@ -579,9 +580,8 @@ fn conv2d_tiled(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>,
     let tasks = s.n * tiles;
     let macs = s.n * s.m * pix * kk;
     if macs >= PARALLEL_MIN_MACS && tasks > 1 && threads > 1 {
-        use rayon::prelude::*;
         let per = (TASK_MIN_MACS / (macs / tasks).max(1)).max(1);
-        (0..tasks).into_par_iter().with_min_len(per).for_each(task);
+        super::pool::for_each_chunked(tasks, per, task);
     } else {
         (0..tasks).for_each(task);
     }
@@ -704,7 +704,7 @@ fn conv2d_batched(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]
     let (plane, pix, kk) = (g.h * g.w, g.oh * g.ow, cg * g.kh * g.kw);
     let (hp, wp) = padded_dims(g);
     let macs = s.n * s.m * pix * kk;
-    let threads = rayon::current_num_threads();
+    let threads = super::pool::threads();
     let parallel = macs >= PARALLEL_MIN_MACS && s.n > 1 && threads > 1;
     let mut chunk = (BATCH_COL_MAX / (kk * pix)).clamp(1, s.n);
     if parallel {
@@ -742,8 +742,7 @@ fn conv2d_batched(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]
         })
     };
     if parallel && tasks > 1 {
-        use rayon::prelude::*;
-        (0..tasks).into_par_iter().for_each(task);
+        super::pool::for_each(tasks, task);
     } else {
         (0..tasks).for_each(task);
     }
@@ -790,7 +789,7 @@ fn conv2d_wide(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, 
     let (hp, wp, _) = wide_dims(g);
     // Bands of output rows per image: one, or enough to give every thread
     // work when there are fewer images than threads.
-    let threads = rayon::current_num_threads();
+    let threads = super::pool::threads();
     let bands = if s.n >= threads {
         1
     } else {
@@ -848,9 +847,8 @@ fn conv2d_wide(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, 
     let tasks = s.n * bands;
     let macs = s.n * s.m * pix * kk;
     if macs >= PARALLEL_MIN_MACS && tasks > 1 && threads > 1 {
-        use rayon::prelude::*;
         let per = (TASK_MIN_MACS / (macs / tasks).max(1)).max(1);
-        (0..tasks).into_par_iter().with_min_len(per).for_each(task);
+        super::pool::for_each_chunked(tasks, per, task);
     } else {
         (0..tasks).for_each(task);
     }

@@ -128,7 +128,7 @@ pub(crate) fn conv2d_direct(s: &ConvShape, x: &[f32], w: &[&DirectLhs], bias: Op
             && bias.is_none_or(|b| b.len() >= s.m),
         "conv2d_direct sizes"
     );
-    let threads = rayon::current_num_threads();
+    let threads = super::pool::threads();
     let macs = s.n * s.m * pix * kk;
     let parallel = macs >= PARALLEL_MIN_MACS && threads > 1;
     // Bands per image: enough for about four tasks per thread.
@@ -169,9 +169,8 @@ pub(crate) fn conv2d_direct(s: &ConvShape, x: &[f32], w: &[&DirectLhs], bias: Op
     };
     let tasks = s.n * bands;
     if parallel && tasks > 1 {
-        use rayon::prelude::*;
         let per = (TASK_MIN_MACS / (macs / tasks).max(1)).max(1);
-        (0..tasks).into_par_iter().with_min_len(per).for_each(task);
+        super::pool::for_each_chunked(tasks, per, task);
     } else {
         (0..tasks).for_each(task);
     }

@@ -7,7 +7,8 @@
 //! inputs (the panel slice, `KC·NR·4` bytes, stays in L1 while the tile
 //! walks down the rows). The bias enters as the accumulators' initial
 //! value; the tile writes `y` directly (masked at the panel's end).
-//! Parallel over (row range, panel range) tasks with rayon.
+//! Parallel over (row range, panel range) tasks on the spinning workers of
+//! [`super::pool`].
 //!
 //! With AVX2 + FMA and no AVX-512F the same scheme runs on ymm registers:
 //! panels of [`NR2`] outputs (one 64-byte line per input), register tiles
@@ -33,8 +34,9 @@ pub const KC: usize = 128;
 const TASK_ROWS: usize = 32;
 /// Panels per parallel task.
 const TASK_PANELS: usize = 4;
-/// Below this many multiply-adds a product runs on one thread.
-const PARALLEL_MIN: usize = 1 << 20;
+/// Below this many multiply-adds (about 3 µs on one core) a product runs
+/// on one thread.
+const PARALLEL_MIN: usize = 1 << 17;
 /// Outputs per packed panel of the AVX2 kernel (two ymm vectors, one line).
 pub const NR2: usize = 16;
 /// Rows per register tile of the AVX2 kernel (`2·MR2` accumulators, two
@@ -216,8 +218,8 @@ impl PackedF32 {
                 unsafe { self.block(x, out, (i0, i1), (b0, b1)) };
             };
             let tasks = row_tasks * panel_tasks;
-            if m * n * k >= PARALLEL_MIN && rayon::current_num_threads() > 1 && tasks > 1 {
-                (0..tasks).into_par_iter().for_each(task);
+            if m * n * k >= PARALLEL_MIN && super::pool::threads() > 1 && tasks > 1 {
+                super::pool::for_each(tasks, task);
             } else {
                 (0..tasks).for_each(task);
             }
@@ -305,7 +307,7 @@ impl PackedF32 {
     #[cfg(target_arch = "x86_64")]
     fn run_avx2(&self, x: &[f32], m: usize, out: Out) {
         let panels = self.n.div_ceil(NR2);
-        let threads = rayon::current_num_threads();
+        let threads = super::pool::threads();
         let parallel = m * self.n * self.k >= PARALLEL_MIN && threads > 1;
         let per = if parallel {
             panels.div_ceil(threads).clamp(1, TASK_PANELS2)
@@ -324,7 +326,7 @@ impl PackedF32 {
         };
         let tasks = row_tasks * panel_tasks;
         if parallel && tasks > 1 {
-            (0..tasks).into_par_iter().for_each(task);
+            super::pool::for_each(tasks, task);
         } else {
             (0..tasks).for_each(task);
         }

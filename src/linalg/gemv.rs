@@ -6,15 +6,12 @@
 //! 8-wide per row) share each pair of `x` loads, enough independent FMA
 //! chains to keep both FMA pipes busy; the rows' sums are reduced at the
 //! end. Remaining rows and inputs run in scalar code with the same sums.
-//! Output ranges go to rayon tasks only for layers large enough that the
-//! wake-up of a second thread pays (see [`PARALLEL_MIN`]).
+//! Output ranges go to the spinning workers of [`super::pool`] for layers
+//! of at least [`PARALLEL_MIN`] multiply-adds.
 
-use rayon::prelude::*;
-
-/// Below this many multiply-adds a product runs on one thread (a 784×512
-/// layer, about 0.4 M, streams its 1.6 MB weight from L3 in about 20 µs on
-/// one core, less than a second thread's start costs on a busy machine).
-pub const PARALLEL_MIN: usize = 1 << 20;
+/// Below this many multiply-adds (a 256×256 layer; about 3 µs on one core)
+/// a product runs on one thread.
+pub const PARALLEL_MIN: usize = 1 << 16;
 /// Tasks per thread: small shares, so that a thread that starts late (a
 /// loaded machine) leaves its work to the others instead of holding them up.
 const TASKS_PER_THREAD: usize = 4;
@@ -28,13 +25,13 @@ const TASKS_PER_THREAD: usize = 4;
 pub fn gemv(x: &[f32], w: &[f32], bias: Option<&[f32]>, relu: bool, y: &mut [f32]) {
     let (n, k) = (y.len(), x.len());
     assert!(w.len() >= n * k && bias.is_none_or(|b| b.len() >= n), "gemv sizes");
-    let threads = rayon::current_num_threads();
+    let threads = super::pool::threads();
     if n * k >= PARALLEL_MIN && threads > 1 && n >= 16 {
         // Whole groups of four rows per task, at least eight rows.
         let per = n.div_ceil(threads * TASKS_PER_THREAD).div_ceil(4).max(2) * 4;
-        y.par_chunks_mut(per)
-            .enumerate()
-            .for_each(|(t, ys)| range(x, &w[t * per * k..], bias.map(|b| &b[t * per..]), relu, ys));
+        super::pool::for_each_mut(y, per, 1, |t, ys| {
+            range(x, &w[t * per * k..], bias.map(|b| &b[t * per..]), relu, ys);
+        });
     } else {
         range(x, w, bias, relu, y);
     }

@@ -15,6 +15,7 @@ pub mod ggml;
 pub mod int16;
 pub mod int8;
 pub mod norm;
+pub mod pool;
 pub mod softmax;
 pub mod unary;
 pub mod vecops;

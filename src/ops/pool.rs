@@ -419,6 +419,8 @@ impl Op for Pool {
 
 /// Below this many outputs a pooling op runs on one thread.
 const PARALLEL_MIN_OUT: usize = 1 << 14;
+/// Outputs a thread takes at a time in a parallel [`max_pool_2d`].
+const PLANES_MIN_OUT: usize = 1 << 11;
 
 /// 2-D max pooling without dilation over `nc` planes: per output row, each
 /// tap `(ty, tx)` of the window is a strided pass over one input row into
@@ -440,8 +442,8 @@ fn max_pool_2d(g: &Geom, x: &[f32], nc: usize) -> Vec<f32> {
         })
         .collect();
     let pairs = [ky, kx, sy, sx] == [2, 2, 2, 2] && py == 0 && px == 0 && 2 * oh <= h && 2 * ow <= w;
-    if pairs && h == 2 * oh && w == 2 * ow && nc * oh * ow < PARALLEL_MIN_OUT {
-        return max_pool_pairs_flat(x, nc * oh, ow);
+    if pairs && h == 2 * oh && w == 2 * ow {
+        return max_pool_pairs_flat(x, nc, oh, ow);
     }
     let plane_fn = |xp: &[f32], yp: &mut [f32]| {
         if pairs {
@@ -479,33 +481,51 @@ fn max_pool_2d(g: &Geom, x: &[f32], nc: usize) -> Vec<f32> {
     }
     let each = |(p, yp): (usize, &mut [f32])| linalg::simd(|| plane_fn(&x[p * plane..][..plane], yp));
     if y.len() >= PARALLEL_MIN_OUT {
-        y.par_chunks_mut(out_plane).enumerate().for_each(each);
+        // Planes in chunks of at least PLANES_MIN_OUT outputs, on the
+        // spinning workers of `linalg::pool`.
+        let per = PLANES_MIN_OUT.div_ceil(out_plane);
+        linalg::pool::for_each_mut(&mut y, out_plane, per, |p, yp| each((p, yp)));
     } else {
         y.chunks_mut(out_plane).enumerate().for_each(each);
     }
     y
 }
 
-/// The 2×2, stride-2 MaxPool of planes that split exactly into windows,
-/// for small tensors on one thread: `rows` output rows of `ow`, output row
-/// `r` reading input rows `2r` and `2r + 1` of `2·ow` (the planes follow
-/// one another, so the whole tensor is one run of row pairs). A pass of
-/// column-pair maxima over the flat input, then one of row-pair maxima:
-/// `max(max(a0, a1), max(b0, b1))`, the order of the per-row path.
-fn max_pool_pairs_flat(x: &[f32], rows: usize, ow: usize) -> Vec<f32> {
-    let mut half = vec![0.0f32; 2 * rows * ow];
-    let mut y = vec![0.0f32; rows * ow];
-    linalg::simd(|| {
-        for (o, p) in half.iter_mut().zip(x.chunks_exact(2)) {
-            *o = nan_max(p[0], p[1]);
-        }
-        for (out, pair) in y.chunks_exact_mut(ow.max(1)).zip(half.chunks_exact(2 * ow.max(1))) {
-            let (a, b) = pair.split_at(ow);
-            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
-                *o = nan_max(a, b);
+/// The 2×2, stride-2 MaxPool of `nc` planes of `oh × ow` outputs that
+/// split exactly into windows: output row `r` reads input rows `2r` and
+/// `2r + 1` of `2·ow` (the planes follow one another, so a run of planes
+/// is one run of row pairs). Per run, a pass of row-pair maxima over the
+/// input (contiguous rows, so it vectorizes), then one of column-pair
+/// maxima over that half: `max(max(a0, b0), max(a1, b1))`, a NaN anywhere
+/// in the window giving NaN. Runs of planes go to `linalg::pool` for large
+/// tensors.
+fn max_pool_pairs_flat(x: &[f32], nc: usize, oh: usize, ow: usize) -> Vec<f32> {
+    let out_plane = oh * ow;
+    let mut y = vec![0.0f32; nc * out_plane];
+    if out_plane == 0 {
+        return y;
+    }
+    let run = |p0: usize, y: &mut [f32]| {
+        let xs = &x[4 * p0 * out_plane..][..4 * y.len()];
+        let mut half = vec![0.0f32; 2 * y.len()];
+        linalg::simd(|| {
+            for (out, pair) in half.chunks_exact_mut(2 * ow).zip(xs.chunks_exact(4 * ow)) {
+                let (a, b) = pair.split_at(2 * ow);
+                for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                    *o = nan_max(a, b);
+                }
             }
-        }
-    });
+            for (o, p) in y.iter_mut().zip(half.chunks_exact(2)) {
+                *o = nan_max(p[0], p[1]);
+            }
+        });
+    };
+    if y.len() >= PARALLEL_MIN_OUT {
+        let per = PLANES_MIN_OUT.div_ceil(out_plane);
+        linalg::pool::for_each_mut(&mut y, per * out_plane, 1, |i, ys| run(i * per, ys));
+    } else {
+        run(0, &mut y);
+    }
     y
 }
 
