@@ -221,6 +221,32 @@ fn batched16(c: &mut Criterion) {
     g.finish();
 }
 
+/// As [`batched16`] with 8-bit activations per block (llama.cpp's
+/// precision): what batched decoding would cost at that precision.
+fn batched8(c: &mut Criterion) {
+    let shapes = [
+        (BlockFormat::Q4_1, 1536, 576),
+        (BlockFormat::Q4_1, 576, 1536),
+        (BlockFormat::Q8_0, 49152, 576),
+    ];
+    let mut g = c.benchmark_group("ggml-batched8");
+    g.sample_size(10);
+    for (format, rows, cols) in shapes {
+        let m = random_matrix(format, rows, cols, 17);
+        for n in [1, 8, 32] {
+            let mut acts = QActs::default();
+            quantize_acts(&activations(n, cols), n, cols, 32, &mut acts);
+            let mut out = vec![0f32; n * rows];
+            g.throughput(Throughput::Elements((n * rows * cols) as u64));
+            let id = BenchmarkId::new(format!("n{n}"), label(format, rows, cols));
+            g.bench_function(id, |b| {
+                b.iter_custom(|iters| timed(iters, || m.matmul_acts(Kernel::best(), black_box(&acts), &mut out)))
+            });
+        }
+    }
+    g.finish();
+}
+
 /// Row dequantization (the prompt path dequantizes weights a chunk at a
 /// time for the f32 GEMM): a 576 × 1536 matrix (SmolLM2's down
 /// projection) per iteration, throughput in weights.
@@ -264,5 +290,14 @@ fn copy(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matvec, matmul128, decode_step, batched16, dequantize, copy);
+criterion_group!(
+    benches,
+    matvec,
+    matmul128,
+    decode_step,
+    batched16,
+    batched8,
+    dequantize,
+    copy
+);
 criterion_main!(benches);
