@@ -727,13 +727,17 @@ impl<'a, const T: usize> Rows16<'a, T> {
         // alignment.
         unsafe {
             let p = self.by_group.as_ptr().add(g * self.group_step);
+            // Each row's factor broadcast from memory: a load, where a lane
+            // permute would take a vector pipe from the products.
+            let mut f = [0f32; 8];
+            _mm256_storeu_ps(f.as_mut_ptr(), dd);
             for t in 0..T {
                 let xp = p.add(t * 32);
                 let s = _mm256_add_epi32(
                     _mm256_madd_epi16(w[0], _mm256_loadu_si256(xp.cast())),
                     _mm256_madd_epi16(w[1], _mm256_loadu_si256(xp.add(16).cast())),
                 );
-                let d = _mm256_permutevar8x32_ps(dd, _mm256_set1_epi32(t as i32));
+                let d = _mm256_broadcast_ss(&f[t]);
                 acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[t]);
             }
         }
