@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wginfer::linalg::ggml::{
-    quantize_acts, quantize_acts16, ActPrecision, BlockFormat, Kernel, QActs, QActs16, QMatrix,
+    quantize_acts, quantize_acts16, ActPrecision, BlockFormat, Kernel, PanelMatrix, QActs, QActs16, QMatrix,
 };
 
 /// This thread's CPU time (`libc` is a dependency on glibc Linux only).
@@ -221,6 +221,33 @@ fn batched16(c: &mut Criterion) {
     g.finish();
 }
 
+/// As [`batched16`] on the same matrices repacked in panels of eight rows
+/// ([`PanelMatrix`]).
+fn panel(c: &mut Criterion) {
+    let shapes = [
+        (BlockFormat::Q4_1, 1536, 576),
+        (BlockFormat::Q4_1, 576, 1536),
+        (BlockFormat::Q8_0, 49152, 576),
+    ];
+    let mut g = c.benchmark_group("ggml-panel");
+    g.sample_size(10);
+    for (format, rows, cols) in shapes {
+        let m = random_matrix(format, rows, cols, 17);
+        let Some(pm) = PanelMatrix::pack(&m) else { continue };
+        for n in [1, 8, 32] {
+            let mut acts = QActs16::default();
+            quantize_acts16(&activations(n, cols), n, cols, &mut acts);
+            let mut out = vec![0f32; n * rows];
+            g.throughput(Throughput::Elements((n * rows * cols) as u64));
+            let id = BenchmarkId::new(format!("n{n}"), label(format, rows, cols));
+            g.bench_function(id, |b| {
+                b.iter_custom(|iters| timed(iters, || pm.matmul_acts16(Kernel::best(), black_box(&acts), &mut out)))
+            });
+        }
+    }
+    g.finish();
+}
+
 /// As [`batched16`] with 8-bit activations per block (llama.cpp's
 /// precision): what batched decoding would cost at that precision.
 fn batched8(c: &mut Criterion) {
@@ -297,6 +324,7 @@ criterion_group!(
     decode_step,
     batched16,
     batched8,
+    panel,
     dequantize,
     copy
 );

@@ -108,8 +108,11 @@ fn measure(b: &DecoderBench, w: &Arc<DecoderWeights>, device: &Device) -> Result
     let vocab = w.config.vocab as u32;
     let prompt: Vec<u32> = (0..b.prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let mut out = Vec::new();
-    // One warm-up pass of each kind.
+    // One warm-up pass of each kind (the first decoding pass on the CPU
+    // also repacks the weights in panels).
     dec.forward(&prompt[..prompt.len().min(8)], Logits::Last)?;
+    dec.truncate(0);
+    dec.forward(&[1 % vocab], Logits::Last)?;
     dec.truncate(0);
     if b.prompt_tokens > 0 {
         let mut rates = Vec::new();
@@ -147,6 +150,7 @@ fn measure(b: &DecoderBench, w: &Arc<DecoderWeights>, device: &Device) -> Result
 /// `gen_tokens` batched steps over `batch` sequences: tokens/s of all.
 fn measure_batched(b: &DecoderBench, w: &Arc<DecoderWeights>, batch: usize) -> Result<(String, f64, f64)> {
     let model = CpuModel::new(w.clone(), 8 + b.gen_tokens)?;
+    model.pack_panels();
     let vocab = w.config.vocab as u32;
     let mut rates = Vec::new();
     for _ in 0..b.repetitions {

@@ -14,7 +14,7 @@ use crate::error::GenerateError;
 use crate::generate::cache::{KvBuf, KvCache, KvDtype};
 use crate::generate::weights::PROMPT_MIN_TOKENS;
 use crate::generate::{Decoder, DecoderConfig, DecoderWeights, LayerWeights, Logits, Matrix, RopeLayout};
-use crate::linalg::ggml::{quantize_acts16, ActPrecision, Kernel, QActs16, QMatrix};
+use crate::linalg::ggml::{quantize_acts16, Kernel, QActs16, QMatrix};
 
 /// `out = x / rms(x) · w` per row of `w.len()` values.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -122,20 +122,40 @@ fn silu_mul(gate: &mut [f32], up: &[f32]) {
 /// How the matrix products of a pass treat their rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RowMode {
-    /// By row count, as [`Matrix::matmul`] does: prompts through f32 GEMM,
-    /// a few rows through 16-bit activation blocks.
+    /// By row count: prompts (from [`PROMPT_MIN_TOKENS`] rows) through f32
+    /// GEMM on the dequantized weights, fewer rows as [`Independent`](Self::Independent).
     Auto,
-    /// Every row through 16-bit activation blocks on packed weights (f32
-    /// GEMM on f32/f16 ones), so each row's result does not depend on the
-    /// other rows of the pass: batched decoding gives every sequence the
-    /// numbers it gets alone.
+    /// Every row through 16-bit activations on packed weights (the panels
+    /// of [`QMatrix::panels`] for the 32-weight formats, the packed rows for
+    /// the k-quants; f32 GEMM on f32/f16 weights), so each row's result does
+    /// not depend on the other rows of the pass: batched decoding gives
+    /// every sequence the numbers it gets alone.
     Independent,
+}
+
+/// Whether a pass in `mode` of `n` rows takes the products of packed
+/// weights with 16-bit activations.
+fn int16(mode: RowMode, n: usize) -> bool {
+    mode == RowMode::Independent || n < PROMPT_MIN_TOKENS
+}
+
+/// The product of packed weights with 16-bit activations: on the panels
+/// where the format has them, else on the packed rows.
+fn quant16(q: &QMatrix, acts: &QActs16, out: &mut [f32]) {
+    match q.panels() {
+        Some(p) => p.matmul_acts16(Kernel::best(), acts, out),
+        None => q.matmul_acts16(Kernel::best(), acts, out),
+    }
 }
 
 fn mm(m: &Matrix, x: &[f32], n: usize, mode: RowMode) -> Result<Vec<f32>, GenerateError> {
     let mut out = vec![0f32; n * m.rows()];
-    match (mode, m) {
-        (RowMode::Independent, Matrix::Quant(q)) => q.matmul_with(Kernel::best(), ActPrecision::Int16, x, n, &mut out),
+    match m {
+        Matrix::Quant(q) if int16(mode, n) => {
+            let mut acts = QActs16::default();
+            quantize_acts16(x, n, q.cols(), &mut acts);
+            quant16(q, &acts, &mut out);
+        }
         _ => m.matmul(x, n, &mut out)?,
     }
     Ok(out)
@@ -150,7 +170,7 @@ fn mm_shared<const K: usize>(
     n: usize,
     mode: RowMode,
 ) -> Result<[Vec<f32>; K], GenerateError> {
-    let int16 = mode == RowMode::Independent || n < PROMPT_MIN_TOKENS;
+    let int16 = int16(mode, n);
     let quants: Vec<&QMatrix> = ms
         .iter()
         .filter_map(|m| match m {
@@ -169,7 +189,7 @@ fn mm_shared<const K: usize>(
     quantize_acts16(x, n, quants[0].cols(), &mut acts);
     Ok(std::array::from_fn(|i| {
         let mut out = vec![0f32; n * quants[i].rows()];
-        quants[i].matmul_acts16(Kernel::best(), &acts, &mut out);
+        quant16(quants[i], &acts, &mut out);
         out
     }))
 }
@@ -235,6 +255,26 @@ impl CpuModel {
             cos,
             sin,
         })
+    }
+
+    /// Repacks every packed matrix of a 32-weight format in panels
+    /// ([`QMatrix::panels`]) now, in parallel, rather than at the first
+    /// pass that needs it (each decoding product takes the panels; the
+    /// memory of those weights once more). Returns the panels' bytes.
+    pub fn pack_panels(&self) -> usize {
+        let w = &self.weights;
+        let mut ms: Vec<&Matrix> = w
+            .layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .collect();
+        ms.push(w.head());
+        ms.par_iter()
+            .map(|m| match m {
+                Matrix::Quant(q) => q.panels().map_or(0, |p| p.bytes()),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// The model with caches of `dtype` (f32 by default).

@@ -22,6 +22,10 @@ const _: () = assert!(TOKENS <= TOKENS16, "rows_into's buffer holds TOKENS16 row
 /// enough to stay in L1 between the token groups.
 const ROW_TILE: usize = 16;
 
+/// Weight bytes of the rows one pass over the activation tiles takes (see
+/// `QMatrix::rows_into`): a share of L2 that leaves room for the tiles.
+const CHUNK_BYTES: usize = 64 << 10;
+
 /// Weight bytes × activation rows below which a product runs on the calling
 /// thread (a rayon fork costs more than it saves).
 const SERIAL_WORK: usize = 48 << 10;
@@ -185,17 +189,22 @@ impl Acts for QActs16 {
 }
 
 /// The output buffer shared by tasks that write disjoint elements.
-struct Out(*mut f32, usize);
+pub(super) struct Out(*mut f32, usize);
 // SAFETY: tasks write disjoint elements (each owns a range of output rows;
 // see `QMatrix::matmul_rows`), and nothing reads `out` while they run.
 unsafe impl Sync for Out {}
 
 impl Out {
+    /// The whole of `out`, for tasks to write into.
+    pub(super) fn new(out: &mut [f32]) -> Self {
+        Self(out.as_mut_ptr(), out.len())
+    }
+
     /// Writes `v` at `i..i + v.len()`.
     ///
     /// # Safety
     /// No other task writes or reads those elements concurrently.
-    unsafe fn write(&self, i: usize, v: &[f32]) {
+    pub(super) unsafe fn write(&self, i: usize, v: &[f32]) {
         assert!(i + v.len() <= self.1, "output index out of range");
         // SAFETY: the elements are in bounds (checked above) and the
         // caller owns them; `v` is not in `out` (it is the caller's buffer).
@@ -271,7 +280,7 @@ impl QMatrix {
             out.fill(0.0);
             return;
         }
-        let sink = Out(out.as_mut_ptr(), out.len());
+        let sink = Out::new(out);
         let run = |r0: usize, r1: usize| self.rows_into(kernel, acts, r0, r1, &sink);
         let threads = rayon::current_num_threads();
         if threads == 1 || self.data.len() * n < SERIAL_WORK {
@@ -287,28 +296,47 @@ impl QMatrix {
             .for_each(|task| run(task * per_task, ((task + 1) * per_task).min(rows)));
     }
 
-    /// Output rows `r0..r1` for every activation row into `sink`.
+    /// Output rows `r0..r1` for every activation row into `sink`: chunks
+    /// of weight rows of about [`CHUNK_BYTES`], each run against every tile
+    /// of activation rows in turn, so a tile of activations stays in L1
+    /// while the chunk's weights stream from L2.
     fn rows_into<A: Acts>(&self, kernel: Kernel, acts: &A, r0: usize, r1: usize, sink: &Out) {
-        let (rows, n, rb) = (self.rows, acts.rows(), self.row_bytes());
-        let mut buf = [0f32; TOKENS16 * ROW_TILE];
-        let mut run = [0f32; ROW_TILE];
-        for tile in (r0..r1).step_by(ROW_TILE) {
-            let end = (tile + ROW_TILE).min(r1);
-            let packed = &self.data[tile * rb..end * rb];
-            let run = &mut run[..end - tile];
+        let (n, rb) = (acts.rows(), self.row_bytes());
+        let chunk = (CHUNK_BYTES / rb.max(1)).max(1).div_ceil(ROW_TILE) * ROW_TILE;
+        for c0 in (r0..r1).step_by(chunk) {
+            let c1 = (c0 + chunk).min(r1);
             for t0 in (0..n).step_by(A::TILE) {
                 let tn = A::TILE.min(n - t0);
-                let vals = &mut buf[..(end - tile) * tn];
-                acts.dot(kernel, self.format, packed, rb, t0, tn, vals);
-                for t in 0..tn {
-                    for (r, row_vals) in run.iter_mut().zip(vals.chunks_exact(tn)) {
-                        *r = row_vals[t];
-                    }
-                    // SAFETY: this call owns output rows `r0..r1` of every
-                    // activation row (callers give tasks disjoint ranges).
-                    unsafe { sink.write((t0 + t) * rows + tile, run) };
+                for tile in (c0..c1).step_by(ROW_TILE) {
+                    self.tile_into(kernel, acts, (tile, (tile + ROW_TILE).min(c1)), (t0, tn), sink);
                 }
             }
+        }
+    }
+
+    /// Output rows `r0..r1` (at most [`ROW_TILE`]) for activation rows
+    /// `t0..t0 + tn` (at most the kernel's tile) into `sink`.
+    fn tile_into<A: Acts>(
+        &self,
+        kernel: Kernel,
+        acts: &A,
+        (r0, r1): (usize, usize),
+        (t0, tn): (usize, usize),
+        sink: &Out,
+    ) {
+        let (rows, rb) = (self.rows, self.row_bytes());
+        let mut buf = [0f32; TOKENS16 * ROW_TILE];
+        let mut run = [0f32; ROW_TILE];
+        let run = &mut run[..r1 - r0];
+        let vals = &mut buf[..(r1 - r0) * tn];
+        acts.dot(kernel, self.format, &self.data[r0 * rb..r1 * rb], rb, t0, tn, vals);
+        for t in 0..tn {
+            for (r, row_vals) in run.iter_mut().zip(vals.chunks_exact(tn)) {
+                *r = row_vals[t];
+            }
+            // SAFETY: this call's caller owns output rows `r0..r1` of every
+            // activation row (callers give tasks disjoint ranges).
+            unsafe { sink.write((t0 + t) * rows + r0, run) };
         }
     }
 }

@@ -6,15 +6,19 @@ mod acts;
 mod blocks;
 mod kquants;
 mod matmul;
+mod panel;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
 pub use acts::{quantize_acts, quantize_acts16, QActs, QActs16};
 pub use blocks::quantize_row;
 pub use matmul::{ActPrecision, Kernel, PRECISE_MAX_N};
+pub use panel::{PanelMatrix, PANEL};
 
 use crate::error::OpError;
 
@@ -126,6 +130,8 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     data: Vec<u8>,
+    /// The rows repacked in panels, made on first use ([`QMatrix::panels`]).
+    panels: OnceLock<Option<PanelMatrix>>,
 }
 
 impl QMatrix {
@@ -147,7 +153,15 @@ impl QMatrix {
             rows,
             cols,
             data,
+            panels: OnceLock::new(),
         })
+    }
+
+    /// The rows repacked in panels of eight ([`PanelMatrix`]), made on the
+    /// first call (the packed bytes once more) and kept; `None` for the
+    /// formats without a panel form (the k-quants).
+    pub fn panels(&self) -> Option<&PanelMatrix> {
+        self.panels.get_or_init(|| PanelMatrix::pack(self)).as_ref()
     }
 
     /// The block format.

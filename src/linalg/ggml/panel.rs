@@ -1,0 +1,564 @@
+//! Matrices of 32-weight blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) repacked in
+//! panels of [`PANEL`] rows, for products with 16-bit activations
+//! ([`QActs16`]) that keep a panel's rows in the lanes of a register.
+//!
+//! Per output `o`, activation row `t` and group `g` of 32 columns, the
+//! integer sum `s = Σ_k q[o][k]·x_t[k]` is exact (i32), and the output is
+//! accumulated group by group from 0:
+//! `acc = fma(d_o·d_x, f32(s), acc)`, then, for the formats with a minimum
+//! term (`m = -8d` for Q4_0, the stored `m` for Q4_1 and Q5_1),
+//! `acc = fma(m_o, Σx_t, acc)`. The AVX2 kernel (eight outputs in the lanes,
+//! `vpmaddwd` over pairs of columns) and the portable loop run these
+//! operations, so an output's bits depend neither on the kernel, nor on how
+//! many activation rows a call takes, nor on which rows share a tile:
+//! batched decoding gives each sequence the numbers it gets alone. Each
+//! weight is unpacked once per tile of [`TILE_ROWS`] activation rows and
+//! each group costs one conversion and one or two FMAs per eight outputs
+//! and row, where row-major kernels pay them per output.
+//!
+//! Layout, per panel and group: the rows' f16 scales `d` (then their f16
+//! minimums for Q4_1 and Q5_1), and the codes as chunks of 16 bytes, each
+//! byte two columns of a row: for pair `j` of columns (`2j`, `2j + 1`),
+//! byte `2o + c` holds column `2j + c` of row `o`. The 4-bit formats keep
+//! pairs `j` and `j + 8` in the low and high nibbles of chunk `j` (8
+//! chunks); the others store one signed code per byte (`q - 16` for Q5_0;
+//! 16 chunks). A last panel of fewer rows is padded with zeros.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::acts::{quantize_acts16, QActs16};
+use super::blocks::small_value;
+use super::matmul::Out;
+use super::{BlockFormat, Kernel, QMatrix};
+
+/// Rows per panel: the eight i32 or f32 lanes of an AVX2 register.
+pub const PANEL: usize = 8;
+
+/// Columns per group (every format's blocks are whole groups).
+const GROUP: usize = 32;
+
+/// Activation rows one unpacking of a panel's weights serves.
+const TILE_ROWS: usize = 4;
+
+/// Bytes of panels one pass over the tiles of activation rows takes.
+const CHUNK_BYTES: usize = 96 << 10;
+
+/// Multiply-adds below which a product runs on the calling thread.
+const SERIAL_MACS: usize = 1 << 18;
+
+/// The minimum term of a format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Min {
+    /// None (Q5_0 and Q8_0 store signed codes).
+    None,
+    /// `m = -8d` (Q4_0).
+    Minus8,
+    /// A stored f16 minimum (Q4_1, Q5_1).
+    Stored,
+}
+
+/// How a format's codes and scales are stored in panels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    /// Two 4-bit codes per byte (else one signed byte per code).
+    nibbles: bool,
+    min: Min,
+}
+
+impl Layout {
+    fn of(format: BlockFormat) -> Option<Self> {
+        let (nibbles, min) = match format {
+            BlockFormat::Q4_0 => (true, Min::Minus8),
+            BlockFormat::Q4_1 => (true, Min::Stored),
+            BlockFormat::Q5_0 | BlockFormat::Q8_0 => (false, Min::None),
+            BlockFormat::Q5_1 => (false, Min::Stored),
+            _ => return None,
+        };
+        Some(Self { nibbles, min })
+    }
+
+    /// Code bytes per group of a panel.
+    fn code_bytes(self) -> usize {
+        if self.nibbles {
+            GROUP * PANEL / 2
+        } else {
+            GROUP * PANEL
+        }
+    }
+
+    /// f16 scales per group of a panel.
+    fn scale_len(self) -> usize {
+        if self.min == Min::Stored {
+            2 * PANEL
+        } else {
+            PANEL
+        }
+    }
+
+    /// The code of row `o`, column `k` of a panel's group (`codes` that
+    /// group's).
+    fn code(self, codes: &[u8], o: usize, k: usize) -> i32 {
+        let (j, c) = (k / 2, k % 2);
+        if self.nibbles {
+            let byte = codes[(j % 8) * 16 + 2 * o + c];
+            i32::from(if j < 8 { byte & 0x0f } else { byte >> 4 })
+        } else {
+            i32::from(codes[j * 16 + 2 * o + c] as i8)
+        }
+    }
+
+    /// `(d, m)` of row `o` of a panel's group (`scales` that group's).
+    fn scale(self, scales: &[u16], o: usize) -> (f32, f32) {
+        let d = f16::from_bits(scales[o]).to_f32();
+        let m = match self.min {
+            Min::None => 0.0,
+            Min::Minus8 => -8.0 * d,
+            Min::Stored => f16::from_bits(scales[PANEL + o]).to_f32(),
+        };
+        (d, m)
+    }
+}
+
+/// A block matrix repacked in panels of [`PANEL`] rows (see the module
+/// documentation).
+#[derive(Clone, Debug)]
+pub struct PanelMatrix {
+    format: BlockFormat,
+    layout: Layout,
+    rows: usize,
+    cols: usize,
+    /// f16 bits, per panel and group.
+    scales: Vec<u16>,
+    /// Per panel and group.
+    codes: Vec<u8>,
+}
+
+impl PanelMatrix {
+    /// Repacks `m`, or `None` for a format without a panel form (the
+    /// 256-weight k-quants).
+    pub fn pack(m: &QMatrix) -> Option<Self> {
+        let layout = Layout::of(m.format())?;
+        let (rows, cols, format) = (m.rows(), m.cols(), m.format());
+        let groups = cols / GROUP;
+        let (sl, cb, bb) = (layout.scale_len(), layout.code_bytes(), format.block_bytes());
+        let panels = rows.div_ceil(PANEL);
+        let mut scales = vec![0u16; panels * groups * sl];
+        let mut codes = vec![0u8; panels * groups * cb];
+        scales
+            .par_chunks_mut(groups * sl)
+            .zip(codes.par_chunks_mut(groups * cb))
+            .enumerate()
+            .for_each(|(p, (sc, co))| {
+                for o in 0..PANEL.min(rows - p * PANEL) {
+                    let row = m.row(p * PANEL + o);
+                    for g in 0..groups {
+                        let block = &row[g * bb..(g + 1) * bb];
+                        let s = &mut sc[g * sl..(g + 1) * sl];
+                        s[o] = u16::from_le_bytes([block[0], block[1]]);
+                        if layout.min == Min::Stored {
+                            s[PANEL + o] = u16::from_le_bytes([block[2], block[3]]);
+                        }
+                        let c = &mut co[g * cb..(g + 1) * cb];
+                        for k in 0..GROUP {
+                            let (j, half) = (k / 2, k % 2);
+                            let q = small_value(format, block, k);
+                            if layout.nibbles {
+                                c[(j % 8) * 16 + 2 * o + half] |= (q as u8 & 0x0f) << (4 * (j / 8));
+                            } else {
+                                let off = if format == BlockFormat::Q5_0 { 16 } else { 0 };
+                                c[j * 16 + 2 * o + half] = (q - off) as i8 as u8;
+                            }
+                        }
+                    }
+                }
+            });
+        Some(Self {
+            format,
+            layout,
+            rows,
+            cols,
+            scales,
+            codes,
+        })
+    }
+
+    /// The block format the panels hold.
+    pub fn format(&self) -> BlockFormat {
+        self.format
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Weights per row.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes the panels occupy.
+    pub fn bytes(&self) -> usize {
+        self.scales.len() * 2 + self.codes.len()
+    }
+
+    fn groups(&self) -> usize {
+        self.cols / GROUP
+    }
+
+    /// Panel `p`'s scales and codes.
+    fn panel(&self, p: usize) -> (&[u16], &[u8]) {
+        let (sl, cl) = (
+            self.groups() * self.layout.scale_len(),
+            self.groups() * self.layout.code_bytes(),
+        );
+        (&self.scales[p * sl..(p + 1) * sl], &self.codes[p * cl..(p + 1) * cl])
+    }
+
+    /// `out[t][r] = Σ_c w[r][c]·x[t][c]` for `n` rows of `x` (`n × cols`
+    /// in, `n × rows` out, row-major), the activations quantized by
+    /// [`quantize_acts16`], with the fastest kernel this CPU has.
+    pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), n * self.cols, "x must be n × cols");
+        let mut acts = QActs16::default();
+        quantize_acts16(x, n, self.cols, &mut acts);
+        self.matmul_acts16(Kernel::best(), &acts, out);
+    }
+
+    /// The product with activations already quantized by
+    /// [`quantize_acts16`] (so several matrices that read the same input
+    /// quantize it once), with a chosen kernel (the portable one where this
+    /// CPU does not run `kernel`); every kernel gives the same bits.
+    pub fn matmul_acts16(&self, kernel: Kernel, acts: &QActs16, out: &mut [f32]) {
+        let n = acts.n;
+        assert_eq!(acts.cols, self.cols, "activations must have cols values per row");
+        assert_eq!(out.len(), n * self.rows, "out must be n × rows");
+        let kernel = if kernel.is_available() {
+            kernel
+        } else {
+            Kernel::Portable
+        };
+        if n == 0 || self.rows == 0 {
+            return;
+        }
+        let panels = self.rows.div_ceil(PANEL);
+        let sink = Out::new(out);
+        // Chunks of panels that stay in L2 while every tile of activation
+        // rows (in L1) runs over them.
+        let (sl, cb) = (self.layout.scale_len() * 2, self.layout.code_bytes());
+        let chunk = (CHUNK_BYTES / (self.groups() * (sl + cb)).max(1)).max(1);
+        let run = |p0: usize, p1: usize| {
+            for c0 in (p0..p1).step_by(chunk) {
+                for t0 in (0..n).step_by(TILE_ROWS) {
+                    let tn = TILE_ROWS.min(n - t0);
+                    for p in c0..(c0 + chunk).min(p1) {
+                        self.tile_into(kernel, p, acts, (t0, tn), &sink);
+                    }
+                }
+            }
+        };
+        let threads = rayon::current_num_threads();
+        if threads == 1 || n * self.rows * self.cols < SERIAL_MACS {
+            run(0, panels);
+            return;
+        }
+        let per_task = panels.div_ceil(threads * 4);
+        (0..panels.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|task| run(task * per_task, ((task + 1) * per_task).min(panels)));
+    }
+
+    /// Panel `p` for activation rows `t0..t0 + tn` into `sink`.
+    fn tile_into(&self, kernel: Kernel, p: usize, acts: &QActs16, (t0, tn): (usize, usize), sink: &Out) {
+        let (scales, codes) = self.panel(p);
+        let live = PANEL.min(self.rows - p * PANEL);
+        let mut vals = [[0f32; PANEL]; TILE_ROWS];
+        let vals = &mut vals[..tn];
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the AVX2 kernel is chosen only where the CPU has AVX2,
+            // FMA and F16C (`matmul_acts16` checks).
+            Kernel::Avx2 => unsafe { x86::tile(self.layout, scales, codes, acts, t0, vals) },
+            _ => self.tile_portable(scales, codes, acts, t0, vals),
+        }
+        for (t, v) in vals.iter().enumerate() {
+            // SAFETY: this task owns output columns `8p..8p + live` of every
+            // row (tasks take disjoint panel ranges).
+            unsafe { sink.write((t0 + t) * self.rows + p * PANEL, &v[..live]) };
+        }
+    }
+
+    /// The portable form of the kernel: the same operations, lane by lane.
+    fn tile_portable(&self, scales: &[u16], codes: &[u8], acts: &QActs16, t0: usize, out: &mut [[f32; PANEL]]) {
+        let (l, groups, cols) = (self.layout, self.groups(), self.cols);
+        let (sl, cb) = (l.scale_len(), l.code_bytes());
+        for (t, o) in out.iter_mut().enumerate() {
+            let r = t0 + t;
+            let xq = &acts.qs[r * cols..(r + 1) * cols];
+            for (lane, v) in o.iter_mut().enumerate() {
+                let mut acc = 0f32;
+                for g in 0..groups {
+                    let c = &codes[g * cb..(g + 1) * cb];
+                    let s: i32 = (0..GROUP)
+                        .map(|k| l.code(c, lane, k) * i32::from(xq[g * GROUP + k]))
+                        .sum();
+                    let (d, m) = l.scale(&scales[g * sl..(g + 1) * sl], lane);
+                    acc = (d * acts.d[r * groups + g]).mul_add(s as f32, acc);
+                    if l.min != Min::None {
+                        acc = m.mul_add(acts.sum[r * groups + g], acc);
+                    }
+                }
+                *v = acc;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The AVX2 kernel: a panel's eight rows in the lanes of a register.
+
+    use std::arch::x86_64::*;
+
+    use super::{Layout, Min, QActs16, GROUP, PANEL, TILE_ROWS};
+
+    /// Panel rows × activation rows `t0..t0 + out.len()` (1..=4).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile(
+        l: Layout,
+        scales: &[u16],
+        codes: &[u8],
+        acts: &QActs16,
+        t0: usize,
+        out: &mut [[f32; PANEL]],
+    ) {
+        match (l.nibbles, l.min, out.len()) {
+            (true, Min::Minus8, n) => tile_n::<true, 1>(l, scales, codes, acts, t0, n, out),
+            (true, _, n) => tile_n::<true, 2>(l, scales, codes, acts, t0, n, out),
+            (false, Min::None, n) => tile_n::<false, 0>(l, scales, codes, acts, t0, n, out),
+            (false, _, n) => tile_n::<false, 2>(l, scales, codes, acts, t0, n, out),
+        }
+    }
+
+    /// `MIN`: 0 none, 1 `-8d`, 2 stored.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    fn tile_n<const NIB: bool, const MIN: u8>(
+        l: Layout,
+        scales: &[u16],
+        codes: &[u8],
+        acts: &QActs16,
+        t0: usize,
+        n: usize,
+        out: &mut [[f32; PANEL]],
+    ) {
+        match n {
+            1 => tile_t::<NIB, MIN, 1>(l, scales, codes, acts, t0, out),
+            2 => tile_t::<NIB, MIN, 2>(l, scales, codes, acts, t0, out),
+            3 => tile_t::<NIB, MIN, 3>(l, scales, codes, acts, t0, out),
+            _ => tile_t::<NIB, MIN, TILE_ROWS>(l, scales, codes, acts, t0, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn tile_t<const NIB: bool, const MIN: u8, const T: usize>(
+        l: Layout,
+        scales: &[u16],
+        codes: &[u8],
+        acts: &QActs16,
+        t0: usize,
+        out: &mut [[f32; PANEL]],
+    ) {
+        let (cols, groups) = (acts.cols, acts.cols / GROUP);
+        let (sl, cb) = (l.scale_len(), l.code_bytes());
+        assert!(
+            (t0 + T) * cols <= acts.qs.len()
+                && (t0 + T) * groups <= acts.d.len().min(acts.sum.len())
+                && scales.len() >= groups * sl
+                && codes.len() >= groups * cb,
+            "tile out of range"
+        );
+        let xs: [*const i16; T] = std::array::from_fn(|t| acts.qs[(t0 + t) * cols..].as_ptr());
+        let mask = _mm256_set1_epi16(0x0f);
+        let mut acc = [_mm256_setzero_ps(); T];
+        for g in 0..groups {
+            let mut sum = [_mm256_setzero_si256(); T];
+            let c = codes[g * cb..].as_ptr();
+            // SAFETY: `g < groups`, so the group's codes (`cb` bytes at
+            // `g·cb`) are in `codes` and its 32 activations (at
+            // `(t0 + t)·cols + 32g`) in `acts.qs` (checked above); each pair
+            // of i16 is read as one unaligned i32, chunks as unaligned
+            // 16 bytes.
+            unsafe {
+                let pair = |t: usize, j: usize| -> __m256i {
+                    _mm256_set1_epi32(std::ptr::read_unaligned(xs[t].add(g * GROUP + 2 * j).cast::<i32>()))
+                };
+                if NIB {
+                    for j in 0..8 {
+                        let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(c.add(16 * j).cast()));
+                        let (lo, hi) = (_mm256_and_si256(v, mask), _mm256_srli_epi16::<4>(v));
+                        for (t, s) in sum.iter_mut().enumerate() {
+                            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(lo, pair(t, j)));
+                            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(hi, pair(t, j + 8)));
+                        }
+                    }
+                } else {
+                    for j in 0..16 {
+                        let w = _mm256_cvtepi8_epi16(_mm_loadu_si128(c.add(16 * j).cast()));
+                        for (t, s) in sum.iter_mut().enumerate() {
+                            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(w, pair(t, j)));
+                        }
+                    }
+                }
+            }
+            let s = &scales[g * sl..];
+            // SAFETY: `s` holds at least `sl` f16 (checked above): 8 scales,
+            // and 8 minimums where stored; `loadu` needs no alignment.
+            let (d, m) = unsafe {
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().cast()));
+                let m = match MIN {
+                    1 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
+                    2 => _mm256_cvtph_ps(_mm_loadu_si128(s[PANEL..].as_ptr().cast())),
+                    _ => _mm256_setzero_ps(),
+                };
+                (d, m)
+            };
+            for (t, a) in acc.iter_mut().enumerate() {
+                let r = (t0 + t) * groups + g;
+                let dd = _mm256_mul_ps(d, _mm256_set1_ps(acts.d[r]));
+                *a = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sum[t]), *a);
+                if MIN != 0 {
+                    *a = _mm256_fmadd_ps(m, _mm256_set1_ps(acts.sum[r]), *a);
+                }
+            }
+        }
+        for (a, o) in acc.iter().zip(out.iter_mut()) {
+            // SAFETY: `o` holds 8 writable f32; `storeu` needs no alignment.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *a) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A matrix of random blocks with finite f16 fields of either sign.
+    fn random_matrix(format: BlockFormat, rows: usize, cols: usize, seed: u64) -> QMatrix {
+        let mut s = seed;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let len = format.row_bytes(cols).unwrap_or(0) * rows;
+        let mut data: Vec<u8> = (0..len).map(|_| (next() >> 32) as u8).collect();
+        let fields: &[usize] = match format {
+            BlockFormat::Q4_1 | BlockFormat::Q5_1 => &[0, 2],
+            _ => &[0],
+        };
+        for block in data.chunks_exact_mut(format.block_bytes()) {
+            for &at in fields {
+                let v = f16::from_f32(((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1);
+                block[at..at + 2].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        QMatrix::new(format, rows, cols, data).expect("whole blocks")
+    }
+
+    const FORMATS: [BlockFormat; 5] = [
+        BlockFormat::Q4_0,
+        BlockFormat::Q4_1,
+        BlockFormat::Q5_0,
+        BlockFormat::Q5_1,
+        BlockFormat::Q8_0,
+    ];
+
+    /// Each output equals, bit for bit, the group-by-group accumulation
+    /// written out from the stored blocks (`small_value`, the f16 fields,
+    /// `m = -8d` / `q - 16` for Q4_0 / Q5_0) and the quantized activations,
+    /// for every kernel and row count (every tile shape).
+    #[test]
+    fn outputs_are_the_documented_accumulation_of_the_stored_blocks() {
+        let (rows, cols) = (21, 96);
+        for (fi, format) in FORMATS.into_iter().enumerate() {
+            let m = random_matrix(format, rows, cols, 0x9e37_79b9 + fi as u64);
+            let pm = PanelMatrix::pack(&m).expect("a 32-weight format");
+            for n in [1, 2, 3, 4, 5, 7, 9] {
+                let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+                let mut acts = QActs16::default();
+                quantize_acts16(&x, n, cols, &mut acts);
+                let mut want = vec![0f32; n * rows];
+                for (t, o) in want.chunks_exact_mut(rows).enumerate() {
+                    for (r, v) in o.iter_mut().enumerate() {
+                        let mut acc = 0f32;
+                        for (g, block) in m.row(r).chunks_exact(format.block_bytes()).enumerate() {
+                            let off = if format == BlockFormat::Q5_0 { 16 } else { 0 };
+                            let s: i32 = (0..32)
+                                .map(|k| {
+                                    (small_value(format, block, k) - off) * i32::from(acts.qs[t * cols + g * 32 + k])
+                                })
+                                .sum();
+                            let half = |at: usize| f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
+                            let d = half(0);
+                            acc = (d * acts.d[t * (cols / 32) + g]).mul_add(s as f32, acc);
+                            let min = match format {
+                                BlockFormat::Q4_0 => Some(-8.0 * d),
+                                BlockFormat::Q4_1 | BlockFormat::Q5_1 => Some(half(2)),
+                                _ => None,
+                            };
+                            if let Some(mv) = min {
+                                acc = mv.mul_add(acts.sum[t * (cols / 32) + g], acc);
+                            }
+                        }
+                        *v = acc;
+                    }
+                }
+                for kernel in Kernel::ALL.into_iter().filter(|k| k.is_available()) {
+                    let mut got = vec![f32::NAN; n * rows];
+                    pm.matmul_acts16(kernel, &acts, &mut got);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{format:?} {kernel:?} n={n}");
+                }
+            }
+        }
+    }
+
+    /// Against the f32 product of the dequantized weights: within the
+    /// 16-bit activation rounding (`Σ|w|·max|x_group|/65534` per output).
+    #[test]
+    fn outputs_are_close_to_the_f32_product() {
+        let (rows, cols, n) = (19, 128, 3);
+        for (fi, format) in FORMATS.into_iter().enumerate() {
+            let m = random_matrix(format, rows, cols, 0x2545_f491 + fi as u64);
+            let pm = PanelMatrix::pack(&m).expect("a 32-weight format");
+            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 53 % 97) as f32 - 48.0) / 9.0).collect();
+            let mut got = vec![0f32; n * rows];
+            pm.matmul(&x, n, &mut got);
+            let mut w = vec![0f32; cols];
+            for r in 0..rows {
+                super::super::blocks::dequantize_row(format, m.row(r), &mut w);
+                for t in 0..n {
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    let want: f64 = w.iter().zip(xt).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                    let bound: f64 = w.iter().map(|a| f64::from(a.abs())).sum::<f64>() * 48.0 / 9.0 / 65534.0 + 1e-4;
+                    let err = (f64::from(got[t * rows + r]) - want).abs();
+                    assert!(err <= bound, "{format:?} row {r} t {t}: {err} > {bound}");
+                }
+            }
+        }
+    }
+
+    /// The k-quants have no panel form.
+    #[test]
+    fn k_quants_are_not_packed() {
+        let m = random_matrix(BlockFormat::Q4_K, 2, 256, 7);
+        assert!(PanelMatrix::pack(&m).is_none());
+    }
+}
