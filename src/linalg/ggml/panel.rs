@@ -252,8 +252,9 @@ impl PanelMatrix {
             for c0 in (p0..p1).step_by(chunk) {
                 for t0 in (0..n).step_by(TILE_ROWS) {
                     let tn = TILE_ROWS.min(n - t0);
-                    for p in c0..(c0 + chunk).min(p1) {
-                        self.tile_into(kernel, p, acts, (t0, tn), &sink);
+                    let c1 = (c0 + chunk).min(p1);
+                    for p in (c0..c1).step_by(2) {
+                        self.tile_into(kernel, (p, (c1 - p).min(2)), acts, (t0, tn), &sink);
                     }
                 }
             }
@@ -269,28 +270,42 @@ impl PanelMatrix {
             .for_each(|task| run(task * per_task, ((task + 1) * per_task).min(panels)));
     }
 
-    /// Panel `p` for activation rows `t0..t0 + tn` into `sink`.
-    fn tile_into(&self, kernel: Kernel, p: usize, acts: &QActs16, (t0, tn): (usize, usize), sink: &Out) {
-        let (scales, codes) = self.panel(p);
-        let live = PANEL.min(self.rows - p * PANEL);
-        let mut vals = [[0f32; PANEL]; TILE_ROWS];
-        let vals = &mut vals[..tn];
+    /// Panels `p..p + np` (`np` 1 or 2) for activation rows `t0..t0 + tn`
+    /// into `sink`.
+    fn tile_into(&self, kernel: Kernel, (p, np): (usize, usize), acts: &QActs16, (t0, tn): (usize, usize), sink: &Out) {
+        let mut vals = [[[0f32; PANEL]; TILE_ROWS]; 2];
+        let [a, b] = &mut vals;
+        let (a, b) = (&mut a[..tn], &mut b[..tn]);
         match kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the AVX2 kernel is chosen only where the CPU has AVX2,
             // FMA and F16C (`matmul_acts16` checks).
-            Kernel::Avx2 => unsafe { x86::tile(self.layout, scales, codes, acts, t0, vals) },
-            _ => self.tile_portable(scales, codes, acts, t0, vals),
+            Kernel::Avx2 if np == 2 => unsafe {
+                x86::tile2(self.layout, [self.panel(p), self.panel(p + 1)], acts, t0, [a, b])
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::Avx2 => unsafe { x86::tile(self.layout, self.panel(p), acts, t0, a) },
+            _ => {
+                self.tile_portable(self.panel(p), acts, t0, a);
+                if np == 2 {
+                    self.tile_portable(self.panel(p + 1), acts, t0, b);
+                }
+            }
         }
-        for (t, v) in vals.iter().enumerate() {
-            // SAFETY: this task owns output columns `8p..8p + live` of every
-            // row (tasks take disjoint panel ranges).
-            unsafe { sink.write((t0 + t) * self.rows + p * PANEL, &v[..live]) };
+        for (i, v) in vals[..np].iter().enumerate() {
+            let q = p + i;
+            let live = PANEL.min(self.rows - q * PANEL);
+            for (t, v) in v[..tn].iter().enumerate() {
+                // SAFETY: this task owns output columns `8q..8q + live` of
+                // every row (tasks take disjoint panel ranges).
+                unsafe { sink.write((t0 + t) * self.rows + q * PANEL, &v[..live]) };
+            }
         }
     }
 
     /// The portable form of the kernel: the same operations, lane by lane.
-    fn tile_portable(&self, scales: &[u16], codes: &[u8], acts: &QActs16, t0: usize, out: &mut [[f32; PANEL]]) {
+    fn tile_portable(&self, (scales, codes): (&[u16], &[u8]), acts: &QActs16, t0: usize, out: &mut [[f32; PANEL]]) {
         let (l, groups, cols) = (self.layout, self.groups(), self.cols);
         let (sl, cb) = (l.scale_len(), l.code_bytes());
         for (t, o) in out.iter_mut().enumerate() {
@@ -328,118 +343,150 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn tile(
-        l: Layout,
-        scales: &[u16],
-        codes: &[u8],
-        acts: &QActs16,
-        t0: usize,
-        out: &mut [[f32; PANEL]],
-    ) {
-        match (l.nibbles, l.min, out.len()) {
-            (true, Min::Minus8, n) => tile_n::<true, 1>(l, scales, codes, acts, t0, n, out),
-            (true, _, n) => tile_n::<true, 2>(l, scales, codes, acts, t0, n, out),
-            (false, Min::None, n) => tile_n::<false, 0>(l, scales, codes, acts, t0, n, out),
-            (false, _, n) => tile_n::<false, 2>(l, scales, codes, acts, t0, n, out),
-        }
+    pub(super) unsafe fn tile(l: Layout, panel: (&[u16], &[u8]), acts: &QActs16, t0: usize, out: &mut [[f32; PANEL]]) {
+        dispatch::<1>(l, [panel], acts, t0, [out]);
     }
 
-    /// `MIN`: 0 none, 1 `-8d`, 2 stored.
+    /// Two panels at once (each activation pair loaded once for both), as
+    /// [`tile`] for each.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile2(
+        l: Layout,
+        panels: [(&[u16], &[u8]); 2],
+        acts: &QActs16,
+        t0: usize,
+        out: [&mut [[f32; PANEL]]; 2],
+    ) {
+        dispatch::<2>(l, panels, acts, t0, out);
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    fn tile_n<const NIB: bool, const MIN: u8>(
+    fn dispatch<const P: usize>(
         l: Layout,
-        scales: &[u16],
-        codes: &[u8],
+        panels: [(&[u16], &[u8]); P],
         acts: &QActs16,
         t0: usize,
-        n: usize,
-        out: &mut [[f32; PANEL]],
+        out: [&mut [[f32; PANEL]]; P],
     ) {
-        match n {
-            1 => tile_t::<NIB, MIN, 1>(l, scales, codes, acts, t0, out),
-            2 => tile_t::<NIB, MIN, 2>(l, scales, codes, acts, t0, out),
-            3 => tile_t::<NIB, MIN, 3>(l, scales, codes, acts, t0, out),
-            _ => tile_t::<NIB, MIN, TILE_ROWS>(l, scales, codes, acts, t0, out),
+        let n = out[0].len();
+        macro_rules! rows {
+            ($nib:literal, $min:literal) => {
+                match n {
+                    1 => tile_t::<$nib, $min, P, 1>(l, panels, acts, t0, out),
+                    2 => tile_t::<$nib, $min, P, 2>(l, panels, acts, t0, out),
+                    3 => tile_t::<$nib, $min, P, 3>(l, panels, acts, t0, out),
+                    _ => tile_t::<$nib, $min, P, TILE_ROWS>(l, panels, acts, t0, out),
+                }
+            };
+        }
+        match (l.nibbles, l.min) {
+            (true, Min::Minus8) => rows!(true, 1),
+            (true, _) => rows!(true, 2),
+            (false, Min::None) => rows!(false, 0),
+            (false, _) => rows!(false, 2),
         }
     }
 
+    /// `NIB`: 4-bit codes; `MIN`: 0 none, 1 `-8d`, 2 stored; `P` panels;
+    /// `T` activation rows.
+    // The loops index `sum` by panel and row at once.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn tile_t<const NIB: bool, const MIN: u8, const T: usize>(
+    fn tile_t<const NIB: bool, const MIN: u8, const P: usize, const T: usize>(
         l: Layout,
-        scales: &[u16],
-        codes: &[u8],
+        panels: [(&[u16], &[u8]); P],
         acts: &QActs16,
         t0: usize,
-        out: &mut [[f32; PANEL]],
+        out: [&mut [[f32; PANEL]]; P],
     ) {
         let (cols, groups) = (acts.cols, acts.cols / GROUP);
         let (sl, cb) = (l.scale_len(), l.code_bytes());
         assert!(
             (t0 + T) * cols <= acts.qs.len()
                 && (t0 + T) * groups <= acts.d.len().min(acts.sum.len())
-                && scales.len() >= groups * sl
-                && codes.len() >= groups * cb,
+                && panels
+                    .iter()
+                    .all(|(s, c)| s.len() >= groups * sl && c.len() >= groups * cb),
             "tile out of range"
         );
         let xs: [*const i16; T] = std::array::from_fn(|t| acts.qs[(t0 + t) * cols..].as_ptr());
+        let cs: [*const u8; P] = std::array::from_fn(|i| panels[i].1.as_ptr());
         let mask = _mm256_set1_epi16(0x0f);
-        let mut acc = [_mm256_setzero_ps(); T];
+        let mut acc = [[_mm256_setzero_ps(); T]; P];
         for g in 0..groups {
-            let mut sum = [_mm256_setzero_si256(); T];
-            let c = codes[g * cb..].as_ptr();
-            // SAFETY: `g < groups`, so the group's codes (`cb` bytes at
-            // `g·cb`) are in `codes` and its 32 activations (at
+            let mut sum = [[_mm256_setzero_si256(); T]; P];
+            // SAFETY: `g < groups`, so each panel's group codes (`cb` bytes
+            // at `g·cb`) are in its codes and the group's 32 activations (at
             // `(t0 + t)·cols + 32g`) in `acts.qs` (checked above); each pair
-            // of i16 is read as one unaligned i32, chunks as unaligned
-            // 16 bytes.
+            // of i16 is read as one unaligned i32, chunks as unaligned 16
+            // bytes.
             unsafe {
                 let pair = |t: usize, j: usize| -> __m256i {
                     _mm256_set1_epi32(std::ptr::read_unaligned(xs[t].add(g * GROUP + 2 * j).cast::<i32>()))
                 };
                 if NIB {
                     for j in 0..8 {
-                        let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(c.add(16 * j).cast()));
-                        let (lo, hi) = (_mm256_and_si256(v, mask), _mm256_srli_epi16::<4>(v));
-                        for (t, s) in sum.iter_mut().enumerate() {
-                            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(lo, pair(t, j)));
-                            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(hi, pair(t, j + 8)));
+                        let mut w = [[_mm256_setzero_si256(); 2]; P];
+                        for (i, wi) in w.iter_mut().enumerate() {
+                            let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(cs[i].add(g * cb + 16 * j).cast()));
+                            *wi = [_mm256_and_si256(v, mask), _mm256_srli_epi16::<4>(v)];
+                        }
+                        for t in 0..T {
+                            let (x0, x1) = (pair(t, j), pair(t, j + 8));
+                            for i in 0..P {
+                                sum[i][t] = _mm256_add_epi32(sum[i][t], _mm256_madd_epi16(w[i][0], x0));
+                                sum[i][t] = _mm256_add_epi32(sum[i][t], _mm256_madd_epi16(w[i][1], x1));
+                            }
                         }
                     }
                 } else {
                     for j in 0..16 {
-                        let w = _mm256_cvtepi8_epi16(_mm_loadu_si128(c.add(16 * j).cast()));
-                        for (t, s) in sum.iter_mut().enumerate() {
-                            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(w, pair(t, j)));
+                        let w: [__m256i; P] = std::array::from_fn(|i| {
+                            _mm256_cvtepi8_epi16(_mm_loadu_si128(cs[i].add(g * cb + 16 * j).cast()))
+                        });
+                        for t in 0..T {
+                            let x = pair(t, j);
+                            for i in 0..P {
+                                sum[i][t] = _mm256_add_epi32(sum[i][t], _mm256_madd_epi16(w[i], x));
+                            }
                         }
                     }
                 }
             }
-            let s = &scales[g * sl..];
-            // SAFETY: `s` holds at least `sl` f16 (checked above): 8 scales,
-            // and 8 minimums where stored; `loadu` needs no alignment.
-            let (d, m) = unsafe {
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().cast()));
-                let m = match MIN {
-                    1 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
-                    2 => _mm256_cvtph_ps(_mm_loadu_si128(s[PANEL..].as_ptr().cast())),
-                    _ => _mm256_setzero_ps(),
+            for i in 0..P {
+                let s = &panels[i].0[g * sl..];
+                // SAFETY: `s` holds at least `sl` f16 (checked above): 8
+                // scales, and 8 minimums where stored; `loadu` needs no
+                // alignment.
+                let (d, m) = unsafe {
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().cast()));
+                    let m = match MIN {
+                        1 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
+                        2 => _mm256_cvtph_ps(_mm_loadu_si128(s[PANEL..].as_ptr().cast())),
+                        _ => _mm256_setzero_ps(),
+                    };
+                    (d, m)
                 };
-                (d, m)
-            };
-            for (t, a) in acc.iter_mut().enumerate() {
-                let r = (t0 + t) * groups + g;
-                let dd = _mm256_mul_ps(d, _mm256_set1_ps(acts.d[r]));
-                *a = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sum[t]), *a);
-                if MIN != 0 {
-                    *a = _mm256_fmadd_ps(m, _mm256_set1_ps(acts.sum[r]), *a);
+                for (t, a) in acc[i].iter_mut().enumerate() {
+                    let r = (t0 + t) * groups + g;
+                    let dd = _mm256_mul_ps(d, _mm256_set1_ps(acts.d[r]));
+                    *a = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sum[i][t]), *a);
+                    if MIN != 0 {
+                        *a = _mm256_fmadd_ps(m, _mm256_set1_ps(acts.sum[r]), *a);
+                    }
                 }
             }
         }
-        for (a, o) in acc.iter().zip(out.iter_mut()) {
-            // SAFETY: `o` holds 8 writable f32; `storeu` needs no alignment.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *a) };
+        for (acc, out) in acc.iter().zip(out) {
+            for (a, o) in acc.iter().zip(out.iter_mut()) {
+                // SAFETY: `o` holds 8 writable f32; `storeu` needs no
+                // alignment.
+                unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *a) };
+            }
         }
     }
 }
