@@ -338,6 +338,9 @@ mod x86 {
 
     use super::{Layout, Min, QActs16, GROUP, PANEL, TILE_ROWS};
 
+    /// How many groups ahead of the one read [`tile_t`] prefetches codes.
+    const PREFETCH_GROUPS: usize = 4;
+
     /// Panel rows × activation rows `t0..t0 + out.len()` (1..=4).
     ///
     /// # Safety
@@ -418,6 +421,15 @@ mod x86 {
         let mask = _mm256_set1_epi16(0x0f);
         let mut acc = [[_mm256_setzero_ps(); T]; P];
         for g in 0..groups {
+            // Codes a few groups ahead, fetched as fast as these are read
+            // (prefetching never faults, so the addresses may run past the
+            // panel).
+            for c in cs {
+                let ahead = c.wrapping_add((g + PREFETCH_GROUPS) * cb);
+                for line in (0..cb).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                }
+            }
             let mut sum = [[_mm256_setzero_si256(); T]; P];
             // SAFETY: `g < groups`, so each panel's group codes (`cb` bytes
             // at `g·cb`) are in its codes and the group's 32 activations (at
