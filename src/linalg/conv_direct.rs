@@ -96,13 +96,13 @@ pub fn fits(s: &ConvShape) -> bool {
     mg >= 6 && kk <= KK_MAX && g.oh > 0 && g.ow > 0 && cg * rows * wp <= BAND_MAX && super::conv::has_avx2_fma()
 }
 
-/// A thread's padded band, pixel offsets and tap offsets, and the band
-/// height and geometry the offsets were made for.
-type Bufs = (Vec<f32>, Vec<usize>, Vec<usize>, [usize; 11]);
+/// A thread's padded band and its layout, pixel offsets and tap offsets,
+/// and the band height and geometry the offsets were made for.
+type Bufs = (Vec<f32>, [usize; 7], Vec<usize>, Vec<usize>, [usize; 11]);
 
 thread_local! {
     /// Each thread's [`Bufs`].
-    static BUFS: std::cell::RefCell<Bufs> = const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new(), [0; 11])) };
+    static BUFS: std::cell::RefCell<Bufs> = const { std::cell::RefCell::new((Vec::new(), [0; 7], Vec::new(), Vec::new(), [0; 11])) };
 }
 
 /// Multiply-adds a parallel task does at least (tasks are grouped up to it).
@@ -170,10 +170,10 @@ pub(crate) fn conv2d_direct(
         let (oy0, oy1) = (u0 * unit, u1 * unit);
         let dst = out;
         BUFS.with(|b| {
-            let (pad, pixoff, taps, key) = &mut *b.borrow_mut();
+            let (pad, layout, pixoff, taps, key) = &mut *b.borrow_mut();
             for (gi, wg) in w.iter().enumerate() {
                 let xg = &x[(img * s.c + gi * cg) * plane..][..cg * plane];
-                let (hb, wp) = pad_band(s, xg, oy0, oy1, pad);
+                let (hb, wp) = pad_band(s, xg, oy0, oy1, pad, layout);
                 // The offsets depend on the band's height and the geometry
                 // only: kept from this thread's last band when those match.
                 let k = [oy1 - oy0, cols, hb, wp, g.s[0], g.s[1], g.d[0], g.d[1], g.kh, g.kw, cg];
@@ -213,25 +213,41 @@ pub(crate) fn conv2d_direct(
 
 /// Copies the input rows that output rows `oy0..oy1` read into zero-padded
 /// planes `hb × wp` (padded row 0 is padded row `oy0·sy` of the image).
-/// Returns `(hb, wp)`.
-fn pad_band(s: &ConvShape, xg: &[f32], oy0: usize, oy1: usize, pad: &mut Vec<f32>) -> (usize, usize) {
+/// `layout` is what the buffer held last (`[cg, hb, wp, left pad, input
+/// columns, first and end band row inside the input]`). Returns `(hb, wp)`.
+fn pad_band(
+    s: &ConvShape,
+    xg: &[f32],
+    oy0: usize,
+    oy1: usize,
+    pad: &mut Vec<f32>,
+    layout: &mut [usize; 7],
+) -> (usize, usize) {
     let g = &s.geom;
     let cg = s.c / s.group;
     let wp = (g.ow - 1) * g.s[1] + (g.kw - 1) * g.d[1] + 1;
     let hb = (oy1 - 1 - oy0) * g.s[0] + (g.kh - 1) * g.d[0] + 1;
-    pad.clear();
-    pad.resize(cg * hb * wp, 0.0);
-    // Input columns 0..cols land at padded columns pad_left...
-    let cols = g.w.min(wp.saturating_sub(g.pad[1]));
+    // Input columns 0..cols land at padded columns left..left + cols of the
+    // rows r0..r1 inside the input; every other float of the band is zero.
+    // The band is zeroed only where its layout differs from what the buffer
+    // held last, else the rows are copied over the previous ones.
+    let left = g.pad[1].min(wp);
+    let cols = g.w.min(wp - left);
+    let top = (oy0 * g.s[0]) as isize - g.pad[0] as isize;
+    let r0 = (-top).clamp(0, hb as isize) as usize;
+    let r1 = (g.h as isize - top).clamp(r0 as isize, hb as isize) as usize;
+    let key = [cg, hb, wp, left, cols, r0, r1];
+    if *layout != key || pad.len() < cg * hb * wp {
+        pad.clear();
+        pad.resize(cg * hb * wp, 0.0);
+        *layout = key;
+    }
     for c in 0..cg {
-        for lr in 0..hb {
-            let iy = (oy0 * g.s[0] + lr) as isize - g.pad[0] as isize;
-            if iy < 0 || iy >= g.h as isize {
-                continue;
-            }
-            let src = &xg[c * g.h * g.w + iy as usize * g.w..][..cols];
-            let dst = &mut pad[(c * hb + lr) * wp + g.pad[1]..][..cols];
-            // SAFETY: both slices hold `cols` floats (checked above) and are distinct buffers.
+        for lr in r0..r1 {
+            let iy = (top + lr as isize) as usize;
+            let src = &xg[c * g.h * g.w + iy * g.w..][..cols];
+            let dst = &mut pad[(c * hb + lr) * wp + left..][..cols];
+            // SAFETY: both slices hold `cols` floats and are distinct buffers.
             unsafe { copy_short_raw(dst.as_mut_ptr(), src.as_ptr(), cols) };
         }
     }
