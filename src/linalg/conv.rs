@@ -505,7 +505,7 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, r
     let out = OutPtr(y.as_mut_ptr());
     let direct: Option<Vec<&DirectLhs>> = w.iter().map(|p| p.direct.as_ref()).collect();
     if let Some(direct) = direct.filter(|_| conv_direct::fits(s)) {
-        conv_direct::conv2d_direct(s, x, &direct, bias, relu, out);
+        conv_direct::conv2d_direct(s, x, &direct, bias, relu, false, out);
     } else if batched_fits(s) {
         conv2d_batched(s, x, w, bias, relu, out);
     } else if wide_fits(s) {
@@ -516,6 +516,33 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, r
     // SAFETY: the capacity holds `len` floats, all written above.
     unsafe { y.set_len(len) };
     y
+}
+
+/// [`conv2d`] followed by a 2×2, stride-2 max pooling without padding
+/// (`y [n, m, oh/2, ow/2]`; a NaN in a window gives NaN), in one pass on
+/// the direct kernel: the convolution's full output is never written.
+/// `None` where the direct kernel does not take this convolution (the
+/// caller then runs [`conv2d`] and the pooling apart).
+///
+/// # Panics
+/// If `x`, `w` or `bias` do not match the shape.
+pub fn conv2d_max_pool2(
+    s: &ConvShape,
+    x: &[f32],
+    w: &[PackedLhs],
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Option<Vec<f32>> {
+    let g = &s.geom;
+    let direct: Option<Vec<&DirectLhs>> = w.iter().map(|p| p.direct.as_ref()).collect();
+    let direct = direct.filter(|_| conv_direct::fits(s) && g.oh >= 2 && g.ow >= 2)?;
+    let len = s.n * s.m * (g.oh / 2) * (g.ow / 2);
+    // Not zeroed first: the direct kernel writes every pooled element.
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    conv_direct::conv2d_direct(s, x, &direct, bias, relu, true, OutPtr(y.as_mut_ptr()));
+    // SAFETY: the capacity holds `len` floats, all written above.
+    unsafe { y.set_len(len) };
+    Some(y)
 }
 
 /// A convolution over tiles of output pixels, an im2col tile per task (the
@@ -1037,7 +1064,7 @@ mod tests {
                 let direct: Option<Vec<&DirectLhs>> = packed.iter().map(|p| p.direct.as_ref()).collect();
                 if let Some(direct) = direct.filter(|_| conv_direct::fits(&s)) {
                     let mut y = vec![f32::NAN; want.len()];
-                    conv_direct::conv2d_direct(&s, &x, &direct, Some(&bias), relu, OutPtr(y.as_mut_ptr()));
+                    conv_direct::conv2d_direct(&s, &x, &direct, Some(&bias), relu, false, OutPtr(y.as_mut_ptr()));
                     paths.push(("direct", y));
                 }
                 paths.push(("conv2d", conv2d(&s, &x, &packed, Some(&bias), relu)));
@@ -1050,6 +1077,101 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// The direct kernel with the 2×2, stride-2 max pooling fused, against
+    /// the loops' convolution pooled in f64: odd output sizes (a row and a
+    /// column no window reads), 8- and 16-channel panels with channel
+    /// remainders, groups, strides, several pooled chunks per band, rows
+    /// wider than a chunk, parallel tasks, and a NaN input.
+    #[test]
+    fn direct_max_pool2_matches_loops() {
+        if !has_avx2_fma() {
+            return;
+        }
+        let mut seed = 5;
+        // (n, c, m, group, h, w, kh, kw, stride, dilation, pad [t, l, b, r])
+        #[allow(clippy::type_complexity)]
+        let cases: &[(
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            [usize; 2],
+            [usize; 2],
+            [usize; 4],
+        )] = &[
+            (3, 1, 32, 1, 28, 28, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (2, 32, 64, 1, 14, 14, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (2, 3, 7, 1, 9, 7, 3, 2, [2, 1], [1, 1], [0, 1, 2, 0]),
+            (1, 4, 13, 1, 5, 6, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (2, 6, 26, 2, 9, 8, 3, 2, [2, 1], [1, 2], [1, 0, 2, 1]),
+            (1, 2, 12, 1, 3, 300, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (64, 8, 16, 1, 4, 4, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (1, 3, 8, 1, 3, 3, 3, 3, [1, 1], [1, 1], [0, 0, 0, 0]),
+        ];
+        for &(n, c, m, group, h, wd, kh, kw, st, dl, pad) in cases {
+            let oh = (h + pad[0] + pad[2] - (kh - 1) * dl[0] - 1) / st[0] + 1;
+            let ow = (wd + pad[1] + pad[3] - (kw - 1) * dl[1] - 1) / st[1] + 1;
+            let geom = Im2col {
+                h,
+                w: wd,
+                kh,
+                kw,
+                s: st,
+                d: dl,
+                pad: [pad[0], pad[1]],
+                oh,
+                ow,
+            };
+            let s = ConvShape { n, c, m, group, geom };
+            let (cg, mg) = (c / group, m / group);
+            let kk = cg * kh * kw;
+            let mut x: Vec<f32> = (0..n * c * h * wd).map(|_| next(&mut seed)).collect();
+            x[(n * c * h * wd) / 2 + 1] = f32::NAN;
+            let w: Vec<f32> = (0..m * kk).map(|_| next(&mut seed)).collect();
+            let bias: Vec<f32> = (0..m).map(|_| next(&mut seed)).collect();
+            let packed: Vec<PackedLhs> = (0..group)
+                .map(|gi| PackedLhs::new(&w[gi * mg * kk..], mg, kk, kk))
+                .collect();
+            for relu in [false, true] {
+                let got = conv2d_max_pool2(&s, &x, &packed, Some(&bias), relu);
+                let case = (n, c, m, group, h, wd, kh, kw, st, dl, pad);
+                if oh < 2 || ow < 2 {
+                    assert!(got.is_none(), "{case:?}");
+                    continue;
+                }
+                let got = got.expect("the direct kernel takes these");
+                let conv = naive(&s, &x, &w, &bias, relu);
+                let (ph, pw) = (oh / 2, ow / 2);
+                assert_eq!(got.len(), n * m * ph * pw);
+                let mut nans = 0;
+                for (p, plane) in conv.chunks(oh * ow).enumerate() {
+                    for py in 0..ph {
+                        for px in 0..pw {
+                            let at = |dy: usize, dx: usize| plane[(2 * py + dy) * ow + 2 * px + dx];
+                            let win = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)];
+                            let g = got[(p * ph + py) * pw + px];
+                            if win.iter().any(|v| v.is_nan()) {
+                                assert!(g.is_nan(), "{case:?} relu {relu} plane {p} ({py}, {px}): {g} for a NaN");
+                                nans += 1;
+                                continue;
+                            }
+                            let e = win.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                            assert!(
+                                (g as f64 - e).abs() <= 1e-5 * (1.0 + e.abs()) * (kk as f64).sqrt(),
+                                "{case:?} relu {relu} plane {p} ({py}, {px}): {g} vs {e}"
+                            );
+                        }
+                    }
+                }
+                assert!(nans > 0 || got.len() < 4, "{case:?}: the NaN reached no window");
             }
         }
     }

@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use super::pool::Pool;
 use super::Validation;
 use super::{
     attr_i64, attr_ints, attr_str, check_arity, check_f32, f32_input, Attrs, CaseRng, Op, OpCase, OpDef, Prepared,
 };
 use crate::error::OpError;
-use crate::linalg::conv::{conv2d, ConvShape, Im2col, PackedLhs};
+use crate::linalg::conv::{conv2d, conv2d_max_pool2, ConvShape, Im2col, PackedLhs};
 use crate::linalg::{self, MatRef};
 use crate::tensor::{Dim, Tensor, ValueType};
 
@@ -245,11 +246,14 @@ pub struct Conv {
 
 /// A Conv weight `[m, cg, kh, kw]` packed per group, each group's
 /// `[m/group, cg·kh·kw]` rows a [`PackedLhs`]; `relu` when a ReLU that
-/// reads only this Conv runs in its epilogue (see [`Conv::with_relu`]).
+/// reads only this Conv runs in its epilogue (see [`Conv::with_relu`]);
+/// `pool` when a MaxPool that alone reads the result runs in the same pass
+/// (see [`Conv::with_max_pool`]).
 struct PreparedConv {
     shape: [usize; 4],
     groups: Arc<[PackedLhs]>,
     relu: bool,
+    pool: Option<Pool>,
 }
 
 struct ConvPlan {
@@ -337,6 +341,29 @@ impl Conv {
             shape: pc.shape,
             groups: Arc::clone(&pc.groups),
             relu: true,
+            pool: pc.pool.clone(),
+        })))
+    }
+
+    /// `prepared` with `pool` (a 2-D MaxPool without an `Indices` output)
+    /// applied to the result: [`Op::cpu_prepared`] then returns
+    /// `pool(Conv(x))` (after the ReLU, when one is folded in), the CPU
+    /// backend's fusion of a Conv and the MaxPool that alone reads it. A
+    /// 2×2, stride-2 pool without padding runs in the convolution's pass
+    /// where the direct kernel takes the convolution
+    /// ([`conv2d_max_pool2`]); any other runs the pool's own CPU path on the
+    /// convolution's result. `None` when `prepared` is not this op's or
+    /// `pool` is not such a MaxPool.
+    pub fn with_max_pool(&self, prepared: &Prepared, pool: &Pool) -> Option<Prepared> {
+        let pc = prepared.0.downcast_ref::<PreparedConv>()?;
+        if !pool.max || pool.indices || pool.window.rank() != 2 || pc.pool.is_some() {
+            return None;
+        }
+        Some(Prepared(Arc::new(PreparedConv {
+            shape: pc.shape,
+            groups: Arc::clone(&pc.groups),
+            relu: pc.relu,
+            pool: Some(pool.clone()),
         })))
     }
 
@@ -550,6 +577,7 @@ impl Op for Conv {
             shape: [m, cg, kh, kw],
             groups,
             relu: false,
+            pool: None,
         })))
     }
 
@@ -560,15 +588,27 @@ impl Op for Conv {
         let p = self.plan(inputs[0].shape(), inputs[1].shape(), inputs.get(2).map(|b| b.shape()))?;
         let pc = prepared.0.downcast_ref::<PreparedConv>();
         let Some(pc) = pc.filter(|c| c.shape == [p.m, p.cg, p.kh, p.kw] && c.groups.len() == self.group) else {
-            let y = self.cpu(inputs)?;
-            return if pc.is_some_and(|c| c.relu) {
-                relu_outputs(y)
-            } else {
-                Ok(y)
+            let mut y = self.cpu(inputs)?;
+            if pc.is_some_and(|c| c.relu) {
+                y = relu_outputs(y)?;
+            }
+            return match pc.and_then(|c| c.pool.as_ref()) {
+                Some(pool) => pool.cpu(&[&y[0]]),
+                None => Ok(y),
             };
         };
         let (x, b) = (f32_input(inputs, 0)?, self.bias(inputs)?);
-        let y = conv2d(&self.shape(&p), x, &pc.groups, b, pc.relu);
+        let s = self.shape(&p);
+        if let Some(pool) = &pc.pool {
+            if let Some(shape) = pairs_pooled(pool, &p) {
+                if let Some(y) = conv2d_max_pool2(&s, x, &pc.groups, b, pc.relu) {
+                    return Ok(vec![Tensor::from_vec(shape, y)?]);
+                }
+            }
+            let y = conv2d(&s, x, &pc.groups, b, pc.relu);
+            return pool.cpu(&[&Tensor::from_vec(vec![p.n, p.m, p.y.out, p.x.out], y)?]);
+        }
+        let y = conv2d(&s, x, &pc.groups, b, pc.relu);
         Ok(vec![Tensor::from_vec(vec![p.n, p.m, p.y.out, p.x.out], y)?])
     }
 
@@ -652,6 +692,21 @@ impl Op for Conv {
             _ => 0,
         }
     }
+}
+
+/// The output shape of `pool` on this convolution's output where every
+/// window is 2×2 with stride 2 and lies inside it (`[n, m, oh/2, ow/2]`):
+/// what [`conv2d_max_pool2`] computes. `None` for any other window.
+fn pairs_pooled(pool: &Pool, p: &ConvPlan) -> Option<Vec<usize>> {
+    let g = pool.geom(&[p.y.out, p.x.out]).ok()?;
+    let (oh, ow) = (p.y.out / 2, p.x.out / 2);
+    let pairs = g.k[1..] == [2, 2]
+        && g.s[1..] == [2, 2]
+        && g.d[1..] == [1, 1]
+        && g.ax[1].begin == 0
+        && g.ax[2].begin == 0
+        && g.out()[1..] == [oh, ow];
+    pairs.then(|| vec![p.n, p.m, oh, ow])
 }
 
 /// Each output with ReLU applied (a fused Conv's fallback).

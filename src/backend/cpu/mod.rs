@@ -9,6 +9,7 @@ use crate::error::RunError;
 use crate::graph::Graph;
 use crate::ops::conv::Conv;
 use crate::ops::linear::Linear;
+use crate::ops::pool::Pool;
 use crate::ops::qconv::QConv;
 use crate::ops::unary::{Unary, UnaryKind};
 use crate::ops::view::Flatten;
@@ -36,8 +37,9 @@ pub struct CpuExecutor {
     kernels: CpuKernels,
     /// Per plan step, what the op prepared from its constant inputs.
     prepared: Vec<Option<Prepared>>,
-    /// Per plan step, whether it is a Relu folded into the step before it
-    /// (see [`CpuExecutor::fuse_relus`]): it hands its input on unchanged.
+    /// Per plan step, whether it is a Relu or MaxPool folded into the step
+    /// that makes its input (see [`CpuExecutor::fuse_relus`] and
+    /// [`CpuExecutor::fuse_pools`]): it hands its input on unchanged.
     passthrough: Vec<bool>,
     /// Per plan step, whether it is a Flatten whose input this step reads
     /// last: the tensor moves on with its new shape, not copied.
@@ -148,13 +150,12 @@ impl CpuExecutor {
             }
         }
         self.fuse_relus(graph);
+        self.fuse_pools(graph);
     }
 
-    /// Folds each Relu into the prepared Conv, QConv or Linear it reads, when it is
-    /// that op's only reader and the op's output is no graph output: the op
-    /// applies ReLU to its result ([`Conv::with_relu`], [`QConv::with_relu`], [`Linear::with_relu`])
-    /// and the Relu step passes the value on.
-    fn fuse_relus(&mut self, graph: &Graph) {
+    /// Per value slot, the plan steps that read it (each once), and the
+    /// slots that are graph outputs.
+    fn readers(&self) -> (HashMap<usize, Vec<usize>>, HashSet<usize>) {
         let mut readers: HashMap<usize, Vec<usize>> = HashMap::new();
         for (i, step) in self.plan.steps.iter().enumerate() {
             for src in &step.inputs {
@@ -172,6 +173,15 @@ impl CpuExecutor {
                 Source::Param(_) => None,
             })
             .collect();
+        (readers, outputs)
+    }
+
+    /// Folds each Relu into the prepared Conv, QConv or Linear it reads, when it is
+    /// that op's only reader and the op's output is no graph output: the op
+    /// applies ReLU to its result ([`Conv::with_relu`], [`QConv::with_relu`], [`Linear::with_relu`])
+    /// and the Relu step passes the value on.
+    fn fuse_relus(&mut self, graph: &Graph) {
+        let (readers, outputs) = self.readers();
         for i in 0..self.plan.steps.len() {
             let (step, Some(prepared)) = (&self.plan.steps[i], &self.prepared[i]) else {
                 continue;
@@ -189,6 +199,49 @@ impl CpuExecutor {
                 continue;
             }
             if let Some(fused) = with_relu(graph.nodes()[step.node].op.as_ref(), prepared) {
+                self.prepared[i] = Some(fused);
+                self.passthrough[j] = true;
+            }
+        }
+    }
+
+    /// Folds each 2-D MaxPool (without `Indices`) into the prepared Conv
+    /// whose result it alone reads, directly or through a Relu already
+    /// folded into that Conv, when no value between them is a graph output:
+    /// the Conv returns the pooled result ([`Conv::with_max_pool`]) and the
+    /// MaxPool step passes it on.
+    fn fuse_pools(&mut self, graph: &Graph) {
+        let (readers, outputs) = self.readers();
+        let sole_reader = |s: usize| match readers.get(&s).map(Vec::as_slice) {
+            Some(&[j]) if !outputs.contains(&s) => Some(j),
+            _ => None,
+        };
+        for i in 0..self.plan.steps.len() {
+            let (step, Some(prepared)) = (&self.plan.steps[i], &self.prepared[i]) else {
+                continue;
+            };
+            let Some(conv) = graph.nodes()[step.node].op.downcast_ref::<Conv>() else {
+                continue;
+            };
+            let &[mut last] = step.outputs.as_slice() else { continue };
+            let Some(mut j) = sole_reader(last) else { continue };
+            // Through the Relu this Conv applies already.
+            if self.passthrough[j] {
+                let &[out] = self.plan.steps[j].outputs.as_slice() else {
+                    continue;
+                };
+                last = out;
+                let Some(k) = sole_reader(last) else { continue };
+                j = k;
+            }
+            let next = &self.plan.steps[j];
+            let Some(pool) = graph.nodes()[next.node].op.downcast_ref::<Pool>() else {
+                continue;
+            };
+            if self.passthrough[j] || next.inputs != [Source::Slot(last)] || next.outputs.len() != 1 {
+                continue;
+            }
+            if let Some(fused) = conv.with_max_pool(prepared, pool) {
                 self.prepared[i] = Some(fused);
                 self.passthrough[j] = true;
             }
@@ -251,7 +304,7 @@ impl CpuExecutor {
                 }
                 vec![t]
             } else if self.passthrough[i] {
-                // A Relu its producer already applied: its only input moves on.
+                // A Relu or MaxPool its producer already applied: its only input moves on.
                 let t0 = times.is_some().then(Instant::now);
                 let moved = match &step.inputs[0] {
                     Source::Slot(s) => slots[*s].take(),
@@ -259,7 +312,7 @@ impl CpuExecutor {
                 };
                 let t = moved.ok_or_else(|| {
                     node_err(crate::error::OpError::Shape(
-                        "internal error: a fused Relu lost its input".into(),
+                        "internal error: a fused step lost its input".into(),
                     ))
                 })?;
                 if let (Some(times), Some(t0)) = (times.as_deref_mut(), t0) {
@@ -521,5 +574,91 @@ mod tests {
         assert_eq!(run_flatten(&["l", "f"]), [false, true, false]);
         // The Conv's output is also a graph output: Flatten copies it.
         assert_eq!(run_flatten(&["l", "c"]), [false, false, false]);
+    }
+
+    /// Conv (7×3×3, pad 1; with ReLU when `relu`) → MaxPool (`pads`, 2×2
+    /// stride 2) → Flatten, with `outputs` as the graph's outputs, on
+    /// `[2, 3, h, w]` with a NaN in the input: the fast executor against the
+    /// reference, and which steps pass their input on.
+    fn run_pool(relu: bool, pads: [usize; 4], h: usize, w: usize, outputs: &[&str]) -> Vec<bool> {
+        let mut rng = CaseRng::new(11);
+        let window = |kernel: Vec<usize>, strides: Vec<usize>, pads: Vec<usize>| Window {
+            kernel,
+            strides,
+            dilations: vec![1, 1],
+            pads,
+            auto_pad: AutoPad::NotSet,
+            ceil_mode: false,
+        };
+        let conv = Conv {
+            window: window(vec![], vec![1, 1], vec![1, 1, 1, 1]),
+            group: 1,
+        };
+        let pool = Pool {
+            max: true,
+            window: window(vec![2, 2], vec![2, 2], pads.to_vec()),
+            count_include_pad: false,
+            indices: false,
+            column_major: false,
+        };
+        let mut nodes = vec![node("conv", Arc::new(conv), &["x", "cw", "cb"], "c")];
+        let mut last = "c";
+        if relu {
+            nodes.push(node("relu", Arc::new(Unary { kind: UnaryKind::Relu }), &["c"], "r"));
+            last = "r";
+        }
+        nodes.push(node("pool", Arc::new(pool), &[last], "p"));
+        nodes.push(node("flatten", Arc::new(Flatten { axis: 1 }), &["p"], "f"));
+        let params: HashMap<String, Tensor> = [
+            ("cw", rng.tensor(&[7, 3, 3, 3], -1.0, 1.0)),
+            ("cb", rng.tensor(&[7], -1.0, 1.0)),
+        ]
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect();
+        let mut x = rng
+            .tensor(&[2, 3, h, w], -1.0, 1.0)
+            .as_f32()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_vec();
+        x[5] = f32::NAN;
+        let x = Tensor::from_vec(vec![2, 3, h, w], x).unwrap_or_else(|e| panic!("{e}"));
+        let x_info = ValueInfo {
+            name: "x".into(),
+            ty: ValueType::known(DType::F32, x.shape()),
+        };
+        let graph = graph_with_outputs("pool", vec![x_info], outputs, &params, nodes);
+        let mut fast = CpuExecutor::new(&graph, CpuKernels::Fast);
+        fast.prepare(&graph, &params);
+        let reference = CpuExecutor::new(&graph, CpuKernels::Reference);
+        let got = fast
+            .run(&graph, &params, vec![x.clone()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let want = reference
+            .run(&graph, &params, vec![x])
+            .unwrap_or_else(|e| panic!("{e}"));
+        for (name, w) in &want {
+            assert_eq!(got[name].shape(), w.shape(), "{name}");
+            let g = got[name].as_f32().unwrap_or_else(|e| panic!("{e}"));
+            for (a, b) in g.iter().zip(w.as_f32().unwrap_or_else(|e| panic!("{e}"))) {
+                assert!(
+                    (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{name}: {a} vs {b}"
+                );
+            }
+        }
+        fast.passthrough.clone()
+    }
+
+    #[test]
+    fn max_pool_folds_into_its_conv() {
+        // Steps: conv, relu, pool, flatten.
+        assert_eq!(run_pool(true, [0; 4], 9, 8, &["f"]), [false, true, true, false]);
+        assert_eq!(run_pool(false, [0; 4], 8, 7, &["f"]), [false, true, false]);
+        // A padded pool folds too (the pool's own path runs after the Conv).
+        assert_eq!(run_pool(true, [1, 0, 1, 1], 7, 6, &["f"]), [false, true, true, false]);
+        // A value between them that is a graph output keeps the pool apart.
+        assert_eq!(run_pool(true, [0; 4], 9, 8, &["f", "r"]), [false, true, false, false]);
+        assert_eq!(run_pool(false, [0; 4], 9, 8, &["f", "c"]), [false, false, false]);
     }
 }
