@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wginfer::linalg::ggml::{
-    quantize_acts, quantize_acts16, ActPrecision, BlockFormat, Kernel, PanelMatrix, QActs, QActs16, QMatrix,
+    quantize_acts, quantize_acts16, ActPrecision, BlockFormat, Kernel, QActs, QActs16, QMatrix,
 };
 
 /// This thread's CPU time (`libc` is a dependency on glibc Linux only).
@@ -191,10 +191,39 @@ fn decode_step(c: &mut Criterion) {
     g.finish();
 }
 
-/// Batched decoding's products: `n` activation rows (one per sequence) of
-/// 16-bit activations against SmolLM2-135M's matrices (`rows × cols`: q/o,
-/// k/v, gate/up, down, and the Q8_0 output head), as the server's engine
-/// runs them; throughput in multiply-adds.
+/// `n` rows of 16-bit activations against each matrix of `shapes`
+/// (`rows × cols`), for each `n` of `ns`, timed through `product`;
+/// throughput in multiply-adds.
+fn rows16_group(
+    c: &mut Criterion,
+    name: &str,
+    shapes: &[(BlockFormat, usize, usize)],
+    ns: &[usize],
+    product: impl Fn(&QMatrix, &QActs16, &mut [f32]),
+) {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10);
+    for &(format, rows, cols) in shapes {
+        let m = random_matrix(format, rows, cols, 17);
+        for &n in ns {
+            let mut acts = QActs16::default();
+            quantize_acts16(&activations(n, cols), n, cols, &mut acts);
+            let mut out = vec![0f32; n * rows];
+            product(&m, &acts, &mut out);
+            g.throughput(Throughput::Elements((n * rows * cols) as u64));
+            let id = BenchmarkId::new(format!("n{n}"), label(format, rows, cols));
+            g.bench_function(id, |b| {
+                b.iter_custom(|iters| timed(iters, || product(&m, black_box(&acts), &mut out)))
+            });
+        }
+    }
+    g.finish();
+}
+
+/// Batched decoding's products on the packed rows (the k-quants' path):
+/// `n` activation rows (one per sequence) of 16-bit activations against
+/// SmolLM2-135M's matrices (q/o, k/v, gate/up, down, and the Q8_0 output
+/// head).
 fn batched16(c: &mut Criterion) {
     let shapes = [
         (BlockFormat::Q4_1, 576, 576),
@@ -203,49 +232,25 @@ fn batched16(c: &mut Criterion) {
         (BlockFormat::Q4_1, 576, 1536),
         (BlockFormat::Q8_0, 49152, 576),
     ];
-    let mut g = c.benchmark_group("ggml-batched16");
-    g.sample_size(10);
-    for (format, rows, cols) in shapes {
-        let m = random_matrix(format, rows, cols, 17);
-        for n in [1, 4, 8, 16, 32] {
-            let mut acts = QActs16::default();
-            quantize_acts16(&activations(n, cols), n, cols, &mut acts);
-            let mut out = vec![0f32; n * rows];
-            g.throughput(Throughput::Elements((n * rows * cols) as u64));
-            let id = BenchmarkId::new(format!("n{n}"), label(format, rows, cols));
-            g.bench_function(id, |b| {
-                b.iter_custom(|iters| timed(iters, || m.matmul_acts16(Kernel::best(), black_box(&acts), &mut out)))
-            });
-        }
-    }
-    g.finish();
+    rows16_group(c, "ggml-batched16", &shapes, &[1, 4, 8, 16, 32], |m, acts, out| {
+        m.matmul_acts16(Kernel::best(), acts, out)
+    });
 }
 
 /// As [`batched16`] on the same matrices repacked in panels of eight rows
-/// ([`PanelMatrix`]).
+/// ([`QMatrix::panels`], made by the first, untimed call): the decoding
+/// path of the 32-weight formats.
 fn panel(c: &mut Criterion) {
     let shapes = [
         (BlockFormat::Q4_1, 1536, 576),
         (BlockFormat::Q4_1, 576, 1536),
         (BlockFormat::Q8_0, 49152, 576),
     ];
-    let mut g = c.benchmark_group("ggml-panel");
-    g.sample_size(10);
-    for (format, rows, cols) in shapes {
-        let m = random_matrix(format, rows, cols, 17);
-        let Some(pm) = PanelMatrix::pack(&m) else { continue };
-        for n in [1, 8, 32] {
-            let mut acts = QActs16::default();
-            quantize_acts16(&activations(n, cols), n, cols, &mut acts);
-            let mut out = vec![0f32; n * rows];
-            g.throughput(Throughput::Elements((n * rows * cols) as u64));
-            let id = BenchmarkId::new(format!("n{n}"), label(format, rows, cols));
-            g.bench_function(id, |b| {
-                b.iter_custom(|iters| timed(iters, || pm.matmul_acts16(Kernel::best(), black_box(&acts), &mut out)))
-            });
+    rows16_group(c, "ggml-panel", &shapes, &[1, 8, 32], |m, acts, out| {
+        if let Some(p) = m.panels() {
+            p.matmul_acts16(Kernel::best(), acts, out);
         }
-    }
-    g.finish();
+    });
 }
 
 /// As [`batched16`] with 8-bit activations per block (llama.cpp's

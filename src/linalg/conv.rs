@@ -986,27 +986,57 @@ mod tests {
         y
     }
 
+    /// A convolution case: `(n, c, m, group, h, w, kh, kw, stride,
+    /// dilation, pad [t, l, b, r])`.
+    type Case = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        [usize; 2],
+        [usize; 2],
+        [usize; 4],
+    );
+
+    /// A case's shape, and its random input, weight and bias (drawn in that
+    /// order) with the weight packed per group.
+    fn setup(case: Case, seed: &mut u32) -> (ConvShape, Vec<f32>, Vec<f32>, Vec<f32>, Vec<PackedLhs>) {
+        let (n, c, m, group, h, wd, kh, kw, st, dl, pad) = case;
+        let oh = (h + pad[0] + pad[2] - (kh - 1) * dl[0] - 1) / st[0] + 1;
+        let ow = (wd + pad[1] + pad[3] - (kw - 1) * dl[1] - 1) / st[1] + 1;
+        let geom = Im2col {
+            h,
+            w: wd,
+            kh,
+            kw,
+            s: st,
+            d: dl,
+            pad: [pad[0], pad[1]],
+            oh,
+            ow,
+        };
+        let s = ConvShape { n, c, m, group, geom };
+        let (mg, kk) = (m / group, c / group * kh * kw);
+        let x: Vec<f32> = (0..n * c * h * wd).map(|_| next(seed)).collect();
+        let w: Vec<f32> = (0..m * kk).map(|_| next(seed)).collect();
+        let bias: Vec<f32> = (0..m).map(|_| next(seed)).collect();
+        let packed = (0..group)
+            .map(|gi| PackedLhs::new(&w[gi * mg * kk..], mg, kk, kk))
+            .collect();
+        (s, x, w, bias, packed)
+    }
+
     /// Every path (batched small planes, wide unit-stride, im2col tiles)
     /// against the loops, on odd sizes: channel and pixel remainders,
     /// padding, strides, dilations, groups, ReLU.
     #[test]
     fn every_path_matches_loops() {
         let mut seed = 11;
-        // (n, c, m, group, h, w, kh, kw, stride, dilation, pad [t, l, b, r])
-        #[allow(clippy::type_complexity)]
-        let cases: &[(
-            usize,
-            usize,
-            usize,
-            usize,
-            usize,
-            usize,
-            usize,
-            usize,
-            [usize; 2],
-            [usize; 2],
-            [usize; 4],
-        )] = &[
+        let cases: &[Case] = &[
             (3, 1, 8, 1, 8, 8, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
             (5, 8, 16, 1, 4, 4, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
             (2, 3, 7, 1, 9, 7, 3, 2, [2, 1], [1, 1], [0, 1, 2, 0]),
@@ -1026,28 +1056,8 @@ mod tests {
             (7, 32, 64, 1, 14, 13, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
         ];
         for &(n, c, m, group, h, wd, kh, kw, st, dl, pad) in cases {
-            let oh = (h + pad[0] + pad[2] - (kh - 1) * dl[0] - 1) / st[0] + 1;
-            let ow = (wd + pad[1] + pad[3] - (kw - 1) * dl[1] - 1) / st[1] + 1;
-            let geom = Im2col {
-                h,
-                w: wd,
-                kh,
-                kw,
-                s: st,
-                d: dl,
-                pad: [pad[0], pad[1]],
-                oh,
-                ow,
-            };
-            let s = ConvShape { n, c, m, group, geom };
-            let (cg, mg) = (c / group, m / group);
-            let kk = cg * kh * kw;
-            let x: Vec<f32> = (0..n * c * h * wd).map(|_| next(&mut seed)).collect();
-            let w: Vec<f32> = (0..m * kk).map(|_| next(&mut seed)).collect();
-            let bias: Vec<f32> = (0..m).map(|_| next(&mut seed)).collect();
-            let packed: Vec<PackedLhs> = (0..group)
-                .map(|gi| PackedLhs::new(&w[gi * mg * kk..], mg, kk, kk))
-                .collect();
+            let (s, x, w, bias, packed) = setup((n, c, m, group, h, wd, kh, kw, st, dl, pad), &mut seed);
+            let kk = c / group * kh * kw;
             for relu in [false, true] {
                 let want = naive(&s, &x, &w, &bias, relu);
                 let mut paths: Vec<(&str, Vec<f32>)> = Vec::new();
@@ -1092,21 +1102,7 @@ mod tests {
             return;
         }
         let mut seed = 5;
-        // (n, c, m, group, h, w, kh, kw, stride, dilation, pad [t, l, b, r])
-        #[allow(clippy::type_complexity)]
-        let cases: &[(
-            usize,
-            usize,
-            usize,
-            usize,
-            usize,
-            usize,
-            usize,
-            usize,
-            [usize; 2],
-            [usize; 2],
-            [usize; 4],
-        )] = &[
+        let cases: &[Case] = &[
             (3, 1, 32, 1, 28, 28, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
             (2, 32, 64, 1, 14, 14, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
             (2, 3, 7, 1, 9, 7, 3, 2, [2, 1], [1, 1], [0, 1, 2, 0]),
@@ -1117,29 +1113,9 @@ mod tests {
             (1, 3, 8, 1, 3, 3, 3, 3, [1, 1], [1, 1], [0, 0, 0, 0]),
         ];
         for &(n, c, m, group, h, wd, kh, kw, st, dl, pad) in cases {
-            let oh = (h + pad[0] + pad[2] - (kh - 1) * dl[0] - 1) / st[0] + 1;
-            let ow = (wd + pad[1] + pad[3] - (kw - 1) * dl[1] - 1) / st[1] + 1;
-            let geom = Im2col {
-                h,
-                w: wd,
-                kh,
-                kw,
-                s: st,
-                d: dl,
-                pad: [pad[0], pad[1]],
-                oh,
-                ow,
-            };
-            let s = ConvShape { n, c, m, group, geom };
-            let (cg, mg) = (c / group, m / group);
-            let kk = cg * kh * kw;
-            let mut x: Vec<f32> = (0..n * c * h * wd).map(|_| next(&mut seed)).collect();
+            let (s, mut x, w, bias, packed) = setup((n, c, m, group, h, wd, kh, kw, st, dl, pad), &mut seed);
             x[(n * c * h * wd) / 2 + 1] = f32::NAN;
-            let w: Vec<f32> = (0..m * kk).map(|_| next(&mut seed)).collect();
-            let bias: Vec<f32> = (0..m).map(|_| next(&mut seed)).collect();
-            let packed: Vec<PackedLhs> = (0..group)
-                .map(|gi| PackedLhs::new(&w[gi * mg * kk..], mg, kk, kk))
-                .collect();
+            let (kk, oh, ow) = (c / group * kh * kw, s.geom.oh, s.geom.ow);
             for relu in [false, true] {
                 let got = conv2d_max_pool2(&s, &x, &packed, Some(&bias), relu);
                 let case = (n, c, m, group, h, wd, kh, kw, st, dl, pad);

@@ -549,23 +549,31 @@ mod tests {
             ty: ValueType::known(DType::F32, x.shape()),
         };
         let graph = graph_with_outputs("flatten", vec![x_info], outputs, &params, nodes);
-        let mut fast = CpuExecutor::new(&graph, CpuKernels::Fast);
-        fast.prepare(&graph, &params);
-        let reference = CpuExecutor::new(&graph, CpuKernels::Reference);
+        fast_against_reference(&graph, &params, x).reshape_in_place
+    }
+
+    /// Runs `graph` on `x` with the fast executor (prepared) and the
+    /// reference one, asserts every output agrees (NaN where the reference
+    /// has NaN, else within 1e-5 relative), and returns the fast executor.
+    fn fast_against_reference(graph: &Graph, params: &HashMap<String, Tensor>, x: Tensor) -> CpuExecutor {
+        let mut fast = CpuExecutor::new(graph, CpuKernels::Fast);
+        fast.prepare(graph, params);
+        let reference = CpuExecutor::new(graph, CpuKernels::Reference);
         let got = fast
-            .run(&graph, &params, vec![x.clone()])
+            .run(graph, params, vec![x.clone()])
             .unwrap_or_else(|e| panic!("{e}"));
-        let want = reference
-            .run(&graph, &params, vec![x])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let want = reference.run(graph, params, vec![x]).unwrap_or_else(|e| panic!("{e}"));
         for (name, w) in &want {
             assert_eq!(got[name].shape(), w.shape(), "{name}");
             let g = got[name].as_f32().unwrap_or_else(|e| panic!("{e}"));
             for (a, b) in g.iter().zip(w.as_f32().unwrap_or_else(|e| panic!("{e}"))) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{name}: {a} vs {b}");
+                assert!(
+                    (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{name}: {a} vs {b}"
+                );
             }
         }
-        fast.reshape_in_place.clone()
+        fast
     }
 
     #[test]
@@ -628,26 +636,7 @@ mod tests {
             ty: ValueType::known(DType::F32, x.shape()),
         };
         let graph = graph_with_outputs("pool", vec![x_info], outputs, &params, nodes);
-        let mut fast = CpuExecutor::new(&graph, CpuKernels::Fast);
-        fast.prepare(&graph, &params);
-        let reference = CpuExecutor::new(&graph, CpuKernels::Reference);
-        let got = fast
-            .run(&graph, &params, vec![x.clone()])
-            .unwrap_or_else(|e| panic!("{e}"));
-        let want = reference
-            .run(&graph, &params, vec![x])
-            .unwrap_or_else(|e| panic!("{e}"));
-        for (name, w) in &want {
-            assert_eq!(got[name].shape(), w.shape(), "{name}");
-            let g = got[name].as_f32().unwrap_or_else(|e| panic!("{e}"));
-            for (a, b) in g.iter().zip(w.as_f32().unwrap_or_else(|e| panic!("{e}"))) {
-                assert!(
-                    (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                    "{name}: {a} vs {b}"
-                );
-            }
-        }
-        fast.passthrough.clone()
+        fast_against_reference(&graph, &params, x).passthrough
     }
 
     #[test]
