@@ -42,8 +42,16 @@ const ORT_TOL: f32 = 1e-5;
 /// (DynamicQuantizeMatMul, SkipLayerNormalization, ...), rounding floats in
 /// another order, and a last-bit difference moves an activation code by
 /// one step and on through the layers (as for wginfer's own W8A8 export in
-/// `tests/export_onnx.rs`). Measured: 6.4e-4.
-const MINILM_TOL: f32 = 5e-3;
+/// `tests/export_onnx.rs`). How many codes move depends on the CPU's float
+/// kernels: measured 6.4e-4 on an AVX2 CPU, 1.9e-2 on an AVX-512 one (where
+/// wginfer's own reference backend is as far from its fast one).
+const MINILM_TOL: f32 = 5e-2;
+
+/// The lowest cosine similarity of an embedding to onnxruntime's: the two
+/// must agree better than either agrees with the f32 model (cosine about
+/// 0.986, the error of per-tensor 8-bit activations). Measured: 0.9956 on
+/// the AVX-512 CPU.
+const MINILM_MIN_COSINE: f32 = 0.99;
 
 /// A software GPU session divides within 2.5 ULP (WGSL's promise), which can
 /// move an activation on a .5 boundary to the next code: one step of a
@@ -236,6 +244,10 @@ fn minilm_from_quantize_dynamic_matches_onnxruntime() {
     assert!(cos > 0.97, "{name}: cosine {cos}");
     io.push(("output:sentence_embedding".into(), y));
     io.push(("tolerance".into(), Tensor::from_vec(vec![1], vec![MINILM_TOL]).unwrap()));
+    io.push((
+        "min_cosine".into(),
+        Tensor::from_vec(vec![1], vec![MINILM_MIN_COSINE]).unwrap(),
+    ));
     save_tensors(dir.path().join(format!("{name}.io.safetensors")), &io).unwrap();
     check_with_onnxruntime(dir.path());
 }

@@ -2,10 +2,12 @@
 
 For every NAME.onnx in DIR (written by tests/export_onnx.rs) with its
 NAME.io.safetensors beside it (tensors `input:<name>`, `output:<name>` as
-wginfer computed them, and `tolerance`):
+wginfer computed them, `tolerance`, and optionally `min_cosine`):
 - onnx.checker.check_model(full_check=True) passes and the opset is named,
 - onnxruntime (CPU) runs it on the inputs, and every output is within the
-  tolerance of wginfer's (max absolute difference).
+  tolerance of wginfer's (max absolute difference),
+- with `min_cosine`, every row (last axis) of every output has at least that
+  cosine similarity to wginfer's row.
 
 Usage: python check_ort.py DIR   (pip install 'onnxruntime==1.22.*' 'onnx==1.22.0' 'numpy<3')
 """
@@ -54,16 +56,23 @@ def check(model_path):
     feeds = {k[len("input:"):]: v for k, v in io.items() if k.startswith("input:")}
     names = [o.name for o in sess.get_outputs()]
     got = dict(zip(names, sess.run(names, feeds)))
-    worst = 0.0
+    min_cos = float(io["min_cosine"][0]) if "min_cosine" in io else None
+    worst, lowest = 0.0, 1.0
     for key, want in io.items():
         if not key.startswith("output:"):
             continue
         name = key[len("output:"):]
-        diff = float(np.max(np.abs(got[name].astype(np.float64) - want.astype(np.float64))))
-        worst = max(worst, diff)
-    ok = worst <= tol
+        a, b = got[name].astype(np.float64), want.astype(np.float64)
+        worst = max(worst, float(np.max(np.abs(a - b))))
+        if min_cos is not None:
+            a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+            norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+            cos = np.sum(a * b, axis=1) / np.maximum(norms, 1e-300)
+            lowest = min(lowest, float(np.min(cos)))
+    ok = worst <= tol and (min_cos is None or lowest >= min_cos)
+    cosine = "" if min_cos is None else f"  lowest cosine {lowest:.6f} (at least {min_cos})"
     print(f"{model_path.stem:24} opsets {opsets}  max |onnxruntime - wginfer| {worst:.3e}"
-          f"  (tolerance {tol:.0e}) {'ok' if ok else 'FAIL'}")
+          f"  (tolerance {tol:.0e}){cosine} {'ok' if ok else 'FAIL'}")
     return ok
 
 
