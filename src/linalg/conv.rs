@@ -13,6 +13,7 @@
 //! plain Rust.
 
 use super::conv_direct::{self, DirectLhs};
+use super::winograd::{self, WinogradLhs};
 
 /// Rows (output channels) per register tile and per packed panel.
 pub const MR: usize = 6;
@@ -31,6 +32,9 @@ pub struct PackedLhs {
     /// The same weight for the direct kernel, where it may run (AVX2, at
     /// least 6 rows).
     direct: Option<DirectLhs>,
+    /// The same 3×3 weight transformed for Winograd's F(2×2, 3×3) (see
+    /// [`Self::with_winograd`]).
+    winograd: Option<WinogradLhs>,
 }
 
 /// Where the tile's results go: `c` at its first element, `ldc` apart,
@@ -51,6 +55,13 @@ impl PackedLhs {
     /// # Panics
     /// If `a` is shorter than the sizes say.
     pub fn new(a: &[f32], m: usize, k: usize, lda: usize) -> Self {
+        let mut packed = Self::gemm_only(a, m, k, lda);
+        packed.direct = if m >= 6 { DirectLhs::new(a, m, k, lda) } else { None };
+        packed
+    }
+
+    /// [`Self::new`] for the GEMM alone (no direct-kernel copy).
+    pub(crate) fn gemm_only(a: &[f32], m: usize, k: usize, lda: usize) -> Self {
         assert!(m == 0 || k == 0 || a.len() >= (m - 1) * lda + k, "PackedLhs::new sizes");
         let panels = m.div_ceil(MR);
         let mut data = vec![0.0f32; panels * k * MR];
@@ -62,8 +73,25 @@ impl PackedLhs {
                 }
             }
         }
-        let direct = if m >= 6 { DirectLhs::new(a, m, k, lda) } else { None };
-        Self { m, k, data, direct }
+        Self {
+            m,
+            k,
+            data,
+            direct: None,
+            winograd: None,
+        }
+    }
+
+    /// Adds the weight's Winograd form where it is a 3×3 window over `c`
+    /// input channels (`k = 9c`, `a` row-major `[m, c, 3, 3]` with
+    /// `lda = k`), with at least 16 input and output channels and finite
+    /// weights; [`conv2d`] then takes it for unit strides and dilations
+    /// where it pays (see [`winograd::pays`]).
+    pub fn with_winograd(mut self, a: &[f32], c: usize) -> Self {
+        if c >= 16 && self.m >= 16 && self.k == 9 * c && a.len() >= self.m * self.k {
+            self.winograd = WinogradLhs::new(a, self.m, c);
+        }
+        self
     }
 
     /// Rows.
@@ -504,7 +532,9 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, r
     let mut y: Vec<f32> = Vec::with_capacity(len);
     let out = OutPtr(y.as_mut_ptr());
     let direct: Option<Vec<&DirectLhs>> = w.iter().map(|p| p.direct.as_ref()).collect();
-    if let Some(direct) = direct.filter(|_| conv_direct::fits(s)) {
+    if let Some(wg) = w[0].winograd.as_ref().filter(|_| s.group == 1 && winograd::pays(s)) {
+        winograd::conv2d_winograd(s, x, wg, bias, relu, false, out);
+    } else if let Some(direct) = direct.filter(|_| conv_direct::fits(s)) {
         conv_direct::conv2d_direct(s, x, &direct, bias, relu, false, out);
     } else if batched_fits(s) {
         conv2d_batched(s, x, w, bias, relu, out);
@@ -534,9 +564,21 @@ pub fn conv2d_max_pool2(
     relu: bool,
 ) -> Option<Vec<f32>> {
     let g = &s.geom;
+    let len = s.n * s.m * (g.oh / 2) * (g.ow / 2);
+    let winograd = w
+        .first()
+        .and_then(|p| p.winograd.as_ref())
+        .filter(|_| s.group == 1 && winograd::pays(s));
+    if let Some(wg) = winograd {
+        // Not zeroed first: every tile writes its pooled element.
+        let mut y: Vec<f32> = Vec::with_capacity(len);
+        winograd::conv2d_winograd(s, x, wg, bias, relu, true, OutPtr(y.as_mut_ptr()));
+        // SAFETY: the capacity holds `len` floats, all written above.
+        unsafe { y.set_len(len) };
+        return Some(y);
+    }
     let direct: Option<Vec<&DirectLhs>> = w.iter().map(|p| p.direct.as_ref()).collect();
     let direct = direct.filter(|_| conv_direct::fits(s) && g.oh >= 2 && g.ow >= 2)?;
-    let len = s.n * s.m * (g.oh / 2) * (g.ow / 2);
     // Not zeroed first: the direct kernel writes every pooled element.
     let mut y: Vec<f32> = Vec::with_capacity(len);
     conv_direct::conv2d_direct(s, x, &direct, bias, relu, true, OutPtr(y.as_mut_ptr()));

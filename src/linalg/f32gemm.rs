@@ -30,7 +30,7 @@ pub const NR: usize = V * 16;
 pub const MR: usize = 8;
 /// Inputs per K block.
 pub const KC: usize = 128;
-/// Rows per parallel task (a multiple of [`MR`]).
+/// Rows per parallel task (a multiple of [`MR`]), at most.
 const TASK_ROWS: usize = 32;
 /// Panels per parallel task.
 const TASK_PANELS: usize = 4;
@@ -205,12 +205,20 @@ impl PackedF32 {
                 return;
             }
             let panels = n.div_ceil(NR);
-            let (row_tasks, panel_tasks) = (m.div_ceil(TASK_ROWS), panels.div_ceil(TASK_PANELS));
+            let panel_tasks = panels.div_ceil(TASK_PANELS);
+            // Rows per task: halved (down to two register tiles) while there
+            // are fewer than four tasks per thread, so a thread that starts
+            // late or is held up costs at most a small task's time.
+            let mut rows = TASK_ROWS;
+            while rows > 2 * MR && m.div_ceil(rows) * panel_tasks < 4 * super::pool::threads() {
+                rows /= 2;
+            }
+            let row_tasks = m.div_ceil(rows);
             // Panel ranges outermost: a task's weight slice stays in L2 while
             // the row ranges go through it.
             let task = |t: usize| {
-                let (i0, b0) = ((t % row_tasks) * TASK_ROWS, (t / row_tasks) * TASK_PANELS);
-                let (i1, b1) = ((i0 + TASK_ROWS).min(m), (b0 + TASK_PANELS).min(panels));
+                let (i0, b0) = ((t % row_tasks) * rows, (t / row_tasks) * TASK_PANELS);
+                let (i1, b1) = ((i0 + rows).min(m), (b0 + TASK_PANELS).min(panels));
                 // SAFETY: AVX-512F was detected when the weight was packed;
                 // the task reads rows i0..i1 of x (checked above), panels
                 // b0..b1 of the packed weight, and writes rows i0..i1,

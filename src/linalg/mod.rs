@@ -19,6 +19,7 @@ pub mod pool;
 pub mod softmax;
 pub mod unary;
 pub mod vecops;
+pub mod winograd;
 
 use rayon::prelude::*;
 

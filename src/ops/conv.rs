@@ -570,8 +570,20 @@ impl Op for Conv {
             return None;
         }
         let (mg, kk) = (m / g, cg * kh * kw);
+        // 3×3 windows with unit strides and dilations in one group also get
+        // the Winograd form.
+        let unit = |v: &[usize]| v.iter().all(|&s| s == 1);
+        let winograd = g == 1 && [kh, kw] == [3, 3] && unit(&self.window.strides) && unit(&self.window.dilations);
         let groups: Arc<[PackedLhs]> = (0..g)
-            .map(|gi| PackedLhs::new(&data[gi * mg * kk..][..mg * kk], mg, kk, kk))
+            .map(|gi| {
+                let a = &data[gi * mg * kk..][..mg * kk];
+                let p = PackedLhs::new(a, mg, kk, kk);
+                if winograd {
+                    p.with_winograd(a, cg)
+                } else {
+                    p
+                }
+            })
             .collect();
         Some(Prepared(Arc::new(PreparedConv {
             shape: [m, cg, kh, kw],

@@ -1,0 +1,740 @@
+//! 3×3, stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3)
+//! (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks"):
+//! each 2×2 tile of output pixels comes from a 4×4 input patch `d` as
+//! `Aᵀ [U ⊙ (Bᵀ d B)] A`, with `U = G g Gᵀ` the 3×3 filter `g` transformed
+//! once. Summed over input channels, the 16 elementwise products become 16
+//! matrix products `M_ξ [m, tiles] = U_ξ [m, c] · V_ξ [c, tiles]` on the
+//! convolution GEMM ([`PackedLhs`], the weight packed once): 16
+//! multiply-adds per tile, input and output channel instead of the direct
+//! convolution's 36 (2.25× fewer).
+//!
+//! A task takes a block of tile rows (of one image or several): per image
+//! it copies the input rows the block reads into zero-padded planes split
+//! into even and odd columns (so the patches of eight neighbouring tiles
+//! are eight consecutive values), transforms the patches eight tiles at a
+//! time into the 16 `V_ξ`, then runs the 16 products and transforms each
+//! output channel's results eight tiles at a time into 2×2 outputs (plus
+//! bias, then ReLU; or their maximum, for a 2×2 stride-2 max pooling folded
+//! into the pass). The transforms add and subtract only; the results differ
+//! from the direct convolution's by float rounding (within a few units in
+//! the last place of the sum of the products' magnitudes). A block whose
+//! input holds an infinity or NaN is computed tap by tap instead, since the
+//! transform would spread it to outputs whose window does not hold it.
+
+use super::conv::{has_avx2_fma, ConvShape, OutPtr, PackedLhs, PARALLEL_MIN_MACS};
+
+/// Tiles per vector of the transforms.
+const L: usize = 8;
+/// Floats a task's transformed inputs and products may take (512 KiB).
+const BLOCK_FLOATS: usize = 1 << 17;
+/// The most floats a task's padded input planes may take (1 MiB).
+const BAND_MAX: usize = 1 << 18;
+
+/// A 3×3 weight `[m, c, 3, 3]` transformed (`U = G g Gᵀ`) and packed as 16
+/// `[m, c]` left operands of the convolution GEMM.
+#[derive(Clone, Debug)]
+pub struct WinogradLhs {
+    m: usize,
+    c: usize,
+    mats: Vec<PackedLhs>,
+    /// The weight as given, for blocks whose input is not finite.
+    raw: Vec<f32>,
+}
+
+impl WinogradLhs {
+    /// Transforms and packs `w` (`[m, c, 3, 3]`, row-major), or `None` where
+    /// a weight is not finite (the transform would spread it to taps it does
+    /// not touch).
+    ///
+    /// # Panics
+    /// If `w` is shorter than `m·c·9`.
+    pub fn new(w: &[f32], m: usize, c: usize) -> Option<Self> {
+        assert!(w.len() >= m * c * 9, "WinogradLhs::new sizes");
+        let raw = w[..m * c * 9].to_vec();
+        if m == 0 || c == 0 || !raw.iter().all(|v| v.is_finite()) {
+            return None;
+        }
+        let mut u = vec![vec![0f32; m * c]; 16];
+        for o in 0..m {
+            for ch in 0..c {
+                let g: Vec<f64> = raw[(o * c + ch) * 9..][..9].iter().map(|&v| f64::from(v)).collect();
+                // T = G g (4×3), then U = T Gᵀ (4×4), in f64, rounded once.
+                let mut t = [[0f64; 3]; 4];
+                for s in 0..3 {
+                    let (g0, g1, g2) = (g[s], g[3 + s], g[6 + s]);
+                    t[0][s] = g0;
+                    t[1][s] = 0.5 * (g0 + g1 + g2);
+                    t[2][s] = 0.5 * (g0 - g1 + g2);
+                    t[3][s] = g2;
+                }
+                for (i, [a, b, cc]) in t.into_iter().enumerate() {
+                    let row = [a, 0.5 * (a + b + cc), 0.5 * (a - b + cc), cc];
+                    for (j, v) in row.into_iter().enumerate() {
+                        u[i * 4 + j][o * c + ch] = v as f32;
+                    }
+                }
+            }
+        }
+        let mats = u.iter().map(|u| PackedLhs::gemm_only(u, m, c, c)).collect();
+        Some(Self { m, c, mats, raw })
+    }
+
+    /// Output channels.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Input channels.
+    pub fn c(&self) -> usize {
+        self.c
+    }
+}
+
+/// Whether [`conv2d_winograd`] can take this convolution: a 3×3 window
+/// with unit strides and dilations in one group, at least a 2×2 output,
+/// padded planes of one tile row that fit [`BAND_MAX`], and AVX2 + FMA.
+pub fn fits(s: &ConvShape) -> bool {
+    let g = &s.geom;
+    let band = s.c * 4 * 2 * (g.ow.div_ceil(2) + 1 + L);
+    g.kh == 3
+        && g.kw == 3
+        && g.s == [1, 1]
+        && g.d == [1, 1]
+        && s.group == 1
+        && s.c > 0
+        && s.m > 0
+        && g.oh >= 2
+        && g.ow >= 2
+        && band <= BAND_MAX
+        && has_avx2_fma()
+}
+
+/// Whether [`conv2d_winograd`] beats the direct convolution here (where it
+/// [`fits`]): at least 16 input and output channels, 8 output columns (four
+/// tiles a row, half a vector of the transforms) and [`MIN_TILES`] tiles
+/// per thread; below that the transforms and the per-task setup cost more
+/// than the products save.
+pub fn pays(s: &ConvShape) -> bool {
+    let g = &s.geom;
+    let tiles = s.n * g.oh.div_ceil(2) * g.ow.div_ceil(2);
+    fits(s) && s.c >= 16 && s.m >= 16 && g.ow >= 8 && tiles >= MIN_TILES * super::pool::threads()
+}
+
+/// Output tiles per thread a convolution needs for [`fits`].
+const MIN_TILES: usize = 64;
+
+/// A thread's padded planes, transformed inputs and products.
+type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+thread_local! {
+    /// Each thread's [`Bufs`], kept between calls.
+    static BUFS: std::cell::RefCell<Bufs> = const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// `v` where `v > m` or `v` is NaN, else `m`: the MaxPool op's running
+/// maximum (a NaN in either gives NaN; on ties, `m`).
+#[inline(always)]
+fn nan_max(m: f32, v: f32) -> f32 {
+    if v > m || v.is_nan() {
+        v
+    } else {
+        m
+    }
+}
+
+/// Where a task's tiles are: tile rows `r0..r1` of the batch's
+/// `n·th` (image `r / th`, row `r % th`), `tw` tiles each, column
+/// `(r - r0)·tw + tx` of the products; `ld` their row length.
+#[derive(Clone, Copy)]
+struct Block {
+    r0: usize,
+    r1: usize,
+    th: usize,
+    tw: usize,
+    ld: usize,
+}
+
+/// `y [n, m, oh, ow]` (written through `out`, every element) = the
+/// convolution of `x [n, c, h, w]` with `w`, plus `bias`, then ReLU when
+/// `relu`. With `pool`, `y [n, m, oh/2, ow/2]` is that result's 2×2,
+/// stride-2 max pooling (a NaN in a window gives NaN): each pooled value is
+/// the maximum of one output tile, so the full-size output is never
+/// written. Tasks are blocks of tile rows.
+///
+/// # Panics
+/// If the sizes disagree (`x`, `w`, `bias`), or where [`fits`] is false.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d_winograd(
+    s: &ConvShape,
+    x: &[f32],
+    w: &WinogradLhs,
+    bias: Option<&[f32]>,
+    relu: bool,
+    pool: bool,
+    out: OutPtr,
+) {
+    let g = &s.geom;
+    assert!(
+        fits(s) && w.c == s.c && w.m == s.m && x.len() >= s.n * s.c * g.h * g.w && bias.is_none_or(|b| b.len() >= s.m),
+        "conv2d_winograd sizes"
+    );
+    // With the pooling only whole tiles count (the pooled grid is oh/2 × ow/2).
+    let (th, tw) = if pool {
+        (g.oh / 2, g.ow / 2)
+    } else {
+        (g.oh.div_ceil(2), g.ow.div_ceil(2))
+    };
+    let rows_all = s.n * th;
+    if rows_all == 0 || tw == 0 {
+        return;
+    }
+    // Tile rows per task: what the transformed inputs and products may hold.
+    let per_row = 16 * (s.c + s.m) * tw;
+    let mut rows = (BLOCK_FLOATS / per_row).clamp(1, rows_all);
+    let threads = super::pool::threads();
+    if rows_all.div_ceil(rows) < 2 * threads {
+        // Enough tasks for every thread where the batch allows.
+        rows = rows_all.div_ceil(2 * threads).max(1);
+    }
+    let tasks = rows_all.div_ceil(rows);
+    let run = |t: usize| {
+        let r0 = t * rows;
+        let r1 = (r0 + rows).min(rows_all);
+        let b = Block {
+            r0,
+            r1,
+            th,
+            tw,
+            ld: (r1 - r0) * tw + L,
+        };
+        BUFS.with(|bufs| {
+            let (band, v, mv) = &mut *bufs.borrow_mut();
+            super::simd(|| block_run(s, x, w, bias, relu, pool, out, b, (band, v, mv)))
+        });
+    };
+    let macs = rows_all * tw * 16 * s.c * s.m;
+    if macs >= PARALLEL_MIN_MACS && tasks > 1 && threads > 1 {
+        super::pool::for_each(tasks, run);
+    } else {
+        (0..tasks).for_each(run);
+    }
+}
+
+/// Fills `band` with image `img`'s input rows `2·ty0 - pad .. 2·ty1 + 2 -
+/// pad` for every channel as two planes per row (even and odd padded
+/// columns, `hw` values each, zero outside the input); returns whether
+/// every value is finite.
+#[inline(always)]
+fn fill_band(s: &ConvShape, x: &[f32], (img, ty0, ty1): (usize, usize, usize), hw: usize, band: &mut [f32]) -> bool {
+    let g = &s.geom;
+    let bh = 2 * (ty1 - ty0) + 2;
+    let y0 = 2 * ty0 as isize - g.pad[0] as isize;
+    let pl = g.pad[1];
+    let (r_lo, r_hi) = ((-y0).max(0) as usize, ((g.h as isize - y0).max(0) as usize).min(bh));
+    // Input column i is padded column pl + i: in the even plane where that
+    // is even. The first input column of each plane and how many it holds.
+    let cols = g.w.min(2 * hw - pl);
+    let first = [pl % 2, 1 - pl % 2];
+    let plane = g.h * g.w;
+    let mut finite = true;
+    for ch in 0..s.c {
+        let src = &x[(img * s.c + ch) * plane..][..plane];
+        for r in 0..bh {
+            let dst = &mut band[(ch * bh + r) * 2 * hw..][..2 * hw];
+            if r < r_lo || r >= r_hi {
+                dst.fill(0.0);
+                continue;
+            }
+            let row = &src[(y0 + r as isize) as usize * g.w..][..cols];
+            finite &= row.iter().fold(true, |f, v| f & v.is_finite());
+            for (p, half) in dst.chunks_exact_mut(hw).enumerate() {
+                // Padded column 2q + p holds input column 2q + p - pl.
+                let i0 = first[p];
+                let q0 = (i0 + pl) / 2;
+                let n = cols.saturating_sub(i0).div_ceil(2);
+                half[..q0].fill(0.0);
+                for (d, &v) in half[q0..q0 + n].iter_mut().zip(row[i0.min(cols)..].iter().step_by(2)) {
+                    *d = v;
+                }
+                half[q0 + n..].fill(0.0);
+            }
+        }
+    }
+    finite
+}
+
+/// One task's block of tile rows.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn block_run(
+    s: &ConvShape,
+    x: &[f32],
+    w: &WinogradLhs,
+    bias: Option<&[f32]>,
+    relu: bool,
+    pool: bool,
+    out: OutPtr,
+    b: Block,
+    (band, v, mv): (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>),
+) {
+    let (c, m, tw, ld) = (s.c, s.m, b.tw, b.ld);
+    // Padded columns 0..2·tw + 2 as even and odd planes, with room for the
+    // last vector's reads past them.
+    let hw = tw + 1 + L;
+    let n = (b.r1 - b.r0) * tw;
+    v.resize(16 * c * ld, 0.0);
+    // The block's runs of one image's rows: (first row, image, its rows,
+    // whether its input is finite).
+    let mut runs = Vec::with_capacity(b.r1.div_ceil(b.th) - b.r0 / b.th);
+    let mut r = b.r0;
+    while r < b.r1 {
+        let (img, ty0) = (r / b.th, r % b.th);
+        let ty1 = b.th.min(ty0 + b.r1 - r);
+        let bh = 2 * (ty1 - ty0) + 2;
+        band.resize(c * bh * 2 * hw, 0.0);
+        let finite = fill_band(s, x, (img, ty0, ty1), hw, &mut band[..c * bh * 2 * hw]);
+        runs.push((r, img, (ty0, ty1), finite));
+        if !finite {
+            by_taps(
+                s,
+                w,
+                bias,
+                relu,
+                pool,
+                out,
+                (img, ty0, ty1, tw),
+                &band[..c * bh * 2 * hw],
+            );
+            // Its columns of V are left as they are: the products of these
+            // columns are computed but not used.
+            r += ty1 - ty0;
+            continue;
+        }
+        for ch in 0..c {
+            for ty in 0..ty1 - ty0 {
+                let col0 = (r - b.r0 + ty) * tw;
+                let row = |i: usize| (ch * bh + 2 * ty + i) * 2 * hw;
+                for tx in (0..tw).step_by(L) {
+                    let at = (ch * ld + col0 + tx, c * ld);
+                    // SAFETY: `fits` checked AVX2 + FMA; the band rows hold
+                    // `2·hw` values (each read: 8 values from `tx + 1` at
+                    // most, below `hw`), and `v` holds 16 planes of `c·ld`
+                    // values with the eight columns from `col0 + tx` inside
+                    // (`ld` = the block's tiles plus 8).
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        x86::input(band[row(0)..].as_ptr(), 2 * hw, hw, tx, v.as_mut_ptr(), at)
+                    };
+                }
+            }
+        }
+        r += ty1 - ty0;
+    }
+    // M_ξ [m, n] = U_ξ · V_ξ.
+    mv.resize(16 * m * ld, 0.0);
+    for (xi, mat) in w.mats.iter().enumerate() {
+        mat.run(
+            &v[xi * c * ld..][..c * ld],
+            ld,
+            n,
+            None,
+            false,
+            &mut mv[xi * m * ld..][..m * ld],
+            ld,
+        );
+    }
+    // Y = Aᵀ M A per tile, eight tiles at a time: Aᵀ has rows (1, 1, 1, 0)
+    // and (0, 1, -1, -1).
+    let g = &s.geom;
+    let (oh, ow) = (g.oh, g.ow);
+    let (ph, pw) = (oh / 2, ow / 2);
+    for (r, img, (ty0, ty1), finite) in runs {
+        if !finite {
+            continue;
+        }
+        for o in 0..m {
+            let bo = bias.map_or(0.0, |bb| bb[o]);
+            for ty in 0..ty1 - ty0 {
+                let col0 = (r - b.r0 + ty) * tw;
+                let ty_img = ty0 + ty;
+                for tx in (0..tw).step_by(L) {
+                    let live = L.min(tw - tx);
+                    let from = (o * ld + col0 + tx, m * ld);
+                    // SAFETY: `fits` checked AVX2 + FMA; `mv` holds 16
+                    // planes of `m·ld` values with the eight columns from
+                    // `col0 + tx` inside; the pixels written (tiles
+                    // `tx..tx + live` of tile row `ty_img` of channel `o` of
+                    // image `img`, clipped to the output) are this task's
+                    // alone.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        if pool {
+                            let dst = out.0.add(((img * m + o) * ph + ty_img) * pw + tx);
+                            x86::output(mv.as_ptr(), from, (bo, relu), x86::Dst::Pooled(dst, live));
+                        } else {
+                            let dst = out.0.add(((img * m + o) * oh + 2 * ty_img) * ow + 2 * tx);
+                            let rows = 2.min(oh - 2 * ty_img);
+                            let cols = (2 * live).min(ow - 2 * tx);
+                            x86::output(mv.as_ptr(), from, (bo, relu), x86::Dst::Full(dst, ow, rows, cols));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The transforms on AVX2, eight tiles per vector.
+
+    use std::arch::x86_64::*;
+
+    /// Where [`output`] writes: a tile row's 2×2 outputs (`rows` ≤ 2 rows
+    /// `ld` apart, `cols` ≤ 16 values each), or their pooled maxima (`n` ≤ 8).
+    pub(super) enum Dst {
+        Full(*mut f32, usize, usize, usize),
+        Pooled(*mut f32, usize),
+    }
+
+    /// `V_ξ = Bᵀ d B` for eight tiles from padded planes at `band` (row `i`
+    /// of the patches at `i·ld`: its even columns, then from `hw` its odd
+    /// ones; tile `tx + l` reads columns `2(tx + l) .. + 4`), stored at
+    /// `v + at.0 + ξ·at.1`.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; the reads and writes named above must be in bounds.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn input(band: *const f32, ld: usize, hw: usize, tx: usize, v: *mut f32, at: (usize, usize)) {
+        let mut d = [[_mm256_setzero_ps(); 4]; 4];
+        for (i, di) in d.iter_mut().enumerate() {
+            let e = band.add(i * ld + tx);
+            let o = e.add(hw);
+            *di = [
+                _mm256_loadu_ps(e),
+                _mm256_loadu_ps(o),
+                _mm256_loadu_ps(e.add(1)),
+                _mm256_loadu_ps(o.add(1)),
+            ];
+        }
+        // Bᵀ d: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3.
+        let mut t = [[_mm256_setzero_ps(); 4]; 4];
+        for j in 0..4 {
+            t[0][j] = _mm256_sub_ps(d[0][j], d[2][j]);
+            t[1][j] = _mm256_add_ps(d[1][j], d[2][j]);
+            t[2][j] = _mm256_sub_ps(d[2][j], d[1][j]);
+            t[3][j] = _mm256_sub_ps(d[1][j], d[3][j]);
+        }
+        // (Bᵀ d) B: the same combination of the columns.
+        for (i, ti) in t.iter().enumerate() {
+            let r = [
+                _mm256_sub_ps(ti[0], ti[2]),
+                _mm256_add_ps(ti[1], ti[2]),
+                _mm256_sub_ps(ti[2], ti[1]),
+                _mm256_sub_ps(ti[1], ti[3]),
+            ];
+            for (j, r) in r.into_iter().enumerate() {
+                _mm256_storeu_ps(v.add(at.0 + (i * 4 + j) * at.1), r);
+            }
+        }
+    }
+
+    /// `v` where `v > m` or `v` is NaN, else `m`: the MaxPool op's running
+    /// maximum (a NaN in either gives NaN; on ties, `m`).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn nan_max(m: __m256, v: __m256) -> __m256 {
+        let r = _mm256_max_ps(v, m);
+        _mm256_blendv_ps(r, v, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v))
+    }
+
+    /// `Y = Aᵀ M A` for eight tiles (`M_ξ` at `mv + from.0 + ξ·from.1`),
+    /// plus `bias`, then ReLU (max(0, v), keeping NaN and -0.0 as `Relu`
+    /// does) when `relu`, written to `dst`.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; the reads and writes named above must be in bounds.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn output(mv: *const f32, from: (usize, usize), (bias, relu): (f32, bool), dst: Dst) {
+        let mut m = [_mm256_setzero_ps(); 16];
+        for (xi, v) in m.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(mv.add(from.0 + xi * from.1));
+        }
+        // Aᵀ M: rows m0 + m1 + m2 and m1 - m2 - m3.
+        let mut s = [[_mm256_setzero_ps(); 4]; 2];
+        for j in 0..4 {
+            s[0][j] = _mm256_add_ps(_mm256_add_ps(m[j], m[4 + j]), m[8 + j]);
+            s[1][j] = _mm256_sub_ps(_mm256_sub_ps(m[4 + j], m[8 + j]), m[12 + j]);
+        }
+        let (b, zero) = (_mm256_set1_ps(bias), _mm256_setzero_ps());
+        let mut y = [[zero; 2]; 2];
+        for (ya, sa) in y.iter_mut().zip(&s) {
+            ya[0] = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(sa[0], sa[1]), sa[2]), b);
+            ya[1] = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(sa[1], sa[2]), sa[3]), b);
+            if relu {
+                ya[0] = _mm256_max_ps(zero, ya[0]);
+                ya[1] = _mm256_max_ps(zero, ya[1]);
+            }
+        }
+        match dst {
+            Dst::Pooled(p, n) => {
+                let v = nan_max(nan_max(y[0][0], y[1][0]), nan_max(y[0][1], y[1][1]));
+                let mut tmp = [0f32; 8];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), v);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), p, n);
+            }
+            Dst::Full(p, ld, rows, cols) => {
+                for (a, ya) in y.iter().enumerate().take(rows) {
+                    // Interleave the tiles' left and right columns.
+                    let (lo, hi) = (_mm256_unpacklo_ps(ya[0], ya[1]), _mm256_unpackhi_ps(ya[0], ya[1]));
+                    let mut tmp = [0f32; 16];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), _mm256_permute2f128_ps::<0x20>(lo, hi));
+                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8), _mm256_permute2f128_ps::<0x31>(lo, hi));
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), p.add(a * ld), cols);
+                }
+            }
+        }
+    }
+}
+
+/// The outputs of image `img`'s tile rows `ty0..ty1` tap by tap from its
+/// padded planes (an input that is not finite): each output the sum of its
+/// own window's products, then bias and ReLU, or the pooled maximum.
+#[allow(clippy::too_many_arguments)]
+#[cold]
+fn by_taps(
+    s: &ConvShape,
+    w: &WinogradLhs,
+    bias: Option<&[f32]>,
+    relu: bool,
+    pool: bool,
+    out: OutPtr,
+    (img, ty0, ty1, tw): (usize, usize, usize, usize),
+    band: &[f32],
+) {
+    let (c, m, g) = (s.c, s.m, &s.geom);
+    let (oh, ow) = (g.oh, g.ow);
+    let (ph, pw) = (oh / 2, ow / 2);
+    let (bh, hw) = (2 * (ty1 - ty0) + 2, tw + 1 + L);
+    // Padded pixel (row, column) of channel ch.
+    let at = |ch: usize, row: usize, col: usize| band[(ch * bh + row) * 2 * hw + (col % 2) * hw + col / 2];
+    for o in 0..m {
+        for ty in 0..ty1 - ty0 {
+            for tx in 0..tw {
+                let y: [[f32; 2]; 2] = std::array::from_fn(|a| {
+                    std::array::from_fn(|bx| {
+                        let mut acc = bias.map_or(0.0, |b| b[o]);
+                        for ch in 0..c {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let v = at(ch, 2 * ty + a + ky, 2 * tx + bx + kx);
+                                    acc += v * w.raw[((o * c + ch) * 3 + ky) * 3 + kx];
+                                }
+                            }
+                        }
+                        if relu && acc < 0.0 {
+                            0.0
+                        } else {
+                            acc
+                        }
+                    })
+                });
+                let ty_img = ty0 + ty;
+                if pool {
+                    let v = nan_max(nan_max(y[0][0], y[1][0]), nan_max(y[0][1], y[1][1]));
+                    // SAFETY: tile (ty_img, tx) of image `img` is this task's
+                    // alone, inside the pooled output.
+                    unsafe { *out.0.add(((img * m + o) * ph + ty_img) * pw + tx) = v };
+                    continue;
+                }
+                for (a, ya) in y.iter().enumerate() {
+                    for (bx, &v) in ya.iter().enumerate() {
+                        let (py, px) = (2 * ty_img + a, 2 * tx + bx);
+                        if py < oh && px < ow {
+                            // SAFETY: pixel (py, px) of channel `o` of image
+                            // `img` belongs to this task's tile alone.
+                            unsafe { *out.0.add(((img * m + o) * oh + py) * ow + px) = v };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linalg::conv::Im2col;
+
+    fn next(seed: &mut u32) -> f32 {
+        *seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (*seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+    }
+
+    /// The convolution in f64 (with bias and ReLU), and per output the sum
+    /// of the products' magnitudes (the scale of its rounding error).
+    fn naive(s: &ConvShape, x: &[f32], w: &[f32], bias: &[f32], relu: bool) -> (Vec<f64>, Vec<f64>) {
+        let g = &s.geom;
+        let mut y = vec![0f64; s.n * s.m * g.oh * g.ow];
+        let mut mag = y.clone();
+        for n in 0..s.n {
+            for o in 0..s.m {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let (mut acc, mut a) = (f64::from(bias[o]), f64::from(bias[o]).abs());
+                        for ch in 0..s.c {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let iy = (oy + ky) as isize - g.pad[0] as isize;
+                                    let ix = (ox + kx) as isize - g.pad[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                        continue;
+                                    }
+                                    let xv = f64::from(x[((n * s.c + ch) * g.h + iy as usize) * g.w + ix as usize]);
+                                    let wv = f64::from(w[((o * s.c + ch) * 3 + ky) * 3 + kx]);
+                                    acc += xv * wv;
+                                    a += (xv * wv).abs();
+                                }
+                            }
+                        }
+                        let at = ((n * s.m + o) * g.oh + oy) * g.ow + ox;
+                        y[at] = if relu { acc.max(0.0) } else { acc };
+                        mag[at] = a;
+                    }
+                }
+            }
+        }
+        (y, mag)
+    }
+
+    fn shape(n: usize, c: usize, m: usize, (h, wd): (usize, usize), pad: [usize; 2], out_pad: [usize; 2]) -> ConvShape {
+        ConvShape {
+            n,
+            c,
+            m,
+            group: 1,
+            geom: Im2col {
+                h,
+                w: wd,
+                kh: 3,
+                kw: 3,
+                s: [1, 1],
+                d: [1, 1],
+                pad,
+                oh: h + pad[0] + out_pad[0] - 2,
+                ow: wd + pad[1] + out_pad[1] - 2,
+            },
+        }
+    }
+
+    /// Against f64 loops: odd and even sizes, channel counts off the
+    /// vector width, padding on either side or none, blocks of several
+    /// tile rows and of one, with and without ReLU and bias, pooled.
+    #[test]
+    fn matches_loops() {
+        let cases = [
+            // n, c, m, (h, w), pad before, pad after
+            (2, 8, 8, (6, 6), [1, 1], [1, 1]),
+            (1, 9, 13, (7, 5), [1, 0], [0, 1]),
+            (3, 32, 64, (14, 14), [1, 1], [1, 1]),
+            (4, 17, 29, (9, 11), [1, 0], [0, 1]),
+            (1, 16, 24, (5, 9), [0, 0], [0, 0]),
+            (2, 520, 520, (3, 40), [1, 1], [1, 1]),
+        ];
+        let mut seed = 7u32;
+        for (n, c, m, hw, pad, out_pad) in cases {
+            let s = shape(n, c, m, hw, pad, out_pad);
+            let g = s.geom;
+            let x: Vec<f32> = (0..n * c * g.h * g.w).map(|_| next(&mut seed)).collect();
+            let wt: Vec<f32> = (0..m * c * 9).map(|_| next(&mut seed) * 0.3).collect();
+            let bias: Vec<f32> = (0..m).map(|_| next(&mut seed)).collect();
+            let Some(lhs) = WinogradLhs::new(&wt, m, c) else {
+                println!("SKIPPED: no packed f32 GEMM on this CPU");
+                return;
+            };
+            assert!(fits(&s), "{c}->{m} {hw:?}");
+            for (relu, with_bias) in [(false, false), (true, true)] {
+                let b = if with_bias { bias.clone() } else { vec![0.0; m] };
+                let (want, mag) = naive(&s, &x, &wt, &b, relu);
+                let mut got = vec![f32::NAN; want.len()];
+                conv2d_winograd(
+                    &s,
+                    &x,
+                    &lhs,
+                    with_bias.then_some(&b[..]),
+                    relu,
+                    false,
+                    OutPtr(got.as_mut_ptr()),
+                );
+                for (i, ((&gv, &wv), &mg)) in got.iter().zip(&want).zip(&mag).enumerate() {
+                    let tol = 1e-6 * (mg + 1.0);
+                    assert!(
+                        (f64::from(gv) - wv).abs() <= tol,
+                        "{c}->{m} {hw:?} relu {relu}: y[{i}] {gv} vs {wv}"
+                    );
+                }
+                // Pooled: the maximum of each 2×2 window of the same pass's
+                // output, bit for bit.
+                let (ph, pw) = (g.oh / 2, g.ow / 2);
+                let mut pooled = vec![f32::NAN; n * m * ph * pw];
+                conv2d_winograd(
+                    &s,
+                    &x,
+                    &lhs,
+                    with_bias.then_some(&b[..]),
+                    relu,
+                    true,
+                    OutPtr(pooled.as_mut_ptr()),
+                );
+                for (i, &p) in pooled.iter().enumerate() {
+                    let (nm, py, px) = (i / (ph * pw), i / pw % ph, i % pw);
+                    let at = |a: usize, b: usize| got[(nm * g.oh + 2 * py + a) * g.ow + 2 * px + b];
+                    let want = nan_max(nan_max(at(0, 0), at(1, 0)), nan_max(at(0, 1), at(1, 1)));
+                    assert_eq!(p.to_bits(), want.to_bits(), "{c}->{m} {hw:?} pooled [{i}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nan_reaches_its_outputs_and_pool() {
+        let s = shape(1, 8, 8, (6, 6), [1, 1], [1, 1]);
+        let mut seed = 3u32;
+        let mut x: Vec<f32> = (0..8 * 36).map(|_| next(&mut seed)).collect();
+        x[2 * 6 + 2] = f32::NAN;
+        let wt: Vec<f32> = (0..8 * 8 * 9).map(|_| next(&mut seed)).collect();
+        let Some(lhs) = WinogradLhs::new(&wt, 8, 8) else {
+            println!("SKIPPED: no packed f32 GEMM on this CPU");
+            return;
+        };
+        let mut y = vec![0f32; 8 * 36];
+        conv2d_winograd(&s, &x, &lhs, None, true, false, OutPtr(y.as_mut_ptr()));
+        // Output (2, 2) reads input (2, 2) through the centre tap.
+        assert!((0..8).all(|o| y[o * 36 + 2 * 6 + 2].is_nan()));
+        // Output (5, 5) reads inputs 4..=5 only: finite, as in the direct
+        // convolution (the transform alone would spread the NaN there).
+        assert!((0..8).all(|o| y[o * 36 + 5 * 6 + 5].is_finite()));
+        let mut p = vec![0f32; 8 * 9];
+        conv2d_winograd(&s, &x, &lhs, None, true, true, OutPtr(p.as_mut_ptr()));
+        assert!((0..8).all(|o| p[o * 9 + 4].is_nan()));
+    }
+
+    #[test]
+    fn fits_only_unit_3x3_single_group_and_pays_on_large_ones() {
+        if !has_avx2_fma() {
+            println!("SKIPPED: no AVX2 + FMA");
+            return;
+        }
+        let mut s = shape(1, 8, 8, (6, 6), [1, 1], [1, 1]);
+        assert!(fits(&s));
+        s.geom.s = [2, 2];
+        assert!(!fits(&s));
+        let mut s = shape(1, 8, 8, (6, 6), [1, 1], [1, 1]);
+        s.group = 2;
+        assert!(!fits(&s));
+        // Too few channels and tiles to pay.
+        assert!(!pays(&shape(1, 8, 8, (6, 6), [1, 1], [1, 1])));
+        assert!(pays(&shape(64, 32, 64, (14, 14), [1, 1], [1, 1])) || super::super::pool::threads() > 49);
+    }
+}
