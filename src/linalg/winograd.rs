@@ -188,9 +188,15 @@ pub(crate) fn conv2d_winograd(
     if rows_all == 0 || tw == 0 {
         return;
     }
-    // Tile rows per task: what the transformed inputs and products may hold.
+    // Tile rows per task: at most what the transformed inputs and products
+    // may hold; of the counts down to half that, the one whose tiles best
+    // fill the GEMM's 16-column register tiles.
     let per_row = 16 * (s.c + s.m) * tw;
-    let mut rows = (BLOCK_FLOATS / per_row).clamp(1, rows_all);
+    let most = (BLOCK_FLOATS / per_row).clamp(1, rows_all);
+    let fill = |r: usize| (r * tw) as f64 / ((r * tw).div_ceil(16) * 16) as f64;
+    let mut rows = (most.div_ceil(2)..=most)
+        .rev()
+        .fold(most, |b, r| if fill(r) > fill(b) { r } else { b });
     let threads = super::pool::threads();
     if rows_all.div_ceil(rows) < 2 * threads {
         // Enough tasks for every thread where the batch allows.

@@ -8,7 +8,8 @@
 //! `acc = fma(d_o·d_x, f32(s), acc)`, then, for the formats with a minimum
 //! term (`m = -8d` for Q4_0, the stored `m` for Q4_1 and Q5_1),
 //! `acc = fma(m_o, Σx_t, acc)`. The AVX2 kernel (eight outputs in the lanes,
-//! `vpmaddwd` over pairs of columns) and the portable loop run these
+//! `vpmaddwd` over pairs of columns, or `vpdpwssd` where the CPU has
+//! AVX-512 VNNI) and the portable loop run these
 //! operations, so an output's bits depend neither on the kernel, nor on how
 //! many activation rows a call takes, nor on which rows share a tile:
 //! batched decoding gives each sequence the numbers it gets alone. Each
@@ -366,6 +367,22 @@ mod x86 {
         dispatch::<2>(l, panels, acts, t0, out);
     }
 
+    /// Whether the kernel takes the 256-bit AVX-512 VNNI form (`vpdpwssd`,
+    /// which adds the pair products to the sums in one instruction): where
+    /// the CPU has AVX-512 VNNI and VL, unless `WGINFER_VNNI=off` (for A/B
+    /// timing; the results are the same bits).
+    pub(super) fn vnni() -> bool {
+        static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *VNNI.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512vnni")
+                && std::is_x86_feature_detected!("avx512vl")
+                && !std::env::var("WGINFER_VNNI").is_ok_and(|v| v == "off")
+        });
+        #[cfg(test)]
+        let on = on && !VNNI_OFF.with(|off| off.get());
+        on
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dispatch<const P: usize>(
@@ -376,13 +393,25 @@ mod x86 {
         out: [&mut [[f32; PANEL]]; P],
     ) {
         let n = out[0].len();
+        let vnni = vnni();
         macro_rules! rows {
             ($nib:literal, $min:literal) => {
                 match n {
-                    1 => tile_t::<$nib, $min, P, 1>(l, panels, acts, t0, out),
-                    2 => tile_t::<$nib, $min, P, 2>(l, panels, acts, t0, out),
-                    3 => tile_t::<$nib, $min, P, 3>(l, panels, acts, t0, out),
-                    _ => tile_t::<$nib, $min, P, TILE_ROWS>(l, panels, acts, t0, out),
+                    // One row: the sums' dependency chains are short, and
+                    // `vpdpwssd`'s latency would hold them (vpaddd's is one
+                    // cycle).
+                    1 => tile_madd::<$nib, $min, P, 1>(l, panels, acts, t0, out),
+                    // SAFETY: `vnni()` found AVX-512 VNNI and VL.
+                    _ if vnni => unsafe {
+                        match n {
+                            2 => tile_vnni::<$nib, $min, P, 2>(l, panels, acts, t0, out),
+                            3 => tile_vnni::<$nib, $min, P, 3>(l, panels, acts, t0, out),
+                            _ => tile_vnni::<$nib, $min, P, TILE_ROWS>(l, panels, acts, t0, out),
+                        }
+                    },
+                    2 => tile_madd::<$nib, $min, P, 2>(l, panels, acts, t0, out),
+                    3 => tile_madd::<$nib, $min, P, 3>(l, panels, acts, t0, out),
+                    _ => tile_madd::<$nib, $min, P, TILE_ROWS>(l, panels, acts, t0, out),
                 }
             };
         }
@@ -394,113 +423,145 @@ mod x86 {
         }
     }
 
-    /// `NIB`: 4-bit codes; `MIN`: 0 none, 1 `-8d`, 2 stored; `P` panels;
-    /// `T` activation rows.
-    // The loops index `sum` by panel and row at once.
-    #[allow(clippy::needless_range_loop)]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn tile_t<const NIB: bool, const MIN: u8, const P: usize, const T: usize>(
-        l: Layout,
-        panels: [(&[u16], &[u8]); P],
-        acts: &QActs16,
-        t0: usize,
-        out: [&mut [[f32; PANEL]]; P],
-    ) {
-        let (cols, groups) = (acts.cols, acts.cols / GROUP);
-        let (sl, cb) = (l.scale_len(), l.code_bytes());
-        assert!(
-            (t0 + T) * cols <= acts.qs.len()
-                && (t0 + T) * groups <= acts.d.len().min(acts.sum.len())
-                && panels
-                    .iter()
-                    .all(|(s, c)| s.len() >= groups * sl && c.len() >= groups * cb),
-            "tile out of range"
-        );
-        let xs: [*const i16; T] = std::array::from_fn(|t| acts.qs[(t0 + t) * cols..].as_ptr());
-        let cs: [*const u8; P] = std::array::from_fn(|i| panels[i].1.as_ptr());
-        let mask = _mm256_set1_epi16(0x0f);
-        let mut acc = [[_mm256_setzero_ps(); T]; P];
-        for g in 0..groups {
-            // Codes a few groups ahead, fetched as fast as these are read
-            // (prefetching never faults, so the addresses may run past the
-            // panel).
-            for c in cs {
-                let ahead = c.wrapping_add((g + PREFETCH_GROUPS) * cb);
-                for line in (0..cb).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
-                }
-            }
-            let mut sum = [[_mm256_setzero_si256(); T]; P];
-            // SAFETY: `g < groups`, so each panel's group codes (`cb` bytes
-            // at `g·cb`) are in its codes and the group's 32 activations (at
-            // `(t0 + t)·cols + 32g`) in `acts.qs` (checked above); each pair
-            // of i16 is read as one unaligned i32, chunks as unaligned 16
-            // bytes.
-            unsafe {
-                let pair = |t: usize, j: usize| -> __m256i {
-                    _mm256_set1_epi32(std::ptr::read_unaligned(xs[t].add(g * GROUP + 2 * j).cast::<i32>()))
-                };
-                if NIB {
-                    for j in 0..8 {
-                        let mut w = [[_mm256_setzero_si256(); 2]; P];
-                        for (i, wi) in w.iter_mut().enumerate() {
-                            let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(cs[i].add(g * cb + 16 * j).cast()));
-                            *wi = [_mm256_and_si256(v, mask), _mm256_srli_epi16::<4>(v)];
-                        }
-                        for t in 0..T {
-                            let (x0, x1) = (pair(t, j), pair(t, j + 8));
-                            for i in 0..P {
-                                sum[i][t] = _mm256_add_epi32(sum[i][t], _mm256_madd_epi16(w[i][0], x0));
-                                sum[i][t] = _mm256_add_epi32(sum[i][t], _mm256_madd_epi16(w[i][1], x1));
-                            }
-                        }
-                    }
-                } else {
-                    for j in 0..16 {
-                        let w: [__m256i; P] = std::array::from_fn(|i| {
-                            _mm256_cvtepi8_epi16(_mm_loadu_si128(cs[i].add(g * cb + 16 * j).cast()))
-                        });
-                        for t in 0..T {
-                            let x = pair(t, j);
-                            for i in 0..P {
-                                sum[i][t] = _mm256_add_epi32(sum[i][t], _mm256_madd_epi16(w[i], x));
-                            }
-                        }
-                    }
-                }
-            }
-            for i in 0..P {
-                let s = &panels[i].0[g * sl..];
-                // SAFETY: `s` holds at least `sl` f16 (checked above): 8
-                // scales, and 8 minimums where stored; `loadu` needs no
-                // alignment.
-                let (d, m) = unsafe {
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().cast()));
-                    let m = match MIN {
-                        1 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
-                        2 => _mm256_cvtph_ps(_mm_loadu_si128(s[PANEL..].as_ptr().cast())),
-                        _ => _mm256_setzero_ps(),
-                    };
-                    (d, m)
-                };
-                for (t, a) in acc[i].iter_mut().enumerate() {
-                    let r = (t0 + t) * groups + g;
-                    let dd = _mm256_mul_ps(d, _mm256_set1_ps(acts.d[r]));
-                    *a = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sum[i][t]), *a);
-                    if MIN != 0 {
-                        *a = _mm256_fmadd_ps(m, _mm256_set1_ps(acts.sum[r]), *a);
-                    }
-                }
-            }
-        }
-        for (acc, out) in acc.iter().zip(out) {
-            for (a, o) in acc.iter().zip(out.iter_mut()) {
-                // SAFETY: `o` holds 8 writable f32; `storeu` needs no
-                // alignment.
-                unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *a) };
-            }
-        }
+    #[cfg(test)]
+    thread_local! {
+        /// Set by tests to run the `vpmaddwd` form on a VNNI CPU.
+        pub(super) static VNNI_OFF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
+
+    /// `sum + Σ pairs w·x` with `vpmaddwd` and `vpaddd`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn madd(sum: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        _mm256_add_epi32(sum, _mm256_madd_epi16(w, x))
+    }
+
+    /// The same sums in one `vpdpwssd` (exact: no pair sum nor group sum
+    /// leaves the i32 range).
+    #[inline]
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    fn dpwssd(sum: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpwssd_epi32(sum, w, x)
+    }
+
+    /// Generates the kernel with a pair-product accumulation (`$acc`) and
+    /// the target features it needs.
+    macro_rules! tile_kernel {
+        ($name:ident, $features:literal, $acc:ident) => {
+            /// `NIB`: 4-bit codes; `MIN`: 0 none, 1 `-8d`, 2 stored; `P` panels;
+            /// `T` activation rows.
+            // The loops index `sum` by panel and row at once.
+            #[allow(clippy::needless_range_loop)]
+            #[target_feature(enable = $features)]
+            fn $name<const NIB: bool, const MIN: u8, const P: usize, const T: usize>(
+                l: Layout,
+                panels: [(&[u16], &[u8]); P],
+                acts: &QActs16,
+                t0: usize,
+                out: [&mut [[f32; PANEL]]; P],
+            ) {
+                let (cols, groups) = (acts.cols, acts.cols / GROUP);
+                let (sl, cb) = (l.scale_len(), l.code_bytes());
+                assert!(
+                    (t0 + T) * cols <= acts.qs.len()
+                        && (t0 + T) * groups <= acts.d.len().min(acts.sum.len())
+                        && panels
+                            .iter()
+                            .all(|(s, c)| s.len() >= groups * sl && c.len() >= groups * cb),
+                    "tile out of range"
+                );
+                let xs: [*const i16; T] = std::array::from_fn(|t| acts.qs[(t0 + t) * cols..].as_ptr());
+                let cs: [*const u8; P] = std::array::from_fn(|i| panels[i].1.as_ptr());
+                let mask = _mm256_set1_epi16(0x0f);
+                let mut acc = [[_mm256_setzero_ps(); T]; P];
+                for g in 0..groups {
+                    // Codes a few groups ahead, fetched as fast as these are read
+                    // (prefetching never faults, so the addresses may run past the
+                    // panel).
+                    for c in cs {
+                        let ahead = c.wrapping_add((g + PREFETCH_GROUPS) * cb);
+                        for line in (0..cb).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                        }
+                    }
+                    let mut sum = [[_mm256_setzero_si256(); T]; P];
+                    // SAFETY: `g < groups`, so each panel's group codes (`cb` bytes
+                    // at `g·cb`) are in its codes and the group's 32 activations (at
+                    // `(t0 + t)·cols + 32g`) in `acts.qs` (checked above); each pair
+                    // of i16 is read as one unaligned i32, chunks as unaligned 16
+                    // bytes.
+                    unsafe {
+                        let pair = |t: usize, j: usize| -> __m256i {
+                            _mm256_set1_epi32(std::ptr::read_unaligned(
+                                xs[t].add(g * GROUP + 2 * j).cast::<i32>(),
+                            ))
+                        };
+                        if NIB {
+                            for j in 0..8 {
+                                let mut w = [[_mm256_setzero_si256(); 2]; P];
+                                for (i, wi) in w.iter_mut().enumerate() {
+                                    let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(cs[i].add(g * cb + 16 * j).cast()));
+                                    *wi = [_mm256_and_si256(v, mask), _mm256_srli_epi16::<4>(v)];
+                                }
+                                for t in 0..T {
+                                    let (x0, x1) = (pair(t, j), pair(t, j + 8));
+                                    for i in 0..P {
+                                        sum[i][t] = $acc(sum[i][t], w[i][0], x0);
+                                        sum[i][t] = $acc(sum[i][t], w[i][1], x1);
+                                    }
+                                }
+                            }
+                        } else {
+                            for j in 0..16 {
+                                let w: [__m256i; P] = std::array::from_fn(|i| {
+                                    _mm256_cvtepi8_epi16(_mm_loadu_si128(cs[i].add(g * cb + 16 * j).cast()))
+                                });
+                                for t in 0..T {
+                                    let x = pair(t, j);
+                                    for i in 0..P {
+                                        sum[i][t] = $acc(sum[i][t], w[i], x);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for i in 0..P {
+                        let s = &panels[i].0[g * sl..];
+                        // SAFETY: `s` holds at least `sl` f16 (checked above): 8
+                        // scales, and 8 minimums where stored; `loadu` needs no
+                        // alignment.
+                        let (d, m) = unsafe {
+                            let d = _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().cast()));
+                            let m = match MIN {
+                                1 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
+                                2 => _mm256_cvtph_ps(_mm_loadu_si128(s[PANEL..].as_ptr().cast())),
+                                _ => _mm256_setzero_ps(),
+                            };
+                            (d, m)
+                        };
+                        for (t, a) in acc[i].iter_mut().enumerate() {
+                            let r = (t0 + t) * groups + g;
+                            let dd = _mm256_mul_ps(d, _mm256_set1_ps(acts.d[r]));
+                            *a = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sum[i][t]), *a);
+                            if MIN != 0 {
+                                *a = _mm256_fmadd_ps(m, _mm256_set1_ps(acts.sum[r]), *a);
+                            }
+                        }
+                    }
+                }
+                for (acc, out) in acc.iter().zip(out) {
+                    for (a, o) in acc.iter().zip(out.iter_mut()) {
+                        // SAFETY: `o` holds 8 writable f32; `storeu` needs no
+                        // alignment.
+                        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *a) };
+                    }
+                }
+            }
+        };
+    }
+
+    tile_kernel!(tile_madd, "avx2,fma,f16c", madd);
+    tile_kernel!(tile_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", dpwssd);
 }
 
 #[cfg(test)]
@@ -580,10 +641,20 @@ mod tests {
                     }
                 }
                 for kernel in Kernel::ALL.into_iter().filter(|k| k.is_available()) {
-                    let mut got = vec![f32::NAN; n * rows];
-                    pm.matmul_acts16(kernel, &acts, &mut got);
-                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&got), bits(&want), "{format:?} {kernel:?} n={n}");
+                    // The AVX2 kernel in both forms where the CPU has VNNI
+                    // (the product is small enough to run on this thread).
+                    for madd_only in [false, true] {
+                        #[cfg(target_arch = "x86_64")]
+                        x86::VNNI_OFF.with(|off| off.set(madd_only));
+                        let mut got = vec![f32::NAN; n * rows];
+                        pm.matmul_acts16(kernel, &acts, &mut got);
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "{format:?} {kernel:?} n={n} madd only {madd_only}"
+                        );
+                    }
                 }
             }
         }
