@@ -4,7 +4,9 @@
 Runs the same ONNX files in onnxruntime (in this process) and in wginfer
 (`wginfer bench MODEL.onnx --devices cpu --json ...`, which imports the ONNX
 file), for each batch size, and prints the latency ratio wginfer / onnxruntime
-(below 1.0: wginfer is faster). It also runs each model once in both at every
+(below 1.0: wginfer is faster). The two take turns (`--rounds`, 3 by default,
+each a share of `--time`): the ratio is that of the medians of the rounds'
+median latencies, and the per-round ratios are printed beside it. It also runs each model once in both at every
 batch size on the same random input (`wginfer run`) and prints the largest
 absolute difference of the outputs.
 
@@ -179,6 +181,8 @@ def main():
     ap.add_argument("--model", action="append", help="an ONNX file to compare (repeatable); default: the built-in set")
     ap.add_argument("--batch", default="1,64")
     ap.add_argument("--time", type=float, default=2.0, help="seconds of measurement per configuration")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="turns each runtime takes per configuration (the medians of the rounds' medians are compared)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-matmul", action="store_true", help="skip the 1024^3 matmul against numpy")
     ap.add_argument("--save-models", help="write the generated ONNX models into this directory")
@@ -206,17 +210,25 @@ def main():
         ]
     print(f"onnxruntime {ort.__version__}, numpy {np.__version__}, {args.threads} threads each")
     rows = []
-    print(f"\n{'model':<20} {'batch':>5} {'onnxruntime ms':>15} {'wginfer ms':>11} {'ratio':>7} {'max |diff|':>11}")
+    print(f"\n{'model':<20} {'batch':>5} {'onnxruntime ms':>15} {'wginfer ms':>11} {'ratio':>7} {'per round':>11} "
+          f"{'max |diff|':>11}")
     for name, path in models:
         sess = ort_session(path, args.threads)
-        results = wginfer_bench(args.wginfer, [path, "--batch", args.batch], args.time, env)
         for b in batches:
-            ours = next(r["p50_ms"] for r in results if r["batch"] == b)
-            theirs = ort_p50_ms(sess, b, args.time)
+            # The two runtimes take turns, each round a share of the time, so
+            # a slow spell of a shared machine falls on both.
+            ours_r, theirs_r = [], []
+            for _ in range(args.rounds):
+                results = wginfer_bench(args.wginfer, [path, "--batch", str(b)], args.time / args.rounds, env)
+                ours_r.append(next(r["p50_ms"] for r in results if r["batch"] == b))
+                theirs_r.append(ort_p50_ms(sess, b, args.time / args.rounds))
+            ours, theirs = float(np.median(ours_r)), float(np.median(theirs_r))
             diff = max_abs_diff(args.wginfer, path, sess, b, env)
+            rounds = [o / t for o, t in zip(ours_r, theirs_r)]
             rows.append({"model": name, "batch": b, "onnxruntime_ms": theirs, "wginfer_ms": ours,
-                         "ratio": ours / theirs, "max_abs_diff": diff})
-            print(f"{name:<20} {b:>5} {theirs:>15.4f} {ours:>11.4f} {ours / theirs:>6.2f}x {diff:>11.2e}")
+                         "ratio": ours / theirs, "round_ratios": rounds, "max_abs_diff": diff})
+            spread = f"{min(rounds):.2f}-{max(rounds):.2f}"
+            print(f"{name:<20} {b:>5} {theirs:>15.4f} {ours:>11.4f} {ours / theirs:>6.2f}x {spread:>11} {diff:>11.2e}")
 
     matmul = None if args.no_matmul else compare_matmul(args, env)
     if args.json:
