@@ -203,6 +203,15 @@ pub(crate) fn conv2d_winograd(
         rows = rows_all.div_ceil(2 * threads).max(1);
     }
     let tasks = rows_all.div_ceil(rows);
+    let job = Job {
+        s,
+        x,
+        w,
+        bias,
+        relu,
+        pool,
+        out,
+    };
     let run = |t: usize| {
         let r0 = t * rows;
         let r1 = (r0 + rows).min(rows_all);
@@ -215,7 +224,7 @@ pub(crate) fn conv2d_winograd(
         };
         BUFS.with(|bufs| {
             let (band, v, mv) = &mut *bufs.borrow_mut();
-            super::simd(|| block_run(s, x, w, bias, relu, pool, out, b, (band, v, mv)))
+            super::simd(|| block_run(job, b, (band, v, mv)))
         });
     };
     let macs = rows_all * tw * 16 * s.c * s.m;
@@ -269,20 +278,30 @@ fn fill_band(s: &ConvShape, x: &[f32], (img, ty0, ty1): (usize, usize, usize), h
     finite
 }
 
-/// One task's block of tile rows.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn block_run(
-    s: &ConvShape,
-    x: &[f32],
-    w: &WinogradLhs,
-    bias: Option<&[f32]>,
+/// A call's operands, as each task sees them.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    s: &'a ConvShape,
+    x: &'a [f32],
+    w: &'a WinogradLhs,
+    bias: Option<&'a [f32]>,
     relu: bool,
     pool: bool,
     out: OutPtr,
-    b: Block,
-    (band, v, mv): (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>),
-) {
+}
+
+/// One task's block of tile rows.
+#[inline(always)]
+fn block_run(j: Job<'_>, b: Block, (band, v, mv): (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>)) {
+    let Job {
+        s,
+        x,
+        w,
+        bias,
+        relu,
+        pool,
+        out,
+    } = j;
     let (c, m, tw, ld) = (s.c, s.m, b.tw, b.ld);
     // Padded columns 0..2·tw + 2 as even and odd planes, with room for the
     // last vector's reads past them.
@@ -301,16 +320,7 @@ fn block_run(
         let finite = fill_band(s, x, (img, ty0, ty1), hw, &mut band[..c * bh * 2 * hw]);
         runs.push((r, img, (ty0, ty1), finite));
         if !finite {
-            by_taps(
-                s,
-                w,
-                bias,
-                relu,
-                pool,
-                out,
-                (img, ty0, ty1, tw),
-                &band[..c * bh * 2 * hw],
-            );
+            by_taps(j, (img, ty0, ty1, tw), &band[..c * bh * 2 * hw]);
             // Its columns of V are left as they are: the products of these
             // columns are computed but not used.
             r += ty1 - ty0;
@@ -506,18 +516,9 @@ mod x86 {
 /// The outputs of image `img`'s tile rows `ty0..ty1` tap by tap from its
 /// padded planes (an input that is not finite): each output the sum of its
 /// own window's products, then bias and ReLU, or the pooled maximum.
-#[allow(clippy::too_many_arguments)]
 #[cold]
-fn by_taps(
-    s: &ConvShape,
-    w: &WinogradLhs,
-    bias: Option<&[f32]>,
-    relu: bool,
-    pool: bool,
-    out: OutPtr,
-    (img, ty0, ty1, tw): (usize, usize, usize, usize),
-    band: &[f32],
-) {
+fn by_taps(j: Job<'_>, (img, ty0, ty1, tw): (usize, usize, usize, usize), band: &[f32]) {
+    let (s, w, bias, relu, pool, out) = (j.s, j.w, j.bias, j.relu, j.pool, j.out);
     let (c, m, g) = (s.c, s.m, &s.geom);
     let (oh, ow) = (g.oh, g.ow);
     let (ph, pw) = (oh / 2, ow / 2);
@@ -639,6 +640,10 @@ mod tests {
     /// tile rows and of one, with and without ReLU and bias, pooled.
     #[test]
     fn matches_loops() {
+        if !has_avx2_fma() {
+            println!("SKIPPED: no AVX2 + FMA");
+            return;
+        }
         let cases = [
             // n, c, m, (h, w), pad before, pad after
             (2, 8, 8, (6, 6), [1, 1], [1, 1]),
@@ -655,24 +660,18 @@ mod tests {
             let x: Vec<f32> = (0..n * c * g.h * g.w).map(|_| next(&mut seed)).collect();
             let wt: Vec<f32> = (0..m * c * 9).map(|_| next(&mut seed) * 0.3).collect();
             let bias: Vec<f32> = (0..m).map(|_| next(&mut seed)).collect();
-            let Some(lhs) = WinogradLhs::new(&wt, m, c) else {
-                println!("SKIPPED: no packed f32 GEMM on this CPU");
-                return;
-            };
+            let lhs = WinogradLhs::new(&wt, m, c).expect("finite weights");
             assert!(fits(&s), "{c}->{m} {hw:?}");
             for (relu, with_bias) in [(false, false), (true, true)] {
                 let b = if with_bias { bias.clone() } else { vec![0.0; m] };
+                let run = |pool: bool, len: usize| {
+                    let mut y = vec![f32::NAN; len];
+                    let bias = with_bias.then_some(&b[..]);
+                    conv2d_winograd(&s, &x, &lhs, bias, relu, pool, OutPtr(y.as_mut_ptr()));
+                    y
+                };
                 let (want, mag) = naive(&s, &x, &wt, &b, relu);
-                let mut got = vec![f32::NAN; want.len()];
-                conv2d_winograd(
-                    &s,
-                    &x,
-                    &lhs,
-                    with_bias.then_some(&b[..]),
-                    relu,
-                    false,
-                    OutPtr(got.as_mut_ptr()),
-                );
+                let got = run(false, want.len());
                 for (i, ((&gv, &wv), &mg)) in got.iter().zip(&want).zip(&mag).enumerate() {
                     let tol = 1e-6 * (mg + 1.0);
                     assert!(
@@ -683,16 +682,7 @@ mod tests {
                 // Pooled: the maximum of each 2×2 window of the same pass's
                 // output, bit for bit.
                 let (ph, pw) = (g.oh / 2, g.ow / 2);
-                let mut pooled = vec![f32::NAN; n * m * ph * pw];
-                conv2d_winograd(
-                    &s,
-                    &x,
-                    &lhs,
-                    with_bias.then_some(&b[..]),
-                    relu,
-                    true,
-                    OutPtr(pooled.as_mut_ptr()),
-                );
+                let pooled = run(true, n * m * ph * pw);
                 for (i, &p) in pooled.iter().enumerate() {
                     let (nm, py, px) = (i / (ph * pw), i / pw % ph, i % pw);
                     let at = |a: usize, b: usize| got[(nm * g.oh + 2 * py + a) * g.ow + 2 * px + b];
@@ -710,10 +700,11 @@ mod tests {
         let mut x: Vec<f32> = (0..8 * 36).map(|_| next(&mut seed)).collect();
         x[2 * 6 + 2] = f32::NAN;
         let wt: Vec<f32> = (0..8 * 8 * 9).map(|_| next(&mut seed)).collect();
-        let Some(lhs) = WinogradLhs::new(&wt, 8, 8) else {
-            println!("SKIPPED: no packed f32 GEMM on this CPU");
+        if !has_avx2_fma() {
+            println!("SKIPPED: no AVX2 + FMA");
             return;
-        };
+        }
+        let lhs = WinogradLhs::new(&wt, 8, 8).expect("finite weights");
         let mut y = vec![0f32; 8 * 36];
         conv2d_winograd(&s, &x, &lhs, None, true, false, OutPtr(y.as_mut_ptr()));
         // Output (2, 2) reads input (2, 2) through the centre tap.

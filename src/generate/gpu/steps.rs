@@ -4,7 +4,7 @@
 
 use std::num::NonZeroU64;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::kernels::{split, Entry, Kernels, MatParams, StepParams};
 use super::{check_size, upload, upload_matrix};
@@ -49,16 +49,20 @@ impl Buffers {
                 message: format!("{e} (waited up to {READ_TIMEOUT:?})"),
             });
         }
+        // The callback runs in a poll once the copy is done; a poll with
+        // nothing in flight returns at once, so the wait is bounded by time,
+        // not by a count of polls.
         let mut result = rx.try_recv();
-        for _ in 0..100 {
-            if result.is_ok() {
-                break;
-            }
+        let start = Instant::now();
+        while result.is_err() && start.elapsed() < READ_TIMEOUT && ctx.check_lost().is_ok() {
             let _ = ctx.device.poll(wgpu::PollType::Wait {
                 submission_index: None,
                 timeout: Some(Duration::from_millis(100)),
             });
             result = rx.try_recv();
+            if result.is_err() {
+                std::thread::yield_now();
+            }
         }
         ctx.check_lost()?;
         if let Some(e) = ctx.take_uncaptured() {
