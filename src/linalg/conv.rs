@@ -924,10 +924,12 @@ fn conv2d_wide(s: &ConvShape, x: &[f32], w: &[PackedLhs], bias: Option<&[f32]>, 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn next(seed: &mut u32) -> f32 {
+    /// A pseudo-random value in [-1, 1) from a linear congruential step
+    /// (the convolution tests' inputs and weights).
+    pub(in crate::linalg) fn next(seed: &mut u32) -> f32 {
         *seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
         (*seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
     }

@@ -572,12 +572,8 @@ fn by_taps(j: Job<'_>, (img, ty0, ty1, tw): (usize, usize, usize, usize), band: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::linalg::conv::tests::next;
     use crate::linalg::conv::Im2col;
-
-    fn next(seed: &mut u32) -> f32 {
-        *seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        (*seed >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-    }
 
     /// The convolution in f64 (with bias and ReLU), and per output the sum
     /// of the products' magnitudes (the scale of its rounding error).
