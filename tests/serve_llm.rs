@@ -267,8 +267,21 @@ async fn cancelled_and_finished_sequences_free_the_budget_and_the_queue_is_bound
     // Cancel the running one and the waiting one.
     drop(a);
     drop(b);
-    // Both leave at the engine's next step.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both leave at the engine's next step (waited for by the gauges, not
+    // by a fixed time: a step's length depends on the machine's load).
+    let idle = [
+        "wginfer_num_requests_running{model=\"smol\",version=\"1\"} 0\n",
+        "wginfer_num_requests_waiting{model=\"smol\",version=\"1\"} 0\n",
+    ];
+    let start = std::time::Instant::now();
+    while !idle.iter().all(|g| metrics.render().contains(g)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the cancelled requests are still counted:\n{}",
+            metrics.render()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The next request runs to its end with the whole budget.
     let (ids2, _, reason) = collect(&engine, {
         let mut r = greedy(ids.clone(), 5);

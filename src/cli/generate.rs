@@ -127,7 +127,12 @@ fn echo_logprobs(g: &mut Generator, ids: &[u32], k: usize) -> Result<Vec<serde_j
     let mut out = Vec::new();
     for (row, &next) in logits.chunks_exact(vocab).zip(ids.iter().skip(1)) {
         let lp = log_softmax(row);
-        out.push(position_json(g, next, lp[next as usize], &top_logprobs(&lp, k)));
+        out.push(position_json(
+            g,
+            next,
+            lp.get(next as usize).copied(),
+            &top_logprobs(&lp, k),
+        ));
     }
     Ok(out)
 }
@@ -135,7 +140,7 @@ fn echo_logprobs(g: &mut Generator, ids: &[u32], k: usize) -> Result<Vec<serde_j
 fn position_json(
     g: &Generator,
     id: u32,
-    logprob: f32,
+    logprob: Option<f32>,
     top: &[wginfer::generate::sample::TokenLogprob],
 ) -> serde_json::Value {
     let text = |id: u32| g.tokenizer().decode(&[id]).unwrap_or_default();
@@ -165,7 +170,8 @@ pub fn run(args: &Args, device: Device) -> Result<()> {
     } else {
         Vec::new()
     };
-    let opts = args.sample.options(args.top_logprobs);
+    // With --echo the JSON scores the generated tokens as well.
+    let opts = args.sample.options(args.top_logprobs.or(args.echo.then_some(0)));
     let start = Instant::now();
     let mut gen = g.generate_ids(&ids, &opts)?;
     let prompt_s = start.elapsed().as_secs_f64();

@@ -61,6 +61,23 @@ impl KvBuf {
         }
     }
 
+    /// Bytes per value.
+    pub fn value_bytes(&self) -> usize {
+        match self {
+            KvBuf::F32(_) => 4,
+            KvBuf::F16(_) => 2,
+        }
+    }
+
+    /// The address of the value at offset `at` (wrapping: for prefetching,
+    /// which never faults, so it may point past the end).
+    pub fn addr(&self, at: usize) -> *const u8 {
+        match self {
+            KvBuf::F32(d) => d.as_ptr().wrapping_add(at).cast(),
+            KvBuf::F16(d) => d.as_ptr().wrapping_add(at).cast(),
+        }
+    }
+
     /// The `len` values at offset `at` as f32: a view of f32 storage, or
     /// `scratch` filled from f16 storage.
     pub fn read<'a>(&'a self, at: usize, len: usize, scratch: &'a mut Vec<f32>) -> &'a [f32] {

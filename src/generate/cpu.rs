@@ -60,7 +60,9 @@ fn add_bias(x: &mut [f32], bias: Option<&Vec<f32>>) {
 
 /// Causal grouped-query attention of `q` (`[rows, q_dim]`) over each
 /// sequence's cache (`caches[s]`: keys and values, filled through the
-/// segment's last position), into `out`; parallel over rows and heads.
+/// segment's last position), into `out`; parallel over rows and key/value
+/// heads, each task running the query heads that share that key/value head
+/// (so the cache is read once per group, not once per query head).
 fn attention(q: &[f32], caches: &[(&KvBuf, &KvBuf)], segs: &[Segment], c: &DecoderConfig, out: &mut [f32]) {
     let (hd, kvd, group) = (c.head_dim, c.kv_dim(), c.n_heads / c.n_kv_heads);
     let scale = 1.0 / (hd as f32).sqrt();
@@ -68,35 +70,177 @@ fn attention(q: &[f32], caches: &[(&KvBuf, &KvBuf)], segs: &[Segment], c: &Decod
     for (s, g) in segs.iter().enumerate() {
         row_seq.extend((0..g.n).map(|t| (s, g.start + t)));
     }
-    out.par_chunks_mut(hd).enumerate().for_each_init(
+    // The query heads of key/value head `kh` are `kh·group..(kh + 1)·group`:
+    // one run of `group · hd` values of a row.
+    out.par_chunks_mut(group * hd).enumerate().for_each_init(
         Default::default,
         |(scores, scratch): &mut (Vec<f32>, Vec<f32>), (i, o)| {
-            crate::linalg::simd(|| {
-                let (r, h) = (i / c.n_heads, i % c.n_heads);
-                let (s, pos) = row_seq[r];
-                let (cache_k, cache_v) = caches[s];
-                let qh = &q[r * c.q_dim() + h * hd..][..hd];
-                let kv_off = (h / group) * hd;
-                let len = pos + 1;
-                scores.clear();
-                scores.extend((0..len).map(|p| dot(qh, cache_k.read(p * kvd + kv_off, hd, scratch)) * scale));
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                o.fill(0.0);
-                for (p, s) in scores.iter().enumerate() {
-                    let v = cache_v.read(p * kvd + kv_off, hd, scratch);
-                    let w = s / sum;
-                    for (oo, vv) in o.iter_mut().zip(v) {
-                        *oo += w * vv;
-                    }
-                }
-            })
+            let (r, kh) = (i / c.n_kv_heads, i % c.n_kv_heads);
+            let (s, pos) = row_seq[r];
+            let qg = &q[r * c.q_dim() + kh * group * hd..][..group * hd];
+            let head = Group {
+                kv: caches[s],
+                kv_off: kh * hd,
+                hd,
+                kvd,
+                len: pos + 1,
+                scale,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has the features `attend_avx2` is compiled for.
+                return unsafe { attend_avx2(qg, &head, scores, scratch, o) };
+            }
+            attend(qg, &head, scores, scratch, o)
         },
     );
+}
+
+/// One key/value head of a sequence's cache as a group of query heads sees
+/// it: the keys and values (`kv`), where the head's `hd` values sit in a
+/// position's `kvd`, how many positions the queries attend to, and the
+/// score scale.
+struct Group<'a> {
+    kv: (&'a KvBuf, &'a KvBuf),
+    kv_off: usize,
+    hd: usize,
+    kvd: usize,
+    len: usize,
+    scale: f32,
+}
+
+/// [`attend`] on AVX2 registers: the same operations in the same order (no
+/// product fused with its sum), so the numbers do not change; 16 output
+/// values of up to four heads stay in registers over the positions.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn attend_avx2(qg: &[f32], h: &Group<'_>, scores: &mut Vec<f32>, scratch: &mut Vec<f32>, o: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let ((cache_k, cache_v), len, hd) = (h.kv, h.len, h.hd);
+    if !hd.is_multiple_of(16) {
+        return attend(qg, h, scores, scratch, o);
+    }
+    let heads = qg.len() / hd;
+    scores.clear();
+    scores.resize(heads * len, 0.0);
+    // The head's keys and values of a position a few ahead, fetched while
+    // this one's are read (the rows are `kvd` apart, the head a part of
+    // each, which the hardware prefetchers follow poorly).
+    const AHEAD: usize = 6;
+    let bytes = hd * cache_k.value_bytes();
+    for p in 0..len {
+        let ahead = (p + AHEAD) * h.kvd + h.kv_off;
+        for line in (0..bytes).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(cache_k.addr(ahead).wrapping_add(line).cast());
+            _mm_prefetch::<_MM_HINT_T0>(cache_v.addr(ahead).wrapping_add(line).cast());
+        }
+        let k = cache_k.read(p * h.kvd + h.kv_off, hd, scratch);
+        for (j, qh) in qg.chunks_exact(hd).enumerate() {
+            let mut acc = _mm256_setzero_ps();
+            for (x, y) in qh.chunks_exact(8).zip(k.chunks_exact(8)) {
+                // SAFETY: both chunks hold 8 f32; `loadu` needs no alignment.
+                let (x, y) = unsafe { (_mm256_loadu_ps(x.as_ptr()), _mm256_loadu_ps(y.as_ptr())) };
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+            }
+            // The lanes summed in order, as `dot` does.
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds 8 f32; `storeu` needs no alignment.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+            scores[j * len + p] = lanes.iter().sum::<f32>() * h.scale;
+        }
+    }
+    softmax_rows(scores, len);
+    /// `Σ_p w_j[p] · v_p[..16]` for `H` heads (`w_j` at `scores[j·len..]`
+    /// from head `j0`), the sums in registers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn weigh<const H: usize>(
+        scores: &[f32],
+        (len, j0): (usize, usize),
+        mut v: impl FnMut(usize) -> *const f32,
+    ) -> [[__m256; 2]; H] {
+        assert!(scores.len() >= (j0 + H) * len);
+        let mut acc = [[_mm256_setzero_ps(); 2]; H];
+        for p in 0..len {
+            let at = v(p);
+            // SAFETY: `v(p)` points at 16 readable f32 (a slice of that
+            // length, read before the next call).
+            let (v0, v1) = unsafe { (_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))) };
+            for (j, a) in acc.iter_mut().enumerate() {
+                let w = _mm256_set1_ps(scores[(j0 + j) * len + p]);
+                a[0] = _mm256_add_ps(a[0], _mm256_mul_ps(w, v0));
+                a[1] = _mm256_add_ps(a[1], _mm256_mul_ps(w, v1));
+            }
+        }
+        acc
+    }
+    for c in 0..hd / 16 {
+        let at = h.kv_off + c * 16;
+        let mut j0 = 0;
+        while j0 < heads {
+            let v = |p: usize| cache_v.read(p * h.kvd + at, 16, scratch).as_ptr();
+            let mut store = |acc: &[[__m256; 2]]| {
+                for (j, a) in acc.iter().enumerate() {
+                    let out = &mut o[(j0 + j) * hd + c * 16..][..16];
+                    // SAFETY: `out` holds 16 writable f32.
+                    unsafe {
+                        _mm256_storeu_ps(out.as_mut_ptr(), a[0]);
+                        _mm256_storeu_ps(out.as_mut_ptr().add(8), a[1]);
+                    }
+                }
+                acc.len()
+            };
+            j0 += match heads - j0 {
+                1 => store(&weigh::<1>(scores, (len, j0), v)),
+                2 => store(&weigh::<2>(scores, (len, j0), v)),
+                3 => store(&weigh::<3>(scores, (len, j0), v)),
+                _ => store(&weigh::<4>(scores, (len, j0), v)),
+            };
+        }
+    }
+}
+
+/// Each run of `len` scores replaced by its softmax.
+#[inline(always)]
+fn softmax_rows(scores: &mut [f32], len: usize) {
+    for s in scores.chunks_exact_mut(len) {
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for v in s.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        for v in s.iter_mut() {
+            *v /= sum;
+        }
+    }
+}
+
+/// The attention of the query heads `qg` (`[group, head_dim]`) over one
+/// key/value head into `o` (the same shape). Each head's scores, softmax
+/// and sum run in the same order as for that head alone.
+fn attend(qg: &[f32], h: &Group<'_>, scores: &mut Vec<f32>, scratch: &mut Vec<f32>, o: &mut [f32]) {
+    let ((cache_k, cache_v), len, hd) = (h.kv, h.len, h.hd);
+    let heads = qg.len() / hd;
+    scores.clear();
+    scores.resize(heads * len, 0.0);
+    for p in 0..len {
+        let k = cache_k.read(p * h.kvd + h.kv_off, hd, scratch);
+        for (j, qh) in qg.chunks_exact(hd).enumerate() {
+            scores[j * len + p] = dot(qh, k) * h.scale;
+        }
+    }
+    softmax_rows(scores, len);
+    o.fill(0.0);
+    for p in 0..len {
+        let v = cache_v.read(p * h.kvd + h.kv_off, hd, scratch);
+        for (j, oh) in o.chunks_exact_mut(hd).enumerate() {
+            let w = scores[j * len + p];
+            for (oo, vv) in oh.iter_mut().zip(v) {
+                *oo += w * vv;
+            }
+        }
+    }
 }
 
 /// `Σ a·b` in eight interleaved partial sums (so it vectorizes).

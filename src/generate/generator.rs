@@ -23,7 +23,9 @@ pub struct GenerateOptions {
     pub sampling: SamplingOptions,
     /// Strings that end generation (not included in the text).
     pub stop: Vec<String>,
-    /// Also return the `k` most likely tokens at each position.
+    /// Log-probabilities: each generated token's and the `k` most likely
+    /// tokens at its position (`Some(0)`: the token's alone). `None` skips
+    /// the log-softmax over the vocabulary.
     pub top_logprobs: Option<usize>,
     /// Stop at the tokenizer's end-of-generation tokens.
     pub stop_at_eos: bool,
@@ -58,8 +60,9 @@ pub struct GeneratedToken {
     /// The text it completes (may be empty while a UTF-8 character or a
     /// possible stop string is pending).
     pub text: String,
-    /// Its log-probability under the model (before sampling options).
-    pub logprob: f32,
+    /// Its log-probability under the model (before sampling options), when
+    /// [`GenerateOptions::top_logprobs`] asks for log-probabilities.
+    pub logprob: Option<f32>,
     /// The most likely tokens at this position, when asked for.
     pub top: Vec<TokenLogprob>,
 }
@@ -371,9 +374,15 @@ impl<'a> TokenPicker<'a> {
             return Ok(None);
         }
         let id = self.sampler.sample(logits, &self.history);
-        let lp = log_softmax(logits);
-        let top = self.opts.top_logprobs.map_or_else(Vec::new, |k| top_logprobs(&lp, k));
-        let logprob = lp[id as usize];
+        // The log-softmax over the vocabulary only when it is asked for: at
+        // a batch of decoding rows it costs as much as the attention.
+        let (logprob, top) = match self.opts.top_logprobs {
+            Some(k) => {
+                let lp = log_softmax(logits);
+                (lp.get(id as usize).copied(), top_logprobs(&lp, k))
+            }
+            None => (None, Vec::new()),
+        };
         self.produced += 1;
         self.history.push(id);
         if self.opts.stop_at_eos && self.tokenizer.is_end_of_generation(id) {

@@ -9,11 +9,13 @@
 //! term (`m = -8d` for Q4_0, the stored `m` for Q4_1 and Q5_1),
 //! `acc = fma(m_o, Σx_t, acc)`. The AVX2 kernel (eight outputs in the lanes,
 //! `vpmaddwd` over pairs of columns, or `vpdpwssd` where the CPU has
-//! AVX-512 VNNI) and the portable loop run these
+//! AVX-512 VNNI, there with two panels in the 16 lanes of a 512-bit
+//! register where it has AVX-512 BW) and the portable loop run these
 //! operations, so an output's bits depend neither on the kernel, nor on how
 //! many activation rows a call takes, nor on which rows share a tile:
 //! batched decoding gives each sequence the numbers it gets alone. Each
-//! weight is unpacked once per tile of [`TILE_ROWS`] activation rows and
+//! weight is unpacked once per tile of [`TILE_ROWS`] activation rows
+//! ([`WIDE_TILE_ROWS`] in the 512-bit form) and
 //! each group costs one conversion and one or two FMAs per eight outputs
 //! and row, where row-major kernels pay them per output.
 //!
@@ -41,6 +43,9 @@ const GROUP: usize = 32;
 
 /// Activation rows one unpacking of a panel's weights serves.
 const TILE_ROWS: usize = 4;
+
+/// The same in the 512-bit form (32 registers hold its sums).
+const WIDE_TILE_ROWS: usize = 8;
 
 /// Bytes of panels one pass over the tiles of activation rows takes.
 const CHUNK_BYTES: usize = 96 << 10;
@@ -249,10 +254,15 @@ impl PanelMatrix {
         // rows (in L1) runs over them.
         let (sl, cb) = (self.layout.scale_len() * 2, self.layout.code_bytes());
         let chunk = (CHUNK_BYTES / (self.groups() * (sl + cb)).max(1)).max(1);
+        let tile = match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 if x86::zmm() => WIDE_TILE_ROWS,
+            _ => TILE_ROWS,
+        };
         let run = |p0: usize, p1: usize| {
             for c0 in (p0..p1).step_by(chunk) {
-                for t0 in (0..n).step_by(TILE_ROWS) {
-                    let tn = TILE_ROWS.min(n - t0);
+                for t0 in (0..n).step_by(tile) {
+                    let tn = tile.min(n - t0);
                     let c1 = (c0 + chunk).min(p1);
                     for p in (c0..c1).step_by(2) {
                         self.tile_into(kernel, (p, (c1 - p).min(2)), acts, (t0, tn), &sink);
@@ -272,9 +282,10 @@ impl PanelMatrix {
     }
 
     /// Panels `p..p + np` (`np` 1 or 2) for activation rows `t0..t0 + tn`
-    /// into `sink`.
+    /// (at most [`WIDE_TILE_ROWS`], and [`TILE_ROWS`] but in the 512-bit
+    /// form) into `sink`.
     fn tile_into(&self, kernel: Kernel, (p, np): (usize, usize), acts: &QActs16, (t0, tn): (usize, usize), sink: &Out) {
-        let mut vals = [[[0f32; PANEL]; TILE_ROWS]; 2];
+        let mut vals = [[[0f32; PANEL]; WIDE_TILE_ROWS]; 2];
         let [a, b] = &mut vals;
         let (a, b) = (&mut a[..tn], &mut b[..tn]);
         match kernel {
@@ -285,8 +296,13 @@ impl PanelMatrix {
                 x86::tile2(self.layout, [self.panel(p), self.panel(p + 1)], acts, t0, [a, b])
             },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            Kernel::Avx2 => unsafe { x86::tile(self.layout, self.panel(p), acts, t0, a) },
+            Kernel::Avx2 => {
+                // One panel takes the 256-bit forms, four rows at a time.
+                for (i, a) in a.chunks_mut(TILE_ROWS).enumerate() {
+                    // SAFETY: as above.
+                    unsafe { x86::tile(self.layout, self.panel(p), acts, t0 + i * TILE_ROWS, a) }
+                }
+            }
             _ => {
                 self.tile_portable(self.panel(p), acts, t0, a);
                 if np == 2 {
@@ -337,7 +353,7 @@ mod x86 {
 
     use std::arch::x86_64::*;
 
-    use super::{Layout, Min, QActs16, GROUP, PANEL, TILE_ROWS};
+    use super::{Layout, Min, QActs16, GROUP, PANEL, TILE_ROWS, WIDE_TILE_ROWS};
 
     /// How many groups ahead of the one read [`tile_t`] prefetches codes.
     const PREFETCH_GROUPS: usize = 4;
@@ -379,7 +395,23 @@ mod x86 {
                 && !std::env::var("WGINFER_VNNI").is_ok_and(|v| v == "off")
         });
         #[cfg(test)]
-        let on = on && !VNNI_OFF.with(|off| off.get());
+        let on = on && FORM.with(|f| f.get()) < 2;
+        on
+    }
+
+    /// Whether two panels run as one 512-bit register ([`tile_zmm`]): where
+    /// the 256-bit VNNI form runs and the CPU has AVX-512 F and BW, unless
+    /// `WGINFER_VNNI=ymm` (the results are the same bits).
+    pub(super) fn zmm() -> bool {
+        static ZMM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = vnni()
+            && *ZMM.get_or_init(|| {
+                std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && !std::env::var("WGINFER_VNNI").is_ok_and(|v| v == "ymm")
+            });
+        #[cfg(test)]
+        let on = on && FORM.with(|f| f.get()) == 0;
         on
     }
 
@@ -390,10 +422,44 @@ mod x86 {
         panels: [(&[u16], &[u8]); P],
         acts: &QActs16,
         t0: usize,
-        out: [&mut [[f32; PANEL]]; P],
+        mut out: [&mut [[f32; PANEL]]; P],
     ) {
         let n = out[0].len();
         let vnni = vnni();
+        if n > 1 && zmm() {
+            if let ([a, b], [oa, ob]) = (&panels[..], &mut out[..]) {
+                // 8, 4, 3 or 2 rows at once; 5 to 7 as 4 and the rest.
+                let t = if n >= WIDE_TILE_ROWS {
+                    WIDE_TILE_ROWS
+                } else {
+                    n.min(TILE_ROWS)
+                };
+                let ((oa, ra), (ob, rb)) = (oa.split_at_mut(t), ob.split_at_mut(t));
+                macro_rules! zmm_rows {
+                    ($nib:literal, $min:literal) => {
+                        // SAFETY: `zmm()` found AVX-512 F, BW, VNNI and VL.
+                        unsafe {
+                            match t {
+                                2 => tile_zmm::<$nib, $min, 2>(l, [*a, *b], acts, t0, [oa, ob]),
+                                3 => tile_zmm::<$nib, $min, 3>(l, [*a, *b], acts, t0, [oa, ob]),
+                                TILE_ROWS => tile_zmm::<$nib, $min, TILE_ROWS>(l, [*a, *b], acts, t0, [oa, ob]),
+                                _ => tile_zmm::<$nib, $min, WIDE_TILE_ROWS>(l, [*a, *b], acts, t0, [oa, ob]),
+                            }
+                        }
+                    };
+                }
+                match (l.nibbles, l.min) {
+                    (true, Min::Minus8) => zmm_rows!(true, 1),
+                    (true, _) => zmm_rows!(true, 2),
+                    (false, Min::None) => zmm_rows!(false, 0),
+                    (false, _) => zmm_rows!(false, 2),
+                }
+                if !ra.is_empty() {
+                    dispatch::<2>(l, [*a, *b], acts, t0 + t, [ra, rb]);
+                }
+                return;
+            }
+        }
         macro_rules! rows {
             ($nib:literal, $min:literal) => {
                 match n {
@@ -425,8 +491,9 @@ mod x86 {
 
     #[cfg(test)]
     thread_local! {
-        /// Set by tests to run the `vpmaddwd` form on a VNNI CPU.
-        pub(super) static VNNI_OFF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        /// Set by tests to run a narrower form than the CPU's best: 1 the
+        /// 256-bit VNNI form, 2 the `vpmaddwd` form.
+        pub(super) static FORM: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
     }
 
     /// `sum + Σ pairs w·x` with `vpmaddwd` and `vpaddd`.
@@ -562,6 +629,107 @@ mod x86 {
 
     tile_kernel!(tile_madd, "avx2,fma,f16c", madd);
     tile_kernel!(tile_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", dpwssd);
+
+    /// Two 8-row panels side by side in the 16 lanes of 512-bit registers
+    /// (their 16-byte code runs loaded as one 32-byte value): the operations
+    /// of `tile_vnni` on both panels at once, lane for lane, so the same
+    /// bits, in half the `vpdpwssd` instructions and one activation
+    /// broadcast per pair of codes for both panels.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+    fn tile_zmm<const NIB: bool, const MIN: u8, const T: usize>(
+        l: Layout,
+        panels: [(&[u16], &[u8]); 2],
+        acts: &QActs16,
+        t0: usize,
+        out: [&mut [[f32; PANEL]]; 2],
+    ) {
+        let (cols, groups) = (acts.cols, acts.cols / GROUP);
+        let (sl, cb) = (l.scale_len(), l.code_bytes());
+        assert!(
+            (t0 + T) * cols <= acts.qs.len()
+                && (t0 + T) * groups <= acts.d.len().min(acts.sum.len())
+                && panels
+                    .iter()
+                    .all(|(s, c)| s.len() >= groups * sl && c.len() >= groups * cb)
+                && out.iter().all(|o| o.len() >= T),
+            "tile out of range"
+        );
+        let xs: [*const i16; T] = std::array::from_fn(|t| acts.qs[(t0 + t) * cols..].as_ptr());
+        let cs = [panels[0].1.as_ptr(), panels[1].1.as_ptr()];
+        let mask = _mm512_set1_epi16(0x0f);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for g in 0..groups {
+            for c in cs {
+                let ahead = c.wrapping_add((g + PREFETCH_GROUPS) * cb);
+                for line in (0..cb).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                }
+            }
+            let mut sum = [_mm512_setzero_si512(); T];
+            // SAFETY: as in `tile_vnni`: `g < groups`, so each panel's 16
+            // bytes at `g·cb + 16j` are in its codes and the activation
+            // pairs in `acts.qs` (checked above); loads are unaligned.
+            unsafe {
+                let pair = |t: usize, j: usize| -> __m512i {
+                    _mm512_set1_epi32(std::ptr::read_unaligned(xs[t].add(g * GROUP + 2 * j).cast::<i32>()))
+                };
+                let both = |at: usize| -> __m256i { _mm256_loadu2_m128i(cs[1].add(at).cast(), cs[0].add(at).cast()) };
+                if NIB {
+                    for j in 0..8 {
+                        let v = _mm512_cvtepu8_epi16(both(g * cb + 16 * j));
+                        let (w0, w1) = (_mm512_and_si512(v, mask), _mm512_srli_epi16::<4>(v));
+                        for t in 0..T {
+                            let (x0, x1) = (pair(t, j), pair(t, j + 8));
+                            sum[t] = _mm512_dpwssd_epi32(sum[t], w0, x0);
+                            sum[t] = _mm512_dpwssd_epi32(sum[t], w1, x1);
+                        }
+                    }
+                } else {
+                    for j in 0..16 {
+                        let w = _mm512_cvtepi8_epi16(both(g * cb + 16 * j));
+                        for t in 0..T {
+                            sum[t] = _mm512_dpwssd_epi32(sum[t], w, pair(t, j));
+                        }
+                    }
+                }
+            }
+            let (s0, s1) = (&panels[0].0[g * sl..], &panels[1].0[g * sl..]);
+            // SAFETY: `s0` and `s1` hold at least `sl` f16 (checked above):
+            // 8 scales, and 8 minimums where stored.
+            let (d, m) = unsafe {
+                let halves = |at: usize| {
+                    _mm512_cvtph_ps(_mm256_loadu2_m128i(s1[at..].as_ptr().cast(), s0[at..].as_ptr().cast()))
+                };
+                let d = halves(0);
+                let m = match MIN {
+                    1 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+                    2 => halves(PANEL),
+                    _ => _mm512_setzero_ps(),
+                };
+                (d, m)
+            };
+            for (t, a) in acc.iter_mut().enumerate() {
+                let r = (t0 + t) * groups + g;
+                let dd = _mm512_mul_ps(d, _mm512_set1_ps(acts.d[r]));
+                *a = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(sum[t]), *a);
+                if MIN != 0 {
+                    *a = _mm512_fmadd_ps(m, _mm512_set1_ps(acts.sum[r]), *a);
+                }
+            }
+        }
+        let [oa, ob] = out;
+        for (t, a) in acc.iter().enumerate() {
+            let lo = _mm512_castps512_ps256(*a);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a)));
+            // SAFETY: each row holds 8 writable f32 (`t < T`, checked
+            // above); `storeu` needs no alignment.
+            unsafe {
+                _mm256_storeu_ps(oa[t].as_mut_ptr(), lo);
+                _mm256_storeu_ps(ob[t].as_mut_ptr(), hi);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -610,7 +778,7 @@ mod tests {
         for (fi, format) in FORMATS.into_iter().enumerate() {
             let m = random_matrix(format, rows, cols, 0x9e37_79b9 + fi as u64);
             let pm = PanelMatrix::pack(&m).expect("a 32-weight format");
-            for n in [1, 2, 3, 4, 5, 7, 9] {
+            for n in [1, 2, 3, 4, 5, 7, 8, 9, 13] {
                 let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
                 let mut acts = QActs16::default();
                 quantize_acts16(&x, n, cols, &mut acts);
@@ -641,20 +809,19 @@ mod tests {
                     }
                 }
                 for kernel in Kernel::ALL.into_iter().filter(|k| k.is_available()) {
-                    // The AVX2 kernel in both forms where the CPU has VNNI
-                    // (the product is small enough to run on this thread).
-                    for madd_only in [false, true] {
+                    // The AVX2 kernel in each form the CPU has: 512-bit and
+                    // 256-bit VNNI, `vpmaddwd` (the product is small enough
+                    // to run on this thread).
+                    for form in 0..3u8 {
                         #[cfg(target_arch = "x86_64")]
-                        x86::VNNI_OFF.with(|off| off.set(madd_only));
+                        x86::FORM.with(|f| f.set(form));
                         let mut got = vec![f32::NAN; n * rows];
                         pm.matmul_acts16(kernel, &acts, &mut got);
                         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(
-                            bits(&got),
-                            bits(&want),
-                            "{format:?} {kernel:?} n={n} madd only {madd_only}"
-                        );
+                        assert_eq!(bits(&got), bits(&want), "{format:?} {kernel:?} n={n} form {form}");
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    x86::FORM.with(|f| f.set(0));
                 }
             }
         }

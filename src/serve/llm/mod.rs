@@ -108,8 +108,9 @@ pub struct TokenOut {
     /// The text it completes (empty while a UTF-8 character or a possible
     /// stop string is held back).
     pub text: String,
-    /// Its log-probability under the model.
-    pub logprob: f32,
+    /// Its log-probability under the model, when the request asks for
+    /// log-probabilities.
+    pub logprob: Option<f32>,
     /// The most likely tokens at this position, when asked for.
     pub top: Vec<TokenLogprob>,
 }

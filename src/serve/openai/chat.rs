@@ -172,13 +172,13 @@ pub(crate) fn parse(v: &Value) -> Result<ChatRequest, OpenAiError> {
 }
 
 /// One entry of `logprobs.content`.
-fn logprob_entry(tok: &Tokenizer, id: u32, logprob: f32, top: &[TokenLogprob]) -> Value {
-    let one = |id: u32, logprob: f32| {
+fn logprob_entry(tok: &Tokenizer, id: u32, logprob: Option<f32>, top: &[TokenLogprob]) -> Value {
+    let one = |id: u32, logprob: Option<f32>| {
         let t = piece(tok, id);
         json!({"token": t, "logprob": logprob, "bytes": t.as_bytes()})
     };
     let mut v = one(id, logprob);
-    v["top_logprobs"] = top.iter().map(|t| one(t.id, t.logprob)).collect();
+    v["top_logprobs"] = top.iter().map(|t| one(t.id, Some(t.logprob))).collect();
     v
 }
 

@@ -160,7 +160,7 @@ impl Logprobs {
     }
 
     fn token(&mut self, tok: &Tokenizer, t: &TokenOut) {
-        self.push(tok, t.id, Some(t.logprob), Some(&t.top));
+        self.push(tok, t.id, t.logprob, Some(&t.top));
     }
 
     /// The object of the positions added since the last call.
