@@ -253,7 +253,9 @@ impl PanelMatrix {
         // Chunks of panels that stay in L2 while every tile of activation
         // rows (in L1) runs over them.
         let (sl, cb) = (self.layout.scale_len() * 2, self.layout.code_bytes());
-        let chunk = (CHUNK_BYTES / (self.groups() * (sl + cb)).max(1)).max(1);
+        // Chunks and tasks take whole pairs of panels, which the 512-bit
+        // form runs together (an odd panel takes the narrower form).
+        let chunk = (CHUNK_BYTES / (self.groups() * (sl + cb)).max(1)).max(2) & !1;
         let tile = match kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 if x86::zmm() => WIDE_TILE_ROWS,
@@ -275,7 +277,7 @@ impl PanelMatrix {
             run(0, panels);
             return;
         }
-        let per_task = panels.div_ceil(threads * 4);
+        let per_task = panels.div_ceil(threads * 4).next_multiple_of(2);
         (0..panels.div_ceil(per_task))
             .into_par_iter()
             .for_each(|task| run(task * per_task, ((task + 1) * per_task).min(panels)));
