@@ -292,28 +292,55 @@ fn quant16(q: &QMatrix, acts: &QActs16, out: &mut [f32]) {
     }
 }
 
-fn mm(m: &Matrix, x: &[f32], n: usize, mode: RowMode) -> Result<Vec<f32>, GenerateError> {
-    let mut out = vec![0f32; n * m.rows()];
+/// `out` sized to `len` values, which the caller overwrites every one of:
+/// a buffer of the right size is left as it is (no zeroing per layer).
+fn sized(out: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if out.len() != len {
+        out.clear();
+        out.resize(len, 0.0);
+    }
+    out
+}
+
+/// The product of `m` with the `n` rows of `x` into `out` (resized to
+/// `n × rows`), quantizing `x` into `acts` where `mode` takes 16-bit
+/// activations.
+fn mm_into(
+    m: &Matrix,
+    x: &[f32],
+    n: usize,
+    mode: RowMode,
+    acts: &mut QActs16,
+    out: &mut Vec<f32>,
+) -> Result<(), GenerateError> {
+    let out = sized(out, n * m.rows());
     match m {
         Matrix::Quant(q) if int16(mode, n) => {
-            let mut acts = QActs16::default();
-            quantize_acts16(x, n, q.cols(), &mut acts);
-            quant16(q, &acts, &mut out);
+            quantize_acts16(x, n, q.cols(), acts);
+            quant16(q, acts, out);
         }
-        _ => m.matmul(x, n, &mut out)?,
+        _ => m.matmul(x, n, out)?,
     }
+    Ok(())
+}
+
+fn mm(m: &Matrix, x: &[f32], n: usize, mode: RowMode) -> Result<Vec<f32>, GenerateError> {
+    let mut out = Vec::new();
+    mm_into(m, x, n, mode, &mut QActs16::default(), &mut out)?;
     Ok(out)
 }
 
-/// The products of several matrices with the same input `x`: the input
-/// quantized once where every product takes 16-bit activations (packed
-/// weights, and rows that `mode` sends to 16-bit activations).
+/// The products of several matrices with the same input `x` into `outs`:
+/// the input quantized once where every product takes 16-bit activations
+/// (packed weights, and rows that `mode` sends to 16-bit activations).
 fn mm_shared<const K: usize>(
     ms: [&Matrix; K],
     x: &[f32],
     n: usize,
     mode: RowMode,
-) -> Result<[Vec<f32>; K], GenerateError> {
+    acts: &mut QActs16,
+    outs: [&mut Vec<f32>; K],
+) -> Result<(), GenerateError> {
     let int16 = int16(mode, n);
     let quants: Vec<&QMatrix> = ms
         .iter()
@@ -323,19 +350,31 @@ fn mm_shared<const K: usize>(
         })
         .collect();
     if quants.len() < K {
-        let mut outs: [Vec<f32>; K] = std::array::from_fn(|_| Vec::new());
-        for (o, m) in outs.iter_mut().zip(ms) {
-            *o = mm(m, x, n, mode)?;
+        for (o, m) in outs.into_iter().zip(ms) {
+            mm_into(m, x, n, mode, acts, o)?;
         }
-        return Ok(outs);
+        return Ok(());
     }
-    let mut acts = QActs16::default();
-    quantize_acts16(x, n, quants[0].cols(), &mut acts);
-    Ok(std::array::from_fn(|i| {
-        let mut out = vec![0f32; n * quants[i].rows()];
-        quant16(quants[i], &acts, &mut out);
-        out
-    }))
+    quantize_acts16(x, n, quants[0].cols(), acts);
+    for (q, o) in quants.into_iter().zip(outs) {
+        quant16(q, acts, sized(o, n * q.rows()));
+    }
+    Ok(())
+}
+
+/// The buffers of a pass's layers, reused from layer to layer.
+#[derive(Default)]
+struct Scratch {
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    dn: Vec<f32>,
+    acts: QActs16,
 }
 
 /// The input of a layer's matrices, as [`CpuModel::layer_pass`] shows it.
@@ -498,8 +537,9 @@ impl CpuModel {
         for (row, &t) in x.chunks_exact_mut(d).zip(seqs.iter().flat_map(|s| s.tokens)) {
             self.weights.embed.dequantize_row(t as usize, row);
         }
+        let mut scratch = Scratch::default();
         for (li, w) in self.weights.layers.iter().enumerate() {
-            self.layer((li, w), &mut x, seqs, &segs, mode, None)?;
+            self.layer((li, w), &mut x, (seqs, &segs), mode, &mut scratch, None)?;
         }
         for (s, g) in seqs.iter_mut().zip(&segs) {
             s.cache.len = g.start + g.n;
@@ -592,16 +632,25 @@ impl CpuModel {
             tokens: &[],
             logits: Logits::Last,
         }];
-        rayon::scope(|_| self.layer((li, w), x, &mut seqs, &segs, RowMode::Auto, Some(observe)))
+        rayon::scope(|_| {
+            self.layer(
+                (li, w),
+                x,
+                (&mut seqs, &segs),
+                RowMode::Auto,
+                &mut Scratch::default(),
+                Some(observe),
+            )
+        })
     }
 
     fn layer(
         &self,
         (li, w): (usize, &LayerWeights),
         x: &mut [f32],
-        seqs: &mut [SeqTokens<'_>],
-        segs: &[Segment],
+        (seqs, segs): (&mut [SeqTokens<'_>], &[Segment]),
         mode: RowMode,
+        scratch: &mut Scratch,
         mut observe: Option<LayerObserver<'_>>,
     ) -> Result<(), GenerateError> {
         let mut seen = |at: LayerInput, v: &[f32]| {
@@ -611,13 +660,24 @@ impl CpuModel {
         };
         let c = &self.weights.config;
         let n = x.len() / c.d_model;
-        let mut h = vec![0f32; x.len()];
-        rms_norm(x, &w.attn_norm, c.norm_eps, &mut h);
-        seen(LayerInput::Attention, &h);
-        let [mut q, mut k, mut v] = mm_shared([&w.wq, &w.wk, &w.wv], &h, n, mode)?;
-        add_bias(&mut v, w.bv.as_ref());
-        add_bias(&mut q, w.bq.as_ref());
-        add_bias(&mut k, w.bk.as_ref());
+        let Scratch {
+            h,
+            q,
+            k,
+            v,
+            att,
+            o,
+            g,
+            u,
+            dn,
+            acts,
+        } = scratch;
+        rms_norm(x, &w.attn_norm, c.norm_eps, sized(h, x.len()));
+        seen(LayerInput::Attention, h);
+        mm_shared([&w.wq, &w.wk, &w.wv], h, n, mode, acts, [&mut *q, &mut *k, &mut *v])?;
+        add_bias(v, w.bv.as_ref());
+        add_bias(q, w.bq.as_ref());
+        add_bias(k, w.bk.as_ref());
         let (qd, kvd) = (c.q_dim(), c.kv_dim());
         for (s, g) in seqs.iter_mut().zip(segs) {
             let (r0, r1) = (g.row0, g.row0 + g.n);
@@ -633,21 +693,20 @@ impl CpuModel {
             s.cache.k[li].write(g.start * kvd, &k[r0 * kvd..r1 * kvd]);
             s.cache.v[li].write(g.start * kvd, &v[r0 * kvd..r1 * kvd]);
         }
-        let mut att = vec![0f32; n * qd];
         let caches: Vec<(&KvBuf, &KvBuf)> = seqs.iter().map(|s| (&s.cache.k[li], &s.cache.v[li])).collect();
-        attention(&q, &caches, segs, c, &mut att);
-        seen(LayerInput::AttentionOutput, &att);
-        let o = mm(&w.wo, &att, n, mode)?;
-        for (xx, oo) in x.iter_mut().zip(&o) {
+        attention(q, &caches, segs, c, sized(att, n * qd));
+        seen(LayerInput::AttentionOutput, att);
+        mm_into(&w.wo, att, n, mode, acts, o)?;
+        for (xx, oo) in x.iter_mut().zip(o.iter()) {
             *xx += oo;
         }
-        rms_norm(x, &w.ffn_norm, c.norm_eps, &mut h);
-        seen(LayerInput::FeedForward, &h);
-        let [mut g, u] = mm_shared([&w.w_gate, &w.w_up], &h, n, mode)?;
-        silu_mul(&mut g, &u);
-        seen(LayerInput::FeedForwardHidden, &g);
-        let dn = mm(&w.w_down, &g, n, mode)?;
-        for (xx, dd) in x.iter_mut().zip(&dn) {
+        rms_norm(x, &w.ffn_norm, c.norm_eps, h);
+        seen(LayerInput::FeedForward, h);
+        mm_shared([&w.w_gate, &w.w_up], h, n, mode, acts, [&mut *g, &mut *u])?;
+        silu_mul(g, u);
+        seen(LayerInput::FeedForwardHidden, g);
+        mm_into(&w.w_down, g, n, mode, acts, dn)?;
+        for (xx, dd) in x.iter_mut().zip(dn.iter()) {
             *xx += dd;
         }
         Ok(())
