@@ -513,6 +513,18 @@ mod x86 {
         _mm256_dpwssd_epi32(sum, w, x)
     }
 
+    /// Whether activation rows up to `end` and every group of `panels` are
+    /// in range (what the kernels' unchecked reads need).
+    fn fits(l: Layout, panels: &[(&[u16], &[u8])], acts: &QActs16, end: usize) -> bool {
+        let (cols, groups) = (acts.cols, acts.cols / GROUP);
+        let (sl, cb) = (l.scale_len(), l.code_bytes());
+        end * cols <= acts.qs.len()
+            && end * groups <= acts.d.len().min(acts.sum.len())
+            && panels
+                .iter()
+                .all(|(s, c)| s.len() >= groups * sl && c.len() >= groups * cb)
+    }
+
     /// Generates the kernel with a pair-product accumulation (`$acc`) and
     /// the target features it needs.
     macro_rules! tile_kernel {
@@ -531,14 +543,7 @@ mod x86 {
             ) {
                 let (cols, groups) = (acts.cols, acts.cols / GROUP);
                 let (sl, cb) = (l.scale_len(), l.code_bytes());
-                assert!(
-                    (t0 + T) * cols <= acts.qs.len()
-                        && (t0 + T) * groups <= acts.d.len().min(acts.sum.len())
-                        && panels
-                            .iter()
-                            .all(|(s, c)| s.len() >= groups * sl && c.len() >= groups * cb),
-                    "tile out of range"
-                );
+                assert!(fits(l, &panels, acts, t0 + T), "tile out of range");
                 let xs: [*const i16; T] = std::array::from_fn(|t| acts.qs[(t0 + t) * cols..].as_ptr());
                 let cs: [*const u8; P] = std::array::from_fn(|i| panels[i].1.as_ptr());
                 let mask = _mm256_set1_epi16(0x0f);
@@ -649,12 +654,7 @@ mod x86 {
         let (cols, groups) = (acts.cols, acts.cols / GROUP);
         let (sl, cb) = (l.scale_len(), l.code_bytes());
         assert!(
-            (t0 + T) * cols <= acts.qs.len()
-                && (t0 + T) * groups <= acts.d.len().min(acts.sum.len())
-                && panels
-                    .iter()
-                    .all(|(s, c)| s.len() >= groups * sl && c.len() >= groups * cb)
-                && out.iter().all(|o| o.len() >= T),
+            fits(l, &panels, acts, t0 + T) && out.iter().all(|o| o.len() >= T),
             "tile out of range"
         );
         let xs: [*const i16; T] = std::array::from_fn(|t| acts.qs[(t0 + t) * cols..].as_ptr());
