@@ -70,6 +70,8 @@ fn attention(q: &[f32], caches: &[(&KvBuf, &KvBuf)], segs: &[Segment], c: &Decod
     for (s, g) in segs.iter().enumerate() {
         row_seq.extend((0..g.n).map(|t| (s, g.start + t)));
     }
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
     // The query heads of key/value head `kh` are `kh·group..(kh + 1)·group`:
     // one run of `group · hd` values of a row.
     out.par_chunks_mut(group * hd).enumerate().for_each_init(
@@ -87,7 +89,7 @@ fn attention(q: &[f32], caches: &[(&KvBuf, &KvBuf)], segs: &[Segment], c: &Decod
                 scale,
             };
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if avx2 {
                 // SAFETY: the CPU has the features `attend_avx2` is compiled for.
                 return unsafe { attend_avx2(qg, &head, scores, scratch, o) };
             }
