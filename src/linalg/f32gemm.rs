@@ -86,44 +86,17 @@ impl Isa {
 struct Line([f32; 16]);
 
 /// A `[n, k]` weight packed for [`PackedF32::run`]: panel `b` holds outputs
-/// `b·NR..b·NR+NR` (zero-padded past `n`), `k` rows of `NR` floats.
+/// `b·NR..b·NR+NR`, `k` rows of `NR` floats; the last panel is only as many
+/// 16-output vectors wide as its outputs need (zero-padded past `n`), so
+/// 512 outputs take ten 48-wide panels and one 32-wide, not 528 columns.
 #[derive(Clone, Debug)]
 pub struct PackedF32 {
     n: usize,
     k: usize,
     isa: Isa,
+    /// 16-output vectors in the last panel (1..=`nr/16`).
+    last_v: usize,
     data: Vec<Line>,
-}
-
-/// The most outputs a matrix may have for [`PackedF32::new`] to pack it
-/// for the AVX2 kernel on a CPU that runs 512-bit operations in halves.
-const NARROW_MAX: usize = 128;
-
-/// Whether the CPU runs 512-bit vector operations as two 256-bit halves
-/// (AMD family 19h, Zen 4): there the AVX-512 kernel does no more
-/// multiply-adds per cycle than the AVX2 one, so a matrix of few outputs
-/// (at most [`NARROW_MAX`]) goes to the AVX2 kernel where its 16-wide
-/// panels pad less than the 48-wide ones (the digits MLP at batch 64 on
-/// one thread: 0.0288 ms against 0.0364).
-fn double_pumped_512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::__cpuid;
-        let (vendor, sig) = (__cpuid(0), __cpuid(1));
-        let amd = [vendor.ebx, vendor.edx, vendor.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163];
-        // Family: the base field (bits 8..12) plus the extended one (20..28) when the base is 15.
-        let base = (sig.eax >> 8) & 0xf;
-        let family = if base == 0xf {
-            base + ((sig.eax >> 20) & 0xff)
-        } else {
-            base
-        };
-        amd && family == 0x19
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// Whether this CPU runs the AVX-512 or the AVX2 kernel.
@@ -139,12 +112,7 @@ impl PackedF32 {
         if w.len() < n * k || std::env::var("WGINFER_F32GEMM").is_ok_and(|v| v == "off") {
             return None;
         }
-        let isa = match Isa::detect()? {
-            Isa::Avx512 if n <= NARROW_MAX && double_pumped_512() && n.div_ceil(NR2) * NR2 < n.div_ceil(NR) * NR => {
-                Isa::Avx2
-            }
-            isa => isa,
-        };
+        let isa = Isa::detect()?;
         Some(Self::pack(w, n, k, isa))
     }
 
@@ -153,23 +121,43 @@ impl PackedF32 {
         let nr = isa.nr();
         let v = nr / 16;
         let panels = n.div_ceil(nr);
-        let mut data = vec![Line::default(); panels * k * v];
-        let pack = |(b, d): (usize, &mut [Line])| {
+        let last_v = (n + nr - panels.max(1) * nr).div_ceil(16).max(1);
+        let full = panels.saturating_sub(1) * k * v;
+        let mut data = vec![Line::default(); full + k * last_v];
+        // Panel b's outputs into d, `vb` vectors per input.
+        let pack = |b: usize, d: &mut [Line], vb: usize| {
             for c in 0..nr.min(n - b * nr) {
                 let row = &w[(b * nr + c) * k..(b * nr + c + 1) * k];
                 for (p, &x) in row.iter().enumerate() {
-                    d[p * v + c / 16].0[c % 16] = x;
+                    d[p * vb + c / 16].0[c % 16] = x;
                 }
             }
         };
-        if k > 0 {
+        if k > 0 && n > 0 {
+            let (head, tail) = data.split_at_mut(full);
             if n * k >= 1 << 18 {
-                data.par_chunks_mut(k * v).enumerate().for_each(pack);
+                head.par_chunks_mut(k * v).enumerate().for_each(|(b, d)| pack(b, d, v));
             } else {
-                data.chunks_mut(k * v).enumerate().for_each(pack);
+                head.chunks_mut(k * v).enumerate().for_each(|(b, d)| pack(b, d, v));
             }
+            pack(panels - 1, tail, last_v);
         }
-        Self { n, k, isa, data }
+        Self {
+            n,
+            k,
+            isa,
+            last_v,
+            data,
+        }
+    }
+
+    /// 16-output vectors in panel `b` of the AVX-512 layout.
+    fn vecs(&self, b: usize) -> usize {
+        if (b + 1) * NR >= self.n {
+            self.last_v
+        } else {
+            V
+        }
     }
 
     /// Outputs.
@@ -281,38 +269,36 @@ impl PackedF32 {
     unsafe fn block(&self, x: &[f32], out: Out, (i0, i1): (usize, usize), (b0, b1): (usize, usize)) {
         let (n, k) = (self.n, self.k);
         let w = self.data.as_ptr().cast::<f32>();
+        // Panel b at input p.
+        let at = |b: usize, p: usize| w.add(b * k * NR + p * self.vecs(b) * 16);
         let tiles = (i1 - i0).div_ceil(MR);
+        // K blocks of equal size, at most KC.
+        let step = k.div_ceil(k.div_ceil(KC));
         let mut p0 = 0;
         while p0 < k {
-            let kc = (k - p0).min(KC);
-            // The slice after panel b's: panel b+1's, or the first panel's in the next K block.
-            let next = |b: usize| -> Option<*const f32> {
-                if b + 1 < b1 {
-                    Some(w.add(((b + 1) * k + p0) * NR))
-                } else if p0 + kc < k {
-                    Some(w.add((b0 * k + p0 + kc) * NR))
-                } else {
-                    None
-                }
-            };
+            let kc = (k - p0).min(step);
             for b in b0..b1 {
                 let col = b * NR;
-                let (pf, next_kc) = match next(b) {
-                    Some(p) if b + 1 < b1 => (p, kc),
-                    Some(p) => (p, (k - p0 - kc).min(KC)),
-                    None => (std::ptr::null(), 0),
+                // The slice after panel b's (panel b+1's, or the first
+                // panel's in the next K block) and its 64-byte lines.
+                let (pf, lines) = if b + 1 < b1 {
+                    (at(b + 1, p0), kc * self.vecs(b + 1))
+                } else if p0 + kc < k {
+                    (at(b0, p0 + kc), (k - p0 - kc).min(step) * self.vecs(b0))
+                } else {
+                    (std::ptr::null(), 0)
                 };
                 // Lines of the next slice each tile prefetches.
-                let share = (next_kc * V).div_ceil(tiles);
+                let share = lines.div_ceil(tiles);
                 let mut i = i0;
                 while i < i1 {
                     let rows = (i1 - i).min(MR);
                     let tt = (i - i0) / MR;
-                    let first = (tt * share).min(next_kc * V);
+                    let first = (tt * share).min(lines);
                     let t = Tile {
                         a: x.as_ptr().add(i * k + p0),
                         lda: k,
-                        w: w.add((b * k + p0) * NR),
+                        w: at(b, p0),
                         kc,
                         c: out.y.add(i * n + col),
                         ldc: n,
@@ -324,21 +310,12 @@ impl PackedF32 {
                         },
                         accumulate: p0 > 0,
                         pf: if pf.is_null() { pf } else { pf.add(first * 16) },
-                        pf_lines: if pf.is_null() {
-                            0
-                        } else {
-                            (first + share).min(next_kc * V) - first
-                        },
+                        pf_lines: (first + share).min(lines) - first,
                     };
-                    match rows {
-                        8 => kernel::tile::<8>(&t),
-                        7 => kernel::tile::<7>(&t),
-                        6 => kernel::tile::<6>(&t),
-                        5 => kernel::tile::<5>(&t),
-                        4 => kernel::tile::<4>(&t),
-                        3 => kernel::tile::<3>(&t),
-                        2 => kernel::tile::<2>(&t),
-                        _ => kernel::tile::<1>(&t),
+                    match self.vecs(b) {
+                        3 => kernel::tiles::<3>(rows, &t),
+                        2 => kernel::tiles::<2>(rows, &t),
+                        _ => kernel::tiles::<1>(rows, &t),
                     }
                     i += rows;
                 }
@@ -462,12 +439,27 @@ struct Tile {
 mod kernel {
     use std::arch::x86_64::*;
 
-    use super::{Tile, NR, V};
+    use super::Tile;
 
-    /// `R` rows × [`NR`] outputs over `t.kc` inputs: per input, `V` aligned
+    /// `rows` (1..=8) rows × `V·16` outputs: [`tile`] for that row count.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tiles<const V: usize>(rows: usize, t: &Tile) {
+        match rows {
+            8 => tile::<8, V>(t),
+            7 => tile::<7, V>(t),
+            6 => tile::<6, V>(t),
+            5 => tile::<5, V>(t),
+            4 => tile::<4, V>(t),
+            3 => tile::<3, V>(t),
+            2 => tile::<2, V>(t),
+            _ => tile::<1, V>(t),
+        }
+    }
+
+    /// `R` rows × `V·16` outputs over `t.kc` inputs: per input, `V` aligned
     /// panel loads and `R` broadcasts feeding `R·V` FMAs.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile<const R: usize>(t: &Tile) {
+    pub unsafe fn tile<const R: usize, const V: usize>(t: &Tile) {
         let mut masks = [0 as __mmask16; V];
         for (v, mk) in masks.iter_mut().enumerate() {
             let c = t.cols.saturating_sub(v * 16).min(16);
@@ -509,7 +501,7 @@ mod kernel {
                 }
             }
             a = a.add(1);
-            w = w.add(NR);
+            w = w.add(V * 16);
         }
         for (r, a) in acc.iter().enumerate() {
             for v in 0..V {
@@ -632,6 +624,8 @@ mod tests {
             (64, 784, 33),
             (100, 520, 17),
             (130, 300, 200),
+            (20, 64, 80),
+            (9, 100, 512),
         ] {
             let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
             let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
