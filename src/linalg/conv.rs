@@ -1098,6 +1098,7 @@ pub(super) mod tests {
             (2, 4, 22, 2, 9, 7, 2, 3, [2, 1], [1, 2], [1, 2, 0, 1]),
             // Above PARALLEL_MIN_MACS: parallel tasks.
             (7, 32, 64, 1, 14, 13, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (1, 32, 40, 1, 14, 13, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
         ];
         for &(n, c, m, group, h, wd, kh, kw, st, dl, pad) in cases {
             let (s, x, w, bias, packed) = setup((n, c, m, group, h, wd, kh, kw, st, dl, pad), &mut seed);
@@ -1139,7 +1140,8 @@ pub(super) mod tests {
     /// the loops' convolution pooled in f64: odd output sizes (a row and a
     /// column no window reads), 8- and 16-channel panels with channel
     /// remainders, groups, strides, several pooled chunks per band, rows
-    /// wider than a chunk, parallel tasks, and a NaN input.
+    /// wider than a chunk, parallel tasks (one image: its bands split over panels), and a NaN
+    /// input.
     #[test]
     fn direct_max_pool2_matches_loops() {
         if !has_avx2_fma() {
@@ -1149,6 +1151,8 @@ pub(super) mod tests {
         let cases: &[Case] = &[
             (3, 1, 32, 1, 28, 28, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
             (2, 32, 64, 1, 14, 14, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (1, 32, 64, 1, 14, 14, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
+            (1, 32, 80, 2, 14, 14, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
             (2, 3, 7, 1, 9, 7, 3, 2, [2, 1], [1, 1], [0, 1, 2, 0]),
             (1, 4, 13, 1, 5, 6, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1]),
             (2, 6, 26, 2, 9, 8, 3, 2, [2, 1], [1, 2], [1, 0, 2, 1]),

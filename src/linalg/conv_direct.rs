@@ -105,6 +105,13 @@ thread_local! {
     static BUFS: std::cell::RefCell<Bufs> = const { std::cell::RefCell::new((Vec::new(), [0; 7], Vec::new(), Vec::new(), [0; 11])) };
 }
 
+/// Below this many multiply-adds a convolution runs on one thread: a
+/// quarter of the im2col paths' [`PARALLEL_MIN_MACS`], as the direct
+/// kernel's tasks start without a packing pass (the MNIST CNN's first
+/// layer, 1→32 channels on 28×28 with the pool folded in, 226K: 8.2 →
+/// 6.8–7.2 µs on two threads).
+const PARALLEL_MIN: usize = PARALLEL_MIN_MACS / 4;
+
 /// Multiply-adds a parallel task does at least (tasks are grouped up to it).
 const TASK_MIN_MACS: usize = 1 << 15;
 
@@ -155,7 +162,7 @@ pub(crate) fn conv2d_direct(
     }
     let threads = super::pool::threads();
     let macs = s.n * s.m * units * unit * cols * kk;
-    let parallel = macs >= PARALLEL_MIN_MACS && threads > 1;
+    let parallel = macs >= PARALLEL_MIN && threads > 1;
     // Bands per image: enough for about four tasks per thread.
     let bands = if parallel {
         (4 * threads).div_ceil(s.n).min(units)
@@ -164,7 +171,19 @@ pub(crate) fn conv2d_direct(
     };
     let band_units = units.div_ceil(bands);
     let bands = units.div_ceil(band_units);
+    // Where the images' bands make fewer than four tasks per thread (one
+    // image: a few row bands), each band's panels are split among tasks
+    // too, so the threads' shares come out even (7 pooled row pairs on
+    // 2 threads: 14 tasks, not 7).
+    let panels = w.first().map_or(1, |p| p.m.div_ceil(p.lanes));
+    let per_split = if parallel {
+        panels.div_ceil((4 * threads).div_ceil(s.n * bands).min(panels))
+    } else {
+        panels
+    };
+    let splits = panels.div_ceil(per_split);
     let task = |t: usize| {
+        let (split, t) = (t % splits, t / splits);
         let (img, u0) = (t / bands, (t % bands) * band_units);
         let u1 = (u0 + band_units).min(units);
         let (oy0, oy1) = (u0 * unit, u1 * unit);
@@ -189,12 +208,13 @@ pub(crate) fn conv2d_direct(
                     bias,
                     relu,
                     pool_cols: if pool { cols } else { 0 },
+                    panels: split * per_split..((split + 1) * per_split).min(panels),
                 };
                 // SAFETY: `pad` holds cg planes hb × wp, which every pixel
                 // offset plus every tap offset stays inside (see `offsets`);
                 // the task writes output rows u0..u1 (of `opix / units`
-                // values each) of channels g·mg..(g+1)·mg of image img,
-                // which no other task writes.
+                // values each) of its panels' channels in g·mg..(g+1)·mg
+                // of image img, which no other task writes.
                 unsafe {
                     let y = dst.0.add((img * s.m + gi * mg) * opix + u0 * (opix / units));
                     run_band(wg, &band, y, opix);
@@ -202,7 +222,7 @@ pub(crate) fn conv2d_direct(
             }
         })
     };
-    let tasks = s.n * bands;
+    let tasks = s.n * bands * splits;
     if parallel && tasks > 1 {
         let per = (TASK_MIN_MACS / (macs / tasks).max(1)).max(1);
         super::pool::for_each_chunked(tasks, per, task);
@@ -291,7 +311,7 @@ fn offsets(
 /// One band's inputs for [`run_band`]: the padded planes, the pixel and
 /// tap offsets, the group's bias and ReLU; with `pool_cols > 0`, the width
 /// of the computed rows, whose 2×2 windows are pooled (`pixoff` then lists
-/// whole row pairs, `pool_cols` pixels a row).
+/// whole row pairs, `pool_cols` pixels a row); the panels to run.
 struct Band<'a> {
     pad: &'a [f32],
     pixoff: &'a [usize],
@@ -299,6 +319,7 @@ struct Band<'a> {
     bias: Option<&'a [f32]>,
     relu: bool,
     pool_cols: usize,
+    panels: std::ops::Range<usize>,
 }
 
 /// The most pixels a pooled chunk of row pairs holds (one 16-channel
@@ -310,7 +331,7 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Every panel of `w` over the pixels `band.pixoff` lists. Without
+/// The panels `band.panels` of `w` over the pixels `band.pixoff` lists. Without
 /// pooling, channel `i`'s pixel `j` goes to `y[i·ldy + j]`; with it,
 /// channel `i`'s pooled pixel `q` (row pair `q / (pool_cols/2)`, window
 /// `q % (pool_cols/2)`) goes to `y[i·ldy + q]`.
@@ -323,7 +344,6 @@ unsafe fn run_band(w: &DirectLhs, band: &Band, y: *mut f32, ldy: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         let lanes = w.lanes;
-        let panels = w.m.div_ceil(lanes);
         let tile = |b: usize, y: *mut f32, pixel_major: bool| {
             let ch = (w.m - b * lanes).min(lanes);
             let mut lanes_bias = [0.0f32; LANES];
@@ -345,7 +365,7 @@ unsafe fn run_band(w: &DirectLhs, band: &Band, y: *mut f32, ldy: usize) {
         };
         let cols = band.pool_cols;
         if cols == 0 {
-            for b in 0..panels {
+            for b in band.panels.clone() {
                 run_pixels(&tile(b, y.add(b * lanes * ldy), false), lanes, band.pixoff);
             }
             return;
@@ -364,7 +384,7 @@ unsafe fn run_band(w: &DirectLhs, band: &Band, y: *mut f32, ldy: usize) {
             for c0 in (0..pairs).step_by(per) {
                 let c1 = (c0 + per).min(pairs);
                 let pixels = &band.pixoff[c0 * pair..c1 * pair];
-                for b in 0..panels {
+                for b in band.panels.clone() {
                     let t = tile(b, buf, true);
                     run_pixels(&t, lanes, pixels);
                     let dst = y.add(b * lanes * ldy + c0 * (cols / 2));
