@@ -253,25 +253,53 @@ fn fill_band(s: &ConvShape, x: &[f32], (img, ty0, ty1): (usize, usize, usize), h
     let plane = g.h * g.w;
     let mut finite = true;
     for ch in 0..s.c {
-        let src = &x[(img * s.c + ch) * plane..][..plane];
+        let src = &x[(img * s.c + ch) * plane..];
         for r in 0..bh {
             let dst = &mut band[(ch * bh + r) * 2 * hw..][..2 * hw];
             if r < r_lo || r >= r_hi {
                 dst.fill(0.0);
                 continue;
             }
-            let row = &src[(y0 + r as isize) as usize * g.w..][..cols];
-            finite &= row.iter().fold(true, |f, v| f & v.is_finite());
+            // The row and what follows it in x (whole vectors may be read).
+            let from = &src[(y0 + r as isize) as usize * g.w..];
+            // Padded column 2q + p holds input column 2q + p - pl: plane p
+            // gets the input columns of parity first[p], n[p] of them from
+            // q0[p] on; the rest of it is zero.
+            let q0 = [(first[0] + pl) / 2, (first[1] + pl) / 2];
+            let n = [
+                cols.saturating_sub(first[0]).div_ceil(2),
+                cols.saturating_sub(first[1]).div_ceil(2),
+            ];
+            // Where the even and the odd input columns go, and the floats
+            // after those runs inside their planes (what a whole-vector
+            // store at the end may write over before the zeros go in).
+            let at = if first[0] == 0 {
+                [q0[0], hw + q0[1]]
+            } else {
+                [hw + q0[1], q0[0]]
+            };
+            let room = (hw - q0[0] - n[0]).min(hw - q0[1] - n[1]);
+            #[cfg(target_arch = "x86_64")]
+            {
+                let (even, odd) = (
+                    dst.as_mut_ptr().wrapping_add(at[0]),
+                    dst.as_mut_ptr().wrapping_add(at[1]),
+                );
+                // SAFETY: fits() checked AVX2; `from` holds the row's `cols`
+                // values; the even input columns go to
+                // dst[at[0]..][..cols.div_ceil(2)] and the odd ones to
+                // dst[at[1]..][..cols / 2], inside their planes with `room`
+                // floats after each.
+                finite &= unsafe { x86::split_row(from, cols, even, odd, room) };
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            for (j, &v) in from[..cols].iter().enumerate() {
+                finite &= v.is_finite();
+                dst[at[j % 2] + j / 2] = v;
+            }
             for (p, half) in dst.chunks_exact_mut(hw).enumerate() {
-                // Padded column 2q + p holds input column 2q + p - pl.
-                let i0 = first[p];
-                let q0 = (i0 + pl) / 2;
-                let n = cols.saturating_sub(i0).div_ceil(2);
-                half[..q0].fill(0.0);
-                for (d, &v) in half[q0..q0 + n].iter_mut().zip(row[i0.min(cols)..].iter().step_by(2)) {
-                    *d = v;
-                }
-                half[q0 + n..].fill(0.0);
+                half[..q0[p]].fill(0.0);
+                half[q0[p] + n[p]..].fill(0.0);
             }
         }
     }
@@ -411,6 +439,65 @@ mod x86 {
     pub(super) enum Dst {
         Full(*mut f32, usize, usize, usize),
         Pooled(*mut f32, usize),
+    }
+
+    /// For the row `src[..n]`: `even[q] = src[2q]` and `odd[q] = src[2q +
+    /// 1]`; whether every value of the row is finite. Whole vectors are
+    /// read past `n` where `src` goes on (their values ignored), and with
+    /// `room` ≥ 8 the last values are stored as whole vectors, writing up
+    /// to 8 floats of garbage past each half: masked loads and stores cost
+    /// AMD's cores several cycles each.
+    ///
+    /// # Safety
+    /// AVX2; `n <= src.len()`; `even` must be writable for
+    /// `n.div_ceil(2) + room` values and `odd` for `n / 2 + room`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn split_row(src: &[f32], n: usize, even: *mut f32, odd: *mut f32, room: usize) -> bool {
+        debug_assert!(n <= src.len());
+        let x = src.as_ptr();
+        // x - x is 0 for a finite x and NaN for an infinity or a NaN; the
+        // sum of those stays NaN once one is.
+        // A mask of the first `c` (0..=8) lanes.
+        let mask =
+            |c: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(c as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        let mut bad = _mm256_setzero_ps();
+        let mut i = 0;
+        while i < n {
+            // 16 values (masked past the end: zeros in, nothing out).
+            let r = n - i;
+            let (a, b) = if i + 16 <= src.len() {
+                (_mm256_loadu_ps(x.add(i)), _mm256_loadu_ps(x.add(i + 8)))
+            } else {
+                (
+                    _mm256_maskload_ps(x.add(i), mask(r.min(8))),
+                    _mm256_maskload_ps(x.add(i + 8), mask(r.saturating_sub(8))),
+                )
+            };
+            let (mut da, mut db) = (_mm256_sub_ps(a, a), _mm256_sub_ps(b, b));
+            if r < 16 {
+                // Only the row's lanes count.
+                da = _mm256_and_ps(da, _mm256_castsi256_ps(mask(r.min(8))));
+                db = _mm256_and_ps(db, _mm256_castsi256_ps(mask(r.saturating_sub(8))));
+            }
+            bad = _mm256_add_ps(bad, _mm256_add_ps(da, db));
+            // Lanes [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit pairs reordered.
+            let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+            let o = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+            let e = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)));
+            let o = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(o)));
+            if r >= 16 || room >= 8 {
+                _mm256_storeu_ps(even.add(i / 2), e);
+                _mm256_storeu_ps(odd.add(i / 2), o);
+            } else {
+                let (mut te, mut to) = ([0f32; 8], [0f32; 8]);
+                _mm256_storeu_ps(te.as_mut_ptr(), e);
+                _mm256_storeu_ps(to.as_mut_ptr(), o);
+                std::ptr::copy_nonoverlapping(te.as_ptr(), even.add(i / 2), r.div_ceil(2));
+                std::ptr::copy_nonoverlapping(to.as_ptr(), odd.add(i / 2), r / 2);
+            }
+            i += 16;
+        }
+        _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(bad, _mm256_setzero_ps())) == 0xff
     }
 
     /// `V_ξ = Bᵀ d B` for eight tiles from padded planes at `band` (row `i`
@@ -684,6 +771,68 @@ mod tests {
                     let at = |a: usize, b: usize| got[(nm * g.oh + 2 * py + a) * g.ow + 2 * px + b];
                     let want = nan_max(nan_max(at(0, 0), at(1, 0)), nan_max(at(0, 1), at(1, 1)));
                     assert_eq!(p.to_bits(), want.to_bits(), "{c}->{m} {hw:?} pooled [{i}]");
+                }
+            }
+        }
+    }
+
+    /// The row split against the plain loop at every length to 40, with an
+    /// infinity or a NaN at each place in turn and NaNs past the row.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn split_row_matches_loops() {
+        if !has_avx2_fma() {
+            println!("SKIPPED: no AVX2 + FMA");
+            return;
+        }
+        for n in 0..=40usize {
+            let row: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
+            for room in [0, 8] {
+                let split = |row: &[f32]| {
+                    // Guard values past each half's room: nothing is written there.
+                    let (mut e, mut o) = (vec![7.0f32; n.div_ceil(2) + room + 1], vec![7.0f32; n / 2 + room + 1]);
+                    // SAFETY: AVX2 checked; e and o hold the halves and the room.
+                    let finite = unsafe { x86::split_row(row, n, e.as_mut_ptr(), o.as_mut_ptr(), room) };
+                    (e, o, finite)
+                };
+                let (e, o, finite) = split(&row);
+                assert!(finite, "n {n}");
+                assert_eq!(
+                    e[..n.div_ceil(2)],
+                    row.iter().step_by(2).copied().collect::<Vec<_>>()[..],
+                    "n {n}"
+                );
+                assert_eq!(
+                    o[..n / 2],
+                    row.iter().skip(1).step_by(2).copied().collect::<Vec<_>>()[..],
+                    "n {n}"
+                );
+                let (ge, go) = (e[n.div_ceil(2) + room..].to_vec(), o[n / 2 + room..].to_vec());
+                assert_eq!(
+                    (ge, go),
+                    (vec![7.0], vec![7.0]),
+                    "n {n} room {room}: written past the room"
+                );
+                if room == 0 {
+                    assert!(
+                        e[n.div_ceil(2)..] == [7.0] && o[n / 2..] == [7.0],
+                        "n {n}: written past the halves"
+                    );
+                }
+                // Values past the row are read but do not count.
+                let mut past = row.clone();
+                past.extend([f32::NAN; 20]);
+                let (mut e2, mut o2) = (vec![7.0f32; n.div_ceil(2) + room + 1], vec![7.0f32; n / 2 + room + 1]);
+                // SAFETY: AVX2 checked; e2 and o2 hold the halves and the room.
+                let finite = unsafe { x86::split_row(&past, n, e2.as_mut_ptr(), o2.as_mut_ptr(), room) };
+                assert!(finite, "n {n}");
+                assert_eq!((&e2[..n.div_ceil(2)], &o2[..n / 2]), (&e[..n.div_ceil(2)], &o[..n / 2]));
+                for j in 0..n {
+                    for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+                        let mut r = row.clone();
+                        r[j] = bad;
+                        assert!(!split(&r).2, "n {n}: {bad} at {j}");
+                    }
                 }
             }
         }
