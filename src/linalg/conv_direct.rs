@@ -592,13 +592,61 @@ mod avx2 {
                 }
             }
         }
+        // Pixel-major to channel-major: 8×8 blocks transposed in registers,
+        // then the last pixels one by one.
         let q = pairs * pw;
+        let mut i = 0;
+        while i + 8 <= q {
+            for cb in (0..ch).step_by(8) {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (k, rk) in r.iter_mut().enumerate() {
+                    *rk = _mm256_loadu_ps(tmp.add((i + k) * lanes + cb));
+                }
+                let t = transpose8(r);
+                for (c, tc) in t.iter().enumerate().take(ch - cb) {
+                    _mm256_storeu_ps(y.add((cb + c) * ldy + i), *tc);
+                }
+            }
+            i += 8;
+        }
         for c in 0..ch {
             let d = y.add(c * ldy);
-            for i in 0..q {
+            for i in i..q {
                 *d.add(i) = *tmp.add(i * lanes + c);
             }
         }
+    }
+
+    /// The 8×8 transpose of `r` (`out[c][k] = r[k][c]`).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0b01_00_01_00>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0b11_10_11_10>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0b01_00_01_00>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0b11_10_11_10>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
     }
 
     /// `v` where `v > m` or `v` is NaN, else `m`: the MaxPool op's running
