@@ -14,6 +14,7 @@
 
 use super::conv_direct::{self, DirectLhs};
 use super::winograd::{self, WinogradLhs};
+use std::ops::Range;
 
 /// Rows (output channels) per register tile and per packed panel.
 pub const MR: usize = 6;
@@ -148,7 +149,17 @@ impl PackedLhs {
         c: *mut f32,
         ldc: usize,
     ) {
-        self.run_with(b, BRows::Stride(ldb), n, bias, relu, c, ldc, has_avx2_fma());
+        let panels = 0..self.m.div_ceil(MR);
+        self.run_with(
+            b,
+            BRows::Stride(ldb),
+            (n, n),
+            panels,
+            (bias, relu),
+            c,
+            ldc,
+            has_avx2_fma(),
+        );
     }
 
     /// [`Self::run_raw`] with row `p` of `B` at `b + offs[p]` (an implicit
@@ -170,18 +181,69 @@ impl PackedLhs {
         ldc: usize,
     ) {
         assert!(offs.len() >= self.k, "PackedLhs::run_offsets sizes");
-        self.run_with(b, BRows::Offsets(offs.as_ptr()), n, bias, relu, c, ldc, has_avx2_fma());
+        let panels = 0..self.m.div_ceil(MR);
+        self.run_with(
+            b,
+            BRows::Offsets(offs.as_ptr()),
+            (n, n),
+            panels,
+            (bias, relu),
+            c,
+            ldc,
+            has_avx2_fma(),
+        );
     }
 
-    /// [`Self::run_raw`], on the AVX2 kernel when `fast` (the caller checked the CPU).
+    /// [`Self::run`] without bias or ReLU for the rows of panels `panels`
+    /// ([`MR`] rows each; rows `panels.start·MR..min(panels.end·MR, m)`),
+    /// where `b` holds `k` whole rows of `ldb` and `c` `m` whole rows of
+    /// `ldc`, and columns `n..ldc` of `c` may be overwritten (scratch): the
+    /// register tiles then read and write whole 16-column runs up to
+    /// `min(ldb, ldc)` instead of masked ones, which cost AMD's cores
+    /// several cycles per load and store.
+    ///
+    /// # Panics
+    /// If `b`, `c` or the strides are shorter than the sizes say, or the
+    /// panels are past `m`.
+    pub fn run_padded(&self, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize, panels: Range<usize>) {
+        let (m, k) = (self.m, self.k);
+        assert!(
+            ldb >= n
+                && ldc >= n
+                && b.len() >= k * ldb
+                && c.len() >= m * ldc
+                && panels.start <= panels.end
+                && panels.end <= m.div_ceil(MR),
+            "PackedLhs::run_padded sizes"
+        );
+        // SAFETY: the assertion bounds every read of `b` (whole rows) and
+        // write of `c` (whole rows; columns past n are the caller's scratch).
+        unsafe {
+            self.run_with(
+                b.as_ptr(),
+                BRows::Stride(ldb),
+                (n, ldb.min(ldc)),
+                panels,
+                (std::ptr::null(), false),
+                c.as_mut_ptr(),
+                ldc,
+                has_avx2_fma(),
+            )
+        }
+    }
+
+    /// [`Self::run_raw`] for the rows of `panels`, on the AVX2 kernel when
+    /// `fast` (the caller checked the CPU); `(n, wide)`: the columns to
+    /// compute, and how many columns of `b`'s rows may be read and of `c`'s
+    /// rows written (at least `n`).
     #[allow(clippy::too_many_arguments)]
     unsafe fn run_with(
         &self,
         b: *const f32,
         rows_b: BRows,
-        n: usize,
-        bias: *const f32,
-        relu: bool,
+        (n, wide): (usize, usize),
+        panels: Range<usize>,
+        (bias, relu): (*const f32, bool),
         c: *mut f32,
         ldc: usize,
         fast: bool,
@@ -209,7 +271,7 @@ impl PackedLhs {
             let mut j = 0;
             while j < n {
                 let cols = (n - j).min(NR);
-                for pi in 0..m.div_ceil(MR) {
+                for pi in panels.clone() {
                     let rows = (m - pi * MR).min(MR);
                     let a = self.data.as_ptr().add((pi * k + p0) * MR);
                     let e = Epilogue {
@@ -230,8 +292,10 @@ impl PackedLhs {
                     #[cfg(target_arch = "x86_64")]
                     if fast {
                         match br {
-                            BRows::Stride(ldb) => avx2::tile::<false>(a, bt, ldb, std::ptr::null(), kc, rows, cols, e),
-                            BRows::Offsets(o) => avx2::tile::<true>(a, bt, 0, o, kc, rows, cols, e),
+                            BRows::Stride(ldb) => {
+                                avx2::tile::<false>(a, bt, ldb, std::ptr::null(), kc, rows, cols, wide - j, e)
+                            }
+                            BRows::Offsets(o) => avx2::tile::<true>(a, bt, 0, o, kc, rows, cols, wide - j, e),
                         }
                         continue;
                     }
@@ -318,7 +382,8 @@ mod avx2 {
     }
 
     /// `rows` × `cols` (≤ 6 × 16) outputs over `kc` inputs; row `p` of `b`
-    /// at `offs[p]` when `OFFS`, else at `p·ldb`.
+    /// at `offs[p]` when `OFFS`, else at `p·ldb`. With `wide` ≥ 16, whole
+    /// 16-column runs of `b` may be read and of `c` written.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile<const OFFS: bool>(
@@ -329,11 +394,12 @@ mod avx2 {
         kc: usize,
         rows: usize,
         cols: usize,
+        wide: usize,
         e: Epilogue,
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         let (m0, m1) = (mask(cols.min(8)), mask(cols.saturating_sub(8)));
-        let full = cols == 16;
+        let full = cols == 16 || wide >= 16;
         let mut ap = a;
         let mut bp = b;
         for p in 0..kc {
@@ -970,7 +1036,18 @@ pub(super) mod tests {
                     };
                     // SAFETY: `b` and `c` hold k and m rows of their strides
                     // (`offs` lists b's row starts), `bias` m values.
-                    unsafe { p.run_with(b.as_ptr(), rows_b, n, bp, relu, c.as_mut_ptr(), ldc, fast) };
+                    unsafe {
+                        p.run_with(
+                            b.as_ptr(),
+                            rows_b,
+                            (n, n),
+                            0..m.div_ceil(MR),
+                            (bp, relu),
+                            c.as_mut_ptr(),
+                            ldc,
+                            fast,
+                        )
+                    };
                     for i in 0..m {
                         for j in 0..n {
                             let mut want = bias.map_or(0.0f64, |b| b[i] as f64);

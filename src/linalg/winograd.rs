@@ -21,7 +21,9 @@
 //! input holds an infinity or NaN is computed tap by tap instead, since the
 //! transform would spread it to outputs whose window does not hold it.
 
-use super::conv::{has_avx2_fma, ConvShape, OutPtr, PackedLhs, PARALLEL_MIN_MACS};
+use std::ops::Range;
+
+use super::conv::{has_avx2_fma, ConvShape, OutPtr, PackedLhs, MR, PARALLEL_MIN_MACS};
 
 /// Tiles per vector of the transforms.
 const L: usize = 8;
@@ -112,16 +114,26 @@ pub fn fits(s: &ConvShape) -> bool {
 /// Whether [`conv2d_winograd`] beats the direct convolution here (where it
 /// [`fits`]): at least 16 input and output channels, 8 output columns (four
 /// tiles a row, half a vector of the transforms) and [`MIN_TILES`] tiles
-/// per thread; below that the transforms and the per-task setup cost more
-/// than the products save.
+/// per thread, or [`MIN_TILES_WIDE`] tiles in all with at least 32 input
+/// and output channels; below that the transforms and the per-task setup
+/// cost more than the products save.
 pub fn pays(s: &ConvShape) -> bool {
     let g = &s.geom;
     let tiles = s.n * g.oh.div_ceil(2) * g.ow.div_ceil(2);
-    fits(s) && s.c >= 16 && s.m >= 16 && g.ow >= 8 && tiles >= MIN_TILES * super::pool::threads()
+    let enough = tiles >= MIN_TILES * super::pool::threads() || (s.c >= 32 && s.m >= 32 && tiles >= MIN_TILES_WIDE);
+    fits(s) && s.c >= 16 && s.m >= 16 && g.ow >= 8 && enough
 }
 
-/// Output tiles per thread a convolution needs for [`fits`].
+/// Output tiles per thread a convolution needs for [`pays`].
 const MIN_TILES: usize = 64;
+/// Output tiles in all a convolution of at least 32 input and output
+/// channels needs for [`pays`] (its products are long enough to beat the
+/// direct kernel with fewer tiles, split over channels between threads).
+/// One thread on Zen 4, `wginfer bench --batch 1`, Conv+Relu+MaxPool:
+/// 32→64 on 14×14 (49 tiles) 0.057 ms against the direct kernel's 0.066,
+/// on 12×12 (36 tiles) 0.044 against 0.049; 32→64 on 8×8 (16 tiles)
+/// 0.030 against 0.023, and 16→16 on 14×14 0.013 against 0.010.
+const MIN_TILES_WIDE: usize = 32;
 
 /// A thread's padded planes, transformed inputs and products.
 type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>);
@@ -144,14 +156,17 @@ fn nan_max(m: f32, v: f32) -> f32 {
 
 /// Where a task's tiles are: tile rows `r0..r1` of the batch's
 /// `n·th` (image `r / th`, row `r % th`), `tw` tiles each, column
-/// `(r - r0)·tw + tx` of the products; `ld` their row length.
-#[derive(Clone, Copy)]
+/// `(r - r0)·tw + tx` of the products; `ld` their row length; the task's
+/// output channels: the rows of panels `panels` of the products (of
+/// [`super::conv::MR`] channels each).
+#[derive(Clone)]
 struct Block {
     r0: usize,
     r1: usize,
     th: usize,
     tw: usize,
     ld: usize,
+    panels: Range<usize>,
 }
 
 /// `y [n, m, oh, ow]` (written through `out`, every element) = the
@@ -202,7 +217,24 @@ pub(crate) fn conv2d_winograd(
         // Enough tasks for every thread where the batch allows.
         rows = rows_all.div_ceil(2 * threads).max(1);
     }
-    let tasks = rows_all.div_ceil(rows);
+    let row_tasks = rows_all.div_ceil(rows);
+    // Where the tile rows make fewer than four tasks per thread (one small
+    // image: the MNIST CNN's second layer at batch 1 has 7 tile rows), each
+    // block's output channels are split among tasks too, at least four
+    // panels (24 channels) each so the repeated input transforms stay a
+    // small share: 2 threads then take 8 tasks of 2 or 1 tile rows × half
+    // the channels, 7 rows each, not 4 tasks of 2, 2, 2 and 1 rows.
+    let mpanels = s.m.div_ceil(MR);
+    let macs = rows_all * tw * 16 * s.c * s.m;
+    let parallel = macs >= PARALLEL_MIN_MACS && threads > 1;
+    let splits = if parallel && row_tasks < 4 * threads {
+        (4 * threads).div_ceil(row_tasks).clamp(1, (mpanels / 4).max(1))
+    } else {
+        1
+    };
+    let per_split = mpanels.div_ceil(splits);
+    let splits = mpanels.div_ceil(per_split);
+    let tasks = row_tasks * splits;
     let job = Job {
         s,
         x,
@@ -213,6 +245,7 @@ pub(crate) fn conv2d_winograd(
         out,
     };
     let run = |t: usize| {
+        let (split, t) = (t % splits, t / splits);
         let r0 = t * rows;
         let r1 = (r0 + rows).min(rows_all);
         let b = Block {
@@ -220,15 +253,17 @@ pub(crate) fn conv2d_winograd(
             r1,
             th,
             tw,
-            ld: (r1 - r0) * tw + L,
+            // Whole 16-column runs for the products, and 8 columns more
+            // for the transforms' last vector.
+            ld: ((r1 - r0) * tw).div_ceil(16) * 16 + L,
+            panels: split * per_split..((split + 1) * per_split).min(mpanels),
         };
         BUFS.with(|bufs| {
             let (band, v, mv) = &mut *bufs.borrow_mut();
-            super::simd(|| block_run(job, b, (band, v, mv)))
+            super::simd(|| block_run(job, b.clone(), (band, v, mv)))
         });
     };
-    let macs = rows_all * tw * 16 * s.c * s.m;
-    if macs >= PARALLEL_MIN_MACS && tasks > 1 && threads > 1 {
+    if parallel && tasks > 1 {
         super::pool::for_each(tasks, run);
     } else {
         (0..tasks).for_each(run);
@@ -331,6 +366,8 @@ fn block_run(j: Job<'_>, b: Block, (band, v, mv): (&mut Vec<f32>, &mut Vec<f32>,
         out,
     } = j;
     let (c, m, tw, ld) = (s.c, s.m, b.tw, b.ld);
+    // The task's output channels.
+    let chans = b.panels.start * MR..(b.panels.end * MR).min(m);
     // Padded columns 0..2·tw + 2 as even and odd planes, with room for the
     // last vector's reads past them.
     let hw = tw + 1 + L;
@@ -348,7 +385,7 @@ fn block_run(j: Job<'_>, b: Block, (band, v, mv): (&mut Vec<f32>, &mut Vec<f32>,
         let finite = fill_band(s, x, (img, ty0, ty1), hw, &mut band[..c * bh * 2 * hw]);
         runs.push((r, img, (ty0, ty1), finite));
         if !finite {
-            by_taps(j, (img, ty0, ty1, tw), &band[..c * bh * 2 * hw]);
+            by_taps(j, (img, ty0, ty1, tw), chans.clone(), &band[..c * bh * 2 * hw]);
             // Its columns of V are left as they are: the products of these
             // columns are computed but not used.
             r += ty1 - ty0;
@@ -364,7 +401,7 @@ fn block_run(j: Job<'_>, b: Block, (band, v, mv): (&mut Vec<f32>, &mut Vec<f32>,
                     // `2·hw` values (each read: 8 values from `tx + 1` at
                     // most, below `hw`), and `v` holds 16 planes of `c·ld`
                     // values with the eight columns from `col0 + tx` inside
-                    // (`ld` = the block's tiles plus 8).
+                    // (`ld` ≥ the block's tiles plus 8).
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
                         x86::input(band[row(0)..].as_ptr(), 2 * hw, hw, tx, v.as_mut_ptr(), at)
@@ -377,14 +414,13 @@ fn block_run(j: Job<'_>, b: Block, (band, v, mv): (&mut Vec<f32>, &mut Vec<f32>,
     // M_ξ [m, n] = U_ξ · V_ξ.
     mv.resize(16 * m * ld, 0.0);
     for (xi, mat) in w.mats.iter().enumerate() {
-        mat.run(
+        mat.run_padded(
             &v[xi * c * ld..][..c * ld],
             ld,
             n,
-            None,
-            false,
             &mut mv[xi * m * ld..][..m * ld],
             ld,
+            b.panels.clone(),
         );
     }
     // Y = Aᵀ M A per tile, eight tiles at a time: Aᵀ has rows (1, 1, 1, 0)
@@ -396,7 +432,7 @@ fn block_run(j: Job<'_>, b: Block, (band, v, mv): (&mut Vec<f32>, &mut Vec<f32>,
         if !finite {
             continue;
         }
-        for o in 0..m {
+        for o in chans.clone() {
             let bo = bias.map_or(0.0, |bb| bb[o]);
             for ty in 0..ty1 - ty0 {
                 let col0 = (r - b.r0 + ty) * tw;
@@ -600,11 +636,12 @@ mod x86 {
     }
 }
 
-/// The outputs of image `img`'s tile rows `ty0..ty1` tap by tap from its
-/// padded planes (an input that is not finite): each output the sum of its
-/// own window's products, then bias and ReLU, or the pooled maximum.
+/// The outputs of channels `chans` of image `img`'s tile rows `ty0..ty1`
+/// tap by tap from its padded planes (an input that is not finite): each
+/// output the sum of its own window's products, then bias and ReLU, or the
+/// pooled maximum.
 #[cold]
-fn by_taps(j: Job<'_>, (img, ty0, ty1, tw): (usize, usize, usize, usize), band: &[f32]) {
+fn by_taps(j: Job<'_>, (img, ty0, ty1, tw): (usize, usize, usize, usize), chans: Range<usize>, band: &[f32]) {
     let (s, w, bias, relu, pool, out) = (j.s, j.w, j.bias, j.relu, j.pool, j.out);
     let (c, m, g) = (s.c, s.m, &s.geom);
     let (oh, ow) = (g.oh, g.ow);
@@ -612,7 +649,7 @@ fn by_taps(j: Job<'_>, (img, ty0, ty1, tw): (usize, usize, usize, usize), band: 
     let (bh, hw) = (2 * (ty1 - ty0) + 2, tw + 1 + L);
     // Padded pixel (row, column) of channel ch.
     let at = |ch: usize, row: usize, col: usize| band[(ch * bh + row) * 2 * hw + (col % 2) * hw + col / 2];
-    for o in 0..m {
+    for o in chans {
         for ty in 0..ty1 - ty0 {
             for tx in 0..tw {
                 let y: [[f32; 2]; 2] = std::array::from_fn(|a| {
@@ -735,6 +772,9 @@ mod tests {
             (4, 17, 29, (9, 11), [1, 0], [0, 1]),
             (1, 16, 24, (5, 9), [0, 0], [0, 0]),
             (2, 520, 520, (3, 40), [1, 1], [1, 1]),
+            // One image on several threads: tile rows and channels split.
+            (1, 32, 64, (14, 14), [1, 1], [1, 1]),
+            (1, 40, 50, (9, 14), [1, 1], [1, 1]),
         ];
         let mut seed = 7u32;
         for (n, c, m, hw, pad, out_pad) in cases {
@@ -862,6 +902,37 @@ mod tests {
         assert!((0..8).all(|o| p[o * 9 + 4].is_nan()));
     }
 
+    /// A NaN in one image whose tile rows and channels are split among
+    /// tasks: every output against the f64 loops, NaN where its window
+    /// holds the NaN and within the rounding bound elsewhere.
+    #[test]
+    fn nan_with_channels_split() {
+        if !has_avx2_fma() {
+            println!("SKIPPED: no AVX2 + FMA");
+            return;
+        }
+        let s = shape(1, 32, 64, (14, 14), [1, 1], [1, 1]);
+        let mut seed = 11u32;
+        let mut x: Vec<f32> = (0..32 * 196).map(|_| next(&mut seed)).collect();
+        x[5 * 196 + 6 * 14 + 3] = f32::NAN;
+        let wt: Vec<f32> = (0..64 * 32 * 9).map(|_| next(&mut seed) * 0.3).collect();
+        let bias: Vec<f32> = (0..64).map(|_| next(&mut seed)).collect();
+        let lhs = WinogradLhs::new(&wt, 64, 32).expect("finite weights");
+        let mut y = vec![0f32; 64 * 196];
+        conv2d_winograd(&s, &x, &lhs, Some(&bias), false, false, OutPtr(y.as_mut_ptr()));
+        let (want, mag) = naive(&s, &x, &wt, &bias, false);
+        let mut nans = 0;
+        for (i, ((&g, &w), &mg)) in y.iter().zip(&want).zip(&mag).enumerate() {
+            if w.is_nan() {
+                assert!(g.is_nan(), "y[{i}] = {g} for a NaN window");
+                nans += 1;
+            } else {
+                assert!((f64::from(g) - w).abs() <= 1e-6 * (mg + 1.0), "y[{i}] {g} vs {w}");
+            }
+        }
+        assert_eq!(nans, 64 * 9, "the NaN reaches each channel's 3×3 outputs");
+    }
+
     #[test]
     fn fits_only_unit_3x3_single_group_and_pays_on_large_ones() {
         if !has_avx2_fma() {
@@ -878,5 +949,10 @@ mod tests {
         // Too few channels and tiles to pay.
         assert!(!pays(&shape(1, 8, 8, (6, 6), [1, 1], [1, 1])));
         assert!(pays(&shape(64, 32, 64, (14, 14), [1, 1], [1, 1])) || super::super::pool::threads() > 49);
+        // One 14×14 image of 32 → 64 channels (49 tiles) pays on any thread
+        // count; 16 → 16 channels or an 8×8 image (16 tiles) do not on one.
+        assert!(pays(&shape(1, 32, 64, (14, 14), [1, 1], [1, 1])));
+        assert!(!pays(&shape(1, 16, 16, (14, 14), [1, 1], [1, 1])));
+        assert!(!pays(&shape(1, 32, 64, (8, 8), [1, 1], [1, 1])));
     }
 }
