@@ -110,6 +110,9 @@ impl ChatTemplate {
     /// with minijinja's message.
     pub fn new(source: &str, bos: Option<String>, eos: Option<String>) -> Result<Self, GenerateError> {
         let mut env = Environment::new();
+        // Keep what a render error needs to name the expression (minijinja
+        // records it only in debug builds unless asked).
+        env.set_debug(true);
         let syntax = SyntaxConfig::builder()
             .trim_blocks(true)
             .lstrip_blocks(true)
