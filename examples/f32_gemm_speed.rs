@@ -127,7 +127,7 @@ fn main() {
                     },
                     || {
                         ip = (ip + 1) % copies;
-                        packs[ip].run(x, m, Some(b), &mut y2);
+                        packs[ip].run(x, m, Some(b), false, &mut y2);
                         std::hint::black_box(&y2);
                     },
                 )

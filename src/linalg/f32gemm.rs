@@ -170,14 +170,16 @@ impl PackedF32 {
         self.k
     }
 
-    /// `y [m, n] = x [m, k] · Wᵀ (+ bias [n])`, every element of `y` written.
+    /// `y [m, n] = x [m, k] · Wᵀ (+ bias [n])`, then `max(0, ·)` when
+    /// `relu` (NaN and -0.0 pass, as the `Relu` op computes it) in the
+    /// register tiles; every element of `y` written.
     ///
     /// # Panics
     /// If `x`, `bias` or `y` is shorter than the sizes say (callers check shapes).
-    pub fn run(&self, x: &[f32], m: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+    pub fn run(&self, x: &[f32], m: usize, bias: Option<&[f32]>, relu: bool, y: &mut [f32]) {
         assert!(y.len() >= m * self.n, "PackedF32::run sizes");
         // SAFETY: `y` holds `m·n` elements (checked).
-        unsafe { self.run_into(x, m, bias, y.as_mut_ptr()) }
+        unsafe { self.run_into(x, m, (bias, relu), y.as_mut_ptr()) }
     }
 
     /// [`Self::run`] into a new vector, not zeroed first (every element is
@@ -185,14 +187,14 @@ impl PackedF32 {
     ///
     /// # Panics
     /// If `x` or `bias` is shorter than the sizes say.
-    pub fn apply(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    pub fn apply(&self, x: &[f32], m: usize, bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
         let len = m * self.n;
         let mut y = Vec::with_capacity(len);
         // SAFETY: the capacity holds `m·n` elements, and `run_into` writes
         // every one of them (the first K block stores every tile; k = 0
         // fills) before reading any.
         unsafe {
-            self.run_into(x, m, bias, y.as_mut_ptr());
+            self.run_into(x, m, (bias, relu), y.as_mut_ptr());
             y.set_len(len);
         }
         y
@@ -200,7 +202,7 @@ impl PackedF32 {
 
     /// # Safety
     /// `y` must be valid for writes of `m·n` elements (it may be uninitialised).
-    unsafe fn run_into(&self, x: &[f32], m: usize, bias: Option<&[f32]>, y: *mut f32) {
+    unsafe fn run_into(&self, x: &[f32], m: usize, (bias, relu): (Option<&[f32]>, bool), y: *mut f32) {
         let (n, k) = (self.n, self.k);
         assert!(
             x.len() >= m * k && bias.is_none_or(|b| b.len() >= n),
@@ -212,7 +214,8 @@ impl PackedF32 {
         if k == 0 {
             for i in 0..m {
                 for j in 0..n {
-                    y.add(i * n + j).write(bias.map_or(0.0, |b| b[j]));
+                    let v = bias.map_or(0.0, |b| b[j]);
+                    y.add(i * n + j).write(if relu && v < 0.0 { 0.0 } else { v });
                 }
             }
             return;
@@ -225,6 +228,7 @@ impl PackedF32 {
             let out = Out {
                 y,
                 bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+                relu,
             };
             if self.isa == Isa::Avx2 {
                 self.run_avx2(x, m, out);
@@ -309,6 +313,7 @@ impl PackedF32 {
                             out.bias.add(col)
                         },
                         accumulate: p0 > 0,
+                        relu: out.relu && p0 + kc == k,
                         pf: if pf.is_null() { pf } else { pf.add(first * 16) },
                         pf_lines: (first + share).min(lines) - first,
                     };
@@ -386,6 +391,7 @@ impl PackedF32 {
                             out.bias.add(col)
                         },
                         accumulate: p0 > 0,
+                        relu: out.relu && p0 + kc == k,
                         pf: std::ptr::null(),
                         pf_lines: 0,
                     };
@@ -405,11 +411,13 @@ impl PackedF32 {
     }
 }
 
-/// The output and bias pointers, shared by tasks that write disjoint tiles.
+/// The output and bias pointers and whether ReLU follows, shared by tasks
+/// that write disjoint tiles.
 #[derive(Clone, Copy)]
 struct Out {
     y: *mut f32,
     bias: *const f32,
+    relu: bool,
 }
 // SAFETY: tasks write disjoint elements of `y` (see `PackedF32::run`) and only read `bias`.
 unsafe impl Send for Out {}
@@ -419,7 +427,8 @@ unsafe impl Sync for Out {}
 /// One register tile: `x` at its first row and K block (`lda` apart), the
 /// panel at the K block, `c` at the tile's first output (`ldc` apart),
 /// `cols` valid outputs, the bias at the tile's first column (null: none).
-/// `accumulate` adds to `c` (a later K block) instead of starting from the bias.
+/// `accumulate` adds to `c` (a later K block) instead of starting from the bias;
+/// `relu` applies `max(0, ·)` before the store (the last K block).
 /// `pf_lines` 64-byte lines from `pf` on are prefetched into L2 along the way.
 struct Tile {
     a: *const f32,
@@ -431,6 +440,7 @@ struct Tile {
     cols: usize,
     bias: *const f32,
     accumulate: bool,
+    relu: bool,
     pf: *const f32,
     pf_lines: usize,
 }
@@ -503,6 +513,15 @@ mod kernel {
             a = a.add(1);
             w = w.add(V * 16);
         }
+        if t.relu {
+            // max(0, v) returns v when v is NaN and keeps -0.0, as `Relu` does.
+            let zero = _mm512_setzero_ps();
+            for a in acc.iter_mut() {
+                for v in a.iter_mut() {
+                    *v = _mm512_max_ps(zero, *v);
+                }
+            }
+        }
         for (r, a) in acc.iter().enumerate() {
             for v in 0..V {
                 _mm512_mask_storeu_ps(t.c.add(r * t.ldc + v * 16), masks[v], a[v]);
@@ -555,6 +574,14 @@ mod kernel2 {
             }
             a = a.add(1);
             w = w.add(NR2);
+        }
+        if t.relu {
+            // max(0, v) returns v when v is NaN and keeps -0.0, as `Relu` does.
+            let zero = _mm256_setzero_ps();
+            for a in acc.iter_mut() {
+                a[0] = _mm256_max_ps(zero, a[0]);
+                a[1] = _mm256_max_ps(zero, a[1]);
+            }
         }
         for (r, a) in acc.iter().enumerate() {
             let c = t.c.add(r * t.ldc);
@@ -632,16 +659,19 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|_| next()).collect();
             for (isa, bias) in isas().into_iter().flat_map(|i| [(i, None), (i, Some(&b[..]))]) {
                 let p = PackedF32::pack(&w, n, k, isa);
-                let want = reference(&x, &w, bias, m, k, n);
-                let mut y = vec![f32::NAN; m * n];
-                p.run(&x, m, bias, &mut y);
-                assert_eq!(p.apply(&x, m, bias), y, "apply and run agree");
-                for (i, (g, e)) in y.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - e).abs() <= 1e-5 * (k as f32).sqrt() * (1.0 + e.abs()),
-                        "{isa:?} {m}x{k}->{n} bias {}: y[{i}] = {g}, want {e}",
-                        bias.is_some()
-                    );
+                let plain = reference(&x, &w, bias, m, k, n);
+                for relu in [false, true] {
+                    let want: Vec<f32> = plain.iter().map(|&e| if relu { e.max(0.0) } else { e }).collect();
+                    let mut y = vec![f32::NAN; m * n];
+                    p.run(&x, m, bias, relu, &mut y);
+                    assert_eq!(p.apply(&x, m, bias, relu), y, "apply and run agree");
+                    for (i, (g, e)) in y.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - e).abs() <= 1e-5 * (k as f32).sqrt() * (1.0 + e.abs()) && (!relu || *g >= 0.0),
+                            "{isa:?} {m}x{k}->{n} bias {} relu {relu}: y[{i}] = {g}, want {e}",
+                            bias.is_some()
+                        );
+                    }
                 }
             }
         }

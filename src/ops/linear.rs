@@ -55,8 +55,8 @@ impl PreparedF32 {
         }
     }
 
-    /// `x [m, k] · Wᵀ (+ bias [n])`, `[m, n]`.
-    pub(crate) fn run(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Result<Vec<f32>, OpError> {
+    /// `x [m, k] · Wᵀ (+ bias [n])`, `[m, n]`, then ReLU when `relu`.
+    pub(crate) fn run(&self, x: &[f32], m: usize, bias: Option<&[f32]>, relu: bool) -> Result<Vec<f32>, OpError> {
         let (n, k) = self.dims();
         if x.len() < m * k || bias.is_some_and(|b| b.len() < n) {
             return Err(OpError::Shape(format!(
@@ -66,7 +66,7 @@ impl PreparedF32 {
             )));
         }
         match self {
-            Self::Packed(p) => Ok(p.apply(x, m, bias)),
+            Self::Packed(p) => Ok(p.apply(x, m, bias, relu)),
             Self::Transposed { data, .. } => {
                 let mut y = vec![0.0f32; m * n];
                 let accumulate = match bias {
@@ -84,6 +84,9 @@ impl PreparedF32 {
                     &mut y,
                     accumulate,
                 )?;
+                if relu {
+                    linalg::relu_in_place(&mut y);
+                }
                 Ok(y)
             }
         }
@@ -269,16 +272,17 @@ impl Op for Linear {
             linalg::gemv::gemv(x, f32_input(inputs, 1)?, b, relu, &mut y);
             return Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?]);
         }
-        let mut y = if let Some(p) = pl.filter(|p| p.w.dims() == (n, k)) {
-            p.w.run(x, m, b)?
+        let y = if let Some(p) = pl.filter(|p| p.w.dims() == (n, k)) {
+            p.w.run(x, m, b, relu)?
         } else {
             let w = f32_input(inputs, 1)?;
             let out = gemm_with_bias(inputs, m, k, n, MatRef::transposed(w, k, n))?;
-            out.into_iter().next().map(|t| t.to_f32_vec()).unwrap_or_default()
+            let mut y = out.into_iter().next().map(|t| t.to_f32_vec()).unwrap_or_default();
+            if relu {
+                linalg::relu_in_place(&mut y);
+            }
+            y
         };
-        if relu {
-            linalg::relu_in_place(&mut y);
-        }
         Ok(vec![Tensor::from_vec(out_shape(inputs[0].shape(), n), y)?])
     }
 

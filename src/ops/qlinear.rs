@@ -403,7 +403,7 @@ impl Op for QLinear {
                 if decoded.dims() != (n, k) {
                     return self.cpu(inputs);
                 }
-                y = decoded.run(x, m, bias)?;
+                y = decoded.run(x, m, bias, false)?;
             }
             _ => return self.cpu(inputs),
         }
