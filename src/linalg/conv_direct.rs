@@ -176,14 +176,16 @@ pub(crate) fn conv2d_direct(
     // too, so the threads' shares come out even (7 pooled row pairs on
     // 2 threads: 14 tasks, not 7).
     let panels = w.first().map_or(1, |p| p.m.div_ceil(p.lanes));
-    let per_split = if parallel {
-        panels.div_ceil((4 * threads).div_ceil(s.n * bands).min(panels))
-    } else {
-        panels
-    };
-    let splits = panels.div_ceil(per_split);
+    let splits = super::pool::Runs::new(
+        panels,
+        if parallel {
+            (4 * threads).div_ceil(s.n * bands)
+        } else {
+            1
+        },
+    );
     let task = |t: usize| {
-        let (split, t) = (t % splits, t / splits);
+        let (split, t) = (t % splits.count, t / splits.count);
         let (img, u0) = (t / bands, (t % bands) * band_units);
         let u1 = (u0 + band_units).min(units);
         let (oy0, oy1) = (u0 * unit, u1 * unit);
@@ -208,7 +210,7 @@ pub(crate) fn conv2d_direct(
                     bias,
                     relu,
                     pool_cols: if pool { cols } else { 0 },
-                    panels: split * per_split..((split + 1) * per_split).min(panels),
+                    panels: splits.get(split),
                 };
                 // SAFETY: `pad` holds cg planes hb × wp, which every pixel
                 // offset plus every tap offset stays inside (see `offsets`);
@@ -222,7 +224,7 @@ pub(crate) fn conv2d_direct(
             }
         })
     };
-    let tasks = s.n * bands * splits;
+    let tasks = s.n * bands * splits.count;
     if parallel && tasks > 1 {
         let per = (TASK_MIN_MACS / (macs / tasks).max(1)).max(1);
         super::pool::for_each_chunked(tasks, per, task);

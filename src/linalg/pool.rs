@@ -130,6 +130,33 @@ pub fn spin_time() -> Duration {
     Duration::from_micros(us)
 }
 
+/// `total` items cut into at most `parts` runs of equal length (the last
+/// shorter): tasks that split a range of panels or rows among themselves.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Runs {
+    total: usize,
+    len: usize,
+    /// How many runs there are (fewer than asked where `total` is small).
+    pub count: usize,
+}
+
+impl Runs {
+    /// `total` items in `parts` runs (at least one).
+    pub(crate) fn new(total: usize, parts: usize) -> Self {
+        let len = total.div_ceil(parts.max(1)).max(1);
+        Self {
+            total,
+            len,
+            count: total.div_ceil(len).max(1),
+        }
+    }
+
+    /// Run `i`'s items.
+    pub(crate) fn get(&self, i: usize) -> std::ops::Range<usize> {
+        (i * self.len).min(self.total)..((i + 1) * self.len).min(self.total)
+    }
+}
+
 /// Threads a [`for_each`] call may use: the caller and the pool's workers
 /// (rayon's thread count).
 pub fn threads() -> usize {
@@ -326,6 +353,20 @@ mod tests {
     use super::*;
     use rayon::prelude::*;
     use std::sync::atomic::AtomicU32;
+
+    /// Runs cover every item once, in order, in at most the parts asked.
+    #[test]
+    fn runs_cover_the_items() {
+        for total in 1..30 {
+            for parts in 1..12 {
+                let r = Runs::new(total, parts);
+                assert!(r.count <= parts.min(total), "{total} in {parts}: {r:?}");
+                let items: Vec<usize> = (0..r.count).flat_map(|i| r.get(i)).collect();
+                assert_eq!(items, (0..total).collect::<Vec<_>>(), "{total} in {parts}");
+            }
+        }
+        assert_eq!(Runs::new(11, 2).get(0), 0..6);
+    }
 
     #[test]
     fn every_index_runs_once() {

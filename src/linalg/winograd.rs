@@ -227,14 +227,15 @@ pub(crate) fn conv2d_winograd(
     let mpanels = s.m.div_ceil(MR);
     let macs = rows_all * tw * 16 * s.c * s.m;
     let parallel = macs >= PARALLEL_MIN_MACS && threads > 1;
-    let splits = if parallel && row_tasks < 4 * threads {
-        (4 * threads).div_ceil(row_tasks).clamp(1, (mpanels / 4).max(1))
-    } else {
-        1
-    };
-    let per_split = mpanels.div_ceil(splits);
-    let splits = mpanels.div_ceil(per_split);
-    let tasks = row_tasks * splits;
+    let splits = super::pool::Runs::new(
+        mpanels,
+        if parallel && row_tasks < 4 * threads {
+            (4 * threads).div_ceil(row_tasks).clamp(1, (mpanels / 4).max(1))
+        } else {
+            1
+        },
+    );
+    let tasks = row_tasks * splits.count;
     let job = Job {
         s,
         x,
@@ -245,7 +246,7 @@ pub(crate) fn conv2d_winograd(
         out,
     };
     let run = |t: usize| {
-        let (split, t) = (t % splits, t / splits);
+        let (split, t) = (t % splits.count, t / splits.count);
         let r0 = t * rows;
         let r1 = (r0 + rows).min(rows_all);
         let b = Block {
@@ -256,7 +257,7 @@ pub(crate) fn conv2d_winograd(
             // Whole 16-column runs for the products, and 8 columns more
             // for the transforms' last vector.
             ld: ((r1 - r0) * tw).div_ceil(16) * 16 + L,
-            panels: split * per_split..((split + 1) * per_split).min(mpanels),
+            panels: splits.get(split),
         };
         BUFS.with(|bufs| {
             let (band, v, mv) = &mut *bufs.borrow_mut();
